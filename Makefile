@@ -1,0 +1,40 @@
+# pausdenoise — every target sets up .venv itself on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= demo-output
+
+.PHONY: all setup demo test test-slow lint bench clean careamics-env
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first, pinned to the local CPU wheel; a looser pin pulls several GB of CUDA packages.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pausdenoise run --config configs/demo.yaml --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow" -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check pausdenoise tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,237 @@
+"""2-D U-Net for Noise2Void (N2V) and N2V2, with its receptive field derived from the layers.
+
+Conventions
+-----------
+- Input and output tensors are ``(N, C, H, W)`` float32, in *normalised* units (see
+  :mod:`pausdenoise.n2v.normalise`). ``H`` and ``W`` must be multiples of ``2**depth``
+  (:func:`pad_to_multiple` pads right/bottom by reflection to get there).
+- The receptive field is computed by walking the same layer list the network is built from
+  (never typed in): :meth:`UNet.receptive_field_radius` is the largest distance, in pixels,
+  at which an input pixel can change an output pixel. The denoising halo must be at least that.
+
+N2V2 (Höck et al. 2022) differs from N2V by a max-blur-pool (max-pool with stride 1 followed by
+a stride-2 binomial blur) instead of max-pooling and by dropping the top-level skip connection;
+both reduce checkerboard artefacts. The median replacement of N2V2 lives in
+:mod:`pausdenoise.n2v.masking`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of the U-Net.
+
+    Parameters
+    ----------
+    depth : int
+        Number of down-sampling steps (default 2, as in the N2V paper for 2-D images).
+    base_channels : int
+        Feature channels at the top level; doubled at each level down (default 32).
+    n2v2 : bool
+        Use the N2V2 variant (max-blur-pool, no top-level skip connection).
+    batch_norm : bool
+        Batch normalisation after each convolution (affine per channel at inference, so it
+        does not couple pixels and keeps tiled inference exact).
+    in_channels, out_channels : int
+        Image channels (1 for single-band CCD images).
+    """
+
+    depth: int = 2
+    base_channels: int = 32
+    n2v2: bool = False
+    batch_norm: bool = True
+    in_channels: int = 1
+    out_channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ValueError(f"U-Net depth must be >= 1, got {self.depth}")
+        if self.base_channels < 1:
+            raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sizes, chunk origins and halos must be multiples of this (``2**depth``)."""
+        return 2**self.depth
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable), for checkpoints."""
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class _ConvBlock(nn.Sequential):
+    """Two 3×3 convolutions (zero padding 1), each with optional batch norm and ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool) -> None:
+        layers: list[nn.Module] = []
+        for i in range(2):
+            layers.append(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class MaxBlurPool2d(nn.Module):
+    """Max-pool (2×2, stride 1) followed by a stride-2 3×3 binomial blur (N2V2's pooling)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k1 = torch.tensor([1.0, 2.0, 1.0])
+        k2 = torch.outer(k1, k1)
+        k2 = k2 / k2.sum()
+        self.register_buffer("kernel", k2.expand(channels, 1, 3, 3).clone(), persistent=False)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Pad right/bottom by one (replicate) so the stride-1 max-pool keeps the size.
+        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), kernel_size=2, stride=1)
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        return F.conv2d(x, self.kernel.to(x.dtype), stride=2, groups=self.channels)
+
+
+# --------------------------------------------------------------------------- network
+
+
+class UNet(nn.Module):
+    """U-Net of configurable depth/width for single-channel images (N2V and N2V2).
+
+    Parameters
+    ----------
+    config : UNetConfig
+        The architecture.
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or UNetConfig()
+        cfg = self.config
+        chans = [cfg.base_channels * 2**i for i in range(cfg.depth + 1)]
+        self.encoders = nn.ModuleList()
+        self.pools = nn.ModuleList()
+        c_prev = cfg.in_channels
+        for level in range(cfg.depth):
+            self.encoders.append(_ConvBlock(c_prev, chans[level], cfg.batch_norm))
+            self.pools.append(MaxBlurPool2d(chans[level]) if cfg.n2v2 else nn.MaxPool2d(2))
+            c_prev = chans[level]
+        self.bottleneck = _ConvBlock(c_prev, chans[cfg.depth], cfg.batch_norm)
+        self.decoders = nn.ModuleList()
+        c_prev = chans[cfg.depth]
+        for level in reversed(range(cfg.depth)):
+            skip = 0 if (cfg.n2v2 and level == 0) else chans[level]
+            self.decoders.append(_ConvBlock(c_prev + skip, chans[level], cfg.batch_norm))
+            c_prev = chans[level]
+        self.head = nn.Conv2d(c_prev, cfg.out_channels, 1)
+
+    # -- forward -----------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoise ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of ``2**depth``."""
+        m = self.config.size_multiple
+        if x.shape[-1] % m or x.shape[-2] % m:
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} is not a multiple of 2**depth = {m}; "
+                "pad with pausdenoise.n2v.unet.pad_to_multiple first"
+            )
+        skips = []
+        for enc, pool in zip(self.encoders, self.pools, strict=True):
+            x = enc(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottleneck(x)
+        for i, dec in enumerate(self.decoders):
+            level = self.config.depth - 1 - i
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            if not (self.config.n2v2 and level == 0):
+                x = torch.cat([x, skips[level]], dim=1)
+            x = dec(x)
+        return self.head(x)
+
+    # -- receptive field -----------------------------------------------------------------
+
+    def layer_path(self) -> list[tuple[int, int, int]]:
+        """Layers on the deepest input→output path as ``(kernel, stride, upsample)`` triples.
+
+        ``upsample`` is the up-sampling factor (1 for ordinary layers). Bilinear up-sampling
+        with ``align_corners=False`` reads 2 low-resolution neighbours whose position depends
+        on the output pixel's parity; it is entered as a kernel of 3 (conservative).
+        """
+        path: list[tuple[int, int, int]] = []
+
+        def block(b: nn.Module) -> None:
+            for layer in b.modules():
+                if isinstance(layer, nn.Conv2d):
+                    path.append((layer.kernel_size[0], layer.stride[0], 1))
+
+        for enc, pool in zip(self.encoders, self.pools, strict=True):
+            block(enc)
+            if isinstance(pool, MaxBlurPool2d):
+                path.append((2, 1, 1))  # max-pool, stride 1
+                path.append((3, 2, 1))  # binomial blur, stride 2
+            else:
+                path.append((2, 2, 1))
+        block(self.bottleneck)
+        for dec in self.decoders:
+            path.append((3, 1, 2))  # bilinear ×2
+            block(dec)
+        block(self.head)
+        return path
+
+    def receptive_field_radius(self) -> int:
+        """Largest input→output pixel distance (px) through which information can flow.
+
+        Computed by the standard recursion over :meth:`layer_path`: a layer of kernel ``k``
+        applied where one step is ``j`` input pixels widens the field by ``(k - 1) * j``; a
+        stride multiplies ``j``, an up-sampling divides it. Because max-pool windows sit on a
+        grid, the field is then widened by the grid period ``2**depth`` to cover any phase.
+        """
+        size, jump = 1.0, 1.0
+        for k, stride, up in self.layer_path():
+            size += (k - 1) * jump
+            jump = jump * stride / up
+        return int(size // 2) + self.config.size_multiple
+
+    def halo(self) -> int:
+        """Halo (px) for tiled inference: the receptive-field radius rounded up to a multiple
+        of ``2**depth`` so that tile origins stay on the pooling grid."""
+        m = self.config.size_multiple
+        r = self.receptive_field_radius()
+        return -(-r // m) * m
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``x`` (``(N, C, H, W)``) at the right and bottom by reflection to a multiple.
+
+    Returns the padded tensor and the original ``(H, W)``. Reflection needs the pad to be
+    smaller than the size, so images smaller than ``multiple`` are padded by replication.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+@torch.no_grad()
+def predict_array(model: UNet, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``model`` to ``(N, C, H, W)`` of any size: pad to ``2**depth``, run, crop back.
+
+    This is the one inference primitive: whole-image inference and every tile of the tiled
+    (``map_overlap``) inference call it, so both pad image edges the same way.
+    """
+    xp, (h, w) = pad_to_multiple(x, model.config.size_multiple)
+    return model(xp)[..., :h, :w]

@@ -1,0 +1,97 @@
+"""File names and header keywords of the PAUS reduced layout (one source of truth).
+
+The simulation writes, and the PAUS ingest path reads, this layout::
+
+    <root>/paucam.<EXPNUM:07d>.<CCD:02d>.img.fits    image, primary HDU, float32, ADU
+    <root>/paucam.<EXPNUM:07d>.<CCD:02d>.msk.fits    mask, primary HDU, uint8, 0 = good
+    <root>/catalogue.parquet                          forced-photometry reference catalogue
+    <root>/truth/paucam.<EXPNUM:07d>.<CCD:02d>.true.fits   noiseless image, ADU (simulation only)
+    <root>/truth/fluxes.parquet                       true fluxes (simulation only)
+    <root>/survey.json                                the simulation's configuration and seed
+
+Conventions
+-----------
+- Images are in ADU, sky *not* subtracted, bias removed.
+- ``ZP`` is a multiplicative zero-point: calibrated flux [µJy] = flux [ADU] × ZP, so
+  ``m_AB = 23.9 - 2.5 log10(flux_adu * ZP)``. ``ZPERR`` is its 1σ error in the same units.
+- ``GAIN`` is in e⁻/ADU, ``RDNOISE`` in e⁻, ``EXPTIME`` in s, ``SATURATE`` in ADU.
+- CCD numbers are 1-based (1..18), as in PAUCam.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+IMAGE_PATTERN = "paucam.{expnum:07d}.{ccd:02d}.img.fits"
+MASK_PATTERN = "paucam.{expnum:07d}.{ccd:02d}.msk.fits"
+TRUTH_PATTERN = "paucam.{expnum:07d}.{ccd:02d}.true.fits"
+CATALOGUE_NAME = "catalogue.parquet"
+TRUTH_DIR = "truth"
+TRUE_FLUXES_NAME = "fluxes.parquet"
+SURVEY_JSON = "survey.json"
+
+IMAGE_RE = re.compile(r"^paucam\.(?P<expnum>\d{7})\.(?P<ccd>\d{2})\.img\.fits$")
+
+#: Header keywords every PAUS image must carry (ingest refuses a file missing one).
+REQUIRED_KEYS: tuple[str, ...] = (
+    "EXPNUM",
+    "CCD",
+    "FILTER",
+    "EXPTIME",
+    "GAIN",
+    "RDNOISE",
+    "ZP",
+    "ZPERR",
+)
+#: Optional keywords read when present.
+OPTIONAL_KEYS: tuple[str, ...] = ("SATURATE", "MJD-OBS", "AIRMASS", "SKYLEVEL", "SEEING")
+
+#: The 40 PAUS narrow bands, 13 nm wide, centred every 10 nm from 455 to 845 nm.
+NARROW_BANDS: tuple[str, ...] = tuple(f"NB{c}" for c in range(455, 846, 10))
+
+#: Columns of the reference catalogue, in order. One row per (ref_id, expnum, ccd).
+CATALOGUE_COLUMNS: tuple[str, ...] = (
+    "ref_id",  # int64, source identifier, unique per source
+    "ra",  # float64, degrees (ICRS)
+    "dec",  # float64, degrees (ICRS)
+    "I_auto",  # float64, i-band AB magnitude used for binning
+    "expnum",  # int64
+    "ccd",  # int64, 1-based
+    "band",  # str, e.g. "NB455"
+    "aperture_x",  # float64, 0-based pixel column; the centre of pixel [0, 0] is (0.0, 0.0)
+    "aperture_y",  # float64, 0-based pixel row
+    "aperture_a",  # float64, semi-major axis, arcsec
+    "aperture_b",  # float64, semi-minor axis, arcsec
+    "aperture_theta",  # float64, degrees, PAUS sign: photutils theta = -aperture_theta*pi/180
+)
+
+
+def image_path(root: Path, expnum: int, ccd: int) -> Path:
+    """Path of the image FITS of exposure ``expnum``, CCD ``ccd`` (1-based)."""
+    return Path(root) / IMAGE_PATTERN.format(expnum=expnum, ccd=ccd)
+
+
+def mask_path(root: Path, expnum: int, ccd: int) -> Path:
+    """Path of the mask FITS of exposure ``expnum``, CCD ``ccd`` (1-based)."""
+    return Path(root) / MASK_PATTERN.format(expnum=expnum, ccd=ccd)
+
+
+def truth_path(root: Path, expnum: int, ccd: int) -> Path:
+    """Path of the noiseless truth image of exposure ``expnum``, CCD ``ccd`` (simulation)."""
+    return Path(root) / TRUTH_DIR / TRUTH_PATTERN.format(expnum=expnum, ccd=ccd)
+
+
+def parse_image_name(name: str) -> tuple[int, int] | None:
+    """Return ``(expnum, ccd)`` for a PAUS image file name, or None if it is not one."""
+    m = IMAGE_RE.match(Path(name).name)
+    if m is None:
+        return None
+    return int(m["expnum"]), int(m["ccd"])
+
+
+def band_wavelength_nm(band: str) -> float:
+    """Central wavelength in nm of a PAUS narrow band name such as ``"NB455"``."""
+    if not band.startswith("NB"):
+        raise ValueError(f"not a PAUS narrow band name: {band!r}")
+    return float(band[2:])

@@ -1,0 +1,48 @@
+"""Shared fixtures. Stage-specific synthetic data makers live in the package or in each
+test module; this file holds only what every test tree needs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# One thread each for torch and the BLAS libraries: the test machine has two cores and the
+# threaded dask scheduler runs tasks concurrently (PyTorch threads x dask threads
+# oversubscribe the cores otherwise).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+try:  # torch is a core dependency, but keep collection working if it is broken
+    import torch
+
+    torch.set_num_threads(1)
+except Exception:  # pragma: no cover
+    pass
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """``../shared/data/real`` beside the project root; skip with a reason when absent."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real CCD test data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests with a reason when no CUDA device is present."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none present on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
