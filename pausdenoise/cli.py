@@ -1,0 +1,143 @@
+"""Command line: ``pausdenoise <stage>`` runs one stage, ``pausdenoise run`` the pipeline.
+
+Every command works inside a *run directory* (``--out``, default ``pausdenoise-run``) whose
+layout is fixed by :class:`pausdenoise.runstate.RunPaths`, and reads the pipeline
+configuration from ``--config`` (YAML or TOML; every key documented in
+``configs/reference.yaml``; unknown keys are refused with their path).
+
+Exit codes (scripts can trust them)
+-----------------------------------
+0  success: everything asked for was done (or was already up to date)
+1  failure: the command could not do its job; nothing completed was lost
+2  usage or configuration error (bad option, unknown config key, impossible chunking)
+3  partial success: the run finished but some inputs were skipped (listed in the summary)
+4  the run directory is locked by another live run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_LOCKED = 4
+
+STAGE_HELP = {
+    "simulate": "render the simulated PAUCam-like survey (FITS in the PAUS layout + truth)",
+    "ingest": "ingest FITS frames (PAUS layout or generic) into the Zarr survey store",
+    "info": "summarise the survey store (frames, bands, shapes, arrays present)",
+    "train": "train the Noise2Void network on patches sampled from the store",
+    "denoise": "denoise every frame of the store with map_overlap (seam-free, resumable)",
+    "photometry": "forced aperture photometry on raw and denoised images (Parquet)",
+    "compare": "cross-exposure df statistics, sigma68, flux ratios, calibrated errors",
+    "evaluate": "metrics against the truth (simulation): pixels, fluxes, completeness",
+    "report": "figures and the self-contained HTML report of a run directory",
+    "run": "the whole pipeline from a config file; resumes what is already done",
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None,
+                   help="pipeline configuration file (YAML or TOML); defaults if omitted")
+    p.add_argument("--out", type=Path, default=Path("pausdenoise-run"),
+                   help="run directory (created if missing; default: ./pausdenoise-run)")
+    p.add_argument("--cluster", default=None,
+                   help="Dask cluster spec overriding the config: local | threads | cuda | "
+                        "scheduler-file:PATH | address:tcp://HOST:PORT | slurm | htcondor")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="redo the stage even if its outputs are complete")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pausdenoise`` (all subcommands)."""
+    parser = argparse.ArgumentParser(
+        prog="pausdenoise",
+        description="Out-of-core, Dask-parallel Noise2Void denoising of PAUS exposures, "
+                    "judged by forced photometry.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 partial success, "
+               "4 run directory locked.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _add_common(p)
+        if name == "ingest":
+            p.add_argument("--fits", type=Path, default=None,
+                           help="directory (PAUS layout) or glob of FITS files (generic) to "
+                                "ingest instead of the run's simulated survey")
+            p.add_argument("--layout", choices=["paus", "generic"], default=None,
+                           help="input layout (overrides ingest.layout)")
+        if name == "run":
+            p.add_argument("--stages", default=None,
+                           help="comma-separated subset of stages to run, in pipeline order")
+        if name == "report":
+            p.add_argument("--open", action="store_true", help="print a file:// URL to open")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pausdenoise`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from pausdenoise import __version__
+
+        print(__version__)
+        return EXIT_OK
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.verbose < 2:  # distributed logs every worker start/stop at INFO
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    from pausdenoise import pipeline
+    from pausdenoise.config import ConfigError, load_config
+    from pausdenoise.runstate import PreflightError, RunLockedError
+
+    try:
+        cfg = load_config(args.config, overrides=args.overrides, cluster=args.cluster)
+        if args.command == "ingest":
+            cfg = pipeline.with_ingest_source(cfg, args.fits, args.layout)
+        stages = None
+        if args.command == "run" and args.stages:
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+        elif args.command != "run":
+            stages = [args.command]
+        result = pipeline.run(cfg, args.out, stages=stages, force=args.force)
+    except (ConfigError, ValidationError) as exc:
+        print(f"pausdenoise: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RunLockedError as exc:
+        print(f"pausdenoise: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except PreflightError as exc:
+        print(f"pausdenoise: preflight failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except pipeline.StageError as exc:
+        print(f"pausdenoise: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("pausdenoise: interrupted; completed work is kept, rerun to resume",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary_text())
+    return EXIT_PARTIAL if result.partial else EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

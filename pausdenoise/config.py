@@ -1,0 +1,285 @@
+"""The pipeline configuration: one typed config per stage, composed and cross-checked.
+
+Each stage module owns its config class (``extra="forbid"``: an unknown key is an error that
+names its path). This module composes them into :class:`PipelineConfig`, checks what spans
+stages *before any graph is built* (store chunks vs. the network's pooling grid and halo),
+and loads YAML or TOML files with ``--set key.path=value`` overrides.
+
+``configs/reference.yaml`` lists every option with its default; it is generated from these
+classes by ``pausdenoise.config.reference_yaml()`` and a test keeps it in sync.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pausdenoise.cluster import ClusterConfig
+from pausdenoise.denoise import DenoiseConfig
+from pausdenoise.evaluate import EvaluateConfig
+from pausdenoise.ingest import IngestConfig
+from pausdenoise.n2v.train import TrainConfig
+from pausdenoise.photometry import PhotometryConfig
+from pausdenoise.simulate import SimulationConfig
+
+STAGES: tuple[str, ...] = (
+    "simulate",
+    "ingest",
+    "train",
+    "denoise",
+    "photometry",
+    "compare",
+    "evaluate",
+    "report",
+)
+"""Pipeline stages in execution order (``info`` is a read-only command, not a stage)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file cannot be read or its values are inconsistent."""
+
+
+class InputConfig(BaseModel):
+    """Where the pipeline's input comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["simulate", "fits", "store"] = Field(
+        "simulate",
+        description="'simulate': render the built-in survey into the run directory; 'fits': "
+        "ingest existing FITS (fits_path); 'store': use an existing Zarr store (store_path).",
+    )
+    fits_path: Path | None = Field(
+        None, description="Directory (PAUS layout) or glob (generic layout) of FITS files."
+    )
+    store_path: Path | None = Field(None, description="An existing survey store to use as is.")
+    catalogue: Path | None = Field(
+        None,
+        description="Reference catalogue (Parquet, PAUS columns); default: the simulated "
+        "survey's catalogue.parquet.",
+    )
+    checkpoint: Path | None = Field(
+        None, description="Reuse this trained N2V checkpoint instead of training."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InputConfig:
+        if self.source == "fits" and self.fits_path is None:
+            raise ValueError("input.source = 'fits' needs input.fits_path")
+        if self.source == "store" and self.store_path is None:
+            raise ValueError("input.source = 'store' needs input.store_path")
+        return self
+
+
+class CompareConfig(BaseModel):
+    """How the cross-exposure comparison and the denoised error model are computed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bins: list[float] = Field(
+        default_factory=lambda: [17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0],
+        description="Edges of the I_auto bins (AB mag); default 1-mag bins 17–23.",
+    )
+    exclude_flagged: bool = Field(True, description="Drop flagged measurements before pairing.")
+    fit_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Fraction of exposures whose pairs fit the error model; "
+        "pairs of the other exposures validate it."
+    )
+    seed: int = Field(0, description="Seed of the fit/validation split of exposures.")
+    min_fit_pairs: int = Field(30, ge=1, description="Fit a bin's own scale from this many pairs.")
+    min_validate_pairs: int = Field(
+        100, ge=1, description="Judge a bin pass/fail only with at least this many pairs."
+    )
+    tolerance: float = Field(0.05, gt=0, description="Pass when |σ68 − 1| ≤ tolerance.")
+
+
+class ReportConfig(BaseModel):
+    """What the report shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field("pausdenoise run report", description="Title of the HTML report.")
+    n_stamps: int = Field(6, ge=1, le=20, description="Galaxy stamps shown (raw vs denoised).")
+    stamp_size: int = Field(40, ge=8, description="Stamp side (px).")
+    dpi: int = Field(110, ge=50, le=300, description="Figure resolution (dots per inch).")
+
+
+class PipelineConfig(BaseModel):
+    """Everything a ``pausdenoise run`` needs; every section has serviceable defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    simulate: SimulationConfig = Field(default_factory=SimulationConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
+    photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    holdout_exposures_per_band: int = Field(
+        1,
+        ge=0,
+        description="Exposures per band kept out of training (the last ones), on which the "
+        "denoiser is evaluated against the truth and the error model is validated.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        check_chunking(self)
+        return self
+
+
+def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
+    """``(halo, 2**depth)`` in px of the configured network (built to derive it, not trained)."""
+    from pausdenoise.n2v.unet import UNet
+
+    unet = UNet(cfg.train.unet.to_unet_config())
+    halo = unet.halo()
+    if cfg.denoise.halo is not None:
+        halo = max(halo, cfg.denoise.halo)
+    return halo, unet.config.size_multiple
+
+
+def check_chunking(cfg: PipelineConfig) -> None:
+    """Store chunks must be multiples of ``2**depth`` and at least the network's halo.
+
+    Raises
+    ------
+    ValueError
+        Naming the keys and suggesting a chunking that works.
+    """
+    halo, m = network_halo(cfg)
+    if cfg.denoise.halo is not None and cfg.denoise.halo % m:
+        raise ValueError(f"denoise.halo = {cfg.denoise.halo} must be a multiple of 2**depth = {m}")
+    chunks = tuple(cfg.ingest.chunks)
+    bad = [c for c in chunks if c % m or c < halo]
+    if bad:
+        good = tuple(max(-(-c // m) * m, -(-halo // m) * m) for c in chunks)
+        raise ValueError(
+            f"ingest.chunks = {list(chunks)} does not fit the network: chunk sides must be "
+            f"multiples of 2**depth = {m} (train.unet.depth = {cfg.train.unet.depth}) and at "
+            f"least the halo of {halo} px derived from its receptive field; try "
+            f"ingest.chunks = {list(good)}"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {item!r} has an empty key")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _format_validation(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not an option of this section)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | None,
+    *,
+    overrides: list[str] | None = None,
+    cluster: str | None = None,
+) -> PipelineConfig:
+    """Read a YAML/TOML pipeline config, apply ``key.path=value`` overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        For an unreadable file, an unknown key (named with its full path) or an invalid or
+        inconsistent value.
+    """
+    data: dict[str, Any] = _read_file(path) if path is not None else {}
+    for item in overrides or []:
+        _apply_override(data, item)
+    if cluster is not None:
+        data.setdefault("cluster", {})
+        if not isinstance(data["cluster"], dict):
+            raise ConfigError("cluster must be a section")
+        data["cluster"]["kind"] = cluster
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, str(path or "configuration"))) from None
+
+
+def reference_yaml() -> str:
+    """Every option with its default and description, as commented YAML."""
+    lines = ["# pausdenoise pipeline configuration: every option with its default.",
+             "# Generated by pausdenoise.config.reference_yaml(); keep in sync (tested).", ""]
+
+    def walk(model: type[BaseModel], indent: int, value: BaseModel) -> None:
+        pad = "  " * indent
+        for name, field in model.model_fields.items():
+            v = getattr(value, name)
+            if field.description:
+                lines.append(f"{pad}# {field.description}")
+            if isinstance(v, BaseModel):
+                lines.append(f"{pad}{name}:")
+                walk(type(v), indent + 1, v)
+            else:
+                dumped = yaml.safe_dump(
+                    {name: _plain(v)}, default_flow_style=True, sort_keys=False, width=10_000
+                ).strip()
+                lines.append(f"{pad}{dumped[1:-1] if dumped.startswith('{') else dumped}")
+
+    walk(PipelineConfig, 0, PipelineConfig())
+    return "\n".join(lines) + "\n"
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+if __name__ == "__main__":  # python -m pausdenoise.config > configs/reference.yaml
+    print(reference_yaml(), end="")

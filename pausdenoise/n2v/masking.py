@@ -1,0 +1,272 @@
+"""Blind-spot masking for Noise2Void (N2V) and N2V2, done on the device inside the training step.
+
+The patch reader (:mod:`pausdenoise.n2v.patches`) returns plain normalised patches and their
+bad-pixel masks; this module turns a batch of them into the network's *input* (a few pixels
+replaced) and the boolean map of *target* pixels, with torch operations on the batch tensor
+only (no NumPy round trip, so it runs where the batch lives: CPU or GPU).
+
+Scheme
+------
+1. **Targets on a stratified grid.** The patch is tiled by square cells of side
+   ``s = round(1 / sqrt(masked_fraction))``; one pixel at a uniformly random position in each
+   cell becomes a target, so the targets cover the patch evenly and the expected masked
+   fraction is ``1 / s**2``. Cells that overhang the right/bottom edge keep their target only
+   when it falls inside the patch, which keeps the expected fraction at ``1 / s**2`` there too.
+   Bad pixels (bad-pixel mask true) are never targets: their value carries no information
+   about the sky, and training on them teaches the net to reproduce the filler value.
+2. **Replacement.** Each target's input value is replaced so that the net cannot see it:
+
+   - ``"uniform"`` (N2V): the value of a neighbour drawn uniformly from the
+     ``(2r+1) × (2r+1)`` square around it (``r`` = ``radius``, default 5), the centre
+     excluded. A neighbour that falls outside the patch is mirrored *through the centre* on
+     that axis (offset ``d`` becomes ``-d``), which keeps it inside the patch and keeps the
+     offset non-zero, so the centre never replaces itself. Bad neighbours are avoided
+     cheaply: ``n_candidates`` (default 4) offsets are drawn per target and the first whose
+     pixel is good is used; if all are bad the last is used, and its value is the sky level
+     0 (normalisation sets bad pixels to 0), which carries no signal and no leak.
+   - ``"median"`` (N2V2): the median of the good pixels of the same square neighbourhood,
+     centre excluded; neighbours outside the patch and bad pixels are left out of the median
+     (``nanmedian``); a target without any good neighbour gets 0 (the sky).
+
+3. **Loss** (:func:`n2v_loss`): the mean squared error between the prediction and the
+   *original* value, at target pixels only.
+
+Default masked fraction
+-----------------------
+``DEFAULT_MASKED_FRACTION = 0.005`` (0.5 %: grid cells of 14 px, ~21 targets in a 64×64
+patch). The N2V literature uses 0.2 %–1.5 %. The loss gets its signal only from the targets,
+so a larger fraction gives more gradient per patch read (patch reading from the survey store is
+the expensive part out-of-core); but every replaced pixel is a corrupted input pixel for its
+neighbours, and with a receptive field of ~35 px radius (depth 2) a 1.5 % fraction puts ~60
+replaced pixels in each target's field. 0.5 % keeps that corruption small (~20 pixels out of
+~5000, i.e. 0.5 % of the context) while giving ~2.5× the signal of CAREamics' 0.2 %. On CCD
+frames, which are mostly sky with a few percent of source pixels, the extra targets also
+sample more source pixels per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+DEFAULT_MASKED_FRACTION = 0.005
+"""Default fraction of pixels that are blind-spot targets (see the module docstring)."""
+
+DEFAULT_RADIUS = 5
+"""Default half-width (px) of the square neighbourhood the replacement is drawn from."""
+
+Strategy = Literal["uniform", "median"]
+
+
+def grid_spacing(masked_fraction: float) -> int:
+    """Side (px) of the stratified grid's cells for a masked fraction: ``round(1/sqrt(f))``."""
+    if not 0.0 < masked_fraction <= 0.25:
+        raise ValueError(f"masked_fraction must be in (0, 0.25], got {masked_fraction}")
+    return max(2, round(1.0 / math.sqrt(masked_fraction)))
+
+
+def stratified_targets(
+    shape: tuple[int, int, int],
+    masked_fraction: float = DEFAULT_MASKED_FRACTION,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One random pixel per grid cell: a boolean ``(N, H, W)`` map of candidate targets.
+
+    Parameters
+    ----------
+    shape : (N, H, W)
+        Batch size and patch size.
+    masked_fraction : float
+        Expected fraction of target pixels; the cell side is :func:`grid_spacing`.
+    device : torch device, optional
+        Where to build the map (that of ``generator`` when it is given).
+    generator : torch.Generator, optional
+        Random generator on ``device`` (for reproducible masks).
+    """
+    n, h, w = shape
+    s = grid_spacing(masked_fraction)
+    if generator is not None:
+        device = generator.device
+    ny, nx = -(-h // s), -(-w // s)
+    off = torch.randint(0, s, (n, ny, nx, 2), device=device, generator=generator)
+    rows = torch.arange(ny, device=device).view(1, ny, 1) * s + off[..., 0]
+    cols = torch.arange(nx, device=device).view(1, 1, nx) * s + off[..., 1]
+    batch = torch.arange(n, device=device).view(n, 1, 1).expand(n, ny, nx)
+    inside = (rows < h) & (cols < w)
+    targets = torch.zeros((n, h, w), dtype=torch.bool, device=device)
+    targets[batch[inside], rows[inside], cols[inside]] = True
+    return targets
+
+
+def _offsets(radius: int, device: torch.device | str | None) -> torch.Tensor:
+    """All ``(dy, dx)`` of the ``(2r+1)²`` square except ``(0, 0)``: shape ``(P, 2)``."""
+    d = torch.arange(-radius, radius + 1, device=device)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    off = torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
+    return off[(off != 0).any(dim=1)]
+
+
+def _mirror(pos: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror out-of-range neighbour coordinates through the centre (``c + d -> c - d``)."""
+    return torch.where((pos < 0) | (pos >= size), 2 * centre - pos, pos)
+
+
+def uniform_sources(
+    b: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    shape: tuple[int, int],
+    *,
+    radius: int = DEFAULT_RADIUS,
+    bad: torch.Tensor | None = None,
+    n_candidates: int = 4,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source pixel ``(sy, sx)`` for each target ``(b, y, x)``: a uniform random neighbour.
+
+    The neighbour is drawn from the ``(2r+1)²`` square minus the centre; an out-of-patch
+    neighbour is mirrored through the centre on that axis, so ``(sy, sx) != (y, x)`` always.
+    With ``bad`` (``(N, H, W)`` bool), the first of ``n_candidates`` draws whose pixel is good
+    is taken (the last draw when none is).
+    """
+    h, w = shape
+    m = y.numel()
+    if m == 0:
+        return y.clone(), x.clone()
+    offsets = _offsets(radius, y.device)
+    k = max(1, n_candidates if bad is not None else 1)
+    pick = torch.randint(0, offsets.shape[0], (m, k), device=y.device, generator=generator)
+    sy = _mirror(y[:, None] + offsets[pick, 0], y[:, None], h)
+    sx = _mirror(x[:, None] + offsets[pick, 1], x[:, None], w)
+    if k == 1:
+        return sy[:, 0], sx[:, 0]
+    good = ~bad[b[:, None].expand(m, k), sy, sx]
+    good[:, -1] = True  # fall back to the last candidate
+    first = good.to(torch.int8).argmax(dim=1, keepdim=True)
+    return sy.gather(1, first)[:, 0], sx.gather(1, first)[:, 0]
+
+
+def neighbourhood_median(
+    img: torch.Tensor,
+    b: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    radius: int = DEFAULT_RADIUS,
+    bad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Median of the good in-patch pixels of each target's neighbourhood, centre excluded.
+
+    ``img`` is ``(N, H, W)``; returns one value per target (0 where no good neighbour exists).
+    """
+    _, h, w = img.shape
+    if y.numel() == 0:
+        return img.new_zeros((0,))
+    offsets = _offsets(radius, y.device)
+    sy = y[:, None] + offsets[None, :, 0]
+    sx = x[:, None] + offsets[None, :, 1]
+    inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
+    syc, sxc = sy.clamp(0, h - 1), sx.clamp(0, w - 1)
+    bb = b[:, None].expand_as(sy)
+    vals = img[bb, syc, sxc].float()
+    ok = inside if bad is None else inside & ~bad[bb, syc, sxc]
+    vals = torch.where(ok, vals, torch.full_like(vals, float("nan")))
+    med = torch.nanmedian(vals, dim=1).values
+    return torch.nan_to_num(med, nan=0.0).to(img.dtype)
+
+
+def apply_blind_spot(
+    x: torch.Tensor,
+    bad: torch.Tensor | None = None,
+    *,
+    masked_fraction: float = DEFAULT_MASKED_FRACTION,
+    radius: int = DEFAULT_RADIUS,
+    strategy: Strategy = "uniform",
+    n_candidates: int = 4,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blind-spot mask a batch: returns ``(masked input, target-location boolean mask)``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, 1, H, W) or (N, H, W)
+        Normalised patches (bad pixels already set to 0 by the reader).
+    bad : bool Tensor, same shape as ``x``, optional
+        True where the pixel is bad: never a target, never a replacement source.
+    masked_fraction : float
+        Expected fraction of targets (default :data:`DEFAULT_MASKED_FRACTION`).
+    radius : int
+        Half-width of the square neighbourhood (default 5); ``H, W > 2 * radius``.
+    strategy : {"uniform", "median"}
+        N2V (random neighbour) or N2V2 (median of the neighbourhood without the centre).
+    n_candidates : int
+        Draws per target used to avoid bad neighbours (``"uniform"`` only).
+    generator : torch.Generator, optional
+        Random generator on ``x``'s device.
+
+    Returns
+    -------
+    masked : Tensor, same shape and dtype as ``x``
+        ``x`` with each target replaced.
+    targets : bool Tensor, same shape as ``x``
+        True at the target pixels; the loss is computed there against ``x``.
+    """
+    squeeze = x.dim() == 4
+    if squeeze:
+        if x.shape[1] != 1:
+            raise ValueError(f"blind-spot masking expects one channel, got {x.shape[1]}")
+        img = x[:, 0]
+        bad2 = None if bad is None else bad[:, 0]
+    elif x.dim() == 3:
+        img, bad2 = x, bad
+    else:
+        raise ValueError(f"expected (N, 1, H, W) or (N, H, W), got shape {tuple(x.shape)}")
+    n, h, w = img.shape
+    if min(h, w) <= 2 * radius:
+        raise ValueError(f"patch {h}×{w} too small for neighbourhood radius {radius}")
+    if bad2 is not None:
+        bad2 = bad2.to(device=img.device, dtype=torch.bool)
+    targets = stratified_targets((n, h, w), masked_fraction, device=img.device, generator=generator)
+    if bad2 is not None:
+        targets &= ~bad2
+    tb, ty, tx = targets.nonzero(as_tuple=True)
+    masked = img.clone()
+    if strategy == "uniform":
+        sy, sx = uniform_sources(
+            tb,
+            ty,
+            tx,
+            (h, w),
+            radius=radius,
+            bad=bad2,
+            n_candidates=n_candidates,
+            generator=generator,
+        )
+        masked[tb, ty, tx] = img[tb, sy, sx]
+    elif strategy == "median":
+        masked[tb, ty, tx] = neighbourhood_median(img, tb, ty, tx, radius=radius, bad=bad2)
+    else:
+        raise ValueError(f"unknown replacement strategy {strategy!r}: 'uniform' or 'median'")
+    if squeeze:
+        return masked[:, None], targets[:, None]
+    return masked, targets
+
+
+def n2v_loss(
+    prediction: torch.Tensor, original: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error between ``prediction`` and ``original`` at ``targets`` only.
+
+    Computed in float32 (also under autocast). With no target in the batch the loss is 0
+    (still a function of ``prediction``, so ``backward`` works).
+    """
+    diff = prediction.float() - original.float()
+    t = targets.to(torch.bool)
+    # No boolean indexing: keeps the step free of host-device synchronisation on a GPU;
+    # torch.where (not a product) so a non-finite prediction off-target cannot leak in.
+    sq = torch.where(t, diff.square(), torch.zeros_like(diff))
+    return sq.sum() / t.sum().to(diff.dtype).clamp(min=1.0)

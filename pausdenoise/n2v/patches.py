@@ -1,0 +1,398 @@
+"""Out-of-core random patch sampling for Noise2Void training, and a fixed validation set.
+
+The survey never enters memory: a frame is an ``(image, mask, FrameStats)`` triple whose
+image and mask are any array-likes that support 2-D slicing (Zarr arrays, Dask arrays, NumPy
+arrays or memory maps), and the sampler reads only small windows of them.
+
+Reading strategy
+----------------
+A Zarr read decompresses whole chunks, so reading one 64×64 patch per read would decompress
+(for 1024² chunks) 256× more pixels than it uses. The sampler therefore reads a *block* — a
+window of about a chunk (``block_size``; by default the array's chunk shape capped at 1024, or
+4 × the patch size for unchunked arrays) at a random position — normalises it once with the
+frame's statistics (:func:`pausdenoise.n2v.normalise.normalise`) and cuts several patches
+(``patches_per_block``) at random positions inside it. A window that is not aligned to the
+chunk grid touches up to four chunks; aligning it would halve the I/O on average but would
+never produce a patch straddling a chunk boundary, i.e. under-sample the pixels near chunk
+edges. We prefer unbiased sampling; the decompression cost is amortised over the patches.
+
+Uniformity: for a region whose valid patch origins are ``[a, b]`` (per axis), the window's
+origin ``u`` is uniform on ``[a - (B - P), b]`` and each patch origin is uniform on
+``[u, u + B - P]``; draws outside ``[a, b]`` are discarded. Every origin is then covered by
+exactly ``B - P + 1`` window positions, so each patch origin is uniform over the region, and
+regions are chosen with probability proportional to their number of window positions, which
+makes the draw uniform over all (frame, position) pairs. Patches whose bad-pixel fraction
+(mask non-zero or non-finite image) exceeds ``max_bad_fraction`` are skipped.
+
+Validation: :func:`split_regions` holds out the bottom rows of every frame (or the caller
+passes separate frames); :func:`make_validation_set` draws the validation patches once with
+a fixed seed and applies a fixed blind-spot mask to them, so validation losses are comparable
+across epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pausdenoise.n2v.masking import (
+    DEFAULT_MASKED_FRACTION,
+    DEFAULT_RADIUS,
+    Strategy,
+    apply_blind_spot,
+    n2v_loss,
+)
+from pausdenoise.n2v.normalise import FrameStats, normalise
+
+DEFAULT_PATCH_SIZE = 64
+MAX_BLOCK = 1024
+"""Largest default read window (px per axis)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame to train on: lazily sliceable image and mask, and its statistics.
+
+    Attributes
+    ----------
+    image : array-like, shape (ny, nx)
+        ADU; anything with 2-D slicing (Zarr, Dask, NumPy).
+    mask : array-like, shape (ny, nx), or None
+        Non-zero marks a bad pixel.
+    stats : FrameStats
+        The frame's normalisation statistics (computed once per frame).
+    name : str
+        Identifier used in provenance (e.g. ``"00012345_04"``).
+    """
+
+    image: Any
+    mask: Any
+    stats: FrameStats
+    name: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        ny, nx = self.image.shape[-2:]
+        return int(ny), int(nx)
+
+
+def as_frames(frames: Sequence[Any]) -> list[Frame]:
+    """Accept :class:`Frame` objects or ``(image, mask, stats[, name])`` tuples."""
+    out: list[Frame] = []
+    for i, f in enumerate(frames):
+        if isinstance(f, Frame):
+            fr = f
+        else:
+            items = tuple(f)
+            if len(items) not in (3, 4):
+                raise ValueError(
+                    f"frame {i}: expected (image, mask, FrameStats[, name]), got {len(items)} items"
+                )
+            fr = Frame(*items)
+        if not isinstance(fr.stats, FrameStats):
+            raise TypeError(f"frame {i}: stats must be a FrameStats, got {type(fr.stats)}")
+        if len(fr.image.shape) != 2:
+            raise ValueError(f"frame {i}: image must be 2-D, got shape {fr.image.shape}")
+        if fr.mask is not None and tuple(fr.mask.shape) != tuple(fr.image.shape):
+            raise ValueError(f"frame {i}: mask shape {fr.mask.shape} != image {fr.image.shape}")
+        out.append(fr)
+    if not out:
+        raise ValueError("no frames given")
+    return out
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle ``[y0, y1) × [x0, x1)`` of frame number ``frame`` that patches may cover."""
+
+    frame: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def full_regions(frames: Sequence[Frame]) -> list[Region]:
+    """The whole of every frame."""
+    return [Region(i, 0, f.shape[0], 0, f.shape[1]) for i, f in enumerate(frames)]
+
+
+def split_regions(
+    frames: Sequence[Frame], validation_fraction: float = 0.1, patch_size: int = DEFAULT_PATCH_SIZE
+) -> tuple[list[Region], list[Region]]:
+    """Split every frame into training rows (top) and held-out validation rows (bottom).
+
+    The held-out strip has ``max(patch_size, ceil(fraction * ny))`` rows. Holding out rows of
+    every frame (rather than whole frames) works with a single frame and keeps the validation
+    set representative of all exposures and bands.
+
+    Raises
+    ------
+    ValueError
+        If a frame is too small to hold a training and a validation patch.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    train, val = [], []
+    for i, f in enumerate(frames):
+        ny, nx = f.shape
+        n_val = max(patch_size, math.ceil(validation_fraction * ny))
+        if ny - n_val < patch_size or nx < patch_size:
+            raise ValueError(
+                f"frame {i} ({f.name or 'unnamed'}) of shape {ny}×{nx} is too small to split "
+                f"into training and validation rows for patches of {patch_size}"
+            )
+        train.append(Region(i, 0, ny - n_val, 0, nx))
+        val.append(Region(i, ny - n_val, ny, 0, nx))
+    return train, val
+
+
+def _chunk_shape(arr: Any) -> tuple[int, int] | None:
+    """Chunk shape of a Zarr or Dask array (``None`` for NumPy)."""
+    cs = getattr(arr, "chunksize", None)  # dask
+    if cs is None:
+        cs = getattr(arr, "chunks", None)  # zarr: tuple of ints; dask: tuple of tuples
+        if cs is None or not all(isinstance(c, int | np.integer) for c in cs):
+            return None
+    return int(cs[-2]), int(cs[-1])
+
+
+def _read(arr: Any, ys: slice, xs: slice) -> np.ndarray:
+    """Read a 2-D window from any sliceable array (computing Dask results)."""
+    out = arr[ys, xs]
+    if hasattr(out, "compute"):
+        out = out.compute()
+    return np.asarray(out)
+
+
+class PatchSampler:
+    """Random, seeded, out-of-core sampler of normalised patches and their bad-pixel masks.
+
+    Parameters
+    ----------
+    frames : sequence of Frame or (image, mask, FrameStats[, name])
+        The frames; only windows of them are ever read.
+    patch_size : int
+        Patch side (px), default 64.
+    regions : list of Region, optional
+        Where patches may lie (default: whole frames); see :func:`split_regions`.
+    max_bad_fraction : float
+        Skip patches with a larger fraction of bad pixels (default 0.25).
+    block_size : int, optional
+        Side of the read window (px); default: the image's chunk shape capped at 1024, or
+        ``4 * patch_size`` when the array is not chunked. Clipped to the region.
+    patches_per_block : int, optional
+        Patch draws per window; default ``clip(window_area / patch_area / 4, 1, 32)``
+        (about a quarter of the window's area, so patches of one read overlap little).
+    seed : int
+        Seed of the NumPy generator that drives every random choice.
+
+    Attributes
+    ----------
+    blocks_read, patches_drawn, patches_skipped : int
+        Counters (windows read, patch draws inside regions, draws skipped as too bad).
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[Any],
+        patch_size: int = DEFAULT_PATCH_SIZE,
+        *,
+        regions: Sequence[Region] | None = None,
+        max_bad_fraction: float = 0.25,
+        block_size: int | None = None,
+        patches_per_block: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.frames = as_frames(frames)
+        self.patch_size = int(patch_size)
+        self.regions = list(regions) if regions is not None else full_regions(self.frames)
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.rng = np.random.default_rng(seed)
+        p = self.patch_size
+        self.regions = [r for r in self.regions if r.y1 - r.y0 >= p and r.x1 - r.x0 >= p]
+        if not self.regions:
+            raise ValueError(f"no frame region can hold a {p}×{p} patch")
+        self._blocks: list[tuple[int, int]] = []
+        self._ppb: list[int] = []
+        weights = []
+        for r in self.regions:
+            fr = self.frames[r.frame]
+            if block_size is not None:
+                bh = bw = int(block_size)
+            else:
+                cs = _chunk_shape(fr.image)
+                bh, bw = (min(c, MAX_BLOCK) for c in cs) if cs else (4 * p, 4 * p)
+            bh = int(np.clip(bh, p, r.y1 - r.y0))
+            bw = int(np.clip(bw, p, r.x1 - r.x0))
+            self._blocks.append((bh, bw))
+            if patches_per_block is None:
+                self._ppb.append(int(np.clip(bh * bw // (4 * p * p), 1, 32)))
+            else:
+                self._ppb.append(max(1, int(patches_per_block)))
+            # number of window origins per axis: valid patch origins + (B - P)
+            weights.append(float((r.y1 - r.y0 - p + 1 + bh - p) * (r.x1 - r.x0 - p + 1 + bw - p)))
+        w = np.asarray(weights)
+        self._weights = w / w.sum()
+        self._buffer_x: list[np.ndarray] = []
+        self._buffer_b: list[np.ndarray] = []
+        self._sources: list[tuple[int, int, int]] = []
+        self.blocks_read = 0
+        self.patches_drawn = 0
+        self.patches_skipped = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_block(self) -> None:
+        """Read one window and append its accepted patches to the buffer."""
+        rng, p = self.rng, self.patch_size
+        k = int(rng.choice(len(self.regions), p=self._weights))
+        r, (bh, bw), n = self.regions[k], self._blocks[k], self._ppb[k]
+        fr = self.frames[r.frame]
+        uy = int(rng.integers(r.y0 - (bh - p), r.y1 - p + 1))
+        ux = int(rng.integers(r.x0 - (bw - p), r.x1 - p + 1))
+        py = uy + rng.integers(0, bh - p + 1, size=n)
+        px = ux + rng.integers(0, bw - p + 1, size=n)
+        keep = (py >= r.y0) & (py <= r.y1 - p) & (px >= r.x0) & (px <= r.x1 - p)
+        py, px = py[keep], px[keep]
+        if py.size == 0:
+            return
+        self.patches_drawn += int(py.size)
+        y0, y1 = max(uy, r.y0), min(uy + bh, r.y1)
+        x0, x1 = max(ux, r.x0), min(ux + bw, r.x1)
+        ys, xs = slice(y0, y1), slice(x0, x1)
+        img = _read(fr.image, ys, xs)
+        bad = ~np.isfinite(img)
+        if fr.mask is not None:
+            bad |= _read(fr.mask, ys, xs) != 0
+        norm = normalise(img, fr.stats, bad)
+        self.blocks_read += 1
+        for yy, xx in zip(py - y0, px - x0, strict=True):
+            b = bad[yy : yy + p, xx : xx + p]
+            if b.mean() > self.max_bad_fraction:
+                self.patches_skipped += 1
+                continue
+            self._buffer_x.append(norm[yy : yy + p, xx : xx + p])
+            self._buffer_b.append(b)
+            self._sources.append((r.frame, int(yy + y0), int(xx + x0)))
+
+    def sample(
+        self, n: int, *, return_sources: bool = False, max_empty_reads: int = 1000
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, list]:
+        """Draw ``n`` patches.
+
+        Returns
+        -------
+        patches : float32 Tensor (n, 1, P, P)
+            Normalised patches (bad pixels are 0).
+        bad : bool Tensor (n, 1, P, P)
+            True at bad pixels.
+        sources : list of (frame index, y, x), only with ``return_sources``
+            Where each patch's top-left corner lies.
+
+        Raises
+        ------
+        RuntimeError
+            If ``max_empty_reads`` windows in a row give no acceptable patch (the frames are
+            almost entirely masked for this ``max_bad_fraction``).
+        """
+        empty = 0
+        while len(self._buffer_x) < n:
+            before = len(self._buffer_x)
+            self._read_block()
+            empty = 0 if len(self._buffer_x) > before else empty + 1
+            if empty >= max_empty_reads:
+                raise RuntimeError(
+                    f"{max_empty_reads} reads in a row gave no patch with a bad-pixel fraction "
+                    f"<= {self.max_bad_fraction}: are the frames almost entirely masked?"
+                )
+        xs, self._buffer_x = self._buffer_x[:n], self._buffer_x[n:]
+        bs, self._buffer_b = self._buffer_b[:n], self._buffer_b[n:]
+        src, self._sources = self._sources[:n], self._sources[n:]
+        x = torch.from_numpy(np.stack(xs)[:, None])
+        b = torch.from_numpy(np.stack(bs)[:, None])
+        if return_sources:
+            return x, b, src
+        return x, b
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless iterator of ``(patches, bad)`` batches."""
+        while True:
+            yield self.sample(batch_size)
+
+
+# ---------------------------------------------------------------------- validation
+
+
+@dataclass
+class ValidationSet:
+    """Fixed validation patches with a fixed blind-spot mask.
+
+    Attributes
+    ----------
+    inputs : Tensor (n, 1, P, P)
+        Blind-spot-masked patches (what the network sees).
+    originals : Tensor (n, 1, P, P)
+        The unmasked patches (the loss targets).
+    targets : bool Tensor (n, 1, P, P)
+        Where the loss is computed.
+    """
+
+    inputs: torch.Tensor
+    originals: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def to(self, device: torch.device | str) -> ValidationSet:
+        return ValidationSet(
+            self.inputs.to(device), self.originals.to(device), self.targets.to(device)
+        )
+
+    @torch.no_grad()
+    def loss(self, model: torch.nn.Module, batch_size: int = 64) -> float:
+        """Mean N2V loss over all target pixels (model switched to eval mode and back)."""
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            for i in range(0, len(self), batch_size):
+                sl = slice(i, i + batch_size)
+                t = self.targets[sl]
+                n = int(t.sum())
+                pred = model(self.inputs[sl])
+                total += float(n2v_loss(pred, self.originals[sl], t)) * n
+                count += n
+        finally:
+            model.train(was_training)
+        return total / max(count, 1)
+
+
+def make_validation_set(
+    frames: Sequence[Any],
+    n_patches: int,
+    patch_size: int = DEFAULT_PATCH_SIZE,
+    *,
+    regions: Sequence[Region] | None = None,
+    seed: int = 12345,
+    masked_fraction: float = DEFAULT_MASKED_FRACTION,
+    radius: int = DEFAULT_RADIUS,
+    strategy: Strategy = "uniform",
+    max_bad_fraction: float = 0.25,
+) -> ValidationSet:
+    """Draw ``n_patches`` validation patches once (seeded) and blind-spot mask them once."""
+    sampler = PatchSampler(
+        frames, patch_size, regions=regions, max_bad_fraction=max_bad_fraction, seed=seed
+    )
+    x, bad = sampler.sample(n_patches)
+    gen = torch.Generator().manual_seed(seed)
+    masked, targets = apply_blind_spot(
+        x, bad, masked_fraction=masked_fraction, radius=radius, strategy=strategy, generator=gen
+    )
+    return ValidationSet(masked, x, targets)

@@ -1,0 +1,169 @@
+"""Report stage runner: figures and the self-contained HTML report of a run directory.
+
+Reads what the other stages wrote (``run.json``, ``model/history.csv``, ``evaluate/``,
+``compare/``) and writes ``<run>/report/index.html`` (figures embedded), every figure as a
+PNG under ``report/figures/`` and the tables as CSV/JSON under ``report/tables/``.
+Sections whose inputs are missing (a stage not run) are left out, not faked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from pausdenoise import report as rp
+
+if TYPE_CHECKING:
+    from pausdenoise.pipeline.core import Context
+
+SIGMA68_COLUMNS = {
+    "raw fluxes, raw errors": "sigma68_raw",
+    "denoised fluxes, raw errors": "sigma68_den_rawerr",
+    "denoised fluxes, calibrated errors": "sigma68_den_model",
+}
+
+
+def _bins_only(t: pd.DataFrame) -> pd.DataFrame:
+    return t[t["bin"] != "all"] if "bin" in t else t
+
+
+class _Writer:
+    def __init__(self, root: Path, dpi: int) -> None:
+        self.fig_dir = root / "figures"
+        self.tab_dir = root / "tables"
+        self.fig_dir.mkdir(parents=True, exist_ok=True)
+        self.tab_dir.mkdir(parents=True, exist_ok=True)
+        self.dpi = dpi
+
+    def figure(self, name: str, fig) -> bytes:
+        png = rp.figure_png(fig, dpi=self.dpi)
+        (self.fig_dir / f"{name}.png").write_bytes(png)
+        return png
+
+    def table(self, name: str, table: pd.DataFrame) -> pd.DataFrame:
+        table.to_csv(self.tab_dir / f"{name}.csv", index=False)
+        (self.tab_dir / f"{name}.json").write_text(table.to_json(orient="records", indent=2))
+        return table
+
+
+def build_report(ctx: Context) -> Path:
+    """Write the report of run directory ``ctx.paths.out``; returns the HTML path."""
+    paths = ctx.paths
+    root = paths.report
+    if root.exists():
+        shutil.rmtree(root)
+    w = _Writer(root, ctx.cfg.report.dpi)
+    sections: list[rp.ReportSection] = []
+
+    # -- evaluation against truth --------------------------------------------------------
+    ev_dir = paths.evaluate
+    if (ev_dir / "stamps.npz").exists():
+        z = np.load(ev_dir / "stamps.npz")
+        stamps = [
+            {"raw": z["raw"][i], "denoised": z["denoised"][i], "truth": z["truth"][i],
+             "label": str(z["label"][i])}
+            for i in range(len(z["raw"]))
+        ]
+        figs = [("Galaxy stamps from held-out exposures: raw, denoised, noiseless truth "
+                 "(asinh stretch, shared per row).", w.figure("stamps", rp.fig_stamps(stamps)))]
+        s = stamps[len(stamps) // 2]
+        row = s["raw"].shape[0] // 2
+        figs.append(("Line profile through the centre of a galaxy (raw, denoised, truth).",
+                     w.figure("profile", rp.fig_profile(s["raw"], s["denoised"], s["truth"],
+                                                        row, s["label"].split("\n")[0]))))
+        sections.append(rp.ReportSection("Images: raw vs denoised", figures=figs))
+    tables = []
+    if (ev_dir / "pixel_summary.csv").exists():
+        tables.append(("Pixel metrics against the noiseless truth (held-out exposures; RMS "
+                       "in ADU, PSNR in dB)",
+                       w.table("pixel_summary", pd.read_csv(ev_dir / "pixel_summary.csv"))))
+    figs = []
+    if (ev_dir / "completeness.csv").exists():
+        comp = w.table("completeness", pd.read_csv(ev_dir / "completeness.csv"))
+        figs.append(("Detection completeness at one fixed threshold (3σ of the smoothed raw "
+                     "noise) vs true magnitude.",
+                     w.figure("completeness", rp.fig_completeness(
+                         {k: g for k, g in comp.groupby("kind")}))))
+        det = json.loads((ev_dir / "detection_summary.json").read_text())
+        tables.append(("Completeness limits and purity", w.table("detection_summary", pd.DataFrame(
+            [{"kind": k, **v} for k, v in det.items()]))))
+    if tables or figs:
+        sections.append(rp.ReportSection("Evaluation against the truth", figures=figs,
+                                         tables=tables))
+
+    # -- photometry comparison ----------------------------------------------------------
+    cmp_dir = paths.compare
+    figs, tables = [], []
+    if (cmp_dir / "df_values.npz").exists():
+        z = np.load(cmp_dir / "df_values.npz")
+        labels = {"raw": "raw fluxes, raw errors",
+                  "denoised_rawerr": "denoised fluxes, raw errors",
+                  "denoised_model": "denoised fluxes, calibrated errors"}
+        figs.append(("df = (f1 − f2)/√(σ1² + σ2²) for every pair of exposures of a source "
+                     "in a band, with N(0, 1).",
+                     w.figure("df_histograms", rp.fig_df_histograms(
+                         {labels[k]: z[k] for k in labels if k in z}))))
+    if (cmp_dir / "sigma68_by_bin.csv").exists():
+        t = w.table("sigma68_by_bin", pd.read_csv(cmp_dir / "sigma68_by_bin.csv"))
+        figs.append(("σ68 of df per I_auto bin; the band marks 1.00 ± 0.05.",
+                     w.figure("sigma68", rp.fig_sigma68(_bins_only(t), SIGMA68_COLUMNS))))
+        tb = _bins_only(t).assign(ratio_minus_1=lambda d: d["median_ratio_den_raw"] - 1.0)
+        cols = {"median denoised/raw − 1": "ratio_minus_1"}
+        ylabel = "flux bias"
+        if (cmp_dir / "truth_comparison.csv").exists():
+            tc = w.table("truth_comparison", pd.read_csv(cmp_dir / "truth_comparison.csv"))
+            for kind, g in _bins_only(tc).groupby("kind"):
+                tb = tb.merge(g[["bin", "bias_median"]].rename(
+                    columns={"bias_median": f"bias_{kind}"}), on="bin", how="left")
+                cols[f"median (f − f_true)/f_true, {kind}"] = f"bias_{kind}"
+            tables.append(("Flux accuracy against the truth", tc))
+        figs.append(("Flux bias per I_auto bin.",
+                     w.figure("flux_bias", rp.fig_flux_bias(tb, cols, ylabel))))
+        tables.insert(0, ("σ68 of df and flux ratio per I_auto bin", t))
+    if (cmp_dir / "error_model_validation.csv").exists():
+        tables.append(("Calibrated denoised errors, validated on held-out exposures",
+                       w.table("error_model_validation",
+                               pd.read_csv(cmp_dir / "error_model_validation.csv"))))
+        tables.append(("Error model: scale s per bin (σ_den = s·σ_raw)",
+                       w.table("error_model", pd.read_csv(cmp_dir / "error_model.csv"))))
+    if figs or tables:
+        sections.append(rp.ReportSection(
+            "Photometry: the same galaxies in different exposures",
+            text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
+                 "of exposures of the same source and band give df, whose σ68 should be 1 "
+                 "when the errors are right.",
+            figures=figs, tables=tables))
+
+    # -- training and throughput --------------------------------------------------------
+    figs = []
+    hist = paths.model_dir / "history.csv"
+    if hist.exists():
+        figs.append(("Noise2Void training: loss at the blind-spot pixels per epoch.",
+                     w.figure("training_loss", rp.fig_loss(pd.read_csv(hist)))))
+    timings = ctx.record.timings()
+    if timings:
+        figs.append(("Wall time per stage of this run.",
+                     w.figure("timings", rp.fig_timings(timings))))
+    stage_notes = pd.DataFrame(
+        [{"stage": k, "status": v.get("status"), "seconds": v.get("seconds"),
+          "summary": v.get("note", "")} for k, v in ctx.record.data["stages"].items()]
+    )
+    sections.append(rp.ReportSection("Training and throughput", figures=figs,
+                                     tables=[("Stages of this run",
+                                              w.table("stages", stage_notes))]))
+
+    html = rp.render_html(
+        ctx.cfg.report.title,
+        sections,
+        config=ctx.record.data.get("config"),
+        versions=ctx.record.data.get("versions") or rp.software_versions(),
+        timings=timings,
+    )
+    out = root / "index.html"
+    out.write_text(html)
+    return out

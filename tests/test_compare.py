@@ -1,0 +1,274 @@
+"""Tests of pausdenoise.compare: pairs, Δf, σ68, summaries, the denoised error model and
+the comparison with truth, on synthetic photometry tables with known statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pausdenoise.compare import (
+    DEFAULT_BINS,
+    calibrate,
+    delta_f,
+    df_arrays,
+    fit_error_model,
+    make_pairs,
+    sigma68,
+    sigma68_stderr,
+    split_exposures,
+    summarise,
+    truth_comparison,
+    validate_error_model,
+    widen,
+)
+
+#: true denoised-scatter / raw-error ratio per 1-mag bin 17-18 … 22-23
+TRUE_K = np.array([0.50, 0.55, 0.60, 0.70, 0.80, 0.90])
+DEN_BIAS = 0.01  # denoised fluxes 1 % high
+
+
+def synthetic_table(n_src=6000, n_exp=12, seed=0, bands=("NB455",)):
+    """A long photometry table (raw + denoised) with known truth.
+
+    Raw fluxes scatter by exactly their errors; denoised fluxes scatter by TRUE_K × the raw
+    error (per I_auto bin) around (1 + DEN_BIAS) × truth, and their own reported errors
+    are the raw ones (what a pipeline that ignores denoising would report).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    exps = np.arange(100, 100 + n_exp)
+    mags = rng.uniform(17.0, 23.0, n_src)
+    ftrue = 10 ** (-0.4 * (mags - 23.9))
+    sig = np.sqrt(0.01 * ftrue + 0.5**2)
+    k = TRUE_K[np.clip(np.floor(mags - 17).astype(int), 0, 5)]
+    for band in bands:
+        for e in exps:
+            zp = rng.uniform(0.8, 1.2)
+            f_raw = ftrue + rng.normal(0, sig)
+            f_den = ftrue * (1 + DEN_BIAS) + rng.normal(0, k * sig)
+            for kind, f in (("raw", f_raw), ("denoised", f_den)):
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "ref_id": np.arange(n_src, dtype=np.int64),
+                            "expnum": np.int64(e),
+                            "ccd": np.int64(1 + e % 3),
+                            "band": band,
+                            "kind": kind,
+                            "I_auto": mags,
+                            "flux": f / zp,
+                            "flux_err": sig / zp,
+                            "zp": zp,
+                            "zp_err": 0.0,
+                            "flux_cal": f,
+                            "flux_cal_err": sig,
+                            "flags": np.zeros(n_src, np.int32),
+                        }
+                    )
+                )
+    table = pd.concat(rows, ignore_index=True)
+    truth = (
+        table[table.kind == "raw"][["ref_id", "expnum", "band"]]
+        .assign(flux_true_cal=lambda d: ftrue[d.ref_id.to_numpy()])
+        .reset_index(drop=True)
+    )
+    return table, truth
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return synthetic_table()
+
+
+@pytest.fixture(scope="module")
+def synth_pairs(synth):
+    return make_pairs(synth[0])
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_sigma68_of_standard_normal():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, 200_000)
+    assert abs(sigma68(x) - 1) < 0.01
+    assert abs(sigma68(3 * x + 5) - 3) < 0.03
+    assert np.isnan(sigma68([]))
+    assert sigma68(np.r_[x[:1000], np.nan, np.inf]) == sigma68(x[:1000])
+    assert 0.045 < float(sigma68_stderr(400)) < 0.05
+
+
+def test_delta_f_formula():
+    p = pd.DataFrame(
+        {
+            "f_raw_1": [10.0],
+            "f_raw_2": [7.0],
+            "e_raw_1": [3.0],
+            "e_raw_2": [4.0],
+            "f_den_1": [9.0],
+            "f_den_2": [8.0],
+            "e_den_1": [1.0],
+            "e_den_2": [1.0],
+        }
+    )
+    assert delta_f(p, "raw")[0] == pytest.approx(3.0 / 5.0)
+    assert delta_f(p, "denoised", errors="raw")[0] == pytest.approx(1.0 / 5.0)
+    assert delta_f(p, "denoised")[0] == pytest.approx(1.0 / np.sqrt(2))
+    assert delta_f(p, "raw", scale=0.5)[0] == pytest.approx(6.0 / 5.0)
+
+
+def test_calibrate_formula_and_new_zeropoints():
+    t = pd.DataFrame(
+        {
+            "expnum": [1, 2],
+            "ccd": [1, 1],
+            "flux": [100.0, -4.0],
+            "flux_err": [10.0, 2.0],
+            "zp": [2.0, 3.0],
+            "zp_err": [0.1, 0.2],
+        }
+    )
+    c = calibrate(t)
+    np.testing.assert_allclose(c.flux_cal, [200.0, -12.0])
+    s = np.sqrt(np.array([100 * 0.01 + 100 * 4 + 1e4 * 0.01, 4 * 0.04 + 4 * 9 + 16 * 0.04]))
+    np.testing.assert_allclose(c.flux_cal_err, s)
+    c2 = calibrate(t, pd.DataFrame({"expnum": [1, 2], "zp": [1.0, 1.0], "zp_err": [0.0, 0.0]}))
+    np.testing.assert_allclose(c2.flux_cal, t.flux)
+    np.testing.assert_allclose(c2.flux_cal_err, t.flux_err)
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def _random_observations(seed=3):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for rid in range(60):
+        for band in ("NB455", "NB465"):
+            n = int(rng.integers(0, 7))
+            for e in rng.choice(np.arange(50), size=n, replace=False):
+                for kind in ("raw", "denoised"):
+                    rows.append((rid, int(e), 4, band, kind, 20.0, 1.0, 0.1, 0))
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "ref_id",
+            "expnum",
+            "ccd",
+            "band",
+            "kind",
+            "I_auto",
+            "flux_cal",
+            "flux_cal_err",
+            "flags",
+        ],
+    )
+
+
+def test_pair_count_and_uniqueness():
+    t = _random_observations()
+    pairs = make_pairs(t)
+    n = t[t.kind == "raw"].groupby(["ref_id", "band"]).size()
+    assert len(pairs) == int((n * (n - 1) // 2).sum()) > 100
+    assert (pairs.expnum_1 < pairs.expnum_2).all()
+    key = pairs[["ref_id", "band", "expnum_1", "expnum_2"]]
+    assert not key.duplicated().any()
+    for c in ("f_raw_1", "e_raw_2", "f_den_1", "e_den_2", "I_auto", "ccd_1"):
+        assert c in pairs.columns
+
+
+def test_flagged_measurements_leave_pairs():
+    t = _random_observations()
+    first = t.index[(t.kind == "denoised")][0]
+    rid, e, band = t.loc[first, ["ref_id", "expnum", "band"]]
+    t.loc[first, "flags"] = 4
+    pairs = make_pairs(t)
+    bad = (
+        (pairs.ref_id == rid)
+        & (pairs.band == band)
+        & ((pairs.expnum_1 == e) | (pairs.expnum_2 == e))
+    )
+    assert not bad.any()
+    assert len(make_pairs(t, exclude_flags=False)) > len(pairs)
+
+
+def test_pairs_on_dask_dataframe_match_pandas():
+    dd = pytest.importorskip("dask.dataframe")
+    import dask
+
+    t = _random_observations()
+    lazy = make_pairs(dd.from_pandas(t, npartitions=3))
+    with dask.config.set(scheduler="synchronous"):
+        got = lazy.compute()
+    key = ["ref_id", "band", "expnum_1", "expnum_2"]
+    want = make_pairs(t).sort_values(key).reset_index(drop=True)
+    got = got.sort_values(key).reset_index(drop=True)[want.columns]
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    s_lazy = summarise(lazy)
+    assert s_lazy.n_pairs.iloc[0] == len(want)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def test_summarise_recovers_known_scatter_and_bias(synth, synth_pairs):
+    s = summarise(synth_pairs)
+    assert list(s.bin) == ["all", "17-18", "18-19", "19-20", "20-21", "21-22", "22-23"]
+    assert s.n_pairs.iloc[0] == s.n_pairs.iloc[1:].sum() == len(synth_pairs)
+    per_bin = s.iloc[1:]
+    np.testing.assert_allclose(per_bin.sigma68_raw, 1.0, atol=0.06)
+    np.testing.assert_allclose(per_bin.sigma68_den_rawerr, TRUE_K, atol=0.06)
+    # bias: denoised/raw median ratio ≈ 1.01 where S/N is high
+    np.testing.assert_allclose(per_bin.median_ratio_den_raw.iloc[:3], 1 + DEN_BIAS, atol=0.004)
+    arrays = df_arrays(synth_pairs)
+    assert set(arrays) == {"raw", "denoised_rawerr"}
+    assert arrays["raw"].size == len(synth_pairs)
+
+
+def test_error_model_validated_on_held_out_exposures(synth, synth_pairs):
+    table, _ = synth
+    fit_set = split_exposures(table.expnum, fraction=0.5, seed=4)
+    assert len(fit_set) == 6
+    model = fit_error_model(synth_pairs, fit_set)
+    # the fitted scale is the true denoised/raw scatter ratio
+    np.testing.assert_allclose(model.scale, TRUE_K, atol=0.06)
+    val = validate_error_model(synth_pairs, model)
+    per_bin = val.iloc[1:]
+    assert (per_bin.n_pairs >= 400).all()
+    # held-out pairs use neither fit exposure
+    held = synth_pairs[~synth_pairs.expnum_1.isin(fit_set) & ~synth_pairs.expnum_2.isin(fit_set)]
+    assert val.n_pairs.iloc[0] == len(held)
+    np.testing.assert_allclose(per_bin.sigma68_den_model, 1.0, atol=0.05)
+    assert per_bin.passed.all()
+    # without the model the same held-out pairs fail (raw errors overstate by 1/k)
+    no_model = fit_error_model(
+        synth_pairs.assign(f_den_1=synth_pairs.f_raw_1, f_den_2=synth_pairs.f_raw_2), fit_set
+    )
+    np.testing.assert_allclose(no_model.scale, 1.0, atol=0.06)
+    assert not validate_error_model(synth_pairs, no_model).iloc[1:4].passed.any()
+    s = summarise(synth_pairs, model=model)
+    np.testing.assert_allclose(s.sigma68_den_model.iloc[1:], 1.0, atol=0.05)
+    assert "denoised_model" in df_arrays(synth_pairs, model)
+    assert model.to_frame().shape[0] == len(DEFAULT_BINS) - 1
+
+
+def test_truth_comparison(synth):
+    table, truth = synth
+    res = truth_comparison(table, truth).set_index(["kind", "bin"])
+    bright = ["17-18", "18-19", "19-20"]
+    np.testing.assert_allclose(res.loc[("raw", "all"), "bias_median"], 0.0, atol=0.003)
+    for b in bright:
+        assert res.loc[("denoised", b), "bias_median"] == pytest.approx(DEN_BIAS, abs=0.003)
+        assert res.loc[("raw", b), "pull_sigma68"] == pytest.approx(1.0, abs=0.05)
+    assert res.loc[("denoised", "all"), "n"] == len(truth)
+    with pytest.raises(KeyError, match="flux_true_cal"):
+        truth_comparison(table, truth.drop(columns=["flux_true_cal"]))
+
+
+def test_widen_requires_a_kind():
+    t = _random_observations()
+    w = widen(t[t.kind == "raw"])
+    assert "f_raw" in w.columns and "f_den" not in w.columns
+    s = summarise(make_pairs(t[t.kind == "raw"]))
+    assert np.isnan(s.sigma68_den_rawerr).all()

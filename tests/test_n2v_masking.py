@@ -1,0 +1,204 @@
+"""Blind-spot masking: no centre leak, stratified fraction, bad pixels, loss only at targets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pausdenoise.n2v.masking import (
+    DEFAULT_MASKED_FRACTION,
+    apply_blind_spot,
+    grid_spacing,
+    n2v_loss,
+    stratified_targets,
+    uniform_sources,
+)
+
+torch.set_num_threads(1)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _unique_image(n: int, h: int, w: int) -> torch.Tensor:
+    return torch.arange(n * h * w, dtype=torch.float32).reshape(n, 1, h, w)
+
+
+def _neighbour_has_target(targets: torch.Tensor, r: int) -> torch.Tensor:
+    """True where another target lies in the (2r+1)² square around the pixel."""
+    k = torch.ones(1, 1, 2 * r + 1, 2 * r + 1)
+    k[0, 0, r, r] = 0
+    return F.conv2d(targets.float(), k, padding=r) > 0
+
+
+def test_default_fraction_in_literature_range() -> None:
+    assert 0.002 <= DEFAULT_MASKED_FRACTION <= 0.015
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "median"])
+def test_target_value_is_never_its_own(strategy: str) -> None:
+    # every pixel value unique: a replaced value equal to the original would be a leak
+    x = _unique_image(32, 24, 40)
+    masked, targets = apply_blind_spot(
+        x, masked_fraction=0.02, strategy=strategy, generator=_gen(1)
+    )
+    assert targets.any()
+    assert torch.all(masked[targets] != x[targets])
+    assert torch.equal(masked[~targets], x[~targets])  # nothing else touched
+
+
+def test_uniform_replacement_comes_from_a_neighbour_within_radius() -> None:
+    n, h, w, r = 16, 24, 40, 5
+    x = _unique_image(n, h, w)
+    masked, targets = apply_blind_spot(
+        x, masked_fraction=0.02, radius=r, strategy="uniform", generator=_gen(2)
+    )
+    b, _, y, xx = targets.nonzero(as_tuple=True)
+    src = masked[targets].long()  # the value is the flat index of its source pixel
+    sb, rem = src // (h * w), src % (h * w)
+    sy, sx = rem // w, rem % w
+    assert torch.equal(sb, b)
+    dy, dx = sy - y, sx - xx
+    assert int(dy.abs().max()) <= r and int(dx.abs().max()) <= r
+    assert not torch.any((dy == 0) & (dx == 0))
+
+
+def test_uniform_sources_never_the_centre_even_at_edges() -> None:
+    h, w, r = 16, 16, 5
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    y = ys.reshape(-1).repeat(50)
+    x = xs.reshape(-1).repeat(50)
+    b = torch.zeros_like(y)
+    sy, sx = uniform_sources(b, y, x, (h, w), radius=r, generator=_gen(3))
+    assert torch.all((sy != y) | (sx != x))
+    assert sy.min() >= 0 and sy.max() < h and sx.min() >= 0 and sx.max() < w
+    assert int((sy - y).abs().max()) <= r and int((sx - x).abs().max()) <= r
+    # all 120 offsets are used (uniform over the square minus the centre)
+    centre = (y == 8) & (x == 8)
+    offs = set(zip((sy - y)[centre].tolist(), (sx - x)[centre].tolist(), strict=True))
+    assert len(offs) > 20
+    many = uniform_sources(
+        torch.zeros(20000, dtype=torch.long),
+        torch.full((20000,), 8),
+        torch.full((20000,), 8),
+        (h, w),
+        radius=r,
+        generator=_gen(4),
+    )
+    offs = torch.stack([many[0] - 8, many[1] - 8], 1)
+    counts = torch.unique(offs, dim=0, return_counts=True)[1]
+    assert counts.numel() == (2 * r + 1) ** 2 - 1
+    assert counts.min() > 0.5 * 20000 / 120 and counts.max() < 1.5 * 20000 / 120
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "median"])
+def test_constant_image_with_bright_targets(strategy: str) -> None:
+    # Reproduce the targets first (the same seed draws the same grid), then make an image
+    # that is constant except at the targets: the centre's value must never come back.
+    n, h, w, f, r = 8, 64, 64, 0.005, 5
+    targets = stratified_targets((n, h, w), f, generator=_gen(5))[:, None]
+    x = torch.full((n, 1, h, w), 3.0)
+    x[targets] = 100.0
+    masked, t2 = apply_blind_spot(
+        x, masked_fraction=f, radius=r, strategy=strategy, generator=_gen(5)
+    )
+    assert torch.equal(t2, targets)
+    vals = masked[targets]
+    if strategy == "median":
+        assert torch.all(vals == 3.0)  # targets are < half of any neighbourhood
+    else:
+        near = _neighbour_has_target(targets, r)[targets]
+        assert torch.all(vals[~near] == 3.0)
+        assert torch.all((vals == 3.0) | (vals == 100.0))
+
+
+def test_masked_fraction_close_to_configured() -> None:
+    for f in (0.002, 0.005, 0.015):
+        t = stratified_targets((64, 64, 64), f, generator=_gen(6))
+        frac = t.float().mean().item()
+        s = grid_spacing(f)
+        assert abs(frac - 1 / s**2) < 0.1 / s**2
+        assert 0.8 * f < frac < 1.25 * f
+
+
+def test_targets_are_stratified_one_per_cell() -> None:
+    f = 1 / 16**2
+    s = grid_spacing(f)
+    assert s == 16
+    t = stratified_targets((10, 64, 96), f, generator=_gen(7))
+    per_cell = t.reshape(10, 4, s, 6, s).sum(dim=(2, 4))
+    assert torch.all(per_cell == 1)
+
+
+def test_bad_pixels_never_targets_nor_sources() -> None:
+    n, h, w = 32, 48, 48
+    g = _gen(8)
+    bad = torch.rand(n, 1, h, w, generator=g) < 0.3
+    bad[:, :, :, 10] = True  # a bad column
+    x = _unique_image(n, h, w)
+    masked, targets = apply_blind_spot(x, bad, masked_fraction=0.02, generator=g)
+    assert targets.any()
+    assert not torch.any(targets & bad)
+    # uniform: 4 candidate draws, so a bad source needs 4 bad draws (~0.3**4 of targets)
+    src = masked[targets].long()
+    from_bad = bad.reshape(-1)[src].float().mean().item()
+    assert from_bad < 0.03
+    # median: bad pixels (a huge value) are never part of the median
+    xb = torch.where(bad, torch.tensor(1e6), torch.randn(n, 1, h, w, generator=g))
+    mm, tm = apply_blind_spot(xb, bad, masked_fraction=0.02, strategy="median", generator=g)
+    assert not torch.any(tm & bad)
+    assert torch.all(mm[tm].abs() < 10)
+
+
+def test_shapes_dtype_and_errors() -> None:
+    x = torch.randn(4, 32, 32)
+    m, t = apply_blind_spot(x, generator=_gen(9))
+    assert m.shape == x.shape and t.shape == x.shape and t.dtype == torch.bool
+    assert m.dtype == x.dtype
+    with pytest.raises(ValueError, match="too small"):
+        apply_blind_spot(torch.zeros(1, 1, 10, 10), radius=5)
+    with pytest.raises(ValueError, match="strategy"):
+        apply_blind_spot(torch.zeros(1, 1, 32, 32), strategy="mean")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="masked_fraction"):
+        apply_blind_spot(torch.zeros(1, 1, 32, 32), masked_fraction=0.0)
+
+
+def test_deterministic_with_seeded_generator() -> None:
+    x = torch.randn(4, 1, 32, 32, generator=_gen(10))
+    a = apply_blind_spot(x, generator=_gen(11))
+    b = apply_blind_spot(x, generator=_gen(11))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_loss_only_at_targets() -> None:
+    g = _gen(12)
+    orig = torch.randn(4, 1, 32, 32, generator=g)
+    targets = torch.rand(4, 1, 32, 32, generator=g) < 0.05
+    pred = torch.randn(4, 1, 32, 32, generator=g)
+    loss = n2v_loss(pred, orig, targets)
+    expected = ((pred - orig)[targets] ** 2).mean()
+    assert torch.allclose(loss, expected)
+    # changing the prediction off-target (even to inf) does not change the loss
+    pred2 = pred.clone()
+    pred2[~targets] = torch.randn(int((~targets).sum()), generator=g) * 100
+    assert torch.equal(n2v_loss(pred2, orig, targets), loss)
+    pred2[~targets] = float("inf")
+    assert torch.equal(n2v_loss(pred2, orig, targets), loss)
+    # changing it at a target does
+    pred3 = pred.clone()
+    pred3[targets] += 1.0
+    assert not torch.allclose(n2v_loss(pred3, orig, targets), loss)
+    # gradients only at targets
+    p = pred.clone().requires_grad_(True)
+    n2v_loss(p, orig, targets).backward()
+    assert torch.all(p.grad[~targets] == 0) and torch.all(p.grad[targets] != 0)
+
+
+def test_loss_without_targets_is_zero_and_differentiable() -> None:
+    p = torch.randn(2, 1, 16, 16, requires_grad=True)
+    loss = n2v_loss(p, torch.zeros_like(p), torch.zeros_like(p, dtype=torch.bool))
+    assert float(loss.detach()) == 0.0
+    loss.backward()
+    assert torch.all(p.grad == 0)

@@ -1,0 +1,89 @@
+"""U-Net: shapes, the size-multiple rule, and the receptive field against autograd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pausdenoise.n2v.unet import UNet, UNetConfig, pad_to_multiple, predict_array
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_output_shape_matches_input(depth: int, n2v2: bool) -> None:
+    model = UNet(UNetConfig(depth=depth, base_channels=4, n2v2=n2v2)).eval()
+    m = 2**depth
+    x = torch.randn(3, 1, 4 * m, 6 * m)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_size_not_multiple_is_refused(depth: int) -> None:
+    model = UNet(UNetConfig(depth=depth, base_channels=4)).eval()
+    m = 2**depth
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
+        model(torch.zeros(1, 1, 4 * m + 1, 4 * m))
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
+        model(torch.zeros(1, 1, 4 * m, 4 * m - 1))
+
+
+def test_predict_array_any_size_and_padding() -> None:
+    model = UNet(UNetConfig(depth=2, base_channels=4)).eval()
+    x = torch.randn(2, 1, 37, 51)
+    y = predict_array(model, x)
+    assert y.shape == x.shape
+    xp, hw = pad_to_multiple(x, 4)
+    assert xp.shape[-2:] == (40, 52) and hw == (37, 51)
+    assert torch.equal(xp[..., :37, :51], x)
+    # an input that already fits is not padded and predict_array equals the forward pass
+    x2 = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(predict_array(model, x2), model(x2))
+
+
+def _empirical_extent(model: UNet, reps: int = 2) -> int:
+    """Largest Chebyshev distance at which an input pixel has a non-zero gradient on an
+    output pixel, over output pixels at every pooling phase (diagonal) and random inputs."""
+    model.eval()
+    m = model.config.size_multiple
+    r = model.receptive_field_radius()
+    n = -(-(2 * r + 4 * m + 2) // m) * m  # the field fits inside the image
+    c = n // 2 - m // 2
+    phases = [(i, i) for i in range(m)] + [(0, m - 1), (m - 1, 0)]
+    extent = 0
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(reps):
+        x = torch.randn(len(phases), 1, n, n, generator=gen, requires_grad=True)
+        out = model(x)
+        sel = sum(out[k, 0, c + i, c + j] for k, (i, j) in enumerate(phases))
+        (g,) = torch.autograd.grad(sel, x)
+        for k, (i, j) in enumerate(phases):
+            nz = g[k, 0].nonzero()
+            assert nz.numel(), "no gradient at all"
+            d = (nz - torch.tensor([c + i, c + j])).abs().max()
+            extent = max(extent, int(d))
+    return extent
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_receptive_field_covers_gradient_extent(depth: int, n2v2: bool) -> None:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=depth, base_channels=4, n2v2=n2v2))
+    rf = model.receptive_field_radius()
+    extent = _empirical_extent(model)
+    assert rf >= extent, f"receptive field {rf} < empirical extent {extent}"
+    # and it is not wildly conservative either (a halo costs compute)
+    assert rf <= extent + 2 * model.config.size_multiple
+    halo = model.halo()
+    assert halo >= rf and halo % model.config.size_multiple == 0
+
+
+def test_default_net_receptive_field_is_about_forty_pixels() -> None:
+    model = UNet(UNetConfig())
+    assert 25 <= model.receptive_field_radius() <= 45
