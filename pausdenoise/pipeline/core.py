@@ -119,10 +119,13 @@ def _digest(obj: Any) -> str:
 
 
 def stage_fingerprints(cfg: PipelineConfig) -> dict[str, str]:
-    """Fingerprint of each stage: its own config section chained with its inputs'."""
+    """Fingerprint of each stage: its own config section chained with its inputs' (and the
+    package version, so an upgrade redoes the stages)."""
+    from pausdenoise import __version__
+
     d = cfg.model_dump(mode="json")
     fp: dict[str, str] = {}
-    fp["simulate"] = _digest(["simulate", d["simulate"], d["input"]["source"]])
+    fp["simulate"] = _digest(["simulate", d["simulate"], d["input"]["source"], __version__])
     fp["ingest"] = _digest(["ingest", d["ingest"], d["input"], fp["simulate"]])
     fp["train"] = _digest(
         ["train", d["train"], d["holdout_exposures_per_band"], d["input"]["checkpoint"],
