@@ -143,7 +143,13 @@ def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
     unet = UNet(cfg.train.unet.to_unet_config())
     halo = unet.halo()
     if cfg.denoise.halo is not None:
-        halo = max(halo, cfg.denoise.halo)
+        if cfg.denoise.halo < halo:
+            raise ValueError(
+                f"denoise.halo = {cfg.denoise.halo} is smaller than the halo of {halo} px "
+                "derived from the network's receptive field (seams would appear); remove it "
+                f"or set it to at least {halo}"
+            )
+        halo = cfg.denoise.halo
     return halo, unet.config.size_multiple
 
 

@@ -7,6 +7,7 @@ The simulation writes, and the PAUS ingest path reads, this layout::
     <root>/catalogue.parquet                          forced-photometry reference catalogue
     <root>/truth/paucam.<EXPNUM:07d>.<CCD:02d>.true.fits   noiseless image, ADU (simulation only)
     <root>/truth/fluxes.parquet                       true fluxes (simulation only)
+    <root>/truth/exposures.parquet, sources.parquet   exposure plan and source list (simulation)
     <root>/survey.json                                the simulation's configuration and seed
 
 Conventions
@@ -29,6 +30,10 @@ TRUTH_PATTERN = "paucam.{expnum:07d}.{ccd:02d}.true.fits"
 CATALOGUE_NAME = "catalogue.parquet"
 TRUTH_DIR = "truth"
 TRUE_FLUXES_NAME = "fluxes.parquet"
+#: Truth table of the exposures (``truth/exposures.parquet``, simulation only).
+TRUE_EXPOSURES_NAME = "exposures.parquet"
+#: Truth table of the sources (``truth/sources.parquet``, simulation only).
+TRUE_SOURCES_NAME = "sources.parquet"
 SURVEY_JSON = "survey.json"
 
 IMAGE_RE = re.compile(r"^paucam\.(?P<expnum>\d{7})\.(?P<ccd>\d{2})\.img\.fits$")

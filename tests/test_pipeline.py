@@ -136,3 +136,9 @@ def test_demo_config_is_valid():
     demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     cfg = load_config(demo)
     assert cfg.input.source == "simulate"
+
+
+def test_halo_override_below_receptive_field_is_refused(tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path / "o"), "--set", "denoise.halo=8"])
+    assert code == EXIT_USAGE
+    assert "smaller than the halo of 32 px" in capsys.readouterr().err

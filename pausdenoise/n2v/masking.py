@@ -257,16 +257,39 @@ def apply_blind_spot(
 
 
 def n2v_loss(
-    prediction: torch.Tensor, original: torch.Tensor, targets: torch.Tensor
+    prediction: torch.Tensor,
+    original: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between ``prediction`` and ``original`` at ``targets`` only.
 
     Computed in float32 (also under autocast). With no target in the batch the loss is 0
-    (still a function of ``prediction``, so ``backward`` works).
+    (still a function of ``prediction``, so ``backward`` works). ``weight`` (broadcastable
+    to ``prediction``, no gradient) multiplies each squared error; the sum is still divided
+    by the number of targets. A weight that is a function of the *context* only (e.g. of the
+    detached prediction, see :func:`poisson_weight`) leaves the minimiser at the conditional
+    mean ``E[x_i | context]``; a weight that depended on the target value would not.
     """
     diff = prediction.float() - original.float()
     t = targets.to(torch.bool)
+    sq = diff.square()
+    if weight is not None:
+        sq = sq * weight.detach().float()
     # No boolean indexing: keeps the step free of host-device synchronisation on a GPU;
     # torch.where (not a product) so a non-finite prediction off-target cannot leak in.
-    sq = torch.where(t, diff.square(), torch.zeros_like(diff))
+    sq = torch.where(t, sq, torch.zeros_like(sq))
     return sq.sum() / t.sum().to(diff.dtype).clamp(min=1.0)
+
+
+def poisson_weight(prediction: torch.Tensor, scale: float) -> torch.Tensor:
+    """Inverse-variance (χ²) weight ``1 / (1 + max(ŷ, 0) / scale)`` from the *detached* prediction.
+
+    In normalised units (``(x - sky) / σ``) a pixel with source signal ``s`` has variance
+    ``1 + s / (gain·σ)`` (sky-plus-read noise, plus the source's Poisson noise in electrons);
+    ``scale`` is ``gain·σ`` (electrons per σ), one typical value for the survey. The
+    prediction is detached, so it is a function of the context only and the weight does not
+    move the minimiser away from the conditional mean; it only stops a few bright-star pixels,
+    whose squared errors are 10²–10⁴ times a sky pixel's, from dominating the gradient.
+    """
+    return 1.0 / (1.0 + prediction.detach().float().clamp(min=0.0) / float(scale))

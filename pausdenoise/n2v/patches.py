@@ -191,11 +191,27 @@ class PatchSampler:
         (about a quarter of the window's area, so patches of one read overlap little).
     seed : int
         Seed of the NumPy generator that drives every random choice.
+    sky_keep : float
+        Probability of keeping a *sky* patch (default 1: uniform sampling). A patch is a
+        *source* patch when the maximum of its 3×3 box-smoothed normalised image exceeds
+        ``source_threshold``; source patches are always kept, so ``sky_keep < 1`` over-samples
+        patches that contain source flux. Why this does not bias the denoiser: the N2V
+        optimum at a target pixel is the conditional mean ``E[x_i | context]``, one value per
+        context; re-weighting *which contexts* are seen changes how much each context counts
+        in the loss, not the minimiser for a context the network can represent. The
+        selection statistic does depend (through the box mean) on every pixel of the patch,
+        a target's noise included, but only by ``1/9`` of one pixel's noise on a
+        ``source_threshold``-σ feature: it can only matter for patches whose brightest
+        feature sits right at the threshold, and not at all for clearly bright or clearly
+        empty patches. The validation set is always drawn uniformly.
+    source_threshold : float
+        Threshold (normalised units, i.e. sky σ) of the source-patch test (default 10).
 
     Attributes
     ----------
-    blocks_read, patches_drawn, patches_skipped : int
-        Counters (windows read, patch draws inside regions, draws skipped as too bad).
+    blocks_read, patches_drawn, patches_skipped, sky_patches_dropped : int
+        Counters (windows read, patch draws inside regions, draws skipped as too bad, sky
+        patches dropped by ``sky_keep``).
     """
 
     def __init__(
@@ -208,7 +224,13 @@ class PatchSampler:
         block_size: int | None = None,
         patches_per_block: int | None = None,
         seed: int = 0,
+        sky_keep: float = 1.0,
+        source_threshold: float = 10.0,
     ) -> None:
+        if not 0.0 < sky_keep <= 1.0:
+            raise ValueError(f"sky_keep must be in (0, 1], got {sky_keep}")
+        self.sky_keep = float(sky_keep)
+        self.source_threshold = float(source_threshold)
         self.frames = as_frames(frames)
         self.patch_size = int(patch_size)
         self.regions = list(regions) if regions is not None else full_regions(self.frames)
@@ -245,6 +267,7 @@ class PatchSampler:
         self.blocks_read = 0
         self.patches_drawn = 0
         self.patches_skipped = 0
+        self.sky_patches_dropped = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -272,10 +295,22 @@ class PatchSampler:
             bad |= _read(fr.mask, ys, xs) != 0
         norm = normalise(img, fr.stats, bad)
         self.blocks_read += 1
+        smooth = None
+        if self.sky_keep < 1.0:
+            from scipy.ndimage import uniform_filter
+
+            smooth = uniform_filter(norm, size=3, mode="nearest")
         for yy, xx in zip(py - y0, px - x0, strict=True):
             b = bad[yy : yy + p, xx : xx + p]
             if b.mean() > self.max_bad_fraction:
                 self.patches_skipped += 1
+                continue
+            if (
+                smooth is not None
+                and smooth[yy : yy + p, xx : xx + p].max() <= self.source_threshold
+                and rng.random() >= self.sky_keep
+            ):
+                self.sky_patches_dropped += 1
                 continue
             self._buffer_x.append(norm[yy : yy + p, xx : xx + p])
             self._buffer_b.append(b)

@@ -37,6 +37,7 @@ from pausdenoise.n2v.masking import (
     DEFAULT_RADIUS,
     apply_blind_spot,
     n2v_loss,
+    poisson_weight,
 )
 from pausdenoise.n2v.patches import (
     PatchSampler,
@@ -102,6 +103,29 @@ class TrainConfig(BaseModel):
     max_bad_fraction: float = Field(
         0.25, ge=0.0, le=1.0, description="Skip patches with more bad pixels than this."
     )
+    sky_keep: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Keep a patch without source flux with this probability (1: uniform); "
+        "over-samples source contexts without biasing the conditional mean "
+        "(see PatchSampler).",
+    )
+    source_threshold: float = Field(
+        10.0, gt=0.0, description="Source-patch test: max of the 3×3 box mean above this (σ)."
+    )
+    loss_weighting: Literal["none", "poisson"] = Field(
+        "none",
+        description="'poisson': χ² weight 1/(1 + max(ŷ,0)/poisson_scale) from the detached "
+        "prediction (context-only, so the minimiser stays the conditional mean).",
+    )
+    poisson_scale: float = Field(
+        15.0, gt=0.0, description="gain·σ_sky (electrons per normalised unit) for 'poisson'."
+    )
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="Clip the gradient norm to this (None: no clipping)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up (steps).")
     steps_per_epoch: int = Field(100, ge=1, description="Optimiser steps per epoch.")
     epochs: int = Field(50, ge=1, description="Maximum number of epochs.")
     learning_rate: float = Field(4e-4, gt=0.0, description="Adam learning rate (N2V: 4e-4).")
@@ -319,6 +343,8 @@ def train_n2v(
             block_size=cfg.block_size,
             patches_per_block=cfg.patches_per_block,
             seed=int(np.random.SeedSequence([cfg.seed, rank, 1]).generate_state(1)[0]),
+            sky_keep=cfg.sky_keep,
+            source_threshold=cfg.source_threshold,
         )
         val_set = make_validation_set(
             val_source,
@@ -366,6 +392,7 @@ def train_n2v(
                 x, b = x.pin_memory(), b.pin_memory()
             return x, b
 
+        global_step = 0
         history = TrainHistory(device=str(device), world_size=world)
         history.initial_val_loss = val_set.loss(model, batch_size=cfg.batch_size)
         best_state: dict[str, torch.Tensor] | None = None
@@ -403,9 +430,23 @@ def train_n2v(
                 )
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     pred = net(masked)
-                loss = n2v_loss(pred, x, targets)
+                weight = (
+                    poisson_weight(pred, cfg.poisson_scale)
+                    if cfg.loss_weighting == "poisson"
+                    else None
+                )
+                loss = n2v_loss(pred, x, targets, weight)
+                if cfg.warmup_steps and global_step <= cfg.warmup_steps:
+                    for group in opt.param_groups:  # the plateau schedule acts after warm-up
+                        group["lr"] = (
+                            cfg.learning_rate * min(1.0, (global_step + 1) / cfg.warmup_steps)
+                        )
+                global_step += 1
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 loss_sum += loss.detach()

@@ -15,7 +15,9 @@ from pausdenoise.maskbits import MaskBit
 from pausdenoise.paus_layout import (
     CATALOGUE_NAME,
     SURVEY_JSON,
+    TRUE_EXPOSURES_NAME,
     TRUE_FLUXES_NAME,
+    TRUE_SOURCES_NAME,
     TRUTH_DIR,
     image_path,
     mask_path,
@@ -35,10 +37,6 @@ from pausdenoise.simulate.sources import make_source_catalogue
 
 #: Version of the ``survey.json`` layout written by :func:`write_survey`.
 SURVEY_JSON_VERSION = 1
-#: Truth table of the exposures (``truth/exposures.parquet``): :func:`exposure_plan`.
-TRUE_EXPOSURES_NAME = "exposures.parquet"
-#: Truth table of the sources (``truth/sources.parquet``): :func:`make_source_catalogue`.
-TRUE_SOURCES_NAME = "sources.parquet"
 
 
 @dataclass(frozen=True)
