@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, overrides=args.overrides, cluster=args.cluster)
+        if args.command == "info":
+            print(pipeline.core.store_info(cfg, args.out))
+            return EXIT_OK
         if args.command == "ingest":
             cfg = pipeline.with_ingest_source(cfg, args.fits, args.layout)
         stages = None

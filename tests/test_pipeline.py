@@ -142,3 +142,17 @@ def test_halo_override_below_receptive_field_is_refused(tmp_path, capsys):
     code = main(["run", "--out", str(tmp_path / "o"), "--set", "denoise.halo=8"])
     assert code == EXIT_USAGE
     assert "smaller than the halo of 32 px" in capsys.readouterr().err
+
+
+def test_info_summarises_the_store(tiny_run, capsys):
+    _, cfg, out = tiny_run
+    capsys.readouterr()
+    assert main(["info", "--config", str(cfg), "--out", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "frames: 6 (6 complete)" in text
+    assert "NB455: 3 exposures" in text and "denoised ×6" in text
+
+
+def test_info_without_store_fails_cleanly(tmp_path, capsys):
+    assert main(["info", "--out", str(tmp_path / "none")]) == 1
+    assert "no survey store" in capsys.readouterr().err

@@ -217,6 +217,31 @@ def _compute_with_progress(tasks: Sequence[Any], client: Any, label: str) -> lis
         return list(dask.compute(*tasks))
 
 
+def store_info(cfg: PipelineConfig, out: Path) -> str:
+    """A text summary of a run's survey store: frames per band, shapes, arrays, completeness."""
+    from pausdenoise import store as st
+
+    store_path = Path(cfg.input.store_path) if cfg.input.source == "store" else \
+        RunPaths(Path(out).resolve()).store
+    if not store_path.exists():
+        raise StageError(f"info: no survey store at {store_path}; run the ingest stage first")
+    table = st.exposure_table(store_path, complete_only=False)
+    lines = [f"survey store: {store_path}", f"frames: {len(table)} "
+             f"({int(table['complete'].sum()) if 'complete' in table else len(table)} complete)"]
+    if table.empty:
+        return "\n".join(lines)
+    for band, g in table.groupby("band"):
+        shapes = sorted({(int(r.ny), int(r.nx)) for r in g.itertuples()})
+        lines.append(f"  {band}: {g['expnum'].nunique()} exposures, {len(g)} frames, "
+                     f"shapes {shapes}, ZP {g['zp'].min():.4g}–{g['zp'].max():.4g} µJy/ADU")
+    arrays: dict[str, int] = {}
+    for f in table["frame"]:
+        for name in st.frame_arrays(store_path, f):
+            arrays[name] = arrays.get(name, 0) + 1
+    lines.append("arrays: " + ", ".join(f"{k} ×{v}" for k, v in sorted(arrays.items())))
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- stages
 
 
