@@ -66,6 +66,9 @@ def run(n_sources: int = 50_000, n_exposures: int = 4, workers: tuple[int, ...] 
         partitions: int = 8, repeat: int = 3, verbose: bool = True) -> list[dict]:
     """Rows: ``mode`` ("pandas" or "dask"), ``workers``, ``pairs``, ``seconds``,
     ``pairs_per_s``."""
+    import logging
+    import warnings
+
     import dask.dataframe as dd
     import distributed
 
@@ -83,12 +86,15 @@ def run(n_sources: int = 50_000, n_exposures: int = 4, workers: tuple[int, ...] 
     if verbose:
         print(f"compare pandas in-process: {n_pairs} pairs from {len(table)} rows in "
               f"{best:.2f} s = {n_pairs / best:,.0f} pairs/s", flush=True)
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     for w in workers:
         with (
+            warnings.catch_warnings(),
             distributed.LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
                                      dashboard_address=None, memory_limit=0) as cluster,
             distributed.Client(cluster),
         ):
+            warnings.filterwarnings("ignore", message="Sending large graph")
             ddf = dd.from_pandas(table, npartitions=partitions).persist()
             ddf = ddf.repartition(npartitions=partitions)
             best_d, n_d = float("inf"), 0

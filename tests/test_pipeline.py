@@ -156,3 +156,17 @@ def test_info_summarises_the_store(tiny_run, capsys):
 def test_info_without_store_fails_cleanly(tmp_path, capsys):
     assert main(["info", "--out", str(tmp_path / "none")]) == 1
     assert "no survey store" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_decam_config_ingests_real_frames_through_the_cli(real_data_dir, tmp_path, monkeypatch,
+                                                          capsys):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # configs/decam.yaml uses paths relative to the project root
+    out = tmp_path / "decam"
+    assert main(["ingest", "--config", "configs/decam.yaml", "--out", str(out)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["info", "--config", "configs/decam.yaml", "--out", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "frames: 8 (8 complete)" in text
+    assert "g: 3 exposures" in text and "ivar ×8" in text and "mask ×8" in text
