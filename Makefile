@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
+DEMO_GAN_DIR ?= demo-gan-output
 
-.PHONY: all setup demo test test-slow lint bench clean careamics-env
+.PHONY: all setup demo demo-gan test test-slow lint bench clean careamics-env
 
 all: test
 
@@ -24,6 +25,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pausdenoise run --config configs/demo.yaml --out $(DEMO_DIR)
 
+# Stacking + the pix2pix cGAN (single epoch -> stack) on a deep simulated field.
+demo-gan: $(STAMP)
+	$(BIN)/pausdenoise run --config configs/demo-gan.yaml --out $(DEMO_GAN_DIR)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
@@ -37,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_GAN_DIR) .pytest_cache

@@ -5,7 +5,10 @@ mask with two bad columns, every required PAUS header keyword) into a temporary 
 then for each worker count runs :func:`pausdenoise.ingest.ingest` (``force=True``, so every
 frame is read, hashed, converted, compressed and written) on a ``distributed.LocalCluster``
 of single-threaded worker processes. The rate is the size of the input FITS files
-(image + mask) divided by the wall time of ``ingest``.
+(image + mask) divided by the wall time of ``ingest``. Afterwards the frames are read back
+from the store in this one process (synchronous scheduler, best of 2) to give the
+read/decompression rate of one core, and the stored/raw size of image + mask (the
+compression ratio).
 
 Usage::
 
@@ -90,13 +93,31 @@ def run(n_ccds: int = 2, ny: int = 4096, nx: int = 2048, workers: tuple[int, ...
             if rep.failed or rep.fatal or len(rep.ingested) != n_ccds:
                 raise RuntimeError(f"ingest benchmark failed: {rep.summary()}")
             store_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            frames = store.list_frames(path)
+            stored = sum(
+                p.stat().st_size for f in frames for a in ("image", "mask")
+                for p in (path / store.FRAMES_GROUP / f / a).rglob("*") if p.is_file()
+            )
+            read_s = float("inf")
+            for _ in range(2):  # read back in this process: decompression rate of one core
+                t = time.perf_counter()  # (best of 2: the first pays imports and cold cache)
+                for f in frames:
+                    store.open_frame(path, f, "image").compute(scheduler="sync")
+                    store.open_frame(path, f, "mask").compute(scheduler="sync")
+                read_s = min(read_s, time.perf_counter() - t)
             rows.append({"workers": w, "ccds": n_ccds, "mb": nbytes / 1e6, "seconds": secs,
                          "mb_per_s": nbytes / 1e6 / secs, "store_mb": store_bytes / 1e6,
-                         "frames": len(store.list_frames(path))})
+                         "frames": len(frames), "compression_ratio": stored / nbytes,
+                         "read_mb_per_s": stored / 1e6 / read_s,
+                         "read_raw_mb_per_s": nbytes / 1e6 / read_s})
             if verbose:
                 r = rows[-1]
                 print(f"ingest {w} worker(s): {r['mb']:.0f} MB in {secs:.1f} s = "
-                      f"{r['mb_per_s']:.1f} MB/s (store {r['store_mb']:.0f} MB)", flush=True)
+                      f"{r['mb_per_s']:.1f} MB/s (store {r['store_mb']:.0f} MB, "
+                      f"image+mask stored/raw "
+                      f"{r['compression_ratio']:.2f}); read back in 1 process: "
+                      f"{r['read_mb_per_s']:.0f} MB/s stored = {r['read_raw_mb_per_s']:.0f} "
+                      f"MB/s raw", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows

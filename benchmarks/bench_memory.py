@@ -59,7 +59,7 @@ class _Sampler(threading.Thread):
             for pid, proc in self.procs.items():
                 try:
                     self.peaks[pid] = max(self.peaks[pid], proc.memory_info().rss)
-                except Exception:  # noqa: BLE001 - a worker that went away
+                except Exception:
                     pass
             self.stop.wait(self.interval)
 

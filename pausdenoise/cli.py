@@ -35,6 +35,10 @@ STAGE_HELP = {
     "info": "summarise the survey store (frames, bands, shapes, arrays present)",
     "train": "train the Noise2Void network on patches sampled from the store",
     "denoise": "denoise every frame of the store with map_overlap (seam-free, resumable)",
+    "stack": "co-add the exposures per band/CCD and cut leave-one-out cGAN training pairs "
+             "(needs gan.enabled)",
+    "gan": "train the pix2pix cGAN, apply it to held-out frames, score it against the "
+           "stack and the truth (needs gan.enabled)",
     "photometry": "forced aperture photometry on raw and denoised images (Parquet)",
     "compare": "cross-exposure df statistics, sigma68, flux ratios, calibrated errors",
     "evaluate": "metrics against the truth (simulation): pixels, fluxes, completeness",

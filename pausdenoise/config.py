@@ -21,16 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pausdenoise.cluster import ClusterConfig
 from pausdenoise.denoise import DenoiseConfig
 from pausdenoise.evaluate import EvaluateConfig
+from pausdenoise.gan.train import GanTrainConfig
 from pausdenoise.ingest import IngestConfig
 from pausdenoise.n2v.train import TrainConfig
 from pausdenoise.photometry import PhotometryConfig
 from pausdenoise.simulate import SimulationConfig
+from pausdenoise.stack import StackConfig
 
 STAGES: tuple[str, ...] = (
     "simulate",
     "ingest",
     "train",
     "denoise",
+    "stack",
+    "gan",
     "photometry",
     "compare",
     "evaluate",
@@ -108,6 +112,66 @@ class ReportConfig(BaseModel):
     dpi: int = Field(110, ge=50, le=300, description="Figure resolution (dots per inch).")
 
 
+class GanApplyConfig(BaseModel):
+    """How the trained cGAN generator is applied to whole frames (map_overlap)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunks: tuple[int, int] | None = Field(
+        None,
+        description="Dask chunks (px) the generator is applied on; default: the store's "
+        "write chunks (ingest.chunks). Multiples of 2**gan.train.generator.depth and at least "
+        "the halo; the output is rechunked to the image's chunks before it is written.",
+    )
+    halo: int | None = Field(
+        None, description="Overlap (px) of the tiles; default: the generator's halo (its "
+        "receptive-field radius rounded up to 2**depth). A multiple of 2**depth."
+    )
+
+
+class GanPipelineConfig(BaseModel):
+    """Stacking and the pix2pix cGAN (single exposure → stack); off unless ``enabled``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        False, description="Run the stack and gan stages (after denoise) in 'run'."
+    )
+    stack: StackConfig = Field(
+        default_factory=StackConfig,
+        description="How exposures are co-added (pausdenoise.stack.StackConfig).",
+    )
+    cutout_size: int = Field(
+        128, ge=16, description="Side (px) of the training cutouts; a multiple of 2**depth."
+    )
+    cutout_stride: int = Field(
+        100, ge=1, description="Step (px) between training cutouts (128/100: 28 px overlap)."
+    )
+    max_pairs_per_frame: int | None = Field(
+        None, ge=1, description="Keep at most this many cutout pairs per training exposure."
+    )
+    train: GanTrainConfig = Field(
+        default_factory=GanTrainConfig,
+        description="pix2pix training (pausdenoise.gan.train.GanTrainConfig).",
+    )
+    apply: GanApplyConfig = Field(default_factory=GanApplyConfig)
+    scatter_pixels: int = Field(
+        20000, ge=100, description="Pixels sampled for the report's pixel-value scatter plot."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> GanPipelineConfig:
+        m = self.train.generator.size_multiple
+        if self.cutout_size % m:
+            raise ValueError(
+                f"gan.cutout_size = {self.cutout_size} is not a multiple of 2**depth = {m} "
+                f"(gan.train.generator.depth = {self.train.generator.depth})"
+            )
+        if self.cutout_stride > self.cutout_size:
+            raise ValueError("gan.cutout_stride must not exceed gan.cutout_size")
+        return self
+
+
 class PipelineConfig(BaseModel):
     """Everything a ``pausdenoise run`` needs; every section has serviceable defaults."""
 
@@ -123,6 +187,7 @@ class PipelineConfig(BaseModel):
     compare: CompareConfig = Field(default_factory=CompareConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    gan: GanPipelineConfig = Field(default_factory=GanPipelineConfig)
     holdout_exposures_per_band: int = Field(
         1,
         ge=0,
@@ -133,6 +198,8 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> PipelineConfig:
         check_chunking(self)
+        if self.gan.enabled:
+            check_gan_chunking(self)
         return self
 
 
@@ -173,6 +240,46 @@ def check_chunking(cfg: PipelineConfig) -> None:
             f"multiples of 2**depth = {m} (train.unet.depth = {cfg.train.unet.depth}) and at "
             f"least the halo of {halo} px derived from its receptive field; try "
             f"ingest.chunks = {list(good)}"
+        )
+
+
+def gan_halo(cfg: PipelineConfig) -> tuple[int, int]:
+    """``(halo, 2**depth)`` in px of the configured cGAN generator (built, not trained)."""
+    from pausdenoise.gan.models import Generator
+
+    gen = Generator(cfg.gan.train.generator)
+    halo = gen.halo() if cfg.gan.apply.halo is None else cfg.gan.apply.halo
+    return halo, gen.config.size_multiple
+
+
+def check_gan_chunking(cfg: PipelineConfig) -> None:
+    """cGAN apply chunks must be multiples of ``2**depth`` and at least the generator's halo.
+
+    Raises
+    ------
+    ValueError
+        Naming the keys and suggesting a chunking that works.
+    """
+    from pausdenoise.gan.models import Generator
+
+    halo, m = gan_halo(cfg)
+    r = Generator(cfg.gan.train.generator).receptive_field_radius()
+    if halo % m or halo < r:
+        raise ValueError(
+            f"gan.apply.halo = {halo} must be a multiple of 2**depth = {m} and at least the "
+            f"generator's receptive-field radius of {r} px; try gan.apply.halo = "
+            f"{-(-r // m) * m}"
+        )
+    key = "gan.apply.chunks" if cfg.gan.apply.chunks is not None else "ingest.chunks"
+    chunks = tuple(cfg.gan.apply.chunks or cfg.ingest.chunks)
+    bad = [c for c in chunks if c % m or c < halo]
+    if bad:
+        good = tuple(max(-(-c // m) * m, -(-halo // m) * m) for c in chunks)
+        raise ValueError(
+            f"{key} = {list(chunks)} does not fit the cGAN generator: chunk sides must be "
+            f"multiples of 2**depth = {m} (gan.train.generator.depth = "
+            f"{cfg.gan.train.generator.depth}) and at least its halo of {halo} px; try "
+            f"gan.apply.chunks = {list(good)}"
         )
 
 

@@ -638,6 +638,15 @@ class _Header:
             raise IngestError(self.path, f"value {v!r} is not a number", key=key) from None
         return f
 
+    def integer(self, key: str) -> int | None:
+        """An integer keyword (EXPNUM, CCD): finite and integral, else :class:`IngestError`."""
+        v = self.number(key)
+        if v is None:
+            return None
+        if not np.isfinite(v) or v != int(v):
+            raise IngestError(self.path, f"{key} = {v!r} is not an integer", key=key)
+        return int(v)
+
 
 def _mean_of(h: _Header, keys: str | list[str]) -> tuple[float | None, str]:
     names = [keys] if isinstance(keys, str) else list(keys)
@@ -655,8 +664,8 @@ def _paus_metadata(h: _Header, path: Path) -> dict[str, Any]:
             path, f"missing required header keyword(s) {', '.join(missing)}", key=missing[0]
         )
     meta: dict[str, Any] = {
-        "expnum": int(h.number("EXPNUM")),  # type: ignore[arg-type]
-        "ccd": int(h.number("CCD")),  # type: ignore[arg-type]
+        "expnum": h.integer("EXPNUM"),
+        "ccd": h.integer("CCD"),
         "band": str(h.get("FILTER")).strip(),
         "exptime": h.number("EXPTIME"),
         "gain": h.number("GAIN"),
@@ -683,12 +692,10 @@ def _generic_metadata(
     defaults = config.defaults
 
     def required_int(attr: str, key: str) -> int:
-        v = h.number(key)
+        v = h.integer(key)
         if v is None:
             raise IngestError(path, f"missing header keyword {key} (for {attr})", key=key)
-        if v != int(v):
-            raise IngestError(path, f"{key} = {v} is not an integer", key=key)
-        return int(v)
+        return v
 
     meta: dict[str, Any] = {
         "expnum": required_int("expnum", keys.expnum),

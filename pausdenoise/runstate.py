@@ -77,6 +77,11 @@ class RunPaths:
     def lock(self) -> Path:
         return self.out / ".lock"
 
+    @property
+    def catalogue_issues(self) -> Path:
+        """Rows of the reference catalogue that photometry flagged, with the problem."""
+        return self.out / "catalogue_issues.csv"
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
@@ -115,7 +120,14 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
                 holder = {}
             same_host = holder.get("host") == me["host"]
             if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
-                paths.lock.unlink(missing_ok=True)  # stale lock of a dead process
+                # Stale lock of a dead process: move it aside atomically. If two processes
+                # race for it, only one rename succeeds; the other finds the new lock.
+                aside = paths.lock.with_name(f".lock.stale.{os.getpid()}")
+                try:
+                    os.rename(paths.lock, aside)
+                except FileNotFoundError:
+                    continue
+                aside.unlink(missing_ok=True)
                 continue
             raise RunLockedError(
                 f"run directory {paths.out} is locked by pid {holder.get('pid')} on "
@@ -139,8 +151,11 @@ def preflight(out: Path, need_bytes: int) -> None:
     PreflightError
         With the path and the numbers, so hours of work are not spent before a full disk.
     """
-    out.mkdir(parents=True, exist_ok=True)
     probe = out / f".write-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PreflightError(f"output directory {out} cannot be created: {exc}") from exc
     try:
         probe.write_bytes(b"ok")
         probe.unlink()

@@ -11,6 +11,7 @@ from pausdenoise.n2v.masking import (
     apply_blind_spot,
     grid_spacing,
     n2v_loss,
+    poisson_weight,
     stratified_targets,
     uniform_sources,
 )
@@ -202,3 +203,20 @@ def test_loss_without_targets_is_zero_and_differentiable() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert torch.all(p.grad == 0)
+
+
+def test_weighted_loss_and_poisson_weight() -> None:
+    g = _gen(13)
+    orig = torch.randn(2, 1, 16, 16, generator=g)
+    targets = torch.rand(2, 1, 16, 16, generator=g) < 0.1
+    pred = torch.randn(2, 1, 16, 16, generator=g) * 50
+    ones = torch.ones_like(pred)
+    assert torch.allclose(n2v_loss(pred, orig, targets, ones), n2v_loss(pred, orig, targets))
+    w = poisson_weight(pred, 15.0)
+    expected = (((pred - orig) ** 2 * w)[targets]).sum() / targets.sum()
+    assert torch.allclose(n2v_loss(pred, orig, targets, w), expected)
+    # 1 on sky (ŷ <= 0), inverse variance 1 / (1 + ŷ/scale) on sources, never a gradient path
+    assert torch.all(w[pred <= 0] == 1) and torch.all(w <= 1) and torch.all(w > 0)
+    assert torch.allclose(poisson_weight(torch.tensor([30.0]), 15.0), torch.tensor([1 / 3]))
+    p = pred.clone().requires_grad_(True)
+    assert not poisson_weight(p, 15.0).requires_grad

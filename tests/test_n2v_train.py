@@ -339,6 +339,43 @@ def test_zarr_and_dask_inputs_use_chunk_sized_blocks() -> None:
             np.testing.assert_array_equal(x[k, 0].numpy(), base[y : y + 16, xx : xx + 16])
 
 
+def test_sky_keep_oversamples_source_patches() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.normal(100, 10, (256, 256)).astype(np.float32)
+    img[100:104, 60:64] += 1000.0  # one bright "star"
+    stats = FrameStats(100.0, 10.0)
+    frames = [Frame(img, None, stats, "a")]
+
+    def bright_fraction(sampler: PatchSampler) -> float:
+        x, _ = sampler.sample(200)
+        return float((x.reshape(200, -1).amax(1) > 50).float().mean())
+
+    uniform = PatchSampler(frames, 32, seed=0)
+    biased = PatchSampler(frames, 32, seed=0, sky_keep=0.05, source_threshold=10.0)
+    assert bright_fraction(biased) > 2 * bright_fraction(uniform)
+    assert biased.sky_patches_dropped > 0 and uniform.sky_patches_dropped == 0
+    with pytest.raises(ValueError, match="sky_keep"):
+        PatchSampler(frames, 32, sky_keep=0.0)
+
+
+def test_source_weighting_options_train() -> None:
+    noisy, _, mask = _noisy_frame(seed=4)
+    cfg = _tiny_config(
+        epochs=1,
+        sky_keep=0.5,
+        source_threshold=2.0,
+        loss_weighting="poisson",
+        poisson_scale=5.0,
+        grad_clip=1.0,
+        warmup_steps=5,
+    )
+    _, hist = train_n2v([(noisy, mask, frame_statistics(noisy, mask))], cfg, progress=False)
+    assert np.isfinite(hist.val_loss[0])
+    assert TrainConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    with pytest.raises(ValidationError):
+        TrainConfig(loss_weighting="chi2")  # type: ignore[arg-type]
+
+
 def test_split_regions_and_fixed_validation_set() -> None:
     frames = _frames(2, 160, 64)
     train, val = split_regions(frames, 0.1, 32)

@@ -438,8 +438,8 @@ def train_n2v(
                 loss = n2v_loss(pred, x, targets, weight)
                 if cfg.warmup_steps and global_step <= cfg.warmup_steps:
                     for group in opt.param_groups:  # the plateau schedule acts after warm-up
-                        group["lr"] = (
-                            cfg.learning_rate * min(1.0, (global_step + 1) / cfg.warmup_steps)
+                        group["lr"] = cfg.learning_rate * min(
+                            1.0, (global_step + 1) / cfg.warmup_steps
                         )
                 global_step += 1
                 opt.zero_grad(set_to_none=True)

@@ -132,10 +132,20 @@ def stage_fingerprints(cfg: PipelineConfig) -> dict[str, str]:
          fp["ingest"]]
     )
     fp["denoise"] = _digest(["denoise", d["denoise"], fp["train"]])
+    g = d["gan"]
+    fp["stack"] = _digest(
+        ["stack", g["stack"], g["cutout_size"], g["cutout_stride"], g["max_pairs_per_frame"],
+         d["holdout_exposures_per_band"], fp["ingest"]]
+    )
+    fp["gan"] = _digest(
+        ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"], d["photometry"],
+         d["compare"]["bins"], d["input"]["catalogue"], fp["stack"], fp["denoise"]]
+    )
     fp["photometry"] = _digest(["photometry", d["photometry"], fp["denoise"]])
     fp["compare"] = _digest(["compare", d["compare"], fp["photometry"]])
     fp["evaluate"] = _digest(["evaluate", d["evaluate"], fp["photometry"]])
-    fp["report"] = _digest(["report", d["report"], fp["compare"], fp["evaluate"]])
+    fp["report"] = _digest(["report", d["report"], fp["compare"], fp["evaluate"]]
+                           + ([fp["gan"]] if cfg.gan.enabled else []))
     return fp
 
 
@@ -151,6 +161,9 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
             chosen.remove("ingest")
         if cfg.input.checkpoint is not None:
             chosen.remove("train")
+        if not cfg.gan.enabled:
+            chosen.remove("stack")
+            chosen.remove("gan")
         return chosen
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -170,17 +183,25 @@ def estimate_bytes(cfg: PipelineConfig) -> int:
     return int(px * 18 * 1.2) + 64 * 2**20
 
 
-def frame_stats_table(store: Path, frames: Sequence[str]) -> dict[str, Any]:
-    """Per-frame normalisation statistics (the one function training and denoising share)."""
+def frame_stats_table(store: Path, frames: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Per-frame normalisation statistics (the one function training and denoising share).
+
+    Returns ``(stats, skipped)``: frames whose statistics cannot be computed (e.g. a CCD with
+    every pixel masked) are left out of ``stats`` and listed in ``skipped`` with the reason.
+    """
     from pausdenoise import store as st
     from pausdenoise.denoise import frame_stats_from_dask
 
-    out = {}
+    out, skipped = {}, {}
     for f in frames:
         img = st.open_frame(store, f, "image")
         msk = st.open_frame(store, f, "mask") if "mask" in st.frame_arrays(store, f) else None
-        out[f] = frame_stats_from_dask(img, msk)
-    return out
+        try:
+            out[f] = frame_stats_from_dask(img, msk)
+        except ValueError as exc:
+            skipped[f] = str(exc)
+            print(f"frame {f} of {store}: skipped ({exc})")
+    return out, skipped
 
 
 def split_holdout(exposures: pd.DataFrame, per_band: int) -> tuple[list[str], list[str]]:
@@ -284,7 +305,10 @@ def stage_train(ctx: Context) -> dict[str, Any]:
     train_frames, held = split_holdout(exposures, ctx.cfg.holdout_exposures_per_band)
     if not train_frames:
         raise StageError("train: the store has no frame to train on")
-    stats = frame_stats_table(ctx.store, train_frames)
+    stats, skipped = frame_stats_table(ctx.store, train_frames)
+    train_frames = [f for f in train_frames if f in stats]
+    if not train_frames:
+        raise StageError(f"train: no usable frame in {ctx.store}: {skipped}")
     root = st.open_store(ctx.store, "r")
     frames = []
     for f in train_frames:
@@ -326,6 +350,8 @@ def stage_train(ctx: Context) -> dict[str, Any]:
         "patches_per_second": pps,
         "train_frames": train_frames,
         "held_out_frames": held,
+        "skipped": [[f, r] for f, r in skipped.items()],
+        "partial": bool(skipped),
     }
 
 
@@ -336,20 +362,24 @@ def stage_denoise(ctx: Context) -> dict[str, Any]:
     if not Path(ctx.checkpoint).exists():
         raise StageError(f"denoise: no checkpoint at {ctx.checkpoint}; run the train stage")
     ref = as_model_ref(ctx.checkpoint)
-    frames = st.list_frames(ctx.store)
-    tasks = [denoise_to_store(ctx.store, f, ref, ctx.cfg.denoise, force=ctx.force)
-             for f in frames]
+    stats, skipped = frame_stats_table(ctx.store, st.list_frames(ctx.store))
+    frames = list(stats)
+    tasks = [denoise_to_store(ctx.store, f, ref, ctx.cfg.denoise, stats=stats[f],
+                              force=ctx.force) for f in frames]
     t0 = time.perf_counter()
     written = _compute_with_progress(tasks, ctx.client, "denoise")
     secs = time.perf_counter() - t0
     mpix = sum(int(np.prod(st.open_frame(ctx.store, f, "image").shape)) for f in frames) / 1e6
     return {
         "note": f"{len(frames)} frames, {int(sum(written))} chunks written, "
-                f"{mpix / max(secs, 1e-9):.2f} Mpix/s",
+                f"{mpix / max(secs, 1e-9):.2f} Mpix/s"
+                + (f", {len(skipped)} frame(s) skipped" if skipped else ""),
         "frames": len(frames),
         "chunks_written": int(sum(written)),
         "mpix": mpix,
         "mpix_per_s": mpix / max(secs, 1e-9),
+        "skipped": [[f, r] for f, r in skipped.items()],
+        "partial": bool(skipped),
     }
 
 
@@ -363,20 +393,32 @@ def stage_photometry(ctx: Context) -> dict[str, Any]:
     catalogue = pd.read_parquet(cat_path)
     check = validate_catalogue(catalogue)
     if not check.ok:
-        ctx.paths.photometry.mkdir(parents=True, exist_ok=True)
-        check.issues.to_csv(ctx.paths.photometry / "catalogue_issues.csv", index=False)
+        check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
         print(f"photometry: {len(check.issues)} catalogue row problem(s), flagged; see "
-              f"{ctx.paths.photometry / 'catalogue_issues.csv'}")
+              f"{ctx.paths.catalogue_issues}")
     frames = st.list_frames(ctx.store)
-    tasks = run_photometry(ctx.store, ctx.paths.photometry, frames, catalogue,
-                           ctx.cfg.photometry, overwrite=ctx.force, compute=False)
+    tasks = []
+    missing: list[str] = []
+    for kind in ctx.cfg.photometry.kinds:
+        kind_frames = frames
+        if kind == "denoised":  # frames the denoiser skipped (e.g. all masked) have none
+            kind_frames = [f for f in frames if "denoised" in st.frame_arrays(ctx.store, f)
+                           and st.open_store(ctx.store)[f"{st.FRAMES_GROUP}/{f}/denoised"]
+                           .attrs.get("complete", False)]
+            missing = sorted(set(frames) - set(kind_frames))
+        cfg_kind = ctx.cfg.photometry.model_copy(update={"kinds": (kind,)})
+        tasks += run_photometry(ctx.store, ctx.paths.photometry, kind_frames, catalogue,
+                                cfg_kind, overwrite=ctx.force, compute=False)
     t0 = time.perf_counter()
     written = _compute_with_progress(tasks, ctx.client, "photometry")
     secs = time.perf_counter() - t0
     n_rows = len(catalogue) * len(ctx.cfg.photometry.kinds)
     return {
-        "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues",
+        "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
+                + (f", {len(missing)} frame(s) without denoised image" if missing else ""),
         "partitions_written": len(written),
+        "frames_without_denoised": missing,
+        "partial": bool(missing),
         "catalogue_issues": len(check.issues),
         "sources_per_s": n_rows / max(secs, 1e-9) if written else None,
     }
@@ -394,6 +436,22 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
     return run_evaluate(ctx)
 
 
+def stage_stack(ctx: Context) -> dict[str, Any]:
+    from pausdenoise.pipeline.gan_stage import run_stack
+
+    if not ctx.cfg.gan.enabled:
+        return {"note": "gan.enabled is false: nothing done"}
+    return run_stack(ctx, ctx.cfg.gan)
+
+
+def stage_gan(ctx: Context) -> dict[str, Any]:
+    from pausdenoise.pipeline.gan_stage import run_gan
+
+    if not ctx.cfg.gan.enabled:
+        return {"note": "gan.enabled is false: nothing done"}
+    return run_gan(ctx, ctx.cfg.gan)
+
+
 def stage_report(ctx: Context) -> dict[str, Any]:
     from pausdenoise.pipeline.report_stage import build_report
 
@@ -406,6 +464,8 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ingest": stage_ingest,
     "train": stage_train,
     "denoise": stage_denoise,
+    "stack": stage_stack,
+    "gan": stage_gan,
     "photometry": stage_photometry,
     "compare": stage_compare,
     "evaluate": stage_evaluate,

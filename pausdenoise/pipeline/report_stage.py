@@ -139,6 +139,14 @@ def build_report(ctx: Context) -> Path:
                  "when the errors are right.",
             figures=figs, tables=tables))
 
+    # -- stacking and the cGAN ----------------------------------------------------------
+    if ctx.cfg.gan.enabled:
+        from pausdenoise.pipeline.gan_stage import report_section
+
+        section = report_section(ctx, w)
+        if section is not None:
+            sections.append(section)
+
     # -- training and throughput --------------------------------------------------------
     figs = []
     hist = paths.model_dir / "history.csv"
