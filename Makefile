@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check pausdenoise tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --quick
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_GAN_DIR) .pytest_cache

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ STAGE_HELP = {
     "evaluate": "metrics against the truth (simulation): pixels, fluxes, completeness",
     "report": "figures and the self-contained HTML report of a run directory",
     "run": "the whole pipeline from a config file; resumes what is already done",
+    "plan": "dry run: tasks, bytes, memory per worker and time for N exposures, from "
+            "measured stage rates (nothing is computed)",
 }
 
 
@@ -85,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--stages", default=None,
                            help="comma-separated subset of stages to run, in pipeline order")
+        if name == "plan":
+            p.add_argument("--exposures", type=int, required=True,
+                           help="number of exposures to plan for")
+            p.add_argument("--ccds", type=int, default=18, help="CCDs per exposure (18)")
+            p.add_argument("--ccd-shape", default="4096x2048",
+                           help="CCD shape NYxNX in px (4096x2048)")
+            p.add_argument("--workers", type=int, default=None,
+                           help="workers (default: cluster.n_workers or 1)")
+            p.add_argument("--gpus", type=int, default=0, help="GPUs (0)")
+            p.add_argument("--rate", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a measured rate (keys: see pausdenoise.plan.RATE_KEYS)")
+            p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "report":
             p.add_argument("--open", action="store_true", help="print a file:// URL to open")
     return parser
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if args.verbose < 2:  # distributed logs every worker start/stop at INFO
+        # read by distributed when it is imported (it configures its own loggers then)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
     from pausdenoise import pipeline
@@ -115,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(args.config, overrides=args.overrides, cluster=args.cluster)
+        if args.command == "plan":
+            return _plan(cfg, args)
         if args.command == "info":
             print(pipeline.core.store_info(cfg, args.out))
             return EXIT_OK
@@ -144,6 +163,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     print(result.summary_text())
     return EXIT_PARTIAL if result.partial else EXIT_OK
+
+
+def _plan(cfg, args: argparse.Namespace) -> int:
+    import json
+
+    from pausdenoise.plan import MEASURED_RATES, plan_from_config
+
+    try:
+        ny, nx = (int(v) for v in args.ccd_shape.lower().split("x"))
+        rates = dict(MEASURED_RATES)
+        for item in args.rate:
+            key, value = item.split("=", 1)
+            if key not in rates:
+                raise ValueError(f"unknown rate {key!r}; rates are {sorted(rates)}")
+            rates[key] = float(value)
+        report = plan_from_config(cfg, args.exposures, args.ccds, (ny, nx),
+                                  n_workers=args.workers, gpus=args.gpus, rates=rates)
+    except ValueError as exc:
+        print(f"pausdenoise: plan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.table())
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -238,7 +238,10 @@ class ErrorModel:
     as s = σ68(Δf_den computed with raw errors) on pairs whose *both* exposures are in a fit
     set, which makes σ68 = 1 on those pairs by construction (Δf scales as 1/s); it is then
     checked on pairs whose exposures are *both* held out. Bins with fewer than
-    ``min_pairs`` fit pairs, and magnitudes outside the bins, use the global factor.
+    ``min_pairs`` fit pairs take the factor of the nearest fitted bin (the factor varies
+    with brightness, and the bright bins are the sparse ones: the global factor, dominated
+    by the many faint pairs, would be wrong there); magnitudes outside the bins use the
+    nearest end bin's factor, and the global factor is used only when no bin was fitted.
 
     Limits (honest): Δf compares two exposures, so it measures exposure-to-exposure
     scatter only. A flux bias common to all exposures of a source (e.g. the denoiser
@@ -252,14 +255,21 @@ class ErrorModel:
     global_scale: float
     fit_exposures: tuple[int, ...]
 
+    def filled_scale(self) -> np.ndarray:
+        """Per-bin factors with unfitted bins given the nearest fitted bin's factor."""
+        fitted = np.flatnonzero(np.isfinite(self.scale))
+        if fitted.size == 0:
+            return np.full(self.scale.shape, self.global_scale)
+        nearest = fitted[np.abs(np.arange(self.scale.size)[:, None] - fitted).argmin(axis=1)]
+        return self.scale[nearest]
+
     def scale_for(self, mag: np.ndarray | float) -> np.ndarray:
-        """Error scale s for each I_auto magnitude."""
+        """Error scale s for each I_auto magnitude (see the class docstring for gaps)."""
         m = np.atleast_1d(np.asarray(mag, dtype=float))
-        idx = _bin_index(m, self.bins)
-        s = np.full(m.shape, self.global_scale)
-        ok = idx >= 0
-        s[ok] = self.scale[idx[ok]]
-        s[~np.isfinite(s)] = self.global_scale
+        filled = self.filled_scale()
+        idx = np.clip(np.searchsorted(self.bins, m, side="right") - 1, 0, filled.size - 1)
+        s = filled[idx]
+        s[~np.isfinite(m)] = self.global_scale
         return s
 
     def apply(self, wide: pd.DataFrame) -> pd.DataFrame:

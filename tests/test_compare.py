@@ -272,3 +272,19 @@ def test_widen_requires_a_kind():
     assert "f_raw" in w.columns and "f_den" not in w.columns
     s = summarise(make_pairs(t[t.kind == "raw"]))
     assert np.isnan(s.sigma68_den_rawerr).all()
+
+
+def test_unfitted_bins_take_the_nearest_fitted_factor():
+    from pausdenoise.compare import ErrorModel
+
+    model = ErrorModel(
+        bins=np.array([17.0, 18.0, 19.0, 20.0, 21.0]),
+        scale=np.array([np.nan, 0.9, np.nan, 0.4]),
+        n_pairs=np.array([3, 80, 4, 500]),
+        global_scale=0.45,
+        fit_exposures=(1, 2),
+    )
+    s = model.scale_for(np.array([17.5, 18.5, 19.2, 20.5, 16.0, 25.0, np.nan]))
+    # 17-18 takes 18-19's factor; 19-20 is equidistant and takes the brighter neighbour;
+    # outside the bins: the nearest end bin; NaN magnitude: the global factor
+    np.testing.assert_allclose(s, [0.9, 0.9, 0.9, 0.4, 0.9, 0.4, 0.45])

@@ -170,3 +170,14 @@ def test_decam_config_ingests_real_frames_through_the_cli(real_data_dir, tmp_pat
     text = capsys.readouterr().out
     assert "frames: 8 (8 complete)" in text
     assert "g: 3 exposures" in text and "ivar ×8" in text and "mask ×8" in text
+
+
+def test_plan_command_prints_a_plan(capsys):
+    assert main(["plan", "--exposures", "10", "--workers", "4"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "10 exposure(s) × 18 CCD(s)" in text and "denoise" in text and "total" in text
+    assert main(["plan", "--exposures", "10", "--rate", "bogus=1"]) == EXIT_USAGE
+    capsys.readouterr()
+    assert main(["plan", "--exposures", "10", "--json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert plan  # a JSON object describing the stages
