@@ -107,6 +107,34 @@ def fig_profile(
     return fig
 
 
+def fig_residuals(raw_residual: np.ndarray, denoised_residual: np.ndarray, sigma: float,
+                  label: str = "") -> Figure:
+    """Residual maps against the noiseless truth, raw and denoised, on one colour scale.
+
+    Parameters
+    ----------
+    raw_residual, denoised_residual : ndarray (ny, nx)
+        ``image − truth`` in ADU (same cutout); NaN marks masked pixels (left blank, not
+        counted in the RMS).
+    sigma : float
+        Raw noise σ (ADU); the colour scale spans ±3σ.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharex=True, sharey=True)
+    lim = 3.0 * sigma
+    for ax, data, title in zip(axes, (raw_residual, denoised_residual),
+                               ("raw − truth", "denoised − truth"), strict=True):
+        im = ax.imshow(data, origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                       interpolation="nearest")
+        rms = float(np.sqrt(np.nanmean(np.asarray(data, dtype=float) ** 2)))
+        ax.set_title(f"{title}  (RMS {rms:.2f} ADU)", fontsize=9)
+        ax.set_xlabel("x [px]")
+    axes[0].set_ylabel("y [px]")
+    fig.colorbar(im, ax=axes, shrink=0.85, label="residual [ADU], scale ±3σ of the raw noise")
+    if label:
+        fig.suptitle(label, fontsize=9)
+    return fig
+
+
 # --------------------------------------------------------------------------- photometry
 
 

@@ -59,8 +59,8 @@ def test_run_all_stages_and_report(tiny_run):
     assert html.count("data:image/png;base64,") >= 6
     figs = sorted((out / "report" / "figures").glob("*.png"))
     names = {p.stem for p in figs}
-    assert {"stamps", "profile", "df_histograms", "sigma68", "flux_bias", "completeness",
-            "training_loss", "timings"} <= names
+    assert {"stamps", "profile", "residuals", "df_histograms", "sigma68", "flux_bias",
+            "completeness", "training_loss", "timings"} <= names
     assert all(_png_ok(p) for p in figs)
     s68 = pd.read_csv(out / "report" / "tables" / "sigma68_by_bin.csv")
     assert {"bin", "n_pairs", "sigma68_raw", "sigma68_den_rawerr",

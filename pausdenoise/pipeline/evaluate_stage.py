@@ -11,7 +11,8 @@ training (``holdout_exposures_per_band``), or every frame when none is held out.
 - ``completeness.csv``: detection completeness per true-magnitude bin for raw and denoised,
   ``detection_summary.json``: 50 %/90 % completeness magnitudes and purity;
 - ``stamps.npz``: cutouts (raw, denoised, truth) of galaxies at several magnitudes for the
-  report, with their labels.
+  report, with their labels;
+- ``residuals.npz``: raw − truth and denoised − truth over a central cutout of one frame.
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
             rows = catalogue[(catalogue["expnum"] == attrs["expnum"])
                              & (catalogue["ccd"] == attrs["ccd"])]
             classes["source"] = _source_mask(rows, image.shape, pixel_scale) & good
+        if evaluated == 1:  # residual maps of the first evaluated frame, central cutout
+            h = min(128, image.shape[0] // 2, image.shape[1] // 2)
+            cy, cx = image.shape[0] // 2, image.shape[1] // 2
+            sl = (slice(cy - h, cy + h), slice(cx - h, cx + h))
+            res_raw = np.where(good, image - truth, np.nan)[sl]  # masked pixels blank
+            res_den = np.where(good, den - truth, np.nan)[sl]
+            np.savez_compressed(out_dir / "residuals.npz", raw=res_raw, denoised=res_den,
+                                sigma=sigma, frame=frame)
         for kind, est in (("raw", image), ("denoised", den)):
             m = ev.pixel_metrics(est, truth, classes, ssim_sigma=cfg.ssim_sigma)
             m.insert(0, "kind", kind)

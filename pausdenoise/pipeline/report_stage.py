@@ -76,6 +76,13 @@ def build_report(ctx: Context) -> Path:
         figs.append(("Line profile through the centre of a galaxy (raw, denoised, truth).",
                      w.figure("profile", rp.fig_profile(s["raw"], s["denoised"], s["truth"],
                                                         row, s["label"].split("\n")[0]))))
+        if (ev_dir / "residuals.npz").exists():
+            r = np.load(ev_dir / "residuals.npz")
+            figs.append(("Residual maps against the noiseless truth (central cutout of a "
+                         "held-out frame); structure in the denoised map is signal the network "
+                         "removed or invented.",
+                         w.figure("residuals", rp.fig_residuals(
+                             r["raw"], r["denoised"], float(r["sigma"]), str(r["frame"])))))
         sections.append(rp.ReportSection("Images: raw vs denoised", figures=figs))
     tables = []
     if (ev_dir / "pixel_summary.csv").exists():
