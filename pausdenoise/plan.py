@@ -11,10 +11,10 @@ Rates
 Every rate is *per single-threaded CPU worker process* (or per GPU for the ``*_gpu_*``
 keys) and is an explicit argument: pass ``rates={...}`` to override any of
 :data:`MEASURED_RATES`. Its values were measured with ``python benchmarks/run_all.py
---quick`` on the project's development machine (2 vCPUs "AMD EPYC" shared with other jobs,
-load average 12 at the start and 7 at the end, no GPU), one single-threaded worker each;
-they are recorded in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 06:02 UTC
-(quick)". On that loaded machine rates varied up to 3× between runs minutes apart: treat
+--quick`` on the project's development machine (2 vCPUs "AMD EPYC", no GPU) when it was
+quiet (load average 0.7 at the start, 1.6 at the end), one single-threaded worker each;
+they are recorded in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 06:20 UTC
+(quick)". Rates on this shared machine varied up to 3× with the load earlier: treat
 them as order-of-magnitude figures for one CPU core and pass your own.
 
 =========================  ========  ==============================================
@@ -81,14 +81,14 @@ from typing import Any
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
 MEASURED_RATES: dict[str, float | None] = {
-    "ingest_mb_s": 15.1,
-    "store_read_mb_s": 179.0,
-    "train_patches_s": 15.7,
+    "ingest_mb_s": 48.4,
+    "store_read_mb_s": 570.0,
+    "train_patches_s": 41.4,
     "train_gpu_patches_s": None,
-    "denoise_mpix_s": 0.181,
+    "denoise_mpix_s": 0.244,
     "denoise_gpu_mpix_s": None,
-    "photometry_sources_s": 5700.0,
-    "compare_pairs_s": 2.58e6,
+    "photometry_sources_s": 7100.0,
+    "compare_pairs_s": 2.5e6,
 }
 
 RATE_KEYS = tuple(MEASURED_RATES)
