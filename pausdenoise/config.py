@@ -231,15 +231,19 @@ def check_chunking(cfg: PipelineConfig) -> None:
     halo, m = network_halo(cfg)
     if cfg.denoise.halo is not None and cfg.denoise.halo % m:
         raise ValueError(f"denoise.halo = {cfg.denoise.halo} must be a multiple of 2**depth = {m}")
-    chunks = tuple(cfg.ingest.chunks)
-    bad = [c for c in chunks if c % m or c < halo]
-    if bad:
-        good = tuple(max(-(-c // m) * m, -(-halo // m) * m) for c in chunks)
+    _check_tiles(tuple(cfg.ingest.chunks), m, halo, "ingest.chunks", "the network",
+                 f"train.unet.depth = {cfg.train.unet.depth}", "ingest.chunks")
+
+
+def _check_tiles(chunks: tuple[int, ...], m: int, halo: int, key: str, what: str,
+                 depth_note: str, suggest_key: str) -> None:
+    """Chunk sides must be multiples of ``m = 2**depth`` and at least ``halo`` px."""
+    if any(c % m or c < halo for c in chunks):
+        good = [max(-(-c // m) * m, -(-halo // m) * m) for c in chunks]
         raise ValueError(
-            f"ingest.chunks = {list(chunks)} does not fit the network: chunk sides must be "
-            f"multiples of 2**depth = {m} (train.unet.depth = {cfg.train.unet.depth}) and at "
-            f"least the halo of {halo} px derived from its receptive field; try "
-            f"ingest.chunks = {list(good)}"
+            f"{key} = {list(chunks)} does not fit {what}: chunk sides must be multiples of "
+            f"2**depth = {m} ({depth_note}) and at least its halo of {halo} px derived from "
+            f"its receptive field; try {suggest_key} = {good}"
         )
 
 
@@ -271,16 +275,10 @@ def check_gan_chunking(cfg: PipelineConfig) -> None:
             f"{-(-r // m) * m}"
         )
     key = "gan.apply.chunks" if cfg.gan.apply.chunks is not None else "ingest.chunks"
-    chunks = tuple(cfg.gan.apply.chunks or cfg.ingest.chunks)
-    bad = [c for c in chunks if c % m or c < halo]
-    if bad:
-        good = tuple(max(-(-c // m) * m, -(-halo // m) * m) for c in chunks)
-        raise ValueError(
-            f"{key} = {list(chunks)} does not fit the cGAN generator: chunk sides must be "
-            f"multiples of 2**depth = {m} (gan.train.generator.depth = "
-            f"{cfg.gan.train.generator.depth}) and at least its halo of {halo} px; try "
-            f"gan.apply.chunks = {list(good)}"
-        )
+    _check_tiles(tuple(cfg.gan.apply.chunks or cfg.ingest.chunks), m, halo, key,
+                 "the cGAN generator",
+                 f"gan.train.generator.depth = {cfg.gan.train.generator.depth}",
+                 "gan.apply.chunks")
 
 
 # --------------------------------------------------------------------------- loading
