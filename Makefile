@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 DEMO_GAN_DIR ?= demo-gan-output
 
-.PHONY: all setup demo demo-gan test test-slow lint bench clean careamics-env
+.PHONY: all setup demo demo-gan test test-slow lint bench clean
 
 all: test
 
