@@ -106,6 +106,10 @@ EXIT_PARTIAL = 3
 # --------------------------------------------------------------------------- configuration
 
 
+#: Band names become directory names downstream: plain names only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+
+
 class HeaderKeys(BaseModel):
     """Header keywords of generic frames (looked up in the image HDU, then the primary HDU).
 
@@ -813,8 +817,16 @@ def _metadata(
 ) -> dict[str, Any]:
     h = _Header(header, primary, path)
     if config.layout == "paus":
-        return _paus_metadata(h, path)
-    return _generic_metadata(h, path, config, out)
+        meta = _paus_metadata(h, path)
+    else:
+        meta = _generic_metadata(h, path, config, out)
+    if not SAFE_NAME.fullmatch(str(meta["band"])) or meta["band"] in {".", ".."}:
+        # the band names output directories (photometry partitions, stacks): refuse
+        # anything that could escape them or is not a plain name
+        key = "FILTER" if config.layout == "paus" else config.keys.band
+        raise IngestError(path, f"band name {meta['band']!r} is not a plain name "
+                          "(letters, digits, '.', '_', '+', '-')", key=key)
+    return meta
 
 
 # --------------------------------------------------------------------------- planning

@@ -965,7 +965,11 @@ def photometry_dataframe(
 
 def partition_path(out_dir: str | os.PathLike[str], band: str, kind: str, frame: str) -> Path:
     """``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet`` (hive-partitioned by band and
-    kind, one file per frame)."""
+    kind, one file per frame). Names that could leave ``out_dir`` are refused."""
+    for what, value in (("band", band), ("kind", kind), ("frame", frame)):
+        v = str(value)
+        if not v or "/" in v or "\\" in v or v in {".", ".."} or "\x00" in v:
+            raise ValueError(f"photometry: {what} name {v!r} cannot be used in an output path")
     return Path(out_dir) / f"band={band}" / f"kind={kind}" / f"{frame}.parquet"
 
 

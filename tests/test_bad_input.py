@@ -527,3 +527,29 @@ def test_fuzz_catalogue_validator(n, data, drop, shape):
     assert np.all(flagged[unusable])
     assert set(np.flatnonzero(check.row_flags)) <= set(check.issues["row"])
     assert check.ok == check.issues.empty
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("band", ["a/../../../../etc", "..", "NB 455", "x\\y"])
+def test_band_names_that_could_escape_the_output_are_refused(tmp_path, band):
+    """FILTER becomes a directory name downstream (photometry partitions): refuse it at
+    ingest, naming the file and the keyword."""
+    from pausdenoise.ingest import IngestError
+
+    p = _write_paus(tmp_path, {"EXPNUM": 1000, "CCD": 1, "FILTER": band, "EXPTIME": 1.0,
+                               "GAIN": 1.0, "RDNOISE": 1.0, "ZP": 1.0, "ZPERR": 0.1})
+    with pytest.raises(IngestError, match="FILTER") as info:
+        _plan_and_read(p)
+    assert p.name in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [("../x", "raw", "f"), ("NB455", "..", "f"),
+                                 ("NB455", "raw", "../../f")])
+def test_photometry_partition_path_stays_inside(tmp_path, bad):
+    from pausdenoise.photometry import partition_path
+
+    with pytest.raises(ValueError, match="cannot be used in an output path"):
+        partition_path(tmp_path, *bad)
+    assert partition_path(tmp_path, "NB455", "raw", "00001000_01").is_relative_to(tmp_path)
