@@ -35,7 +35,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from pausdenoise.n2v.unet import pad_to_multiple
+from pausdenoise.n2v.unet import predict_array as predict_array  # one primitive, re-exported
 
 
 class GeneratorConfig(BaseModel):
@@ -240,19 +240,3 @@ class Discriminator(nn.Module):
                 size += (layer.kernel_size[0] - 1) * jump
                 jump *= layer.stride[0]
         return size
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@torch.no_grad()
-def predict_array(generator: Generator, x: torch.Tensor) -> torch.Tensor:
-    """Apply ``generator`` to ``(N, C, H, W)`` of any size: pad to ``2**depth``, run, crop.
-
-    The one inference primitive of the cGAN path: whole-image inference and every tile of
-    :func:`pausdenoise.gan.apply.gan_apply` call it, so image edges are padded identically
-    (reflection at the right and bottom, see :func:`pausdenoise.n2v.unet.pad_to_multiple`).
-    The caller puts the generator in ``eval()`` mode.
-    """
-    xp, (h, w) = pad_to_multiple(x, generator.config.size_multiple)
-    return generator(xp)[..., :h, :w]

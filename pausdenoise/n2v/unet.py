@@ -227,11 +227,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 @torch.no_grad()
-def predict_array(model: UNet, x: torch.Tensor) -> torch.Tensor:
+def predict_array(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply ``model`` to ``(N, C, H, W)`` of any size: pad to ``2**depth``, run, crop back.
 
-    This is the one inference primitive: whole-image inference and every tile of the tiled
-    (``map_overlap``) inference call it, so both pad image edges the same way.
+    This is the one inference primitive, for the N2V U-Net and the cGAN generator alike (any
+    network whose ``config.size_multiple`` gives its pooling grid): whole-image inference and
+    every tile of the tiled (``map_overlap``) inference call it, so both pad image edges the
+    same way. The caller puts the network in ``eval()`` mode.
     """
     xp, (h, w) = pad_to_multiple(x, model.config.size_multiple)
     return model(xp)[..., :h, :w]
