@@ -214,3 +214,14 @@ def test_pipeline_on_real_scheduler_and_workers_equals_local_run(tiny_run, tmp_p
     pa = read_photometry(ref / "photometry").sort_values(keys).reset_index(drop=True)
     pb = read_photometry(out / "photometry").sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(pa, pb, check_like=True)
+
+
+def test_every_subcommand_has_help(capsys):
+    from pausdenoise.cli import STAGE_HELP
+
+    for command in STAGE_HELP:
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "--out" in capsys.readouterr().out
+    assert main([]) == EXIT_USAGE
