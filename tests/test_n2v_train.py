@@ -358,6 +358,25 @@ def test_sky_keep_oversamples_source_patches() -> None:
         PatchSampler(frames, 32, sky_keep=0.0)
 
 
+def test_validation_set_is_sampled_like_training() -> None:
+    """A uniformly drawn validation set is almost all sky; with sky_keep it holds the source
+    contexts the training emphasises (so best-epoch selection can see them)."""
+    from pausdenoise.n2v.patches import make_validation_set
+
+    rng = np.random.default_rng(1)
+    img = rng.normal(100, 10, (256, 256)).astype(np.float32)
+    img[100:104, 60:64] += 1000.0
+    frames = [Frame(img, None, FrameStats(100.0, 10.0), "a")]
+
+    def bright_fraction(vs) -> float:
+        x = vs.originals.reshape(len(vs.originals), -1)
+        return float((x.amax(1) > 50).float().mean())
+
+    uniform = make_validation_set(frames, 64, 32, seed=3)
+    like_training = make_validation_set(frames, 64, 32, seed=3, sky_keep=0.05)
+    assert bright_fraction(like_training) > 2 * bright_fraction(uniform)
+
+
 def test_source_weighting_options_train() -> None:
     noisy, _, mask = _noisy_frame(seed=4)
     cfg = _tiny_config(
@@ -394,3 +413,17 @@ def test_split_regions_and_fixed_validation_set() -> None:
     assert rows.min() >= 128
     with pytest.raises(ValueError, match="too small"):
         split_regions(_frames(1, 60, 64), 0.1, 32)
+
+
+def test_keep_last_returns_the_final_epoch_weights() -> None:
+    """keep='best' and keep='last' follow the same (deterministic) trajectory; their weights
+    differ exactly when the best validation epoch is not the last one."""
+    noisy, _, mask = _noisy_frame(seed=5)
+    frames = [(noisy, mask, frame_statistics(noisy, mask))]
+    cfg = dict(epochs=4, learning_rate=2e-2, early_stopping_patience=None)
+    best, hb = train_n2v(frames, _tiny_config(**cfg, keep="best"), progress=False)
+    last, hl = train_n2v(frames, _tiny_config(**cfg, keep="last"), progress=False)
+    assert hb.val_loss == hl.val_loss  # same trajectory
+    same = all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
+                                                  last.state_dict().values(), strict=True))
+    assert same == (hb.best_epoch == hb.epochs_run - 1)

@@ -420,10 +420,19 @@ def make_validation_set(
     radius: int = DEFAULT_RADIUS,
     strategy: Strategy = "uniform",
     max_bad_fraction: float = 0.25,
+    sky_keep: float = 1.0,
+    source_threshold: float = 10.0,
 ) -> ValidationSet:
-    """Draw ``n_patches`` validation patches once (seeded) and blind-spot mask them once."""
+    """Draw ``n_patches`` validation patches once (seeded) and blind-spot mask them once.
+
+    ``sky_keep``/``source_threshold`` sample the validation patches like the training
+    patches (see :class:`PatchSampler`): a uniformly drawn set is almost all sky, its loss
+    is dominated by sky noise and cannot tell epochs apart on the sources, which then makes
+    best-epoch selection and the LR schedule blind to source fidelity.
+    """
     sampler = PatchSampler(
-        frames, patch_size, regions=regions, max_bad_fraction=max_bad_fraction, seed=seed
+        frames, patch_size, regions=regions, max_bad_fraction=max_bad_fraction, seed=seed,
+        sky_keep=sky_keep, source_threshold=source_threshold,
     )
     x, bad = sampler.sample(n_patches)
     gen = torch.Generator().manual_seed(seed)

@@ -135,6 +135,11 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = Field(
         15, ge=1, description="Stop after this many epochs without validation improvement."
     )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Weights returned and saved: of the best validation epoch, or of the last "
+        "epoch (the N2V validation loss is dominated by noise; it can miss source fidelity).",
+    )
     validation_patches: int = Field(256, ge=1, description="Size of the fixed validation set.")
     validation_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="Bottom fraction of each frame's rows held out."
@@ -356,6 +361,8 @@ def train_n2v(
             radius=cfg.neighbourhood_radius,
             strategy=cfg.strategy,
             max_bad_fraction=cfg.max_bad_fraction,
+            sky_keep=cfg.sky_keep,  # validate on the contexts the training emphasises
+            source_threshold=cfg.source_threshold,
         ).to(device)
         aug_rng = np.random.default_rng([cfg.seed, rank, 2])
         mask_gen = torch.Generator(device=device)
@@ -480,7 +487,7 @@ def train_n2v(
                     f"{' *' if improved else ''}  lr {history.learning_rate[-1]:.2e}  "
                     f"{history.patches_per_second[-1]:.0f} patches/s"
                 )
-            if improved and checkpoint_path is not None and rank == 0:
+            if (improved or cfg.keep == "last") and checkpoint_path is not None and rank == 0:
                 history.total_seconds = time.perf_counter() - t_start
                 _save(checkpoint_path, model, cfg, frames, history, provenance)
             if (
@@ -490,7 +497,7 @@ def train_n2v(
                 history.stopped_early = True
                 break
 
-        if best_state is not None:
+        if best_state is not None and cfg.keep == "best":
             model.load_state_dict(best_state)
         model.eval()
         history.total_seconds = time.perf_counter() - t_start
