@@ -50,7 +50,7 @@ def _asinh_norm(vmin: float, vmax: float):
 # --------------------------------------------------------------------------- images
 
 
-def fig_stamps(stamps: Sequence[Mapping], *, cutout_arcsec: float | None = None) -> Figure:
+def fig_stamps(stamps: Sequence[Mapping]) -> Figure:
     """Galaxy stamps: one row per source, columns raw | denoised | truth (when given).
 
     Parameters

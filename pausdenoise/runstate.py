@@ -137,6 +137,11 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         with os.fdopen(fd, "w") as fh:
             json.dump(me, fh)
         break
+    else:  # lost the race for a stale lock twice: never run without holding the lock
+        raise RunLockedError(
+            f"run directory {paths.out}: could not take the lock {paths.lock} (another process "
+            "took over a stale lock at the same time); retry"
+        )
     try:
         yield
     finally:

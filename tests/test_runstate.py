@@ -99,3 +99,24 @@ def test_record_roundtrip_and_fingerprints(tmp_path):
     assert not rec2.is_done("train", "abc")
     assert rec2.timings() == {"ingest": 1.5}
     assert not list(tmp_path.glob(".run.json.*.tmp"))
+
+
+def test_lock_is_never_skipped_when_the_stale_race_is_lost(tmp_path, monkeypatch):
+    """If taking over a stale lock keeps failing, refuse instead of running unlocked."""
+    import pausdenoise.runstate as rs
+
+    paths = RunPaths(tmp_path / "run")
+    paths.out.mkdir(parents=True)
+    import socket
+
+    paths.lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    monkeypatch.setattr(rs, "_pid_alive", lambda pid: False)
+
+    def rename_lost(src, dst):  # another process always renames it first
+        raise FileNotFoundError(src)
+
+    monkeypatch.setattr(rs.os, "rename", rename_lost)
+    with pytest.raises(RunLockedError, match="could not take the lock"):
+        with run_lock(paths):
+            pass
+    assert paths.lock.exists()  # the other process's lock is left alone

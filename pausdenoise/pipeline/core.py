@@ -399,12 +399,13 @@ def stage_photometry(ctx: Context) -> dict[str, Any]:
     frames = st.list_frames(ctx.store)
     tasks = []
     missing: list[str] = []
+    root = st.open_store(ctx.store)
     for kind in ctx.cfg.photometry.kinds:
         kind_frames = frames
         if kind == "denoised":  # frames the denoiser skipped (e.g. all masked) have none
-            kind_frames = [f for f in frames if "denoised" in st.frame_arrays(ctx.store, f)
-                           and st.open_store(ctx.store)[f"{st.FRAMES_GROUP}/{f}/denoised"]
-                           .attrs.get("complete", False)]
+            groups = {f: root[f"{st.FRAMES_GROUP}/{f}"] for f in frames}
+            kind_frames = [f for f, g in groups.items()
+                           if "denoised" in g and g["denoised"].attrs.get("complete", False)]
             missing = sorted(set(frames) - set(kind_frames))
         cfg_kind = ctx.cfg.photometry.model_copy(update={"kinds": (kind,)})
         tasks += run_photometry(ctx.store, ctx.paths.photometry, kind_frames, catalogue,
