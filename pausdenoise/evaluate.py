@@ -17,23 +17,110 @@ Definitions (all in ADU unless stated)
 - SSIM: the Wang et al. (2004) index with a Gaussian window (σ = 1.5 px), K1 = 0.01,
   K2 = 0.03, the same data range, averaged over the pixel class.
 
-Real data without truth
------------------------
-For two independent exposures A and B of the same sky on the same pixel grid, with B's noise
-independent of A and of variance ``var_B``:
-``E[(est_A - raw_B)^2] = E[(est_A - truth)^2] + var_B``, so
-``MSE_truth(est_A) = MSE(est_A, raw_B) - var_B``. ``var_B`` is estimated from a third
-exposure C: ``var(raw_B - raw_C) / 2`` assuming equal noise in B and C (or, in general,
-``var_B = (var(B-C) + var(B-D) - var(C-D)) / 2`` with a fourth exposure D, which drops that
-assumption). Both are implemented below.
+Real data without truth: the independent-exposure estimator
+-----------------------------------------------------------
+Notation: ``E`` is the image of frame D being scored (its raw image, or its denoised
+version), ``A`` is D's raw image, and ``R_j`` (j = 1..k) are *independent* exposures of the
+same band and sky (other exposure numbers), each brought onto D's pixel grid and flux scale:
+sky-subtracted (each frame's sigma-clipped median), multiplied by ``ZP_j / ZP_D`` (DOMAIN.md:
+calibrated flux = ADU · ZP) and resampled with :func:`pausdenoise.stack.resample_frame`
+(exact re-indexing when the grids coincide, bilinear through the WCSs otherwise). D's own
+sky level (from its raw image) is subtracted from both of D's versions, so a denoiser that
+shifts the sky is charged for it. All images in ADU of D; variances in ADU².
+
+Model: ``R_j = T + n_j``, ``A = T + n_A`` with one noiseless image ``T`` (same signal) and
+zero-mean noises ``n_A, n_1 … n_k`` that are mutually independent (independent exposures).
+Then, over a pixel class (means over the pixels good in D and in every reference):
+
+``MSE(E, T) = MSE(E, R_j) − σ_j²``                                            (1)
+
+because the cross term ``⟨(E − T) n_j⟩`` vanishes: E is made from exposure D only. The sign
+convention is *estimate minus reference*; a squared difference has no sign, but a negative
+result of (1) (possible for a very good E, from noise) means "consistent with zero" — its
+RMS (``sqrt``) is then reported as NaN and the signed MSE is kept in the ``mse`` column.
+``σ_j²`` is the per-pixel noise variance *of R_j as compared*, i.e. after scaling and
+resampling onto D's grid, and is estimated from exposure differences on the same pixels
+(``var`` = mean square about the class mean):
+
+- ``pair`` (needs k ≥ 2): ``σ_j² = var(R_j − R_p) / 2`` for a partner p ≠ j — assumes
+  ``σ_j = σ_p``; averaged over the partners.
+- ``triplet`` (needs k ≥ 2; default): ``σ_j² = (var(A − R_j) + var(R_j − R_p) − var(A − R_p)) / 2``
+  with D's raw image A as the third independent exposure — exact for *unequal* noises
+  (``var(X − Y) = σ_X² + σ_Y²`` for independent X, Y); averaged over the partners. For the
+  raw image itself (E = A) the estimate of (1) is the triplet estimate of ``σ_A²``.
+- ``equal-noise`` (k = 1, only when ``single_reference="equal-noise"``):
+  ``σ_1² = var(A − R_1) / 2``, assuming A and R_1 have equal noise on D's grid — biased
+  when R_1 is resampled (see below) or its depth differs; by default such frames are
+  skipped with the reason recorded.
+
+(1) is evaluated for every reference and averaged uniformly. In that average ``pair`` and
+``triplet`` coincide algebraically — the mean of ``var(R_j − R_p) / 2`` over ordered pairs
+is the mean σ_j², so the equal-noise assumption cancels — and the combined number rests on
+independence and same signal only. They differ *per reference*, where only ``triplet`` is
+unbiased for unequal noise; the evaluate stage uses it (``independent_references.csv``:
+σ_j² and (1) with each reference alone, which must agree within their errors). The frame's
+raw image A enters the triplet and ``equal-noise`` forms; that it shares A's noise with a
+denoised E does not bias (1) (expectations are linear), it only changes the scatter.
+``mse_se`` is the standard error from 8 × 8 px blocks (resampled noise is correlated between
+neighbouring pixels, so per-pixel errors would be too optimistic).
+
+Biases to keep in mind:
+
+- **Resampling** interpolates the references: their noise is smoothed (a bilinear shift by
+  half a pixel divides the per-pixel variance by up to 4 in 2-D) and correlated. That is why
+  σ_j² is estimated from differences of references resampled the *same way onto D's grid*:
+  it is then the variance of what (1) actually compares with. Using σ_j² measured on R_j's
+  own grid (or from its inverse-variance map) would over-subtract and bias (1) low.
+  Interpolation also smooths the references' *signal* (bilinear: up to a 2 × 2 box at
+  half-pixel offsets), a Δ term (below) in source pixels only: it raises the raw estimate
+  and *lowers* that of a smoothing denoiser, whose output then resembles the blurred
+  reference. Synthetic test (Gaussian sources of σ = 1.8 px, a σ = 1 px Gaussian smoothing
+  as the "denoiser", ``tests/test_evaluate_independent.py``): with references at sub-pixel
+  offsets the source-pixel MSE comes out ≈ −44 % (denoised) and ≈ +10 % (raw); with
+  references at whole-pixel offsets (exact copies) within its standard error; sky pixels
+  within 3 % in both cases.
+- **PSF / seeing, astrometry and calibration differences** break "same signal": with
+  ``T_X`` the noiseless image as seen by exposure X and ``Δ_XY = mean((T_X − T_Y)²)``, the
+  raw estimate of (1) averaged over two references B and C becomes
+  ``σ_A² + (Δ_AB + Δ_AC − Δ_BC) / 2`` (with B alone: ``σ_A² + (Δ_AB + Δ_AC − Δ_BC) / 2``
+  for the triplet σ_B², ``σ_A² + Δ_AB + (σ_B² − σ_C² − Δ_BC) / 2`` for the pair σ_B²), and
+  a denoised E picks up the same terms plus a cross term ``2⟨(E − T_A)(T_A − T_B)⟩`` of
+  either sign. When D's seeing differs from the references' the Δ terms with A dominate
+  and the estimated MSE is **inflated in source pixels** (for seeings s_A, s_B, s_C and
+  small differences the bias is ∝ (s_A − s_B)(s_A − s_C): positive unless D's seeing lies
+  between the references'). Sky pixels (T flat) are free of it, up to a sky level or
+  background gradient that differs between exposures (a constant sky is subtracted per
+  frame; a ZP error scales the references' sources, so it too acts in source pixels).
+  Treat source-pixel numbers as indicative (see ``independent_references.csv``: references
+  of different seeing disagree there), and the sky-pixel numbers as the measurement.
+- **Pixel classes** come from a threshold on the references' mean (or from catalogue
+  apertures), not from the truth: sky pixels are good pixels farther than ``sky_margin`` px
+  from any pixel of the references' smoothed mean above ``source_threshold`` σ. The
+  selection uses the references' noise: a small selection effect (≲ 1 % on sky pixels,
+  a few % upwards on the raw source pixels in the synthetic test); catalogue apertures
+  avoid it.
+- The denoiser was trained on other exposures (possibly the references): a negligible
+  dependence between E and n_j.
+
+The helpers :func:`noise_variance_from_pair`, :func:`noise_variance_from_triplet` and
+:func:`mse_to_truth_via_independent` implement the single-number forms;
+:func:`independent_exposure_metrics` the per-class tables the evaluate stage writes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+
+#: Values of the ``reference`` column of the pixel-metric tables.
+REFERENCE_TRUTH = "truth"
+REFERENCE_INDEPENDENT = "independent-exposure"
 
 
 class EvaluateConfig(BaseModel):
@@ -59,6 +146,40 @@ class EvaluateConfig(BaseModel):
     mag_bins: list[float] = Field(
         default_factory=lambda: [float(m) for m in np.arange(17.0, 25.01, 0.5)],
         description="Edges of the magnitude bins for completeness (AB mag).",
+    )
+    # -- real data without truth: metrics against independent exposures ------------------
+    single_reference: Literal["skip", "equal-noise"] = Field(
+        "skip",
+        description="Without truth, a frame with exactly one independent exposure B: "
+        "'skip' it (reason recorded), or use var(A-B)/2 assuming the frame and B have equal "
+        "noise on the frame's grid (biased when B is resampled or deeper).",
+    )
+    max_references: int = Field(
+        4, ge=1, description="Without truth: at most this many independent exposures per frame."
+    )
+    min_overlap: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Without truth: an exposure of the same band counts as a reference when "
+        "it covers at least this fraction of the frame's good pixels once resampled.",
+    )
+    resampling: Literal["auto", "shift", "interp", "reproject"] = Field(
+        "auto",
+        description="Without truth: how references are brought onto the frame's grid "
+        "(pausdenoise.stack.resample_frame; 'auto' is exact for aligned grids).",
+    )
+    source_threshold: float = Field(
+        3.0,
+        gt=0,
+        description="Without truth or catalogue: source pixels are where the references' "
+        "mean, smoothed with the detection kernel, exceeds this many σ of its noise.",
+    )
+    sky_margin: int = Field(
+        3,
+        ge=0,
+        description="Without truth: sky pixels lie farther than this (px) from any source "
+        "or above-threshold pixel.",
     )
 
 
@@ -182,10 +303,30 @@ def pixel_metrics(
 # --------------------------------------------------------------------------- real data
 
 
+def _finite_good(d: np.ndarray, good: np.ndarray) -> np.ndarray:
+    x = np.asarray(d, dtype=np.float64)[good]
+    return x[np.isfinite(x)]
+
+
 def noise_variance_from_pair(b: np.ndarray, c: np.ndarray, good: np.ndarray) -> float:
-    """Noise variance of one exposure from two independent ones of equal noise: var(B−C)/2."""
-    d = (b - c)[good]
-    return float(np.var(d[np.isfinite(d)]) / 2.0)
+    """Noise variance of exposure B from two independent exposures of equal noise.
+
+    ``σ_B² = var(B − C) / 2`` over the good pixels (assumes ``σ_B = σ_C`` and the same
+    signal; see the module docstring).
+
+    Parameters
+    ----------
+    b, c : ndarray (ny, nx)
+        Two exposures on the same pixel grid and flux scale, ADU.
+    good : ndarray of bool (ny, nx)
+        Pixels to use (good in both).
+
+    Returns
+    -------
+    float
+        ``σ_B²`` in ADU².
+    """
+    return float(np.var(_finite_good(np.asarray(b, np.float64) - c, good)) / 2.0)
 
 
 def noise_variance_from_triplet(
@@ -193,12 +334,25 @@ def noise_variance_from_triplet(
 ) -> float:
     """Noise variance of B from three independent exposures B, C, D (unequal noise allowed).
 
-    ``var_B = (var(B−C) + var(B−D) − var(C−D)) / 2``.
+    ``σ_B² = (var(B − C) + var(B − D) − var(C − D)) / 2``, exact in expectation for
+    independent noises of any variances and the same signal (``var(X − Y) = σ_X² + σ_Y²``).
+
+    Parameters
+    ----------
+    b, c, d : ndarray (ny, nx)
+        Three exposures on the same pixel grid and flux scale, ADU.
+    good : ndarray of bool (ny, nx)
+        Pixels to use (good in all three).
+
+    Returns
+    -------
+    float
+        ``σ_B²`` in ADU².
     """
+    sel = good & np.isfinite(b) & np.isfinite(c) & np.isfinite(d)
 
     def v(p: np.ndarray, q: np.ndarray) -> float:
-        x = (p - q)[good]
-        return float(np.var(x[np.isfinite(x)]))
+        return float(np.var(_finite_good(np.asarray(p, np.float64) - q, sel)))
 
     return 0.5 * (v(b, c) + v(b, d) - v(c, d))
 
@@ -206,12 +360,325 @@ def noise_variance_from_triplet(
 def mse_to_truth_via_independent(
     estimate_a: np.ndarray, raw_b: np.ndarray, noise_var_b: float, good: np.ndarray
 ) -> float:
-    """Unbiased MSE of ``estimate_a`` to the unknown truth: MSE(est_A, raw_B) − var_B.
+    """Unbiased MSE of ``estimate_a`` to the unknown truth: ``MSE(est_A, raw_B) − σ_B²``.
 
-    The sky level of the two exposures must agree (subtract each frame's sky first).
+    Parameters
+    ----------
+    estimate_a : ndarray (ny, nx)
+        Image of exposure A being scored (raw or denoised), ADU.
+    raw_b : ndarray (ny, nx)
+        Independent exposure B on A's grid and flux scale, ADU. The sky levels must agree
+        (subtract each frame's sky first): an offset counts as error.
+    noise_var_b : float
+        Per-pixel noise variance of ``raw_b`` as given (after any resampling), ADU².
+    good : ndarray of bool (ny, nx)
+
+    Returns
+    -------
+    float
+        Estimated ``MSE(est_A, truth)`` in ADU²; may be negative from noise when the true
+        MSE is small.
     """
-    d = (estimate_a - raw_b)[good]
-    return float(np.mean(d[np.isfinite(d)] ** 2) - noise_var_b)
+    d = _finite_good(np.asarray(estimate_a, np.float64) - raw_b, good)
+    return float(np.mean(d**2) - noise_var_b)
+
+
+def reference_on_grid(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    ivar: np.ndarray | None,
+    wcs: Any,
+    zp: float | None,
+    target_wcs: Any,
+    target_shape: tuple[int, int],
+    target_zp: float | None,
+    resampling: Literal["auto", "shift", "interp", "reproject"] = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """An independent exposure brought onto a target frame's grid and flux scale.
+
+    Sky-subtracted (sigma-clipped median of its good pixels), scaled by ``zp / target_zp``
+    and resampled with :func:`pausdenoise.stack.stack_frames` (one frame, uniform weight),
+    i.e. exactly as the stacks are made: masked pixels never contribute.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+        The exposure in its own ADU, sky not subtracted.
+    mask : ndarray of int or None
+        Non-zero marks a bad pixel.
+    ivar : ndarray or None
+        Inverse variance (1/ADU²); ``ivar ≤ 0`` marks a bad pixel.
+    wcs, target_wcs : astropy.wcs.WCS or None
+        Both None: the grids are taken as identical (shapes must agree; exact copy).
+    zp, target_zp : float or None
+        Multiplicative zero-points (calibrated flux = ADU · ZP); None or non-positive on
+        either side: no scaling.
+    target_shape : (int, int)
+    resampling : str
+        ``StackConfig.resampling``.
+
+    Returns
+    -------
+    values : ndarray float64 ``target_shape``
+        ADU at ``target_zp`` on the target grid, NaN where invalid.
+    valid : ndarray of bool ``target_shape``
+
+    Raises
+    ------
+    ValueError
+        No WCS on one side only, or no WCS and different shapes.
+    """
+    from pausdenoise.stack import StackConfig, stack_frames
+
+    scale_ok = zp is not None and target_zp is not None and np.isfinite([zp, target_zp]).all() \
+        and zp > 0 and target_zp > 0
+    if (wcs is None) != (target_wcs is None):
+        raise ValueError("one frame has a WCS and the other not: cannot align them")
+    if wcs is None:
+        from pausdenoise.n2v.normalise import frame_statistics
+
+        img = np.asarray(image, dtype=np.float64)
+        if img.shape != tuple(target_shape):
+            raise ValueError(f"no WCS and shapes differ: {img.shape} vs {tuple(target_shape)}")
+        valid = np.isfinite(img)
+        if mask is not None:
+            valid &= np.asarray(mask) == 0
+        if ivar is not None:
+            valid &= np.isfinite(ivar) & (np.asarray(ivar) > 0)
+        sky = frame_statistics(img, (~valid).astype(np.uint8)).sky
+        scale = float(zp) / float(target_zp) if scale_ok else 1.0
+        return np.where(valid, (img - sky) * scale, np.nan), valid
+    cfg = StackConfig(weighting="uniform", resampling=resampling)
+    value, weight = stack_frames(
+        [image], [mask], [ivar], [wcs], target_wcs, tuple(target_shape), cfg,
+        zps=[float(zp)] if scale_ok else None, zp_ref=float(target_zp) if scale_ok else None,
+    )
+    valid = weight > 0
+    return np.where(valid, value.astype(np.float64), np.nan), valid
+
+
+def pixel_classes_without_truth(
+    references_mean: np.ndarray,
+    good: np.ndarray,
+    *,
+    source_mask: np.ndarray | None = None,
+    threshold: float = 3.0,
+    fwhm: float = 3.0,
+    margin: int = 3,
+) -> dict[str, np.ndarray]:
+    """Sky and source pixel classes of a frame without truth, from its references.
+
+    The sky-subtracted mean of the independent exposures (on the frame's grid) is smoothed
+    with a unit-sum Gaussian of FWHM ``fwhm`` px (normalised over good pixels); its noise σ
+    is the MAD-σ over the good pixels. *Source* pixels: ``source_mask`` (e.g. catalogue
+    apertures) when given, else the smoothed mean above ``threshold`` σ. *Sky* pixels: good
+    pixels farther than ``margin`` px from any source or above-threshold pixel.
+
+    Parameters
+    ----------
+    references_mean : ndarray (ny, nx)
+        Mean of the references, ADU, sky-subtracted (NaN where invalid).
+    good : ndarray of bool (ny, nx)
+        Pixels good in the frame and in every reference.
+    source_mask : ndarray of bool, optional
+    threshold : float
+        In σ of the smoothed mean.
+    fwhm : float
+        Smoothing kernel FWHM, px.
+    margin : int
+        Dilation of the source pixels excluded from the sky, px.
+
+    Returns
+    -------
+    dict
+        ``{"sky": mask, "source": mask}`` (boolean, subsets of ``good``).
+    """
+    g = good & np.isfinite(references_mean)
+    x = np.where(g, references_mean, 0.0)
+    s = fwhm / 2.3548
+    num = ndimage.gaussian_filter(x, s, mode="constant")
+    den = ndimage.gaussian_filter(g.astype(np.float64), s, mode="constant")
+    smooth = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-3)
+    vals = smooth[g]
+    if vals.size == 0:
+        empty = np.zeros(good.shape, dtype=bool)
+        return {"sky": empty, "source": empty.copy()}
+    med = float(np.median(vals))
+    sigma = float(1.4826 * np.median(np.abs(vals - med)))
+    above = g & (smooth > med + threshold * sigma)
+    source = above if source_mask is None else (np.asarray(source_mask, bool) & g)
+    exclude = above | source
+    if margin > 0 and exclude.any():
+        exclude = ndimage.binary_dilation(exclude, iterations=margin)
+    return {"sky": g & ~exclude, "source": source & g}
+
+
+def _block_standard_error(q: np.ndarray, sel: np.ndarray, block: int) -> float:
+    """Standard error of ``mean(q[sel])`` from the scatter of ``block`` × ``block`` px blocks."""
+    yy, xx = np.nonzero(sel)
+    nbx = sel.shape[1] // block + 1
+    ids = (yy // block) * nbx + xx // block
+    _, inv = np.unique(ids, return_inverse=True)
+    n_k = np.bincount(inv).astype(np.float64)
+    s_k = np.bincount(inv, weights=q)
+    k = n_k.size
+    if k < 2:
+        return float("nan")
+    mean = s_k.sum() / n_k.sum()
+    return float(np.sqrt(k / (k - 1) * np.sum((s_k - mean * n_k) ** 2)) / n_k.sum())
+
+
+@dataclass(frozen=True)
+class IndependentMetrics:
+    """Result of :func:`independent_exposure_metrics`.
+
+    Attributes
+    ----------
+    combined : DataFrame
+        Per (kind, pixel class): the estimate of equation (1) averaged over the references.
+    per_reference : DataFrame
+        Per (reference index, kind, pixel class): equation (1) with that reference alone
+        and its own σ_j² — a consistency check between references.
+    """
+
+    combined: pd.DataFrame
+    per_reference: pd.DataFrame
+
+
+def _nan_row(kind: str, name: str, n: int, estimator: str, k: int) -> dict[str, Any]:
+    return {"kind": kind, "pixel_class": name, "n_pixels": n, "rms": np.nan,
+            "psnr_db": np.nan, "ssim": np.nan, "mse": np.nan, "mse_se": np.nan,
+            "mse_to_reference": np.nan, "noise_var_reference": np.nan,
+            "estimator": estimator, "n_references": k}
+
+
+def independent_exposure_metrics(
+    estimates: Mapping[str, np.ndarray],
+    raw: np.ndarray,
+    references: Sequence[np.ndarray],
+    classes: Mapping[str, np.ndarray],
+    *,
+    estimator: Literal["triplet", "pair", "equal-noise"] = "triplet",
+    block: int = 8,
+) -> IndependentMetrics:
+    """Estimated MSE to the unknown truth, per image kind and pixel class (no truth needed).
+
+    Implements equation (1) of the module docstring: for each reference ``R_j``,
+    ``MSE(E, R_j) − σ_j²`` with σ_j² from exposure differences on the same pixels, then
+    the plain mean over the references. With that uniform mean the ``"pair"`` and
+    ``"triplet"`` estimators give the *same* combined value (the equal-noise assumption of
+    ``"pair"`` cancels in the average over ordered pairs); they differ per reference, where
+    only ``"triplet"`` is unbiased for unequal noise.
+
+    Parameters
+    ----------
+    estimates : mapping of kind -> ndarray (ny, nx)
+        Images of frame D to score, e.g. ``{"raw": A, "denoised": E}``; ADU with D's sky
+        subtracted.
+    raw : ndarray (ny, nx)
+        D's raw image A, sky-subtracted, ADU (the third exposure of ``"triplet"`` and
+        ``"equal-noise"``).
+    references : sequence of ndarray (ny, nx)
+        Independent exposures on D's grid and flux scale, sky-subtracted, ADU (NaN where
+        invalid). ``"triplet"`` and ``"pair"`` need at least two, ``"equal-noise"`` one.
+    classes : mapping of name -> bool ndarray (ny, nx)
+        Pixel classes; only pixels finite in every input are used.
+    estimator : {"triplet", "pair", "equal-noise"}
+        How σ_j² is estimated (module docstring).
+    block : int
+        Block size (px) of the standard errors.
+
+    Returns
+    -------
+    IndependentMetrics
+        ``combined``: one row per (kind, class) with ``kind, pixel_class, n_pixels, rms``
+        (ADU, the square root of ``mse``; NaN when ``mse`` ≤ 0), ``psnr_db, ssim`` (NaN: no
+        truth to scale them), ``mse`` (estimated MSE to the truth, ADU²), ``mse_se`` (its
+        standard error, ADU²), ``mse_to_reference`` (mean over references of MSE(E, R_j),
+        ADU²), ``noise_var_reference`` (mean σ_j², ADU²), ``estimator``, ``n_references``.
+        ``per_reference``: the same columns (``n_references`` = 1) plus ``reference_index``.
+
+    Raises
+    ------
+    ValueError
+        Too few references for the estimator, or an unknown estimator.
+    """
+    if estimator not in ("triplet", "pair", "equal-noise"):
+        raise ValueError(f"unknown noise estimator {estimator!r}")
+    k = len(references)
+    need = 1 if estimator == "equal-noise" else 2
+    if k < need:
+        raise ValueError(f"estimator {estimator!r} needs ≥ {need} independent exposures, got {k}")
+    a_full = np.asarray(raw, dtype=np.float64)
+    refs_full = [np.asarray(r, dtype=np.float64) for r in references]
+    est_full = {kind: np.asarray(e, dtype=np.float64) for kind, e in estimates.items()}
+    finite = np.isfinite(a_full)
+    for x in (*refs_full, *est_full.values()):
+        finite &= np.isfinite(x)
+    rows: list[dict[str, Any]] = []
+    ref_rows: list[dict[str, Any]] = []
+    for name, sel_in in classes.items():
+        sel = np.asarray(sel_in, bool) & finite
+        n = int(sel.sum())
+        if n < 2:
+            for kind in est_full:
+                rows.append(_nan_row(kind, name, n, estimator, k))
+                for j in range(k):
+                    ref_rows.append({"reference_index": j, **_nan_row(kind, name, n,
+                                                                      estimator, 1)})
+            continue
+        a = a_full[sel]
+        refs = [r[sel] for r in refs_full]
+
+        def csq(d: np.ndarray) -> np.ndarray:
+            return (d - d.mean()) ** 2  # per-pixel terms whose mean is var(d)
+
+        # Per-pixel terms v_j whose mean is the σ_j² estimate.
+        vmaps = []
+        for j, rj in enumerate(refs):
+            if estimator == "equal-noise":
+                vmaps.append(0.5 * csq(a - rj))
+                continue
+            parts = [
+                0.5 * csq(rj - rp) if estimator == "pair"
+                else 0.5 * (csq(a - rj) + csq(rj - rp) - csq(a - rp))
+                for p, rp in enumerate(refs) if p != j
+            ]
+            vmaps.append(np.mean(parts, axis=0))
+        for kind, e_full in est_full.items():
+            e = e_full[sel]
+            qs = []
+            for j, (rj, v) in enumerate(zip(refs, vmaps, strict=True)):
+                sq = (e - rj) ** 2
+                q = sq - v
+                qs.append(q)
+                ref_rows.append({"reference_index": j, **_summarise(
+                    kind, name, n, q, sq, v, sel, block, estimator, 1)})
+            q_all = np.mean(qs, axis=0)
+            sq_all = np.mean([(e - rj) ** 2 for rj in refs], axis=0)
+            v_all = np.mean(vmaps, axis=0)
+            rows.append(_summarise(kind, name, n, q_all, sq_all, v_all, sel, block,
+                                   estimator, k))
+    return IndependentMetrics(pd.DataFrame(rows), pd.DataFrame(ref_rows))
+
+
+def _summarise(kind: str, name: str, n: int, q: np.ndarray, sq: np.ndarray, v: np.ndarray,
+               sel: np.ndarray, block: int, estimator: str, k: int) -> dict[str, Any]:
+    mse = float(q.mean())
+    return {
+        "kind": kind,
+        "pixel_class": name,
+        "n_pixels": n,
+        "rms": float(np.sqrt(mse)) if mse > 0 else np.nan,
+        "psnr_db": np.nan,
+        "ssim": np.nan,
+        "mse": mse,
+        "mse_se": _block_standard_error(q, sel, block),
+        "mse_to_reference": float(sq.mean()),
+        "noise_var_reference": float(v.mean()),
+        "estimator": estimator,
+        "n_references": k,
+    }
 
 
 # --------------------------------------------------------------------------- detection

@@ -1,17 +1,30 @@
-"""Evaluate stage runner: metrics of raw and denoised frames against the simulation's truth.
+"""Evaluate stage runner: metrics of raw and denoised frames against the truth, or, for real
+data without truth, against independent exposures of the same band.
 
 Frames are read one at a time (out of core). Evaluated frames are the exposures held out of
-training (``holdout_exposures_per_band``), or every frame when none is held out. Writes into
-``<run>/evaluate/``:
+training (``holdout_exposures_per_band``), or every frame when none is held out. A frame with
+a ``truth`` array (simulation) is scored against it; a frame without one is scored with the
+independent-exposure estimator of :mod:`pausdenoise.evaluate` (``MSE to truth = MSE to an
+independent exposure − that exposure's noise variance``): every other exposure of its band
+(any exposure number but its own, training exposures included) whose footprint covers at
+least ``evaluate.min_overlap`` of its good pixels is a candidate reference (the
+``evaluate.max_references`` with the largest coverage are used), brought onto the frame's grid
+by :func:`pausdenoise.evaluate.reference_on_grid`. Writes into ``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised) and pixel class (sky |
-  source): n_pixels, rms [ADU], psnr_db, ssim;
-- ``pixel_summary.csv``: the same pooled over frames, with the RMS reduction factor
-  raw/denoised per class;
+  source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
+  equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse [ADU²] and, without
+  truth, mse_se, mse_to_reference, noise_var_reference [ADU²], n_references;
+- ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
+  factor raw/denoised per class;
+- ``independent_references.csv`` (without truth): the estimate with each reference alone
+  and its noise variance (they must agree within their errors), and its coverage;
+- ``skipped.csv``: frames that could not be evaluated and why (e.g. no independent exposure
+  in the band) — recorded, not an error;
 - ``completeness.csv``: detection completeness per true-magnitude bin for raw and denoised,
-  ``detection_summary.json``: 50 %/90 % completeness magnitudes and purity;
+  ``detection_summary.json``: 50 %/90 % completeness magnitudes and purity (truth only);
 - ``stamps.npz``: cutouts (raw, denoised, truth) of galaxies at several magnitudes for the
-  report, with their labels;
+  report, with their labels (truth only);
 - ``residuals.npz``: raw − truth and denoised − truth over a central cutout of one frame.
 """
 
@@ -34,7 +47,7 @@ def _frame_arrays(store, frame: str) -> dict[str, np.ndarray]:
 
     names = st.frame_arrays(store, frame)
     return {n: np.asarray(st.open_frame(store, frame, n)) for n in names
-            if n in ("image", "mask", "truth", "denoised")}
+            if n in ("image", "mask", "ivar", "truth", "denoised")}
 
 
 def _source_mask(rows: pd.DataFrame, shape, pixel_scale: float) -> np.ndarray:
@@ -49,24 +62,191 @@ def _source_mask(rows: pd.DataFrame, shape, pixel_scale: float) -> np.ndarray:
 
 
 def _pool(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Pool per-frame RMS over frames (pixel-weighted), PSNR/SSIM as pixel-weighted means."""
+    """Pool per-frame metrics over frames, per reference, kind and pixel class.
+
+    MSE pixel-weighted (so the RMS is that of all pixels together), PSNR/SSIM as
+    pixel-weighted means, the MSE standard error as for independent frames; then the RMS
+    reduction raw/denoised per reference and class.
+    """
     rows = []
-    for (kind, cls), g in metrics.groupby(["kind", "pixel_class"]):
+    keys = ["reference", "estimator", "kind", "pixel_class"]
+    for (ref, est, kind, cls), g in metrics.groupby(keys, sort=False):
+        ok = g["mse"].notna().to_numpy() & (g["n_pixels"].to_numpy() > 0)
+        g = g[ok]
         n = g["n_pixels"].to_numpy(float)
         w = n / n.sum() if n.sum() else n
+        mse = float(np.sum(w * g["mse"].to_numpy())) if len(g) else np.nan
+        se = g["mse_se"].to_numpy(float)
         rows.append({
+            "reference": ref,
+            "estimator": est,
             "kind": kind,
             "pixel_class": cls,
+            "n_frames": len(g),
             "n_pixels": int(n.sum()),
-            "rms": float(np.sqrt(np.sum(w * g["rms"].to_numpy() ** 2))),
-            "psnr_db": float(np.sum(w * g["psnr_db"].to_numpy())),
-            "ssim": float(np.sum(w * g["ssim"].to_numpy())),
+            "rms": float(np.sqrt(mse)) if mse > 0 else np.nan,
+            "mse": mse,
+            "mse_se": float(np.sqrt(np.sum((w * se) ** 2))) if np.isfinite(se).all() and len(g)
+            else np.nan,
+            "psnr_db": float(np.sum(w * g["psnr_db"].to_numpy())) if len(g) else np.nan,
+            "ssim": float(np.sum(w * g["ssim"].to_numpy())) if len(g) else np.nan,
         })
     out = pd.DataFrame(rows)
-    if {"raw", "denoised"} <= set(out["kind"]):
-        piv = out.pivot(index="pixel_class", columns="kind", values="rms")
-        out["rms_reduction"] = out["pixel_class"].map(piv["raw"] / piv["denoised"])
+    out["rms_reduction"] = np.nan
+    for _, g in out.groupby(["reference", "estimator", "pixel_class"], sort=False):
+        kinds = dict(zip(g["kind"], g["rms"], strict=True))
+        if {"raw", "denoised"} <= set(kinds):
+            out.loc[g.index, "rms_reduction"] = kinds["raw"] / kinds["denoised"]
     return out
+
+
+def _truth_columns(m: pd.DataFrame) -> pd.DataFrame:
+    """Columns of the truth path in the layout shared with the independent-exposure path."""
+    m = m.copy()
+    m["mse"] = m["rms"] ** 2
+    for col in ("mse_se", "mse_to_reference", "noise_var_reference", "n_references"):
+        m[col] = np.nan
+    m["estimator"] = "exact"
+    return m
+
+
+_OUTPUTS = ("pixel_metrics.csv", "pixel_summary.csv", "independent_references.csv",
+            "skipped.csv", "completeness.csv", "detection_summary.json", "stamps.npz",
+            "residuals.npz", "summary.json")
+
+_METRIC_COLUMNS = ["frame", "kind", "reference", "estimator", "pixel_class", "n_pixels", "rms",
+                   "mse", "mse_se", "psnr_db", "ssim", "mse_to_reference",
+                   "noise_var_reference", "n_references"]
+
+
+# --------------------------------------------------------------------------- without truth
+
+
+def _frame_wcs_or_none(store: Any, frame: str) -> Any:
+    from pausdenoise import store as st
+
+    try:
+        return st.frame_wcs(store, frame).celestial
+    except st.StoreError:
+        return None
+
+
+def _lattice_coverage(target_wcs: Any, target_shape: tuple[int, int], wcs: Any,
+                      shape: tuple[int, int]) -> float:
+    """Fraction of a 9 × 9 lattice over the target grid that falls inside another frame."""
+    ny, nx = target_shape
+    yy, xx = np.meshgrid(np.linspace(0, ny - 1, 9), np.linspace(0, nx - 1, 9), indexing="ij")
+    ra, dec = target_wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    try:
+        fx, fy = wcs.all_world2pix(ra, dec, 0)
+    except Exception:  # e.g. distortion inversion not converging far off the frame
+        fx, fy = wcs.wcs_world2pix(ra, dec, 0)
+    inside = (np.isfinite(fx) & np.isfinite(fy) & (fx > -0.5) & (fx < shape[1] - 0.5)
+              & (fy > -0.5) & (fy < shape[0] - 0.5))
+    return float(inside.mean())
+
+
+def _independent_frame(
+    ctx: Context,
+    frame: str,
+    arr: dict[str, np.ndarray],
+    exposures: pd.DataFrame,
+    catalogue: pd.DataFrame | None,
+    wcs_cache: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame] | str:
+    """Metrics of one frame without truth against its independent exposures.
+
+    Returns ``(metrics, per_reference)`` or the reason the frame is skipped.
+    """
+    from pausdenoise.n2v.normalise import frame_statistics
+
+    cfg = ctx.cfg.evaluate
+    by_frame = exposures.set_index("frame")
+    row = by_frame.loc[frame]
+    band, expnum = str(row["band"]), int(row["expnum"])
+    image, den = arr["image"].astype(np.float64), arr["denoised"].astype(np.float64)
+    good = np.isfinite(image) & np.isfinite(den)
+    if "mask" in arr:
+        good &= arr["mask"] == 0
+    if "ivar" in arr:
+        good &= np.isfinite(arr["ivar"]) & (arr["ivar"] > 0)
+    if good.sum() < 2:
+        return "no good pixel"
+    shape = image.shape
+    try:
+        sky = frame_statistics(image, (~good).astype(np.uint8)).sky
+    except ValueError as exc:
+        return f"no sky level: {exc}"
+    raw = np.where(good, image - sky, np.nan)
+    estimates = {"raw": raw, "denoised": np.where(good, den - sky, np.nan)}
+
+    others = exposures[(exposures["band"].astype(str) == band)
+                       & (exposures["expnum"] != expnum)]
+    if others.empty:
+        return f"no independent exposure in band {band} (no other exposure number)"
+    wcs_d = wcs_cache.setdefault(frame, _frame_wcs_or_none(ctx.store, frame))
+    cands = []
+    for _, o in others.iterrows():
+        f = o["frame"]
+        wcs_o = wcs_cache.setdefault(f, _frame_wcs_or_none(ctx.store, f))
+        o_shape = (int(o["ny"]), int(o["nx"]))
+        if wcs_d is None or wcs_o is None:  # no WCS: same CCD, same shape = same grid
+            cov = float(wcs_d is None and wcs_o is None and o_shape == shape
+                        and int(o["ccd"]) == int(row["ccd"]))
+        else:
+            cov = _lattice_coverage(wcs_d, shape, wcs_o, o_shape)
+        if cov > 0:
+            cands.append((-cov, int(o["expnum"]), f, wcs_o))
+    refs, names, coverage = [], [], []
+    for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
+        if len(refs) >= cfg.max_references:
+            break
+        o_arr = _frame_arrays(ctx.store, f)
+        zp_o = by_frame.loc[f, "zp"]
+        try:
+            values, valid = ev.reference_on_grid(
+                o_arr["image"], o_arr.get("mask"), o_arr.get("ivar"), wcs_o,
+                None if pd.isna(zp_o) else float(zp_o), wcs_d, shape,
+                None if pd.isna(row["zp"]) else float(row["zp"]), cfg.resampling)
+        except ValueError as exc:
+            print(f"evaluate: {frame}: reference {f} unusable: {exc}")
+            continue
+        cov = float((valid & good).sum() / good.sum())
+        if cov >= cfg.min_overlap:
+            refs.append(values)
+            names.append(f)
+            coverage.append(cov)
+    if not refs:
+        return (f"no independent exposure of band {band} covers ≥ {cfg.min_overlap:.0%} of "
+                f"the frame ({len(cands)} overlapping candidate(s))")
+    if len(refs) == 1 and cfg.single_reference == "skip":
+        return (f"one independent exposure ({names[0]}) in band {band}: its noise variance "
+                "needs a second (evaluate.single_reference='equal-noise' assumes equal "
+                "noise instead)")
+    common = good.copy()
+    for r in refs:
+        common &= np.isfinite(r)
+    source_mask = None
+    if catalogue is not None:
+        rows = catalogue[(catalogue["expnum"] == expnum) & (catalogue["ccd"] == row["ccd"])]
+        if len(rows):
+            source_mask = _source_mask(rows, shape, ctx.cfg.photometry.pixel_scale)
+    mean_refs = np.mean(refs, axis=0)
+    classes = ev.pixel_classes_without_truth(
+        mean_refs, common, source_mask=source_mask, threshold=cfg.source_threshold,
+        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin)
+    estimator = "triplet" if len(refs) >= 2 else "equal-noise"
+    res = ev.independent_exposure_metrics(estimates, raw, refs, classes, estimator=estimator)
+    metrics = res.combined.copy()
+    metrics.insert(0, "frame", frame)
+    metrics["reference"] = ev.REFERENCE_INDEPENDENT
+    per_ref = res.per_reference.copy()
+    per_ref.insert(0, "frame", frame)
+    idx = per_ref["reference_index"].to_numpy()
+    per_ref.insert(1, "reference_frame", np.asarray(names)[idx])
+    per_ref.insert(2, "coverage", np.asarray(coverage)[idx])
+    per_ref = per_ref.drop(columns=["reference_index", "n_references", "psnr_db", "ssim"])
+    return metrics, per_ref
 
 
 def run_evaluate(ctx: Context) -> dict[str, Any]:
@@ -83,14 +263,29 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     out_dir = ctx.paths.evaluate
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _OUTPUTS:  # a rerun must not leave a previous run's tables behind
+        (out_dir / name).unlink(missing_ok=True)
 
     metric_rows, found = [], {"raw": [], "denoised": []}
     true_mags, purity_counts = [], {"raw": [0, 0], "denoised": [0, 0]}
     stamps: list[dict[str, Any]] = []
     evaluated = 0
+    ref_rows: list[pd.DataFrame] = []
+    skipped: dict[str, str] = {}
+    wcs_cache: dict[str, Any] = {}
     for frame in frames:
         arr = _frame_arrays(ctx.store, frame)
-        if "truth" not in arr or "denoised" not in arr:
+        if "denoised" not in arr:
+            skipped[frame] = "no denoised array (run the denoise stage)"
+            continue
+        if "truth" not in arr:  # real data: against independent exposures
+            res = _independent_frame(ctx, frame, arr, exposures, catalogue, wcs_cache)
+            if isinstance(res, str):
+                skipped[frame] = res
+                print(f"evaluate: {frame} skipped: {res}")
+                continue
+            metric_rows.append(res[0])
+            ref_rows.append(res[1])
             continue
         evaluated += 1
         attrs = st.frame_attrs(ctx.store, frame)
@@ -118,7 +313,8 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
             m = ev.pixel_metrics(est, truth, classes, ssim_sigma=cfg.ssim_sigma)
             m.insert(0, "kind", kind)
             m.insert(0, "frame", frame)
-            metric_rows.append(m)
+            m["reference"] = ev.REFERENCE_TRUTH
+            metric_rows.append(_truth_columns(m))
         if truth_tab is not None:
             t = truth_tab[(truth_tab["expnum"] == attrs["expnum"])
                           & (truth_tab["ccd"] == attrs["ccd"])]
@@ -134,16 +330,27 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
             if len(stamps) < ctx.cfg.report.n_stamps and rows is not None:
                 stamps += _pick_stamps(t, image, den, truth, ctx.cfg.report.stamp_size,
                                        ctx.cfg.report.n_stamps - len(stamps), frame)
-    if not evaluated:
-        return {"note": "no frame with truth and denoised arrays: nothing to evaluate"}
+    n_independent = len(ref_rows)
+    pd.DataFrame({"frame": list(skipped), "reason": list(skipped.values())}).to_csv(
+        out_dir / "skipped.csv", index=False)
+    if not metric_rows:
+        why = "; ".join(f"{f}: {r}" for f, r in skipped.items()) or "no frame"
+        return {"note": f"nothing to evaluate ({why})", "skipped": skipped}
 
-    metrics = pd.concat(metric_rows, ignore_index=True)
+    metrics = pd.concat(metric_rows, ignore_index=True)[_METRIC_COLUMNS]
     metrics.to_csv(out_dir / "pixel_metrics.csv", index=False)
     pooled = _pool(metrics)
     pooled.to_csv(out_dir / "pixel_summary.csv", index=False)
-    summary: dict[str, Any] = {"frames_evaluated": evaluated}
+    if ref_rows:
+        pd.concat(ref_rows, ignore_index=True).to_csv(
+            out_dir / "independent_references.csv", index=False)
+    summary: dict[str, Any] = {"frames_evaluated": evaluated + n_independent,
+                               "frames_evaluated_truth": evaluated,
+                               "frames_evaluated_independent": n_independent,
+                               "skipped": skipped}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
-        summary[f"rms_reduction_{r['pixel_class']}"] = float(r.get("rms_reduction", np.nan))
+        suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
+        summary[f"rms_reduction_{r['pixel_class']}{suffix}"] = float(r["rms_reduction"])
     if true_mags:
         mags = np.concatenate(true_mags)
         tables = []
@@ -173,7 +380,12 @@ def run_evaluate(ctx: Context) -> dict[str, Any]:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     red = {k: v for k, v in summary.items() if k.startswith("rms_reduction")}
     note = ", ".join(f"{k.removeprefix('rms_reduction_')} RMS ÷{v:.2f}" for k, v in red.items())
-    return {"note": f"{evaluated} frames; {note}", **summary}
+    counts = f"{evaluated} frames vs truth" if evaluated else ""
+    if n_independent:
+        counts += (", " if counts else "") + f"{n_independent} vs independent exposures"
+    if skipped:
+        counts += f", {len(skipped)} skipped"
+    return {"note": f"{counts}; {note}", **summary}
 
 
 def _pick_stamps(truth_rows: pd.DataFrame, image, den, truth, size: int, n: int,
