@@ -442,7 +442,8 @@ def make_jobqueue_cluster(config: ClusterConfig) -> Any:
         scheduler_options={"dashboard_address": config.dashboard_address}
         if config.dashboard_address is not None
         else {"dashboard": False, "dashboard_address": _NO_DASHBOARD_HTTP},
-        name="pausdenoise-worker",
+        name="pausdenoise-worker",  # the dask worker names
+        job_name="pausdenoise-worker",  # the batch jobs (#SBATCH -J; default 'dask-worker')
     )
     if jq.python is not None:
         kwargs["python"] = jq.python
