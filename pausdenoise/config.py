@@ -207,7 +207,7 @@ def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
     """``(halo, 2**depth)`` in px of the configured network (built to derive it, not trained)."""
     from pausdenoise.n2v.unet import UNet
 
-    unet = UNet(cfg.train.unet.to_unet_config())
+    unet = UNet(cfg.train.unet.to_unet_config(cfg.train.noise_scale))
     halo = unet.halo()
     if cfg.denoise.halo is not None:
         if cfg.denoise.halo < halo:

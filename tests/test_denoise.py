@@ -54,11 +54,13 @@ def assert_matches(got_adu: np.ndarray, ref_sigma: np.ndarray, stats: FrameStats
 # --------------------------------------------------------------------------- helpers
 
 
-def random_unet(depth: int, channels: int, n2v2: bool, seed: int) -> UNet:
+def random_unet(depth: int, channels: int, n2v2: bool, seed: int,
+                posterior: str = "none") -> UNet:
     """A tiny eval-mode U-Net with random weights and random BatchNorm statistics, its head
     scaled so the output varies by ~1 σ over a noise image (a meaningful comparison)."""
     torch.manual_seed(seed)
-    model = UNet(UNetConfig(depth=depth, base_channels=channels, n2v2=n2v2))
+    model = UNet(UNetConfig(depth=depth, base_channels=channels, n2v2=n2v2,
+                            posterior=posterior))
     g = torch.Generator().manual_seed(seed + 1)
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
@@ -116,9 +118,10 @@ def cases(draw):
     depth = draw(st.integers(1, 2))
     channels = draw(st.integers(2, 4))
     n2v2 = draw(st.booleans())
+    posterior = draw(st.sampled_from(["none", "gaussian"]))
     seed = draw(st.integers(0, 10_000))
     ny, nx = draw(st.integers(40, 200)), draw(st.integers(40, 200))
-    model = random_unet(depth, channels, n2v2, seed)
+    model = random_unet(depth, channels, n2v2, seed, posterior)
     m, halo = 2**depth, model.halo()
     chunks = (draw(axis_chunks(ny, m, halo)), draw(axis_chunks(nx, m, halo)))
     tile = draw(st.none() | st.integers(4, 12).map(lambda k: k * m))
@@ -147,8 +150,9 @@ def test_chunked_equals_whole_image(case):
     assert_matches(got, ref, stats)  # every pixel, image edges included
 
 
-def test_output_varies_enough_for_the_comparison_to_mean_something():
-    model = random_unet(2, 3, False, 1)
+@pytest.mark.parametrize("posterior", ["none", "gaussian"])
+def test_output_varies_enough_for_the_comparison_to_mean_something(posterior):
+    model = random_unet(2, 3, False, 1, posterior)
     img = make_image(96, 96)
     y = whole_image(model, img, frame_statistics(img))
     assert y.std() > 0.1  # a near-constant network would hide seams

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from pausdenoise.n2v.masking import (
     DEFAULT_MASKED_FRACTION,
     apply_blind_spot,
+    blind_spot_loss,
+    gaussian_nll_loss,
     grid_spacing,
     n2v_loss,
     poisson_weight,
@@ -220,3 +222,53 @@ def test_weighted_loss_and_poisson_weight() -> None:
     assert torch.allclose(poisson_weight(torch.tensor([30.0]), 15.0), torch.tensor([1 / 3]))
     p = pred.clone().requires_grad_(True)
     assert not poisson_weight(p, 15.0).requires_grad
+
+
+def test_gaussian_nll_loss_matches_formula_and_ignores_non_targets():
+    g = torch.Generator().manual_seed(3)
+    mean = torch.randn(2, 1, 8, 8, generator=g)
+    var_p = torch.rand(2, 1, 8, 8, generator=g) + 0.1
+    var_n = torch.ones(2, 1, 8, 8) * 1.5
+    y = torch.randn(2, 1, 8, 8, generator=g)
+    t = torch.rand(2, 1, 8, 8, generator=g) < 0.2
+    v = var_p + var_n
+    expected = (0.5 * (torch.log(v) + (y - mean) ** 2 / v))[t].mean()
+    got = gaussian_nll_loss(mean, var_p, var_n, y, t)
+    assert torch.allclose(got, expected, atol=1e-6)
+    # changing predictions off-target (even to inf) changes nothing
+    mean2 = mean.clone()
+    mean2[~t] = float("inf")
+    assert torch.allclose(gaussian_nll_loss(mean2, var_p, var_n, y, t), got)
+    empty = torch.zeros_like(t)
+    assert float(gaussian_nll_loss(mean, var_p, var_n, y, empty)) == 0.0
+
+
+def test_gaussian_nll_minimiser_is_mean_and_variance():
+    """Fitting one (μ, σ_p²) to samples y ~ N(3, 4) with σ_n² = 1 gives μ≈3, σ_p²≈3."""
+    y = 3.0 + 2.0 * torch.randn(20000, generator=torch.Generator().manual_seed(0))
+    mu = torch.zeros(1, requires_grad=True)
+    raw = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([mu, raw], lr=0.05)
+    t = torch.ones_like(y, dtype=torch.bool)
+    for _ in range(600):
+        opt.zero_grad()
+        loss = gaussian_nll_loss(mu.expand_as(y), raw.exp().expand_as(y), torch.ones_like(y), y, t)
+        loss.backward()
+        opt.step()
+    assert abs(mu.item() - y.mean().item()) < 0.02
+    assert abs(raw.exp().item() - (y.var().item() - 1.0)) < 0.1
+
+
+def test_blind_spot_loss_dispatches_on_the_model():
+    from pausdenoise.n2v.unet import UNet, UNetConfig
+
+    plain = UNet(UNetConfig(depth=1, base_channels=2))
+    gauss = UNet(UNetConfig(depth=1, base_channels=2, posterior="gaussian", noise_scale=5.0))
+    x = torch.randn(1, 1, 16, 16)
+    t = torch.rand(1, 1, 16, 16) < 0.3
+    out = plain(x)
+    assert torch.equal(blind_spot_loss(plain, out, x, t), n2v_loss(out, x, t))
+    out2 = gauss(x)
+    mean, var_p = gauss.prior(out2)
+    expected = gaussian_nll_loss(mean, var_p, 1 + mean.clamp(min=0) / 5.0, x, t)
+    assert torch.allclose(blind_spot_loss(gauss, out2, x, t), expected)

@@ -395,6 +395,29 @@ def test_source_weighting_options_train() -> None:
         TrainConfig(loss_weighting="chi2")  # type: ignore[arg-type]
 
 
+def test_gaussian_posterior_trains_checkpoints_and_denoises(tmp_path: Path) -> None:
+    """The Gaussian-posterior head trains on the blind-spot NLL, beats the noise, and its
+    checkpoint (noise model included) reproduces the posterior-mean output."""
+    noisy, clean, mask = _noisy_frame(seed=5)
+    stats = frame_statistics(noisy, mask)
+    ckpt = tmp_path / "n2v.safetensors"
+    cfg = _tiny_config(unet=UNetSettings(depth=2, base_channels=4, posterior="gaussian"),
+                       poisson_scale=12.0, epochs=5)
+    model, hist = train_n2v([(noisy, mask, stats, "f0")], cfg, progress=False,
+                            checkpoint_path=ckpt)
+    assert model.config.posterior == "gaussian" and model.config.noise_scale == 12.0
+    assert all(np.isfinite(hist.val_loss)) and hist.best_val_loss < hist.initial_val_loss
+    x = torch.from_numpy(normalise(noisy, stats, mask))[None, None]
+    out = denormalise(predict_array(model, x)[0, 0].numpy(), stats)
+    rms_out = float(np.sqrt(np.mean((out - clean) ** 2)))
+    rms_noise = float(np.sqrt(np.mean((noisy - clean) ** 2)))
+    assert rms_out < 0.7 * rms_noise
+    loaded, _ = load_model(ckpt)
+    assert loaded.config == model.config
+    with torch.no_grad():
+        assert torch.equal(predict_array(loaded, x), predict_array(model, x))
+
+
 def test_split_regions_and_fixed_validation_set() -> None:
     frames = _frames(2, 160, 64)
     train, val = split_regions(frames, 0.1, 32)
@@ -427,3 +450,18 @@ def test_keep_last_returns_the_final_epoch_weights() -> None:
     same = all(torch.equal(a, b) for a, b in zip(best.state_dict().values(),
                                                   last.state_dict().values(), strict=True))
     assert same == (hb.best_epoch == hb.epochs_run - 1)
+
+
+def test_noise_scale_from_frames_is_median_gain_times_sigma() -> None:
+    import pandas as pd
+
+    from pausdenoise.n2v.normalise import FrameStats
+    from pausdenoise.pipeline.core import noise_scale_from_frames
+
+    ex = pd.DataFrame({"frame": ["a", "b", "c"], "gain": [0.5, 1.0, np.nan]})
+    stats = {"a": FrameStats(0.0, 20.0), "b": FrameStats(0.0, 30.0), "c": FrameStats(0, 9.0)}
+    assert noise_scale_from_frames(ex, stats) == pytest.approx(np.median([10.0, 30.0]))
+    assert noise_scale_from_frames(ex.drop(columns="gain"), stats) is None
+    assert noise_scale_from_frames(ex.assign(gain=np.nan), stats) is None
+    # unset in the config: the default noise model, and set: used as given
+    assert TrainConfig().noise_scale == 15.0 and TrainConfig(poisson_scale=7.0).noise_scale == 7.0

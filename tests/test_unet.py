@@ -87,3 +87,47 @@ def test_receptive_field_covers_gradient_extent(depth: int, n2v2: bool) -> None:
 def test_default_net_receptive_field_is_about_forty_pixels() -> None:
     model = UNet(UNetConfig())
     assert 25 <= model.receptive_field_radius() <= 45
+
+
+# --------------------------------------------------------------------------- Gaussian posterior
+
+
+def test_gaussian_posterior_head_and_infer_formula() -> None:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=2, base_channels=4, posterior="gaussian", noise_scale=10.0))
+    model.eval()
+    x = torch.randn(2, 1, 32, 32) * 3
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, 2, 32, 32)  # prior mean and (raw) prior variance
+        mean, var_p = model.prior(out)
+        assert (var_p > 0).all()
+        var_n = 1.0 + mean.clamp(min=0) / 10.0
+        expected = (var_n * mean + var_p * x) / (var_n + var_p)
+        assert torch.allclose(model.infer(x), expected, atol=1e-6)
+        assert torch.allclose(predict_array(model, x), expected, atol=1e-6)
+        # predict_array on a size that needs padding crops back the posterior mean
+        assert predict_array(model, torch.randn(1, 1, 30, 27)).shape == (1, 1, 30, 27)
+
+
+def test_gaussian_posterior_limits() -> None:
+    """A confident prior returns the prior mean; a vague one returns the observation."""
+    model = UNet(UNetConfig(depth=1, base_channels=2, posterior="gaussian")).eval()
+    x = torch.randn(1, 1, 16, 16) * 5
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([2.0, -30.0]))  # μ = 2, σ_p² ≈ 1e-4
+        assert torch.allclose(model.infer(x), torch.full_like(x, 2.0), atol=5e-3)
+        model.head.bias.copy_(torch.tensor([2.0, 1e4]))  # σ_p² = 1e4 ≫ σ_n²
+        assert torch.allclose(model.infer(x), x, atol=2e-3)
+
+
+def test_plain_infer_is_forward_and_bad_config_refused() -> None:
+    model = UNet(UNetConfig(depth=1, base_channels=2)).eval()
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model.infer(x), model(x))
+    with pytest.raises(ValueError, match="posterior"):
+        UNetConfig(posterior="laplace")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="noise_scale"):
+        UNetConfig(noise_scale=0.0)

@@ -29,7 +29,10 @@ Scheme
      (``nanmedian``); a target without any good neighbour gets 0 (the sky).
 
 3. **Loss** (:func:`n2v_loss`): the mean squared error between the prediction and the
-   *original* value, at target pixels only.
+   *original* value, at target pixels only. For a network with a Gaussian-posterior head
+   (:class:`~pausdenoise.n2v.unet.UNetConfig` ``posterior="gaussian"``) the loss is instead
+   the Gaussian negative log-likelihood of the original value (:func:`gaussian_nll_loss`),
+   also at target pixels only; :func:`blind_spot_loss` picks the right one for a model.
 
 Default masked fraction
 -----------------------
@@ -293,3 +296,50 @@ def poisson_weight(prediction: torch.Tensor, scale: float) -> torch.Tensor:
     whose squared errors are 10²–10⁴ times a sky pixel's, from dominating the gradient.
     """
     return 1.0 / (1.0 + prediction.detach().float().clamp(min=0.0) / float(scale))
+
+
+def gaussian_nll_loss(
+    prior_mean: torch.Tensor,
+    prior_variance: torch.Tensor,
+    noise_variance: torch.Tensor,
+    original: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Gaussian negative log-likelihood of the original values at ``targets`` only.
+
+    The blind-spot observation ``y`` of a target pixel is modelled as the clean value drawn
+    from the prior ``N(μ, σ_p²)`` (predicted from the context) plus independent noise of
+    variance ``σ_n²``, so ``y ~ N(μ, σ_p² + σ_n²)``; the loss per target is
+    ``½ [log(σ_p² + σ_n²) + (y - μ)² / (σ_p² + σ_n²)]`` (constant dropped), averaged over
+    the targets. Its minimiser in ``μ`` is still the conditional mean of ``y`` given the
+    context, and ``σ_p² + σ_n²`` the conditional variance, so bright sources, whose pixels
+    carry large variance, no longer dominate the gradient as they do in the plain MSE.
+    ``noise_variance`` should be a function of the context only (e.g. of the detached
+    prior mean); it is used as given. Computed in float32; 0 when there is no target.
+    """
+    t = targets.to(torch.bool)
+    var = prior_variance.float() + noise_variance.detach().float()
+    diff = original.float() - prior_mean.float()
+    nll = 0.5 * (torch.log(var) + diff.square() / var)
+    nll = torch.where(t, nll, torch.zeros_like(nll))
+    return nll.sum() / t.sum().to(nll.dtype).clamp(min=1.0)
+
+
+def blind_spot_loss(
+    model: torch.nn.Module,
+    output: torch.Tensor,
+    original: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training loss for ``model``'s raw ``output``: :func:`n2v_loss` for a plain N2V
+    network, :func:`gaussian_nll_loss` for a Gaussian-posterior one (``weight`` unused then).
+
+    ``model`` is the bare :class:`~pausdenoise.n2v.unet.UNet` (not a DDP wrapper).
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "posterior", "none") == "gaussian":
+        mean, var_p = model.prior(output)
+        return gaussian_nll_loss(mean, var_p, model.noise_variance(mean.detach()), original,
+                                 targets)
+    return n2v_loss(output, original, targets, weight)

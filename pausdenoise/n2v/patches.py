@@ -45,7 +45,7 @@ from pausdenoise.n2v.masking import (
     DEFAULT_RADIUS,
     Strategy,
     apply_blind_spot,
-    n2v_loss,
+    blind_spot_loss,
 )
 from pausdenoise.n2v.normalise import FrameStats, normalise
 
@@ -392,7 +392,8 @@ class ValidationSet:
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, batch_size: int = 64) -> float:
-        """Mean N2V loss over all target pixels (model switched to eval mode and back)."""
+        """Mean blind-spot loss over all target pixels (model switched to eval mode and back):
+        the MSE for a plain N2V network, the Gaussian NLL for a Gaussian-posterior one."""
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -402,7 +403,7 @@ class ValidationSet:
                 t = self.targets[sl]
                 n = int(t.sum())
                 pred = model(self.inputs[sl])
-                total += float(n2v_loss(pred, self.originals[sl], t)) * n
+                total += float(blind_spot_loss(model, pred, self.originals[sl], t)) * n
                 count += n
         finally:
             model.train(was_training)

@@ -36,7 +36,7 @@ from pausdenoise.n2v.masking import (
     DEFAULT_MASKED_FRACTION,
     DEFAULT_RADIUS,
     apply_blind_spot,
-    n2v_loss,
+    blind_spot_loss,
     poisson_weight,
 )
 from pausdenoise.n2v.patches import (
@@ -48,6 +48,9 @@ from pausdenoise.n2v.patches import (
 )
 from pausdenoise.n2v.unet import UNet, UNetConfig
 
+DEFAULT_NOISE_SCALE = 15.0
+"""gain·σ_sky (e⁻) assumed when neither the config nor the frames give it (PAUCam-like sky)."""
+
 
 class UNetSettings(BaseModel):
     """Network architecture (see :class:`pausdenoise.n2v.unet.UNetConfig`)."""
@@ -58,13 +61,22 @@ class UNetSettings(BaseModel):
     base_channels: int = Field(32, ge=1, description="Channels at the top level (N2V: 32).")
     n2v2: bool = Field(False, description="N2V2 variant: max-blur-pool, no top skip, median.")
     batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
+    posterior: Literal["none", "gaussian"] = Field(
+        "none",
+        description="'gaussian': predict a Gaussian prior (mean, variance) per pixel, train on "
+        "its likelihood and combine it with the observed pixel at inference (Laine et al. "
+        "2019); noise model from train.poisson_scale. 'none': plain N2V.",
+    )
 
-    def to_unet_config(self) -> UNetConfig:
+    def to_unet_config(self, noise_scale: float | None = None) -> UNetConfig:
+        """The architecture; ``noise_scale`` (gain·σ_sky, e⁻) is the posterior's noise model."""
         return UNetConfig(
             depth=self.depth,
             base_channels=self.base_channels,
             n2v2=self.n2v2,
             batch_norm=self.batch_norm,
+            posterior=self.posterior,
+            noise_scale=DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale,
         )
 
 
@@ -119,8 +131,13 @@ class TrainConfig(BaseModel):
         description="'poisson': χ² weight 1/(1 + max(ŷ,0)/poisson_scale) from the detached "
         "prediction (context-only, so the minimiser stays the conditional mean).",
     )
-    poisson_scale: float = Field(
-        15.0, gt=0.0, description="gain·σ_sky (electrons per normalised unit) for 'poisson'."
+    poisson_scale: float | None = Field(
+        None,
+        gt=0.0,
+        description="gain·σ_sky (sky noise in electrons = electrons per normalised unit): the "
+        "noise model of loss_weighting 'poisson' and of unet.posterior 'gaussian'. None: the "
+        "pipeline takes the median over the training frames of gain × robust σ (ADU); "
+        f"{DEFAULT_NOISE_SCALE:g} when the gains are unknown.",
     )
     grad_clip: float | None = Field(
         None, gt=0.0, description="Clip the gradient norm to this (None: no clipping)."
@@ -175,6 +192,11 @@ class TrainConfig(BaseModel):
                 f"({self.neighbourhood_radius})"
             )
         return self
+
+    @property
+    def noise_scale(self) -> float:
+        """``poisson_scale``, or :data:`DEFAULT_NOISE_SCALE` when it is not set."""
+        return DEFAULT_NOISE_SCALE if self.poisson_scale is None else self.poisson_scale
 
     @property
     def strategy(self) -> Literal["uniform", "median"]:
@@ -371,7 +393,7 @@ def train_n2v(
         # ---- model (same initial weights on every rank)
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
             torch.manual_seed(cfg.seed)
-            model = UNet(cfg.unet.to_unet_config())
+            model = UNet(cfg.unet.to_unet_config(cfg.noise_scale))
         model = model.to(device)
         net: torch.nn.Module = model
         if distributed:
@@ -438,11 +460,11 @@ def train_n2v(
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     pred = net(masked)
                 weight = (
-                    poisson_weight(pred, cfg.poisson_scale)
+                    poisson_weight(pred, cfg.noise_scale)
                     if cfg.loss_weighting == "poisson"
                     else None
                 )
-                loss = n2v_loss(pred, x, targets, weight)
+                loss = blind_spot_loss(model, pred, x, targets, weight)
                 if cfg.warmup_steps and global_step <= cfg.warmup_steps:
                     for group in opt.param_groups:  # the plateau schedule acts after warm-up
                         group["lr"] = cfg.learning_rate * min(

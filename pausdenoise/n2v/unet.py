@@ -18,6 +18,7 @@ both reduce checkerboard artefacts. The median replacement of N2V2 lives in
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,18 @@ class UNetConfig:
         does not couple pixels and keeps tiled inference exact).
     in_channels, out_channels : int
         Image channels (1 for single-band CCD images).
+    posterior : {"none", "gaussian"}
+        ``"none"``: the network's output is the denoised image (N2V's conditional mean).
+        ``"gaussian"``: the head has two maps per channel, the mean ``μ`` and the variance
+        ``σ_p²`` of a Gaussian prior of the clean pixel given its context (blind-spot
+        training with a Gaussian likelihood, Laine et al. 2019); inference combines that
+        prior with the observed pixel through the noise model (:meth:`UNet.infer`).
+    noise_scale : float
+        Noise model of the ``"gaussian"`` posterior, in normalised units (see
+        :mod:`pausdenoise.n2v.normalise`): a pixel of signal ``s`` σ above the sky has noise
+        variance ``1 + max(s, 0) / noise_scale``, where ``noise_scale = gain · σ_sky`` is
+        the sky noise in electrons (sky + read-noise variance 1, plus the source's Poisson
+        variance). Unused with ``posterior="none"``.
     """
 
     depth: int = 2
@@ -49,12 +62,23 @@ class UNetConfig:
     batch_norm: bool = True
     in_channels: int = 1
     out_channels: int = 1
+    posterior: Literal["none", "gaussian"] = "none"
+    noise_scale: float = 15.0
 
     def __post_init__(self) -> None:
         if self.depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {self.depth}")
         if self.base_channels < 1:
             raise ValueError(f"base_channels must be >= 1, got {self.base_channels}")
+        if self.posterior not in ("none", "gaussian"):
+            raise ValueError(f"posterior must be 'none' or 'gaussian', got {self.posterior!r}")
+        if not self.noise_scale > 0:
+            raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+
+    @property
+    def head_channels(self) -> int:
+        """Output maps of the network: ``out_channels``, doubled for a Gaussian posterior."""
+        return self.out_channels * (2 if self.posterior == "gaussian" else 1)
 
     @property
     def size_multiple(self) -> int:
@@ -131,12 +155,18 @@ class UNet(nn.Module):
             skip = 0 if (cfg.n2v2 and level == 0) else chans[level]
             self.decoders.append(_ConvBlock(c_prev + skip, chans[level], cfg.batch_norm))
             c_prev = chans[level]
-        self.head = nn.Conv2d(c_prev, cfg.out_channels, 1)
+        self.head = nn.Conv2d(c_prev, cfg.head_channels, 1)
 
     # -- forward -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Denoise ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of ``2**depth``."""
+        """Raw network output for ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of
+        ``2**depth``.
+
+        With ``posterior="none"`` this is the denoised image; with ``"gaussian"`` it has
+        ``2·C`` maps (prior mean, unconstrained prior variance), see :meth:`prior`, and the
+        denoised image is :meth:`infer`.
+        """
         m = self.config.size_multiple
         if x.shape[-1] % m or x.shape[-2] % m:
             raise ValueError(
@@ -156,6 +186,44 @@ class UNet(nn.Module):
                 x = torch.cat([x, skips[level]], dim=1)
             x = dec(x)
         return self.head(x)
+
+    # -- Gaussian posterior ---------------------------------------------------------------
+
+    def prior(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split a ``"gaussian"`` head's output into prior mean and prior variance (> 0).
+
+        The variance is ``softplus(raw) + 1e-4`` (normalised units squared), computed in
+        float32 so that it stays finite under mixed precision.
+        """
+        c = self.config.out_channels
+        mean, raw = output[:, :c].float(), output[:, c:].float()
+        return mean, F.softplus(raw) + 1e-4
+
+    def noise_variance(self, signal: torch.Tensor) -> torch.Tensor:
+        """Noise variance (normalised units²) of a pixel of ``signal`` σ above the sky."""
+        return 1.0 + signal.clamp(min=0.0) / self.config.noise_scale
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoised image of ``x`` (normalised units; ``H, W`` multiples of ``2**depth``).
+
+        For ``posterior="none"`` the forward pass. For ``"gaussian"`` the posterior mean of
+        the clean pixel given its context (prior ``N(μ, σ_p²)`` from the network) and its
+        own observed value ``y`` (likelihood ``N(x, σ_n²)``, ``σ_n²`` from the noise model
+        at ``μ``)::
+
+            x̂ = (σ_n² μ + σ_p² y) / (σ_n² + σ_p²)
+
+        Where the context predicts the pixel well (sky, smooth profiles) ``x̂ ≈ μ``; where it
+        does not (a compact core, a faint knot) ``x̂`` moves toward the unbiased ``y``. The
+        combination is per pixel, so tiled inference stays exact.
+        """
+        out = self(x)
+        if self.config.posterior == "none":
+            return out
+        mean, var_p = self.prior(out)
+        var_n = self.noise_variance(mean)
+        y = x[:, : self.config.out_channels].float()
+        return ((var_n * mean + var_p * y) / (var_n + var_p)).to(out.dtype)
 
     # -- receptive field -----------------------------------------------------------------
 
@@ -233,7 +301,10 @@ def predict_array(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     This is the one inference primitive, for the N2V U-Net and the cGAN generator alike (any
     network whose ``config.size_multiple`` gives its pooling grid): whole-image inference and
     every tile of the tiled (``map_overlap``) inference call it, so both pad image edges the
-    same way. The caller puts the network in ``eval()`` mode.
+    same way. A model with an ``infer`` method (the N2V :class:`UNet`) is run through it, so
+    a Gaussian-posterior network returns its posterior mean. The caller puts the network in
+    ``eval()`` mode.
     """
     xp, (h, w) = pad_to_multiple(x, model.config.size_multiple)
-    return model(xp)[..., :h, :w]
+    run = getattr(model, "infer", model)
+    return run(xp)[..., :h, :w]

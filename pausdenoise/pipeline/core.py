@@ -204,6 +204,17 @@ def frame_stats_table(store: Path, frames: Sequence[str]) -> tuple[dict[str, Any
     return out, skipped
 
 
+def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
+    """Median over frames of gain [e⁻/ADU] × robust sky σ [ADU]: the sky noise in electrons,
+    the noise model's electrons per normalised unit. ``None`` when no frame has a gain."""
+    if "gain" not in exposures:
+        return None
+    gains = exposures.set_index("frame")["gain"]
+    values = [float(gains[f]) * s.sigma for f, s in stats.items()
+              if f in gains.index and np.isfinite(gains[f]) and gains[f] > 0]
+    return float(np.median(values)) if values else None
+
+
 def split_holdout(exposures: pd.DataFrame, per_band: int) -> tuple[list[str], list[str]]:
     """Training and held-out frames: the last ``per_band`` exposures of each band held out."""
     held: set[int] = set()
@@ -314,11 +325,16 @@ def stage_train(ctx: Context) -> dict[str, Any]:
     for f in train_frames:
         g = root[f"{st.FRAMES_GROUP}/{f}"]
         frames.append(Frame(g["image"], g["mask"] if "mask" in g else None, stats[f], f))
+    train_cfg = ctx.cfg.train
+    if train_cfg.poisson_scale is None:
+        scale = noise_scale_from_frames(exposures, stats)
+        if scale is not None:
+            train_cfg = train_cfg.model_copy(update={"poisson_scale": scale})
     ctx.paths.model_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.paths.checkpoint.with_name(".n2v.partial.safetensors")
     _, history = train_n2v(
         frames,
-        ctx.cfg.train,
+        train_cfg,
         progress=True,
         checkpoint_path=tmp,
         provenance={
