@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 DEMO_GAN_DIR ?= demo-gan-output
 
-.PHONY: all setup demo demo-gan test test-slow lint bench clean
+.PHONY: all setup demo demo-gan test test-slow lint bench fuzz clean
 
 all: test
 
@@ -40,6 +40,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# Coverage-guided fuzzing (atheris) of the FITS header reader and the catalogue reader,
+# FUZZ_SECONDS each; corpus and logs in bench-output/fuzz/. Not part of `make test`.
+FUZZ_SECONDS ?= 120
+FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=4096 -max_len=10000
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q -e '.[fuzz]'
+	mkdir -p bench-output/fuzz
+	for t in fits catalogue; do \
+	  (cd bench-output/fuzz && ../../$(BIN)/python ../../benchmarks/fuzz/fuzz.py $$t \
+	    -max_total_time=$(FUZZ_SECONDS) $(FUZZ_FLAGS) > $$t.log 2>&1) \
+	    || { tail -40 bench-output/fuzz/$$t.log; exit 1; }; \
+	  echo "$$t: $$(grep -E '^Done [0-9]+ runs' bench-output/fuzz/$$t.log)"; \
+	done
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_GAN_DIR) .pytest_cache

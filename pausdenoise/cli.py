@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     from pausdenoise import pipeline
     from pausdenoise.config import ConfigError, load_config
+    from pausdenoise.redact import redact_text
     from pausdenoise.runstate import PreflightError, RunLockedError
 
     try:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             stages = [args.command]
         result = pipeline.run(cfg, args.out, stages=stages, force=args.force)
     except (ConfigError, ValidationError) as exc:
-        print(f"pausdenoise: configuration error: {exc}", file=sys.stderr)
+        print(f"pausdenoise: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except RunLockedError as exc:
         print(f"pausdenoise: {exc}", file=sys.stderr)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pausdenoise: preflight failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except pipeline.StageError as exc:
-        print(f"pausdenoise: {exc}", file=sys.stderr)
+        print(f"pausdenoise: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("pausdenoise: interrupted; completed work is kept, rerun to resume",

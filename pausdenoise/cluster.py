@@ -628,7 +628,10 @@ def make_client(
             else:
                 cluster.scale(jobs=jq.n_jobs)
             if not quiet:
-                _say(f"{backend}: submitted worker jobs; job script:\n{cluster.job_script()}")
+                from pausdenoise.redact import redact_text
+
+                _say(f"{backend}: submitted worker jobs; job script:\n"
+                     f"{redact_text(cluster.job_script())}")
 
         if cluster is not None:
             client = Client(cluster, security=security, timeout=config.connect_timeout)

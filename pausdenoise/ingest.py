@@ -107,7 +107,7 @@ EXIT_PARTIAL = 3
 
 
 #: Band names become directory names downstream: plain names only.
-SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+SAFE_NAME = paus_layout.SAFE_NAME
 
 
 class HeaderKeys(BaseModel):
@@ -461,11 +461,111 @@ def file_sha256(path: os.PathLike[str] | str, blocksize: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_FITS_BLOCK = 2880
+#: FITS standard limit on NAXIS; astropy loops over range(NAXIS) before it checks anything,
+#: so a header claiming NAXIS = 2**31 would hang the reader for minutes to hours.
+_MAX_NAXIS = 999
+_MAX_HDUS = 10_000
+
+
+def _card_value(card: bytes) -> str:
+    """Value text of a fixed-format 80-byte card (before any ``/`` comment)."""
+    text = card[10:].decode("ascii", "replace")
+    return text.split("/", 1)[0].strip()
+
+
+def _card_int(path: Path, key: str, text: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise IngestError(path, f"{key} = {text!r} is not an integer", key=key) from None
+    if not lo <= value <= hi:
+        raise IngestError(path, f"{key} = {value} is outside {lo}..{hi}", key=key)
+    return value
+
+
+def _check_fits_structure(path: Path) -> None:
+    """Walk the header blocks of every HDU before astropy parses them.
+
+    Checks that each header's ``NAXIS`` is an integer in 0..999 (the FITS standard) and
+    each ``NAXISn`` a non-negative integer, skipping data units by the size the header
+    declares. Anything else (unparsable cards, truncation, missing ``END``) is left to
+    astropy. Compressed files (gzip, bzip2) are read as a stream.
+
+    Raises
+    ------
+    IngestError
+        Naming the file and the keyword.
+    """
+    import bz2
+    import gzip
+
+    with open(path, "rb") as raw:
+        magic = raw.read(3)
+    opener: Any = open
+    if magic[:2] == b"\x1f\x8b":
+        opener = gzip.open
+    elif magic == b"BZh":
+        opener = bz2.open
+    try:
+        fh = opener(path, "rb")
+    except OSError:
+        return
+    with fh:
+        offset = 0
+        for _ in range(_MAX_HDUS):
+            try:
+                fh.seek(offset)
+            except (OSError, EOFError):
+                return
+            cards: dict[str, str] = {}
+            ended = False
+            while not ended:
+                try:
+                    block = fh.read(_FITS_BLOCK)
+                except (OSError, EOFError):
+                    return
+                if len(block) < _FITS_BLOCK:
+                    return  # truncated or at the end: astropy decides
+                offset += _FITS_BLOCK
+                for i in range(0, _FITS_BLOCK, 80):
+                    card = block[i : i + 80]
+                    key = card[:8].decode("ascii", "replace").strip()
+                    if key == "END":
+                        ended = True
+                        break
+                    if card[8:10] == b"= " and key not in cards:
+                        cards[key] = _card_value(card)
+            if "NAXIS" not in cards:
+                return
+            naxis = _card_int(path, "NAXIS", cards["NAXIS"], 0, _MAX_NAXIS)
+            dims = []
+            for n in range(1, naxis + 1):
+                text = cards.get(f"NAXIS{n}")
+                if text is None:
+                    return
+                dims.append(_card_int(path, f"NAXIS{n}", text, 0, 2**62))
+            try:
+                bitpix = abs(int(cards.get("BITPIX", "")))
+                pcount = int(cards.get("PCOUNT", "0"))
+                gcount = int(cards.get("GCOUNT", "1"))
+            except ValueError:
+                return
+            if naxis == 0:
+                nbytes = 0
+            elif dims[0] == 0 and cards.get("GROUPS") == "T":  # random groups
+                nbytes = bitpix // 8 * gcount * (pcount + math.prod(dims[1:]))
+            else:
+                nbytes = bitpix // 8 * gcount * (pcount + math.prod(dims))
+            offset += -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
+
+
 def _open_fits(path: Path) -> Any:
     from astropy.io import fits
 
     if not path.is_file():
         raise IngestError(path, "file not found")
+    _check_fits_structure(path)
     try:
         hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
         _ = hdul[0]  # force reading the primary header
@@ -476,29 +576,86 @@ def _open_fits(path: Path) -> Any:
     return hdul
 
 
-def _image_hdu_indices(hdul: Any) -> list[int]:
+def _load_hdus(hdul: Any, path: Path) -> int:
+    """Read every HDU header of a lazily opened file; the number of HDUs."""
+    try:
+        return len(hdul)
+    except Exception as exc:  # astropy reads later HDUs lazily, and raises many types
+        raise IngestError(
+            path, f"not a readable FITS file: an HDU after the first cannot be read "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _image_hdu_indices(hdul: Any, path: Path) -> list[int]:
+    _load_hdus(hdul, path)
     out = []
     for i, hdu in enumerate(hdul):
-        if getattr(hdu, "is_image", False) and hdu.header.get("NAXIS", 0) == 2:
+        try:
+            is_image = bool(getattr(hdu, "is_image", False))  # parses XTENSION
+        except Exception as exc:
+            raise IngestError(path, f"HDU {i} header cannot be read ({type(exc).__name__}: "
+                              f"{exc})", key=_bad_card(hdu.header) or "XTENSION") from None
+        if is_image and _naxis(hdu.header, path) == 2:
             out.append(i)
     return out
 
 
+def _naxis(header: Any, path: Path) -> Any:
+    try:
+        return header.get("NAXIS", 0)
+    except Exception as exc:
+        raise IngestError(path, f"card NAXIS cannot be parsed ({exc})", key="NAXIS") from None
+
+
 def _resolve_hdu(hdul: Any, hdu: int | str, path: Path) -> int:
+    _load_hdus(hdul, path)
     if isinstance(hdu, int):
         if not 0 <= hdu < len(hdul):
             raise IngestError(path, f"no HDU {hdu} (file has {len(hdul)})", key="HDU")
         return hdu
     for i, h in enumerate(hdul):
-        if h.name.strip().upper() == hdu.strip().upper():
+        if _hdu_name(h, path).upper() == hdu.strip().upper():
             return i
     raise IngestError(path, f"no HDU named {hdu!r}", key="EXTNAME")
 
 
+def _hdu_name(hdu: Any, path: Path) -> str:
+    """An HDU's EXTNAME, stripped ('' when absent)."""
+    try:
+        return str(hdu.name).strip()
+    except Exception as exc:
+        raise IngestError(path, f"card EXTNAME cannot be parsed ({exc})", key="EXTNAME") from None
+
+
 def _hdu_shape(header: Any, path: Path) -> tuple[int, int]:
-    if header.get("NAXIS", 0) != 2:
-        raise IngestError(path, f"not a 2-D image (NAXIS={header.get('NAXIS')})", key="NAXIS")
-    return int(header["NAXIS2"]), int(header["NAXIS1"])
+    naxis = _naxis(header, path)
+    if naxis != 2:
+        raise IngestError(path, f"not a 2-D image (NAXIS={naxis!r})", key="NAXIS")
+    shape = []
+    for key in ("NAXIS2", "NAXIS1"):
+        try:
+            value = header[key]
+        except Exception as exc:
+            raise IngestError(path, f"card {key} missing or unparsable ({exc})", key=key) from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise IngestError(path, f"{key} = {value!r} is not a positive integer", key=key)
+        shape.append(value)
+    return shape[0], shape[1]
+
+
+def _bad_card(header: Any) -> str | None:
+    """The keyword of the first card astropy cannot format (None if every card is fine)."""
+    try:
+        cards = list(header.cards)
+    except Exception:
+        return None
+    for card in cards:
+        try:
+            str(card)
+        except Exception:
+            return str(card.keyword) or None
+    return None
 
 
 def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
@@ -506,8 +663,14 @@ def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
     hdu = hdul[index]
     header = hdu.header
     shape = _hdu_shape(header, path)
-    nbytes = abs(int(header["BITPIX"])) // 8 * shape[0] * shape[1]
-    info = hdul.fileinfo(index)
+    try:
+        nbytes = abs(int(header["BITPIX"])) // 8 * shape[0] * shape[1]
+        info = hdul.fileinfo(index)  # astropy re-verifies (and may refuse) every card here
+    except Exception as exc:
+        raise IngestError(
+            path, f"HDU {index} header cannot be read ({type(exc).__name__}: {exc})",
+            key=_bad_card(header),
+        ) from None
     size = path.stat().st_size
     if info is not None and info["datLoc"] + nbytes > size:
         raise IngestError(
@@ -588,10 +751,13 @@ def zp_factor_from_mag(m0: float, exptime: float | None = None, per_second: bool
     """
     total = float(m0)
     if per_second:
-        if exptime is None or not exptime > 0:
+        if exptime is None or not 0 < exptime < math.inf:
             raise ValueError(f"per-second zero-point needs a positive exptime, got {exptime}")
         total += 2.5 * math.log10(exptime)
-    return 10.0 ** ((23.9 - total) / 2.5)
+    try:
+        return 10.0 ** ((23.9 - total) / 2.5)
+    except OverflowError:
+        raise ValueError(f"zero-point magnitude {m0} gives no finite factor") from None
 
 
 @lru_cache(maxsize=8)
@@ -626,30 +792,43 @@ class _Header:
     def get(self, key: str) -> Any:
         for h in (self.header, self.primary):
             if h is not None and key in h:
-                value = h[key]
+                try:
+                    value = h[key]
+                except Exception as exc:  # astropy parses card values lazily
+                    raise IngestError(
+                        self.path, f"card {key} cannot be parsed ({type(exc).__name__}: {exc})",
+                        key=key,
+                    ) from None
                 if isinstance(value, str) and value.strip() == "":
                     continue
                 return value
         return None
 
     def number(self, key: str) -> float | None:
+        """A real-valued keyword (None when absent); a logical (T/F), complex or
+        non-numeric value raises :class:`IngestError`."""
         v = self.get(key)
         if v is None:
             return None
+        if isinstance(v, (bool, np.bool_)):
+            raise IngestError(self.path, f"value {v!r} is a logical, not a number", key=key)
         try:
             f = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise IngestError(self.path, f"value {v!r} is not a number", key=key) from None
         return f
 
     def integer(self, key: str) -> int | None:
         """An integer keyword (EXPNUM, CCD): finite and integral, else :class:`IngestError`."""
-        v = self.number(key)
-        if v is None:
+        v = self.get(key)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            return int(v)  # exact, whatever its size
+        f = self.number(key)
+        if f is None:
             return None
-        if not np.isfinite(v) or v != int(v):
+        if not math.isfinite(f) or f != math.floor(f):
             raise IngestError(self.path, f"{key} = {v!r} is not an integer", key=key)
-        return int(v)
+        return int(f)
 
 
 def _mean_of(h: _Header, keys: str | list[str]) -> tuple[float | None, str]:
@@ -683,9 +862,7 @@ def _paus_metadata(h: _Header, path: Path) -> dict[str, Any]:
         if key == "SATURATE":
             meta["saturate"] = h.number(key)
         else:
-            meta[name] = (
-                value if isinstance(value, str) else (None if value is None else float(value))
-            )
+            meta[name] = value if isinstance(value, str) else h.number(key)
     return meta
 
 
@@ -746,7 +923,10 @@ def _generic_metadata(
         raw = h.number(keys.zp)
         raw_err = h.number(keys.zp_err) if keys.zp_err else None
         if config.zp_kind == "mag":
-            zp = zp_factor_from_mag(raw, meta["exptime"], config.zp_per_second)  # type: ignore[arg-type]
+            try:
+                zp = zp_factor_from_mag(raw, meta["exptime"], config.zp_per_second)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise IngestError(path, str(exc), key=keys.zp) from None
             zp_err = None if raw_err is None else zp * math.log(10) / 2.5 * raw_err
         else:
             zp, zp_err = raw, raw_err
@@ -771,8 +951,10 @@ def _generic_metadata(
         value = h.get(key)
         if isinstance(value, bool) or value is None or isinstance(value, str):
             meta[name] = value.strip() if isinstance(value, str) else value
-        else:
+        elif isinstance(value, (int, float)):
             meta[name] = float(value) if isinstance(value, float) else value
+        else:  # e.g. a complex value: kept as its text, it is not used for anything
+            meta[name] = str(value)
     return meta
 
 
@@ -805,11 +987,66 @@ def _zp_from_table(
     if table_cfg.zp_err_column is not None:
         err = float(row[table_cfg.zp_err_column])
     if table_cfg.kind == "mag":
-        zp = zp_factor_from_mag(value, meta["exptime"], table_cfg.per_second)
+        try:
+            zp = zp_factor_from_mag(value, meta["exptime"], table_cfg.per_second)
+        except ValueError as exc:
+            raise IngestError(path, f"{exc} (zero-point table {tpath.name})",
+                              key=table_cfg.zp_column) from None
         err = None if err is None else zp * math.log(10) / 2.5 * err
     else:
         zp = value
     return zp, err, f"table {tpath.name}:{table_cfg.zp_column}"
+
+
+#: attribute -> (lowest allowed value, whether the lowest value itself is allowed)
+_VALUE_RANGES: dict[str, tuple[float, bool]] = {
+    "exptime": (0.0, True),
+    "gain": (0.0, False),
+    "rdnoise": (0.0, True),
+    "zp": (0.0, False),
+    "zp_err": (0.0, True),
+}
+
+
+def _key_of(attr: str, config: IngestConfig) -> str:
+    """The header keyword(s) an attribute comes from, for messages."""
+    if config.layout == "paus":
+        return {"expnum": "EXPNUM", "ccd": "CCD", "exptime": "EXPTIME", "gain": "GAIN",
+                "rdnoise": "RDNOISE", "zp": "ZP", "zp_err": "ZPERR",
+                "saturate": "SATURATE"}[attr]
+    spec = getattr(config.keys, attr, None)
+    if isinstance(spec, list):
+        return "/".join(spec)
+    return spec or attr
+
+
+def _check_values(meta: dict[str, Any], path: Path, config: IngestConfig, out: list[str]) -> None:
+    """Refuse values that would break later stages (frame ids, photometry errors, fluxes).
+
+    ``expnum`` must lie in 0..10**8 - 1 and ``ccd`` in 0..99 (the frame id); ``gain`` and
+    ``zp`` must be finite and positive, ``exptime``, ``rdnoise`` and ``zp_err`` finite and
+    not negative. A non-finite or non-positive ``saturate`` is dropped with a warning (the
+    frame is usable, its saturation level unknown).
+
+    Raises
+    ------
+    IngestError
+        Naming the file and the keyword.
+    """
+    for attr, hi in (("expnum", 10**8), ("ccd", 100)):
+        if not 0 <= meta[attr] < hi:
+            raise IngestError(path, f"{attr} {meta[attr]} is outside 0..{hi - 1}",
+                              key=_key_of(attr, config))
+    for attr, (lo, inclusive) in _VALUE_RANGES.items():
+        v = meta[attr]
+        if not (math.isfinite(v) and (v >= lo if inclusive else v > lo)):
+            rule = "finite and >= 0" if inclusive else "finite and > 0"
+            raise IngestError(path, f"{attr} = {v!r} must be {rule}", key=_key_of(attr, config))
+    sat = meta.get("saturate")
+    if sat is not None and not (math.isfinite(sat) and sat > 0):
+        out.append(f"{path} [{_key_of('saturate', config)}]: saturate = {sat!r} ignored "
+                   "(not finite and positive)")
+        meta["saturate"] = None
 
 
 def _metadata(
@@ -820,7 +1057,8 @@ def _metadata(
         meta = _paus_metadata(h, path)
     else:
         meta = _generic_metadata(h, path, config, out)
-    if not SAFE_NAME.fullmatch(str(meta["band"])) or meta["band"] in {".", ".."}:
+    _check_values(meta, path, config, out)
+    if not paus_layout.is_safe_name(meta["band"]):
         # the band names output directories (photometry partitions, stacks): refuse
         # anything that could escape them or is not a plain name
         key = "FILTER" if config.layout == "paus" else config.keys.band
@@ -916,7 +1154,7 @@ def _plan_file(path: Path, config: IngestConfig) -> list[FrameSource]:
             ]
         # generic
         if config.hdu is None:
-            indices = _image_hdu_indices(hdul)
+            indices = _image_hdu_indices(hdul, path)
             if not indices:
                 raise IngestError(path, "no 2-D image HDU in file", key="NAXIS")
         else:
@@ -932,7 +1170,7 @@ def _plan_file(path: Path, config: IngestConfig) -> list[FrameSource]:
             header = hdul[i].header
             scratch = []
             meta = _metadata(header, primary if i else None, path, config, scratch)
-            name = hdul[i].name.strip()
+            name = _hdu_name(hdul[i], path)
             sources.append(
                 FrameSource(
                     image=path,
@@ -1064,10 +1302,16 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
         bitpix = int(header["BITPIX"])
         image = _to_float32(raw)
         del raw
-        header_text = header.tostring()
-        if primary is not None:
-            header_text = primary.tostring() + header_text
-        wcs = wcs_header_text(header)
+        try:
+            header_text = header.tostring()
+            if primary is not None:
+                header_text = primary.tostring() + header_text
+            wcs = wcs_header_text(header)
+        except Exception as exc:  # a card astropy cannot write back (e.g. control bytes)
+            raise IngestError(
+                source.image, f"header cannot be stored ({type(exc).__name__}: {exc})",
+                key=_bad_card(header) or (_bad_card(primary) if primary is not None else None),
+            ) from None
     finally:
         hdul.close()
     shape = image.shape

@@ -38,6 +38,10 @@ SURVEY_JSON = "survey.json"
 
 IMAGE_RE = re.compile(r"^paucam\.(?P<expnum>\d{7})\.(?P<ccd>\d{2})\.img\.fits$")
 
+#: Names that become file or directory names (bands in photometry partitions, stacks):
+#: letters, digits and ``. _ + -`` only, 1 to 64 characters; ``.`` and ``..`` are refused.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
+
 #: Header keywords every PAUS image must carry (ingest refuses a file missing one).
 REQUIRED_KEYS: tuple[str, ...] = (
     "EXPNUM",
@@ -93,6 +97,24 @@ def parse_image_name(name: str) -> tuple[int, int] | None:
     if m is None:
         return None
     return int(m["expnum"]), int(m["ccd"])
+
+
+def is_safe_name(name: object) -> bool:
+    """True when ``name`` is a str usable as one path component inside an output directory.
+
+    Parameters
+    ----------
+    name : object
+        A band, kind or frame name, typically from a header or a catalogue.
+
+    Returns
+    -------
+    bool
+        ``name`` is a str matching :data:`SAFE_NAME` and is not ``.`` or ``..``: it cannot
+        hold a separator, a NUL, whitespace or ``=`` (the hive partition separator), so it
+        cannot leave the directory it is joined to.
+    """
+    return isinstance(name, str) and bool(SAFE_NAME.fullmatch(name)) and name not in {".", ".."}
 
 
 def band_wavelength_nm(band: str) -> float:

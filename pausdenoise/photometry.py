@@ -64,11 +64,13 @@ from photutils.geometry import circular_overlap_grid, elliptical_overlap_grid
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pausdenoise.maskbits import MaskBit
+from pausdenoise.paus_layout import is_safe_name
 
 __all__ = [
     "OUTPUT_COLUMNS",
     "REQUIRED_COLUMNS",
     "CatalogueCheck",
+    "CatalogueError",
     "PhotFlag",
     "PhotometryConfig",
     "annulus_stats",
@@ -80,6 +82,7 @@ __all__ = [
     "partition_path",
     "photometry_dataframe",
     "photometry_tasks",
+    "read_catalogue",
     "read_photometry",
     "run_photometry",
     "validate_catalogue",
@@ -223,6 +226,203 @@ OUTPUT_COLUMNS: dict[str, str] = {
 # --------------------------------------------------------------------------------------
 # Catalogue handling
 # --------------------------------------------------------------------------------------
+
+
+class CatalogueError(ValueError):
+    """The reference catalogue file cannot be used as a whole.
+
+    The message names the file and, where one is to blame, the column and the (0-based,
+    positional) row: ``<file> [<column>] row <row>: <reason>``. Problems of single rows
+    that photometry can flag and go on with (NaN positions, non-positive axes, duplicates)
+    are not errors: :func:`validate_catalogue` lists them.
+    """
+
+    def __init__(
+        self,
+        path: os.PathLike[str] | str,
+        reason: str,
+        column: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.path, self.reason, self.column, self.row = str(path), reason, column, row
+        where = (f" [{column}]" if column is not None else "") + (
+            f" row {row}" if row is not None else ""
+        )
+        super().__init__(f"{self.path}{where}: {reason}")
+
+
+#: Catalogue columns read as float64 by :func:`read_catalogue` (when present).
+FLOAT_COLUMNS: tuple[str, ...] = (
+    "ra",
+    "dec",
+    "I_auto",
+    "aperture_x",
+    "aperture_y",
+    "aperture_a",
+    "aperture_b",
+    "aperture_theta",
+)
+#: Catalogue columns read as int64 by :func:`read_catalogue` (no missing values allowed).
+INT_COLUMNS: tuple[str, ...] = ("ref_id", "expnum", "ccd")
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _show(v: Any) -> str:
+    """A cell value for a message (numpy scalars shown as Python values)."""
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _as_float(v: Any) -> float | None:
+    """``v`` as a float (NaN for a missing value), or None when it is not a number."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return math.nan
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, float, np.integer, np.floating, str)):
+        try:
+            return float(v)
+        except (ValueError, OverflowError):
+            return None
+    return None
+
+
+def _float_column(s: pd.Series, path: Path, column: str) -> np.ndarray:
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt) or pd.api.types.is_complex_dtype(dt):
+        raise CatalogueError(path, f"has type {dt}, not a real number", column)
+    if pd.api.types.is_numeric_dtype(dt):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return s.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not (pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt)):
+        raise CatalogueError(path, f"has type {dt}, not a number", column)
+    out = np.empty(len(s), dtype=np.float64)
+    for i, v in enumerate(s.array):
+        f = _as_float(v)
+        if f is None:
+            raise CatalogueError(path, f"value {_show(v)} is not a number", column, i)
+        out[i] = f
+    return out
+
+
+def _as_int(v: Any) -> int | None:
+    """``v`` as an int64-range integer, or None when it is missing or not an integer."""
+    if isinstance(v, (bool, np.bool_)) or v is None or v is pd.NA:
+        return None
+    if isinstance(v, (int, np.integer)):
+        out = int(v)
+    elif isinstance(v, (float, np.floating, str)):
+        f = _as_float(v)
+        if f is None or not math.isfinite(f) or f != math.floor(f):
+            return None
+        out = int(f)
+    else:
+        return None
+    return out if _INT64_MIN <= out <= _INT64_MAX else None
+
+
+def _int_column(s: pd.Series, path: Path, column: str) -> np.ndarray:
+    dt = s.dtype
+    if pd.api.types.is_integer_dtype(dt) and not s.isna().any():
+        if dt.kind == "u" and len(s) and int(s.max()) > _INT64_MAX:
+            row = int(np.argmax(s.to_numpy() > _INT64_MAX))
+            raise CatalogueError(path, f"value {s.iloc[row]} does not fit int64", column, row)
+        return s.to_numpy(dtype=np.int64)
+    if pd.api.types.is_bool_dtype(dt) or not (
+        pd.api.types.is_numeric_dtype(dt)
+        or pd.api.types.is_object_dtype(dt)
+        or pd.api.types.is_string_dtype(dt)
+    ):
+        raise CatalogueError(path, f"has type {dt}, not an integer", column)
+    out = np.empty(len(s), dtype=np.int64)
+    for i, v in enumerate(s.array):
+        n = _as_int(v)
+        if n is None:
+            raise CatalogueError(path, f"value {_show(v)} is not an integer", column, i)
+        out[i] = n
+    return out
+
+
+def read_catalogue(
+    path: os.PathLike[str] | str,
+    required: Sequence[str] = (*REQUIRED_COLUMNS, "expnum", "ccd"),
+) -> pd.DataFrame:
+    """Read a forced-photometry reference catalogue (Parquet) and normalise its types.
+
+    Parameters
+    ----------
+    path : path-like
+        The Parquet file (``paus_layout.CATALOGUE_COLUMNS``).
+    required : sequence of str
+        Columns that must be present.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalogue with a fresh ``RangeIndex``; :data:`FLOAT_COLUMNS` as float64 (missing
+        values become NaN, which :func:`validate_catalogue` then flags per row),
+        :data:`INT_COLUMNS` as int64, ``band`` (when present) as str or None; every other
+        column as stored.
+
+    Raises
+    ------
+    CatalogueError
+        The file is missing or not a readable Parquet table; a column is missing or
+        duplicated; a numeric column holds text, booleans or other non-numbers; an integer
+        column holds a missing, non-integral or out-of-range value; a ``band`` is not a
+        plain name (it becomes a directory name: see :func:`partition_path`). The message
+        names the file, the column and the first offending row.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(path, "reference catalogue not found")
+
+    def unreadable(exc: Exception) -> CatalogueError:
+        text = (str(exc).strip().splitlines() or [""])[0][:200]
+        return CatalogueError(path, f"not a readable Parquet table ({type(exc).__name__}: {text})")
+
+    try:  # arrow raises many exception types for corrupt input
+        names = [str(n) for n in pq.read_schema(path).names]
+    except Exception as exc:
+        raise unreadable(exc) from None
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise CatalogueError(path, f"duplicate column name(s) {dup}", dup[0])
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise CatalogueError(path, f"missing column(s) {missing}; it has {names}", missing[0])
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception as exc:
+        raise unreadable(exc) from None
+    names = [str(c) for c in df.columns]
+    df = df.reset_index(drop=True)
+    df.columns = names
+    for c in FLOAT_COLUMNS:
+        if c in df.columns:
+            df[c] = _float_column(df[c], path, c)
+    for c in INT_COLUMNS:
+        if c in df.columns:
+            df[c] = _int_column(df[c], path, c)
+    if "band" in df.columns:
+        bands = []
+        for i, v in enumerate(df["band"].array):
+            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                bands.append(None)
+            elif isinstance(v, str) and is_safe_name(v):
+                bands.append(str(v))
+            else:
+                raise CatalogueError(
+                    path,
+                    f"band {_show(v)} is not a plain name (letters, digits, '.', '_', '+', '-'); "
+                    "it names output directories",
+                    "band",
+                    i,
+                )
+        df["band"] = pd.Series(bands, dtype=object)
+    return df
 
 
 @dataclass(frozen=True)
@@ -369,6 +569,13 @@ def _bad_pixels(
     return masked, nonfinite, sat
 
 
+#: Aperture axes (pixels) outside [MIN_AXIS_PX, MAX_AXIS_PX] are flagged BAD_INPUT and not
+#: measured: the overlap routines divide by zero below ~1e-300 px and overflow above
+#: ~1e150 px, and neither end means anything on a CCD.
+MIN_AXIS_PX = 1e-6
+MAX_AXIS_PX = 1e7
+
+
 def aperture_sums(
     image: np.ndarray,
     x: np.ndarray,
@@ -391,7 +598,8 @@ def aperture_sums(
     SExtractor's scheme for N=5). Masked pixels (``mask & bad_mask_bits``) and non-finite
     pixels are excluded. Returns arrays ``aper_sum``, ``area`` (unmasked overlap),
     ``area_masked`` and ``flags`` (PhotFlag bits OFF_IMAGE, TRUNCATED, MASKED, SATURATED,
-    NONFINITE_PIXEL, BAD_INPUT).
+    NONFINITE_PIXEL, BAD_INPUT). BAD_INPUT: a non-finite position, axis or angle, or an
+    axis outside [``MIN_AXIS_PX``, ``MAX_AXIS_PX``].
     """
     image = np.asarray(image)
     ny, nx = image.shape
@@ -404,7 +612,7 @@ def aperture_sums(
     nsub = max(int(subpixels), 1)
 
     cos_t, sin_t = np.cos(theta), np.sin(theta)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # huge axes: flagged below
         hx = np.sqrt((a * cos_t) ** 2 + (b * sin_t) ** 2)
         hy = np.sqrt((a * sin_t) ** 2 + (b * cos_t) ** 2)
         good_in = (
@@ -413,8 +621,10 @@ def aperture_sums(
             & np.isfinite(a)
             & np.isfinite(b)
             & np.isfinite(theta)
-            & (a > 0)
-            & (b > 0)
+            & (a >= MIN_AXIS_PX)
+            & (b >= MIN_AXIS_PX)
+            & (a <= MAX_AXIS_PX)
+            & (b <= MAX_AXIS_PX)
         )
         off = (x < -0.5) | (x > nx - 0.5) | (y < -0.5) | (y > ny - 0.5)
     flags[~good_in] |= PhotFlag.BAD_INPUT
@@ -574,7 +784,14 @@ def annulus_stats(
         "bkg_std": np.full(n, np.nan),
         "bkg_n": np.zeros(n, dtype=np.int64),
     }
-    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y))
+    # positions farther than r_out + 1 px from the image have no annulus pixel in it; leaving
+    # them out also keeps the int64 pixel indices below from overflowing (x = 1e300)
+    reach = float(r_out) + 1.0
+    with np.errstate(invalid="ignore"):
+        near = (np.abs(x - (nx - 1) / 2) <= nx / 2 + reach) & (
+            np.abs(y - (ny - 1) / 2) <= ny / 2 + reach
+        )
+    ok = np.flatnonzero(near)
     if ok.size == 0:
         return res
     dy, dx, n_edge = _annulus_offsets(r_in, r_out)
@@ -965,11 +1182,19 @@ def photometry_dataframe(
 
 def partition_path(out_dir: str | os.PathLike[str], band: str, kind: str, frame: str) -> Path:
     """``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet`` (hive-partitioned by band and
-    kind, one file per frame). Names that could leave ``out_dir`` are refused."""
+    kind, one file per frame).
+
+    The band may come from the reference catalogue: every name must be a plain name
+    (:func:`pausdenoise.paus_layout.is_safe_name`: letters, digits, ``. _ + -``; no
+    separator, ``=``, whitespace, ``..``), so that no catalogue value can leave ``out_dir``
+    or break the hive partitioning. Anything else raises ``ValueError`` naming it.
+    """
     for what, value in (("band", band), ("kind", kind), ("frame", frame)):
-        v = str(value)
-        if not v or "/" in v or "\\" in v or v in {".", ".."} or "\x00" in v:
-            raise ValueError(f"photometry: {what} name {v!r} cannot be used in an output path")
+        if not is_safe_name(value):
+            raise ValueError(
+                f"photometry: {what} name {value!r} cannot be used in an output path "
+                "(letters, digits, '.', '_', '+', '-' only)"
+            )
     return Path(out_dir) / f"band={band}" / f"kind={kind}" / f"{frame}.parquet"
 
 

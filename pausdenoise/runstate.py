@@ -202,7 +202,11 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
-        write_json_atomic(self.paths.record, self.data)
+        """Rewrite ``run.json`` atomically, credentials redacted
+        (:func:`pausdenoise.redact.redact`)."""
+        from pausdenoise.redact import redact
+
+        write_json_atomic(self.paths.record, redact(self.data))
 
     def timings(self) -> dict[str, float]:
         """Wall time (s) of every stage that has one, in run order."""

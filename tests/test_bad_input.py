@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
+import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -400,20 +401,14 @@ def test_missing_config_file_is_a_usage_error(tmp_path, capsys):
 # --------------------------------------------------------------------------- fuzz: headers
 
 
-def _is_nonfinite_number(s: str) -> bool:
-    try:
-        return not math.isfinite(float(s))
-    except (TypeError, ValueError):
-        return False
-
-
 _TEXT = hs.text(alphabet="0123456789 .+-eEabcNInfGAZP_'", max_size=12)
 _VALUE = hs.one_of(
     hs.none(),  # keyword absent
     hs.integers(-(2**62), 2**62),
     hs.floats(allow_nan=False, allow_infinity=False, width=64),
     hs.booleans(),
-    _TEXT.filter(lambda s: not _is_nonfinite_number(s)),
+    hs.sampled_from(["inf", "nan", "-inf", "1e999"]),  # strings that float() reads
+    _TEXT,
 )
 _KEYS = ("EXPNUM", "CCD", "FILTER", "EXPTIME", "GAIN", "RDNOISE", "ZP", "ZPERR", "SATURATE")
 
@@ -481,6 +476,128 @@ def test_non_integer_expnum_is_refused(tmp_path):
         _plan_and_read(p)
 
 
+# --------------------------------------------------------------------------- fuzz findings: headers
+# Inputs the atheris fuzzer (benchmarks/fuzz/) found or led to; each used to end in an
+# exception other than IngestError, a hang, or a frame that broke a later stage.
+
+_PAUS_CARDS = {"EXPNUM": "1000", "CCD": "1", "FILTER": "'NB455'", "EXPTIME": "100.0",
+               "GAIN": "0.65", "RDNOISE": "9.0", "ZP": "0.01", "ZPERR": "0.0001"}
+
+
+def _raw_hdu(cards: dict[str, str], naxis: str = "2", extension: bool = False) -> bytes:
+    """One 4x4 float32 HDU written card by card (astropy refuses to write most of these)."""
+    first = ["XTENSION= 'IMAGE   '"] if extension else ["SIMPLE  =                    T"]
+    head = [*first, "BITPIX  =                  -32", f"NAXIS   = {naxis:>20}",
+            "NAXIS1  =                    4", "NAXIS2  =                    4",
+            *(["PCOUNT  =                    0", "GCOUNT  =                    1"]
+              if extension else []),
+            *(f"{k:<8}= {v:>20}" for k, v in cards.items()), "END"]
+    raw = "".join(c.ljust(80)[:80] for c in head).encode("latin-1")
+    raw += b" " * (-len(raw) % 2880)
+    data = bytes(4 * 16)
+    return raw + data + b"\0" * (-len(data) % 2880)
+
+
+def _raw_fits(path: Path, cards: dict[str, str], naxis: str = "2") -> Path:
+    path.write_bytes(_raw_hdu(cards, naxis))
+    return path
+
+
+def _paus_raw(d: Path, naxis: str = "2", **override: str) -> Path:
+    p = _raw_fits(image_path(d, 1000, 1), {**_PAUS_CARDS, **override}, naxis)
+    fits.PrimaryHDU(np.zeros((4, 4), np.uint8)).writeto(mask_path(d, 1000, 1), overwrite=True)
+    return p
+
+
+@pytest.mark.parametrize(("override", "key", "text"), [
+    ({"GAIN": "T"}, "GAIN", "is a logical, not a number"),  # was read as gain 1.0
+    ({"GAIN": "0.0"}, "GAIN", "must be finite and > 0"),  # photometry failed on it later
+    ({"ZP": "'nan'"}, "ZP", "must be finite and > 0"),
+    ({"EXPTIME": "-1.0"}, "EXPTIME", "must be finite and >= 0"),
+    ({"RDNOISE": "'inf'"}, "RDNOISE", "must be finite and >= 0"),
+    ({"MJD-OBS": "(1.0, 2.0)"}, "MJD-OBS", "is not a number"),  # was TypeError
+    ({"EXPNUM": "'abc"}, "EXPNUM", "cannot be parsed"),  # was astropy VerifyError
+    ({"EXPTIME": "\x17 100.0"}, "EXPTIME", "cannot be parsed"),
+    ({"OBSERVER": "'\x17abc'"}, "OBSERVER", "header cannot be read"),  # was ValueError
+])
+def test_fuzz_finding_header_values_are_named(tmp_path, override, key, text):
+    from pausdenoise.ingest import IngestError
+
+    p = _paus_raw(tmp_path, **override)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(IngestError, match=re.escape(text)) as info:
+            _plan_and_read(p)
+    assert info.value.key == key and str(p) in str(info.value)
+
+
+def test_fuzz_finding_huge_naxis_is_refused_at_once(tmp_path):
+    """astropy loops over range(NAXIS) before checking anything: NAXIS = 2**31 kept the
+    planner busy for hours. The header walk refuses it first."""
+    from pausdenoise.ingest import IngestError
+
+    p = _paus_raw(tmp_path, naxis="2147483648")
+    t0 = time.perf_counter()
+    with pytest.raises(IngestError, match=r"NAXIS = 2147483648 is outside 0\.\.999") as info:
+        _plan_and_read(p)
+    assert time.perf_counter() - t0 < 5.0
+    assert info.value.key == "NAXIS"
+
+
+def _generic_raw(d: Path, name: str = "img.fits", **override: str) -> Path:
+    cards = {**_PAUS_CARDS, "CCDNUM": "1", **override}
+    cards.pop("CCD")
+    return _raw_fits(d / name, cards)
+
+
+@pytest.mark.parametrize(("override", "cfg", "key", "text"), [
+    ({"EXPNUM": "1000000000"}, {}, "EXPNUM", "outside 0..99999999"),  # frame id ValueError
+    ({"CCDNUM": "-3"}, {}, "CCDNUM", "outside 0..99"),
+    ({"EXPTIME": "0.0", "ZP": "25.0"}, {"zp_kind": "mag", "zp_per_second": True}, "ZP",
+     "needs a positive exptime"),  # was ValueError from zp_factor_from_mag
+    ({"ZP": "-1E308"}, {"zp_kind": "mag"}, "ZP", "gives no finite factor"),  # OverflowError
+])
+def test_fuzz_finding_generic_values_are_named(tmp_path, override, cfg, key, text):
+    from pausdenoise.ingest import IngestConfig, IngestError, _plan_file
+
+    p = _generic_raw(tmp_path, **override)
+    with pytest.raises(IngestError, match=re.escape(text)) as info:
+        _plan_file(p, IngestConfig(layout="generic", **cfg))
+    assert info.value.key == key and str(p) in str(info.value)
+
+
+def test_fuzz_finding_out_of_range_expnum_fails_its_file_not_the_batch(tmp_path):
+    """EXPNUM = 10**9 used to raise ValueError (frame id) in plan_ingest's main loop, which
+    stopped the whole batch without naming the file."""
+    from pausdenoise.ingest import IngestConfig, plan_ingest
+
+    good = _generic_raw(tmp_path, "good.fits")
+    bad = _generic_raw(tmp_path, "bad.fits", EXPNUM="1000000000", CCDNUM="2")
+    sources, failed = plan_ingest([good, bad], tmp_path / "store.zarr",
+                                  IngestConfig(layout="generic"))
+    assert [s.image for s in sources] == [good]
+    assert len(failed) == 1 and failed[0][0] == str(bad) and "[EXPNUM]" in failed[0][1]
+
+
+@pytest.mark.parametrize(("first", "extname", "key"), [
+    ("XTENSION= 'IMAGE   '", "'N4", "EXTNAME"),  # was VerifyError from hdu.name
+    ("XTENSION= 'IMAGE", "'N4'", "XTENSION"),  # was VerifyError from hdu.is_image
+])
+def test_fuzz_finding_unparsable_extension_cards_are_named(tmp_path, first, extname, key):
+    from pausdenoise.ingest import IngestConfig, IngestError, _plan_file
+
+    p = tmp_path / "mef.fits"
+    cards = {**_PAUS_CARDS, "CCDNUM": "1"}
+    ext = _raw_hdu({"EXTNAME": extname}, extension=True)
+    ext = ext.replace(b"XTENSION= 'IMAGE   '".ljust(80), first.encode().ljust(80))
+    p.write_bytes(_raw_hdu(cards) + ext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(IngestError) as info:
+            _plan_file(p, IngestConfig(layout="generic"))
+    assert info.value.key == key and str(p) in str(info.value)
+
+
 # --------------------------------------------------------------------------- fuzz: catalogue
 
 _NUM = hs.one_of(hs.floats(allow_nan=True, allow_infinity=True, width=64),
@@ -529,6 +646,124 @@ def test_fuzz_catalogue_validator(n, data, drop, shape):
     assert check.ok == check.issues.empty
 
 
+# --------------------------------------------------------------------------- catalogue reader
+# read_catalogue (pausdenoise.photometry) is what the photometry stage reads the catalogue
+# with; the cases below are what the atheris fuzzer fed it, or what reached measure_frame.
+
+
+def _cat_df(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"ref_id": np.arange(n), "ra": 0.0, "dec": 0.0, "I_auto": 20.0,
+                         "expnum": 1000, "ccd": 1, "band": "NB455",
+                         "aperture_x": np.linspace(5.0, 20.0, n), "aperture_y": 8.0,
+                         "aperture_a": 2.0, "aperture_b": 1.5, "aperture_theta": 10.0})
+
+
+def _write_cat(tmp_path: Path, df: pd.DataFrame) -> Path:
+    path = tmp_path / "catalogue.parquet"
+    df.to_parquet(path, index=False)
+    return path
+
+
+def _edit(df: pd.DataFrame, column: str, values: list) -> pd.DataFrame:
+    df = df.copy()
+    df[column] = pd.Series(values, dtype=object)
+    return df
+
+
+@pytest.mark.parametrize(("column", "values", "text"), [
+    ("aperture_x", ["1.5", "abc", "2"], "[aperture_x] row 1: value 'abc' is not a number"),
+    ("aperture_a", [True, False, True], "[aperture_a]: has type bool"),
+    ("ref_id", [1, None, 3], "[ref_id] row 1: value nan is not an integer"),
+    ("ref_id", [1.0, 2.5, 3.0], "[ref_id] row 1: value 2.5 is not an integer"),
+    ("expnum", ["1000", "x", "1000"], "[expnum] row 1"),
+    ("I_auto", [b"\xc8", b"a", b"b"], "[I_auto] row 0"),  # was ValueError in measure_frame
+    ("band", ["NB455", "../../escape", "NB455"], "[band] row 1: band '../../escape'"),
+    ("band", ["NB 455", "NB455", "NB455"], "[band] row 0"),
+    ("band", ["a=b", "NB455", "NB455"], "[band] row 0"),
+])
+def test_catalogue_reader_names_file_column_and_row(tmp_path, column, values, text):
+    from pausdenoise.photometry import CatalogueError, read_catalogue
+
+    path = _write_cat(tmp_path, _edit(_cat_df(), column, values))
+    with pytest.raises(CatalogueError) as info:
+        read_catalogue(path)
+    assert str(info.value).startswith(str(path)) and text in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_catalogue_reader_normalises_types(tmp_path):
+    from pausdenoise.photometry import read_catalogue
+
+    df = _edit(_cat_df(), "aperture_x", ["1.5", None, " 7 "])
+    df["ref_id"] = pd.array([10, 11, 2**62], dtype="Int64")
+    df["aperture_y"] = df["aperture_y"].astype("float32")
+    cat = read_catalogue(_write_cat(tmp_path, df))
+    assert cat["aperture_x"].dtype == np.float64 and cat["ref_id"].dtype == np.int64
+    np.testing.assert_array_equal(cat["aperture_x"], [1.5, np.nan, 7.0])
+    assert cat["ref_id"].tolist() == [10, 11, 2**62]  # exact, not through float
+    check = validate_catalogue(cat)  # the missing position is a row problem, not an error
+    assert check.issues["row"].tolist() == [1]
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1", b"PAR1" + bytes(100) + b"PAR1",
+                                     b"not parquet at all"])
+def test_catalogue_reader_refuses_unreadable_files(tmp_path, content):
+    from pausdenoise.photometry import CatalogueError, read_catalogue
+
+    path = tmp_path / "catalogue.parquet"
+    path.write_bytes(content)
+    with pytest.raises(CatalogueError, match="not a readable Parquet table") as info:
+        read_catalogue(path)
+    assert str(path) in str(info.value)
+
+
+def test_catalogue_reader_refuses_missing_and_duplicate_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pausdenoise.photometry import CatalogueError, read_catalogue
+
+    path = _write_cat(tmp_path, _cat_df().drop(columns=["aperture_b"]))
+    with pytest.raises(CatalogueError, match=r"\[aperture_b\]: missing column"):
+        read_catalogue(path)
+    table = pa.Table.from_pandas(_cat_df(), preserve_index=False)
+    table = table.append_column("aperture_x", pa.array([1.0, 2.0, 3.0]))
+    pq.write_table(table, path)
+    with pytest.raises(CatalogueError, match=r"duplicate column name\(s\) \['aperture_x'\]"):
+        read_catalogue(path)
+
+
+def test_catalogue_text_column_fails_the_stage_naming_it(base, tmp_path, capsys):
+    cat = pd.read_parquet(base["catalogue"]).reset_index(drop=True)
+    cat = _edit(cat, "aperture_y", ["oops", *map(str, cat["aperture_y"].tolist()[1:])])
+    code, _ = _phot_with(base, tmp_path, cat)
+    assert code == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "cat.parquet [aperture_y] row 0: value 'oops' is not a number" in err
+
+
+@pytest.mark.parametrize(("column", "value", "flag"), [
+    ("aperture_a", 1e-300, "BAD_INPUT"),  # was ZeroDivisionError in photutils' overlap
+    ("aperture_b", 5e-324, "BAD_INPUT"),
+    ("aperture_a", 1e200, "BAD_INPUT"),  # was OverflowError (infinite bounding box)
+    ("aperture_x", 1e300, "OFF_IMAGE"),  # was IndexError (int64 overflow in the annulus)
+    ("aperture_y", -1e300, "OFF_IMAGE"),
+])
+def test_fuzz_finding_extreme_apertures_are_flagged(column, value, flag):
+    from pausdenoise.photometry import PhotometryConfig, measure_frame
+
+    rows = _cat_df(3)
+    rows.loc[1, column] = value
+    rows.loc[1, "aperture_b"] = min(rows.loc[1, "aperture_b"], rows.loc[1, "aperture_a"])
+    image = np.random.default_rng(0).normal(100.0, 5.0, (32, 32)).astype(np.float32)
+    for subpixels in (0, 5):
+        out = measure_frame(image, None, rows, PhotometryConfig(
+            aperture_units="pixel", subpixels=subpixels, annulus_r_in=4, annulus_r_out=8,
+            min_annulus_pixels=5), gain=1.0)
+        assert out["flags"].iloc[1] & PhotFlag[flag]
+        assert np.isfinite(out["flux"].iloc[[0, 2]]).all()
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -553,3 +788,36 @@ def test_photometry_partition_path_stays_inside(tmp_path, bad):
     with pytest.raises(ValueError, match="cannot be used in an output path"):
         partition_path(tmp_path, *bad)
     assert partition_path(tmp_path, "NB455", "raw", "00001000_01").is_relative_to(tmp_path)
+
+
+@pytest.mark.parametrize("band", ["NB 455", "a=b", "x" * 65, "", "NB455\n", ".", 455, None])
+def test_photometry_partition_path_refuses_names_that_are_not_plain(tmp_path, band):
+    """Bands come from the catalogue: whitespace, '=' (the hive separator), over-long,
+    empty or non-text names are refused too, not only separators and '..'."""
+    from pausdenoise.photometry import partition_path
+
+    with pytest.raises(ValueError, match="cannot be used in an output path"):
+        partition_path(tmp_path, band, "raw", "00001000_01")
+
+
+def test_catalogue_band_cannot_escape_the_photometry_directory(base, tmp_path):
+    """A catalogue DataFrame handed to run_photometry directly (not through read_catalogue)
+    with a band that would climb out of the output: refused before anything is written."""
+    from pausdenoise.photometry import PhotometryConfig, run_photometry
+
+    cat = pd.read_parquet(base["catalogue"]).reset_index(drop=True)
+    cat["band"] = "../../../escaped"
+    out = tmp_path / "phot"
+    with pytest.raises(ValueError, match=re.escape("band name '../../../escaped' cannot")):
+        run_photometry(base["store"], out, [FRAMES[0]], cat, PhotometryConfig(kinds=("raw",)),
+                       compute=False)
+    assert not out.exists() and not (tmp_path / "escaped").exists()
+
+
+def test_catalogue_band_escape_through_the_cli_is_named(base, tmp_path, capsys):
+    cat = pd.read_parquet(base["catalogue"]).reset_index(drop=True)
+    cat.loc[3, "band"] = "../../../escaped"
+    code, _ = _phot_with(base, tmp_path, cat)
+    assert code == EXIT_FAILURE
+    assert "[band] row 3: band '../../../escaped' is not a plain name" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*escaped*"))

@@ -401,12 +401,12 @@ def stage_denoise(ctx: Context) -> dict[str, Any]:
 
 def stage_photometry(ctx: Context) -> dict[str, Any]:
     from pausdenoise import store as st
-    from pausdenoise.photometry import run_photometry, validate_catalogue
+    from pausdenoise.photometry import read_catalogue, run_photometry, validate_catalogue
 
     cat_path = ctx.catalogue_path
     if not cat_path.exists():
         raise StageError(f"photometry: reference catalogue {cat_path} not found")
-    catalogue = pd.read_parquet(cat_path)
+    catalogue = read_catalogue(cat_path)
     check = validate_catalogue(catalogue)
     if not check.ok:
         check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
@@ -519,6 +519,7 @@ def run(
     StageError
         When a stage fails (earlier stages' outputs are kept; a rerun resumes).
     """
+    from pausdenoise.redact import redact
     from pausdenoise.report import software_versions
 
     paths = RunPaths(Path(out).resolve())
@@ -528,7 +529,8 @@ def run(
     fps = stage_fingerprints(cfg)
     with run_lock(paths):
         record = RunRecord(paths)
-        record.data["config"] = cfg.model_dump(mode="json")
+        # recorded (and shown in the report) without credentials; fingerprints use cfg
+        record.data["config"] = redact(cfg.model_dump(mode="json"))
         record.data["versions"] = software_versions()
         record.save()
         with _maybe_client(cfg, chosen) as client:
@@ -561,5 +563,5 @@ def run(
                                        "note": summary.get("note", ""),
                                        "partial": bool(summary.get("partial", False))}
                 print(f"[{name}] done in {secs:.1f} s: {summary.get('note', '')}")
-    write_json_atomic(paths.out / "run-summary.json", result.stages)
+    write_json_atomic(paths.out / "run-summary.json", redact(result.stages))
     return result

@@ -457,11 +457,11 @@ def score(ctx: Context, gan_cfg: Any, held: Sequence[str]) -> dict[str, Any]:
     from pausdenoise import evaluate as ev
     from pausdenoise import store as st
     from pausdenoise.gan import metrics as gm
-    from pausdenoise.photometry import measure_frame
+    from pausdenoise.photometry import measure_frame, read_catalogue
 
     ecfg = ctx.cfg.evaluate
     out_dir = gan_dir(ctx)
-    catalogue = pd.read_parquet(ctx.catalogue_path) if ctx.catalogue_path.exists() else None
+    catalogue = read_catalogue(ctx.catalogue_path) if ctx.catalogue_path.exists() else None
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     rng = np.random.default_rng(0)
     per_frame, phot_rows = [], []
