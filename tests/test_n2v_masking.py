@@ -272,3 +272,20 @@ def test_blind_spot_loss_dispatches_on_the_model():
     mean, var_p = gauss.prior(out2)
     expected = gaussian_nll_loss(mean, var_p, 1 + mean.clamp(min=0) / 5.0, x, t)
     assert torch.allclose(blind_spot_loss(gauss, out2, x, t), expected)
+
+
+def test_beta_nll_scales_terms_and_gives_the_mse_gradient_at_beta_one():
+    g = torch.Generator().manual_seed(4)
+    mean = torch.randn(1, 1, 8, 8, generator=g, requires_grad=True)
+    var_p = torch.rand(1, 1, 8, 8, generator=g) * 5 + 0.1
+    var_n = torch.full((1, 1, 8, 8), 2.0)
+    y = torch.randn(1, 1, 8, 8, generator=g) * 3
+    t = torch.rand(1, 1, 8, 8, generator=g) < 0.5
+    v = var_p + var_n
+    plain = 0.5 * (torch.log(v) + (y - mean) ** 2 / v)
+    half = gaussian_nll_loss(mean, var_p, var_n, y, t, beta=0.5)
+    assert torch.allclose(half, (plain * v.sqrt())[t].mean(), atol=1e-5)
+    loss = gaussian_nll_loss(mean, var_p, var_n, y, t, beta=1.0)
+    (grad,) = torch.autograd.grad(loss, mean)
+    expected = torch.where(t, (mean - y) / t.sum(), torch.zeros_like(y)).detach()
+    assert torch.allclose(grad, expected, atol=1e-6)  # d/dμ ½(y-μ)² = μ - y

@@ -402,7 +402,7 @@ def test_gaussian_posterior_trains_checkpoints_and_denoises(tmp_path: Path) -> N
     stats = frame_statistics(noisy, mask)
     ckpt = tmp_path / "n2v.safetensors"
     cfg = _tiny_config(unet=UNetSettings(depth=2, base_channels=4, posterior="gaussian"),
-                       poisson_scale=12.0, epochs=5)
+                       poisson_scale=12.0, nll_beta=0.5, epochs=5)
     model, hist = train_n2v([(noisy, mask, stats, "f0")], cfg, progress=False,
                             checkpoint_path=ckpt)
     assert model.config.posterior == "gaussian" and model.config.noise_scale == 12.0
@@ -465,3 +465,21 @@ def test_noise_scale_from_frames_is_median_gain_times_sigma() -> None:
     assert noise_scale_from_frames(ex.assign(gain=np.nan), stats) is None
     # unset in the config: the default noise model, and set: used as given
     assert TrainConfig().noise_scale == 15.0 and TrainConfig(poisson_scale=7.0).noise_scale == 7.0
+
+
+def test_output_offset_is_refitted_after_training() -> None:
+    """A deliberately offset network is found out by ``output_offset``, and training folds
+    the refitted offset into the head so the held-out residual mean is ~0."""
+    noisy, _, mask = _noisy_frame(seed=6)
+    stats = frame_statistics(noisy, mask)
+    frames = [(noisy, mask, stats, "f0")]
+    model, hist = train_n2v(frames, _tiny_config(epochs=2), progress=False)
+    assert hist.summary()["output_offset"] == hist.output_offset != 0.0
+    val = make_validation_set(frames, 64, 32, seed=11)
+    assert abs(val.output_offset(model)) < 0.1
+    with torch.no_grad():
+        model.head.bias += 0.5
+    assert val.output_offset(model) == pytest.approx(-0.5, abs=0.1)
+    # off: nothing is refitted
+    _, hist2 = train_n2v(frames, _tiny_config(epochs=1, calibrate_offset=False), progress=False)
+    assert hist2.output_offset == 0.0

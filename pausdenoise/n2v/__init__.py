@@ -2,11 +2,22 @@
 
 Public API (import from here): the U-Net (:class:`UNet`, :class:`UNetConfig`,
 :func:`predict_array`), per-frame normalisation (:class:`FrameStats`, :func:`frame_statistics`,
-:func:`normalise`, :func:`denormalise`), blind-spot masking (:func:`apply_blind_spot`,
-:func:`n2v_loss`), out-of-core patch sampling (:class:`Frame`, :class:`PatchSampler`,
+:func:`normalise`, :func:`denormalise`), blind-spot masking and losses
+(:func:`apply_blind_spot`, :func:`n2v_loss`, :func:`gaussian_nll_loss`,
+:func:`blind_spot_loss`), out-of-core patch sampling (:class:`Frame`, :class:`PatchSampler`,
 :func:`make_validation_set`), training (:class:`TrainConfig`, :func:`train_n2v`,
 :class:`TrainHistory`) and checkpoints (:func:`save_checkpoint`, :func:`load_model`,
 :func:`checkpoint_fingerprint`, :class:`CheckpointError`).
+
+Two output models share the U-Net (``UNetConfig.posterior``): plain N2V, whose output is the
+conditional mean of a pixel given its context (the blind spot), and the Gaussian posterior
+(Laine et al. 2019, "High-quality self-supervised deep image denoising"), whose network
+predicts a Gaussian prior (mean, variance) of the clean pixel from the same context, is
+trained on the Gaussian likelihood of the blind-spot value, and at inference combines the
+prior with the pixel's own observed value through the CCD noise model (sky + read noise,
+plus the source's Poisson noise). Plain N2V must throw away the information in the pixel
+itself; the posterior puts it back where the context cannot predict the pixel — the cores
+and knots of galaxies — which is where plain N2V erodes sources.
 """
 
 from pausdenoise.n2v.checkpoint import (
@@ -21,6 +32,8 @@ from pausdenoise.n2v.masking import (
     DEFAULT_MASKED_FRACTION,
     DEFAULT_RADIUS,
     apply_blind_spot,
+    blind_spot_loss,
+    gaussian_nll_loss,
     n2v_loss,
     stratified_targets,
 )
@@ -65,9 +78,11 @@ __all__ = [
     "UNetSettings",
     "ValidationSet",
     "apply_blind_spot",
+    "blind_spot_loss",
     "checkpoint_fingerprint",
     "denormalise",
     "frame_statistics",
+    "gaussian_nll_loss",
     "load_checkpoint",
     "load_model",
     "make_validation_set",

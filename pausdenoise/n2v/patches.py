@@ -391,6 +391,35 @@ class ValidationSet:
         )
 
     @torch.no_grad()
+    def output_offset(self, model: torch.nn.Module, batch_size: int = 64) -> float:
+        """Maximum-likelihood shift of the network's (prior-)mean output on these targets.
+
+        ``δ = Σ (y − μ)/v / Σ 1/v`` over the target pixels (``v = 1`` for plain N2V,
+        ``σ_p² + σ_n²`` for the Gaussian posterior): the one-parameter refit of the output
+        bias, normalised units. ``0`` when there is no target.
+        """
+        was_training = model.training
+        model.eval()
+        num = torch.zeros((), dtype=torch.float64)
+        den = torch.zeros((), dtype=torch.float64)
+        try:
+            for i in range(0, len(self), batch_size):
+                sl = slice(i, i + batch_size)
+                t = self.targets[sl].to(torch.bool)
+                out = model(self.inputs[sl])
+                if getattr(model.config, "posterior", "none") == "gaussian":
+                    mean, var_p = model.prior(out)
+                    inv = 1.0 / (var_p + model.noise_variance(mean))
+                else:
+                    mean, inv = out.float(), torch.ones_like(out, dtype=torch.float32)
+                resid = self.originals[sl].float() - mean
+                num += torch.where(t, resid * inv, torch.zeros_like(inv)).sum().double().cpu()
+                den += torch.where(t, inv, torch.zeros_like(inv)).sum().double().cpu()
+        finally:
+            model.train(was_training)
+        return float(num / den) if float(den) > 0 else 0.0
+
+    @torch.no_grad()
     def loss(self, model: torch.nn.Module, batch_size: int = 64) -> float:
         """Mean blind-spot loss over all target pixels (model switched to eval mode and back):
         the MSE for a plain N2V network, the Gaussian NLL for a Gaussian-posterior one."""

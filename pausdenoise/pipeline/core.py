@@ -360,9 +360,12 @@ def stage_train(ctx: Context) -> dict[str, Any]:
     pps = float(np.mean(history.patches_per_second)) if history.patches_per_second else 0.0
     return {
         "note": f"{history.epochs_run} epochs, best val loss {history.best_val_loss:.4f}, "
+                f"output offset {history.output_offset:+.3f} σ refitted, "
                 f"{pps:.0f} patches/s on {history.device}",
         "epochs": history.epochs_run,
         "best_val_loss": history.best_val_loss,
+        "output_offset_sigma": history.output_offset,
+        "noise_scale_electrons": train_cfg.noise_scale,
         "patches_per_second": pps,
         "train_frames": train_frames,
         "held_out_frames": held,
