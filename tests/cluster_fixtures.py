@@ -187,3 +187,24 @@ def _wait_for_workers(cluster: CliCluster, n: int, certs: Path | None, deadline:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"fewer than {n} workers joined\n{cluster.logs()}")
             time.sleep(0.2)
+
+
+def assert_same_outputs(ref: Path, out: Path) -> None:
+    """Images, masks, denoised frames and photometry of two run directories are identical."""
+    import numpy as np
+    import pandas as pd
+
+    from pausdenoise import store as st
+    from pausdenoise.photometry import read_photometry
+
+    frames = st.list_frames(ref / "store.zarr")
+    assert frames and frames == st.list_frames(out / "store.zarr")
+    for f in frames:
+        for name in ("image", "mask", "denoised"):
+            a = np.asarray(st.open_frame(ref / "store.zarr", f, name))
+            b = np.asarray(st.open_frame(out / "store.zarr", f, name))
+            np.testing.assert_array_equal(a, b, err_msg=f"{f}/{name}")
+    keys = ["ref_id", "expnum", "ccd", "kind"]
+    pa = read_photometry(ref / "photometry").sort_values(keys).reset_index(drop=True)
+    pb = read_photometry(out / "photometry").sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(pa, pb, check_like=True)

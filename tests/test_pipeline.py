@@ -187,10 +187,7 @@ def test_pipeline_on_real_scheduler_and_workers_equals_local_run(tiny_run, tmp_p
     """The scheduler-file pattern of the deploy recipes: `dask scheduler` and two
     `dask worker` processes started from the command line; the pipeline's outputs must
     equal the local (threaded) run's bit for bit."""
-    from cluster_fixtures import dask_cli_cluster
-
-    from pausdenoise import store as st
-    from pausdenoise.photometry import read_photometry
+    from cluster_fixtures import assert_same_outputs, dask_cli_cluster
 
     code, cfg, ref = tiny_run
     assert code == EXIT_OK
@@ -203,17 +200,7 @@ def test_pipeline_on_real_scheduler_and_workers_equals_local_run(tiny_run, tmp_p
                      "--set", f"input.checkpoint={ref / 'model' / 'n2v.safetensors'}",
                      "--stages", "simulate,ingest,denoise,photometry"])
     assert code == EXIT_OK
-    frames = st.list_frames(ref / "store.zarr")
-    assert frames == st.list_frames(out / "store.zarr")
-    for f in frames:
-        for name in ("image", "mask", "denoised"):
-            a = np.asarray(st.open_frame(ref / "store.zarr", f, name))
-            b = np.asarray(st.open_frame(out / "store.zarr", f, name))
-            np.testing.assert_array_equal(a, b, err_msg=f"{f}/{name}")
-    keys = ["ref_id", "expnum", "ccd", "kind"]
-    pa = read_photometry(ref / "photometry").sort_values(keys).reset_index(drop=True)
-    pb = read_photometry(out / "photometry").sort_values(keys).reset_index(drop=True)
-    pd.testing.assert_frame_equal(pa, pb, check_like=True)
+    assert_same_outputs(ref, out)
 
 
 def test_every_subcommand_has_help(capsys):

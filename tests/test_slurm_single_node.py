@@ -20,11 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
-from cluster_fixtures import DEPLOY
+from cluster_fixtures import DEPLOY, assert_same_outputs
 
 from pausdenoise.cli import EXIT_OK, main
 
@@ -194,24 +192,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cfg, ref
 
 
-def _assert_same_outputs(ref: Path, out: Path) -> None:
-    """Images, masks, denoised frames and photometry of two runs are identical."""
-    from pausdenoise import store as st
-    from pausdenoise.photometry import read_photometry
-
-    frames = st.list_frames(ref / "store.zarr")
-    assert frames and frames == st.list_frames(out / "store.zarr")
-    for f in frames:
-        for name in ("image", "mask", "denoised"):
-            a = np.asarray(st.open_frame(ref / "store.zarr", f, name))
-            b = np.asarray(st.open_frame(out / "store.zarr", f, name))
-            np.testing.assert_array_equal(a, b, err_msg=f"{f}/{name}")
-    keys = ["ref_id", "expnum", "ccd", "kind"]
-    pa = read_photometry(ref / "photometry").sort_values(keys).reset_index(drop=True)
-    pb = read_photometry(out / "photometry").sort_values(keys).reset_index(drop=True)
-    pd.testing.assert_frame_equal(pa, pb, check_like=True)
-
-
 def test_single_node_slurm_starts_fast_and_runs_a_batch_job(slurm: SingleNodeSlurm) -> None:
     print(f"single-node SLURM up in {slurm.startup_s:.1f} s")
     assert slurm.startup_s < UP_TIMEOUT_S
@@ -258,7 +238,7 @@ def test_pipeline_on_slurm_worker_jobs_equals_local_run(
     worker_logs = "\n".join(p.read_text(errors="replace") for p in sorted(logs.glob("*.err")))
     assert code == EXIT_OK, worker_logs + slurm.logs()
     print(f"pipeline ({CLUSTER_STAGES}) on SLURM worker jobs: {seconds:.1f} s")
-    _assert_same_outputs(ref, out)
+    assert_same_outputs(ref, out)
 
     # the workers were SLURM jobs: two submitted and started, none left running once the
     # run closed its cluster (dask-jobqueue scancels them)
@@ -307,7 +287,7 @@ def test_sbatch_recipe_runs_the_pipeline_on_real_slurm(
     dask_logs = "\n".join(p.read_text(errors="replace") for p in sorted(run_dir.glob("*.log")))
     assert state == "COMPLETED", job_out + dask_logs + slurm.logs()
     print(f"pausdenoise.sbatch ({CLUSTER_STAGES}) on SLURM: {seconds:.1f} s")
-    _assert_same_outputs(ref, out)
+    assert_same_outputs(ref, out)
     assert (run_dir / "scheduler.json").is_file()
     assert "Registered to:" in (run_dir / "workers.log").read_text(), dask_logs
     assert "[photometry] done" in job_out, job_out
