@@ -13,6 +13,8 @@ Usage::
     python benchmarks/bench_n2v_quality.py                      # n2v and posterior
     python benchmarks/bench_n2v_quality.py --variants posterior --append
     python benchmarks/bench_n2v_quality.py --set train.epochs=24   # applies to every variant
+    python benchmarks/bench_n2v_quality.py --checkpoint RUN/model/n2v.safetensors \
+        --variants posterior,posterior-tau2,posterior-tau4,posterior-tau8   # no retraining
 
 ``--append`` adds a dated section to ``benchmarks/RESULTS.md``. Each variant takes about as
 long as ``make demo`` (minutes on 2 CPU cores). Outputs stay in ``--out`` (one run
@@ -39,15 +41,23 @@ ROOT = HERE.parent
 VARIANTS: dict[str, list[str]] = {
     "n2v": ["train.unet.posterior=none"],
     "posterior": ["train.unet.posterior=gaussian"],
+    # the posterior-mean dial τ (denoise.prior_scale): inference only, so with --checkpoint
+    # these reuse one trained network
+    "posterior-tau2": ["train.unet.posterior=gaussian", "denoise.prior_scale=2"],
+    "posterior-tau4": ["train.unet.posterior=gaussian", "denoise.prior_scale=4"],
+    "posterior-tau8": ["train.unet.posterior=gaussian", "denoise.prior_scale=8"],
 }
 
 STAGES = "simulate,ingest,train,denoise,photometry,compare,evaluate"
 
 
-def run_variant(name: str, config: Path, out: Path, extra: list[str]) -> float:
-    """Run the pipeline for one variant; returns its wall time (s)."""
+def run_variant(name: str, config: Path, out: Path, extra: list[str],
+                train: bool = True) -> float:
+    """Run the pipeline for one variant (without the train stage when ``train`` is false:
+    a checkpoint is given); returns its wall time (s)."""
+    stages = STAGES if train else STAGES.replace("train,", "")
     cmd = [sys.executable, "-m", "pausdenoise.cli", "run", "--config", str(config),
-           "--out", str(out / name), "--stages", STAGES]
+           "--out", str(out / name), "--stages", stages]
     for kv in VARIANTS[name] + extra:
         cmd += ["--set", kv]
     print("$", " ".join(cmd), flush=True)
@@ -112,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench-n2v-quality"))
     p.add_argument("--set", dest="extra", action="append", default=[],
                    help="extra KEY=VALUE override for every variant (repeatable)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="reuse this trained network (input.checkpoint) instead of training; "
+                   "only for variants that differ at inference")
     p.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = p.parse_args(argv)
@@ -119,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    if args.checkpoint is not None:
+        args.extra = [*args.extra, f"input.checkpoint={args.checkpoint.resolve()}"]
     load0 = os.getloadavg()
     rows = []
     for name in names:
-        seconds = run_variant(name, args.config, args.out, args.extra)
+        seconds = run_variant(name, args.config, args.out, args.extra,
+                              train=args.checkpoint is None)
         rows.append(summarise(name, args.out / name, seconds))
     load1 = os.getloadavg()
     text = markdown_table(rows)

@@ -149,6 +149,10 @@ class DenoiseConfig(BaseModel):
         :func:`default_torch_threads` (cores divided by the dask threads of the process).
     masked_output : {"network", "nan", "input"}
         Value written at masked / non-finite pixels (see the module docstring).
+    prior_scale : float
+        For a Gaussian-posterior network: τ multiplying the prior variance in the posterior
+        mean (:meth:`pausdenoise.n2v.unet.UNet.infer`); 1 = least pixel error, larger trusts
+        each pixel's own value more (less faint-flux loss, more noise). Ignored otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -171,6 +175,12 @@ class DenoiseConfig(BaseModel):
     )
     masked_output: Literal["network", "nan", "input"] = Field(
         "network", description="value written at masked or non-finite pixels"
+    )
+    prior_scale: float = Field(
+        1.0,
+        gt=0,
+        description="Gaussian-posterior networks: prior-variance factor τ (1: least pixel "
+        "error; larger: less faint-flux loss, more noise left); ignored by plain N2V",
     )
 
     @model_validator(mode="after")
@@ -502,6 +512,7 @@ def predict_block(
     tile_size: int | None = None,
     batch_size: int = 4,
     precision: str = "float32",
+    prior_scale: float = 1.0,
 ) -> np.ndarray:
     """Network output for a normalised 2-D block, optionally in batched sub-tiles.
 
@@ -541,7 +552,7 @@ def predict_block(
                 if cuda:
                     xt = xt.pin_memory().to(device, non_blocking=True)
                 with torch.no_grad(), _autocast(device, precision):
-                    yt = predict_array(model, xt)
+                    yt = predict_array(model, xt, prior_scale=prior_scale)
                 y = yt[:, 0].float().cpu().numpy()
             for k, ((ry0, _), (rx0, _), (y0, y1), (x0, x1)) in enumerate(batch):
                 out[y0:y1, x0:x1] = y[k, y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0]
@@ -576,7 +587,8 @@ def _denoise_block(
     x = normalise(image, stats, mask)
     y = predict_block(model, x, halo=halo, tile_size=config.tile_size,
                       batch_size=config.batch_size,
-                      precision=_effective_precision(config, device))
+                      precision=_effective_precision(config, device),
+                      prior_scale=config.prior_scale)
     out = denormalise(y, stats)
     if config.masked_output != "network":
         bad = ~np.isfinite(image)
@@ -696,6 +708,8 @@ def denoise_key(ref: ModelRef, stats: FrameStats, halo: int, config: DenoiseConf
         "precision": config.precision,
         "masked_output": config.masked_output,
     }
+    if config.prior_scale != 1.0:  # absent at 1: keys of earlier runs stay valid
+        payload["prior_scale"] = float(config.prior_scale)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 

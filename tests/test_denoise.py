@@ -161,6 +161,24 @@ def test_output_varies_enough_for_the_comparison_to_mean_something(posterior):
 # --------------------------------------------------------------------------- chunk rules
 
 
+def test_prior_scale_is_applied_chunked_and_changes_the_resume_key():
+    from pausdenoise.denoise import as_model_ref, denoise_key
+
+    model = random_unet(2, 3, False, 4, "gaussian")
+    img = make_image(96, 80, seed=4)
+    stats = frame_statistics(img)
+    x = torch.from_numpy(normalise(img, stats))[None, None]
+    ref = predict_array(model, x, prior_scale=4.0)[0, 0].numpy()
+    out = denoise_frame(da.from_array(img, chunks=(48, 40)), None, stats, model,
+                        DenoiseConfig(prior_scale=4.0))
+    assert_matches(out.compute(scheduler="sync"), ref, stats)
+    assert not np.allclose(ref, whole_image(model, img, stats))  # τ = 4 is not τ = 1
+    mref = as_model_ref(model)
+    k1 = denoise_key(mref, stats, 32, DenoiseConfig())
+    assert k1 == denoise_key(mref, stats, 32, DenoiseConfig(prior_scale=1.0))
+    assert k1 != denoise_key(mref, stats, 32, DenoiseConfig(prior_scale=4.0))
+
+
 def test_bad_chunking_raises_with_suggestion():
     model = random_unet(2, 2, False, 0)  # halo 32, 2**depth 4
     img = da.zeros((200, 130), chunks=(50, 64), dtype=np.float32)  # 50 % 4 != 0

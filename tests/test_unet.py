@@ -131,3 +131,24 @@ def test_plain_infer_is_forward_and_bad_config_refused() -> None:
         UNetConfig(posterior="laplace")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="noise_scale"):
         UNetConfig(noise_scale=0.0)
+
+
+def test_prior_scale_moves_the_posterior_toward_the_observation() -> None:
+    torch.manual_seed(1)
+    model = UNet(UNetConfig(depth=1, base_channels=2, posterior="gaussian")).eval()
+    x = torch.randn(1, 1, 16, 16) * 4
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.0, 0.5]))
+        base = model.infer(x)
+        assert torch.equal(model.infer(x, prior_scale=1.0), base)
+        errs = [float((model.infer(x, prior_scale=t) - x).abs().mean()) for t in (1, 4, 1e6)]
+        assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-3
+        assert torch.equal(predict_array(model, x, prior_scale=4.0), model.infer(x, 4.0))
+        with pytest.raises(ValueError, match="prior_scale"):
+            model.infer(x, prior_scale=0.0)
+        plain = UNet(UNetConfig(depth=1, base_channels=2)).eval()
+        assert torch.equal(plain.infer(x, prior_scale=4.0), plain(x))  # ignored
+        ident = torch.nn.Identity()
+        ident.config = UNetConfig(depth=1)  # what predict_array reads for padding
+        with pytest.raises(TypeError, match="no inference options"):
+            predict_array(ident, x, prior_scale=2.0)

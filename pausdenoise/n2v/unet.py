@@ -203,7 +203,7 @@ class UNet(nn.Module):
         """Noise variance (normalised units²) of a pixel of ``signal`` σ above the sky."""
         return 1.0 + signal.clamp(min=0.0) / self.config.noise_scale
 
-    def infer(self, x: torch.Tensor) -> torch.Tensor:
+    def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
         """Denoised image of ``x`` (normalised units; ``H, W`` multiples of ``2**depth``).
 
         For ``posterior="none"`` the forward pass. For ``"gaussian"`` the posterior mean of
@@ -216,11 +216,19 @@ class UNet(nn.Module):
         Where the context predicts the pixel well (sky, smooth profiles) ``x̂ ≈ μ``; where it
         does not (a compact core, a faint knot) ``x̂`` moves toward the unbiased ``y``. The
         combination is per pixel, so tiled inference stays exact.
+
+        ``prior_scale`` τ multiplies ``σ_p²`` (ignored by a plain network): a dial between
+        denoising and flux fidelity. τ = 1 is the posterior mean (least pixel error); τ > 1
+        trusts the observation more (less shrinkage of faint sources toward the sky, more
+        noise left); τ → ∞ returns the input.
         """
         out = self(x)
         if self.config.posterior == "none":
             return out
+        if not prior_scale > 0:
+            raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
         mean, var_p = self.prior(out)
+        var_p = var_p * prior_scale
         var_n = self.noise_variance(mean)
         y = x[:, : self.config.out_channels].float()
         return ((var_n * mean + var_p * y) / (var_n + var_p)).to(out.dtype)
@@ -295,16 +303,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 @torch.no_grad()
-def predict_array(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def predict_array(model: nn.Module, x: torch.Tensor, **infer_options) -> torch.Tensor:
     """Apply ``model`` to ``(N, C, H, W)`` of any size: pad to ``2**depth``, run, crop back.
 
     This is the one inference primitive, for the N2V U-Net and the cGAN generator alike (any
     network whose ``config.size_multiple`` gives its pooling grid): whole-image inference and
     every tile of the tiled (``map_overlap``) inference call it, so both pad image edges the
     same way. A model with an ``infer`` method (the N2V :class:`UNet`) is run through it, so
-    a Gaussian-posterior network returns its posterior mean. The caller puts the network in
-    ``eval()`` mode.
+    a Gaussian-posterior network returns its posterior mean; ``infer_options`` (e.g.
+    ``prior_scale``) go to ``infer`` and are refused for a network without one. The caller
+    puts the network in ``eval()`` mode.
     """
     xp, (h, w) = pad_to_multiple(x, model.config.size_multiple)
-    run = getattr(model, "infer", model)
-    return run(xp)[..., :h, :w]
+    infer = getattr(model, "infer", None)
+    if infer is None:
+        if infer_options:
+            raise TypeError(f"{type(model).__name__} takes no inference options "
+                            f"({', '.join(infer_options)})")
+        return model(xp)[..., :h, :w]
+    return infer(xp, **infer_options)[..., :h, :w]
