@@ -93,7 +93,8 @@ def _batch_size_of(b, default: int) -> int:
 
 
 def careamics_worker(data: Path, out: Path, steps: int, batch: int, patch: int,
-                     train_threads: int, threads: list[int], repeat: int, work: Path) -> None:
+                     train_threads: int, threads: list[int], repeat: int, work: Path,
+                     normalisation: str = "default") -> None:
     """Runs in the CAREamics venv: train, time predictions, save the frame's prediction."""
     import careamics
     import numpy as np
@@ -133,6 +134,10 @@ def careamics_worker(data: Path, out: Path, steps: int, batch: int, patch: int,
         experiment_name="bench", data_type="array", axes="YX", patch_size=[patch, patch],
         batch_size=batch, num_epochs=epochs, n_val_patches=8, num_workers=0,
         masked_pixel_percentage=MASKED_PERCENT, roi_size=11,
+        **({"normalization": "mean_std",
+            "normalization_params": {"input_means": [float(d["sky"])],
+                                     "input_stds": [float(d["sigma"])]}}
+           if normalisation == "sky" else {}),
         model_params={"depth": 2, "num_channels_init": 32, "use_batch_norm": True},
         optimizer="Adam", optimizer_params={"lr": LR}, seed=1,
     )
@@ -275,12 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-threads", type=int, default=2)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--care-normalisation", choices=["default", "sky"], default="default",
+                   help="CAREamics' own mean/std of the image (default), or our frame "
+                   "statistics (clipped sky, MAD-σ) passed as its mean/std")
     p.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     a = p.parse_args(argv)
 
     if a.worker == "careamics":
         careamics_worker(a.data, a.out, a.steps, a.batch, a.patch, a.train_threads,
-                         a.threads, a.repeat, a.work)
+                         a.threads, a.repeat, a.work, a.care_normalisation)
         return 0
 
     import numpy as np
@@ -292,14 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     truth = np.asarray(g["truth"][:], dtype=np.float32)
     mask = np.asarray(g["mask"][:]) if "mask" in g else np.zeros(image.shape, np.uint8)
     tmp = Path(tempfile.mkdtemp(prefix="bench_careamics_"))
-    np.savez(tmp / "data.npz", image=image)
+    from pausdenoise.n2v.normalise import frame_statistics
+
+    stats = frame_statistics(image, mask)
+    np.savez(tmp / "data.npz", image=image, sky=stats.sky, sigma=stats.sigma)
     load0 = os.getloadavg()
 
     cmd = [a.care_python, str(Path(__file__).resolve()), "--worker", "careamics",
            "--data", str(tmp / "data.npz"), "--out", str(tmp / "care.json"),
            "--work", str(tmp / "care_work"), "--steps", str(a.steps), "--batch", str(a.batch),
            "--patch", str(a.patch), "--train-threads", str(a.train_threads),
-           "--repeat", str(a.repeat), "--threads", *map(str, a.threads)]
+           "--repeat", str(a.repeat), "--care-normalisation", a.care_normalisation,
+           "--threads", *map(str, a.threads)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -362,7 +374,8 @@ torch {care['torch']} (its own venv, CUDA build running on CPU); pausdenoise on 
 
 Command: `.venv/bin/python benchmarks/bench_careamics.py --steps {a.steps} --batch {a.batch}
 --patch {a.patch} --train-threads {a.train_threads} --threads {' '.join(map(str, a.threads))}
---repeat {a.repeat}` (CAREamics side: `{a.care_python}` subprocess, {care_secs:.0f} s).
+--repeat {a.repeat} --care-normalisation {a.care_normalisation}`
+(CAREamics side: `{a.care_python}` subprocess, {care_secs:.0f} s).
 
 Image: `{a.store}` frame `{a.frame}` (512×512 ADU, its mask and truth); 2048² prediction
 image = that frame tiled 4×4. Network: U-Net depth 2, 32 channels, batch norm, plain N2V,
