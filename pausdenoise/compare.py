@@ -24,8 +24,8 @@ the Δf values per kind for the report's histograms.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,10 @@ __all__ = [
     "DEFAULT_BINS",
     "ErrorModel",
     "calibrate",
+    "cross_validate_error_model",
     "delta_f",
     "df_arrays",
+    "exposure_folds",
     "fit_error_model",
     "flux_ratio",
     "make_pairs",
@@ -192,7 +194,14 @@ def sigma68_stderr(n: int | np.ndarray) -> np.ndarray | float:
 
 
 def _bin_labels(bins: Sequence[float]) -> list[str]:
-    return [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(bins)]
+    def label(lo: float, hi: float) -> str:
+        if np.isneginf(lo):
+            return f"<{hi:g}"
+        if np.isposinf(hi):
+            return f">={lo:g}"
+        return f"{lo:g}-{hi:g}"
+
+    return [label(lo, hi) for lo, hi in itertools.pairwise(bins)]
 
 
 def _bin_index(mag: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -226,22 +235,32 @@ def flux_ratio(wide: pd.DataFrame) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ErrorModel:
-    """Denoised-flux error model σ_den = s(I_auto) · σ_raw, piecewise constant in I_auto.
+    """Denoised-flux error model σ_den = s(I_auto) · g(band) · σ_raw.
 
     Why this model. A denoiser that averages over neighbouring pixels lowers the noise in
-    an aperture by a factor that depends on the aperture size and on how much structure
-    (source light) the network preserves; both vary smoothly with source brightness, and
-    within a 1-mag bin the apertures and sky are alike. So the raw error — which already
-    knows the sky level, aperture area and source Poisson term of each measurement — times
-    one factor per magnitude bin is the simplest model that can be right, with a single
-    free number per bin and no assumption on how the denoiser works. The factor is fitted
-    as s = σ68(Δf_den computed with raw errors) on pairs whose *both* exposures are in a fit
-    set, which makes σ68 = 1 on those pairs by construction (Δf scales as 1/s); it is then
-    checked on pairs whose exposures are *both* held out. Bins with fewer than
-    ``min_pairs`` fit pairs take the factor of the nearest fitted bin (the factor varies
-    with brightness, and the bright bins are the sparse ones: the global factor, dominated
-    by the many faint pairs, would be wrong there); magnitudes outside the bins use the
-    nearest end bin's factor, and the global factor is used only when no bin was fitted.
+    an aperture by a factor that depends on how much of the source the network can tell
+    from the sky, i.e. on the source's signal-to-noise ratio *in that exposure*: faint,
+    sky-dominated apertures are smoothed (and shrunk) most, bright ones keep more of their
+    own pixels. The raw error already knows each measurement's sky level, aperture area and
+    source Poisson term, so the model multiplies it by one factor per I_auto bin, s(I),
+    and one factor per narrow band, g(band): at a given I_auto the band flux, hence the
+    S/N the network sees, differs from band to band (galaxy colours, filter throughput,
+    sky brightness). On the demo survey the per-band factor is what makes the model
+    transfer to exposures it was not fitted on (without it, held-out NB845 pairs gave
+    σ68 ≈ 1.2 and NB455 ≈ 0.9; issue 5 notes). Per-measurement S/N regressors were tried
+    and did worse: at S/N ~ 1–3 (I 21–23 in a narrow band) a measured S/N is mostly noise.
+
+    Fit (:func:`fit_error_model`): on pairs whose *both* exposures are in a fit set,
+    alternating s_k = σ68 of Δf in bin k and g_b = σ68 of Δf in band b (each with the
+    other factor applied), which makes σ68 = 1 per bin and per band on the fit pairs;
+    g is normalised to a pair-weighted geometric mean of 1, so s keeps the meaning of the
+    typical denoised/raw scatter ratio. Bins with fewer than ``min_pairs`` fit pairs take
+    the factor of the nearest fitted bin (the factor varies with brightness and the bright
+    bins are the sparse ones: the global factor, dominated by the many faint pairs, would
+    be wrong there); magnitudes outside the bins use the nearest end bin's factor, the
+    global factor is used only when no bin was fitted, and a band without enough fit
+    pairs (or not seen in the fit) gets g = 1. Checked on exposures not used in the fit
+    by :func:`validate_error_model` and :func:`cross_validate_error_model`.
 
     Limits (honest): Δf compares two exposures, so it measures exposure-to-exposure
     scatter only. A flux bias common to all exposures of a source (e.g. the denoiser
@@ -254,6 +273,8 @@ class ErrorModel:
     n_pairs: np.ndarray
     global_scale: float
     fit_exposures: tuple[int, ...]
+    band_factor: Mapping[str, float] = field(default_factory=dict)
+    band_pairs: Mapping[str, int] = field(default_factory=dict)
 
     def filled_scale(self) -> np.ndarray:
         """Per-bin factors with unfitted bins given the nearest fitted bin's factor."""
@@ -263,20 +284,31 @@ class ErrorModel:
         nearest = fitted[np.abs(np.arange(self.scale.size)[:, None] - fitted).argmin(axis=1)]
         return self.scale[nearest]
 
-    def scale_for(self, mag: np.ndarray | float) -> np.ndarray:
-        """Error scale s for each I_auto magnitude (see the class docstring for gaps)."""
+    def scale_for(
+        self, mag: np.ndarray | float, band: np.ndarray | Sequence[str] | str | None = None
+    ) -> np.ndarray:
+        """Error scale s(I_auto)·g(band) for each measurement (see the class docstring for
+        gaps); without ``band`` the band factor is 1."""
         m = np.atleast_1d(np.asarray(mag, dtype=float))
         filled = self.filled_scale()
         idx = np.clip(np.searchsorted(self.bins, m, side="right") - 1, 0, filled.size - 1)
         s = filled[idx]
         s[~np.isfinite(m)] = self.global_scale
+        if band is not None and self.band_factor:
+            b = np.broadcast_to(np.asarray(band, dtype=object), m.shape)
+            s = s * np.array([self.band_factor.get(str(v), 1.0) for v in b], dtype=float)
         return s
 
+    def scale_for_pairs(self, pairs: pd.DataFrame) -> np.ndarray:
+        """:meth:`scale_for` of a pair table's rows (both sides share I_auto and band)."""
+        band = pairs["band"].to_numpy() if "band" in pairs.columns else None
+        return self.scale_for(pairs["I_auto"].to_numpy(float), band)
+
     def apply(self, wide: pd.DataFrame) -> pd.DataFrame:
-        """Add ``e_den_cal = s(I_auto)·e_raw`` to a wide or pair table (columns with the
-        ``_1``/``_2`` suffixes are handled)."""
+        """Add ``e_den_cal = s(I_auto)·g(band)·e_raw`` to a wide or pair table (columns with
+        the ``_1``/``_2`` suffixes are handled)."""
         out = wide.copy()
-        s = self.scale_for(out["I_auto"].to_numpy(float))
+        s = self.scale_for_pairs(out)
         for suffix in ("", "_1", "_2"):
             if f"e_raw{suffix}" in out.columns:
                 out[f"e_den_cal{suffix}"] = s * out[f"e_raw{suffix}"].to_numpy(float)
@@ -294,15 +326,77 @@ class ErrorModel:
             }
         )
 
+    def band_frame(self) -> pd.DataFrame:
+        """The fitted band factors g(band) and their fit-pair counts."""
+        names = sorted(set(self.band_factor) | set(self.band_pairs))
+        return pd.DataFrame(
+            {
+                "band": names,
+                "n_fit_pairs": [int(self.band_pairs.get(b, 0)) for b in names],
+                "band_factor": [float(self.band_factor.get(b, 1.0)) for b in names],
+            }
+        )
+
+
+def _exposure_bands(exposure_bands: Mapping[int, str] | pd.DataFrame | None,
+                    expnums: np.ndarray) -> dict[int, str]:
+    if exposure_bands is None:
+        return {int(e): "" for e in expnums}
+    if isinstance(exposure_bands, pd.DataFrame):
+        d = exposure_bands.drop_duplicates("expnum")
+        return dict(zip(d["expnum"].astype(int), d["band"].astype(str), strict=True))
+    return {int(k): str(v) for k, v in exposure_bands.items()}
+
 
 def split_exposures(
-    expnums: Iterable[int], fraction: float = 0.5, seed: int = 0
+    expnums: Iterable[int],
+    fraction: float = 0.5,
+    seed: int = 0,
+    exposure_bands: Mapping[int, str] | pd.DataFrame | None = None,
 ) -> tuple[int, ...]:
-    """A random subset (``fraction``) of the distinct exposures, for fitting."""
+    """A random subset (``fraction``) of the distinct exposures, for fitting.
+
+    With ``exposure_bands`` (expnum → band, or a table with ``expnum`` and ``band``) the
+    split is stratified: each band's exposures are split separately (at least one on each
+    side when the band has two or more), so every band is seen by both the fit and the
+    validation (a plain random split of 12 exposures in 3 bands can leave a band out of
+    the fit entirely).
+    """
     e = np.unique(np.asarray(list(expnums), dtype=np.int64))
     rng = np.random.default_rng(seed)
-    k = max(1, round(fraction * e.size))
-    return tuple(int(v) for v in np.sort(rng.choice(e, size=k, replace=False)))
+    if exposure_bands is None:
+        k = max(1, round(fraction * e.size))
+        return tuple(int(v) for v in np.sort(rng.choice(e, size=k, replace=False)))
+    bands = _exposure_bands(exposure_bands, e)
+    chosen: list[int] = []
+    for band in sorted(set(bands.get(int(v), "") for v in e)):
+        members = np.array([v for v in e if bands.get(int(v), "") == band], dtype=np.int64)
+        k = round(fraction * members.size)
+        k = min(max(k, 1), members.size - 1) if members.size >= 2 else members.size
+        chosen += [int(v) for v in rng.choice(members, size=k, replace=False)]
+    return tuple(sorted(chosen))
+
+
+def exposure_folds(
+    exposure_bands: Mapping[int, str] | pd.DataFrame, folds: int = 2, seed: int = 0
+) -> list[tuple[int, ...]]:
+    """Split the exposures into ``folds`` disjoint groups, stratified by band.
+
+    Each band's exposures are shuffled and dealt round-robin (starting at a random fold,
+    so small bands do not all fill fold 0), so every fold holds a share of every band.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    bands = _exposure_bands(exposure_bands, np.array([], dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for band in sorted(set(bands.values())):
+        members = np.array(sorted(e for e, b in bands.items() if b == band), dtype=np.int64)
+        rng.shuffle(members)
+        start = int(rng.integers(folds))
+        for i, ex in enumerate(members):
+            out[(start + i) % folds].append(int(ex))
+    return [tuple(sorted(f)) for f in out]
 
 
 def _pairs_in(pairs: pd.DataFrame, exposures: Iterable[int], both: bool) -> pd.DataFrame:
@@ -317,58 +411,90 @@ def fit_error_model(
     fit_exposures: Iterable[int],
     bins: Sequence[float] = DEFAULT_BINS,
     min_pairs: int = 50,
+    *,
+    band_factors: bool = True,
+    open_ends: bool = True,
+    iterations: int = 8,
 ) -> ErrorModel:
-    """Fit s per I_auto bin on pairs whose two exposures are both in ``fit_exposures``."""
+    """Fit s(I_auto) (and g(band) with ``band_factors``) on pairs whose two exposures are
+    both in ``fit_exposures`` (see :class:`ErrorModel` for the model and the fit).
+
+    With ``open_ends`` the model's bins get two more, below the first and above the last
+    edge (``-inf`` and ``inf``), so sources outside the reporting bins (e.g. I_auto > 23,
+    often the majority of a deep catalogue) have a factor of their own instead of the
+    nearest end bin's.
+    """
     pairs = _compute(pairs)
     bins = np.asarray(bins, dtype=float)
+    if open_ends:
+        bins = np.unique(np.r_[-np.inf, bins, np.inf])
     fit_exposures = tuple(sorted(set(int(v) for v in fit_exposures)))
     fit = _pairs_in(pairs, fit_exposures, both=True)
     if len(fit) == 0:
         raise ValueError("no pair has both exposures in fit_exposures")
     d = delta_f(fit, "denoised", errors="raw")
-    idx = _bin_index(fit["I_auto"].to_numpy(float), bins)
-    nb = len(bins) - 1
-    scale = np.full(nb, np.nan)
-    n = np.zeros(nb, dtype=np.int64)
-    for i in range(nb):
-        di = d[(idx == i) & np.isfinite(d)]
-        n[i] = di.size
-        if di.size >= min_pairs:
-            scale[i] = sigma68(di)
+    ok = np.isfinite(d)
     glob = sigma68(d)
     if not np.isfinite(glob) or glob <= 0:
         raise ValueError("could not fit a global error scale (no finite Δf)")
+    idx = _bin_index(fit["I_auto"].to_numpy(float), bins)
+    nb = len(bins) - 1
+    n = np.array([int(((idx == i) & ok).sum()) for i in range(nb)], dtype=np.int64)
+    band = fit["band"].astype(str).to_numpy() if "band" in fit.columns else np.full(len(fit), "")
+    names = sorted(set(band[ok]))
+    band_n = {b: int(((band == b) & ok).sum()) for b in names}
+    fitted_bands = [b for b in names if band_n[b] >= min_pairs] if band_factors else []
+    if len(fitted_bands) < 2:
+        fitted_bands = []  # one band: its factor is not separable from s(I)
+    g = {b: 1.0 for b in fitted_bands}
+    scale = np.full(nb, np.nan)
+    for i in range(nb):
+        if n[i] >= min_pairs:
+            scale[i] = sigma68(d[idx == i])
+    for _ in range(iterations if fitted_bands else 0):
+        model = ErrorModel(bins, scale, n, glob, fit_exposures, dict(g))
+        r = d / model.scale_for(fit["I_auto"].to_numpy(float), band)
+        for b in fitted_bands:
+            g[b] *= sigma68(r[band == b])
+        # geometric mean of g (pair-weighted) = 1: s keeps its meaning
+        w = np.array([band_n[b] for b in fitted_bands], dtype=float)
+        norm = float(np.exp(np.sum(w * np.log([g[b] for b in fitted_bands])) / w.sum()))
+        g = {b: v / norm for b, v in g.items()}
+        model = ErrorModel(bins, scale, n, glob, fit_exposures, dict(g))
+        r = d / model.scale_for(fit["I_auto"].to_numpy(float), band)
+        for i in range(nb):
+            if n[i] >= min_pairs:
+                scale[i] *= sigma68(r[idx == i])
     return ErrorModel(
-        bins=bins, scale=scale, n_pairs=n, global_scale=glob, fit_exposures=fit_exposures
+        bins=bins,
+        scale=scale,
+        n_pairs=n,
+        global_scale=glob,
+        fit_exposures=fit_exposures,
+        band_factor={b: float(v) for b, v in g.items()},
+        band_pairs=band_n,
     )
 
 
-def validate_error_model(
-    pairs: pd.DataFrame,
-    model: ErrorModel,
-    bins: Sequence[float] | None = None,
-    *,
-    min_pairs: int = 400,
-    tolerance: float = 0.05,
+def _validation_table(
+    held: pd.DataFrame,
+    d_cal: np.ndarray,
+    bins: np.ndarray,
+    min_pairs: int,
+    tolerance: float,
 ) -> pd.DataFrame:
-    """σ68 of denoised Δf with the model's errors on held-out pairs (neither exposure in
-    the fit set), overall and per bin, with ``passed = |σ68 − 1| <= tolerance`` for rows
-    with at least ``min_pairs`` pairs (``passed`` is NA otherwise). ``sigma68_stderr`` is
-    the Gaussian standard error of the estimate (≈0.96/√n): with 400 pairs ≈ 0.048.
-    """
-    pairs = _compute(pairs)
-    bins = np.asarray(model.bins if bins is None else bins, dtype=float)
-    held = _pairs_in(pairs, model.fit_exposures, both=False)
-    s = model.scale_for(held["I_auto"].to_numpy(float))
-    d_cal = delta_f(held, "denoised", errors="raw", scale=s)
+    """σ68 rows overall, per I_auto bin and per band of model-error Δf on held-out pairs."""
     d_raw = delta_f(held, "raw")
     idx = _bin_index(held["I_auto"].to_numpy(float), bins)
-    rows = []
     groups = [("all", np.nan, np.nan, np.ones(len(held), bool))]
     groups += [
         (lab, lo, hi, idx == i)
         for i, (lab, lo, hi) in enumerate(zip(_bin_labels(bins), bins[:-1], bins[1:], strict=True))
     ]
+    if "band" in held.columns:
+        band = held["band"].astype(str).to_numpy()
+        groups += [(f"band {b}", np.nan, np.nan, band == b) for b in sorted(set(band))]
+    rows = []
     for lab, lo, hi, sel in groups:
         dc = d_cal[sel & np.isfinite(d_cal)]
         s68 = sigma68(dc)
@@ -389,6 +515,70 @@ def validate_error_model(
     out = pd.DataFrame(rows)
     out["passed"] = out["passed"].astype("boolean")
     return out
+
+
+def validate_error_model(
+    pairs: pd.DataFrame,
+    model: ErrorModel,
+    bins: Sequence[float] | None = None,
+    *,
+    min_pairs: int = 400,
+    tolerance: float = 0.05,
+) -> pd.DataFrame:
+    """σ68 of denoised Δf with the model's errors on held-out pairs (neither exposure in
+    the fit set), overall, per bin (``bins``, default the model's finite edges) and per
+    band, with ``passed = |σ68 − 1| <= tolerance`` for rows with at least ``min_pairs``
+    pairs (``passed`` is NA otherwise).
+    ``sigma68_stderr`` is the Gaussian standard error of the estimate (≈0.96/√n: with 400
+    pairs ≈ 0.048; pairs sharing a source are not independent, so the true one is larger).
+    """
+    pairs = _compute(pairs)
+    if bins is None:
+        bins = model.bins[np.isfinite(model.bins)]
+    bins = np.asarray(bins, dtype=float)
+    held = _pairs_in(pairs, model.fit_exposures, both=False)
+    d_cal = delta_f(held, "denoised", errors="raw", scale=model.scale_for_pairs(held))
+    return _validation_table(held, d_cal, bins, min_pairs, tolerance)
+
+
+def cross_validate_error_model(
+    pairs: pd.DataFrame,
+    exposure_bands: Mapping[int, str] | pd.DataFrame,
+    bins: Sequence[float] = DEFAULT_BINS,
+    *,
+    folds: int = 2,
+    seed: int = 0,
+    min_fit_pairs: int = 50,
+    min_pairs: int = 400,
+    tolerance: float = 0.05,
+    band_factors: bool = True,
+) -> tuple[pd.DataFrame, list[ErrorModel]]:
+    """k-fold cross-validation of the error model over exposures, stratified by band.
+
+    The exposures are dealt into ``folds`` groups (:func:`exposure_folds`); for each group,
+    the model is fitted on the pairs whose two exposures are both *outside* it and applied
+    to the pairs whose two exposures are both *inside* it. The held-out Δf of all folds are
+    pooled into one table like :func:`validate_error_model`'s (every validation pair is
+    judged by a model that never saw either of its exposures); pairs straddling a fold
+    boundary are used by neither side. Returns the table and the per-fold models.
+    """
+    pairs = _compute(pairs)
+    bins = np.asarray(bins, dtype=float)
+    groups = exposure_folds(exposure_bands, folds, seed)
+    held_parts: list[pd.DataFrame] = []
+    d_parts: list[np.ndarray] = []
+    models: list[ErrorModel] = []
+    every = sorted({e for grp in groups for e in grp})
+    for grp in groups:
+        fit_set = [e for e in every if e not in set(grp)]
+        model = fit_error_model(pairs, fit_set, bins, min_fit_pairs, band_factors=band_factors)
+        held = _pairs_in(pairs, grp, both=True)
+        models.append(model)
+        held_parts.append(held)
+        d_parts.append(delta_f(held, "denoised", errors="raw", scale=model.scale_for_pairs(held)))
+    held = pd.concat(held_parts, ignore_index=True)
+    table = _validation_table(held, np.concatenate(d_parts), bins, min_pairs, tolerance)
+    return table, models
 
 
 # --------------------------------------------------------------------------------------
@@ -420,7 +610,7 @@ def summarise(
     nanv = np.full(len(pairs), np.nan)
     d_den = delta_f(pairs, "denoised", errors="raw") if has_den else nanv
     d_mod = (
-        delta_f(pairs, "denoised", errors="raw", scale=model.scale_for(mag))
+        delta_f(pairs, "denoised", errors="raw", scale=model.scale_for_pairs(pairs))
         if (has_den and model is not None)
         else nanv
     )
@@ -461,7 +651,7 @@ def df_arrays(pairs: Any, model: ErrorModel | None = None) -> dict[str, np.ndarr
     if "f_den_1" in pairs.columns:
         out["denoised_rawerr"] = delta_f(pairs, "denoised", errors="raw")
         if model is not None:
-            s = model.scale_for(pairs["I_auto"].to_numpy(float))
+            s = model.scale_for_pairs(pairs)
             out["denoised_model"] = delta_f(pairs, "denoised", errors="raw", scale=s)
     return {k: v[np.isfinite(v)] for k, v in out.items()}
 

@@ -89,11 +89,16 @@ class CompareConfig(BaseModel):
         description="Edges of the I_auto bins (AB mag); default 1-mag bins 17–23.",
     )
     exclude_flagged: bool = Field(True, description="Drop flagged measurements before pairing.")
-    fit_fraction: float = Field(
-        0.5, gt=0, lt=1, description="Fraction of exposures whose pairs fit the error model; "
-        "pairs of the other exposures validate it."
+    folds: int = Field(
+        2, ge=2, description="Cross-validation of the error model: exposures are dealt into "
+        "this many groups, stratified by band; each group's pairs are judged by a model fitted "
+        "on the pairs of the other groups' exposures. The reported model is fitted on all."
     )
-    seed: int = Field(0, description="Seed of the fit/validation split of exposures.")
+    band_factors: bool = Field(
+        True, description="Error model with a factor per band, g(band), on top of s(I_auto): "
+        "at a given I_auto the band's S/N, hence the denoiser's noise reduction, differs."
+    )
+    seed: int = Field(0, description="Seed of the cross-validation split of exposures.")
     min_fit_pairs: int = Field(30, ge=1, description="Fit a bin's own scale from this many pairs.")
     min_validate_pairs: int = Field(
         100, ge=1, description="Judge a bin pass/fail only with at least this many pairs."

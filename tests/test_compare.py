@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 
 from pausdenoise.compare import (
-    DEFAULT_BINS,
     calibrate,
+    cross_validate_error_model,
     delta_f,
     df_arrays,
+    exposure_folds,
     fit_error_model,
     make_pairs,
     sigma68,
@@ -28,12 +29,13 @@ TRUE_K = np.array([0.50, 0.55, 0.60, 0.70, 0.80, 0.90])
 DEN_BIAS = 0.01  # denoised fluxes 1 % high
 
 
-def synthetic_table(n_src=6000, n_exp=12, seed=0, bands=("NB455",)):
+def synthetic_table(n_src=6000, n_exp=12, seed=0, bands=("NB455",), band_k=None):
     """A long photometry table (raw + denoised) with known truth.
 
     Raw fluxes scatter by exactly their errors; denoised fluxes scatter by TRUE_K × the raw
     error (per I_auto bin) around (1 + DEN_BIAS) × truth, and their own reported errors
-    are the raw ones (what a pipeline that ignores denoising would report).
+    are the raw ones (what a pipeline that ignores denoising would report). ``band_k``
+    (band -> factor) multiplies TRUE_K per band; each band has its own ``n_exp`` exposures.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -42,11 +44,12 @@ def synthetic_table(n_src=6000, n_exp=12, seed=0, bands=("NB455",)):
     ftrue = 10 ** (-0.4 * (mags - 23.9))
     sig = np.sqrt(0.01 * ftrue + 0.5**2)
     k = TRUE_K[np.clip(np.floor(mags - 17).astype(int), 0, 5)]
-    for band in bands:
-        for e in exps:
+    for ib, band in enumerate(bands):
+        kb = k * (band_k or {}).get(band, 1.0)
+        for e in exps + ib * n_exp:
             zp = rng.uniform(0.8, 1.2)
             f_raw = ftrue + rng.normal(0, sig)
-            f_den = ftrue * (1 + DEN_BIAS) + rng.normal(0, k * sig)
+            f_den = ftrue * (1 + DEN_BIAS) + rng.normal(0, kb * sig)
             for kind, f in (("raw", f_raw), ("denoised", f_den)):
                 rows.append(
                     pd.DataFrame(
@@ -232,7 +235,9 @@ def test_error_model_validated_on_held_out_exposures(synth, synth_pairs):
     assert len(fit_set) == 6
     model = fit_error_model(synth_pairs, fit_set)
     # the fitted scale is the true denoised/raw scatter ratio
-    np.testing.assert_allclose(model.scale, TRUE_K, atol=0.06)
+    # (open-ended bins below 17 and above 23 hold no source here)
+    np.testing.assert_allclose(model.scale[1:-1], TRUE_K, atol=0.06)
+    assert np.isnan(model.scale[[0, -1]]).all() and model.band_factor == {}
     val = validate_error_model(synth_pairs, model)
     per_bin = val.iloc[1:]
     assert (per_bin.n_pairs >= 400).all()
@@ -245,12 +250,12 @@ def test_error_model_validated_on_held_out_exposures(synth, synth_pairs):
     no_model = fit_error_model(
         synth_pairs.assign(f_den_1=synth_pairs.f_raw_1, f_den_2=synth_pairs.f_raw_2), fit_set
     )
-    np.testing.assert_allclose(no_model.scale, 1.0, atol=0.06)
+    np.testing.assert_allclose(no_model.scale[1:-1], 1.0, atol=0.06)
     assert not validate_error_model(synth_pairs, no_model).iloc[1:4].passed.any()
     s = summarise(synth_pairs, model=model)
     np.testing.assert_allclose(s.sigma68_den_model.iloc[1:], 1.0, atol=0.05)
     assert "denoised_model" in df_arrays(synth_pairs, model)
-    assert model.to_frame().shape[0] == len(DEFAULT_BINS) - 1
+    assert list(model.to_frame().bin) == ["<17", *[f"{a}-{a + 1}" for a in range(17, 23)], ">=23"]
 
 
 def test_truth_comparison(synth):
@@ -288,3 +293,72 @@ def test_unfitted_bins_take_the_nearest_fitted_factor():
     # 17-18 takes 18-19's factor; 19-20 is equidistant and takes the brighter neighbour;
     # outside the bins: the nearest end bin; NaN magnitude: the global factor
     np.testing.assert_allclose(s, [0.9, 0.9, 0.9, 0.4, 0.9, 0.4, 0.45])
+
+
+# ------------------------------------------------------- error model across bands, CV
+
+
+BAND_K = {"NB455": 0.8, "NB615": 1.0, "NB845": 1.25}
+
+
+@pytest.fixture(scope="module")
+def three_bands():
+    table, _ = synthetic_table(n_src=2500, n_exp=6, seed=3, bands=tuple(BAND_K), band_k=BAND_K)
+    wide = widen(table)
+    return make_pairs(wide), wide[["expnum", "band"]].drop_duplicates("expnum")
+
+
+def test_split_and_folds_are_stratified_by_band(three_bands):
+    _, eb = three_bands
+    bands = dict(zip(eb.expnum, eb.band, strict=True))
+    fit = split_exposures(eb.expnum, 0.5, seed=1, exposure_bands=eb)
+    for b in BAND_K:
+        n_in = sum(bands[e] == b for e in fit)
+        assert n_in == 3  # half of each band's 6 exposures, never a band left out
+    folds = exposure_folds(eb, folds=3, seed=2)
+    flat = [e for f in folds for e in f]
+    assert sorted(flat) == sorted(eb.expnum) and len(set(flat)) == len(flat)
+    for f in folds:
+        # 6 exposures per band dealt into 3 folds: 2 of every band in each
+        assert sorted(bands[e] for e in f) == sorted([b for b in BAND_K for _ in range(2)])
+    with pytest.raises(ValueError, match="folds"):
+        exposure_folds(eb, folds=1)
+
+
+def test_band_factors_are_recovered_and_needed(three_bands):
+    pairs, eb = three_bands
+    model = fit_error_model(pairs, eb.expnum, min_pairs=50)
+    g = model.band_factor
+    # identified up to a common factor (normalised to a geometric mean of 1)
+    assert g["NB845"] / g["NB455"] == pytest.approx(1.25 / 0.8, rel=0.05)
+    assert g["NB615"] / g["NB455"] == pytest.approx(1.0 / 0.8, rel=0.05)
+    s = model.scale_for(np.array([22.5, 22.5]), ["NB845", "NB999"])
+    assert s[0] == pytest.approx(TRUE_K[5] * 1.25, rel=0.06)
+    assert s[1] == pytest.approx(model.scale_for(22.5)[0])  # unknown band: g = 1
+    assert set(model.band_frame().band) == set(BAND_K)
+
+    val, models = cross_validate_error_model(pairs, eb, folds=2, seed=0, min_pairs=400)
+    assert len(models) == 2
+    assert set(models[0].fit_exposures).isdisjoint(models[1].fit_exposures)
+    rows = val.set_index("bin")
+    for b in BAND_K:
+        assert rows.loc[f"band {b}", "sigma68_den_model"] == pytest.approx(1.0, abs=0.05)
+    judged = val[val.passed.notna()]
+    assert len(judged) >= 9 and judged.passed.all()
+    # without the band factor the per-band calibration fails on held-out exposures
+    val0, _ = cross_validate_error_model(pairs, eb, folds=2, seed=0, band_factors=False)
+    rows0 = val0.set_index("bin")
+    assert rows0.loc["band NB845", "sigma68_den_model"] > 1.1
+    assert rows0.loc["band NB455", "sigma68_den_model"] < 0.9
+    assert not rows0.loc[["band NB455", "band NB845"], "passed"].any()
+
+
+def test_open_ended_bins_fit_sources_beyond_the_edges(three_bands):
+    pairs, eb = three_bands
+    # bins 17-20 only: sources at 20-23 fall in the open bin above, with their own factor
+    model = fit_error_model(pairs, eb.expnum, bins=[17, 18, 19, 20], min_pairs=50)
+    assert list(model.to_frame().bin) == ["<17", "17-18", "18-19", "19-20", ">=20"]
+    assert model.scale[-1] == pytest.approx(np.mean(TRUE_K[3:]), abs=0.1)
+    closed = fit_error_model(pairs, eb.expnum, bins=[17, 18, 19, 20], min_pairs=50,
+                             open_ends=False)
+    assert closed.scale.size == 3

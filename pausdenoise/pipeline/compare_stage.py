@@ -5,9 +5,12 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
 - ``sigma68_by_bin.csv`` (+ ``.json``): per I_auto bin and overall, pair counts, σ68 of Δf
   for raw fluxes, denoised fluxes with raw errors and with the calibrated error model, and
   the median denoised/raw flux ratio;
-- ``error_model.csv``: the fitted error scale per bin and the exposures it was fitted on;
-- ``error_model_validation.csv``: σ68 with model errors on held-out pairs (neither exposure
-  used in the fit), with pass/fail against 1.00 ± tolerance;
+- ``error_model.csv`` / ``error_model_bands.csv``: the error model σ_den = s(I_auto)·g(band)·σ_raw
+  fitted on all pairs: s per bin, g per band (:class:`pausdenoise.compare.ErrorModel`);
+- ``error_model_validation.csv``: σ68 with model errors on held-out pairs, by k-fold
+  cross-validation over exposures stratified by band (each pair judged by a model fitted
+  without either of its exposures), overall, per bin and per band, with pass/fail against
+  1.00 ± tolerance for rows with enough pairs;
 - ``truth_comparison.csv``: flux bias and scatter against the truth (simulation only): the
   true flux is the source's own noiseless flux inside its aperture (``flux_true_aper_adu``
   × the exact zero-point), so aperture losses do not pose as bias;
@@ -43,23 +46,34 @@ def run_compare(ctx: Context) -> dict[str, Any]:
     summary: dict[str, Any] = {"pairs": len(pairs), "measurements": len(wide)}
     model = None
     if "f_den_1" in pairs.columns and len(pairs):
-        fit_exp = cmp.split_exposures(wide["expnum"].unique(), cfg.fit_fraction, cfg.seed)
+        exp_bands = wide[["expnum", "band"]].drop_duplicates("expnum")
         try:
-            model = cmp.fit_error_model(pairs, fit_exp, bins, min_pairs=cfg.min_fit_pairs)
+            model = cmp.fit_error_model(pairs, exp_bands["expnum"], bins,
+                                        min_pairs=cfg.min_fit_pairs, band_factors=cfg.band_factors)
         except ValueError as exc:
             summary["error_model"] = f"not fitted: {exc}"
         if model is not None:
             mf = model.to_frame()
             mf["global_scale"] = model.global_scale
             mf.to_csv(out / "error_model.csv", index=False)
-            val = cmp.validate_error_model(pairs, model, bins, min_pairs=cfg.min_validate_pairs,
-                                           tolerance=cfg.tolerance)
-            val.to_csv(out / "error_model_validation.csv", index=False)
-            summary["error_model_fit_exposures"] = list(model.fit_exposures)
+            model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
             summary["error_model_global_scale"] = model.global_scale
-            allrow = val[val["bin"] == "all"].iloc[0]
-            summary["validation_sigma68_all"] = float(allrow["sigma68_den_model"])
-            summary["validation_pairs"] = int(allrow["n_pairs"])
+            summary["error_model_band_factor"] = dict(model.band_factor)
+            try:
+                val, fold_models = cmp.cross_validate_error_model(
+                    pairs, exp_bands, bins, folds=cfg.folds, seed=cfg.seed,
+                    min_fit_pairs=cfg.min_fit_pairs, min_pairs=cfg.min_validate_pairs,
+                    tolerance=cfg.tolerance, band_factors=cfg.band_factors)
+            except ValueError as exc:
+                summary["error_model_validation"] = f"not validated: {exc}"
+            else:
+                val.to_csv(out / "error_model_validation.csv", index=False)
+                summary["error_model_folds"] = [list(m.fit_exposures) for m in fold_models]
+                allrow = val[val["bin"] == "all"].iloc[0]
+                summary["validation_sigma68_all"] = float(allrow["sigma68_den_model"])
+                summary["validation_pairs"] = int(allrow["n_pairs"])
+                judged = val[val["passed"].notna()]
+                summary["validation_bins_passed"] = f"{int(judged['passed'].sum())}/{len(judged)}"
     by_bin = cmp.summarise(pairs, bins, model=model, measurements=wide)
     by_bin.to_csv(out / "sigma68_by_bin.csv", index=False)
     (out / "sigma68_by_bin.json").write_text(by_bin.to_json(orient="records", indent=2))
@@ -83,5 +97,5 @@ def run_compare(ctx: Context) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     note = (f"{len(pairs)} pairs; σ68 raw {summary.get('sigma68_raw', np.nan):.2f}, "
             f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
-            f"denoised/model-errors (held out) {summary.get('validation_sigma68_all', np.nan):.2f}")
+            f"denoised/model-errors (cross-validated) {summary.get('validation_sigma68_all', np.nan):.2f}")
     return {"note": note, **summary}
