@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 DEMO_GAN_DIR ?= demo-gan-output
 
-.PHONY: all setup demo demo-gan test test-slow lint bench fuzz clean
+.PHONY: all setup demo demo-gan test test-slow lint bench fuzz careamics clean
 
 all: test
 
@@ -40,6 +40,24 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# CAREamics in its own venv, for benchmarks/bench_careamics.py (its default --care-python).
+# careamics 0.3.5 pins torch<2.14 / torchvision<=0.26; the torchvision wheels are CUDA builds,
+# so torch is pinned to the matching build (2.10.0 + 0.25.0, CUDA 12.8 from the index, ~5 GB
+# with the nvidia-* wheels; runs on CPU without a GPU). Pinned, so the local torch 2.13.0+cpu
+# wheel is never picked.
+CARE_VENV := .venv-careamics
+CARE_PIP  := torch==2.10.0 torchvision==0.25.0 careamics==0.3.5
+
+$(CARE_VENV)/.installed:
+	$(PYTHON) -m venv $(CARE_VENV)
+	$(CARE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CARE_VENV)/bin/python -m pip install -q $(CARE_PIP)
+	$(CARE_VENV)/bin/python -c "import careamics, torch, torchvision; \
+	  from careamics import CAREamist; print('careamics', careamics.__version__, 'torch', torch.__version__)"
+	touch $@
+
+careamics: $(CARE_VENV)/.installed
 
 # Coverage-guided fuzzing (atheris) of the FITS header reader and the catalogue reader,
 # FUZZ_SECONDS each; corpus and logs in bench-output/fuzz/. Not part of `make test`.

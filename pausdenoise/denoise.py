@@ -47,13 +47,18 @@ in the graph once, as a single key named after its fingerprint, that every block
 on: the threaded scheduler shares it, the distributed scheduler ships it once per worker
 (a data dependency), and two frames denoised with the same model share that one key. In each
 process, :func:`get_model` resolves a ref into an eval-mode :class:`UNet` on the chosen device
-once (a locked cache keyed by fingerprint and device). With a checkpoint-path ref the graph
+once (a locked cache keyed by fingerprint and device). On CPU the cached network is its
+optimised inference copy (:func:`pausdenoise.n2v.unet.optimise_for_inference`: channels-last,
+traced and frozen with TorchScript, eager channels-last if tracing fails; equal to the eager
+network within float32 round-off, ≈ 1.8× faster); ``PAUSDENOISE_CPU_OPTIMISE=0`` in a worker's
+environment keeps the plain eager network. With a checkpoint-path ref the graph
 holds only the path; with an in-memory ref it holds the weights once (≈ 1.9 MB for the default
 depth-2 / 32-channel net), independent of the number of chunks and frames.
 
 Threads
 -------
-Forward passes of an eval-mode module under ``no_grad`` are thread-safe; the threaded
+Forward passes of an eval-mode module (eager or frozen TorchScript) under ``no_grad`` are
+thread-safe; the threaded
 scheduler calls blocks concurrently (tested). PyTorch's intra-op threads multiply with dask's
 threads, so each process sets ``torch.set_num_threads`` once, deliberately
 (:func:`default_torch_threads`). On CUDA, forwards within a process are serialised by a lock
@@ -92,7 +97,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
-from pausdenoise.n2v.unet import UNet, UNetConfig, predict_array
+from pausdenoise.n2v.unet import (
+    OptimisedUNet,
+    UNet,
+    UNetConfig,
+    optimise_for_inference,
+    predict_array,
+)
 
 __all__ = [
     "ChunkingError",
@@ -101,6 +112,7 @@ __all__ = [
     "as_model_ref",
     "check_chunks",
     "clear_model_cache",
+    "cpu_optimise_default",
     "default_torch_threads",
     "denoise_frame",
     "denoise_key",
@@ -131,9 +143,15 @@ class DenoiseConfig(BaseModel):
         Where each worker runs the network. ``"auto"`` is resolved *in the worker* (CUDA when
         that process sees a GPU, else CPU), so a CPU-only client can drive GPU workers.
     precision : {"float32", "bfloat16", "float16"}
-        Reduced precision (``torch.autocast``) is used on CUDA only; with ``device="cpu"`` it
-        is rejected, with ``"auto"`` on a CPU worker it falls back to float32 with a warning.
-        Measure its error first with :func:`measure_precision_error`.
+        Reduced precision (``torch.autocast``). On CUDA both are used. On CPU, float32 is the
+        default and ``"auto"`` on a CPU worker falls back to float32 with a warning; bfloat16
+        autocast runs on CPU only when asked for explicitly with ``device="cpu",
+        precision="bfloat16"`` (float16 with ``device="cpu"`` is rejected). CPU bfloat16 is
+        ≈ 2× faster than the optimised float32 network but its error grows with the pixel
+        value (8-bit mantissa): on the demo model and frame, RMS 5e-3 σ, max 0.05 σ on
+        pixels within 3 σ of the sky but 1.5 σ at bright stars, far above the 1e-5 σ of
+        float32 (benchmarks/RESULTS.md, "CPU inference"); not for photometry. Measure it
+        first with :func:`measure_precision_error`.
     batch_size : int
         Sub-tiles per forward pass when ``tile_size`` splits a block (the GPU batch).
     tile_size : int or None
@@ -185,10 +203,10 @@ class DenoiseConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DenoiseConfig:
-        if self.device == "cpu" and self.precision != "float32":
+        if self.device == "cpu" and self.precision == "float16":
             raise ValueError(
-                f"precision={self.precision!r} needs device='cuda' (or 'auto'); "
-                "reduced precision is only used on CUDA"
+                "precision='float16' needs device='cuda' (or 'auto'); on CPU only bfloat16 "
+                "can be asked for, explicitly (device='cpu', precision='bfloat16')"
             )
         return self
 
@@ -315,7 +333,7 @@ def as_model_ref(model: UNet | ModelRef | str | os.PathLike) -> ModelRef:
 # --------------------------------------------------------------------------- per-process cache
 
 _CACHE_LOCK = threading.Lock()
-_MODEL_CACHE: OrderedDict[tuple[str, str], UNet] = OrderedDict()
+_MODEL_CACHE: OrderedDict[tuple[str, str, bool], UNet | OptimisedUNet] = OrderedDict()
 _MODEL_CACHE_SIZE = 4
 _CACHE_STATS = {"loads": 0, "hits": 0}
 _THREADS_LOCK = threading.Lock()
@@ -331,13 +349,36 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def get_model(ref: ModelRef, device: str | torch.device = "cpu") -> UNet:
+def cpu_optimise_default() -> bool:
+    """Whether CPU inference uses the optimised network: ``PAUSDENOISE_CPU_OPTIMISE`` ≠ ``0``.
+
+    On by default (same results within float32 round-off, ≈ 1.8× faster); setting the
+    variable to ``0`` in a worker's environment runs the plain eager network there.
+    """
+    return os.environ.get("PAUSDENOISE_CPU_OPTIMISE", "1").strip().lower() not in (
+        "0", "false", "no", "off")
+
+
+def get_model(ref: ModelRef, device: str | torch.device = "cpu", *,
+              optimise: bool | None = None) -> UNet | OptimisedUNet:
     """The eval-mode model of ``ref`` on ``device``, loaded at most once per process.
 
     Thread-safe: concurrent callers wait on one lock while the first one loads, so the
     weights are read and moved to the device once. Up to 4 models are kept (LRU).
+
+    Parameters
+    ----------
+    ref : ModelRef
+    device : str or torch.device
+    optimise : bool or None
+        On CPU, return the optimised inference copy
+        (:func:`~pausdenoise.n2v.unet.optimise_for_inference`, built once per process and
+        cached like the model). ``None``: :func:`cpu_optimise_default`. Ignored on CUDA
+        (always the eager network).
     """
-    key = (ref.fingerprint, str(device))
+    dev = torch.device(device)
+    optimise = (cpu_optimise_default() if optimise is None else optimise) and dev.type == "cpu"
+    key = (ref.fingerprint, str(device), optimise)
     with _CACHE_LOCK:
         model = _MODEL_CACHE.get(key)
         if model is not None:
@@ -345,6 +386,11 @@ def get_model(ref: ModelRef, device: str | torch.device = "cpu") -> UNet:
             _CACHE_STATS["hits"] += 1
             return model
         model = ref.load(str(device))
+        if optimise:
+            t0 = time.perf_counter()
+            model = optimise_for_inference(model)
+            log.debug("model %s optimised for CPU inference (%s) in %.2f s", ref.fingerprint,
+                      model.backend, time.perf_counter() - t0)
         _CACHE_STATS["loads"] += 1
         _MODEL_CACHE[key] = model
         while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
@@ -500,12 +546,19 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+#: On CPU a forward pass holds at most this many input pixels (batch × tile area): larger
+#: batches only add memory traffic (the 96-channel skip concatenation of 4 × 320² tiles is
+#: 157 MB); measured 4 × 320² per forward 1.34× slower than 1 × 320² (benchmarks/RESULTS.md,
+#: "CPU inference"). Batching small tiles still amortises the per-call overhead.
+CPU_BATCH_PIXELS = 1 << 17
+
+
 def _tiles(n: int, core: int) -> list[tuple[int, int]]:
     return [(o, min(o + core, n)) for o in range(0, n, core)]
 
 
 def predict_block(
-    model: UNet,
+    model: UNet | OptimisedUNet,
     x: np.ndarray,
     *,
     halo: int,
@@ -522,6 +575,9 @@ def predict_block(
     shape batched ``batch_size`` at a time; this equals the un-split result by the same
     argument as the chunk-level tiling. Runs on the model's device; on CUDA the input goes
     through pinned memory with non-blocking copies and ``precision`` sets the autocast dtype.
+    On CPU a batch is also capped at :data:`CPU_BATCH_PIXELS` input pixels (so 320² tiles
+    go one per forward), the faster choice there; the result does not depend on it.
+    ``model`` is a :class:`UNet` or its optimised CPU copy (:class:`OptimisedUNet`).
     """
     device = next(model.parameters()).device
     ny, nx = x.shape
@@ -543,9 +599,10 @@ def predict_block(
     out = np.empty((ny, nx), dtype=np.float32)
     cuda = device.type == "cuda"
     lock = _GPU_LOCKS.setdefault(str(device), threading.Lock()) if cuda else None
-    for group in groups.values():
-        for b0 in range(0, len(group), batch_size):
-            batch = group[b0:b0 + batch_size]
+    for (gy, gx), group in groups.items():
+        step = batch_size if cuda else max(1, min(batch_size, CPU_BATCH_PIXELS // (gy * gx)))
+        for b0 in range(0, len(group), step):
+            batch = group[b0:b0 + step]
             stack = np.stack([x[ry0:ry1, rx0:rx1] for (ry0, ry1), (rx0, rx1), _, _ in batch])
             xt = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
             with lock if lock is not None else contextlib.nullcontext():
@@ -560,6 +617,9 @@ def predict_block(
 
 
 def _effective_precision(config: DenoiseConfig, device: torch.device) -> str:
+    """The autocast dtype a worker uses: reduced precision on CPU only when explicit."""
+    if device.type == "cpu" and config.device == "cpu" and config.precision == "bfloat16":
+        return "bfloat16"
     if config.precision != "float32" and device.type != "cuda":
         warnings.warn(
             f"precision={config.precision!r} requested but the worker runs on {device}; "
@@ -854,9 +914,11 @@ def measure_precision_error(
     """Error of reduced-precision inference against float32, in units of the noise σ.
 
     Runs :func:`predict_array` on the normalised ``image`` twice on ``device`` (float32 and
-    autocast ``precision``; CPU autocast works for bfloat16, for trying it without a GPU)
-    and compares the outputs. Normalised units are units of the frame's σ, so the numbers
-    read directly as fractions of the noise.
+    autocast ``precision``; CPU autocast works for bfloat16) and compares the outputs.
+    Normalised units are units of the frame's σ, so the numbers read directly as fractions
+    of the noise. On CPU both runs use the network the denoise stage runs there (the
+    optimised copy unless ``PAUSDENOISE_CPU_OPTIMISE=0``; under bfloat16 autocast its eager
+    channels-last form), so the timings compare the two production paths.
 
     Returns
     -------
@@ -866,6 +928,8 @@ def measure_precision_error(
     """
     dev = _resolve_device(device)
     net = ModelRef.from_model(model).load(str(dev))
+    if dev.type == "cpu" and cpu_optimise_default():
+        net = optimise_for_inference(net)
     x = normalise(image, stats, mask)
     results = {}
     timings = {}

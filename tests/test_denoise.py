@@ -27,7 +27,13 @@ from pausdenoise.denoise import (
     suggest_chunks,
 )
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics, normalise
-from pausdenoise.n2v.unet import UNet, UNetConfig, predict_array
+from pausdenoise.n2v.unet import (
+    OptimisedUNet,
+    UNet,
+    UNetConfig,
+    optimise_for_inference,
+    predict_array,
+)
 
 torch.set_num_threads(1)
 
@@ -235,8 +241,11 @@ def test_config_is_strict():
     with pytest.raises(ValueError):
         DenoiseConfig(tile_sise=64)  # typo: extra fields are forbidden
     with pytest.raises(ValueError, match="needs device='cuda'"):
-        DenoiseConfig(device="cpu", precision="bfloat16")
+        DenoiseConfig(device="cpu", precision="float16")
     assert DenoiseConfig(device="auto", precision="bfloat16").precision == "bfloat16"
+    # CPU bfloat16 only when asked for explicitly (device='cpu'); never the default
+    assert DenoiseConfig(device="cpu", precision="bfloat16").precision == "bfloat16"
+    assert DenoiseConfig().precision == "float32"
 
 
 # --------------------------------------------------------------------------- schedulers
@@ -444,6 +453,110 @@ def test_precision_error_measured_against_float32_on_cpu_bf16():
     assert res["device"] == "cpu"
     assert 0 < res["rms_sigma"] < 0.2  # bf16 (8-bit mantissa) is visibly, not grossly, off
     assert res["max_abs_sigma"] >= res["rms_sigma"]
+
+
+# --------------------------------------------------------------------------- CPU inference
+
+
+@pytest.mark.parametrize("n2v2", [False, True])
+@pytest.mark.parametrize("posterior", ["none", "gaussian"])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_optimised_network_equals_eager(n2v2, posterior, batch_norm):
+    """The traced/frozen channels-last copy gives the eager output within 1e-5 σ, at sizes
+    other than the one it was traced at (odd sizes padded by predict_array, batches)."""
+    model = random_unet(2, 4, n2v2, 21, posterior)
+    if not batch_norm:
+        model = UNet(UNetConfig(depth=2, base_channels=4, n2v2=n2v2, posterior=posterior,
+                                batch_norm=False)).eval()
+    opt = optimise_for_inference(model)
+    assert isinstance(opt, OptimisedUNet) and opt.backend == "jit"
+    assert opt.config == model.config and opt.halo() == model.halo()
+    rng = np.random.default_rng(21)
+    for shape in [(1, 1, 100, 76), (3, 1, 64, 200), (1, 1, 37, 41)]:
+        x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32) * 3)
+        want = predict_array(model, x, prior_scale=2.0)
+        got = predict_array(opt, x, prior_scale=2.0)
+        assert got.shape == want.shape
+        assert float((got - want).abs().max()) <= TOL
+    assert all(not p.requires_grad for p in opt.parameters())
+    assert any(p.requires_grad for p in model.parameters())  # the original is untouched
+
+
+def test_optimise_falls_back_to_eager_when_tracing_fails(monkeypatch, caplog):
+    model = random_unet(2, 4, False, 22)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with caplog.at_level("DEBUG", logger="pausdenoise.n2v.unet"):
+        opt = optimise_for_inference(model)
+    assert opt.backend == "eager"
+    assert "no TorchScript here" in caplog.text
+    x = torch.randn(2, 1, 48, 64)
+    assert float((predict_array(opt, x) - predict_array(model, x)).abs().max()) <= TOL
+
+
+def test_optimise_without_torch_jit_freeze(monkeypatch):
+    """A torch without TorchScript's freeze (torch itself needs ``torch.jit``, so the
+    missing piece is simulated one level down) gives the eager channels-last network."""
+    model = random_unet(2, 4, True, 23)
+    monkeypatch.delattr(torch.jit, "freeze")
+    opt = optimise_for_inference(model)
+    assert opt.backend == "eager"
+    x = torch.randn(1, 1, 64, 64)
+    assert float((predict_array(opt, x) - predict_array(model, x)).abs().max()) <= TOL
+
+
+def test_cpu_workers_cache_the_optimised_network(monkeypatch):
+    ref = ModelRef.from_model(random_unet(2, 4, False, 24))
+    clear_model_cache()
+    monkeypatch.delenv("PAUSDENOISE_CPU_OPTIMISE", raising=False)
+    a = dn.get_model(ref, "cpu")
+    assert isinstance(a, OptimisedUNet) and dn.get_model(ref, "cpu") is a
+    assert model_cache_info() == {"loads": 1, "hits": 1, "size": 1}
+    assert isinstance(dn.get_model(ref, "cpu", optimise=False), UNet)
+    monkeypatch.setenv("PAUSDENOISE_CPU_OPTIMISE", "0")
+    assert not dn.cpu_optimise_default()
+    assert isinstance(dn.get_model(ref, "cpu"), UNet)
+    clear_model_cache()
+
+
+def test_chunked_result_independent_of_cpu_optimisation(monkeypatch):
+    model = random_unet(2, 4, False, 25, "gaussian")
+    img = make_image(160, 128, seed=25)
+    stats = frame_statistics(img)
+    x = da.from_array(img, chunks=(64, 64))
+    cfg = DenoiseConfig(device="cpu", tile_size=32, batch_size=2)
+    clear_model_cache()
+    fast = denoise_frame(x, None, stats, model, cfg).compute(scheduler="sync")
+    monkeypatch.setenv("PAUSDENOISE_CPU_OPTIMISE", "0")
+    clear_model_cache()
+    plain = denoise_frame(x, None, stats, model, cfg).compute(scheduler="sync")
+    clear_model_cache()
+    assert_matches(fast, in_sigma(plain, stats), stats)
+
+
+def test_cpu_bfloat16_only_when_explicit():
+    """``device='auto'`` on a CPU worker never runs bf16 (warning, float32 result);
+    ``device='cpu', precision='bfloat16'`` does (different from float32, close to it)."""
+    model = random_unet(2, 4, False, 26)
+    img = make_image(96, 96, seed=26)
+    stats = frame_statistics(img)
+    x = da.from_array(img, chunks=(48, 48))
+    f32 = denoise_frame(x, None, stats, model, DenoiseConfig(device="cpu")).compute()
+    with pytest.warns(RuntimeWarning, match="using float32"):
+        auto = denoise_frame(x, None, stats, model,
+                             DenoiseConfig(device="auto", precision="bfloat16")).compute()
+    np.testing.assert_array_equal(auto, f32)
+    bf16 = denoise_frame(x, None, stats, model,
+                         DenoiseConfig(device="cpu", precision="bfloat16")).compute()
+    d = np.abs(in_sigma(bf16, stats) - in_sigma(f32, stats))
+    assert 0 < d.max() < 0.5 and np.sqrt(np.mean(d**2)) < 0.05
+    assert (dn.denoise_key(ModelRef.from_model(model), stats, model.halo(),
+                           DenoiseConfig(device="cpu", precision="bfloat16"))
+            != dn.denoise_key(ModelRef.from_model(model), stats, model.halo(),
+                              DenoiseConfig(device="cpu")))
 
 
 # --------------------------------------------------------------------------- checkpoint / gpu

@@ -1,7 +1,8 @@
 """Noise2Void / N2V2 denoising network: architecture, normalisation, masking, training, checkpoints.
 
 Public API (import from here): the U-Net (:class:`UNet`, :class:`UNetConfig`,
-:func:`predict_array`), per-frame normalisation (:class:`FrameStats`, :func:`frame_statistics`,
+:func:`predict_array`; :func:`optimise_for_inference` for a faster CPU inference copy,
+:class:`OptimisedUNet`), per-frame normalisation (:class:`FrameStats`, :func:`frame_statistics`,
 :func:`normalise`, :func:`denormalise`), blind-spot masking and losses
 (:func:`apply_blind_spot`, :func:`n2v_loss`, :func:`gaussian_nll_loss`,
 :func:`blind_spot_loss`), out-of-core patch sampling (:class:`Frame`, :class:`PatchSampler`,
@@ -59,7 +60,14 @@ from pausdenoise.n2v.train import (
     UNetSettings,
     train_n2v,
 )
-from pausdenoise.n2v.unet import UNet, UNetConfig, pad_to_multiple, predict_array
+from pausdenoise.n2v.unet import (
+    OptimisedUNet,
+    UNet,
+    UNetConfig,
+    optimise_for_inference,
+    pad_to_multiple,
+    predict_array,
+)
 
 __all__ = [
     "DEFAULT_MASKED_FRACTION",
@@ -68,6 +76,7 @@ __all__ = [
     "CheckpointError",
     "Frame",
     "FrameStats",
+    "OptimisedUNet",
     "PatchSampler",
     "PlateauSchedule",
     "Region",
@@ -88,6 +97,7 @@ __all__ = [
     "make_validation_set",
     "n2v_loss",
     "normalise",
+    "optimise_for_inference",
     "pad_to_multiple",
     "predict_array",
     "read_metadata",

