@@ -29,7 +29,13 @@ from pausdenoise.gan.models import (
     predict_array,
 )
 from pausdenoise.gan.pairs import CutoutPairs, cutout_origins, make_pairs
-from pausdenoise.gan.train import GanTrainConfig, train_pix2pix, train_step
+from pausdenoise.gan.train import (
+    GanTrainConfig,
+    masked_flux_loss,
+    masked_l1,
+    train_pix2pix,
+    train_step,
+)
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics
 
 torch.set_num_threads(1)
@@ -119,7 +125,7 @@ def test_one_training_step_changes_weights():
     losses = train_step(
         g, d, opt_g, opt_d, torch.from_numpy(p.inputs), torch.from_numpy(p.targets), valid
     )
-    assert set(losses) == {"loss_d", "loss_g_adv", "loss_l1"}
+    assert set(losses) == {"loss_d", "loss_g_adv", "loss_l1", "loss_flux"}
     assert all(np.isfinite(v) for v in losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before_g, g.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(before_d, d.parameters(), strict=True))
@@ -141,6 +147,101 @@ def test_training_lowers_l1_on_learnable_mapping():
     assert np.mean(l1[-4:]) < 0.7 * np.mean(l1[:4])
     assert not g.training
     json.dumps(history)  # JSON-serialisable, for checkpoint metadata
+
+
+# --------------------------------------------------------------------------- flux term
+
+
+def _sources_image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    """Two images of a few positive Gaussian blobs on zero sky, shape (2, 1, size, size)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    out = np.zeros((2, 1, size, size), np.float32)
+    for n in range(2):
+        for _ in range(4):
+            y0, x0 = rng.uniform(4, size - 4, 2)
+            out[n, 0] += rng.uniform(2, 10) * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / 4.5)
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("norm", ["absolute", "squared"])
+def test_flux_term_zero_for_identical_images(norm):
+    t = _sources_image()
+    valid = torch.ones_like(t, dtype=torch.bool)
+    assert float(masked_flux_loss(t, t.clone(), valid, 8, norm)) == 0.0
+
+
+def test_flux_term_positive_for_flux_scaled_output():
+    t = _sources_image()
+    valid = torch.ones_like(t, dtype=torch.bool)
+    low = masked_flux_loss(0.8 * t, t, valid, 8)
+    lower = masked_flux_loss(0.5 * t, t, valid, 8)
+    assert 0 < float(low) < float(lower)
+    # Linear in a flux scaling: |0.2 Σt| per box vs |0.5 Σt|, t ≥ 0 everywhere.
+    assert float(lower) / float(low) == pytest.approx(2.5, rel=1e-5)
+    # Scale 1 is the per-pixel L1.
+    assert float(masked_flux_loss(0.8 * t, t, valid, 1)) == pytest.approx(
+        float(masked_l1(0.8 * t, t, valid)), rel=1e-6)
+    # Squared: quadratic in the deficit.
+    sq = [float(masked_flux_loss(f * t, t, valid, 8, "squared")) for f in (0.8, 0.5)]
+    assert 0 < sq[0] < sq[1] and sq[1] / sq[0] == pytest.approx(6.25, rel=1e-5)
+    with pytest.raises(ValueError, match="norm"):
+        masked_flux_loss(t, t, valid, 8, "cubic")
+
+
+def test_flux_term_sees_flux_not_noise():
+    """Zero-mean pixel noise costs L1 but (almost) nothing in 8×8 box fluxes; a coherent
+    flux deficit of the same L1 costs the full amount in both."""
+    torch.manual_seed(0)
+    t = _sources_image()
+    valid = torch.ones_like(t, dtype=torch.bool)
+    noisy = t + 0.1 * torch.sign(torch.randn_like(t))
+    biased = t - 0.1
+    assert float(masked_l1(noisy, t, valid)) == pytest.approx(0.1, rel=1e-5)
+    assert float(masked_l1(biased, t, valid)) == pytest.approx(0.1, rel=1e-5)
+    assert float(masked_flux_loss(biased, t, valid, 8)) == pytest.approx(0.1, rel=1e-5)
+    assert float(masked_flux_loss(noisy, t, valid, 8)) < 0.03
+
+
+@pytest.mark.parametrize(("norm", "cost"), [("absolute", 0.3), ("squared", 0.09)])
+def test_flux_term_respects_the_mask(norm, cost):
+    t = _sources_image()
+    valid = torch.ones_like(t, dtype=torch.bool)
+    valid[:, :, 10:20, 5:25] = False
+    p = t.clone()
+    p[~valid] = 1e6  # garbage where masked: invisible
+    assert float(masked_flux_loss(p, t, valid, 8, norm)) == 0.0
+    # Per valid pixel: a uniform offset on the valid pixels costs that offset (squared).
+    assert float(masked_flux_loss(t + 0.3, t, valid, 8, norm)) == pytest.approx(cost, rel=1e-5)
+    # Nothing valid: 0, not NaN.
+    none = torch.zeros_like(valid)
+    assert float(masked_flux_loss(p, t, none, 8, norm)) == 0.0
+    with pytest.raises(ValueError, match="flux_scale"):
+        masked_flux_loss(t, t, valid, 64)
+
+
+def test_training_step_with_flux_term():
+    torch.manual_seed(0)
+    g, d = Generator(TINY_G), Discriminator(TINY_D)
+    cfg = GanTrainConfig(generator=TINY_G, discriminator=TINY_D, flux_weight=50.0,
+                         flux_scale=4, flux_norm="squared")
+    from pausdenoise.gan.train import make_optimizers
+
+    opt_g, opt_d = make_optimizers(g, d, cfg)
+    before = [p.detach().clone() for p in g.parameters()]
+    p = _tiny_pairs(n=2)
+    losses = train_step(g, d, opt_g, opt_d, torch.from_numpy(p.inputs),
+                        torch.from_numpy(p.targets), torch.from_numpy(p.valid),
+                        cfg.l1_weight, cfg.flux_weight, cfg.flux_scale, cfg.flux_norm)
+    assert losses["loss_flux"] > 0 and all(np.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters(), strict=True))
+    # Through train_pix2pix too, recorded per epoch.
+    cfg2 = cfg.model_copy(update={"epochs": 1, "batch_size": 2, "device": "cpu",
+                                  "progress": False})
+    _, history = train_pix2pix(_tiny_pairs(n=4), cfg2)
+    assert "loss_flux" in history["epoch"][0] and history["config"]["flux_weight"] == 50.0
+    with pytest.raises(ValueError, match="flux_scale"):
+        train_pix2pix(_tiny_pairs(n=4), cfg2.model_copy(update={"flux_scale": 64}))
 
 
 def test_train_config_forbids_unknown_and_checks_sizes():

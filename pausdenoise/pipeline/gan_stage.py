@@ -1,8 +1,10 @@
 """Stack and cGAN stage runners: co-adds, leave-one-out pairs, pix2pix, and its scores.
 
-Both stages run after ``denoise`` and only when ``gan.enabled`` (off in the demo). Frames are
-read one at a time from the store (:class:`_LazyFrames` hands :func:`~pausdenoise.stack.
-stack_frames` one frame per iteration, so a mean stack holds one frame plus the sums).
+Both stages run after ``denoise`` and only when ``gan.enabled`` (off in the demo). Each stack
+is one task on the pipeline's Dask cluster (or dask's local scheduler without one) that
+reads its frames from the store one at a time (:class:`_LazyFrames` hands
+:func:`~pausdenoise.stack.stack_frames` one frame per iteration, so a mean stack holds one
+frame plus the sums: out of core) and writes its own arrays into the store.
 
 ``run_stack`` (stage ``stack``) writes
 --------------------------------------
@@ -11,7 +13,7 @@ stack_frames` one frame per iteration, so a mean stack holds one frame plus the 
 
       stacks/<band>_<ccd:02d>/   group, attrs: band, ccd, reference_frame, frames, zp_ref,
                                  wcs (FITS header text of the reference WCS), stack_config,
-                                 sigma_single, sigma_stack, complete
+                                 sigma_single, sigma_stack, summary, stack_key, complete
         stack         float32   sky-subtracted weighted mean, ADU at zp_ref (0: no data)
         stack_weight  float32   Σ weights (the stack's inverse variance, 1/ADU²; 0: no data)
 
@@ -24,7 +26,10 @@ stack_frames` one frame per iteration, so a mean stack holds one frame plus the 
   the stack of *all other* exposures of its band and CCD on ``h``'s own grid and zero-point:
   ``frames/<h>/stack_others`` and ``stack_others_weight`` (same chunks as ``image``). These
   are the references the cGAN is scored against; ``h`` itself is never in them.
-- ``<run>/gan/pairs.npz``: the cGAN training pairs, cut by
+  Deep stacks and stacks of the others carry ``complete`` and ``stack_key`` attributes; a
+  rerun skips those whose key (configuration, members, zero-points, members' ingest
+  attributes) still matches.
+- ``<run>/gan/pairs.npz``: the cGAN training pairs (one task per source exposure), cut by
   :func:`pausdenoise.gan.pairs.make_pairs` from the **training** exposures only, each
   target being the stack of the *other training* exposures (never the input exposure, and
   never a held-out one: held-out frames stay unseen by training).
@@ -152,15 +157,6 @@ def _stack_inputs(store, frames: Sequence[str]):
     return images, (masks if masks.any else None), (ivars if ivars.any else None), wcs
 
 
-def _write_plain(store, frame: str, name: str, data: np.ndarray, attrs: dict) -> None:
-    """Write a whole-frame array ``name`` with the layout of ``image``."""
-    from pausdenoise import store as st
-
-    arr = st.create_output_array(store, frame, name, like="image", dtype=np.float32)
-    arr[...] = np.asarray(data, dtype=np.float32)
-    arr.attrs.update(attrs)
-
-
 def _robust_sigma(values: np.ndarray, valid: np.ndarray) -> float:
     from pausdenoise.n2v.normalise import frame_statistics
 
@@ -170,16 +166,125 @@ def _robust_sigma(values: np.ndarray, valid: np.ndarray) -> float:
 # --------------------------------------------------------------------------- stack stage
 
 
+def _frame_token(store, frame: str) -> str:
+    """Digest of a frame's attributes (ingest's source fingerprint, ZP, WCS header, …): it
+    changes when the frame is re-ingested from different data."""
+    from pausdenoise import store as st
+
+    attrs = {k: v for k, v in st.frame_attrs(store, frame).items() if k != "complete"}
+    return _digest(attrs)
+
+
+def _is_done(node: Any, key: str) -> bool:
+    """A stack product is up to date: written completely with the same key."""
+    return node.attrs.get("complete") is True and node.attrs.get("stack_key") == key
+
+
+def _deep_stack_task(store: str, frames: list[str], zps: list[float] | None, reference: int,
+                     scfg: Any, gid: str, key: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """One task: the deep stack of one band/CCD, written into ``stacks/<gid>`` (its arrays
+    already created by the stage), with its noise summary. Runs on a Dask worker; reads the
+    frames from the store one at a time (a mean stack holds one frame and the sums).
+
+    Returns the ``stack_summary.csv`` row (noise in ADU at the reference zero-point).
+    """
+    from pausdenoise import store as st
+    from pausdenoise.stack import stack_frames
+
+    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    n = len(frames)
+    ref = frames[reference]
+    ref_shape = tuple(st.open_frame(store, ref).shape)
+    stack, weight = stack_frames(images, masks, ivars, wcs, wcs[reference].celestial,
+                                 ref_shape, scfg, zps=zps)
+    # Noise: robust σ of the stack where every frame contributes vs the reference frame's.
+    ref_img = images[reference]
+    ref_mask = masks[reference] if masks is not None else None
+    ref_good = np.isfinite(ref_img) & (True if ref_mask is None else ref_mask == 0)
+    sig1 = _robust_sigma(ref_img, ref_good)
+    # √N generalised to unequal noise: the gain of inverse-variance weighting of aligned
+    # frames, Σ_k (σ_ref/σ_k)² under the root. Sub-pixel dithers resampled bilinearly
+    # lower the per-pixel noise further (correlated noise), hence measured ≥ expected.
+    sig_k = np.array([_robust_sigma(im, np.isfinite(im) & (True if mk is None else mk == 0))
+                      for im, mk in ((images[k], None if masks is None else masks[k])
+                                     for k in range(n))])
+    expected = float(np.sqrt(np.sum((sig1 / sig_k) ** 2)))
+    deep = weight >= 0.9 * float(weight.max())
+    sig_n = _robust_sigma(stack, deep)
+    g = st.open_store(store, "r+")[f"{STACKS_GROUP}/{gid}"]
+    g["stack"][...] = stack
+    g["stack_weight"][...] = weight
+    row = {"band": attrs["band"], "ccd": attrs["ccd"], "n_frames": n, "reference_frame": ref,
+           "sigma_single_adu": sig1, "sigma_stack_adu": sig_n,
+           "noise_ratio": sig1 / sig_n if sig_n > 0 else float("nan"),
+           "sqrt_n": float(np.sqrt(n)), "expected_ratio_ivar": expected}
+    g.update_attributes({**attrs, "sigma_single": sig1, "sigma_stack": sig_n,
+                         "summary": row, "stack_key": key, "complete": True})
+    return row
+
+
+def _others_task(store: str, frames: list[str], zps: list[float] | None, i: int, scfg: Any,
+                 key: str, meta: dict[str, Any]) -> str:
+    """One task: the stack of all frames but ``frames[i]`` on that frame's grid and
+    zero-point, written into ``frames/<h>/stack_others(_weight)`` (arrays already created
+    by the stage). Returns the frame name."""
+    from pausdenoise import store as st
+    from pausdenoise.stack import stack_frames
+
+    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    h = frames[i]
+    others, ow = stack_frames(images, masks, ivars, wcs, wcs[i].celestial,
+                              tuple(st.open_frame(store, h).shape), scfg, exclude=i, zps=zps,
+                              zp_ref=None if zps is None else zps[i])
+    grp = st.open_store(store, "r+")[f"{st.FRAMES_GROUP}/{h}"]
+    for name, data in ((OTHERS_ARRAY, others), (OTHERS_WEIGHT_ARRAY, ow)):
+        grp[name][...] = data
+    for name in (OTHERS_ARRAY, OTHERS_WEIGHT_ARRAY):
+        grp[name].attrs.update({**meta, "stack_key": key, "complete": True})
+    return h
+
+
+def _pairs_task(store: str, frames: list[str], zps: list[float] | None, i: int, scfg: Any,
+                size: int, stride: int, max_pairs: int | None, seed: int):
+    """One task: the leave-one-out training pairs of source ``frames[i]`` (its cutouts and
+    the cutouts of the stack of the other ``frames``), returned to the stage."""
+    from pausdenoise.gan.pairs import make_pairs
+
+    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    return make_pairs(images, masks, ivars, wcs, zps=zps, stack_config=scfg, sources=[i],
+                      size=size, stride=stride, max_pairs_per_frame=max_pairs, seed=seed)
+
+
+def _run_tasks(tasks: Sequence[Any], client: Any, label: str) -> list[Any]:
+    from pausdenoise.pipeline.core import _compute_with_progress
+
+    return list(_compute_with_progress(list(tasks), client, label)) if tasks else []
+
+
 def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
     """Stage ``stack``: deep stacks per band/CCD, stacks of the others for held-out frames,
-    leave-one-out training pairs (see the module docstring). Returns the stage summary."""
+    leave-one-out training pairs (see the module docstring). Returns the stage summary.
+
+    Every stack is one Dask task (``ctx.client`` when the pipeline has one, else dask's
+    local scheduler) that reads its frames lazily from the store, one at a time for a mean
+    stack, and writes its own arrays (created here first, so tasks never create metadata
+    concurrently). The deep stacks and the stacks of the others are flagged ``complete``
+    with a ``stack_key`` (stack configuration, members, zero-points, the members' ingest
+    attributes) by the task that wrote them; a rerun skips those whose key still matches
+    (``ctx.force`` redoes them). The training pairs are one task per source exposure,
+    gathered in a fixed order; ``pairs.npz`` records its own key and is reused likewise.
+    The products equal the serial computation bit for bit (each is one deterministic
+    :func:`~pausdenoise.stack.stack_frames` call on the same inputs).
+    """
+    from dask import delayed
+
     from pausdenoise import store as st
-    from pausdenoise.gan.pairs import CutoutPairs, make_pairs
+    from pausdenoise.gan.pairs import CutoutPairs
     from pausdenoise.pipeline.core import StageError, split_holdout
-    from pausdenoise.stack import stack_frames
 
     t0 = time.perf_counter()
     scfg = gan_cfg.stack
+    store = str(ctx.store)
     exposures = st.exposure_table(ctx.store)
     if exposures.empty:
         raise StageError("stack: the store has no frame")
@@ -188,8 +293,15 @@ def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     root = st.open_store(ctx.store, "r+")
     stacks = root.require_group(STACKS_GROUP)
+    scfg_json = scfg.model_dump(mode="json")
 
-    rows, pair_parts, pair_frames = [], [], []
+    rows: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    tasks: list[Any] = []
+    n_deep = n_others = 0
+    reused = 0
+    pair_specs: list[tuple[list[str], list[float] | None, int]] = []
+    tokens: dict[str, str] = {}
     for (band, ccd), frames in _groups(exposures).items():
         n = len(frames)
         if n < 2:
@@ -198,101 +310,130 @@ def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
         if scfg.reference >= n:
             raise StageError(f"stack: gan.stack.reference = {scfg.reference} but {band} CCD "
                              f"{ccd} has {n} exposures")
-        images, masks, ivars, wcs = _stack_inputs(ctx.store, frames)
         zps = _zps(exposures, frames)
+        for f in frames:
+            tokens[f] = _frame_token(ctx.store, f)
         ref = frames[scfg.reference]
-        ref_shape = tuple(st.open_frame(ctx.store, ref).shape)
-        stack, weight = stack_frames(images, masks, ivars, wcs, wcs[scfg.reference].celestial,
-                                     ref_shape, scfg, zps=zps)
-        # Noise: robust σ of the stack where every frame contributes vs the reference frame's.
-        ref_img = images[scfg.reference]
-        ref_mask = masks[scfg.reference] if masks is not None else None
-        ref_good = np.isfinite(ref_img) & (True if ref_mask is None else ref_mask == 0)
-        sig1 = _robust_sigma(ref_img, ref_good)
-        # √N generalised to unequal noise: the gain of inverse-variance weighting of aligned
-        # frames, Σ_k (σ_ref/σ_k)² under the root. Sub-pixel dithers resampled bilinearly
-        # lower the per-pixel noise further (correlated noise), hence measured ≥ expected.
-        sig_k = np.array([_robust_sigma(im, np.isfinite(im) & (True if mk is None else mk == 0))
-                          for im, mk in ((images[k], None if masks is None else masks[k])
-                                         for k in range(n))])
-        expected = float(np.sqrt(np.sum((sig1 / sig_k) ** 2)))
-        deep = weight >= 0.9 * float(weight.max())
-        sig_n = _robust_sigma(stack, deep)
         gid = stack_id(band, ccd)
+        order.append(gid)
+        key = _digest(["deep", scfg_json, frames, zps, scfg.reference,
+                       [tokens[f] for f in frames]])
         g = stacks.require_group(gid)
-        g.update_attributes({"complete": False})
-        chunks = st.write_chunks(ctx.store, ref, "image")
-        for name, data in (("stack", stack), ("stack_weight", weight)):
-            a = st.create_array(g, name, data.shape, np.float32, chunks=chunks)
-            a[...] = data
-        g.update_attributes({
-            "band": band, "ccd": ccd, "reference_frame": ref, "frames": frames,
-            "zp_ref": None if zps is None else zps[scfg.reference],
-            "wcs": wcs[scfg.reference].celestial.to_header().tostring(),
-            "stack_config": scfg.model_dump(mode="json"),
-            "sigma_single": sig1, "sigma_stack": sig_n, "complete": True,
-        })
-        rows.append({"band": band, "ccd": ccd, "n_frames": n, "reference_frame": ref,
-                     "sigma_single_adu": sig1, "sigma_stack_adu": sig_n,
-                     "noise_ratio": sig1 / sig_n if sig_n > 0 else np.nan,
-                     "sqrt_n": float(np.sqrt(n)), "expected_ratio_ivar": expected})
+        if not ctx.force and _is_done(g, key) and "summary" in g.attrs:
+            rows[gid] = dict(g.attrs["summary"])
+            reused += 1
+        else:
+            g.update_attributes({"complete": False})
+            chunks = st.write_chunks(ctx.store, ref, "image")
+            shape = tuple(st.open_frame(ctx.store, ref).shape)
+            for name in ("stack", "stack_weight"):
+                st.create_array(g, name, shape, np.float32, chunks=chunks)
+            attrs = {"band": band, "ccd": ccd, "reference_frame": ref, "frames": frames,
+                     "zp_ref": None if zps is None else zps[scfg.reference],
+                     "wcs": st.frame_wcs(ctx.store, ref).celestial.to_header().tostring(),
+                     "stack_config": scfg_json}
+            tasks.append(delayed(_deep_stack_task, pure=False)(
+                store, frames, zps, scfg.reference, scfg, gid, key, attrs,
+                dask_key_name=f"stack-deep-{gid}"))
+            n_deep += 1
 
         # Stacks of the other exposures on each held-out frame's grid (scoring references).
         for h in (f for f in frames if f in held):
             i = frames.index(h)
-            others, ow = stack_frames(images, masks, ivars, wcs, wcs[i].celestial,
-                                      tuple(st.open_frame(ctx.store, h).shape), scfg,
-                                      exclude=i, zps=zps,
-                                      zp_ref=None if zps is None else zps[i])
+            key_h = _digest(["others", scfg_json, frames, zps, i, [tokens[f] for f in frames]])
+            arrays = st.frame_arrays(ctx.store, h)
+            if not ctx.force and all(
+                    a in arrays and _is_done(root[f"{st.FRAMES_GROUP}/{h}/{a}"], key_h)
+                    for a in (OTHERS_ARRAY, OTHERS_WEIGHT_ARRAY)):
+                reused += 1
+                continue
+            for name in (OTHERS_ARRAY, OTHERS_WEIGHT_ARRAY):
+                st.create_output_array(ctx.store, h, name, like="image", dtype=np.float32)
             meta = {"members": [f for f in frames if f != h], "excluded": h,
-                    "stack_config": scfg.model_dump(mode="json")}
-            _write_plain(ctx.store, h, OTHERS_ARRAY, others, meta)
-            _write_plain(ctx.store, h, OTHERS_WEIGHT_ARRAY, ow, meta)
+                    "stack_config": scfg_json}
+            tasks.append(delayed(_others_task, pure=False)(
+                store, frames, zps, i, scfg, key_h, meta, dask_key_name=f"stack-others-{h}"))
+            n_others += 1
 
-        # Leave-one-out training pairs among the training exposures only.
         tr = [f for f in frames if f in train_frames]
         if len(tr) >= 2:
-            t_images, t_masks, t_ivars, t_wcs = _stack_inputs(ctx.store, tr)
-            t_zps = _zps(exposures, tr)
-            for i in range(len(tr)):  # one source at a time: only its cutouts are kept
-                part = make_pairs(t_images, t_masks, t_ivars, t_wcs, zps=t_zps,
-                                  stack_config=scfg, sources=[i], size=gan_cfg.cutout_size,
-                                  stride=gan_cfg.cutout_stride,
-                                  max_pairs_per_frame=gan_cfg.max_pairs_per_frame,
-                                  seed=len(pair_frames))
-                assert tr[i] not in [tr[k] for k in part.target_members[i]]
-                part.source = np.full(len(part), len(pair_frames), dtype=np.int64)
-                part.stats = {len(pair_frames): part.stats[i]}
-                part.target_members = {len(pair_frames): tuple(tr[k] for k in range(len(tr))
-                                                               if k != i)}
-                pair_frames.append(tr[i])
-                pair_parts.append(part)
-    if not rows:
+            pair_specs.append((tr, _zps(exposures, tr), len(pair_specs)))
+
+    if not order:
         raise StageError("stack: no band/CCD has two or more exposures to stack")
-    summary_tab = pd.DataFrame(rows)
+
+    # Leave-one-out training pairs among the training exposures only: one task per source.
+    pair_frames = [f for tr, _, _ in pair_specs for f in tr]
+    pairs_key = _digest(["pairs", scfg_json, gan_cfg.cutout_size, gan_cfg.cutout_stride,
+                         gan_cfg.max_pairs_per_frame,
+                         [[tr, z, [tokens[f] for f in tr]] for tr, z, _ in pair_specs]])
+    pairs_path = out_dir / "pairs.npz"
+    pairs_reused = False
+    if not ctx.force and pairs_path.exists():
+        try:
+            with np.load(pairs_path) as z:
+                pairs_reused = "key" in z and str(z["key"]) == pairs_key
+        except (OSError, ValueError):
+            pairs_reused = False
+    pair_tasks = []
+    if not pairs_reused:
+        gidx = 0
+        for tr, t_zps, _ in pair_specs:
+            for i in range(len(tr)):
+                pair_tasks.append(delayed(_pairs_task, pure=False)(
+                    store, tr, t_zps, i, scfg, gan_cfg.cutout_size, gan_cfg.cutout_stride,
+                    gan_cfg.max_pairs_per_frame, gidx, dask_key_name=f"stack-pairs-{tr[i]}"))
+                gidx += 1
+
+    results = _run_tasks(tasks + pair_tasks, ctx.client, "stack")
+    for r in results[:len(tasks)]:
+        if isinstance(r, dict):
+            rows[stack_id(r["band"], r["ccd"])] = r
+    summary_tab = pd.DataFrame([rows[g] for g in order])
     summary_tab.to_csv(out_dir / "stack_summary.csv", index=False)
+
     n_pairs = 0
-    if pair_parts:
-        pairs = CutoutPairs.concatenate(pair_parts)
+    if pairs_reused:
+        with np.load(pairs_path) as z:
+            n_pairs = int(z["source"].shape[0])
+    elif pair_tasks:
+        parts = []
+        gidx = 0
+        for tr, _, _ in pair_specs:
+            for i in range(len(tr)):
+                part = results[len(tasks) + gidx]
+                assert tr[i] not in [tr[k] for k in part.target_members[i]]
+                part.source = np.full(len(part), gidx, dtype=np.int64)
+                part.stats = {gidx: part.stats[i]}
+                part.target_members = {gidx: tuple(tr[k] for k in range(len(tr)) if k != i)}
+                parts.append(part)
+                gidx += 1
+        pairs = CutoutPairs.concatenate(parts)
         n_pairs = len(pairs)
         np.savez(
-            out_dir / "pairs.npz",
+            pairs_path,
             inputs=pairs.inputs, targets=pairs.targets, valid=pairs.valid,
             source=pairs.source, origins=pairs.origins, frames=np.array(pair_frames),
             sky=np.array([pairs.stats[k].sky for k in range(len(pair_frames))]),
             sigma=np.array([pairs.stats[k].sigma for k in range(len(pair_frames))]),
             members=np.array([json.dumps(pairs.target_members[k])
                               for k in range(len(pair_frames))]),
+            key=np.array(pairs_key),
         )
     else:
-        (out_dir / "pairs.npz").unlink(missing_ok=True)
+        pairs_path.unlink(missing_ok=True)
     ratio = float(np.median(summary_tab["noise_ratio"] / summary_tab["sqrt_n"]))
     return {
-        "note": f"{len(rows)} stacks ({int(summary_tab['n_frames'].sum())} frames), noise "
+        "note": f"{len(order)} stacks ({int(summary_tab['n_frames'].sum())} frames), noise "
                 f"÷{summary_tab['noise_ratio'].median():.2f} (√N·{ratio:.2f}); {len(held)} "
                 f"held-out references; {n_pairs} training pairs from {len(pair_frames)} "
-                f"exposures in {time.perf_counter() - t0:.0f} s",
-        "stacks": len(rows),
+                f"exposures{' (reused)' if pairs_reused else ''}; {n_deep + n_others} stack "
+                f"task(s), {reused} up to date, in {time.perf_counter() - t0:.0f} s",
+        "stacks": len(order),
+        "stack_tasks": n_deep + n_others,
+        "stacks_up_to_date": reused,
+        "pair_tasks": len(pair_tasks),
+        "pairs_reused": pairs_reused,
         "noise_ratio_over_sqrt_n": ratio,
         "pairs": n_pairs,
         "pair_frames": pair_frames,
