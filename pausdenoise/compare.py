@@ -44,9 +44,12 @@ __all__ = [
     "fit_error_model",
     "flux_ratio",
     "make_pairs",
+    "pair_count",
+    "pair_deltas",
     "sigma68",
     "sigma68_stderr",
     "split_exposures",
+    "subsample_pairs",
     "summarise",
     "truth_comparison",
     "validate_error_model",
@@ -166,6 +169,85 @@ def delta_f(
         den = den * np.asarray(scale, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (f1 - f2) / den
+
+
+def _has_den(pairs: pd.DataFrame) -> bool:
+    return "f_den_1" in pairs.columns or "d_den" in pairs.columns
+
+
+def _d_raw(pairs: pd.DataFrame) -> np.ndarray:
+    """Δf of raw fluxes with raw errors (the ``d_raw`` column of a compact table)."""
+    if "d_raw" in pairs.columns:
+        return pairs["d_raw"].to_numpy(float)
+    return delta_f(pairs, "raw")
+
+
+def _d_den(pairs: pd.DataFrame) -> np.ndarray:
+    """Δf of denoised fluxes with raw errors (the ``d_den`` column of a compact table).
+
+    An error model σ_den = s·σ_raw with the same s on both sides of a pair (same source,
+    same band, so same I_auto and band factor) turns it into Δf_model = d_den / s.
+    """
+    if "d_den" in pairs.columns:
+        return pairs["d_den"].to_numpy(float)
+    return delta_f(pairs, "denoised", errors="raw")
+
+
+def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The compact form of a pair table: everything the σ68 statistics and the error model
+    need, ~30 bytes a pair instead of ~150.
+
+    Columns: ``ref_id``, ``band``, ``I_auto`` (float32), ``expnum_1``, ``expnum_2``,
+    ``d_raw`` (Δf of raw fluxes, raw errors) and, when denoised fluxes exist, ``d_den``
+    (Δf of denoised fluxes, raw errors), both float32. Every function of this module that
+    takes pairs also takes this table.
+    """
+    pairs = _compute(pairs)
+    out = pd.DataFrame(
+        {
+            "ref_id": pairs["ref_id"].to_numpy(np.int64),
+            "band": pairs["band"].astype(str).to_numpy(),
+            "I_auto": pairs["I_auto"].to_numpy(np.float32),
+            "expnum_1": pairs["expnum_1"].to_numpy(np.int64),
+            "expnum_2": pairs["expnum_2"].to_numpy(np.int64),
+            "d_raw": _d_raw(pairs).astype(np.float32),
+        }
+    )
+    if _has_den(pairs):
+        out["d_den"] = _d_den(pairs).astype(np.float32)
+    return out
+
+
+def pair_count(wide: pd.DataFrame, bins: Sequence[float] | None = None) -> np.ndarray | int:
+    """Number of pairs :func:`make_pairs` would build from a wide table, without building
+    them (Σ n(n−1)/2 over (ref_id, band) with n distinct exposures); per I_auto bin (an
+    array, len(bins) − 1) when ``bins`` is given."""
+    g = wide.groupby(["ref_id", "band"], sort=False).agg(
+        n=("expnum", "nunique"), I_auto=("I_auto", "first")
+    )
+    npairs = (g["n"] * (g["n"] - 1) // 2).to_numpy(np.int64)
+    if bins is None:
+        return int(npairs.sum())
+    b = np.asarray(bins, dtype=float)
+    idx = _bin_index(g["I_auto"].to_numpy(float), b)
+    ok = idx >= 0
+    return np.bincount(idx[ok], weights=npairs[ok], minlength=len(b) - 1).astype(np.int64)
+
+
+def subsample_pairs(pairs: pd.DataFrame, rate: float, seed: int = 0) -> pd.DataFrame:
+    """A deterministic uniform subsample (fraction ``rate``) of a pair table.
+
+    A pair is kept when a hash of (ref_id, band, expnum_1, expnum_2, seed) falls below
+    ``rate``: the choice does not depend on the order, on the partitioning into bands or
+    on which worker computes it, so a rerun keeps the same pairs, and every pair has the
+    same chance (σ68 and medians of the sample estimate those of all pairs).
+    """
+    if rate >= 1.0 or len(pairs) == 0:
+        return pairs
+    key = pairs[["ref_id", "band", "expnum_1", "expnum_2"]].assign(_seed=seed)
+    h = pd.util.hash_pandas_object(key, index=False).to_numpy(np.uint64)
+    keep = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < rate
+    return pairs[keep].reset_index(drop=True)
 
 
 def sigma68(values: Iterable[float] | np.ndarray) -> float:
@@ -295,8 +377,8 @@ class ErrorModel:
         s = filled[idx]
         s[~np.isfinite(m)] = self.global_scale
         if band is not None and self.band_factor:
-            b = np.broadcast_to(np.asarray(band, dtype=object), m.shape)
-            s = s * np.array([self.band_factor.get(str(v), 1.0) for v in b], dtype=float)
+            b = pd.Series(np.broadcast_to(np.asarray(band, dtype=object), m.shape))
+            s = s * b.astype(str).map(dict(self.band_factor)).fillna(1.0).to_numpy(float)
         return s
 
     def scale_for_pairs(self, pairs: pd.DataFrame) -> np.ndarray:
@@ -432,7 +514,7 @@ def fit_error_model(
     fit = _pairs_in(pairs, fit_exposures, both=True)
     if len(fit) == 0:
         raise ValueError("no pair has both exposures in fit_exposures")
-    d = delta_f(fit, "denoised", errors="raw")
+    d = _d_den(fit)
     ok = np.isfinite(d)
     glob = sigma68(d)
     if not np.isfinite(glob) or glob <= 0:
@@ -440,31 +522,35 @@ def fit_error_model(
     idx = _bin_index(fit["I_auto"].to_numpy(float), bins)
     nb = len(bins) - 1
     n = np.array([int(((idx == i) & ok).sum()) for i in range(nb)], dtype=np.int64)
-    band = fit["band"].astype(str).to_numpy() if "band" in fit.columns else np.full(len(fit), "")
-    names = sorted(set(band[ok]))
-    band_n = {b: int(((band == b) & ok).sum()) for b in names}
-    fitted_bands = [b for b in names if band_n[b] >= min_pairs] if band_factors else []
-    if len(fitted_bands) < 2:
-        fitted_bands = []  # one band: its factor is not separable from s(I)
-    g = {b: 1.0 for b in fitted_bands}
+    if "band" in fit.columns:
+        codes, uniques = pd.factorize(fit["band"].astype(str), sort=True)
+    else:
+        codes, uniques = np.zeros(len(fit), dtype=np.int64), np.array([""])
+    names = [str(u) for u in uniques]
+    counts = np.bincount(codes[ok & (codes >= 0)], minlength=len(names))
+    band_n = {b: int(c) for b, c in zip(names, counts, strict=True) if c > 0}
+    fitted = [j for j, b in enumerate(names) if band_n.get(b, 0) >= min_pairs]
+    if not band_factors or len(fitted) < 2:
+        fitted = []  # one band: its factor is not separable from s(I)
+    g = np.ones(len(names))
     scale = np.full(nb, np.nan)
     for i in range(nb):
         if n[i] >= min_pairs:
             scale[i] = sigma68(d[idx == i])
-    for _ in range(iterations if fitted_bands else 0):
-        model = ErrorModel(bins, scale, n, glob, fit_exposures, dict(g))
-        r = d / model.scale_for(fit["I_auto"].to_numpy(float), band)
-        for b in fitted_bands:
-            g[b] *= sigma68(r[band == b])
+    w = counts[fitted].astype(float)
+    mag = fit["I_auto"].to_numpy(float)
+    for _ in range(iterations if fitted else 0):
+        model = ErrorModel(bins, scale, n, glob, fit_exposures)
+        r = d / model.scale_for(mag) / g[codes]
+        for j in fitted:
+            g[j] *= sigma68(r[codes == j])
         # geometric mean of g (pair-weighted) = 1: s keeps its meaning
-        w = np.array([band_n[b] for b in fitted_bands], dtype=float)
-        norm = float(np.exp(np.sum(w * np.log([g[b] for b in fitted_bands])) / w.sum()))
-        g = {b: v / norm for b, v in g.items()}
-        model = ErrorModel(bins, scale, n, glob, fit_exposures, dict(g))
-        r = d / model.scale_for(fit["I_auto"].to_numpy(float), band)
+        g[fitted] /= float(np.exp(np.sum(w * np.log(g[fitted])) / w.sum()))
+        r = d / model.scale_for(mag) / g[codes]
         for i in range(nb):
             if n[i] >= min_pairs:
                 scale[i] *= sigma68(r[idx == i])
+    g = {names[j]: float(g[j]) for j in fitted}
     return ErrorModel(
         bins=bins,
         scale=scale,
@@ -484,7 +570,7 @@ def _validation_table(
     tolerance: float,
 ) -> pd.DataFrame:
     """σ68 rows overall, per I_auto bin and per band of model-error Δf on held-out pairs."""
-    d_raw = delta_f(held, "raw")
+    d_raw = _d_raw(held)
     idx = _bin_index(held["I_auto"].to_numpy(float), bins)
     groups = [("all", np.nan, np.nan, np.ones(len(held), bool))]
     groups += [
@@ -537,7 +623,7 @@ def validate_error_model(
         bins = model.bins[np.isfinite(model.bins)]
     bins = np.asarray(bins, dtype=float)
     held = _pairs_in(pairs, model.fit_exposures, both=False)
-    d_cal = delta_f(held, "denoised", errors="raw", scale=model.scale_for_pairs(held))
+    d_cal = _d_den(held) / model.scale_for_pairs(held)
     return _validation_table(held, d_cal, bins, min_pairs, tolerance)
 
 
@@ -575,7 +661,7 @@ def cross_validate_error_model(
         held = _pairs_in(pairs, grp, both=True)
         models.append(model)
         held_parts.append(held)
-        d_parts.append(delta_f(held, "denoised", errors="raw", scale=model.scale_for_pairs(held)))
+        d_parts.append(_d_den(held) / model.scale_for_pairs(held))
     held = pd.concat(held_parts, ignore_index=True)
     table = _validation_table(held, np.concatenate(d_parts), bins, min_pairs, tolerance)
     return table, models
@@ -603,18 +689,19 @@ def summarise(
     """
     pairs = _compute(pairs)
     bins = np.asarray(bins, dtype=float)
-    has_den = "f_den_1" in pairs.columns
+    has_den = _has_den(pairs)
     mag = pairs["I_auto"].to_numpy(float)
     idx = _bin_index(mag, bins)
-    d_raw = delta_f(pairs, "raw")
+    d_raw = _d_raw(pairs)
     nanv = np.full(len(pairs), np.nan)
-    d_den = delta_f(pairs, "denoised", errors="raw") if has_den else nanv
-    d_mod = (
-        delta_f(pairs, "denoised", errors="raw", scale=model.scale_for_pairs(pairs))
-        if (has_den and model is not None)
-        else nanv
-    )
-    meas = _compute(measurements) if measurements is not None else (_measurements_from_pairs(pairs))
+    d_den = _d_den(pairs) if has_den else nanv
+    d_mod = d_den / model.scale_for_pairs(pairs) if (has_den and model is not None) else nanv
+    if measurements is not None:
+        meas = _compute(measurements)
+    elif "f_raw_1" in pairs.columns:
+        meas = _measurements_from_pairs(pairs)
+    else:  # a compact pair table carries no per-measurement fluxes
+        meas = pd.DataFrame({"I_auto": np.array([], dtype=float)})
     m_idx = _bin_index(meas["I_auto"].to_numpy(float), bins)
     ratio = flux_ratio(meas) if "f_den" in meas.columns else np.full(len(meas), np.nan)
 
@@ -647,12 +734,11 @@ def df_arrays(pairs: Any, model: ErrorModel | None = None) -> dict[str, np.ndarr
     """Δf values for the report's histograms: ``raw``, ``denoised_rawerr`` and, with a
     model, ``denoised_model`` (finite values only)."""
     pairs = _compute(pairs)
-    out = {"raw": delta_f(pairs, "raw")}
-    if "f_den_1" in pairs.columns:
-        out["denoised_rawerr"] = delta_f(pairs, "denoised", errors="raw")
+    out = {"raw": _d_raw(pairs)}
+    if _has_den(pairs):
+        out["denoised_rawerr"] = _d_den(pairs)
         if model is not None:
-            s = model.scale_for_pairs(pairs)
-            out["denoised_model"] = delta_f(pairs, "denoised", errors="raw", scale=s)
+            out["denoised_model"] = out["denoised_rawerr"] / model.scale_for_pairs(pairs)
     return {k: v[np.isfinite(v)] for k, v in out.items()}
 
 

@@ -1308,15 +1308,31 @@ def run_photometry(
     return [Path(p) for p in dask.compute(*tasks)] if tasks else []
 
 
-def read_photometry(out_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read everything :func:`run_photometry` wrote back into one table (``band`` and
-    ``kind`` restored as str columns, ``OUTPUT_COLUMNS`` order)."""
+def photometry_bands(out_dir: str | os.PathLike[str]) -> list[str]:
+    """The bands :func:`run_photometry` wrote (its ``band=<name>`` partitions), sorted."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name.split("=", 1)[1]
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("band=") and any(p.rglob("*.parquet"))
+    )
+
+
+def read_photometry(
+    out_dir: str | os.PathLike[str], bands: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read what :func:`run_photometry` wrote back into one table (``band`` and ``kind``
+    restored as str columns, ``OUTPUT_COLUMNS`` order); only ``bands`` when given (the
+    Parquet partitions of other bands are not read)."""
     import pyarrow.dataset as ds
 
     if not Path(out_dir).is_dir() or not any(Path(out_dir).rglob("*.parquet")):
         return _empty_table()
     dataset = ds.dataset(str(out_dir), format="parquet", partitioning="hive")
-    df = dataset.to_table().to_pandas()
+    flt = ds.field("band").isin(list(bands)) if bands is not None else None
+    df = dataset.to_table(filter=flt).to_pandas()
     if df.empty:
         return _empty_table()
     for c in ("band", "kind"):

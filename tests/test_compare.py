@@ -15,9 +15,12 @@ from pausdenoise.compare import (
     exposure_folds,
     fit_error_model,
     make_pairs,
+    pair_count,
+    pair_deltas,
     sigma68,
     sigma68_stderr,
     split_exposures,
+    subsample_pairs,
     summarise,
     truth_comparison,
     validate_error_model,
@@ -362,3 +365,54 @@ def test_open_ended_bins_fit_sources_beyond_the_edges(three_bands):
     closed = fit_error_model(pairs, eb.expnum, bins=[17, 18, 19, 20], min_pairs=50,
                              open_ends=False)
     assert closed.scale.size == 3
+
+
+# ------------------------------------------------------------ compact pairs, sampling
+
+
+def test_compact_pairs_give_the_same_statistics(three_bands):
+    pairs, eb = three_bands
+    compact = pair_deltas(pairs)
+    assert list(compact.columns) == ["ref_id", "band", "I_auto", "expnum_1", "expnum_2",
+                                     "d_raw", "d_den"]
+    assert compact.memory_usage(deep=False).sum() < pairs.memory_usage(deep=False).sum() / 2
+    full = fit_error_model(pairs, eb.expnum, min_pairs=50)
+    small = fit_error_model(compact, eb.expnum, min_pairs=50)
+    np.testing.assert_allclose(small.scale, full.scale, rtol=1e-5)
+    for b in BAND_K:
+        assert small.band_factor[b] == pytest.approx(full.band_factor[b], rel=1e-5)
+    s_full = summarise(pairs, model=full)
+    s_small = summarise(compact, model=small)
+    for col in ("n_pairs", "sigma68_raw", "sigma68_den_rawerr", "sigma68_den_model"):
+        np.testing.assert_allclose(s_small[col], s_full[col], rtol=1e-5)
+    v_full, _ = cross_validate_error_model(pairs, eb)
+    v_small, _ = cross_validate_error_model(compact, eb)
+    np.testing.assert_allclose(v_small.sigma68_den_model, v_full.sigma68_den_model, rtol=1e-5)
+
+
+def test_pair_count_matches_make_pairs(three_bands, synth):
+    table, _ = synth
+    wide = widen(table)
+    bins = np.arange(17.0, 24.0)
+    pairs = make_pairs(wide)
+    assert pair_count(wide) == len(pairs)
+    per_bin = pair_count(wide, bins)
+    idx = np.digitize(pairs.I_auto, bins) - 1
+    np.testing.assert_array_equal(per_bin, np.bincount(idx[(idx >= 0) & (idx < 6)], minlength=6))
+
+
+def test_subsample_is_deterministic_uniform_and_order_free(three_bands):
+    pairs, _ = three_bands
+    compact = pair_deltas(pairs)
+    a = subsample_pairs(compact, 0.1, seed=3)
+    b = subsample_pairs(compact.sample(frac=1.0, random_state=1), 0.1, seed=3)
+    key = ["ref_id", "band", "expnum_1", "expnum_2"]
+    assert a.sort_values(key)[key].values.tolist() == b.sort_values(key)[key].values.tolist()
+    assert len(a) == pytest.approx(0.1 * len(compact), rel=0.05)
+    # per band too: the choice does not depend on how the table is partitioned
+    per_band = pd.concat([subsample_pairs(g, 0.1, seed=3) for _, g in compact.groupby("band")])
+    assert len(per_band) == len(a)
+    # uniform: σ68 of the sample estimates the whole table's
+    assert sigma68(a.d_den) == pytest.approx(sigma68(compact.d_den), rel=0.05)
+    assert subsample_pairs(compact, 1.0) is compact
+    assert len(subsample_pairs(compact, 0.1, seed=4).merge(a, on=key)) < len(a)

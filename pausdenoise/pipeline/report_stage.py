@@ -162,8 +162,8 @@ def build_report(ctx: Context) -> Path:
         tables.append(("Error model σ_den = s(I_auto)·g(band)·σ_raw: s per I_auto bin",
                        w.table("error_model", pd.read_csv(cmp_dir / "error_model.csv"))))
     if (cmp_dir / "error_model_bands.csv").exists():
-        tables.append(("Error model: g per band",
-                       w.table("error_model_bands", pd.read_csv(cmp_dir / "error_model_bands.csv"))))
+        bands_table = pd.read_csv(cmp_dir / "error_model_bands.csv")
+        tables.append(("Error model: g per band", w.table("error_model_bands", bands_table)))
     if figs or tables:
         sections.append(rp.ReportSection(
             "Photometry: the same galaxies in different exposures",
