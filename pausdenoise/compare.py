@@ -197,7 +197,8 @@ def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
     """The compact form of a pair table: everything the σ68 statistics and the error model
     need, ~30 bytes a pair instead of ~150.
 
-    Columns: ``ref_id``, ``band``, ``I_auto`` (float32), ``expnum_1``, ``expnum_2``,
+    Columns: ``ref_id``, ``band`` (categorical), ``I_auto`` (float32), ``expnum_1``,
+    ``expnum_2`` (int32),
     ``d_raw`` (Δf of raw fluxes, raw errors) and, when denoised fluxes exist, ``d_den``
     (Δf of denoised fluxes, raw errors), both float32. Every function of this module that
     takes pairs also takes this table.
@@ -206,10 +207,10 @@ def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "ref_id": pairs["ref_id"].to_numpy(np.int64),
-            "band": pairs["band"].astype(str).to_numpy(),
+            "band": pd.Categorical(pairs["band"].astype(str)),
             "I_auto": pairs["I_auto"].to_numpy(np.float32),
-            "expnum_1": pairs["expnum_1"].to_numpy(np.int64),
-            "expnum_2": pairs["expnum_2"].to_numpy(np.int64),
+            "expnum_1": pairs["expnum_1"].to_numpy(np.int32),
+            "expnum_2": pairs["expnum_2"].to_numpy(np.int32),
             "d_raw": _d_raw(pairs).astype(np.float32),
         }
     )
@@ -377,13 +378,14 @@ class ErrorModel:
         s = filled[idx]
         s[~np.isfinite(m)] = self.global_scale
         if band is not None and self.band_factor:
-            b = pd.Series(np.broadcast_to(np.asarray(band, dtype=object), m.shape))
-            s = s * b.astype(str).map(dict(self.band_factor)).fillna(1.0).to_numpy(float)
+            codes, names = _band_codes(band, m.shape)
+            g = np.array([self.band_factor.get(str(n), 1.0) for n in names] + [1.0])
+            s = s * g[codes]  # code -1 (missing band) takes the last entry, 1.0
         return s
 
     def scale_for_pairs(self, pairs: pd.DataFrame) -> np.ndarray:
         """:meth:`scale_for` of a pair table's rows (both sides share I_auto and band)."""
-        band = pairs["band"].to_numpy() if "band" in pairs.columns else None
+        band = pairs["band"] if "band" in pairs.columns else None
         return self.scale_for(pairs["I_auto"].to_numpy(float), band)
 
     def apply(self, wide: pd.DataFrame) -> pd.DataFrame:
@@ -418,6 +420,18 @@ class ErrorModel:
                 "band_factor": [float(self.band_factor.get(b, 1.0)) for b in names],
             }
         )
+
+
+def _band_codes(band: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
+    """Integer codes (−1 for missing) and names of a band column, array or scalar; a
+    categorical column is used as it is (no per-row strings)."""
+    if isinstance(band, str):
+        return np.zeros(shape, dtype=np.int64), [band]
+    if isinstance(band, pd.Series) and isinstance(band.dtype, pd.CategoricalDtype):
+        return band.cat.codes.to_numpy(np.int64), [str(c) for c in band.cat.categories]
+    codes, uniques = pd.factorize(pd.Series(np.asarray(band, dtype=object)).astype(str),
+                                  sort=True)
+    return np.asarray(codes, dtype=np.int64), [str(u) for u in uniques]
 
 
 def _exposure_bands(exposure_bands: Mapping[int, str] | pd.DataFrame | None,
@@ -523,7 +537,7 @@ def fit_error_model(
     nb = len(bins) - 1
     n = np.array([int(((idx == i) & ok).sum()) for i in range(nb)], dtype=np.int64)
     if "band" in fit.columns:
-        codes, uniques = pd.factorize(fit["band"].astype(str), sort=True)
+        codes, uniques = _band_codes(fit["band"], (len(fit),))
     else:
         codes, uniques = np.zeros(len(fit), dtype=np.int64), np.array([""])
     names = [str(u) for u in uniques]
@@ -578,8 +592,10 @@ def _validation_table(
         for i, (lab, lo, hi) in enumerate(zip(_bin_labels(bins), bins[:-1], bins[1:], strict=True))
     ]
     if "band" in held.columns:
-        band = held["band"].astype(str).to_numpy()
-        groups += [(f"band {b}", np.nan, np.nan, band == b) for b in sorted(set(band))]
+        codes, names = _band_codes(held["band"], (len(held),))
+        present = set(np.unique(codes[codes >= 0]).tolist())
+        groups += [(f"band {names[j]}", np.nan, np.nan, codes == j)
+                   for j in sorted(present, key=lambda j: str(names[j]))]
     rows = []
     for lab, lo, hi, sel in groups:
         dc = d_cal[sel & np.isfinite(d_cal)]

@@ -95,10 +95,10 @@ class CompareConfig(BaseModel):
         "on the pairs of the other groups' exposures. The reported model is fitted on all."
     )
     max_pairs: int = Field(
-        20_000_000, ge=10, description="Pairs kept for the σ68 statistics and the error "
-        "model (~30 bytes each in memory); above it, a deterministic uniform subsample of this "
-        "size (pair counts stay exact). The archive has ~10^8–10^9 pairs; 2e7 gives σ68 to "
-        "~0.1 % per bin."
+        10_000_000, ge=10, description="Pairs kept for the σ68 statistics and the error "
+        "model (~150 bytes each at the stage's peak, measured); above it, a deterministic "
+        "uniform subsample of this size (pair counts stay exact). The archive has ~10^8–10^9 "
+        "pairs; 10^7 gives σ68 to ~0.1 % per bin."
     )
     band_factors: bool = Field(
         True, description="Error model with a factor per band, g(band), on top of s(I_auto): "

@@ -103,7 +103,12 @@ def run_compare(ctx: Context) -> dict[str, Any]:
              if p is not None]
     if not parts:
         return {"note": "no measurement to compare"}
-    pairs = pd.concat([p[0] for p in parts], ignore_index=True)
+    from pandas.api.types import union_categoricals
+
+    # one categorical band column for all bands (pd.concat would make it per-row strings)
+    band = union_categoricals([p[0]["band"] for p in parts], sort_categories=True)
+    pairs = pd.concat([p[0].drop(columns="band") for p in parts], ignore_index=True)
+    pairs.insert(1, "band", band)
     wide = pd.concat([p[1] for p in parts], ignore_index=True)
     exp_bands = pd.concat([p[2] for p in parts], ignore_index=True)
     summary: dict[str, Any] = {"pairs": n_total, "pairs_used": len(pairs),

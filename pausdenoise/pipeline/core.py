@@ -492,7 +492,7 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "report": stage_report,
 }
 
-_CLUSTER_STAGES = {"ingest", "denoise", "photometry"}
+_CLUSTER_STAGES = {"ingest", "denoise", "photometry", "compare", "stack", "gan"}
 
 
 @contextlib.contextmanager
