@@ -410,6 +410,63 @@ class ErrorModel:
             }
         )
 
+    def to_dict(self) -> dict:
+        """A JSON-serialisable description (``from_dict`` reads it back); edges ±inf are
+        written as ``null``."""
+        def num(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+
+        return {
+            "model": "sigma_den = s(I_auto) * g(band) * sigma_raw",
+            "bins": [num(v) for v in self.bins],
+            "scale": [num(v) for v in self.scale],
+            "n_pairs": [int(v) for v in self.n_pairs],
+            "global_scale": float(self.global_scale),
+            "fit_exposures": [int(v) for v in self.fit_exposures],
+            "band_factor": {str(k): float(v) for k, v in self.band_factor.items()},
+            "band_pairs": {str(k): int(v) for k, v in self.band_pairs.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ErrorModel:
+        """The model described by :meth:`to_dict`'s output."""
+        edges = [np.nan if v is None else float(v) for v in d["bins"]]
+        # a null first/last edge is an open end
+        if edges and np.isnan(edges[0]):
+            edges[0] = -np.inf
+        if edges and np.isnan(edges[-1]):
+            edges[-1] = np.inf
+        return cls(
+            bins=np.asarray(edges, dtype=float),
+            scale=np.asarray([np.nan if v is None else v for v in d["scale"]], dtype=float),
+            n_pairs=np.asarray(d["n_pairs"], dtype=np.int64),
+            global_scale=float(d["global_scale"]),
+            fit_exposures=tuple(int(v) for v in d["fit_exposures"]),
+            band_factor={str(k): float(v) for k, v in d.get("band_factor", {}).items()},
+            band_pairs={str(k): int(v) for k, v in d.get("band_pairs", {}).items()},
+        )
+
+    def calibrated_errors(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Per-measurement errors for denoised fluxes from a long photometry table.
+
+        Joins each denoised measurement with the raw one of the same (ref_id, expnum, ccd,
+        band) and returns, per pair of rows: the keys, ``I_auto``, ``flux_cal_raw``,
+        ``flux_cal_err_raw``, ``flags_raw``, ``flux_cal_den``, ``flux_cal_err_den`` (what the
+        photometry stage computed on the denoised image), ``flags_den`` and
+        ``flux_cal_err_den_model`` = s(I_auto)·g(band)·``flux_cal_err_raw``, the error to use
+        with ``flux_cal_den``. Flagged rows are kept (their flags say why).
+        """
+        keys = ["ref_id", "expnum", "ccd", "band"]
+        cols = ["flux_cal", "flux_cal_err", "flags"]
+        raw = table[table["kind"] == "raw"][[*keys, "I_auto", *cols]]
+        den = table[table["kind"] == "denoised"][[*keys, *cols]]
+        m = raw.merge(den, on=keys, how="inner", suffixes=("_raw", "_den"))
+        m["flux_cal_err_den_model"] = (
+            self.scale_for(m["I_auto"].to_numpy(float), m["band"])
+            * m["flux_cal_err_raw"].to_numpy(float)
+        )
+        return m.reset_index(drop=True)
+
     def band_frame(self) -> pd.DataFrame:
         """The fitted band factors g(band) and their fit-pair counts."""
         names = sorted(set(self.band_factor) | set(self.band_pairs))

@@ -416,3 +416,27 @@ def test_subsample_is_deterministic_uniform_and_order_free(three_bands):
     assert sigma68(a.d_den) == pytest.approx(sigma68(compact.d_den), rel=0.05)
     assert subsample_pairs(compact, 1.0) is compact
     assert len(subsample_pairs(compact, 0.1, seed=4).merge(a, on=key)) < len(a)
+
+
+def test_model_round_trip_and_per_measurement_errors(three_bands):
+    import json
+
+    from pausdenoise.compare import ErrorModel
+
+    pairs, eb = three_bands
+    model = fit_error_model(pairs, eb.expnum, min_pairs=50)
+    back = ErrorModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_array_equal(back.bins, model.bins)  # ±inf open ends survive JSON
+    np.testing.assert_array_equal(back.scale, model.scale)
+    assert back.band_factor == model.band_factor
+    mags, bands = np.array([16.0, 20.5, 22.5, 25.0]), ["NB455", "NB615", "NB845", "NB999"]
+    np.testing.assert_array_equal(back.scale_for(mags, bands), model.scale_for(mags, bands))
+    # per-measurement errors: s(I)·g(band)·raw error, one row per raw+denoised measurement
+    table, _ = synthetic_table(n_src=300, n_exp=3, seed=9, bands=tuple(BAND_K), band_k=BAND_K)
+    table.loc[table.index[:5], "flags"] = 4
+    rows = model.calibrated_errors(table)
+    assert len(rows) == (table.kind == "raw").sum()
+    assert (rows.flags_raw > 0).sum() == 5  # flagged rows kept, with their flags
+    want = model.scale_for(rows.I_auto, rows.band) * rows.flux_cal_err_raw
+    np.testing.assert_allclose(rows.flux_cal_err_den_model, want)
+    assert {"flux_cal_den", "flux_cal_err_den", "flags_den"} <= set(rows.columns)

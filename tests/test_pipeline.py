@@ -242,3 +242,20 @@ def test_compare_per_band_with_a_pair_cap(tiny_run, tmp_path, capsys):
     assert by_bin.loc[0, "n_pairs_total"] == full["pairs"]
     assert by_bin.loc[0, "n_pairs"] == capped["pairs_used"]
     assert "used)" in capsys.readouterr().out
+
+
+def test_compare_writes_the_calibrated_errors(tiny_run):
+    from pausdenoise.compare import ErrorModel
+    from pausdenoise.photometry import read_photometry
+
+    code, _, out = tiny_run
+    assert code == EXIT_OK
+    model = ErrorModel.from_dict(json.loads((out / "compare" / "error_model.json").read_text()))
+    errs = pd.read_parquet(out / "compare" / "denoised_errors")
+    table = read_photometry(out / "photometry")
+    assert len(errs) == (table.kind == "denoised").sum()
+    assert set(errs.band.astype(str)) == set(table.band)
+    want = model.scale_for(errs.I_auto.to_numpy(), errs.band.astype(str)) * errs.flux_cal_err_raw
+    np.testing.assert_allclose(errs.flux_cal_err_den_model, want)
+    summary = json.loads((out / "compare" / "summary.json").read_text())
+    assert summary["calibrated_error_rows"] == len(errs)

@@ -7,6 +7,11 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   the median denoised/raw flux ratio;
 - ``error_model.csv`` / ``error_model_bands.csv``: the error model σ_den = s(I_auto)·g(band)·σ_raw
   fitted on all pairs: s per bin, g per band (:class:`pausdenoise.compare.ErrorModel`);
+- ``error_model.json``: the same model, machine-readable
+  (:meth:`pausdenoise.compare.ErrorModel.from_dict`), to apply to other runs;
+- ``denoised_errors/band=<band>/errors.parquet``: every measurement's raw and denoised
+  calibrated flux with ``flux_cal_err_den_model``, the error to use with the denoised flux
+  (:meth:`pausdenoise.compare.ErrorModel.calibrated_errors`), flags kept;
 - ``error_model_validation.csv``: σ68 with model errors on held-out pairs, by k-fold
   cross-validation over exposures stratified by band (each pair judged by a model fitted
   without either of its exposures), overall, per bin and per band, with pass/fail against
@@ -24,6 +29,7 @@ so memory is bounded by one band's photometry, plus the compact pair table of al
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,6 +72,18 @@ def band_deltas(phot_dir: str, band: str, exclude_flagged: bool, rate: float,
     deltas = cmp.subsample_pairs(cmp.pair_deltas(cmp.make_pairs(wide)), rate, seed)
     meas = wide[[c for c in ("I_auto", "f_raw", "f_den") if c in wide.columns]]
     return deltas, meas.astype(np.float32), wide[["expnum", "band"]].drop_duplicates("expnum")
+
+
+def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) -> int:
+    """Write one band's per-measurement calibrated denoised errors (atomically) to
+    ``out_dir/band=<band>/errors.parquet``; returns the row count. Runs on a worker."""
+    from pausdenoise import compare as cmp
+    from pausdenoise.photometry import read_photometry, write_partition
+
+    table = read_photometry(phot_dir, bands=[band])
+    rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
+    write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
+    return len(rows)
 
 
 def _per_band(ctx: Context, fn: Any, bands: list[str], *args: Any) -> list[Any]:
@@ -126,6 +144,10 @@ def run_compare(ctx: Context) -> dict[str, Any]:
             mf["global_scale"] = model.global_scale
             mf.to_csv(out / "error_model.csv", index=False)
             model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
+            (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
+            written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
+                                str(out / "denoised_errors"))
+            summary["calibrated_error_rows"] = int(sum(written))
             summary["error_model_global_scale"] = model.global_scale
             summary["error_model_band_factor"] = dict(model.band_factor)
             try:
