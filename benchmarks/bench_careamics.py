@@ -40,7 +40,8 @@ Measured:
     tiled 256/48, ours whole-image), and of the raw frame;
 (d) agreement of tiled with whole-image inference on the 2048² image: max |tiled − whole|
     in units of the frame's noise σ, CAREamics 256/48 against its own whole-image
-    prediction, ours against the eager whole-image inference.
+    prediction, ours against whole-image inference through the same network (optimised or
+    eager), and our optimised whole image against the eager one.
 
 CAREamics runs in its own virtual environment (``--care-python``, default
 ``.venv-careamics/bin/python`` when ``make careamics`` has built it, else
@@ -335,13 +336,17 @@ def ours(image, mask, steps: int, batch: int, patch: int, train_threads: int,
                                    "mpix_per_s": big.size / best / 1e6})
             print(f"ours predict {mode}, {t} thread(s): {big.size / best / 1e6:.3f} Mpix/s",
                   flush=True)
-    ref_whole = outputs["predict_array whole, eager (before this change)"]
+    # tiled against whole-image inference through the same network (the exactness claim),
+    # and the optimised network against the eager one (float32 round-off only)
+    w_opt, w_eager = labels[3], labels[4]
     res["agreement"] = {}
-    for mode in labels[:4]:
-        diff = np.abs(outputs[mode] - ref_whole) / stats.sigma
-        res["agreement"][mode] = {"max_sigma": float(diff.max()),
-                                  "rms_sigma": float(np.sqrt(np.mean(diff**2)))}
-        print(f"ours {mode} vs eager whole image: max {diff.max():.3g} σ", flush=True)
+    for mode, ref_mode in ((labels[0], w_eager), (labels[1], w_opt), (labels[2], w_opt),
+                           (w_opt, w_eager)):
+        diff = np.abs(outputs[mode] - outputs[ref_mode]) / stats.sigma
+        key = f"{mode} vs {ref_mode}"
+        res["agreement"][key] = {"max_sigma": float(diff.max()),
+                                 "rms_sigma": float(np.sqrt(np.mean(diff**2)))}
+        print(f"ours {key}: max {diff.max():.3g} σ", flush=True)
     return res, den
 
 
@@ -479,10 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{ref_mode} (Mpix/s) | {c:.3f} | {r['mpix_per_s']:.3f} | "
                      f"{r['mpix_per_s'] / c:.2f} |")
     ca = care["agreement"]
-    for mode, ag in mine["agreement"].items():
-        lines.append(f"| max \\|tiled − whole\\| / σ: ours {mode} vs eager whole; CAREamics "
-                     f"tiled 256/48 vs its whole | {ca['max_sigma']:.3g} | "
-                     f"{ag['max_sigma']:.3g} | |")
+    for key, ag in mine["agreement"].items():
+        lines.append(f"| max \\|Δ\\| / σ: ours {key}; CAREamics tiled 256/48 vs its whole "
+                     f"image | {ca['max_sigma']:.3g} | {ag['max_sigma']:.3g} | |")
     lines.append(f"| sky RMS to truth (ADU; raw frame {rms_raw:.2f}, {n_sky} px) | "
                  f"{rms_care:.2f} | {rms_ours:.2f} | {rms_ours / rms_care:.2f} |")
     table = "\n".join(lines)
@@ -536,8 +540,9 @@ normalisation and denormalisation included, the cached optimised CPU network): c
 forward; `eager` rows = the plain network as before this change. CAREamics: its
 `predict` with `tile_size=(256, 256), tile_overlap=(48, 48)` (documented settings), batch =
 its training batch. Agreement: max over all 2048² pixels (edges included) of |tiled − whole| in
-units of the frame's noise σ ({stats.sigma:.2f} ADU); ours against the eager whole-image
-inference.
+units of the frame's noise σ ({stats.sigma:.2f} ADU), each tool's tiled output against its own
+whole-image output through the same network; for ours also the optimised whole image against
+the eager one (float32 round-off of a different summation order, largest at bright stars).
 
 {table}
 """

@@ -95,9 +95,12 @@ def make_image(ny: int, nx: int, seed: int = 0, n_stars: int = 5) -> np.ndarray:
 
 
 def whole_image(model: UNet, img: np.ndarray, stats: FrameStats, mask=None) -> np.ndarray:
-    """Whole-image inference in normalised units (σ) – the reference."""
+    """Whole-image inference in normalised units (σ) – the reference – through the network
+    the denoise stage runs on CPU (:func:`dn.get_model`: the optimised copy unless
+    ``PAUSDENOISE_CPU_OPTIMISE=0``), so chunked and whole image share one code path; the
+    optimised copy against the eager network is tested on its own below."""
     x = torch.from_numpy(normalise(img, stats, mask))[None, None]
-    return predict_array(model, x)[0, 0].numpy()
+    return predict_array(dn.get_model(ModelRef.from_model(model), "cpu"), x)[0, 0].numpy()
 
 
 def in_sigma(out_adu: np.ndarray, stats: FrameStats) -> np.ndarray:
