@@ -179,7 +179,9 @@ class DenoiseConfig(BaseModel):
         "auto", description="'auto' resolves per worker: cuda if visible, else cpu"
     )
     precision: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="autocast dtype; reduced precision only on CUDA"
+        "float32", description="autocast dtype. On CUDA as asked. On CPU float32 unless "
+        "device is 'cpu' and precision 'bfloat16' (2.3x faster here, but up to 0.05 sigma off "
+        "on sky and 1.5 sigma on bright stars: not within the noise budget); float16 needs CUDA"
     )
     batch_size: int = Field(4, ge=1, description="sub-tiles per forward pass")
     tile_size: int | None = Field(
