@@ -12,28 +12,29 @@ Every rate is *per single-threaded CPU worker process* (or per GPU for the ``*_g
 keys) and is an explicit argument: pass ``rates={...}`` to override any of
 :data:`MEASURED_RATES`. Its values were measured with ``python benchmarks/run_all.py
 --quick`` on the project's development machine (2 vCPUs "AMD EPYC", no GPU) when it was
-quiet (load average 0.7 at the start, 1.6 at the end), one single-threaded worker each;
-they are recorded in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 06:20 UTC
-(quick)". Rates on this shared machine varied up to 3× with the load earlier: treat
-them as order-of-magnitude figures for one CPU core and pass your own.
+quiet (load average 0.47 at the start), one single-threaded worker each; they are recorded
+in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC (quick)" (the denoise
+rate includes the per-worker TorchScript/channels-last network copy). Rates on this shared
+machine varied up to 3× with the load: treat them as order-of-magnitude figures for one
+CPU core and pass your own.
 
 =========================  ========  ==============================================
 key                        value     source
 =========================  ========  ==============================================
-``ingest_mb_s``            15.1      ``benchmarks/bench_ingest.py``: PAUS FITS (image +
+``ingest_mb_s``            38.5      ``benchmarks/bench_ingest.py``: PAUS FITS (image +
                                      mask) → Zarr, 1 worker, MB of FITS input per s
-``train_patches_s``        15.7      ``benchmarks/bench_train.py``: N2V depth 2/32 ch,
-                                     64² patches, 1 torch thread, CPU
-``denoise_mpix_s``         0.181     ``benchmarks/bench_denoise.py``: depth 2/32 ch,
+``train_patches_s``        41.8      ``benchmarks/bench_train.py``: N2V depth 2/32 ch,
+                                     64² patches, CPU, one process
+``denoise_mpix_s``         0.473     ``benchmarks/bench_denoise.py``: depth 2/32 ch,
                                      1024² chunks, 1 worker, end to end (zarr → zarr)
-``store_read_mb_s``        179       ``benchmarks/bench_ingest.py``: reading frames back
+``store_read_mb_s``        504       ``benchmarks/bench_ingest.py``: reading frames back
                                      from the store (decompression), one process, MB of
                                      stored (compressed) bytes per s
-``photometry_sources_s``   5700      ``benchmarks/bench_photometry.py``: measure_frame,
+``photometry_sources_s``   7780      ``benchmarks/bench_photometry.py``: measure_frame,
                                      full PAUS recipe, dask, 1 worker (image in
                                      memory: the store read is added from
                                      ``store_read_mb_s``)
-``compare_pairs_s``        2.58e6    ``benchmarks/bench_compare.py``: pandas widen +
+``compare_pairs_s``        2.56e6    ``benchmarks/bench_compare.py``: pandas widen +
                                      make_pairs + summarise, in-process
 ``*_gpu_*``                None      **not measured** (no GPU was available); a plan with
                                      ``gpus > 0`` reports those stages as unknown unless
@@ -49,8 +50,9 @@ its frames from the store (``store_read_mb_s`` per worker). With ``io_gb_s`` (ag
 bandwidth of the shared file system, both directions) a stage takes at least
 ``(read + written) / io_gb_s``; by default I/O is not limiting, which is optimistic for a
 large cluster on one file system. Training is one process (or one DDP job over the GPUs);
-compare runs in one process (pandas) in the current pipeline and
-does not scale with workers.
+compare pairs each band in its own task but fits the error
+model and the statistics in one process (on at most ``compare.max_pairs`` pairs), so it is
+modelled as one process.
 
 Bytes
 -----
@@ -81,14 +83,14 @@ from typing import Any
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
 MEASURED_RATES: dict[str, float | None] = {
-    "ingest_mb_s": 48.4,
-    "store_read_mb_s": 570.0,
-    "train_patches_s": 41.4,
+    "ingest_mb_s": 38.5,
+    "store_read_mb_s": 504.0,
+    "train_patches_s": 41.8,
     "train_gpu_patches_s": None,
-    "denoise_mpix_s": 0.244,
+    "denoise_mpix_s": 0.473,
     "denoise_gpu_mpix_s": None,
-    "photometry_sources_s": 7100.0,
-    "compare_pairs_s": 2.5e6,
+    "photometry_sources_s": 7780.0,
+    "compare_pairs_s": 2.56e6,
 }
 
 RATE_KEYS = tuple(MEASURED_RATES)
@@ -183,7 +185,8 @@ class PlanReport:
             f"(base {m['worker_base_mb']:,.0f} MB + {m['blocks_in_flight']:.0f} block(s) × "
             f"[input+halo {m['block_input_mb']:,.1f} MB + output {m['block_output_mb']:,.1f} MB "
             f"+ activations {m['activations_mb']:,.0f} MB])",
-            f"compare (one process) holds ~{m['compare_process_mb']:,.0f} MB of pairs",
+            f"compare (one process) holds ~{m['compare_process_mb']:,.0f} MB of pairs "
+            f"(at most compare.max_pairs)",
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -239,7 +242,8 @@ def plan_run(
     activation_factor: float = 8.0,
     io_gb_s: float | None = None,
     photometry_row_bytes: int = 150,
-    pair_row_bytes: int = 120,
+    pair_row_bytes: int = 150,
+    max_pairs: int = 10_000_000,
     stages: Sequence[str] = ("ingest", "train", "denoise", "photometry", "compare"),
 ) -> PlanReport:
     """Plan a run of ``exposures × ccds_per_exposure`` frames of ``ccd_shape`` pixels.
@@ -277,7 +281,10 @@ def plan_run(
     io_gb_s
         Aggregate file-system bandwidth (GB/s); None: I/O not limiting.
     photometry_row_bytes, pair_row_bytes
-        Bytes per photometry row on disk and per pair row in memory (compare).
+        Bytes per photometry row on disk and per pair in memory at the compare stage's peak
+        (150 measured by ``benchmarks/bench_compare_scale.py``).
+    max_pairs
+        ``compare.max_pairs``: pairs kept for the statistics (a uniform subsample above).
     stages
         Which stages to plan, in order.
 
@@ -390,7 +397,7 @@ def plan_run(
             out.append(StagePlan(
                 "compare", 1, pairs, "pairs", read, written, 1,
                 "cpu", r["compare_pairs_s"], wall(pairs, r["compare_pairs_s"], 1),
-                "one process (pandas); does not scale with workers"))
+                "pairs per band, statistics in one process (modelled as one process)"))
 
     block = (cy + 2 * halo) * (cx + 2 * halo)
     if tile_size:
@@ -410,11 +417,11 @@ def plan_run(
         "block_output_mb": block_out,
         "activations_mb": act,
         "denoise_worker_mb": worker_mb,
-        "compare_process_mb": pairs_all * pair_row_bytes / 2**20,
+        "compare_process_mb": min(pairs_all, max_pairs) * pair_row_bytes / 2**20,
     }
     if memory["compare_process_mb"] > 16 * 1024:
         notes.append(f"compare would hold ~{memory['compare_process_mb'] / 1024:,.0f} GB of "
-                     "pairs in one process: split it by band (or use the dask join)")
+                     "pairs in one process: lower compare.max_pairs")
     if gpus > 0 and ("ingest" in stages or "photometry" in stages):
         notes.append(f"ingest and photometry run on the {n_workers} CPU worker(s)")
     assumptions = {
