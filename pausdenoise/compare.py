@@ -198,19 +198,21 @@ def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
     need, ~30 bytes a pair instead of ~150.
 
     Columns: ``ref_id``, ``band`` (categorical), ``I_auto`` (float32), ``expnum_1``,
-    ``expnum_2`` (int32),
-    ``d_raw`` (Δf of raw fluxes, raw errors) and, when denoised fluxes exist, ``d_den``
-    (Δf of denoised fluxes, raw errors), both float32. Every function of this module that
-    takes pairs also takes this table.
+    ``expnum_2`` (int32, int64 when an exposure number needs it), ``d_raw`` (Δf of raw
+    fluxes, raw errors) and, when denoised fluxes exist, ``d_den`` (Δf of denoised fluxes,
+    raw errors), both float32. Every function of this module that takes pairs also takes
+    this table.
     """
     pairs = _compute(pairs)
+    exp_max = max(int(pairs["expnum_1"].max()), int(pairs["expnum_2"].max())) if len(pairs) else 0
+    exp_dtype = np.int32 if exp_max <= np.iinfo(np.int32).max else np.int64
     out = pd.DataFrame(
         {
             "ref_id": pairs["ref_id"].to_numpy(np.int64),
             "band": pd.Categorical(pairs["band"].astype(str)),
             "I_auto": pairs["I_auto"].to_numpy(np.float32),
-            "expnum_1": pairs["expnum_1"].to_numpy(np.int32),
-            "expnum_2": pairs["expnum_2"].to_numpy(np.int32),
+            "expnum_1": pairs["expnum_1"].to_numpy(exp_dtype),
+            "expnum_2": pairs["expnum_2"].to_numpy(exp_dtype),
             "d_raw": _d_raw(pairs).astype(np.float32),
         }
     )
