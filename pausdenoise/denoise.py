@@ -929,9 +929,7 @@ def measure_precision_error(
         ``precision``, ``device``, ``seconds_float32``, ``seconds_reduced``.
     """
     dev = _resolve_device(device)
-    net = ModelRef.from_model(model).load(str(dev))
-    if dev.type == "cpu" and cpu_optimise_default():
-        net = optimise_for_inference(net)
+    net = get_model(ModelRef.from_model(model), dev)
     x = normalise(image, stats, mask)
     results = {}
     timings = {}

@@ -1321,20 +1321,30 @@ def photometry_bands(out_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def read_photometry(
-    out_dir: str | os.PathLike[str], bands: Sequence[str] | None = None
+    out_dir: str | os.PathLike[str],
+    bands: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read what :func:`run_photometry` wrote back into one table (``band`` and ``kind``
     restored as str columns, ``OUTPUT_COLUMNS`` order); only ``bands`` when given (the
-    Parquet partitions of other bands are not read)."""
+    Parquet partitions of other bands are not read) and only ``columns`` (a subset of
+    ``OUTPUT_COLUMNS``, always with ``band`` and ``kind``) when given."""
     import pyarrow.dataset as ds
 
+    wanted = dict(OUTPUT_COLUMNS)
+    if columns is not None:
+        unknown = set(columns) - set(OUTPUT_COLUMNS)
+        if unknown:
+            raise KeyError(f"not photometry columns: {', '.join(sorted(unknown))}")
+        keep = set(columns) | {"band", "kind"}
+        wanted = {c: t for c, t in OUTPUT_COLUMNS.items() if c in keep}
     if not Path(out_dir).is_dir() or not any(Path(out_dir).rglob("*.parquet")):
-        return _empty_table()
+        return _empty_table()[list(wanted)]
     dataset = ds.dataset(str(out_dir), format="parquet", partitioning="hive")
     flt = ds.field("band").isin(list(bands)) if bands is not None else None
-    df = dataset.to_table(filter=flt).to_pandas()
+    df = dataset.to_table(columns=list(wanted), filter=flt).to_pandas()
     if df.empty:
-        return _empty_table()
+        return _empty_table()[list(wanted)]
     for c in ("band", "kind"):
         df[c] = df[c].astype(str)
-    return df[list(OUTPUT_COLUMNS)].astype(OUTPUT_COLUMNS).reset_index(drop=True)
+    return df[list(wanted)].astype(wanted).reset_index(drop=True)

@@ -244,6 +244,23 @@ def test_compare_per_band_with_a_pair_cap(tiny_run, tmp_path, capsys):
     assert "used)" in capsys.readouterr().out
 
 
+def test_read_photometry_by_band_and_columns(tiny_run):
+    from pausdenoise.photometry import photometry_bands, read_photometry
+
+    _, _, out = tiny_run
+    full = read_photometry(out / "photometry")
+    assert photometry_bands(out / "photometry") == ["NB455", "NB615"]
+    part = read_photometry(out / "photometry", bands=["NB615"], columns=["ref_id", "flux_cal"])
+    assert list(part.columns) == ["ref_id", "band", "kind", "flux_cal"]
+    want = full[full.band == "NB615"][list(part.columns)]
+    key = ["ref_id", "kind", "flux_cal"]
+    pd.testing.assert_frame_equal(part.sort_values(key).reset_index(drop=True),
+                                  want.sort_values(key).reset_index(drop=True))
+    with pytest.raises(KeyError, match="not photometry columns: nope"):
+        read_photometry(out / "photometry", columns=["nope"])
+    assert list(read_photometry(out / "missing", columns=["x"]).columns) == ["band", "kind", "x"]
+
+
 def test_compare_writes_the_calibrated_errors(tiny_run):
     from pausdenoise.compare import ErrorModel
     from pausdenoise.photometry import read_photometry

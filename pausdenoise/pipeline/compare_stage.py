@@ -39,25 +39,29 @@ if TYPE_CHECKING:
     from pausdenoise.pipeline.core import Context
 
 
+#: the photometry columns the compare stage reads (the other ~20 are never loaded)
+_COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
+
+
 def _band_wide(phot_dir: str, band: str, exclude_flagged: bool) -> pd.DataFrame | None:
     from pausdenoise import compare as cmp
     from pausdenoise.photometry import read_photometry
 
-    table = read_photometry(phot_dir, bands=[band])
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
     if table.empty:
         return None
     return cmp.widen(table, exclude_flags=exclude_flagged)
 
 
 def band_pair_counts(phot_dir: str, band: str, exclude_flagged: bool,
-                     bins: np.ndarray) -> tuple[int, np.ndarray, int]:
-    """(pairs, pairs per I_auto bin, measurements) of one band, without building pairs."""
+                     bins: np.ndarray) -> tuple[int, np.ndarray]:
+    """(pairs, pairs per I_auto bin) of one band, without building pairs."""
     from pausdenoise import compare as cmp
 
     wide = _band_wide(phot_dir, band, exclude_flagged)
     if wide is None or wide.empty:
-        return 0, np.zeros(len(bins) - 1, dtype=np.int64), 0
-    return int(cmp.pair_count(wide)), np.asarray(cmp.pair_count(wide, bins)), len(wide)
+        return 0, np.zeros(len(bins) - 1, dtype=np.int64)
+    return int(cmp.pair_count(wide)), np.asarray(cmp.pair_count(wide, bins))
 
 
 def band_deltas(phot_dir: str, band: str, exclude_flagged: bool, rate: float,
@@ -80,7 +84,7 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) 
     from pausdenoise import compare as cmp
     from pausdenoise.photometry import read_photometry, write_partition
 
-    table = read_photometry(phot_dir, bands=[band])
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
     rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
     write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
     return len(rows)
