@@ -43,7 +43,7 @@ bench: $(STAMP)
 
 # CAREamics in its own venv, for benchmarks/bench_careamics.py (its default --care-python).
 # careamics 0.3.5 pins torch<2.14 / torchvision<=0.26; the torchvision wheels are CUDA builds,
-# so torch is pinned to the matching build (2.10.0 + 0.25.0, CUDA 12.8 from the index, ~5 GB
+# so torch is pinned to the matching build (2.10.0 + 0.25.0, CUDA 12.8 from the index, 7.6 GB
 # with the nvidia-* wheels; runs on CPU without a GPU). Pinned, so the local torch 2.13.0+cpu
 # wheel is never picked.
 CARE_VENV := .venv-careamics
