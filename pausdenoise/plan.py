@@ -13,8 +13,10 @@ keys) and is an explicit argument: pass ``rates={...}`` to override any of
 :data:`MEASURED_RATES`. Its values were measured with ``python benchmarks/run_all.py
 --quick`` on the project's development machine (2 vCPUs "AMD EPYC", no GPU) when it was
 quiet (load average 0.47 at the start), one single-threaded worker each; they are recorded
-in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC (quick)" (the denoise
-rate includes the per-worker TorchScript/channels-last network copy). Rates on this shared
+in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC (quick)", except the
+denoise rate, taken from the full-size 18-CCD exposure of section "Denoise at full size"
+(12:16 UTC; the quick run's 2048² frame gave 0.473, first-forward costs and edge blocks
+weigh less there); it includes the per-worker TorchScript/channels-last network copy. Rates on this shared
 machine varied up to 3× with the load: treat them as order-of-magnitude figures for one
 CPU core and pass your own.
 
@@ -25,8 +27,10 @@ key                        value     source
                                      mask) → Zarr, 1 worker, MB of FITS input per s
 ``train_patches_s``        41.8      ``benchmarks/bench_train.py``: N2V depth 2/32 ch,
                                      64² patches, CPU, one process
-``denoise_mpix_s``         0.473     ``benchmarks/bench_denoise.py``: depth 2/32 ch,
-                                     1024² chunks, 1 worker, end to end (zarr → zarr)
+``denoise_mpix_s``         0.347     ``benchmarks/bench_denoise.py --ccds 18``: a full
+                                     PAUCam exposure (18 × 4096×2048), depth 2/32 ch,
+                                     float32, 1024² chunks, 1 worker, end to end
+                                     (zarr → zarr); bfloat16 on CPU ≈ 2.1–2.3× this
 ``store_read_mb_s``        504       ``benchmarks/bench_ingest.py``: reading frames back
                                      from the store (decompression), one process, MB of
                                      stored (compressed) bytes per s
@@ -87,7 +91,7 @@ MEASURED_RATES: dict[str, float | None] = {
     "store_read_mb_s": 504.0,
     "train_patches_s": 41.8,
     "train_gpu_patches_s": None,
-    "denoise_mpix_s": 0.473,
+    "denoise_mpix_s": 0.347,
     "denoise_gpu_mpix_s": None,
     "photometry_sources_s": 7780.0,
     "compare_pairs_s": 2.56e6,
