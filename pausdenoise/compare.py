@@ -35,8 +35,13 @@ from pausdenoise.photometry import calibrate_flux
 
 __all__ = [
     "DEFAULT_BINS",
+    "HASH_COLUMN",
+    "PAIR_KEY",
     "ErrorModel",
+    "bottom_k_pairs",
     "calibrate",
+    "canonical_pairs",
+    "concat_pairs",
     "cross_validate_error_model",
     "delta_f",
     "df_arrays",
@@ -46,6 +51,8 @@ __all__ = [
     "make_pairs",
     "pair_count",
     "pair_deltas",
+    "pair_hash",
+    "pairs_per_bin",
     "sigma68",
     "sigma68_stderr",
     "split_exposures",
@@ -237,20 +244,153 @@ def pair_count(wide: pd.DataFrame, bins: Sequence[float] | None = None) -> np.nd
     return np.bincount(idx[ok], weights=npairs[ok], minlength=len(b) - 1).astype(np.int64)
 
 
+#: The columns that identify a pair (and that :func:`pair_hash` hashes, with the seed).
+PAIR_KEY: tuple[str, ...] = ("ref_id", "band", "expnum_1", "expnum_2")
+
+#: The column :func:`bottom_k_pairs` adds: each pair's :func:`pair_hash`.
+HASH_COLUMN = "pair_hash"
+
+
+def pair_hash(pairs: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash of each pair's (ref_id, band, expnum_1, expnum_2, seed).
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        A pair table (:func:`make_pairs` or :func:`pair_deltas`) with the :data:`PAIR_KEY`
+        columns.
+    seed : int
+        Mixed into the hash: another seed, another (independent) ordering of the pairs.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint64``, one per row. It depends on the values only, not on the dtypes
+        (``int32`` or ``int64`` exposure numbers, categorical or string band, whatever the
+        categories), the row order, the partitioning into tables or the process, so it
+        orders the pairs the same way wherever it is computed.
+    """
+    key = pairs[list(PAIR_KEY)].assign(_seed=seed)
+    return pd.util.hash_pandas_object(key, index=False).to_numpy(np.uint64)
+
+
 def subsample_pairs(pairs: pd.DataFrame, rate: float, seed: int = 0) -> pd.DataFrame:
     """A deterministic uniform subsample (fraction ``rate``) of a pair table.
 
-    A pair is kept when a hash of (ref_id, band, expnum_1, expnum_2, seed) falls below
-    ``rate``: the choice does not depend on the order, on the partitioning into bands or
-    on which worker computes it, so a rerun keeps the same pairs, and every pair has the
-    same chance (σ68 and medians of the sample estimate those of all pairs).
+    A pair is kept when its :func:`pair_hash` (ref_id, band, expnum_1, expnum_2, seed),
+    as a fraction of 2⁶⁴, falls below ``rate``: the choice does not depend on the order,
+    on the partitioning into bands or on which worker computes it, so a rerun keeps the
+    same pairs, and every pair has the same chance (σ68 and medians of the sample estimate
+    those of all pairs). The size is ``rate × len(pairs)`` only on average; for an exact
+    size use :func:`bottom_k_pairs`. With the same seed the two are nested (both keep the
+    smallest hashes), so a rate subsample of a bottom-k sample is not a ``rate`` fraction
+    of it: subsample a sample with :func:`bottom_k_pairs`.
     """
     if rate >= 1.0 or len(pairs) == 0:
         return pairs
-    key = pairs[["ref_id", "band", "expnum_1", "expnum_2"]].assign(_seed=seed)
-    h = pd.util.hash_pandas_object(key, index=False).to_numpy(np.uint64)
+    h = pair_hash(pairs, seed)
     keep = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < rate
     return pairs[keep].reset_index(drop=True)
+
+
+def concat_pairs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate pair tables, keeping ``band`` one categorical column (sorted categories:
+    their union) instead of the per-row strings :func:`pandas.concat` would make of
+    categoricals with different categories."""
+    from pandas.api.types import union_categoricals
+
+    tables = list(tables)
+    if len(tables) == 1:
+        return tables[0]
+    out = pd.concat([t.drop(columns="band") for t in tables], ignore_index=True)
+    band = union_categoricals([pd.Categorical(t["band"]) for t in tables], sort_categories=True)
+    out.insert(list(tables[0].columns).index("band"), "band", band)
+    return out
+
+
+def bottom_k_pairs(
+    tables: pd.DataFrame | Sequence[pd.DataFrame], k: int, seed: int = 0
+) -> pd.DataFrame:
+    """The (at most) ``k`` pairs with the smallest :func:`pair_hash`: a deterministic
+    uniform sample without replacement of exactly ``min(len, k)`` pairs.
+
+    Bottom-k samples merge: the bottom ``k`` of the union of tables is the bottom ``k`` of
+    the union of their bottom-``k`` samples, so a band's task can send back only its ``k``
+    smallest and a driver can fold the bands in as they complete, keeping at most ``k``
+    between merges; the result depends neither on how the pairs were split into tables nor
+    on the order of the merges (nor on the worker), only on the set of pairs and ``seed``.
+
+    Parameters
+    ----------
+    tables : pandas.DataFrame or sequence of pandas.DataFrame
+        Pair tables with the :data:`PAIR_KEY` columns (and the same other columns). A
+        :data:`HASH_COLUMN` already there (from an earlier call, same ``seed``) is used as
+        it is, else it is computed.
+    k : int
+        The sample size (≥ 0).
+    seed : int
+        The seed of :func:`pair_hash`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The sampled rows in input order (table after table; :func:`canonical_pairs` gives
+        an order that does not depend on the input), with a :data:`HASH_COLUMN` column
+        (``uint64``); ``band`` categorical over the union of the tables' bands. Equal
+        hashes at the cut (practically never: 2⁶⁴ values) are broken by the pair's key,
+        so the choice stays deterministic.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    tables = [tables] if isinstance(tables, pd.DataFrame) else list(tables)
+    tables = [t if HASH_COLUMN in t.columns else t.assign(**{HASH_COLUMN: pair_hash(t, seed)})
+              for t in tables]
+    hashes = [t[HASH_COLUMN].to_numpy(np.uint64) for t in tables]
+    n = sum(len(h) for h in hashes)
+    if n > k:
+        if k == 0:
+            cut = np.uint64(0)
+            keep = [np.zeros(len(h), bool) for h in hashes]
+        else:
+            cut = np.partition(np.concatenate(hashes), k - 1)[k - 1]
+            keep = [h < cut for h in hashes]
+        need = k - sum(int(m.sum()) for m in keep)
+        tied = [np.flatnonzero(h == cut) for h in hashes] if need > 0 else []
+        if need > 0 and sum(len(t) for t in tied) > need:
+            # break ties at the cut by the pair key: (band, ref_id, expnum_1, expnum_2)
+            cand = pd.concat(
+                [t.iloc[i][list(PAIR_KEY)].assign(band=lambda d: d["band"].astype(str),
+                                                  _table=j, _row=i)
+                 for j, (t, i) in enumerate(zip(tables, tied, strict=True))],
+                ignore_index=True,
+            ).sort_values(["band", "ref_id", "expnum_1", "expnum_2"], kind="stable")
+            first = cand.iloc[:need]
+            tied = [first["_row"].to_numpy()[first["_table"].to_numpy() == j]
+                    for j in range(len(tables))]
+        for m, i in zip(keep, tied, strict=False):
+            m[i] = True
+        tables = [t[m] for t, m in zip(tables, keep, strict=True)]
+    return concat_pairs(tables).reset_index(drop=True)
+
+
+def canonical_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """A pair table in an order fixed by its content: sorted by (band, ref_id, expnum_1,
+    expnum_2), the :data:`HASH_COLUMN` dropped, ``band`` categorical with the bands present
+    (sorted). Two tables of the same pairs, assembled in any order, come out identical."""
+    band = pd.Categorical(pairs["band"])
+    used = sorted(str(c) for c in band.remove_unused_categories().categories)
+    out = pairs.drop(columns=HASH_COLUMN, errors="ignore").assign(
+        band=band.set_categories(used))
+    return out.sort_values(["band", "ref_id", "expnum_1", "expnum_2"], kind="stable",
+                           ignore_index=True)
+
+
+def pairs_per_bin(pairs: pd.DataFrame, bins: Sequence[float]) -> np.ndarray:
+    """Pairs per I_auto bin (``len(bins) − 1`` counts; pairs outside the edges or with a
+    non-finite I_auto are in none), binned as :func:`summarise` bins them."""
+    b = np.asarray(bins, dtype=float)
+    idx = _bin_index(pairs["I_auto"].to_numpy(float), b)
+    return np.bincount(idx[idx >= 0], minlength=len(b) - 1).astype(np.int64)
 
 
 def sigma68(values: Iterable[float] | np.ndarray) -> float:

@@ -96,15 +96,18 @@ class CompareConfig(BaseModel):
     )
     max_pairs: int = Field(
         10_000_000, ge=10, description="Pairs kept for the σ68 statistics and the error "
-        "model (~150 bytes each at the stage's peak, measured); above it, a deterministic "
-        "uniform subsample of this size (pair counts stay exact). The archive has ~10^8–10^9 "
-        "pairs; 10^7 gives σ68 to ~0.1 % per bin."
+        "model (~150 bytes each at the stage's peak, measured); above it, exactly this many: "
+        "the pairs with the smallest hash of (source, band, exposures, compare.seed), a "
+        "deterministic uniform sample without replacement (pair counts stay exact). Each "
+        "band's task returns at most this many; the driver holds ~2× this while merging. The "
+        "archive has ~10^8–10^9 pairs; 10^7 gives σ68 to ~0.1 % per bin."
     )
     band_factors: bool = Field(
         True, description="Error model with a factor per band, g(band), on top of s(I_auto): "
         "at a given I_auto the band's S/N, hence the denoiser's noise reduction, differs."
     )
-    seed: int = Field(0, description="Seed of the cross-validation split of exposures.")
+    seed: int = Field(0, description="Seed of the cross-validation split of exposures and "
+                      "of the pair hash that chooses the pairs kept above max_pairs.")
     min_fit_pairs: int = Field(30, ge=1, description="Fit a bin's own scale from this many pairs.")
     min_validate_pairs: int = Field(
         100, ge=1, description="Judge a bin pass/fail only with at least this many pairs."

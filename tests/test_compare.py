@@ -3,12 +3,18 @@ the comparison with truth, on synthetic photometry tables with known statistics.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from pausdenoise.compare import (
+    HASH_COLUMN,
+    ErrorModel,
+    bottom_k_pairs,
     calibrate,
+    canonical_pairs,
     cross_validate_error_model,
     delta_f,
     df_arrays,
@@ -17,6 +23,8 @@ from pausdenoise.compare import (
     make_pairs,
     pair_count,
     pair_deltas,
+    pair_hash,
+    pairs_per_bin,
     sigma68,
     sigma68_stderr,
     split_exposures,
@@ -416,6 +424,194 @@ def test_subsample_is_deterministic_uniform_and_order_free(three_bands):
     assert sigma68(a.d_den) == pytest.approx(sigma68(compact.d_den), rel=0.05)
     assert subsample_pairs(compact, 1.0) is compact
     assert len(subsample_pairs(compact, 0.1, seed=4).merge(a, on=key)) < len(a)
+    # it is the rate cut of the shared pair hash
+    u = (pair_hash(compact, 3) >> np.uint64(11)).astype(float) / 2.0**53
+    pd.testing.assert_frame_equal(a, compact[u < 0.1].reset_index(drop=True))
+
+
+def _fold(pieces, k, seed):
+    """What the compare stage does: each piece (a band task's pairs) sends back its own
+    bottom k, the driver folds them in one at a time keeping the running bottom k."""
+    sample = None
+    for piece in pieces:
+        sent = bottom_k_pairs(piece, k, seed)
+        assert len(sent) == min(len(piece), k)
+        sample = bottom_k_pairs(sent if sample is None else [sample, sent], k, seed)
+        assert len(sample) <= k
+    return canonical_pairs(sample)
+
+
+def test_bottom_k_is_exact_and_independent_of_partitioning_and_order(three_bands):
+    pairs, _ = three_bands
+    compact = pair_deltas(pairs)
+    n = len(compact)
+    per_band = [pair_deltas(pairs[pairs.band == b]) for b in BAND_K]  # as the band tasks do
+    assert sum(map(len, per_band)) == n
+    h = pair_hash(compact, seed=3)
+    # the hash does not depend on dtypes or categories: per band tables hash the same
+    np.testing.assert_array_equal(np.sort(np.concatenate([pair_hash(t, 3) for t in per_band])),
+                                  np.sort(h))
+    rng = np.random.default_rng(0)
+    shuffled = compact.iloc[rng.permutation(n)]
+    cuts = np.r_[0, np.sort(rng.choice(np.arange(1, n), 6, replace=False)), n]
+    chunks = [shuffled.iloc[a:b] for a, b in itertools.pairwise(cuts)]
+    for k in (n // 10, 777, 1):
+        want = canonical_pairs(compact[h <= np.sort(h)[k - 1]])
+        assert len(want) == k  # the k smallest hashes (no tie)
+        for pieces in (per_band, per_band[::-1], per_band[1:] + per_band[:1], chunks,
+                       chunks[::-1], [compact]):
+            got = _fold(pieces, k, seed=3)
+            pd.testing.assert_frame_equal(got, want)
+        assert list(got.columns) == list(compact.columns)  # no hash column left
+    # max_pairs ≥ total: every pair, whatever the partitioning
+    for k in (n, n + 5):
+        for pieces in (per_band, chunks):
+            pd.testing.assert_frame_equal(_fold(pieces, k, seed=3), canonical_pairs(compact))
+    assert len(bottom_k_pairs(compact, 0, seed=3)) == 0
+    # uniform without replacement: every band in proportion, σ68 of the sample estimates all's
+    k = n // 10
+    sample = _fold(per_band, k, seed=3)
+    assert not sample.duplicated(["ref_id", "band", "expnum_1", "expnum_2"]).any()
+    np.testing.assert_allclose(sample.band.value_counts().sort_index() / k, 1 / 3, atol=0.02)
+    assert sigma68(sample.d_den) == pytest.approx(sigma68(compact.d_den), rel=0.05)
+    # another seed, another sample
+    other = _fold(per_band, k, seed=4)
+    assert len(other.merge(sample, on=["ref_id", "band", "expnum_1", "expnum_2"])) < k // 2
+    with pytest.raises(ValueError, match="k must be"):
+        bottom_k_pairs(compact, -1)
+
+
+def test_bottom_k_breaks_hash_ties_by_the_pair_key():
+    t = pd.DataFrame({
+        "ref_id": np.array([5, 3, 4, 1, 2, 6], np.int64),
+        "band": pd.Categorical(["NB455"] * 6),
+        "expnum_1": np.int32(1), "expnum_2": np.int32(2),
+        HASH_COLUMN: np.array([9, 7, 7, 7, 1, 8], np.uint64),  # a tie at the cut
+    })
+    # cut at 7 (3rd smallest): 2 below it needs 2 more from 3 tied pairs → ref_id 1 and 3
+    for pieces in ([t], [t.iloc[:3], t.iloc[3:]], [t.iloc[3:], t.iloc[:3]],
+                   [t.iloc[[i]] for i in (3, 0, 5, 1, 4, 2)]):
+        got = bottom_k_pairs(pieces, 3)
+        assert sorted(got.ref_id) == [1, 2, 3]
+    assert sorted(bottom_k_pairs([t.iloc[:2], t.iloc[2:]], 4).ref_id) == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------- the compare stage
+
+
+@pytest.fixture(scope="module")
+def phot_table(tmp_path_factory):
+    """Synthetic photometry of 3 bands written as the photometry stage writes it."""
+    from pausdenoise.photometry import write_partition
+
+    table, _ = synthetic_table(n_src=300, n_exp=4, seed=11, bands=tuple(BAND_K), band_k=BAND_K)
+    root = tmp_path_factory.mktemp("phot") / "photometry"
+    for (band, kind, expnum), part in table.groupby(["band", "kind", "expnum"]):
+        write_partition(part, root / f"band={band}" / f"kind={kind}" / f"{expnum}.parquet")
+    return table, root
+
+
+def _run_compare(phot_root, out, client=None, **compare):
+    import shutil
+
+    from pausdenoise.config import PipelineConfig
+    from pausdenoise.pipeline.compare_stage import run_compare
+    from pausdenoise.pipeline.core import Context
+    from pausdenoise.runstate import RunPaths
+
+    shutil.copytree(phot_root, out / "photometry")
+    cfg = PipelineConfig.model_validate(
+        {"compare": {"min_fit_pairs": 5, "min_validate_pairs": 5, **compare}})
+    return run_compare(Context(cfg=cfg, paths=RunPaths(out), client=client, record=None))
+
+
+def test_compare_stage_reads_each_band_twice_and_keeps_the_bottom_k(phot_table, tmp_path,
+                                                                    monkeypatch):
+    from collections import Counter
+
+    import pausdenoise.photometry as photometry
+
+    table, root = phot_table
+    real = photometry.read_photometry
+    calls = []
+
+    def counting_read(out_dir, bands=None, columns=None):
+        calls.append(tuple(bands) if bands is not None else None)
+        return real(out_dir, bands=bands, columns=columns)
+
+    # count the stage's reads (the real reader does the reading)
+    monkeypatch.setattr(photometry, "read_photometry", counting_read)
+    k = 500
+    summary = _run_compare(root, tmp_path, max_pairs=k, seed=2)
+    # one read to pair, one to write the per-measurement errors: no counting pass
+    assert Counter(calls) == {(b,): 2 for b in BAND_K}
+    assert summary["calibrated_error_rows"] == (table.kind == "raw").sum()
+    everything = pair_deltas(make_pairs(widen(table)))
+    n = len(everything)
+    assert n == 3 * 300 * 6 > k
+    assert summary["pairs"] == n and summary["pairs_used"] == k
+    assert summary["pair_sampling_rate"] == pytest.approx(k / n)
+    bins = np.arange(17.0, 24.0)
+    want = canonical_pairs(bottom_k_pairs(everything, k, seed=2))
+    by_bin = pd.read_csv(tmp_path / "compare" / "sigma68_by_bin.csv")
+    np.testing.assert_array_equal(by_bin.n_pairs_total, np.r_[n, pairs_per_bin(everything, bins)])
+    np.testing.assert_array_equal(by_bin.n_pairs, np.r_[k, pairs_per_bin(want, bins)])
+    # the statistics are those of exactly the bottom-k pairs
+    np.testing.assert_allclose(by_bin.sigma68_raw[0], sigma68(want.d_raw), rtol=1e-12)
+    df = np.load(tmp_path / "compare" / "df_values.npz")
+    np.testing.assert_array_equal(np.sort(df["raw"]), np.sort(want.d_raw.to_numpy(float)))
+
+
+def test_compare_stage_without_sampling_equals_the_unsampled_statistics(phot_table, tmp_path):
+    import json
+
+    table, root = phot_table
+    wide = widen(table)
+    everything = pair_deltas(make_pairs(wide))
+    n = len(everything)
+    runs = {}
+    for k in (n, 10**7):
+        out = tmp_path / str(k)
+        summary = _run_compare(root, out, max_pairs=k)
+        assert summary["pairs"] == summary["pairs_used"] == n
+        assert summary["pair_sampling_rate"] == 1.0
+        runs[k] = [(out / "compare" / f).read_text()
+                   for f in ("sigma68_by_bin.csv", "error_model.json", "summary.json")]
+    assert runs[n] == runs[10**7]
+    # the same numbers as all pairs taken at once, outside the stage
+    bins = np.arange(17.0, 24.0)
+    eb = wide[["expnum", "band"]].drop_duplicates("expnum")
+    model = fit_error_model(everything, eb.expnum, bins, min_pairs=5)
+    stage_model = ErrorModel.from_dict(json.loads(runs[n][1]))
+    np.testing.assert_allclose(stage_model.scale, model.scale, rtol=1e-12)
+    assert stage_model.band_factor == pytest.approx(model.band_factor, rel=1e-12)
+    want = summarise(everything, bins, model=model, measurements=wide)
+    got = pd.read_csv(tmp_path / str(n) / "compare" / "sigma68_by_bin.csv")
+    np.testing.assert_array_equal(got.n_pairs, want.n_pairs)
+    np.testing.assert_array_equal(got.n_pairs_total, want.n_pairs)
+    for col in ("sigma68_raw", "sigma68_den_rawerr", "sigma68_den_model"):
+        np.testing.assert_allclose(got[col], want[col], rtol=1e-9)
+    # measurements go back as float32
+    np.testing.assert_allclose(got.median_ratio_den_raw, want.median_ratio_den_raw, rtol=1e-6)
+
+
+def test_compare_stage_on_a_cluster_matches_in_process(phot_table, tmp_path):
+    from distributed import Client, LocalCluster
+
+    _, root = phot_table
+    files = ("sigma68_by_bin.csv", "error_model.json", "error_model_validation.csv",
+             "summary.json")
+    _run_compare(root, tmp_path / "local", max_pairs=700)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        _run_compare(root, tmp_path / "cluster", client=client, max_pairs=700)
+    for f in files:
+        assert ((tmp_path / "cluster" / "compare" / f).read_text()
+                == (tmp_path / "local" / "compare" / f).read_text()), f
+    df_local = np.load(tmp_path / "local" / "compare" / "df_values.npz")
+    df_cluster = np.load(tmp_path / "cluster" / "compare" / "df_values.npz")
+    for key in df_local.files:
+        np.testing.assert_array_equal(df_cluster[key], df_local[key])
 
 
 def test_model_round_trip_and_per_measurement_errors(three_bands):

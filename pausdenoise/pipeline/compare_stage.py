@@ -21,14 +21,23 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   × the exact zero-point), so aperture losses do not pose as bias;
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
-Each band is read and paired by its own task (:func:`band_pair_counts`, :func:`band_deltas`),
-so memory is bounded by one band's photometry, plus the compact pair table of all bands
-(capped by ``compare.max_pairs`` with a deterministic uniform subsample).
+The photometry is read twice, a band per task each time: :func:`band_pairs` pairs a band and
+sends back its exact pair counts (in all and per I_auto bin) with its bottom-``max_pairs``
+sample (the pairs with the smallest :func:`pausdenoise.compare.pair_hash`), which the driver
+folds into the running global bottom-``compare.max_pairs`` as the bands complete; after the
+error model is fitted, :func:`band_calibrated_errors` writes the band's per-measurement
+errors. Memory is bounded by one band's photometry on a worker, and on the driver by the
+compact pair table of at most ``compare.max_pairs`` pairs (about twice that while a band is
+merged) plus the measurements' I_auto and fluxes. The sample is exactly
+min(pairs, ``compare.max_pairs``) pairs, uniform without replacement, and depends on the
+pairs and ``compare.seed`` only (not on the workers or the order the bands complete in).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,29 +62,62 @@ def _band_wide(phot_dir: str, band: str, exclude_flagged: bool) -> pd.DataFrame 
     return cmp.widen(table, exclude_flags=exclude_flagged)
 
 
-def band_pair_counts(phot_dir: str, band: str, exclude_flagged: bool,
-                     bins: np.ndarray) -> tuple[int, np.ndarray]:
-    """(pairs, pairs per I_auto bin) of one band, without building pairs."""
-    from pausdenoise import compare as cmp
+@dataclass(frozen=True)
+class BandPairs:
+    """What :func:`band_pairs` sends back for one band."""
 
-    wide = _band_wide(phot_dir, band, exclude_flagged)
-    if wide is None or wide.empty:
-        return 0, np.zeros(len(bins) - 1, dtype=np.int64)
-    return int(cmp.pair_count(wide)), np.asarray(cmp.pair_count(wide, bins))
+    band: str
+    #: every pair of the band (exact, before sampling)
+    n_pairs: int
+    #: every pair per I_auto bin (exact; ``len(bins) − 1``), binned as ``summarise`` bins
+    per_bin: np.ndarray
+    #: the band's bottom-``max_pairs`` pairs (compact table with the ``pair_hash`` column)
+    pairs: pd.DataFrame
+    #: the band's measurements: I_auto and calibrated fluxes (float32)
+    measurements: pd.DataFrame
+    #: the band's exposures (``expnum``, ``band``)
+    exposures: pd.DataFrame
 
 
-def band_deltas(phot_dir: str, band: str, exclude_flagged: bool, rate: float,
-                seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
-    """One band's compact pair table (subsampled at ``rate``), its compact measurements
-    (I_auto and calibrated fluxes, float32) and its exposures; runs on a worker."""
+def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
+               max_pairs: int, seed: int) -> BandPairs | None:
+    """Read and pair one band; runs on a worker.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+    exclude_flagged : bool
+        Drop flagged measurements before pairing.
+    bins : numpy.ndarray
+        I_auto bin edges of the per-bin counts.
+    max_pairs : int
+        At most this many pairs come back: those with the smallest
+        :func:`pausdenoise.compare.pair_hash` (``seed``).
+    seed : int
+        The seed of the hash.
+
+    Returns
+    -------
+    BandPairs or None
+        The band's exact pair counts, its sample of pairs, measurements and exposures;
+        None when the band has no measurement.
+    """
     from pausdenoise import compare as cmp
 
     wide = _band_wide(phot_dir, band, exclude_flagged)
     if wide is None or wide.empty:
         return None
-    deltas = cmp.subsample_pairs(cmp.pair_deltas(cmp.make_pairs(wide)), rate, seed)
+    deltas = cmp.pair_deltas(cmp.make_pairs(wide))
+    n_pairs, per_bin = len(deltas), cmp.pairs_per_bin(deltas, bins)
+    sample = cmp.bottom_k_pairs(deltas, max_pairs, seed)
+    del deltas
     meas = wide[[c for c in ("I_auto", "f_raw", "f_den") if c in wide.columns]]
-    return deltas, meas.astype(np.float32), wide[["expnum", "band"]].drop_duplicates("expnum")
+    return BandPairs(band=band, n_pairs=n_pairs, per_bin=per_bin, pairs=sample,
+                     measurements=meas.astype(np.float32),
+                     exposures=wide[["expnum", "band"]].drop_duplicates("expnum"))
 
 
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) -> int:
@@ -99,13 +141,52 @@ def _per_band(ctx: Context, fn: Any, bands: list[str], *args: Any) -> list[Any]:
     return ctx.client.gather(futures)
 
 
+def _per_band_as_completed(ctx: Context, fn: Any, bands: list[str], *args: Any) -> Iterator[Any]:
+    """``fn(photometry_dir, band, *args)`` for every band, on the cluster when there is one,
+    each result yielded as soon as its task completes (in band order without a cluster), so
+    that the caller need not hold them all."""
+    phot = str(ctx.paths.photometry)
+    if ctx.client is None:
+        for b in bands:
+            yield fn(phot, b, *args)
+        return
+    from distributed import as_completed
+
+    futures = [ctx.client.submit(fn, phot, b, *args, pure=False) for b in bands]
+    try:
+        for fut in as_completed(futures):
+            result = fut.result()
+            fut.release()  # the worker may drop its copy now
+            yield result
+    finally:  # an error (or an early stop) leaves no band task running for nothing
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            ctx.client.cancel(pending)
+
+
 def run_compare(ctx: Context) -> dict[str, Any]:
     """Compute and write the comparison tables; returns the stage summary.
 
     Out of core: each band is read and paired on its own (one task per band on the
-    cluster); only a compact pair table (Δf values, I_auto, band, exposures: ~30 bytes a
-    pair) comes back. Above ``compare.max_pairs`` pairs in all, a deterministic uniform
-    subsample of that size is kept for the statistics (the pair counts stay exact).
+    cluster); only its exact pair counts and a compact pair table (Δf values, I_auto, band,
+    exposures, hash: ~38 bytes a pair) of at most ``compare.max_pairs`` pairs come back, and
+    the driver merges them as they complete into the global bottom-``compare.max_pairs``
+    sample (:func:`pausdenoise.compare.bottom_k_pairs`): exactly min(pairs,
+    ``compare.max_pairs``) pairs, uniform without replacement, deterministic, for the
+    statistics and the error model; the pair counts stay exact. The photometry is read
+    twice: once to pair, once to write the per-measurement errors with the fitted model.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (``ctx.client`` None: everything in this process).
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``compare/summary.json``) with a ``note``; ``pairs``
+        is the exact count, ``pairs_used`` the sample's size and ``pair_sampling_rate``
+        their ratio.
     """
     from pausdenoise import compare as cmp
     from pausdenoise.photometry import photometry_bands, read_photometry
@@ -117,22 +198,31 @@ def run_compare(ctx: Context) -> dict[str, Any]:
     out = ctx.paths.compare
     out.mkdir(parents=True, exist_ok=True)
     bins = np.asarray(cfg.bins, dtype=float)
-    counts = _per_band(ctx, band_pair_counts, bands, cfg.exclude_flagged, bins)
-    n_total = int(sum(c[0] for c in counts))
-    per_bin_total = np.sum([c[1] for c in counts], axis=0)
-    rate = 1.0 if n_total <= cfg.max_pairs else cfg.max_pairs / n_total
-    parts = [p for p in _per_band(ctx, band_deltas, bands, cfg.exclude_flagged, rate, cfg.seed)
-             if p is not None]
-    if not parts:
+    n_total = 0
+    per_bin_total = np.zeros(len(bins) - 1, dtype=np.int64)
+    sample: pd.DataFrame | None = None
+    meas: dict[str, pd.DataFrame] = {}
+    exps: dict[str, pd.DataFrame] = {}
+    for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
+                                       cfg.max_pairs, cfg.seed):
+        if part is None:
+            continue
+        n_total += part.n_pairs
+        per_bin_total += part.per_bin
+        meas[part.band], exps[part.band] = part.measurements, part.exposures
+        # the running global bottom-k: at most max_pairs kept, ~2·max_pairs while merging
+        sample = cmp.bottom_k_pairs(part.pairs if sample is None else [sample, part.pairs],
+                                    cfg.max_pairs, cfg.seed)
+        del part
+    if sample is None:
         return {"note": "no measurement to compare"}
-    from pandas.api.types import union_categoricals
-
-    # one categorical band column for all bands (pd.concat would make it per-row strings)
-    band = union_categoricals([p[0]["band"] for p in parts], sort_categories=True)
-    pairs = pd.concat([p[0].drop(columns="band") for p in parts], ignore_index=True)
-    pairs.insert(1, "band", band)
-    wide = pd.concat([p[1] for p in parts], ignore_index=True)
-    exp_bands = pd.concat([p[2] for p in parts], ignore_index=True)
+    pairs = cmp.canonical_pairs(sample)
+    del sample
+    present = [b for b in bands if b in meas]  # band order, whatever the completion order
+    wide = pd.concat([meas[b] for b in present], ignore_index=True)
+    exp_bands = pd.concat([exps[b] for b in present], ignore_index=True)
+    del meas, exps
+    rate = len(pairs) / n_total if n_total else 1.0
     summary: dict[str, Any] = {"pairs": n_total, "pairs_used": len(pairs),
                                "pair_sampling_rate": rate, "measurements": len(wide),
                                "bands": len(bands)}
@@ -174,8 +264,10 @@ def run_compare(ctx: Context) -> dict[str, Any]:
                   np.r_[n_total, per_bin_total].astype(np.int64))
     by_bin.to_csv(out / "sigma68_by_bin.csv", index=False)
     (out / "sigma68_by_bin.json").write_text(by_bin.to_json(orient="records", indent=2))
-    # the report's histograms need no more than a few 10^5 values
-    hist_pairs = cmp.subsample_pairs(pairs, min(1.0, 500_000 / max(len(pairs), 1)), cfg.seed)
+    # the report's histograms need no more than a few 10^5 values: the bottom 500,000 of the
+    # same hash, i.e. of all pairs (a rate subsample with the same hash would be nested in
+    # the sample's hash cut and keep far more than 500,000 of a sampled table)
+    hist_pairs = cmp.bottom_k_pairs(pairs, 500_000, cfg.seed).drop(columns=cmp.HASH_COLUMN)
     np.savez_compressed(out / "df_values.npz", **cmp.df_arrays(hist_pairs, model))
     allb = by_bin[by_bin["bin"] == "all"].iloc[0]
     for col in ("sigma68_raw", "sigma68_den_rawerr", "sigma68_den_model",
