@@ -16,9 +16,9 @@ quiet (load average 0.47 at the start), one single-threaded worker each; they ar
 in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC (quick)", except the
 denoise rate, taken from the full-size 18-CCD exposure of section "Denoise at full size"
 (12:16 UTC; the quick run's 2048² frame gave 0.473, first-forward costs and edge blocks
-weigh less there); it includes the per-worker TorchScript/channels-last network copy. Rates on this shared
-machine varied up to 3× with the load: treat them as order-of-magnitude figures for one
-CPU core and pass your own.
+weigh less there); it includes the per-worker TorchScript/channels-last network copy.
+Rates on this shared machine varied up to 3× with the load: treat them as
+order-of-magnitude figures for one CPU core and pass your own.
 
 =========================  ========  ==============================================
 key                        value     source
