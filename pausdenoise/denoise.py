@@ -147,11 +147,14 @@ class DenoiseConfig(BaseModel):
         default and ``"auto"`` on a CPU worker falls back to float32 with a warning; bfloat16
         autocast runs on CPU only when asked for explicitly with ``device="cpu",
         precision="bfloat16"`` (float16 with ``device="cpu"`` is rejected). CPU bfloat16 is
-        ≈ 2× faster than the optimised float32 network but its error grows with the pixel
-        value (8-bit mantissa): on the demo model and frame, RMS 5e-3 σ, max 0.05 σ on
-        pixels within 3 σ of the sky but 1.5 σ at bright stars, far above the 1e-5 σ of
-        float32 (benchmarks/RESULTS.md, "CPU inference"); not for photometry. Measure it
-        first with :func:`measure_precision_error`.
+        ≈ 2.1–2.3× faster than the optimised float32 network. Its pixel error grows with
+        the pixel value (8-bit mantissa): on the demo model and frames RMS 6e-3 σ, but up to
+        4 σ at bright-star pixels; judged by forced aperture photometry it is small: the
+        fluxes move by a median ≤ +0.013 flux errors (≤ +0.05 %) and p99 ≤ 0.05 flux
+        errors from I_auto 17 down (``benchmarks/bench_precision.py``; RESULTS.md, "Reduced
+        precision judged by photometry"). It stays opt-in because only float32 keeps the
+        tiled = whole-image agreement at 1e-5 σ. Measure it on your own run first with
+        ``bench_precision.py --run`` (or per pixel with :func:`measure_precision_error`).
     batch_size : int
         Sub-tiles per forward pass when ``tile_size`` splits a block (the GPU batch).
     tile_size : int or None
@@ -180,8 +183,9 @@ class DenoiseConfig(BaseModel):
     )
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="autocast dtype. On CUDA as asked. On CPU float32 unless "
-        "device is 'cpu' and precision 'bfloat16' (2.3x faster here, but up to 0.05 sigma off "
-        "on sky and 1.5 sigma on bright stars: not within the noise budget); float16 needs CUDA"
+        "device is 'cpu' and precision 'bfloat16' (2.1-2.3x faster here; pixels off by up to "
+        "4 sigma at bright stars, aperture fluxes by <= 0.05 flux errors (p99): measure with "
+        "benchmarks/bench_precision.py); float16 needs CUDA"
     )
     batch_size: int = Field(4, ge=1, description="sub-tiles per forward pass")
     tile_size: int | None = Field(
