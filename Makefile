@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 DEMO_GAN_DIR ?= demo-gan-output
 
-.PHONY: all setup demo demo-gan test test-slow lint bench fuzz careamics clean
+.PHONY: all setup demo demo-gan test test-slow lint bench bench-gpu fuzz careamics clean
 
 all: test
 
@@ -40,6 +40,17 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# Every GPU figure of issue #4 (network-only rate per precision x tiling, bf16/fp16 error in
+# sigma on sky and sources, end to end for 1 and 18 CCDs on a LocalCUDACluster, training),
+# appended to benchmarks/RESULTS.md. --device cuda: stops at once if torch sees no GPU (e.g. a
+# CPU torch wheel) instead of appending CPU figures; BENCH_GPU_ARGS="--device cpu --quick"
+# measures (and labels) CPU figures. On a GPU machine with PyTorch but without the project's
+# dependencies (no venv), ../shared/tools/gpu-wheels.sh fetches their wheels (its header has
+# the pip line); then run `python3 benchmarks/bench_gpu.py --append` there directly.
+BENCH_GPU_ARGS ?= --device cuda
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py --append $(BENCH_GPU_ARGS)
 
 # CAREamics in its own venv, for benchmarks/bench_careamics.py (its default --care-python).
 # careamics 0.3.5 pins torch<2.14 / torchvision<=0.26; the torchvision wheels are CUDA builds,
