@@ -23,8 +23,9 @@ It measures, with the project's own functions (nothing of the pipeline is reimpl
    :func:`pausdenoise.denoise.measure_precision_error` for all pixels, and RMS / p99 / max /
    mean separately for sky pixels (``|x| < 3σ`` in the normalised input) and source pixels
    (``x > 5σ``) from :func:`~pausdenoise.denoise.predict_block` runs of the same network
-   (CPU bfloat16 on the trained demo model: 0.05 σ max on sky but 1.5 σ on bright stars,
-   hence the split). A float32 rerun gives the run-to-run reproducibility (0 on CPU).
+   (CPU bfloat16 on the trained demo model: 0.05–0.09 σ max on sky but 1–4 σ at bright-star
+   pixels, hence the split; for what that does to fluxes run ``bench_precision.py`` on a
+   finished run). A float32 rerun gives the run-to-run reproducibility (0 on CPU).
 3. **End to end** (Zarr read → network → Zarr write, ``denoise_to_store`` on a dask cluster,
    every chunk recomputed) for 1 full CCD (4096×2048) and a multi-CCD exposure (``--ccds``,
    18 = one PAUCam exposure): a ``dask_cuda.LocalCUDACluster`` through
@@ -36,8 +37,8 @@ It measures, with the project's own functions (nothing of the pipeline is reimpl
    seconds, the I/O share ``1 − (end-to-end Mpix/s per worker ÷ network-only Mpix/s at the
    same precision and tiling)`` and whether the goal of issue #4, ≥ 300 Mpix/s per GPU (an
    18-CCD exposure, 151 Mpix, in ~0.5 s), was reached.
-4. **Training** patches/s on the device (``bench_train.run``; float32 only: the trainer has
-   no mixed-precision mode).
+4. **Training** patches/s on the device (``bench_train.run``), on CUDA for each of the
+   trainer's autocast precisions (``train.precision``: fp32, bf16, fp16), on CPU fp32.
 
 It also runs on CPU (``--device cpu --quick``, for tests); the section then says in its
 title and first line that the figures are CPU figures. No GPU library is imported at module
@@ -677,11 +678,13 @@ def render(res: dict) -> str:
     if "train" in res:
         lines += ["### Training (`bench_train.run`: store sampling, masking, forward, backward, "
                   "Adam; mean patches/s of the epochs after the first)", "",
-                  "float32 only: the trainer has no mixed-precision mode.", "",
+                  "On CUDA the trainer's autocast precisions fp32 / bf16 / fp16 "
+                  "(`train.precision`; fp16 with a gradient scaler); on CPU fp32 only.", "",
                   "| precision | device | patch² × batch | steps | torch threads | patches/s | "
                   "seconds |", "|---|---|---|---:|---:|---:|---:|"]
         for r in res["train"]:
-            lines.append(f"| float32 | {r['device']} | {r['patch']}² × {r['batch']} | "
+            lines.append(f"| {r.get('precision', 'fp32')} | {r['device']} | "
+                         f"{r['patch']}² × {r['batch']} | "
                          f"{r['steps']} | {r['threads']} | {r['patches_per_s']:,.1f} | "
                          f"{r['seconds']:.1f} |")
         lines.append("")
@@ -829,11 +832,14 @@ def main(argv: list[str] | None = None) -> int:
         if "train" not in args.skip:
             import bench_train
 
-            _section(res, "train", lambda: bench_train.run(
+            # the trainer's autocast precisions apply on CUDA only
+            train_precisions = ("fp32", "bf16", "fp16") if cuda else ("fp32",)
+            _section(res, "train", lambda: [row for prec in train_precisions
+                                            for row in bench_train.run(
                 threads=(torch_threads,), depth=depth, channels=channels,
                 patch=args.train_patch, batch=args.train_batch, epochs=args.train_epochs,
                 steps=args.train_steps, ny=min(1024, args.ny), nx=min(1024, args.nx),
-                chunk=min(512, args.chunk), device=device, tmpdir=tmp))
+                chunk=min(512, args.chunk), device=device, tmpdir=tmp, precision=prec)])
     finally:
         torch.set_num_threads(old_threads)
         dn._THREADS_SET.clear()  # this process's torch threads were restored

@@ -37,8 +37,11 @@ except ImportError:  # pragma: no cover
 def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
         patch: int = 64, batch: int = 16, epochs: int = 3, steps: int = 8,
         n_frames: int = 2, ny: int = 1024, nx: int = 1024, chunk: int = 512,
-        device: str = "cpu", tmpdir: Path | None = None, verbose: bool = True) -> list[dict]:
-    """One dict per thread count: ``threads``, ``patches_per_s``, ``seconds``, ``device``."""
+        device: str = "cpu", tmpdir: Path | None = None, verbose: bool = True,
+        precision: str = "fp32") -> list[dict]:
+    """One dict per thread count: ``threads``, ``patches_per_s``, ``seconds``, ``device``,
+    ``precision`` (the trainer's autocast precision ``fp32`` / ``bf16`` / ``fp16``; it
+    applies on CUDA only, the trainer ignores it on CPU)."""
     import numpy as np
     import torch
 
@@ -73,6 +76,7 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
                 unet=UNetSettings(depth=depth, base_channels=channels), patch_size=patch,
                 batch_size=batch, epochs=epochs, steps_per_epoch=steps, device=device,
                 num_threads=t, validation_patches=16, early_stopping_patience=None,
+                precision=precision,
             )
             t0 = time.perf_counter()
             _, hist = train_n2v(frames, cfg, progress=False)
@@ -80,7 +84,8 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
             pps = hist.patches_per_second[1:] or hist.patches_per_second
             rows.append({"threads": t, "patches_per_s": float(np.mean(pps)), "seconds": secs,
                          "device": str(hist.device), "depth": depth, "channels": channels,
-                         "patch": patch, "batch": batch, "steps": epochs * steps})
+                         "patch": patch, "batch": batch, "steps": epochs * steps,
+                         "precision": precision if hist.device.startswith("cuda") else "fp32"})
             if verbose:
                 print(f"train {t} torch thread(s), depth {depth}/{channels} ch, "
                       f"{patch}^2 x {batch}: {rows[-1]['patches_per_s']:.1f} patches/s "
@@ -102,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast precision of the training step (CUDA only)")
     a = p.parse_args(argv)
     if a.quick:
         a.threads, a.batch, a.steps = [1, 2], 16, 8
     run(tuple(a.threads), a.depth, a.channels, a.patch, a.batch, a.epochs, a.steps,
-        device=a.device)
+        device=a.device, precision=a.precision)
     return 0
 
 

@@ -908,6 +908,21 @@ def denoise_to_store(
 # --------------------------------------------------------------------------- precision check
 
 
+@contextlib.contextmanager
+def _strict_float32(device: torch.device):
+    """On CUDA, TF32 off for the duration (float32 means float32), restored afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def measure_precision_error(
     model: UNet,
     image: np.ndarray,
@@ -920,7 +935,10 @@ def measure_precision_error(
     """Error of reduced-precision inference against float32, in units of the noise σ.
 
     Runs :func:`predict_array` on the normalised ``image`` twice on ``device`` (float32 and
-    autocast ``precision``; CPU autocast works for bfloat16) and compares the outputs.
+    autocast ``precision``; CPU autocast works for bfloat16) and compares the outputs. On
+    CUDA the float32 reference is strict float32 (TF32 switched off for the call, as the
+    denoise stage does for ``precision="float32"``); each precision is warmed up on a
+    256² corner first, so the timings leave out one-off autotuning.
     Normalised units are units of the frame's σ, so the numbers read directly as fractions
     of the noise. On CPU both runs use the network the denoise stage runs there (the
     optimised copy unless ``PAUSDENOISE_CPU_OPTIMISE=0``; under bfloat16 autocast its eager
@@ -937,12 +955,16 @@ def measure_precision_error(
     x = normalise(image, stats, mask)
     results = {}
     timings = {}
-    for prec in ("float32", precision):
-        t0 = time.perf_counter()
-        results[prec] = predict_block(net, x, halo=net.halo(), precision=prec)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        timings[prec] = time.perf_counter() - t0
+    with _strict_float32(dev):
+        for prec in ("float32", precision):
+            predict_block(net, x[:256, :256], halo=net.halo(), precision=prec)  # warm-up
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter()
+            results[prec] = predict_block(net, x, halo=net.halo(), precision=prec)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            timings[prec] = time.perf_counter() - t0
     d = results[precision].astype(np.float64) - results["float32"]
     good = np.ones_like(d, dtype=bool) if mask is None else np.asarray(mask) == 0
     d = d[good & np.isfinite(d)]

@@ -72,3 +72,4 @@ def test_bench_gpu_cpu_quick_tiny(tmp_path, capsys, monkeypatch):
 
     (train,) = res["train"]
     assert _positive(train["patches_per_s"]) and train["device"] == "cpu"
+    assert train["precision"] == "fp32"
