@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default="float32")
     p.add_argument("--tile-size", type=int, default=None, help="sub-tile size inside blocks")
     p.add_argument("--batch-size", type=int, default=4, help="sub-tiles per forward")
+    p.add_argument("--malloc-trim-threshold", type=int, default=None,
+                   help="MALLOC_TRIM_THRESHOLD_ of the workers (bytes); default unset, as the "
+                        "pipeline's clusters (distributed's own default is 65536)")
     p.add_argument("--store", type=Path, default=None,
                    help="folder for the temporary store (default: a temp dir, removed)")
     args = p.parse_args(argv)
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pausdenoise import denoise as dn
     from pausdenoise import store
+    from pausdenoise.cluster import worker_malloc_env
     from pausdenoise.n2v.normalise import frame_statistics
     from pausdenoise.n2v.unet import UNet, UNetConfig
 
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                                    torch_threads=tt, tile_size=args.tile_size,
                                    batch_size=args.batch_size)
             with (
+                worker_malloc_env(args.malloc_trim_threshold),
                 distributed.LocalCluster(
                     n_workers=n_workers, threads_per_worker=args.threads, processes=True,
                     dashboard_address=":0", memory_limit=0,

@@ -294,6 +294,14 @@ class ClusterConfig(BaseModel):
         ge=1,
         description="torch intra-op threads per task; None = torch_threads_per_task rule",
     )
+    malloc_trim_threshold: int | None = Field(
+        default=None,
+        ge=0,
+        description="MALLOC_TRIM_THRESHOLD_ of the worker processes that local/cuda start "
+        "(bytes). None: glibc's own adaptive thresholds (measured 1.1x faster float32 and "
+        "1.7x faster CPU bfloat16 inference than distributed's default 65536, ~200 MB more "
+        "RSS per worker); 65536 restores distributed's default",
+    )
     connect_timeout: float = Field(
         default=30.0, gt=0, description="seconds to connect / to wait for n_workers"
     )
@@ -529,6 +537,49 @@ def _read_scheduler_address(path: str) -> str | None:
 
 
 @contextlib.contextmanager
+def worker_malloc_env(trim_threshold: int | None = None) -> Iterator[None]:
+    """Worker processes that nannies spawn in this block get glibc's malloc tuning.
+
+    distributed's nannies export ``MALLOC_TRIM_THRESHOLD_=65536`` to the workers they spawn
+    (``distributed.nanny.pre-spawn-environ``) so that freed memory goes back to the OS.
+    Setting any malloc threshold switches off glibc's adaptive mmap threshold as well, so
+    every buffer over 128 KiB is then mmap'ed and page-faulted afresh on each allocation —
+    the U-Net's activations on each forward pass. Measured on one 1088² block (1 thread,
+    2 cores AMD EPYC; README "Timings"): float32 2.85 s → 2.55 s and CPU bfloat16 2.2 s →
+    1.3 s without the setting, peak RSS 1.23 → 1.43 GB.
+
+    Parameters
+    ----------
+    trim_threshold : int or None
+        Bytes for ``MALLOC_TRIM_THRESHOLD_`` in the spawned workers; ``None`` leaves it unset
+        (glibc's adaptive defaults).
+
+    Notes
+    -----
+    A nanny also writes its variables into *this* process's environment before spawning
+    (distributed does so on purpose), so the variable is set or removed here for the block
+    and restored afterwards. Workers started elsewhere (``dask worker``, batch jobs) read the
+    same key from their dask configuration: ``deploy/dask.yaml`` sets it to null.
+    """
+    import dask
+
+    key = "MALLOC_TRIM_THRESHOLD_"
+    saved = os.environ.get(key)
+    if trim_threshold is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = str(int(trim_threshold))
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{key}": trim_threshold}):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = saved
+
+
+@contextlib.contextmanager
 def make_client(
     config: ClusterConfig, *, quiet: bool = False
 ) -> Iterator[distributed.Client | None]:
@@ -568,6 +619,8 @@ def make_client(
     from distributed import Client
 
     with contextlib.ExitStack() as stack:
+        if backend in ("local", "cuda"):
+            stack.enter_context(worker_malloc_env(config.malloc_trim_threshold))
         cluster: Any = None
         torch_threads: int | None = config.torch_threads
         security = _security(config)

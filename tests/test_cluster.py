@@ -197,6 +197,34 @@ def test_local_kind_starts_and_closes_workers_on_localhost():
     assert client.status == "closed"
 
 
+def _malloc_env() -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+@pytest.mark.parametrize("threshold", [None, 65536])
+def test_local_workers_get_the_malloc_trim_setting(monkeypatch, threshold):
+    # distributed's nannies export MALLOC_TRIM_THRESHOLD_=65536, which switches off glibc's
+    # adaptive mmap threshold (slow U-Net forwards); the pipeline leaves it unset by default.
+    # The client process's own variable (a nanny writes it there) is restored afterwards.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    cfg = ClusterConfig(kind="local", n_workers=1, memory_limit="512MiB",
+                        malloc_trim_threshold=threshold)
+    with make_client(cfg, quiet=True) as client:
+        seen = set(client.run(_malloc_env).values())
+    assert seen == {None if threshold is None else str(threshold)}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
+
+
+def test_shipped_dask_yaml_leaves_malloc_trim_unset():
+    from distributed.nanny import _get_env_variables
+
+    cfg = yaml.safe_load((DEPLOY / "dask.yaml").read_text())
+    with dask.config.set(cfg):
+        env = _get_env_variables("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" not in env
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
 def test_cuda_kind_without_dask_cuda_says_how_to_install():
     try:
         import dask_cuda  # noqa: F401
@@ -458,7 +486,10 @@ def test_deploy_files_parse():
 
     for key, value in leaves(yaml.safe_load((DEPLOY / "dask.yaml").read_text())):
         default = dask.config.get(key)  # KeyError for a misspelt key
-        assert value is not None and type(value) in (type(default), str, int, float), key
+        if value is None:  # distributed documents None as "unset this variable" here only
+            assert key.startswith("distributed.nanny.pre-spawn-environ."), key
+            continue
+        assert type(value) in (type(default), str, int, float), key
     memory = yaml.safe_load((DEPLOY / "dask.yaml").read_text())["distributed"]["worker"]["memory"]
     fractions = [memory[k] for k in ("target", "spill", "pause", "terminate")]
     assert fractions == sorted(fractions) and fractions[-1] < 1
