@@ -497,7 +497,11 @@ def bench_cluster(device: str, n_gpus: int, threads: int,
                 f"{','.join(ids)} one each; {why})")
     else:
         ids, desc = None, f"distributed.SpecCluster ({n_gpus} CPU nanny worker(s))"
-    with (_workers_env_cluster(n_gpus, threads, torch_threads, ids) as cluster,
+    from pausdenoise.cluster import worker_malloc_env
+
+    # glibc's adaptive malloc thresholds in the workers, as the pipeline's own clusters
+    with (worker_malloc_env(None),
+          _workers_env_cluster(n_gpus, threads, torch_threads, ids) as cluster,
           Client(cluster) as client):
         client.wait_for_workers(n_gpus)
         yield client, desc

@@ -278,8 +278,12 @@ def test_second_run_on_same_directory_is_refused(tmp_path):
 
     out = tmp_path / "out"
     cfg = tmp_path / "c.yaml"
-    # a default-size simulation (12 frames of 512x512) keeps the first run busy long enough
-    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "threads"}}))
+    # 72 frames of 512x512 keep the first run busy for a minute or more, far longer than the
+    # second one needs to start and check the lock even on a loaded machine (with the
+    # default 12 frames the first run could end first); it is killed as soon as the second
+    # has answered
+    cfg.write_text(yaml.safe_dump({"cluster": {"kind": "threads"},
+                                   "simulate": {"exposures_per_band": 24}}))
     first = _cli(["simulate", "--config", str(cfg), "--out", str(out)], tmp_path / "first.log")
     try:
         _wait_for((out / ".lock").exists, first, tmp_path / "first.log", what="the lock")
