@@ -263,24 +263,6 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-@contextlib.contextmanager
-def tf32_mode(dev: torch.device, enabled: bool) -> Iterator[None]:
-    """On CUDA, TF32 convolutions and matmuls on (``enabled``) or off inside the block;
-    the previous flags are restored. Nothing on CPU."""
-    import torch
-
-    if dev.type != "cuda":
-        yield
-        return
-    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def best_time(fn: Callable[[], object], dev: torch.device, warmup: int, repeat: int) -> float:
     """Best wall time (s) of ``repeat`` calls after ``warmup`` untimed ones, with the
     device synchronised before and after each timed call."""
@@ -349,7 +331,7 @@ def network_only(ref: ModelRef, dev: torch.device, chunk: int, precisions: list[
             dn._configure_process(cfg, dev)  # as _denoise_block: threads, TF32 off for float32
             model = dn.get_model(ref, dev)
             eff = dn._effective_precision(cfg, dev)
-            with tf32_mode(dev, prec == "tf32"):
+            with dn.tf32_mode(dev, prec == "tf32"):
                 def run(model=model, cfg=cfg, eff=eff) -> np.ndarray:
                     return dn.predict_block(model, x, halo=halo, tile_size=cfg.tile_size,
                                             batch_size=cfg.batch_size, precision=eff,
@@ -422,7 +404,7 @@ def precision_errors(model: UNet, ref: ModelRef, dev: torch.device, image: np.nd
     def run(prec: str) -> np.ndarray:
         cfg = _stage_config(dev.type, prec, torch_threads)
         dn._configure_process(cfg, dev)
-        with tf32_mode(dev, prec == "tf32"):
+        with dn.tf32_mode(dev, prec == "tf32"):
             return dn.predict_block(dn.get_model(ref, dev), x, halo=halo,
                                     precision="float32" if prec == "tf32" else prec)
 
@@ -794,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# store: {len(frames)} frame(s) of {args.ny}x{args.nx}, {args.chunk}^2 "
                   f"chunks, in {time.perf_counter() - t0:.1f} s", flush=True)
 
-        with tf32_mode(dev, False):
+        with dn.tf32_mode(dev, False):
             if "network" not in args.skip:
                 _section(res, "network", lambda: network_only(
                     ref, dev, args.chunk, swept, args.tilings, torch_threads, args.warmup,

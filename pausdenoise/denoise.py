@@ -909,14 +909,16 @@ def denoise_to_store(
 
 
 @contextlib.contextmanager
-def _strict_float32(device: torch.device):
-    """On CUDA, TF32 off for the duration (float32 means float32), restored afterwards."""
+def tf32_mode(device: torch.device, enabled: bool):
+    """On CUDA, TF32 convolutions and matmuls on (``enabled``) or off inside the block; the
+    previous flags are restored. Nothing on CPU. ``tf32_mode(dev, False)`` makes float32
+    mean float32 (torch allows TF32 convolutions by default)."""
     if device.type != "cuda":
         yield
         return
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
         yield
     finally:
@@ -955,7 +957,7 @@ def measure_precision_error(
     x = normalise(image, stats, mask)
     results = {}
     timings = {}
-    with _strict_float32(dev):
+    with tf32_mode(dev, False):
         for prec in ("float32", precision):
             predict_block(net, x[:256, :256], halo=net.halo(), precision=prec)  # warm-up
             if dev.type == "cuda":
