@@ -64,7 +64,10 @@ Input FITS: float32 image + uint8 mask (5 B/px). The store holds them compressed
 (``compression_ratio`` = compressed/raw, Blosc-zstd with byte shuffle; 0.53 measured by
 the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may differ) and
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
-kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet).
+kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
+reads the photometry twice (pairing, then writing each measurement's calibrated error),
+7 of its 26 columns each time (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming
+columns of equal size).
 
 Memory of a denoise worker
 --------------------------
@@ -86,6 +89,9 @@ from typing import Any
 
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
+#: the share of a photometry row's bytes the compare stage reads per pass (7 of 26 columns)
+COMPARE_COLUMN_SHARE = 7 / 26
+
 MEASURED_RATES: dict[str, float | None] = {
     "ingest_mb_s": 38.5,
     "store_read_mb_s": 504.0,
@@ -396,7 +402,10 @@ def plan_run(
         elif name == "compare":
             measurements = frames * sources_per_ccd
             pairs = measurements * (exposures_per_source - 1) / 2
-            read = frames * sources_per_ccd * kinds * photometry_row_bytes
+            # two passes (pairing, then the per-measurement errors), each reading the
+            # 7 of the 26 photometry columns it uses
+            read = int(2 * frames * sources_per_ccd * kinds * photometry_row_bytes
+                       * COMPARE_COLUMN_SHARE)
             written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)
             out.append(StagePlan(
                 "compare", 1, pairs, "pairs", read, written, 1,

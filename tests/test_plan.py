@@ -158,3 +158,11 @@ def test_plan_from_config():
     assert a["base_channels"] == cfg.train.unet.base_channels
     assert a["train_steps"] == cfg.train.epochs * cfg.train.steps_per_epoch
     assert p.stage("denoise").tasks == 6 * 2  # 2048x1024 in 1024^2 chunks, 6 frames
+
+
+def test_compare_column_share_matches_the_stage():
+    from pausdenoise.photometry import OUTPUT_COLUMNS
+    from pausdenoise.pipeline.compare_stage import _COLUMNS
+    from pausdenoise.plan import COMPARE_COLUMN_SHARE
+
+    assert COMPARE_COLUMN_SHARE == pytest.approx(len(_COLUMNS) / len(OUTPUT_COLUMNS))
