@@ -298,9 +298,10 @@ class ClusterConfig(BaseModel):
         default=None,
         ge=0,
         description="MALLOC_TRIM_THRESHOLD_ of the worker processes that local/cuda start "
-        "(bytes). None: glibc's own adaptive thresholds (measured 1.1x faster float32 and "
-        "1.7x faster CPU bfloat16 inference than distributed's default 65536, ~200 MB more "
-        "RSS per worker); 65536 restores distributed's default",
+        "(bytes). None: glibc's own adaptive thresholds (measured end to end on an 18-CCD "
+        "exposure: float32 1.0-1.18x and CPU bfloat16 1.9-2.0x faster than with "
+        "distributed's default 65536, 130-400 MB more RSS per worker); 65536 restores "
+        "distributed's default",
     )
     connect_timeout: float = Field(
         default=30.0, gt=0, description="seconds to connect / to wait for n_workers"
@@ -544,9 +545,9 @@ def worker_malloc_env(trim_threshold: int | None = None) -> Iterator[None]:
     (``distributed.nanny.pre-spawn-environ``) so that freed memory goes back to the OS.
     Setting any malloc threshold switches off glibc's adaptive mmap threshold as well, so
     every buffer over 128 KiB is then mmap'ed and page-faulted afresh on each allocation —
-    the U-Net's activations on each forward pass. Measured on one 1088² block (1 thread,
-    2 cores AMD EPYC; README "Timings"): float32 2.85 s → 2.55 s and CPU bfloat16 2.2 s →
-    1.3 s without the setting, peak RSS 1.23 → 1.43 GB.
+    the U-Net's activations on each forward pass. Measured on one 1088×1056 block (1 thread,
+    2-core AMD EPYC; benchmarks/RESULTS.md, "Worker malloc setting"): float32 2.81 s →
+    2.51 s and CPU bfloat16 2.12 s → 1.29 s without the setting, peak RSS 1.23 → 1.43 GB.
 
     Parameters
     ----------

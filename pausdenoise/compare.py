@@ -49,14 +49,12 @@ __all__ = [
     "fit_error_model",
     "flux_ratio",
     "make_pairs",
-    "pair_count",
     "pair_deltas",
     "pair_hash",
     "pairs_per_bin",
     "sigma68",
     "sigma68_stderr",
     "split_exposures",
-    "subsample_pairs",
     "summarise",
     "truth_comparison",
     "validate_error_model",
@@ -228,22 +226,6 @@ def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def pair_count(wide: pd.DataFrame, bins: Sequence[float] | None = None) -> np.ndarray | int:
-    """Number of pairs :func:`make_pairs` would build from a wide table, without building
-    them (Σ n(n−1)/2 over (ref_id, band) with n distinct exposures); per I_auto bin (an
-    array, len(bins) − 1) when ``bins`` is given."""
-    g = wide.groupby(["ref_id", "band"], sort=False).agg(
-        n=("expnum", "nunique"), I_auto=("I_auto", "first")
-    )
-    npairs = (g["n"] * (g["n"] - 1) // 2).to_numpy(np.int64)
-    if bins is None:
-        return int(npairs.sum())
-    b = np.asarray(bins, dtype=float)
-    idx = _bin_index(g["I_auto"].to_numpy(float), b)
-    ok = idx >= 0
-    return np.bincount(idx[ok], weights=npairs[ok], minlength=len(b) - 1).astype(np.int64)
-
-
 #: The columns that identify a pair (and that :func:`pair_hash` hashes, with the seed).
 PAIR_KEY: tuple[str, ...] = ("ref_id", "band", "expnum_1", "expnum_2")
 
@@ -272,25 +254,6 @@ def pair_hash(pairs: pd.DataFrame, seed: int = 0) -> np.ndarray:
     """
     key = pairs[list(PAIR_KEY)].assign(_seed=seed)
     return pd.util.hash_pandas_object(key, index=False).to_numpy(np.uint64)
-
-
-def subsample_pairs(pairs: pd.DataFrame, rate: float, seed: int = 0) -> pd.DataFrame:
-    """A deterministic uniform subsample (fraction ``rate``) of a pair table.
-
-    A pair is kept when its :func:`pair_hash` (ref_id, band, expnum_1, expnum_2, seed),
-    as a fraction of 2⁶⁴, falls below ``rate``: the choice does not depend on the order,
-    on the partitioning into bands or on which worker computes it, so a rerun keeps the
-    same pairs, and every pair has the same chance (σ68 and medians of the sample estimate
-    those of all pairs). The size is ``rate × len(pairs)`` only on average; for an exact
-    size use :func:`bottom_k_pairs`. With the same seed the two are nested (both keep the
-    smallest hashes), so a rate subsample of a bottom-k sample is not a ``rate`` fraction
-    of it: subsample a sample with :func:`bottom_k_pairs`.
-    """
-    if rate >= 1.0 or len(pairs) == 0:
-        return pairs
-    h = pair_hash(pairs, seed)
-    keep = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < rate
-    return pairs[keep].reset_index(drop=True)
 
 
 def concat_pairs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

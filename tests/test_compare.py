@@ -21,14 +21,12 @@ from pausdenoise.compare import (
     exposure_folds,
     fit_error_model,
     make_pairs,
-    pair_count,
     pair_deltas,
     pair_hash,
     pairs_per_bin,
     sigma68,
     sigma68_stderr,
     split_exposures,
-    subsample_pairs,
     summarise,
     truth_comparison,
     validate_error_model,
@@ -396,37 +394,6 @@ def test_compact_pairs_give_the_same_statistics(three_bands):
     v_full, _ = cross_validate_error_model(pairs, eb)
     v_small, _ = cross_validate_error_model(compact, eb)
     np.testing.assert_allclose(v_small.sigma68_den_model, v_full.sigma68_den_model, rtol=1e-5)
-
-
-def test_pair_count_matches_make_pairs(three_bands, synth):
-    table, _ = synth
-    wide = widen(table)
-    bins = np.arange(17.0, 24.0)
-    pairs = make_pairs(wide)
-    assert pair_count(wide) == len(pairs)
-    per_bin = pair_count(wide, bins)
-    idx = np.digitize(pairs.I_auto, bins) - 1
-    np.testing.assert_array_equal(per_bin, np.bincount(idx[(idx >= 0) & (idx < 6)], minlength=6))
-
-
-def test_subsample_is_deterministic_uniform_and_order_free(three_bands):
-    pairs, _ = three_bands
-    compact = pair_deltas(pairs)
-    a = subsample_pairs(compact, 0.1, seed=3)
-    b = subsample_pairs(compact.sample(frac=1.0, random_state=1), 0.1, seed=3)
-    key = ["ref_id", "band", "expnum_1", "expnum_2"]
-    assert a.sort_values(key)[key].values.tolist() == b.sort_values(key)[key].values.tolist()
-    assert len(a) == pytest.approx(0.1 * len(compact), rel=0.05)
-    # per band too: the choice does not depend on how the table is partitioned
-    per_band = pd.concat([subsample_pairs(g, 0.1, seed=3) for _, g in compact.groupby("band")])
-    assert len(per_band) == len(a)
-    # uniform: σ68 of the sample estimates the whole table's
-    assert sigma68(a.d_den) == pytest.approx(sigma68(compact.d_den), rel=0.05)
-    assert subsample_pairs(compact, 1.0) is compact
-    assert len(subsample_pairs(compact, 0.1, seed=4).merge(a, on=key)) < len(a)
-    # it is the rate cut of the shared pair hash
-    u = (pair_hash(compact, 3) >> np.uint64(11)).astype(float) / 2.0**53
-    pd.testing.assert_frame_equal(a, compact[u < 0.1].reset_index(drop=True))
 
 
 def _fold(pieces, k, seed):
