@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pausdenoise.cluster import ClusterConfig
 from pausdenoise.denoise import DenoiseConfig
+from pausdenoise.errors import ConfigError
 from pausdenoise.evaluate import EvaluateConfig
 from pausdenoise.gan.train import GanTrainConfig
 from pausdenoise.ingest import IngestConfig
@@ -43,8 +44,6 @@ STAGES: tuple[str, ...] = (
 """Pipeline stages in execution order (``info`` is a read-only command, not a stage)."""
 
 
-class ConfigError(ValueError):
-    """A configuration file cannot be read or its values are inconsistent."""
 
 
 class InputConfig(BaseModel):

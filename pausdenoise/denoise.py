@@ -96,6 +96,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pausdenoise.errors import ChunkingError
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.unet import (
     OptimisedUNet,
@@ -217,8 +218,6 @@ class DenoiseConfig(BaseModel):
         return self
 
 
-class ChunkingError(ValueError):
-    """The dask chunking cannot give seam-free tiled inference (see :func:`check_chunks`)."""
 
 
 # --------------------------------------------------------------------------- model refs

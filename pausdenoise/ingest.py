@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pausdenoise import paus_layout
 from pausdenoise import store as st
+from pausdenoise.errors import IngestError
 from pausdenoise.maskbits import MaskBit
 
 __all__ = [
@@ -322,15 +323,6 @@ class IngestConfig(BaseModel):
 # --------------------------------------------------------------------------- data types
 
 
-class IngestError(Exception):
-    """A frame cannot be ingested; names the file and, where relevant, the header key."""
-
-    def __init__(self, file: os.PathLike[str] | str, reason: str, key: str | None = None):
-        self.file = str(file)
-        self.key = key
-        self.reason = reason
-        where = f" [{key}]" if key else ""
-        super().__init__(f"{self.file}{where}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ import pandas as pd
 from photutils.geometry import circular_overlap_grid, elliptical_overlap_grid
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pausdenoise.errors import CatalogueError
 from pausdenoise.maskbits import MaskBit
 from pausdenoise.paus_layout import is_safe_name
 
@@ -228,27 +229,6 @@ OUTPUT_COLUMNS: dict[str, str] = {
 # --------------------------------------------------------------------------------------
 
 
-class CatalogueError(ValueError):
-    """The reference catalogue file cannot be used as a whole.
-
-    The message names the file and, where one is to blame, the column and the (0-based,
-    positional) row: ``<file> [<column>] row <row>: <reason>``. Problems of single rows
-    that photometry can flag and go on with (NaN positions, non-positive axes, duplicates)
-    are not errors: :func:`validate_catalogue` lists them.
-    """
-
-    def __init__(
-        self,
-        path: os.PathLike[str] | str,
-        reason: str,
-        column: str | None = None,
-        row: int | None = None,
-    ) -> None:
-        self.path, self.reason, self.column, self.row = str(path), reason, column, row
-        where = (f" [{column}]" if column is not None else "") + (
-            f" row {row}" if row is not None else ""
-        )
-        super().__init__(f"{self.path}{where}: {reason}")
 
 
 #: Catalogue columns read as float64 by :func:`read_catalogue` (when present).

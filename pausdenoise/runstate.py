@@ -18,13 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class RunLockedError(RuntimeError):
-    """Another live process holds the run directory's lock."""
-
-
-class PreflightError(RuntimeError):
-    """The output location cannot hold the run (not writable, too little free space)."""
+from pausdenoise.errors import PreflightError, RunLockedError
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pausdenoise.errors import StoreError
+
 if TYPE_CHECKING:  # heavy imports only where used: dask workers import this module
     import dask.array as da
     import pandas as pd
@@ -149,10 +151,6 @@ MISSING_MASK_VALUE = 255
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | zarr.Group
 AccessMode = Literal["r", "r+", "a", "w"]
-
-
-class StoreError(ValueError):
-    """The path is not a pausdenoise store, or a frame/array is missing or inconsistent."""
 
 
 # --------------------------------------------------------------------------- naming

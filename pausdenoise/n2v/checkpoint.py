@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from pausdenoise.errors import CheckpointError
 from pausdenoise.n2v.normalise import NORMALISATION_METHOD
 from pausdenoise.n2v.unet import UNet, UNetConfig
 
@@ -61,8 +62,6 @@ KNOWN_NORMALISATIONS = frozenset({NORMALISATION_METHOD})
 _MAX_HEADER = 100 * 2**20
 
 
-class CheckpointError(ValueError):
-    """A file is not a usable pausdenoise checkpoint (message names the file and why)."""
 
 
 def _versions() -> dict[str, str]:

@@ -28,11 +28,8 @@ import numpy as np
 import pandas as pd
 
 from pausdenoise.config import STAGES, PipelineConfig
+from pausdenoise.errors import StageError
 from pausdenoise.runstate import RunPaths, RunRecord, preflight, run_lock, write_json_atomic
-
-
-class StageError(RuntimeError):
-    """A pipeline stage failed; the message names the stage and the cause."""
 
 
 @dataclass
