@@ -1,4 +1,4 @@
-# pausdenoise — every target sets up .venv itself on a fresh machine.
+# pausdenoise: every target sets up .venv itself on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -41,13 +41,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
 
-# Every GPU figure of issue #4 (network-only rate per precision x tiling, bf16/fp16 error in
-# sigma on sky and sources, end to end for 1 and 18 CCDs on a LocalCUDACluster, training),
-# appended to benchmarks/RESULTS.md. --device cuda: stops at once if torch sees no GPU (e.g. a
-# CPU torch wheel) instead of appending CPU figures; BENCH_GPU_ARGS="--device cpu --quick"
-# measures (and labels) CPU figures. On a GPU machine with PyTorch but without the project's
-# dependencies (no venv), ../shared/tools/gpu-wheels.sh fetches their wheels (its header has
-# the pip line); then run `python3 benchmarks/bench_gpu.py --append` there directly.
+# The GPU benchmark (network-only rate per precision x tiling, bf16/fp16 error in sigma on
+# sky and sources, end to end for 1 and 18 CCDs on a LocalCUDACluster, training), appended
+# to benchmarks/RESULTS.md. --device cuda stops at once if torch sees no GPU (e.g. a CPU
+# torch wheel) instead of appending CPU figures; BENCH_GPU_ARGS="--device cpu --quick"
+# measures (and labels) CPU figures. For a GPU machine that has PyTorch but not the
+# project's dependencies, see benchmarks/README.md ("On a GPU machine").
 BENCH_GPU_ARGS ?= --device cuda
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/bench_gpu.py --append $(BENCH_GPU_ARGS)

@@ -44,8 +44,8 @@ Measured:
     eager), and our optimised whole image against the eager one.
 
 CAREamics runs in its own virtual environment (``--care-python``, default
-``.venv-careamics/bin/python`` when ``make careamics`` has built it, else
-``/tmp/care2/venv/bin/python``) as a subprocess of this script (``--worker careamics``);
+``.venv-careamics/bin/python``, built by ``make careamics``) as a subprocess of this script
+(``--worker careamics``);
 the two sides run one after the other, never together. ``--checkpoints DIR`` keeps the two
 trained models (``ours.safetensors``, ``careamics.ckpt``): a model found there is reloaded
 and its training skipped, so prediction can be re-measured alone. Usage (project venv)::
@@ -83,13 +83,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = "/tmp/fresh7/demo-output/store.zarr"
+DEFAULT_STORE = str(ROOT / "demo-output" / "store.zarr")
 DEFAULT_FRAME = "00001003_01"
 TILE, OVERLAP = 256, 48
 MASKED_PERCENT = 0.5  # = pausdenoise DEFAULT_MASKED_FRACTION 0.005
 LR = 4e-4
-#: CAREamics interpreters tried in turn: `make careamics`'s venv, then the scratch venv.
-CARE_VENVS = (ROOT / ".venv-careamics" / "bin" / "python", Path("/tmp/care2/venv/bin/python"))
+#: CAREamics' interpreter when --care-python is not given: `make careamics`'s venv.
+CARE_VENVS = (ROOT / ".venv-careamics" / "bin" / "python",)
 
 
 def _batch_size_of(b, default: int) -> int:
@@ -367,8 +367,8 @@ def sky_rms(img, truth, mask) -> float:
 
 
 def default_care_python() -> Path:
-    """CAREamics' interpreter: ``.venv-careamics`` (``make careamics``) if built, else the
-    scratch venv ``/tmp/care2/venv``; a clear error when neither exists."""
+    """CAREamics' interpreter: ``.venv-careamics`` (``make careamics``) if built; a clear
+    error otherwise."""
     for cand in CARE_VENVS:
         if cand.exists():
             return cand
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame", default=DEFAULT_FRAME)
     p.add_argument("--care-python", type=Path, default=None,
                    help="CAREamics' python (default: .venv-careamics/bin/python, built by "
-                   "`make careamics`, else /tmp/care2/venv/bin/python)")
+                   "`make careamics`)")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="folder of the two trained models (ours.safetensors, careamics.ckpt): "
                    "each one present is reloaded and its training skipped (prediction only); "

@@ -6,7 +6,7 @@ Writes a synthetic photometry output (``--bands`` narrow bands × ``--sources`` 
 ``pausdenoise photometry`` writes it) and runs, each in a fresh subprocess so that its peak
 resident memory (``ru_maxrss``) is its own:
 
-* ``stage`` -- :func:`pausdenoise.pipeline.compare_stage.run_compare`, the pipeline's
+* ``stage`` -- :func:`pausdenoise.pipeline.stages.compare.run`, the pipeline's
   compare stage (per band: read, pair, reduce to the compact Δf table; error model,
   cross-validation, σ68 tables), in-process (no cluster, so the driver does all the work
   and its peak is the whole stage's);
@@ -83,8 +83,8 @@ def _child(mode: str, root: str) -> dict:
 
     t0 = time.perf_counter()
     if mode == "stage":
-        from pausdenoise.pipeline.compare_stage import run_compare
-        from pausdenoise.pipeline.core import Context
+        from pausdenoise.pipeline.context import Context
+        from pausdenoise.pipeline.stages.compare import run as run_compare
 
         cfg = PipelineConfig.model_validate({"compare": {"min_validate_pairs": 400}})
         summary = run_compare(Context(cfg=cfg, paths=RunPaths(Path(root)), client=None,

@@ -20,8 +20,8 @@ load of a shared machine affects every variant alike:
 Usage::
 
     .venv/bin/python benchmarks/bench_cpu_inference.py --threads 1 2 \\
-        --checkpoint /tmp/fresh7/demo-output/model/n2v.safetensors \\
-        --store /tmp/fresh7/demo-output/store.zarr --frame 00001003_01
+        --checkpoint demo-output/model/n2v.safetensors \\
+        --store demo-output/store.zarr --frame 00001003_01
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         model = UNet(UNetConfig(depth=2, base_channels=32)).eval()
     print(f"# network {model.config}, load {os.getloadavg()[0]:.2f}", flush=True)
     if a.no_cpu_cap:
-        dn.CPU_BATCH_PIXELS = 1 << 40
+        dn.tiling.CPU_BATCH_PIXELS = 1 << 40
     report: dict = {"forward": {}, "tiles": {}, "load_before": os.getloadavg()[0]}
     x = torch.randn(a.batch, 1, 320, 320, generator=torch.Generator().manual_seed(1))
     img = np.random.default_rng(2).standard_normal((a.image, a.image)).astype(np.float32)

@@ -205,7 +205,7 @@ def denoise_to_store_force(dn, path, frame, ref, cfg, stats):
 
 def _warm(ref, cfg) -> None:
     """Load the model and set threads in a worker before the timed run."""
-    from pausdenoise import denoise as dn
+    from pausdenoise.denoise import model as dn
 
     device = dn._resolve_device(cfg.device)
     dn._configure_process(cfg, device)

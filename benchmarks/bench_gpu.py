@@ -1,4 +1,4 @@
-"""Every GPU figure of issue #4 in one command, as a markdown section (and JSON).
+"""Every GPU figure of the denoiser in one command, as a markdown section (and JSON).
 
 Run on a GPU node (``make bench-gpu`` appends the section to ``benchmarks/RESULTS.md``)::
 
@@ -35,7 +35,7 @@ It measures, with the project's own functions (nothing of the pipeline is reimpl
    gives every worker the same environment, so all of them would run on GPU 0), or 1 worker
    on CPU. Each precision runs an untimed pass over the first CCD first. Reports Mpix/s,
    seconds, the I/O share ``1 − (end-to-end Mpix/s per worker ÷ network-only Mpix/s at the
-   same precision and tiling)`` and whether the goal of issue #4, ≥ 300 Mpix/s per GPU (an
+   same precision and tiling)`` and whether the throughput goal, ≥ 300 Mpix/s per GPU (an
    18-CCD exposure, 151 Mpix, in ~0.5 s), was reached.
 4. **Training** patches/s on the device (``bench_train.run``), on CUDA for each of the
    trainer's autocast precisions (``train.precision``: fp32, bf16, fp16), on CPU fp32.
@@ -89,7 +89,7 @@ except ImportError:  # pragma: no cover
 import bench_denoise as bd  # noqa: E402
 from run_all import _load, machine_info  # noqa: E402
 
-#: Issue #4's goal: Mpix/s per GPU, end to end (18 × 4096 × 2048 px in ~0.5 s).
+#: Throughput goal: Mpix/s per GPU, end to end (18 × 4096 × 2048 px in ~0.5 s).
 GOAL_MPIX_S_PER_GPU = 300.0
 #: Normalised-input cuts (σ above the sky) of the sky and source pixel sets.
 SKY_CUT, SOURCE_CUT = 3.0, 5.0
@@ -328,9 +328,9 @@ def network_only(ref: ModelRef, dev: torch.device, chunk: int, precisions: list[
     for prec in precisions:
         for tile, batch in tilings:
             cfg = _stage_config(dev.type, prec, torch_threads, tile, batch)
-            dn._configure_process(cfg, dev)  # as _denoise_block: threads, TF32 off for float32
+            dn.model._configure_process(cfg, dev)  # as _denoise_block: threads, TF32 off (fp32)
             model = dn.get_model(ref, dev)
-            eff = dn._effective_precision(cfg, dev)
+            eff = dn.precision._effective_precision(cfg, dev)
             with dn.tf32_mode(dev, prec == "tf32"):
                 def run(model=model, cfg=cfg, eff=eff) -> np.ndarray:
                     return dn.predict_block(model, x, halo=halo, tile_size=cfg.tile_size,
@@ -403,7 +403,7 @@ def precision_errors(model: UNet, ref: ModelRef, dev: torch.device, image: np.nd
 
     def run(prec: str) -> np.ndarray:
         cfg = _stage_config(dev.type, prec, torch_threads)
-        dn._configure_process(cfg, dev)
+        dn.model._configure_process(cfg, dev)
         with dn.tf32_mode(dev, prec == "tf32"):
             return dn.predict_block(dn.get_model(ref, dev), x, halo=halo,
                                     precision="float32" if prec == "tf32" else prec)
@@ -413,7 +413,7 @@ def precision_errors(model: UNet, ref: ModelRef, dev: torch.device, image: np.nd
     for prec in precisions:
         d = run(prec).astype(np.float64) - reference
         if prec in ("bfloat16", "float16"):
-            dn._configure_process(_stage_config(dev.type, "float32", torch_threads), dev)
+            dn.model._configure_process(_stage_config(dev.type, "float32", torch_threads), dev)
             r = dn.measure_precision_error(model, image, stats, precision=prec,
                                            device=dev.type)
             rows.append({"precision": prec, "pixels": "all", "n": int(image.size),
@@ -645,7 +645,7 @@ def render(res: dict) -> str:
                   "1 − (Mpix/s per worker ÷ network-only Mpix/s, same precision and "
                   "tiling): the share of time outside the network (Zarr read/decompress, "
                   "normalisation, halo exchange, scheduling, Zarr write). "
-                  f"Goal of issue #4: ≥ {GOAL_MPIX_S_PER_GPU:g} Mpix/s per GPU (an 18-CCD "
+                  f"Throughput goal: ≥ {GOAL_MPIX_S_PER_GPU:g} Mpix/s per GPU (an 18-CCD "
                   "PAUCam exposure, 151 Mpix, in ~0.5 s).", "",
                   "| CCDs | Mpix | precision | tiling | workers × threads | seconds | "
                   "Mpix/s | Mpix/s per worker | network-only Mpix/s | I/O share | "
@@ -828,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
                 chunk=min(512, args.chunk), device=device, tmpdir=tmp, precision=prec)])
     finally:
         torch.set_num_threads(old_threads)
-        dn._THREADS_SET.clear()  # this process's torch threads were restored
+        dn.model._THREADS_SET.clear()  # this process's torch threads were restored
         shutil.rmtree(tmp, ignore_errors=True)
     res["load_end"] = _load()
     res["seconds"] = time.perf_counter() - t_all

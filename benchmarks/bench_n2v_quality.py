@@ -3,9 +3,9 @@
 Runs the real pipeline (``pausdenoise run``: simulate → ingest → train → denoise →
 photometry → compare → evaluate) once per variant, each from ``configs/demo.yaml`` (same
 survey seed, same training budget, same held-out exposures) with that variant's
-``--set`` overrides, then prints one table of what issue 3 asks for — RMS against the
+``--set`` overrides, then prints one table of the pixel targets (RMS against the
 noiseless truth on sky pixels and inside source apertures, held-out exposures, whole-image
-inference — next to the photometric figures a survey astronomer reads first: the median
+inference), next to the photometric figures a survey astronomer reads first: the median
 denoised/true aperture-flux ratio per I_auto bin and σ68 of Δf.
 
 Usage::

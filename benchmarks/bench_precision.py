@@ -152,11 +152,11 @@ def run(args: argparse.Namespace) -> dict:
     store_path = args.run / "store.zarr"
     ref = dn.ModelRef.from_checkpoint(args.checkpoint or args.run / "model" / "n2v.safetensors")
     cat = read_catalogue(args.catalogue or args.run / "survey" / "catalogue.parquet")
-    device = dn._resolve_device(args.device)
+    device = dn.model._resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     # float32 on CUDA means float32 (TF32 off), as in the denoise stage
-    dn._configure_process(dn.DenoiseConfig(device=args.device, torch_threads=args.threads),
+    dn.model._configure_process(dn.DenoiseConfig(device=args.device, torch_threads=args.threads),
                           device)
     net = dn.get_model(ref, device)
     frames = store.list_frames(store_path)[: args.frames]

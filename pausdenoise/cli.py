@@ -17,12 +17,24 @@ Exit codes (scripts can trust them)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+
+from pausdenoise import __version__
+from pausdenoise.errors import (
+    ConfigError,
+    PausDenoiseError,
+    PreflightError,
+    RunLockedError,
+)
+from pausdenoise.plan import MEASURED_RATES, plan_from_config
+from pausdenoise.redact import redact_text
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -65,7 +77,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``pausdenoise`` (all subcommands)."""
+    """Build the argument parser of ``pausdenoise`` (all subcommands).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser.
+    """
     parser = argparse.ArgumentParser(
         prog="pausdenoise",
         description="Out-of-core, Dask-parallel Noise2Void denoising of PAUS exposures, "
@@ -105,80 +123,144 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: int) -> None:
+    """Log at WARNING (INFO with -v, DEBUG with -vv); quiet distributed unless -vv."""
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if verbose < 2:  # distributed logs every worker start/stop at INFO
+        # read by distributed when it is imported (it configures its own loggers then)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        for name in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+#: exit code and message prefix of the package's errors that are not a stage failure
+_ERROR_EXITS: tuple[tuple[type[PausDenoiseError], int, str], ...] = (
+    (ConfigError, EXIT_USAGE, "configuration error: "),
+    (RunLockedError, EXIT_LOCKED, ""),
+    (PreflightError, EXIT_FAILURE, "preflight failed: "),
+)
+
+
+def _error_exit(exc: PausDenoiseError) -> int:
+    """Print the error (credentials redacted) and return its exit code.
+
+    Returns
+    -------
+    int
+        :data:`EXIT_USAGE` for a configuration error, :data:`EXIT_LOCKED` for a locked run
+        directory, :data:`EXIT_FAILURE` for the rest.
+    """
+    code, prefix = EXIT_FAILURE, ""
+    for cls, cls_code, cls_prefix in _ERROR_EXITS:
+        if isinstance(exc, cls):
+            code, prefix = cls_code, cls_prefix
+            break
+    print(f"pausdenoise: {prefix}{redact_text(str(exc))}", file=sys.stderr)
+    return code
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Load the configuration and run the command.
+
+    Returns
+    -------
+    int
+        The exit code.
+    """
+    # imported only now, after _configure_logging: the configuration and the pipeline
+    # import distributed, which reads DASK_LOGGING__DISTRIBUTED when it is imported
+    from pausdenoise.config import load_config
+    from pausdenoise.pipeline.runner import run, store_info, with_ingest_source  # as above
+
+    cfg = load_config(args.config, overrides=args.overrides, cluster=args.cluster)
+    if args.command == "plan":
+        return _plan(cfg, args)
+    if args.command == "info":
+        print(store_info(cfg, args.out))
+        return EXIT_OK
+    if args.command == "ingest":
+        cfg = with_ingest_source(cfg, args.fits, args.layout)
+    stages = None
+    if args.command == "run" and args.stages:
+        stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    elif args.command != "run":
+        stages = [args.command]
+    result = run(cfg, args.out, stages=stages, force=args.force)
+    print(result.summary_text())
+    return EXIT_PARTIAL if result.partial else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pausdenoise`` command; returns the exit code."""
+    """Run the ``pausdenoise`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit code (see the module docstring).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from pausdenoise import __version__
-
         print(__version__)
         return EXIT_OK
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if args.verbose < 2:  # distributed logs every worker start/stop at INFO
-        # read by distributed when it is imported (it configures its own loggers then)
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-    from pausdenoise import pipeline
-    from pausdenoise.config import ConfigError, load_config
-    from pausdenoise.redact import redact_text
-    from pausdenoise.runstate import PreflightError, RunLockedError
-
+    _configure_logging(args.verbose)
     try:
-        cfg = load_config(args.config, overrides=args.overrides, cluster=args.cluster)
-        if args.command == "plan":
-            return _plan(cfg, args)
-        if args.command == "info":
-            print(pipeline.core.store_info(cfg, args.out))
-            return EXIT_OK
-        if args.command == "ingest":
-            cfg = pipeline.with_ingest_source(cfg, args.fits, args.layout)
-        stages = None
-        if args.command == "run" and args.stages:
-            stages = [s.strip() for s in args.stages.split(",") if s.strip()]
-        elif args.command != "run":
-            stages = [args.command]
-        result = pipeline.run(cfg, args.out, stages=stages, force=args.force)
-    except (ConfigError, ValidationError) as exc:
+        return _run_command(args)
+    except ValidationError as exc:
         print(f"pausdenoise: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    except RunLockedError as exc:
-        print(f"pausdenoise: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except PreflightError as exc:
-        print(f"pausdenoise: preflight failed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except pipeline.StageError as exc:
-        print(f"pausdenoise: {redact_text(str(exc))}", file=sys.stderr)
-        return EXIT_FAILURE
+    except PausDenoiseError as exc:
+        return _error_exit(exc)
     except KeyboardInterrupt:
         print("pausdenoise: interrupted; completed work is kept, rerun to resume",
               file=sys.stderr)
         return EXIT_FAILURE
-    print(result.summary_text())
-    return EXIT_PARTIAL if result.partial else EXIT_OK
 
 
-def _plan(cfg, args: argparse.Namespace) -> int:
-    import json
+def _rates(items: list[str]) -> dict[str, float]:
+    """Apply the ``--rate KEY=VALUE`` options to the measured rates.
 
-    from pausdenoise.plan import MEASURED_RATES, plan_from_config
+    Returns
+    -------
+    dict of str to float
+        :data:`pausdenoise.plan.MEASURED_RATES` with the overrides.
 
+    Raises
+    ------
+    ValueError
+        For an unknown key or a value that is not a number.
+    """
+    rates = dict(MEASURED_RATES)
+    for item in items:
+        key, value = item.split("=", 1)
+        if key not in rates:
+            raise ValueError(f"unknown rate {key!r}; rates are {sorted(rates)}")
+        rates[key] = float(value)
+    return rates
+
+
+def _plan(cfg: Any, args: argparse.Namespace) -> int:
+    """Print the plan of ``pausdenoise plan`` (table or JSON).
+
+    Returns
+    -------
+    int
+        :data:`EXIT_OK`, or :data:`EXIT_USAGE` for a bad option.
+    """
     try:
         ny, nx = (int(v) for v in args.ccd_shape.lower().split("x"))
-        rates = dict(MEASURED_RATES)
-        for item in args.rate:
-            key, value = item.split("=", 1)
-            if key not in rates:
-                raise ValueError(f"unknown rate {key!r}; rates are {sorted(rates)}")
-            rates[key] = float(value)
+        rates = _rates(args.rate)
         report = plan_from_config(cfg, args.exposures, args.ccds, (ny, nx),
                                   n_workers=args.workers, gpus=args.gpus, rates=rates)
     except ValueError as exc:

@@ -44,9 +44,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import dask
 from dask.system import CPU_COUNT
+from dask.utils import format_bytes
+from distributed import Client, LocalCluster, Security
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.system import MEMORY_LIMIT
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pausdenoise.redact import redact_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import distributed
@@ -94,8 +100,24 @@ _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def parse_spec(spec: str) -> tuple[Kind, str | None]:
     """Split a cluster spec string into ``(kind, target)``.
 
-    ``target`` is the scheduler-file path or the scheduler address, ``None`` for the kinds
-    that take none. Raises ``ValueError`` naming the accepted forms for anything else.
+    Parameters
+    ----------
+    spec : str
+        A spec string (module docstring): ``threads``, ``local``, ``cuda``, ``slurm``,
+        ``htcondor``, ``scheduler-file:PATH``, ``address:tcp://HOST:PORT`` (or ``tls://``;
+        a bare ``tcp://`` / ``tls://`` / ``ucx://`` address also works). Surrounding blanks are
+        ignored.
+
+    Returns
+    -------
+    tuple of (str, str or None)
+        The kind and its target: the scheduler-file path or the scheduler address, ``None``
+        for the kinds that take none.
+
+    Raises
+    ------
+    ValueError
+        For anything else, naming the accepted forms.
     """
     if not isinstance(spec, str):
         raise ValueError(f"cluster spec must be a string, got {type(spec).__name__}; {_SPEC_HELP}")
@@ -124,9 +146,12 @@ def parse_spec(spec: str) -> tuple[Kind, str | None]:
 
 
 class TLSConfig(BaseModel):
-    """Mutual TLS between client, scheduler and workers (PEM files, e.g. from
-    ``deploy/make-certs.sh``). Every party presents a certificate signed by the cluster's own
-    CA and verifies the others' against it; plaintext connections are refused."""
+    """Mutual TLS between client, scheduler and workers.
+
+    PEM files, e.g. from ``deploy/make-certs.sh``. Every party presents a certificate signed
+    by the cluster's own CA and verifies the others' against it; plaintext connections are
+    refused.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -154,10 +179,15 @@ class TLSConfig(BaseModel):
         return self
 
     def to_security(self) -> distributed.Security:
-        """A :class:`distributed.Security` with this certificate for every role, so the
-        same object serves a client and the scheduler/workers of a locally started cluster."""
-        from distributed import Security
+        """Build a :class:`distributed.Security` with this certificate for every role.
 
+        The same object serves a client and the scheduler/workers of a locally started cluster.
+
+        Returns
+        -------
+        distributed.Security
+            The security settings.
+        """
         ca, cert, key = str(self.ca_file), str(self.cert), str(self.key)
         return Security(
             tls_ca_file=ca,
@@ -257,8 +287,11 @@ class JobQueueConfig(BaseModel):
 
 
 class ClusterConfig(BaseModel):
-    """Where the pipeline's dask graphs run. ``kind`` is the spec string (module docstring);
-    the other fields size the workers of the kinds that start them."""
+    """Where the pipeline's dask graphs run.
+
+    ``kind`` is the spec string (module docstring); the other fields size the workers of the
+    kinds that start them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -328,7 +361,20 @@ class ClusterConfig(BaseModel):
 
     @classmethod
     def from_spec(cls, spec: str, **fields: Any) -> ClusterConfig:
-        """``ClusterConfig(kind=spec, **fields)``; the ``--cluster`` option's entry point."""
+        """Build ``ClusterConfig(kind=spec, **fields)``; the ``--cluster`` option's entry point.
+
+        Parameters
+        ----------
+        spec : str
+            The cluster spec string (:func:`parse_spec`).
+        **fields
+            Any other field of the config.
+
+        Returns
+        -------
+        ClusterConfig
+            The validated config.
+        """
         return cls(kind=spec, **fields)
 
     @property
@@ -349,10 +395,31 @@ class ClusterConfig(BaseModel):
 def torch_threads_per_task(
     cores: int | None = None, threads_per_worker: int = 1, workers_per_node: int = 1
 ) -> int:
-    """Torch intra-op threads for one dask task: ``max(1, cores // (threads_per_worker *
-    workers_per_node))``, so that the tasks running at once on a node never ask for more
-    threads than it has cores. ``cores`` defaults to the cores this process may use
-    (affinity and cgroup quota aware, ``dask.system.CPU_COUNT``)."""
+    """Return the torch intra-op threads for one dask task.
+
+    ``max(1, cores // (threads_per_worker * workers_per_node))``, so that the tasks running
+    at once on a node never ask for more threads than it has cores.
+
+    Parameters
+    ----------
+    cores : int, optional
+        Cores of the node; default the cores this process may use (affinity and cgroup quota
+        aware, ``dask.system.CPU_COUNT``).
+    threads_per_worker : int, optional
+        Dask tasks a worker runs at once (≥ 1). Default 1.
+    workers_per_node : int, optional
+        Worker processes sharing the node (≥ 1). Default 1.
+
+    Returns
+    -------
+    int
+        Threads per task, at least 1.
+
+    Raises
+    ------
+    ValueError
+        If ``threads_per_worker`` or ``workers_per_node`` is below 1.
+    """
     if cores is None:
         cores = CPU_COUNT
     if threads_per_worker < 1 or workers_per_node < 1:
@@ -365,7 +432,22 @@ def set_torch_threads(n: int) -> int:
 
     Sets ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` (read when
     torch's OpenMP runtime loads) and, when torch is already imported, calls
-    ``torch.set_num_threads``. Does not import torch. Returns ``n``.
+    ``torch.set_num_threads``. Does not import torch.
+
+    Parameters
+    ----------
+    n : int
+        Number of threads (≥ 1).
+
+    Returns
+    -------
+    int
+        ``n``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is below 1.
     """
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")
@@ -384,6 +466,16 @@ class TorchThreads(WorkerPlugin):
     ``torch_threads_per_task(CPU_COUNT, worker.state.nthreads)``, i.e. it assumes one worker
     per node or per job cgroup (the jobqueue / batch recipes). Clusters that put several
     workers on one node (``local``, ``cuda``) pass an explicit count.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Torch threads per task (≥ 1); None for the rule on each worker.
+
+    Raises
+    ------
+    ValueError
+        If ``threads`` is below 1.
     """
 
     idempotent = True
@@ -395,6 +487,13 @@ class TorchThreads(WorkerPlugin):
         self.threads = threads
 
     def setup(self, worker: distributed.Worker) -> None:
+        """Set the torch threads of ``worker``'s process (called by distributed on each worker).
+
+        Parameters
+        ----------
+        worker : distributed.Worker
+            The worker the plugin is registered on.
+        """
         n = self.threads
         if n is None:
             n = torch_threads_per_task(threads_per_worker=worker.state.nthreads)
@@ -421,12 +520,30 @@ def make_jobqueue_cluster(config: ClusterConfig) -> Any:
     """Build (but do not scale) the dask-jobqueue cluster for kind ``slurm`` / ``htcondor``.
 
     Starting it starts a scheduler in this process; no job is submitted until ``scale`` /
-    ``adapt``. Raises ``ImportError`` with the install hint when dask-jobqueue is missing.
+    ``adapt``.
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        A config of kind ``slurm`` or ``htcondor``; its ``jobqueue`` sizes the jobs.
+
+    Returns
+    -------
+    dask_jobqueue.SLURMCluster or dask_jobqueue.HTCondorCluster
+        The cluster, with no job submitted.
+
+    Raises
+    ------
+    ValueError
+        If the kind is not a jobqueue kind, or an HTCondor extra directive is not
+        ``key = value``.
+    ImportError
+        With the install hint when dask-jobqueue is missing.
     """
     if config.backend not in ("slurm", "htcondor"):
         raise ValueError(f"kind {config.kind!r} is not a jobqueue kind (slurm, htcondor)")
     try:
-        import dask_jobqueue
+        import dask_jobqueue  # optional: the cluster extra
     except ImportError as exc:  # pragma: no cover - dev extra installs it
         raise ImportError(
             "the slurm/htcondor kinds need dask-jobqueue: pip install 'pausdenoise[cluster]'"
@@ -483,7 +600,13 @@ def make_jobqueue_cluster(config: ClusterConfig) -> Any:
 
 
 def _walltime_seconds(walltime: str) -> int:
-    """'HH:MM:SS' (or 'D-HH:MM:SS', 'MM:SS') to seconds."""
+    """Convert 'HH:MM:SS' (or 'D-HH:MM:SS', 'MM:SS') to seconds.
+
+    Returns
+    -------
+    int
+        Seconds.
+    """
     days, _, clock = walltime.rpartition("-")
     parts = [int(p) for p in clock.split(":")]
     while len(parts) < 3:
@@ -493,8 +616,20 @@ def _walltime_seconds(walltime: str) -> int:
 
 
 def render_job_script(config: ClusterConfig) -> str:
-    """The batch job script that kind ``slurm`` / ``htcondor`` would submit, without
-    submitting anything (the scheduler it points at is started and closed again)."""
+    """Render the batch job script that kind ``slurm`` / ``htcondor`` would submit.
+
+    Nothing is submitted (the scheduler the script points at is started and closed again).
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        A config of kind ``slurm`` or ``htcondor``.
+
+    Returns
+    -------
+    str
+        The job script.
+    """
     cluster = make_jobqueue_cluster(config)
     try:
         return cluster.job_script()
@@ -516,9 +651,12 @@ def _check_tls(address: str | None, security: Any, where: str) -> None:
     A client certificate may come from ``ClusterConfig.security`` or from dask's own
     configuration (``distributed.comm.tls.client.cert``, e.g. set by DASK_* environment
     variables in the Kubernetes recipe); distributed picks the latter up by itself.
-    """
-    import dask
 
+    Raises
+    ------
+    ValueError
+        When ``address`` is ``tls://`` and no client certificate is configured.
+    """
     if not address or not address.startswith("tls://") or security is not None:
         return
     if dask.config.get("distributed.comm.tls.client.cert", None):
@@ -562,8 +700,6 @@ def worker_malloc_env(trim_threshold: int | None = None) -> Iterator[None]:
     and restored afterwards. Workers started elsewhere (``dask worker``, batch jobs) read the
     same key from their dask configuration: ``deploy/dask.yaml`` sets it to null.
     """
-    import dask
-
     key = "MALLOC_TRIM_THRESHOLD_"
     saved = os.environ.get(key)
     if trim_threshold is None:
@@ -586,117 +722,35 @@ def make_client(
 ) -> Iterator[distributed.Client | None]:
     """Start (or connect to) the cluster ``config`` names and yield a client.
 
-    Yields ``None`` for kind ``threads`` (dask's threaded scheduler is configured for the
-    duration of the block). On exit the client is closed, and so is everything this call
-    started (local clusters, jobqueue jobs); external schedulers keep running. Registers the
-    :class:`TorchThreads` worker plugin and prints the dashboard address to stderr unless
-    ``quiet``.
-    """
-    import dask
+    On exit the client is closed, and so is everything this call started (local clusters,
+    jobqueue jobs); external schedulers keep running. Registers the :class:`TorchThreads`
+    worker plugin and prints the dashboard address to stderr unless ``quiet``.
 
+    Parameters
+    ----------
+    config : ClusterConfig
+        The cluster to use.
+    quiet : bool, optional
+        Print nothing to stderr. Default False.
+
+    Yields
+    ------
+    distributed.Client or None
+        The client; ``None`` for kind ``threads`` (dask's threaded scheduler is configured for
+        the duration of the block).
+    """
     backend = config.backend
     if backend == "threads":
-        n = config.n_workers or CPU_COUNT
-        torch_n = config.torch_threads or torch_threads_per_task(threads_per_worker=n)
-        saved = {var: os.environ.get(var) for var in _THREAD_ENV_VARS}
-        torch = sys.modules.get("torch")
-        saved_torch = torch.get_num_threads() if torch is not None else None
-        set_torch_threads(torch_n)
-        if not quiet:
-            _say(f"threaded scheduler: {n} threads, {torch_n} torch thread(s) per task")
-        try:
-            with dask.config.set(scheduler="threads", num_workers=n):
-                yield None
-        finally:
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
-            if saved_torch is not None:
-                sys.modules["torch"].set_num_threads(saved_torch)
+        with _threaded_scheduler(config, quiet=quiet):
+            yield None
         return
-
-    from distributed import Client
 
     with contextlib.ExitStack() as stack:
         if backend in ("local", "cuda"):
             stack.enter_context(worker_malloc_env(config.malloc_trim_threshold))
-        cluster: Any = None
-        torch_threads: int | None = config.torch_threads
         security = _security(config)
-        if backend == "local":
-            from distributed import LocalCluster
-
-            n = config.n_workers or max(1, CPU_COUNT // config.threads_per_worker)
-            torch_threads = _torch_threads_local(config, n)
-            cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=config.threads_per_worker,
-                memory_limit=config.memory_limit,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=config.dashboard_address or _NO_DASHBOARD_HTTP,
-                scheduler_kwargs=None if config.dashboard_address else {"dashboard": False},
-                local_directory=config.local_directory,
-                security=security,
-                protocol=_protocol(config),
-            )
-            stack.callback(cluster.close)
-        elif backend == "cuda":
-            try:
-                from dask_cuda import LocalCUDACluster
-            except ImportError as exc:
-                raise ImportError(
-                    "kind 'cuda' needs dask-cuda and a CUDA device: pip install 'pausdenoise[gpu]'"
-                ) from exc
-            devices = config.cuda.visible_devices
-            n_gpus = config.n_workers or (
-                len(devices.split(",")) if devices else _visible_gpu_count()
-            )
-            torch_threads = _torch_threads_local(config, max(1, n_gpus))
-            cuda_kwargs: dict[str, Any] = dict(
-                n_workers=config.n_workers,
-                threads_per_worker=config.threads_per_worker,
-                memory_limit=config.memory_limit,
-                device_memory_limit=config.cuda.device_memory_limit,
-                CUDA_VISIBLE_DEVICES=devices,
-                jit_unspill=config.cuda.jit_unspill,
-                rmm_pool_size=config.cuda.rmm_pool_size,
-                local_directory=config.local_directory,
-                dashboard_address=config.dashboard_address or _NO_DASHBOARD_HTTP,
-                scheduler_kwargs=None if config.dashboard_address else {"dashboard": False},
-                host="127.0.0.1",
-                security=security,
-                protocol=_protocol(config),
-                resources={"GPU": 1},  # as the recipes' workers: GPU tasks can ask for it
-            )
-            cluster = LocalCUDACluster(**{k: v for k, v in cuda_kwargs.items() if v is not None})
-            stack.callback(cluster.close)
-        elif backend in ("slurm", "htcondor"):
-            cluster = make_jobqueue_cluster(config)
-            stack.callback(cluster.close)
-            jq = config.jobqueue
-            if jq.adapt_max_jobs is not None:
-                cluster.adapt(minimum_jobs=jq.n_jobs, maximum_jobs=jq.adapt_max_jobs)
-            else:
-                cluster.scale(jobs=jq.n_jobs)
-            if not quiet:
-                from pausdenoise.redact import redact_text
-
-                _say(f"{backend}: submitted worker jobs; job script:\n"
-                     f"{redact_text(cluster.job_script())}")
-
-        if cluster is not None:
-            client = Client(cluster, security=security, timeout=config.connect_timeout)
-        elif backend == "scheduler-file":
-            path = config.target
-            assert path is not None
-            _check_tls(_read_scheduler_address(path), security, f"the scheduler in {path}")
-            client = Client(scheduler_file=path, security=security, timeout=config.connect_timeout)
-        else:  # address
-            _check_tls(config.target, security, "the scheduler")
-            client = Client(config.target, security=security, timeout=config.connect_timeout)
+        cluster, torch_threads = _start_cluster(config, stack, security, quiet=quiet)
+        client = _connect(config, cluster, security)
         stack.callback(client.close)
 
         if backend in ("scheduler-file", "address") and config.n_workers:
@@ -708,12 +762,183 @@ def make_client(
         yield client
 
 
+@contextlib.contextmanager
+def _threaded_scheduler(config: ClusterConfig, *, quiet: bool) -> Iterator[None]:
+    """Kind ``threads``: dask's threaded scheduler and the torch threads, for the block.
+
+    The thread environment variables and torch's thread count are restored afterwards.
+    """
+    n = config.n_workers or CPU_COUNT
+    torch_n = config.torch_threads or torch_threads_per_task(threads_per_worker=n)
+    saved = {var: os.environ.get(var) for var in _THREAD_ENV_VARS}
+    torch = sys.modules.get("torch")
+    saved_torch = torch.get_num_threads() if torch is not None else None
+    set_torch_threads(torch_n)
+    if not quiet:
+        _say(f"threaded scheduler: {n} threads, {torch_n} torch thread(s) per task")
+    try:
+        with dask.config.set(scheduler="threads", num_workers=n):
+            yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if saved_torch is not None:
+            sys.modules["torch"].set_num_threads(saved_torch)
+
+
+def _start_cluster(
+    config: ClusterConfig, stack: contextlib.ExitStack, security: Any, *, quiet: bool
+) -> tuple[Any, int | None]:
+    """Start the cluster of the kinds that start one (closed by ``stack``).
+
+    Returns
+    -------
+    tuple
+        The cluster (None for ``scheduler-file`` / ``address``) and the torch threads per
+        task for the worker plugin (None: the rule on each worker).
+    """
+    backend = config.backend
+    if backend == "local":
+        return _start_local(config, stack, security)
+    if backend == "cuda":
+        return _start_cuda(config, stack, security)
+    if backend in ("slurm", "htcondor"):
+        return _start_jobqueue(config, stack, quiet=quiet), config.torch_threads
+    return None, config.torch_threads
+
+
+def _start_local(
+    config: ClusterConfig, stack: contextlib.ExitStack, security: Any
+) -> tuple[Any, int]:
+    """Kind ``local``: a LocalCluster of worker processes; its torch threads per task.
+
+    Returns
+    -------
+    tuple
+        The cluster and the torch threads per task.
+    """
+    n = config.n_workers or max(1, CPU_COUNT // config.threads_per_worker)
+    torch_threads = _torch_threads_local(config, n)
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=config.dashboard_address or _NO_DASHBOARD_HTTP,
+        scheduler_kwargs=None if config.dashboard_address else {"dashboard": False},
+        local_directory=config.local_directory,
+        security=security,
+        protocol=_protocol(config),
+    )
+    stack.callback(cluster.close)
+    return cluster, torch_threads
+
+
+def _start_cuda(
+    config: ClusterConfig, stack: contextlib.ExitStack, security: Any
+) -> tuple[Any, int]:
+    """Kind ``cuda``: a LocalCUDACluster, one worker per GPU; its torch threads per task.
+
+    Returns
+    -------
+    tuple
+        The cluster and the torch threads per task.
+
+    Raises
+    ------
+    ImportError
+        When dask-cuda is not installed.
+    """
+    try:
+        from dask_cuda import LocalCUDACluster  # optional: the gpu extra
+    except ImportError as exc:
+        raise ImportError(
+            "kind 'cuda' needs dask-cuda and a CUDA device: pip install 'pausdenoise[gpu]'"
+        ) from exc
+    devices = config.cuda.visible_devices
+    n_gpus = config.n_workers or (
+        len(devices.split(",")) if devices else _visible_gpu_count()
+    )
+    torch_threads = _torch_threads_local(config, max(1, n_gpus))
+    cuda_kwargs: dict[str, Any] = dict(
+        n_workers=config.n_workers,
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit,
+        device_memory_limit=config.cuda.device_memory_limit,
+        CUDA_VISIBLE_DEVICES=devices,
+        jit_unspill=config.cuda.jit_unspill,
+        rmm_pool_size=config.cuda.rmm_pool_size,
+        local_directory=config.local_directory,
+        dashboard_address=config.dashboard_address or _NO_DASHBOARD_HTTP,
+        scheduler_kwargs=None if config.dashboard_address else {"dashboard": False},
+        host="127.0.0.1",
+        security=security,
+        protocol=_protocol(config),
+        resources={"GPU": 1},  # as the recipes' workers: GPU tasks can ask for it
+    )
+    cluster = LocalCUDACluster(**{k: v for k, v in cuda_kwargs.items() if v is not None})
+    stack.callback(cluster.close)
+    return cluster, torch_threads
+
+
+def _start_jobqueue(config: ClusterConfig, stack: contextlib.ExitStack, *, quiet: bool) -> Any:
+    """Kinds ``slurm`` / ``htcondor``: build the jobqueue cluster and submit its jobs.
+
+    Returns
+    -------
+    object
+        The dask-jobqueue cluster, scaled (or adapting).
+    """
+    cluster = make_jobqueue_cluster(config)
+    stack.callback(cluster.close)
+    jq = config.jobqueue
+    if jq.adapt_max_jobs is not None:
+        cluster.adapt(minimum_jobs=jq.n_jobs, maximum_jobs=jq.adapt_max_jobs)
+    else:
+        cluster.scale(jobs=jq.n_jobs)
+    if not quiet:
+        _say(f"{config.backend}: submitted worker jobs; job script:\n"
+             f"{redact_text(cluster.job_script())}")
+    return cluster
+
+
+def _connect(config: ClusterConfig, cluster: Any, security: Any) -> distributed.Client:
+    """Connect a client to ``cluster``, or to the external scheduler the spec names.
+
+    Returns
+    -------
+    distributed.Client
+        The connected client.
+    """
+    if cluster is not None:
+        return Client(cluster, security=security, timeout=config.connect_timeout)
+    if config.backend == "scheduler-file":
+        path = config.target
+        assert path is not None
+        _check_tls(_read_scheduler_address(path), security, f"the scheduler in {path}")
+        return Client(scheduler_file=path, security=security, timeout=config.connect_timeout)
+    # address
+    _check_tls(config.target, security, "the scheduler")
+    return Client(config.target, security=security, timeout=config.connect_timeout)
+
+
 def _visible_gpu_count() -> int:
+    """Count the GPUs this process may use (at least 1).
+
+    Returns
+    -------
+    int
+        From ``CUDA_VISIBLE_DEVICES``, else torch's device count.
+    """
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     if devices:
         return len([d for d in devices.split(",") if d.strip()])
     try:
-        import torch
+        import torch  # torch off the config import path
 
         return max(1, torch.cuda.device_count())
     except Exception:  # pragma: no cover - torch is a core dependency
@@ -725,16 +950,23 @@ def _visible_gpu_count() -> int:
 
 
 def cluster_summary(client: distributed.Client | None) -> dict[str, Any]:
-    """Workers, threads, memory and GPUs of the cluster behind ``client`` as a dict.
+    """Describe the workers, threads, memory and GPUs of the cluster behind ``client``.
 
-    ``client=None`` (kind ``threads``) describes this process's threaded scheduler.
     GPU names come from the workers' NVML metrics (present when pynvml finds a device) or,
     failing that, from a ``GPU`` resource the workers advertise.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        The client; ``None`` (kind ``threads``) describes this process's threaded scheduler.
+
+    Returns
+    -------
+    dict
+        ``scheduler``, ``workers``, ``threads``, ``memory_bytes``, ``gpus`` (one name per
+        GPU), ``hosts`` and, with a client, ``dashboard``.
     """
     if client is None:
-        import dask
-        from distributed.system import MEMORY_LIMIT
-
         n = dask.config.get("num_workers", None) or CPU_COUNT
         return {
             "scheduler": "threads",
@@ -774,9 +1006,18 @@ def cluster_summary(client: distributed.Client | None) -> dict[str, Any]:
 
 
 def describe(client: distributed.Client | None) -> str:
-    """One line: scheduler, workers, threads, memory, GPUs (see :func:`cluster_summary`)."""
-    from dask.utils import format_bytes
+    """Describe the cluster in one line: scheduler, workers, threads, memory, GPUs.
 
+    Parameters
+    ----------
+    client : distributed.Client or None
+        As for :func:`cluster_summary`.
+
+    Returns
+    -------
+    str
+        The line.
+    """
     s = cluster_summary(client)
     gpus = (
         f"{len(s['gpus'])} GPU(s) ({', '.join(sorted(set(s['gpus'])))})" if s["gpus"] else "no GPUs"

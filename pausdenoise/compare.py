@@ -1,8 +1,8 @@
 """Cross-exposure comparison of forced photometry: calibration, pairs, Δf, σ68, error model.
 
-The test of a flux and its error used by the PAUS analyses (``/work/shared/DOMAIN.md``): the
-same source (``ref_id``) in the same band measured in two *different* exposures has, after
-zero-point calibration, the same expected flux, so
+The test of a flux and its error used by the PAUS analyses: the same source (``ref_id``)
+in the same band measured in two *different* exposures has, after zero-point calibration,
+the same expected flux, so
 
     Δf = (f₁ − f₂) / sqrt(σ₁² + σ₂²)
 
@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
-from pausdenoise.photometry import calibrate_flux
+from pausdenoise.photometry.measure import calibrate_flux
+from pausdenoise.stats import sigma68, sigma68_stderr
 
 __all__ = [
     "DEFAULT_BINS",
@@ -86,6 +88,20 @@ def calibrate(table: pd.DataFrame, exposures: pd.DataFrame | None = None) -> pd.
     ``f_cal = f·ZP``, ``σ_cal = sqrt(σ²σZP² + σ²ZP² + f²σZP²)``. When ``exposures`` (columns
     ``expnum``, optionally ``ccd``, and ``zp``, ``zp_err``) is given, its zero-points replace
     the table's (e.g. after a re-calibration of the exposures).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Long photometry table with ``flux``, ``flux_err`` (ADU) and, unless ``exposures`` is
+        given, ``zp``, ``zp_err`` (calibrated units per ADU).
+    exposures : pandas.DataFrame, optional
+        Zero-points per ``expnum`` (and ``ccd`` when it has that column) replacing the
+        table's.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``table`` with ``flux_cal`` and ``flux_cal_err`` (calibrated units).
     """
     out = table.copy()
     if exposures is not None:
@@ -99,14 +115,33 @@ def calibrate(table: pd.DataFrame, exposures: pd.DataFrame | None = None) -> pd.
 
 
 def widen(table: Any, *, exclude_flags: bool = True, kinds: Sequence[str] | None = None) -> Any:
-    """One row per (ref_id, expnum, ccd, band) with ``I_auto`` and, per kind present,
-    calibrated ``f_<k>`` and ``e_<k>`` (k = ``raw`` or ``den``).
+    """Put the kinds side by side: one row per (ref_id, expnum, ccd, band).
 
-    With ``exclude_flags`` a measurement is kept only when its ``flags == 0`` in every kind
-    (an inner join after dropping flagged rows), so both kinds are compared on the same set.
-    ``kinds`` defaults to the kinds present (pandas) or both (dask, where looking would
-    mean computing: pass ``kinds=["raw"]`` for a raw-only dask table).
-    Works on pandas and dask DataFrames.
+    The result has ``I_auto`` (AB magnitude) and, per kind present, calibrated ``f_<k>`` and
+    ``e_<k>`` (k = ``raw`` or ``den``). With ``exclude_flags`` a measurement is kept only when
+    its ``flags == 0`` in every kind (an inner join after dropping flagged rows), so both kinds
+    are compared on the same set. Works on pandas and dask DataFrames.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame or dask.dataframe.DataFrame
+        The long photometry table (with ``kind``, ``flags``, ``flux_cal``, ``flux_cal_err``).
+    exclude_flags : bool, optional
+        Drop flagged measurements first. Default True.
+    kinds : sequence of str, optional
+        The kinds to put side by side (``"raw"``, ``"denoised"``). Defaults to the kinds
+        present (pandas) or both (dask, where looking would mean computing: pass
+        ``kinds=["raw"]`` for a raw-only dask table).
+
+    Returns
+    -------
+    pandas.DataFrame or dask.dataframe.DataFrame
+        The wide table, of the same library as ``table``.
+
+    Raises
+    ------
+    ValueError
+        If ``kinds`` is empty (the table has no ``raw`` or ``denoised`` rows).
     """
     keys = ["ref_id", "expnum", "ccd", "band"]
     if exclude_flags:
@@ -134,14 +169,27 @@ def widen(table: Any, *, exclude_flags: bool = True, kinds: Sequence[str] | None
 def make_pairs(
     table: Any, *, exclude_flags: bool = True, kinds: Sequence[str] | None = None
 ) -> Any:
-    """All pairs of measurements of the same ``ref_id`` and ``band`` in two different
-    exposures, each unordered pair once (``expnum_1 < expnum_2``).
+    """Pair the measurements of the same ``ref_id`` and ``band`` in two different exposures.
 
-    ``table`` is the long photometry table (with ``kind``) or an already wide one (from
-    :func:`widen`). The result has ``ref_id``, ``band``, ``I_auto`` and, for sides 1 and 2,
-    ``expnum``, ``ccd`` and the ``f_*``/``e_*`` columns with suffixes ``_1``/``_2``. For
-    ``n`` exposures of a source there are n(n−1)/2 pairs. Works on dask DataFrames (a
-    distributed self-join on (ref_id, band)).
+    Each unordered pair appears once (``expnum_1 < expnum_2``): for ``n`` exposures of a
+    source there are n(n−1)/2 pairs. Works on dask DataFrames (a distributed self-join on
+    (ref_id, band)).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame or dask.dataframe.DataFrame
+        The long photometry table (with ``kind``) or an already wide one (from :func:`widen`).
+    exclude_flags : bool, optional
+        Passed to :func:`widen` for a long table. Default True.
+    kinds : sequence of str, optional
+        Passed to :func:`widen` for a long table.
+
+    Returns
+    -------
+    pandas.DataFrame or dask.dataframe.DataFrame
+        ``ref_id``, ``band``, ``I_auto`` and, for sides 1 and 2, ``expnum``, ``ccd`` and the
+        ``f_*``/``e_*`` columns with suffixes ``_1``/``_2`` (a pandas result has a fresh
+        index).
     """
     if "kind" in table.columns:
         wide = widen(table, exclude_flags=exclude_flags, kinds=kinds)
@@ -160,10 +208,23 @@ def delta_f(
     errors: str | None = None,
     scale: np.ndarray | float | None = None,
 ) -> np.ndarray:
-    """Δf = (f₁ − f₂) / sqrt(σ₁² + σ₂²) of calibrated fluxes.
+    """Compute Δf = (f₁ − f₂) / sqrt(σ₁² + σ₂²) of calibrated fluxes.
 
-    ``kind`` chooses the fluxes (``raw``/``denoised``), ``errors`` the errors (default: the
-    same kind). ``scale`` multiplies both errors (an error model: σ = s·σ_errors).
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        A pair table from :func:`make_pairs`.
+    kind : str, optional
+        The fluxes: ``"raw"`` or ``"denoised"`` (or a column suffix, ``"den"``). Default raw.
+    errors : str, optional
+        The errors, same spelling as ``kind``; default the same kind as the fluxes.
+    scale : float or ndarray, optional
+        Multiplies both errors (an error model: σ = s·σ_errors), one per pair or one for all.
+
+    Returns
+    -------
+    ndarray of float
+        Δf per pair (dimensionless; inf/NaN where the errors are 0 or missing).
     """
     fk = _KIND_SUFFIX.get(kind, kind)
     ek = _KIND_SUFFIX.get(errors, errors) if errors is not None else fk
@@ -181,17 +242,28 @@ def _has_den(pairs: pd.DataFrame) -> bool:
 
 
 def _d_raw(pairs: pd.DataFrame) -> np.ndarray:
-    """Δf of raw fluxes with raw errors (the ``d_raw`` column of a compact table)."""
+    """Return Δf of raw fluxes with raw errors (the ``d_raw`` column of a compact table).
+
+    Returns
+    -------
+    ndarray of float
+        One value per pair.
+    """
     if "d_raw" in pairs.columns:
         return pairs["d_raw"].to_numpy(float)
     return delta_f(pairs, "raw")
 
 
 def _d_den(pairs: pd.DataFrame) -> np.ndarray:
-    """Δf of denoised fluxes with raw errors (the ``d_den`` column of a compact table).
+    """Return Δf of denoised fluxes with raw errors (the ``d_den`` column of a compact table).
 
     An error model σ_den = s·σ_raw with the same s on both sides of a pair (same source,
     same band, so same I_auto and band factor) turns it into Δf_model = d_den / s.
+
+    Returns
+    -------
+    ndarray of float
+        One value per pair.
     """
     if "d_den" in pairs.columns:
         return pairs["d_den"].to_numpy(float)
@@ -199,14 +271,23 @@ def _d_den(pairs: pd.DataFrame) -> np.ndarray:
 
 
 def pair_deltas(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The compact form of a pair table: everything the σ68 statistics and the error model
-    need, ~30 bytes a pair instead of ~150.
+    """Reduce a pair table to its compact form (~30 bytes a pair instead of ~150).
 
-    Columns: ``ref_id``, ``band`` (categorical), ``I_auto`` (float32), ``expnum_1``,
-    ``expnum_2`` (int32, int64 when an exposure number needs it), ``d_raw`` (Δf of raw
-    fluxes, raw errors) and, when denoised fluxes exist, ``d_den`` (Δf of denoised fluxes,
-    raw errors), both float32. Every function of this module that takes pairs also takes
-    this table.
+    The compact table holds everything the σ68 statistics and the error model need; every
+    function of this module that takes pairs also takes it.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        A pair table from :func:`make_pairs` (computed first when it is a dask one).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``ref_id``, ``band`` (categorical), ``I_auto`` (float32, AB mag),
+        ``expnum_1``, ``expnum_2`` (int32, int64 when an exposure number needs it), ``d_raw``
+        (Δf of raw fluxes, raw errors) and, when denoised fluxes exist, ``d_den`` (Δf of
+        denoised fluxes, raw errors), both float32.
     """
     pairs = _compute(pairs)
     exp_max = max(int(pairs["expnum_1"].max()), int(pairs["expnum_2"].max())) if len(pairs) else 0
@@ -234,7 +315,7 @@ HASH_COLUMN = "pair_hash"
 
 
 def pair_hash(pairs: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """A 64-bit hash of each pair's (ref_id, band, expnum_1, expnum_2, seed).
+    """Hash each pair's (ref_id, band, expnum_1, expnum_2, seed) to 64 bits.
 
     Parameters
     ----------
@@ -257,11 +338,22 @@ def pair_hash(pairs: pd.DataFrame, seed: int = 0) -> np.ndarray:
 
 
 def concat_pairs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate pair tables, keeping ``band`` one categorical column (sorted categories:
-    their union) instead of the per-row strings :func:`pandas.concat` would make of
-    categoricals with different categories."""
-    from pandas.api.types import union_categoricals
+    """Concatenate pair tables, keeping ``band`` one categorical column.
 
+    The categories are the sorted union of the tables' categories, instead of the per-row
+    strings :func:`pandas.concat` would make of categoricals with different categories.
+
+    Parameters
+    ----------
+    tables : sequence of pandas.DataFrame
+        Pair tables with the same columns, including ``band``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of all tables in order (the table itself when there is only one), with a
+        fresh index.
+    """
     tables = list(tables)
     if len(tables) == 1:
         return tables[0]
@@ -274,9 +366,9 @@ def concat_pairs(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def bottom_k_pairs(
     tables: pd.DataFrame | Sequence[pd.DataFrame], k: int, seed: int = 0
 ) -> pd.DataFrame:
-    """The (at most) ``k`` pairs with the smallest :func:`pair_hash`: a deterministic
-    uniform sample without replacement of exactly ``min(len, k)`` pairs.
+    """Keep the (at most) ``k`` pairs with the smallest :func:`pair_hash`.
 
+    A deterministic uniform sample without replacement of exactly ``min(len, k)`` pairs.
     Bottom-k samples merge: the bottom ``k`` of the union of tables is the bottom ``k`` of
     the union of their bottom-``k`` samples, so a band's task can send back only its ``k``
     smallest and a driver can fold the bands in as they complete, keeping at most ``k``
@@ -302,6 +394,11 @@ def bottom_k_pairs(
         (``uint64``); ``band`` categorical over the union of the tables' bands. Equal
         hashes at the cut (practically never: 2⁶⁴ values) are broken by the pair's key,
         so the choice stays deterministic.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is negative.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
@@ -337,9 +434,21 @@ def bottom_k_pairs(
 
 
 def canonical_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """A pair table in an order fixed by its content: sorted by (band, ref_id, expnum_1,
-    expnum_2), the :data:`HASH_COLUMN` dropped, ``band`` categorical with the bands present
-    (sorted). Two tables of the same pairs, assembled in any order, come out identical."""
+    """Put a pair table in an order fixed by its content.
+
+    Two tables of the same pairs, assembled in any order, come out identical.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        A pair table with the :data:`PAIR_KEY` columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Sorted by (band, ref_id, expnum_1, expnum_2), the :data:`HASH_COLUMN` dropped,
+        ``band`` categorical with the bands present (sorted), fresh index.
+    """
     band = pd.Categorical(pairs["band"])
     used = sorted(str(c) for c in band.remove_unused_categories().categories)
     out = pairs.drop(columns=HASH_COLUMN, errors="ignore").assign(
@@ -349,36 +458,24 @@ def canonical_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def pairs_per_bin(pairs: pd.DataFrame, bins: Sequence[float]) -> np.ndarray:
-    """Pairs per I_auto bin (``len(bins) − 1`` counts; pairs outside the edges or with a
-    non-finite I_auto are in none), binned as :func:`summarise` bins them."""
+    """Count the pairs per I_auto bin, binned as :func:`summarise` bins them.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame
+        A pair table with ``I_auto`` (AB magnitude).
+    bins : sequence of float
+        Bin edges in AB magnitudes; bins are [lo, hi).
+
+    Returns
+    -------
+    ndarray of int64
+        ``len(bins) − 1`` counts; pairs outside the edges or with a non-finite I_auto are in
+        none.
+    """
     b = np.asarray(bins, dtype=float)
     idx = _bin_index(pairs["I_auto"].to_numpy(float), b)
     return np.bincount(idx[idx >= 0], minlength=len(b) - 1).astype(np.int64)
-
-
-def sigma68(values: Iterable[float] | np.ndarray) -> float:
-    """(p84 − p16)/2 of the finite values (NaN when there are none); 1 for N(0, 1)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan")
-    p16, p84 = np.percentile(v, [15.865525393145708, 84.13447460685429])
-    return float(0.5 * (p84 - p16))
-
-
-def sigma68_stderr(n: int | np.ndarray) -> np.ndarray | float:
-    """Approximate standard error of σ68 from ``n`` Gaussian values: ≈ 0.96/√n.
-
-    From the asymptotic variances of the 15.9 % and 84.1 % sample quantiles,
-    var(q) = p(1−p)/(n φ²), and their covariance p₁(1−p₂)/(n φ₁φ₂).
-    """
-    p = 0.15865525393145708
-    phi = np.exp(-0.5) / np.sqrt(2 * np.pi)
-    var_q = p * (1 - p) / phi**2
-    cov = p * p / phi**2
-    c = np.sqrt((2 * var_q - 2 * cov) / 4.0)
-    with np.errstate(divide="ignore"):
-        return c / np.sqrt(np.asarray(n, dtype=float))
 
 
 def _bin_labels(bins: Sequence[float]) -> list[str]:
@@ -393,14 +490,26 @@ def _bin_labels(bins: Sequence[float]) -> list[str]:
 
 
 def _bin_index(mag: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Bin index of each magnitude (−1 outside the edges); bins are [lo, hi)."""
+    """Return the bin index of each magnitude (−1 outside the edges); bins are [lo, hi).
+
+    Returns
+    -------
+    ndarray of int
+        One index per magnitude.
+    """
     idx = np.searchsorted(bins, mag, side="right") - 1
     idx[(idx < 0) | (idx >= len(bins) - 1) | ~np.isfinite(mag)] = -1
     return idx
 
 
 def _measurements_from_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The distinct measurements (ref_id, expnum, ccd) contained in a pair table."""
+    """Collect the distinct measurements (ref_id, expnum, ccd) contained in a pair table.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per measurement, the side suffixes removed.
+    """
     cols = [c[:-2] for c in pairs.columns if c.endswith("_1")]
     sides = []
     for s in ("_1", "_2"):
@@ -411,7 +520,18 @@ def _measurements_from_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def flux_ratio(wide: pd.DataFrame) -> np.ndarray:
-    """Per-measurement denoised/raw calibrated flux ratio (bias indicator)."""
+    """Compute the per-measurement denoised/raw calibrated flux ratio (bias indicator).
+
+    Parameters
+    ----------
+    wide : pandas.DataFrame
+        A wide table (:func:`widen`) with ``f_den`` and ``f_raw``.
+
+    Returns
+    -------
+    ndarray of float
+        ``f_den / f_raw`` per row (inf/NaN where ``f_raw`` is 0).
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         return wide["f_den"].to_numpy(float) / wide["f_raw"].to_numpy(float)
 
@@ -435,7 +555,7 @@ class ErrorModel:
     S/N the network sees, differs from band to band (galaxy colours, filter throughput,
     sky brightness). On the demo survey the per-band factor is what makes the model
     transfer to exposures it was not fitted on (without it, held-out NB845 pairs gave
-    σ68 ≈ 1.2 and NB455 ≈ 0.9; issue 5 notes). Per-measurement S/N regressors were tried
+    σ68 ≈ 1.2 and NB455 ≈ 0.9). Per-measurement S/N regressors were tried
     and did worse: at S/N ~ 1–3 (I 21–23 in a narrow band) a measured S/N is mostly noise.
 
     Fit (:func:`fit_error_model`): on pairs whose *both* exposures are in a fit set,
@@ -465,7 +585,13 @@ class ErrorModel:
     band_pairs: Mapping[str, int] = field(default_factory=dict)
 
     def filled_scale(self) -> np.ndarray:
-        """Per-bin factors with unfitted bins given the nearest fitted bin's factor."""
+        """Return the per-bin factors with unfitted bins given the nearest fitted bin's factor.
+
+        Returns
+        -------
+        ndarray of float
+            One factor per bin; all the global factor when no bin was fitted.
+        """
         fitted = np.flatnonzero(np.isfinite(self.scale))
         if fitted.size == 0:
             return np.full(self.scale.shape, self.global_scale)
@@ -475,8 +601,22 @@ class ErrorModel:
     def scale_for(
         self, mag: np.ndarray | float, band: np.ndarray | Sequence[str] | str | None = None
     ) -> np.ndarray:
-        """Error scale s(I_auto)·g(band) for each measurement (see the class docstring for
-        gaps); without ``band`` the band factor is 1."""
+        """Return the error scale s(I_auto)·g(band) for each measurement.
+
+        See the class docstring for how gaps are filled.
+
+        Parameters
+        ----------
+        mag : float or ndarray of float
+            I_auto, AB magnitudes; a non-finite one takes the global factor.
+        band : str or sequence of str, optional
+            The band of each measurement (or one for all); without it the band factor is 1.
+
+        Returns
+        -------
+        ndarray of float
+            The dimensionless factor σ_den/σ_raw, one per magnitude.
+        """
         m = np.atleast_1d(np.asarray(mag, dtype=float))
         filled = self.filled_scale()
         idx = np.clip(np.searchsorted(self.bins, m, side="right") - 1, 0, filled.size - 1)
@@ -489,13 +629,35 @@ class ErrorModel:
         return s
 
     def scale_for_pairs(self, pairs: pd.DataFrame) -> np.ndarray:
-        """:meth:`scale_for` of a pair table's rows (both sides share I_auto and band)."""
+        """Return :meth:`scale_for` of a pair table's rows (both sides share I_auto and band).
+
+        Parameters
+        ----------
+        pairs : pandas.DataFrame
+            A pair or wide table with ``I_auto`` and, optionally, ``band``.
+
+        Returns
+        -------
+        ndarray of float
+            One factor per row.
+        """
         band = pairs["band"] if "band" in pairs.columns else None
         return self.scale_for(pairs["I_auto"].to_numpy(float), band)
 
     def apply(self, wide: pd.DataFrame) -> pd.DataFrame:
-        """Add ``e_den_cal = s(I_auto)·g(band)·e_raw`` to a wide or pair table (columns with
-        the ``_1``/``_2`` suffixes are handled)."""
+        """Add ``e_den_cal = s(I_auto)·g(band)·e_raw`` to a wide or pair table.
+
+        Parameters
+        ----------
+        wide : pandas.DataFrame
+            A wide or pair table; ``e_raw``, ``e_raw_1`` and ``e_raw_2`` are handled, whichever
+            are present.
+
+        Returns
+        -------
+        pandas.DataFrame
+            A copy with ``e_den_cal`` (and/or ``e_den_cal_1``, ``e_den_cal_2``), calibrated units.
+        """
         out = wide.copy()
         s = self.scale_for_pairs(out)
         for suffix in ("", "_1", "_2"):
@@ -504,7 +666,13 @@ class ErrorModel:
         return out
 
     def to_frame(self) -> pd.DataFrame:
-        """The fitted factors per bin."""
+        """Tabulate the fitted factors per bin.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``bin``, ``mag_lo``, ``mag_hi`` (AB mag), ``n_fit_pairs`` and ``scale``.
+        """
         return pd.DataFrame(
             {
                 "bin": _bin_labels(self.bins),
@@ -516,8 +684,13 @@ class ErrorModel:
         )
 
     def to_dict(self) -> dict:
-        """A JSON-serialisable description (``from_dict`` reads it back); edges ±inf are
-        written as ``null``."""
+        """Describe the model in a JSON-serialisable dict (``from_dict`` reads it back).
+
+        Returns
+        -------
+        dict
+            The model's fields; edges ±inf and unfitted (NaN) factors are written as ``null``.
+        """
         def num(v: float) -> float | None:
             return float(v) if np.isfinite(v) else None
 
@@ -534,7 +707,18 @@ class ErrorModel:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ErrorModel:
-        """The model described by :meth:`to_dict`'s output."""
+        """Build the model described by :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        d : mapping
+            The dict :meth:`to_dict` wrote; a ``null`` first/last edge is an open end.
+
+        Returns
+        -------
+        ErrorModel
+            The model.
+        """
         edges = [np.nan if v is None else float(v) for v in d["bins"]]
         # a null first/last edge is an open end
         if edges and np.isnan(edges[0]):
@@ -552,14 +736,24 @@ class ErrorModel:
         )
 
     def calibrated_errors(self, table: pd.DataFrame) -> pd.DataFrame:
-        """Per-measurement errors for denoised fluxes from a long photometry table.
+        """Compute per-measurement errors for denoised fluxes from a long photometry table.
 
         Joins each denoised measurement with the raw one of the same (ref_id, expnum, ccd,
-        band) and returns, per pair of rows: the keys, ``I_auto``, ``flux_cal_raw``,
-        ``flux_cal_err_raw``, ``flags_raw``, ``flux_cal_den``, ``flux_cal_err_den`` (what the
-        photometry stage computed on the denoised image), ``flags_den`` and
-        ``flux_cal_err_den_model`` = s(I_auto)·g(band)·``flux_cal_err_raw``, the error to use
-        with ``flux_cal_den``. Flagged rows are kept (their flags say why).
+        band). Flagged rows are kept (their flags say why).
+
+        Parameters
+        ----------
+        table : pandas.DataFrame
+            Long photometry table with ``kind``, ``I_auto``, ``flux_cal``, ``flux_cal_err`` and
+            ``flags``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Per pair of rows: the keys, ``I_auto``, ``flux_cal_raw``, ``flux_cal_err_raw``,
+            ``flags_raw``, ``flux_cal_den``, ``flux_cal_err_den`` (what the photometry stage
+            computed on the denoised image), ``flags_den`` and ``flux_cal_err_den_model`` =
+            s(I_auto)·g(band)·``flux_cal_err_raw``, the error to use with ``flux_cal_den``.
         """
         keys = ["ref_id", "expnum", "ccd", "band"]
         cols = ["flux_cal", "flux_cal_err", "flags"]
@@ -573,7 +767,13 @@ class ErrorModel:
         return m.reset_index(drop=True)
 
     def band_frame(self) -> pd.DataFrame:
-        """The fitted band factors g(band) and their fit-pair counts."""
+        """Tabulate the fitted band factors g(band) and their fit-pair counts.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``band``, ``n_fit_pairs`` and ``band_factor`` (1 for a band that was not fitted).
+        """
         names = sorted(set(self.band_factor) | set(self.band_pairs))
         return pd.DataFrame(
             {
@@ -585,8 +785,15 @@ class ErrorModel:
 
 
 def _band_codes(band: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (−1 for missing) and names of a band column, array or scalar; a
-    categorical column is used as it is (no per-row strings)."""
+    """Return integer codes (−1 for missing) and names of a band column, array or scalar.
+
+    A categorical column is used as it is (no per-row strings).
+
+    Returns
+    -------
+    tuple of (ndarray of int64, list of str)
+        The codes and the names they index.
+    """
     if isinstance(band, str):
         return np.zeros(shape, dtype=np.int64), [band]
     if isinstance(band, pd.Series) and isinstance(band.dtype, pd.CategoricalDtype):
@@ -612,13 +819,28 @@ def split_exposures(
     seed: int = 0,
     exposure_bands: Mapping[int, str] | pd.DataFrame | None = None,
 ) -> tuple[int, ...]:
-    """A random subset (``fraction``) of the distinct exposures, for fitting.
+    """Draw a random subset (``fraction``) of the distinct exposures, for fitting.
 
-    With ``exposure_bands`` (expnum → band, or a table with ``expnum`` and ``band``) the
-    split is stratified: each band's exposures are split separately (at least one on each
-    side when the band has two or more), so every band is seen by both the fit and the
-    validation (a plain random split of 12 exposures in 3 bands can leave a band out of
-    the fit entirely).
+    With ``exposure_bands`` the split is stratified: each band's exposures are split
+    separately (at least one on each side when the band has two or more), so every band is
+    seen by both the fit and the validation (a plain random split of 12 exposures in 3 bands
+    can leave a band out of the fit entirely).
+
+    Parameters
+    ----------
+    expnums : iterable of int
+        Exposure numbers (duplicates allowed).
+    fraction : float, optional
+        Share of the exposures to draw. Default 0.5.
+    seed : int, optional
+        Seed of the random generator. Default 0.
+    exposure_bands : mapping of int to str or pandas.DataFrame, optional
+        expnum → band, or a table with ``expnum`` and ``band``.
+
+    Returns
+    -------
+    tuple of int
+        The chosen exposure numbers, sorted.
     """
     e = np.unique(np.asarray(list(expnums), dtype=np.int64))
     rng = np.random.default_rng(seed)
@@ -642,6 +864,25 @@ def exposure_folds(
 
     Each band's exposures are shuffled and dealt round-robin (starting at a random fold,
     so small bands do not all fill fold 0), so every fold holds a share of every band.
+
+    Parameters
+    ----------
+    exposure_bands : mapping of int to str or pandas.DataFrame
+        expnum → band, or a table with ``expnum`` and ``band``.
+    folds : int, optional
+        Number of groups (≥ 2). Default 2.
+    seed : int, optional
+        Seed of the random generator. Default 0.
+
+    Returns
+    -------
+    list of tuple of int
+        The groups, each sorted.
+
+    Raises
+    ------
+    ValueError
+        If ``folds`` is less than 2.
     """
     if folds < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
@@ -674,13 +915,39 @@ def fit_error_model(
     open_ends: bool = True,
     iterations: int = 8,
 ) -> ErrorModel:
-    """Fit s(I_auto) (and g(band) with ``band_factors``) on pairs whose two exposures are
-    both in ``fit_exposures`` (see :class:`ErrorModel` for the model and the fit).
+    """Fit s(I_auto) (and g(band) with ``band_factors``) on pairs within the fit exposures.
 
-    With ``open_ends`` the model's bins get two more, below the first and above the last
-    edge (``-inf`` and ``inf``), so sources outside the reporting bins (e.g. I_auto > 23,
-    often the majority of a deep catalogue) have a factor of their own instead of the
-    nearest end bin's.
+    Only pairs whose two exposures are both in ``fit_exposures`` are used (see
+    :class:`ErrorModel` for the model and the fit).
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        Pair table (full or compact) with denoised fluxes.
+    fit_exposures : iterable of int
+        The exposure numbers of the fit set.
+    bins : sequence of float, optional
+        I_auto bin edges, AB magnitudes. Default :data:`DEFAULT_BINS`.
+    min_pairs : int, optional
+        Fewest pairs for a bin or a band to get a factor of its own. Default 50.
+    band_factors : bool, optional
+        Fit g(band) (only when at least two bands have ``min_pairs`` pairs). Default True.
+    open_ends : bool, optional
+        Add two bins, below the first and above the last edge (``-inf`` and ``inf``), so
+        sources outside the reporting bins (e.g. I_auto > 23, often the majority of a deep
+        catalogue) have a factor of their own instead of the nearest end bin's. Default True.
+    iterations : int, optional
+        Alternations between the s and g fits. Default 8.
+
+    Returns
+    -------
+    ErrorModel
+        The fitted model.
+
+    Raises
+    ------
+    ValueError
+        If no pair has both exposures in ``fit_exposures``, or no Δf is finite.
     """
     pairs = _compute(pairs)
     bins = np.asarray(bins, dtype=float)
@@ -745,7 +1012,13 @@ def _validation_table(
     min_pairs: int,
     tolerance: float,
 ) -> pd.DataFrame:
-    """σ68 rows overall, per I_auto bin and per band of model-error Δf on held-out pairs."""
+    """Tabulate σ68 overall, per I_auto bin and per band of model-error Δf on held-out pairs.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group, the columns of :func:`validate_error_model`.
+    """
     d_raw = _d_raw(held)
     idx = _bin_index(held["I_auto"].to_numpy(float), bins)
     groups = [("all", np.nan, np.nan, np.ones(len(held), bool))]
@@ -789,12 +1062,31 @@ def validate_error_model(
     min_pairs: int = 400,
     tolerance: float = 0.05,
 ) -> pd.DataFrame:
-    """σ68 of denoised Δf with the model's errors on held-out pairs (neither exposure in
-    the fit set), overall, per bin (``bins``, default the model's finite edges) and per
-    band, with ``passed = |σ68 − 1| <= tolerance`` for rows with at least ``min_pairs``
-    pairs (``passed`` is NA otherwise).
-    ``sigma68_stderr`` is the Gaussian standard error of the estimate (≈0.96/√n: with 400
-    pairs ≈ 0.048; pairs sharing a source are not independent, so the true one is larger).
+    """Check the error model on held-out pairs (neither exposure in the fit set).
+
+    σ68 of denoised Δf with the model's errors, overall, per bin and per band.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        Pair table (full or compact) with denoised fluxes.
+    model : ErrorModel
+        The model to check.
+    bins : sequence of float, optional
+        I_auto bin edges, AB magnitudes; default the model's finite edges.
+    min_pairs : int, optional
+        Fewest pairs for a row to be judged. Default 400.
+    tolerance : float, optional
+        Largest accepted |σ68 − 1|. Default 0.05.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``bin``, ``mag_lo``, ``mag_hi``, ``n_pairs``, ``sigma68_den_model``,
+        ``sigma68_stderr`` (the Gaussian standard error of the estimate, ≈0.96/√n: with 400
+        pairs ≈ 0.048; pairs sharing a source are not independent, so the true one is
+        larger), ``sigma68_raw`` and ``passed`` = |σ68 − 1| <= tolerance for rows with at
+        least ``min_pairs`` pairs (NA otherwise).
     """
     pairs = _compute(pairs)
     if bins is None:
@@ -817,14 +1109,40 @@ def cross_validate_error_model(
     tolerance: float = 0.05,
     band_factors: bool = True,
 ) -> tuple[pd.DataFrame, list[ErrorModel]]:
-    """k-fold cross-validation of the error model over exposures, stratified by band.
+    """Cross-validate the error model over exposures, k-fold, stratified by band.
 
     The exposures are dealt into ``folds`` groups (:func:`exposure_folds`); for each group,
     the model is fitted on the pairs whose two exposures are both *outside* it and applied
     to the pairs whose two exposures are both *inside* it. The held-out Δf of all folds are
     pooled into one table like :func:`validate_error_model`'s (every validation pair is
     judged by a model that never saw either of its exposures); pairs straddling a fold
-    boundary are used by neither side. Returns the table and the per-fold models.
+    boundary are used by neither side.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        Pair table (full or compact) with denoised fluxes.
+    exposure_bands : mapping of int to str or pandas.DataFrame
+        expnum → band, or a table with ``expnum`` and ``band``.
+    bins : sequence of float, optional
+        I_auto bin edges, AB magnitudes. Default :data:`DEFAULT_BINS`.
+    folds : int, optional
+        Number of folds. Default 2.
+    seed : int, optional
+        Seed of the fold assignment. Default 0.
+    min_fit_pairs : int, optional
+        ``min_pairs`` of each fold's :func:`fit_error_model`. Default 50.
+    min_pairs : int, optional
+        Fewest pairs for a validation row to be judged. Default 400.
+    tolerance : float, optional
+        Largest accepted |σ68 − 1|. Default 0.05.
+    band_factors : bool, optional
+        Fit band factors. Default True.
+
+    Returns
+    -------
+    tuple of (pandas.DataFrame, list of ErrorModel)
+        The pooled validation table and the per-fold models.
     """
     pairs = _compute(pairs)
     bins = np.asarray(bins, dtype=float)
@@ -856,14 +1174,28 @@ def summarise(
     model: ErrorModel | None = None,
     measurements: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """σ68 of Δf overall ("all") and per I_auto bin.
+    """Tabulate σ68 of Δf overall ("all") and per I_auto bin.
 
-    Columns: ``bin``, ``mag_lo``, ``mag_hi``, ``n_pairs``, ``sigma68_raw`` (raw fluxes, raw
-    errors), ``sigma68_den_rawerr`` (denoised fluxes, raw errors), ``sigma68_den_model``
-    (denoised fluxes, model errors; only with ``model``), ``n_meas`` and
-    ``median_ratio_den_raw`` (median of per-measurement denoised/raw calibrated flux over
-    the distinct measurements — ``measurements`` (a wide table) when given, else those in
-    the pairs). Denoised columns are NaN when the table has only raw fluxes.
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        Pair table (full or compact).
+    bins : sequence of float, optional
+        I_auto bin edges, AB magnitudes. Default :data:`DEFAULT_BINS`.
+    model : ErrorModel, optional
+        Adds ``sigma68_den_model`` (denoised fluxes, model errors).
+    measurements : pandas.DataFrame, optional
+        A wide table for the flux ratio; else the measurements in the pairs (none for a
+        compact table).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``bin``, ``mag_lo``, ``mag_hi``, ``n_pairs``, ``sigma68_raw`` (raw fluxes,
+        raw errors), ``sigma68_den_rawerr`` (denoised fluxes, raw errors), ``n_meas``,
+        ``median_ratio_den_raw`` (median of per-measurement denoised/raw calibrated flux over
+        the distinct measurements) and, with ``model``, ``sigma68_den_model``. Denoised
+        columns are NaN when the table has only raw fluxes.
     """
     pairs = _compute(pairs)
     bins = np.asarray(bins, dtype=float)
@@ -909,8 +1241,21 @@ def summarise(
 
 
 def df_arrays(pairs: Any, model: ErrorModel | None = None) -> dict[str, np.ndarray]:
-    """Δf values for the report's histograms: ``raw``, ``denoised_rawerr`` and, with a
-    model, ``denoised_model`` (finite values only)."""
+    """Collect the Δf values for the report's histograms.
+
+    Parameters
+    ----------
+    pairs : pandas.DataFrame or dask.dataframe.DataFrame
+        Pair table (full or compact).
+    model : ErrorModel, optional
+        Adds ``denoised_model``.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``raw``, ``denoised_rawerr`` (when denoised fluxes exist) and, with a model,
+        ``denoised_model``; finite values only.
+    """
     pairs = _compute(pairs)
     out = {"raw": _d_raw(pairs)}
     if _has_den(pairs):
@@ -927,12 +1272,31 @@ def truth_comparison(
     *,
     exclude_flags: bool = True,
 ) -> pd.DataFrame:
-    """Flux accuracy against the simulation's truth, per kind, overall and per I_auto bin.
+    """Measure flux accuracy against the simulation's truth, per kind, overall and per I_auto bin.
 
-    ``truth`` has ``ref_id``, ``expnum``, ``band``, ``flux_true_cal`` (calibrated units).
-    Columns: ``kind``, ``bin``, ``n``, ``bias_median`` = median((f − f_true)/f_true),
-    ``scatter_sigma68`` = σ68((f − f_true)/f_true), ``pull_sigma68`` = σ68((f − f_true)/σ)
-    (with the measurement's own error; ≈1 when errors are right).
+    Parameters
+    ----------
+    table : pandas.DataFrame or dask.dataframe.DataFrame
+        The long photometry table.
+    truth : pandas.DataFrame
+        ``ref_id``, ``expnum``, ``band``, ``flux_true_cal`` (calibrated units).
+    bins : sequence of float, optional
+        I_auto bin edges, AB magnitudes. Default :data:`DEFAULT_BINS`.
+    exclude_flags : bool, optional
+        Drop flagged measurements. Default True.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``kind``, ``bin``, ``mag_lo``, ``mag_hi``, ``n``, ``bias_median`` =
+        median((f − f_true)/f_true), ``scatter_sigma68`` = σ68((f − f_true)/f_true) and
+        ``pull_sigma68`` = σ68((f − f_true)/σ) (with the measurement's own error; ≈1 when
+        errors are right).
+
+    Raises
+    ------
+    KeyError
+        If ``truth`` lacks one of its columns.
     """
     table = _compute(table)
     bins = np.asarray(bins, dtype=float)

@@ -19,14 +19,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pausdenoise.cluster import ClusterConfig
-from pausdenoise.denoise import DenoiseConfig
+from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.errors import ConfigError
 from pausdenoise.evaluate import EvaluateConfig
-from pausdenoise.gan.train import GanTrainConfig
-from pausdenoise.ingest import IngestConfig
-from pausdenoise.n2v.train import TrainConfig
-from pausdenoise.photometry import PhotometryConfig
-from pausdenoise.simulate import SimulationConfig
+from pausdenoise.gan.config import GanTrainConfig
+from pausdenoise.ingest.config import IngestConfig
+from pausdenoise.n2v.config import TrainConfig
+from pausdenoise.photometry.config import PhotometryConfig
+from pausdenoise.simulate.config import SimulationConfig
 from pausdenoise.stack import StackConfig
 
 STAGES: tuple[str, ...] = (
@@ -217,7 +217,27 @@ class PipelineConfig(BaseModel):
 
 
 def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
-    """``(halo, 2**depth)`` in px of the configured network (built to derive it, not trained)."""
+    """Return the halo and pooling grid of the configured N2V network.
+
+    The network is built (not trained) to derive them from its receptive field.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration (``train.unet``, ``train.noise_scale``, ``denoise.halo``).
+
+    Returns
+    -------
+    tuple of int
+        ``(halo, 2**depth)`` in px.
+
+    Raises
+    ------
+    ValueError
+        If ``denoise.halo`` is set below the halo the receptive field needs.
+    """
+    # torch only here: the halo is derived from the built network, so that it is never typed
+    # twice; importing this module stays torch-free.
     from pausdenoise.n2v.unet import UNet
 
     unet = UNet(cfg.train.unet.to_unet_config(cfg.train.noise_scale))
@@ -234,7 +254,12 @@ def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
 
 
 def check_chunking(cfg: PipelineConfig) -> None:
-    """Store chunks must be multiples of ``2**depth`` and at least the network's halo.
+    """Check that store chunks are multiples of ``2**depth`` and at least the network's halo.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration (``ingest.chunks``, ``train.unet``, ``denoise.halo``).
 
     Raises
     ------
@@ -250,7 +275,13 @@ def check_chunking(cfg: PipelineConfig) -> None:
 
 def _check_tiles(chunks: tuple[int, ...], m: int, halo: int, key: str, what: str,
                  depth_note: str, suggest_key: str) -> None:
-    """Chunk sides must be multiples of ``m = 2**depth`` and at least ``halo`` px."""
+    """Refuse chunk sides that are not multiples of ``m = 2**depth`` or below ``halo`` px.
+
+    Raises
+    ------
+    ValueError
+        Naming ``key`` and suggesting ``suggest_key`` values that work.
+    """
     if any(c % m or c < halo for c in chunks):
         good = [max(-(-c // m) * m, -(-halo // m) * m) for c in chunks]
         raise ValueError(
@@ -261,7 +292,19 @@ def _check_tiles(chunks: tuple[int, ...], m: int, halo: int, key: str, what: str
 
 
 def gan_halo(cfg: PipelineConfig) -> tuple[int, int]:
-    """``(halo, 2**depth)`` in px of the configured cGAN generator (built, not trained)."""
+    """Return the halo and pooling grid of the configured cGAN generator (built, not trained).
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration (``gan.train.generator``, ``gan.apply.halo``).
+
+    Returns
+    -------
+    tuple of int
+        ``(halo, 2**depth)`` in px.
+    """
+    # torch only here, as in network_halo: the halo comes from the built generator.
     from pausdenoise.gan.models import Generator
 
     gen = Generator(cfg.gan.train.generator)
@@ -270,14 +313,22 @@ def gan_halo(cfg: PipelineConfig) -> tuple[int, int]:
 
 
 def check_gan_chunking(cfg: PipelineConfig) -> None:
-    """cGAN apply chunks must be multiples of ``2**depth`` and at least the generator's halo.
+    """Check that the cGAN's apply chunks fit the generator's pooling grid and halo.
+
+    Chunk sides must be multiples of ``2**depth`` and at least the generator's halo.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration (``gan.apply``, ``gan.train.generator``,
+        ``ingest.chunks``).
 
     Raises
     ------
     ValueError
         Naming the keys and suggesting a chunking that works.
     """
-    from pausdenoise.gan.models import Generator
+    from pausdenoise.gan.models import Generator  # torch only here, as in gan_halo
 
     halo, m = gan_halo(cfg)
     r = Generator(cfg.gan.train.generator).receptive_field_radius()
@@ -349,6 +400,20 @@ def load_config(
 ) -> PipelineConfig:
     """Read a YAML/TOML pipeline config, apply ``key.path=value`` overrides, validate.
 
+    Parameters
+    ----------
+    path : Path or None
+        The ``.yaml``/``.yml``/``.toml`` file; ``None`` for the defaults.
+    overrides : list of str, optional
+        ``key.path=value`` items (values parsed as YAML), applied in order.
+    cluster : str, optional
+        Shortcut for ``cluster.kind``.
+
+    Returns
+    -------
+    PipelineConfig
+        The validated configuration.
+
     Raises
     ------
     ConfigError
@@ -370,7 +435,13 @@ def load_config(
 
 
 def reference_yaml() -> str:
-    """Every option with its default and description, as commented YAML."""
+    """Return every option with its default and description, as commented YAML.
+
+    Returns
+    -------
+    str
+        The text of ``configs/reference.yaml``.
+    """
     lines = ["# pausdenoise pipeline configuration: every option with its default.",
              "# Generated by pausdenoise.config.reference_yaml(); keep in sync (tested).", ""]
 

@@ -22,8 +22,8 @@ Real data without truth: the independent-exposure estimator
 Notation: ``E`` is the image of frame D being scored (its raw image, or its denoised
 version), ``A`` is D's raw image, and ``R_j`` (j = 1..k) are *independent* exposures of the
 same band and sky (other exposure numbers), each brought onto D's pixel grid and flux scale:
-sky-subtracted (each frame's sigma-clipped median), multiplied by ``ZP_j / ZP_D`` (DOMAIN.md:
-calibrated flux = ADU · ZP) and resampled with :func:`pausdenoise.stack.resample_frame`
+sky-subtracted (each frame's sigma-clipped median), multiplied by ``ZP_j / ZP_D``
+(calibrated flux = ADU · ZP) and resampled with :func:`pausdenoise.stack.resample_frame`
 (exact re-indexing when the grids coincide, bilinear through the WCSs otherwise). D's own
 sky level (from its raw image) is subtracted from both of D's versions, so a denoiser that
 shifts the sky is charged for it. All images in ADU of D; variances in ADU².
@@ -115,8 +115,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from astropy.convolution import Gaussian2DKernel, convolve
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from pausdenoise.n2v.normalise import frame_statistics
+from pausdenoise.stack import StackConfig, stack_frames
+from pausdenoise.stats import MAD_TO_SIGMA
 
 #: Values of the ``reference`` column of the pixel-metric tables.
 REFERENCE_TRUTH = "truth"
@@ -189,7 +195,26 @@ class EvaluateConfig(BaseModel):
 def sky_pixel_mask(
     truth: np.ndarray, sky: float, sigma_noise: float, good: np.ndarray, tolerance: float
 ) -> np.ndarray:
-    """Good pixels whose noiseless value is within ``tolerance * sigma_noise`` of ``sky``."""
+    """Select good pixels whose noiseless value is within ``tolerance * sigma_noise`` of ``sky``.
+
+    Parameters
+    ----------
+    truth : ndarray of float, shape (ny, nx)
+        Noiseless image, ADU.
+    sky : float
+        Sky level, ADU.
+    sigma_noise : float
+        Per-pixel noise σ, ADU.
+    good : ndarray of bool, shape (ny, nx)
+        Usable pixels.
+    tolerance : float
+        Half-width of the accepted band, in units of ``sigma_noise``.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        The sky pixels (a subset of ``good``).
+    """
     return good & (np.abs(truth - sky) < tolerance * sigma_noise)
 
 
@@ -201,17 +226,23 @@ def aperture_pixel_mask(
     b_px: np.ndarray,
     theta_rad: np.ndarray,
 ) -> np.ndarray:
-    """Boolean mask of pixels whose centre lies in any of the given ellipses.
+    """Mark the pixels whose centre lies in any of the given ellipses.
 
     Parameters
     ----------
     shape : (ny, nx)
+        Shape of the mask, pixels.
     x, y : array
         Ellipse centres, 0-based pixel coordinates (centre of pixel [0, 0] is (0, 0)).
     a_px, b_px : array
         Semi-axes in pixels.
     theta_rad : array
         Position angle in radians, counter-clockwise from +x (photutils convention).
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        True inside at least one ellipse.
     """
     ny, nx = shape
     out = np.zeros(shape, dtype=bool)
@@ -233,7 +264,18 @@ def aperture_pixel_mask(
 
 
 def robust_range(truth: np.ndarray) -> float:
-    """Data range for PSNR/SSIM: 99.9th minus 0.1th percentile of the finite truth values."""
+    """Return the data range for PSNR/SSIM: 99.9th minus 0.1th percentile of the finite truth.
+
+    Parameters
+    ----------
+    truth : ndarray of float
+        Noiseless image, ADU.
+
+    Returns
+    -------
+    float
+        The range, ADU.
+    """
     lo, hi = np.nanpercentile(truth[np.isfinite(truth)], [0.1, 99.9])
     return float(hi - lo)
 
@@ -241,7 +283,24 @@ def robust_range(truth: np.ndarray) -> float:
 def ssim_map(
     estimate: np.ndarray, truth: np.ndarray, data_range: float, sigma: float = 1.5
 ) -> np.ndarray:
-    """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window of width ``sigma`` px."""
+    """Compute the per-pixel SSIM (Wang et al. 2004) with a Gaussian window of width ``sigma`` px.
+
+    Parameters
+    ----------
+    estimate : ndarray of float, shape (ny, nx)
+        The image scored, ADU (NaN taken as 0).
+    truth : ndarray of float, shape (ny, nx)
+        The reference image, ADU (NaN taken as 0).
+    data_range : float
+        Data range for the stabilising constants (K1 = 0.01, K2 = 0.03), ADU.
+    sigma : float, optional
+        σ of the Gaussian window, pixels. Default 1.5.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx)
+        The SSIM index per pixel (dimensionless, at most 1).
+    """
     x = np.nan_to_num(estimate.astype(np.float64))
     y = np.nan_to_num(truth.astype(np.float64))
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
@@ -394,7 +453,7 @@ def reference_on_grid(
     target_zp: float | None,
     resampling: Literal["auto", "shift", "interp", "reproject"] = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An independent exposure brought onto a target frame's grid and flux scale.
+    """Bring an independent exposure onto a target frame's grid and flux scale.
 
     Sky-subtracted (sigma-clipped median of its good pixels), scaled by ``zp / target_zp``
     and resampled with :func:`pausdenoise.stack.stack_frames` (one frame, uniform weight),
@@ -428,15 +487,11 @@ def reference_on_grid(
     ValueError
         No WCS on one side only, or no WCS and different shapes.
     """
-    from pausdenoise.stack import StackConfig, stack_frames
-
     scale_ok = zp is not None and target_zp is not None and np.isfinite([zp, target_zp]).all() \
         and zp > 0 and target_zp > 0
     if (wcs is None) != (target_wcs is None):
         raise ValueError("one frame has a WCS and the other not: cannot align them")
     if wcs is None:
-        from pausdenoise.n2v.normalise import frame_statistics
-
         img = np.asarray(image, dtype=np.float64)
         if img.shape != tuple(target_shape):
             raise ValueError(f"no WCS and shapes differ: {img.shape} vs {tuple(target_shape)}")
@@ -504,7 +559,7 @@ def pixel_classes_without_truth(
         empty = np.zeros(good.shape, dtype=bool)
         return {"sky": empty, "source": empty.copy()}
     med = float(np.median(vals))
-    sigma = float(1.4826 * np.median(np.abs(vals - med)))
+    sigma = float(MAD_TO_SIGMA * np.median(np.abs(vals - med)))
     above = g & (smooth > med + threshold * sigma)
     source = above if source_mask is None else (np.asarray(source_mask, bool) & g)
     exclude = above | source
@@ -514,7 +569,13 @@ def pixel_classes_without_truth(
 
 
 def _block_standard_error(q: np.ndarray, sel: np.ndarray, block: int) -> float:
-    """Standard error of ``mean(q[sel])`` from the scatter of ``block`` × ``block`` px blocks."""
+    """Return the standard error of ``mean(q[sel])`` from ``block`` × ``block`` px blocks.
+
+    Returns
+    -------
+    float
+        NaN with fewer than two blocks.
+    """
     yy, xx = np.nonzero(sel)
     nbx = sel.shape[1] // block + 1
     ids = (yy // block) * nbx + xx // block
@@ -685,9 +746,21 @@ def _summarise(kind: str, name: str, n: int, q: np.ndarray, sq: np.ndarray, v: n
 
 
 def smoothed_noise_sigma(sigma_noise: float, fwhm: float) -> float:
-    """σ of white noise of σ ``sigma_noise`` after the normalised Gaussian smoothing of ``detect``.
+    """Return σ of white noise after the normalised Gaussian smoothing of :func:`detect`.
 
     A unit-sum Gaussian of σ = s px lowers white-noise σ by ``1 / (2 sqrt(pi) s)``.
+
+    Parameters
+    ----------
+    sigma_noise : float
+        Per-pixel noise σ before smoothing, ADU.
+    fwhm : float
+        FWHM of the smoothing Gaussian, pixels.
+
+    Returns
+    -------
+    float
+        The σ after smoothing, ADU.
     """
     s = fwhm / 2.3548
     return float(sigma_noise / (2.0 * np.sqrt(np.pi) * s))
@@ -708,11 +781,25 @@ def detect(
     ``config.detection_threshold * smoothed_noise_sigma(sigma_raw, config.detection_fwhm)``,
     so that the comparison asks "what does each image reveal above one fixed level".
 
+    Parameters
+    ----------
+    image : ndarray of float, shape (ny, nx)
+        The image, ADU (non-finite pixels are masked).
+    sky : float
+        Sky level subtracted first, ADU.
+    threshold_adu : float
+        Detection threshold on the smoothed image, ADU.
+    mask : ndarray of int, shape (ny, nx), or None
+        Non-zero marks a bad pixel.
+    config : EvaluateConfig
+        ``detection_fwhm`` (pixels) and ``detection_npixels``.
+
     Returns
     -------
-    DataFrame with ``x, y`` (0-based px) of each detection's centroid.
+    pandas.DataFrame
+        ``x, y`` (0-based px) of each detection's centroid.
     """
-    from astropy.convolution import Gaussian2DKernel, convolve
+    # photutils is heavy (~1 s): kept off the config import path, which imports this module
     from photutils.segmentation import SourceCatalog, detect_sources
 
     data = np.asarray(image, dtype=np.float64) - sky
@@ -734,13 +821,22 @@ def match_detections(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Match detections to true positions (nearest, within ``radius`` px).
 
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        ``x, y`` of the detections, 0-based pixels.
+    truth : pandas.DataFrame
+        ``x, y`` of the true sources, 0-based pixels.
+    radius : float
+        Largest accepted distance, pixels.
+
     Returns
     -------
-    true_found : bool array over ``truth`` rows
-    det_real : bool array over ``detections`` rows (matched to some true source)
+    true_found : ndarray of bool
+        Over ``truth`` rows: some detection is matched to it.
+    det_real : ndarray of bool
+        Over ``detections`` rows: matched to some true source.
     """
-    from scipy.spatial import cKDTree
-
     true_found = np.zeros(len(truth), dtype=bool)
     det_real = np.zeros(len(detections), dtype=bool)
     if len(truth) == 0 or len(detections) == 0:
@@ -755,7 +851,22 @@ def match_detections(
 def completeness_table(
     true_mag: np.ndarray, found: np.ndarray, bins: list[float]
 ) -> pd.DataFrame:
-    """Fraction of true sources detected per magnitude bin (``mag_lo, mag_hi, n, completeness``)."""
+    """Tabulate the fraction of true sources detected per magnitude bin.
+
+    Parameters
+    ----------
+    true_mag : ndarray of float
+        Magnitudes of the true sources, AB.
+    found : ndarray of bool
+        Whether each true source was detected.
+    bins : list of float
+        Bin edges, AB magnitudes.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``mag_lo``, ``mag_hi``, ``n_true`` and ``completeness`` (NaN for an empty bin).
+    """
     edges = np.asarray(bins)
     idx = np.digitize(true_mag, edges) - 1
     rows = []
@@ -774,9 +885,23 @@ def completeness_table(
 
 
 def completeness_limit(table: pd.DataFrame, level: float) -> float:
-    """Faintest magnitude (bin centre, linearly interpolated) where completeness ≥ ``level``.
+    """Find the faintest magnitude where completeness ≥ ``level``.
 
-    Returns NaN when completeness never reaches ``level``; the bright end is assumed complete.
+    Linear interpolation between the bin centres around the first drop below ``level``
+    (after it was reached); the faintest centre when completeness never drops below it
+    again. The bright end is assumed complete.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A :func:`completeness_table`.
+    level : float
+        Completeness level, a fraction in [0, 1].
+
+    Returns
+    -------
+    float
+        The magnitude, AB; NaN when completeness never reaches ``level``.
     """
     t = table.dropna(subset=["completeness"])
     if t.empty:

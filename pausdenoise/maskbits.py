@@ -27,5 +27,16 @@ class MaskBit(IntFlag):
 
 
 def is_good(mask_value: int) -> bool:
-    """Return True when a mask value marks a usable pixel (value 0)."""
+    """Return True when a mask value marks a usable pixel (value 0).
+
+    Parameters
+    ----------
+    mask_value : int
+        One pixel's mask value (bits of :class:`MaskBit`).
+
+    Returns
+    -------
+    bool
+        Whether no bit is set.
+    """
     return int(mask_value) == 0

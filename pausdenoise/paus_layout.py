@@ -77,22 +77,78 @@ CATALOGUE_COLUMNS: tuple[str, ...] = (
 
 
 def image_path(root: Path, expnum: int, ccd: int) -> Path:
-    """Path of the image FITS of exposure ``expnum``, CCD ``ccd`` (1-based)."""
+    """Return the path of the image FITS of exposure ``expnum``, CCD ``ccd`` (1-based).
+
+    Parameters
+    ----------
+    root : Path
+        Root of the PAUS reduced layout.
+    expnum : int
+        Exposure number.
+    ccd : int
+        CCD number, 1-based (PAUCam: 1..18).
+
+    Returns
+    -------
+    Path
+        ``root`` joined with :data:`IMAGE_PATTERN`.
+    """
     return Path(root) / IMAGE_PATTERN.format(expnum=expnum, ccd=ccd)
 
 
 def mask_path(root: Path, expnum: int, ccd: int) -> Path:
-    """Path of the mask FITS of exposure ``expnum``, CCD ``ccd`` (1-based)."""
+    """Return the path of the mask FITS of exposure ``expnum``, CCD ``ccd`` (1-based).
+
+    Parameters
+    ----------
+    root : Path
+        Root of the PAUS reduced layout.
+    expnum : int
+        Exposure number.
+    ccd : int
+        CCD number, 1-based (PAUCam: 1..18).
+
+    Returns
+    -------
+    Path
+        ``root`` joined with :data:`MASK_PATTERN`.
+    """
     return Path(root) / MASK_PATTERN.format(expnum=expnum, ccd=ccd)
 
 
 def truth_path(root: Path, expnum: int, ccd: int) -> Path:
-    """Path of the noiseless truth image of exposure ``expnum``, CCD ``ccd`` (simulation)."""
+    """Return the path of the noiseless truth image of ``expnum``, CCD ``ccd`` (simulation).
+
+    Parameters
+    ----------
+    root : Path
+        Root of the PAUS reduced layout.
+    expnum : int
+        Exposure number.
+    ccd : int
+        CCD number, 1-based (PAUCam: 1..18).
+
+    Returns
+    -------
+    Path
+        ``root / TRUTH_DIR`` joined with :data:`TRUTH_PATTERN`.
+    """
     return Path(root) / TRUTH_DIR / TRUTH_PATTERN.format(expnum=expnum, ccd=ccd)
 
 
 def parse_image_name(name: str) -> tuple[int, int] | None:
-    """Return ``(expnum, ccd)`` for a PAUS image file name, or None if it is not one."""
+    """Return ``(expnum, ccd)`` for a PAUS image file name, or None if it is not one.
+
+    Parameters
+    ----------
+    name : str
+        A file name or path (only the last component is matched).
+
+    Returns
+    -------
+    tuple of (int, int) or None
+        Exposure number and 1-based CCD number.
+    """
     m = IMAGE_RE.match(Path(name).name)
     if m is None:
         return None
@@ -100,7 +156,7 @@ def parse_image_name(name: str) -> tuple[int, int] | None:
 
 
 def is_safe_name(name: object) -> bool:
-    """True when ``name`` is a str usable as one path component inside an output directory.
+    """Tell whether ``name`` is a str usable as one path component inside a directory.
 
     Parameters
     ----------
@@ -118,7 +174,23 @@ def is_safe_name(name: object) -> bool:
 
 
 def band_wavelength_nm(band: str) -> float:
-    """Central wavelength in nm of a PAUS narrow band name such as ``"NB455"``."""
+    """Return the central wavelength in nm of a PAUS narrow band name such as ``"NB455"``.
+
+    Parameters
+    ----------
+    band : str
+        ``"NB"`` followed by the wavelength in nm.
+
+    Returns
+    -------
+    float
+        The wavelength, nm.
+
+    Raises
+    ------
+    ValueError
+        If ``band`` does not start with ``"NB"``.
+    """
     if not band.startswith("NB"):
         raise ValueError(f"not a PAUS narrow band name: {band!r}")
     return float(band[2:])

@@ -141,19 +141,47 @@ class PlanReport:
 
     @property
     def total_read_bytes(self) -> int:
+        """Sum of the bytes the stages read."""
         return int(sum(s.read_bytes for s in self.stages))
 
     @property
     def total_written_bytes(self) -> int:
+        """Sum of the bytes the stages write."""
         return int(sum(s.written_bytes for s in self.stages))
 
     def stage(self, name: str) -> StagePlan:
+        """Return the plan of one stage.
+
+        Parameters
+        ----------
+        name : str
+            The stage's name (``"ingest"``, ``"train"``, ``"denoise"``, ``"photometry"``,
+            ``"compare"``).
+
+        Returns
+        -------
+        StagePlan
+            The first stage of that name.
+
+        Raises
+        ------
+        KeyError
+            If the plan has no such stage.
+        """
         for s in self.stages:
             if s.name == name:
                 return s
         raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
+        """Describe the plan as a JSON-serialisable dict.
+
+        Returns
+        -------
+        dict
+            ``stages`` (one dict per :class:`StagePlan`), ``memory``, ``assumptions``, the totals
+            (``total_seconds``, ``total_read_bytes``, ``total_written_bytes``) and ``notes``.
+        """
         return {
             "stages": [asdict(s) for s in self.stages],
             "memory": dict(self.memory),
@@ -165,6 +193,14 @@ class PlanReport:
         }
 
     def table(self) -> str:
+        """Format the plan as the text table ``pausdenoise plan`` prints.
+
+        Returns
+        -------
+        str
+            The survey line, one line per stage and the total, the memory of a denoise worker
+            (MB) and the notes.
+        """
         a = self.assumptions
         lines = [
             f"plan: {a['exposures']} exposure(s) × {a['ccds_per_exposure']} CCD(s) of "
@@ -260,47 +296,131 @@ def plan_run(
 
     Parameters
     ----------
-    exposures, ccds_per_exposure, ccd_shape
-        Size of the survey (PAUCam: 18 CCDs of 4096 × 2048).
-    n_workers
+    exposures, ccds_per_exposure : int
+        Size of the survey (PAUCam: 18 CCDs per exposure).
+    ccd_shape : (int, int)
+        Rows and columns of a CCD frame, pixels (PAUCam: 4096 × 2048).
+    n_workers : int
         Single-threaded CPU worker processes (ingest, photometry; denoise when ``gpus == 0``).
-    gpus
+    gpus : int
         GPUs (one denoise worker each; training with DDP over all of them). Their rates
         are ``rates["denoise_gpu_mpix_s"]`` / ``rates["train_gpu_patches_s"]``, unmeasured
         by default, in which case those stages' times are ``None`` (unknown).
-    rates
+    rates : mapping of str to float or None, optional
         Overrides of :data:`MEASURED_RATES` (per worker / per GPU; see the module docstring
         for their sources). Unknown keys are an error.
-    chunk
-        Store chunk (rows, cols) or one int for square chunks.
-    halo
+    chunk : (int, int) or int
+        Store chunk (rows, cols) in pixels, or one int for square chunks.
+    halo : int
         Halo of the network in px (32 for the default depth-2 U-Net).
-    base_channels, tile_size, batch_size, threads_per_worker, activation_factor,
-    worker_base_mb
-        Memory model of a denoise worker (module docstring).
-    compression_ratio
+    base_channels, tile_size, batch_size, threads_per_worker : int
+        Memory model of a denoise worker (module docstring); ``tile_size`` in pixels, None
+        for no tiling.
+    activation_factor, worker_base_mb : float
+        Memory model of a denoise worker (module docstring); ``worker_base_mb`` in MB.
+    compression_ratio : float
         Compressed / raw size of the store arrays.
-    sources_per_ccd, kinds, exposures_per_source
+    sources_per_ccd, kinds, exposures_per_source : int
         Catalogue sources per CCD frame, photometry kinds (raw, denoised), and exposures of
         the same band that observe each source (pairs per source: n(n−1)/2).
-    train_steps, train_batch, patch_size
-        Training budget (optimiser steps × patches per step); ``"train"`` can be left out
-        of ``stages`` when a checkpoint is reused.
-    parallel_efficiency
+    train_steps, train_batch, patch_size : int
+        Training budget (optimiser steps × patches per step; patch side in pixels);
+        ``"train"`` can be left out of ``stages`` when a checkpoint is reused.
+    parallel_efficiency : float
         Fraction of linear speed-up achieved by parallel stages (1: ideal).
-    io_gb_s
+    io_gb_s : float, optional
         Aggregate file-system bandwidth (GB/s); None: I/O not limiting.
-    photometry_row_bytes, pair_row_bytes
+    photometry_row_bytes, pair_row_bytes : int
         Bytes per photometry row on disk and per pair in memory at the compare stage's peak
         (150 measured by ``benchmarks/bench_compare_scale.py``).
-    max_pairs
+    max_pairs : int
         ``compare.max_pairs``: pairs kept for the statistics (a uniform subsample above).
-    stages
+    stages : sequence of str
         Which stages to plan, in order.
 
     Returns
     -------
     PlanReport
+        Per stage tasks, bytes and wall time (s), the memory model and the assumptions.
+
+    Raises
+    ------
+    ValueError
+        For an unknown rate or stage, a non-positive size or rate, a negative ``gpus`` or a
+        ``parallel_efficiency`` above 1.
+    """
+    r = _checked_rates(rates)
+    if isinstance(chunk, int):
+        chunk = (chunk, chunk)
+    cy, cx = (int(c) for c in chunk)
+    ny, nx = (int(s) for s in ccd_shape)
+    _check_sizes(exposures, ccds_per_exposure, n_workers, cy, cx, ny, nx, kinds,
+                 exposures_per_source, parallel_efficiency, compression_ratio, gpus, stages)
+
+    frames = exposures * ccds_per_exposure
+    px = frames * ny * nx
+    z = _Survey(
+        frames=frames,
+        px=px,
+        chunks_per_frame=math.ceil(ny / cy) * math.ceil(nx / cx),
+        fits_bytes=px * 5,  # float32 image + uint8 mask
+        n_workers=n_workers,
+        gpus=gpus,
+        compression_ratio=compression_ratio,
+        parallel_efficiency=parallel_efficiency,
+        io_gb_s=io_gb_s,
+    )
+    notes: list[str] = []
+    planners = {
+        "ingest": lambda: _plan_ingest(z, r),
+        "train": lambda: _plan_train(z, r, train_steps, train_batch, patch_size, notes),
+        "denoise": lambda: _plan_denoise(z, r, notes),
+        "photometry": lambda: _plan_photometry(z, r, sources_per_ccd, kinds,
+                                               photometry_row_bytes),
+        "compare": lambda: _plan_compare(z, r, sources_per_ccd, kinds, exposures_per_source,
+                                         photometry_row_bytes),
+    }
+    out = [planners[name]() for name in stages]
+
+    memory = _worker_memory(
+        cy, cx, halo, tile_size, batch_size, base_channels, activation_factor,
+        threads_per_worker, worker_base_mb,
+    )
+    pairs_all = frames * sources_per_ccd * (exposures_per_source - 1) / 2
+    memory["compare_process_mb"] = min(pairs_all, max_pairs) * pair_row_bytes / 2**20
+    if memory["compare_process_mb"] > 16 * 1024:
+        notes.append(f"compare would hold ~{memory['compare_process_mb'] / 1024:,.0f} GB of "
+                     "pairs in one process: lower compare.max_pairs")
+    if gpus > 0 and ("ingest" in stages or "photometry" in stages):
+        notes.append(f"ingest and photometry run on the {n_workers} CPU worker(s)")
+    assumptions = {
+        "exposures": exposures, "ccds_per_exposure": ccds_per_exposure,
+        "ccd_shape": [ny, nx], "frames": frames, "pixels": px, "chunk": [cy, cx],
+        "chunks_per_frame": z.chunks_per_frame, "halo": halo, "n_workers": n_workers,
+        "gpus": gpus, "rates": r, "base_channels": base_channels, "tile_size": tile_size,
+        "batch_size": batch_size, "threads_per_worker": threads_per_worker,
+        "compression_ratio": compression_ratio, "sources_per_ccd": sources_per_ccd,
+        "kinds": kinds, "exposures_per_source": exposures_per_source,
+        "train_steps": train_steps, "train_batch": train_batch, "patch_size": patch_size,
+        "parallel_efficiency": parallel_efficiency, "activation_factor": activation_factor,
+        "io_gb_s": io_gb_s,
+        "stages": list(stages),
+    }
+    return PlanReport(out, memory, assumptions, notes)
+
+
+def _checked_rates(rates: Mapping[str, float | None] | None) -> dict[str, float | None]:
+    """Apply the overrides to :data:`MEASURED_RATES`; check every known rate > 0.
+
+    Returns
+    -------
+    dict of str to float or None
+        The rates to plan with.
+
+    Raises
+    ------
+    ValueError
+        For an unknown key or a non-positive rate.
     """
     r: dict[str, float | None] = dict(MEASURED_RATES)
     for k, v in (rates or {}).items():
@@ -310,10 +430,20 @@ def plan_run(
     for k, v in r.items():
         if v is not None:
             _pos(f"rate {k}", v)
-    if isinstance(chunk, int):
-        chunk = (chunk, chunk)
-    cy, cx = (int(c) for c in chunk)
-    ny, nx = (int(s) for s in ccd_shape)
+    return r
+
+
+def _check_sizes(exposures: int, ccds_per_exposure: int, n_workers: int, cy: int, cx: int,
+                 ny: int, nx: int, kinds: int, exposures_per_source: int,
+                 parallel_efficiency: float, compression_ratio: float, gpus: int,
+                 stages: Sequence[str]) -> None:
+    """Reject non-positive sizes, a negative GPU count, an efficiency above 1, unknown stages.
+
+    Raises
+    ------
+    ValueError
+        For the first offending value.
+    """
     for name, v in (("exposures", exposures), ("ccds_per_exposure", ccds_per_exposure),
                     ("n_workers", n_workers), ("chunk rows", cy), ("chunk cols", cx),
                     ("ccd rows", ny), ("ccd cols", nx), ("kinds", kinds),
@@ -329,89 +459,126 @@ def plan_run(
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}")
 
-    frames = exposures * ccds_per_exposure
-    px_frame = ny * nx
-    px = frames * px_frame
-    chunks_per_frame = math.ceil(ny / cy) * math.ceil(nx / cx)
-    fits_bytes = px * 5  # float32 image + uint8 mask
-    notes: list[str] = []
-    out: list[StagePlan] = []
 
-    def wall(work: float, rate: float | None, par: int, io_bytes: float = 0.0,
+@dataclass(frozen=True)
+class _Survey:
+    """The sizes every stage's plan needs, and the wall-time model."""
+
+    frames: int
+    px: int
+    chunks_per_frame: int
+    fits_bytes: int
+    n_workers: int
+    gpus: int
+    compression_ratio: float
+    parallel_efficiency: float
+    io_gb_s: float | None
+
+    def wall(self, work: float, rate: float | None, par: int, io_bytes: float = 0.0,
              extra_per_worker: float = 0.0) -> float | None:
+        """Return the seconds for ``work`` at ``rate`` on ``par`` workers.
+
+        Returns
+        -------
+        float or None
+            None without a rate.
+        """
         if rate is None:
             return None
-        t = (work / rate + extra_per_worker) / (par * parallel_efficiency)
-        if io_gb_s:
-            t = max(t, io_bytes / (io_gb_s * 1e9))
+        t = (work / rate + extra_per_worker) / (par * self.parallel_efficiency)
+        if self.io_gb_s:
+            t = max(t, io_bytes / (self.io_gb_s * 1e9))
         return t
 
-    for name in stages:
-        if name == "ingest":
-            tasks = frames  # one task per image file (one frame)
-            par = min(n_workers, tasks)
-            mb = fits_bytes / 1e6
-            out.append(StagePlan(
-                "ingest", tasks, mb, "MB", fits_bytes, int(fits_bytes * compression_ratio),
-                par, "cpu", r["ingest_mb_s"],
-                wall(mb, r["ingest_mb_s"], par, fits_bytes * (1 + compression_ratio)),
-                "FITS image+mask → compressed Zarr"))
-        elif name == "train":
-            patches = train_steps * train_batch
-            read = int(patches * patch_size**2 * 5 * compression_ratio)
-            if gpus > 0:
-                rate, par, dev = r["train_gpu_patches_s"], gpus, "gpu"
-                note = "DDP over the GPUs" if rate else "GPU rate not measured (no GPU)"
-            else:
-                rate, par, dev = r["train_patches_s"], 1, "cpu"
-                note = "one process (torch threads); no worker scaling"
-            out.append(StagePlan(
-                "train", 1 if dev == "cpu" else gpus, patches, "patches", read, 0, par, dev,
-                rate, wall(patches, rate, par), note))
-            if rate is None:
-                notes.append("training time unknown: no GPU rate measured; pass "
-                             "rates={'train_gpu_patches_s': ...}")
-        elif name == "denoise":
-            tasks = frames * chunks_per_frame
-            mpix = px / 1e6
-            read = int(fits_bytes * compression_ratio)
-            written = int(px * 4 * compression_ratio)
-            if gpus > 0:
-                rate, par, dev = r["denoise_gpu_mpix_s"], min(gpus, tasks), "gpu"
-                note = "one worker per GPU" if rate else "GPU rate not measured (no GPU)"
-            else:
-                rate, par, dev = r["denoise_mpix_s"], min(n_workers, tasks), "cpu"
-                note = "map_overlap, one task per chunk"
-            out.append(StagePlan("denoise", tasks, mpix, "Mpix", read, written, par, dev,
-                                 rate, wall(mpix, rate, par, read + written), note))
-            if rate is None:
-                notes.append("denoise time unknown: no GPU rate measured; pass "
-                             "rates={'denoise_gpu_mpix_s': ...} or plan with gpus=0")
-        elif name == "photometry":
-            tasks = frames * kinds  # one partition per frame and kind
-            n_src = frames * sources_per_ccd * kinds
-            read = int(px * 5 * compression_ratio * kinds)
-            written = n_src * photometry_row_bytes
-            par = min(n_workers, tasks)
-            read_s = read / 1e6 / r["store_read_mb_s"] if r["store_read_mb_s"] else 0.0
-            out.append(StagePlan(
-                "photometry", tasks, n_src, "sources", read, written, par, "cpu",
-                r["photometry_sources_s"],
-                wall(n_src, r["photometry_sources_s"], par, read + written, read_s),
-                "forced apertures, raw + denoised" if kinds == 2 else "forced apertures"))
-        elif name == "compare":
-            measurements = frames * sources_per_ccd
-            pairs = measurements * (exposures_per_source - 1) / 2
-            # two passes (pairing, then the per-measurement errors), each reading the
-            # 7 of the 26 photometry columns it uses
-            read = int(2 * frames * sources_per_ccd * kinds * photometry_row_bytes
-                       * COMPARE_COLUMN_SHARE)
-            written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)
-            out.append(StagePlan(
-                "compare", 1, pairs, "pairs", read, written, 1,
-                "cpu", r["compare_pairs_s"], wall(pairs, r["compare_pairs_s"], 1),
-                "pairs per band, statistics in one process (modelled as one process)"))
 
+def _plan_ingest(z: _Survey, r: Mapping[str, float | None]) -> StagePlan:
+    tasks = z.frames  # one task per image file (one frame)
+    par = min(z.n_workers, tasks)
+    mb = z.fits_bytes / 1e6
+    return StagePlan(
+        "ingest", tasks, mb, "MB", z.fits_bytes, int(z.fits_bytes * z.compression_ratio),
+        par, "cpu", r["ingest_mb_s"],
+        z.wall(mb, r["ingest_mb_s"], par, z.fits_bytes * (1 + z.compression_ratio)),
+        "FITS image+mask → compressed Zarr")
+
+
+def _plan_train(z: _Survey, r: Mapping[str, float | None], train_steps: int,
+                train_batch: int, patch_size: int, notes: list[str]) -> StagePlan:
+    patches = train_steps * train_batch
+    read = int(patches * patch_size**2 * 5 * z.compression_ratio)
+    if z.gpus > 0:
+        rate, par, dev = r["train_gpu_patches_s"], z.gpus, "gpu"
+        note = "DDP over the GPUs" if rate else "GPU rate not measured (no GPU)"
+    else:
+        rate, par, dev = r["train_patches_s"], 1, "cpu"
+        note = "one process (torch threads); no worker scaling"
+    if rate is None:
+        notes.append("training time unknown: no GPU rate measured; pass "
+                     "rates={'train_gpu_patches_s': ...}")
+    return StagePlan(
+        "train", 1 if dev == "cpu" else z.gpus, patches, "patches", read, 0, par, dev,
+        rate, z.wall(patches, rate, par), note)
+
+
+def _plan_denoise(z: _Survey, r: Mapping[str, float | None], notes: list[str]) -> StagePlan:
+    tasks = z.frames * z.chunks_per_frame
+    mpix = z.px / 1e6
+    read = int(z.fits_bytes * z.compression_ratio)
+    written = int(z.px * 4 * z.compression_ratio)
+    if z.gpus > 0:
+        rate, par, dev = r["denoise_gpu_mpix_s"], min(z.gpus, tasks), "gpu"
+        note = "one worker per GPU" if rate else "GPU rate not measured (no GPU)"
+    else:
+        rate, par, dev = r["denoise_mpix_s"], min(z.n_workers, tasks), "cpu"
+        note = "map_overlap, one task per chunk"
+    if rate is None:
+        notes.append("denoise time unknown: no GPU rate measured; pass "
+                     "rates={'denoise_gpu_mpix_s': ...} or plan with gpus=0")
+    return StagePlan("denoise", tasks, mpix, "Mpix", read, written, par, dev,
+                     rate, z.wall(mpix, rate, par, read + written), note)
+
+
+def _plan_photometry(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: int,
+                     kinds: int, photometry_row_bytes: int) -> StagePlan:
+    tasks = z.frames * kinds  # one partition per frame and kind
+    n_src = z.frames * sources_per_ccd * kinds
+    read = int(z.px * 5 * z.compression_ratio * kinds)
+    written = n_src * photometry_row_bytes
+    par = min(z.n_workers, tasks)
+    read_s = read / 1e6 / r["store_read_mb_s"] if r["store_read_mb_s"] else 0.0
+    return StagePlan(
+        "photometry", tasks, n_src, "sources", read, written, par, "cpu",
+        r["photometry_sources_s"],
+        z.wall(n_src, r["photometry_sources_s"], par, read + written, read_s),
+        "forced apertures, raw + denoised" if kinds == 2 else "forced apertures")
+
+
+def _plan_compare(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: int,
+                  kinds: int, exposures_per_source: int,
+                  photometry_row_bytes: int) -> StagePlan:
+    measurements = z.frames * sources_per_ccd
+    pairs = measurements * (exposures_per_source - 1) / 2
+    # two passes (pairing, then the per-measurement errors), each reading the
+    # 7 of the 26 photometry columns it uses
+    read = int(2 * z.frames * sources_per_ccd * kinds * photometry_row_bytes
+               * COMPARE_COLUMN_SHARE)
+    written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)
+    return StagePlan(
+        "compare", 1, pairs, "pairs", read, written, 1,
+        "cpu", r["compare_pairs_s"], z.wall(pairs, r["compare_pairs_s"], 1),
+        "pairs per band, statistics in one process (modelled as one process)")
+
+
+def _worker_memory(cy: int, cx: int, halo: int, tile_size: int | None, batch_size: int,
+                   base_channels: int, activation_factor: float, threads_per_worker: int,
+                   worker_base_mb: float) -> dict[str, float]:
+    """Apply the memory model of a denoise worker (module docstring).
+
+    Returns
+    -------
+    dict of str to float
+        The terms in MiB and the blocks in flight.
+    """
     block = (cy + 2 * halo) * (cx + 2 * halo)
     if tile_size:
         act_px = batch_size * (tile_size + 2 * halo) ** 2
@@ -422,42 +589,35 @@ def plan_run(
     act = activation_factor * base_channels * act_px * 4 / 2**20
     per_block = block_in + block_out + act
     worker_mb = worker_base_mb + threads_per_worker * per_block
-    pairs_all = frames * sources_per_ccd * (exposures_per_source - 1) / 2
-    memory = {
+    return {
         "worker_base_mb": worker_base_mb,
         "blocks_in_flight": threads_per_worker,
         "block_input_mb": block_in,
         "block_output_mb": block_out,
         "activations_mb": act,
         "denoise_worker_mb": worker_mb,
-        "compare_process_mb": min(pairs_all, max_pairs) * pair_row_bytes / 2**20,
     }
-    if memory["compare_process_mb"] > 16 * 1024:
-        notes.append(f"compare would hold ~{memory['compare_process_mb'] / 1024:,.0f} GB of "
-                     "pairs in one process: lower compare.max_pairs")
-    if gpus > 0 and ("ingest" in stages or "photometry" in stages):
-        notes.append(f"ingest and photometry run on the {n_workers} CPU worker(s)")
-    assumptions = {
-        "exposures": exposures, "ccds_per_exposure": ccds_per_exposure,
-        "ccd_shape": [ny, nx], "frames": frames, "pixels": px, "chunk": [cy, cx],
-        "chunks_per_frame": chunks_per_frame, "halo": halo, "n_workers": n_workers,
-        "gpus": gpus, "rates": r, "base_channels": base_channels, "tile_size": tile_size,
-        "batch_size": batch_size, "threads_per_worker": threads_per_worker,
-        "compression_ratio": compression_ratio, "sources_per_ccd": sources_per_ccd,
-        "kinds": kinds, "exposures_per_source": exposures_per_source,
-        "train_steps": train_steps, "train_batch": train_batch, "patch_size": patch_size,
-        "parallel_efficiency": parallel_efficiency, "activation_factor": activation_factor,
-        "io_gb_s": io_gb_s,
-        "stages": list(stages),
-    }
-    return PlanReport(out, memory, assumptions, notes)
 
 
 def exposures_per_hour(report_for_one_exposure: PlanReport,
                        stages: Sequence[str] = ("ingest", "denoise", "photometry",
                                                 "compare")) -> float | None:
-    """Exposures per hour implied by a plan of one exposure (the per-exposure stages only;
-    training is a one-off cost). None when a stage time is unknown."""
+    """Return the exposures per hour implied by a plan of one exposure.
+
+    Only the per-exposure stages count; training is a one-off cost.
+
+    Parameters
+    ----------
+    report_for_one_exposure : PlanReport
+        A plan with ``exposures=1``.
+    stages : sequence of str, optional
+        The stages that count.
+
+    Returns
+    -------
+    float or None
+        Exposures per hour; None when a stage time is unknown or no stage counts.
+    """
     secs = [s.seconds for s in report_for_one_exposure.stages if s.name in stages]
     if not secs or any(s is None for s in secs):
         return None
@@ -474,11 +634,35 @@ def plan_from_config(
     rates: Mapping[str, float | None] | None = None,
     **kwargs: Any,
 ) -> PlanReport:
-    """:func:`plan_run` with the chunking, halo, network width, tiling and training budget
-    of a :class:`pausdenoise.config.PipelineConfig` (the halo is derived from the network,
-    as the pipeline does). ``n_workers`` defaults to ``cfg.cluster.n_workers`` (or 1);
-    ``kwargs`` override anything else :func:`plan_run` takes."""
-    from pausdenoise.config import network_halo
+    """Run :func:`plan_run` with the settings of a pipeline configuration.
+
+    The chunking, halo, network width, tiling and training budget come from a
+    :class:`pausdenoise.config.PipelineConfig` (the halo is derived from the network, as the
+    pipeline does).
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration.
+    exposures, ccds_per_exposure : int
+        Size of the survey.
+    ccd_shape : (int, int)
+        Rows and columns of a CCD frame, pixels.
+    n_workers : int, optional
+        CPU workers; default ``cfg.cluster.n_workers`` (or 1).
+    gpus : int, optional
+        GPUs. Default 0.
+    rates : mapping of str to float or None, optional
+        Overrides of :data:`MEASURED_RATES`.
+    **kwargs
+        Override anything else :func:`plan_run` takes.
+
+    Returns
+    -------
+    PlanReport
+        The plan.
+    """
+    from pausdenoise.config import network_halo  # after the CLI configures logging (distributed)
 
     halo, _ = network_halo(cfg)
     args: dict[str, Any] = {

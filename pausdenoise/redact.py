@@ -1,5 +1,7 @@
-"""Keep credentials out of what a run writes (``run.json``, ``run-summary.json``, the report,
-logged job scripts, error messages).
+"""Keep credentials out of what a run writes.
+
+That is ``run.json``, ``run-summary.json``, the report, logged job scripts and error
+messages.
 
 Nothing in the pipeline dumps the environment, but the configuration is recorded, and a
 configuration can carry credentials the user put there (a ``job_script_prologue`` line
@@ -46,7 +48,7 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)[^/\s
 
 
 def is_sensitive_name(name: str) -> bool:
-    """True when a variable / key name says its value is a credential.
+    """Tell whether a variable / key name says its value is a credential.
 
     Parameters
     ----------
@@ -115,7 +117,7 @@ def redact_text(text: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def redact(obj: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """A copy of a JSON-like object with credentials replaced by ``***``.
+    """Copy a JSON-like object with credentials replaced by ``***``.
 
     Parameters
     ----------

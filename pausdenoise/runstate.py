@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from pausdenoise.errors import PreflightError, RunLockedError
+from pausdenoise.redact import redact
 
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage's outputs live inside a run directory ``out``."""
+    """Where each stage's outputs live inside a run directory ``out``.
+
+    Parameters
+    ----------
+    out : Path
+        The run directory.
+    """
 
     out: Path
 
@@ -39,6 +46,7 @@ class RunPaths:
 
     @property
     def model_dir(self) -> Path:
+        """Directory of the trained model and its metadata."""
         return self.out / "model"
 
     @property
@@ -53,22 +61,27 @@ class RunPaths:
 
     @property
     def compare(self) -> Path:
+        """Outputs of the compare stage (pair statistics, error model)."""
         return self.out / "compare"
 
     @property
     def evaluate(self) -> Path:
+        """Outputs of the evaluate stage (pixel and detection metrics)."""
         return self.out / "evaluate"
 
     @property
     def report(self) -> Path:
+        """The HTML report and its figures."""
         return self.out / "report"
 
     @property
     def record(self) -> Path:
+        """The per-stage record ``run.json`` (:class:`RunRecord`)."""
         return self.out / "run.json"
 
     @property
     def lock(self) -> Path:
+        """The lock file of a running run (:func:`run_lock`)."""
         return self.out / ".lock"
 
     @property
@@ -78,7 +91,15 @@ class RunPaths:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    """Write JSON to ``path`` via a temporary file and an atomic rename.
+
+    Parameters
+    ----------
+    path : Path
+        Destination; its directory is created when missing.
+    data : object
+        JSON-serialisable data (other values are written as ``str``), indented 2.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -99,8 +120,23 @@ def _pid_alive(pid: int) -> bool:
 def run_lock(paths: RunPaths) -> Iterator[None]:
     """Hold an exclusive lock on the run directory for the duration of a run.
 
-    A second run pointed at the same directory fails at once with :class:`RunLockedError`
-    naming the holder. A lock left by a dead process on this host is taken over.
+    A lock left by a dead process on this host is taken over.
+
+    Parameters
+    ----------
+    paths : RunPaths
+        The run directory (created when missing).
+
+    Yields
+    ------
+    None
+        While the lock is held; it is removed on exit.
+
+    Raises
+    ------
+    RunLockedError
+        At once when another run holds the lock (naming the holder), or when the takeover of
+        a stale lock was lost twice.
     """
     paths.out.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -145,6 +181,13 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
 def preflight(out: Path, need_bytes: int) -> None:
     """Check, before any work, that ``out`` is writable and has ``need_bytes`` free.
 
+    Parameters
+    ----------
+    out : Path
+        The run directory (created when missing).
+    need_bytes : int
+        Estimated bytes the run will write.
+
     Raises
     ------
     PreflightError
@@ -169,7 +212,15 @@ def preflight(out: Path, need_bytes: int) -> None:
 
 
 class RunRecord:
-    """The per-stage record of a run directory (``run.json``)."""
+    """The per-stage record of a run directory (``run.json``).
+
+    An unreadable record starts empty.
+
+    Parameters
+    ----------
+    paths : RunPaths
+        The run directory whose ``run.json`` is read (when present) and written.
+    """
 
     def __init__(self, paths: RunPaths) -> None:
         self.paths = paths
@@ -182,28 +233,66 @@ class RunRecord:
             self.data.setdefault("stages", {})
 
     def stage(self, name: str) -> dict[str, Any]:
-        """The record of stage ``name`` (empty dict if it never ran)."""
+        """Return the record of stage ``name`` (empty dict if it never ran).
+
+        Parameters
+        ----------
+        name : str
+            Stage name.
+
+        Returns
+        -------
+        dict
+            The stage's fields (``status``, ``fingerprint``, ``seconds`` …).
+        """
         return self.data["stages"].get(name, {})
 
     def is_done(self, name: str, fingerprint: str) -> bool:
-        """True if stage ``name`` finished with this exact configuration fingerprint."""
+        """Tell whether stage ``name`` finished with this exact configuration fingerprint.
+
+        Parameters
+        ----------
+        name : str
+            Stage name.
+        fingerprint : str
+            The stage's configuration fingerprint now.
+
+        Returns
+        -------
+        bool
+            ``status == "done"`` and the fingerprints match.
+        """
         st = self.stage(name)
         return st.get("status") == "done" and st.get("fingerprint") == fingerprint
 
     def set(self, name: str, **fields: Any) -> None:
-        """Update stage ``name`` and rewrite the record atomically."""
+        """Update stage ``name`` and rewrite the record atomically.
+
+        Parameters
+        ----------
+        name : str
+            Stage name.
+        **fields
+            JSON-serialisable values merged into the stage's record.
+        """
         self.data["stages"].setdefault(name, {}).update(fields)
         self.save()
 
     def save(self) -> None:
-        """Rewrite ``run.json`` atomically, credentials redacted
-        (:func:`pausdenoise.redact.redact`)."""
-        from pausdenoise.redact import redact
+        """Rewrite ``run.json`` atomically, credentials redacted.
 
+        See :func:`pausdenoise.redact.redact`.
+        """
         write_json_atomic(self.paths.record, redact(self.data))
 
     def timings(self) -> dict[str, float]:
-        """Wall time (s) of every stage that has one, in run order."""
+        """Return the wall time of every stage that has one, in run order.
+
+        Returns
+        -------
+        dict of str to float
+            Stage name → seconds.
+        """
         return {
             k: float(v["seconds"]) for k, v in self.data["stages"].items() if "seconds" in v
         }

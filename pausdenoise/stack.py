@@ -13,7 +13,7 @@ reference zero-point ``ZP_ref``):
    The stack is therefore *sky-subtracted*. (A constant per frame is the right model for
    PAUS narrow-band CCD frames after the instrument pipeline; a spatially varying
    background should be removed upstream.) Set ``subtract_sky=False`` to keep the levels.
-2. **Zero-point.** Calibrated flux is ``f · ZP`` (see ``DOMAIN.md``), so a frame is brought
+2. **Zero-point.** Calibrated flux is ``f · ZP`` (ADU times zero-point), so a frame is brought
    to the reference calibration by multiplying it by ``ZP_k / ZP_ref``; its variance is
    multiplied by ``(ZP_k / ZP_ref)²``. Without zero-points all frames count as equal.
 3. **Resampling** onto the reference grid (``StackConfig.resampling``):
@@ -66,6 +66,7 @@ from astropy.wcs import WCS
 from pydantic import BaseModel, ConfigDict, Field
 
 from pausdenoise.n2v.normalise import frame_statistics
+from pausdenoise.stats import MAD_TO_SIGMA
 
 
 class StackConfig(BaseModel):
@@ -110,14 +111,40 @@ class StackConfig(BaseModel):
 def reference_grid(
     wcs_list: Sequence[WCS], shapes: Sequence[tuple[int, int]], config: StackConfig
 ) -> tuple[WCS, tuple[int, int]]:
-    """The grid of frame ``config.reference``: its WCS (celestial part) and shape."""
+    """Return the grid of frame ``config.reference``: its WCS (celestial part) and shape.
+
+    Parameters
+    ----------
+    wcs_list : sequence of WCS
+        One WCS per frame.
+    shapes : sequence of (int, int)
+        One ``(ny, nx)`` per frame, pixels.
+    config : StackConfig
+        Its ``reference`` (0-based frame index) chooses the frame.
+
+    Returns
+    -------
+    tuple of (WCS, (int, int))
+        The celestial WCS and the shape ``(ny, nx)`` of the reference frame.
+
+    Raises
+    ------
+    ValueError
+        If ``config.reference`` is not the index of a frame.
+    """
     if config.reference >= len(wcs_list):
         raise ValueError(f"reference={config.reference} but only {len(wcs_list)} frames")
     return wcs_list[config.reference].celestial, tuple(shapes[config.reference])
 
 
 def _pixel_map(frame_wcs: WCS, ref_wcs: WCS, y: np.ndarray, x: np.ndarray):
-    """Frame pixel coordinates (0-based) of reference pixels ``(y, x)``."""
+    """Return the frame pixel coordinates (0-based) of reference pixels ``(y, x)``.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(fy, fx)``, float64.
+    """
     ra, dec = ref_wcs.celestial.all_pix2world(x, y, 0)
     fx, fy = frame_wcs.celestial.all_world2pix(ra, dec, 0)
     return np.asarray(fy, dtype=np.float64), np.asarray(fx, dtype=np.float64)
@@ -126,10 +153,27 @@ def _pixel_map(frame_wcs: WCS, ref_wcs: WCS, y: np.ndarray, x: np.ndarray):
 def frame_offset(
     frame_wcs: WCS, ref_wcs: WCS, ref_shape: tuple[int, int], tolerance: float = 1e-3
 ) -> tuple[float, float] | None:
-    """Translation ``(dy, dx)`` with ``frame_pixel = ref_pixel + (dy, dx)``, or None.
+    """Find the translation ``(dy, dx)`` with ``frame_pixel = ref_pixel + (dy, dx)``, if any.
 
-    Checked on a 5×5 lattice spanning the reference grid: None when the mapping departs from
-    a translation by more than ``tolerance`` px anywhere on it.
+    Checked on a 5×5 lattice spanning the reference grid.
+
+    Parameters
+    ----------
+    frame_wcs : WCS
+        WCS of the frame.
+    ref_wcs : WCS
+        WCS of the reference grid.
+    ref_shape : (int, int)
+        Shape ``(ny, nx)`` of the reference grid, pixels.
+    tolerance : float, optional
+        Largest departure from a pure translation anywhere on the lattice, pixels.
+        Default 1e-3.
+
+    Returns
+    -------
+    tuple of (float, float) or None
+        ``(dy, dx)`` in pixels (0-based on both grids); None when the mapping departs from a
+        translation by more than ``tolerance`` or is not finite.
     """
     ny, nx = ref_shape
     yy, xx = np.meshgrid(np.linspace(0, ny - 1, 5), np.linspace(0, nx - 1, 5), indexing="ij")
@@ -156,12 +200,17 @@ def _bilinear(
     fy: np.ndarray,
     fx: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear samples of ``image`` at (broadcastable) coordinates ``(fy, fx)``.
+    """Sample ``image`` bilinearly at (broadcastable) coordinates ``(fy, fx)``.
 
-    Returns ``(value, variance, valid)``; ``variance`` is the linearly interpolated input
-    variance (noise per unit area, see the module docstring). A sample is valid when all
-    input pixels with a non-zero coefficient are inside the image and ``good``; integer
-    coordinates use exactly one input pixel (exact copy).
+    ``variance`` is the linearly interpolated input variance (noise per unit area, see the
+    module docstring). A sample is valid when all input pixels with a non-zero coefficient
+    are inside the image and ``good``; integer coordinates use exactly one input pixel
+    (exact copy).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(value, variance, valid)``, 0 where invalid.
     """
     ny, nx = image.shape
     y0 = np.floor(fy)
@@ -204,7 +253,7 @@ def _resample_reproject(
     ref_shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
-        from reproject import reproject_interp
+        from reproject import reproject_interp  # optional: the stack extra
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "StackConfig(resampling='reproject') needs the optional 'reproject' package "
@@ -259,6 +308,12 @@ def resample_frame(
     value, variance, valid : ndarrays of ``ref_shape``
         Resampled values (0 where invalid), their variance for weighting (linearly
         interpolated, 0 where invalid), validity.
+
+    Raises
+    ------
+    ValueError
+        If ``config.resampling`` is ``"shift"`` and the frame's WCS is not a translation
+        of the reference grid.
     """
     image = np.asarray(image, dtype=np.float64)
     good = np.isfinite(image)
@@ -311,6 +366,139 @@ def _as_index_set(exclude: int | Sequence[int] | None, n: int) -> set[int]:
         if not -n <= i < n:
             raise IndexError(f"exclude index {i} out of range for {n} frames")
     return {i % n for i in idx}
+
+
+def _frames_to_use(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None,
+    weights: Sequence[np.ndarray | None] | None,
+    wcs_list: Sequence[WCS],
+    exclude: int | Sequence[int] | None,
+    zps: Sequence[float] | None,
+    skies: Sequence[float] | None,
+) -> list[int]:
+    """Check the per-frame sequences against each other; return the frames to stack.
+
+    Returns
+    -------
+    list of int
+        Indices of the frames not excluded.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent lengths, or every frame excluded.
+    """
+    n = len(images)
+    if len(wcs_list) != n:
+        raise ValueError(f"{n} images but {len(wcs_list)} WCS")
+    for name, seq in (("masks", masks), ("weights", weights), ("zps", zps), ("skies", skies)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"{n} images but {len(seq)} {name}")
+    skip = _as_index_set(exclude, n)
+    use = [k for k in range(n) if k not in skip]
+    if not use:
+        raise ValueError("every frame is excluded: nothing to stack")
+    return use
+
+
+def _frame_on_grid(
+    k: int,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None,
+    weights: Sequence[np.ndarray | None] | None,
+    wcs_list: Sequence[WCS],
+    ref_wcs: WCS,
+    ref_shape: tuple[int, int],
+    config: StackConfig,
+    zps: Sequence[float] | None,
+    zp_ref: float | None,
+    skies: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bring frame ``k`` onto the grid: sky-subtracted, scaled to ``zp_ref``, resampled.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(value, weight)`` on ``ref_shape`` (weight 0 where invalid).
+
+    Raises
+    ------
+    ValueError
+        If the frame's ivar has another shape than its image.
+    """
+    image = np.asarray(images[k], dtype=np.float64)
+    mask = None if masks is None or masks[k] is None else np.asarray(masks[k])
+    ivar = None if weights is None or weights[k] is None else np.asarray(weights[k], float)
+    if ivar is not None:
+        if ivar.shape != image.shape:
+            raise ValueError(f"frame {k}: ivar shape {ivar.shape} != image {image.shape}")
+        bad_ivar = ~(np.isfinite(ivar) & (ivar > 0))
+        mask = bad_ivar if mask is None else (mask != 0) | bad_ivar
+        with np.errstate(divide="ignore"):
+            var: np.ndarray | float = np.where(bad_ivar, np.inf, 1.0 / ivar)
+    need_var = ivar is None and config.weighting == "inverse_variance"
+    need_stats = need_var or (skies is None and config.subtract_sky)
+    st = frame_statistics(image, mask) if need_stats else None
+    if skies is not None:
+        sky = float(skies[k])
+    else:
+        sky = st.sky if config.subtract_sky else 0.0
+    if ivar is None:
+        var = st.sigma**2 if need_var else 1.0
+    scale = 1.0 if zps is None else float(zps[k]) / zp_ref
+    image = (image - sky) * scale
+    var = var * scale**2
+    value, variance, valid = resample_frame(
+        image, mask, var, wcs_list[k], ref_wcs, ref_shape, config
+    )
+    if config.weighting == "uniform":
+        w = valid.astype(np.float64)
+    else:
+        w = np.zeros(ref_shape)
+        ok = valid & (variance > 0)
+        w[ok] = 1.0 / variance[ok]
+    return value, w
+
+
+def _clipped_sums(
+    values: list[np.ndarray],
+    wts: list[np.ndarray],
+    ref_shape: tuple[int, int],
+    config: StackConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Clip the resampled frames iteratively; sum the kept pixels.
+
+    The lists are emptied on the way (their memory is freed).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(Σ w x, Σ w)`` over the kept frames, float64, ``ref_shape``.
+    """
+    x = np.stack(values).astype(np.float64)
+    w = np.stack(wts).astype(np.float64)
+    del values[:], wts[:]
+    keep = w > 0
+    for _ in range(config.clip_iterations):
+        wk = np.where(keep, w, 0.0)
+        sw = wk.sum(axis=0)
+        mean = np.divide((wk * x).sum(axis=0), sw, out=np.zeros(ref_shape), where=sw > 0)
+        # Noise of a frame pixel around the mean: its own var plus that of the mean.
+        var_frame = np.divide(1.0, w, out=np.full_like(w, np.inf), where=w > 0)
+        var_mean = np.divide(1.0, sw, out=np.zeros(ref_shape), where=sw > 0)
+        if config.weighting == "uniform":  # no noise model in the weights: robust scatter
+            dev = np.abs(np.where(keep, x - mean, np.nan))
+            with np.errstate(all="ignore"):
+                s = MAD_TO_SIGMA * np.nanmedian(dev, axis=0)
+            var_frame = np.broadcast_to(s**2, x.shape)
+            var_mean = np.zeros(ref_shape)
+        new_keep = keep & ((x - mean) ** 2 <= config.clip_sigma**2 * (var_frame + var_mean))
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    w = np.where(keep, w, 0.0)
+    return (w * x).sum(axis=0), w.sum(axis=0)
 
 
 def stack_frames(
@@ -368,16 +556,7 @@ def stack_frames(
         Inconsistent lengths, or every frame excluded.
     """
     config = config or StackConfig()
-    n = len(images)
-    if len(wcs_list) != n:
-        raise ValueError(f"{n} images but {len(wcs_list)} WCS")
-    for name, seq in (("masks", masks), ("weights", weights), ("zps", zps), ("skies", skies)):
-        if seq is not None and len(seq) != n:
-            raise ValueError(f"{n} images but {len(seq)} {name}")
-    skip = _as_index_set(exclude, n)
-    use = [k for k in range(n) if k not in skip]
-    if not use:
-        raise ValueError("every frame is excluded: nothing to stack")
+    use = _frames_to_use(images, masks, weights, wcs_list, exclude, zps, skies)
     if zps is not None and zp_ref is None:
         zp_ref = float(zps[config.reference])
     ref_shape = (int(ref_shape[0]), int(ref_shape[1]))
@@ -388,37 +567,9 @@ def stack_frames(
     sum_wx = np.zeros(ref_shape)
     sum_w = np.zeros(ref_shape)
     for k in use:
-        image = np.asarray(images[k], dtype=np.float64)
-        mask = None if masks is None or masks[k] is None else np.asarray(masks[k])
-        ivar = None if weights is None or weights[k] is None else np.asarray(weights[k], float)
-        if ivar is not None:
-            if ivar.shape != image.shape:
-                raise ValueError(f"frame {k}: ivar shape {ivar.shape} != image {image.shape}")
-            bad_ivar = ~(np.isfinite(ivar) & (ivar > 0))
-            mask = bad_ivar if mask is None else (mask != 0) | bad_ivar
-            with np.errstate(divide="ignore"):
-                var: np.ndarray | float = np.where(bad_ivar, np.inf, 1.0 / ivar)
-        need_var = ivar is None and config.weighting == "inverse_variance"
-        need_stats = need_var or (skies is None and config.subtract_sky)
-        st = frame_statistics(image, mask) if need_stats else None
-        if skies is not None:
-            sky = float(skies[k])
-        else:
-            sky = st.sky if config.subtract_sky else 0.0
-        if ivar is None:
-            var = st.sigma**2 if need_var else 1.0
-        scale = 1.0 if zps is None else float(zps[k]) / zp_ref
-        image = (image - sky) * scale
-        var = var * scale**2
-        value, variance, valid = resample_frame(
-            image, mask, var, wcs_list[k], ref_wcs, ref_shape, config
+        value, w = _frame_on_grid(
+            k, images, masks, weights, wcs_list, ref_wcs, ref_shape, config, zps, zp_ref, skies
         )
-        if config.weighting == "uniform":
-            w = valid.astype(np.float64)
-        else:
-            w = np.zeros(ref_shape)
-            ok = valid & (variance > 0)
-            w[ok] = 1.0 / variance[ok]
         if streaming:
             sum_wx += w * value
             sum_w += w
@@ -427,30 +578,7 @@ def stack_frames(
             wts.append(w.astype(np.float32))
 
     if not streaming:
-        x = np.stack(values).astype(np.float64)
-        w = np.stack(wts).astype(np.float64)
-        del values, wts
-        keep = w > 0
-        for _ in range(config.clip_iterations):
-            wk = np.where(keep, w, 0.0)
-            sw = wk.sum(axis=0)
-            mean = np.divide((wk * x).sum(axis=0), sw, out=np.zeros(ref_shape), where=sw > 0)
-            # Noise of a frame pixel around the mean: its own var plus that of the mean.
-            var_frame = np.divide(1.0, w, out=np.full_like(w, np.inf), where=w > 0)
-            var_mean = np.divide(1.0, sw, out=np.zeros(ref_shape), where=sw > 0)
-            if config.weighting == "uniform":  # no noise model in the weights: robust scatter
-                dev = np.abs(np.where(keep, x - mean, np.nan))
-                with np.errstate(all="ignore"):
-                    s = 1.4826 * np.nanmedian(dev, axis=0)
-                var_frame = np.broadcast_to(s**2, x.shape)
-                var_mean = np.zeros(ref_shape)
-            new_keep = keep & ((x - mean) ** 2 <= config.clip_sigma**2 * (var_frame + var_mean))
-            if np.array_equal(new_keep, keep):
-                break
-            keep = new_keep
-        w = np.where(keep, w, 0.0)
-        sum_w = w.sum(axis=0)
-        sum_wx = (w * x).sum(axis=0)
+        sum_wx, sum_w = _clipped_sums(values, wts, ref_shape, config)
 
     stack = np.divide(sum_wx, sum_w, out=np.zeros(ref_shape), where=sum_w > 0)
     return stack.astype(np.float32), sum_w.astype(np.float32)

@@ -43,7 +43,7 @@ Storage choices
 - Masks (uint8): Blosc(zstd, bitshuffle): sparse bit masks compress ~1300× (vs ~900× for
   plain zstd). Fill value 0; all-zero chunks are not stored.
 - Chunks default to (1024, 1024) (1 Mpx, large enough for ``map_overlap``, see
-  ARCHITECTURE.md), clipped to the frame shape.
+  ``docs/design.md``), clipped to the frame shape.
 - Optional sharding (``shards=``, a multiple of the chunks; clipped to the smallest multiple
   of the chunks covering the frame). A shard is rewritten whole, so **parallel writers must
   write whole shards**: ingest writes each frame in one task (always safe); a dask writer
@@ -54,12 +54,17 @@ Consolidated metadata is *not* used: frames are added, rewritten and completed b
 independent writers, and a consolidated snapshot at the root would hide later changes from
 readers that trust it. :func:`exposure_table` instead fetches the frame groups' metadata
 concurrently (zarr's async ``members``), one small document per frame.
+
+Imports are kept light: at module level only numpy and zarr; dask, pandas, xarray and
+astropy are imported by the functions that use them, so a process that only reads a
+store's arrays (e.g. a task on a worker) does not import them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -157,7 +162,7 @@ AccessMode = Literal["r", "r+", "a", "w"]
 
 
 def frame_id(expnum: int, ccd: int) -> str:
-    """Name of the frame group of exposure ``expnum`` and CCD ``ccd``.
+    """Name the frame group of exposure ``expnum`` and CCD ``ccd``.
 
     Parameters
     ----------
@@ -170,6 +175,11 @@ def frame_id(expnum: int, ccd: int) -> str:
     -------
     str
         ``f"{expnum:08d}_{ccd:02d}"``; sorts in (expnum, ccd) order.
+
+    Raises
+    ------
+    ValueError
+        If ``expnum`` or ``ccd`` is out of range.
     """
     expnum, ccd = int(expnum), int(ccd)
     if not (0 <= expnum < 10**8 and 0 <= ccd < 100):
@@ -178,7 +188,23 @@ def frame_id(expnum: int, ccd: int) -> str:
 
 
 def parse_frame_id(frame: str) -> tuple[int, int]:
-    """Inverse of :func:`frame_id`: ``"00012345_07"`` → ``(12345, 7)``."""
+    """Invert :func:`frame_id`: ``"00012345_07"`` → ``(12345, 7)``.
+
+    Parameters
+    ----------
+    frame : str
+        A frame id.
+
+    Returns
+    -------
+    tuple of (int, int)
+        ``(expnum, ccd)``.
+
+    Raises
+    ------
+    ValueError
+        If ``frame`` is not a frame id.
+    """
     try:
         e, c = frame.split("_")
         return int(e), int(c)
@@ -208,6 +234,12 @@ def init_store(path: PathLike, *, overwrite: bool = False) -> zarr.Group:
     zarr.Group
         The root group, writable, with attrs ``{"pausdenoise_layout": 1}`` and an empty
         (or existing) ``frames`` group.
+
+    Raises
+    ------
+    StoreError
+        When ``path`` holds a non-empty zarr group that is not a store of this layout
+        version.
     """
     if overwrite:
         root = _zarr_open(path, "w")
@@ -244,6 +276,11 @@ def open_store(path: StoreLike, mode: AccessMode = "r") -> zarr.Group:
     mode : {"r", "r+", "a", "w"}
         ``"r"`` read only, ``"r+"`` read/write an existing store, ``"a"`` create when
         missing, ``"w"`` create anew (deleting what is there).
+
+    Returns
+    -------
+    zarr.Group
+        The root group.
 
     Raises
     ------
@@ -288,7 +325,13 @@ def _frame_group(store: StoreLike, frame: str, mode: AccessMode = "r") -> zarr.G
 
 
 def _all_frame_groups(store: StoreLike) -> dict[str, zarr.Group]:
-    """Every frame group, metadata fetched concurrently; sorted by name."""
+    """Return every frame group, metadata fetched concurrently; sorted by name.
+
+    Returns
+    -------
+    dict of str to zarr.Group
+        Frame id → group.
+    """
     frames = _frames(open_store(store, "r"))
     found = {
         name: node for name, node in frames.members(max_depth=0) if isinstance(node, zarr.Group)
@@ -304,17 +347,31 @@ def clip_chunks(
     chunks: Sequence[int] = DEFAULT_CHUNKS,
     shards: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Chunk and shard shapes actually used for an array of ``shape``.
+    """Return the chunk and shard shapes actually used for an array of ``shape``.
 
     Chunks are clipped to the shape. Shards must be a multiple of the (unclipped) chunks;
     they are clipped to the smallest multiple of the clipped chunks that covers the shape,
     so they remain a multiple of the chunks as zarr requires.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Array shape, ``(ny, nx)`` pixels for images.
+    chunks : sequence of int, optional
+        Requested chunk shape (two positive integers). Default :data:`DEFAULT_CHUNKS`.
+    shards : sequence of int, optional
+        Requested shard shape, a multiple of ``chunks``; None for no sharding.
 
     Returns
     -------
     (chunks, shards)
         ``shards`` is None when no sharding is asked for. Arrays that are not 2-D get one
         chunk along every axis and no sharding.
+
+    Raises
+    ------
+    ValueError
+        If ``chunks`` is not two positive integers or ``shards`` not a multiple of them.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
@@ -375,6 +432,12 @@ def create_array(
     -------
     zarr.Array
         Empty array: float fill value NaN (all chunks written), integer fill value 0.
+
+    Raises
+    ------
+    ValueError
+        Without a dtype for a non-standard name, with the wrong dtype for a standard one, or
+        with invalid chunks, shards or compression level.
     """
     expected = ARRAY_DTYPES.get(name)
     dt = np.dtype(dtype) if dtype is not None else expected
@@ -399,11 +462,25 @@ def create_array(
 
 
 def write_chunks(store: StoreLike, frame: str, name: str = "image") -> tuple[int, ...]:
-    """Smallest block a parallel writer may own: the shard shape if sharded, else the chunks.
+    """Return the smallest block a parallel writer may own: the shard shape, else the chunks.
 
     Dask arrays written concurrently into this array must have chunks that are multiples of
     this shape (the last chunk along an axis may be shorter), otherwise two tasks rewrite
     the same shard and one update is lost.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+    name : str, optional
+        Array name. Default ``"image"``.
+
+    Returns
+    -------
+    tuple of int
+        The write unit, pixels per axis.
     """
     arr = _get_array(store, frame, name)
     return tuple(arr.shards or arr.chunks)
@@ -447,6 +524,16 @@ def create_output_array(
         Defaults to :data:`ARRAY_DTYPES` for standard names, else the dtype of ``like``.
     overwrite : bool
         Replace an existing array called ``name``.
+
+    Returns
+    -------
+    zarr.Array
+        The empty array (float fill value NaN, integer fill value 0).
+
+    Raises
+    ------
+    StoreError
+        If the frame or its array ``like`` is missing.
     """
     group = _frame_group(store, frame, "r+")
     try:
@@ -495,12 +582,33 @@ def store_dask(
     Checks that every dask chunk boundary falls on a boundary of :func:`write_chunks`
     (the shard-alignment rule) before any task runs.
 
+    Parameters
+    ----------
+    darr : dask.array.Array
+        The data, shape ``(ny, nx)`` of the frame.
+    store : path or zarr.Group
+        The survey store (opened read/write).
+    frame : str
+        Frame id.
+    name : str
+        Name of the array to write (created or replaced).
+    like : str, optional
+        Existing array to copy the layout from. Default ``"image"``.
+    compute : bool, optional
+        Write now; else return the delayed store. Default True.
+
     Returns
     -------
     None or dask.delayed.Delayed
         The delayed store when ``compute`` is False.
+
+    Raises
+    ------
+    StoreError
+        If the shape differs from the frame's or the dask chunks are not aligned with the
+        write unit.
     """
-    import dask.array as da
+    import dask.array as da  # dask kept off the store's light import path
 
     arr = create_output_array(store, frame, name, like=like, dtype=darr.dtype)
     if tuple(darr.shape) != tuple(arr.shape):
@@ -520,7 +628,13 @@ def store_dask(
 
 
 def _json_value(v: Any) -> Any:
-    """Attributes are JSON: numpy scalars → Python, NaN/inf → None."""
+    """Make an attribute value JSON: numpy scalars → Python, NaN/inf → None.
+
+    Returns
+    -------
+    object
+        The JSON-compatible value.
+    """
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -561,7 +675,9 @@ def write_frame(
     attrs : mapping
         Frame attributes (JSON values; NaN/inf become null). ``ny``/``nx`` are set from
         the image and ``complete`` is managed here.
-    chunks, shards, clevel
+    chunks, shards : sequence of int, optional
+        See :func:`create_array`.
+    clevel : int, optional
         See :func:`create_array`.
     drop_other_arrays : bool
         Delete arrays of an existing frame that are not in ``arrays`` (e.g. a ``denoised``
@@ -571,6 +687,13 @@ def write_frame(
     -------
     zarr.Group
         The frame group.
+
+    Raises
+    ------
+    ValueError
+        Without a 2-D ``image``, or when a 2-D array has another shape.
+    StoreError
+        If ``frames/<frame>`` exists and is not a group.
     """
     if "image" not in arrays:
         raise ValueError(f"frame {frame}: arrays must include 'image'")
@@ -611,7 +734,15 @@ def write_frame(
 
 
 def mark_incomplete(store: StoreLike, frame: str) -> None:
-    """Set ``complete=False`` on a frame (it will be redone by the next ingest)."""
+    """Set ``complete=False`` on a frame (it will be redone by the next ingest).
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store (opened read/write).
+    frame : str
+        Frame id.
+    """
     _frame_group(store, frame, "r+").update_attributes({"complete": False})
 
 
@@ -619,7 +750,20 @@ def mark_incomplete(store: StoreLike, frame: str) -> None:
 
 
 def is_complete(store: StoreLike, frame: str) -> bool:
-    """True when ``frame`` exists and its ``complete`` attribute is True."""
+    """Tell whether ``frame`` exists and its ``complete`` attribute is True.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    bool
+        False for a missing frame.
+    """
     try:
         return _frame_group(store, frame).attrs.get("complete") is True
     except StoreError:
@@ -627,17 +771,43 @@ def is_complete(store: StoreLike, frame: str) -> bool:
 
 
 def frame_attrs(store: StoreLike, frame: str) -> dict[str, Any]:
-    """All attributes of one frame as a plain dict."""
+    """Return all attributes of one frame as a plain dict.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    dict
+        The attributes (units in the module docstring).
+    """
     return _frame_group(store, frame).attrs.asdict()
 
 
 def frame_arrays(store: StoreLike, frame: str) -> list[str]:
-    """Names of the arrays a frame holds, sorted."""
+    """Return the names of the arrays a frame holds, sorted.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    list of str
+        The array names.
+    """
     return sorted(_frame_group(store, frame).array_keys())
 
 
 def list_frames(store: StoreLike, complete_only: bool = True) -> list[str]:
-    """Frame ids in the store, sorted (i.e. by expnum, then ccd).
+    """Return the frame ids in the store, sorted (i.e. by expnum, then ccd).
 
     Parameters
     ----------
@@ -645,6 +815,11 @@ def list_frames(store: StoreLike, complete_only: bool = True) -> list[str]:
         The survey store.
     complete_only : bool
         Leave out frames whose ``complete`` attribute is not True (half-written ones).
+
+    Returns
+    -------
+    list of str
+        The frame ids.
     """
     groups = _all_frame_groups(store)
     return [
@@ -674,7 +849,7 @@ def exposure_table(store: StoreLike, complete_only: bool = True) -> pd.DataFrame
         int64; ``exptime``, ``zp``, ``zp_err``, ``gain``, ``rdnoise``, ``saturate`` are
         float64 (missing → NaN); the rest as stored (missing → pandas' missing value).
     """
-    import pandas as pd
+    import pandas as pd  # pandas kept off the store's light import path
 
     rows = []
     for name, g in _all_frame_groups(store).items():
@@ -697,17 +872,46 @@ def exposure_table(store: StoreLike, complete_only: bool = True) -> pd.DataFrame
 
 
 def read_header_text(store: StoreLike, frame: str) -> str:
-    """The source FITS header of a frame (80-character cards, as ingested)."""
+    """Return the source FITS header of a frame (80-character cards, as ingested).
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    str
+        The header text, ASCII.
+    """
     arr = _get_array(store, frame, "fits_header")
     return bytes(np.asarray(arr[...], dtype=np.uint8)).decode("ascii")
 
 
 def frame_wcs(store: StoreLike, frame: str) -> Any:
-    """The frame's WCS as an :class:`astropy.wcs.WCS` (pixel coordinates 0-based)."""
-    import warnings
+    """Return the frame's WCS as an :class:`astropy.wcs.WCS` (pixel coordinates 0-based).
 
-    from astropy.io import fits
-    from astropy.wcs import WCS, FITSFixedWarning
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        The WCS built from the frame's ``wcs`` attribute.
+
+    Raises
+    ------
+    StoreError
+        If the frame has no WCS.
+    """
+    from astropy.io import fits  # astropy kept off the store's light import path
+    from astropy.wcs import WCS, FITSFixedWarning  # astropy: as above
 
     text = frame_attrs(store, frame).get("wcs")
     if not text:
@@ -743,7 +947,7 @@ def open_frame(
     dask.array.Array
         Shape ``(ny, nx)``, dtype as stored, nothing read yet.
     """
-    import dask.array as da
+    import dask.array as da  # dask kept off the store's light import path
 
     arr = _get_array(store, frame, name)
     use = tuple(chunks) if chunks is not None else tuple(arr.shards or arr.chunks)
@@ -751,7 +955,14 @@ def open_frame(
 
 
 def _token(arr: zarr.Array) -> str:
-    from dask.base import tokenize
+    """Return a dask token of an array's location, shape, dtype and chunks.
+
+    Returns
+    -------
+    str
+        The token.
+    """
+    from dask.base import tokenize  # dask kept off the store's light import path
 
     return tokenize(str(arr.store_path), arr.shape, str(arr.dtype), arr.chunks)
 
@@ -759,12 +970,168 @@ def _token(arr: zarr.Array) -> str:
 def frames_by_shape(
     store: StoreLike, complete_only: bool = True
 ) -> dict[tuple[int, int], list[str]]:
-    """Frame ids grouped by image shape ``(ny, nx)``, largest group first."""
+    """Group the frame ids by image shape ``(ny, nx)``, largest group first.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    complete_only : bool, optional
+        Leave out incomplete frames. Default True.
+
+    Returns
+    -------
+    dict of (int, int) to list of str
+        Shape in pixels → frame ids.
+    """
     table = exposure_table(store, complete_only=complete_only)
     groups: dict[tuple[int, int], list[str]] = {}
     for frame, ny, nx in zip(table["frame"], table["ny"], table["nx"], strict=True):
         groups.setdefault((int(ny), int(nx)), []).append(frame)
     return dict(sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
+
+def _frames_of_shape(
+    store: StoreLike, shape: tuple[int, int] | None, complete_only: bool
+) -> tuple[pd.DataFrame, tuple[int, int]]:
+    """Restrict the exposure table to the frames of one shape.
+
+    Returns
+    -------
+    tuple of (pandas.DataFrame, (int, int))
+        The table and the shape.
+
+    Raises
+    ------
+    StoreError
+        Without frames, with several shapes and no ``shape``, or with none of ``shape``.
+    """
+    table = exposure_table(store, complete_only=complete_only)
+    if table.empty:
+        raise StoreError("no (complete) frames in the store")
+    shapes = sorted({(int(a), int(b)) for a, b in zip(table["ny"], table["nx"], strict=True)})
+    if shape is None:
+        if len(shapes) > 1:
+            counts = table.groupby(["ny", "nx"]).size().to_dict()
+            raise StoreError(
+                f"frames of several shapes {counts}; pass shape=(ny, nx) to open_dataset "
+                "(see frames_by_shape)"
+            )
+        shape = shapes[0]
+    shape = (int(shape[0]), int(shape[1]))
+    table = table[(table["ny"] == shape[0]) & (table["nx"] == shape[1])]
+    if table.empty:
+        raise StoreError(f"no frames of shape {shape}; shapes present: {shapes}")
+    return table, shape
+
+
+def _stacked_variable(
+    var: str,
+    frames: zarr.Group,
+    by_key: Mapping[tuple[int, int], Any],
+    exposures: np.ndarray,
+    ccds: np.ndarray,
+    shape: tuple[int, int],
+) -> da.Array:
+    """Stack array ``var`` of every (exposure, ccd) into one lazy 4-D dask array, gaps filled.
+
+    Returns
+    -------
+    dask.array.Array
+        Shape ``(n_exposures, n_ccds, ny, nx)``.
+
+    Raises
+    ------
+    StoreError
+        If no frame has the array.
+    """
+    import dask.array as da  # dask kept off the store's light import path
+
+    arrays: dict[tuple[int, int], zarr.Array] = {}
+    for key, row in by_key.items():
+        g = frames[row.frame]
+        if var in g:
+            arrays[key] = g[var]
+    if not arrays:
+        raise StoreError(f"no frame of shape {shape} has an array {var!r}")
+    ref = next(iter(arrays.values()))
+    dtype = ref.dtype
+    chunks = tuple(ref.shards or ref.chunks)
+    fill = np.nan if dtype.kind == "f" else MISSING_MASK_VALUE
+    rows = []
+    for e in exposures:
+        row_arrays = []
+        for c in ccds:
+            key = (int(e), int(c))
+            if key in arrays:
+                frame = by_key[key].frame
+                row_arrays.append(
+                    da.from_zarr(
+                        arrays[key], chunks=chunks, name=f"{var}-{frame}-{_token(arrays[key])}"
+                    )
+                )
+            else:
+                row_arrays.append(da.full(shape, fill, dtype=dtype, chunks=chunks))
+        rows.append(da.stack(row_arrays))
+    return da.stack(rows)
+
+
+def _attr_grid(
+    by_key: Mapping[tuple[int, int], Any],
+    exposures: np.ndarray,
+    ccds: np.ndarray,
+    col: str,
+    missing: Any,
+    dtype: Any,
+) -> np.ndarray:
+    """Tabulate attribute ``col`` of every (exposure, ccd) frame; ``missing`` where absent or NaN.
+
+    Returns
+    -------
+    ndarray
+        Shape ``(n_exposures, n_ccds)``.
+    """
+    out = np.full((len(exposures), len(ccds)), missing, dtype=dtype)
+    e_index = {int(e): i for i, e in enumerate(exposures)}
+    c_index = {int(c): j for j, c in enumerate(ccds)}
+    for (e, c), row in by_key.items():
+        value = getattr(row, col)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            out[e_index[e], c_index[c]] = value
+    return out
+
+
+def _dataset_coords(
+    by_key: Mapping[tuple[int, int], Any], exposures: np.ndarray, ccds: np.ndarray
+) -> dict[str, Any]:
+    """Build the coordinates of :func:`open_dataset`'s dataset (see its Returns section).
+
+    Returns
+    -------
+    dict
+        Name → coordinate (values or ``(dims, values)``).
+    """
+
+    def grid(col: str, missing: Any, dtype: Any) -> np.ndarray:
+        return _attr_grid(by_key, exposures, ccds, col, missing, dtype)
+
+    band_grid = grid("band", "", object)
+    per_exposure = []
+    for i in range(len(exposures)):
+        present = {b for b in band_grid[i] if b != ""}
+        per_exposure.append(present.pop() if len(present) == 1 else None)
+    coords: dict[str, Any] = {
+        "exposure": exposures,
+        "ccd": ccds,
+        "frame": (("exposure", "ccd"), grid("frame", "", object).astype(str)),
+    }
+    if all(b is not None for b in per_exposure):
+        coords["band"] = ("exposure", np.array(per_exposure, dtype=str))
+    else:
+        coords["band"] = (("exposure", "ccd"), band_grid.astype(str))
+    for col in ("zp", "zp_err", "gain", "rdnoise", "exptime"):
+        coords[col] = (("exposure", "ccd"), grid(col, np.nan, np.float64))
+    return coords
 
 
 def open_dataset(
@@ -799,89 +1166,21 @@ def open_dataset(
         (exposure, ccd) combination, or a frame lacking the array, is filled lazily with
         NaN (float arrays) or :data:`MISSING_MASK_VALUE` (integer arrays).
     """
-    import dask.array as da
-    import xarray as xr
+    import xarray as xr  # xarray kept off the store's light import path
 
     names = [name] if isinstance(name, str) else list(name)
-    table = exposure_table(store, complete_only=complete_only)
-    if table.empty:
-        raise StoreError("no (complete) frames in the store")
-    shapes = sorted({(int(a), int(b)) for a, b in zip(table["ny"], table["nx"], strict=True)})
-    if shape is None:
-        if len(shapes) > 1:
-            counts = table.groupby(["ny", "nx"]).size().to_dict()
-            raise StoreError(
-                f"frames of several shapes {counts}; pass shape=(ny, nx) to open_dataset "
-                "(see frames_by_shape)"
-            )
-        shape = shapes[0]
-    shape = (int(shape[0]), int(shape[1]))
-    table = table[(table["ny"] == shape[0]) & (table["nx"] == shape[1])]
-    if table.empty:
-        raise StoreError(f"no frames of shape {shape}; shapes present: {shapes}")
-
-    root = open_store(store, "r")
-    frames = _frames(root)
+    table, shape = _frames_of_shape(store, shape, complete_only)
+    frames = _frames(open_store(store, "r"))
     exposures = np.array(sorted(table["expnum"].unique()), dtype=np.int64)
     ccds = np.array(sorted(table["ccd"].unique()), dtype=np.int64)
     by_key = {(int(r.expnum), int(r.ccd)): r for r in table.itertuples(index=False)}
 
-    data_vars: dict[str, Any] = {}
-    for var in names:
-        arrays: dict[tuple[int, int], zarr.Array] = {}
-        for key, row in by_key.items():
-            g = frames[row.frame]
-            if var in g:
-                arrays[key] = g[var]
-        if not arrays:
-            raise StoreError(f"no frame of shape {shape} has an array {var!r}")
-        ref = next(iter(arrays.values()))
-        dtype = ref.dtype
-        chunks = tuple(ref.shards or ref.chunks)
-        fill = np.nan if dtype.kind == "f" else MISSING_MASK_VALUE
-        rows = []
-        for e in exposures:
-            row_arrays = []
-            for c in ccds:
-                key = (int(e), int(c))
-                if key in arrays:
-                    frame = by_key[key].frame
-                    row_arrays.append(
-                        da.from_zarr(
-                            arrays[key], chunks=chunks, name=f"{var}-{frame}-{_token(arrays[key])}"
-                        )
-                    )
-                else:
-                    row_arrays.append(da.full(shape, fill, dtype=dtype, chunks=chunks))
-            rows.append(da.stack(row_arrays))
-        data_vars[var] = (("exposure", "ccd", "y", "x"), da.stack(rows))
-
-    def grid(col: str, missing: Any, dtype: Any) -> np.ndarray:
-        out = np.full((len(exposures), len(ccds)), missing, dtype=dtype)
-        e_index = {int(e): i for i, e in enumerate(exposures)}
-        c_index = {int(c): j for j, c in enumerate(ccds)}
-        for (e, c), row in by_key.items():
-            value = getattr(row, col)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                out[e_index[e], c_index[c]] = value
-        return out
-
-    band_grid = grid("band", "", object)
-    per_exposure = []
-    for i in range(len(exposures)):
-        present = {b for b in band_grid[i] if b != ""}
-        per_exposure.append(present.pop() if len(present) == 1 else None)
-    coords: dict[str, Any] = {
-        "exposure": exposures,
-        "ccd": ccds,
-        "frame": (("exposure", "ccd"), grid("frame", "", object).astype(str)),
+    data_vars: dict[str, Any] = {
+        var: (("exposure", "ccd", "y", "x"),
+              _stacked_variable(var, frames, by_key, exposures, ccds, shape))
+        for var in names
     }
-    if all(b is not None for b in per_exposure):
-        coords["band"] = ("exposure", np.array(per_exposure, dtype=str))
-    else:
-        coords["band"] = (("exposure", "ccd"), band_grid.astype(str))
-    for col in ("zp", "zp_err", "gain", "rdnoise", "exptime"):
-        coords[col] = (("exposure", "ccd"), grid(col, np.nan, np.float64))
+    coords = _dataset_coords(by_key, exposures, ccds)
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs[LAYOUT_KEY] = LAYOUT_VERSION
     return ds

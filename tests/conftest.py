@@ -21,15 +21,35 @@ try:  # torch is a core dependency, but keep collection working if it is broken
 except Exception:  # pragma: no cover
     pass
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+ROOT = Path(__file__).resolve().parents[1]
+# Real CCD frames for tests: PAUSDENOISE_REAL_DATA, else a shared/data/real folder beside the
+# checkout (the layout the project's data bundle unpacks to).
+REAL_DATA = Path(os.environ.get("PAUSDENOISE_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
 
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    """``../shared/data/real`` beside the project root; skip with a reason when absent."""
+    """The real CCD test data (see ``REAL_DATA``); skip with a reason when absent."""
     if not REAL_DATA.is_dir():
-        pytest.skip(f"real CCD test data not found at {REAL_DATA}")
+        pytest.skip(f"real CCD test data not found at {REAL_DATA} (set PAUSDENOISE_REAL_DATA)")
     return REAL_DATA
+
+
+@pytest.fixture
+def decam_config(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``configs/decam.yaml`` run from a directory whose ``data/real`` is the real data.
+
+    The config names its frames relative to the working directory
+    (``data/real/decam-multiepoch``), as a user runs it from the project root; this fixture
+    links the test data there and changes into that directory. Returns the config's path.
+    """
+    if not (real_data_dir / "decam-multiepoch").is_dir():
+        pytest.skip("decam-multiepoch not present in the real test data")
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "real").symlink_to(real_data_dir, target_is_directory=True)
+    monkeypatch.chdir(work)
+    return ROOT / "configs" / "decam.yaml"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

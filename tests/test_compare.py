@@ -482,8 +482,8 @@ def _run_compare(phot_root, out, client=None, **compare):
     import shutil
 
     from pausdenoise.config import PipelineConfig
-    from pausdenoise.pipeline.compare_stage import run_compare
-    from pausdenoise.pipeline.core import Context
+    from pausdenoise.pipeline.context import Context
+    from pausdenoise.pipeline.stages.compare import run as run_compare
     from pausdenoise.runstate import RunPaths
 
     shutil.copytree(phot_root, out / "photometry")
@@ -496,7 +496,7 @@ def test_compare_stage_reads_each_band_twice_and_keeps_the_bottom_k(phot_table, 
                                                                     monkeypatch):
     from collections import Counter
 
-    import pausdenoise.photometry as photometry
+    import pausdenoise.pipeline.stages.compare as photometry  # the stage's reader
 
     table, root = phot_table
     real = photometry.read_photometry

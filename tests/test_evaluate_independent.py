@@ -222,7 +222,7 @@ def _write_store(path: Path, frames, shape, band_of, denoise_sigma=1.0):
 
 def _run_evaluate(store: Path, out: Path, **evaluate):
     from pausdenoise.config import PipelineConfig
-    from pausdenoise.pipeline.core import run
+    from pausdenoise.pipeline.runner import run
 
     cfg = PipelineConfig.model_validate({
         "input": {"source": "store", "store_path": str(store)},
@@ -279,18 +279,14 @@ def test_evaluate_stage_without_truth_on_synthetic_store(synthetic, tmp_path):
 
 
 @pytest.mark.real_data
-def test_evaluate_without_truth_on_real_decam_frames(real_data_dir, tmp_path, monkeypatch):
+def test_evaluate_without_truth_on_real_decam_frames(decam_config, tmp_path):
     """Real DECam frames (3 g, 2 r, 3 z of one patch, sub-pixel offsets, TPV WCS): the raw
     frame's estimated MSE to the truth on sky pixels is its own noise variance."""
     from pausdenoise.config import PipelineConfig, load_config
     from pausdenoise.n2v.normalise import frame_statistics
-    from pausdenoise.pipeline.core import run
+    from pausdenoise.pipeline.runner import run
 
-    if not (real_data_dir / "decam-multiepoch").is_dir():
-        pytest.skip("decam-multiepoch not present")
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(root)  # configs/decam.yaml uses paths relative to the project root
-    cfg = load_config(root / "configs" / "decam.yaml")
+    cfg = load_config(decam_config)
     out = tmp_path / "decam"
     run(cfg, out, stages=["ingest"])
     store = out / "store.zarr"

@@ -65,7 +65,7 @@ def test_seeds_reach_a_successful_read(targets, monkeypatch):
 
 def test_harness_reports_an_unintended_exception(targets, monkeypatch):
     """A reader that raises something other than IngestError is a finding, not a pass."""
-    import pausdenoise.ingest as ingest
+    import pausdenoise.ingest.plan as ingest
 
     def broken(path, config):
         raise ZeroDivisionError("planted")

@@ -162,7 +162,7 @@ def test_plan_from_config():
 
 def test_compare_column_share_matches_the_stage():
     from pausdenoise.photometry import OUTPUT_COLUMNS
-    from pausdenoise.pipeline.compare_stage import _COLUMNS
+    from pausdenoise.pipeline.stages.compare import _COLUMNS
     from pausdenoise.plan import COMPARE_COLUMN_SHARE
 
     assert COMPARE_COLUMN_SHARE == pytest.approx(len(_COLUMNS) / len(OUTPUT_COLUMNS))

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         import astropy.io.fits  # noqa: F401
         import targets
 
-        import pausdenoise.ingest
-        import pausdenoise.paus_layout
+        import pausdenoise.ingest.frame  # noqa: F401  (instrumented for the fuzzer)
+        import pausdenoise.paus_layout  # noqa: F401  (instrumented for the fuzzer)
         import pausdenoise.photometry  # noqa: F401
 
     one_input, seeds = targets.TARGETS[args.target]

@@ -284,7 +284,8 @@ def fits_header_one_input(data: bytes) -> None:
     :class:`~pausdenoise.ingest.IngestError` naming it; raises otherwise.
     """
     from pausdenoise import paus_layout
-    from pausdenoise.ingest import IngestError, _plan_file, read_frame
+    from pausdenoise.ingest import IngestError, read_frame
+    from pausdenoise.ingest.plan import _plan_file
 
     b = Bytes(data)
     generic = b.bool()

@@ -34,7 +34,24 @@ def generate_array(
     stats: FrameStats,
     mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Whole-array inference: the generated (stack-like) image in ADU, float32."""
+    """Run the generator on a whole frame at once.
+
+    Parameters
+    ----------
+    generator : Generator
+        The generator (in ``eval()`` mode for deterministic output).
+    image : ndarray (ny, nx)
+        The single exposure in ADU (sky included).
+    stats : FrameStats
+        The frame's robust sky and σ in ADU.
+    mask : ndarray, optional
+        Non-zero = bad pixel (set to the sky before the network sees it).
+
+    Returns
+    -------
+    ndarray of float32 (ny, nx)
+        The generated (stack-like) image in ADU.
+    """
     x = normalise(image, stats, mask)
     device = next(generator.parameters()).device
     t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(device)
@@ -43,7 +60,13 @@ def generate_array(
 
 
 def _merge_small_tail(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
-    """Merge a last chunk smaller than ``minimum`` into its neighbour (origins unchanged)."""
+    """Merge a last chunk smaller than ``minimum`` into its neighbour (origins unchanged).
+
+    Returns
+    -------
+    tuple of int
+        The chunk sizes.
+    """
     chunks = tuple(chunks)
     if len(chunks) > 1 and chunks[-1] < minimum:
         chunks = (*chunks[:-2], chunks[-2] + chunks[-1])
@@ -51,7 +74,24 @@ def _merge_small_tail(chunks: tuple[int, ...], minimum: int) -> tuple[int, ...]:
 
 
 def check_tiling(chunks: tuple[tuple[int, ...], ...], halo: int, generator: Generator) -> None:
-    """Raise ``ValueError`` when ``chunks``/``halo`` would make tiled ≠ whole-image output."""
+    """Check that tiles with this halo give the whole-image output.
+
+    Parameters
+    ----------
+    chunks : tuple of tuple of int
+        Dask chunk sizes (px) along each axis of the frame.
+    halo : int
+        Overlap of the tiles (px).
+    generator : Generator
+        The generator (its ``size_multiple`` and receptive field).
+
+    Raises
+    ------
+    ValueError
+        If the halo is smaller than the receptive-field radius or not a multiple of
+        ``2**depth``, or a chunk (but the last) is not a multiple of ``2**depth``, or a
+        chunk is smaller than the halo.
+    """
     m = generator.config.size_multiple
     r = generator.receptive_field_radius()
     if halo < r:
@@ -96,6 +136,12 @@ def gan_apply(
     -------
     dask.array.Array float32 (ny, nx)
         The generated image in ADU, equal to :func:`generate_array` on the whole frame.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D, ``mask`` has another shape, or the tiling cannot be
+        seam-free (:func:`check_tiling`).
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D frame, got shape {image.shape}")

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from pausdenoise.gan.models import Generator, GeneratorConfig
 from pausdenoise.gan.pairs import PAIR_NORMALISATION
@@ -36,7 +38,18 @@ _META_KEY = "pausdenoise"
 
 
 def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+    """Hash the tensors' names, dtypes, shapes and bytes (sorted by name) with SHA-256.
+
+    Parameters
+    ----------
+    tensors : dict of str to Tensor
+        A state dict.
+
+    Returns
+    -------
+    str
+        The 64-character hex digest.
+    """
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -48,12 +61,25 @@ def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_generator(
     path: str | Path, generator: Generator, *, extra: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``generator`` to ``path`` (safetensors) with its metadata; returns the path.
+    """Write ``generator`` to ``path`` (safetensors) with its metadata.
 
-    ``extra`` must be JSON-serialisable (checked before anything is written).
+    The file is written under a temporary name and renamed, so a reader never sees half
+    a checkpoint.
+
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+    generator : Generator
+        The network whose weights and architecture are saved.
+    extra : dict, optional
+        More metadata; must be JSON-serialisable (checked before anything is written).
+
+    Returns
+    -------
+    Path
+        ``path``.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     meta = {
@@ -74,9 +100,26 @@ def save_generator(
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint, validated for format, version and normalisation."""
-    from safetensors import safe_open
+    """Read a checkpoint's JSON metadata, checked for format, version and normalisation.
 
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+
+    Returns
+    -------
+    dict
+        The metadata (architecture, normalisation, halo, weights digest, extra).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        If it is not a readable pausdenoise generator checkpoint of this format version and
+        normalisation.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -110,9 +153,28 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_generator(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[Generator, dict[str, Any]]:
-    """Rebuild the generator of a checkpoint (in ``eval()`` mode) and return its metadata."""
-    from safetensors.torch import load_file
+    """Rebuild the generator of a checkpoint, in ``eval()`` mode.
 
+    Parameters
+    ----------
+    path : str or Path
+        The checkpoint file.
+    device : str or torch.device, optional
+        Where to put the generator. Default ``"cpu"``.
+
+    Returns
+    -------
+    generator : Generator
+        The network with the saved weights.
+    metadata : dict
+        As :func:`read_metadata`.
+
+    Raises
+    ------
+    ValueError
+        If the metadata or the tensors do not match the architecture, or the weights do not
+        match their recorded digest.
+    """
     meta = read_metadata(path)
     try:
         config = GeneratorConfig.model_validate(meta.get("generator"))

@@ -42,7 +42,25 @@ def _select(a, b, mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pixel_correlation(image, reference, valid=None) -> float:
-    """Pearson correlation coefficient of the pixel values (``valid``: True = use)."""
+    """Return the Pearson correlation coefficient of the pixel values.
+
+    Parameters
+    ----------
+    image, reference : array_like, same shape
+        The images (same grid; any one unit, the coefficient is scale-free).
+    valid : array_like of bool, optional
+        True = use the pixel; non-finite pixels are always left out.
+
+    Returns
+    -------
+    float
+        The coefficient, in [−1, 1].
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, fewer than two pixels are valid, or an image is constant.
+    """
     a, b = _select(image, reference, valid)
     a = a - a.mean()
     b = b - b.mean()
@@ -53,16 +71,49 @@ def pixel_correlation(image, reference, valid=None) -> float:
 
 
 def rms_error(image, reference, valid=None) -> float:
-    """Root-mean-square pixel difference ``sqrt(mean((image − reference)²))``."""
+    """Return the root-mean-square pixel difference ``sqrt(mean((image − reference)²))``.
+
+    Parameters
+    ----------
+    image, reference : array_like, same shape
+        The images, same grid and units (ADU, or sky σ).
+    valid : array_like of bool, optional
+        True = use the pixel; non-finite pixels are always left out.
+
+    Returns
+    -------
+    float
+        The RMS, in the images' units.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or fewer than two pixels are valid.
+    """
     a, b = _select(image, reference, valid)
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
 def comparison_table(single, generated, reference, valid=None) -> list[dict[str, object]]:
-    """Rows ``{metric, single, generated, published_single, published_generated}``.
+    """Compare single and generated images with a reference, beside the published values.
 
-    ``single``, ``generated`` and ``reference`` (the stack of the other exposures, or the
-    truth in simulations) must share grid, sky treatment and units.
+    Parameters
+    ----------
+    single : array_like
+        The single exposure.
+    generated : array_like
+        The generator's output for it.
+    reference : array_like
+        The stack of the other exposures, or the truth in simulations. All three must
+        share grid, sky treatment and units (ADU).
+    valid : array_like of bool, optional
+        True = use the pixel.
+
+    Returns
+    -------
+    list of dict
+        Rows ``{metric, single, generated, published_single, published_generated}`` for
+        the pixel correlation and the RMS pixel error.
     """
     return [
         {

@@ -32,77 +32,13 @@ logit per overlapping patch. With ``n_layers=3`` each logit sees a 70×70 px pat
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from pausdenoise.gan.config import (  # the config classes are also importable from here
+    DiscriminatorConfig,
+    GeneratorConfig,
+)
 from pausdenoise.n2v.unet import predict_array as predict_array  # one primitive, re-exported
-
-
-class GeneratorConfig(BaseModel):
-    """Architecture of the pix2pix U-Net generator.
-
-    Parameters
-    ----------
-    depth : int
-        Number of stride-2 down-sampling steps; inputs, tile origins and halos must be
-        multiples of ``2**depth``.
-    base_channels : int
-        Channels after the first convolution; doubled each level, capped at ``max_channels``.
-    max_channels : int
-        Channel cap.
-    batch_norm : bool
-        Batch normalisation in the encoder (except the first layer) and the decoder.
-    dropout : float
-        Dropout probability in the decoder during training (0 disables; never at inference).
-    residual : bool
-        Predict ``output = input + G(input)``.
-    in_channels, out_channels : int
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    depth: int = Field(4, ge=1, le=8)
-    base_channels: int = Field(16, ge=1)
-    max_channels: int = Field(128, ge=1)
-    batch_norm: bool = True
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    residual: bool = True
-    in_channels: int = Field(1, ge=1)
-    out_channels: int = Field(1, ge=1)
-
-    @property
-    def size_multiple(self) -> int:
-        """Input sizes, tile origins and halos must be multiples of this (``2**depth``)."""
-        return 2**self.depth
-
-    def channels(self) -> list[int]:
-        """Feature channels after each encoder level (``depth`` entries)."""
-        return [min(self.base_channels * 2**i, self.max_channels) for i in range(self.depth)]
-
-
-class DiscriminatorConfig(BaseModel):
-    """Architecture of the conditional PatchGAN.
-
-    Parameters
-    ----------
-    n_layers : int
-        Stride-2 layers after the first (3 gives the 70×70 PatchGAN).
-    base_channels : int
-        Channels of the first layer; doubled per layer, capped at ``max_channels``.
-    max_channels : int
-    batch_norm : bool
-    in_channels : int
-        Channels of one image; the network sees twice that (condition + image).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n_layers: int = Field(3, ge=0, le=6)
-    base_channels: int = Field(16, ge=1)
-    max_channels: int = Field(128, ge=1)
-    batch_norm: bool = True
-    in_channels: int = Field(1, ge=1)
-
 
 # --------------------------------------------------------------------------- generator
 
@@ -141,7 +77,23 @@ class Generator(nn.Module):
             self.up.append(nn.Sequential(*layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``x`` ``(N, C, H, W)`` (``H, W`` multiples of ``2**depth``) to the stack estimate."""
+        """Map single-exposure inputs to the stack estimate.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            Normalised inputs (sky σ units); ``H, W`` multiples of ``2**depth``.
+
+        Returns
+        -------
+        Tensor (N, out_channels, H, W)
+            The estimate, in the inputs' units.
+
+        Raises
+        ------
+        ValueError
+            If ``H`` or ``W`` is not a multiple of ``2**depth`` (use :func:`predict_array`).
+        """
         m = self.config.size_multiple
         if x.shape[-1] % m or x.shape[-2] % m:
             raise ValueError(
@@ -163,12 +115,17 @@ class Generator(nn.Module):
     # -- receptive field -----------------------------------------------------------------
 
     def layer_path(self) -> list[tuple[int, int, int]]:
-        """Layers on the deepest input→output path as ``(kernel, stride, upsample)``.
+        """List the layers on the deepest input→output path.
 
         A 4×4 stride-2 transposed convolution (padding 1) makes each output pixel from 2
         input pixels at offsets (−1, 0) or (0, +1) low-resolution pixels around its centre,
         depending on its parity: entered as an up-sampling by 2 with a kernel of 3
         (conservative), as unet.py does for bilinear up-sampling.
+
+        Returns
+        -------
+        list of (int, int, int)
+            ``(kernel, stride, upsample)`` per layer, input to output.
         """
         path: list[tuple[int, int, int]] = []
         for down in self.down:
@@ -183,11 +140,16 @@ class Generator(nn.Module):
         return path
 
     def receptive_field_radius(self) -> int:
-        """Largest input→output pixel distance (px) through which information can flow.
+        """Return the largest input→output pixel distance through which information flows.
 
         The same recursion as :meth:`pausdenoise.n2v.unet.UNet.receptive_field_radius`
         (size grows by ``(k - 1) · jump``; a stride multiplies ``jump``, an up-sampling
         divides it), plus the grid period ``2**depth`` to cover every pixel phase.
+
+        Returns
+        -------
+        int
+            The radius in px.
         """
         size, jump = 1.0, 1.0
         for k, stride, up in self.layer_path():
@@ -196,8 +158,14 @@ class Generator(nn.Module):
         return int(size // 2) + self.config.size_multiple
 
     def halo(self) -> int:
-        """Halo (px) for tiled inference: the receptive-field radius rounded up to a
-        multiple of ``2**depth`` (tile origins stay on the stride-2 grid)."""
+        """Return the halo for tiled inference.
+
+        Returns
+        -------
+        int
+            The receptive-field radius in px rounded up to a multiple of ``2**depth``
+            (tile origins stay on the stride-2 grid).
+        """
         m = self.config.size_multiple
         return -(-self.receptive_field_radius() // m) * m
 
@@ -229,11 +197,30 @@ class Discriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Patch logits for ``image`` (target or generated) given ``condition`` (single)."""
+        """Score ``image`` (target or generated) given ``condition`` (the single exposure).
+
+        Parameters
+        ----------
+        condition : Tensor (N, C, H, W)
+            The normalised single exposure.
+        image : Tensor (N, C, H, W)
+            The target or the generated image, same units.
+
+        Returns
+        -------
+        Tensor (N, 1, h, w)
+            One logit per overlapping patch (real > 0 > fake).
+        """
         return self.net(torch.cat([condition, image], dim=1))
 
     def patch_size(self) -> int:
-        """Side (px) of the input patch that one output logit sees (70 for ``n_layers=3``)."""
+        """Return the side of the input patch that one output logit sees.
+
+        Returns
+        -------
+        int
+            The side in px (70 for ``n_layers=3``).
+        """
         size, jump = 1, 1
         for layer in self.net.modules():
             if isinstance(layer, nn.Conv2d):

@@ -73,11 +73,34 @@ class CutoutPairs:
     stats: dict[int, FrameStats] = field(default_factory=dict)
 
     def __len__(self) -> int:
+        """Return the number of pairs.
+
+        Returns
+        -------
+        int
+            ``n``.
+        """
         return int(self.inputs.shape[0])
 
     @staticmethod
     def concatenate(parts: Sequence[CutoutPairs]) -> CutoutPairs:
-        """Join pair sets (their exposure indices must refer to the same frame list)."""
+        """Join pair sets (their exposure indices must refer to the same frame list).
+
+        Parameters
+        ----------
+        parts : sequence of CutoutPairs
+            The pair sets, in order.
+
+        Returns
+        -------
+        CutoutPairs
+            All pairs; ``target_members`` and ``stats`` merged.
+
+        Raises
+        ------
+        ValueError
+            If ``parts`` is empty.
+        """
         if not parts:
             raise ValueError("no pair sets to concatenate")
         members: dict[int, tuple[int, ...]] = {}
@@ -97,11 +120,29 @@ class CutoutPairs:
 
 
 def cutout_origins(shape: tuple[int, int], size: int = 128, stride: int = 100) -> np.ndarray:
-    """Corners ``(y, x)`` of ``size`` cutouts every ``stride`` px covering ``shape``.
+    """Place ``size`` cutouts every ``stride`` px so that they cover ``shape``.
 
     The last cutout along each axis is moved back to end at the edge (so it overlaps its
-    neighbour by more than ``size − stride``). Raises ``ValueError`` for frames smaller
-    than ``size``.
+    neighbour by more than ``size − stride``).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Frame shape ``(ny, nx)`` in px.
+    size : int, optional
+        Cutout side in px. Default 128.
+    stride : int, optional
+        Step between cutouts in px, ``0 < stride <= size``. Default 100.
+
+    Returns
+    -------
+    ndarray of int64, shape (n, 2)
+        0-based ``(y, x)`` pixel corners, row-major.
+
+    Raises
+    ------
+    ValueError
+        If the stride is out of range or the frame is smaller than ``size``.
     """
     if not 0 < stride <= size:
         raise ValueError(f"need 0 < stride <= size, got stride={stride}, size={size}")
@@ -151,6 +192,18 @@ def cutout_pairs(
         Cutout side and step (128, 100: 28 px overlap).
     max_pairs : int, optional
         Keep at most this many cutouts, drawn at random (``seed``) without replacement.
+    seed : int
+        Seed of that draw.
+
+    Returns
+    -------
+    CutoutPairs
+        Inputs and targets in units of the single frame's sky σ.
+
+    Raises
+    ------
+    ValueError
+        If ``target`` or ``target_weight`` is not on the single frame's grid.
     """
     single = np.asarray(single)
     if target.shape != single.shape or target_weight.shape != single.shape:
@@ -197,12 +250,43 @@ def make_pairs(
     max_pairs_per_frame: int | None = None,
     seed: int = 0,
 ) -> CutoutPairs:
-    """Leave-one-out pairs from the frames of one pointing and band.
+    """Make leave-one-out pairs from the frames of one pointing and band.
 
     For each source exposure ``i`` (default: all), the target is
     ``stack_frames(..., ref_wcs=wcs_i, ref_shape=shape_i, zp_ref=zps[i], exclude=i)``.
-    Needs at least two frames. Arguments as in :func:`pausdenoise.stack.stack_frames` and
-    :func:`cutout_pairs`.
+
+    Parameters
+    ----------
+    images : sequence of ndarray (ny, nx)
+        The exposures in ADU (sky included).
+    masks : sequence of ndarray or None, or None
+        Their masks (non-zero = bad).
+    weights : sequence of ndarray or None, or None
+        Their weight maps, as :func:`pausdenoise.stack.stack_frames` takes them.
+    wcs_list : sequence of WCS
+        Their WCS.
+    zps : sequence of float, optional
+        Their zero-points (µJy/ADU); the target is put on the source exposure's.
+    stack_config : StackConfig, optional
+        How the targets are stacked.
+    sources : sequence of int, optional
+        The exposures that serve as inputs (default: all).
+    size, stride : int
+        Cutout side and step in px (:func:`cutout_pairs`).
+    max_pairs_per_frame : int, optional
+        Keep at most this many cutouts per source exposure.
+    seed : int
+        Seed of those draws (``seed + i`` for exposure ``i``).
+
+    Returns
+    -------
+    CutoutPairs
+        The pairs of all source exposures.
+
+    Raises
+    ------
+    ValueError
+        If there are fewer than two frames.
     """
     n = len(images)
     if n < 2:

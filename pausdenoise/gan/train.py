@@ -39,87 +39,31 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from pausdenoise.gan.models import (
-    Discriminator,
-    DiscriminatorConfig,
-    Generator,
-    GeneratorConfig,
-)
+from pausdenoise.gan.config import GanTrainConfig  # also importable from here
+from pausdenoise.gan.models import Discriminator, Generator
 from pausdenoise.gan.pairs import CutoutPairs
 
 
-class GanTrainConfig(BaseModel):
-    """Training of the cGAN.
+def resolve_device(device: str) -> torch.device:
+    """Pick the torch device for a ``device`` setting.
 
     Parameters
     ----------
-    generator, discriminator : GeneratorConfig, DiscriminatorConfig
-        Architectures.
-    l1_weight : float
-        λ of the L1 term (100 in pix2pix); dimensionless, the L1 is in units of the
-        single frame's sky σ.
-    flux_weight : float
-        μ of the flux term (:func:`masked_flux_loss`, module docstring): the mean squared (or
-        absolute, ``flux_norm``) difference of generated and target flux in
-        ``flux_scale × flux_scale`` boxes, as a per-pixel mean in units of the single
-        frame's sky σ (σ² when squared). 0 (default: off) is plain pix2pix. On the demo-gan
-        field at its CPU budget μ = 100–3000 did not reduce the cGAN's median photometric
-        bias (module docstring, ``benchmarks/RESULTS.md``); a squared term's gradient on a
-        faint source (box residual ~0.1 σ) is ~0.2 μ against the L1 term's λ per pixel,
-        so μ must be ≳ λ/0.2 = 500 to matter there.
-    flux_scale : int
-        ``k``: side of the boxes (px) the flux term sums over, about an aperture
-        diameter (8 px ≈ 2.1″ at 0.265″/px). Must not exceed the cutout size.
-    flux_norm : {"squared", "absolute"}
-        Squared (a mean-type estimator: unbiased box fluxes) or absolute (median-type)
-        box-flux difference (module docstring).
-    lr : float
-        Adam learning rate of both networks.
-    beta1, beta2 : float
-        Adam betas.
-    epochs : int
-        Passes over the pairs.
-    batch_size : int
-    max_steps_per_epoch : int, optional
-        Cap on batches per epoch (quick runs).
-    augment : bool
-        Random flips / 90° rotations.
-    seed : int
-        Seeds the weights, the batch order and the augmentation.
-    device : {"cpu", "cuda", "auto"}
-        ``"auto"`` takes CUDA when available.
-    num_threads : int, optional
-        ``torch.set_num_threads`` for CPU training (None leaves it).
-    progress : bool
-        Show a tqdm progress bar.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"`` takes CUDA when available, else the CPU.
+
+    Returns
+    -------
+    torch.device
+        The device.
+
+    Raises
+    ------
+    RuntimeError
+        If ``"cuda"`` is asked for and torch sees no CUDA device.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
-    l1_weight: float = Field(100.0, ge=0)
-    flux_weight: float = Field(0.0, ge=0)
-    flux_scale: int = Field(8, ge=1)
-    flux_norm: Literal["squared", "absolute"] = "squared"
-    lr: float = Field(2e-4, gt=0)
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    augment: bool = True
-    seed: int = 0
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    num_threads: int | None = Field(None, ge=1)
-    progress: bool = True
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -130,7 +74,22 @@ def resolve_device(device: str) -> torch.device:
 def make_optimizers(
     generator: Generator, discriminator: Discriminator, config: GanTrainConfig
 ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """Adam optimisers for the generator and the discriminator."""
+    """Build the Adam optimisers of the generator and the discriminator.
+
+    Parameters
+    ----------
+    generator : Generator
+        The generator network.
+    discriminator : Discriminator
+        The discriminator network.
+    config : GanTrainConfig
+        Learning rate ``lr`` and betas ``beta1``, ``beta2`` (the same for both).
+
+    Returns
+    -------
+    tuple of torch.optim.Adam
+        (generator's optimiser, discriminator's optimiser).
+    """
     betas = (config.beta1, config.beta2)
     return (
         torch.optim.Adam(generator.parameters(), lr=config.lr, betas=betas),
@@ -139,7 +98,20 @@ def make_optimizers(
 
 
 def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean ``|pred − target|`` over valid pixels (0 when none is valid)."""
+    """Return the mean ``|pred − target|`` over valid pixels.
+
+    Parameters
+    ----------
+    pred, target : Tensor (n, 1, h, w)
+        Generated and target images (same units; sky σ for the cGAN's pairs).
+    valid : Tensor of bool (n, 1, h, w)
+        Pixels that count.
+
+    Returns
+    -------
+    Tensor
+        Scalar ≥ 0 in the images' units; 0 when no pixel is valid.
+    """
     v = valid.to(pred.dtype)
     return (torch.abs(pred - target) * v).sum() / v.sum().clamp_min(1.0)
 
@@ -179,6 +151,11 @@ def masked_flux_loss(
     -------
     Tensor
         Scalar ≥ 0; 0 when no pixel is valid.
+
+    Raises
+    ------
+    ValueError
+        If ``scale`` is outside ``[1, min(h, w)]`` or ``norm`` is unknown.
     """
     if not 1 <= scale <= min(pred.shape[-2:]):
         raise ValueError(f"flux_scale {scale} px must lie in [1, {min(pred.shape[-2:])}]")
@@ -208,11 +185,36 @@ def train_step(
     flux_scale: int = 8,
     flux_norm: Literal["squared", "absolute"] = "squared",
 ) -> dict[str, float]:
-    """One discriminator and one generator update on a batch.
+    """Make one discriminator and one generator update on a batch.
 
-    Returns the losses: ``loss_d``, ``loss_g_adv``, ``loss_l1`` and ``loss_flux``
-    (:func:`masked_flux_loss`; measured, and part of the generator loss only when
-    ``flux_weight > 0``).
+    Parameters
+    ----------
+    generator : Generator
+        The generator (put in ``train()`` mode).
+    discriminator : Discriminator
+        The discriminator (put in ``train()`` mode).
+    opt_g, opt_d : torch.optim.Optimizer
+        Their optimisers.
+    x : Tensor (n, 1, h, w)
+        Normalised single-exposure inputs (sky σ units).
+    y : Tensor (n, 1, h, w)
+        Normalised targets (stacks of the other exposures).
+    valid : Tensor of bool (n, 1, h, w)
+        Pixels that enter the losses and that the discriminator sees.
+    l1_weight : float, optional
+        λ of the L1 term. Default 100.
+    flux_weight : float, optional
+        μ of the flux term (0: measured only). Default 0.
+    flux_scale : int, optional
+        Box side of the flux term in px. Default 8.
+    flux_norm : {"squared", "absolute"}, optional
+        Norm of the flux term. Default ``"squared"``.
+
+    Returns
+    -------
+    dict of str to float
+        ``loss_d``, ``loss_g_adv``, ``loss_l1`` and ``loss_flux`` (:func:`masked_flux_loss`;
+        measured, and part of the generator loss only when ``flux_weight > 0``).
     """
     generator.train()
     discriminator.train()
@@ -269,11 +271,18 @@ def train_pix2pix(
 ) -> tuple[Generator, dict[str, Any]]:
     """Train generator and discriminator on ``pairs``.
 
+    The steps: check the pairs against the config (:func:`_check_pairs`), seed torch and
+    NumPy with ``config.seed``, build both networks and their optimisers, then run the
+    epochs (:func:`_train_epoch`: a fresh permutation of the pairs per epoch, one
+    :func:`train_step` per batch).
+
     Parameters
     ----------
     pairs : CutoutPairs
-        Normalised cutout pairs (sizes multiples of ``2**generator.depth``).
-    config : GanTrainConfig
+        Normalised cutout pairs (units of the single frame's sky σ; sizes in px, multiples
+        of ``2**generator.depth``).
+    config : GanTrainConfig, optional
+        Defaults to ``GanTrainConfig()``.
 
     Returns
     -------
@@ -284,20 +293,19 @@ def train_pix2pix(
         ``loss_flux``;
         ``"step"``: the same per batch; ``"config"``: the training config (JSON form);
         ``"n_pairs"``, ``"device"``.
+
+    Raises
+    ------
+    ValueError
+        If there are no pairs, the cutout size is not a multiple of ``2**depth`` or is
+        smaller than ``flux_scale``.
+    FloatingPointError
+        If a loss becomes non-finite.
+    RuntimeError
+        If ``device="cuda"`` is asked for and torch sees no CUDA device.
     """
     config = config or GanTrainConfig()
-    if len(pairs) == 0:
-        raise ValueError("no training pairs")
-    m = config.generator.size_multiple
-    if pairs.inputs.shape[-1] % m or pairs.inputs.shape[-2] % m:
-        raise ValueError(
-            f"cutout size {pairs.inputs.shape[-2:]} is not a multiple of 2**depth = {m}"
-        )
-    if config.flux_scale > min(pairs.inputs.shape[-2:]):
-        raise ValueError(
-            f"flux_scale = {config.flux_scale} px exceeds the cutout size "
-            f"{pairs.inputs.shape[-2:]}"
-        )
+    _check_pairs(pairs, config)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -307,9 +315,11 @@ def train_pix2pix(
     discriminator = Discriminator(config.discriminator).to(device)
     opt_g, opt_d = make_optimizers(generator, discriminator, config)
 
-    inputs = torch.from_numpy(np.ascontiguousarray(pairs.inputs, dtype=np.float32))
-    targets = torch.from_numpy(np.ascontiguousarray(pairs.targets, dtype=np.float32))
-    valid = torch.from_numpy(np.ascontiguousarray(pairs.valid, dtype=bool))
+    data = (
+        torch.from_numpy(np.ascontiguousarray(pairs.inputs, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(pairs.targets, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(pairs.valid, dtype=bool)),
+    )
     n = len(pairs)
     steps = math.ceil(n / config.batch_size)
     if config.max_steps_per_epoch is not None:
@@ -324,34 +334,86 @@ def train_pix2pix(
     bar = tqdm(total=steps * config.epochs, desc="pix2pix", disable=not config.progress)
     try:
         for epoch in range(config.epochs):
-            order = rng.permutation(n)
-            sums = {"loss_d": 0.0, "loss_g_adv": 0.0, "loss_l1": 0.0, "loss_flux": 0.0}
-            for s in range(steps):
-                idx = torch.from_numpy(order[s * config.batch_size : (s + 1) * config.batch_size])
-                x, y, v = inputs[idx], targets[idx], valid[idx]
-                if config.augment:
-                    x, y, v = _augment(rng, x, y, v)
-                losses = train_step(
-                    generator,
-                    discriminator,
-                    opt_g,
-                    opt_d,
-                    x.to(device),
-                    y.to(device),
-                    v.to(device),
-                    config.l1_weight,
-                    config.flux_weight,
-                    config.flux_scale,
-                    config.flux_norm,
-                )
-                if not all(math.isfinite(val) for val in losses.values()):
-                    raise FloatingPointError(f"non-finite loss at epoch {epoch} step {s}: {losses}")
-                history["step"].append({"epoch": epoch, "step": s, **losses})
-                for k in sums:
-                    sums[k] += losses[k]
-                bar.update(1)
-                bar.set_postfix(l1=f"{losses['loss_l1']:.4g}", d=f"{losses['loss_d']:.3g}")
+            nets = (generator, discriminator, opt_g, opt_d)
+            sums = _train_epoch(nets, data, config, epoch, steps, rng, device, history, bar)
             history["epoch"].append({"epoch": epoch, **{k: v / steps for k, v in sums.items()}})
     finally:
         bar.close()
     return generator.cpu().eval(), history
+
+
+def _check_pairs(pairs: CutoutPairs, config: GanTrainConfig) -> None:
+    """Refuse an empty pair set and cutouts the networks or the flux term cannot take.
+
+    Raises
+    ------
+    ValueError
+        If there are no pairs, or the cutout size does not fit the generator or the flux term.
+    """
+    if len(pairs) == 0:
+        raise ValueError("no training pairs")
+    m = config.generator.size_multiple
+    if pairs.inputs.shape[-1] % m or pairs.inputs.shape[-2] % m:
+        raise ValueError(
+            f"cutout size {pairs.inputs.shape[-2:]} is not a multiple of 2**depth = {m}"
+        )
+    if config.flux_scale > min(pairs.inputs.shape[-2:]):
+        raise ValueError(
+            f"flux_scale = {config.flux_scale} px exceeds the cutout size "
+            f"{pairs.inputs.shape[-2:]}"
+        )
+
+
+def _train_epoch(
+    nets: tuple[Generator, Discriminator, torch.optim.Optimizer, torch.optim.Optimizer],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    config: GanTrainConfig,
+    epoch: int,
+    steps: int,
+    rng: np.random.Generator,
+    device: torch.device,
+    history: dict[str, Any],
+    bar: Any,
+) -> dict[str, float]:
+    """Make one pass over a fresh permutation of the pairs.
+
+    Returns
+    -------
+    dict of str to float
+        The losses summed over the epoch's steps.
+
+    Raises
+    ------
+    FloatingPointError
+        If a loss is not finite.
+    """
+    generator, discriminator, opt_g, opt_d = nets
+    inputs, targets, valid = data
+    order = rng.permutation(inputs.shape[0])
+    sums = {"loss_d": 0.0, "loss_g_adv": 0.0, "loss_l1": 0.0, "loss_flux": 0.0}
+    for s in range(steps):
+        idx = torch.from_numpy(order[s * config.batch_size : (s + 1) * config.batch_size])
+        x, y, v = inputs[idx], targets[idx], valid[idx]
+        if config.augment:
+            x, y, v = _augment(rng, x, y, v)
+        losses = train_step(
+            generator,
+            discriminator,
+            opt_g,
+            opt_d,
+            x.to(device),
+            y.to(device),
+            v.to(device),
+            config.l1_weight,
+            config.flux_weight,
+            config.flux_scale,
+            config.flux_norm,
+        )
+        if not all(math.isfinite(val) for val in losses.values()):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {s}: {losses}")
+        history["step"].append({"epoch": epoch, "step": s, **losses})
+        for k in sums:
+            sums[k] += losses[k]
+        bar.update(1)
+        bar.set_postfix(l1=f"{losses['loss_l1']:.4g}", d=f"{losses['loss_d']:.3g}")
+    return sums

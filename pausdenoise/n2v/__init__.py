@@ -1,14 +1,25 @@
 """Noise2Void / N2V2 denoising network: architecture, normalisation, masking, training, checkpoints.
 
-Public API (import from here): the U-Net (:class:`UNet`, :class:`UNetConfig`,
-:func:`predict_array`; :func:`optimise_for_inference` for a faster CPU inference copy,
-:class:`OptimisedUNet`), per-frame normalisation (:class:`FrameStats`, :func:`frame_statistics`,
-:func:`normalise`, :func:`denormalise`), blind-spot masking and losses
-(:func:`apply_blind_spot`, :func:`n2v_loss`, :func:`gaussian_nll_loss`,
-:func:`blind_spot_loss`), out-of-core patch sampling (:class:`Frame`, :class:`PatchSampler`,
-:func:`make_validation_set`), training (:class:`TrainConfig`, :func:`train_n2v`,
-:class:`TrainHistory`) and checkpoints (:func:`save_checkpoint`, :func:`load_model`,
-:func:`checkpoint_fingerprint`, :class:`CheckpointError`).
+Sub-modules:
+
+- :mod:`~pausdenoise.n2v.config`: ``TrainConfig`` and its parts (no torch needed).
+- :mod:`~pausdenoise.n2v.unet`: the U-Net, ``predict_array``, ``optimise_for_inference``.
+- :mod:`~pausdenoise.n2v.normalise`: per-frame robust sky and σ (ADU), ``normalise``.
+- :mod:`~pausdenoise.n2v.masking`: blind-spot masking and the losses.
+- :mod:`~pausdenoise.n2v.patches`: out-of-core patch sampling and the validation set.
+- :mod:`~pausdenoise.n2v.train`: the training loop (``train_n2v``), optional DDP.
+- :mod:`~pausdenoise.n2v.checkpoint`: safetensors checkpoints with JSON metadata.
+
+Public API (import from here; names load their sub-module, and torch, on first use): the
+U-Net (:class:`UNet`, :class:`UNetConfig`, :func:`predict_array`;
+:func:`optimise_for_inference` for a faster CPU inference copy, :class:`OptimisedUNet`),
+per-frame normalisation (:class:`FrameStats`, :func:`frame_statistics`, :func:`normalise`,
+:func:`denormalise`), blind-spot masking and losses (:func:`apply_blind_spot`,
+:func:`n2v_loss`, :func:`gaussian_nll_loss`, :func:`blind_spot_loss`), out-of-core patch
+sampling (:class:`Frame`, :class:`PatchSampler`, :func:`make_validation_set`), training
+(:class:`TrainConfig`, :func:`train_n2v`, :class:`TrainHistory`) and checkpoints
+(:func:`save_checkpoint`, :func:`load_model`, :func:`checkpoint_fingerprint`,
+:class:`CheckpointError`).
 
 Two output models share the U-Net (``UNetConfig.posterior``): plain N2V, whose output is the
 conditional mean of a pixel given its context (the blind spot), and the Gaussian posterior
@@ -21,88 +32,45 @@ itself; the posterior puts it back where the context cannot predict the pixel �
 and knots of galaxies — which is where plain N2V erodes sources.
 """
 
-from pausdenoise.n2v.checkpoint import (
-    CheckpointError,
-    checkpoint_fingerprint,
-    load_checkpoint,
-    load_model,
-    read_metadata,
-    save_checkpoint,
-)
-from pausdenoise.n2v.masking import (
-    DEFAULT_MASKED_FRACTION,
-    DEFAULT_RADIUS,
-    apply_blind_spot,
-    blind_spot_loss,
-    gaussian_nll_loss,
-    n2v_loss,
-    stratified_targets,
-)
-from pausdenoise.n2v.normalise import (
-    NORMALISATION_METHOD,
-    FrameStats,
-    denormalise,
-    frame_statistics,
-    normalise,
-)
-from pausdenoise.n2v.patches import (
-    Frame,
-    PatchSampler,
-    Region,
-    ValidationSet,
-    make_validation_set,
-    split_regions,
-)
-from pausdenoise.n2v.train import (
-    PlateauSchedule,
-    TrainConfig,
-    TrainHistory,
-    UNetSettings,
-    train_n2v,
-)
-from pausdenoise.n2v.unet import (
-    OptimisedUNet,
-    UNet,
-    UNetConfig,
-    optimise_for_inference,
-    pad_to_multiple,
-    predict_array,
-)
+from pausdenoise._lazy import lazy_face
 
-__all__ = [
-    "DEFAULT_MASKED_FRACTION",
-    "DEFAULT_RADIUS",
-    "NORMALISATION_METHOD",
-    "CheckpointError",
-    "Frame",
-    "FrameStats",
-    "OptimisedUNet",
-    "PatchSampler",
-    "PlateauSchedule",
-    "Region",
-    "TrainConfig",
-    "TrainHistory",
-    "UNet",
-    "UNetConfig",
-    "UNetSettings",
-    "ValidationSet",
-    "apply_blind_spot",
-    "blind_spot_loss",
-    "checkpoint_fingerprint",
-    "denormalise",
-    "frame_statistics",
-    "gaussian_nll_loss",
-    "load_checkpoint",
-    "load_model",
-    "make_validation_set",
-    "n2v_loss",
-    "normalise",
-    "optimise_for_inference",
-    "pad_to_multiple",
-    "predict_array",
-    "read_metadata",
-    "save_checkpoint",
-    "split_regions",
-    "stratified_targets",
-    "train_n2v",
-]
+__getattr__, __dir__, __all__ = lazy_face(
+    __name__,
+    {
+        "CheckpointError": "checkpoint",
+        "checkpoint_fingerprint": "checkpoint",
+        "load_checkpoint": "checkpoint",
+        "load_model": "checkpoint",
+        "read_metadata": "checkpoint",
+        "save_checkpoint": "checkpoint",
+        "DEFAULT_MASKED_FRACTION": "config",
+        "DEFAULT_RADIUS": "config",
+        "PlateauSchedule": "config",
+        "TrainConfig": "config",
+        "UNetSettings": "config",
+        "apply_blind_spot": "masking",
+        "blind_spot_loss": "masking",
+        "gaussian_nll_loss": "masking",
+        "n2v_loss": "masking",
+        "stratified_targets": "masking",
+        "NORMALISATION_METHOD": "normalise",
+        "FrameStats": "normalise",
+        "denormalise": "normalise",
+        "frame_statistics": "normalise",
+        "normalise": "normalise",
+        "Frame": "patches",
+        "PatchSampler": "patches",
+        "Region": "patches",
+        "ValidationSet": "patches",
+        "make_validation_set": "patches",
+        "split_regions": "patches",
+        "TrainHistory": "train",
+        "train_n2v": "train",
+        "OptimisedUNet": "unet",
+        "UNet": "unet",
+        "UNetConfig": "unet",
+        "optimise_for_inference": "unet",
+        "pad_to_multiple": "unet",
+        "predict_array": "unet",
+    },
+)

@@ -36,8 +36,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import safetensors
 import torch
+from safetensors.torch import load_file, save_file
 
+from pausdenoise import __version__
 from pausdenoise.errors import CheckpointError
 from pausdenoise.n2v.normalise import NORMALISATION_METHOD
 from pausdenoise.n2v.unet import UNet, UNetConfig
@@ -65,22 +69,28 @@ _MAX_HEADER = 100 * 2**20
 
 
 def _versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-
-    import pausdenoise
-
     return {
-        "pausdenoise": getattr(pausdenoise, "__version__", "unknown"),
+        "pausdenoise": __version__,
         "torch": torch.__version__,
         "safetensors": safetensors.__version__,
-        "numpy": numpy.__version__,
+        "numpy": np.__version__,
         "python": platform.python_version(),
     }
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the tensors' names, dtypes, shapes and bytes (in name order)."""
+    """Hash the tensors' names, dtypes, shapes and bytes (in name order) with SHA-256.
+
+    Parameters
+    ----------
+    state : dict of str to Tensor
+        A state dict.
+
+    Returns
+    -------
+    str
+        The 64-character hex digest.
+    """
     h = hashlib.sha256()
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
@@ -90,7 +100,13 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    """Make ``obj`` JSON-serialisable (dataclasses/pydantic models/paths/numpy scalars)."""
+    """Make ``obj`` JSON-serialisable (dataclasses/pydantic models/paths/numpy scalars).
+
+    Returns
+    -------
+    Any
+        Plain dicts, lists, strings, numbers, booleans and None.
+    """
     if hasattr(obj, "model_dump"):
         return _jsonable(obj.model_dump(mode="json"))
     if hasattr(obj, "summary") and callable(obj.summary):
@@ -132,9 +148,12 @@ def save_checkpoint(
     -------
     dict
         The metadata written.
-    """
-    from safetensors.torch import save_file
 
+    Raises
+    ------
+    TypeError
+        If ``model`` (unwrapped) is not a :class:`UNet`.
+    """
     model = getattr(model, "module", model)
     model = getattr(model, "_orig_mod", model)
     if not isinstance(model, UNet):
@@ -166,7 +185,18 @@ def save_checkpoint(
 
 
 def _read_header(path: Path) -> dict[str, Any]:
-    """Parse the safetensors header without touching the tensors."""
+    """Parse the safetensors header without touching the tensors.
+
+    Returns
+    -------
+    dict
+        The header (tensor table and ``__metadata__``).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, too short, a directory or not a safetensors file.
+    """
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -196,7 +226,18 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's metadata (JSON), checked for the required keys; tensors not read.
+    """Read a checkpoint's metadata (JSON), checked for the required keys; tensors not read.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.safetensors`` checkpoint.
+
+    Returns
+    -------
+    dict
+        The metadata: format, architecture, normalisation, halo (px), weights digest,
+        provenance, history, versions.
 
     Raises
     ------
@@ -235,11 +276,23 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint: ``(state_dict on CPU, metadata)``.
+    """Read and verify a checkpoint.
 
     Verifies the metadata (:func:`read_metadata`), that the file parses as safetensors, that
     the weights digest matches, and that the state dict's names and shapes match the
     architecture in the metadata.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.safetensors`` checkpoint.
+
+    Returns
+    -------
+    state : dict of str to Tensor
+        The state dict, on the CPU.
+    metadata : dict
+        As :func:`read_metadata`.
 
     Raises
     ------
@@ -247,8 +300,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         Naming the file, for: not a checkpoint, corrupt or truncated file, architecture
         mismatch, unknown normalisation method.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_metadata(path)
     try:
@@ -281,11 +332,30 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet, dict]:
-    """Build the network from a checkpoint: ``(UNet in eval mode on device, metadata)``.
+    """Build the network from a checkpoint.
 
     The returned metadata's ``receptive_field_radius`` and ``halo`` are recomputed from the
     architecture (the stored values are kept under ``stored_receptive_field_radius`` and
     ``stored_halo``; a warning is issued if they differ, i.e. if the field computation changed).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.safetensors`` checkpoint.
+    device : str or torch.device, optional
+        Where to put the network. Default ``"cpu"``.
+
+    Returns
+    -------
+    model : UNet
+        In eval mode, on ``device``.
+    metadata : dict
+        As :func:`read_metadata`, with the recomputed radius and halo (px).
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_checkpoint`.
     """
     state, meta = load_checkpoint(path)
     model = UNet(UNetConfig(**meta["unet_config"]))
@@ -310,7 +380,23 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
 
 def checkpoint_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of the checkpoint file's bytes: the cache key of denoised outputs."""
+    """Hash the checkpoint file's bytes with SHA-256: the cache key of denoised outputs.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint file.
+
+    Returns
+    -------
+    str
+        The 64-character hex digest.
+
+    Raises
+    ------
+    CheckpointError
+        If the file does not exist.
+    """
     path = Path(path)
     h = hashlib.sha256()
     try:

@@ -54,17 +54,29 @@ from typing import Literal
 
 import torch
 
-DEFAULT_MASKED_FRACTION = 0.005
-"""Default fraction of pixels that are blind-spot targets (see the module docstring)."""
-
-DEFAULT_RADIUS = 5
-"""Default half-width (px) of the square neighbourhood the replacement is drawn from."""
+from pausdenoise.n2v.config import DEFAULT_MASKED_FRACTION, DEFAULT_RADIUS
 
 Strategy = Literal["uniform", "median"]
 
 
 def grid_spacing(masked_fraction: float) -> int:
-    """Side (px) of the stratified grid's cells for a masked fraction: ``round(1/sqrt(f))``."""
+    """Return the side of the stratified grid's cells for a masked fraction.
+
+    Parameters
+    ----------
+    masked_fraction : float
+        Expected fraction of target pixels ``f``, in (0, 0.25].
+
+    Returns
+    -------
+    int
+        ``round(1 / sqrt(f))`` px, at least 2.
+
+    Raises
+    ------
+    ValueError
+        If ``masked_fraction`` is outside (0, 0.25].
+    """
     if not 0.0 < masked_fraction <= 0.25:
         raise ValueError(f"masked_fraction must be in (0, 0.25], got {masked_fraction}")
     return max(2, round(1.0 / math.sqrt(masked_fraction)))
@@ -89,6 +101,11 @@ def stratified_targets(
         Where to build the map (that of ``generator`` when it is given).
     generator : torch.Generator, optional
         Random generator on ``device`` (for reproducible masks).
+
+    Returns
+    -------
+    bool Tensor, shape (N, H, W)
+        True at the candidate targets.
     """
     n, h, w = shape
     s = grid_spacing(masked_fraction)
@@ -106,7 +123,13 @@ def stratified_targets(
 
 
 def _offsets(radius: int, device: torch.device | str | None) -> torch.Tensor:
-    """All ``(dy, dx)`` of the ``(2r+1)²`` square except ``(0, 0)``: shape ``(P, 2)``."""
+    """List all ``(dy, dx)`` of the ``(2r+1)²`` square except ``(0, 0)``.
+
+    Returns
+    -------
+    Tensor of int64, shape (P, 2)
+        The offsets in px.
+    """
     d = torch.arange(-radius, radius + 1, device=device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
     off = torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
@@ -114,7 +137,13 @@ def _offsets(radius: int, device: torch.device | str | None) -> torch.Tensor:
 
 
 def _mirror(pos: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
-    """Mirror out-of-range neighbour coordinates through the centre (``c + d -> c - d``)."""
+    """Mirror out-of-range neighbour coordinates through the centre (``c + d -> c - d``).
+
+    Returns
+    -------
+    Tensor
+        The coordinates, all inside ``[0, size)``.
+    """
     return torch.where((pos < 0) | (pos >= size), 2 * centre - pos, pos)
 
 
@@ -129,12 +158,31 @@ def uniform_sources(
     n_candidates: int = 4,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source pixel ``(sy, sx)`` for each target ``(b, y, x)``: a uniform random neighbour.
+    """Draw a uniform random neighbour ``(sy, sx)`` as the source of each target ``(b, y, x)``.
 
     The neighbour is drawn from the ``(2r+1)²`` square minus the centre; an out-of-patch
     neighbour is mirrored through the centre on that axis, so ``(sy, sx) != (y, x)`` always.
-    With ``bad`` (``(N, H, W)`` bool), the first of ``n_candidates`` draws whose pixel is good
-    is taken (the last draw when none is).
+
+    Parameters
+    ----------
+    b, y, x : Tensor of int64, shape (M,)
+        Batch index, row and column (0-based px) of each target.
+    shape : (int, int)
+        Patch size ``(H, W)`` in px.
+    radius : int, optional
+        Half-width of the square in px. Default :data:`DEFAULT_RADIUS`.
+    bad : bool Tensor, shape (N, H, W), optional
+        Bad pixels; the first of ``n_candidates`` draws whose pixel is good is taken (the
+        last draw when none is).
+    n_candidates : int, optional
+        Draws per target when ``bad`` is given. Default 4.
+    generator : torch.Generator, optional
+        Random generator on the targets' device.
+
+    Returns
+    -------
+    sy, sx : Tensor of int64, shape (M,)
+        Row and column of each target's source pixel.
     """
     h, w = shape
     m = y.numel()
@@ -162,9 +210,24 @@ def neighbourhood_median(
     radius: int = DEFAULT_RADIUS,
     bad: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Median of the good in-patch pixels of each target's neighbourhood, centre excluded.
+    """Return the median of the good in-patch pixels of each target's neighbourhood.
 
-    ``img`` is ``(N, H, W)``; returns one value per target (0 where no good neighbour exists).
+    Parameters
+    ----------
+    img : Tensor, shape (N, H, W)
+        Normalised patches.
+    b, y, x : Tensor of int64, shape (M,)
+        Batch index, row and column (0-based px) of each target.
+    radius : int, optional
+        Half-width of the square neighbourhood in px (centre excluded). Default
+        :data:`DEFAULT_RADIUS`.
+    bad : bool Tensor, shape (N, H, W), optional
+        Bad pixels, left out of the median.
+
+    Returns
+    -------
+    Tensor, shape (M,)
+        One value per target, ``img``'s dtype; 0 where no good neighbour exists.
     """
     _, h, w = img.shape
     if y.numel() == 0:
@@ -217,6 +280,12 @@ def apply_blind_spot(
         ``x`` with each target replaced.
     targets : bool Tensor, same shape as ``x``
         True at the target pixels; the loss is computed there against ``x``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not ``(N, 1, H, W)`` or ``(N, H, W)``, the patch is not larger than
+        ``2 * radius``, or ``strategy`` is unknown.
     """
     squeeze = x.dim() == 4
     if squeeze:
@@ -265,14 +334,30 @@ def n2v_loss(
     targets: torch.Tensor,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error between ``prediction`` and ``original`` at ``targets`` only.
+    """Return the mean squared error between ``prediction`` and ``original`` at ``targets``.
 
     Computed in float32 (also under autocast). With no target in the batch the loss is 0
-    (still a function of ``prediction``, so ``backward`` works). ``weight`` (broadcastable
-    to ``prediction``, no gradient) multiplies each squared error; the sum is still divided
-    by the number of targets. A weight that is a function of the *context* only (e.g. of the
-    detached prediction, see :func:`poisson_weight`) leaves the minimiser at the conditional
-    mean ``E[x_i | context]``; a weight that depended on the target value would not.
+    (still a function of ``prediction``, so ``backward`` works). A weight that is a
+    function of the *context* only (e.g. of the detached prediction, see
+    :func:`poisson_weight`) leaves the minimiser at the conditional mean
+    ``E[x_i | context]``; a weight that depended on the target value would not.
+
+    Parameters
+    ----------
+    prediction : Tensor
+        The network's output (normalised units).
+    original : Tensor, same shape
+        The unmasked input.
+    targets : bool Tensor, same shape
+        The target pixels.
+    weight : Tensor, optional
+        Broadcastable to ``prediction``, no gradient: multiplies each squared error; the
+        sum is still divided by the number of targets.
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss.
     """
     diff = prediction.float() - original.float()
     t = targets.to(torch.bool)
@@ -286,14 +371,26 @@ def n2v_loss(
 
 
 def poisson_weight(prediction: torch.Tensor, scale: float) -> torch.Tensor:
-    """Inverse-variance (χ²) weight ``1 / (1 + max(ŷ, 0) / scale)`` from the *detached* prediction.
+    """Return the inverse-variance (χ²) weight ``1 / (1 + max(ŷ, 0) / scale)``.
 
     In normalised units (``(x - sky) / σ``) a pixel with source signal ``s`` has variance
-    ``1 + s / (gain·σ)`` (sky-plus-read noise, plus the source's Poisson noise in electrons);
-    ``scale`` is ``gain·σ`` (electrons per σ), one typical value for the survey. The
-    prediction is detached, so it is a function of the context only and the weight does not
-    move the minimiser away from the conditional mean; it only stops a few bright-star pixels,
-    whose squared errors are 10²–10⁴ times a sky pixel's, from dominating the gradient.
+    ``1 + s / (gain·σ)`` (sky-plus-read noise, plus the source's Poisson noise in electrons).
+    The prediction is detached, so it is a function of the context only and the weight does
+    not move the minimiser away from the conditional mean; it only stops a few bright-star
+    pixels, whose squared errors are 10²–10⁴ times a sky pixel's, from dominating the
+    gradient.
+
+    Parameters
+    ----------
+    prediction : Tensor
+        The network's output ``ŷ`` (normalised units); detached here.
+    scale : float
+        ``gain·σ`` (e⁻ per normalised unit), one typical value for the survey.
+
+    Returns
+    -------
+    Tensor
+        float32 weights in (0, 1], same shape as ``prediction``.
     """
     return 1.0 / (1.0 + prediction.detach().float().clamp(min=0.0) / float(scale))
 
@@ -324,6 +421,24 @@ def gaussian_nll_loss(
     gradient, so the mean is fitted like plain N2V's and is not starved where the variance is
     large — the plain NLL (``beta = 0``) is known to under-fit the mean there, which on CCD
     frames showed up as a sky offset of ~0.1 σ.
+
+    Parameters
+    ----------
+    prior_mean, prior_variance : Tensor
+        The prior ``μ`` and ``σ_p²`` predicted from the context (normalised units).
+    noise_variance : Tensor
+        ``σ_n²``, same shape (detached here).
+    original : Tensor
+        The unmasked values ``y``.
+    targets : bool Tensor
+        The target pixels.
+    beta : float, optional
+        β of the β-NLL, in [0, 1]. Default 0.
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss.
     """
     t = targets.to(torch.bool)
     var = prior_variance.float() + noise_variance.detach().float()
@@ -343,11 +458,30 @@ def blind_spot_loss(
     weight: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> torch.Tensor:
-    """The training loss for ``model``'s raw ``output``: :func:`n2v_loss` for a plain N2V
-    network, :func:`gaussian_nll_loss` (with ``beta``) for a Gaussian-posterior one
-    (``weight`` unused then).
+    """Return the training loss for ``model``'s raw ``output``.
 
-    ``model`` is the bare :class:`~pausdenoise.n2v.unet.UNet` (not a DDP wrapper).
+    :func:`n2v_loss` for a plain N2V network, :func:`gaussian_nll_loss` (with ``beta``)
+    for a Gaussian-posterior one (``weight`` unused then).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The bare :class:`~pausdenoise.n2v.unet.UNet` (not a DDP wrapper).
+    output : Tensor
+        Its raw output on the masked batch.
+    original : Tensor
+        The unmasked batch (normalised units).
+    targets : bool Tensor
+        The target pixels.
+    weight : Tensor, optional
+        Per-pixel weight of the plain loss (:func:`poisson_weight`).
+    beta : float, optional
+        β of the β-NLL. Default 0.
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss.
     """
     config = getattr(model, "config", None)
     if getattr(config, "posterior", "none") == "gaussian":

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pausdenoise.stats import MAD_TO_SIGMA
+
 #: Method name stored in checkpoints; bump it if the statistics below change.
 NORMALISATION_METHOD = "frame-clipped-median-mad/v1"
-
-MAD_TO_SIGMA = 1.482602218505602
-"""Scale from the median absolute deviation to σ for a Gaussian."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,22 @@ def frame_statistics(
 def normalise(
     image: np.ndarray, stats: FrameStats, mask: np.ndarray | None = None
 ) -> np.ndarray:
-    """Return ``(image - sky) / sigma`` as float32, with bad pixels set to 0 (the sky)."""
+    """Return ``(image - sky) / sigma`` as float32, with bad pixels set to 0 (the sky).
+
+    Parameters
+    ----------
+    image : ndarray
+        Pixels in ADU.
+    stats : FrameStats
+        The frame's sky and σ in ADU.
+    mask : ndarray, optional
+        Non-zero marks a bad pixel; non-finite pixels are bad too.
+
+    Returns
+    -------
+    ndarray of float32
+        Normalised pixels (units of σ), same shape.
+    """
     out = (np.asarray(image, dtype=np.float32) - np.float32(stats.sky)) / np.float32(stats.sigma)
     bad = ~np.isfinite(out)
     if mask is not None:
@@ -111,5 +125,18 @@ def normalise(
 
 
 def denormalise(values: np.ndarray, stats: FrameStats) -> np.ndarray:
-    """Invert :func:`normalise`: ``values * sigma + sky`` in ADU (float32)."""
+    """Invert :func:`normalise`: ``values * sigma + sky``.
+
+    Parameters
+    ----------
+    values : ndarray
+        Normalised pixels (units of σ).
+    stats : FrameStats
+        The frame's sky and σ in ADU.
+
+    Returns
+    -------
+    ndarray of float32
+        Pixels in ADU.
+    """
     return np.asarray(values, dtype=np.float32) * np.float32(stats.sigma) + np.float32(stats.sky)

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import uniform_filter
 
+from pausdenoise.n2v.config import DEFAULT_MASKED_FRACTION, DEFAULT_RADIUS
 from pausdenoise.n2v.masking import (
-    DEFAULT_MASKED_FRACTION,
-    DEFAULT_RADIUS,
     Strategy,
     apply_blind_spot,
     blind_spot_loss,
@@ -77,12 +77,32 @@ class Frame:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(ny, nx)`` of the image in px."""
         ny, nx = self.image.shape[-2:]
         return int(ny), int(nx)
 
 
 def as_frames(frames: Sequence[Any]) -> list[Frame]:
-    """Accept :class:`Frame` objects or ``(image, mask, stats[, name])`` tuples."""
+    """Check and convert training frames.
+
+    Parameters
+    ----------
+    frames : sequence of Frame or (image, mask, FrameStats[, name])
+        The frames; images 2-D (ADU), masks of the same shape or None.
+
+    Returns
+    -------
+    list of Frame
+        The frames, in order.
+
+    Raises
+    ------
+    ValueError
+        If there is no frame, a tuple has the wrong length, an image is not 2-D or a mask
+        has another shape.
+    TypeError
+        If a frame's statistics are not a :class:`FrameStats`.
+    """
     out: list[Frame] = []
     for i, f in enumerate(frames):
         if isinstance(f, Frame):
@@ -118,7 +138,18 @@ class Region:
 
 
 def full_regions(frames: Sequence[Frame]) -> list[Region]:
-    """The whole of every frame."""
+    """Return one region covering the whole of each frame.
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        The frames.
+
+    Returns
+    -------
+    list of Region
+        ``[0, ny) × [0, nx)`` of every frame, in order.
+    """
     return [Region(i, 0, f.shape[0], 0, f.shape[1]) for i, f in enumerate(frames)]
 
 
@@ -130,6 +161,22 @@ def split_regions(
     The held-out strip has ``max(patch_size, ceil(fraction * ny))`` rows. Holding out rows of
     every frame (rather than whole frames) works with a single frame and keeps the validation
     set representative of all exposures and bands.
+
+    Parameters
+    ----------
+    frames : sequence of Frame
+        The frames.
+    validation_fraction : float, optional
+        Fraction of each frame's rows held out, in (0, 1). Default 0.1.
+    patch_size : int, optional
+        Patch side in px. Default :data:`DEFAULT_PATCH_SIZE`.
+
+    Returns
+    -------
+    train : list of Region
+        The top rows of every frame.
+    validation : list of Region
+        The bottom rows of every frame.
 
     Raises
     ------
@@ -153,7 +200,13 @@ def split_regions(
 
 
 def _chunk_shape(arr: Any) -> tuple[int, int] | None:
-    """Chunk shape of a Zarr or Dask array (``None`` for NumPy)."""
+    """Return the chunk shape of a Zarr or Dask array.
+
+    Returns
+    -------
+    (int, int) or None
+        The last two chunk sides in px; None for NumPy.
+    """
     cs = getattr(arr, "chunksize", None)  # dask
     if cs is None:
         cs = getattr(arr, "chunks", None)  # zarr: tuple of ints; dask: tuple of tuples
@@ -163,7 +216,13 @@ def _chunk_shape(arr: Any) -> tuple[int, int] | None:
 
 
 def _read(arr: Any, ys: slice, xs: slice) -> np.ndarray:
-    """Read a 2-D window from any sliceable array (computing Dask results)."""
+    """Read a 2-D window from any sliceable array (computing Dask results).
+
+    Returns
+    -------
+    ndarray
+        The window.
+    """
     out = arr[ys, xs]
     if hasattr(out, "compute"):
         out = out.compute()
@@ -297,8 +356,6 @@ class PatchSampler:
         self.blocks_read += 1
         smooth = None
         if self.sky_keep < 1.0:
-            from scipy.ndimage import uniform_filter
-
             smooth = uniform_filter(norm, size=3, mode="nearest")
         for yy, xx in zip(py - y0, px - x0, strict=True):
             b = bad[yy : yy + p, xx : xx + p]
@@ -320,6 +377,15 @@ class PatchSampler:
         self, n: int, *, return_sources: bool = False, max_empty_reads: int = 1000
     ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, list]:
         """Draw ``n`` patches.
+
+        Parameters
+        ----------
+        n : int
+            Number of patches.
+        return_sources : bool, optional
+            Also return where each patch lies. Default False.
+        max_empty_reads : int, optional
+            Give up after this many windows in a row without an acceptable patch.
 
         Returns
         -------
@@ -356,7 +422,18 @@ class PatchSampler:
         return x, b
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless iterator of ``(patches, bad)`` batches."""
+        """Yield batches without end.
+
+        Parameters
+        ----------
+        batch_size : int
+            Patches per batch.
+
+        Yields
+        ------
+        tuple of Tensor
+            ``(patches, bad)`` as :meth:`sample` returns them.
+        """
         while True:
             yield self.sample(batch_size)
 
@@ -383,20 +460,51 @@ class ValidationSet:
     targets: torch.Tensor
 
     def __len__(self) -> int:
+        """Return the number of patches.
+
+        Returns
+        -------
+        int
+            ``n``.
+        """
         return int(self.inputs.shape[0])
 
     def to(self, device: torch.device | str) -> ValidationSet:
+        """Copy the set to a device.
+
+        Parameters
+        ----------
+        device : torch.device or str
+            The device.
+
+        Returns
+        -------
+        ValidationSet
+            The same patches and targets on ``device``.
+        """
         return ValidationSet(
             self.inputs.to(device), self.originals.to(device), self.targets.to(device)
         )
 
     @torch.no_grad()
     def output_offset(self, model: torch.nn.Module, batch_size: int = 64) -> float:
-        """Maximum-likelihood shift of the network's (prior-)mean output on these targets.
+        """Fit the maximum-likelihood shift of the network's (prior-)mean output.
 
         ``δ = Σ (y − μ)/v / Σ 1/v`` over the target pixels (``v = 1`` for plain N2V,
         ``σ_p² + σ_n²`` for the Gaussian posterior): the one-parameter refit of the output
-        bias, normalised units. ``0`` when there is no target.
+        bias. The model is switched to eval mode and back.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The bare U-Net.
+        batch_size : int, optional
+            Patches per forward pass. Default 64.
+
+        Returns
+        -------
+        float
+            ``δ`` in normalised units; 0 when there is no target.
         """
         was_training = model.training
         model.eval()
@@ -421,8 +529,23 @@ class ValidationSet:
 
     @torch.no_grad()
     def loss(self, model: torch.nn.Module, batch_size: int = 64) -> float:
-        """Mean blind-spot loss over all target pixels (model switched to eval mode and back):
-        the MSE for a plain N2V network, the Gaussian NLL for a Gaussian-posterior one."""
+        """Return the mean blind-spot loss over all target pixels.
+
+        The MSE for a plain N2V network, the Gaussian NLL for a Gaussian-posterior one; the
+        model is switched to eval mode and back.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The bare U-Net.
+        batch_size : int, optional
+            Patches per forward pass. Default 64.
+
+        Returns
+        -------
+        float
+            The loss (normalised units).
+        """
         was_training = model.training
         model.eval()
         total, count = 0.0, 0
@@ -459,6 +582,28 @@ def make_validation_set(
     patches (see :class:`PatchSampler`): a uniformly drawn set is almost all sky, its loss
     is dominated by sky noise and cannot tell epochs apart on the sources, which then makes
     best-epoch selection and the LR schedule blind to source fidelity.
+
+    Parameters
+    ----------
+    frames : sequence of Frame or (image, mask, FrameStats[, name])
+        The frames to draw from.
+    n_patches : int
+        Number of patches.
+    patch_size : int, optional
+        Patch side in px. Default :data:`DEFAULT_PATCH_SIZE`.
+    regions : sequence of Region, optional
+        Where patches may lie (default: whole frames).
+    seed : int, optional
+        Seed of the patch draw and of the mask.
+    masked_fraction, radius, strategy
+        Blind-spot masking, as :func:`~pausdenoise.n2v.masking.apply_blind_spot`.
+    max_bad_fraction, sky_keep, source_threshold
+        Patch selection, as :class:`PatchSampler`.
+
+    Returns
+    -------
+    ValidationSet
+        The masked patches, their originals and the target map.
     """
     sampler = PatchSampler(
         frames, patch_size, regions=regions, max_bad_fraction=max_bad_fraction, seed=seed,

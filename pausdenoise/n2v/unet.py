@@ -71,6 +71,14 @@ class UNetConfig:
     noise_scale: float = 15.0
 
     def __post_init__(self) -> None:
+        """Check the fields.
+
+        Raises
+        ------
+        ValueError
+            If ``depth`` or ``base_channels`` is below 1, ``posterior`` is unknown or
+            ``noise_scale`` is not positive.
+        """
         if self.depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {self.depth}")
         if self.base_channels < 1:
@@ -91,7 +99,13 @@ class UNetConfig:
         return 2**self.depth
 
     def to_dict(self) -> dict:
-        """Plain-dict form (JSON-serialisable), for checkpoints."""
+        """Return the plain-dict form (JSON-serialisable), for checkpoints.
+
+        Returns
+        -------
+        dict
+            The fields by name.
+        """
         return asdict(self)
 
 
@@ -123,6 +137,18 @@ class MaxBlurPool2d(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Max-pool and blur-subsample ``x``.
+
+        Parameters
+        ----------
+        x : Tensor (N, channels, H, W)
+            Feature maps; ``H, W`` even.
+
+        Returns
+        -------
+        Tensor (N, channels, H/2, W/2)
+            The pooled maps.
+        """
         # Pad right/bottom by one (replicate) so the stride-1 max-pool keeps the size.
         x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), kernel_size=2, stride=1)
         x = F.pad(x, (1, 1, 1, 1), mode="reflect")
@@ -165,12 +191,26 @@ class UNet(nn.Module):
     # -- forward -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw network output for ``x`` of shape ``(N, C, H, W)``; ``H, W`` multiples of
-        ``2**depth``.
+        """Return the raw network output.
 
         With ``posterior="none"`` this is the denoised image; with ``"gaussian"`` it has
         ``2·C`` maps (prior mean, unconstrained prior variance), see :meth:`prior`, and the
         denoised image is :meth:`infer`.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            Normalised images (units of the frame's σ); ``H, W`` multiples of ``2**depth``.
+
+        Returns
+        -------
+        Tensor (N, head_channels, H, W)
+            The raw output.
+
+        Raises
+        ------
+        ValueError
+            If ``H`` or ``W`` is not a multiple of ``2**depth`` (see :func:`pad_to_multiple`).
         """
         m = self.config.size_multiple
         if x.shape[-1] % m or x.shape[-2] % m:
@@ -199,13 +239,39 @@ class UNet(nn.Module):
 
         The variance is ``softplus(raw) + 1e-4`` (normalised units squared), computed in
         float32 so that it stays finite under mixed precision.
+
+        Parameters
+        ----------
+        output : Tensor (N, 2·C, H, W)
+            Raw output of :meth:`forward`.
+
+        Returns
+        -------
+        mean : Tensor (N, C, H, W)
+            Prior mean, float32, normalised units.
+        variance : Tensor (N, C, H, W)
+            Prior variance, float32, normalised units squared.
         """
         c = self.config.out_channels
         mean, raw = output[:, :c].float(), output[:, c:].float()
         return mean, F.softplus(raw) + 1e-4
 
     def noise_variance(self, signal: torch.Tensor) -> torch.Tensor:
-        """Noise variance (normalised units²) of a pixel of ``signal`` σ above the sky."""
+        """Return the noise variance of a pixel ``signal`` σ above the sky.
+
+        Sky and read noise (1 in normalised units) plus the source's Poisson noise,
+        ``max(signal, 0) / noise_scale`` (``noise_scale`` = gain·σ_sky in e⁻).
+
+        Parameters
+        ----------
+        signal : Tensor
+            Source signal above the sky, normalised units.
+
+        Returns
+        -------
+        Tensor
+            The variance, normalised units squared.
+        """
         return 1.0 + signal.clamp(min=0.0) / self.config.noise_scale
 
     def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
@@ -226,6 +292,18 @@ class UNet(nn.Module):
         denoising and flux fidelity. τ = 1 is the posterior mean (least pixel error); τ > 1
         trusts the observation more (less shrinkage of faint sources toward the sky, more
         noise left); τ → ∞ returns the input.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            Normalised images; ``H, W`` multiples of ``2**depth``.
+        prior_scale : float, optional
+            τ, > 0. Default 1.
+
+        Returns
+        -------
+        Tensor (N, C, H, W)
+            The denoised image, normalised units.
         """
         return self.posterior_mean(x, self(x), prior_scale)
 
@@ -235,6 +313,25 @@ class UNet(nn.Module):
 
         Split out so that an optimised forward (:class:`OptimisedUNet`) combines its output
         with the observation by exactly the same arithmetic.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            The observed normalised images.
+        out : Tensor
+            The network's raw output for ``x``.
+        prior_scale : float, optional
+            τ, > 0. Default 1.
+
+        Returns
+        -------
+        Tensor (N, C, H, W)
+            The denoised image, ``out``'s dtype.
+
+        Raises
+        ------
+        ValueError
+            If ``prior_scale`` is not positive (Gaussian posterior only).
         """
         if self.config.posterior == "none":
             return out
@@ -249,11 +346,16 @@ class UNet(nn.Module):
     # -- receptive field -----------------------------------------------------------------
 
     def layer_path(self) -> list[tuple[int, int, int]]:
-        """Layers on the deepest input→output path as ``(kernel, stride, upsample)`` triples.
+        """List the layers on the deepest input→output path.
 
         ``upsample`` is the up-sampling factor (1 for ordinary layers). Bilinear up-sampling
         with ``align_corners=False`` reads 2 low-resolution neighbours whose position depends
         on the output pixel's parity; it is entered as a kernel of 3 (conservative).
+
+        Returns
+        -------
+        list of (int, int, int)
+            ``(kernel, stride, upsample)`` per layer, input to output.
         """
         path: list[tuple[int, int, int]] = []
 
@@ -277,12 +379,17 @@ class UNet(nn.Module):
         return path
 
     def receptive_field_radius(self) -> int:
-        """Largest input→output pixel distance (px) through which information can flow.
+        """Return the largest input→output pixel distance through which information flows.
 
         Computed by the standard recursion over :meth:`layer_path`: a layer of kernel ``k``
         applied where one step is ``j`` input pixels widens the field by ``(k - 1) * j``; a
         stride multiplies ``j``, an up-sampling divides it. Because max-pool windows sit on a
         grid, the field is then widened by the grid period ``2**depth`` to cover any phase.
+
+        Returns
+        -------
+        int
+            The radius in px.
         """
         size, jump = 1.0, 1.0
         for k, stride, up in self.layer_path():
@@ -291,8 +398,14 @@ class UNet(nn.Module):
         return int(size // 2) + self.config.size_multiple
 
     def halo(self) -> int:
-        """Halo (px) for tiled inference: the receptive-field radius rounded up to a multiple
-        of ``2**depth`` so that tile origins stay on the pooling grid."""
+        """Return the halo for tiled inference.
+
+        Returns
+        -------
+        int
+            The receptive-field radius in px rounded up to a multiple of ``2**depth``, so
+            that tile origins stay on the pooling grid.
+        """
         m = self.config.size_multiple
         r = self.receptive_field_radius()
         return -(-r // m) * m
@@ -304,8 +417,22 @@ class UNet(nn.Module):
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Pad ``x`` (``(N, C, H, W)``) at the right and bottom by reflection to a multiple.
 
-    Returns the padded tensor and the original ``(H, W)``. Reflection needs the pad to be
-    smaller than the size, so images smaller than ``multiple`` are padded by replication.
+    Reflection needs the pad to be smaller than the size, so images smaller than
+    ``multiple`` are padded by replication.
+
+    Parameters
+    ----------
+    x : Tensor (N, C, H, W)
+        The images.
+    multiple : int
+        The size multiple in px (``2**depth``).
+
+    Returns
+    -------
+    padded : Tensor
+        ``x`` padded to multiples of ``multiple``.
+    size : (int, int)
+        The original ``(H, W)``.
     """
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -358,18 +485,48 @@ class OptimisedUNet(nn.Module):
         return self.net.config
 
     def halo(self) -> int:
-        """:meth:`UNet.halo` of the wrapped network."""
+        """Return :meth:`UNet.halo` of the wrapped network.
+
+        Returns
+        -------
+        int
+            The halo in px.
+        """
         return self.net.halo()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw network output (as :meth:`UNet.forward`), computed channels-last."""
+        """Return the raw network output (as :meth:`UNet.forward`), computed channels-last.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            Normalised images; ``H, W`` multiples of ``2**depth``.
+
+        Returns
+        -------
+        Tensor (N, head_channels, H, W)
+            The raw output.
+        """
         x = x.contiguous(memory_format=torch.channels_last)
         if self.backend == "eager" or torch.is_autocast_enabled(x.device.type):
             return self.net(x)
         return self._optimised(x)
 
     def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
-        """Denoised image of ``x``, as :meth:`UNet.infer`."""
+        """Return the denoised image of ``x``, as :meth:`UNet.infer`.
+
+        Parameters
+        ----------
+        x : Tensor (N, C, H, W)
+            Normalised images; ``H, W`` multiples of ``2**depth``.
+        prior_scale : float, optional
+            τ of the Gaussian posterior, > 0. Default 1.
+
+        Returns
+        -------
+        Tensor (N, C, H, W)
+            The denoised image, normalised units.
+        """
         return self.net.posterior_mean(x, self(x), prior_scale)
 
 
@@ -377,7 +534,18 @@ def _trace_frozen(net: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.jit.freeze(torch.jit.trace(net))`` on a small input, checked against eager.
 
     The traced graph is size-generic (the layers take their sizes from the input), which
-    the check verifies on a second, non-square size and batch. Raises on any failure.
+    the check verifies on a second, non-square size and batch.
+
+    Returns
+    -------
+    callable
+        The frozen traced forward.
+
+    Raises
+    ------
+    RuntimeError
+        If TorchScript is missing or the traced graph differs from the eager network (other
+        exceptions of tracing propagate too).
     """
     jit = getattr(torch, "jit", None)
     if jit is None or not hasattr(jit, "trace") or not hasattr(jit, "freeze"):
@@ -402,7 +570,7 @@ def _trace_frozen(net: UNet) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def optimise_for_inference(model: UNet, *, jit: bool = True) -> OptimisedUNet:
-    """A faster inference-only copy of ``model`` (CPU), equal to it within float32 round-off.
+    """Make a faster inference-only copy of ``model`` (CPU), equal within float32 round-off.
 
     The copy is in eval mode and channels-last (oneDNN's preferred layout for these
     convolutions); with ``jit`` it is also traced and frozen (:class:`OptimisedUNet`). If
@@ -421,6 +589,7 @@ def optimise_for_inference(model: UNet, *, jit: bool = True) -> OptimisedUNet:
     Returns
     -------
     OptimisedUNet
+        The copy (``backend`` says whether TorchScript is used).
     """
     net = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
     for p in net.parameters():
@@ -445,6 +614,25 @@ def predict_array(model: nn.Module, x: torch.Tensor, **infer_options) -> torch.T
     a Gaussian-posterior network returns its posterior mean; ``infer_options`` (e.g.
     ``prior_scale``) go to ``infer`` and are refused for a network without one. The caller
     puts the network in ``eval()`` mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (``config.size_multiple`` gives its pooling grid).
+    x : Tensor (N, C, H, W)
+        Normalised images of any size.
+    **infer_options
+        Passed to ``model.infer`` (e.g. ``prior_scale``).
+
+    Returns
+    -------
+    Tensor (N, C, H, W)
+        The output, cropped to ``x``'s size.
+
+    Raises
+    ------
+    TypeError
+        If ``infer_options`` are given for a network without ``infer``.
     """
     xp, (h, w) = pad_to_multiple(x, model.config.size_multiple)
     infer = getattr(model, "infer", None)

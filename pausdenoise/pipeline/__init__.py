@@ -1,25 +1,27 @@
-"""The pipeline package: stage wiring (:mod:`.core`) and the stage runners that read and
-write the run directory (compare, evaluate, report). Nothing else in pausdenoise opens run
-paths or makes clients."""
+"""The pipeline: stage wiring, run directories and the Dask client.
 
-from pausdenoise.pipeline.core import (
-    Context,
-    RunResult,
-    StageError,
-    resolve_stages,
-    run,
-    split_holdout,
-    stage_fingerprints,
-    with_ingest_source,
-)
+Nothing else in pausdenoise opens run paths or makes clients. Sub-modules:
 
-__all__ = [
-    "Context",
-    "RunResult",
-    "StageError",
-    "resolve_stages",
-    "run",
-    "split_holdout",
-    "stage_fingerprints",
-    "with_ingest_source",
-]
+- :mod:`.context`: :class:`~.context.Context` (what a stage gets), :class:`~.context.RunResult`
+  and helpers the stages share (hold-out split, progress-bar compute, frame statistics);
+- :mod:`.runner`: :func:`~.runner.run`, stage order and fingerprints, ``info``;
+- :mod:`.stages`: one module a stage, each with ``run(ctx)``.
+"""
+
+from pausdenoise._lazy import lazy_face
+
+__getattr__, __dir__, __all__ = lazy_face(__name__, {
+    "Context": "context",
+    "RunResult": "context",
+    "compute_with_progress": "context",
+    "frame_stats_table": "context",
+    "split_holdout": "context",
+    "STAGE_FUNCS": "runner",
+    "StageError": "runner",
+    "estimate_bytes": "runner",
+    "resolve_stages": "runner",
+    "run": "runner",
+    "stage_fingerprints": "runner",
+    "store_info": "runner",
+    "with_ingest_source": "runner",
+})

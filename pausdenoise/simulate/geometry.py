@@ -37,6 +37,16 @@ def grid_shape(config: SimulationConfig) -> tuple[int, int]:
 
     The grid is chosen close to square on the sky: 18 PAUCam CCDs of (4096, 2048) give
     3 rows × 6 columns.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        ``n_ccds`` and ``ccd_shape`` (ny, nx) in px.
+
+    Returns
+    -------
+    (int, int)
+        ``(n_rows, n_cols)``.
     """
     ny, nx = config.ccd_shape
     n = config.n_ccds
@@ -46,7 +56,18 @@ def grid_shape(config: SimulationConfig) -> tuple[int, int]:
 
 
 def focal_plane_extent(config: SimulationConfig) -> tuple[float, float]:
-    """Return the (width, height) of the CCD grid in pixels, gaps included."""
+    """Return the size of the CCD grid on the focal plane, gaps included.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+
+    Returns
+    -------
+    (float, float)
+        ``(width, height)`` in px.
+    """
     ny, nx = config.ccd_shape
     n_rows, n_cols = grid_shape(config)
     g = config.ccd_gap_px
@@ -55,6 +76,11 @@ def focal_plane_extent(config: SimulationConfig) -> tuple[float, float]:
 
 def focal_plane_layout(config: SimulationConfig) -> pd.DataFrame:
     """Return the position of every CCD on the focal plane.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
 
     Returns
     -------
@@ -84,6 +110,13 @@ def exposure_plan(config: SimulationConfig, rng: np.random.Generator) -> pd.Data
 
     Exposures are taken band after band (``exposures_per_band`` each) with consecutive
     exposure numbers from ``config.first_expnum``.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+    rng : numpy.random.Generator
+        The exposure stream's generator (the draws' order fixes the plan).
 
     Returns
     -------
@@ -124,7 +157,13 @@ def exposure_plan(config: SimulationConfig, rng: np.random.Generator) -> pd.Data
 
 
 def _tan_wcs(config: SimulationConfig, crpix: tuple[float, float]) -> WCS:
-    """TAN WCS centred on the field, north up, east left, ``crpix`` 1-based (FITS)."""
+    """Build a TAN WCS centred on the field, north up, east left, ``crpix`` 1-based (FITS).
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        The celestial WCS.
+    """
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [config.ra_center, config.dec_center]
@@ -137,7 +176,18 @@ def _tan_wcs(config: SimulationConfig, crpix: tuple[float, float]) -> WCS:
 
 
 def focal_plane_wcs(config: SimulationConfig) -> WCS:
-    """WCS of the undithered focal plane: pixel (0, 0) (origin 0) is the field centre."""
+    """Return the WCS of the undithered focal plane.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        Field centre (degrees) and pixel scale (arcsec/px).
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        TAN WCS whose 0-based pixel (0, 0) is the field centre.
+    """
     return _tan_wcs(config, (1.0, 1.0))
 
 
@@ -147,6 +197,20 @@ def frame_wcs(config: SimulationConfig, exposure: pd.Series, ccd: int) -> WCS:
     The dither is a pointing offset expressed as a shift of the reference pixel: the sky
     moves by (``dither_x``, ``dither_y``) pixels on the detector. ``CRVAL`` is the field
     centre, ``CRPIX`` the (1-based) position of the field centre in the CCD's pixel frame.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+    exposure : pandas.Series
+        One row of :func:`exposure_plan` (``dither_x``, ``dither_y`` in px).
+    ccd : int
+        CCD number, 1-based.
+
+    Returns
+    -------
+    astropy.wcs.WCS
+        The CCD's TAN WCS.
     """
     layout = focal_plane_layout(config).set_index("ccd")
     x0, y0 = layout.loc[ccd, "x0"], layout.loc[ccd, "y0"]
@@ -155,7 +219,24 @@ def frame_wcs(config: SimulationConfig, exposure: pd.Series, ccd: int) -> WCS:
 
 
 def frame_header(config: SimulationConfig, exposure: pd.Series, ccd: int, wcs: WCS) -> fits.Header:
-    """Return the FITS header of one simulated PAUS image (REQUIRED_KEYS, extras and WCS)."""
+    """Return the FITS header of one simulated PAUS image (REQUIRED_KEYS, extras and WCS).
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        Gain (e⁻/ADU), read noise (e⁻), full well (e⁻).
+    exposure : pandas.Series
+        One row of :func:`exposure_plan`.
+    ccd : int
+        CCD number, 1-based.
+    wcs : astropy.wcs.WCS
+        The CCD's WCS (:func:`frame_wcs`).
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        The header; ZP in µJy/ADU, SATURATE and SKYLEVEL in ADU, SEEING in arcsec.
+    """
     h = fits.Header()
     h["EXPNUM"] = (int(exposure["expnum"]), "exposure number")
     h["CCD"] = (int(ccd), "CCD number (1-based)")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from astropy.io import fits
+from photutils.aperture import EllipticalAperture
 from scipy.spatial import cKDTree
 
 from pausdenoise.maskbits import MaskBit
@@ -46,7 +47,22 @@ STREAM_SOURCES, STREAM_EXPOSURES, STREAM_CCD_DEFECTS, STREAM_FRAME_NOISE = 0, 1,
 
 
 def stream_rng(config: SimulationConfig, stream: int, *keys: int) -> np.random.Generator:
-    """Independent generator for one random stream (order-independent determinism)."""
+    """Return the independent generator of one random stream (order-independent determinism).
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        Its ``seed``.
+    stream : int
+        The stream (``STREAM_SOURCES``, ``STREAM_EXPOSURES``, ...).
+    *keys : int
+        Further keys (e.g. exposure number and CCD).
+
+    Returns
+    -------
+    numpy.random.Generator
+        Seeded with ``SeedSequence([seed, stream, *keys])``.
+    """
     return np.random.default_rng(np.random.SeedSequence([config.seed, stream, *keys]))
 
 
@@ -81,11 +97,27 @@ class Frame:
 
 
 def aperture_axes(hlr: np.ndarray, q: np.ndarray, fwhm: float, factor: float) -> tuple:
-    """Catalogue aperture semi-axes (a, b) in arcsec, a ≥ b.
+    """Return the catalogue aperture semi-axes.
 
     The intrinsic half-light ellipse (hlr/√q, hlr·√q) is broadened in quadrature by the PSF
     half-light radius (≈ FWHM/2) and scaled by ``factor``; a point source gets
     ``factor × FWHM/2`` on both axes.
+
+    Parameters
+    ----------
+    hlr : ndarray
+        Intrinsic half-light radii in arcsec (0 for stars).
+    q : ndarray
+        Axis ratios b/a, in (0, 1].
+    fwhm : float
+        PSF FWHM in arcsec.
+    factor : float
+        Scale of the aperture in half-light radii.
+
+    Returns
+    -------
+    a, b : ndarray
+        Semi-major and semi-minor axes in arcsec, a ≥ b.
     """
     sq = np.sqrt(q)
     half = fwhm / 2.0
@@ -95,10 +127,20 @@ def aperture_axes(hlr: np.ndarray, q: np.ndarray, fwhm: float, factor: float) ->
 
 
 def paus_theta_deg(theta_pix_deg: np.ndarray) -> np.ndarray:
-    """PAUS ``aperture_theta`` [deg, in (-90, 90]] of a major axis at ``theta_pix_deg``.
+    """Convert a major-axis angle in the pixel frame to PAUS ``aperture_theta``.
 
-    ``theta_pix_deg`` is counter-clockwise from +x towards +y (photutils' sense); PAUS stores
-    the opposite sign: photutils theta [rad] = −aperture_theta·π/180.
+    PAUS stores the opposite sign of photutils' angle: photutils theta [rad] =
+    −aperture_theta·π/180.
+
+    Parameters
+    ----------
+    theta_pix_deg : ndarray
+        Angle in degrees, counter-clockwise from +x towards +y (photutils' sense).
+
+    Returns
+    -------
+    ndarray
+        ``aperture_theta`` in degrees, in (−90, 90].
     """
     t = -np.asarray(theta_pix_deg, dtype=float)
     return 90.0 - np.mod(90.0 - t, 180.0)
@@ -107,15 +149,45 @@ def paus_theta_deg(theta_pix_deg: np.ndarray) -> np.ndarray:
 def stamp_radius_px(
     hlr: np.ndarray, q: np.ndarray, fwhm: float, config: SimulationConfig
 ) -> np.ndarray:
-    """Half-size [px] of postage stamps that hold all of each source's (truncated) light."""
+    """Return the half-size of postage stamps that hold all of each source's (truncated) light.
+
+    Parameters
+    ----------
+    hlr : ndarray
+        Half-light radii in arcsec.
+    q : ndarray
+        Axis ratios b/a.
+    fwhm : float
+        PSF FWHM in arcsec.
+    config : SimulationConfig
+        Truncation radii and pixel scale (arcsec/px).
+
+    Returns
+    -------
+    ndarray of int
+        Half-sizes in px.
+    """
     psf_r = config.psf_trunc_fwhm * fwhm
     gal_r = config.profile_trunc_hlr * np.asarray(hlr) / np.sqrt(np.asarray(q))
     return np.ceil((psf_r + gal_r) / config.pixel_scale).astype(int) + 2
 
 
 def galsim_psf(fwhm: float, config: SimulationConfig) -> Any:
-    """Moffat PSF (β = ``moffat_beta``) of FWHM ``fwhm`` arcsec, truncated (finite support)."""
-    import galsim
+    """Build the Moffat PSF (β = ``moffat_beta``), truncated (finite support).
+
+    Parameters
+    ----------
+    fwhm : float
+        FWHM in arcsec.
+    config : SimulationConfig
+        ``moffat_beta`` and ``psf_trunc_fwhm`` (truncation radius in FWHM).
+
+    Returns
+    -------
+    galsim.Moffat
+        The PSF, unit flux.
+    """
+    import galsim  # optional: galsim is needed only to render
 
     return galsim.Moffat(beta=config.moffat_beta, fwhm=fwhm, trunc=config.psf_trunc_fwhm * fwhm)
 
@@ -127,8 +199,24 @@ def galsim_source(row: Any, psf: Any, flux_e: float, config: SimulationConfig) -
     same half-light radius and shape, truncated at ``profile_trunc_hlr`` half-light radii;
     the shape's major axis is at ``theta_pix_deg`` in the pixel frame (GalSim's ``beta``,
     which is counter-clockwise from +x towards +y on the image array).
+
+    Parameters
+    ----------
+    row : namedtuple or pandas.Series
+        One row of :func:`~pausdenoise.simulate.sources.make_source_catalogue`.
+    psf : galsim.GSObject
+        The exposure's PSF (:func:`galsim_psf`).
+    flux_e : float
+        Total flux in e⁻.
+    config : SimulationConfig
+        The simulation configuration.
+
+    Returns
+    -------
+    galsim.GSObject
+        The PSF-convolved profile.
     """
-    import galsim
+    import galsim  # optional: galsim is needed only to render
 
     if row.is_star:
         # a Transformation keeps the PSF object (and its cached, costly maxk) shared
@@ -151,8 +239,13 @@ def _draw_stamp(obj: Any, x: float, y: float, radius: int, scale: float) -> Any:
 
     Drawn by FFT, including the pixel response; GalSim's bounds are 1-based, so 0-based
     pixel (x, y) is GalSim position (x + 1, y + 1).
+
+    Returns
+    -------
+    galsim.ImageD
+        The stamp.
     """
-    import galsim
+    import galsim  # optional: galsim is needed only to render
 
     ic, jc = round(x) + 1, round(y) + 1
     bounds = galsim.BoundsI(ic - radius, ic + radius, jc - radius, jc + radius)
@@ -162,9 +255,13 @@ def _draw_stamp(obj: Any, x: float, y: float, radius: int, scale: float) -> Any:
 
 
 def _aperture_sum(stamp: Any, x: float, y: float, a_px: float, b_px: float, theta: float) -> float:
-    """Exact elliptical-aperture sum on a stamp; ``theta`` is the photutils angle [rad]."""
-    from photutils.aperture import EllipticalAperture
+    """Sum a stamp in an exact elliptical aperture; ``theta`` is the photutils angle [rad].
 
+    Returns
+    -------
+    float
+        The sum, in the stamp's units.
+    """
     pos = (x + 1.0 - stamp.bounds.xmin, y + 1.0 - stamp.bounds.ymin)
     ap = EllipticalAperture(pos, a_px, b_px, theta=theta)
     return float(ap.do_photometry(stamp.array)[0][0])
@@ -179,16 +276,36 @@ def render_sources(
     config: SimulationConfig,
     apertures: pd.DataFrame,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Noiseless source image in electrons (float64, (ny, nx)) and per-source aperture sums.
+    """Draw the noiseless source image of one CCD and the sources' own aperture fluxes.
 
     Every source whose stamp overlaps the CCD is drawn, so the image holds all the light
-    that falls on it. ``x``, ``y`` [0-based px] and ``flux_e`` [e⁻] are aligned with
-    ``sources``. ``apertures`` (index = row positions in ``sources``; columns ``a_px``,
-    ``b_px``, ``theta_rad`` in the photutils convention) lists the sources whose own light
-    inside their catalogue aperture is measured (electrons, neighbours excluded); the
-    returned sums are aligned with ``apertures``.
+    that falls on it.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        The source catalogue.
+    x, y : ndarray
+        Source centres in the CCD's 0-based pixel frame, aligned with ``sources``.
+    flux_e : ndarray
+        Total fluxes in e⁻, aligned with ``sources``.
+    exposure : pandas.Series
+        One row of the exposure plan (``seeing_fwhm`` in arcsec).
+    config : SimulationConfig
+        The simulation configuration.
+    apertures : pandas.DataFrame
+        Index = row positions in ``sources``; columns ``a_px``, ``b_px`` (px),
+        ``theta_rad`` (photutils convention): the sources whose own light inside their
+        catalogue aperture is measured (neighbours excluded).
+
+    Returns
+    -------
+    image : ndarray of float64, shape (ny, nx)
+        The noiseless source light in e⁻.
+    aperture_sums : ndarray
+        Each source's own aperture flux in e⁻, aligned with ``apertures``.
     """
-    import galsim
+    import galsim  # optional: galsim is needed only to render
 
     ny, nx = config.ccd_shape
     fwhm = float(exposure["seeing_fwhm"])
@@ -221,7 +338,14 @@ def render_sources(
 
 
 def bad_columns(config: SimulationConfig, ccd: int) -> list[tuple[int, int, int, bool]]:
-    """The defective columns of a CCD (fixed across exposures).
+    """Return the defective columns of a CCD (fixed across exposures).
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        ``n_bad_columns``, ``ccd_shape`` and the seed (the CCD-defect stream).
+    ccd : int
+        CCD number, 1-based.
 
     Returns
     -------
@@ -243,7 +367,19 @@ def bad_columns(config: SimulationConfig, ccd: int) -> list[tuple[int, int, int,
 def add_cosmic_rays(
     electrons: np.ndarray, mask: np.ndarray, rng: np.random.Generator, config: SimulationConfig
 ) -> None:
-    """Add cosmic-ray tracks (1–12 px straight segments) in place and mask them COSMIC_RAY."""
+    """Add cosmic-ray tracks (1–12 px straight segments) in place and mask them COSMIC_RAY.
+
+    Parameters
+    ----------
+    electrons : ndarray of float64, shape (ny, nx)
+        The image in e⁻ (modified).
+    mask : ndarray of uint8, shape (ny, nx)
+        Its mask (modified).
+    rng : numpy.random.Generator
+        The frame's noise stream.
+    config : SimulationConfig
+        Mean number of tracks per frame and their e⁻ range per pixel.
+    """
     ny, nx = electrons.shape
     lo, hi = config.cosmic_ray_e_range
     for _ in range(int(rng.poisson(config.n_cosmic_rays))):
@@ -265,6 +401,24 @@ def observe(
 
     Poisson noise on sky + sources, Gaussian read noise, cosmic rays, saturation at the
     full well (SATURATED), then the CCD's bad columns (BAD_COLUMN).
+
+    Parameters
+    ----------
+    truth_e : ndarray, shape (ny, nx)
+        Expected e⁻ per pixel (sky + sources).
+    config : SimulationConfig
+        Read noise (e⁻), gain (e⁻/ADU), full well (e⁻), defects.
+    ccd : int
+        CCD number, 1-based (its bad columns).
+    rng : numpy.random.Generator
+        The frame's noise stream.
+
+    Returns
+    -------
+    image : ndarray of float32
+        The image in ADU.
+    mask : ndarray of uint8
+        Bits of :class:`~pausdenoise.maskbits.MaskBit`, 0 = good.
     """
     mask = np.zeros(truth_e.shape, dtype=np.uint8)
     electrons = rng.poisson(np.maximum(truth_e, 0.0)).astype(np.float64)
@@ -283,11 +437,24 @@ def observe(
 def neighbour_flux_ratio(
     x: np.ndarray, y: np.ndarray, flux: np.ndarray, targets: np.ndarray, radius: float
 ) -> np.ndarray:
-    """Flux of the brightest other source within ``radius`` px of each target, divided by
-    the target's own flux (0 when there is none).
+    """Return the flux ratio of each target's brightest neighbour to the target.
 
-    ``x``, ``y`` are pixel positions and ``flux`` fluxes (any one unit) of all sources;
-    ``targets`` are sorted indices into them.
+    Parameters
+    ----------
+    x, y : ndarray
+        Pixel positions of all sources (0-based px).
+    flux : ndarray
+        Their fluxes (any one unit).
+    targets : ndarray of int
+        Sorted indices of the targets into them.
+    radius : float
+        Neighbourhood radius in px.
+
+    Returns
+    -------
+    ndarray
+        Flux of the brightest other source within ``radius`` over the target's own (0 when
+        there is none, inf for a target of zero flux), aligned with ``targets``.
     """
     out = np.zeros(targets.size)
     if targets.size == 0:
@@ -340,21 +507,7 @@ def render_frame(
     flux_cal = sources[f"flux_{band}"].to_numpy()
     flux_adu = flux_cal / zp_true
     on = np.flatnonzero((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))
-    a, b = aperture_axes(
-        sources["hlr_arcsec"].to_numpy()[on],
-        sources["q"].to_numpy()[on],
-        fwhm,
-        config.aperture_factor,
-    )
-    theta = paus_theta_deg(sources["theta_pix_deg"].to_numpy()[on])
-    apertures = pd.DataFrame(
-        {
-            "a_px": a / config.pixel_scale,
-            "b_px": b / config.pixel_scale,
-            "theta_rad": -np.radians(theta),
-        },
-        index=on,
-    )
+    apertures = _frame_apertures(sources, on, fwhm, config)
     src_e, aper_e = render_sources(
         sources, x, y, flux_adu * config.gain, exposure, config, apertures
     )
@@ -371,19 +524,7 @@ def render_frame(
         "ccd": np.full(n, ccd, dtype=np.int64),
         "band": np.full(n, band, dtype=object),
     }
-    catalogue = pd.DataFrame(
-        {
-            **common,
-            "ra": sel["ra"].to_numpy(),
-            "dec": sel["dec"].to_numpy(),
-            "I_auto": sel["I_auto"].to_numpy(),
-            "aperture_x": x[on],
-            "aperture_y": y[on],
-            "aperture_a": a,
-            "aperture_b": b,
-            "aperture_theta": theta,
-        }
-    )[list(CATALOGUE_COLUMNS)]
+    catalogue = _catalogue_rows(common, sel, x[on], y[on], apertures)
     fluxes = pd.DataFrame(
         {
             **common,
@@ -403,3 +544,65 @@ def render_frame(
     )[list(TRUTH_COLUMNS)]
     truth = (truth_e / config.gain).astype(np.float32)
     return Frame(image, mask, truth, header, catalogue, fluxes)
+
+
+def _catalogue_rows(
+    common: dict[str, np.ndarray],
+    sel: pd.DataFrame,
+    x: np.ndarray,
+    y: np.ndarray,
+    apertures: pd.DataFrame,
+) -> pd.DataFrame:
+    """Build the reference-catalogue rows (:data:`CATALOGUE_COLUMNS`) of the sources on the CCD.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per source; aperture axes in arcsec, angle in degrees (PAUS convention).
+    """
+    return pd.DataFrame(
+        {
+            **common,
+            "ra": sel["ra"].to_numpy(),
+            "dec": sel["dec"].to_numpy(),
+            "I_auto": sel["I_auto"].to_numpy(),
+            "aperture_x": x,
+            "aperture_y": y,
+            "aperture_a": apertures["a_arcsec"].to_numpy(),
+            "aperture_b": apertures["b_arcsec"].to_numpy(),
+            "aperture_theta": apertures["theta_deg"].to_numpy(),
+        }
+    )[list(CATALOGUE_COLUMNS)]
+
+
+def _frame_apertures(
+    sources: pd.DataFrame, on: np.ndarray, fwhm: float, config: SimulationConfig
+) -> pd.DataFrame:
+    """Catalogue apertures of the sources ``on`` the CCD (index = their rows in ``sources``).
+
+    Columns: the PAUS catalogue's ``a_arcsec``, ``b_arcsec``, ``theta_deg`` and the same
+    ellipse for photutils, ``a_px``, ``b_px``, ``theta_rad``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The apertures.
+    """
+    a, b = aperture_axes(
+        sources["hlr_arcsec"].to_numpy()[on],
+        sources["q"].to_numpy()[on],
+        fwhm,
+        config.aperture_factor,
+    )
+    theta = paus_theta_deg(sources["theta_pix_deg"].to_numpy()[on])
+    return pd.DataFrame(
+        {
+            "a_px": a / config.pixel_scale,
+            "b_px": b / config.pixel_scale,
+            "theta_rad": -np.radians(theta),
+            "a_arcsec": a,
+            "b_arcsec": b,
+            "theta_deg": theta,
+        },
+        index=on,
+    )

@@ -18,12 +18,34 @@ MAX_ELLIPTICITY = 0.7
 
 
 def mag_to_ujy(mag: np.ndarray | float) -> np.ndarray:
-    """AB magnitude → flux density in µJy (``m = 23.9 - 2.5 log10 f``)."""
+    """Convert AB magnitudes to flux densities (``m = 23.9 - 2.5 log10 f``).
+
+    Parameters
+    ----------
+    mag : array_like or float
+        AB magnitudes.
+
+    Returns
+    -------
+    ndarray
+        Flux densities in µJy.
+    """
     return 10.0 ** ((23.9 - np.asarray(mag, dtype=float)) / 2.5)
 
 
 def ujy_to_mag(flux: np.ndarray | float) -> np.ndarray:
-    """Flux density in µJy → AB magnitude (NaN for flux ≤ 0)."""
+    """Convert flux densities to AB magnitudes.
+
+    Parameters
+    ----------
+    flux : array_like or float
+        Flux densities in µJy.
+
+    Returns
+    -------
+    ndarray
+        AB magnitudes; NaN for flux ≤ 0.
+    """
     f = np.asarray(flux, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(f > 0, 23.9 - 2.5 * np.log10(f), np.nan)
@@ -32,7 +54,24 @@ def ujy_to_mag(flux: np.ndarray | float) -> np.ndarray:
 def draw_magnitudes(
     rng: np.random.Generator, n: int, mag_range: tuple[float, float], slope: float
 ) -> np.ndarray:
-    """Draw ``n`` magnitudes from dN/dm ∝ 10^(slope·m) on ``mag_range`` (inverse CDF)."""
+    """Draw ``n`` magnitudes from dN/dm ∝ 10^(slope·m) on ``mag_range`` (inverse CDF).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The generator (one uniform draw per magnitude).
+    n : int
+        Number of magnitudes.
+    mag_range : (float, float)
+        Bright and faint limits, AB mag.
+    slope : float
+        Logarithmic slope of the counts (per mag).
+
+    Returns
+    -------
+    ndarray
+        ``n`` AB magnitudes.
+    """
     lo, hi = mag_range
     u = rng.uniform(0.0, 1.0, n)
     if abs(slope) < 1e-12 or hi == lo:
@@ -46,6 +85,22 @@ def draw_shapes(rng: np.random.Generator, n: int, sigma: float) -> tuple[np.ndar
 
     The angle (degrees, in [-90, 90)) is measured from the +x (column) axis towards the
     +y (row) axis, i.e. counter-clockwise when the array is shown with origin lower.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The generator.
+    n : int
+        Number of shapes.
+    sigma : float
+        Dispersion of each ellipticity component (capped at ``MAX_ELLIPTICITY`` in total).
+
+    Returns
+    -------
+    q : ndarray
+        Axis ratios b/a, in (0, 1].
+    theta : ndarray
+        Major-axis angles in degrees.
     """
     e1, e2 = sigma * rng.standard_normal(n), sigma * rng.standard_normal(n)
     e = np.minimum(np.hypot(e1, e2), MAX_ELLIPTICITY)
@@ -57,7 +112,22 @@ def draw_shapes(rng: np.random.Generator, n: int, sigma: float) -> tuple[np.ndar
 def draw_galaxy_sizes(
     rng: np.random.Generator, mag: np.ndarray, config: SimulationConfig
 ) -> np.ndarray:
-    """Half-light radii [arcsec]: log-normal around a median that shrinks with magnitude."""
+    """Draw half-light radii: log-normal around a median that shrinks with magnitude.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The generator.
+    mag : ndarray
+        The galaxies' AB magnitudes.
+    config : SimulationConfig
+        Median size at mag 20 (arcsec), its slope (dex/mag) and scatter (dex).
+
+    Returns
+    -------
+    ndarray
+        Half-light radii in arcsec, clipped to ``HLR_LIMITS_ARCSEC``.
+    """
     log_hlr = (
         np.log10(config.hlr_at_mag20)
         + config.hlr_mag_slope * (mag - 20.0)
@@ -76,6 +146,22 @@ def sed_shape(
 
     A power law ``(λ / I_BAND_NM)^slope`` times a smooth step that lowers the flux blueward
     of ``break_nm`` by ``break_factor`` (a 4000 Å-like break; factor 1 = no break).
+
+    Parameters
+    ----------
+    wavelength_nm : float or ndarray
+        Wavelength in nm.
+    slope : ndarray
+        Power-law slopes.
+    break_nm : ndarray
+        Break wavelengths in nm.
+    break_factor : ndarray
+        Flux factor blueward of the break.
+
+    Returns
+    -------
+    ndarray
+        f_ν, arbitrary normalisation.
     """
     lam = np.asarray(wavelength_nm, dtype=float)
     step = break_factor + (1.0 - break_factor) / (1.0 + np.exp(-(lam - break_nm) / 10.0))
@@ -83,7 +169,20 @@ def sed_shape(
 
 
 def band_fluxes(sources: pd.DataFrame, band: str) -> np.ndarray:
-    """True calibrated flux density [µJy] of every source in a PAUS narrow band."""
+    """Return the true calibrated flux density of every source in a PAUS narrow band.
+
+    Parameters
+    ----------
+    sources : pandas.DataFrame
+        The catalogue (``I_auto`` and the SED parameters).
+    band : str
+        PAUS narrow band, e.g. ``"NB455"``.
+
+    Returns
+    -------
+    ndarray
+        Flux densities in µJy.
+    """
     lam = band_wavelength_nm(band)
     args = (
         sources["sed_slope"].to_numpy(),
@@ -97,7 +196,13 @@ def band_fluxes(sources: pd.DataFrame, band: str) -> np.ndarray:
 def _population(
     config: SimulationConfig, rng: np.random.Generator, n: int, is_star: bool
 ) -> pd.DataFrame:
-    """Magnitudes, shapes and SED parameters of ``n`` galaxies or stars."""
+    """Draw magnitudes, shapes and SED parameters of ``n`` galaxies or stars.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per source.
+    """
     if is_star:
         mag = draw_magnitudes(rng, n, config.star_mag_range, config.star_count_slope)
         return pd.DataFrame(
@@ -133,9 +238,19 @@ def _population(
 
 
 def source_margin_px(config: SimulationConfig) -> float:
-    """Margin [px] around the focal plane inside which sources are generated.
+    """Return the margin around the focal plane inside which sources are generated.
 
     Covers the dither and the light that a source just off a CCD throws onto it.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        Dither (px), PSF truncation and the worst seeing (arcsec).
+
+    Returns
+    -------
+    float
+        The margin in px.
     """
     psf_r = config.psf_trunc_fwhm * config.seeing_fwhm_range[1] / config.pixel_scale
     return config.dither_px + psf_r + 8.0
@@ -146,9 +261,9 @@ def make_source_catalogue(config: SimulationConfig, rng: np.random.Generator) ->
 
     Parameters
     ----------
-    config
+    config : SimulationConfig
         The simulation configuration.
-    rng
+    rng : numpy.random.Generator
         Random generator; the catalogue depends only on it and ``config``.
 
     Returns

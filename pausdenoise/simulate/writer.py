@@ -54,7 +54,20 @@ class SurveySummary:
 
 
 def survey_tables(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The survey's sources and exposure plan (each from its own seeded random stream)."""
+    """Draw the survey's sources and exposure plan (each from its own seeded random stream).
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+
+    Returns
+    -------
+    sources : pandas.DataFrame
+        :func:`~pausdenoise.simulate.sources.make_source_catalogue`.
+    plan : pandas.DataFrame
+        :func:`~pausdenoise.simulate.geometry.exposure_plan`.
+    """
     sources = make_source_catalogue(config, stream_rng(config, STREAM_SOURCES))
     plan = exposure_plan(config, stream_rng(config, STREAM_EXPOSURES))
     return sources, plan
@@ -69,6 +82,18 @@ def iter_frames(
 
     Frames are independent (each one's noise has its own random stream), so callers may
     render them in any order or in parallel with :func:`render_frame` directly.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+    sources, plan : pandas.DataFrame, optional
+        From :func:`survey_tables` (drawn here when either is missing).
+
+    Yields
+    ------
+    Frame
+        One rendered frame (image and truth in ADU, mask, header, tables).
     """
     if sources is None or plan is None:
         sources, plan = survey_tables(config)
@@ -87,7 +112,15 @@ def _mask_header(frame: Frame) -> fits.Header:
 
 
 def write_frame_files(root: Path, frame: Frame) -> None:
-    """Write the image, mask and truth FITS of one frame under ``root`` (PAUS names)."""
+    """Write the image, mask and truth FITS of one frame under ``root`` (PAUS names).
+
+    Parameters
+    ----------
+    root : Path
+        The survey directory (``truth/`` must exist).
+    frame : Frame
+        The rendered frame.
+    """
     expnum, ccd = int(frame.header["EXPNUM"]), int(frame.header["CCD"])
     fits.PrimaryHDU(frame.image, header=frame.header).writeto(
         image_path(root, expnum, ccd), overwrite=True
@@ -121,6 +154,18 @@ def write_survey(config: SimulationConfig, outdir: str | Path) -> SurveySummary:
     zero-points, seeing and sky), ``truth/sources.parquet`` (the source list with shapes and
     SEDs) and ``survey.json`` (config, seed, focal plane, exposures). Identical configs give
     bit-identical files.
+
+    Parameters
+    ----------
+    config : SimulationConfig
+        The simulation configuration.
+    outdir : str or Path
+        The survey directory (created if needed).
+
+    Returns
+    -------
+    SurveySummary
+        What was written.
     """
     t0 = time.perf_counter()
     root = Path(outdir)
@@ -155,7 +200,18 @@ def write_survey(config: SimulationConfig, outdir: str | Path) -> SurveySummary:
 
 
 def load_config(path: str | Path) -> SimulationConfig:
-    """Read the :class:`SimulationConfig` back from a ``survey.json``."""
+    """Read the :class:`SimulationConfig` back from a ``survey.json``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``survey.json`` of a simulated survey.
+
+    Returns
+    -------
+    SimulationConfig
+        The configuration it was simulated with.
+    """
     with open(path) as fh:
         return SimulationConfig.model_validate(json.load(fh)["config"])
 

@@ -1,0 +1,389 @@
+"""Planning: which image files, HDUs and companion files become which frames.
+
+:func:`find_images` lists the image files of the inputs; :func:`plan_ingest` reads only
+their headers (one dask task per file), resolves each frame's ``(expnum, ccd)``, shape and
+companion files into a :class:`FrameSource`, and refuses, per frame with the file and
+keyword named, what cannot be ingested: non-FITS or unreadable files, missing header keys,
+a PAUS file whose EXPNUM/CCD disagree with its name, missing companions, duplicate
+``(expnum, ccd)`` in one batch (every claimant fails, the store keeps what it had), and
+(when ``require_same_shape``) a shape that disagrees with the frames already in the store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import pandas as pd
+from dask.diagnostics import ProgressBar
+from distributed import progress as dprogress
+
+from pausdenoise import paus_layout
+from pausdenoise import store as st
+from pausdenoise.errors import IngestError
+from pausdenoise.ingest.config import IngestConfig
+from pausdenoise.ingest.fits import (
+    _hdu_name,
+    _hdu_shape,
+    _image_hdu_indices,
+    _open_fits,
+    _resolve_hdu,
+)
+from pausdenoise.ingest.metadata import _metadata
+
+__all__ = ["FrameSource", "IngestError", "find_images", "plan_ingest"]
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where one frame comes from (after planning).
+
+    Attributes
+    ----------
+    image : Path
+        The image file.
+    hdu : int or str
+        The image HDU: 0-based index, or EXTNAME.
+    expnum, ccd : int
+        Exposure number and CCD of the frame (from the header).
+    shape : (int, int)
+        Image shape ``(NAXIS2, NAXIS1)`` = ``(ny, nx)`` in pixels.
+    mask, weight, truth : Path, optional
+        Companion files (None when the frame has none).
+    companion_hdu : int, str or None
+        The HDU of the companions (EXTNAME when the image HDU has one, else its index).
+    """
+
+    image: Path
+    hdu: int | str
+    expnum: int
+    ccd: int
+    shape: tuple[int, int]
+    mask: Path | None = None
+    weight: Path | None = None
+    truth: Path | None = None
+    companion_hdu: int | str | None = None
+
+    @property
+    def frame(self) -> str:
+        """The store's frame id of ``(expnum, ccd)``."""
+        return st.frame_id(self.expnum, self.ccd)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The source files that exist for this frame: image, mask, weight, truth."""
+        return tuple(p for p in (self.image, self.mask, self.weight, self.truth) if p)
+
+
+def _substitute(path: Path, sub: tuple[str, str] | None) -> Path | None:
+    if sub is None:
+        return None
+    if sub[0] not in path.name:
+        return None
+    return path.with_name(path.name.replace(sub[0], sub[1], 1))
+
+
+def _scan_dir(p: Path, config: IngestConfig) -> list[Path]:
+    if config.layout == "paus":
+        glob = config.pattern or "paucam.*.img.fits"
+        cand = p.rglob(glob) if config.recursive else p.glob(glob)
+        return [
+            c
+            for c in cand
+            if paus_layout.parse_image_name(c.name) and c.parent.name != paus_layout.TRUTH_DIR
+        ]
+    glob = config.pattern or "*.fits"
+    return list(p.rglob(glob) if config.recursive else p.glob(glob))
+
+
+def find_images(
+    inputs: os.PathLike[str] | str | Sequence[os.PathLike[str] | str], config: IngestConfig
+) -> list[Path]:
+    """List the image files to ingest: explicit files as given, directories scanned.
+
+    PAUS: files whose names :func:`paus_layout.parse_image_name` accepts. Generic: the
+    ``pattern`` glob, minus files that are another selected image's mask/weight companion.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Directories (scanned with ``config.pattern``, recursively with
+        ``config.recursive``) and/or image files.
+    config : IngestConfig
+        Layout, pattern and companion substitutions.
+
+    Returns
+    -------
+    list of Path
+        Sorted, without duplicates.
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    found: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found += _scan_dir(p, config)
+        else:
+            found.append(p)
+    found = sorted(set(found))
+    if config.layout == "generic":
+        companions = set()
+        for f in found:
+            for sub in (config.mask_substitution, config.weight_substitution):
+                c = _substitute(f, sub)
+                if c is not None and c != f:
+                    companions.add(c)
+        found = [f for f in found if f not in companions]
+    return found
+
+
+def _plan_paus(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]:
+    """Plan the single frame of a PAUS image file (primary HDU, ``.msk`` mask, truth).
+
+    Returns
+    -------
+    list of FrameSource
+        One frame.
+
+    Raises
+    ------
+    IngestError
+        Header unusable, EXPNUM/CCD disagreeing with the file name, mask missing.
+    """
+    parsed = paus_layout.parse_image_name(path.name)
+    header = hdul[0].header
+    scratch: list[str] = []
+    meta = _metadata(header, None, path, config, scratch)
+    if parsed is not None and (meta["expnum"], meta["ccd"]) != parsed:
+        key = "EXPNUM" if meta["expnum"] != parsed[0] else "CCD"
+        raise IngestError(
+            path,
+            f"header EXPNUM/CCD = {meta['expnum']}/{meta['ccd']} disagree with the "
+            f"file name ({parsed[0]}/{parsed[1]})",
+            key=key,
+        )
+    shape = _hdu_shape(header, path)
+    root = path.parent
+    mask = paus_layout.mask_path(root, meta["expnum"], meta["ccd"])
+    if not mask.is_file():
+        raise IngestError(path, f"mask file {mask.name} not found", key="mask")
+    truth = paus_layout.truth_path(root, meta["expnum"], meta["ccd"])
+    return [
+        FrameSource(
+            image=path,
+            hdu=0,
+            expnum=meta["expnum"],
+            ccd=meta["ccd"],
+            shape=shape,
+            mask=mask,
+            truth=truth if truth.is_file() else None,
+            companion_hdu=0,
+        )
+    ]
+
+
+def _plan_generic(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]:
+    """Plan the frames of a generic file: ``config.hdu``, or every 2-D image HDU.
+
+    Returns
+    -------
+    list of FrameSource
+        One per image HDU.
+
+    Raises
+    ------
+    IngestError
+        No image HDU, unusable header, or a missing companion file.
+    """
+    if config.hdu is None:
+        indices = _image_hdu_indices(hdul, path)
+        if not indices:
+            raise IngestError(path, "no 2-D image HDU in file", key="NAXIS")
+    else:
+        indices = [_resolve_hdu(hdul, config.hdu, path)]
+    primary = hdul[0].header
+    mask = _substitute(path, config.mask_substitution)
+    weight = _substitute(path, config.weight_substitution)
+    for companion, what in ((mask, "mask"), (weight, "weight")):
+        if companion is not None and not companion.is_file():
+            raise IngestError(path, f"{what} companion {companion.name} not found", key=what)
+    sources = []
+    for i in indices:
+        header = hdul[i].header
+        scratch: list[str] = []
+        meta = _metadata(header, primary if i else None, path, config, scratch)
+        name = _hdu_name(hdul[i], path)
+        sources.append(
+            FrameSource(
+                image=path,
+                hdu=i,
+                expnum=meta["expnum"],
+                ccd=meta["ccd"],
+                shape=_hdu_shape(header, path),
+                mask=mask,
+                weight=weight,
+                companion_hdu=name if name and name != "PRIMARY" else i,
+            )
+        )
+    return sources
+
+
+def _plan_file(path: Path, config: IngestConfig) -> list[FrameSource]:
+    """Plan one image file from its headers only (one dask task).
+
+    Returns
+    -------
+    list of FrameSource
+        The file's frames.
+
+    Raises
+    ------
+    IngestError
+        Anything that keeps the file's frames out, naming the file and keyword.
+    """
+    hdul = _open_fits(path)
+    try:
+        if config.layout == "paus":
+            return _plan_paus(hdul, path, config)
+        return _plan_generic(hdul, path, config)
+    finally:
+        hdul.close()
+
+
+def _plan_task(
+    path: Path, config: IngestConfig
+) -> tuple[list[FrameSource], tuple[str, str] | None]:
+    try:
+        return _plan_file(path, config), None
+    except IngestError as exc:
+        return [], (exc.file, str(exc))
+    except Exception as exc:  # a reader bug must not sink the batch
+        return [], (str(path), f"{type(exc).__name__}: {exc}")
+
+
+def _refuse_duplicates(
+    sources: list[FrameSource], failed: list[tuple[str, str]]
+) -> list[FrameSource]:
+    """Fail every claimant of a duplicate ``(expnum, ccd)``; the store keeps what it had.
+
+    Returns
+    -------
+    list of FrameSource
+        The frames claimed once.
+    """
+    by_frame: dict[str, list[FrameSource]] = {}
+    for s in sources:
+        by_frame.setdefault(s.frame, []).append(s)
+    kept: list[FrameSource] = []
+    for claimants in by_frame.values():
+        if len(claimants) == 1:
+            kept.append(claimants[0])
+            continue
+        where = ", ".join(f"{c.image.name}[{c.hdu}]" for c in claimants)
+        for c in claimants:
+            failed.append(
+                (
+                    str(c.image),
+                    f"{c.image}: duplicate (expnum, ccd) = ({c.expnum}, {c.ccd}) [EXPNUM/CCD] "
+                    f"claimed by {where}; none ingested",
+                )
+            )
+    return kept
+
+
+def _refuse_other_shapes(
+    sources: list[FrameSource], store: os.PathLike[str] | str, failed: list[tuple[str, str]]
+) -> list[FrameSource]:
+    """Fail frames whose shape is not the most common one of the store (else of the batch).
+
+    Returns
+    -------
+    list of FrameSource
+        The frames of the reference shape.
+    """
+    existing = _existing_table(store)
+    batch = {s.frame for s in sources}
+    ref_shapes = Counter(
+        (int(r.ny), int(r.nx)) for r in existing.itertuples(index=False) if r.frame not in batch
+    )
+    if not ref_shapes:
+        ref_shapes = Counter(s.shape for s in sorted(sources, key=lambda s: s.frame))
+    ref = ref_shapes.most_common(1)[0][0]
+    ok = []
+    for s in sources:
+        if s.shape != ref:
+            failed.append(
+                (
+                    str(s.image),
+                    f"{s.image}: image shape {s.shape} [NAXIS2, NAXIS1] disagrees with the "
+                    f"frames in the store {ref}",
+                )
+            )
+        else:
+            ok.append(s)
+    return ok
+
+
+def plan_ingest(
+    images: Sequence[Path],
+    store: os.PathLike[str] | str,
+    config: IngestConfig,
+    client: Any = None,
+) -> tuple[list[FrameSource], list[tuple[str, str]]]:
+    """Resolve frames from headers and refuse the ones that cannot go in.
+
+    Parameters
+    ----------
+    images : sequence of Path
+        Image files, e.g. from :func:`find_images`.
+    store : path
+        The survey store; read only, for the shapes of its complete frames.
+    config : IngestConfig
+        Layout, keyword mapping and ``require_same_shape``.
+    client : distributed.Client, optional
+        Run the header tasks on this client; by default on dask's current scheduler.
+
+    Returns
+    -------
+    (sources, failed)
+        Frames to ingest (sorted by frame id), and ``(file, reason)`` for everything
+        refused.
+    """
+    tasks = [dask.delayed(_plan_task, pure=False)(p, config) for p in images]
+    results = _compute(tasks, client, progress=False)
+    sources: list[FrameSource] = []
+    failed: list[tuple[str, str]] = []
+    for frames, err in results:
+        sources += frames
+        if err is not None:
+            failed.append(err)
+    sources = _refuse_duplicates(sources, failed)
+    if config.effective_require_same_shape and sources:
+        sources = _refuse_other_shapes(sources, store, failed)
+    return sorted(sources, key=lambda s: s.frame), failed
+
+
+def _existing_table(store: os.PathLike[str] | str) -> Any:
+    try:
+        return st.exposure_table(store, complete_only=True)
+    except (FileNotFoundError, st.StoreError):
+        return pd.DataFrame(columns=["frame", "ny", "nx", "source_fingerprint"])
+
+
+def _compute(tasks: list[Any], client: Any, progress: bool) -> list[Any]:
+    if not tasks:
+        return []
+    if client is not None:
+        futures = client.compute(tasks)
+        if progress:
+            dprogress(futures)
+        return client.gather(futures)
+    if progress:
+        with ProgressBar():
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))

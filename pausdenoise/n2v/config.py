@@ -1,0 +1,206 @@
+"""Configuration of Noise2Void training, importable without torch.
+
+:class:`TrainConfig` (with its parts :class:`UNetSettings` and :class:`PlateauSchedule`) is
+what the pipeline's ``train`` section validates; :mod:`pausdenoise.n2v.train` runs it. The
+masking defaults (:data:`DEFAULT_MASKED_FRACTION`, :data:`DEFAULT_RADIUS`) live here so that
+the config needs no torch; :mod:`pausdenoise.n2v.masking` explains their values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from pausdenoise.n2v.unet import UNetConfig
+
+DEFAULT_MASKED_FRACTION = 0.005
+"""Default fraction of pixels that are blind-spot targets (see :mod:`pausdenoise.n2v.masking`)."""
+
+DEFAULT_RADIUS = 5
+"""Default half-width (px) of the square neighbourhood the replacement is drawn from."""
+
+DEFAULT_NOISE_SCALE = 15.0
+"""gain·σ_sky (e⁻) assumed when neither the config nor the frames give it (PAUCam-like sky)."""
+
+
+class UNetSettings(BaseModel):
+    """Network architecture (see :class:`pausdenoise.n2v.unet.UNetConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    depth: int = Field(2, ge=1, le=5, description="Down-sampling steps (2: N2V's 2-D default).")
+    base_channels: int = Field(32, ge=1, description="Channels at the top level (N2V: 32).")
+    n2v2: bool = Field(False, description="N2V2 variant: max-blur-pool, no top skip, median.")
+    batch_norm: bool = Field(True, description="Batch normalisation after each convolution.")
+    posterior: Literal["none", "gaussian"] = Field(
+        "none",
+        description="'gaussian': predict a Gaussian prior (mean, variance) per pixel, train on "
+        "its likelihood and combine it with the observed pixel at inference (Laine et al. "
+        "2019); noise model from train.poisson_scale. 'none': plain N2V.",
+    )
+
+    def to_unet_config(self, noise_scale: float | None = None) -> UNetConfig:
+        """Build the network's architecture from these settings.
+
+        Parameters
+        ----------
+        noise_scale : float, optional
+            gain·σ_sky in e⁻ (electrons per normalised unit): the noise model of the
+            Gaussian posterior. None takes :data:`DEFAULT_NOISE_SCALE`.
+
+        Returns
+        -------
+        UNetConfig
+            The architecture (importing it imports torch).
+        """
+        from pausdenoise.n2v.unet import UNetConfig  # torch off the config import path
+
+        return UNetConfig(
+            depth=self.depth,
+            base_channels=self.base_channels,
+            n2v2=self.n2v2,
+            batch_norm=self.batch_norm,
+            posterior=self.posterior,
+            noise_scale=DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale,
+        )
+
+
+class PlateauSchedule(BaseModel):
+    """``ReduceLROnPlateau`` on the validation loss."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: float = Field(0.5, gt=0.0, lt=1.0, description="Multiply the LR by this on a plateau.")
+    patience: int = Field(5, ge=0, description="Epochs without improvement before reducing.")
+    min_lr: float = Field(1e-6, ge=0.0, description="Lower bound of the learning rate.")
+
+
+class TrainConfig(BaseModel):
+    """Configuration of N2V training (validated before anything runs).
+
+    Defaults follow the N2V papers for 2-D images where they exist (U-Net depth 2 with 32
+    channels, 64×64 patches, Adam at 4e-4, LR halved on a plateau); the masked fraction is
+    justified in :mod:`pausdenoise.n2v.masking`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    unet: UNetSettings = Field(default_factory=UNetSettings, description="Architecture.")
+    patch_size: int = Field(64, ge=8, description="Training patch side (px), multiple of 2**depth.")
+    batch_size: int = Field(64, ge=1, description="Patches per step (per rank under DDP).")
+    masked_fraction: float = Field(
+        DEFAULT_MASKED_FRACTION, gt=0.0, le=0.25, description="Fraction of blind-spot targets."
+    )
+    neighbourhood_radius: int = Field(
+        DEFAULT_RADIUS, ge=1, description="Half-width of the replacement neighbourhood (px)."
+    )
+    replacement: Literal["auto", "uniform", "median"] = Field(
+        "auto", description="'uniform' (N2V), 'median' (N2V2); 'auto' follows unet.n2v2."
+    )
+    max_bad_fraction: float = Field(
+        0.25, ge=0.0, le=1.0, description="Skip patches with more bad pixels than this."
+    )
+    sky_keep: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Keep a patch without source flux with this probability (1: uniform); "
+        "over-samples source contexts without biasing the conditional mean "
+        "(see PatchSampler).",
+    )
+    source_threshold: float = Field(
+        10.0, gt=0.0, description="Source-patch test: max of the 3×3 box mean above this (σ)."
+    )
+    loss_weighting: Literal["none", "poisson"] = Field(
+        "none",
+        description="'poisson': χ² weight 1/(1 + max(ŷ,0)/poisson_scale) from the detached "
+        "prediction (context-only, so the minimiser stays the conditional mean).",
+    )
+    poisson_scale: float | None = Field(
+        None,
+        gt=0.0,
+        description="gain·σ_sky (sky noise in electrons = electrons per normalised unit): the "
+        "noise model of loss_weighting 'poisson' and of unet.posterior 'gaussian'. None: the "
+        "pipeline takes the median over the training frames of gain × robust σ (ADU); "
+        f"{DEFAULT_NOISE_SCALE:g} when the gains are unknown.",
+    )
+    nll_beta: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="β of the β-NLL for unet.posterior 'gaussian' (0: plain Gaussian NLL; "
+        "1: the mean gets the MSE gradient of plain N2V).",
+    )
+    grad_clip: float | None = Field(
+        None, gt=0.0, description="Clip the gradient norm to this (None: no clipping)."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up (steps).")
+    steps_per_epoch: int = Field(100, ge=1, description="Optimiser steps per epoch.")
+    epochs: int = Field(50, ge=1, description="Maximum number of epochs.")
+    learning_rate: float = Field(4e-4, gt=0.0, description="Adam learning rate (N2V: 4e-4).")
+    lr_schedule: PlateauSchedule = Field(
+        default_factory=PlateauSchedule, description="ReduceLROnPlateau on the validation loss."
+    )
+    early_stopping_patience: int | None = Field(
+        15, ge=1, description="Stop after this many epochs without validation improvement."
+    )
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Weights returned and saved: of the best validation epoch, or of the last "
+        "epoch (the N2V validation loss is dominated by noise; it can miss source fidelity).",
+    )
+    validation_patches: int = Field(256, ge=1, description="Size of the fixed validation set.")
+    calibrate_offset: bool = Field(
+        True,
+        description="After training, refit the one output offset (maximum likelihood on "
+        "blind-spot targets of validation_patches held-out patches sampled uniformly, as the "
+        "survey is) and fold it into the head's bias.",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Bottom fraction of each frame's rows held out."
+    )
+    augment: bool = Field(True, description="Random rotations/flips (8 symmetries) per batch.")
+    block_size: int | None = Field(
+        None, ge=8, description="Read-window side (px); None: chunk shape or 4×patch."
+    )
+    patches_per_block: int | None = Field(
+        None, ge=1, description="Patch draws per read window; None: automatic."
+    )
+    seed: int = Field(0, ge=0, description="Seed of initialisation, sampling, masking.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA if present.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision on CUDA (ignored on CPU)."
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training (None: leave as is)."
+    )
+    prefetch: bool = Field(True, description="Read the next batch in a background thread.")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> TrainConfig:
+        m = 2**self.unet.depth
+        if self.patch_size % m:
+            raise ValueError(
+                f"patch_size {self.patch_size} must be a multiple of 2**depth = {m} "
+                f"(unet.depth = {self.unet.depth})"
+            )
+        if self.patch_size <= 2 * self.neighbourhood_radius:
+            raise ValueError(
+                f"patch_size {self.patch_size} must exceed twice the neighbourhood radius "
+                f"({self.neighbourhood_radius})"
+            )
+        return self
+
+    @property
+    def noise_scale(self) -> float:
+        """``poisson_scale``, or :data:`DEFAULT_NOISE_SCALE` when it is not set."""
+        return DEFAULT_NOISE_SCALE if self.poisson_scale is None else self.poisson_scale
+
+    @property
+    def strategy(self) -> Literal["uniform", "median"]:
+        """The replacement strategy actually used."""
+        if self.replacement == "auto":
+            return "median" if self.unet.n2v2 else "uniform"
+        return self.replacement

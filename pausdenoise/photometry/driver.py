@@ -1,0 +1,466 @@
+"""The distributed photometry driver: Zarr store in, hive-partitioned Parquet out.
+
+One Dask task per (frame, kind) reads that frame's image and mask from the survey store
+(:mod:`pausdenoise.store`), measures the frame's catalogue rows
+(:func:`pausdenoise.photometry.measure.measure_frame`) and writes one Parquet file
+``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet`` atomically, with the configuration's
+fingerprint in its metadata so that a rerun skips the partitions already complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pausdenoise.paus_layout import is_safe_name
+from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
+from pausdenoise.photometry.config import PhotometryConfig
+from pausdenoise.photometry.measure import OUTPUT_COLUMNS, _empty_table, measure_frame
+from pausdenoise.store import open_store, parse_frame_id
+
+__all__ = [
+    "measure_store_frame",
+    "partition_path",
+    "photometry_bands",
+    "photometry_dataframe",
+    "photometry_tasks",
+    "read_photometry",
+    "run_photometry",
+    "write_partition",
+]
+
+_IMAGE_OF_KIND = {"raw": "image", "denoised": "denoised"}
+
+_METADATA_KEY = b"pausdenoise_photometry"
+
+
+# --------------------------------------------------------------------------------------
+# Store access
+# --------------------------------------------------------------------------------------
+
+
+def _frame_attrs(store_path: str | os.PathLike[str], frame: str) -> dict[str, Any]:
+    return dict(open_store(store_path, mode="r")["frames"][frame].attrs)
+
+
+def measure_store_frame(
+    store_path: str | os.PathLike[str],
+    frame: str,
+    apertures: pd.DataFrame,
+    config: PhotometryConfig,
+    kind: str = "raw",
+) -> pd.DataFrame:
+    """Read one frame's image (``kind``) and mask from the Zarr store and measure it.
+
+    Frame attributes used: ``gain``, ``zp``, ``zp_err``, ``saturate``, ``expnum``, ``ccd``,
+    ``band``. This is the body of one Dask task.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store (:func:`pausdenoise.store.open_store`), opened read-only.
+    frame : str
+        Frame id ``f"{expnum:08d}_{ccd:02d}"``.
+    apertures : pandas.DataFrame
+        The frame's catalogue rows (see :func:`~pausdenoise.photometry.measure.measure_frame`).
+    config : PhotometryConfig
+        Photometry settings.
+    kind : {"raw", "denoised"}, optional
+        Which image of the frame to measure: the ``image`` or the ``denoised`` array.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The frame's photometry (``OUTPUT_COLUMNS``), one row per catalogue row.
+
+    Raises
+    ------
+    KeyError
+        When the frame has no array for ``kind`` (for example not denoised yet).
+    """
+    grp = open_store(store_path, mode="r")["frames"][frame]
+    attrs = dict(grp.attrs)
+    name = _IMAGE_OF_KIND[kind]
+    if name not in grp:
+        raise KeyError(
+            f"frame {frame} of store {store_path} has no array {name!r} (needed for kind={kind!r})"
+        )
+    image = grp[name][...]
+    mask = grp["mask"][...] if "mask" in grp else None
+    return measure_frame(
+        image,
+        mask,
+        apertures,
+        config,
+        gain=float(attrs.get("gain", np.nan)),
+        zp=float(attrs.get("zp", np.nan)),
+        zp_err=float(attrs.get("zp_err", np.nan)),
+        saturate=attrs.get("saturate"),
+        kind=kind,
+        expnum=attrs.get("expnum"),
+        ccd=attrs.get("ccd"),
+        band=attrs.get("band"),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Dask tasks
+# --------------------------------------------------------------------------------------
+
+
+def photometry_tasks(
+    store_path: str | os.PathLike[str],
+    frames: Sequence[str],
+    catalogue: pd.DataFrame,
+    config: PhotometryConfig,
+) -> dict[tuple[str, str], Any]:
+    """Build one ``dask.delayed`` task per (frame, kind) returning that frame's table.
+
+    The catalogue rows of each frame are selected here (``expnum``/``ccd`` parsed from the
+    frame id ``f"{expnum:08d}_{ccd:02d}"``) and embedded in its task, so a worker reads only
+    its own frame's arrays from the store.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store.
+    frames : sequence of str
+        Frame ids to measure.
+    catalogue : pandas.DataFrame
+        The reference catalogue of all frames (``REQUIRED_COLUMNS``, ``expnum``, ``ccd``).
+    config : PhotometryConfig
+        Photometry settings; ``config.kinds`` says which images.
+
+    Returns
+    -------
+    dict of (str, str) to dask.delayed.Delayed
+        ``(frame, kind)`` → task computing
+        :func:`measure_store_frame` for it.
+
+    Raises
+    ------
+    KeyError
+        When a required catalogue column is missing.
+    """
+    _require_columns(catalogue, (*REQUIRED_COLUMNS, "expnum", "ccd"))
+    groups = {k: g for k, g in catalogue.groupby(["expnum", "ccd"], sort=False)}
+    tasks: dict[tuple[str, str], Any] = {}
+    for frame in frames:
+        e, c = parse_frame_id(frame)
+        rows = groups.get((e, c), catalogue.iloc[:0]).reset_index(drop=True)
+        for kind in config.kinds:
+            tasks[(frame, kind)] = dask.delayed(measure_store_frame, pure=True)(
+                str(store_path),
+                frame,
+                rows,
+                config,
+                kind,
+                dask_key_name=f"photometry-{frame}-{kind}",
+            )
+    return tasks
+
+
+def photometry_dataframe(
+    store_path: str | os.PathLike[str],
+    frames: Sequence[str],
+    catalogue: pd.DataFrame,
+    config: PhotometryConfig,
+) -> Any:
+    """Return the photometry of all (frame, kind) as one lazy ``dask.dataframe``.
+
+    One partition per task of :func:`photometry_tasks`, ready for
+    :func:`pausdenoise.compare.make_pairs` on a cluster.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store.
+    frames : sequence of str
+        Frame ids to measure.
+    catalogue : pandas.DataFrame
+        The reference catalogue of all frames.
+    config : PhotometryConfig
+        Photometry settings.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        Lazy table with ``OUTPUT_COLUMNS``.
+    """
+    tasks = list(photometry_tasks(store_path, frames, catalogue, config).values())
+    return dd.from_delayed(tasks, meta=_empty_table(), verify_meta=False)
+
+
+# --------------------------------------------------------------------------------------
+# Parquet partitions
+# --------------------------------------------------------------------------------------
+
+
+def partition_path(out_dir: str | os.PathLike[str], band: str, kind: str, frame: str) -> Path:
+    """Return ``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet``.
+
+    Hive-partitioned by band and kind, one file per frame. The band may come from the
+    reference catalogue: every name must be a plain name
+    (:func:`pausdenoise.paus_layout.is_safe_name`: letters, digits, ``. _ + -``; no
+    separator, ``=``, whitespace, ``..``), so that no catalogue value can leave ``out_dir``
+    or break the hive partitioning.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Root of the photometry output.
+    band : str
+        Band name (for example ``"NB455"``).
+    kind : str
+        ``"raw"`` or ``"denoised"``.
+    frame : str
+        Frame id.
+
+    Returns
+    -------
+    pathlib.Path
+        The partition file's path (not created).
+
+    Raises
+    ------
+    ValueError
+        When ``band``, ``kind`` or ``frame`` is not a plain name (the message names it).
+    """
+    for what, value in (("band", band), ("kind", kind), ("frame", frame)):
+        if not is_safe_name(value):
+            raise ValueError(
+                f"photometry: {what} name {value!r} cannot be used in an output path "
+                "(letters, digits, '.', '_', '+', '-' only)"
+            )
+    return Path(out_dir) / f"band={band}" / f"kind={kind}" / f"{frame}.parquet"
+
+
+def _is_complete(path: Path, fingerprint: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:
+        return False
+    raw = meta.get(_METADATA_KEY)
+    return raw is not None and json.loads(raw).get("fingerprint") == fingerprint
+
+
+def write_partition(
+    table: pd.DataFrame, path: str | os.PathLike[str], fingerprint: str = ""
+) -> Path:
+    """Write one (band, kind, frame) table atomically.
+
+    The table goes to a hidden temporary file in the same folder, then ``os.replace`` puts
+    it onto ``path``. ``band`` and ``kind`` are dropped from the file (they are the hive
+    partition keys); ``fingerprint`` is stored in the Parquet metadata so that a rerun knows
+    the file is complete and made with the same config.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One frame's photometry for one band and kind.
+    path : path-like
+        Destination (:func:`partition_path`); parent folders are created.
+    fingerprint : str, optional
+        ``PhotometryConfig.fingerprint()`` of the settings used.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tab = pa.Table.from_pandas(
+        table.drop(columns=["band", "kind"], errors="ignore"), preserve_index=False
+    )
+    meta = dict(tab.schema.metadata or {})
+    meta[_METADATA_KEY] = json.dumps({"fingerprint": fingerprint, "rows": len(table)}).encode()
+    tab = tab.replace_schema_metadata(meta)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        pq.write_table(tab, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _measure_and_write(
+    store_path: str,
+    frame: str,
+    rows: pd.DataFrame,
+    config: PhotometryConfig,
+    kind: str,
+    path: Path,
+) -> str:
+    table = measure_store_frame(store_path, frame, rows, config, kind)
+    write_partition(table, path, config.fingerprint())
+    return str(path)
+
+
+def run_photometry(
+    store_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    frames: Sequence[str],
+    catalogue: pd.DataFrame,
+    config: PhotometryConfig,
+    *,
+    overwrite: bool = False,
+    compute: bool = True,
+) -> list[Path] | list[Any]:
+    """Measure every (frame, kind) not yet complete under ``out_dir`` and write its file.
+
+    Uses whatever Dask scheduler is active (a ``distributed.Client`` when one exists). A
+    partition counts as complete when its file exists and carries this config's
+    fingerprint; those are skipped unless ``overwrite``.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store.
+    out_dir : path-like
+        Root of the photometry output (:func:`partition_path`).
+    frames : sequence of str
+        Frame ids to measure.
+    catalogue : pandas.DataFrame
+        The reference catalogue of all frames (``REQUIRED_COLUMNS``, ``expnum``, ``ccd``;
+        ``band`` when present names the partition, else the frame's ``band`` attribute).
+    config : PhotometryConfig
+        Photometry settings.
+    overwrite : bool, optional
+        Remeasure complete partitions too. Default False.
+    compute : bool, optional
+        Run the tasks (default) or only return them.
+
+    Returns
+    -------
+    list of pathlib.Path, or list of dask.delayed.Delayed
+        The paths written, or with ``compute=False`` the delayed tasks.
+
+    Raises
+    ------
+    KeyError
+        When a required catalogue column is missing.
+    """
+    _require_columns(catalogue, (*REQUIRED_COLUMNS, "expnum", "ccd"))
+    fp = config.fingerprint()
+    groups = {k: g for k, g in catalogue.groupby(["expnum", "ccd"], sort=False)}
+    band_of = {}
+    if "band" in catalogue.columns:
+        band_of = catalogue.groupby(["expnum", "ccd"], sort=False)["band"].first().to_dict()
+    tasks = []
+    for frame in frames:
+        e, c = parse_frame_id(frame)
+        band = band_of.get((e, c))
+        if band is None:
+            band = str(_frame_attrs(store_path, frame).get("band", "unknown"))
+        rows = groups.get((e, c), catalogue.iloc[:0]).reset_index(drop=True)
+        for kind in config.kinds:
+            path = partition_path(out_dir, band, kind, frame)
+            if not overwrite and _is_complete(path, fp):
+                continue
+            tasks.append(
+                dask.delayed(_measure_and_write, pure=False)(
+                    str(store_path),
+                    frame,
+                    rows,
+                    config,
+                    kind,
+                    path,
+                    dask_key_name=f"photometry-write-{frame}-{kind}",
+                )
+            )
+    if not compute:
+        return tasks
+    return [Path(p) for p in dask.compute(*tasks)] if tasks else []
+
+
+# --------------------------------------------------------------------------------------
+# Reading back
+# --------------------------------------------------------------------------------------
+
+
+def photometry_bands(out_dir: str | os.PathLike[str]) -> list[str]:
+    """List the bands :func:`run_photometry` wrote (its ``band=<name>`` partitions).
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Root of the photometry output.
+
+    Returns
+    -------
+    list of str
+        Band names with at least one Parquet file, sorted; empty when ``out_dir`` is absent.
+    """
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name.split("=", 1)[1]
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("band=") and any(p.rglob("*.parquet"))
+    )
+
+
+def read_photometry(
+    out_dir: str | os.PathLike[str],
+    bands: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Read what :func:`run_photometry` wrote back into one table.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Root of the photometry output.
+    bands : sequence of str, optional
+        Read only these bands (the Parquet partitions of other bands are not read).
+    columns : sequence of str, optional
+        Read only these columns (a subset of ``OUTPUT_COLUMNS``); ``band`` and ``kind`` are
+        always included.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``band`` and ``kind`` restored as str columns, columns in ``OUTPUT_COLUMNS`` order
+        and dtypes, fresh ``RangeIndex``; an empty table of that schema when nothing was
+        written.
+
+    Raises
+    ------
+    KeyError
+        When ``columns`` names a column that is not a photometry column.
+    """
+    wanted = dict(OUTPUT_COLUMNS)
+    if columns is not None:
+        unknown = set(columns) - set(OUTPUT_COLUMNS)
+        if unknown:
+            raise KeyError(f"not photometry columns: {', '.join(sorted(unknown))}")
+        keep = set(columns) | {"band", "kind"}
+        wanted = {c: t for c, t in OUTPUT_COLUMNS.items() if c in keep}
+    if not Path(out_dir).is_dir() or not any(Path(out_dir).rglob("*.parquet")):
+        return _empty_table()[list(wanted)]
+    dataset = ds.dataset(str(out_dir), format="parquet", partitioning="hive")
+    flt = ds.field("band").isin(list(bands)) if bands is not None else None
+    df = dataset.to_table(columns=list(wanted), filter=flt).to_pandas()
+    if df.empty:
+        return _empty_table()[list(wanted)]
+    for c in ("band", "kind"):
+        df[c] = df[c].astype(str)
+    return df[list(wanted)].astype(wanted).reset_index(drop=True)

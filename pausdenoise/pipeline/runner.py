@@ -1,0 +1,353 @@
+"""The pipeline runner: wires the stages, decides every path, makes the Dask client.
+
+``run(cfg, out)`` executes the stages of :data:`pausdenoise.config.STAGES` in order inside
+one run directory (layout: :class:`pausdenoise.runstate.RunPaths`). Before any work it
+checks the output location (writable, free space) and takes the run lock. Each stage:
+
+- is skipped when ``run.json`` records it done with the same configuration fingerprint
+  (the fingerprint chains the upstream stages', so a change upstream reruns what follows);
+- otherwise runs, and is itself resumable inside: ingest skips complete frames, training
+  reuses a checkpoint of the same fingerprint, denoising skips chunks already written,
+  photometry skips complete partitions.
+
+A stage that fails raises :class:`~pausdenoise.errors.StageError` naming it; everything
+completed before stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pausdenoise import __version__
+from pausdenoise import store as st
+from pausdenoise.cluster import make_client
+from pausdenoise.config import STAGES, PipelineConfig
+from pausdenoise.digest import json_digest
+from pausdenoise.errors import ConfigError, StageError
+from pausdenoise.pipeline.context import Context, RunResult
+from pausdenoise.pipeline.stages import (
+    compare,
+    denoise,
+    evaluate,
+    gan,
+    ingest,
+    photometry,
+    report,
+    simulate,
+    stack,
+    train,
+)
+from pausdenoise.redact import redact
+from pausdenoise.report.versions import software_versions
+from pausdenoise.runstate import RunPaths, RunRecord, preflight, run_lock, write_json_atomic
+
+__all__ = [
+    "STAGE_FUNCS",
+    "estimate_bytes",
+    "resolve_stages",
+    "run",
+    "stage_fingerprints",
+    "store_info",
+    "with_ingest_source",
+]
+
+#: stage name → its function, in pipeline order (:data:`pausdenoise.config.STAGES`)
+STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "simulate": simulate.run,
+    "ingest": ingest.run,
+    "train": train.run,
+    "denoise": denoise.run,
+    "stack": stack.run,
+    "gan": gan.run,
+    "photometry": photometry.run,
+    "compare": compare.run,
+    "evaluate": evaluate.run,
+    "report": report.run,
+}
+
+#: the stages that use the Dask cluster (the others run without a client)
+_CLUSTER_STAGES = {"ingest", "denoise", "photometry", "compare", "stack", "gan"}
+
+
+def with_ingest_source(
+    cfg: PipelineConfig, fits: Path | None, layout: str | None
+) -> PipelineConfig:
+    """Return the config with ``input`` pointed at existing FITS (``pausdenoise ingest --fits``).
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration.
+    fits : Path or None
+        Directory (PAUS layout) or glob of FITS files; ``None`` keeps ``cfg.input``.
+    layout : str or None
+        ``"paus"`` or ``"generic"``; ``None`` keeps ``cfg.ingest.layout``.
+
+    Returns
+    -------
+    PipelineConfig
+        ``cfg`` itself when both are ``None``, else a validated copy.
+    """
+    if fits is None and layout is None:
+        return cfg
+    data = cfg.model_dump()
+    if fits is not None:
+        data["input"]["source"] = "fits"
+        data["input"]["fits_path"] = fits
+    if layout is not None:
+        data["ingest"]["layout"] = layout
+    return PipelineConfig.model_validate(data)
+
+
+def stage_fingerprints(cfg: PipelineConfig) -> dict[str, str]:
+    """Return the fingerprint of each stage.
+
+    A stage's fingerprint digests its own config section chained with its inputs'
+    fingerprints (and the package version, so an upgrade redoes the stages).
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration.
+
+    Returns
+    -------
+    dict of str to str
+        Stage → 16 hex characters.
+    """
+    d = cfg.model_dump(mode="json")
+    fp: dict[str, str] = {}
+    fp["simulate"] = json_digest(["simulate", d["simulate"], d["input"]["source"], __version__])
+    fp["ingest"] = json_digest(["ingest", d["ingest"], d["input"], fp["simulate"]])
+    fp["train"] = json_digest(
+        ["train", d["train"], d["holdout_exposures_per_band"], d["input"]["checkpoint"],
+         fp["ingest"]]
+    )
+    fp["denoise"] = json_digest(["denoise", d["denoise"], fp["train"]])
+    g = d["gan"]
+    fp["stack"] = json_digest(
+        ["stack", g["stack"], g["cutout_size"], g["cutout_stride"], g["max_pairs_per_frame"],
+         d["holdout_exposures_per_band"], fp["ingest"]]
+    )
+    fp["gan"] = json_digest(
+        ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"], d["photometry"],
+         d["compare"]["bins"], d["input"]["catalogue"], fp["stack"], fp["denoise"]]
+    )
+    fp["photometry"] = json_digest(["photometry", d["photometry"], fp["denoise"]])
+    fp["compare"] = json_digest(["compare", d["compare"], fp["photometry"]])
+    fp["evaluate"] = json_digest(["evaluate", d["evaluate"], fp["photometry"]])
+    fp["report"] = json_digest(["report", d["report"], fp["compare"], fp["evaluate"]]
+                               + ([fp["gan"]] if cfg.gan.enabled else []))
+    return fp
+
+
+def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[str]:
+    """Return the stages to run, in pipeline order.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration (decides the default stages: no simulate without
+        ``input.source = "simulate"``, no ingest from a store, no train with a given
+        checkpoint, no stack/gan unless ``gan.enabled``).
+    stages : sequence of str or None
+        The stages asked for; ``None`` for all that apply.
+
+    Returns
+    -------
+    list of str
+        The stages, in pipeline order.
+
+    Raises
+    ------
+    ConfigError
+        When a stage name is unknown.
+    """
+    if stages is None:
+        chosen = list(STAGES)
+        if cfg.input.source != "simulate":
+            chosen.remove("simulate")
+        if cfg.input.source == "store":
+            chosen.remove("ingest")
+        if cfg.input.checkpoint is not None:
+            chosen.remove("train")
+        if not cfg.gan.enabled:
+            chosen.remove("stack")
+            chosen.remove("gan")
+        return chosen
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def estimate_bytes(cfg: PipelineConfig) -> int:
+    """Return a rough disk need of a run: simulated FITS + store (image, mask, denoised).
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration.
+
+    Returns
+    -------
+    int
+        Bytes; 64 MiB when nothing is simulated.
+    """
+    if cfg.input.source != "simulate":
+        return 64 * 2**20
+    s = cfg.simulate
+    frames = len(s.bands) * s.exposures_per_band * s.n_ccds
+    px = frames * s.ccd_shape[0] * s.ccd_shape[1]
+    # FITS image + mask + truth (9 B/px) and store image + mask + denoised (~9 B/px, before
+    # compression), plus slack.
+    return int(px * 18 * 1.2) + 64 * 2**20
+
+
+def store_info(cfg: PipelineConfig, out: Path) -> str:
+    """Summarise a run's survey store: frames per band, shapes, arrays, completeness.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration (``input.source = "store"`` names the store).
+    out : Path
+        The run directory (its own store otherwise).
+
+    Returns
+    -------
+    str
+        The summary text, several lines.
+
+    Raises
+    ------
+    StageError
+        When there is no store.
+    """
+    store_path = Path(cfg.input.store_path) if cfg.input.source == "store" else \
+        RunPaths(Path(out).resolve()).store
+    if not store_path.exists():
+        raise StageError(f"info: no survey store at {store_path}; run the ingest stage first")
+    table = st.exposure_table(store_path, complete_only=False)
+    lines = [f"survey store: {store_path}", f"frames: {len(table)} "
+             f"({int(table['complete'].sum()) if 'complete' in table else len(table)} complete)"]
+    if table.empty:
+        return "\n".join(lines)
+    for band, g in table.groupby("band"):
+        shapes = sorted({(int(r.ny), int(r.nx)) for r in g.itertuples()})
+        lines.append(f"  {band}: {g['expnum'].nunique()} exposures, {len(g)} frames, "
+                     f"shapes {shapes}, ZP {g['zp'].min():.4g}–{g['zp'].max():.4g} µJy/ADU")
+    arrays: dict[str, int] = {}
+    for f in table["frame"]:
+        for name in st.frame_arrays(store_path, f):
+            arrays[name] = arrays.get(name, 0) + 1
+    lines.append("arrays: " + ", ".join(f"{k} ×{v}" for k, v in sorted(arrays.items())))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _maybe_client(cfg: PipelineConfig, stages: Sequence[str]) -> Iterator[Any]:
+    """Make a Dask client when one of ``stages`` uses the cluster.
+
+    Yields
+    ------
+    distributed.Client or None
+        The client, or ``None`` when no stage needs one.
+    """
+    if not _CLUSTER_STAGES.intersection(stages):
+        yield None
+        return
+    with make_client(cfg.cluster) as client:
+        yield client
+
+
+def _run_stage(ctx: Context, name: str, fingerprint: str, result: RunResult) -> None:
+    """Run one stage (or skip it when done with the same fingerprint), recording it.
+
+    Raises
+    ------
+    StageError
+        When the stage fails (any other exception is wrapped in one naming the stage).
+    """
+    record, force = ctx.record, ctx.force
+    if not force and record.is_done(name, fingerprint):
+        prev = record.stage(name)
+        result.stages[name] = {"status": "up to date", "note": prev.get("note", ""),
+                               "partial": prev.get("partial", False)}
+        print(f"[{name}] up to date (same configuration); skipped")
+        return
+    print(f"[{name}] running")
+    record.set(name, status="running", fingerprint=fingerprint, started=time.time())
+    t0 = time.perf_counter()
+    try:
+        summary = STAGE_FUNCS[name](ctx)
+    except StageError as exc:
+        record.set(name, status="failed", error=str(exc), seconds=time.perf_counter() - t0)
+        raise
+    except Exception as exc:
+        record.set(name, status="failed", error=f"{type(exc).__name__}: {exc}",
+                   seconds=time.perf_counter() - t0)
+        raise StageError(f"stage '{name}' failed: {type(exc).__name__}: {exc}") from exc
+    secs = time.perf_counter() - t0
+    record.set(name, status="done", seconds=secs, note=summary.get("note", ""),
+               partial=bool(summary.get("partial", False)), summary=summary)
+    result.stages[name] = {"status": "done", "seconds": secs,
+                           "note": summary.get("note", ""),
+                           "partial": bool(summary.get("partial", False))}
+    print(f"[{name}] done in {secs:.1f} s: {summary.get('note', '')}")
+
+
+def run(
+    cfg: PipelineConfig,
+    out: Path,
+    *,
+    stages: Sequence[str] | None = None,
+    force: bool = False,
+) -> RunResult:
+    """Run ``stages`` (default: all that apply) of the pipeline in run directory ``out``.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The configuration.
+    out : Path
+        The run directory (created if missing).
+    stages : sequence of str, optional
+        The stages to run (in pipeline order whatever the order given); default all that
+        apply (:func:`resolve_stages`).
+    force : bool, optional
+        Rerun stages recorded as done, and redo their work. Default False.
+
+    Returns
+    -------
+    RunResult
+        What each stage did; also written to ``run-summary.json``.
+
+    Raises
+    ------
+    PreflightError, RunLockedError
+        Before any work, when the directory is unusable or another run holds it.
+    StageError
+        When a stage fails (earlier stages' outputs are kept; a rerun resumes).
+    """
+    paths = RunPaths(Path(out).resolve())
+    chosen = resolve_stages(cfg, stages)
+    preflight(paths.out, estimate_bytes(cfg))
+    result = RunResult(paths.out)
+    fps = stage_fingerprints(cfg)
+    with run_lock(paths):
+        record = RunRecord(paths)
+        # recorded (and shown in the report) without credentials; fingerprints use cfg
+        record.data["config"] = redact(cfg.model_dump(mode="json"))
+        record.data["versions"] = software_versions()
+        record.save()
+        with _maybe_client(cfg, chosen) as client:
+            ctx = Context(cfg, paths, client, record, force)
+            for name in chosen:
+                _run_stage(ctx, name, fps[name], result)
+    write_json_atomic(paths.out / "run-summary.json", redact(result.stages))
+    return result

@@ -1,0 +1,400 @@
+"""Compare stage: cross-exposure Δf statistics, the denoised error model, truth.
+
+Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
+
+- ``sigma68_by_bin.csv`` (+ ``.json``): per I_auto bin and overall, pair counts, σ68 of Δf
+  for raw fluxes, denoised fluxes with raw errors and with the calibrated error model, and
+  the median denoised/raw flux ratio;
+- ``error_model.csv`` / ``error_model_bands.csv``: the error model σ_den = s(I_auto)·g(band)·σ_raw
+  fitted on all pairs: s per bin, g per band (:class:`pausdenoise.compare.ErrorModel`);
+- ``error_model.json``: the same model, machine-readable
+  (:meth:`pausdenoise.compare.ErrorModel.from_dict`), to apply to other runs;
+- ``denoised_errors/band=<band>/errors.parquet``: every measurement's raw and denoised
+  calibrated flux with ``flux_cal_err_den_model``, the error to use with the denoised flux
+  (:meth:`pausdenoise.compare.ErrorModel.calibrated_errors`), flags kept;
+- ``error_model_validation.csv``: σ68 with model errors on held-out pairs, by k-fold
+  cross-validation over exposures stratified by band (each pair judged by a model fitted
+  without either of its exposures), overall, per bin and per band, with pass/fail against
+  1.00 ± tolerance for rows with enough pairs;
+- ``truth_comparison.csv``: flux bias and scatter against the truth (simulation only): the
+  true flux is the source's own noiseless flux inside its aperture (``flux_true_aper_adu``
+  × the exact zero-point), so aperture losses do not pose as bias;
+- ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
+
+The photometry is read twice, a band per task each time: :func:`band_pairs` pairs a band and
+sends back its exact pair counts (in all and per I_auto bin) with its bottom-``max_pairs``
+sample (the pairs with the smallest :func:`pausdenoise.compare.pair_hash`), which the driver
+folds into the running global bottom-``compare.max_pairs`` as the bands complete; after the
+error model is fitted, :func:`band_calibrated_errors` writes the band's per-measurement
+errors. Memory is bounded by one band's photometry on a worker, and on the driver by the
+compact pair table of at most ``compare.max_pairs`` pairs (about twice that while a band is
+merged) plus the measurements' I_auto and fluxes. The sample is exactly
+min(pairs, ``compare.max_pairs``) pairs, uniform without replacement, and depends on the
+pairs and ``compare.seed`` only (not on the workers or the order the bands complete in).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from distributed import as_completed
+
+from pausdenoise import compare as cmp
+from pausdenoise.photometry.driver import photometry_bands, read_photometry, write_partition
+from pausdenoise.pipeline.context import Context
+
+__all__ = ["BandPairs", "band_calibrated_errors", "band_pairs", "run"]
+
+#: the photometry columns the compare stage reads (the other ~20 are never loaded)
+_COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
+
+
+def _band_wide(phot_dir: str, band: str, exclude_flagged: bool) -> pd.DataFrame | None:
+    """Read one band's photometry, one row per measurement.
+
+    Returns
+    -------
+    DataFrame or None
+        :func:`pausdenoise.compare.widen` of the band's table; None when it is empty.
+    """
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    if table.empty:
+        return None
+    return cmp.widen(table, exclude_flags=exclude_flagged)
+
+
+@dataclass(frozen=True)
+class BandPairs:
+    """What :func:`band_pairs` sends back for one band.
+
+    Parameters
+    ----------
+    band : str
+        The band.
+    n_pairs : int
+        Every pair of the band (exact, before sampling).
+    per_bin : ndarray of int64
+        Every pair per I_auto bin (exact; ``len(bins) − 1``), binned as ``summarise`` bins.
+    pairs : DataFrame
+        The band's bottom-``max_pairs`` pairs (compact table with the ``pair_hash`` column).
+    measurements : DataFrame
+        The band's measurements: I_auto and calibrated fluxes (float32).
+    exposures : DataFrame
+        The band's exposures (``expnum``, ``band``).
+    """
+
+    band: str
+    #: every pair of the band (exact, before sampling)
+    n_pairs: int
+    #: every pair per I_auto bin (exact; ``len(bins) − 1``), binned as ``summarise`` bins
+    per_bin: np.ndarray
+    #: the band's bottom-``max_pairs`` pairs (compact table with the ``pair_hash`` column)
+    pairs: pd.DataFrame
+    #: the band's measurements: I_auto and calibrated fluxes (float32)
+    measurements: pd.DataFrame
+    #: the band's exposures (``expnum``, ``band``)
+    exposures: pd.DataFrame
+
+
+def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
+               max_pairs: int, seed: int) -> BandPairs | None:
+    """Read and pair one band; runs on a worker.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+    exclude_flagged : bool
+        Drop flagged measurements before pairing.
+    bins : numpy.ndarray
+        I_auto bin edges of the per-bin counts.
+    max_pairs : int
+        At most this many pairs come back: those with the smallest
+        :func:`pausdenoise.compare.pair_hash` (``seed``).
+    seed : int
+        The seed of the hash.
+
+    Returns
+    -------
+    BandPairs or None
+        The band's exact pair counts, its sample of pairs, measurements and exposures;
+        None when the band has no measurement.
+    """
+    wide = _band_wide(phot_dir, band, exclude_flagged)
+    if wide is None or wide.empty:
+        return None
+    deltas = cmp.pair_deltas(cmp.make_pairs(wide))
+    n_pairs, per_bin = len(deltas), cmp.pairs_per_bin(deltas, bins)
+    sample = cmp.bottom_k_pairs(deltas, max_pairs, seed)
+    del deltas
+    meas = wide[[c for c in ("I_auto", "f_raw", "f_den") if c in wide.columns]]
+    return BandPairs(band=band, n_pairs=n_pairs, per_bin=per_bin, pairs=sample,
+                     measurements=meas.astype(np.float32),
+                     exposures=wide[["expnum", "band"]].drop_duplicates("expnum"))
+
+
+def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) -> int:
+    """Write one band's per-measurement calibrated denoised errors; runs on a worker.
+
+    The table is written atomically to ``out_dir/band=<band>/errors.parquet``.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+    model : dict
+        The error model (:meth:`pausdenoise.compare.ErrorModel.to_dict`).
+    out_dir : str
+        The directory of the per-band tables.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+    """
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
+    write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
+    return len(rows)
+
+
+def _per_band(ctx: Context, fn: Any, bands: list[str], *args: Any) -> list[Any]:
+    """Call ``fn(photometry_dir, band, *args)`` for every band, on the cluster if there is one.
+
+    Returns
+    -------
+    list
+        The results, in band order.
+    """
+    phot = str(ctx.paths.photometry)
+    if ctx.client is None:
+        return [fn(phot, b, *args) for b in bands]
+    futures = [ctx.client.submit(fn, phot, b, *args, pure=False) for b in bands]
+    return ctx.client.gather(futures)
+
+
+def _per_band_as_completed(ctx: Context, fn: Any, bands: list[str], *args: Any) -> Iterator[Any]:
+    """Call ``fn(photometry_dir, band, *args)`` for every band, on the cluster if there is one.
+
+    Yields
+    ------
+    Any
+        Each result as soon as its task completes (in band order without a cluster), so
+        that the caller need not hold them all.
+    """
+    phot = str(ctx.paths.photometry)
+    if ctx.client is None:
+        for b in bands:
+            yield fn(phot, b, *args)
+        return
+    futures = [ctx.client.submit(fn, phot, b, *args, pure=False) for b in bands]
+    try:
+        for fut in as_completed(futures):
+            result = fut.result()
+            fut.release()  # the worker may drop its copy now
+            yield result
+    finally:  # an error (or an early stop) leaves no band task running for nothing
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            ctx.client.cancel(pending)
+
+
+@dataclass
+class _Pairs:
+    """The driver's merge of every band's :class:`BandPairs`."""
+
+    n_total: int
+    per_bin_total: np.ndarray
+    #: the global bottom-``compare.max_pairs`` sample, canonical columns
+    pairs: pd.DataFrame
+    #: every band's measurements, in band order
+    wide: pd.DataFrame
+    #: every band's exposures (``expnum``, ``band``), in band order
+    exp_bands: pd.DataFrame
+
+
+def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray) -> _Pairs | None:
+    """Pair every band (on the cluster) and fold the bands' samples as they complete.
+
+    Returns
+    -------
+    _Pairs or None
+        The merged pairs; None when no band has a measurement.
+    """
+    cfg = ctx.cfg.compare
+    n_total = 0
+    per_bin_total = np.zeros(len(bins) - 1, dtype=np.int64)
+    sample: pd.DataFrame | None = None
+    meas: dict[str, pd.DataFrame] = {}
+    exps: dict[str, pd.DataFrame] = {}
+    for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
+                                       cfg.max_pairs, cfg.seed):
+        if part is None:
+            continue
+        n_total += part.n_pairs
+        per_bin_total += part.per_bin
+        meas[part.band], exps[part.band] = part.measurements, part.exposures
+        # the running global bottom-k: at most max_pairs kept, ~2·max_pairs while merging
+        sample = cmp.bottom_k_pairs(part.pairs if sample is None else [sample, part.pairs],
+                                    cfg.max_pairs, cfg.seed)
+        del part
+    if sample is None:
+        return None
+    pairs = cmp.canonical_pairs(sample)
+    del sample
+    present = [b for b in bands if b in meas]  # band order, whatever the completion order
+    wide = pd.concat([meas[b] for b in present], ignore_index=True)
+    exp_bands = pd.concat([exps[b] for b in present], ignore_index=True)
+    return _Pairs(n_total, per_bin_total, pairs, wide, exp_bands)
+
+
+def _validate_error_model(ctx: Context, p: _Pairs, bins: np.ndarray, out: Path,
+                          summary: dict[str, Any]) -> None:
+    """Cross-validate the error model over exposures; ``error_model_validation.csv``."""
+    cfg = ctx.cfg.compare
+    try:
+        val, fold_models = cmp.cross_validate_error_model(
+            p.pairs, p.exp_bands, bins, folds=cfg.folds, seed=cfg.seed,
+            min_fit_pairs=cfg.min_fit_pairs, min_pairs=cfg.min_validate_pairs,
+            tolerance=cfg.tolerance, band_factors=cfg.band_factors)
+    except ValueError as exc:
+        summary["error_model_validation"] = f"not validated: {exc}"
+        return
+    val.to_csv(out / "error_model_validation.csv", index=False)
+    summary["error_model_folds"] = [list(m.fit_exposures) for m in fold_models]
+    allrow = val[val["bin"] == "all"].iloc[0]
+    summary["validation_sigma68_all"] = float(allrow["sigma68_den_model"])
+    summary["validation_pairs"] = int(allrow["n_pairs"])
+    judged = val[val["passed"].notna()]
+    summary["validation_bins_passed"] = f"{int(judged['passed'].sum())}/{len(judged)}"
+
+
+def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, out: Path,
+                 summary: dict[str, Any]) -> cmp.ErrorModel | None:
+    """Fit, write, apply (per measurement) and cross-validate the denoised error model.
+
+    Returns
+    -------
+    ErrorModel or None
+        The model fitted on all pairs; None without denoised fluxes or when the fit fails.
+    """
+    cfg = ctx.cfg.compare
+    if "d_den" not in p.pairs.columns or not len(p.pairs):
+        return None
+    try:
+        model = cmp.fit_error_model(p.pairs, p.exp_bands["expnum"], bins,
+                                    min_pairs=cfg.min_fit_pairs, band_factors=cfg.band_factors)
+    except ValueError as exc:
+        summary["error_model"] = f"not fitted: {exc}"
+        return None
+    mf = model.to_frame()
+    mf["global_scale"] = model.global_scale
+    mf.to_csv(out / "error_model.csv", index=False)
+    model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
+    (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
+    written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
+                        str(out / "denoised_errors"))
+    summary["calibrated_error_rows"] = int(sum(written))
+    summary["error_model_global_scale"] = model.global_scale
+    summary["error_model_band_factor"] = dict(model.band_factor)
+    _validate_error_model(ctx, p, bins, out, summary)
+    return model
+
+
+def _write_statistics(ctx: Context, p: _Pairs, model: cmp.ErrorModel | None, bins: np.ndarray,
+                      out: Path, summary: dict[str, Any]) -> None:
+    """``sigma68_by_bin.csv``/``.json`` and the report's ``df_values.npz``."""
+    by_bin = cmp.summarise(p.pairs, bins, model=model, measurements=p.wide)
+    by_bin.insert(by_bin.columns.get_loc("n_pairs") + 1, "n_pairs_total",
+                  np.r_[p.n_total, p.per_bin_total].astype(np.int64))
+    by_bin.to_csv(out / "sigma68_by_bin.csv", index=False)
+    (out / "sigma68_by_bin.json").write_text(by_bin.to_json(orient="records", indent=2))
+    # the report's histograms need no more than a few 10^5 values: the bottom 500,000 of the
+    # same hash, i.e. of all pairs (a rate subsample with the same hash would be nested in
+    # the sample's hash cut and keep far more than 500,000 of a sampled table)
+    hist_pairs = cmp.bottom_k_pairs(p.pairs, 500_000, ctx.cfg.compare.seed).drop(
+        columns=cmp.HASH_COLUMN)
+    np.savez_compressed(out / "df_values.npz", **cmp.df_arrays(hist_pairs, model))
+    allb = by_bin[by_bin["bin"] == "all"].iloc[0]
+    for col in ("sigma68_raw", "sigma68_den_rawerr", "sigma68_den_model",
+                "median_ratio_den_raw"):
+        if col in allb:
+            summary[col] = float(allb[col])
+
+
+def _truth_comparison(ctx: Context, bins: np.ndarray, out: Path,
+                      summary: dict[str, Any]) -> None:
+    """``truth_comparison.csv``: flux bias and scatter against the truth (simulations)."""
+    # simulations only: the truth table is per measurement anyway
+    table = read_photometry(ctx.paths.photometry)
+    truth = pd.read_parquet(ctx.truth_fluxes)
+    if {"flux_true_aper_adu", "zp_true"} <= set(truth.columns):
+        # Apertures hold only part of a source's light: compare with the source's own
+        # noiseless flux inside its catalogue aperture, calibrated with the exact ZP.
+        truth = truth.assign(flux_true_cal=truth["flux_true_aper_adu"] * truth["zp_true"])
+    tc = cmp.truth_comparison(table, truth, bins)
+    tc.to_csv(out / "truth_comparison.csv", index=False)
+    for kind, g in tc[tc["bin"] == "all"].groupby("kind"):
+        summary[f"truth_bias_{kind}"] = float(g["bias_median"].iloc[0])
+        summary[f"truth_scatter_{kind}"] = float(g["scatter_sigma68"].iloc[0])
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Compute and write the comparison tables.
+
+    Out of core: each band is read and paired on its own (one task per band on the
+    cluster); only its exact pair counts and a compact pair table (Δf values, I_auto, band,
+    exposures, hash: ~38 bytes a pair) of at most ``compare.max_pairs`` pairs come back, and
+    the driver merges them as they complete into the global bottom-``compare.max_pairs``
+    sample (:func:`pausdenoise.compare.bottom_k_pairs`): exactly min(pairs,
+    ``compare.max_pairs``) pairs, uniform without replacement, deterministic, for the
+    statistics and the error model; the pair counts stay exact. The photometry is read
+    twice: once to pair, once to write the per-measurement errors with the fitted model.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (``ctx.client`` None: everything in this process).
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``compare/summary.json``) with a ``note``; ``pairs``
+        is the exact count, ``pairs_used`` the sample's size and ``pair_sampling_rate``
+        their ratio.
+    """
+    bands = photometry_bands(ctx.paths.photometry)
+    if not bands:
+        return {"note": "no photometry to compare"}
+    out = ctx.paths.compare
+    out.mkdir(parents=True, exist_ok=True)
+    bins = np.asarray(ctx.cfg.compare.bins, dtype=float)
+    p = _collect_pairs(ctx, bands, bins)
+    if p is None:
+        return {"note": "no measurement to compare"}
+    n_total, n_used = p.n_total, len(p.pairs)
+    rate = n_used / n_total if n_total else 1.0
+    summary: dict[str, Any] = {"pairs": n_total, "pairs_used": n_used,
+                               "pair_sampling_rate": rate, "measurements": len(p.wide),
+                               "bands": len(bands)}
+    model = _error_model(ctx, p, bands, bins, out, summary)
+    _write_statistics(ctx, p, model, bins, out, summary)
+    if ctx.truth_fluxes is not None:
+        _truth_comparison(ctx, bins, out, summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    sampled = f" ({n_used} used)" if rate < 1.0 else ""
+    note = (f"{n_total} pairs{sampled}; σ68 raw {summary.get('sigma68_raw', np.nan):.2f}, "
+            f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
+            f"denoised/model-errors (cross-validated) "
+            f"{summary.get('validation_sigma68_all', np.nan):.2f}")
+    return {"note": note, **summary}

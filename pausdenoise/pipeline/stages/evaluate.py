@@ -1,0 +1,593 @@
+"""Evaluate stage: metrics of raw and denoised frames against the truth or other exposures.
+
+Simulated frames are scored against their noiseless truth; real data without truth against
+independent exposures of the same band.
+
+Frames are read one at a time (out of core). Evaluated frames are the exposures held out of
+training (``holdout_exposures_per_band``), or every frame when none is held out. A frame with
+a ``truth`` array (simulation) is scored against it; a frame without one is scored with the
+independent-exposure estimator of :mod:`pausdenoise.evaluate` (``MSE to truth = MSE to an
+independent exposure − that exposure's noise variance``): every other exposure of its band
+(any exposure number but its own, training exposures included) whose footprint covers at
+least ``evaluate.min_overlap`` of its good pixels is a candidate reference (the
+``evaluate.max_references`` with the largest coverage are used), brought onto the frame's grid
+by :func:`pausdenoise.evaluate.reference_on_grid`. Writes into ``<run>/evaluate/``:
+
+- ``pixel_metrics.csv``: per frame, image kind (raw | denoised) and pixel class (sky |
+  source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
+  equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse [ADU²] and, without
+  truth, mse_se, mse_to_reference, noise_var_reference [ADU²], n_references;
+- ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
+  factor raw/denoised per class;
+- ``independent_references.csv`` (without truth): the estimate with each reference alone
+  and its noise variance (they must agree within their errors), and its coverage;
+- ``skipped.csv``: frames that could not be evaluated and why (e.g. no independent exposure
+  in the band) — recorded, not an error;
+- ``completeness.csv``: detection completeness per true-magnitude bin for raw and denoised,
+  ``detection_summary.json``: 50 %/90 % completeness magnitudes and purity (truth only);
+- ``stamps.npz``: cutouts (raw, denoised, truth) of galaxies at several magnitudes for the
+  report, with their labels (truth only);
+- ``residuals.npz``: raw − truth and denoised − truth over a central cutout of one frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pausdenoise import evaluate as ev
+from pausdenoise import store as st
+from pausdenoise.n2v.normalise import frame_statistics
+from pausdenoise.pipeline.context import Context, split_holdout
+from pausdenoise.stats import MAD_TO_SIGMA
+
+__all__ = ["run"]
+
+
+def _frame_arrays(store, frame: str) -> dict[str, np.ndarray]:
+    names = st.frame_arrays(store, frame)
+    return {n: np.asarray(st.open_frame(store, frame, n)) for n in names
+            if n in ("image", "mask", "ivar", "truth", "denoised")}
+
+
+def _source_mask(rows: pd.DataFrame, shape, pixel_scale: float) -> np.ndarray:
+    return ev.aperture_pixel_mask(
+        shape,
+        rows["aperture_x"].to_numpy(),
+        rows["aperture_y"].to_numpy(),
+        rows["aperture_a"].to_numpy() / pixel_scale,
+        rows["aperture_b"].to_numpy() / pixel_scale,
+        -np.deg2rad(rows["aperture_theta"].to_numpy()),  # PAUS sign convention
+    )
+
+
+def _pool(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Pool per-frame metrics over frames, per reference, kind and pixel class.
+
+    MSE pixel-weighted (so the RMS is that of all pixels together), PSNR/SSIM as
+    pixel-weighted means, the MSE standard error as for independent frames; then the RMS
+    reduction raw/denoised per reference and class.
+
+    Returns
+    -------
+    DataFrame
+        One row per reference, estimator, kind and pixel class, with ``rms_reduction``.
+    """
+    rows = []
+    keys = ["reference", "estimator", "kind", "pixel_class"]
+    for (ref, est, kind, cls), g in metrics.groupby(keys, sort=False):
+        ok = g["mse"].notna().to_numpy() & (g["n_pixels"].to_numpy() > 0)
+        g = g[ok]
+        n = g["n_pixels"].to_numpy(float)
+        w = n / n.sum() if n.sum() else n
+        mse = float(np.sum(w * g["mse"].to_numpy())) if len(g) else np.nan
+        se = g["mse_se"].to_numpy(float)
+        rows.append({
+            "reference": ref,
+            "estimator": est,
+            "kind": kind,
+            "pixel_class": cls,
+            "n_frames": len(g),
+            "n_pixels": int(n.sum()),
+            "rms": float(np.sqrt(mse)) if mse > 0 else np.nan,
+            "mse": mse,
+            "mse_se": float(np.sqrt(np.sum((w * se) ** 2))) if np.isfinite(se).all() and len(g)
+            else np.nan,
+            "psnr_db": float(np.sum(w * g["psnr_db"].to_numpy())) if len(g) else np.nan,
+            "ssim": float(np.sum(w * g["ssim"].to_numpy())) if len(g) else np.nan,
+        })
+    out = pd.DataFrame(rows)
+    out["rms_reduction"] = np.nan
+    for _, g in out.groupby(["reference", "estimator", "pixel_class"], sort=False):
+        kinds = dict(zip(g["kind"], g["rms"], strict=True))
+        if {"raw", "denoised"} <= set(kinds):
+            out.loc[g.index, "rms_reduction"] = kinds["raw"] / kinds["denoised"]
+    return out
+
+
+def _truth_columns(m: pd.DataFrame) -> pd.DataFrame:
+    """Give the truth path's metrics the layout shared with the independent-exposure path.
+
+    Returns
+    -------
+    DataFrame
+        A copy with ``mse``, ``estimator`` and the independent-exposure columns (NaN).
+    """
+    m = m.copy()
+    m["mse"] = m["rms"] ** 2
+    for col in ("mse_se", "mse_to_reference", "noise_var_reference", "n_references"):
+        m[col] = np.nan
+    m["estimator"] = "exact"
+    return m
+
+
+_OUTPUTS = ("pixel_metrics.csv", "pixel_summary.csv", "independent_references.csv",
+            "skipped.csv", "completeness.csv", "detection_summary.json", "stamps.npz",
+            "residuals.npz", "summary.json")
+
+_METRIC_COLUMNS = ["frame", "kind", "reference", "estimator", "pixel_class", "n_pixels", "rms",
+                   "mse", "mse_se", "psnr_db", "ssim", "mse_to_reference",
+                   "noise_var_reference", "n_references"]
+
+
+# --------------------------------------------------------------------------- without truth
+
+
+def _frame_wcs_or_none(store: Any, frame: str) -> Any:
+    try:
+        return st.frame_wcs(store, frame).celestial
+    except st.StoreError:
+        return None
+
+
+def _lattice_coverage(target_wcs: Any, target_shape: tuple[int, int], wcs: Any,
+                      shape: tuple[int, int]) -> float:
+    """Measure how much of the target grid falls inside another frame.
+
+    Returns
+    -------
+    float
+        The fraction of a 9 × 9 lattice over the target grid inside the other frame.
+    """
+    ny, nx = target_shape
+    yy, xx = np.meshgrid(np.linspace(0, ny - 1, 9), np.linspace(0, nx - 1, 9), indexing="ij")
+    ra, dec = target_wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
+    try:
+        fx, fy = wcs.all_world2pix(ra, dec, 0)
+    except Exception:  # e.g. distortion inversion not converging far off the frame
+        fx, fy = wcs.wcs_world2pix(ra, dec, 0)
+    inside = (np.isfinite(fx) & np.isfinite(fy) & (fx > -0.5) & (fx < shape[1] - 0.5)
+              & (fy > -0.5) & (fy < shape[0] - 0.5))
+    return float(inside.mean())
+
+
+def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """Select the pixels usable for the metrics.
+
+    Returns
+    -------
+    ndarray of bool
+        Finite in image and denoised, unmasked, positive inverse variance.
+    """
+    good = np.isfinite(image) & np.isfinite(den)
+    if "mask" in arr:
+        good &= arr["mask"] == 0
+    if "ivar" in arr:
+        good &= np.isfinite(arr["ivar"]) & (arr["ivar"] > 0)
+    return good
+
+
+def _reference_candidates(ctx: Context, frame: str, row: pd.Series, others: pd.DataFrame,
+                          shape: tuple[int, ...], wcs_cache: dict[str, Any]
+                          ) -> tuple[list[tuple[float, int, str, Any]], Any]:
+    """List the other exposures that overlap the frame, with the frame's WCS.
+
+    Returns
+    -------
+    tuple of (list, WCS or None)
+        ``(−coverage, expnum, frame, wcs)`` of each overlapping exposure, and the frame's
+        celestial WCS (None without one).
+    """
+    wcs_d = wcs_cache.setdefault(frame, _frame_wcs_or_none(ctx.store, frame))
+    cands = []
+    for _, o in others.iterrows():
+        f = o["frame"]
+        wcs_o = wcs_cache.setdefault(f, _frame_wcs_or_none(ctx.store, f))
+        o_shape = (int(o["ny"]), int(o["nx"]))
+        if wcs_d is None or wcs_o is None:  # no WCS: same CCD, same shape = same grid
+            cov = float(wcs_d is None and wcs_o is None and o_shape == shape
+                        and int(o["ccd"]) == int(row["ccd"]))
+        else:
+            cov = _lattice_coverage(wcs_d, shape, wcs_o, o_shape)
+        if cov > 0:
+            cands.append((-cov, int(o["expnum"]), f, wcs_o))
+    return cands, wcs_d
+
+
+def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.DataFrame,
+                       cands: list[tuple[float, int, str, Any]], wcs_d: Any,
+                       shape: tuple[int, ...], good: np.ndarray
+                       ) -> tuple[list[np.ndarray], list[str], list[float]]:
+    """Bring the best-covering candidates onto the frame's grid.
+
+    Returns
+    -------
+    tuple of (list of ndarray, list of str, list of float)
+        The references on the frame's grid (ADU, NaN outside), their frames and their
+        coverage of the frame's good pixels; at most ``evaluate.max_references``.
+    """
+    cfg = ctx.cfg.evaluate
+    refs, names, coverage = [], [], []
+    for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
+        if len(refs) >= cfg.max_references:
+            break
+        o_arr = _frame_arrays(ctx.store, f)
+        zp_o = by_frame.loc[f, "zp"]
+        try:
+            values, valid = ev.reference_on_grid(
+                o_arr["image"], o_arr.get("mask"), o_arr.get("ivar"), wcs_o,
+                None if pd.isna(zp_o) else float(zp_o), wcs_d, shape,
+                None if pd.isna(row["zp"]) else float(row["zp"]), cfg.resampling)
+        except ValueError as exc:
+            print(f"evaluate: {frame}: reference {f} unusable: {exc}")
+            continue
+        cov = float((valid & good).sum() / good.sum())
+        if cov >= cfg.min_overlap:
+            refs.append(values)
+            names.append(f)
+            coverage.append(cov)
+    return refs, names, coverage
+
+
+def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
+                         estimates: dict[str, np.ndarray], raw: np.ndarray,
+                         refs: list[np.ndarray], names: list[str], coverage: list[float],
+                         good: np.ndarray, catalogue: pd.DataFrame | None
+                         ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score the frame's estimates against its references.
+
+    Returns
+    -------
+    tuple of (DataFrame, DataFrame)
+        The frame's metrics (all references combined) and the estimate with each
+        reference alone.
+    """
+    cfg = ctx.cfg.evaluate
+    common = good.copy()
+    for r in refs:
+        common &= np.isfinite(r)
+    source_mask = None
+    if catalogue is not None:
+        rows = catalogue[(catalogue["expnum"] == int(row["expnum"]))
+                         & (catalogue["ccd"] == row["ccd"])]
+        if len(rows):
+            source_mask = _source_mask(rows, raw.shape, ctx.cfg.photometry.pixel_scale)
+    mean_refs = np.mean(refs, axis=0)
+    classes = ev.pixel_classes_without_truth(
+        mean_refs, common, source_mask=source_mask, threshold=cfg.source_threshold,
+        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin)
+    estimator = "triplet" if len(refs) >= 2 else "equal-noise"
+    res = ev.independent_exposure_metrics(estimates, raw, refs, classes, estimator=estimator)
+    metrics = res.combined.copy()
+    metrics.insert(0, "frame", frame)
+    metrics["reference"] = ev.REFERENCE_INDEPENDENT
+    per_ref = res.per_reference.copy()
+    per_ref.insert(0, "frame", frame)
+    idx = per_ref["reference_index"].to_numpy()
+    per_ref.insert(1, "reference_frame", np.asarray(names)[idx])
+    per_ref.insert(2, "coverage", np.asarray(coverage)[idx])
+    per_ref = per_ref.drop(columns=["reference_index", "n_references", "psnr_db", "ssim"])
+    return metrics, per_ref
+
+
+def _independent_frame(
+    ctx: Context,
+    frame: str,
+    arr: dict[str, np.ndarray],
+    exposures: pd.DataFrame,
+    catalogue: pd.DataFrame | None,
+    wcs_cache: dict[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame] | str:
+    """Score one frame without truth against its independent exposures.
+
+    Returns
+    -------
+    tuple of (DataFrame, DataFrame) or str
+        ``(metrics, per_reference)``, or the reason the frame is skipped.
+    """
+    cfg = ctx.cfg.evaluate
+    by_frame = exposures.set_index("frame")
+    row = by_frame.loc[frame]
+    band, expnum = str(row["band"]), int(row["expnum"])
+    image, den = arr["image"].astype(np.float64), arr["denoised"].astype(np.float64)
+    good = _good_pixels(arr, image, den)
+    if good.sum() < 2:
+        return "no good pixel"
+    shape = image.shape
+    try:
+        sky = frame_statistics(image, (~good).astype(np.uint8)).sky
+    except ValueError as exc:
+        return f"no sky level: {exc}"
+    raw = np.where(good, image - sky, np.nan)
+    estimates = {"raw": raw, "denoised": np.where(good, den - sky, np.nan)}
+
+    others = exposures[(exposures["band"].astype(str) == band)
+                       & (exposures["expnum"] != expnum)]
+    if others.empty:
+        return f"no independent exposure in band {band} (no other exposure number)"
+    cands, wcs_d = _reference_candidates(ctx, frame, row, others, shape, wcs_cache)
+    refs, names, coverage = _usable_references(ctx, frame, row, by_frame, cands, wcs_d, shape,
+                                               good)
+    if not refs:
+        return (f"no independent exposure of band {band} covers ≥ {cfg.min_overlap:.0%} of "
+                f"the frame ({len(cands)} overlapping candidate(s))")
+    if len(refs) == 1 and cfg.single_reference == "skip":
+        return (f"one independent exposure ({names[0]}) in band {band}: its noise variance "
+                "needs a second (evaluate.single_reference='equal-noise' assumes equal "
+                "noise instead)")
+    return _independent_metrics(ctx, frame, row, estimates, raw, refs, names, coverage, good,
+                                catalogue)
+
+
+# --------------------------------------------------------------------------- with truth
+
+
+@dataclass
+class _Tally:
+    """What the frames of the stage add up to, frame by frame."""
+
+    metric_rows: list[pd.DataFrame] = field(default_factory=list)
+    ref_rows: list[pd.DataFrame] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    found: dict[str, list[np.ndarray]] = field(
+        default_factory=lambda: {"raw": [], "denoised": []})
+    true_mags: list[np.ndarray] = field(default_factory=list)
+    purity_counts: dict[str, list[int]] = field(
+        default_factory=lambda: {"raw": [0, 0], "denoised": [0, 0]})
+    stamps: list[dict[str, Any]] = field(default_factory=list)
+    evaluated: int = 0
+
+
+def _write_residuals(out_dir: Path, frame: str, image: np.ndarray, truth: np.ndarray,
+                     den: np.ndarray, good: np.ndarray, sigma: float) -> None:
+    """``residuals.npz``: raw − truth and denoised − truth over a central cutout."""
+    h = min(128, image.shape[0] // 2, image.shape[1] // 2)
+    cy, cx = image.shape[0] // 2, image.shape[1] // 2
+    sl = (slice(cy - h, cy + h), slice(cx - h, cx + h))
+    res_raw = np.where(good, image - truth, np.nan)[sl]  # masked pixels blank
+    res_den = np.where(good, den - truth, np.nan)[sl]
+    np.savez_compressed(out_dir / "residuals.npz", raw=res_raw, denoised=res_den,
+                        sigma=sigma, frame=frame)
+
+
+def _truth_detections(ctx: Context, frame: str, arr: dict[str, np.ndarray],
+                      t: pd.DataFrame, sky: float, sigma: float, tally: _Tally,
+                      stamps: bool) -> None:
+    """Detect on raw and denoised, match with the true sources, pick stamps if asked."""
+    cfg = ctx.cfg.evaluate
+    image, truth, den = arr["image"], arr["truth"], arr["denoised"]
+    mask = arr.get("mask", np.zeros(image.shape, np.uint8))
+    t = t.rename(columns={"x_true": "x", "y_true": "y"})
+    thr = cfg.detection_threshold * ev.smoothed_noise_sigma(sigma, cfg.detection_fwhm)
+    tally.true_mags.append(t["mag_true"].to_numpy())
+    for kind, est in (("raw", image), ("denoised", den)):
+        det = ev.detect(est, sky, thr, mask, cfg)
+        f, real = ev.match_detections(det, t, cfg.match_radius)
+        tally.found[kind].append(f)
+        tally.purity_counts[kind][0] += int(real.sum())
+        tally.purity_counts[kind][1] += len(real)
+    n_stamps = ctx.cfg.report.n_stamps
+    if len(tally.stamps) < n_stamps and stamps:
+        tally.stamps += _pick_stamps(t, image, den, truth, ctx.cfg.report.stamp_size,
+                                     n_stamps - len(tally.stamps), frame)
+
+
+def _truth_frame(ctx: Context, frame: str, arr: dict[str, np.ndarray],
+                 catalogue: pd.DataFrame | None, truth_tab: pd.DataFrame | None,
+                 tally: _Tally) -> None:
+    """Score one simulated frame against its noiseless truth."""
+    cfg = ctx.cfg.evaluate
+    tally.evaluated += 1
+    attrs = st.frame_attrs(ctx.store, frame)
+    image, truth, den = arr["image"], arr["truth"], arr["denoised"]
+    mask = arr.get("mask", np.zeros(image.shape, np.uint8))
+    good = (mask == 0) & np.isfinite(image)
+    sky = float(np.median(truth[good]))
+    resid = (image - truth)[good]
+    sigma = float(MAD_TO_SIGMA * np.median(np.abs(resid - np.median(resid))))
+    classes = {"sky": ev.sky_pixel_mask(truth, sky, sigma, good, cfg.sky_tolerance)}
+    rows = None
+    if catalogue is not None:
+        rows = catalogue[(catalogue["expnum"] == attrs["expnum"])
+                         & (catalogue["ccd"] == attrs["ccd"])]
+        classes["source"] = _source_mask(rows, image.shape, ctx.cfg.photometry.pixel_scale) \
+            & good
+    if tally.evaluated == 1:  # residual maps of the first evaluated frame, central cutout
+        _write_residuals(ctx.paths.evaluate, frame, image, truth, den, good, sigma)
+    for kind, est in (("raw", image), ("denoised", den)):
+        m = ev.pixel_metrics(est, truth, classes, ssim_sigma=cfg.ssim_sigma)
+        m.insert(0, "kind", kind)
+        m.insert(0, "frame", frame)
+        m["reference"] = ev.REFERENCE_TRUTH
+        tally.metric_rows.append(_truth_columns(m))
+    if truth_tab is not None:
+        t = truth_tab[(truth_tab["expnum"] == attrs["expnum"])
+                      & (truth_tab["ccd"] == attrs["ccd"])]
+        _truth_detections(ctx, frame, arr, t, sky, sigma, tally, stamps=rows is not None)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _write_detection(ctx: Context, tally: _Tally, summary: dict[str, Any]) -> None:
+    """``completeness.csv`` and ``detection_summary.json`` (truth only)."""
+    cfg = ctx.cfg.evaluate
+    out_dir = ctx.paths.evaluate
+    mags = np.concatenate(tally.true_mags)
+    tables = []
+    det_summary = {}
+    for kind in ("raw", "denoised"):
+        tab = ev.completeness_table(mags, np.concatenate(tally.found[kind]), cfg.mag_bins)
+        tab.insert(0, "kind", kind)
+        tables.append(tab)
+        real, total = tally.purity_counts[kind]
+        det_summary[kind] = {
+            "m50": ev.completeness_limit(tab, 0.5),
+            "m90": ev.completeness_limit(tab, 0.9),
+            "purity": real / total if total else float("nan"),
+            "detections": total,
+        }
+    pd.concat(tables, ignore_index=True).to_csv(out_dir / "completeness.csv", index=False)
+    (out_dir / "detection_summary.json").write_text(json.dumps(det_summary, indent=2))
+    summary["detection"] = det_summary
+
+
+def _write_stamps(out_dir: Path, stamps: list[dict[str, Any]]) -> None:
+    """``stamps.npz``: the report's galaxy cutouts and labels."""
+    np.savez_compressed(
+        out_dir / "stamps.npz",
+        raw=np.stack([s["raw"] for s in stamps]),
+        denoised=np.stack([s["denoised"] for s in stamps]),
+        truth=np.stack([s["truth"] for s in stamps]),
+        label=np.array([s["label"] for s in stamps]),
+    )
+
+
+def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -> _Tally:
+    """Score every frame (one at a time), against the truth or independent exposures.
+
+    Returns
+    -------
+    _Tally
+        The metrics, detections, stamps and skipped frames.
+    """
+    catalogue = pd.read_parquet(ctx.catalogue_path) if ctx.catalogue_path.exists() else None
+    truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
+    tally = _Tally()
+    wcs_cache: dict[str, Any] = {}
+    for frame in frames:
+        arr = _frame_arrays(ctx.store, frame)
+        if "denoised" not in arr:
+            tally.skipped[frame] = "no denoised array (run the denoise stage)"
+            continue
+        if "truth" not in arr:  # real data: against independent exposures
+            res = _independent_frame(ctx, frame, arr, exposures, catalogue, wcs_cache)
+            if isinstance(res, str):
+                tally.skipped[frame] = res
+                print(f"evaluate: {frame} skipped: {res}")
+                continue
+            tally.metric_rows.append(res[0])
+            tally.ref_rows.append(res[1])
+            continue
+        _truth_frame(ctx, frame, arr, catalogue, truth_tab, tally)
+    return tally
+
+
+def _note(summary: dict[str, Any], evaluated: int, n_independent: int,
+          skipped: dict[str, str]) -> str:
+    """Write the stage's one-line note: frames scored and RMS reductions.
+
+    Returns
+    -------
+    str
+        The note.
+    """
+    red = {k: v for k, v in summary.items() if k.startswith("rms_reduction")}
+    note = ", ".join(f"{k.removeprefix('rms_reduction_')} RMS ÷{v:.2f}" for k, v in red.items())
+    counts = f"{evaluated} frames vs truth" if evaluated else ""
+    if n_independent:
+        counts += (", " if counts else "") + f"{n_independent} vs independent exposures"
+    if skipped:
+        counts += f", {len(skipped)} skipped"
+    return f"{counts}; {note}"
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Compute and write the evaluation tables of the held-out frames (or of every frame).
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``evaluate/summary.json``) with a ``note``: frames
+        evaluated against the truth and against independent exposures, RMS reduction
+        factors per pixel class, detection completeness, skipped frames.
+    """
+    exposures = st.exposure_table(ctx.store)
+    _, held = split_holdout(exposures, ctx.cfg.holdout_exposures_per_band)
+    frames = held or exposures["frame"].tolist()
+    out_dir = ctx.paths.evaluate
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in _OUTPUTS:  # a rerun must not leave a previous run's tables behind
+        (out_dir / name).unlink(missing_ok=True)
+    tally = _evaluate_frames(ctx, frames, exposures)
+    evaluated, skipped = tally.evaluated, tally.skipped
+    n_independent = len(tally.ref_rows)
+    pd.DataFrame({"frame": list(skipped), "reason": list(skipped.values())}).to_csv(
+        out_dir / "skipped.csv", index=False)
+    if not tally.metric_rows:
+        why = "; ".join(f"{f}: {r}" for f, r in skipped.items()) or "no frame"
+        return {"note": f"nothing to evaluate ({why})", "skipped": skipped}
+
+    metrics = pd.concat(tally.metric_rows, ignore_index=True)[_METRIC_COLUMNS]
+    metrics.to_csv(out_dir / "pixel_metrics.csv", index=False)
+    pooled = _pool(metrics)
+    pooled.to_csv(out_dir / "pixel_summary.csv", index=False)
+    if tally.ref_rows:
+        pd.concat(tally.ref_rows, ignore_index=True).to_csv(
+            out_dir / "independent_references.csv", index=False)
+    summary: dict[str, Any] = {"frames_evaluated": evaluated + n_independent,
+                               "frames_evaluated_truth": evaluated,
+                               "frames_evaluated_independent": n_independent,
+                               "skipped": skipped}
+    for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
+        suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
+        summary[f"rms_reduction_{r['pixel_class']}{suffix}"] = float(r["rms_reduction"])
+    if tally.true_mags:
+        _write_detection(ctx, tally, summary)
+    if tally.stamps:
+        _write_stamps(out_dir, tally.stamps)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return {"note": _note(summary, evaluated, n_independent, skipped), **summary}
+
+
+def _pick_stamps(truth_rows: pd.DataFrame, image, den, truth, size: int, n: int,
+                 frame: str) -> list[dict[str, Any]]:
+    """Cut out isolated galaxies spread over magnitude, fully inside the frame.
+
+    Returns
+    -------
+    list of dict
+        ``raw``, ``denoised``, ``truth`` cutouts (ADU) and a ``label`` each; at most ``n``.
+    """
+    h = size // 2
+    ny, nx = image.shape
+    t = truth_rows
+    sel = (~t["is_star"].astype(bool)) & (t["x"] > h) & (t["x"] < nx - h - 1) \
+        & (t["y"] > h) & (t["y"] < ny - h - 1)
+    t = t[sel]
+    if "neighbour_ratio" in t:  # prefer the least blended (few are isolated at survey density)
+        clean = t[t["neighbour_ratio"].to_numpy() < 0.1]
+        t = clean if len(clean) >= n else t.nsmallest(n, "neighbour_ratio")
+    t = t.sort_values("mag_true")
+    if t.empty:
+        return []
+    idx = np.unique(np.linspace(0, len(t) - 1, min(n, len(t))).round().astype(int))
+    out = []
+    for _, r in t.iloc[idx].iterrows():
+        y0, x0 = int(np.round(r["y"])) - h, int(np.round(r["x"])) - h
+        sl = (slice(y0, y0 + size), slice(x0, x0 + size))
+        out.append({
+            "raw": image[sl], "denoised": den[sl], "truth": truth[sl],
+            "label": f"{frame} ref {int(r['ref_id'])}\n{r['band']} m={r['mag_true']:.1f}",
+        })
+    return out

@@ -1,0 +1,262 @@
+"""Report stage: figures and the self-contained HTML report of a run directory.
+
+Reads what the other stages wrote (``run.json``, ``model/history.csv``, ``evaluate/``,
+``compare/``, and the cGAN's outputs when ``gan.enabled``) and writes
+``<run>/report/index.html`` (figures embedded), every figure as a PNG under
+``report/figures/`` and the tables as CSV/JSON under ``report/tables/``. Sections whose
+inputs are missing (a stage not run) are left out, not faked. The figures themselves are
+drawn by :mod:`pausdenoise.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pausdenoise.pipeline.context import Context
+from pausdenoise.pipeline.stages import gan
+from pausdenoise.report import figures as rf
+from pausdenoise.report.html import ReportSection, ReportWriter, render_html
+from pausdenoise.report.versions import software_versions
+
+__all__ = ["SIGMA68_COLUMNS", "build_report", "run"]
+
+#: legend label → column of ``sigma68_by_bin.csv`` in the σ68 figure
+SIGMA68_COLUMNS = {
+    "raw fluxes, raw errors": "sigma68_raw",
+    "denoised fluxes, raw errors": "sigma68_den_rawerr",
+    "denoised fluxes, calibrated errors, fitted": "sigma68_den_model",
+}
+
+_Figures = list[tuple[str, bytes]]
+_Tables = list[tuple[str, pd.DataFrame]]
+
+
+def _bins_only(t: pd.DataFrame) -> pd.DataFrame:
+    return t[t["bin"] != "all"] if "bin" in t else t
+
+
+def _images_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
+    """Stamps, a line profile and residual maps of held-out frames (truth only).
+
+    Returns
+    -------
+    ReportSection or None
+        None without ``evaluate/stamps.npz``.
+    """
+    if not (ev_dir / "stamps.npz").exists():
+        return None
+    z = np.load(ev_dir / "stamps.npz")
+    stamps = [
+        {"raw": z["raw"][i], "denoised": z["denoised"][i], "truth": z["truth"][i],
+         "label": str(z["label"][i])}
+        for i in range(len(z["raw"]))
+    ]
+    figs = [("Galaxy stamps from held-out exposures: raw, denoised, noiseless truth "
+             "(asinh stretch, shared per row).", w.figure("stamps", rf.fig_stamps(stamps)))]
+    s = stamps[len(stamps) // 2]
+    row = s["raw"].shape[0] // 2
+    figs.append(("Line profile through the centre of a galaxy (raw, denoised, truth).",
+                 w.figure("profile", rf.fig_profile(s["raw"], s["denoised"], s["truth"],
+                                                    row, s["label"].split("\n")[0]))))
+    if (ev_dir / "residuals.npz").exists():
+        r = np.load(ev_dir / "residuals.npz")
+        figs.append(("Residual maps against the noiseless truth (central cutout of a "
+                     "held-out frame); structure in the denoised map is signal the network "
+                     "removed or invented.",
+                     w.figure("residuals", rf.fig_residuals(
+                         r["raw"], r["denoised"], float(r["sigma"]), str(r["frame"])))))
+    return ReportSection("Images: raw vs denoised", figures=figs)
+
+
+def _evaluation_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
+    """Pixel metrics, skipped frames and detection completeness.
+
+    Returns
+    -------
+    ReportSection or None
+        None when the evaluate stage wrote none of them.
+    """
+    tables: _Tables = []
+    if (ev_dir / "pixel_summary.csv").exists():
+        pix = pd.read_csv(ev_dir / "pixel_summary.csv")
+        caption = ("Pixel metrics against the noiseless truth (held-out exposures; RMS in ADU, "
+                   "MSE in ADU², PSNR in dB)")
+        if "reference" in pix and (pix["reference"] != "truth").any():
+            caption += ("; rows with reference = independent-exposure have no truth: MSE to "
+                        "the truth estimated as MSE to independent exposures of the band minus "
+                        "their noise variance from exposure differences (mse_se: its standard "
+                        "error; source-pixel values are biased by PSF differences between "
+                        "exposures and by resampling, see the README)")
+        tables.append((caption, w.table("pixel_summary", pix)))
+    if (ev_dir / "skipped.csv").exists():
+        skipped = pd.read_csv(ev_dir / "skipped.csv")
+        if len(skipped):
+            tables.append(("Frames not evaluated, and why", w.table("evaluate_skipped", skipped)))
+    figs: _Figures = []
+    if (ev_dir / "completeness.csv").exists():
+        comp = w.table("completeness", pd.read_csv(ev_dir / "completeness.csv"))
+        figs.append(("Detection completeness at one fixed threshold (3σ of the smoothed raw "
+                     "noise) vs true magnitude.",
+                     w.figure("completeness", rf.fig_completeness(
+                         {k: g for k, g in comp.groupby("kind")}))))
+        det = json.loads((ev_dir / "detection_summary.json").read_text())
+        tables.append(("Completeness limits and purity", w.table("detection_summary", pd.DataFrame(
+            [{"kind": k, **v} for k, v in det.items()]))))
+    if not (tables or figs):
+        return None
+    return ReportSection("Evaluation against the truth (or independent exposures)",
+                         figures=figs, tables=tables)
+
+
+def _sigma68_figures(cmp_dir: Path, w: ReportWriter, figs: _Figures, tables: _Tables) -> None:
+    """σ68 and flux-bias figures, with the σ68 and truth tables."""
+    t = w.table("sigma68_by_bin", pd.read_csv(cmp_dir / "sigma68_by_bin.csv"))
+    tplot, cols68 = _bins_only(t), dict(SIGMA68_COLUMNS)
+    if (cmp_dir / "error_model_validation.csv").exists():
+        # the calibrated errors as judged on exposures the model was not fitted on
+        cv = pd.read_csv(cmp_dir / "error_model_validation.csv")[["bin", "sigma68_den_model"]]
+        tplot = tplot.merge(cv.rename(columns={"sigma68_den_model": "sigma68_den_model_cv"}),
+                            on="bin", how="left")
+        cols68["denoised fluxes, calibrated errors, cross-validated"] = "sigma68_den_model_cv"
+    figs.append(("σ68 of df per I_auto bin; the band marks 1.00 ± 0.05. The calibrated "
+                 "errors are shown as fitted (on all pairs) and cross-validated (each pair "
+                 "judged by a model fitted without its exposures).",
+                 w.figure("sigma68", rf.fig_sigma68(tplot, cols68))))
+    tb = _bins_only(t).assign(ratio_minus_1=lambda d: d["median_ratio_den_raw"] - 1.0)
+    cols = {"median denoised/raw − 1": "ratio_minus_1"}
+    ylabel = "flux bias"
+    if (cmp_dir / "truth_comparison.csv").exists():
+        tc = w.table("truth_comparison", pd.read_csv(cmp_dir / "truth_comparison.csv"))
+        for kind, g in _bins_only(tc).groupby("kind"):
+            tb = tb.merge(g[["bin", "bias_median"]].rename(
+                columns={"bias_median": f"bias_{kind}"}), on="bin", how="left")
+            cols[f"median (f − f_true)/f_true, {kind}"] = f"bias_{kind}"
+        tables.append(("Flux accuracy against the truth", tc))
+    figs.append(("Flux bias per I_auto bin.",
+                 w.figure("flux_bias", rf.fig_flux_bias(tb, cols, ylabel))))
+    tables.insert(0, ("σ68 of df and flux ratio per I_auto bin", t))
+
+
+def _photometry_section(cmp_dir: Path, w: ReportWriter) -> ReportSection | None:
+    """Δf histograms, σ68 and flux bias per bin, and the error model tables.
+
+    Returns
+    -------
+    ReportSection or None
+        None when the compare stage wrote none of them.
+    """
+    figs: _Figures = []
+    tables: _Tables = []
+    if (cmp_dir / "df_values.npz").exists():
+        z = np.load(cmp_dir / "df_values.npz")
+        labels = {"raw": "raw fluxes, raw errors",
+                  "denoised_rawerr": "denoised fluxes, raw errors",
+                  "denoised_model": "denoised fluxes, calibrated errors"}
+        figs.append(("df = (f1 − f2)/√(σ1² + σ2²) for every pair of exposures of a source "
+                     "in a band, with N(0, 1).",
+                     w.figure("df_histograms", rf.fig_df_histograms(
+                         {labels[k]: z[k] for k in labels if k in z}))))
+    if (cmp_dir / "sigma68_by_bin.csv").exists():
+        _sigma68_figures(cmp_dir, w, figs, tables)
+    if (cmp_dir / "error_model_validation.csv").exists():
+        tables.append(("Calibrated denoised errors, cross-validated over exposures (folds "
+                       "stratified by band; pass: |σ68 − 1| ≤ tolerance with enough pairs)",
+                       w.table("error_model_validation",
+                               pd.read_csv(cmp_dir / "error_model_validation.csv"))))
+    if (cmp_dir / "error_model.csv").exists():
+        tables.append(("Error model σ_den = s(I_auto)·g(band)·σ_raw: s per I_auto bin",
+                       w.table("error_model", pd.read_csv(cmp_dir / "error_model.csv"))))
+    if (cmp_dir / "error_model_bands.csv").exists():
+        bands_table = pd.read_csv(cmp_dir / "error_model_bands.csv")
+        tables.append(("Error model: g per band", w.table("error_model_bands", bands_table)))
+    if not (figs or tables):
+        return None
+    return ReportSection(
+        "Photometry: the same galaxies in different exposures",
+        text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
+             "of exposures of the same source and band give df, whose σ68 should be 1 "
+             "when the errors are right.",
+        figures=figs, tables=tables)
+
+
+def _training_section(ctx: Context, w: ReportWriter, timings: dict[str, Any]) -> ReportSection:
+    """Training loss, wall time per stage, and the stages of the run.
+
+    Returns
+    -------
+    ReportSection
+        Always present (the stage table at least).
+    """
+    figs: _Figures = []
+    hist = ctx.paths.model_dir / "history.csv"
+    if hist.exists():
+        figs.append(("Noise2Void training: loss at the blind-spot pixels per epoch.",
+                     w.figure("training_loss", rf.fig_loss(pd.read_csv(hist)))))
+    if timings:
+        figs.append(("Wall time per stage of this run.",
+                     w.figure("timings", rf.fig_timings(timings))))
+    stage_notes = pd.DataFrame(
+        [{"stage": k, "status": v.get("status"), "seconds": v.get("seconds"),
+          "summary": v.get("note", "")} for k, v in ctx.record.data["stages"].items()]
+    )
+    return ReportSection("Training and throughput", figures=figs,
+                         tables=[("Stages of this run", w.table("stages", stage_notes))])
+
+
+def build_report(ctx: Context) -> Path:
+    """Write the report of run directory ``ctx.paths.out`` (a previous one is replaced).
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context.
+
+    Returns
+    -------
+    Path
+        The HTML page, ``<run>/report/index.html``.
+    """
+    root = ctx.paths.report
+    if root.exists():
+        shutil.rmtree(root)
+    w = ReportWriter(root, ctx.cfg.report.dpi)
+    sections = [_images_section(ctx.paths.evaluate, w),
+                _evaluation_section(ctx.paths.evaluate, w),
+                _photometry_section(ctx.paths.compare, w)]
+    if ctx.cfg.gan.enabled:
+        sections.append(gan.report_section(ctx, w))
+    timings = ctx.record.timings()
+    sections.append(_training_section(ctx, w, timings))
+    html = render_html(
+        ctx.cfg.report.title,
+        [s for s in sections if s is not None],
+        config=ctx.record.data.get("config"),
+        versions=ctx.record.data.get("versions") or software_versions(),
+        timings=timings,
+    )
+    out = root / "index.html"
+    out.write_text(html)
+    return out
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Write the report; the summary's note is the HTML page's path.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context.
+
+    Returns
+    -------
+    dict
+        ``note`` and ``path``: the HTML page.
+    """
+    path = build_report(ctx)
+    return {"note": str(path), "path": str(path)}

@@ -1,0 +1,264 @@
+"""End to end through the real CLI on a tiny simulated survey: every stage, the report,
+resume on rerun, configuration errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from pipeline_fixtures import TINY
+
+from pausdenoise.cli import EXIT_LOCKED, EXIT_OK, EXIT_USAGE, main
+from pausdenoise.config import PipelineConfig, load_config, reference_yaml
+
+
+def _png_ok(path: Path) -> bool:
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        return False
+    w, h = struct.unpack(">II", data[16:24])
+    return w > 50 and h > 50
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = root / "out"
+    code = main(["run", "--config", str(cfg), "--out", str(out)])
+    return code, cfg, out
+
+
+def test_run_all_stages_and_report(tiny_run):
+    code, _, out = tiny_run
+    assert code == EXIT_OK
+    record = json.loads((out / "run.json").read_text())
+    for stage in ("simulate", "ingest", "train", "denoise", "photometry", "compare",
+                  "evaluate", "report"):
+        assert record["stages"][stage]["status"] == "done", stage
+        assert record["stages"][stage]["seconds"] > 0
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6
+    figs = sorted((out / "report" / "figures").glob("*.png"))
+    names = {p.stem for p in figs}
+    assert {"stamps", "profile", "residuals", "df_histograms", "sigma68", "flux_bias",
+            "completeness", "training_loss", "timings"} <= names
+    assert all(_png_ok(p) for p in figs)
+    s68 = pd.read_csv(out / "report" / "tables" / "sigma68_by_bin.csv")
+    assert {"bin", "n_pairs", "sigma68_raw", "sigma68_den_rawerr",
+            "median_ratio_den_raw"} <= set(s68.columns)
+    allrow = s68[s68["bin"] == "all"].iloc[0]
+    assert allrow["n_pairs"] > 0 and np.isfinite(allrow["sigma68_raw"])
+    pix = pd.read_csv(out / "report" / "tables" / "pixel_summary.csv")
+    assert set(pix["kind"]) == {"raw", "denoised"}
+    assert np.isfinite(pix["rms"]).all() and (pix["rms"] > 0).all()
+    # the raw image's noise on sky pixels is what the simulation put in (~sqrt(sky+rn^2))
+    sky_raw = pix[(pix["kind"] == "raw") & (pix["pixel_class"] == "sky")]["rms"].iloc[0]
+    assert 5 < sky_raw < 60
+
+
+def test_rerun_resumes_and_recomputes_nothing(tiny_run, capsys):
+    code, cfg, out = tiny_run
+    assert code == EXIT_OK
+    before = (out / "model" / "n2v.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert text.count("up to date (same configuration); skipped") == 8
+    assert (out / "model" / "n2v.safetensors").stat().st_mtime_ns == before
+
+
+def test_single_stage_force_redoes_it(tiny_run, capsys):
+    _, cfg, out = tiny_run
+    capsys.readouterr()
+    assert main(["evaluate", "--config", str(cfg), "--out", str(out), "--force"]) == EXIT_OK
+    assert "[evaluate] done" in capsys.readouterr().out
+
+
+def test_locked_run_directory(tiny_run):
+    _, cfg, out = tiny_run
+    import os
+    import socket
+
+    (out / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    try:
+        assert main(["report", "--config", str(cfg), "--out", str(out)]) == EXIT_LOCKED
+    finally:
+        (out / ".lock").unlink()
+
+
+def test_unknown_key_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 2\n  epoks: 3\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "train.epoks" in err and "unknown key" in err
+
+
+def test_impossible_chunking_is_refused_before_work(tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path / "o"), "--set", "ingest.chunks=[30, 30]"])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "ingest.chunks" in err and "try ingest.chunks" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_stage_and_override_syntax(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "o"), "--stages", "nonsense"]) == EXIT_USAGE
+    assert main(["run", "--out", str(tmp_path / "o"), "--set", "novalue"]) == EXIT_USAGE
+
+
+def test_reference_yaml_is_in_sync_and_loads():
+    ref = Path(__file__).resolve().parents[2] / "configs" / "reference.yaml"
+    assert ref.read_text() == reference_yaml(), "regenerate: python -m pausdenoise.config"
+    assert load_config(ref) == PipelineConfig()
+
+
+def test_demo_config_is_valid():
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(demo)
+    assert cfg.input.source == "simulate"
+
+
+def test_halo_override_below_receptive_field_is_refused(tmp_path, capsys):
+    code = main(["run", "--out", str(tmp_path / "o"), "--set", "denoise.halo=8"])
+    assert code == EXIT_USAGE
+    assert "smaller than the halo of 32 px" in capsys.readouterr().err
+
+
+def test_info_summarises_the_store(tiny_run, capsys):
+    _, cfg, out = tiny_run
+    capsys.readouterr()
+    assert main(["info", "--config", str(cfg), "--out", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "frames: 6 (6 complete)" in text
+    assert "NB455: 3 exposures" in text and "denoised ×6" in text
+
+
+def test_info_without_store_fails_cleanly(tmp_path, capsys):
+    assert main(["info", "--out", str(tmp_path / "none")]) == 1
+    assert "no survey store" in capsys.readouterr().err
+
+
+@pytest.mark.real_data
+def test_decam_config_ingests_real_frames_through_the_cli(decam_config, tmp_path, capsys):
+    out = tmp_path / "decam"
+    assert main(["ingest", "--config", str(decam_config), "--out", str(out)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["info", "--config", str(decam_config), "--out", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "frames: 8 (8 complete)" in text
+    assert "g: 3 exposures" in text and "ivar ×8" in text and "mask ×8" in text
+
+
+def test_plan_command_prints_a_plan(capsys):
+    assert main(["plan", "--exposures", "10", "--workers", "4"]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "10 exposure(s) × 18 CCD(s)" in text and "denoise" in text and "total" in text
+    assert main(["plan", "--exposures", "10", "--rate", "bogus=1"]) == EXIT_USAGE
+    capsys.readouterr()
+    assert main(["plan", "--exposures", "10", "--json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert plan  # a JSON object describing the stages
+
+
+def test_pipeline_on_real_scheduler_and_workers_equals_local_run(tiny_run, tmp_path):
+    """The scheduler-file pattern of the deploy recipes: `dask scheduler` and two
+    `dask worker` processes started from the command line; the pipeline's outputs must
+    equal the local (threaded) run's bit for bit."""
+    from cluster_fixtures import assert_same_outputs, dask_cli_cluster
+
+    code, cfg, ref = tiny_run
+    assert code == EXIT_OK
+    out = tmp_path / "out"
+    # same survey and the same trained model: the stages that run on the cluster
+    # (ingest, denoise, photometry) must not depend on where they ran
+    with dask_cli_cluster(tmp_path / "cluster", n_workers=2) as cluster:
+        code = main(["run", "--config", str(cfg), "--out", str(out),
+                     "--cluster", cluster.spec,
+                     "--set", f"input.checkpoint={ref / 'model' / 'n2v.safetensors'}",
+                     "--stages", "simulate,ingest,denoise,photometry"])
+    assert code == EXIT_OK
+    assert_same_outputs(ref, out)
+
+
+def test_every_subcommand_has_help(capsys):
+    from pausdenoise.cli import STAGE_HELP
+
+    for command in STAGE_HELP:
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        assert "--out" in capsys.readouterr().out
+    assert main([]) == EXIT_USAGE
+
+
+def test_compare_per_band_with_a_pair_cap(tiny_run, tmp_path, capsys):
+    """The compare stage pairs each band on its own and, above compare.max_pairs, keeps a
+    deterministic uniform sample of exactly max_pairs pairs (the bottom-k by pair hash):
+    exact counts, max_pairs pairs used, same outputs on rerun."""
+    import shutil
+
+    code, cfg, ref = tiny_run
+    assert code == EXIT_OK
+    full = json.loads((ref / "compare" / "summary.json").read_text())
+    assert full["pair_sampling_rate"] == 1.0 and full["pairs_used"] == full["pairs"]
+    assert full["bands"] == 2
+    cap = 50
+    assert full["pairs"] > 2 * cap
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    runs = []
+    for _ in range(2):
+        assert main(["compare", "--config", str(cfg), "--out", str(out), "--force",
+                     "--set", f"compare.max_pairs={cap}"]) == EXIT_OK
+        runs.append((out / "compare" / "sigma68_by_bin.csv").read_text())
+    assert runs[0] == runs[1]
+    capped = json.loads((out / "compare" / "summary.json").read_text())
+    assert capped["pairs"] == full["pairs"]
+    assert capped["pair_sampling_rate"] == pytest.approx(cap / full["pairs"])
+    assert capped["pairs_used"] == cap
+    by_bin = pd.read_csv(out / "compare" / "sigma68_by_bin.csv")
+    assert by_bin.loc[0, "n_pairs_total"] == full["pairs"]
+    assert by_bin.loc[0, "n_pairs"] == capped["pairs_used"]
+    assert "used)" in capsys.readouterr().out
+
+
+def test_read_photometry_by_band_and_columns(tiny_run):
+    from pausdenoise.photometry import photometry_bands, read_photometry
+
+    _, _, out = tiny_run
+    full = read_photometry(out / "photometry")
+    assert photometry_bands(out / "photometry") == ["NB455", "NB615"]
+    part = read_photometry(out / "photometry", bands=["NB615"], columns=["ref_id", "flux_cal"])
+    assert list(part.columns) == ["ref_id", "band", "kind", "flux_cal"]
+    want = full[full.band == "NB615"][list(part.columns)]
+    key = ["ref_id", "kind", "flux_cal"]
+    pd.testing.assert_frame_equal(part.sort_values(key).reset_index(drop=True),
+                                  want.sort_values(key).reset_index(drop=True))
+    with pytest.raises(KeyError, match="not photometry columns: nope"):
+        read_photometry(out / "photometry", columns=["nope"])
+    assert list(read_photometry(out / "missing", columns=["x"]).columns) == ["band", "kind", "x"]
+
+
+def test_compare_writes_the_calibrated_errors(tiny_run):
+    from pausdenoise.compare import ErrorModel
+    from pausdenoise.photometry import read_photometry
+
+    code, _, out = tiny_run
+    assert code == EXIT_OK
+    model = ErrorModel.from_dict(json.loads((out / "compare" / "error_model.json").read_text()))
+    errs = pd.read_parquet(out / "compare" / "denoised_errors")
+    table = read_photometry(out / "photometry")
+    assert len(errs) == (table.kind == "denoised").sum()
+    assert set(errs.band.astype(str)) == set(table.band)
+    want = model.scale_for(errs.I_auto.to_numpy(), errs.band.astype(str)) * errs.flux_cal_err_raw
+    np.testing.assert_allclose(errs.flux_cal_err_den_model, want)
+    summary = json.loads((out / "compare" / "summary.json").read_text())
+    assert summary["calibrated_error_rows"] == len(errs)

@@ -1,0 +1,93 @@
+"""The demo's printed summary, pinned.
+
+``make demo`` runs ``pausdenoise run --config configs/demo.yaml``: the simulated survey end
+to end on a local Dask cluster of 2 workers. Training is seeded and every stage is
+deterministic on one machine, so what the demo prints (sky and source RMS gains against the
+truth, the pair count, σ68 of Δf with raw and with cross-validated model errors) and the
+cross-validated σ68 per I_auto bin are fixed numbers: a change of the code that moves any of
+them changes the science and must say so here. Reference: x86-64 CPU, torch 2.13.0 (CPU
+build), one torch thread per worker; another CPU or torch build may round differently.
+
+The run takes several minutes on 2 cores; it is the suite's one end-to-end demo run.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: What each stage prints after "done in N s:", as ``make demo`` prints it.
+PINNED_NOTES = {
+    "simulate": re.compile(r"24 frames, 462 sources in \d+ s"),
+    "ingest": re.compile(r"24 ingested, 0 up to date, 0 failed"),
+    "train": re.compile(
+        r"12 epochs, best val loss 0\.4763, output offset \+0\.016 σ refitted, "
+        r"\d+ patches/s on cpu"
+    ),
+    "denoise": re.compile(r"24 frames, 96 chunks written, [\d.]+ Mpix/s"),
+    "photometry": re.compile(r"48 partitions written, 0 catalogue issues"),
+    "compare": re.compile(
+        r"25218 pairs; σ68 raw 1\.00, denoised/raw-errors 0\.39, "
+        r"denoised/model-errors \(cross-validated\) 1\.00"
+    ),
+    "evaluate": re.compile(r"3 frames vs truth; sky RMS ÷20\.03, source RMS ÷1\.95"),
+}
+
+#: Cross-validated σ68 of Δf with the calibrated denoised errors, per row of
+#: compare/error_model_validation.csv: (held-out pairs, σ68 rounded to 3 decimals).
+PINNED_VALIDATION = {
+    "all": (10807, 1.002),
+    "17-18": (138, 0.987),
+    "18-19": (174, 1.004),
+    "19-20": (464, 1.022),
+    "20-21": (645, 0.975),
+    "21-22": (1298, 0.996),
+    "22-23": (2573, 1.002),
+    "band NB455": (3588, 0.984),
+    "band NB615": (3579, 0.993),
+    "band NB845": (3640, 1.008),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Run the demo configuration through the command line, as ``make demo`` does."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}  # as in a plain shell
+    proc = subprocess.run(
+        [sys.executable, "-m", "pausdenoise.cli", "run", "--config",
+         str(ROOT / "configs" / "demo.yaml"), "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, out
+
+
+@pytest.mark.timeout(1800)
+def test_demo_prints_the_pinned_summary(demo_run):
+    stdout, out = demo_run
+    notes = dict(re.findall(r"^\[(\w+)\] done in [\d.]+ s: (.*)$", stdout, re.MULTILINE))
+    for stage, pattern in PINNED_NOTES.items():
+        assert stage in notes, f"stage {stage} did not finish:\n{stdout[-2000:]}"
+        assert pattern.fullmatch(notes[stage]), f"[{stage}] printed {notes[stage]!r}"
+    assert stdout.rstrip().endswith(f"report: {out / 'report' / 'index.html'}")
+
+
+@pytest.mark.timeout(1800)
+def test_demo_cross_validated_sigma68_per_bin_is_pinned(demo_run):
+    _, out = demo_run
+    with open(out / "compare" / "error_model_validation.csv", newline="") as fh:
+        rows = {r["bin"]: r for r in csv.DictReader(fh)}
+    got = {b: (int(rows[b]["n_pairs"]), round(float(rows[b]["sigma68_den_model"]), 3))
+           for b in PINNED_VALIDATION if b in rows}
+    assert got == PINNED_VALIDATION
+    assert all(rows[b]["passed"] == "True" for b in PINNED_VALIDATION)
