@@ -12,6 +12,8 @@ Exit codes (scripts can trust them)
 2  usage or configuration error (bad option, unknown config key, impossible chunking)
 3  partial success: the run finished but some inputs were skipped (listed in the summary)
 4  the run directory is locked by another live run
+130  interrupted (Ctrl-C): the running stage is recorded as ``interrupted`` in ``run.json``;
+     completed work is kept and a rerun resumes
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pausdenoise.errors import (
     PreflightError,
     RunLockedError,
 )
-from pausdenoise.plan import MEASURED_RATES, plan_from_config
+from pausdenoise.plan import MEASURED_RATES, RATE_UNITS, plan_from_config
 from pausdenoise.redact import redact_text
 
 EXIT_OK = 0
@@ -41,6 +43,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3
 EXIT_LOCKED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
 
 STAGE_HELP = {
     "simulate": "render the simulated PAUCam-like survey (FITS in the PAUS layout + truth)",
@@ -60,6 +63,13 @@ STAGE_HELP = {
     "plan": "dry run: tasks, bytes, memory per worker and time for N exposures, from "
             "measured stage rates (nothing is computed)",
 }
+
+
+#: the ``--rate`` keys with their units and measured values, for the help of ``plan``
+_RATE_HELP = ", ".join(
+    f"{k} ({RATE_UNITS[k]}; {'not measured' if v is None else f'measured {v:g}'})"
+    for k, v in MEASURED_RATES.items()
+)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -89,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Out-of-core, Dask-parallel Noise2Void denoising of PAUS exposures, "
                     "judged by forced photometry.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage/config error, 3 partial success, "
-               "4 run directory locked.",
+               "4 run directory locked, 130 interrupted.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -114,9 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="CCD shape NYxNX in px (4096x2048)")
             p.add_argument("--workers", type=int, default=None,
                            help="workers (default: cluster.n_workers or 1)")
-            p.add_argument("--gpus", type=int, default=0, help="GPUs (0)")
+            p.add_argument("--gpus", type=int, default=0,
+                           help="GPUs in all (0): train (DDP) and denoise run on them; their "
+                                "rates are not measured, pass them with --rate")
             p.add_argument("--rate", action="append", default=[], metavar="KEY=VALUE",
-                           help="override a measured rate (keys: see pausdenoise.plan.RATE_KEYS)")
+                           help="override a rate (repeatable); keys: " + _RATE_HELP)
             p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "report":
             p.add_argument("--open", action="store_true", help="print a file:// URL to open")
@@ -225,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pausdenoise: interrupted; completed work is kept, rerun to resume",
               file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_INTERRUPTED
 
 
 def _rates(items: list[str]) -> dict[str, float]:
@@ -243,10 +255,15 @@ def _rates(items: list[str]) -> dict[str, float]:
     """
     rates = dict(MEASURED_RATES)
     for item in items:
-        key, value = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--rate expects KEY=VALUE, got {item!r}")
         if key not in rates:
-            raise ValueError(f"unknown rate {key!r}; rates are {sorted(rates)}")
-        rates[key] = float(value)
+            raise ValueError(f"unknown rate {key!r}; rates are {', '.join(rates)}")
+        try:
+            rates[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--rate {key}=VALUE needs a number, got {value!r}") from None
     return rates
 
 

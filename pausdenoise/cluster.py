@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -339,8 +342,13 @@ class ClusterConfig(BaseModel):
     connect_timeout: float = Field(
         default=30.0, gt=0, description="seconds to connect / to wait for n_workers"
     )
-    cuda: CudaConfig = Field(default_factory=CudaConfig)
-    jobqueue: JobQueueConfig = Field(default_factory=JobQueueConfig)
+    cuda: CudaConfig = Field(
+        default_factory=CudaConfig, description="Options of kind 'cuda' (one worker per GPU)."
+    )
+    jobqueue: JobQueueConfig = Field(
+        default_factory=JobQueueConfig,
+        description="Options of kinds 'slurm' and 'htcondor' (batch jobs of workers).",
+    )
 
     @field_validator("kind")
     @classmethod
@@ -498,6 +506,32 @@ class TorchThreads(WorkerPlugin):
         if n is None:
             n = torch_threads_per_task(threads_per_worker=worker.state.nthreads)
         set_torch_threads(n)
+
+
+class _CtrlCToParent(WorkerPlugin):
+    """Make a worker process that this run spawned ignore SIGINT (Ctrl-C).
+
+    Ctrl-C in a terminal reaches the whole foreground process group, so the worker processes
+    of a local cluster would each print a traceback. The parent process alone handles it
+    (it closes the client and the cluster, which stops the workers). Workers of other
+    processes (``dask worker``, batch jobs) and in-process workers are left alone.
+    """
+
+    idempotent = True
+    name = "pausdenoise-ctrl-c-to-parent"
+
+    def setup(self, worker: distributed.Worker) -> None:
+        """Ignore SIGINT in ``worker``'s process when it is a spawned child's main thread.
+
+        Parameters
+        ----------
+        worker : distributed.Worker
+            The worker the plugin is registered on.
+        """
+        if multiprocessing.parent_process() is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,6 +790,8 @@ def make_client(
         if backend in ("scheduler-file", "address") and config.n_workers:
             client.wait_for_workers(config.n_workers, timeout=config.connect_timeout)
         client.register_plugin(TorchThreads(torch_threads), name=TorchThreads.name)
+        if backend in ("local", "cuda"):
+            client.register_plugin(_CtrlCToParent(), name=_CtrlCToParent.name)
         if not quiet:
             _say(f"dask dashboard: {client.dashboard_link}")
             _say(describe(client))

@@ -167,7 +167,10 @@ class GanPipelineConfig(BaseModel):
         default_factory=GanTrainConfig,
         description="pix2pix training (pausdenoise.gan.train.GanTrainConfig).",
     )
-    apply: GanApplyConfig = Field(default_factory=GanApplyConfig)
+    apply: GanApplyConfig = Field(
+        default_factory=GanApplyConfig,
+        description="Tiled application of the trained generator to the held-out frames.",
+    )
     scatter_pixels: int = Field(
         20000, ge=100, description="Pixels sampled for the report's pixel-value scatter plot."
     )
@@ -190,17 +193,50 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: InputConfig = Field(default_factory=InputConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
-    simulate: SimulationConfig = Field(default_factory=SimulationConfig)
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    denoise: DenoiseConfig = Field(default_factory=DenoiseConfig)
-    photometry: PhotometryConfig = Field(default_factory=PhotometryConfig)
-    compare: CompareConfig = Field(default_factory=CompareConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
-    gan: GanPipelineConfig = Field(default_factory=GanPipelineConfig)
+    input: InputConfig = Field(
+        default_factory=InputConfig,
+        description="Where the survey comes from (simulated, FITS files or an existing store) "
+        "and optional inputs to reuse.",
+    )
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig,
+        description="The Dask cluster the parallel stages run on (--cluster overrides kind).",
+    )
+    simulate: SimulationConfig = Field(
+        default_factory=SimulationConfig,
+        description="The simulated PAUCam-like survey (input.source 'simulate').",
+    )
+    ingest: IngestConfig = Field(
+        default_factory=IngestConfig,
+        description="FITS frames -> the Zarr survey store: layout, header keywords, "
+        "zero-points, chunking.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Noise2Void training of the U-Net."
+    )
+    denoise: DenoiseConfig = Field(
+        default_factory=DenoiseConfig,
+        description="Denoising every frame of the store with the trained network.",
+    )
+    photometry: PhotometryConfig = Field(
+        default_factory=PhotometryConfig,
+        description="Forced aperture photometry on the raw and denoised images.",
+    )
+    compare: CompareConfig = Field(
+        default_factory=CompareConfig,
+        description="Cross-exposure statistics of the photometry and the calibrated errors.",
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig,
+        description="Metrics against the truth (simulation) or independent exposures.",
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig, description="Figures and the HTML report."
+    )
+    gan: GanPipelineConfig = Field(
+        default_factory=GanPipelineConfig,
+        description="Optional stacking and pix2pix cGAN stages (run when gan.enabled).",
+    )
     holdout_exposures_per_band: int = Field(
         1,
         ge=0,

@@ -1,12 +1,13 @@
-"""One helper for the content digests behind fingerprints and resumable-write keys."""
+"""The content digests behind fingerprints and resumable-write keys (JSON values, files)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
-__all__ = ["json_digest"]
+__all__ = ["file_sha256", "json_digest"]
 
 
 def json_digest(obj: Any, length: int | None = 16) -> str:
@@ -28,3 +29,25 @@ def json_digest(obj: Any, length: int | None = 16) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     h = hashlib.sha256(text.encode()).hexdigest()
     return h if length is None else h[:length]
+
+
+def file_sha256(path: os.PathLike[str] | str, blocksize: int = 1 << 22) -> str:
+    """Return the sha256 of a file's bytes.
+
+    Parameters
+    ----------
+    path : path-like or str
+        The file.
+    blocksize : int, optional
+        Bytes read at a time (default 4 MiB).
+
+    Returns
+    -------
+    str
+        The hex digest (64 characters).
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(blocksize):
+            h.update(chunk)
+    return h.hexdigest()

@@ -8,17 +8,17 @@ of a denoise worker, and the total.
 
 Rates
 -----
-Every rate is *per single-threaded CPU worker process* (or per GPU for the ``*_gpu_*``
-keys) and is an explicit argument: pass ``rates={...}`` to override any of
-:data:`MEASURED_RATES`. Its values were measured with ``python benchmarks/run_all.py
---quick`` on the project's development machine (2 vCPUs "AMD EPYC", no GPU) when it was
-quiet (load average 0.47 at the start), one single-threaded worker each; they are recorded
-in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC (quick)", except the
-denoise rate, taken from the full-size 18-CCD exposure of section "Denoise at full size"
-(12:16 UTC; the quick run's 2048² frame gave 0.473, first-forward costs and edge blocks
-weigh less there); it includes the per-worker TorchScript/channels-last network copy.
-Rates on this shared machine varied up to 3× with the load: treat them as
-order-of-magnitude figures for one CPU core and pass your own.
+Every rate is *per single-threaded CPU worker process* (or per GPU for the ``*_gpu_*`` keys)
+and is an explicit argument: pass ``rates={...}`` (``--rate KEY=VALUE`` on the command line)
+to override any of :data:`MEASURED_RATES`. Its values were measured with ``python
+benchmarks/run_all.py --quick`` on the project's development machine (2 vCPUs "AMD EPYC", no
+GPU) when it was quiet (load average 0.47 at the start), one single-threaded worker each;
+they are recorded in ``benchmarks/RESULTS.md``, section "run_all 2026-11-21 11:25 UTC
+(quick)", except the denoise rate, taken from the full-size 18-CCD exposure of section
+"Denoise at full size" (12:16 UTC; the quick run's 2048² frame gave 0.473, first-forward
+costs and edge blocks weigh less there); it includes the per-worker
+TorchScript/channels-last network copy. Rates on this shared machine varied up to 3× with
+the load: treat them as order-of-magnitude figures for one CPU core and pass your own.
 
 =========================  ========  ==============================================
 key                        value     source
@@ -104,6 +104,18 @@ MEASURED_RATES: dict[str, float | None] = {
 }
 
 RATE_KEYS = tuple(MEASURED_RATES)
+
+#: The unit of each rate (``--rate KEY=VALUE`` on the command line).
+RATE_UNITS: dict[str, str] = {
+    "ingest_mb_s": "MB of FITS input/s per worker",
+    "store_read_mb_s": "MB read from the store/s per worker",
+    "train_patches_s": "patches/s, one process",
+    "train_gpu_patches_s": "patches/s per GPU",
+    "denoise_mpix_s": "Mpix/s per worker",
+    "denoise_gpu_mpix_s": "Mpix/s per GPU",
+    "photometry_sources_s": "sources/s per worker",
+    "compare_pairs_s": "pairs/s, one process",
+}
 
 
 @dataclass
@@ -198,15 +210,16 @@ class PlanReport:
         Returns
         -------
         str
-            The survey line, one line per stage and the total, the memory of a denoise worker
-            (MB) and the notes.
+            The survey line, the GPUs planned for (and their unmeasured rates), one line per
+            stage and the total, the memory of a denoise worker (MB) and the notes.
         """
         a = self.assumptions
         lines = [
             f"plan: {a['exposures']} exposure(s) × {a['ccds_per_exposure']} CCD(s) of "
             f"{a['ccd_shape'][0]}×{a['ccd_shape'][1]} px = {a['frames']} frames, "
             f"{a['pixels'] / 1e9:.3f} Gpix; chunks {a['chunk'][0]}×{a['chunk'][1]}, "
-            f"halo {a['halo']} px; {a['n_workers']} CPU worker(s), {a['gpus']} GPU(s)",
+            f"halo {a['halo']} px; {a['n_workers']} CPU worker(s)",
+            _gpu_line(a),
             "",
             f"{'stage':<11} {'tasks':>9} {'work':>22} {'read':>10} {'written':>10} "
             f"{'par':>5} {'device':>6} {'rate/unit':>12} {'wall time':>12}  note",
@@ -236,6 +249,24 @@ class PlanReport:
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _gpu_line(a: Mapping[str, Any]) -> str:
+    """Say how many GPUs the plan is for and whether their rates are measured.
+
+    Returns
+    -------
+    str
+        One line of the table.
+    """
+    gpus = a["gpus"]
+    if gpus == 0:
+        return "GPUs: none (--gpus 0): train and denoise run on the CPU"
+    unmeasured = [k for k in ("train_gpu_patches_s", "denoise_gpu_mpix_s")
+                  if a["rates"].get(k) is None]
+    rates = (f"; rate not measured: {', '.join(unmeasured)} (pass --rate KEY=VALUE)"
+             if unmeasured else "")
+    return f"GPUs: {gpus} in all: train (DDP) and denoise run on them{rates}"
 
 
 def _fmt_bytes(n: float) -> str:
@@ -508,13 +539,13 @@ def _plan_train(z: _Survey, r: Mapping[str, float | None], train_steps: int,
     read = int(patches * patch_size**2 * 5 * z.compression_ratio)
     if z.gpus > 0:
         rate, par, dev = r["train_gpu_patches_s"], z.gpus, "gpu"
-        note = "DDP over the GPUs" if rate else "GPU rate not measured (no GPU)"
+        note = f"DDP over {z.gpus} GPU(s)" if rate else f"{z.gpus} GPU(s); GPU rate not measured"
     else:
         rate, par, dev = r["train_patches_s"], 1, "cpu"
         note = "one process (torch threads); no worker scaling"
     if rate is None:
-        notes.append("training time unknown: no GPU rate measured; pass "
-                     "rates={'train_gpu_patches_s': ...}")
+        notes.append("training time unknown: the GPU rate is not measured; pass "
+                     "--rate train_gpu_patches_s=VALUE (patches/s per GPU)")
     return StagePlan(
         "train", 1 if dev == "cpu" else z.gpus, patches, "patches", read, 0, par, dev,
         rate, z.wall(patches, rate, par), note)
@@ -527,13 +558,14 @@ def _plan_denoise(z: _Survey, r: Mapping[str, float | None], notes: list[str]) -
     written = int(z.px * 4 * z.compression_ratio)
     if z.gpus > 0:
         rate, par, dev = r["denoise_gpu_mpix_s"], min(z.gpus, tasks), "gpu"
-        note = "one worker per GPU" if rate else "GPU rate not measured (no GPU)"
+        note = (f"one worker per GPU, {par} GPU(s)" if rate
+                else f"{par} GPU(s); GPU rate not measured")
     else:
         rate, par, dev = r["denoise_mpix_s"], min(z.n_workers, tasks), "cpu"
         note = "map_overlap, one task per chunk"
     if rate is None:
-        notes.append("denoise time unknown: no GPU rate measured; pass "
-                     "rates={'denoise_gpu_mpix_s': ...} or plan with gpus=0")
+        notes.append("denoise time unknown: the GPU rate is not measured; pass "
+                     "--rate denoise_gpu_mpix_s=VALUE (Mpix/s per GPU) or plan with --gpus 0")
     return StagePlan("denoise", tasks, mpix, "Mpix", read, written, par, dev,
                      rate, z.wall(mpix, rate, par, read + written), note)
 

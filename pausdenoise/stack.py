@@ -95,14 +95,38 @@ class StackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    combine: Literal["mean", "clipped"] = "mean"
-    clip_sigma: float = Field(3.0, gt=0)
-    clip_iterations: int = Field(3, ge=1)
-    resampling: Literal["auto", "shift", "interp", "reproject"] = "auto"
-    shift_tolerance: float = Field(1e-3, gt=0)
-    weighting: Literal["inverse_variance", "uniform"] = "inverse_variance"
-    subtract_sky: bool = True
-    reference: int = Field(0, ge=0)
+    combine: Literal["mean", "clipped"] = Field(
+        "mean", description="'mean': weighted mean; 'clipped': sigma-clipped weighted mean."
+    )
+    clip_sigma: float = Field(
+        3.0, gt=0,
+        description="Rejection threshold of combine 'clipped', in units of each frame's own "
+        "noise σ.",
+    )
+    clip_iterations: int = Field(
+        3, ge=1, description="Maximum clipping iterations of combine 'clipped'."
+    )
+    resampling: Literal["auto", "shift", "interp", "reproject"] = Field(
+        "auto",
+        description="How frames are brought onto the reference grid: 'shift' (a pure "
+        "translation: integer part exact, sub-pixel remainder bilinear), 'interp' (bilinear "
+        "through the two WCSs, flux kept), 'reproject' (the same with the reproject package); "
+        "'auto': 'shift' when the grids differ only by a translation, else 'interp'.",
+    )
+    shift_tolerance: float = Field(
+        1e-3, gt=0,
+        description="Largest departure (px) from a pure translation that 'shift' accepts.",
+    )
+    weighting: Literal["inverse_variance", "uniform"] = Field(
+        "inverse_variance", description="Inverse-variance weights, or equal weights."
+    )
+    subtract_sky: bool = Field(
+        True, description="Subtract each frame's robust sky level (ADU) before stacking."
+    )
+    reference: int = Field(
+        0, ge=0,
+        description="0-based index of the frame that defines the grid and the zero-point.",
+    )
 
 
 # --------------------------------------------------------------------------- geometry

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,10 @@ def test_local_kind_starts_and_closes_workers_on_localhost():
         assert threads == {one: expected}
         pids = set(client.run(os.getpid).values())
         assert len(pids) == 2 and os.getpid() not in pids
+        # Ctrl-C is for this process alone: the workers ignore SIGINT, this process does not
+        ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        assert set(ignored.values()) == {True}
+        assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN
         summary = cl.cluster_summary(client)
         assert (summary["workers"], summary["threads"], summary["gpus"]) == (2, 2, [])
         assert "2 worker(s)" in cl.describe(client)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pausdenoise.plan import MEASURED_RATES, exposures_per_hour, plan_run
+from pausdenoise.cli import EXIT_USAGE, main
+from pausdenoise.plan import MEASURED_RATES, RATE_KEYS, RATE_UNITS, exposures_per_hour, plan_run
 
 RATES = {
     "ingest_mb_s": 10.0,
@@ -105,9 +106,35 @@ def test_gpu_rates_unmeasured_by_default():
     assert p.total_seconds is None
     assert any("not measured" in n or "no GPU" in n for n in p.notes)
     assert "unknown" in p.table()
+    # the notes speak the command line, and the table the GPU count it plans for
+    assert any("--rate denoise_gpu_mpix_s=VALUE" in n for n in p.notes)
+    assert any("--rate train_gpu_patches_s=VALUE" in n for n in p.notes)
+    assert not any("rates=" in n for n in p.notes)
+    table = p.table()
+    assert "GPUs: 2 in all" in table and "no GPU" not in table
+    assert "rate not measured: train_gpu_patches_s, denoise_gpu_mpix_s" in table
+    assert "GPUs: none (--gpus 0)" in small().table()
     q = small(gpus=2, rates={**RATES, "denoise_gpu_mpix_s": 10.0, "train_gpu_patches_s": 1e3})
     assert q.stage("denoise").seconds == pytest.approx(6 * 100 * 60 / 1e6 / 10.0 / 2)
     assert q.total_seconds is not None
+    assert "rate not measured" not in q.table()
+
+
+def test_plan_help_lists_every_rate_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "pausdenoise.plan" not in text
+    for key in RATE_KEYS:
+        assert f"{key} ({RATE_UNITS[key]};" in text
+    assert set(RATE_UNITS) == set(RATE_KEYS)
+
+
+def test_plan_rate_option_errors_speak_the_command_line(capsys):
+    assert main(["plan", "--exposures", "1", "--rate", "denoise_mpix_s"]) == EXIT_USAGE
+    assert "--rate expects KEY=VALUE" in capsys.readouterr().err
+    assert main(["plan", "--exposures", "1", "--rate", "denoise_mpix_s=fast"]) == EXIT_USAGE
+    assert "needs a number" in capsys.readouterr().err
 
 
 def test_memory_model():

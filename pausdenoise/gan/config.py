@@ -36,14 +36,30 @@ class GeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    depth: int = Field(4, ge=1, le=8)
-    base_channels: int = Field(16, ge=1)
-    max_channels: int = Field(128, ge=1)
-    batch_norm: bool = True
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    residual: bool = True
-    in_channels: int = Field(1, ge=1)
-    out_channels: int = Field(1, ge=1)
+    depth: int = Field(
+        4, ge=1, le=8,
+        description="Stride-2 down-sampling steps; inputs, tile origins and halos (px) must be "
+        "multiples of 2**depth.",
+    )
+    base_channels: int = Field(
+        16, ge=1,
+        description="Channels after the first convolution; doubled each level, capped at "
+        "max_channels.",
+    )
+    max_channels: int = Field(128, ge=1, description="Channel cap of the encoder levels.")
+    batch_norm: bool = Field(
+        True,
+        description="Batch normalisation in the encoder (except the first layer) and the "
+        "decoder.",
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout probability in the decoder during training (0: none; never at "
+        "inference).",
+    )
+    residual: bool = Field(True, description="Predict output = input + G(input).")
+    in_channels: int = Field(1, ge=1, description="Channels of the input image.")
+    out_channels: int = Field(1, ge=1, description="Channels of the output image.")
 
     @property
     def size_multiple(self) -> int:
@@ -78,11 +94,20 @@ class DiscriminatorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n_layers: int = Field(3, ge=0, le=6)
-    base_channels: int = Field(16, ge=1)
-    max_channels: int = Field(128, ge=1)
-    batch_norm: bool = True
-    in_channels: int = Field(1, ge=1)
+    n_layers: int = Field(
+        3, ge=0, le=6,
+        description="Stride-2 layers after the first (3 gives the 70×70 px PatchGAN).",
+    )
+    base_channels: int = Field(
+        16, ge=1,
+        description="Channels of the first layer; doubled per layer, capped at max_channels.",
+    )
+    max_channels: int = Field(128, ge=1, description="Channel cap.")
+    batch_norm: bool = Field(True, description="Batch normalisation after the first layer.")
+    in_channels: int = Field(
+        1, ge=1,
+        description="Channels of one image; the network sees twice that (condition + image).",
+    )
 
 
 class GanTrainConfig(BaseModel):
@@ -129,25 +154,59 @@ class GanTrainConfig(BaseModel):
     num_threads : int, optional
         ``torch.set_num_threads`` for CPU training (None leaves it).
     progress : bool
-        Show a tqdm progress bar.
+        Print a line per epoch with the mean losses and, when stderr is a terminal, show a
+        tqdm progress bar.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = Field(default_factory=DiscriminatorConfig)
-    l1_weight: float = Field(100.0, ge=0)
-    flux_weight: float = Field(0.0, ge=0)
-    flux_scale: int = Field(8, ge=1)
-    flux_norm: Literal["squared", "absolute"] = "squared"
-    lr: float = Field(2e-4, gt=0)
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_steps_per_epoch: int | None = Field(None, ge=1)
-    augment: bool = True
-    seed: int = 0
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    num_threads: int | None = Field(None, ge=1)
-    progress: bool = True
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="Architecture of the U-Net generator."
+    )
+    discriminator: DiscriminatorConfig = Field(
+        default_factory=DiscriminatorConfig,
+        description="Architecture of the conditional PatchGAN discriminator.",
+    )
+    l1_weight: float = Field(
+        100.0, ge=0,
+        description="λ of the L1 term (100 in pix2pix); the L1 is in units of the single "
+        "frame's sky σ.",
+    )
+    flux_weight: float = Field(
+        0.0, ge=0,
+        description="μ of the box-flux term (0: off, plain pix2pix); to matter on faint "
+        "sources it must be ≳ l1_weight / 0.2.",
+    )
+    flux_scale: int = Field(
+        8, ge=1,
+        description="Side (px) of the boxes the flux term sums over, about an aperture "
+        "diameter; at most the cutout size.",
+    )
+    flux_norm: Literal["squared", "absolute"] = Field(
+        "squared",
+        description="Box-flux difference: 'squared' (mean-type, unbiased box fluxes) or "
+        "'absolute' (median-type).",
+    )
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate of both networks.")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam β1.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam β2.")
+    epochs: int = Field(10, ge=1, description="Passes over the cutout pairs.")
+    batch_size: int = Field(8, ge=1, description="Cutout pairs per optimiser step.")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap on the batches per epoch (quick runs); null = all."
+    )
+    augment: bool = Field(True, description="Random flips and 90° rotations of the pairs.")
+    seed: int = Field(
+        0, description="Seeds the weights, the batch order and the augmentation."
+    )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", description="'auto' takes CUDA when available."
+    )
+    num_threads: int | None = Field(
+        None, ge=1,
+        description="torch.set_num_threads for CPU training; null leaves it.",
+    )
+    progress: bool = Field(
+        True,
+        description="Print a line per epoch with the mean losses, and a bar on a terminal.",
+    )

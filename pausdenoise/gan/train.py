@@ -34,6 +34,7 @@ and valid mask) when ``augment`` is on. The generator is returned in ``eval()`` 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Literal
 
 import numpy as np
@@ -44,6 +45,7 @@ from tqdm.auto import tqdm
 from pausdenoise.gan.config import GanTrainConfig  # also importable from here
 from pausdenoise.gan.models import Discriminator, Generator
 from pausdenoise.gan.pairs import CutoutPairs
+from pausdenoise.progress import is_terminal
 
 
 def resolve_device(device: str) -> torch.device:
@@ -331,15 +333,26 @@ def train_pix2pix(
         "n_pairs": n,
         "device": str(device),
     }
-    bar = tqdm(total=steps * config.epochs, desc="pix2pix", disable=not config.progress)
+    show_bar = config.progress and is_terminal(sys.stderr)
+    bar = tqdm(total=steps * config.epochs, desc="pix2pix", disable=not show_bar)
     try:
         for epoch in range(config.epochs):
             nets = (generator, discriminator, opt_g, opt_d)
             sums = _train_epoch(nets, data, config, epoch, steps, rng, device, history, bar)
             history["epoch"].append({"epoch": epoch, **{k: v / steps for k, v in sums.items()}})
+            if config.progress:
+                _print_epoch(history["epoch"][-1], config.epochs)
     finally:
         bar.close()
     return generator.cpu().eval(), history
+
+
+def _print_epoch(means: dict[str, float], epochs: int) -> None:
+    """Print one epoch's mean losses as one line (above the bar, if one is drawn)."""
+    tqdm.write(
+        f"pix2pix epoch {means['epoch'] + 1}/{epochs}: l1 {means['loss_l1']:.4g}  "
+        f"adv {means['loss_g_adv']:.4g}  flux {means['loss_flux']:.4g}  d {means['loss_d']:.3g}"
+    )
 
 
 def _check_pairs(pairs: CutoutPairs, config: GanTrainConfig) -> None:

@@ -31,19 +31,44 @@ class HeaderKeys(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    expnum: str = "EXPNUM"
-    ccd: str = "CCDNUM"
-    band: str = "FILTER"
-    band_token: int | None = Field(0, description="whitespace token of the band value; None = all")
-    exptime: str = "EXPTIME"
-    gain: str | list[str] = "GAIN"
-    rdnoise: str | list[str] = "RDNOISE"
-    saturate: str | list[str] | None = "SATURATE"
-    zp: str | None = "ZP"
-    zp_err: str | None = "ZPERR"
+    expnum: str = Field("EXPNUM", description="Keyword of the exposure number (an integer).")
+    ccd: str = Field(
+        "CCDNUM",
+        description="Keyword of the CCD number (an integer); frames are named "
+        "<expnum, 8 digits>_<ccd, 2 digits>.",
+    )
+    band: str = Field("FILTER", description="Keyword of the band (filter) name.")
+    band_token: int | None = Field(
+        0,
+        description="0-based whitespace-separated token of the band value that names the band "
+        "(0: 'i DECam SDSS c0003' -> 'i'); null = the whole value.",
+    )
+    exptime: str = Field("EXPTIME", description="Keyword of the exposure time [s].")
+    gain: str | list[str] = Field(
+        "GAIN", description="Keyword of the gain [e⁻/ADU]; a list = the mean of their values."
+    )
+    rdnoise: str | list[str] = Field(
+        "RDNOISE", description="Keyword of the read noise [e⁻]; a list = the mean of their values."
+    )
+    saturate: str | list[str] | None = Field(
+        "SATURATE",
+        description="Keyword of the saturation level [ADU]; a list = the mean; optional: "
+        "absent (or null) records none.",
+    )
+    zp: str | None = Field(
+        "ZP",
+        description="Keyword of the zero-point, read as ingest.zp_kind says; null = from "
+        "ingest.zp_table or ingest.defaults.",
+    )
+    zp_err: str | None = Field(
+        "ZPERR",
+        description="Keyword of the zero-point's 1σ error (a magnitude error with zp_kind "
+        "'mag'); null = from ingest.zp_table or ingest.defaults.",
+    )
     extra: dict[str, str] = Field(
         default_factory=lambda: {"mjd_obs": "MJD-OBS", "airmass": "AIRMASS"},
-        description="attribute name -> keyword, stored when present (null otherwise)",
+        description="Further frame attributes to store: attribute name -> keyword; stored when "
+        "the keyword is present (null otherwise).",
     )
 
 
@@ -57,14 +82,36 @@ class ZeroPointTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: Path
-    expnum_column: str = "expnum"
-    ccd_column: str = "ccdname"
-    ccd_header_key: str = "EXTNAME"
-    zp_column: str = "zpt"
-    zp_err_column: str | None = None
-    kind: Literal["factor", "mag"] = "mag"
-    per_second: bool = True
+    path: Path = Field(description="The table file: FITS, Parquet or CSV.")
+    expnum_column: str = Field(
+        "expnum", description="Column of the exposure number, matched to the frame's."
+    )
+    ccd_column: str = Field(
+        "ccdname",
+        description="Column matched (as stripped strings) to the frame's value of header "
+        "keyword ccd_header_key.",
+    )
+    ccd_header_key: str = Field(
+        "EXTNAME",
+        description="Header keyword whose value selects the row (e.g. EXTNAME 'N12' against "
+        "ccdname).",
+    )
+    zp_column: str = Field("zpt", description="Column of the zero-point (see kind).")
+    zp_err_column: str | None = Field(
+        None,
+        description="Column of the zero-point's 1σ error (a magnitude error when kind is "
+        "'mag'); null = none in the table.",
+    )
+    kind: Literal["factor", "mag"] = Field(
+        "mag",
+        description="'mag': AB magnitude m0 of 1 ADU (of 1 ADU/s with per_second); 'factor': "
+        "µJy per ADU.",
+    )
+    per_second: bool = Field(
+        True,
+        description="With kind 'mag': m0 is for 1 ADU/s (legacypipe's zpt), so "
+        "2.5 log10(EXPTIME [s]) is added.",
+    )
 
 
 class IngestConfig(BaseModel):
@@ -117,32 +164,120 @@ class IngestConfig(BaseModel):
     verify_hash : bool
         Hash the source files even when their paths, sizes and mtimes are unchanged.
     progress : bool
-        Show a dask progress bar.
+        Report progress: a dask bar on a terminal, else a line at each tenth of the files.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    layout: Literal["paus", "generic"] = "paus"
-    chunks: tuple[int, int] = st.DEFAULT_CHUNKS
-    shards: tuple[int, int] | None = None
-    clevel: int = Field(st.DEFAULT_CLEVEL, ge=0, le=9)
-    pattern: str | None = None
-    recursive: bool = False
-    hdu: int | str | None = None
-    mask_substitution: tuple[str, str] | None = None
-    weight_substitution: tuple[str, str] | None = None
-    weight_kind: Literal["ivar", "variance", "sigma"] = "ivar"
-    mask_mode: Literal["bits", "other"] | None = None
-    keys: HeaderKeys = Field(default_factory=HeaderKeys)
-    zp_kind: Literal["factor", "mag"] = "factor"
-    zp_per_second: bool = False
-    zp_table: ZeroPointTable | None = None
-    defaults: dict[str, float | int | str | None] = Field(default_factory=dict)
-    require_same_shape: bool | None = None
-    keep_header: bool = True
-    force: bool = False
-    verify_hash: bool = False
-    progress: bool = False
+    layout: Literal["paus", "generic"] = Field(
+        "paus",
+        description="'paus': PAUS file names and headers (image + .msk mask + optional truth/ "
+        "image); 'generic': any FITS images, header keywords mapped by ingest.keys, mask and "
+        "weight files found by name substitution.",
+    )
+    chunks: tuple[int, int] = Field(
+        st.DEFAULT_CHUNKS,
+        description="Store chunk shape [y, x] in px (rows, columns); one chunk is one denoise "
+        "task.",
+    )
+    shards: tuple[int, int] | None = Field(
+        None,
+        description="Zarr shard shape [y, x] in px, a multiple of chunks (fewer files); "
+        "null = one file per chunk.",
+    )
+    clevel: int = Field(
+        st.DEFAULT_CLEVEL, ge=0, le=9,
+        description="Compression level of the stored arrays: 0 (none) to 9 (smallest, slowest).",
+    )
+    pattern: str | None = Field(
+        None,
+        description="Glob of the image files in an input directory; null = the PAUS image "
+        "names (paus) or '*.fits' (generic). Files that are another image's mask or weight "
+        "are left out.",
+    )
+    recursive: bool = Field(False, description="Search the sub-directories too.")
+    hdu: int | str | None = Field(
+        None,
+        description="Generic: the image HDU, a 0-based index (0 = primary) or an EXTNAME; "
+        "null = every HDU holding a 2-D image, one frame each (multi-extension files).",
+    )
+    mask_substitution: tuple[str, str] | None = Field(
+        None,
+        description="Generic: [search, replace]: the mask file is the image file's name with "
+        "the first occurrence of search replaced (DECam: ['_ooi_', '_ood_']); read from the "
+        "image's HDU (by EXTNAME, else index). null = no mask file (only non-finite pixels "
+        "are masked).",
+    )
+    weight_substitution: tuple[str, str] | None = Field(
+        None,
+        description="Generic: [search, replace] giving the weight file from the image file's "
+        "name, as mask_substitution (DECam: ['_ooi_', '_oow_']); null = no weight "
+        "(no ivar array).",
+    )
+    weight_kind: Literal["ivar", "variance", "sigma"] = Field(
+        "ivar",
+        description="What the weight file holds: 'ivar' [1/ADU²], 'variance' [ADU²] or "
+        "'sigma' σ [ADU]; stored as inverse variance ivar, 0 where the variance or σ is "
+        "zero or not finite.",
+    )
+    mask_mode: Literal["bits", "other"] | None = Field(
+        None,
+        description="'bits': keep the mask bits that are pausdenoise MaskBit values and map "
+        "other non-zero bits to OTHER; 'other': every non-zero value -> OTHER (masks where "
+        "0 = good, e.g. DECam). Either way a pixel is masked exactly when it is non-zero in "
+        "the input (or not finite in the image). null = 'bits' (paus), 'other' (generic).",
+    )
+    keys: HeaderKeys = Field(
+        default_factory=HeaderKeys,
+        description="Generic: header keywords of the frame attributes (looked up in the image "
+        "HDU, then the primary HDU).",
+    )
+    zp_kind: Literal["factor", "mag"] = Field(
+        "factor",
+        description="Generic: the header zero-point ZP is a 'factor' (flux [µJy] = flux [ADU] "
+        "× ZP) or an AB magnitude 'mag' m0 (m_AB = m0 - 2.5 log10 flux [ADU]), stored as "
+        "the factor 10**((23.9 - m0) / 2.5).",
+    )
+    zp_per_second: bool = Field(
+        False,
+        description="Generic, zp_kind 'mag': m0 is for 1 ADU/s, so 2.5 log10(EXPTIME [s]) is "
+        "added first.",
+    )
+    zp_table: ZeroPointTable | None = Field(
+        None,
+        description="Zero-points from a table (one row per exposure and CCD: path, "
+        "expnum_column, ccd_column, ccd_header_key, zp_column, zp_err_column, kind, "
+        "per_second) instead of the header; null = from the header.",
+    )
+    defaults: dict[str, float | int | str | None] = Field(
+        default_factory=dict,
+        description="Generic: values for absent keywords, keyed by attribute: band, exptime "
+        "[s], gain [e⁻/ADU], rdnoise [e⁻], saturate [ADU], zp [µJy/ADU], zp_err; a defaulted "
+        "zp adds a warning to the report.",
+    )
+    require_same_shape: bool | None = Field(
+        None,
+        description="Refuse frames whose shape differs from the store's; null = true for "
+        "paus (PAUCam CCDs share one shape), false for generic.",
+    )
+    keep_header: bool = Field(
+        True, description="Store each source FITS header as the frame's fits_header array."
+    )
+    force: bool = Field(
+        False,
+        description="Re-ingest frames even when stored complete with an unchanged source "
+        "fingerprint.",
+    )
+    verify_hash: bool = Field(
+        False,
+        description="Hash (sha256) the source files even when their paths, sizes and "
+        "modification times are unchanged.",
+    )
+    progress: bool = Field(
+        False,
+        description="Report progress: a Dask bar on a terminal, else a line at each tenth of "
+        "the files.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IngestConfig:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from astropy.io import fits
 
+from pausdenoise.digest import file_sha256
 from pausdenoise.errors import IngestError
 from pausdenoise.maskbits import MaskBit
 
@@ -58,28 +57,6 @@ def wcs_header_text(header: Any) -> str:
     if "CTYPE1" not in out and "CD1_1" not in out and "CRVAL1" not in out:
         return ""
     return out.tostring()
-
-
-def file_sha256(path: os.PathLike[str] | str, blocksize: int = 1 << 22) -> str:
-    """Return the sha256 of a file's bytes.
-
-    Parameters
-    ----------
-    path : path-like or str
-        The file.
-    blocksize : int, optional
-        Bytes read at a time (default 4 MiB).
-
-    Returns
-    -------
-    str
-        The hex digest (64 characters).
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(blocksize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _FITS_BLOCK = 2880

@@ -20,8 +20,6 @@ from typing import Any
 
 import dask
 import pandas as pd
-from dask.diagnostics import ProgressBar
-from distributed import progress as dprogress
 
 from pausdenoise import paus_layout
 from pausdenoise import store as st
@@ -35,6 +33,7 @@ from pausdenoise.ingest.fits import (
     _resolve_hdu,
 )
 from pausdenoise.ingest.metadata import _metadata
+from pausdenoise.progress import compute_reporting
 
 __all__ = ["FrameSource", "IngestError", "find_images", "plan_ingest"]
 
@@ -376,14 +375,10 @@ def _existing_table(store: os.PathLike[str] | str) -> Any:
 
 
 def _compute(tasks: list[Any], client: Any, progress: bool) -> list[Any]:
+    if progress:
+        return compute_reporting(tasks, client, "ingest")
     if not tasks:
         return []
     if client is not None:
-        futures = client.compute(tasks)
-        if progress:
-            dprogress(futures)
-        return client.gather(futures)
-    if progress:
-        with ProgressBar():
-            return list(dask.compute(*tasks))
+        return client.gather(client.compute(tasks))
     return list(dask.compute(*tasks))

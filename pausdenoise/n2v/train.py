@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,7 @@ from pausdenoise.n2v.patches import (
     split_regions,
 )
 from pausdenoise.n2v.unet import UNet
+from pausdenoise.progress import is_terminal
 
 
 @dataclass
@@ -208,7 +210,8 @@ def train_n2v(
     config : TrainConfig, optional
         Defaults to ``TrainConfig()``.
     progress : bool
-        Show a tqdm bar per epoch with the running loss (rank 0 only).
+        Print a line per epoch with the losses and, when stderr is a terminal, a tqdm bar
+        per epoch with the running loss (rank 0 only).
     val_frames : sequence, optional
         Held-out frames for validation; by default the bottom ``validation_fraction`` of the
         rows of every training frame is held out instead.
@@ -535,7 +538,7 @@ def _train_epoch(run: _Run, batches: _Batches, epoch: int) -> torch.Tensor:
     bar = tqdm(
         range(cfg.steps_per_epoch),
         desc=f"N2V epoch {epoch + 1}/{cfg.epochs}",
-        disable=not run.show,
+        disable=not (run.show and is_terminal(sys.stderr)),
         leave=False,
         unit="step",
     )

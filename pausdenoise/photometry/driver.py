@@ -3,16 +3,23 @@
 One Dask task per (frame, kind) reads that frame's image and mask from the survey store
 (:mod:`pausdenoise.store`), measures the frame's catalogue rows
 (:func:`pausdenoise.photometry.measure.measure_frame`) and writes one Parquet file
-``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet`` atomically, with the configuration's
-fingerprint in its metadata so that a rerun skips the partitions already complete.
+``<out_dir>/band=<band>/kind=<kind>/<frame>.parquet`` atomically.
+
+Each partition records in its Parquet metadata the settings fingerprint and the digests of
+its inputs (:func:`plan_partitions`): the frame's ingested content, for ``kind=denoised`` the
+denoised image's ``denoise_key``, and the catalogue rows measured. A rerun skips a partition
+only when all of them are unchanged, so new pixels, a new model or new catalogue rows
+remeasure exactly the partitions they touch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +38,17 @@ from pausdenoise.photometry.measure import OUTPUT_COLUMNS, _empty_table, measure
 from pausdenoise.store import open_store, parse_frame_id
 
 __all__ = [
+    "Partition",
+    "catalogue_rows_digest",
     "measure_store_frame",
     "partition_path",
+    "partition_tasks",
     "photometry_bands",
     "photometry_dataframe",
     "photometry_tasks",
+    "plan_partitions",
     "read_photometry",
+    "remove_stale_partitions",
     "run_photometry",
     "write_partition",
 ]
@@ -49,10 +61,6 @@ _METADATA_KEY = b"pausdenoise_photometry"
 # --------------------------------------------------------------------------------------
 # Store access
 # --------------------------------------------------------------------------------------
-
-
-def _frame_attrs(store_path: str | os.PathLike[str], frame: str) -> dict[str, Any]:
-    return dict(open_store(store_path, mode="r")["frames"][frame].attrs)
 
 
 def measure_store_frame(
@@ -247,26 +255,31 @@ def partition_path(out_dir: str | os.PathLike[str], band: str, kind: str, frame:
     return Path(out_dir) / f"band={band}" / f"kind={kind}" / f"{frame}.parquet"
 
 
-def _is_complete(path: Path, fingerprint: str) -> bool:
+def _is_complete(path: Path, fingerprint: str, inputs: dict[str, Any]) -> bool:
     if not path.is_file():
         return False
     try:
         meta = pq.read_schema(path).metadata or {}
+        raw = meta.get(_METADATA_KEY)
+        stored = json.loads(raw) if raw is not None else {}
     except Exception:
         return False
-    raw = meta.get(_METADATA_KEY)
-    return raw is not None and json.loads(raw).get("fingerprint") == fingerprint
+    return stored.get("fingerprint") == fingerprint and stored.get("inputs") == inputs
 
 
 def write_partition(
-    table: pd.DataFrame, path: str | os.PathLike[str], fingerprint: str = ""
+    table: pd.DataFrame,
+    path: str | os.PathLike[str],
+    fingerprint: str = "",
+    inputs: dict[str, Any] | None = None,
 ) -> Path:
     """Write one (band, kind, frame) table atomically.
 
     The table goes to a hidden temporary file in the same folder, then ``os.replace`` puts
     it onto ``path``. ``band`` and ``kind`` are dropped from the file (they are the hive
-    partition keys); ``fingerprint`` is stored in the Parquet metadata so that a rerun knows
-    the file is complete and made with the same config.
+    partition keys); ``fingerprint`` and ``inputs`` are stored in the Parquet metadata
+    (key ``pausdenoise_photometry``) so that a rerun knows the file is complete and made
+    with the same settings from the same inputs.
 
     Parameters
     ----------
@@ -276,6 +289,8 @@ def write_partition(
         Destination (:func:`partition_path`); parent folders are created.
     fingerprint : str, optional
         ``PhotometryConfig.fingerprint()`` of the settings used.
+    inputs : dict, optional
+        Digests of the partition's inputs (:attr:`Partition.inputs`); default none.
 
     Returns
     -------
@@ -288,7 +303,9 @@ def write_partition(
         table.drop(columns=["band", "kind"], errors="ignore"), preserve_index=False
     )
     meta = dict(tab.schema.metadata or {})
-    meta[_METADATA_KEY] = json.dumps({"fingerprint": fingerprint, "rows": len(table)}).encode()
+    meta[_METADATA_KEY] = json.dumps(
+        {"fingerprint": fingerprint, "inputs": inputs or {}, "rows": len(table)}
+    ).encode()
     tab = tab.replace_schema_metadata(meta)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     try:
@@ -307,10 +324,192 @@ def _measure_and_write(
     config: PhotometryConfig,
     kind: str,
     path: Path,
+    inputs: dict[str, Any],
 ) -> str:
     table = measure_store_frame(store_path, frame, rows, config, kind)
-    write_partition(table, path, config.fingerprint())
+    write_partition(table, path, config.fingerprint(), inputs)
     return str(path)
+
+
+def catalogue_rows_digest(rows: pd.DataFrame) -> str:
+    """Return a digest of catalogue rows: column names, dtypes and every value, in order.
+
+    Parameters
+    ----------
+    rows : pandas.DataFrame
+        The rows (the index is ignored).
+
+    Returns
+    -------
+    str
+        16 hex characters of a SHA-256.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps([[str(c) for c in rows.columns],
+                         [str(t) for t in rows.dtypes]]).encode())
+    try:
+        h.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    except TypeError:  # unhashable cells (lists, dicts): their JSON text instead
+        h.update(rows.to_json(orient="split", index=False, default_handler=str).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(eq=False)
+class Partition:
+    """One (frame, kind) partition to measure, and the digests of what it is made from.
+
+    Parameters
+    ----------
+    frame : str
+        Frame id.
+    kind : str
+        ``"raw"`` or ``"denoised"``.
+    path : pathlib.Path
+        Its file (:func:`partition_path`).
+    rows : pandas.DataFrame
+        The frame's catalogue rows.
+    inputs : dict
+        ``image``: the frame's ``source_fingerprint`` attribute (the ingested content;
+        ``None`` when the store does not record it); ``denoise_key``: for
+        ``kind="denoised"`` the ``denoise_key`` of the frame's ``denoised`` array;
+        ``catalogue_rows``: :func:`catalogue_rows_digest` of ``rows``.
+    """
+
+    frame: str
+    kind: str
+    path: Path
+    rows: pd.DataFrame
+    inputs: dict[str, Any]
+
+
+def plan_partitions(
+    store_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    frames: Sequence[str],
+    catalogue: pd.DataFrame,
+    config: PhotometryConfig,
+) -> list[Partition]:
+    """List the (frame, kind) partitions of ``frames`` with their paths and input digests.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store (read: frame attributes and the ``denoised`` array's attributes).
+    out_dir : path-like
+        Root of the photometry output (:func:`partition_path`).
+    frames : sequence of str
+        Frame ids to measure.
+    catalogue : pandas.DataFrame
+        The reference catalogue of all frames (``REQUIRED_COLUMNS``, ``expnum``, ``ccd``;
+        ``band`` when present names the partition, else the frame's ``band`` attribute).
+    config : PhotometryConfig
+        Photometry settings; ``config.kinds`` says which images.
+
+    Returns
+    -------
+    list of Partition
+        Frame-major, kinds in ``config.kinds`` order.
+
+    Raises
+    ------
+    KeyError
+        When a required catalogue column is missing.
+    """
+    _require_columns(catalogue, (*REQUIRED_COLUMNS, "expnum", "ccd"))
+    groups = {k: g for k, g in catalogue.groupby(["expnum", "ccd"], sort=False)}
+    band_of = {}
+    if "band" in catalogue.columns:
+        band_of = catalogue.groupby(["expnum", "ccd"], sort=False)["band"].first().to_dict()
+    root = open_store(store_path, mode="r")["frames"]
+    plans = []
+    for frame in frames:
+        e, c = parse_frame_id(frame)
+        grp = root[frame]
+        attrs = dict(grp.attrs)
+        band = band_of.get((e, c))
+        if band is None:
+            band = str(attrs.get("band", "unknown"))
+        rows = groups.get((e, c), catalogue.iloc[:0]).reset_index(drop=True)
+        base = {"image": attrs.get("source_fingerprint"),
+                "catalogue_rows": catalogue_rows_digest(rows)}
+        for kind in config.kinds:
+            inputs = dict(base)
+            if kind == "denoised":
+                den = grp.get(_IMAGE_OF_KIND[kind])
+                inputs["denoise_key"] = None if den is None else den.attrs.get("denoise_key")
+            plans.append(Partition(frame, kind, partition_path(out_dir, band, kind, frame),
+                                   rows, inputs))
+    return plans
+
+
+def partition_tasks(
+    store_path: str | os.PathLike[str],
+    plans: Sequence[Partition],
+    config: PhotometryConfig,
+    *,
+    overwrite: bool = False,
+) -> list[Any]:
+    """Build one ``dask.delayed`` measure-and-write task per partition not up to date.
+
+    A partition is up to date when its file exists and its metadata holds this config's
+    fingerprint and the partition's input digests (:class:`Partition`).
+
+    Parameters
+    ----------
+    store_path : path-like
+        The survey store.
+    plans : sequence of Partition
+        The partitions (:func:`plan_partitions`).
+    config : PhotometryConfig
+        Photometry settings (``kinds`` is not used: each partition names its kind).
+    overwrite : bool, optional
+        Remeasure up-to-date partitions too. Default False.
+
+    Returns
+    -------
+    list of dask.delayed.Delayed
+        Each returns the path written, as str.
+    """
+    fp = config.fingerprint()
+    return [
+        dask.delayed(_measure_and_write, pure=False)(
+            str(store_path), p.frame, p.rows, config, p.kind, p.path, p.inputs,
+            dask_key_name=f"photometry-write-{p.frame}-{p.kind}",
+        )
+        for p in plans
+        if overwrite or not _is_complete(p.path, fp, p.inputs)
+    ]
+
+
+def remove_stale_partitions(
+    out_dir: str | os.PathLike[str], plans: Sequence[Partition]
+) -> list[Path]:
+    """Delete the partition files under ``out_dir`` that no planned partition owns.
+
+    Such files were measured for a frame no longer in the store, a frame without a complete
+    denoised image now, a band the catalogue no longer gives, or a kind no longer
+    configured; left in place, :func:`read_photometry` would return their rows.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Root of the photometry output.
+    plans : sequence of Partition
+        Every partition of the current configuration (:func:`plan_partitions`).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files deleted, sorted.
+    """
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    keep = {p.path.resolve() for p in plans}
+    stale = sorted(f for f in root.glob("band=*/kind=*/*.parquet") if f.resolve() not in keep)
+    for f in stale:
+        f.unlink()
+    return stale
 
 
 def run_photometry(
@@ -323,11 +522,12 @@ def run_photometry(
     overwrite: bool = False,
     compute: bool = True,
 ) -> list[Path] | list[Any]:
-    """Measure every (frame, kind) not yet complete under ``out_dir`` and write its file.
+    """Measure every (frame, kind) not up to date under ``out_dir`` and write its file.
 
     Uses whatever Dask scheduler is active (a ``distributed.Client`` when one exists). A
-    partition counts as complete when its file exists and carries this config's
-    fingerprint; those are skipped unless ``overwrite``.
+    partition is up to date when its file exists and carries this config's fingerprint and
+    the digests of its inputs (:func:`plan_partitions`); those are skipped unless
+    ``overwrite``.
 
     Parameters
     ----------
@@ -343,7 +543,7 @@ def run_photometry(
     config : PhotometryConfig
         Photometry settings.
     overwrite : bool, optional
-        Remeasure complete partitions too. Default False.
+        Remeasure up-to-date partitions too. Default False.
     compute : bool, optional
         Run the tasks (default) or only return them.
 
@@ -357,34 +557,8 @@ def run_photometry(
     KeyError
         When a required catalogue column is missing.
     """
-    _require_columns(catalogue, (*REQUIRED_COLUMNS, "expnum", "ccd"))
-    fp = config.fingerprint()
-    groups = {k: g for k, g in catalogue.groupby(["expnum", "ccd"], sort=False)}
-    band_of = {}
-    if "band" in catalogue.columns:
-        band_of = catalogue.groupby(["expnum", "ccd"], sort=False)["band"].first().to_dict()
-    tasks = []
-    for frame in frames:
-        e, c = parse_frame_id(frame)
-        band = band_of.get((e, c))
-        if band is None:
-            band = str(_frame_attrs(store_path, frame).get("band", "unknown"))
-        rows = groups.get((e, c), catalogue.iloc[:0]).reset_index(drop=True)
-        for kind in config.kinds:
-            path = partition_path(out_dir, band, kind, frame)
-            if not overwrite and _is_complete(path, fp):
-                continue
-            tasks.append(
-                dask.delayed(_measure_and_write, pure=False)(
-                    str(store_path),
-                    frame,
-                    rows,
-                    config,
-                    kind,
-                    path,
-                    dask_key_name=f"photometry-write-{frame}-{kind}",
-                )
-            )
+    plans = plan_partitions(store_path, out_dir, frames, catalogue, config)
+    tasks = partition_tasks(store_path, plans, config, overwrite=overwrite)
     if not compute:
         return tasks
     return [Path(p) for p in dask.compute(*tasks)] if tasks else []

@@ -12,15 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import pandas as pd
-from dask.diagnostics import ProgressBar
-from distributed import progress
 
 from pausdenoise import store as st
 from pausdenoise.config import PipelineConfig
 from pausdenoise.denoise.tiling import frame_stats_from_dask
 from pausdenoise.paus_layout import CATALOGUE_NAME, TRUE_FLUXES_NAME, TRUTH_DIR
+from pausdenoise.progress import compute_reporting
 from pausdenoise.runstate import RunPaths, RunRecord
 
 __all__ = [
@@ -150,7 +148,9 @@ def split_holdout(exposures: pd.DataFrame, per_band: int) -> tuple[list[str], li
 
 
 def compute_with_progress(tasks: Sequence[Any], client: Any, label: str) -> list[Any]:
-    """Compute dask objects with a progress bar (distributed or local).
+    """Compute dask objects with a progress bar on a terminal, progress lines elsewhere.
+
+    See :func:`pausdenoise.progress.compute_reporting`.
 
     Parameters
     ----------
@@ -159,24 +159,14 @@ def compute_with_progress(tasks: Sequence[Any], client: Any, label: str) -> list
     client : distributed.Client or None
         Compute on this client; ``None`` uses the local scheduler.
     label : str
-        Printed before the progress bar.
+        Printed before the progress and at the start of each progress line.
 
     Returns
     -------
     list
         The computed results, in the order of ``tasks``.
     """
-    if not tasks:
-        return []
-    if client is not None:
-        futures = client.compute(list(tasks))
-        print(f"{label}: {len(tasks)} task group(s) on {client.dashboard_link or client}")
-        progress(futures, notebook=False)
-        print()
-        return client.gather(futures)
-    print(f"{label}:")
-    with ProgressBar():
-        return list(dask.compute(*tasks))
+    return compute_reporting(tasks, client, label)
 
 
 def frame_stats_table(store: Path, frames: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -4,11 +4,13 @@
 one run directory (layout: :class:`pausdenoise.runstate.RunPaths`). Before any work it
 checks the output location (writable, free space) and takes the run lock. Each stage:
 
-- is skipped when ``run.json`` records it done with the same configuration fingerprint
-  (the fingerprint chains the upstream stages', so a change upstream reruns what follows);
-- otherwise runs, and is itself resumable inside: ingest skips complete frames, training
-  reuses a checkpoint of the same fingerprint, denoising skips chunks already written,
-  photometry skips complete partitions.
+- is skipped when ``run.json`` records it done with the same fingerprint
+  (:func:`stage_fingerprints`: what the stage reads, chained with the upstream stages', so a
+  change upstream reruns what follows);
+- otherwise runs, and is itself resumable inside: ingest skips complete frames whose
+  sources are unchanged, denoising skips chunks already written with the same model and
+  settings, photometry skips partitions written with the same settings from the same
+  inputs. ``force`` reruns the stages asked for and makes each redo all of its work.
 
 A stage that fails raises :class:`~pausdenoise.errors.StageError` naming it; everything
 completed before stays.
@@ -26,7 +28,7 @@ from pausdenoise import __version__
 from pausdenoise import store as st
 from pausdenoise.cluster import make_client
 from pausdenoise.config import STAGES, PipelineConfig
-from pausdenoise.digest import json_digest
+from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.stages import (
@@ -72,6 +74,9 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
 #: the stages that use the Dask cluster (the others run without a client)
 _CLUSTER_STAGES = {"ingest", "denoise", "photometry", "compare", "stack", "gan"}
 
+#: the stages that write arrays into the frames' groups, which re-ingesting a frame drops
+_FRAME_ARRAY_STAGES = ("denoise", "stack", "gan")
+
 
 def with_ingest_source(
     cfg: PipelineConfig, fits: Path | None, layout: str | None
@@ -103,46 +108,90 @@ def with_ingest_source(
     return PipelineConfig.model_validate(data)
 
 
-def stage_fingerprints(cfg: PipelineConfig) -> dict[str, str]:
-    """Return the fingerprint of each stage.
+def _file_token(path: Path, what: str) -> list[str]:
+    """Digest a configured input file's bytes.
+
+    Returns
+    -------
+    list of str
+        ``[what, sha256]``.
+
+    Raises
+    ------
+    ConfigError
+        When the file does not exist.
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"input.{what} {path} not found (no such file)")
+    return [what, file_sha256(path)]
+
+
+def stage_fingerprints(
+    cfg: PipelineConfig, stages: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Return the fingerprint of each stage: a digest of what the stage reads.
 
     A stage's fingerprint digests its own config section chained with its inputs'
-    fingerprints (and the package version, so an upgrade redoes the stages).
+    fingerprints (and the package version, so an upgrade redoes the stages). Ingest reads
+    ``input.source``, ``fits_path`` and ``store_path``. Denoise reads the trained model
+    (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
+    digested. The reference catalogue enters the stages that read it (gan, photometry and
+    through photometry compare, evaluate and report) by content: an explicit
+    ``input.catalogue`` by the sha256 of its bytes, the simulated survey's by the simulate
+    fingerprint. Files are read only for the stages asked for.
 
     Parameters
     ----------
     cfg : PipelineConfig
         The configuration.
+    stages : sequence of str, optional
+        The stages whose fingerprints are wanted (with what they chain); default all.
 
     Returns
     -------
     dict of str to str
-        Stage → 16 hex characters.
+        Stage → 16 hex characters, for ``stages``.
+
+    Raises
+    ------
+    ConfigError
+        When ``input.catalogue`` or ``input.checkpoint`` names a missing file that a stage
+        of ``stages`` reads.
     """
     d = cfg.model_dump(mode="json")
-    fp: dict[str, str] = {}
-    fp["simulate"] = json_digest(["simulate", d["simulate"], d["input"]["source"], __version__])
-    fp["ingest"] = json_digest(["ingest", d["ingest"], d["input"], fp["simulate"]])
-    fp["train"] = json_digest(
-        ["train", d["train"], d["holdout_exposures_per_band"], d["input"]["checkpoint"],
-         fp["ingest"]]
-    )
-    fp["denoise"] = json_digest(["denoise", d["denoise"], fp["train"]])
-    g = d["gan"]
-    fp["stack"] = json_digest(
-        ["stack", g["stack"], g["cutout_size"], g["cutout_stride"], g["max_pairs_per_frame"],
-         d["holdout_exposures_per_band"], fp["ingest"]]
-    )
-    fp["gan"] = json_digest(
-        ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"], d["photometry"],
-         d["compare"]["bins"], d["input"]["catalogue"], fp["stack"], fp["denoise"]]
-    )
-    fp["photometry"] = json_digest(["photometry", d["photometry"], fp["denoise"]])
-    fp["compare"] = json_digest(["compare", d["compare"], fp["photometry"]])
-    fp["evaluate"] = json_digest(["evaluate", d["evaluate"], fp["photometry"]])
-    fp["report"] = json_digest(["report", d["report"], fp["compare"], fp["evaluate"]]
-                               + ([fp["gan"]] if cfg.gan.enabled else []))
-    return fp
+    i, g = d["input"], d["gan"]
+    memo: dict[str, str] = {}
+
+    def _fp(name: str) -> str:
+        if name not in memo:
+            memo[name] = json_digest(parts[name]())
+        return memo[name]
+
+    parts: dict[str, Callable[[], list[Any]]] = {
+        "simulate": lambda: ["simulate", d["simulate"], i["source"], __version__],
+        "ingest": lambda: ["ingest", d["ingest"], i["source"], i["fits_path"],
+                           i["store_path"], _fp("simulate")],
+        "train": lambda: ["train", d["train"], d["holdout_exposures_per_band"], _fp("ingest")],
+        "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
+                          if cfg.input.checkpoint is not None else [_fp("train")]),
+        "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
+                              if cfg.input.catalogue is not None
+                              else ["simulated catalogue", _fp("simulate")]),
+        "denoise": lambda: ["denoise", d["denoise"], _fp("model"), _fp("ingest")],
+        "stack": lambda: ["stack", g["stack"], g["cutout_size"], g["cutout_stride"],
+                          g["max_pairs_per_frame"], d["holdout_exposures_per_band"],
+                          _fp("ingest")],
+        "gan": lambda: ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"],
+                        d["photometry"], d["compare"]["bins"], _fp("catalogue"),
+                        _fp("stack"), _fp("denoise")],
+        "photometry": lambda: ["photometry", d["photometry"], _fp("catalogue"),
+                               _fp("denoise")],
+        "compare": lambda: ["compare", d["compare"], _fp("photometry")],
+        "evaluate": lambda: ["evaluate", d["evaluate"], _fp("photometry")],
+        "report": lambda: (["report", d["report"], _fp("compare"), _fp("evaluate")]
+                           + ([_fp("gan")] if cfg.gan.enabled else [])),
+    }
+    return {name: _fp(name) for name in (STAGES if stages is None else stages)}
 
 
 def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[str]:
@@ -165,7 +214,8 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
     Raises
     ------
     ConfigError
-        When a stage name is unknown.
+        When a stage name is unknown, or train is asked for while ``input.checkpoint`` is
+        set (the trained model would not be used).
     """
     if stages is None:
         chosen = list(STAGES)
@@ -182,6 +232,12 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    if "train" in stages and cfg.input.checkpoint is not None:
+        raise ConfigError(
+            f"input.checkpoint is set ({cfg.input.checkpoint}), so training would be thrown "
+            "away (denoise uses the given checkpoint); drop train from --stages or unset "
+            "input.checkpoint"
+        )
     return [s for s in STAGES if s in stages]
 
 
@@ -265,6 +321,27 @@ def _maybe_client(cfg: PipelineConfig, stages: Sequence[str]) -> Iterator[Any]:
         yield client
 
 
+def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -> None:
+    """Mark the later stages that a re-ingest made stale as ``outdated`` in ``run.json``.
+
+    Their fingerprints digest configuration, not the store's pixels: frames ingested again
+    with other content outdate every later stage; frames rewritten with the same content
+    lose the arrays the later stages wrote into them (:data:`_FRAME_ARRAY_STAGES`). An
+    outdated stage runs at the next run and its inner resume redoes only what is missing.
+    """
+    if name != "ingest":
+        return
+    if summary.get("frames_changed"):
+        later = STAGES[STAGES.index("ingest") + 1:]
+    elif summary.get("frames_rewritten"):
+        later = _FRAME_ARRAY_STAGES
+    else:
+        return
+    for stage in later:
+        if record.stage(stage).get("status") == "done":
+            record.set(stage, status="outdated")
+
+
 def _run_stage(ctx: Context, name: str, fingerprint: str, result: RunResult) -> None:
     """Run one stage (or skip it when done with the same fingerprint), recording it.
 
@@ -272,6 +349,8 @@ def _run_stage(ctx: Context, name: str, fingerprint: str, result: RunResult) -> 
     ------
     StageError
         When the stage fails (any other exception is wrapped in one naming the stage).
+    KeyboardInterrupt
+        Passed on after the stage is recorded as ``interrupted`` (completed work is kept).
     """
     record, force = ctx.record, ctx.force
     if not force and record.is_done(name, fingerprint):
@@ -285,6 +364,9 @@ def _run_stage(ctx: Context, name: str, fingerprint: str, result: RunResult) -> 
     t0 = time.perf_counter()
     try:
         summary = STAGE_FUNCS[name](ctx)
+    except KeyboardInterrupt:
+        record.set(name, status="interrupted", seconds=time.perf_counter() - t0)
+        raise
     except StageError as exc:
         record.set(name, status="failed", error=str(exc), seconds=time.perf_counter() - t0)
         raise
@@ -295,6 +377,7 @@ def _run_stage(ctx: Context, name: str, fingerprint: str, result: RunResult) -> 
     secs = time.perf_counter() - t0
     record.set(name, status="done", seconds=secs, note=summary.get("note", ""),
                partial=bool(summary.get("partial", False)), summary=summary)
+    _outdate_downstream(record, name, summary)
     result.stages[name] = {"status": "done", "seconds": secs,
                            "note": summary.get("note", ""),
                            "partial": bool(summary.get("partial", False))}
@@ -329,6 +412,9 @@ def run(
 
     Raises
     ------
+    ConfigError
+        Before any work, when a stage is unknown, train is asked for with
+        ``input.checkpoint`` set, or a configured input file is missing.
     PreflightError, RunLockedError
         Before any work, when the directory is unusable or another run holds it.
     StageError
@@ -336,9 +422,9 @@ def run(
     """
     paths = RunPaths(Path(out).resolve())
     chosen = resolve_stages(cfg, stages)
+    fps = stage_fingerprints(cfg, chosen)
     preflight(paths.out, estimate_bytes(cfg))
     result = RunResult(paths.out)
-    fps = stage_fingerprints(cfg)
     with run_lock(paths):
         record = RunRecord(paths)
         # recorded (and shown in the report) without credentials; fingerprints use cfg

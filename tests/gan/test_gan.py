@@ -149,6 +149,19 @@ def test_training_lowers_l1_on_learnable_mapping():
     json.dumps(history)  # JSON-serialisable, for checkpoint metadata
 
 
+def test_training_to_a_log_prints_one_line_per_epoch(capsys):
+    """With stdout and stderr not a terminal (a batch job's log) there is no bar."""
+    cfg = GanTrainConfig(generator=TINY_G, discriminator=TINY_D, epochs=2, batch_size=4,
+                         device="cpu", progress=True)
+    train_pix2pix(_tiny_pairs(n=8), cfg)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == [
+        "pix2pix epoch 1/2", "pix2pix epoch 2/2"
+    ]
+    assert "pix2pix" not in captured.err
+
+
 # --------------------------------------------------------------------------- flux term
 
 

@@ -21,7 +21,7 @@ from pausdenoise.ingest import (
 from pausdenoise.maskbits import MaskBit
 
 
-def test_generic_multi_extension_bitpix_and_masks(tmp_path):
+def test_generic_multi_extension_bitpix_and_masks(tmp_path, capsys):
     src = tmp_path / "gen"
     src.mkdir()
     rng = np.random.default_rng(3)
@@ -70,6 +70,14 @@ def test_generic_multi_extension_bitpix_and_masks(tmp_path):
     one = IngestConfig(**{**cfg.model_dump(), "hdu": "CCDB"})
     r1 = ingest(src, tmp_path / "one.zarr", one)
     assert r1.ingested == ["00000077_02"]
+
+    # progress to a log file (not a terminal): whole lines, no carriage returns
+    capsys.readouterr()
+    shown = ingest(src, tmp_path / "shown.zarr", IngestConfig(**{**cfg.model_dump(),
+                                                                  "progress": True}))
+    out = capsys.readouterr().out
+    assert shown.ingested == report.ingested
+    assert "\r" not in out and "ingest: 100% (" in out
 
     # no zero-point: default with a warning, or a failure naming the keyword
     nozp = IngestConfig(**{**cfg.model_dump(), "keys": {**cfg.keys.model_dump(), "zp": "NOPE"}})

@@ -85,6 +85,17 @@ def test_config_defaults_and_validation() -> None:
 # ---------------------------------------------------------------- training
 
 
+def test_training_to_a_log_prints_one_line_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
+    """With stdout and stderr not a terminal (a batch job's log) there is no bar."""
+    noisy, _, mask = _noisy_frame(64, 64)
+    train_n2v([(noisy, mask, frame_statistics(noisy, mask))],
+              _tiny_config(epochs=2, steps_per_epoch=3), progress=True)
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["epoch 1", "epoch 2"]
+    assert "N2V epoch" not in captured.err
+
+
 def test_tiny_net_learns_to_denoise(tmp_path: Path) -> None:
     noisy, clean, mask = _noisy_frame()
     stats = frame_statistics(noisy, mask)

@@ -4,6 +4,7 @@ resume on rerun, configuration errors and exit codes."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -118,6 +119,15 @@ def test_reference_yaml_is_in_sync_and_loads():
     ref = Path(__file__).resolve().parents[2] / "configs" / "reference.yaml"
     assert ref.read_text() == reference_yaml(), "regenerate: python -m pausdenoise.config"
     assert load_config(ref) == PipelineConfig()
+
+
+def test_reference_yaml_comments_every_option():
+    """Each option (and section) of the generated reference has its description above it."""
+    lines = reference_yaml().splitlines()
+    options = [i for i, line in enumerate(lines) if re.match(r"\s*[A-Za-z_]\w*:", line)]
+    assert len(options) > 100
+    bare = [lines[i].strip() for i in options if not lines[i - 1].lstrip().startswith("#")]
+    assert bare == [], "add a description= to these config fields"
 
 
 def test_demo_config_is_valid():

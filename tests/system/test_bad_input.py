@@ -348,13 +348,15 @@ def test_catalogue_theta_in_radians_warns(base, tmp_path):
         validate_catalogue(cat)
 
 
-def test_catalogue_file_missing_is_a_failure(base, tmp_path, capsys):
+def test_catalogue_file_missing_is_a_configuration_error(base, tmp_path, capsys):
+    """Refused before any work (its content enters the stage fingerprints): exit 2."""
     out = tmp_path / "out"
     code = main(["photometry", "--config", str(base["cfg"]), "--out", str(out),
                  "--set", "input.source=store", "--set", f"input.store_path={base['store']}",
                  "--set", f"input.catalogue={tmp_path / 'nope.parquet'}"])
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE
     assert "nope.parquet not found" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- config

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.ingest.driver import ingest
 from pausdenoise.pipeline.context import Context
 
 
+def _source_fingerprints(store: Path) -> dict[str, str]:
+    """Read the ``source_fingerprint`` attribute of the store's complete frames.
+
+    Returns
+    -------
+    dict of str to str
+        Frame → fingerprint; empty when there is no usable store yet.
+    """
+    try:
+        table = st.exposure_table(store, complete_only=True)
+    except (FileNotFoundError, st.StoreError):  # no store yet (ingest reports a bad one)
+        return {}
+    if table.empty or "source_fingerprint" not in table:
+        return {}
+    return {r.frame: r.source_fingerprint for r in table.itertuples(index=False)}
+
+
 def run(ctx: Context) -> dict[str, Any]:
-    """Ingest the run's FITS frames into the survey store; complete frames are skipped.
+    """Ingest the run's FITS frames into the survey store.
+
+    Complete frames whose sources are unchanged are skipped, unless ``ctx.force`` (or
+    ``ingest.force``): then every frame is read and written again.
 
     Parameters
     ----------
@@ -21,7 +43,8 @@ def run(ctx: Context) -> dict[str, Any]:
     -------
     dict
         The stage summary: frames ingested, up to date and failed (``partial`` when some
-        failed).
+        failed), and of the ingested frames those already in the store before:
+        ``frames_changed`` (other content now) and ``frames_rewritten`` (same content).
 
     Raises
     ------
@@ -29,7 +52,13 @@ def run(ctx: Context) -> dict[str, Any]:
         When no frame at all could be ingested.
     """
     source = ctx.cfg.input.fits_path if ctx.cfg.input.source == "fits" else ctx.paths.survey
-    report = ingest(source, ctx.store, ctx.cfg.ingest, client=ctx.client)
+    config = ctx.cfg.ingest
+    if ctx.force:
+        config = config.model_copy(update={"force": True})
+    before = _source_fingerprints(ctx.store)
+    report = ingest(source, ctx.store, config, client=ctx.client)
+    after = _source_fingerprints(ctx.store)
+    again = [f for f in report.ingested if f in before]
     print(report.summary())
     if report.exit_status == 1:
         raise StageError(f"ingest: nothing could be ingested from {source}\n{report.summary()}")
@@ -39,5 +68,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "ingested": report.ingested,
         "skipped": report.skipped,
         "failed": [list(f) for f in report.failed],
+        "frames_changed": [f for f in again if after.get(f) != before[f]],
+        "frames_rewritten": [f for f in again if after.get(f) == before[f]],
         "partial": bool(report.failed),
     }

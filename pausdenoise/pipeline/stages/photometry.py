@@ -2,8 +2,11 @@
 
 Reads the reference catalogue (problem rows are flagged and listed in
 ``<run>/catalogue_issues.csv``, not dropped) and writes Parquet partitions under
-``<run>/photometry/``; complete partitions are skipped unless ``force``. Frames without a
-complete denoised image are left out of the denoised photometry and listed.
+``<run>/photometry/``. A partition is skipped (unless ``force``) when it was written with the
+same settings from the same inputs: the frame's ingested content, its denoised image's key
+and its catalogue rows (:func:`pausdenoise.photometry.driver.plan_partitions`). Frames
+without a complete denoised image are left out of the denoised photometry and listed;
+partition files that no current partition owns are deleted.
 """
 
 from __future__ import annotations
@@ -16,20 +19,25 @@ import pandas as pd
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.photometry.catalogue import read_catalogue, validate_catalogue
-from pausdenoise.photometry.driver import run_photometry
+from pausdenoise.photometry.driver import (
+    Partition,
+    partition_tasks,
+    plan_partitions,
+    remove_stale_partitions,
+)
 from pausdenoise.pipeline.context import Context, compute_with_progress
 
 
-def _tasks(ctx: Context, catalogue: pd.DataFrame) -> tuple[list[Any], list[str]]:
-    """Build the photometry tasks of every image kind.
+def _plan(ctx: Context, catalogue: pd.DataFrame) -> tuple[list[Partition], list[str]]:
+    """List the partitions of every image kind.
 
     Returns
     -------
-    tuple of (list, list of str)
-        The tasks, and the frames without a complete denoised image.
+    tuple of (list of Partition, list of str)
+        The partitions, and the frames without a complete denoised image.
     """
     frames = st.list_frames(ctx.store)
-    tasks = []
+    plans: list[Partition] = []
     missing: list[str] = []
     root = st.open_store(ctx.store)
     for kind in ctx.cfg.photometry.kinds:
@@ -40,9 +48,9 @@ def _tasks(ctx: Context, catalogue: pd.DataFrame) -> tuple[list[Any], list[str]]
                            if "denoised" in g and g["denoised"].attrs.get("complete", False)]
             missing = sorted(set(frames) - set(kind_frames))
         cfg_kind = ctx.cfg.photometry.model_copy(update={"kinds": (kind,)})
-        tasks += run_photometry(ctx.store, ctx.paths.photometry, kind_frames, catalogue,
-                                cfg_kind, overwrite=ctx.force, compute=False)
-    return tasks, missing
+        plans += plan_partitions(ctx.store, ctx.paths.photometry, kind_frames, catalogue,
+                                 cfg_kind)
+    return plans, missing
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -56,8 +64,9 @@ def run(ctx: Context) -> dict[str, Any]:
     Returns
     -------
     dict
-        The stage summary: partitions written, catalogue issues, frames without a denoised
-        image (``partial`` when there are some) and sources measured per second.
+        The stage summary: partitions written and stale ones removed, catalogue issues,
+        frames without a denoised image (``partial`` when there are some) and sources
+        measured per second.
 
     Raises
     ------
@@ -73,15 +82,19 @@ def run(ctx: Context) -> dict[str, Any]:
         check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
         print(f"photometry: {len(check.issues)} catalogue row problem(s), flagged; see "
               f"{ctx.paths.catalogue_issues}")
-    tasks, missing = _tasks(ctx, catalogue)
+    plans, missing = _plan(ctx, catalogue)
+    removed = remove_stale_partitions(ctx.paths.photometry, plans)
+    tasks = partition_tasks(ctx.store, plans, ctx.cfg.photometry, overwrite=ctx.force)
     t0 = time.perf_counter()
     written = compute_with_progress(tasks, ctx.client, "photometry")
     secs = time.perf_counter() - t0
     n_rows = len(catalogue) * len(ctx.cfg.photometry.kinds)
     return {
         "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
-                + (f", {len(missing)} frame(s) without denoised image" if missing else ""),
+                + (f", {len(missing)} frame(s) without denoised image" if missing else "")
+                + (f", {len(removed)} stale partition(s) removed" if removed else ""),
         "partitions_written": len(written),
+        "partitions_removed": len(removed),
         "frames_without_denoised": missing,
         "partial": bool(missing),
         "catalogue_issues": len(check.issues),
