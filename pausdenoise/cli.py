@@ -1,5 +1,8 @@
 """Command line: ``pausdenoise <stage>`` runs one stage, ``pausdenoise run`` the pipeline.
 
+``pausdenoise export`` writes a run's denoised (and raw) frames as FITS files
+(:mod:`pausdenoise.export`); it reads the store only and is not a pipeline stage.
+
 Every command works inside a *run directory* (``--out``, default ``pausdenoise-run``) whose
 layout is fixed by :class:`pausdenoise.runstate.RunPaths`, and reads the pipeline
 configuration from ``--config`` (YAML or TOML; every key documented in
@@ -9,7 +12,8 @@ Exit codes (scripts can trust them)
 -----------------------------------
 0  success: everything asked for was done (or was already up to date)
 1  failure: the command could not do its job; nothing completed was lost
-2  usage or configuration error (bad option, unknown config key, impossible chunking)
+2  usage or configuration error (bad option, unknown config key, impossible chunking, a
+   reference catalogue that cannot be used, found before any work)
 3  partial success: the run finished but some inputs were skipped (listed in the summary)
 4  the run directory is locked by another live run
 130  interrupted (Ctrl-C): the running stage is recorded as ``interrupted`` in ``run.json``;
@@ -30,6 +34,7 @@ from pydantic import ValidationError
 
 from pausdenoise import __version__
 from pausdenoise.errors import (
+    CatalogueError,
     ConfigError,
     PausDenoiseError,
     PreflightError,
@@ -108,9 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         _add_common(p)
         if name == "ingest":
-            p.add_argument("--fits", type=Path, default=None,
-                           help="directory (PAUS layout) or glob of FITS files (generic) to "
-                                "ingest instead of the run's simulated survey")
+            p.add_argument("--fits", nargs="+", default=None, metavar="PATH",
+                           help="directories, FITS files (.fits, .fits.gz, .fits.fz) or glob "
+                                "patterns (expanded here, quoted or not) to ingest instead "
+                                "of the run's simulated survey")
             p.add_argument("--layout", choices=["paus", "generic"], default=None,
                            help="input layout (overrides ingest.layout)")
         if name == "run":
@@ -132,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "report":
             p.add_argument("--open", action="store_true", help="print a file:// URL to open")
+    _add_export(sub)
     return parser
 
 
@@ -151,6 +158,7 @@ def _configure_logging(verbose: int) -> None:
 #: exit code and message prefix of the package's errors that are not a stage failure
 _ERROR_EXITS: tuple[tuple[type[PausDenoiseError], int, str], ...] = (
     (ConfigError, EXIT_USAGE, "configuration error: "),
+    (CatalogueError, EXIT_USAGE, "catalogue error: "),
     (RunLockedError, EXIT_LOCKED, ""),
     (PreflightError, EXIT_FAILURE, "preflight failed: "),
 )
@@ -162,8 +170,8 @@ def _error_exit(exc: PausDenoiseError) -> int:
     Returns
     -------
     int
-        :data:`EXIT_USAGE` for a configuration error, :data:`EXIT_LOCKED` for a locked run
-        directory, :data:`EXIT_FAILURE` for the rest.
+        :data:`EXIT_USAGE` for a configuration or catalogue error, :data:`EXIT_LOCKED` for a
+        locked run directory, :data:`EXIT_FAILURE` for the rest.
     """
     code, prefix = EXIT_FAILURE, ""
     for cls, cls_code, cls_prefix in _ERROR_EXITS:
@@ -182,6 +190,8 @@ def _run_command(args: argparse.Namespace) -> int:
     int
         The exit code.
     """
+    if args.command == "export":
+        return _export(args)
     # imported only now, after _configure_logging: the configuration and the pipeline
     # import distributed, which reads DASK_LOGGING__DISTRIBUTED when it is imported
     from pausdenoise.config import load_config
@@ -194,7 +204,7 @@ def _run_command(args: argparse.Namespace) -> int:
         print(store_info(cfg, args.out))
         return EXIT_OK
     if args.command == "ingest":
-        cfg = with_ingest_source(cfg, args.fits, args.layout)
+        cfg = with_ingest_source(cfg, _fits_inputs(args.fits), args.layout)
     stages = None
     if args.command == "run" and args.stages:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -203,6 +213,30 @@ def _run_command(args: argparse.Namespace) -> int:
     result = run(cfg, args.out, stages=stages, force=args.force)
     print(result.summary_text())
     return EXIT_PARTIAL if result.partial else EXIT_OK
+
+
+def _fits_inputs(items: list[str] | None) -> Path | list[Path] | None:
+    """Expand the ``--fits`` patterns: one path as it was, several as a list.
+
+    Returns
+    -------
+    Path, list of Path or None
+        None without ``--fits``.
+
+    Raises
+    ------
+    ConfigError
+        A pattern matches no file (nothing is created then).
+    """
+    if not items:
+        return None
+    # the ingest package imports dask; only the ingest command needs it
+    from pausdenoise.ingest.plan import expand_inputs
+
+    paths, unmatched = expand_inputs(items)
+    if unmatched:
+        raise ConfigError(f"--fits: no file matches {', '.join(map(repr, unmatched))}")
+    return paths[0] if len(items) == 1 and len(paths) == 1 else paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +319,55 @@ def _plan(cfg: Any, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.table())
     return EXIT_OK
+
+
+EXPORT_HELP = ("write the denoised (and/or raw) frames of a run's store as FITS files for "
+               "SExtractor, DS9 or any FITS reader (header, WCS and history kept)")
+
+
+def _add_export(sub: Any) -> None:
+    """Add the ``export`` subcommand (not a pipeline stage: it reads the store only)."""
+    p = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
+    p.add_argument("--out", type=Path, default=Path("pausdenoise-run"),
+                   help="run directory whose store is exported (default: ./pausdenoise-run)")
+    p.add_argument("--to", type=Path, default=None,
+                   help="destination directory (default: RUN_DIR/export)")
+    p.add_argument("--kind", choices=["denoised", "raw", "both"], default="denoised",
+                   help="images to export (default: denoised)")
+    p.add_argument("--layout", choices=["exposure", "frame"], default="exposure",
+                   help="exposure: <expnum>_<kind>.fits, one extension CCDnn per CCD; "
+                        "frame: <expnum>_<ccd>_<kind>.fits (default: exposure)")
+    p.add_argument("--compress", action="store_true",
+                   help="lossless tile compression (GZIP_2, no quantisation): .fits.fz")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite files that are already up to date")
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Run ``pausdenoise export`` under the run directory's lock.
+
+    Returns
+    -------
+    int
+        :data:`EXIT_OK`, :data:`EXIT_PARTIAL` when some frame had no denoised image, or
+        :data:`EXIT_FAILURE` when there is no store or nothing could be exported.
+    """
+    from pausdenoise.export import export_store  # astropy kept off the other commands' path
+    from pausdenoise.runstate import RunPaths, run_lock  # as above, with the export
+
+    paths = RunPaths(args.out)
+    if not paths.store.is_dir():
+        print(f"pausdenoise: export: no survey store at {paths.store} (run ingest first)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    kinds = ("denoised", "raw") if args.kind == "both" else (args.kind,)
+    with run_lock(paths):
+        report = export_store(paths.store, args.to or paths.out / "export", kinds=kinds,
+                              layout=args.layout, compress=args.compress, force=args.force)
+    print(report.summary_text())
+    if not report.written and not report.up_to_date:
+        return EXIT_FAILURE
+    return EXIT_PARTIAL if report.partial else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,14 +56,17 @@ class InputConfig(BaseModel):
         description="'simulate': render the built-in survey into the run directory; 'fits': "
         "ingest existing FITS (fits_path); 'store': use an existing Zarr store (store_path).",
     )
-    fits_path: Path | None = Field(
-        None, description="Directory (PAUS layout) or glob (generic layout) of FITS files."
+    fits_path: Path | list[Path] | None = Field(
+        None,
+        description="Directory, FITS file or glob pattern (e.g. 'night1/*.fits.fz'), or a "
+        "list of them; plain, gzip (.fits.gz) and tile-compressed (.fits.fz) FITS.",
     )
     store_path: Path | None = Field(None, description="An existing survey store to use as is.")
     catalogue: Path | None = Field(
         None,
-        description="Reference catalogue (Parquet, PAUS columns); default: the simulated "
-        "survey's catalogue.parquet.",
+        description="Reference catalogue (Parquet, CSV or FITS table; PAUS per-frame columns, "
+        "or a sky catalogue ref_id, ra, dec, a, b, theta placed through each frame's WCS); "
+        "default: the simulated survey's catalogue.parquet.",
     )
     checkpoint: Path | None = Field(
         None, description="Reuse this trained N2V checkpoint instead of training."
@@ -414,7 +417,14 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {p} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({' '.join(str(exc).split())}); "
+            f"quote it, e.g. "
+            f"{key.strip()}='\"{raw}\"'"
+        ) from None
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:

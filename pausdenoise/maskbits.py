@@ -22,6 +22,8 @@ class MaskBit(IntFlag):
     """Outside the usable CCD area (vignetting, edge rows)."""
     NONFINITE = 16
     """Pixel value was NaN or Inf in the input file (set at ingest)."""
+    NODATA = 32
+    """No data: the input weight (inverse variance) is 0 at the pixel (set at ingest)."""
     OTHER = 128
     """Any other reason given by an external pipeline's mask."""
 

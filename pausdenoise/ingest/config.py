@@ -6,6 +6,7 @@ dask nor torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,8 +140,18 @@ class IngestConfig(BaseModel):
         Generic: companion file name = image name with the first string replaced by the
         second (e.g. ``("_ooi_", "_ood_")`` and ``("_ooi_", "_oow_")`` for DECam). The
         companion uses the same HDU (by EXTNAME when the image HDU has one, else index).
+    mask_hdu, weight_hdu : int or str, optional
+        Generic: the mask / weight is that HDU (0-based index or EXTNAME) of the image's
+        own file, instead of a companion file.
+    expnum_from : {"header", "order", "filename"}
+        Generic: exposure number from keyword ``keys.expnum``, from the 1-based position of
+        the file in the sorted input list, or from ``filename_pattern``.
+    filename_pattern : str, optional
+        Generic: regular expression with named groups ``expnum`` and/or ``ccd``, searched
+        in the image file's name.
     weight_kind : {"ivar", "variance", "sigma"}
-        What the weight file holds; stored as inverse variance ``ivar`` [1/ADU²].
+        What the weight holds; stored as inverse variance ``ivar`` [1/ADU²]; pixels of
+        ivar 0 get :attr:`MaskBit.NODATA`.
     mask_mode : {"bits", "other"}, optional
         See the pixel conventions in :mod:`pausdenoise.ingest.frame`; default ``bits`` for
         PAUS, ``other`` for generic.
@@ -152,7 +163,7 @@ class IngestConfig(BaseModel):
         Zero-points from a table instead of the header.
     defaults : dict
         Values for missing generic keywords, keyed by attribute name (``band``,
-        ``exptime``, ``gain``, ``rdnoise``, ``saturate``, ``zp``, ``zp_err``). A defaulted
+        ``ccd``, ``exptime``, ``gain``, ``rdnoise``, ``saturate``, ``zp``, ``zp_err``). A defaulted
         ``zp`` adds a warning to the report.
     require_same_shape : bool, optional
         Refuse frames whose shape differs from the store's (PAUCam CCDs all share one
@@ -189,11 +200,13 @@ class IngestConfig(BaseModel):
         st.DEFAULT_CLEVEL, ge=0, le=9,
         description="Compression level of the stored arrays: 0 (none) to 9 (smallest, slowest).",
     )
-    pattern: str | None = Field(
+    pattern: str | list[str] | None = Field(
         None,
-        description="Glob of the image files in an input directory; null = the PAUS image "
-        "names (paus) or '*.fits' (generic). Files that are another image's mask or weight "
-        "are left out.",
+        description="Glob (or list of globs) of the image files in an input directory; "
+        "null = the PAUS image names (paus) or, generic, '*.fits' plus the compressed "
+        "'*.fits.gz', '*.fz' (tile-compressed, fpack) and '*.fz.gz', where a compressed "
+        "copy next to its uncompressed file is left out. Files that are another image's "
+        "mask or weight are left out.",
     )
     recursive: bool = Field(False, description="Search the sub-directories too.")
     hdu: int | str | None = Field(
@@ -213,6 +226,32 @@ class IngestConfig(BaseModel):
         description="Generic: [search, replace] giving the weight file from the image file's "
         "name, as mask_substitution (DECam: ['_ooi_', '_oow_']); null = no weight "
         "(no ivar array).",
+    )
+    mask_hdu: int | str | None = Field(
+        None,
+        description="Generic: the mask is this HDU of the image's own file, a 0-based index "
+        "or an EXTNAME (an alternative to mask_substitution); it is not ingested as an "
+        "image. null = no mask HDU.",
+    )
+    weight_hdu: int | str | None = Field(
+        None,
+        description="Generic: the weight (see weight_kind) is this HDU of the image's own "
+        "file, a 0-based index or an EXTNAME (an alternative to weight_substitution); it is "
+        "not ingested as an image. null = no weight HDU.",
+    )
+    expnum_from: Literal["header", "order", "filename"] = Field(
+        "header",
+        description="Generic: where the exposure number comes from: 'header' (keyword "
+        "keys.expnum), 'order' (1-based position of the image file in the sorted list of "
+        "this ingest's input files: adding a file renumbers the ones after it), or "
+        "'filename' (group 'expnum' of filename_pattern).",
+    )
+    filename_pattern: str | None = Field(
+        None,
+        description="Generic: Python regular expression searched in the image file's name "
+        "(without directory), with named groups 'expnum' (used with expnum_from "
+        "'filename') and optionally 'ccd' (then the CCD number; otherwise keyword keys.ccd, "
+        "else defaults.ccd), e.g. 'I(?P<expnum>\\d+)\\.fits'.",
     )
     weight_kind: Literal["ivar", "variance", "sigma"] = Field(
         "ivar",
@@ -251,9 +290,9 @@ class IngestConfig(BaseModel):
     )
     defaults: dict[str, float | int | str | None] = Field(
         default_factory=dict,
-        description="Generic: values for absent keywords, keyed by attribute: band, exptime "
-        "[s], gain [e⁻/ADU], rdnoise [e⁻], saturate [ADU], zp [µJy/ADU], zp_err; a defaulted "
-        "zp adds a warning to the report.",
+        description="Generic: values for absent keywords, keyed by attribute: band, ccd (an "
+        "integer 0..99), exptime [s], gain [e⁻/ADU], rdnoise [e⁻], saturate [ADU], zp "
+        "[µJy/ADU], zp_err; a defaulted zp adds a warning to the report.",
     )
     require_same_shape: bool | None = Field(
         None,
@@ -287,14 +326,48 @@ class IngestConfig(BaseModel):
             s < 1 or s % c for s, c in zip(self.shards, self.chunks, strict=True)
         ):
             raise ValueError(f"shards {self.shards} must be positive multiples of {self.chunks}")
-        allowed = {"band", "exptime", "gain", "rdnoise", "saturate", "zp", "zp_err"}
+        allowed = {"band", "ccd", "exptime", "gain", "rdnoise", "saturate", "zp", "zp_err"}
         unknown = set(self.defaults) - allowed
         if unknown:
             raise ValueError(f"defaults for unknown keys {sorted(unknown)}; allowed {allowed}")
         for sub in (self.mask_substitution, self.weight_substitution):
             if sub is not None and not sub[0]:
                 raise ValueError("a file name substitution needs a non-empty search string")
+        self._check_sources()
         return self
+
+    def _check_sources(self) -> None:
+        """Refuse contradictory companion and frame-number options.
+
+        Raises
+        ------
+        ValueError
+            A mask/weight from both a substitution and an HDU, an HDU shared by two roles,
+            or a filename pattern that cannot give what is asked of it.
+        """
+        for what, sub, hdu in (("mask", self.mask_substitution, self.mask_hdu),
+                               ("weight", self.weight_substitution, self.weight_hdu)):
+            if sub is not None and hdu is not None:
+                raise ValueError(f"{what}_substitution and {what}_hdu are alternatives: set one")
+        roles = [h for h in (self.hdu, self.mask_hdu, self.weight_hdu) if h is not None]
+        if len({str(h).strip().upper() for h in roles}) < len(roles):
+            raise ValueError("hdu, mask_hdu and weight_hdu must name different HDUs")
+        if self.filename_pattern is not None:
+            try:
+                groups = re.compile(self.filename_pattern).groupindex
+            except re.error as exc:
+                raise ValueError(f"filename_pattern is not a regular expression: {exc}") from None
+            if not {"expnum", "ccd"} & set(groups):
+                raise ValueError("filename_pattern needs a named group 'expnum' or 'ccd'")
+        if self.expnum_from == "filename" and (
+            self.filename_pattern is None
+            or "expnum" not in re.compile(self.filename_pattern).groupindex
+        ):
+            raise ValueError("expnum_from 'filename' needs filename_pattern with a named "
+                             "group 'expnum', e.g. 'I(?P<expnum>\\d+)\\.fits'")
+        ccd = self.defaults.get("ccd")
+        if ccd is not None and (isinstance(ccd, (bool, float, str)) or not 0 <= ccd < 100):
+            raise ValueError(f"defaults.ccd must be an integer in 0..99, got {ccd!r}")
 
     @property
     def effective_mask_mode(self) -> Literal["bits", "other"]:
@@ -385,4 +458,12 @@ class IngestConfig(BaseModel):
             },
         )
         payload["mask_mode"] = self.effective_mask_mode
+        for name in _ADDED_FIELDS:  # at their defaults, fingerprints stay as they were
+            if payload.get(name) == type(self).model_fields[name].default:
+                payload.pop(name, None)
         return json_digest(payload, length=None)
+
+
+#: fields added after stores were first written: left out of the content digest when at
+#: their defaults, so that a store ingested before they existed stays up to date
+_ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern")

@@ -25,6 +25,7 @@ from pausdenoise.ingest.plan import (
     FrameSource,
     _compute,
     _existing_table,
+    expand_inputs,
     find_images,
     plan_ingest,
 )
@@ -192,9 +193,10 @@ def ingest(
     Parameters
     ----------
     inputs : path or sequence of paths
-        Directories (scanned, see :func:`find_images`) and/or image files.
+        Directories (scanned, see :func:`find_images`), image files and/or glob patterns
+        (expanded, see :func:`~pausdenoise.ingest.plan.expand_inputs`).
     store : path
-        The survey store (created when missing).
+        The survey store (created when missing and there are image files).
     config : IngestConfig, optional
         Defaults to the PAUS layout.
     client : distributed.Client, optional
@@ -209,18 +211,20 @@ def ingest(
     """
     config = config or IngestConfig()
     report = IngestReport()
+    items, unmatched = expand_inputs(inputs)
+    for pattern in unmatched:
+        report.failed.append((pattern, f"{pattern}: no file matches the pattern"))
+    for p in items:
+        if not p.exists():
+            report.failed.append((str(p), f"{p}: input not found"))
+    images = find_images([p for p in items if p.exists()], config)
+    if not images:
+        report.fatal = f"no image files found in {inputs}"
+        return report
     try:
         st.open_store(store, "a")
     except Exception as exc:
         report.fatal = f"cannot open or create the store {store}: {exc}"
-        return report
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    for p in items:
-        if not Path(p).exists():
-            report.failed.append((str(p), f"{p}: input not found"))
-    images = find_images([p for p in items if Path(p).exists()], config)
-    if not images:
-        report.fatal = f"no image files found in {inputs}"
         return report
     sources, failed = plan_ingest(images, store, config, client)
     report.failed += failed

@@ -13,6 +13,7 @@ import bz2
 import gzip
 import math
 import re
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,13 @@ from pausdenoise.digest import file_sha256
 from pausdenoise.errors import IngestError
 from pausdenoise.maskbits import MaskBit
 
-__all__ = ["IngestError", "apply_mask_convention", "file_sha256", "wcs_header_text"]
+__all__ = [
+    "IngestError",
+    "apply_mask_convention",
+    "file_sha256",
+    "stream_compression",
+    "wcs_header_text",
+]
 
 _WCS_KEY = re.compile(
     r"^(WCSAXES|WCSNAME|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CROTA\d|CD\d_\d|PC\d_\d|"
@@ -88,6 +95,29 @@ def _card_int(path: Path, key: str, text: str, lo: int, hi: int) -> int:
     return value
 
 
+def stream_compression(path: Path) -> str | None:
+    """Return how a file's bytes are compressed as a whole, from its first bytes.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+
+    Returns
+    -------
+    {"gzip", "bzip2"} or None
+        None for a plain file (a FITS file with tile-compressed HDUs, ``.fits.fz``, is
+        plain: its HDUs are compressed, not the file).
+    """
+    with open(path, "rb") as raw:
+        magic = raw.read(3)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic == b"BZh":
+        return "bzip2"
+    return None
+
+
 def _open_stream(path: Path) -> Any:
     """Open a FITS file as a byte stream, decompressing gzip and bzip2 on the fly.
 
@@ -96,13 +126,7 @@ def _open_stream(path: Path) -> Any:
     file object or None
         None when the decompressor refuses the file (astropy decides then).
     """
-    with open(path, "rb") as raw:
-        magic = raw.read(3)
-    opener: Any = open
-    if magic[:2] == b"\x1f\x8b":
-        opener = gzip.open
-    elif magic == b"BZh":
-        opener = bz2.open
+    opener: Any = {"gzip": gzip.open, "bzip2": bz2.open}.get(stream_compression(path), open)
     try:
         return opener(path, "rb")
     except OSError:
@@ -175,38 +199,74 @@ def _data_unit_bytes(path: Path, cards: dict[str, str]) -> int | None:
     return bitpix // 8 * gcount * (pcount + math.prod(dims))
 
 
+def _walk_hdus(fh: Any, path: Path) -> None:
+    """Read every header of a stream, skipping data units by their declared size.
+
+    Stops quietly where the headers end or cannot be read (astropy decides then).
+
+    Raises
+    ------
+    IngestError
+        ``NAXIS`` or ``NAXISn`` out of range (see :func:`_data_unit_bytes`).
+    """
+    offset = 0
+    for _ in range(_MAX_HDUS):
+        try:
+            fh.seek(offset)
+        except (OSError, EOFError, zlib.error):
+            return
+        header = _read_header_cards(fh)
+        if header is None:
+            return
+        cards, nread = header
+        offset += nread
+        nbytes = _data_unit_bytes(path, cards)
+        if nbytes is None:
+            return
+        offset += -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
+
+
+def _check_stream_end(fh: Any, path: Path, compression: str) -> None:
+    """Read a gzip or bzip2 stream to its end marker (astropy stops quietly before a cut).
+
+    Raises
+    ------
+    IngestError
+        The stream ends early or is damaged (named a truncated or damaged file).
+    """
+    try:
+        while fh.read(1 << 20):
+            pass
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise IngestError(
+            path, f"truncated or damaged {compression} file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
 def _check_fits_structure(path: Path) -> None:
     """Walk the header blocks of every HDU before astropy parses them.
 
     Checks that each header's ``NAXIS`` is an integer in 0..999 (the FITS standard) and
     each ``NAXISn`` a non-negative integer, skipping data units by the size the header
     declares. Anything else (unparsable cards, truncation, missing ``END``) is left to
-    astropy. Compressed files (gzip, bzip2) are read as a stream.
+    astropy. Compressed files (gzip, bzip2) are read as a stream, to its end: a cut or
+    damaged stream is refused here, where astropy would stop quietly at the cut.
 
     Raises
     ------
     IngestError
-        Naming the file and the keyword.
+        Naming the file and the keyword, or the compressed stream that ends early.
     """
+    compression = stream_compression(path)
     fh = _open_stream(path)
     if fh is None:
+        if compression is not None:
+            raise IngestError(path, f"damaged {compression} file (cannot be opened)")
         return
     with fh:
-        offset = 0
-        for _ in range(_MAX_HDUS):
-            try:
-                fh.seek(offset)
-            except (OSError, EOFError):
-                return
-            header = _read_header_cards(fh)
-            if header is None:
-                return
-            cards, nread = header
-            offset += nread
-            nbytes = _data_unit_bytes(path, cards)
-            if nbytes is None:
-                return
-            offset += -(-nbytes // _FITS_BLOCK) * _FITS_BLOCK
+        _walk_hdus(fh, path)
+        if compression is not None:
+            _check_stream_end(fh, path, compression)
 
 
 def _open_fits(path: Path) -> Any:
@@ -345,13 +405,46 @@ def _bad_card(header: Any) -> str | None:
     return None
 
 
+#: what a damaged or cut gzip/bzip2 stream raises while astropy reads it
+_STREAM_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError)
+
+
+def _declared_data_bytes(hdul: Any, index: int, path: Path, shape: tuple[int, int]) -> int:
+    """Return the bytes of HDU ``index``'s data unit as stored in the file (no padding).
+
+    An image HDU stores ``|BITPIX|/8 · NAXIS1 · NAXIS2`` bytes. A tile-compressed HDU
+    (``CompImageHDU``, a BINTABLE with ``ZIMAGE = T``) stores its table and heap, whose
+    size its raw header declares (``NAXIS1 · NAXIS2 + PCOUNT``), read from the file here
+    because astropy shows the decompressed image's header.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    hdu = hdul[index]
+    if not isinstance(hdu, fits.CompImageHDU):
+        return abs(int(hdu.header["BITPIX"])) // 8 * shape[0] * shape[1]
+    info = hdul.fileinfo(index)
+    with open(path, "rb") as raw:
+        raw.seek(info["hdrLoc"])
+        header = _read_header_cards(raw)
+    declared = None if header is None else _data_unit_bytes(path, header[0])
+    return int(info["datSpan"]) if declared is None else declared
+
+
 def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
     """Read the data of HDU ``index``, after checking the file holds all of it.
+
+    The size check needs the file's length; in a gzip or bzip2 file it is not known
+    without decompressing the whole stream, so there a stream that ends early is caught
+    while reading (named a truncated or damaged compressed file).
 
     Returns
     -------
     ndarray, shape (NAXIS2, NAXIS1)
-        The data as astropy gives it (FITS scaling applied, byte order as in the file).
+        The data as astropy gives it (FITS scaling applied, tile compression undone, byte
+        order as in the file).
 
     Raises
     ------
@@ -361,8 +454,9 @@ def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
     hdu = hdul[index]
     header = hdu.header
     shape = _hdu_shape(header, path)
+    compression = stream_compression(path)
     try:
-        nbytes = abs(int(header["BITPIX"])) // 8 * shape[0] * shape[1]
+        nbytes = _declared_data_bytes(hdul, index, path, shape)
         info = hdul.fileinfo(index)  # astropy re-verifies (and may refuse) every card here
     except Exception as exc:
         raise IngestError(
@@ -370,7 +464,7 @@ def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
             key=_bad_card(header),
         ) from None
     size = path.stat().st_size
-    if info is not None and info["datLoc"] + nbytes > size:
+    if compression is None and info is not None and info["datLoc"] + nbytes > size:
         raise IngestError(
             path,
             f"truncated FITS file: HDU {index} needs {nbytes} data bytes from offset "
@@ -378,6 +472,11 @@ def _read_hdu_data(hdul: Any, index: int, path: Path) -> np.ndarray:
         )
     try:
         data = hdu.data
+    except _STREAM_ERRORS as exc:
+        if compression is None:
+            raise IngestError(path, f"cannot read HDU {index} data ({exc})") from None
+        raise IngestError(path, f"truncated or damaged {compression} file: HDU {index} data "
+                          f"cannot be read ({type(exc).__name__}: {exc})") from None
     except Exception as exc:
         raise IngestError(path, f"cannot read HDU {index} data ({exc})") from None
     if data is None or data.shape != shape:
@@ -411,8 +510,9 @@ _KNOWN_BITS = int(
 def apply_mask_convention(mask: np.ndarray, mode: Literal["bits", "other"]) -> np.ndarray:
     """Convert an input mask to the store's uint8 :class:`MaskBit` convention.
 
-    ``bits``: MaskBit bits are kept; any other non-zero content (unknown bits, values wider
-    than 8 bits, negative or non-integer values) adds ``MaskBit.OTHER``. ``other``: every
+    ``bits``: MaskBit bits are kept, except ``NODATA``, which ingest sets from the weights
+    only; any other non-zero content (unknown bits, bit 32, values wider than 8 bits,
+    negative or non-integer values) adds ``MaskBit.OTHER``. ``other``: every
     non-zero value becomes ``MaskBit.OTHER``. Zero stays zero in both modes.
 
     Parameters

@@ -18,7 +18,15 @@ Pixel conventions
   to ``MaskBit.OTHER``. A pixel is therefore masked in the store exactly when it was
   non-zero in the input (or non-finite in the image).
 - Weights: ``weight_kind="ivar"`` (stored as is, float32), ``"variance"`` (1/v) or
-  ``"sigma"`` (1/σ²); zero or non-finite variance/σ gives ivar 0.
+  ``"sigma"`` (1/σ²); zero or non-finite variance/σ gives ivar 0. Every pixel whose ivar
+  is not positive (0, negative or NaN: no data, e.g. outside a CCD's footprint in a
+  resampled or DECam CP frame) gets :attr:`MaskBit.NODATA` in the mask; the stored ivar
+  keeps its value.
+- Mask and weight come from companion files (``mask_substitution``,
+  ``weight_substitution``) or from HDUs of the image's own file (``mask_hdu``,
+  ``weight_hdu``, by index or EXTNAME).
+- gzip/bzip2-compressed files and tile-compressed (fpack, ``CompImageHDU``) HDUs are read
+  decompressed; integer images with BZERO/BSCALE are stored as float32 physical values.
 """
 
 from __future__ import annotations
@@ -127,7 +135,7 @@ def _read_image(
         index = _resolve_hdu(hdul, source.hdu, source.image)
         header = hdul[index].header
         primary = hdul[0].header if index else None
-        meta = _metadata(header, primary, source.image, config, out_warnings)
+        meta = _metadata(header, primary, source.image, config, out_warnings, source.position)
         if (meta["expnum"], meta["ccd"]) != (source.expnum, source.ccd):
             raise IngestError(source.image, "EXPNUM/CCD changed since planning", key="EXPNUM")
         raw = _read_hdu_data(hdul, index, source.image)
@@ -150,9 +158,16 @@ def _read_image(
 
 
 def _read_companion(
-    source: FrameSource, path: Path | None, what: str, shape: tuple[int, ...]
+    source: FrameSource,
+    path: Path | None,
+    what: str,
+    shape: tuple[int, ...],
+    own_hdu: int | str | None = None,
 ) -> np.ndarray | None:
-    """Read a companion file's HDU (mask, weight or truth) and check its shape.
+    """Read a companion's HDU (mask, weight or truth) and check its shape.
+
+    The companion is ``own_hdu`` of ``path`` when given (a mask or weight HDU of the image's
+    own file), else the companion file's HDU matching the image's (EXTNAME, else index).
 
     Returns
     -------
@@ -169,9 +184,9 @@ def _read_companion(
     with _open_fits(path) as chdul:
         hdu = source.companion_hdu if source.companion_hdu is not None else source.hdu
         try:
-            idx = _resolve_hdu(chdul, hdu, path)
+            idx = _resolve_hdu(chdul, hdu if own_hdu is None else own_hdu, path)
         except IngestError:
-            if isinstance(hdu, str):  # fall back to the image's index
+            if isinstance(hdu, str) and own_hdu is None:  # fall back to the image's index
                 idx = _resolve_hdu(
                     chdul, source.hdu if isinstance(source.hdu, int) else 0, path
                 )
@@ -235,7 +250,7 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     out_warnings: list[str] = []
     image, meta, bitpix, header_text, wcs = _read_image(source, config, out_warnings)
     shape = image.shape
-    mask_in = _read_companion(source, source.mask, "mask", shape)
+    mask_in = _read_companion(source, source.mask, "mask", shape, source.mask_hdu)
     if mask_in is None:
         mask = np.zeros(shape, dtype=np.uint8)
     else:
@@ -243,8 +258,10 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     nonfinite = ~np.isfinite(image)
     if nonfinite.any():
         mask[nonfinite] |= np.uint8(MaskBit.NONFINITE)
-    weight_in = _read_companion(source, source.weight, "weight", shape)
+    weight_in = _read_companion(source, source.weight, "weight", shape, source.weight_hdu)
     ivar = None if weight_in is None else _ivar_from(weight_in, config.weight_kind)
+    if ivar is not None:
+        mask[~(ivar > 0)] |= np.uint8(MaskBit.NODATA)
     truth_in = _read_companion(source, source.truth, "truth", shape)
     truth = None if truth_in is None else _to_float32(truth_in)
     return FrameData(
@@ -258,6 +275,26 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
         header=header_text,
         warnings=out_warnings,
     )
+
+
+def _layout_tokens(source: FrameSource) -> list[str]:
+    """Return the fingerprint parts of what was added to frames over time (none by default).
+
+    A frame with a weight gets ``nodata``: its mask gained :attr:`MaskBit.NODATA` where
+    ivar is 0, so a store written before is re-ingested once; mask/weight HDUs of the image
+    file are named.
+
+    Returns
+    -------
+    list of str
+        Empty for a frame without weight or own-file HDUs.
+    """
+    out = ["nodata"] if source.weight is not None else []
+    if source.mask_hdu is not None:
+        out.append(f"mask_hdu={source.mask_hdu}")
+    if source.weight_hdu is not None:
+        out.append(f"weight_hdu={source.weight_hdu}")
+    return out
 
 
 def _roles(source: FrameSource, config: IngestConfig) -> list[tuple[str, Path | None]]:
@@ -296,7 +333,7 @@ def source_fingerprint(
         sha256 hex digest (64 characters).
     """
     hashes = {} if hashes is None else hashes
-    parts = [config.content_digest(), f"hdu={source.hdu}"]
+    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source)]
     for role, p in _roles(source, config):
         if p is None or not p.is_file():
             parts.append(f"{role}=-")
@@ -325,7 +362,7 @@ def source_stat(source: FrameSource, config: IngestConfig) -> str:
     str
         sha256 hex digest (64 characters).
     """
-    parts = [config.content_digest(), f"hdu={source.hdu}"]
+    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source)]
     for role, p in _roles(source, config):
         if p is None or not p.is_file():
             parts.append(f"{role}=-")

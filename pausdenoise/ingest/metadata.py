@@ -15,6 +15,7 @@ used and a warning is added to the report; without a default the frame fails.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -200,18 +201,119 @@ def _paus_metadata(h: _Header, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _required_int(h: _Header, path: Path, attr: str, key: str) -> int:
-    v = h.integer(key)
-    if v is None:
-        raise IngestError(path, f"missing header keyword {key} (for {attr})", key=key)
-    return v
+def _filename_groups(path: Path, config: IngestConfig) -> dict[str, int]:
+    """Return the integer groups ``expnum`` / ``ccd`` of ``filename_pattern`` in a file name.
+
+    Returns
+    -------
+    dict of str to int
+        The groups present in the pattern and matched (empty without a pattern).
+
+    Raises
+    ------
+    IngestError
+        The pattern does not match the name, or a group is not an integer.
+    """
+    if config.filename_pattern is None:
+        return {}
+    m = re.search(config.filename_pattern, path.name)
+    if m is None:
+        raise IngestError(path, f"file name does not match ingest.filename_pattern "
+                          f"{config.filename_pattern!r}", key="filename_pattern")
+    out = {}
+    for group in ("expnum", "ccd"):
+        text = m.groupdict().get(group)
+        if text is None:
+            continue
+        try:
+            out[group] = int(text)
+        except ValueError:
+            raise IngestError(path, f"group {group!r} of ingest.filename_pattern matched "
+                              f"{text!r}, not an integer", key="filename_pattern") from None
+    return out
+
+
+def _frame_numbers(
+    h: _Header, path: Path, config: IngestConfig, position: int | None, problems: list[IngestError]
+) -> dict[str, Any]:
+    """Find a generic frame's exposure number and CCD (problems collected, not raised).
+
+    ``expnum``: header keyword, file order or file name (``config.expnum_from``). ``ccd``:
+    the ``ccd`` group of ``filename_pattern``, else keyword ``keys.ccd``, else
+    ``defaults.ccd``.
+
+    Returns
+    -------
+    dict
+        ``expnum`` and ``ccd`` (-1 where not found; then ``problems`` says why).
+    """
+    keys = config.keys
+    out: dict[str, Any] = {"expnum": -1, "ccd": -1}
+    named = _collect(problems, lambda: _filename_groups(path, config)) or {}
+    if config.expnum_from == "order" and position is not None:
+        out["expnum"] = position
+    elif config.expnum_from == "filename":
+        out["expnum"] = named.get("expnum", -1)
+    else:
+        value = _collect(problems, lambda: h.integer(keys.expnum))
+        if value is None and not any(e.key == keys.expnum for e in problems):
+            problems.append(IngestError(
+                path, f"missing header keyword {keys.expnum} (for expnum): set ingest.keys."
+                "expnum, or ingest.expnum_from to 'order' or 'filename'", key=keys.expnum))
+        out["expnum"] = -1 if value is None else value
+    if "ccd" in named:
+        out["ccd"] = named["ccd"]
+        return out
+    value = _collect(problems, lambda: h.integer(keys.ccd))
+    if value is None and config.defaults.get("ccd") is not None:
+        value = int(config.defaults["ccd"])  # type: ignore[arg-type]
+    if value is None and not any(e.key == keys.ccd for e in problems):
+        problems.append(IngestError(
+            path, f"missing header keyword {keys.ccd} (for ccd) and no default: set ingest."
+            "keys.ccd, ingest.defaults.ccd, or a 'ccd' group in ingest.filename_pattern",
+            key=keys.ccd))
+    out["ccd"] = -1 if value is None else value
+    return out
+
+
+def _collect(problems: list[IngestError], func: Any) -> Any:
+    """Call ``func``; on an :class:`IngestError` append it to ``problems`` and return None.
+
+    Returns
+    -------
+    Any
+        What ``func`` returns, or None when it raised an ``IngestError``.
+    """
+    try:
+        return func()
+    except IngestError as exc:
+        problems.append(exc)
+        return None
+
+
+def _raise_problems(path: Path, problems: list[IngestError]) -> None:
+    """Raise the collected problems of one file: alone as it is, several in one message.
+
+    Raises
+    ------
+    IngestError
+        The only problem, or one naming the first problem's keyword and listing all.
+    """
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise problems[0]
+    listed = "; ".join(f"[{e.key}] {e.reason}" if e.key else e.reason for e in problems)
+    raise IngestError(path, f"{len(problems)} header problems: {listed}", key=problems[0].key)
 
 
 def _generic_band(h: _Header, path: Path, keys: HeaderKeys, defaults: dict[str, Any]) -> str:
     band = h.get(keys.band)
     if band is None:
         if "band" not in defaults:
-            raise IngestError(path, f"missing header keyword {keys.band} (for band)", key=keys.band)
+            raise IngestError(path, f"missing header keyword {keys.band} (for band) and no "
+                              "default: set ingest.keys.band or ingest.defaults.band",
+                              key=keys.band)
         band = defaults["band"]
     band = str(band).strip()
     if keys.band_token is not None and band:
@@ -241,7 +343,8 @@ def _generic_numeric(
         return None
     key = missing or str(spec)
     raise IngestError(
-        path, f"missing header keyword {key} (for {attr}) and no default", key=key
+        path, f"missing header keyword {key} (for {attr}) and no default: set ingest.keys."
+        f"{attr} or ingest.defaults.{attr}", key=key
     )
 
 
@@ -281,7 +384,8 @@ def _generic_zp(
     if zp is None:
         if "zp" not in defaults or defaults["zp"] is None:
             key = keys.zp or (config.zp_table.zp_column if config.zp_table else "ZP")
-            raise IngestError(path, "no zero-point (header, table) and no default", key=key)
+            raise IngestError(path, "no zero-point (header, table) and no default: set "
+                              "ingest.keys.zp, ingest.zp_table or ingest.defaults.zp", key=key)
         zp = float(defaults["zp"])  # type: ignore[arg-type]
         zp_source = "default"
         out_warnings.append(
@@ -292,7 +396,9 @@ def _generic_zp(
             zp_err = float(defaults["zp_err"])  # type: ignore[arg-type]
         else:
             key = keys.zp_err or "ZPERR"
-            raise IngestError(path, "no zero-point error and no default", key=key)
+            raise IngestError(path, "no zero-point error and no default: set ingest.keys."
+                              "zp_err, a zp_err_column of ingest.zp_table or "
+                              "ingest.defaults.zp_err", key=key)
     return float(zp), float(zp_err), zp_source
 
 
@@ -310,25 +416,36 @@ def _extra_values(h: _Header, extra: dict[str, str]) -> dict[str, Any]:
 
 
 def _generic_metadata(
-    h: _Header, path: Path, config: IngestConfig, out_warnings: list[str]
+    h: _Header, path: Path, config: IngestConfig, out_warnings: list[str], position: int | None
 ) -> dict[str, Any]:
+    """Read a generic frame's attributes, every missing or invalid keyword reported at once.
+
+    Returns
+    -------
+    dict
+        The frame attributes.
+
+    Raises
+    ------
+    IngestError
+        Listing every keyword that is missing (with the option that would supply it) or
+        cannot be read.
+    """
     keys = config.keys
     defaults = config.defaults
-    meta: dict[str, Any] = {
-        "expnum": _required_int(h, path, "expnum", keys.expnum),
-        "ccd": _required_int(h, path, "ccd", keys.ccd),
-    }
-    meta["band"] = _generic_band(h, path, keys, defaults)
-    meta["exptime"] = _generic_numeric(h, path, defaults, "exptime", keys.exptime)
-    meta["gain"] = _generic_numeric(h, path, defaults, "gain", keys.gain)
-    meta["rdnoise"] = _generic_numeric(h, path, defaults, "rdnoise", keys.rdnoise)
-    meta["saturate"] = _generic_numeric(
-        h, path, defaults, "saturate", keys.saturate, required=False
-    )
-    meta["zp"], meta["zp_err"], meta["zp_source"] = _generic_zp(
-        h, path, config, meta, out_warnings
-    )
-    meta.update(_extra_values(h, keys.extra))
+    problems: list[IngestError] = []
+    meta = _frame_numbers(h, path, config, position, problems)
+    meta["band"] = _collect(problems, lambda: _generic_band(h, path, keys, defaults))
+    for attr in ("exptime", "gain", "rdnoise"):
+        meta[attr] = _collect(problems, lambda a=attr: _generic_numeric(
+            h, path, defaults, a, getattr(keys, a)))
+    meta["saturate"] = _collect(problems, lambda: _generic_numeric(
+        h, path, defaults, "saturate", keys.saturate, required=False))
+    zp = _collect(problems, lambda: _generic_zp(h, path, config, meta, out_warnings))
+    meta["zp"], meta["zp_err"], meta["zp_source"] = zp or (None, None, "")
+    extra = _collect(problems, lambda: _extra_values(h, keys.extra))
+    _raise_problems(path, problems)
+    meta.update(extra or {})
     return meta
 
 
@@ -394,6 +511,8 @@ def _key_of(attr: str, config: IngestConfig) -> str:
         return {"expnum": "EXPNUM", "ccd": "CCD", "exptime": "EXPTIME", "gain": "GAIN",
                 "rdnoise": "RDNOISE", "zp": "ZP", "zp_err": "ZPERR",
                 "saturate": "SATURATE"}[attr]
+    if attr == "expnum" and config.expnum_from != "header":
+        return "filename_pattern" if config.expnum_from == "filename" else "expnum_from"
     spec = getattr(config.keys, attr, None)
     if isinstance(spec, list):
         return "/".join(spec)
@@ -411,17 +530,20 @@ def _check_values(meta: dict[str, Any], path: Path, config: IngestConfig, out: l
     Raises
     ------
     IngestError
-        Naming the file and the keyword.
+        Naming the file and the keyword; every bad value of the frame in one message.
     """
+    problems: list[IngestError] = []
     for attr, hi in (("expnum", 10**8), ("ccd", 100)):
         if not 0 <= meta[attr] < hi:
-            raise IngestError(path, f"{attr} {meta[attr]} is outside 0..{hi - 1}",
-                              key=_key_of(attr, config))
+            problems.append(IngestError(path, f"{attr} {meta[attr]} is outside 0..{hi - 1}",
+                                        key=_key_of(attr, config)))
     for attr, (lo, inclusive) in _VALUE_RANGES.items():
         v = meta[attr]
         if not (math.isfinite(v) and (v >= lo if inclusive else v > lo)):
             rule = "finite and >= 0" if inclusive else "finite and > 0"
-            raise IngestError(path, f"{attr} = {v!r} must be {rule}", key=_key_of(attr, config))
+            problems.append(IngestError(path, f"{attr} = {v!r} must be {rule}",
+                                        key=_key_of(attr, config)))
+    _raise_problems(path, problems)
     sat = meta.get("saturate")
     if sat is not None and not (math.isfinite(sat) and sat > 0):
         out.append(f"{path} [{_key_of('saturate', config)}]: saturate = {sat!r} ignored "
@@ -430,13 +552,18 @@ def _check_values(meta: dict[str, Any], path: Path, config: IngestConfig, out: l
 
 
 def _metadata(
-    header: Any, primary: Any | None, path: Path, config: IngestConfig, out: list[str]
+    header: Any,
+    primary: Any | None,
+    path: Path,
+    config: IngestConfig,
+    out: list[str],
+    position: int | None = None,
 ) -> dict[str, Any]:
     h = _Header(header, primary, path)
     if config.layout == "paus":
         meta = _paus_metadata(h, path)
     else:
-        meta = _generic_metadata(h, path, config, out)
+        meta = _generic_metadata(h, path, config, out, position)
     _check_values(meta, path, config, out)
     if not paus_layout.is_safe_name(meta["band"]):
         # the band names output directories (photometry partitions, stacks): refuse

@@ -11,6 +11,7 @@ a PAUS file whose EXPNUM/CCD disagree with its name, missing companions, duplica
 
 from __future__ import annotations
 
+import glob as pyglob
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -35,7 +36,15 @@ from pausdenoise.ingest.fits import (
 from pausdenoise.ingest.metadata import _metadata
 from pausdenoise.progress import compute_reporting
 
-__all__ = ["FrameSource", "IngestError", "find_images", "plan_ingest"]
+__all__ = [
+    "DEFAULT_GENERIC_PATTERNS",
+    "FrameSource",
+    "IngestError",
+    "expand_inputs",
+    "find_images",
+    "is_glob",
+    "plan_ingest",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,12 @@ class FrameSource:
         Companion files (None when the frame has none).
     companion_hdu : int, str or None
         The HDU of the companions (EXTNAME when the image HDU has one, else its index).
+    mask_hdu, weight_hdu : int, str or None
+        The mask / weight HDU (index or EXTNAME) when it is in the image's own file
+        (``mask`` / ``weight`` are then the image file).
+    position : int, optional
+        1-based position of the image file in the sorted list of the ingest's input files
+        (the exposure number with ``expnum_from="order"``).
     """
 
     image: Path
@@ -67,6 +82,9 @@ class FrameSource:
     weight: Path | None = None
     truth: Path | None = None
     companion_hdu: int | str | None = None
+    mask_hdu: int | str | None = None
+    weight_hdu: int | str | None = None
+    position: int | None = None
 
     @property
     def frame(self) -> str:
@@ -79,6 +97,27 @@ class FrameSource:
         return tuple(p for p in (self.image, self.mask, self.weight, self.truth) if p)
 
 
+#: the name endings of the FITS files found by default (generic layout)
+DEFAULT_GENERIC_PATTERNS = ("*.fits", "*.fits.gz", "*.fz", "*.fz.gz")
+#: compression endings, outermost first: ``x.fits.fz.gz`` -> ``x.fits.fz`` -> ``x.fits``
+_COMPRESSED_ENDINGS = (".gz", ".fz")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _uncompressed_name(name: str) -> str:
+    """Return a file name without its compression endings (``.gz``, then ``.fz``).
+
+    Returns
+    -------
+    str
+        ``"x.fits"`` for ``"x.fits.fz.gz"``; the name itself when it has none.
+    """
+    for ending in _COMPRESSED_ENDINGS:
+        if name.endswith(ending) and len(name) > len(ending):
+            name = name[: -len(ending)]
+    return name
+
+
 def _substitute(path: Path, sub: tuple[str, str] | None) -> Path | None:
     if sub is None:
         return None
@@ -87,17 +126,110 @@ def _substitute(path: Path, sub: tuple[str, str] | None) -> Path | None:
     return path.with_name(path.name.replace(sub[0], sub[1], 1))
 
 
+def _companion(path: Path, sub: tuple[str, str] | None) -> Path | None:
+    """Return the companion file of an image: the substituted name, else a (de)compressed one.
+
+    The substituted name is used when it exists; otherwise the first existing of the same
+    name with other compression endings (``.fits``, ``.fits.gz``, ``.fits.fz``,
+    ``.fits.fz.gz``), so compressed images pair with uncompressed companions and back.
+
+    Returns
+    -------
+    Path or None
+        None without a substitution (or when its search string is not in the name); the
+        substituted name (existing or not) when no other ending exists.
+    """
+    exact = _substitute(path, sub)
+    if exact is None or exact.is_file():
+        return exact
+    base = _uncompressed_name(exact.name)
+    for ending in ("", ".gz", ".fz", ".fz.gz"):
+        other = exact.with_name(base + ending)
+        if other.is_file():
+            return other
+    return exact
+
+
+def _drop_compressed_twins(found: list[Path]) -> list[Path]:
+    """Leave out a compressed file whose uncompressed twin (same name, no ending) is listed.
+
+    Returns
+    -------
+    list of Path
+        The files kept.
+    """
+    names = {f.parent / f.name for f in found}
+    return [f for f in found if _uncompressed_name(f.name) == f.name
+            or f.with_name(_uncompressed_name(f.name)) not in names]
+
+
 def _scan_dir(p: Path, config: IngestConfig) -> list[Path]:
     if config.layout == "paus":
-        glob = config.pattern or "paucam.*.img.fits"
-        cand = p.rglob(glob) if config.recursive else p.glob(glob)
+        globs = [config.pattern or "paucam.*.img.fits"] if not isinstance(
+            config.pattern, list) else config.pattern
+        cand = [c for g in globs for c in (p.rglob(g) if config.recursive else p.glob(g))]
         return [
             c
             for c in cand
             if paus_layout.parse_image_name(c.name) and c.parent.name != paus_layout.TRUTH_DIR
         ]
-    glob = config.pattern or "*.fits"
-    return list(p.rglob(glob) if config.recursive else p.glob(glob))
+    if not config.pattern:
+        globs = DEFAULT_GENERIC_PATTERNS
+    else:
+        globs = (config.pattern,) if isinstance(config.pattern, str) else tuple(config.pattern)
+    found = [c for g in globs for c in (p.rglob(g) if config.recursive else p.glob(g))]
+    if not config.pattern:
+        found = _drop_compressed_twins(sorted(set(found)))
+    return found
+
+
+def is_glob(item: os.PathLike[str] | str) -> bool:
+    """Tell whether an input is a glob pattern rather than a path.
+
+    Parameters
+    ----------
+    item : path or str
+        An input as given.
+
+    Returns
+    -------
+    bool
+        True when it holds ``*``, ``?`` or ``[`` and no file or directory has that name.
+    """
+    text = str(item)
+    return bool(_GLOB_CHARS & set(text)) and not Path(text).exists()
+
+
+def expand_inputs(
+    inputs: os.PathLike[str] | str | Sequence[os.PathLike[str] | str],
+) -> tuple[list[Path], list[str]]:
+    """Expand the glob patterns among the inputs (``~`` too); paths pass as given.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Directories, files and glob patterns (``/data/*.fits``, ``night*/*.fz``,
+        ``**`` for any depth).
+
+    Returns
+    -------
+    (list of Path, list of str)
+        The paths (patterns replaced by their sorted matches), and the patterns that
+        matched nothing.
+    """
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths: list[Path] = []
+    unmatched: list[str] = []
+    for item in items:
+        text = os.path.expanduser(str(item))
+        if not is_glob(text):
+            paths.append(Path(text))
+            continue
+        matches = sorted(pyglob.glob(text, recursive=True))
+        if not matches:
+            unmatched.append(str(item))
+        paths += [Path(m) for m in matches]
+    return paths, unmatched
 
 
 def find_images(
@@ -134,9 +266,9 @@ def find_images(
         companions = set()
         for f in found:
             for sub in (config.mask_substitution, config.weight_substitution):
-                c = _substitute(f, sub)
-                if c is not None and c != f:
-                    companions.add(c)
+                for c in (_substitute(f, sub), _companion(f, sub)):
+                    if c is not None and c != f:
+                        companions.add(c)
         found = [f for f in found if f not in companions]
     return found
 
@@ -186,36 +318,69 @@ def _plan_paus(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]
     ]
 
 
-def _plan_generic(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]:
+def _generic_companions(
+    hdul: Any, path: Path, config: IngestConfig
+) -> tuple[dict[str, Any], set[int]]:
+    """Find a generic image's mask and weight: companion files, or HDUs of its own file.
+
+    Returns
+    -------
+    (dict, set of int)
+        ``FrameSource`` fields (``mask``, ``weight``, ``mask_hdu``, ``weight_hdu``), and the
+        indices of the mask/weight HDUs (not images themselves).
+
+    Raises
+    ------
+    IngestError
+        A companion file or HDU that does not exist.
+    """
+    fields: dict[str, Any] = {}
+    own: set[int] = set()
+    for what, sub, hdu in (("mask", config.mask_substitution, config.mask_hdu),
+                           ("weight", config.weight_substitution, config.weight_hdu)):
+        if hdu is not None:
+            own.add(_resolve_hdu(hdul, hdu, path))
+            fields[what], fields[f"{what}_hdu"] = path, hdu
+            continue
+        companion = _companion(path, sub)
+        if companion is not None and not companion.is_file():
+            raise IngestError(path, f"{what} companion {companion.name} not found "
+                              "(nor with another .fits/.gz/.fz ending)", key=what)
+        fields[what] = companion
+    return fields, own
+
+
+def _plan_generic(
+    hdul: Any, path: Path, config: IngestConfig, position: int | None = None
+) -> list[FrameSource]:
     """Plan the frames of a generic file: ``config.hdu``, or every 2-D image HDU.
 
     Returns
     -------
     list of FrameSource
-        One per image HDU.
+        One per image HDU (mask and weight HDUs named by the config are not images).
 
     Raises
     ------
     IngestError
-        No image HDU, unusable header, or a missing companion file.
+        No image HDU, unusable header, or a missing companion file or HDU.
     """
+    companions, own = _generic_companions(hdul, path, config)
     if config.hdu is None:
-        indices = _image_hdu_indices(hdul, path)
+        indices = [i for i in _image_hdu_indices(hdul, path) if i not in own]
         if not indices:
             raise IngestError(path, "no 2-D image HDU in file", key="NAXIS")
+        if own and len(indices) > 1:
+            raise IngestError(path, f"{len(indices)} image HDUs {indices} share one mask/"
+                              "weight HDU: name the image HDU with ingest.hdu", key="HDU")
     else:
         indices = [_resolve_hdu(hdul, config.hdu, path)]
     primary = hdul[0].header
-    mask = _substitute(path, config.mask_substitution)
-    weight = _substitute(path, config.weight_substitution)
-    for companion, what in ((mask, "mask"), (weight, "weight")):
-        if companion is not None and not companion.is_file():
-            raise IngestError(path, f"{what} companion {companion.name} not found", key=what)
     sources = []
     for i in indices:
         header = hdul[i].header
         scratch: list[str] = []
-        meta = _metadata(header, primary if i else None, path, config, scratch)
+        meta = _metadata(header, primary if i else None, path, config, scratch, position)
         name = _hdu_name(hdul[i], path)
         sources.append(
             FrameSource(
@@ -224,15 +389,17 @@ def _plan_generic(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSour
                 expnum=meta["expnum"],
                 ccd=meta["ccd"],
                 shape=_hdu_shape(header, path),
-                mask=mask,
-                weight=weight,
                 companion_hdu=name if name and name != "PRIMARY" else i,
+                position=position,
+                **companions,
             )
         )
     return sources
 
 
-def _plan_file(path: Path, config: IngestConfig) -> list[FrameSource]:
+def _plan_file(
+    path: Path, config: IngestConfig, position: int | None = None
+) -> list[FrameSource]:
     """Plan one image file from its headers only (one dask task).
 
     Returns
@@ -249,16 +416,16 @@ def _plan_file(path: Path, config: IngestConfig) -> list[FrameSource]:
     try:
         if config.layout == "paus":
             return _plan_paus(hdul, path, config)
-        return _plan_generic(hdul, path, config)
+        return _plan_generic(hdul, path, config, position)
     finally:
         hdul.close()
 
 
 def _plan_task(
-    path: Path, config: IngestConfig
+    path: Path, config: IngestConfig, position: int | None = None
 ) -> tuple[list[FrameSource], tuple[str, str] | None]:
     try:
-        return _plan_file(path, config), None
+        return _plan_file(path, config, position), None
     except IngestError as exc:
         return [], (exc.file, str(exc))
     except Exception as exc:  # a reader bug must not sink the batch
@@ -339,7 +506,8 @@ def plan_ingest(
     Parameters
     ----------
     images : sequence of Path
-        Image files, e.g. from :func:`find_images`.
+        Image files, e.g. from :func:`find_images`; a file's 1-based position in their
+        sorted list is its exposure number with ``expnum_from="order"``.
     store : path
         The survey store; read only, for the shapes of its complete frames.
     config : IngestConfig
@@ -353,7 +521,10 @@ def plan_ingest(
         Frames to ingest (sorted by frame id), and ``(file, reason)`` for everything
         refused.
     """
-    tasks = [dask.delayed(_plan_task, pure=False)(p, config) for p in images]
+    tasks = [
+        dask.delayed(_plan_task, pure=False)(p, config, n)
+        for n, p in enumerate(sorted(images), start=1)
+    ]
     results = _compute(tasks, client, progress=False)
     sources: list[FrameSource] = []
     failed: list[tuple[str, str]] = []

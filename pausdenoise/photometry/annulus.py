@@ -8,6 +8,9 @@ statistics; the rest are sigma-clipped exactly like
 a pixel survives when ``median - 3σ <= v <= median + 3σ``, each iteration clipping the
 survivors of the previous one). The clipped mean, median, std and pixel count are recorded.
 
+:func:`annulus_fraction_on_image` says how much of each annulus lies on the image (small
+frames and stamps: the default 30/45 px annulus does not fit a 51 × 51 stamp).
+
 The statistics are computed for batches of sources at once: the annulus pixels of a batch
 are gathered into one ``(batch, K)`` array, sorted once per row, and since every
 sigma-clipping pass keeps a contiguous range of the sorted values, the clipped
@@ -25,7 +28,7 @@ import numpy as np
 
 from pausdenoise.maskbits import MaskBit
 
-__all__ = ["annulus_stats"]
+__all__ = ["annulus_fraction_on_image", "annulus_stats"]
 
 
 def _annulus_offsets(r_in: float, r_out: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -415,3 +418,79 @@ def annulus_stats(
         res["bkg_std"][sel] = std
         res["bkg_n"][sel] = hi - lo
     return res
+
+
+def _fraction_batch(
+    x: np.ndarray, y: np.ndarray, r_in: float, r_out: float, shape: tuple[int, int]
+) -> np.ndarray:
+    """Count annulus pixel centres on the image over all of them, for a few sources.
+
+    Returns
+    -------
+    ndarray of float
+        The fraction per source.
+    """
+    ny, nx = shape
+    m = math.ceil(r_out) + 1
+    off = np.arange(-m, m + 1, dtype=np.int64)
+    cx = np.round(x).astype(np.int64)[:, None, None] + off[None, None, :]
+    cy = np.round(y).astype(np.int64)[:, None, None] + off[None, :, None]
+    d2 = (cx - x[:, None, None]) ** 2 + (cy - y[:, None, None]) ** 2
+    member = (d2 >= r_in * r_in) & (d2 < r_out * r_out)
+    on = member & (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
+    total = member.sum(axis=(1, 2))
+    return on.sum(axis=(1, 2)) / np.maximum(total, 1)
+
+
+def annulus_fraction_on_image(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    r_in: float,
+    r_out: float,
+    shape: tuple[int, int],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Return the fraction of each annulus that lies on the image.
+
+    Counted as :func:`annulus_stats` selects pixels: the pixel centres with
+    ``r_in² <= d² < r_out²`` inside the image over those on an unbounded pixel grid (masks
+    are not considered). An annulus whose square ``[x - r_out, x + r_out] × [y - r_out,
+    y + r_out]`` lies within the pixel centres ``[0, nx - 1] × [0, ny - 1]`` has fraction 1
+    without counting.
+
+    Parameters
+    ----------
+    x, y : ndarray of float, shape (n,)
+        Annulus centres: column and row, 0-based pixels (pixel centres at integers).
+    r_in, r_out : float
+        Inner and outer annulus radius in pixels (``r_out > r_in``).
+    shape : tuple of int
+        ``(ny, nx)`` of the image in pixels.
+    batch_size : int, optional
+        Sources counted at once (memory only). Default 64.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+        Fractions in [0, 1]; 0 for a centre so far off the image that no annulus pixel is
+        on it; NaN for a non-finite centre.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ny, nx = shape
+    out = np.full(len(x), np.nan)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(x) & np.isfinite(y)
+        inside = finite & (x - r_out >= 0) & (x + r_out <= nx - 1) & (y - r_out >= 0) & (
+            y + r_out <= ny - 1)
+        reach = float(r_out) + 1.0
+        near = finite & (np.abs(x - (nx - 1) / 2) <= nx / 2 + reach) & (
+            np.abs(y - (ny - 1) / 2) <= ny / 2 + reach)
+    out[inside] = 1.0
+    out[finite & ~near] = 0.0
+    todo = np.flatnonzero(near & ~inside)
+    for start in range(0, todo.size, batch_size):
+        sel = todo[start:start + batch_size]
+        out[sel] = _fraction_batch(x[sel], y[sel], float(r_in), float(r_out), (ny, nx))
+    return out

@@ -6,6 +6,15 @@ coordinates of the aperture centre on that CCD, ``aperture_a/b`` the semi-axes (
 default, see ``PhotometryConfig.aperture_units``) and ``aperture_theta`` the position angle
 in degrees with the PAUS sign (photutils ``theta = -aperture_theta * pi / 180``).
 
+A **sky catalogue** instead has one row per source and no ``expnum``, ``ccd``,
+``aperture_x`` or ``aperture_y`` column: ``ref_id``, ``ra``, ``dec`` (degrees), ``a``, ``b``
+(semi-axes, arcsec) and ``theta`` (position angle of the major axis, degrees east of north on
+the sky); :mod:`pausdenoise.photometry.projection` places it on each frame through its WCS.
+
+Files are read by their name: ``.csv`` / ``.csv.gz`` as CSV (a header line of column names),
+``.fits`` / ``.fit`` / ``.fts`` (optionally ``.gz``) as a FITS binary table (the first table
+HDU), anything else as Parquet.
+
 :func:`read_catalogue` refuses a file it cannot use (:class:`~pausdenoise.errors.CatalogueError`
 naming the file, column and row); :func:`validate_catalogue` lists the rows that can be read
 but not measured, which the photometry keeps with a flag.
@@ -13,6 +22,8 @@ but not measured, which the photometry keeps with a flag.
 
 from __future__ import annotations
 
+import csv
+import gzip
 import math
 import os
 import warnings
@@ -33,11 +44,17 @@ __all__ = [
     "FLOAT_COLUMNS",
     "INT_COLUMNS",
     "REQUIRED_COLUMNS",
+    "SKY_COLUMNS",
     "CatalogueCheck",
     "CatalogueError",
+    "catalogue_format",
+    "check_catalogue_file",
     "frame_catalogue",
+    "is_sky_catalogue",
+    "read_any_catalogue",
     "read_catalogue",
     "validate_catalogue",
+    "validate_sky_catalogue",
 ]
 
 #: Catalogue columns measure_frame needs (the rest of CATALOGUE_COLUMNS is passed through).
@@ -63,6 +80,13 @@ FLOAT_COLUMNS: tuple[str, ...] = (
 )
 #: Catalogue columns read as int64 by :func:`read_catalogue` (no missing values allowed).
 INT_COLUMNS: tuple[str, ...] = ("ref_id", "expnum", "ccd")
+
+#: Columns of a sky catalogue: ``ra``, ``dec`` in degrees, ``a``, ``b`` semi-axes in arcsec,
+#: ``theta`` degrees east of north (read as float64 in a sky catalogue).
+SKY_COLUMNS: tuple[str, ...] = ("ref_id", "ra", "dec", "a", "b", "theta")
+
+#: Columns whose absence (all of them) makes a catalogue a sky catalogue.
+_FRAME_COLUMNS: tuple[str, ...] = ("expnum", "ccd", "aperture_x", "aperture_y")
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -200,42 +224,171 @@ def _band_column(s: pd.Series, path: Path) -> pd.Series:
 # --------------------------------------------------------------------------------------
 
 
-def _unreadable(path: Path, exc: Exception) -> CatalogueError:
+def catalogue_format(path: os.PathLike[str] | str) -> str:
+    """Return the table format a catalogue file is read as, from its name.
+
+    Parameters
+    ----------
+    path : path-like
+        The catalogue file.
+
+    Returns
+    -------
+    str
+        ``"CSV"`` for ``.csv`` / ``.csv.gz``; ``"FITS"`` for ``.fits``, ``.fit``, ``.fts``
+        (each optionally ``.gz``); ``"Parquet"`` for any other name.
+    """
+    name = Path(path).name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "CSV"
+    if name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")):
+        return "FITS"
+    return "Parquet"
+
+
+def _unreadable(path: Path, exc: Exception, fmt: str = "Parquet") -> CatalogueError:
     text = (str(exc).strip().splitlines() or [""])[0][:200]
-    return CatalogueError(path, f"not a readable Parquet table ({type(exc).__name__}: {text})")
+    return CatalogueError(path, f"not a readable {fmt} table ({type(exc).__name__}: {text})")
 
 
-def _check_schema(path: Path, required: Sequence[str]) -> None:
-    """Refuse a file that is not Parquet, or has duplicated or missing columns.
+def _csv_names(path: Path) -> list[str]:
+    """Read the header line of a CSV file (gzip-compressed when its name ends in .gz).
+
+    Returns
+    -------
+    list of str
+        The column names as written (duplicates kept, unlike pandas).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
+        return [n.strip() for n in next(csv.reader(fh), [])]
+
+
+def _fits_table(path: Path) -> pd.DataFrame:
+    """Read the first table HDU of a FITS file into pandas (byte strings decoded).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table; masked values become NaN (float) or a nullable integer.
+    """
+    from astropy.table import Table  # astropy: imported only for FITS catalogues
+
+    with warnings.catch_warnings():  # unit-parsing warnings of foreign tables
+        warnings.simplefilter("ignore")
+        table = Table.read(path, format="fits")
+    table.convert_bytestring_to_unicode()
+    return table.to_pandas()
+
+
+def _open_table(path: Path, fmt: str) -> tuple[list[str], Any]:
+    """Read a catalogue file's column names, and return a loader of its rows.
+
+    Returns
+    -------
+    tuple of (list of str, callable)
+        The names in file order, and a function returning the table as pandas.
+    """
+    if fmt == "CSV":
+        return _csv_names(path), lambda: pd.read_csv(path)
+    if fmt == "FITS":
+        df = _fits_table(path)
+        return [str(c) for c in df.columns], lambda: df
+    names = [str(n) for n in pq.read_schema(path).names]
+    return names, lambda: pq.read_table(path).to_pandas()
+
+
+def _check_names(path: Path, names: list[str], required: Sequence[str], sky: bool) -> None:
+    """Refuse duplicated or missing columns.
 
     Raises
     ------
     CatalogueError
-        Naming the file and, where there is one, the column.
+        Naming the file and the first column to blame.
     """
-    try:  # arrow raises many exception types for corrupt input
-        names = [str(n) for n in pq.read_schema(path).names]
-    except Exception as exc:
-        error = _unreadable(path, exc)
-        raise error from None
     dup = sorted({c for c in names if names.count(c) > 1})
     if dup:
         raise CatalogueError(path, f"duplicate column name(s) {dup}", dup[0])
     missing = [c for c in required if c not in names]
-    if missing:
-        raise CatalogueError(path, f"missing column(s) {missing}; it has {names}", missing[0])
+    if not missing:
+        return
+    hint = ""
+    if sky:
+        hint = (
+            f"; without {list(_FRAME_COLUMNS)} it is read as a sky catalogue (ref_id, ra, "
+            "dec in degrees, a, b semi-axes in arcsec, theta in degrees east of north), "
+            f"else it needs {[*REQUIRED_COLUMNS, 'expnum', 'ccd']}"
+        )
+    raise CatalogueError(path, f"missing column(s) {missing}; it has {names}{hint}", missing[0])
+
+
+def _load(path: Path, required: Sequence[str] | None) -> tuple[pd.DataFrame, bool]:
+    """Read a catalogue file and check its columns (``required=None``: by its kind).
+
+    Returns
+    -------
+    tuple of (pandas.DataFrame, bool)
+        The raw table with str column names and a fresh index, and whether it is a sky
+        catalogue (only when ``required`` is None; else False).
+
+    Raises
+    ------
+    CatalogueError
+        The file is missing or unreadable, or a column is duplicated or missing.
+    """
+    if not path.is_file():
+        raise CatalogueError(path, "reference catalogue not found")
+    fmt = catalogue_format(path)
+    try:  # arrow, pandas and astropy raise many exception types for corrupt input
+        names, loader = _open_table(path, fmt)
+    except Exception as exc:
+        error = _unreadable(path, exc, fmt)
+        raise error from None
+    sky = required is None and not any(c in names for c in _FRAME_COLUMNS)
+    if required is None:
+        required = SKY_COLUMNS if sky else (*REQUIRED_COLUMNS, "expnum", "ccd")
+    _check_names(path, names, required, sky)
+    try:
+        df = loader()
+    except Exception as exc:
+        error = _unreadable(path, exc, fmt)
+        raise error from None
+    df = df.reset_index(drop=True)
+    df.columns = [str(c) for c in df.columns]
+    return df, sky
+
+
+def _normalise(df: pd.DataFrame, path: Path, sky: bool) -> pd.DataFrame:
+    """Convert the known columns to their types (see :func:`read_catalogue`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``df``, converted in place.
+    """
+    floats = (*FLOAT_COLUMNS, "a", "b", "theta") if sky else FLOAT_COLUMNS
+    for c in floats:
+        if c in df.columns:
+            df[c] = _float_column(df[c], path, c)
+    for c in INT_COLUMNS:
+        if c in df.columns:
+            df[c] = _int_column(df[c], path, c)
+    if "band" in df.columns:
+        df["band"] = _band_column(df["band"], path)
+    return df
 
 
 def read_catalogue(
     path: os.PathLike[str] | str,
     required: Sequence[str] = (*REQUIRED_COLUMNS, "expnum", "ccd"),
 ) -> pd.DataFrame:
-    """Read a forced-photometry reference catalogue (Parquet) and normalise its types.
+    """Read a per-frame forced-photometry catalogue and normalise its types.
 
     Parameters
     ----------
     path : path-like
-        The Parquet file (``paus_layout.CATALOGUE_COLUMNS``).
+        The catalogue file (``paus_layout.CATALOGUE_COLUMNS``): Parquet, CSV or a FITS
+        table, by its name (:func:`catalogue_format`).
     required : sequence of str
         Columns that must be present.
 
@@ -250,34 +403,60 @@ def read_catalogue(
     Raises
     ------
     CatalogueError
-        The file is missing or not a readable Parquet table; a column is missing or
+        The file is missing or not a readable table of its format; a column is missing or
         duplicated; a numeric column holds text, booleans or other non-numbers; an integer
         column holds a missing, non-integral or out-of-range value; a ``band`` is not a
         plain name (it becomes a directory name: see
         :func:`pausdenoise.photometry.driver.partition_path`). The message names the file,
-        the column and the first offending row.
+        the column and the first offending (0-based) row.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CatalogueError(path, "reference catalogue not found")
-    _check_schema(path, required)
-    try:
-        df = pq.read_table(path).to_pandas()
-    except Exception as exc:
-        error = _unreadable(path, exc)
-        raise error from None
-    names = [str(c) for c in df.columns]
-    df = df.reset_index(drop=True)
-    df.columns = names
-    for c in FLOAT_COLUMNS:
-        if c in df.columns:
-            df[c] = _float_column(df[c], path, c)
-    for c in INT_COLUMNS:
-        if c in df.columns:
-            df[c] = _int_column(df[c], path, c)
-    if "band" in df.columns:
-        df["band"] = _band_column(df["band"], path)
-    return df
+    df, _ = _load(path, required)
+    return _normalise(df, path, sky=False)
+
+
+def read_any_catalogue(path: os.PathLike[str] | str) -> pd.DataFrame:
+    """Read a per-frame or a sky catalogue, whichever the file holds.
+
+    A file without any of ``expnum``, ``ccd``, ``aperture_x``, ``aperture_y`` is a sky
+    catalogue and needs :data:`SKY_COLUMNS` (``ra``, ``dec``, ``theta`` in degrees, ``a``,
+    ``b`` in arcsec; read as float64); any other needs the per-frame columns of
+    :func:`read_catalogue`. :func:`is_sky_catalogue` tells the two apart afterwards.
+
+    Parameters
+    ----------
+    path : path-like
+        The catalogue file: Parquet, CSV or a FITS table (:func:`catalogue_format`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The catalogue, types normalised as in :func:`read_catalogue`.
+
+    Raises
+    ------
+    CatalogueError
+        As :func:`read_catalogue`, naming the file, column and first offending row.
+    """
+    path = Path(path)
+    df, sky = _load(path, None)
+    return _normalise(df, path, sky=sky)
+
+
+def is_sky_catalogue(catalogue: pd.DataFrame) -> bool:
+    """Tell whether a catalogue is a sky catalogue (no per-frame columns).
+
+    Parameters
+    ----------
+    catalogue : pandas.DataFrame
+        A catalogue as read by :func:`read_any_catalogue`.
+
+    Returns
+    -------
+    bool
+        True when none of ``expnum``, ``ccd``, ``aperture_x``, ``aperture_y`` is a column.
+    """
+    return not any(c in catalogue.columns for c in _FRAME_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------
@@ -309,16 +488,20 @@ def _require_columns(df: pd.DataFrame, columns: Iterable[str], what: str = "cata
         raise KeyError(f"{what} is missing column(s) {missing}; it has {list(df.columns)}")
 
 
-def _warn_if_radians(th: np.ndarray) -> None:
+_PAUS_DEGREES = "the PAUS convention is degrees (photutils theta = -aperture_theta*pi/180)"
+
+
+def _warn_if_radians(
+    th: np.ndarray, column: str = "aperture_theta", convention: str = _PAUS_DEGREES
+) -> None:
     """Warn when the angles look like radians (all within ±2π, most non-integer)."""
     fin = th[np.isfinite(th)]
     if fin.size >= 5:
         nonzero = fin[(fin != 0) & (np.abs(fin - np.round(fin)) > 1e-9)]
         if np.all(np.abs(fin) <= 2 * np.pi) and nonzero.size >= max(5, fin.size // 2):
             warnings.warn(
-                "aperture_theta values all lie within ±2π and most are non-integer: they "
-                "look like radians, but the PAUS convention is degrees "
-                "(photutils theta = -aperture_theta*pi/180)",
+                f"{column} values all lie within ±2π and most are non-integer: they "
+                f"look like radians, but {convention}",
                 UserWarning,
                 stacklevel=3,
             )
@@ -411,6 +594,89 @@ def validate_catalogue(
 
     _warn_if_radians(th)
     return CatalogueCheck(issues=_issues_table(catalogue, problems), row_flags=flags)
+
+
+def validate_sky_catalogue(catalogue: pd.DataFrame) -> CatalogueCheck:
+    """Check a sky catalogue (one row per source, positions in degrees).
+
+    Problems found, each naming the row (positional index) and ref_id: NaN/Inf ``ra``,
+    ``dec``, ``a``, ``b`` or ``theta``; ``dec`` outside [-90, 90]; non-positive axes; a < b;
+    the same ref_id twice. A ``theta`` column that looks like radians (as in
+    :func:`validate_catalogue`) gives a ``UserWarning``: ``theta`` is in degrees east of
+    north. Rows that cannot be placed (non-finite or impossible position) are measured on no
+    frame; the others are flagged by the photometry as their per-frame rows would be.
+
+    Parameters
+    ----------
+    catalogue : pandas.DataFrame
+        Sky catalogue with :data:`SKY_COLUMNS` (``ra``, ``dec``, ``theta`` degrees; ``a``,
+        ``b`` arcsec).
+
+    Returns
+    -------
+    CatalogueCheck
+        The problems (``expnum`` and ``ccd`` are -1) and the PhotFlag bits per row.
+
+    Raises
+    ------
+    KeyError
+        When a column of :data:`SKY_COLUMNS` is missing (the message names it).
+    """
+    _require_columns(catalogue, SKY_COLUMNS, "sky catalogue")
+    as_pixel = pd.DataFrame({
+        "ref_id": catalogue["ref_id"].to_numpy(),
+        "aperture_x": catalogue["ra"].to_numpy(dtype=float),
+        "aperture_y": catalogue["dec"].to_numpy(dtype=float),
+        "aperture_a": catalogue["a"].to_numpy(dtype=float),
+        "aperture_b": catalogue["b"].to_numpy(dtype=float),
+        "aperture_theta": np.zeros(len(catalogue)),  # theta is checked below, as theta
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        check = validate_catalogue(as_pixel)
+    th = catalogue["theta"].to_numpy(dtype=float)
+    dec = as_pixel["aperture_y"].to_numpy()
+    extra = [(int(i), "non-finite theta") for i in np.flatnonzero(~np.isfinite(th))]
+    with np.errstate(invalid="ignore"):
+        extra += [(int(i), "dec outside [-90, 90] degrees")
+                  for i in np.flatnonzero(np.abs(dec) > 90)]
+    flags = check.row_flags.copy()
+    for i, _ in extra:
+        flags[i] |= PhotFlag.BAD_INPUT
+    problems = [(int(r), str(p).replace("aperture_a < aperture_b", "a < b")
+                 .replace("aperture axes", "axes").replace("aperture axis", "axis"))
+                for r, p in zip(check.issues["row"], check.issues["problem"], strict=True)]
+    _warn_if_radians(th, "theta", "theta is in degrees east of north")
+    return CatalogueCheck(issues=_issues_table(catalogue, problems + extra), row_flags=flags)
+
+
+def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:
+    """Read and check a reference catalogue file before any pipeline work.
+
+    Reads it as the photometry stage will (:func:`read_any_catalogue`) and checks its rows
+    (:func:`validate_sky_catalogue` or :func:`validate_catalogue`); a ``theta`` or
+    ``aperture_theta`` that looks like radians warns (``UserWarning``) here already.
+
+    Parameters
+    ----------
+    path : path-like
+        The catalogue file (Parquet, CSV or FITS table).
+
+    Returns
+    -------
+    CatalogueCheck
+        The row problems, which the photometry flags (not errors).
+
+    Raises
+    ------
+    CatalogueError
+        When the file cannot be used at all: missing, unreadable, a column missing or
+        duplicated, a value of the wrong type (naming the file, column and 0-based row).
+    """
+    catalogue = read_any_catalogue(path)
+    if is_sky_catalogue(catalogue):
+        return validate_sky_catalogue(catalogue)
+    return validate_catalogue(catalogue)
 
 
 def frame_catalogue(catalogue: pd.DataFrame, expnum: int, ccd: int) -> pd.DataFrame:

@@ -35,6 +35,10 @@ class PhotFlag(IntFlag):
     """flux or flux_err is not finite."""
     BAD_INPUT = 128
     """The catalogue row is unusable (NaN position/shape, non-positive axes)."""
+    ANNULUS_OFF_IMAGE = 256
+    """Less than ``min_annulus_fraction`` of the background annulus lies on the image
+    (small frames or stamps, sources near a corner): the sky comes from a small, one-sided
+    part of the annulus."""
 
 
 class PhotometryConfig(BaseModel):
@@ -69,6 +73,16 @@ class PhotometryConfig(BaseModel):
     )
     min_annulus_pixels: int = Field(
         50, ge=1, description="fewer usable (clipped) annulus pixels sets FEW_ANNULUS"
+    )
+    min_annulus_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="a row whose annulus (annulus_r_in..annulus_r_out px, pixel centres) has "
+        "less than this fraction of its pixels on the image gets ANNULUS_OFF_IMAGE "
+        "(0 = never; annuli fully on the image never). 0.25 flags stamps smaller than the "
+        "annulus (a 51x51 stamp keeps 5 % of the 30/45 px annulus) but not sources in the "
+        "corner of a large frame (>= ~0.29 on 128x128 and larger)",
     )
     bad_mask_bits: int = Field(
         0xFFFF,

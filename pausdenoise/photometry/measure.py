@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pausdenoise.photometry.annulus import annulus_stats
+from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig
@@ -292,6 +292,10 @@ def measure_frame(
     dup = apertures.duplicated(subset=["ref_id"], keep=False).to_numpy()
     flags[dup] |= PhotFlag.BAD_INPUT
     flags[st["bkg_n"] < config.min_annulus_pixels] |= PhotFlag.FEW_ANNULUS
+    frac = annulus_fraction_on_image(x, y, r_in=config.annulus_r_in,
+                                     r_out=config.annulus_r_out, shape=image.shape)
+    with np.errstate(invalid="ignore"):
+        flags[frac < config.min_annulus_fraction] |= PhotFlag.ANNULUS_OFF_IMAGE
 
     bkg, flux, flux_err = _flux_and_error(ap, st, config, gain)
     flux_cal, flux_cal_err = calibrate_flux(flux, flux_err, zp, zp_err)

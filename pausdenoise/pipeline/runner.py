@@ -30,6 +30,7 @@ from pausdenoise.cluster import make_client
 from pausdenoise.config import STAGES, PipelineConfig
 from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
+from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.stages import (
     compare,
@@ -415,6 +416,9 @@ def run(
     ConfigError
         Before any work, when a stage is unknown, train is asked for with
         ``input.checkpoint`` set, or a configured input file is missing.
+    CatalogueError
+        Before any work, when photometry or gan will read ``input.catalogue`` and it cannot
+        be used (unreadable, a column missing, a value of the wrong type).
     PreflightError, RunLockedError
         Before any work, when the directory is unusable or another run holds it.
     StageError
@@ -423,6 +427,8 @@ def run(
     paths = RunPaths(Path(out).resolve())
     chosen = resolve_stages(cfg, stages)
     fps = stage_fingerprints(cfg, chosen)
+    if cfg.input.catalogue is not None and {"photometry", "gan"} & set(chosen):
+        check_catalogue_file(cfg.input.catalogue)  # a bad file fails now, not after training
     preflight(paths.out, estimate_bytes(cfg))
     result = RunResult(paths.out)
     with run_lock(paths):

@@ -265,9 +265,9 @@ def _phot_with(base, tmp_path: Path, catalogue: pd.DataFrame) -> tuple[int, Path
 def test_catalogue_missing_column_fails_naming_it(base, tmp_path, capsys):
     cat = pd.read_parquet(base["catalogue"]).drop(columns=["aperture_theta"])
     code, _ = _phot_with(base, tmp_path, cat)
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE  # refused before any work
     err = capsys.readouterr().err
-    assert "stage 'photometry' failed" in err and "aperture_theta" in err
+    assert "catalogue error" in err and "[aperture_theta]: missing column" in err
     with pytest.raises(KeyError, match="aperture_theta"):
         validate_catalogue(cat)
 
@@ -742,7 +742,7 @@ def test_catalogue_text_column_fails_the_stage_naming_it(base, tmp_path, capsys)
     cat = pd.read_parquet(base["catalogue"]).reset_index(drop=True)
     cat = _edit(cat, "aperture_y", ["oops", *map(str, cat["aperture_y"].tolist()[1:])])
     code, _ = _phot_with(base, tmp_path, cat)
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE  # refused before any work
     err = capsys.readouterr().err
     assert "cat.parquet [aperture_y] row 0: value 'oops' is not a number" in err
 
@@ -823,6 +823,6 @@ def test_catalogue_band_escape_through_the_cli_is_named(base, tmp_path, capsys):
     cat = pd.read_parquet(base["catalogue"]).reset_index(drop=True)
     cat.loc[3, "band"] = "../../../escaped"
     code, _ = _phot_with(base, tmp_path, cat)
-    assert code == EXIT_FAILURE
+    assert code == EXIT_USAGE  # refused before any work
     assert "[band] row 3: band '../../../escaped' is not a plain name" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*escaped*"))

@@ -1,7 +1,9 @@
 """Photometry stage: forced aperture photometry on raw and denoised images.
 
-Reads the reference catalogue (problem rows are flagged and listed in
-``<run>/catalogue_issues.csv``, not dropped) and writes Parquet partitions under
+Reads the reference catalogue (Parquet, CSV or a FITS table; problem rows are flagged and
+listed in ``<run>/catalogue_issues.csv``, not dropped); a sky catalogue (``ra``/``dec``, no
+per-frame columns) is placed on every frame through the frame's WCS
+(:mod:`pausdenoise.photometry.projection`). It writes Parquet partitions under
 ``<run>/photometry/``. A partition is skipped (unless ``force``) when it was written with the
 same settings from the same inputs: the frame's ingested content, its denoised image's key
 and its catalogue rows (:func:`pausdenoise.photometry.driver.plan_partitions`). Frames
@@ -18,14 +20,70 @@ import pandas as pd
 
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
-from pausdenoise.photometry.catalogue import read_catalogue, validate_catalogue
+from pausdenoise.photometry.catalogue import (
+    CatalogueCheck,
+    is_sky_catalogue,
+    read_any_catalogue,
+    validate_catalogue,
+    validate_sky_catalogue,
+)
 from pausdenoise.photometry.driver import (
     Partition,
     partition_tasks,
     plan_partitions,
     remove_stale_partitions,
 )
+from pausdenoise.photometry.projection import FrameWCS, project_catalogue
 from pausdenoise.pipeline.context import Context, compute_with_progress
+
+
+def _frame_wcs(ctx: Context) -> list[FrameWCS]:
+    """Collect every frame's ids, shape and WCS text from the store.
+
+    Returns
+    -------
+    list of FrameWCS
+        One per complete frame, in store order.
+
+    Raises
+    ------
+    StageError
+        When a frame has no WCS (naming it): a sky catalogue cannot be placed on it.
+    """
+    out = []
+    for frame in st.list_frames(ctx.store):
+        attrs = st.frame_attrs(ctx.store, frame)
+        if not attrs.get("wcs"):
+            raise StageError(
+                f"photometry: frame {frame} has no WCS in the store, so the sky catalogue "
+                f"{ctx.catalogue_path} (ra/dec) cannot be placed on it; give a per-frame "
+                "catalogue (expnum, ccd, aperture_x, aperture_y) or ingest frames with a WCS"
+            )
+        shape = (int(attrs["ny"]), int(attrs["nx"])) if "ny" in attrs and "nx" in attrs \
+            else tuple(st.open_store(ctx.store)[f"{st.FRAMES_GROUP}/{frame}/image"].shape)
+        out.append(FrameWCS(frame, int(attrs["expnum"]), int(attrs["ccd"]), shape,
+                            str(attrs["wcs"])))
+    return out
+
+
+def _read_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, str]:
+    """Read the catalogue; place a sky catalogue on the frames.
+
+    Returns
+    -------
+    tuple of (pandas.DataFrame, CatalogueCheck, str)
+        The per-frame catalogue, the row problems of the file, and a note ('' for a
+        per-frame catalogue).
+    """
+    catalogue = read_any_catalogue(ctx.catalogue_path)
+    if not is_sky_catalogue(catalogue):
+        return catalogue, validate_catalogue(catalogue), ""
+    check = validate_sky_catalogue(catalogue)
+    pcfg = ctx.cfg.photometry
+    scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "pixel" else 1.0
+    rows = project_catalogue(catalogue, _frame_wcs(ctx), axis_scale=scale)
+    note = f", sky catalogue: {len(catalogue)} sources placed as {len(rows)} frame rows"
+    return rows, check, note
 
 
 def _plan(ctx: Context, catalogue: pd.DataFrame) -> tuple[list[Partition], list[str]]:
@@ -71,13 +129,13 @@ def run(ctx: Context) -> dict[str, Any]:
     Raises
     ------
     StageError
-        When the reference catalogue does not exist.
+        When the reference catalogue does not exist, or it is a sky catalogue and a frame
+        has no WCS.
     """
     cat_path = ctx.catalogue_path
     if not cat_path.exists():
         raise StageError(f"photometry: reference catalogue {cat_path} not found")
-    catalogue = read_catalogue(cat_path)
-    check = validate_catalogue(catalogue)
+    catalogue, check, sky_note = _read_catalogue(ctx)
     if not check.ok:
         check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
         print(f"photometry: {len(check.issues)} catalogue row problem(s), flagged; see "
@@ -92,7 +150,8 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
                 + (f", {len(missing)} frame(s) without denoised image" if missing else "")
-                + (f", {len(removed)} stale partition(s) removed" if removed else ""),
+                + (f", {len(removed)} stale partition(s) removed" if removed else "")
+                + sky_note,
         "partitions_written": len(written),
         "partitions_removed": len(removed),
         "frames_without_denoised": missing,
