@@ -195,36 +195,52 @@ def test_redact_text_and_objects():
 
 def test_run_records_hold_no_environment_or_config_secret(tmp_path, monkeypatch, capsys):
     """A run with a secret in the environment, in the configuration (a job-script prologue
-    line) and in a path an error message quotes: run.json, run-summary.json and stderr hold
-    none of them; the configuration fingerprint is unchanged by the redaction."""
+    line) and in paths that error messages quote (a stage failure, a configuration error):
+    run.json, run-summary.json and stderr hold none of them; the configuration fingerprint is
+    unchanged by the redaction."""
     monkeypatch.setenv("PAUSDENOISE_TEST_TOKEN", SECRET)
     monkeypatch.setenv("PAUSDENOISE_TEST_PASSWORD", SECRET[::-1])
     cfg = {"cluster": {"kind": "threads", "n_workers": 1,
                        "jobqueue": {"job_script_prologue": [
                            "module load python", f"export DB_PASSWORD={SECRET[::-1]}"]}},
            "simulate": {"seed": 1, "ccd_shape": [64, 64], "bands": ["NB455"],
-                        "exposures_per_band": 1, "galaxy_density": 40},
-           "input": {"catalogue": str(tmp_path / SECRET / "catalogue.parquet")}}
+                        "exposures_per_band": 1, "galaxy_density": 40}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    # simulate succeeds; photometry fails on the missing catalogue, whose path holds SECRET
-    code = main(["run", "--config", str(path), "--out", str(out),
-                 "--stages", "simulate,photometry"])
-    assert code == EXIT_FAILURE
-    err = capsys.readouterr().err
+    assert main(["run", "--config", str(path), "--out", str(out), "--stages", "simulate"]) == 0
+    capsys.readouterr()
     record_text = (out / "run.json").read_text()
     record = json.loads(record_text)
     assert record["stages"]["simulate"]["status"] == "done"
-    assert record["stages"]["photometry"]["status"] == "failed"
-    assert MASK in record["stages"]["photometry"]["error"]
     assert record["config"]["cluster"]["jobqueue"]["job_script_prologue"] == [
         "module load python", f"export DB_PASSWORD={MASK}"]
-    for text in (record_text, err):
-        assert SECRET not in text and SECRET[::-1] not in text
+    assert SECRET not in record_text and SECRET[::-1] not in record_text
     # a rerun still finds simulate up to date: fingerprints are not redacted
-    capsys.readouterr()
     main(["run", "--config", str(path), "--out", str(out), "--stages", "simulate"])
     assert "[simulate] up to date" in capsys.readouterr().out
     summary = (out / "run-summary.json").read_text()
     assert SECRET not in summary and SECRET[::-1] not in summary
+
+    # a stage failure whose message quotes a path holding SECRET (ingest: input not found)
+    failing = {**cfg, "input": {"source": "fits", "fits_path": str(tmp_path / SECRET / "f")}}
+    path.write_text(yaml.safe_dump(failing))
+    out2 = tmp_path / "out2"
+    assert main(["run", "--config", str(path), "--out", str(out2),
+                 "--stages", "ingest"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    record_text = (out2 / "run.json").read_text()
+    record = json.loads(record_text)
+    assert record["stages"]["ingest"]["status"] == "failed"
+    assert MASK in record["stages"]["ingest"]["error"]
+    for text in (record_text, err):
+        assert SECRET not in text and SECRET[::-1] not in text
+
+    # a configuration error quoting such a path (a missing catalogue) before any work
+    bad = {**cfg, "input": {"catalogue": str(tmp_path / SECRET / "catalogue.parquet")}}
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out3"),
+                 "--stages", "simulate,photometry"]) == 2
+    err = capsys.readouterr().err
+    assert MASK in err and SECRET not in err
+    assert not (tmp_path / "out3").exists()
