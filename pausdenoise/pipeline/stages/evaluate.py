@@ -44,6 +44,7 @@ from pausdenoise import evaluate as ev
 from pausdenoise import store as st
 from pausdenoise.n2v.normalise import frame_statistics
 from pausdenoise.pipeline.context import Context, split_holdout
+from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 from pausdenoise.stats import MAD_TO_SIGMA
 
 __all__ = ["run"]
@@ -466,7 +467,7 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -
     _Tally
         The metrics, detections, stamps and skipped frames.
     """
-    catalogue = pd.read_parquet(ctx.catalogue_path) if ctx.catalogue_path.exists() else None
+    catalogue = read_frame_catalogue(ctx)[0] if ctx.catalogue_path.exists() else None
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     tally = _Tally()
     wcs_cache: dict[str, Any] = {}

@@ -66,8 +66,16 @@ def _frame_wcs(ctx: Context) -> list[FrameWCS]:
     return out
 
 
-def _read_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, str]:
-    """Read the catalogue; place a sky catalogue on the frames.
+def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, str]:
+    """Read the catalogue (Parquet, CSV or FITS table); place a sky catalogue on the frames.
+
+    The evaluate stage reads the catalogue through this function too, so both stages see
+    the same per-frame apertures.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (``ctx.catalogue_path``, the store's frame WCS).
 
     Returns
     -------
@@ -135,7 +143,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cat_path = ctx.catalogue_path
     if not cat_path.exists():
         raise StageError(f"photometry: reference catalogue {cat_path} not found")
-    catalogue, check, sky_note = _read_catalogue(ctx)
+    catalogue, check, sky_note = read_frame_catalogue(ctx)
     if not check.ok:
         check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
         print(f"photometry: {len(check.issues)} catalogue row problem(s), flagged; see "
