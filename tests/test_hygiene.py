@@ -3,9 +3,9 @@
 Every file of the repository (``git ls-files``, plus untracked files that git does not
 ignore) is scanned for text about how the project was built rather than what it does:
 numbered work sessions, ticket numbers, scratch or machine-specific paths, and references
-to files outside the repository. Each pattern below is mirrored in ``DEVELOPERS.md``
-("Words and paths that do not belong in the repository"); that file and this one are the
-only ones allowed to spell the patterns out.
+to files outside the repository. ``DEVELOPERS.md`` ("Words and paths that do not belong in
+the repository") describes them in words; ``PATTERNS`` below is their one definition, and
+this file is the only one allowed to spell them out.
 
 The patterns are written so that ordinary code passes: a pytest or Dask ``session``
 (``scope="session"``, ``start_new_session=True``, a ``session_id`` key), hex colours
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Files that must spell the patterns out: the contributor guide and this test.
-EXEMPT = {"DEVELOPERS.md", "tests/test_hygiene.py"}
+EXEMPT = {"tests/test_hygiene.py"}
 
 #: (name, regular expression); all matched case-insensitively, line by line.
 PATTERNS: list[tuple[str, str]] = [

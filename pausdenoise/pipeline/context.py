@@ -147,26 +147,9 @@ def split_holdout(exposures: pd.DataFrame, per_band: int) -> tuple[list[str], li
     return train, hold
 
 
-def compute_with_progress(tasks: Sequence[Any], client: Any, label: str) -> list[Any]:
-    """Compute dask objects with a progress bar on a terminal, progress lines elsewhere.
-
-    See :func:`pausdenoise.progress.compute_reporting`.
-
-    Parameters
-    ----------
-    tasks : sequence of dask collections or delayed objects
-        What to compute.
-    client : distributed.Client or None
-        Compute on this client; ``None`` uses the local scheduler.
-    label : str
-        Printed before the progress and at the start of each progress line.
-
-    Returns
-    -------
-    list
-        The computed results, in the order of ``tasks``.
-    """
-    return compute_reporting(tasks, client, label)
+#: Compute dask objects with a bar on a terminal, progress lines elsewhere (the stages' name
+#: for :func:`pausdenoise.progress.compute_reporting`).
+compute_with_progress = compute_reporting
 
 
 def frame_stats_table(store: Path, frames: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
