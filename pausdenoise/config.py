@@ -24,6 +24,7 @@ from pausdenoise.errors import ConfigError
 from pausdenoise.evaluate import EvaluateConfig
 from pausdenoise.gan.config import GanTrainConfig
 from pausdenoise.ingest.config import IngestConfig
+from pausdenoise.inject.config import InjectConfig
 from pausdenoise.n2v.config import TrainConfig
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.simulate.config import SimulationConfig
@@ -37,6 +38,7 @@ STAGES: tuple[str, ...] = (
     "stack",
     "gan",
     "photometry",
+    "inject",
     "compare",
     "evaluate",
     "report",
@@ -224,6 +226,12 @@ class PipelineConfig(BaseModel):
     photometry: PhotometryConfig = Field(
         default_factory=PhotometryConfig,
         description="Forced aperture photometry on the raw and denoised images.",
+    )
+    inject: InjectConfig = Field(
+        default_factory=InjectConfig,
+        description="Source injection: GalSim galaxies of known flux added to the raw frames "
+        "(a separate store), denoised and measured, giving bias and scatter per magnitude bin "
+        "against the truth on any data (run when inject.enabled).",
     )
     compare: CompareConfig = Field(
         default_factory=CompareConfig,

@@ -18,8 +18,11 @@ __all__ = [
     "ChunkingError",
     "ConfigError",
     "IngestError",
+    "NoiseModelError",
     "PausDenoiseError",
     "PreflightError",
+    "PsfError",
+    "RegistrationError",
     "RunLockedError",
     "StageError",
     "StoreError",
@@ -115,3 +118,18 @@ class RunLockedError(PausDenoiseError, RuntimeError):
 
 class PreflightError(PausDenoiseError, RuntimeError):
     """The output location cannot hold the run (not writable, too little free space)."""
+
+
+class PsfError(PausDenoiseError, ValueError):
+    """A frame's PSF cannot be found: no header value and no usable star in its pixels."""
+
+
+class RegistrationError(PausDenoiseError, ValueError):
+    """Two exposures cannot be registered (no significant correlation peak, or too little overlap).
+
+    See :mod:`pausdenoise.register`.
+    """
+
+
+class NoiseModelError(PausDenoiseError, ValueError):
+    """A frame's variance-versus-signal relation cannot be fitted from its pixels."""

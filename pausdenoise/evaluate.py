@@ -24,7 +24,9 @@ version), ``A`` is D's raw image, and ``R_j`` (j = 1..k) are *independent* expos
 same band and sky (other exposure numbers), each brought onto D's pixel grid and flux scale:
 sky-subtracted (each frame's sigma-clipped median), multiplied by ``ZP_j / ZP_D``
 (calibrated flux = ADU · ZP) and resampled with :func:`pausdenoise.stack.resample_frame`
-(exact re-indexing when the grids coincide, bilinear through the WCSs otherwise). D's own
+(exact re-indexing when the grids coincide, bilinear through the WCSs otherwise; frames
+without a WCS are registered by cross-correlation and shifted by whole pixels, see
+:mod:`pausdenoise.register`). D's own
 sky level (from its raw image) is subtracted from both of D's versions, so a denoiser that
 shifts the sky is charged for it. All images in ADU of D; variances in ADU².
 
@@ -152,6 +154,60 @@ class EvaluateConfig(BaseModel):
     mag_bins: list[float] = Field(
         default_factory=lambda: [float(m) for m in np.arange(17.0, 25.01, 0.5)],
         description="Edges of the magnitude bins for completeness (AB mag).",
+    )
+    # -- detection depth at equal purity (pausdenoise.detection) --------------------------
+    depth: bool = Field(
+        True,
+        description="Measure detection depth at equal purity (threshold sweep per image "
+        "kind, evaluate/depth*.csv) on frames with truth and on injected frames.",
+    )
+    depth_thresholds: list[float] = Field(
+        default_factory=lambda: [round(float(t), 3) for t in np.geomspace(2.0, 50.0, 15)],
+        min_length=2,
+        description="Detection thresholds of the sweep, increasing, in σ of each image's own "
+        "PSF-smoothed background RMS (dimensionless).",
+    )
+    depth_fwhm: float | None = Field(
+        None,
+        gt=0,
+        description="FWHM (px) of the PSF-matched smoothing kernel; None: the frame's seeing "
+        "(arcsec) / photometry.pixel_scale (arcsec/px), else detection_fwhm.",
+    )
+    depth_npixels: int = Field(
+        5, ge=1, description="Minimum connected pixels of a detected segment (px)."
+    )
+    depth_background_box: int = Field(
+        64, ge=8, description="Box size of the background map subtracted before detection (px)."
+    )
+    depth_deblend: bool = Field(True, description="Deblend segments (multi-thresholding).")
+    depth_deblend_nlevels: int = Field(
+        32, ge=2, description="Deblending: number of thresholds between detection and peak."
+    )
+    depth_deblend_contrast: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="Deblending: least fraction of a segment's smoothed flux a component "
+        "must hold (dimensionless).",
+    )
+    depth_match_radius_fwhm: float = Field(
+        0.6,
+        gt=0,
+        description="Detection-to-truth matching radius in units of the PSF FWHM (after "
+        "matching by segment membership).",
+    )
+    depth_purity_targets: list[float] = Field(
+        default_factory=lambda: [0.9, 0.95],
+        min_length=1,
+        description="Purities (fractions) at which completeness and depth are compared.",
+    )
+    depth_mag_column: Literal["I_auto", "mag_true"] = Field(
+        "I_auto",
+        description="Magnitude (AB) the completeness is binned in: the catalogue's I_auto or "
+        "the source's magnitude in the frame's band.",
+    )
+    depth_bootstrap: int = Field(
+        200, ge=0, description="Bootstrap resamplings of the sources for the intervals (0: none)."
     )
     # -- real data without truth: metrics against independent exposures ------------------
     single_reference: Literal["skip", "equal-noise"] = Field(

@@ -10,6 +10,11 @@ The simulation writes, and the PAUS ingest path reads, this layout::
     <root>/truth/exposures.parquet, sources.parquet   exposure plan and source list (simulation)
     <root>/survey.json                                the simulation's configuration and seed
 
+Images and masks may also be compressed: ``.img.fits.gz`` / ``.msk.fits.gz`` (gzip of the
+whole file) or ``.img.fits.fz`` / ``.msk.fits.fz`` (tile-compressed, fpack or astropy
+``CompImageHDU``: the pixels are in the first image extension, HDU 1). One frame has one
+version of its image and one of its mask, with any of these endings each.
+
 Conventions
 -----------
 - Images are in ADU, sky *not* subtracted, bias removed.
@@ -36,7 +41,14 @@ TRUE_EXPOSURES_NAME = "exposures.parquet"
 TRUE_SOURCES_NAME = "sources.parquet"
 SURVEY_JSON = "survey.json"
 
-IMAGE_RE = re.compile(r"^paucam\.(?P<expnum>\d{7})\.(?P<ccd>\d{2})\.img\.fits$")
+#: Endings after ``.fits`` of the PAUS image and mask files read: plain, gzip, tile-compressed.
+FITS_ENDINGS: tuple[str, ...] = ("", ".gz", ".fz")
+#: Globs of the PAUS image names, one per ending of :data:`FITS_ENDINGS`.
+IMAGE_GLOBS: tuple[str, ...] = tuple(f"paucam.*.img.fits{e}" for e in FITS_ENDINGS)
+
+IMAGE_RE = re.compile(
+    r"^paucam\.(?P<expnum>\d{7})\.(?P<ccd>\d{2})\.img\.fits(?P<ending>\.gz|\.fz)?$"
+)
 
 #: Names that become file or directory names (bands in photometry partitions, stacks):
 #: letters, digits and ``. _ + -`` only, 1 to 64 characters; ``.`` and ``..`` are refused.
@@ -73,6 +85,15 @@ CATALOGUE_COLUMNS: tuple[str, ...] = (
     "aperture_a",  # float64, semi-major axis, arcsec
     "aperture_b",  # float64, semi-minor axis, arcsec
     "aperture_theta",  # float64, degrees, PAUS sign: photutils theta = -aperture_theta*pi/180
+)
+
+#: Optional catalogue columns describing each source's intrinsic (pre-PSF) profile: a
+#: de Vaucouleurs bulge plus an exponential disk sharing one half-light radius and shape,
+#: oriented along ``aperture_theta``. Catalogues without them remain valid.
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "profile_hlr",  # float64, half-light radius, arcsec; 0 = point source
+    "profile_q",  # float64, axis ratio b/a in (0, 1]
+    "profile_bulge_frac",  # float64, bulge (Sérsic n=4) flux fraction in [0, 1]
 )
 
 
@@ -116,6 +137,31 @@ def mask_path(root: Path, expnum: int, ccd: int) -> Path:
     return Path(root) / MASK_PATTERN.format(expnum=expnum, ccd=ccd)
 
 
+def mask_paths_found(root: Path, expnum: int, ccd: int) -> list[Path]:
+    """Return the mask files of exposure ``expnum``, CCD ``ccd`` present under ``root``.
+
+    Every ending of :data:`FITS_ENDINGS` is looked for (``.msk.fits``, ``.msk.fits.gz``,
+    ``.msk.fits.fz``); a frame should have exactly one.
+
+    Parameters
+    ----------
+    root : Path
+        Root of the PAUS reduced layout.
+    expnum : int
+        Exposure number.
+    ccd : int
+        CCD number, 1-based (PAUCam: 1..18).
+
+    Returns
+    -------
+    list of Path
+        The existing files, in :data:`FITS_ENDINGS` order (empty when there is none).
+    """
+    plain = mask_path(root, expnum, ccd)
+    found = [plain.with_name(plain.name + e) for e in FITS_ENDINGS]
+    return [p for p in found if p.is_file()]
+
+
 def truth_path(root: Path, expnum: int, ccd: int) -> Path:
     """Return the path of the noiseless truth image of ``expnum``, CCD ``ccd`` (simulation).
 
@@ -138,6 +184,8 @@ def truth_path(root: Path, expnum: int, ccd: int) -> Path:
 
 def parse_image_name(name: str) -> tuple[int, int] | None:
     """Return ``(expnum, ccd)`` for a PAUS image file name, or None if it is not one.
+
+    ``.img.fits``, ``.img.fits.gz`` and ``.img.fits.fz`` names are image names.
 
     Parameters
     ----------

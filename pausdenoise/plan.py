@@ -66,7 +66,7 @@ the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may d
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
 kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
 reads the photometry twice (pairing, then writing each measurement's calibrated error),
-7 of its 26 columns each time (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming
+7 of its 32 columns each time (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming
 columns of equal size).
 
 Memory of a denoise worker
@@ -90,7 +90,7 @@ from typing import Any
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
 #: the share of a photometry row's bytes the compare stage reads per pass (7 of 26 columns)
-COMPARE_COLUMN_SHARE = 7 / 26
+COMPARE_COLUMN_SHARE = 7 / 32
 
 MEASURED_RATES: dict[str, float | None] = {
     "ingest_mb_s": 38.5,

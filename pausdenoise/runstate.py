@@ -70,6 +70,11 @@ class RunPaths:
         return self.out / "evaluate"
 
     @property
+    def inject(self) -> Path:
+        """Source injection: injected store, injection tables, their photometry and biases."""
+        return self.out / "inject"
+
+    @property
     def report(self) -> Path:
         """The HTML report and its figures."""
         return self.out / "report"

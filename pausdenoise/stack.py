@@ -51,6 +51,10 @@ The weight map returned is ``Σ w`` over the kept frames — the stack's inverse
 ``(ADU at ZP_ref)⁻²`` when ``weighting="inverse_variance"``. Pixels where no frame contributes
 have stack value 0 and weight 0.
 
+Frames without a WCS (exposures of one field offset by a translation) are stacked with the
+shift-only WCSs of :func:`pausdenoise.register.shift_wcs`, built from offsets measured by
+cross-correlation: ``"shift"`` then applies them exactly as above.
+
 ``exclude=`` leaves frames out: the "stack of the other exposures" used as cGAN targets (see
 :mod:`pausdenoise.gan.pairs`) is ``stack_frames(..., ref_wcs=W_i, ref_shape=shape_i,
 zp_ref=ZP_i, exclude=i)``.

@@ -89,3 +89,24 @@ def test_completeness_limit_interpolates():
     assert ev.completeness_limit(tab, 0.5) == pytest.approx(22.5)
     assert ev.completeness_limit(tab, 0.75) == pytest.approx(22.0)
     assert np.isnan(ev.completeness_limit(tab.assign(completeness=0.1), 0.5))
+
+
+def test_depth_kinds_include_gan_and_stack_with_the_stack_weight_as_mask(tmp_path):
+    from pausdenoise import store as st
+    from pausdenoise.pipeline.stages import evaluate as evs
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(100.0, 5.0, (32, 32)).astype(np.float32)
+    weight = np.ones((32, 32), np.float32)
+    weight[:, :4] = 0.0  # no stacked exposure there
+    arrays = {"image": img, "denoised": img, "gan": img + 1, "stack_others": img + 2,
+              "stack_others_weight": weight, "mask": np.zeros((32, 32), np.uint8)}
+    store = tmp_path / "s.zarr"
+    st.write_frame(store, "00000001_01", arrays, {"expnum": 1, "ccd": 1})
+    arr = {k: np.asarray(st.open_frame(store, "00000001_01", k))
+           for k in ("image", "denoised", "mask")}
+    images = evs._depth_images(store, "00000001_01", arr)
+    assert set(images) == {"raw", "denoised", "gan", "stack"}
+    assert images["gan"][0][0, 0] == pytest.approx(img[0, 0] + 1)
+    assert images["stack"][1][:, :4].all() and not images["stack"][1][:, 4:].any()
+    assert not images["raw"][1].any()

@@ -32,6 +32,7 @@ __getattr__, __dir__, __all__ = lazy_face(__name__, {
     "ModelRef": "model",
     "as_model_ref": "model",
     "check_chunks": "tiling",
+    "merge_short_edges": "tiling",
     "clear_model_cache": "model",
     "cpu_optimise_default": "model",
     "default_torch_threads": "model",

@@ -72,6 +72,7 @@ __all__ = [
     "check_chunks",
     "denoise_frame",
     "frame_stats_from_dask",
+    "merge_short_edges",
     "predict_block",
     "resolve_halo",
     "suggest_chunks",
@@ -154,6 +155,37 @@ def suggest_chunks(shape: tuple[int, ...], requested: tuple[int, ...], multiple:
             if abs(c - want) < abs(best - want) or (abs(c - want) == abs(best - want) and c > best):
                 best = c
         out.append(best)
+    return tuple(out)
+
+
+def merge_short_edges(
+    chunks: tuple[tuple[int, ...], ...], halo: int
+) -> tuple[tuple[int, ...], ...]:
+    """Merge a last chunk shorter than the halo into the chunk before it, on each axis.
+
+    A frame whose side is not a multiple of the store's chunk (1040 px with 1024-px chunks)
+    ends in a short remainder chunk; a halo wider than that chunk would make dask rechunk
+    inside ``map_overlap``. Merging the remainder into its neighbour keeps every task on
+    whole store chunks (the write unit) and every chunk but the last on the pooling grid, so
+    any frame size works with any valid chunk size.
+
+    Parameters
+    ----------
+    chunks : tuple of tuple of int
+        Dask chunks (px per chunk, per axis).
+    halo : int
+        Halo in px.
+
+    Returns
+    -------
+    tuple of tuple of int
+        The chunks, with short last chunks merged (unchanged when none is short).
+    """
+    out = []
+    for c in chunks:
+        if len(c) > 1 and c[-1] < halo:
+            c = (*c[:-2], c[-2] + c[-1])
+        out.append(tuple(c))
     return tuple(out)
 
 

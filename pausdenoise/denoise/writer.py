@@ -26,6 +26,7 @@ from pausdenoise.denoise.tiling import (
     _map_denoise,
     check_chunks,
     frame_stats_from_dask,
+    merge_short_edges,
     resolve_halo,
 )
 from pausdenoise.digest import json_digest
@@ -250,6 +251,9 @@ def denoise_to_store(
     ref = as_model_ref(model)
     halo = resolve_halo(ref, config)
     group, image, mask = _open_input(store_path, frame, use_mask)
+    fitted = merge_short_edges(image.chunks, halo)
+    if fitted != image.chunks:  # a short remainder chunk at the frame's edge
+        image = image.rechunk(fitted)
     check_chunks(image.chunks, ref.size_multiple, halo)
     if stats is None:
         stats = frame_stats_from_dask(image, mask)

@@ -299,6 +299,12 @@ class IngestConfig(BaseModel):
         description="Refuse frames whose shape differs from the store's; null = true for "
         "paus (PAUCam CCDs share one shape), false for generic.",
     )
+    measure_psf: bool = Field(
+        True,
+        description="measure the PSF (Moffat FWHM in px and beta) on the frame's own stars when "
+        "its header gives no seeing, and store it with the frame (psf_fwhm_px, psf_beta): "
+        "the profile-weighted photometry and source injection need it",
+    )
     keep_header: bool = Field(
         True, description="Store each source FITS header as the frame's fits_header array."
     )
@@ -466,4 +472,4 @@ class IngestConfig(BaseModel):
 
 #: fields added after stores were first written: left out of the content digest when at
 #: their defaults, so that a store ingested before they existed stays up to date
-_ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern")
+_ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern", "measure_psf")

@@ -140,6 +140,26 @@ class _Result:
     warnings: list[str] = field(default_factory=list)
 
 
+def _same_storage(store: str, frame: str, config: IngestConfig) -> bool:
+    """Tell whether a stored frame's image has the chunks and shards ``config`` asks for.
+
+    A frame whose content is unchanged but whose chunking differs is written again, so a
+    new ``ingest.chunks`` takes effect without ``force``.
+
+    Returns
+    -------
+    bool
+        False when the frame or its image is missing.
+    """
+    try:
+        arr = st.open_store(store, "r")[f"{st.FRAMES_GROUP}/{frame}/image"]
+    except (KeyError, FileNotFoundError, st.StoreError):
+        return False
+    chunks, shards = st.clip_chunks(arr.shape, config.chunks, config.shards)
+    stored_shards = tuple(arr.shards) if arr.shards else None
+    return tuple(arr.chunks) == chunks and stored_shards == shards
+
+
 def _ingest_file_task(
     sources: list[FrameSource],
     store: str,
@@ -161,11 +181,13 @@ def _ingest_file_task(
         try:
             old_fp, old_stat = existing.get(source.frame, ("", ""))
             stat = source_stat(source, config)
-            if not config.force and not config.verify_hash and old_fp and old_stat == stat:
+            keep = not config.force and bool(old_fp) and _same_storage(store, source.frame,
+                                                                       config)
+            if keep and not config.verify_hash and old_stat == stat:
                 result.skipped.append(source.frame)
                 continue
             fp = source_fingerprint(source, config, hashes)
-            if not config.force and old_fp == fp:
+            if keep and old_fp == fp:
                 result.skipped.append(source.frame)
                 continue
             data = read_frame(source, config)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pausdenoise import store as st
-from pausdenoise.errors import IngestError
+from pausdenoise.errors import IngestError, PsfError
 from pausdenoise.ingest.config import IngestConfig
 from pausdenoise.ingest.fits import (
     _bad_card,
@@ -55,6 +55,7 @@ from pausdenoise.ingest.fits import (
 from pausdenoise.ingest.metadata import _metadata
 from pausdenoise.ingest.plan import FrameSource
 from pausdenoise.maskbits import MaskBit
+from pausdenoise.psf import measure_psf
 
 __all__ = ["FrameData", "IngestError", "read_frame", "source_fingerprint", "source_stat"]
 
@@ -226,6 +227,27 @@ def _frame_attrs(
     return attrs
 
 
+def _psf_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Measure the PSF on the frame's stars when its header gives no seeing.
+
+    Stored once here so that photometry and source injection do not measure it again for
+    every image kind (:func:`pausdenoise.psf.frame_psf` reads ``psf_fwhm_px``/``psf_beta``).
+
+    Returns
+    -------
+    dict
+        ``psf_fwhm_px`` (Moffat FWHM, px), ``psf_beta``, ``psf_n_stars``; or ``psf_error``
+        (why no PSF could be measured); empty when the header has a seeing.
+    """
+    if attrs.get("seeing") or attrs.get("psf_fwhm_px"):
+        return {}
+    try:
+        est = measure_psf(image, mask, saturate=attrs.get("saturate"))
+    except PsfError as exc:
+        return {"psf_error": str(exc)}
+    return {"psf_fwhm_px": est.fwhm_px, "psf_beta": est.beta, "psf_n_stars": est.n_stars}
+
+
 def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     """Read one frame's image, mask, weight and truth (pure; no store access).
 
@@ -264,12 +286,15 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
         mask[~(ivar > 0)] |= np.uint8(MaskBit.NODATA)
     truth_in = _read_companion(source, source.truth, "truth", shape)
     truth = None if truth_in is None else _to_float32(truth_in)
+    attrs = _frame_attrs(source, config, meta, wcs, bitpix, int(nonfinite.sum()))
+    if config.measure_psf:
+        attrs.update(_psf_attrs(image, mask, attrs))
     return FrameData(
         expnum=source.expnum,
         ccd=source.ccd,
         image=image,
         mask=mask,
-        attrs=_frame_attrs(source, config, meta, wcs, bitpix, int(nonfinite.sum())),
+        attrs=attrs,
         ivar=ivar,
         truth=truth,
         header=header_text,

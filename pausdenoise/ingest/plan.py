@@ -30,6 +30,7 @@ from pausdenoise.ingest.fits import (
     _hdu_name,
     _hdu_shape,
     _image_hdu_indices,
+    _naxis,
     _open_fits,
     _resolve_hdu,
 )
@@ -67,7 +68,8 @@ class FrameSource:
         The HDU of the companions (EXTNAME when the image HDU has one, else its index).
     mask_hdu, weight_hdu : int, str or None
         The mask / weight HDU (index or EXTNAME) when it is in the image's own file
-        (``mask`` / ``weight`` are then the image file).
+        (``mask`` / ``weight`` are then the image file), or, PAUS layout, the HDU of a
+        tile-compressed ``.msk.fits.fz`` mask (its first image extension).
     position : int, optional
         1-based position of the image file in the sorted list of the ingest's input files
         (the exposure number with ``expnum_from="order"``).
@@ -165,8 +167,10 @@ def _drop_compressed_twins(found: list[Path]) -> list[Path]:
 
 def _scan_dir(p: Path, config: IngestConfig) -> list[Path]:
     if config.layout == "paus":
-        globs = [config.pattern or "paucam.*.img.fits"] if not isinstance(
-            config.pattern, list) else config.pattern
+        if config.pattern is None:
+            globs = list(paus_layout.IMAGE_GLOBS)
+        else:
+            globs = config.pattern if isinstance(config.pattern, list) else [config.pattern]
         cand = [c for g in globs for c in (p.rglob(g) if config.recursive else p.glob(g))]
         return [
             c
@@ -273,8 +277,57 @@ def find_images(
     return found
 
 
+def _paus_image_hdu(hdul: Any, path: Path) -> int:
+    """Return the image HDU of a PAUS file: the primary HDU, or (``.fz``) the first image one.
+
+    Returns
+    -------
+    int
+        The first 2-D image extension when the primary HDU is empty (``NAXIS = 0``, as in a
+        tile-compressed file) and there is one; else 0, the primary HDU (whose shape is
+        checked later).
+
+    Raises
+    ------
+    IngestError
+        An HDU header after the primary one cannot be read.
+    """
+    if _naxis(hdul[0].header, path) != 0:
+        return 0
+    indices = _image_hdu_indices(hdul, path)
+    return indices[0] if indices else 0
+
+
+def _paus_mask(path: Path, expnum: int, ccd: int) -> tuple[Path, int | None]:
+    """Find a PAUS frame's one mask file (``.msk.fits``, ``.msk.fits.gz`` or ``.msk.fits.fz``).
+
+    Returns
+    -------
+    (Path, int or None)
+        The mask file, and its HDU when tile-compressed (1, the first image extension;
+        None: the primary HDU).
+
+    Raises
+    ------
+    IngestError
+        No mask file, or more than one version of it (both named).
+    """
+    found = paus_layout.mask_paths_found(path.parent, expnum, ccd)
+    if not found:
+        plain = paus_layout.mask_path(path.parent, expnum, ccd).name
+        raise IngestError(path, f"mask file {plain} not found (nor {plain}.gz, {plain}.fz)",
+                          key="mask")
+    if len(found) > 1:
+        raise IngestError(path, f"{len(found)} versions of one mask: "
+                          f"{' and '.join(f.name for f in found)}; keep one", key="mask")
+    return found[0], (1 if found[0].name.endswith(".fz") else None)
+
+
 def _plan_paus(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]:
-    """Plan the single frame of a PAUS image file (primary HDU, ``.msk`` mask, truth).
+    """Plan the single frame of a PAUS image file (image HDU, ``.msk`` mask, truth).
+
+    The image is the primary HDU, or the first image extension of a tile-compressed
+    ``.img.fits.fz``; the mask may be plain, gzip or tile-compressed (:func:`_paus_mask`).
 
     Returns
     -------
@@ -287,9 +340,10 @@ def _plan_paus(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]
         Header unusable, EXPNUM/CCD disagreeing with the file name, mask missing.
     """
     parsed = paus_layout.parse_image_name(path.name)
-    header = hdul[0].header
+    index = _paus_image_hdu(hdul, path)
+    header = hdul[index].header
     scratch: list[str] = []
-    meta = _metadata(header, None, path, config, scratch)
+    meta = _metadata(header, hdul[0].header if index else None, path, config, scratch)
     if parsed is not None and (meta["expnum"], meta["ccd"]) != parsed:
         key = "EXPNUM" if meta["expnum"] != parsed[0] else "CCD"
         raise IngestError(
@@ -300,20 +354,19 @@ def _plan_paus(hdul: Any, path: Path, config: IngestConfig) -> list[FrameSource]
         )
     shape = _hdu_shape(header, path)
     root = path.parent
-    mask = paus_layout.mask_path(root, meta["expnum"], meta["ccd"])
-    if not mask.is_file():
-        raise IngestError(path, f"mask file {mask.name} not found", key="mask")
+    mask, mask_hdu = _paus_mask(path, meta["expnum"], meta["ccd"])
     truth = paus_layout.truth_path(root, meta["expnum"], meta["ccd"])
     return [
         FrameSource(
             image=path,
-            hdu=0,
+            hdu=index,
             expnum=meta["expnum"],
             ccd=meta["ccd"],
             shape=shape,
             mask=mask,
             truth=truth if truth.is_file() else None,
             companion_hdu=0,
+            mask_hdu=mask_hdu,
         )
     ]
 
@@ -451,12 +504,16 @@ def _refuse_duplicates(
             kept.append(claimants[0])
             continue
         where = ", ".join(f"{c.image.name}[{c.hdu}]" for c in claimants)
+        versions = len({c.image.parent / _uncompressed_name(c.image.name)
+                        for c in claimants}) == 1
         for c in claimants:
+            what = (f": {len(claimants)} versions of one frame, {where} (plain, gzip or "
+                    "tile-compressed): keep one" if versions else f" claimed by {where}")
             failed.append(
                 (
                     str(c.image),
-                    f"{c.image}: duplicate (expnum, ccd) = ({c.expnum}, {c.ccd}) [EXPNUM/CCD] "
-                    f"claimed by {where}; none ingested",
+                    f"{c.image}: duplicate (expnum, ccd) = ({c.expnum}, {c.ccd}) [EXPNUM/CCD]"
+                    f"{what}; none ingested",
                 )
             )
     return kept

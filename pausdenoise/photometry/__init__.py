@@ -49,7 +49,11 @@ Sub-modules, in import order:
 - ``catalogue``: reading and checking the reference catalogue.
 - ``apertures``: the elliptical aperture sums kernel (step 2).
 - ``annulus``: the sigma-clipped annulus background kernel (step 1).
-- ``measure``: one frame's arrays in, its photometry table out (steps 3 and 4).
+- ``mog``: mixture-of-Gaussians fits of truncated Sérsic and Moffat profiles.
+- ``profile``: the profile-weighted (optimal-extraction) total flux ``flux_prof``: the
+  catalogue's intrinsic shape ⊗ the frame's Moffat PSF, neighbours fitted jointly.
+- ``measure``: one frame's arrays in, its photometry table out (steps 3 and 4, and the
+  profile-weighted columns when a PSF is given).
 - ``driver``: store reading, Dask tasks and the Parquet partitions.
 """
 
@@ -60,6 +64,7 @@ __getattr__, __dir__, __all__ = lazy_face(
     {
         "PhotFlag": "config",
         "PhotometryConfig": "config",
+        "ProfFlag": "config",
         "CatalogueCheck": "catalogue",
         "CatalogueError": "catalogue",
         "FLOAT_COLUMNS": "catalogue",
@@ -72,6 +77,12 @@ __getattr__, __dir__, __all__ = lazy_face(
         "MIN_AXIS_PX": "apertures",
         "aperture_sums": "apertures",
         "annulus_stats": "annulus",
+        "Mixture": "mog",
+        "moffat_mixture": "mog",
+        "sersic_mixture": "mog",
+        "PROFILE_COLUMNS": "profile",
+        "intrinsic_shapes": "profile",
+        "profile_fluxes": "profile",
         "OUTPUT_COLUMNS": "measure",
         "calibrate_flux": "measure",
         "measure_frame": "measure",

@@ -222,6 +222,34 @@ def _weighted_sum(
     return total, area, float(np.sum(w)) - area, bits
 
 
+def _ivar_sum(
+    cut: np.ndarray,
+    mcut: np.ndarray | None,
+    icut: np.ndarray,
+    w: np.ndarray,
+    bad_mask_bits: int,
+    saturate_level: float | None,
+    mask_saturated: bool,
+) -> float:
+    """Sum ``overlap² / ivar`` over one cutout's pixels that enter the aperture sum.
+
+    Pixels left out of the sum by :func:`_weighted_sum` (masked, non-finite, saturated
+    with ``mask_saturated``) and pixels with ``ivar <= 0`` or a non-finite ivar add nothing.
+
+    Returns
+    -------
+    float
+        The variance of the aperture sum from the per-pixel variances, ADU².
+    """
+    masked, nonfinite, _ = _bad_pixels(cut, mcut, bad_mask_bits, saturate_level, mask_saturated)
+    with np.errstate(invalid="ignore"):
+        good = ~(masked | nonfinite) & (icut > 0) & (w > 0)
+    if not good.any():
+        return 0.0
+    wg = w[good]
+    return float(np.sum(wg * wg / icut[good].astype(np.float64)))
+
+
 def aperture_sums(
     image: np.ndarray,
     x: np.ndarray,
@@ -235,6 +263,7 @@ def aperture_sums(
     bad_mask_bits: int = 0xFFFF,
     saturate_level: float | None = None,
     mask_saturated: bool = False,
+    ivar: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Sum the pixels in elliptical apertures at 0-based pixel positions.
 
@@ -262,6 +291,9 @@ def aperture_sums(
         Pixels at or above this level (ADU), or with the SATURATED mask bit, set SATURATED.
     mask_saturated : bool, optional
         Also exclude saturated pixels like masked ones. Default False.
+    ivar : ndarray of float, shape (ny, nx), optional
+        Inverse variance per pixel, 1/ADU² (0 = no data). When given, the output also has
+        ``var_ivar``; the other outputs do not depend on it.
 
     Returns
     -------
@@ -270,7 +302,9 @@ def aperture_sums(
         ``flags`` (int32 PhotFlag bits OFF_IMAGE, TRUNCATED, MASKED, SATURATED,
         NONFINITE_PIXEL, BAD_INPUT). BAD_INPUT: a non-finite position, axis or angle, or an
         axis outside [``MIN_AXIS_PX``, ``MAX_AXIS_PX``]; such rows (and rows entirely off
-        the image) have NaN sums.
+        the image) have NaN sums. With ``ivar``: ``var_ivar`` (ADU²), Σ overlap² / ivar over
+        the pixels that enter ``aper_sum`` and have ivar > 0 (pixels with ivar <= 0 add
+        nothing, like masked ones), NaN where ``aper_sum`` is NaN.
     """
     image = np.asarray(image)
     ny, nx = image.shape
@@ -279,6 +313,8 @@ def aperture_sums(
     out_area = np.full(n, np.nan)
     out_amask = np.full(n, np.nan)
     flags = np.zeros(n, dtype=np.int32)
+    out_var = None if ivar is None else np.full(n, np.nan)
+    ivar = None if ivar is None else np.asarray(ivar)
     use_exact = 1 if subpixels == 0 else 0
     nsub = max(int(subpixels), 1)
     hx, hy, good_in = _half_extents(x, y, a, b, theta, nx, ny, flags)
@@ -305,4 +341,11 @@ def aperture_sums(
             cut, mcut, w, bad_mask_bits, saturate_level, mask_saturated
         )
         flags[i] |= bits
-    return {"aper_sum": out_sum, "area": out_area, "area_masked": out_amask, "flags": flags}
+        if out_var is not None:
+            icut = ivar[iymin:iymax, ixmin:ixmax]
+            out_var[i] = _ivar_sum(cut, mcut, icut, w, bad_mask_bits, saturate_level,
+                                   mask_saturated)
+    out = {"aper_sum": out_sum, "area": out_area, "area_masked": out_amask, "flags": flags}
+    if out_var is not None:
+        out["var_ivar"] = out_var
+    return out

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.dataframe as dd
@@ -31,11 +31,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pausdenoise.errors import PsfError
 from pausdenoise.paus_layout import is_safe_name
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import OUTPUT_COLUMNS, _empty_table, measure_frame
 from pausdenoise.store import open_store, parse_frame_id
+
+if TYPE_CHECKING:  # typing only
+    from pausdenoise.psf import PsfEstimate
 
 __all__ = [
     "Partition",
@@ -73,7 +77,11 @@ def measure_store_frame(
     """Read one frame's image (``kind``) and mask from the Zarr store and measure it.
 
     Frame attributes used: ``gain``, ``zp``, ``zp_err``, ``saturate``, ``expnum``, ``ccd``,
-    ``band``. This is the body of one Dask task.
+    ``band``, and ``psf_fwhm_px`` / ``seeing`` for the PSF of the profile-weighted flux
+    (else the PSF is measured on the raw image; :func:`pausdenoise.psf.frame_psf`). With
+    ``config.errors == "ivar"`` and ``kind="raw"``, the frame's ``ivar`` array (1/ADU²)
+    gives the sky-noise term of ``flux_err``; a frame without one falls back to the annulus
+    scatter with a warning. This is the body of one Dask task.
 
     Parameters
     ----------
@@ -107,6 +115,12 @@ def measure_store_frame(
         )
     image = grp[name][...]
     mask = grp["mask"][...] if "mask" in grp else None
+    psf = _frame_psf(grp, attrs, image if kind == "raw" else None, mask, config)
+    ivar = None
+    if config.errors == "ivar" and kind != "raw":  # the ivar describes the raw pixels only
+        config = config.model_copy(update={"errors": "annulus"})
+    elif config.errors == "ivar" and "ivar" in grp:
+        ivar = grp["ivar"][...]
     return measure_frame(
         image,
         mask,
@@ -120,7 +134,40 @@ def measure_store_frame(
         expnum=attrs.get("expnum"),
         ccd=attrs.get("ccd"),
         band=attrs.get("band"),
+        psf=psf,
+        ivar=ivar,
     )
+
+
+def _frame_psf(grp: Any, attrs: dict[str, Any], raw: np.ndarray | None,
+               mask: np.ndarray | None, config: PhotometryConfig) -> PsfEstimate | None:
+    """Return the frame's PSF (:func:`pausdenoise.psf.frame_psf`) from its RAW image.
+
+    The PSF always comes from the header or the raw pixels, also when the denoised image
+    is measured (``raw`` None: read here only if the header has no PSF size). None when
+    ``config.profile`` is off or no PSF can be found (:class:`~pausdenoise.errors.PsfError`):
+    the profile columns are then NaN and flagged ``NO_PSF``; the aperture columns are not
+    affected.
+
+    Returns
+    -------
+    PsfEstimate or None
+    """
+    if not config.profile:
+        return None
+    from pausdenoise.psf import frame_psf  # local: the profile flux is optional
+
+    try:
+        return frame_psf(attrs, raw, mask, pixel_scale=config.pixel_scale,
+                         beta=config.psf_beta)
+    except PsfError:
+        if raw is not None or "image" not in grp:
+            return None
+    try:  # no PSF size in the header: measure it on the raw image
+        return frame_psf(attrs, grp["image"][...], mask, pixel_scale=config.pixel_scale,
+                         beta=config.psf_beta)
+    except PsfError:
+        return None
 
 
 # --------------------------------------------------------------------------------------

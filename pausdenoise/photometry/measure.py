@@ -10,7 +10,13 @@ sums (:mod:`pausdenoise.photometry.apertures`) into fluxes, errors and calibrate
                  + area² * bkg_std² / bkg_n        # error of the background estimate
 
    With ``background="median"`` the last term is multiplied by π/2 (the variance of a
-   median of ``n`` Gaussian values is π/2 · σ²/n).
+   median of ``n`` Gaussian values is π/2 · σ²/n). With ``config.errors="ivar"`` and an
+   ``ivar`` plane (1/ADU²), the sky-noise term ``area * bkg_std²`` becomes
+   ``Σ overlap² / ivar`` over the aperture's unmasked pixels with ivar > 0: the per-pixel
+   variance of the pipeline that made the frame. That ivar is taken as sky + read noise
+   only (DECam Community Pipeline ``oow`` maps do not include the sources' shot noise:
+   legacypipe adds it itself when it wants it), so the source Poisson term is kept; the
+   background-estimate term is the annulus one in both cases.
 4. **Calibration** (ZP multiplicative, ``pausdenoise.paus_layout``)::
 
        flux_cal = flux * zp
@@ -18,11 +24,18 @@ sums (:mod:`pausdenoise.photometry.apertures`) into fluxes, errors and calibrate
 
 The clipped annulus *mean* (default) or *median* is the sky subtracted:
 ``flux = aper_sum - area * bkg``.
+
+5. **Profile-weighted total flux** (``flux_prof``, when a PSF is given and
+   ``config.profile``): optimal extraction with the catalogue shape convolved with the PSF,
+   the same sky ``bkg``/``bkg_std``/``bkg_n``, neighbours fitted jointly
+   (:mod:`pausdenoise.photometry.profile`); its own ``flags_prof`` bits
+   (:class:`~pausdenoise.photometry.config.ProfFlag`). Steps 1–4 do not depend on it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,7 +43,12 @@ import pandas as pd
 from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
-from pausdenoise.photometry.config import PhotFlag, PhotometryConfig
+from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
+from pausdenoise.photometry.neighbours import neighbour_mask
+from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usable_pixels
+
+if TYPE_CHECKING:  # typing only: the PSF module is not needed to import this one
+    from pausdenoise.psf import PsfEstimate
 
 __all__ = ["OUTPUT_COLUMNS", "calibrate_flux", "measure_frame"]
 
@@ -62,6 +80,13 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "zp_err": "float64",
     "flux_cal": "float64",  # flux * zp
     "flux_cal_err": "float64",
+    # profile-weighted forced photometry (pausdenoise.photometry.profile)
+    "flux_prof": "float64",  # total flux, ADU
+    "flux_prof_err": "float64",  # ADU
+    "flux_prof_cal": "float64",  # flux_prof * zp
+    "flux_prof_cal_err": "float64",
+    "flags_prof": "int32",  # ProfFlag bits
+    "psf_fwhm_px": "float64",  # FWHM of the Moffat PSF used, pixels
 }
 
 
@@ -95,6 +120,40 @@ def calibrate_flux(
 
 def _empty_table() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in OUTPUT_COLUMNS.items()})
+
+
+#: Warning text when ``errors="ivar"`` is asked for and a frame has no ivar plane.
+_NO_IVAR_WARNING = (
+    "photometry.errors='ivar' but a frame has no ivar plane (no weight map ingested): its "
+    "flux_err uses the annulus scatter ('annulus') instead"
+)
+
+
+def _checked_ivar(ivar: np.ndarray | None, shape: tuple[int, ...],
+                  config: PhotometryConfig) -> np.ndarray | None:
+    """Return the ivar plane to use for the errors, or None (``errors="annulus"``).
+
+    Warns (:data:`_NO_IVAR_WARNING`, once per process and call site as Python's default
+    warning filter does) when ``config.errors == "ivar"`` and ``ivar`` is None.
+
+    Returns
+    -------
+    ndarray or None
+
+    Raises
+    ------
+    ValueError
+        When the ivar's shape differs from the image's.
+    """
+    if config.errors != "ivar":
+        return None
+    if ivar is None:
+        warnings.warn(_NO_IVAR_WARNING, UserWarning, stacklevel=3)
+        return None
+    ivar = np.asarray(ivar)
+    if ivar.shape != shape:
+        raise ValueError(f"ivar shape {ivar.shape} != image shape {shape}")
+    return ivar
 
 
 def _checked_arrays(
@@ -131,6 +190,9 @@ def _flux_and_error(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subtract the sky and propagate the errors (step 3 of the recipe).
 
+    The sky-noise term is ``ap["var_ivar"]`` when present (``errors="ivar"``), else
+    ``area * bkg_std²``.
+
     Returns
     -------
     tuple of ndarray
@@ -144,9 +206,34 @@ def _flux_and_error(
     if config.background == "median":
         var_bkg_est = var_bkg_est * (np.pi / 2.0)
     with np.errstate(invalid="ignore"):
-        var = np.maximum(flux, 0.0) / gain + area * st["bkg_std"] ** 2 + area**2 * var_bkg_est
+        var_sky = ap["var_ivar"] if "var_ivar" in ap else area * st["bkg_std"] ** 2
+        var = np.maximum(flux, 0.0) / gain + var_sky + area**2 * var_bkg_est
     var = np.where(st["bkg_n"] > 0, var, np.nan)
     return bkg, flux, np.sqrt(var)
+
+
+def _without_catalogue_sources(
+    image: np.ndarray, geometry: tuple[np.ndarray, ...], config: PhotometryConfig
+) -> np.ndarray:
+    """Return the image for the annulus statistics: catalogue sources' pixels set to NaN.
+
+    The pixels within ``config.annulus_mask_grow`` aperture semi-axes of every row of the
+    frame's catalogue (:func:`~pausdenoise.photometry.neighbours.neighbour_mask`) are left
+    out of every background annulus, so neighbours' wings do not raise the sky. With
+    ``annulus_mask_grow = 0`` the image is returned as it is.
+
+    Returns
+    -------
+    ndarray
+        A float copy with NaN at the masked pixels, or ``image`` itself.
+    """
+    if config.annulus_mask_grow <= 0:
+        return image
+    x, y, a, b, theta = geometry
+    near = neighbour_mask(image.shape, x, y, a, b, theta, grow=config.annulus_mask_grow)
+    out = np.array(image, dtype=np.result_type(image.dtype, np.float32), copy=True)
+    out[near] = np.nan
+    return out
 
 
 def _run_kernels(
@@ -155,8 +242,11 @@ def _run_kernels(
     geometry: tuple[np.ndarray, ...],
     config: PhotometryConfig,
     sat_level: float | None,
+    ivar: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run the aperture-sum and annulus kernels (``sat_level`` in ADU, or None).
+
+    ``ivar`` (1/ADU²), when given, adds ``var_ivar`` to the aperture sums.
 
     Returns
     -------
@@ -178,9 +268,10 @@ def _run_kernels(
         bad_mask_bits=config.bad_mask_bits,
         saturate_level=sat_level,
         mask_saturated=mask_sat,
+        ivar=ivar,
     )
     st = annulus_stats(
-        image,
+        _without_catalogue_sources(image, geometry, config),
         x,
         y,
         r_in=config.annulus_r_in,
@@ -221,6 +312,83 @@ def _passed_through(
     }
 
 
+def _no_profile(n: int, psf: PsfEstimate | None) -> dict[str, np.ndarray]:
+    """Profile columns of rows not measured with a profile (no PSF, or switched off).
+
+    Returns
+    -------
+    dict of str to ndarray
+        NaN fluxes, ``flags_prof = NO_PSF``, ``psf_fwhm_px`` the PSF's FWHM or NaN.
+    """
+    nan = np.full(n, np.nan)
+    fwhm = np.nan if psf is None else float(psf.fwhm_px)
+    return {"flux_prof": nan, "flux_prof_err": nan, "flux_prof_cal": nan,
+            "flux_prof_cal_err": nan, "flags_prof": np.full(n, int(ProfFlag.NO_PSF), np.int32),
+            "psf_fwhm_px": np.full(n, fwhm)}
+
+
+def _profile_flags(res: dict[str, np.ndarray], approx: np.ndarray, x: np.ndarray,
+                   y: np.ndarray, st: dict[str, np.ndarray], shape: tuple[int, ...],
+                   config: PhotometryConfig) -> np.ndarray:
+    """Set the ``flags_prof`` bits (:class:`ProfFlag`) from the profile results.
+
+    Returns
+    -------
+    ndarray of int32
+    """
+    flags = np.zeros(len(x), dtype=np.int32)
+    with np.errstate(invalid="ignore"):
+        flags[approx] |= ProfFlag.APPROX_PROFILE
+        flags[~res["valid"]] |= ProfFlag.BAD_INPUT
+        low = ~(res["weight_left"] >= config.profile_min_weight) & res["valid"]
+        flags[low] |= ProfFlag.LOW_WEIGHT
+        flags[res["sat_frac"] > 1e-3] |= ProfFlag.SATURATED
+        flags[st["bkg_n"] < config.min_annulus_pixels] |= ProfFlag.FEW_ANNULUS
+        off = ~((x >= -0.5) & (x < shape[1] - 0.5) & (y >= -0.5) & (y < shape[0] - 0.5))
+        flags[off] |= ProfFlag.OFF_IMAGE
+        bad = ~(np.isfinite(res["flux"]) & np.isfinite(res["flux_err"]))
+        flags[bad] |= ProfFlag.NONFINITE_RESULT
+    return flags
+
+
+def _profile_columns(
+    image: np.ndarray, mask: np.ndarray | None, apertures: pd.DataFrame,
+    geometry: tuple[np.ndarray, ...], st: dict[str, np.ndarray], bkg: np.ndarray,
+    config: PhotometryConfig, *, psf: PsfEstimate | None, gain: float,
+    sat_level: float | None, zp: float, zp_err: float,
+) -> dict[str, np.ndarray]:
+    """Compute the profile-weighted columns (:mod:`pausdenoise.photometry.profile`).
+
+    The sky is the aperture recipe's: ``b = bkg``, ``V = bkg_std²`` and
+    ``σ_b² = bkg_std² / bkg_n`` (× π/2 for the median).
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``flux_prof``, ``flux_prof_err``, ``flux_prof_cal``, ``flux_prof_cal_err``,
+        ``flags_prof``, ``psf_fwhm_px``.
+    """
+    x, y, a, b, theta = geometry
+    if psf is None or not config.profile or not (np.isfinite(psf.fwhm_px) and psf.fwhm_px > 0):
+        return _no_profile(len(x), psf if config.profile else None)
+    beta = float(psf.beta) if np.isfinite(psf.beta) and psf.beta > 1 else config.psf_beta
+    *shapes, approx = intrinsic_shapes(apertures, a, b, float(psf.fwhm_px), config)
+    good, sat = usable_pixels(image, mask, config.bad_mask_bits, sat_level)
+    pixels = {"image": image.ravel(), "good": good.ravel(), "sat": sat.ravel(),
+              "shape": image.shape}
+    var_b = st["bkg_std"] ** 2 / np.where(st["bkg_n"] > 0, st["bkg_n"], np.nan)
+    if config.background == "median":
+        var_b = var_b * (np.pi / 2.0)
+    res = profile_fluxes(pixels, x, y, theta, tuple(shapes), fwhm_px=float(psf.fwhm_px),
+                         beta=beta, sky=(bkg, st["bkg_std"] ** 2, var_b), gain=gain,
+                         config=config)
+    cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
+    return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
+            "flux_prof_cal_err": cal_err,
+            "flags_prof": _profile_flags(res, approx, x, y, st, image.shape, config),
+            "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px))}
+
+
 def measure_frame(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -235,6 +403,8 @@ def measure_frame(
     expnum: int | None = None,
     ccd: int | None = None,
     band: str | None = None,
+    psf: PsfEstimate | None = None,
+    ivar: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Measure the catalogue rows ``apertures`` on one (exposure, CCD) image.
 
@@ -262,24 +432,36 @@ def measure_frame(
         Fill those columns when the catalogue lacks them (-1 when None).
     band : str, optional
         Fills the ``band`` column when the catalogue lacks it ("" when None).
+    psf : pausdenoise.psf.PsfEstimate, optional
+        The frame's Moffat PSF (FWHM in px, β) for the profile-weighted total flux
+        ``flux_prof`` (:mod:`pausdenoise.photometry.profile`); None: the profile columns
+        are NaN and ``flags_prof`` is ``NO_PSF``. The aperture columns do not depend on it.
+    ivar : ndarray of float, shape (ny, nx), optional
+        Inverse variance of each pixel of ``image``, 1/ADU² (0 = no data). Used only with
+        ``config.errors == "ivar"``: the sky-noise term of ``flux_err`` becomes
+        Σ overlap² / ivar (see :mod:`pausdenoise.photometry.measure`); None then falls back
+        to the annulus scatter with a warning.
 
     Returns
     -------
     pandas.DataFrame
         ``OUTPUT_COLUMNS``, one row per input row, in input order. Flux and errors are in
         ADU (``flux_cal`` in calibrated units); see :mod:`pausdenoise.photometry` for the
-        formulas. Flagged rows are kept (``flags != 0``).
+        formulas. Flagged rows are kept (``flags != 0``; ``flags_prof != 0`` for the
+        profile flux).
 
     Raises
     ------
     KeyError
         When a required catalogue column is missing.
     ValueError
-        When the image is not 2-D, the mask's shape differs, or ``gain`` is not > 0.
+        When the image is not 2-D, the mask's or ivar's shape differs, or ``gain`` is not
+        > 0.
     """
     config = config or PhotometryConfig()
     _require_columns(apertures, REQUIRED_COLUMNS, "apertures")
     image, mask = _checked_arrays(image, mask, gain)
+    ivar = _checked_ivar(ivar, image.shape, config)
     n = len(apertures)
     if n == 0:
         return _empty_table()
@@ -287,7 +469,7 @@ def measure_frame(
     if sat_level is not None and not np.isfinite(sat_level):
         sat_level = None
     x, y, a, b, theta = _aperture_geometry(apertures, config)
-    ap, st = _run_kernels(image, mask, (x, y, a, b, theta), config, sat_level)
+    ap, st = _run_kernels(image, mask, (x, y, a, b, theta), config, sat_level, ivar)
     flags = ap["flags"].copy()
     dup = apertures.duplicated(subset=["ref_id"], keep=False).to_numpy()
     flags[dup] |= PhotFlag.BAD_INPUT
@@ -330,6 +512,8 @@ def measure_frame(
             "zp_err": np.full(n, zp_err, dtype=float),
             "flux_cal": flux_cal,
             "flux_cal_err": flux_cal_err,
+            **_profile_columns(image, mask, apertures, (x, y, a, b, theta), st, bkg, config,
+                               psf=psf, gain=gain, sat_level=sat_level, zp=zp, zp_err=zp_err),
         }
     )
     return out.astype(OUTPUT_COLUMNS)

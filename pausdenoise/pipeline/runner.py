@@ -30,6 +30,7 @@ from pausdenoise.cluster import make_client
 from pausdenoise.config import STAGES, PipelineConfig
 from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
+from pausdenoise.ingest.plan import expand_inputs, find_images
 from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.stages import (
@@ -38,6 +39,7 @@ from pausdenoise.pipeline.stages import (
     evaluate,
     gan,
     ingest,
+    inject,
     photometry,
     report,
     simulate,
@@ -67,13 +69,14 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "stack": stack.run,
     "gan": gan.run,
     "photometry": photometry.run,
+    "inject": inject.run,
     "compare": compare.run,
     "evaluate": evaluate.run,
     "report": report.run,
 }
 
 #: the stages that use the Dask cluster (the others run without a client)
-_CLUSTER_STAGES = {"ingest", "denoise", "photometry", "compare", "stack", "gan"}
+_CLUSTER_STAGES = {"ingest", "denoise", "photometry", "inject", "compare", "stack", "gan"}
 
 #: the stages that write arrays into the frames' groups, which re-ingesting a frame drops
 _FRAME_ARRAY_STAGES = ("denoise", "stack", "gan")
@@ -127,6 +130,30 @@ def _file_token(path: Path, what: str) -> list[str]:
     return [what, file_sha256(path)]
 
 
+#: ingest settings that say how the store holds the pixels, not what the pixels are: a
+#: change rewrites the frames (and their denoised arrays) but keeps the trained model
+_STORAGE_ONLY = ("chunks", "shards", "clevel", "force", "verify_hash", "progress")
+
+
+def _input_files_token(cfg: PipelineConfig) -> list[Any]:
+    """Sign the FITS files ``input.fits_path`` names by path, size and mtime (nothing read).
+
+    So a frame edited in place makes the ingest stage run again (its per-frame resume then
+    re-reads only the changed files).
+
+    Returns
+    -------
+    list
+        ``[]`` unless ``input.source`` is ``"fits"``; else one digest.
+    """
+    if cfg.input.source != "fits" or cfg.input.fits_path is None:
+        return []
+    items, _ = expand_inputs(cfg.input.fits_path)
+    files = find_images([p for p in items if p.exists()], cfg.ingest)
+    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+    return [json_digest(stats)]
+
+
 def stage_fingerprints(
     cfg: PipelineConfig, stages: Sequence[str] | None = None
 ) -> dict[str, str]:
@@ -134,7 +161,10 @@ def stage_fingerprints(
 
     A stage's fingerprint digests its own config section chained with its inputs'
     fingerprints (and the package version, so an upgrade redoes the stages). Ingest reads
-    ``input.source``, ``fits_path`` and ``store_path``. Denoise reads the trained model
+    ``input.source``, ``fits_path`` and ``store_path``, and the paths, sizes and mtimes of
+    the FITS files (a file edited in place is ingested again). Training chains only the
+    ingest settings that change the pixels: new chunks, shards or compression rewrite the
+    store and the denoised arrays, not the model. Denoise reads the trained model
     (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
     digested. The reference catalogue enters the stages that read it (gan, photometry and
     through photometry compare, evaluate and report) by content: an explicit
@@ -170,9 +200,13 @@ def stage_fingerprints(
 
     parts: dict[str, Callable[[], list[Any]]] = {
         "simulate": lambda: ["simulate", d["simulate"], i["source"], __version__],
-        "ingest": lambda: ["ingest", d["ingest"], i["source"], i["fits_path"],
-                           i["store_path"], _fp("simulate")],
-        "train": lambda: ["train", d["train"], d["holdout_exposures_per_band"], _fp("ingest")],
+        "pixels": lambda: ["ingest", {k: v for k, v in d["ingest"].items()
+                                      if k not in _STORAGE_ONLY},
+                           i["source"], i["fits_path"], i["store_path"], _fp("simulate")],
+        "ingest": lambda: ["storage", _fp("pixels"),
+                           {k: d["ingest"][k] for k in _STORAGE_ONLY},
+                           *_input_files_token(cfg)],
+        "train": lambda: ["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")],
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
         "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
@@ -187,10 +221,15 @@ def stage_fingerprints(
                         _fp("stack"), _fp("denoise")],
         "photometry": lambda: ["photometry", d["photometry"], _fp("catalogue"),
                                _fp("denoise")],
+        "inject": lambda: ["inject", d["inject"], d["photometry"], d["denoise"],
+                           _fp("catalogue"), _fp("model"), _fp("ingest")],
         "compare": lambda: ["compare", d["compare"], _fp("photometry")],
-        "evaluate": lambda: ["evaluate", d["evaluate"], _fp("photometry")],
+        "evaluate": lambda: (["evaluate", d["evaluate"], _fp("photometry")]
+                             + ([_fp("inject")] if cfg.inject.enabled else [])
+                             + ([_fp("gan")] if cfg.gan.enabled else [])),
         "report": lambda: (["report", d["report"], _fp("compare"), _fp("evaluate")]
-                           + ([_fp("gan")] if cfg.gan.enabled else [])),
+                           + ([_fp("gan")] if cfg.gan.enabled else [])
+                           + ([_fp("inject")] if cfg.inject.enabled else [])),
     }
     return {name: _fp(name) for name in (STAGES if stages is None else stages)}
 
@@ -203,7 +242,8 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
     cfg : PipelineConfig
         The configuration (decides the default stages: no simulate without
         ``input.source = "simulate"``, no ingest from a store, no train with a given
-        checkpoint, no stack/gan unless ``gan.enabled``).
+        checkpoint, no stack/gan unless ``gan.enabled``, no inject unless
+        ``inject.enabled``).
     stages : sequence of str or None
         The stages asked for; ``None`` for all that apply.
 
@@ -229,6 +269,8 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
         if not cfg.gan.enabled:
             chosen.remove("stack")
             chosen.remove("gan")
+        if not cfg.inject.enabled:
+            chosen.remove("inject")
         return chosen
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -7,6 +7,10 @@ Sub-modules:
 - :mod:`.html`: :class:`~.html.ReportSection`, :func:`~.html.render_html` (one HTML page,
   figures embedded) and :class:`~.html.ReportWriter` (figure and table files);
 - :mod:`.gan`: the cGAN figures (pixel scatter, detections, stamps, losses);
+- :mod:`.depth`: the detection-depth figures (completeness at equal purity, purity against
+  threshold);
+- :mod:`.injection`: the source-injection figures (bias and scatter per magnitude, colour
+  bias, transfer function) and their report section;
 - :mod:`.versions`: :func:`~.versions.software_versions`.
 
 Only the pipeline decides where files go; nothing here imports it.
@@ -32,6 +36,13 @@ __getattr__, __dir__, __all__ = lazy_face(__name__, {
     "fig_gan_loss": "gan",
     "fig_gan_stamps": "gan",
     "fig_pixel_scatter": "gan",
+    "depth_section": "depth",
+    "fig_depth": "depth",
+    "fig_colour_bias": "injection",
+    "fig_injection_bias": "injection",
+    "fig_injection_scatter": "injection",
+    "fig_transfer": "injection",
+    "injection_section": "injection",
     "ReportSection": "html",
     "ReportWriter": "html",
     "render_html": "html",

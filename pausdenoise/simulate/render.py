@@ -17,7 +17,7 @@ from photutils.aperture import EllipticalAperture
 from scipy.spatial import cKDTree
 
 from pausdenoise.maskbits import MaskBit
-from pausdenoise.paus_layout import CATALOGUE_COLUMNS
+from pausdenoise.paus_layout import CATALOGUE_COLUMNS, PROFILE_COLUMNS
 from pausdenoise.simulate.config import SimulationConfig
 from pausdenoise.simulate.geometry import frame_header, frame_wcs
 from pausdenoise.simulate.sources import ujy_to_mag
@@ -83,7 +83,8 @@ class Frame:
     header
         FITS header of the image (PAUS keys and the TAN WCS).
     catalogue
-        Reference-catalogue rows of this frame (:data:`CATALOGUE_COLUMNS`).
+        Reference-catalogue rows of this frame (:data:`CATALOGUE_COLUMNS` then
+        :data:`PROFILE_COLUMNS`).
     fluxes
         Truth rows of this frame (:data:`TRUTH_COLUMNS`), same order as ``catalogue``.
     """
@@ -167,9 +168,50 @@ def stamp_radius_px(
     ndarray of int
         Half-sizes in px.
     """
-    psf_r = config.psf_trunc_fwhm * fwhm
-    gal_r = config.profile_trunc_hlr * np.asarray(hlr) / np.sqrt(np.asarray(q))
-    return np.ceil((psf_r + gal_r) / config.pixel_scale).astype(int) + 2
+    return stamp_half_size_px(
+        hlr,
+        q,
+        fwhm,
+        psf_trunc_fwhm=config.psf_trunc_fwhm,
+        profile_trunc_hlr=config.profile_trunc_hlr,
+        pixel_scale=config.pixel_scale,
+    )
+
+
+def stamp_half_size_px(
+    hlr: np.ndarray,
+    q: np.ndarray,
+    fwhm: float,
+    *,
+    psf_trunc_fwhm: float,
+    profile_trunc_hlr: float,
+    pixel_scale: float,
+) -> np.ndarray:
+    """Return the half-size of stamps holding all the light of truncated, PSF-convolved sources.
+
+    Parameters
+    ----------
+    hlr : ndarray
+        Intrinsic half-light radii in arcsec (0 for point sources).
+    q : ndarray
+        Axis ratios b/a.
+    fwhm : float
+        PSF FWHM in arcsec.
+    psf_trunc_fwhm : float
+        PSF truncation radius in units of its FWHM.
+    profile_trunc_hlr : float
+        Galaxy truncation radius in half-light radii.
+    pixel_scale : float
+        Arcsec per pixel.
+
+    Returns
+    -------
+    ndarray of int
+        Half-sizes in px (PSF radius + galaxy major-axis radius, rounded up, + 2).
+    """
+    psf_r = psf_trunc_fwhm * fwhm
+    gal_r = profile_trunc_hlr * np.asarray(hlr) / np.sqrt(np.asarray(q))
+    return np.ceil((psf_r + gal_r) / pixel_scale).astype(int) + 2
 
 
 def galsim_psf(fwhm: float, config: SimulationConfig) -> Any:
@@ -187,9 +229,29 @@ def galsim_psf(fwhm: float, config: SimulationConfig) -> Any:
     galsim.Moffat
         The PSF, unit flux.
     """
+    return moffat_psf(fwhm, config.moffat_beta, config.psf_trunc_fwhm)
+
+
+def moffat_psf(fwhm: float, beta: float, trunc_fwhm: float) -> Any:
+    """Build a Moffat PSF of unit flux truncated at ``trunc_fwhm`` × FWHM (finite support).
+
+    Parameters
+    ----------
+    fwhm : float
+        FWHM in arcsec.
+    beta : float
+        Moffat β (dimensionless).
+    trunc_fwhm : float
+        Truncation radius in units of the FWHM.
+
+    Returns
+    -------
+    galsim.Moffat
+        The PSF, unit flux.
+    """
     import galsim  # optional: galsim is needed only to render
 
-    return galsim.Moffat(beta=config.moffat_beta, fwhm=fwhm, trunc=config.psf_trunc_fwhm * fwhm)
+    return galsim.Moffat(beta=beta, fwhm=fwhm, trunc=trunc_fwhm * fwhm)
 
 
 def galsim_source(row: Any, psf: Any, flux_e: float, config: SimulationConfig) -> Any:
@@ -216,29 +278,93 @@ def galsim_source(row: Any, psf: Any, flux_e: float, config: SimulationConfig) -
     galsim.GSObject
         The PSF-convolved profile.
     """
+    return source_profile(
+        psf,
+        flux_e,
+        is_star=row.is_star,
+        hlr=row.hlr_arcsec,
+        q=row.q,
+        theta_pix_deg=row.theta_pix_deg,
+        bulge_frac=row.bulge_frac,
+        trunc_hlr=config.profile_trunc_hlr,
+    )
+
+
+def source_profile(
+    psf: Any,
+    flux: float,
+    *,
+    is_star: bool,
+    hlr: float,
+    q: float,
+    theta_pix_deg: float,
+    bulge_frac: float,
+    trunc_hlr: float,
+) -> Any:
+    """Build the PSF-convolved GalSim profile of one star or bulge + disk galaxy.
+
+    The galaxy model of :func:`galsim_source`: a de Vaucouleurs bulge (Sérsic n=4, flux
+    fraction ``bulge_frac``) plus an exponential disk (n=1), both of half-light radius
+    ``hlr``, truncated at ``trunc_hlr`` half-light radii, sheared to axis ratio ``q`` with
+    the major axis at ``theta_pix_deg``; a star is the PSF itself.
+
+    Parameters
+    ----------
+    psf : galsim.GSObject
+        The PSF (e.g. :func:`moffat_psf`).
+    flux : float
+        Total flux, in the unit the image is drawn in (e⁻ or ADU).
+    is_star : bool
+        Point source (the other shape parameters are ignored).
+    hlr : float
+        Intrinsic half-light radius, arcsec.
+    q : float
+        Axis ratio b/a, in (0, 1].
+    theta_pix_deg : float
+        Major-axis angle, degrees counter-clockwise from +x towards +y (GalSim's ``beta``).
+    bulge_frac : float
+        Bulge flux fraction, in [0, 1].
+    trunc_hlr : float
+        Truncation radius in half-light radii.
+
+    Returns
+    -------
+    galsim.GSObject
+        The PSF-convolved profile of total flux ``flux``.
+    """
     import galsim  # optional: galsim is needed only to render
 
-    if row.is_star:
+    if is_star:
         # a Transformation keeps the PSF object (and its cached, costly maxk) shared
-        return galsim.Transformation(psf, flux_ratio=flux_e / psf.flux)
-    hlr, trunc = row.hlr_arcsec, config.profile_trunc_hlr * row.hlr_arcsec
+        return galsim.Transformation(psf, flux_ratio=flux / psf.flux)
+    trunc = trunc_hlr * hlr
     parts = []
-    if row.bulge_frac > 0:
-        parts.append(galsim.Sersic(4, half_light_radius=hlr, trunc=trunc, flux=row.bulge_frac))
-    if row.bulge_frac < 1:
-        parts.append(
-            galsim.Sersic(1, half_light_radius=hlr, trunc=trunc, flux=1.0 - row.bulge_frac)
-        )
+    if bulge_frac > 0:
+        parts.append(galsim.Sersic(4, half_light_radius=hlr, trunc=trunc, flux=bulge_frac))
+    if bulge_frac < 1:
+        parts.append(galsim.Sersic(1, half_light_radius=hlr, trunc=trunc, flux=1.0 - bulge_frac))
     gal = galsim.Add(parts) if len(parts) > 1 else parts[0]
-    gal = gal.shear(q=row.q, beta=row.theta_pix_deg * galsim.degrees)
-    return galsim.Convolve(gal, psf, real_space=False).withFlux(flux_e)
+    gal = gal.shear(q=q, beta=theta_pix_deg * galsim.degrees)
+    return galsim.Convolve(gal, psf, real_space=False).withFlux(flux)
 
 
-def _draw_stamp(obj: Any, x: float, y: float, radius: int, scale: float) -> Any:
+def draw_stamp(obj: Any, x: float, y: float, radius: int, scale: float) -> Any:
     """Draw ``obj`` centred at 0-based pixel (x, y) on a square GalSim stamp (1-based bounds).
 
     Drawn by FFT, including the pixel response; GalSim's bounds are 1-based, so 0-based
     pixel (x, y) is GalSim position (x + 1, y + 1).
+
+    Parameters
+    ----------
+    obj : galsim.GSObject
+        The profile (its flux in the image's unit).
+    x, y : float
+        Centre, 0-based pixel column and row of the frame.
+    radius : int
+        Half-size of the stamp in px (the stamp is 2·radius + 1 pixels square, centred on
+        the pixel nearest to (x, y)).
+    scale : float
+        Pixel scale, arcsec per pixel.
 
     Returns
     -------
@@ -254,8 +380,19 @@ def _draw_stamp(obj: Any, x: float, y: float, radius: int, scale: float) -> Any:
     return stamp
 
 
-def _aperture_sum(stamp: Any, x: float, y: float, a_px: float, b_px: float, theta: float) -> float:
+def aperture_sum(stamp: Any, x: float, y: float, a_px: float, b_px: float, theta: float) -> float:
     """Sum a stamp in an exact elliptical aperture; ``theta`` is the photutils angle [rad].
+
+    Parameters
+    ----------
+    stamp : galsim.Image
+        A stamp from :func:`draw_stamp` (1-based GalSim bounds).
+    x, y : float
+        Aperture centre, 0-based pixel column and row of the frame.
+    a_px, b_px : float
+        Semi-axes in px.
+    theta : float
+        photutils angle in radians (= −aperture_theta·π/180).
 
     Returns
     -------
@@ -324,14 +461,14 @@ def render_sources(
             # which measured ~10x slower per frame here; FFT fluxes agree to < 1e-5.
             warnings.filterwarnings("ignore", message=".*hard edges.*")
             obj = galsim_source(row, psf, float(flux_e[i]), config)
-            stamp = _draw_stamp(obj, float(x[i]), float(y[i]), int(radius[i]), config.pixel_scale)
+            stamp = draw_stamp(obj, float(x[i]), float(y[i]), int(radius[i]), config.pixel_scale)
         overlap = stamp.bounds & full.bounds
         if overlap.isDefined():
             full[overlap] += stamp[overlap]
         k = aper_pos.get(int(i))
         if k is not None:
             ap = apertures.iloc[k]
-            aper_sum[k] = _aperture_sum(
+            aper_sum[k] = aperture_sum(
                 stamp, float(x[i]), float(y[i]), ap["a_px"], ap["b_px"], ap["theta_rad"]
             )
     return full.array.copy(), aper_sum
@@ -553,12 +690,14 @@ def _catalogue_rows(
     y: np.ndarray,
     apertures: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Build the reference-catalogue rows (:data:`CATALOGUE_COLUMNS`) of the sources on the CCD.
+    """Build the reference-catalogue rows of the sources on the CCD.
 
     Returns
     -------
     pandas.DataFrame
-        One row per source; aperture axes in arcsec, angle in degrees (PAUS convention).
+        One row per source, :data:`CATALOGUE_COLUMNS` then :data:`PROFILE_COLUMNS` (the
+        true intrinsic shapes, as a space-based reference catalogue gives them); aperture
+        axes in arcsec, angle in degrees (PAUS convention).
     """
     return pd.DataFrame(
         {
@@ -571,8 +710,11 @@ def _catalogue_rows(
             "aperture_a": apertures["a_arcsec"].to_numpy(),
             "aperture_b": apertures["b_arcsec"].to_numpy(),
             "aperture_theta": apertures["theta_deg"].to_numpy(),
+            "profile_hlr": sel["hlr_arcsec"].to_numpy(dtype=float),
+            "profile_q": sel["q"].to_numpy(dtype=float),
+            "profile_bulge_frac": sel["bulge_frac"].to_numpy(dtype=float),
         }
-    )[list(CATALOGUE_COLUMNS)]
+    )[[*CATALOGUE_COLUMNS, *PROFILE_COLUMNS]]
 
 
 def _frame_apertures(

@@ -148,7 +148,8 @@ def write_survey(config: SimulationConfig, outdir: str | Path) -> SurveySummary:
     """Simulate the survey and write it in the PAUS reduced layout.
 
     Writes, under ``outdir`` (names from :mod:`pausdenoise.paus_layout`): one image and one
-    mask FITS per (exposure, CCD), ``catalogue.parquet`` (exactly ``CATALOGUE_COLUMNS``),
+    mask FITS per (exposure, CCD), ``catalogue.parquet`` (``CATALOGUE_COLUMNS`` and the
+    intrinsic shapes, ``PROFILE_COLUMNS``),
     ``truth/<...>.true.fits`` (noiseless images, ADU, sky included), ``truth/fluxes.parquet``
     (:data:`TRUTH_COLUMNS`), ``truth/exposures.parquet`` (the exposure plan with the true
     zero-points, seeing and sky), ``truth/sources.parquet`` (the source list with shapes and

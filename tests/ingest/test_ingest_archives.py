@@ -283,7 +283,8 @@ def test_saao_frames_without_survey_keywords(real_data_dir, tmp_path):
     if not src.is_dir():
         pytest.skip("saao-kb13475 not present in the real test data")
     files = sorted(src.glob("AKB13475I*.fits"))
-    cfg = _cli_config(tmp_path)
+    # the PSF measurement is checked on two frames below; 24 would only cost time here
+    cfg = _cli_config(tmp_path, "  measure_psf: false\n")
     out = tmp_path / "run"
     assert main(["ingest", "--config", str(cfg), "--out", str(out), "--fits",
                  str(src / "AKB13475I*.fits")]) == EXIT_OK
@@ -294,3 +295,17 @@ def test_saao_frames_without_survey_keywords(real_data_dir, tmp_path):
     first = _arrays(out / "store.zarr")[st.frame_id(1, 0)]["image"]
     with fits.open(files[0]) as h:  # uint16 via BZERO 32768: physical values, float32
         assert np.array_equal(first, h[0].data.astype(np.float32))
+
+
+def test_psf_measured_at_ingest_when_the_header_has_no_seeing(real_data_dir, tmp_path):
+    src = real_data_dir / "saao-kb13475"
+    if not src.is_dir():
+        pytest.skip("saao-kb13475 not present in the real test data")
+    cfg = _cli_config(tmp_path)
+    out = tmp_path / "run"
+    files = [str(src / "AKB13475I0007.fits"), str(src / "AKB13475I0100.fits")]
+    assert main(["ingest", "--config", str(cfg), "--out", str(out), "--fits", *files]) == 0
+    t = st.exposure_table(out / "store.zarr")
+    # Moffat FWHM of the stars (their half-maximum width is 3.9-4.4 px on these frames)
+    assert t["psf_fwhm_px"].between(3.0, 5.0).all(), t["psf_fwhm_px"].tolist()
+    assert t["psf_beta"].between(2.0, 5.0).all() and (t["psf_n_stars"] >= 5).all()

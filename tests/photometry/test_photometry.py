@@ -147,7 +147,9 @@ def test_matches_per_source_photutils_loop(subpixels, background):
         & (cat.aperture_y > 0)
         & (cat.aperture_y < 159)
     ].reset_index(drop=True)
-    cfg = PhotometryConfig(pixel_scale=0.263, subpixels=subpixels, background=background)
+    # the plain annulus (no catalogue-source mask), as the per-source loop computes it
+    cfg = PhotometryConfig(pixel_scale=0.263, subpixels=subpixels, background=background,
+                           annulus_mask_grow=0)
     ours = measure_frame(image, mask, cat, cfg, gain=GAIN)
     ref = reference_loop(image, mask, cat, cfg)
     assert len(ours) == len(cat) >= 8
@@ -250,7 +252,8 @@ def test_noiseless_sources_recover_total_flux():
             "aperture_theta": [0.0, -0.5 * 180 / np.pi, 1.0 * 180 / np.pi],
         }
     )
-    cfg = PhotometryConfig(aperture_units="pixel")
+    # apertures of 12-20 px: grown 3x they would cover the whole 30-45 px annulus
+    cfg = PhotometryConfig(aperture_units="pixel", annulus_mask_grow=0)
     out = measure_frame(image, None, cat, cfg, gain=GAIN)
     assert (out["flags"] == 0).all()
     np.testing.assert_allclose(out["bkg_mean"], sky, rtol=1e-3)

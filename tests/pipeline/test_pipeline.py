@@ -64,6 +64,29 @@ def test_run_all_stages_and_report(tiny_run):
     assert 5 < sky_raw < 60
 
 
+def test_evaluate_writes_depth_at_equal_purity(tiny_run):
+    _, _, out = tiny_run
+    ev_dir = out / "evaluate"
+    sweep = pd.read_csv(ev_dir / "depth_sweep.csv")
+    assert {"raw", "denoised"} <= set(sweep["kind"]) and set(sweep["truth"]) == {"simulation"}
+    for _, g in sweep.drop_duplicates(["kind", "threshold"]).groupby("kind"):
+        n = g["n_detections"].to_numpy()  # (blends can split as the threshold rises)
+        assert n[0] > n[-1] and (g["purity"].dropna().between(0, 1)).all()
+    depth = pd.read_csv(ev_dir / "depth.csv")
+    assert set(depth["purity_target"]) == {0.9, 0.95}
+    ok = depth.dropna(subset=["threshold"])
+    assert len(ok) >= 2 and (ok["m50"].between(15, 26)).all()
+    assert ((ok["m50_lo"] <= ok["m50"]) & (ok["m50"] <= ok["m50_hi"])).all()
+    # the completeness at the chosen threshold matches the purity it was chosen for
+    for _, r in ok.iterrows():
+        s = sweep[(sweep["kind"] == r["kind"])].drop_duplicates("threshold")
+        below = s[s["threshold"] <= r["threshold"] + 1e-9]["purity"].to_numpy()
+        assert len(below) == 0 or below[-1] <= r["purity_target"] + 1e-9
+    summary = json.loads((ev_dir / "summary.json").read_text())
+    assert "raw" in summary["depth"]["simulation"]
+    assert (out / "report" / "figures" / "depth_simulation_raw.png").exists()
+
+
 def test_rerun_resumes_and_recomputes_nothing(tiny_run, capsys):
     code, cfg, out = tiny_run
     assert code == EXIT_OK

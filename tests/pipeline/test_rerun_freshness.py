@@ -171,3 +171,40 @@ def test_force_redoes_the_work_of_the_stage_it_names(base, tmp_path):
     assert _summary(out, "photometry")["partitions_written"] == 2 * len(frames)
     assert _run(cfg, out, "--force", command="denoise") == EXIT_OK
     assert _summary(out, "denoise")["chunks_written"] == 4 * len(frames)
+
+
+def test_new_chunks_rewrite_the_store_but_keep_the_model(base, tmp_path):
+    cfg, out = _copy(base, tmp_path)
+    frames = _frames(out)
+    model = (out / "model" / "n2v.safetensors").stat().st_mtime_ns
+    assert _run(cfg, out, "--set", "ingest.chunks=[128,128]") == EXIT_OK
+    statuses = _statuses(out)
+    assert statuses["ingest"] == "done" and statuses["train"] == "up to date"
+    assert statuses["denoise"] == "done"
+    assert _summary(out, "ingest")["frames_rewritten"] == frames
+    assert _summary(out, "ingest")["frames_changed"] == []
+    assert st.write_chunks(out / "store.zarr", frames[0]) == (128, 128)
+    assert _summary(out, "denoise")["chunks_written"] == len(frames)  # one 128² chunk each
+    assert (out / "model" / "n2v.safetensors").stat().st_mtime_ns == model
+
+
+def test_a_fits_file_edited_in_place_is_ingested_again(base, tmp_path):
+    from astropy.io import fits
+
+    _, src = base
+    survey = tmp_path / "survey"
+    shutil.copytree(src / "survey", survey)
+    cfg = tmp_path / "fits.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "input": {"source": "fits",
+                                                     "fits_path": str(survey)}}))
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "ingest"]) == 0
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "ingest"]) == 0
+    assert _statuses(out) == {"ingest": "up to date"}
+    image = sorted(survey.glob("*.img.fits"))[0]
+    with fits.open(image, mode="update") as hdul:
+        hdul[0].data[10, 10] += 1000.0
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "ingest"]) == 0
+    assert _statuses(out) == {"ingest": "done"}
+    summary = _summary(out, "ingest")
+    assert len(summary["frames_changed"]) == 1 and len(summary["ingested"]) == 1

@@ -138,7 +138,7 @@ def test_layout_and_headers(survey: Path, tiny_config: SimulationConfig) -> None
 
 def test_catalogue_columns_and_wcs_round_trip(survey: Path, tiny_config: SimulationConfig) -> None:
     cat = pd.read_parquet(survey / pl.CATALOGUE_NAME)
-    assert tuple(cat.columns) == pl.CATALOGUE_COLUMNS
+    assert tuple(cat.columns) == pl.CATALOGUE_COLUMNS + pl.PROFILE_COLUMNS
     assert len(cat) > 50
     assert not cat.duplicated(["ref_id", "expnum", "ccd"]).any()
     # a source centre lies on one CCD only per exposure (the CCDs do not overlap)

@@ -11,7 +11,15 @@ independent exposure − that exposure's noise variance``): every other exposure
 (any exposure number but its own, training exposures included) whose footprint covers at
 least ``evaluate.min_overlap`` of its good pixels is a candidate reference (the
 ``evaluate.max_references`` with the largest coverage are used), brought onto the frame's grid
-by :func:`pausdenoise.evaluate.reference_on_grid`. Writes into ``<run>/evaluate/``:
+by :func:`pausdenoise.evaluate.reference_on_grid`. Frames without a WCS (small-telescope
+exposures of one field): every other exposure of the band on the same CCD is registered to
+the frame by FFT cross-correlation (:func:`pausdenoise.register.measure_offset`); its
+coverage is the overlap at the measured offset, and the offset, rounded to whole pixels,
+stands in for the WCS (:func:`pausdenoise.register.shift_wcs`), so references are exact
+copies whose noise stays independent and uncorrelated (the ≤ 0.5 px rounding only touches
+pixels with signal: a Δ term of :mod:`pausdenoise.evaluate`). An exposure that cannot be
+registered is not a reference (reason in ``registration.csv``). Writes into
+``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised) and pixel class (sky |
   source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
@@ -21,10 +29,27 @@ by :func:`pausdenoise.evaluate.reference_on_grid`. Writes into ``<run>/evaluate/
   factor raw/denoised per class;
 - ``independent_references.csv`` (without truth): the estimate with each reference alone
   and its noise variance (they must agree within their errors), and its coverage;
+- ``registration.csv`` (frames without a WCS): per pair registered, ``frame``,
+  ``other_frame``, ``dx_px``, ``dy_px`` (position in the other frame minus position in the
+  frame, px, 0-based), ``significance``, ``overlap``, ``error`` (empty when registered);
+  the summary's ``registration`` gives the pairs, failures, largest offset (px) and
+  smallest significance;
 - ``skipped.csv``: frames that could not be evaluated and why (e.g. no independent exposure
   in the band) — recorded, not an error;
 - ``completeness.csv``: detection completeness per true-magnitude bin for raw and denoised,
   ``detection_summary.json``: 50 %/90 % completeness magnitudes and purity (truth only);
+- ``depth_sweep.csv``, ``depth.csv``, ``depth_completeness.csv``, ``depth_gain.csv``
+  (``evaluate.depth``; frames with truth, and the injected store when ``inject/truth.parquet``
+  exists): one detection engine (:mod:`pausdenoise.detection`) swept over thresholds on
+  every image kind of the frame (raw, denoised, and ``gan`` / ``stack_others`` where the
+  frame has them; a kind missing on some frame is left out); per kind and threshold the
+  purity, detections and completeness per magnitude bin (``evaluate.depth_mag_column``);
+  per kind and purity target (``evaluate.depth_purity_targets``) the threshold, m50 and m90
+  (AB) with 95 % bootstrap intervals, the completeness curve, and the gain over raw (mag,
+  paired bootstrap). Column ``truth``: ``simulation`` (every simulated source) or
+  ``injected`` (completeness of the injected sources; purity measured against injections
+  plus the simulation's sources on simulated frames, estimated from the negated image on
+  real ones). The summary's ``depth`` holds the same numbers;
 - ``stamps.npz``: cutouts (raw, denoised, truth) of galaxies at several magnitudes for the
   report, with their labels (truth only);
 - ``residuals.npz``: raw − truth and denoised − truth over a central cutout of one frame.
@@ -40,11 +65,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pausdenoise import detection as dt
 from pausdenoise import evaluate as ev
+from pausdenoise import register as rg
 from pausdenoise import store as st
+from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.n2v.normalise import frame_statistics
 from pausdenoise.pipeline.context import Context, split_holdout
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
+from pausdenoise.psf import frame_psf
 from pausdenoise.stats import MAD_TO_SIGMA
 
 __all__ = ["run"]
@@ -129,7 +158,8 @@ def _truth_columns(m: pd.DataFrame) -> pd.DataFrame:
 
 _OUTPUTS = ("pixel_metrics.csv", "pixel_summary.csv", "independent_references.csv",
             "skipped.csv", "completeness.csv", "detection_summary.json", "stamps.npz",
-            "residuals.npz", "summary.json")
+            "residuals.npz", "registration.csv", "summary.json", "depth_sweep.csv",
+            "depth.csv", "depth_completeness.csv", "depth_gain.csv")
 
 _METRIC_COLUMNS = ["frame", "kind", "reference", "estimator", "pixel_class", "n_pixels", "rms",
                    "mse", "mse_se", "psnr_db", "ssim", "mse_to_reference",
@@ -183,31 +213,115 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
     return good
 
 
+@dataclass
+class _Registry:
+    """WCSs of the frames and offsets measured between frames without one (cached)."""
+
+    wcs: dict[str, Any] = field(default_factory=dict)
+    offsets: dict[tuple[str, str], Any] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def wcs_of(self, store: Any, frame: str) -> Any:
+        """Return the frame's celestial WCS, or None without one (cached).
+
+        Returns
+        -------
+        astropy.wcs.WCS or None
+            The celestial part of the frame's WCS.
+        """
+        if frame not in self.wcs:
+            self.wcs[frame] = _frame_wcs_or_none(store, frame)
+        return self.wcs[frame]
+
+
+def _registration_pixels(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a frame's image and bad-pixel map (mask, non-positive ivar) for registration.
+
+    Returns
+    -------
+    tuple of ndarray
+        The image (ADU, float64) and a boolean map of its bad pixels.
+    """
+    arr = _frame_arrays(store, frame)
+    image = arr["image"].astype(np.float64)
+    return image, rg.bad_pixel_map(image, arr.get("mask"), arr.get("ivar"))
+
+
+def _registered_offset(ctx: Context, reg: _Registry, frame: str, other: str,
+                       frame_pixels: tuple[np.ndarray, np.ndarray]) -> Any:
+    """Measure (or reuse) the offset of ``other`` relative to ``frame`` by cross-correlation.
+
+    A failed registration is recorded in ``reg.rows`` with its reason and gives None; a pair
+    measured the other way round is reused with the opposite sign.
+
+    Returns
+    -------
+    Offset or None
+        Position in ``other`` minus position in ``frame``, px (0-based pixels).
+    """
+    if (other, frame) in reg.offsets:
+        o = reg.offsets[(other, frame)]
+        return None if o is None else rg.Offset(-o.dx, -o.dy, o.significance, o.overlap)
+    if (frame, other) not in reg.offsets:
+        sat = st.frame_attrs(ctx.store, frame).get("saturate")
+        image_o, bad_o = _registration_pixels(ctx.store, other)
+        row = {"frame": frame, "other_frame": other, "dx_px": np.nan, "dy_px": np.nan,
+               "significance": np.nan, "overlap": np.nan, "error": ""}
+        try:
+            off = rg.measure_offset(frame_pixels[0], image_o, mask_ref=frame_pixels[1],
+                                    mask_img=bad_o, min_overlap=ctx.cfg.evaluate.min_overlap,
+                                    saturation=float(sat) if sat else None)
+            row.update(dx_px=off.dx, dy_px=off.dy, significance=off.significance,
+                       overlap=off.overlap)
+        except RegistrationError as exc:
+            off = None
+            row["error"] = str(exc)
+            print(f"evaluate: {frame}: {other} not registered: {exc}")
+        reg.offsets[(frame, other)] = off
+        reg.rows.append(row)
+    return reg.offsets[(frame, other)]
+
+
 def _reference_candidates(ctx: Context, frame: str, row: pd.Series, others: pd.DataFrame,
-                          shape: tuple[int, ...], wcs_cache: dict[str, Any]
+                          shape: tuple[int, ...], reg: _Registry,
+                          frame_pixels: tuple[np.ndarray, np.ndarray]
                           ) -> tuple[list[tuple[float, int, str, Any]], Any]:
     """List the other exposures that overlap the frame, with the frame's WCS.
+
+    Frames with a WCS are compared through it. When neither the frame nor the other
+    exposure has one, the other exposure (same CCD) is registered to the frame by
+    cross-correlation (:func:`pausdenoise.register.measure_offset`) and the offset, rounded
+    to whole pixels (exact copies: the references' noise stays independent and
+    uncorrelated), stands in for the WCS (:func:`pausdenoise.register.shift_wcs`).
 
     Returns
     -------
     tuple of (list, WCS or None)
         ``(−coverage, expnum, frame, wcs)`` of each overlapping exposure, and the frame's
-        celestial WCS (None without one).
+        celestial WCS (the synthetic reference WCS when registered; None without a WCS and
+        no registered exposure).
     """
-    wcs_d = wcs_cache.setdefault(frame, _frame_wcs_or_none(ctx.store, frame))
+    wcs_d = reg.wcs_of(ctx.store, frame)
     cands = []
+    registered = False
     for _, o in others.iterrows():
         f = o["frame"]
-        wcs_o = wcs_cache.setdefault(f, _frame_wcs_or_none(ctx.store, f))
-        o_shape = (int(o["ny"]), int(o["nx"]))
-        if wcs_d is None or wcs_o is None:  # no WCS: same CCD, same shape = same grid
-            cov = float(wcs_d is None and wcs_o is None and o_shape == shape
-                        and int(o["ccd"]) == int(row["ccd"]))
+        wcs_o = reg.wcs_of(ctx.store, f)
+        if wcs_d is None and wcs_o is None:  # no WCS: register by cross-correlation
+            if int(o["ccd"]) != int(row["ccd"]):
+                continue
+            off = _registered_offset(ctx, reg, frame, f, frame_pixels)
+            if off is None:
+                continue
+            cov, wcs_o = off.overlap, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)
+            registered = True
+        elif wcs_d is None or wcs_o is None:  # one WCS only: cannot align them
+            continue
         else:
-            cov = _lattice_coverage(wcs_d, shape, wcs_o, o_shape)
+            cov = _lattice_coverage(wcs_d, shape, wcs_o, (int(o["ny"]), int(o["nx"])))
         if cov > 0:
             cands.append((-cov, int(o["expnum"]), f, wcs_o))
-    return cands, wcs_d
+    return cands, (rg.shift_wcs() if registered else wcs_d)
 
 
 def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.DataFrame,
@@ -292,7 +406,7 @@ def _independent_frame(
     arr: dict[str, np.ndarray],
     exposures: pd.DataFrame,
     catalogue: pd.DataFrame | None,
-    wcs_cache: dict[str, Any],
+    reg: _Registry,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | str:
     """Score one frame without truth against its independent exposures.
 
@@ -321,7 +435,8 @@ def _independent_frame(
                        & (exposures["expnum"] != expnum)]
     if others.empty:
         return f"no independent exposure in band {band} (no other exposure number)"
-    cands, wcs_d = _reference_candidates(ctx, frame, row, others, shape, wcs_cache)
+    cands, wcs_d = _reference_candidates(ctx, frame, row, others, shape, reg,
+                                         (image, ~good))
     refs, names, coverage = _usable_references(ctx, frame, row, by_frame, cands, wcs_d, shape,
                                                good)
     if not refs:
@@ -352,6 +467,9 @@ class _Tally:
         default_factory=lambda: {"raw": [0, 0], "denoised": [0, 0]})
     stamps: list[dict[str, Any]] = field(default_factory=list)
     evaluated: int = 0
+    registry: _Registry = field(default_factory=_Registry)
+    depth: dict[str, list[dt.FrameSweep]] = field(default_factory=dict)
+    depth_mags: list[np.ndarray] = field(default_factory=list)
 
 
 def _write_residuals(out_dir: Path, frame: str, image: np.ndarray, truth: np.ndarray,
@@ -420,6 +538,207 @@ def _truth_frame(ctx: Context, frame: str, arr: dict[str, np.ndarray],
         t = truth_tab[(truth_tab["expnum"] == attrs["expnum"])
                       & (truth_tab["ccd"] == attrs["ccd"])]
         _truth_detections(ctx, frame, arr, t, sky, sigma, tally, stamps=rows is not None)
+        if cfg.depth:
+            _depth_frame(ctx, frame, _depth_images(ctx.store, frame, arr), attrs, t, tally)
+
+
+# --------------------------------------------------------------------------- depth
+
+#: image kind -> frame array swept for the depth; "gan" and "stack_others" are the names
+#: of ``pipeline.stages.gan.GAN_ARRAY`` and ``pipeline.stages.stack.OTHERS_ARRAY`` (not
+#: imported: those stages pull in torch)
+_DEPTH_ARRAYS = {"raw": "image", "denoised": "denoised", "gan": "gan", "stack": "stack_others"}
+_STACK_WEIGHT = "stack_others_weight"
+
+
+def _depth_settings(cfg: ev.EvaluateConfig) -> dt.DetectionSettings:
+    return dt.DetectionSettings(
+        npixels=cfg.depth_npixels, background_box=cfg.depth_background_box,
+        deblend=cfg.depth_deblend, deblend_nlevels=cfg.depth_deblend_nlevels,
+        deblend_contrast=cfg.depth_deblend_contrast,
+        match_radius_fwhm=cfg.depth_match_radius_fwhm)
+
+
+def _depth_fwhm(ctx: Context, attrs: dict[str, Any]) -> float:
+    """Return the detection kernel's FWHM (px): config, else the frame's PSF header.
+
+    Returns
+    -------
+    float
+        ``evaluate.depth_fwhm``, else ``psf_fwhm_px`` or ``seeing`` / pixel scale, else
+        ``evaluate.detection_fwhm``.
+    """
+    cfg = ctx.cfg.evaluate
+    if cfg.depth_fwhm is not None:
+        return float(cfg.depth_fwhm)
+    try:
+        return float(frame_psf(attrs, pixel_scale=ctx.cfg.photometry.pixel_scale).fwhm_px)
+    except PsfError:
+        return float(cfg.detection_fwhm)
+
+
+def _depth_images(store: Any, frame: str, arr: dict[str, np.ndarray]
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Collect the frame's image kinds with their bad-pixel masks.
+
+    Returns
+    -------
+    dict
+        kind -> (image in ADU, mask: non-zero = bad); raw and denoised always, the cGAN
+        output and the leave-one-out stack when the frame has them.
+    """
+    mask = arr.get("mask", np.zeros(arr["image"].shape, np.uint8))
+    names = st.frame_arrays(store, frame)
+    out = {}
+    for kind, name in _DEPTH_ARRAYS.items():
+        if name in arr:
+            out[kind] = (arr[name], mask)
+        elif name in names:
+            img = np.asarray(st.open_frame(store, frame, name), dtype=np.float64)
+            bad = mask != 0
+            if kind == "stack" and _STACK_WEIGHT in names:
+                bad = bad | ~(np.asarray(st.open_frame(store, frame, _STACK_WEIGHT)) > 0)
+            out[kind] = (img, bad.astype(np.uint8))
+    return out
+
+
+def _depth_truth(t: pd.DataFrame, shape: tuple[int, ...]) -> pd.DataFrame:
+    """Keep the true sources inside the frame, with their brightness key.
+
+    Returns
+    -------
+    DataFrame
+        The rows with ``-0.5 <= x, y < n - 0.5`` and ``flux_order`` = −mag_true.
+    """
+    x = t["x_true"].to_numpy() if "x_true" in t else t["x"].to_numpy()
+    y = t["y_true"].to_numpy() if "y_true" in t else t["y"].to_numpy()
+    inside = (x >= -0.5) & (x < shape[1] - 0.5) & (y >= -0.5) & (y < shape[0] - 0.5)
+    out = t[inside].copy()
+    out["x_true"], out["y_true"] = x[inside], y[inside]
+    out["flux_order"] = -out["mag_true"].to_numpy(float)
+    return out.reset_index(drop=True)
+
+
+def _depth_frame(ctx: Context, frame: str, images: dict[str, tuple[np.ndarray, np.ndarray]],
+                 attrs: dict[str, Any], t: pd.DataFrame, tally: _Tally,
+                 complete: bool = True, score: np.ndarray | None = None) -> None:
+    """Sweep the detection thresholds on every image kind of one frame."""
+    cfg = ctx.cfg.evaluate
+    truth = _depth_truth(t, images["raw"][0].shape)
+    fwhm = _depth_fwhm(ctx, attrs)
+    settings = _depth_settings(cfg)
+    mags = truth[cfg.depth_mag_column].to_numpy(float)
+    if score is not None:
+        mags = np.where(truth["ref_id"].isin(score).to_numpy(), mags, np.nan)
+    tally.depth_mags.append(mags)
+    for kind, (img, mask) in images.items():
+        sw = dt.sweep_image(img, mask, fwhm, truth, cfg.depth_thresholds, settings,
+                            truth_complete=complete)
+        tally.depth.setdefault(kind, []).append(sw)
+
+
+def _depth_result(ctx: Context, tally: _Tally) -> dt.DepthResult | None:
+    """Compare the kinds swept on every frame (a kind missing on some frame is left out).
+
+    Returns
+    -------
+    DepthResult or None
+        None when nothing was swept.
+    """
+    cfg = ctx.cfg.evaluate
+    n = len(tally.depth_mags)
+    sweeps = {k: v for k, v in tally.depth.items() if len(v) == n}
+    if not n or "raw" not in sweeps:
+        return None
+    for k in set(tally.depth) - set(sweeps):
+        print(f"evaluate: depth of {k!r} left out: present on {len(tally.depth[k])} of "
+              f"{n} frames")
+    return dt.depth_analysis(sweeps, np.concatenate(tally.depth_mags), cfg.depth_thresholds,
+                             cfg.mag_bins, cfg.depth_purity_targets, cfg.depth_bootstrap)
+
+
+def _injected_depth(ctx: Context, frames: list[str]) -> dt.DepthResult | None:
+    """Depth on the injected store: completeness of the injected sources.
+
+    The matching truth is the injections plus, on simulated frames, the simulation's
+    sources (then purity is measured; on real frames it is estimated from the negated image).
+
+    Returns
+    -------
+    DepthResult or None
+        None without ``inject/truth.parquet`` and ``inject/store.zarr``.
+    """
+    tpath, spath = ctx.paths.inject / "truth.parquet", ctx.paths.inject / "store.zarr"
+    if not (tpath.exists() and spath.exists()):
+        return None
+    inj = pd.read_parquet(tpath)
+    sim = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
+    have = set(st.list_frames(spath))
+    tally = _Tally()
+    for frame in frames:
+        if frame not in have or "denoised" not in st.frame_arrays(spath, frame):
+            continue
+        attrs = st.frame_attrs(spath, frame)
+        arr = _frame_arrays(spath, frame)
+        rows = inj[(inj["expnum"] == attrs["expnum"]) & (inj["ccd"] == attrs["ccd"])]
+        others = pd.DataFrame() if sim is None else \
+            sim[(sim["expnum"] == attrs["expnum"]) & (sim["ccd"] == attrs["ccd"])]
+        t = pd.concat([rows, others], ignore_index=True)
+        images = {k: (arr[a], arr.get("mask", np.zeros(arr["image"].shape, np.uint8)))
+                  for k, a in (("raw", "image"), ("denoised", "denoised"))}
+        _depth_frame(ctx, frame, images, attrs, t, tally, complete=not others.empty,
+                     score=rows["ref_id"].to_numpy())
+    return _depth_result(ctx, tally)
+
+
+def _depth_summary(res: dt.DepthResult) -> dict[str, Any]:
+    """Condense a depth result for ``summary.json``.
+
+    Returns
+    -------
+    dict
+        kind -> purity target -> threshold and m50/m90 with intervals; ``gain`` -> kind ->
+        purity target -> dm50/dm90 with intervals (mag).
+    """
+    out: dict[str, Any] = {}
+    for _, r in res.depth.iterrows():
+        out.setdefault(r["kind"], {})[f"{r['purity_target']:g}"] = {
+            k: float(r[k]) for k in ("threshold", "m50", "m50_lo", "m50_hi", "m90", "m90_lo",
+                                     "m90_hi")}
+    for _, r in res.gains.iterrows():
+        out.setdefault("gain", {}).setdefault(r["kind"], {})[f"{r['purity_target']:g}"] = {
+            k: float(r[k]) for k in ("dm50", "dm50_lo", "dm50_hi", "dm90", "dm90_lo",
+                                     "dm90_hi")}
+    return out
+
+
+def _write_depth(ctx: Context, frames: list[str], tally: _Tally) -> dict[str, Any]:
+    """``depth_sweep.csv``, ``depth.csv``, ``depth_completeness.csv``, ``depth_gain.csv``.
+
+    Returns
+    -------
+    dict
+        The summary's ``depth`` entry (empty when nothing was swept).
+    """
+    results = {"simulation": _depth_result(ctx, tally),
+               "injected": _injected_depth(ctx, frames)}
+    results = {k: v for k, v in results.items() if v is not None}
+    if not results:
+        return {}
+    out_dir = ctx.paths.evaluate
+    for name, attr in (("depth_sweep.csv", "sweep"), ("depth.csv", "depth"),
+                       ("depth_completeness.csv", "curves"), ("depth_gain.csv", "gains")):
+        pd.concat([getattr(r, attr).assign(truth=k) for k, r in results.items()],
+                  ignore_index=True).to_csv(out_dir / name, index=False)
+    summary = {k: _depth_summary(r) for k, r in results.items()}
+    target = max(ctx.cfg.evaluate.depth_purity_targets)
+    for k, r in results.items():
+        g = r.gains[(r.gains["kind"] == "denoised") & (r.gains["purity_target"] == target)]
+        if len(g):
+            summary[f"denoised_gain_m50_{k}"] = {
+                "purity": target, "dm50": float(g["dm50"].iloc[0]),
+                "lo": float(g["dm50_lo"].iloc[0]), "hi": float(g["dm50_hi"].iloc[0])}
+    return summary
 
 
 # --------------------------------------------------------------------------- the stage
@@ -470,14 +789,13 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -
     catalogue = read_frame_catalogue(ctx)[0] if ctx.catalogue_path.exists() else None
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     tally = _Tally()
-    wcs_cache: dict[str, Any] = {}
     for frame in frames:
         arr = _frame_arrays(ctx.store, frame)
         if "denoised" not in arr:
             tally.skipped[frame] = "no denoised array (run the denoise stage)"
             continue
         if "truth" not in arr:  # real data: against independent exposures
-            res = _independent_frame(ctx, frame, arr, exposures, catalogue, wcs_cache)
+            res = _independent_frame(ctx, frame, arr, exposures, catalogue, tally.registry)
             if isinstance(res, str):
                 tally.skipped[frame] = res
                 print(f"evaluate: {frame} skipped: {res}")
@@ -487,6 +805,28 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -
             continue
         _truth_frame(ctx, frame, arr, catalogue, truth_tab, tally)
     return tally
+
+
+def _write_registration(out_dir: Path, reg: _Registry) -> dict[str, Any]:
+    """Write ``registration.csv`` (frames without a WCS) and summarise it.
+
+    Returns
+    -------
+    dict
+        ``{"registration": {...}}`` with the pairs measured, failed, and the largest
+        offset (px); empty when no frame was registered.
+    """
+    if not reg.rows:
+        return {}
+    tab = pd.DataFrame(reg.rows)
+    tab.to_csv(out_dir / "registration.csv", index=False)
+    ok = tab["error"] == ""
+    shift = np.hypot(tab.loc[ok, "dx_px"], tab.loc[ok, "dy_px"])
+    return {"registration": {
+        "pairs": len(tab), "failed": int((~ok).sum()),
+        "max_offset_px": float(shift.max()) if ok.any() else float("nan"),
+        "min_significance": float(tab.loc[ok, "significance"].min()) if ok.any()
+        else float("nan")}}
 
 
 def _note(summary: dict[str, Any], evaluated: int, n_independent: int,
@@ -535,9 +875,10 @@ def run(ctx: Context) -> dict[str, Any]:
     n_independent = len(tally.ref_rows)
     pd.DataFrame({"frame": list(skipped), "reason": list(skipped.values())}).to_csv(
         out_dir / "skipped.csv", index=False)
+    registration = _write_registration(out_dir, tally.registry)
     if not tally.metric_rows:
         why = "; ".join(f"{f}: {r}" for f, r in skipped.items()) or "no frame"
-        return {"note": f"nothing to evaluate ({why})", "skipped": skipped}
+        return {"note": f"nothing to evaluate ({why})", "skipped": skipped, **registration}
 
     metrics = pd.concat(tally.metric_rows, ignore_index=True)[_METRIC_COLUMNS]
     metrics.to_csv(out_dir / "pixel_metrics.csv", index=False)
@@ -549,7 +890,7 @@ def run(ctx: Context) -> dict[str, Any]:
     summary: dict[str, Any] = {"frames_evaluated": evaluated + n_independent,
                                "frames_evaluated_truth": evaluated,
                                "frames_evaluated_independent": n_independent,
-                               "skipped": skipped}
+                               "skipped": skipped, **registration}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
         summary[f"rms_reduction_{r['pixel_class']}{suffix}"] = float(r["rms_reduction"])
@@ -557,6 +898,10 @@ def run(ctx: Context) -> dict[str, Any]:
         _write_detection(ctx, tally, summary)
     if tally.stamps:
         _write_stamps(out_dir, tally.stamps)
+    if ctx.cfg.evaluate.depth:
+        depth = _write_depth(ctx, frames, tally)
+        if depth:
+            summary["depth"] = depth
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return {"note": _note(summary, evaluated, n_independent, skipped), **summary}
 

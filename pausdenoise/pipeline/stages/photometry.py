@@ -14,6 +14,7 @@ partition files that no current partition owns are deleted.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -27,6 +28,7 @@ from pausdenoise.photometry.catalogue import (
     validate_catalogue,
     validate_sky_catalogue,
 )
+from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.driver import (
     Partition,
     partition_tasks,
@@ -94,28 +96,42 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
     return rows, check, note
 
 
-def _plan(ctx: Context, catalogue: pd.DataFrame) -> tuple[list[Partition], list[str]]:
-    """List the partitions of every image kind.
+def plan_all_kinds(
+    store: Path, out_dir: Path, frames: list[str], catalogue: pd.DataFrame,
+    config: PhotometryConfig,
+) -> tuple[list[Partition], list[str]]:
+    """List the partitions of every image kind in ``config.kinds``.
+
+    Parameters
+    ----------
+    store : Path
+        The store whose frames are measured.
+    out_dir : Path
+        Root of the photometry output.
+    frames : list of str
+        The frames to measure.
+    catalogue : pandas.DataFrame
+        Per-frame catalogue rows.
+    config : PhotometryConfig
+        Photometry settings.
 
     Returns
     -------
     tuple of (list of Partition, list of str)
         The partitions, and the frames without a complete denoised image.
     """
-    frames = st.list_frames(ctx.store)
     plans: list[Partition] = []
     missing: list[str] = []
-    root = st.open_store(ctx.store)
-    for kind in ctx.cfg.photometry.kinds:
+    root = st.open_store(store)
+    for kind in config.kinds:
         kind_frames = frames
         if kind == "denoised":  # frames the denoiser skipped (e.g. all masked) have none
             groups = {f: root[f"{st.FRAMES_GROUP}/{f}"] for f in frames}
             kind_frames = [f for f, g in groups.items()
                            if "denoised" in g and g["denoised"].attrs.get("complete", False)]
             missing = sorted(set(frames) - set(kind_frames))
-        cfg_kind = ctx.cfg.photometry.model_copy(update={"kinds": (kind,)})
-        plans += plan_partitions(ctx.store, ctx.paths.photometry, kind_frames, catalogue,
-                                 cfg_kind)
+        cfg_kind = config.model_copy(update={"kinds": (kind,)})
+        plans += plan_partitions(store, out_dir, kind_frames, catalogue, cfg_kind)
     return plans, missing
 
 
@@ -148,7 +164,8 @@ def run(ctx: Context) -> dict[str, Any]:
         check.issues.to_csv(ctx.paths.catalogue_issues, index=False)
         print(f"photometry: {len(check.issues)} catalogue row problem(s), flagged; see "
               f"{ctx.paths.catalogue_issues}")
-    plans, missing = _plan(ctx, catalogue)
+    plans, missing = plan_all_kinds(ctx.store, ctx.paths.photometry,
+                                    st.list_frames(ctx.store), catalogue, ctx.cfg.photometry)
     removed = remove_stale_partitions(ctx.paths.photometry, plans)
     tasks = partition_tasks(ctx.store, plans, ctx.cfg.photometry, overwrite=ctx.force)
     t0 = time.perf_counter()

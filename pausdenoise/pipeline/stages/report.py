@@ -1,7 +1,8 @@
 """Report stage: figures and the self-contained HTML report of a run directory.
 
 Reads what the other stages wrote (``run.json``, ``model/history.csv``, ``evaluate/``,
-``compare/``, and the cGAN's outputs when ``gan.enabled``) and writes
+``compare/``, ``inject/`` when source injection ran, and the cGAN's outputs when
+``gan.enabled``) and writes
 ``<run>/report/index.html`` (figures embedded), every figure as a PNG under
 ``report/figures/`` and the tables as CSV/JSON under ``report/tables/``. Sections whose
 inputs are missing (a stage not run) are left out, not faked. The figures themselves are
@@ -21,7 +22,9 @@ import pandas as pd
 from pausdenoise.pipeline.context import Context
 from pausdenoise.pipeline.stages import gan
 from pausdenoise.report import figures as rf
+from pausdenoise.report.depth import depth_section
 from pausdenoise.report.html import ReportSection, ReportWriter, render_html
+from pausdenoise.report.injection import injection_section
 from pausdenoise.report.versions import software_versions
 
 __all__ = ["SIGMA68_COLUMNS", "build_report", "run"]
@@ -185,6 +188,39 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter) -> ReportSection | None:
         figures=figs, tables=tables)
 
 
+def _depth_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
+    """Show detection depth at equal purity per image kind.
+
+    Returns
+    -------
+    ReportSection or None
+        None without ``evaluate/depth.csv``.
+    """
+    if not (ev_dir / "depth.csv").exists():
+        return None
+    names = {"depth": "depth.csv", "sweep": "depth_sweep.csv",
+             "curves": "depth_completeness.csv", "gains": "depth_gain.csv"}
+    return depth_section({k: pd.read_csv(ev_dir / n) for k, n in names.items()
+                          if (ev_dir / n).exists()}, w)
+
+
+def _injection_section(inj_dir: Path, w: ReportWriter) -> ReportSection | None:
+    """Flux bias, scatter, transfer and colour bias of the injected sources.
+
+    Returns
+    -------
+    ReportSection or None
+        None without ``inject/bias_by_bin.csv`` (the inject stage not run).
+    """
+    if not (inj_dir / "bias_by_bin.csv").exists():
+        return None
+    tables = {"bias": pd.read_csv(inj_dir / "bias_by_bin.csv")}
+    for key, name in (("transfer", "transfer.csv"), ("colour", "colour_bias.csv")):
+        if (inj_dir / name).exists():
+            tables[key] = pd.read_csv(inj_dir / name)
+    return injection_section(tables, w)
+
+
 def _training_section(ctx: Context, w: ReportWriter, timings: dict[str, Any]) -> ReportSection:
     """Training loss, wall time per stage, and the stages of the run.
 
@@ -228,7 +264,9 @@ def build_report(ctx: Context) -> Path:
     w = ReportWriter(root, ctx.cfg.report.dpi)
     sections = [_images_section(ctx.paths.evaluate, w),
                 _evaluation_section(ctx.paths.evaluate, w),
-                _photometry_section(ctx.paths.compare, w)]
+                _depth_section(ctx.paths.evaluate, w),
+                _photometry_section(ctx.paths.compare, w),
+                _injection_section(ctx.paths.inject, w)]
     if ctx.cfg.gan.enabled:
         sections.append(gan.report_section(ctx, w))
     timings = ctx.record.timings()

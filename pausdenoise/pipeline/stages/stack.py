@@ -36,6 +36,23 @@ What it writes
   :func:`load_pairs`.
 - ``<run>/gan/stack_summary.csv``: per band/CCD, the sky noise of a single exposure and of
   the stack, their ratio and the √N expectation.
+- ``<run>/gan/registration.csv`` (only for frames without a WCS): per frame, its band, CCD,
+  ``reference_frame``, ``dx_px``, ``dy_px`` (position in the frame minus position in the
+  reference frame, px, 0-based), ``significance``, ``overlap`` and ``error``.
+
+Frames without a WCS
+--------------------
+When no frame of a band/CCD has a WCS (small-telescope exposures of one field), each frame
+is registered to the group's reference frame by FFT cross-correlation
+(:func:`pausdenoise.register.measure_offset`) and the measured offset replaces the WCS
+(:func:`pausdenoise.register.shift_wcs`): a whole-pixel offset is applied by re-indexing, a
+sub-pixel remainder by bilinear interpolation (``resampling="shift"``; flux-conserving, it
+smooths the noise as for dithered frames with a WCS). The deep stack's ``wcs`` attribute is
+then None and ``registration_offsets_px`` holds the offsets; the summary counts the
+``registered_frames``. A group mixing frames with and without a WCS, or a frame that cannot
+be registered (no significant correlation peak, too small an overlap), stops the stage with
+a :class:`~pausdenoise.errors.StageError` naming the frames (reasons in
+``registration.csv``). Frames with a WCS are stacked through it exactly as before.
 """
 
 from __future__ import annotations
@@ -51,9 +68,10 @@ import numpy as np
 import pandas as pd
 from dask import delayed
 
+from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.digest import json_digest
-from pausdenoise.errors import StageError
+from pausdenoise.errors import RegistrationError, StageError
 from pausdenoise.gan.pairs import CutoutPairs, make_pairs
 from pausdenoise.gan.scoring import robust_sigma
 from pausdenoise.n2v.normalise import FrameStats
@@ -157,11 +175,25 @@ def _zps(exposures: pd.DataFrame, frames: Sequence[str]) -> list[float] | None:
     return [float(z) for z in zp] if np.all(np.isfinite(zp) & (zp > 0)) else None
 
 
-def _stack_inputs(store, frames: Sequence[str]):
+Offsets = list[tuple[float, float]]
+"""Per frame ``(dx, dy)`` px from a band/CCD's reference frame (frames without a WCS)."""
+
+
+def _stack_inputs(store, frames: Sequence[str], offsets: Offsets | None = None):
+    """Open a group's frames lazily, with their WCSs or the registered shift-only WCSs.
+
+    Returns
+    -------
+    tuple
+        ``(images, masks or None, ivars or None, wcs list)``.
+    """
     images = _LazyFrames(store, frames, "image")
     masks = _LazyFrames(store, frames, "mask")
     ivars = _LazyFrames(store, frames, "ivar")
-    wcs = [st.frame_wcs(store, f) for f in frames]
+    if offsets is None:
+        wcs = [st.frame_wcs(store, f) for f in frames]
+    else:
+        wcs = [rg.shift_wcs(dx, dy) for dx, dy in offsets]
     return images, (masks if masks.any else None), (ivars if ivars.any else None), wcs
 
 
@@ -196,7 +228,8 @@ def _good(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def _deep_stack_task(store: str, frames: list[str], zps: list[float] | None, reference: int,
-                     scfg: Any, gid: str, key: str, attrs: dict[str, Any]) -> dict[str, Any]:
+                     scfg: Any, gid: str, key: str, attrs: dict[str, Any],
+                     offsets: Offsets | None = None) -> dict[str, Any]:
     """Stack one band/CCD into ``stacks/<gid>`` (one task), with its noise summary.
 
     The arrays were already created by the stage. Runs on a Dask worker; reads the frames
@@ -207,7 +240,7 @@ def _deep_stack_task(store: str, frames: list[str], zps: list[float] | None, ref
     dict
         The ``stack_summary.csv`` row (noise in ADU at the reference zero-point).
     """
-    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    images, masks, ivars, wcs = _stack_inputs(store, frames, offsets)
     n = len(frames)
     ref = frames[reference]
     ref_shape = tuple(st.open_frame(store, ref).shape)
@@ -238,7 +271,7 @@ def _deep_stack_task(store: str, frames: list[str], zps: list[float] | None, ref
 
 
 def _others_task(store: str, frames: list[str], zps: list[float] | None, i: int, scfg: Any,
-                 key: str, meta: dict[str, Any]) -> str:
+                 key: str, meta: dict[str, Any], offsets: Offsets | None = None) -> str:
     """Stack all frames but ``frames[i]`` on that frame's grid and zero-point (one task).
 
     Written into ``frames/<h>/stack_others(_weight)`` (arrays already created by the stage).
@@ -248,7 +281,7 @@ def _others_task(store: str, frames: list[str], zps: list[float] | None, i: int,
     str
         The frame name ``frames[i]``.
     """
-    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    images, masks, ivars, wcs = _stack_inputs(store, frames, offsets)
     h = frames[i]
     others, ow = stack_frames(images, masks, ivars, wcs, wcs[i].celestial,
                               tuple(st.open_frame(store, h).shape), scfg, exclude=i, zps=zps,
@@ -262,7 +295,8 @@ def _others_task(store: str, frames: list[str], zps: list[float] | None, i: int,
 
 
 def _pairs_task(store: str, frames: list[str], zps: list[float] | None, i: int, scfg: Any,
-                size: int, stride: int, max_pairs: int | None, seed: int):
+                size: int, stride: int, max_pairs: int | None, seed: int,
+                offsets: Offsets | None = None):
     """Cut the leave-one-out training pairs of source ``frames[i]`` (one task).
 
     Returns
@@ -270,12 +304,81 @@ def _pairs_task(store: str, frames: list[str], zps: list[float] | None, i: int, 
     CutoutPairs
         Its cutouts and the cutouts of the stack of the other ``frames``.
     """
-    images, masks, ivars, wcs = _stack_inputs(store, frames)
+    images, masks, ivars, wcs = _stack_inputs(store, frames, offsets)
     return make_pairs(images, masks, ivars, wcs, zps=zps, stack_config=scfg, sources=[i],
                       size=size, stride=stride, max_pairs_per_frame=max_pairs, seed=seed)
 
 
 # --------------------------------------------------------------------------- planning
+
+
+def _write_registration(ctx: Context, plan: _StackPlan) -> None:
+    """Write ``gan/registration.csv`` when frames were registered (removed otherwise)."""
+    path = gan_dir(ctx) / "registration.csv"
+    if not plan.registration:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(plan.registration).to_csv(path, index=False)
+
+
+def _registration_input(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read a frame's image (ADU, float64) and its bad pixels (mask, ivar ≤ 0, non-finite).
+
+    Returns
+    -------
+    tuple of ndarray
+        The image and the boolean bad-pixel map.
+    """
+    arr = {n: np.asarray(st.open_frame(store, frame, n)) for n in st.frame_arrays(store, frame)
+           if n in ("image", "mask", "ivar")}
+    img = arr["image"].astype(np.float64)
+    return img, rg.bad_pixel_map(img, arr.get("mask"), arr.get("ivar"))
+
+
+def _register_group(ctx: Context, plan: _StackPlan, band: str, ccd: int,
+                    frames: list[str]) -> None:
+    """Register a band/CCD's frames to its reference frame when none of them has a WCS.
+
+    Offsets by cross-correlation (:func:`pausdenoise.register.measure_offset`), recorded in
+    ``plan.offsets`` (px, frame minus reference) and ``plan.registration``; frames with a
+    WCS are left to it.
+
+    Raises
+    ------
+    StageError
+        Some frames of the group have a WCS and others not, or a frame cannot be registered
+        (its reason is in ``gan/registration.csv``).
+    """
+    has = [bool(st.frame_attrs(ctx.store, f).get("wcs")) for f in frames]
+    if all(has):
+        return
+    if any(has):
+        raise StageError(f"stack: {band} CCD {ccd}: {has.count(False)} of {len(frames)} "
+                         "frames have no WCS: they cannot be aligned with the others")
+    ref = frames[plan.scfg.reference]
+    ref_img, ref_bad = _registration_input(ctx.store, ref)
+    sat = st.frame_attrs(ctx.store, ref).get("saturate")
+    failed = []
+    for f in frames:
+        row = {"band": band, "ccd": ccd, "reference_frame": ref, "frame": f, "dx_px": 0.0,
+               "dy_px": 0.0, "significance": np.nan, "overlap": 1.0, "error": ""}
+        if f != ref:
+            img, bad = _registration_input(ctx.store, f)
+            try:
+                o = rg.measure_offset(ref_img, img, mask_ref=ref_bad, mask_img=bad,
+                                      saturation=float(sat) if sat else None)
+                row.update(dx_px=o.dx, dy_px=o.dy, significance=o.significance,
+                           overlap=o.overlap)
+            except RegistrationError as exc:
+                row.update(dx_px=np.nan, dy_px=np.nan, overlap=np.nan, error=str(exc))
+                failed.append(f"{f}: {exc}")
+        plan.registration.append(row)
+        plan.offsets[f] = (float(row["dx_px"]), float(row["dy_px"]))
+    if failed:
+        _write_registration(ctx, plan)
+        raise StageError(f"stack: {band} CCD {ccd} has no WCS and frames cannot be registered "
+                         f"to {ref}: " + "; ".join(failed))
 
 
 @dataclass
@@ -292,6 +395,20 @@ class _StackPlan:
     reused: int = 0
     pair_specs: list[tuple[list[str], list[float] | None, int]] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
+    offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    registration: list[dict[str, Any]] = field(default_factory=list)
+
+    def offsets_of(self, frames: Sequence[str]) -> Offsets | None:
+        """Return the registered offsets of ``frames``, or None when they have WCSs.
+
+        Returns
+        -------
+        list of (float, float) or None
+            ``(dx, dy)`` px of each frame from its band/CCD's reference frame.
+        """
+        if not frames or frames[0] not in self.offsets:
+            return None
+        return [self.offsets[f] for f in frames]
 
 
 def _plan_deep(ctx: Context, plan: _StackPlan, stacks: Any, band: str, ccd: int,
@@ -301,8 +418,9 @@ def _plan_deep(ctx: Context, plan: _StackPlan, stacks: Any, band: str, ccd: int,
     ref = frames[scfg.reference]
     gid = stack_id(band, ccd)
     plan.order.append(gid)
+    offsets = plan.offsets_of(frames)
     key = json_digest(["deep", plan.scfg_json, frames, zps, scfg.reference,
-                       [plan.tokens[f] for f in frames]])
+                       [plan.tokens[f] for f in frames]] + ([offsets] if offsets else []))
     g = stacks.require_group(gid)
     if not ctx.force and _is_done(g, key) and "summary" in g.attrs:
         plan.rows[gid] = dict(g.attrs["summary"])
@@ -315,10 +433,13 @@ def _plan_deep(ctx: Context, plan: _StackPlan, stacks: Any, band: str, ccd: int,
         st.create_array(g, name, shape, np.float32, chunks=chunks)
     attrs = {"band": band, "ccd": ccd, "reference_frame": ref, "frames": frames,
              "zp_ref": None if zps is None else zps[scfg.reference],
-             "wcs": st.frame_wcs(ctx.store, ref).celestial.to_header().tostring(),
+             "wcs": None if offsets else
+             st.frame_wcs(ctx.store, ref).celestial.to_header().tostring(),
              "stack_config": plan.scfg_json}
+    if offsets:  # no WCS: the reference frame's pixel grid, offsets from registration
+        attrs["registration_offsets_px"] = dict(zip(frames, offsets, strict=True))
     plan.tasks.append(delayed(_deep_stack_task, pure=False)(
-        str(ctx.store), frames, zps, scfg.reference, scfg, gid, key, attrs,
+        str(ctx.store), frames, zps, scfg.reference, scfg, gid, key, attrs, offsets,
         dask_key_name=f"stack-deep-{gid}"))
     plan.n_deep += 1
 
@@ -332,8 +453,9 @@ def _plan_others(ctx: Context, plan: _StackPlan, root: Any, frames: list[str],
     """
     for h in (f for f in frames if f in held):
         i = frames.index(h)
+        offsets = plan.offsets_of(frames)
         key_h = json_digest(["others", plan.scfg_json, frames, zps, i,
-                             [plan.tokens[f] for f in frames]])
+                             [plan.tokens[f] for f in frames]] + ([offsets] if offsets else []))
         arrays = st.frame_arrays(ctx.store, h)
         if not ctx.force and all(
                 a in arrays and _is_done(root[f"{st.FRAMES_GROUP}/{h}/{a}"], key_h)
@@ -345,7 +467,7 @@ def _plan_others(ctx: Context, plan: _StackPlan, root: Any, frames: list[str],
         meta = {"members": [f for f in frames if f != h], "excluded": h,
                 "stack_config": plan.scfg_json}
         plan.tasks.append(delayed(_others_task, pure=False)(
-            str(ctx.store), frames, zps, i, plan.scfg, key_h, meta,
+            str(ctx.store), frames, zps, i, plan.scfg, key_h, meta, offsets,
             dask_key_name=f"stack-others-{h}"))
         plan.n_others += 1
 
@@ -378,6 +500,7 @@ def _plan_stacks(ctx: Context, scfg: Any, exposures: pd.DataFrame,
         zps = _zps(exposures, frames)
         for f in frames:
             plan.tokens[f] = _frame_token(ctx.store, f)
+        _register_group(ctx, plan, band, ccd, frames)
         _plan_deep(ctx, plan, stacks, band, ccd, frames, zps)
         _plan_others(ctx, plan, root, frames, zps, held)
         tr = [f for f in frames if f in train_frames]
@@ -392,9 +515,11 @@ def _plan_stacks(ctx: Context, scfg: Any, exposures: pd.DataFrame,
 
 
 def _pairs_key(gan_cfg: Any, plan: _StackPlan) -> str:
+    specs = [[tr, z, [plan.tokens[f] for f in tr]] + ([plan.offsets_of(tr)]
+                                                       if plan.offsets_of(tr) else [])
+             for tr, z, _ in plan.pair_specs]
     return json_digest(["pairs", plan.scfg_json, gan_cfg.cutout_size, gan_cfg.cutout_stride,
-                        gan_cfg.max_pairs_per_frame,
-                        [[tr, z, [plan.tokens[f] for f in tr]] for tr, z, _ in plan.pair_specs]])
+                        gan_cfg.max_pairs_per_frame, specs])
 
 
 def _pairs_up_to_date(pairs_path: Path, key: str) -> bool:
@@ -421,7 +546,8 @@ def _pair_tasks(store: str, gan_cfg: Any, plan: _StackPlan) -> list[Any]:
         for i in range(len(tr)):
             tasks.append(delayed(_pairs_task, pure=False)(
                 store, tr, t_zps, i, plan.scfg, gan_cfg.cutout_size, gan_cfg.cutout_stride,
-                gan_cfg.max_pairs_per_frame, gidx, dask_key_name=f"stack-pairs-{tr[i]}"))
+                gan_cfg.max_pairs_per_frame, gidx, plan.offsets_of(tr),
+                dask_key_name=f"stack-pairs-{tr[i]}"))
             gidx += 1
     return tasks
 
@@ -561,6 +687,7 @@ def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
     tasks = plan.tasks + pair_tasks
     results = list(compute_with_progress(tasks, ctx.client, "stack")) if tasks else []
     summary_tab = _write_summary(out_dir, plan, results[:len(plan.tasks)])
+    _write_registration(ctx, plan)
 
     n_pairs = 0
     if pairs_reused:
@@ -573,13 +700,21 @@ def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
     else:
         pairs_path.unlink(missing_ok=True)
     ratio = float(np.median(summary_tab["noise_ratio"] / summary_tab["sqrt_n"]))
+    registered = {}
+    if plan.registration:  # frames without a WCS: offsets from cross-correlation
+        reg = pd.DataFrame(plan.registration)
+        registered = {"registered_frames": len(reg),
+                      "max_registration_offset_px": float(
+                          np.hypot(reg["dx_px"], reg["dy_px"]).max())}
     return {
         "note": f"{len(plan.order)} stacks ({int(summary_tab['n_frames'].sum())} frames), "
                 f"noise ÷{summary_tab['noise_ratio'].median():.2f} (√N·{ratio:.2f}); "
                 f"{len(held)} held-out references; {n_pairs} training pairs from "
                 f"{len(pair_frames)} exposures{' (reused)' if pairs_reused else ''}; "
                 f"{plan.n_deep + plan.n_others} stack task(s), {plan.reused} up to date, in "
-                f"{time.perf_counter() - t0:.0f} s",
+                f"{time.perf_counter() - t0:.0f} s"
+                + (f"; {len(plan.registration)} frames without WCS registered"
+                   if plan.registration else ""),
         "stacks": len(plan.order),
         "stack_tasks": plan.n_deep + plan.n_others,
         "stacks_up_to_date": plan.reused,
@@ -589,6 +724,7 @@ def run_stack(ctx: Context, gan_cfg: Any) -> dict[str, Any]:
         "pairs": n_pairs,
         "pair_frames": pair_frames,
         "held_out_frames": held,
+        **registered,
     }
 
 

@@ -1,0 +1,117 @@
+"""The source-injection report section: figures, tables and its place in the report stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pausdenoise.config import PipelineConfig
+from pausdenoise.inject.metrics import ESTIMATORS, injection_tables
+from pausdenoise.pipeline.context import Context
+from pausdenoise.pipeline.stages.report import build_report
+from pausdenoise.report.html import ReportWriter, render_html
+from pausdenoise.report.injection import (
+    fig_colour_bias,
+    fig_injection_bias,
+    fig_injection_scatter,
+    fig_transfer,
+    injection_section,
+)
+from pausdenoise.runstate import RunPaths, RunRecord
+
+BANDS = ("NB455", "NB845", "NB615")
+
+
+def _tables() -> dict[str, pd.DataFrame]:
+    """Tables of 150 sources × 3 bands × 2 exposures; denoised flux 5 % low, 0.05 mag
+    colour offset in the raw NB455 aperture flux."""
+    rng = np.random.default_rng(4)
+    src = pd.DataFrame({"ref_id": 1_000_000_000 + np.arange(150),
+                        "I_auto": rng.uniform(17.0, 23.0, 150)})
+    frames = pd.DataFrame([{"band": b, "expnum": 10 * j + e, "ccd": 3}
+                           for j, b in enumerate(BANDS) for e in range(2)])
+    t = src.merge(frames, how="cross")
+    t["flux_true_adu"] = 300.0 * 10 ** (-0.4 * (t["I_auto"] - 23.0))
+    t["flux_true_aper_adu"] = 0.85 * t["flux_true_adu"]
+    t["flux_cr_var_adu2"] = 25.0**2
+    n, fa = len(t), t["flux_true_aper_adu"].to_numpy()
+    base = t[["ref_id", "expnum", "ccd", "band", "I_auto"]]
+    off = np.where(t["band"] == "NB455", 10 ** (-0.4 * 0.05), 1.0)
+    raw = base.assign(kind="raw", flux=off * fa + rng.normal(0, 30, n), flux_err=30.0, flags=0,
+                      flux_prof=t["flux_true_adu"] + rng.normal(0, 25, n), flux_prof_err=25.0,
+                      flags_prof=0)
+    den = base.assign(kind="denoised", flux=0.95 * fa + rng.normal(0, 15, n), flux_err=30.0,
+                      flags=0)
+    return injection_tables(pd.concat([raw, den], ignore_index=True), t, n_boot=100,
+                            colour_bands=("NB455", "NB845"))
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return _tables()
+
+
+def test_figures_show_every_estimator_and_band(tables):
+    fig = fig_injection_bias(tables["bias"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["all", *sorted(BANDS)]
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == len(ESTIMATORS)
+    sc = fig_injection_scatter(tables["bias"])
+    assert "Cramér–Rao bound (total flux)" in sc.axes[0].get_legend_handles_labels()[1]
+    # in a band without a raw offset, the corrected denoised aperture points sit at half the
+    # raw aperture scatter / 0.95
+    sc = fig_injection_scatter(tables["bias"], band="NB845")
+    lines = {ln.get_label(): ln.get_ydata() for ln in sc.axes[0].get_lines()}
+    ratio = (np.asarray(lines["denoised, aperture / T (cross-fitted)"])
+             / np.asarray(lines["raw, aperture"]))
+    assert np.allclose(ratio, 0.5 / 0.95, atol=0.12)
+    assert len(fig_colour_bias(tables["colour"]).axes) == 1
+    assert len(fig_transfer(tables["transfer"]).axes) == 1
+
+
+def test_section_writes_figures_and_tables(tables, tmp_path):
+    w = ReportWriter(tmp_path / "report", dpi=50)
+    sec = injection_section(tables, w)
+    assert len(sec.figures) == 4 and len(sec.tables) == 3
+    for name in ("injection_bias", "injection_scatter", "injection_transfer",
+                 "injection_colour"):
+        png = (tmp_path / "report" / "figures" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = pd.read_csv(tmp_path / "report" / "tables" / "injection_bias.csv")
+    assert len(saved) == len(ESTIMATORS) * (len(BANDS) + 1) * 7
+    shown = sec.tables[0][1]
+    assert (shown["estimator"].unique() == np.array(ESTIMATORS)).all() and len(shown) == 28
+    page = render_html("t", [sec])
+    assert "Source injection" in page and "denoised_aperture: worst |median bias|" in page
+    # the 5 % shrinkage of the denoised fluxes is in the summary
+    den = tables["transfer"].query("band == 'all' and n > 0")["transfer"]
+    assert np.allclose(den, 0.95, atol=0.02)
+
+
+def _context(out) -> Context:
+    cfg = PipelineConfig()
+    paths = RunPaths(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return Context(cfg, paths, None, RunRecord(paths))
+
+
+def test_report_stage_adds_the_section_only_when_injection_ran(tables, tmp_path):
+    ctx = _context(tmp_path / "run")
+    page = build_report(ctx).read_text()
+    assert "Source injection" not in page
+    inj = tmp_path / "run" / "inject"
+    inj.mkdir()
+    tables["bias"].to_csv(inj / "bias_by_bin.csv", index=False)
+    tables["transfer"].to_csv(inj / "transfer.csv", index=False)
+    tables["colour"].to_csv(inj / "colour_bias.csv", index=False)
+    page = build_report(ctx).read_text()
+    assert "Source injection: flux bias against the truth" in page
+    assert (tmp_path / "run" / "report" / "figures" / "injection_colour.png").exists()
+    # the bias table alone is enough
+    (inj / "transfer.csv").unlink()
+    (inj / "colour_bias.csv").unlink()
+    page = build_report(ctx).read_text()
+    assert "Source injection" in page
+    assert not (tmp_path / "run" / "report" / "figures" / "injection_colour.png").exists()
