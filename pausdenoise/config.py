@@ -93,6 +93,14 @@ class CompareConfig(BaseModel):
         description="Edges of the I_auto bins (AB mag); default 1-mag bins 17–23.",
     )
     exclude_flagged: bool = Field(True, description="Drop flagged measurements before pairing.")
+    denoised_transfer: Literal["none", "inject"] = Field(
+        "none",
+        description="'inject': divide every denoised flux (flux_cal and flux_cal_err) by the "
+        "transfer function the inject stage measured for its band and I_auto bin "
+        "(<run>/inject/transfer.csv: median denoised / true aperture flux of injected "
+        "galaxies), so the pairs, σ68 and the error model describe an unbiased denoised flux; "
+        "bins without a measured transfer are left as they are. Needs inject.enabled.",
+    )
     folds: int = Field(
         2, ge=2, description="Cross-validation of the error model: exposures are dealt into "
         "this many groups, stratified by band; each group's pairs are judged by a model fitted "

@@ -534,6 +534,10 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
         The rows of :func:`_colour_table` for this estimator.
     """
     b0, b1 = colour_bands
+    if b0 == b1:  # one band only: no colour
+        return [{"colour": f"{b0}-{b1}", "bin": lab, "mag_lo": bins[i], "mag_hi": bins[i + 1],
+                 "n": 0, "n_undefined": 0, "median_colour_bias": np.nan, "ci_lo": np.nan,
+                 "ci_hi": np.nan, "method": "none"} for i, lab in enumerate(bin_labels(bins))]
     i_auto = w.groupby("ref_id")["I_auto"].first()
     src = _source_dmag(w, a, (b0, b1))
     per_source = bool(len(src))

@@ -223,7 +223,9 @@ def stage_fingerprints(
                                _fp("denoise")],
         "inject": lambda: ["inject", d["inject"], d["photometry"], d["denoise"],
                            _fp("catalogue"), _fp("model"), _fp("ingest")],
-        "compare": lambda: ["compare", d["compare"], _fp("photometry")],
+        "compare": lambda: (["compare", d["compare"], _fp("photometry")]
+                            + ([_fp("inject")] if cfg.compare.denoised_transfer == "inject"
+                               else [])),
         "evaluate": lambda: (["evaluate", d["evaluate"], _fp("photometry")]
                              + ([_fp("inject")] if cfg.inject.enabled else [])
                              + ([_fp("gan")] if cfg.gan.enabled else [])),

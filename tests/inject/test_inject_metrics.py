@@ -286,3 +286,9 @@ def test_colour_bias_from_band_medians_when_no_source_has_both_bands():
     assert ((r["ci_lo"] <= 0.1) & (r["ci_hi"] >= 0.1)).sum() >= 4
     p = col[(col["estimator"] == "raw_profile") & (col["n"] > 0)]
     assert (p["median_colour_bias"].abs() < 0.02).all()
+
+
+def test_one_band_gives_an_empty_colour_table():
+    phot, truth = make_tables(n_src=100, n_exp=2, bands=("I",))
+    col = injection_tables(phot, truth, n_boot=20, colour_bands=("I", "I"))["colour"]
+    assert (col["n"] == 0).all() and col["median_colour_bias"].isna().all()

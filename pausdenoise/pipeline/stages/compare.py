@@ -46,24 +46,60 @@ import pandas as pd
 from distributed import as_completed
 
 from pausdenoise import compare as cmp
+from pausdenoise.errors import StageError
 from pausdenoise.photometry.driver import photometry_bands, read_photometry, write_partition
 from pausdenoise.pipeline.context import Context
 
-__all__ = ["BandPairs", "band_calibrated_errors", "band_pairs", "run"]
+__all__ = ["BandPairs", "band_calibrated_errors", "band_pairs", "run", "transfer_corrected"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
 
 
-def _band_wide(phot_dir: str, band: str, exclude_flagged: bool) -> pd.DataFrame | None:
-    """Read one band's photometry, one row per measurement.
+def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd.DataFrame:
+    """Divide the denoised rows' calibrated flux and error by their transfer function.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Photometry rows of one band (``kind``, ``I_auto``, ``flux_cal``, ``flux_cal_err``).
+    transfer : pandas.DataFrame or None
+        The band's rows of the inject stage's ``transfer.csv`` (``mag_lo``, ``mag_hi``,
+        ``transfer``); None leaves the table as it is.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with the denoised rows divided by T(I_auto bin); rows outside the bins or in
+        a bin without a finite, positive transfer are unchanged.
+    """
+    if transfer is None or transfer.empty:
+        return table
+    edges = np.append(transfer["mag_lo"].to_numpy(float), transfer["mag_hi"].to_numpy(float)[-1])
+    t = transfer["transfer"].to_numpy(float)
+    idx = np.searchsorted(edges, table["I_auto"].to_numpy(float), side="right") - 1
+    ok = (idx >= 0) & (idx < len(t))
+    factor = np.ones(len(table))
+    factor[ok] = t[idx[ok]]
+    factor[~(np.isfinite(factor) & (factor > 0))] = 1.0
+    factor[(table["kind"] != "denoised").to_numpy()] = 1.0
+    out = table.copy()
+    out["flux_cal"] = out["flux_cal"] / factor
+    out["flux_cal_err"] = out["flux_cal_err"] / factor
+    return out
+
+
+def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
+               transfer: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Read one band's photometry, one row per measurement (denoised fluxes corrected).
 
     Returns
     -------
     DataFrame or None
         :func:`pausdenoise.compare.widen` of the band's table; None when it is empty.
     """
-    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    table = transfer_corrected(read_photometry(phot_dir, bands=[band], columns=_COLUMNS),
+                               transfer)
     if table.empty:
         return None
     return cmp.widen(table, exclude_flags=exclude_flagged)
@@ -103,7 +139,8 @@ class BandPairs:
 
 
 def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
-               max_pairs: int, seed: int) -> BandPairs | None:
+               max_pairs: int, seed: int,
+               transfer: dict[str, pd.DataFrame] | None = None) -> BandPairs | None:
     """Read and pair one band; runs on a worker.
 
     Parameters
@@ -121,6 +158,9 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         :func:`pausdenoise.compare.pair_hash` (``seed``).
     seed : int
         The seed of the hash.
+    transfer : dict of str to DataFrame, optional
+        Per band, the rows of the inject stage's ``transfer.csv`` to divide the denoised
+        fluxes by (:func:`transfer_corrected`); None for none.
 
     Returns
     -------
@@ -128,7 +168,7 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         The band's exact pair counts, its sample of pairs, measurements and exposures;
         None when the band has no measurement.
     """
-    wide = _band_wide(phot_dir, band, exclude_flagged)
+    wide = _band_wide(phot_dir, band, exclude_flagged, (transfer or {}).get(band))
     if wide is None or wide.empty:
         return None
     deltas = cmp.pair_deltas(cmp.make_pairs(wide))
@@ -141,7 +181,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
                      exposures=wide[["expnum", "band"]].drop_duplicates("expnum"))
 
 
-def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) -> int:
+def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
+                           transfer: dict[str, pd.DataFrame] | None = None) -> int:
     """Write one band's per-measurement calibrated denoised errors; runs on a worker.
 
     The table is written atomically to ``out_dir/band=<band>/errors.parquet``.
@@ -156,13 +197,16 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str) 
         The error model (:meth:`pausdenoise.compare.ErrorModel.to_dict`).
     out_dir : str
         The directory of the per-band tables.
+    transfer : dict of str to DataFrame, optional
+        As for :func:`band_pairs`.
 
     Returns
     -------
     int
         The number of rows written.
     """
-    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    table = transfer_corrected(read_photometry(phot_dir, bands=[band], columns=_COLUMNS),
+                               (transfer or {}).get(band))
     rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
     write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
     return len(rows)
@@ -209,6 +253,29 @@ def _per_band_as_completed(ctx: Context, fn: Any, bands: list[str], *args: Any) 
             ctx.client.cancel(pending)
 
 
+def _transfer(ctx: Context) -> dict[str, pd.DataFrame] | None:
+    """Read the inject stage's transfer function per band when ``compare.denoised_transfer``.
+
+    Returns
+    -------
+    dict of str to DataFrame or None
+        Band → its rows of ``transfer.csv`` sorted by ``mag_lo``; None when not asked for.
+
+    Raises
+    ------
+    StageError
+        When it is asked for and the inject stage has not written ``transfer.csv``.
+    """
+    if ctx.cfg.compare.denoised_transfer != "inject":
+        return None
+    path = ctx.paths.inject / "transfer.csv"
+    if not path.exists():
+        raise StageError(f"compare: compare.denoised_transfer is 'inject' but {path} does not "
+                         "exist; set inject.enabled and run the inject stage first")
+    table = pd.read_csv(path).sort_values("mag_lo")
+    return {str(b): g.reset_index(drop=True) for b, g in table.groupby("band") if b != "all"}
+
+
 @dataclass
 class _Pairs:
     """The driver's merge of every band's :class:`BandPairs`."""
@@ -238,7 +305,7 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray) -> _Pairs |
     meas: dict[str, pd.DataFrame] = {}
     exps: dict[str, pd.DataFrame] = {}
     for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
-                                       cfg.max_pairs, cfg.seed):
+                                       cfg.max_pairs, cfg.seed, _transfer(ctx)):
         if part is None:
             continue
         n_total += part.n_pairs
@@ -303,7 +370,7 @@ def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, ou
     model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
     (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
     written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
-                        str(out / "denoised_errors"))
+                        str(out / "denoised_errors"), _transfer(ctx))
     summary["calibrated_error_rows"] = int(sum(written))
     summary["error_model_global_scale"] = model.global_scale
     summary["error_model_band_factor"] = dict(model.band_factor)
