@@ -163,6 +163,27 @@ def test_report_section(gan_run, tmp_path):
         p.stem for p in (tmp_path / "figures").glob("*.png")}
 
 
+def test_scoring_reads_a_sky_catalogue(gan_run, tmp_path):
+    """A CSV sky catalogue (ra/dec, no per-frame columns) is placed through each frame's WCS
+    for the forced photometry of the scoring, as the photometry stage places it."""
+    from pausdenoise.pipeline.stages.gan import run_gan
+
+    ctx, _, _ = gan_run
+    cat = pd.read_parquet(ctx.paths.survey / "catalogue.parquet")
+    sky = cat.groupby("ref_id", as_index=False).first()
+    sky = sky[["ref_id", "ra", "dec", "I_auto", "aperture_a", "aperture_b"]].rename(
+        columns={"aperture_a": "a", "aperture_b": "b"}).assign(theta=0.0)
+    path = tmp_path / "sky.csv"
+    sky.to_csv(path, index=False)
+    cfg = ctx.cfg.model_copy(update={"input": ctx.cfg.input.model_copy(
+        update={"catalogue": path})})
+    run_gan(Context(cfg, ctx.paths, None, ctx.record), cfg.gan)
+    bias = pd.read_csv(ctx.paths.out / "gan" / "photometry_bias.csv")
+    rows = bias[bias["bin"] == "all"]
+    assert set(rows["kind"]) >= {"raw", "gan"}
+    assert np.isfinite(rows["median_rel_bias"]).all()
+
+
 def test_gan_disabled_by_default_and_chunking_checked():
     from pausdenoise.config import PipelineConfig as PC
     from pausdenoise.pipeline.runner import resolve_stages

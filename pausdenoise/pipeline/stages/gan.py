@@ -54,9 +54,9 @@ from pausdenoise.gan.apply import gan_apply
 from pausdenoise.gan.checkpoint import load_generator, read_metadata, save_generator
 from pausdenoise.gan.scoring import KINDS
 from pausdenoise.gan.train import train_pix2pix
-from pausdenoise.photometry.catalogue import read_catalogue
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import Context, compute_with_progress, split_holdout
+from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 from pausdenoise.pipeline.stages.stack import (
     OTHERS_ARRAY,
     OTHERS_WEIGHT_ARRAY,
@@ -459,7 +459,8 @@ def score(ctx: Context, gan_cfg: Any, held: Sequence[str]) -> dict[str, Any]:
         ``table`` (the ``metrics.csv`` table), ``frames_scored`` and ``detection`` (per
         kind: ``m50``, ``m90`` in AB mag, ``purity``, ``detections``).
     """
-    catalogue = read_catalogue(ctx.catalogue_path) if ctx.catalogue_path.exists() else None
+    # as photometry reads it: Parquet, CSV or FITS; a sky catalogue placed through the WCS
+    catalogue = read_frame_catalogue(ctx)[0] if ctx.catalogue_path.exists() else None
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     rng = np.random.default_rng(0)
     tally = _Tally()
