@@ -33,7 +33,7 @@ import pandas as pd
 from pandas.api.types import union_categoricals
 
 from pausdenoise.photometry.measure import calibrate_flux
-from pausdenoise.stats import sigma68, sigma68_stderr
+from pausdenoise.stats import bin_index, sigma68, sigma68_stderr
 
 __all__ = [
     "DEFAULT_BINS",
@@ -474,7 +474,7 @@ def pairs_per_bin(pairs: pd.DataFrame, bins: Sequence[float]) -> np.ndarray:
         none.
     """
     b = np.asarray(bins, dtype=float)
-    idx = _bin_index(pairs["I_auto"].to_numpy(float), b)
+    idx = bin_index(pairs["I_auto"].to_numpy(float), b)
     return np.bincount(idx[idx >= 0], minlength=len(b) - 1).astype(np.int64)
 
 
@@ -487,19 +487,6 @@ def _bin_labels(bins: Sequence[float]) -> list[str]:
         return f"{lo:g}-{hi:g}"
 
     return [label(lo, hi) for lo, hi in itertools.pairwise(bins)]
-
-
-def _bin_index(mag: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Return the bin index of each magnitude (−1 outside the edges); bins are [lo, hi).
-
-    Returns
-    -------
-    ndarray of int
-        One index per magnitude.
-    """
-    idx = np.searchsorted(bins, mag, side="right") - 1
-    idx[(idx < 0) | (idx >= len(bins) - 1) | ~np.isfinite(mag)] = -1
-    return idx
 
 
 def _measurements_from_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -962,7 +949,7 @@ def fit_error_model(
     glob = sigma68(d)
     if not np.isfinite(glob) or glob <= 0:
         raise ValueError("could not fit a global error scale (no finite Δf)")
-    idx = _bin_index(fit["I_auto"].to_numpy(float), bins)
+    idx = bin_index(fit["I_auto"].to_numpy(float), bins)
     nb = len(bins) - 1
     n = np.array([int(((idx == i) & ok).sum()) for i in range(nb)], dtype=np.int64)
     if "band" in fit.columns:
@@ -1020,7 +1007,7 @@ def _validation_table(
         One row per group, the columns of :func:`validate_error_model`.
     """
     d_raw = _d_raw(held)
-    idx = _bin_index(held["I_auto"].to_numpy(float), bins)
+    idx = bin_index(held["I_auto"].to_numpy(float), bins)
     groups = [("all", np.nan, np.nan, np.ones(len(held), bool))]
     groups += [
         (lab, lo, hi, idx == i)
@@ -1201,7 +1188,7 @@ def summarise(
     bins = np.asarray(bins, dtype=float)
     has_den = _has_den(pairs)
     mag = pairs["I_auto"].to_numpy(float)
-    idx = _bin_index(mag, bins)
+    idx = bin_index(mag, bins)
     d_raw = _d_raw(pairs)
     nanv = np.full(len(pairs), np.nan)
     d_den = _d_den(pairs) if has_den else nanv
@@ -1212,7 +1199,7 @@ def summarise(
         meas = _measurements_from_pairs(pairs)
     else:  # a compact pair table carries no per-measurement fluxes
         meas = pd.DataFrame({"I_auto": np.array([], dtype=float)})
-    m_idx = _bin_index(meas["I_auto"].to_numpy(float), bins)
+    m_idx = bin_index(meas["I_auto"].to_numpy(float), bins)
     ratio = flux_ratio(meas) if "f_den" in meas.columns else np.full(len(meas), np.nan)
 
     groups = [("all", np.nan, np.nan, np.ones(len(pairs), bool), np.ones(len(meas), bool))]
@@ -1318,7 +1305,7 @@ def truth_comparison(
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (f - ft) / ft
             pull = (f - ft) / e
-        idx = _bin_index(g["I_auto"].to_numpy(float), bins)
+        idx = bin_index(g["I_auto"].to_numpy(float), bins)
         groups = [("all", np.nan, np.nan, np.ones(len(g), bool))]
         groups += [
             (lab, lo, hi, idx == i)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["MAD_TO_SIGMA", "P16", "P84", "mad_sigma", "sigma68", "sigma68_stderr"]
+__all__ = ["MAD_TO_SIGMA", "P16", "P84", "bin_index", "mad_sigma", "sigma68", "sigma68_stderr"]
 
 MAD_TO_SIGMA = 1.482602218505602
 """Scale from the median absolute deviation to σ for a Gaussian (1/Φ⁻¹(3/4))."""
@@ -89,3 +89,24 @@ def mad_sigma(values: np.ndarray, axis: int | None = None) -> np.ndarray | float
     mad = np.nanmedian(np.abs(v - med), axis=axis)
     out = MAD_TO_SIGMA * mad
     return float(out) if np.ndim(out) == 0 else out
+
+
+def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Return the bin of each value for bins ``[edges[i], edges[i + 1])``.
+
+    Parameters
+    ----------
+    values : ndarray
+        The values (e.g. AB magnitudes).
+    edges : ndarray
+        Increasing bin edges.
+
+    Returns
+    -------
+    ndarray of int
+        The 0-based bin index of each value; −1 outside the edges or for a non-finite value.
+    """
+    values = np.asarray(values, dtype=float)
+    idx = np.searchsorted(edges, values, side="right") - 1
+    idx[(idx < 0) | (idx >= len(edges) - 1) | ~np.isfinite(values)] = -1
+    return idx

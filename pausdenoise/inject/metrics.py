@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pausdenoise.stats import P16, P84, sigma68, sigma68_stderr
+from pausdenoise.stats import P16, P84, bin_index, sigma68, sigma68_stderr
 
 __all__ = [
     "DEFAULT_MAG_BINS",
@@ -93,19 +93,6 @@ def bin_labels(bins: Sequence[float]) -> list[str]:
         One label per bin, ``f"{lo:g}-{hi:g}"``.
     """
     return [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(bins)]
-
-
-def _bin_index(mag: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """Return the [lo, hi) bin of each magnitude, −1 outside the edges or non-finite.
-
-    Returns
-    -------
-    ndarray of int
-        One index per magnitude.
-    """
-    idx = np.searchsorted(bins, mag, side="right") - 1
-    idx[(idx < 0) | (idx >= len(bins) - 1) | ~np.isfinite(mag)] = -1
-    return idx
 
 
 # ----------------------------------------------------------------------------- the join
@@ -543,11 +530,11 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
     per_source = bool(len(src))
     if per_source:
         dcol = (src[b0] - src[b1]).to_numpy(float)
-        idx = _bin_index(i_auto.reindex(src.index).to_numpy(float), bins)
+        idx = bin_index(i_auto.reindex(src.index).to_numpy(float), bins)
         und, ref = src["undefined"].to_numpy(bool), src.index.to_numpy(np.int64)
     else:
         one = [_source_dmag(w, a, (b,)) for b in (b0, b1)]
-        idx1 = [_bin_index(i_auto.reindex(o.index).to_numpy(float), bins) for o in one]
+        idx1 = [bin_index(i_auto.reindex(o.index).to_numpy(float), bins) for o in one]
     rows = []
     for i, lab in enumerate(bin_labels(bins)):
         if per_source:
@@ -647,7 +634,7 @@ def injection_tables(
     if hasattr(phot, "compute"):  # a dask table (read_photometry): small enough to collect
         phot = phot.compute()
     w = _joined(phot, truth)
-    idx = _bin_index(w["I_auto"].to_numpy(float), bins)
+    idx = bin_index(w["I_auto"].to_numpy(float), bins)
     bands = sorted(w["band"].unique().tolist())
     t_corr = cross_fitted_transfer(_den_ratio(w), w["ref_id"].to_numpy(np.int64), idx,
                                    w["band"].to_numpy(str))
