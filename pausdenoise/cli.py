@@ -60,9 +60,13 @@ STAGE_HELP = {
              "(needs gan.enabled)",
     "gan": "train the pix2pix cGAN, apply it to held-out frames, score it against the "
            "stack and the truth (needs gan.enabled)",
-    "photometry": "forced aperture photometry on raw and denoised images (Parquet)",
+    "photometry": "forced photometry (apertures and profile-weighted total flux) on raw "
+                  "and denoised images (Parquet)",
+    "inject": "add galaxies of known flux to copies of the frames, denoise and measure them: "
+              "flux bias, pulls and scatter per magnitude bin (needs inject.enabled)",
     "compare": "cross-exposure df statistics, sigma68, flux ratios, calibrated errors",
-    "evaluate": "metrics against the truth (simulation): pixels, fluxes, completeness",
+    "evaluate": "metrics against the truth (simulation) or independent exposures: pixels, "
+                "fluxes, detection depth at equal purity",
     "report": "figures and the self-contained HTML report of a run directory",
     "run": "the whole pipeline from a config file; resumes what is already done",
     "plan": "dry run: tasks, bytes, memory per worker and time for N exposures, from "

@@ -96,3 +96,37 @@ def test_input_store_untouched_and_rerun_resumes(run_dir, tmp_path):
                  "--set", "inject.seed=5"]) == 0
     assert not pd.read_parquet(out / "inject" / "truth.parquet").equals(truth)
     assert _image_digest(out / "store.zarr") == before
+
+
+def test_a_frame_without_a_psf_is_skipped_and_named(run_dir, tmp_path):
+    """A frame with no seeing in its header and no usable star cannot be drawn into: the
+    stage skips it by name (exit code 3, partial) and injects and measures the others."""
+    cfg, base = run_dir
+    out = tmp_path / "out"
+    shutil.copytree(base, out)
+    frames = st.list_frames(out / "store.zarr")
+    bad = frames[0]
+    grp = st.open_store(out / "store.zarr", "r+")[st.FRAMES_GROUP][bad]
+    grp.attrs["seeing"] = None  # the header gives no PSF size ...
+    noise = np.random.default_rng(0).normal(100.0, 5.0, grp["image"].shape)
+    grp["image"][...] = noise.astype(np.float32)  # ... and the frame holds no star
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "inject",
+                 "--force"]) == 3
+    summary = json.loads((out / "run.json").read_text())["stages"]["inject"]["summary"]
+    assert summary["partial"] is True
+    assert [f for f, _ in summary["skipped"]] == [bad]
+    assert "no PSF" in summary["skipped"][0][1]
+    truth = pd.read_parquet(out / "inject" / "truth.parquet")
+    e, c = st.parse_frame_id(bad)
+    assert not ((truth["expnum"] == e) & (truth["ccd"] == c)).any()
+    assert summary["frames"] == len(frames) - 1 and len(truth) > 0
+
+
+def test_asked_for_while_disabled_does_nothing(run_dir, tmp_path):
+    cfg, base = run_dir
+    out = tmp_path / "out"
+    shutil.copytree(base, out)
+    shutil.rmtree(out / "inject")
+    assert main(["inject", "--config", str(cfg), "--out", str(out), "--set",
+                 "inject.enabled=false"]) == 0
+    assert not (out / "inject").exists()

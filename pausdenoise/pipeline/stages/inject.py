@@ -39,7 +39,7 @@ from pausdenoise import store as st
 from pausdenoise.denoise.model import as_model_ref
 from pausdenoise.denoise.writer import denoise_to_store
 from pausdenoise.digest import json_digest
-from pausdenoise.errors import StageError
+from pausdenoise.errors import PsfError, StageError
 from pausdenoise.inject.metrics import injection_tables
 from pausdenoise.inject.placement import detected_sources, occupancy_from_image, place
 from pausdenoise.inject.population import INJECT_REF_ID0, draw_injections
@@ -207,7 +207,7 @@ def _tables_path(out: Path, frame: str, what: str) -> Path:
 
 
 def _inject_one(store: Path, frame: str, injections: pd.DataFrame, out: Path,
-                icfg: Any, pcfg: Any, key: str) -> int:
+                icfg: Any, pcfg: Any, key: str) -> str | None:
     """Inject one frame and write it and its tables (the body of one Dask task).
 
     ``icfg`` and ``pcfg`` are the run's inject and photometry settings (plain pydantic
@@ -215,11 +215,16 @@ def _inject_one(store: Path, frame: str, injections: pd.DataFrame, out: Path,
 
     Returns
     -------
-    int
-        The number of galaxies injected.
+    str or None
+        None when the frame was injected; else why it was skipped (no PSF: a frame without
+        seeing in its header and without a usable star), and nothing is written for it.
     """
     image, mask, attrs = _read_frame(store, frame)
-    psf = frame_psf(attrs, image, mask, pixel_scale=pcfg.pixel_scale, beta=pcfg.psf_beta)
+    try:
+        psf = frame_psf(attrs, image, mask, pixel_scale=pcfg.pixel_scale,
+                        beta=pcfg.psf_beta)
+    except PsfError as exc:
+        return f"no PSF to draw the galaxies with: {exc}"
     e, c = st.parse_frame_id(frame)
     rng = np.random.default_rng([icfg.seed, 7, c, e])
     wcs = wcs_from_text(str(attrs["wcs"])) if attrs.get("wcs") else None
@@ -234,7 +239,7 @@ def _inject_one(store: Path, frame: str, injections: pd.DataFrame, out: Path,
     chunks = st.open_frame(store, frame, "image").chunksize
     arrays = {"image": res.image} | ({"mask": mask} if mask is not None else {})
     st.write_frame(out / "store.zarr", frame, arrays, copied, chunks=chunks)
-    return len(res.truth)
+    return None
 
 
 def _is_done(out_store: Path, out: Path, frame: str, key: str) -> bool:
@@ -251,13 +256,14 @@ def _is_done(out_store: Path, out: Path, frame: str, key: str) -> bool:
     return done and _tables_path(out, frame, "truth").exists()
 
 
-def _inject_all(ctx: Context, plan: dict[str, pd.DataFrame], out_store: Path) -> list[str]:
-    """Run one injection task per frame that is not already done; return those frames.
+def _inject_all(ctx: Context, plan: dict[str, pd.DataFrame],
+                out_store: Path) -> tuple[list[str], dict[str, str]]:
+    """Run one injection task per frame that is not already done.
 
     Returns
     -------
-    list of str
-        The frames injected now.
+    tuple of (list of str, dict of str to str)
+        The frames injected now, and the frames skipped with the reason.
     """
     todo = []
     for frame, injections in plan.items():
@@ -268,8 +274,11 @@ def _inject_all(ctx: Context, plan: dict[str, pd.DataFrame], out_store: Path) ->
         st.init_store(out_store)
     tasks = [delayed(_inject_one)(ctx.store, f, inj, ctx.paths.inject, ctx.cfg.inject,
                                   ctx.cfg.photometry, key) for f, inj, key in todo]
-    compute_with_progress(tasks, ctx.client, "inject")
-    return [f for f, _, _ in todo]
+    reasons = compute_with_progress(tasks, ctx.client, "inject")
+    skipped = {f: r for (f, _, _), r in zip(todo, reasons, strict=True) if r is not None}
+    for f, r in skipped.items():
+        print(f"inject: frame {f} of {ctx.store} skipped ({r})")
+    return [f for f, _, _ in todo if f not in skipped], skipped
 
 
 def _denoise(ctx: Context, out_store: Path, frames: list[str]) -> int:
@@ -400,8 +409,10 @@ def run(ctx: Context) -> dict[str, Any]:
     Raises
     ------
     StageError
-        When the store has no frame to inject into.
+        When the store has no frame to inject into, or none could be injected.
     """
+    if not ctx.cfg.inject.enabled:
+        return {"note": "inject.enabled is false: nothing done"}
     out = ctx.paths.inject
     out.mkdir(parents=True, exist_ok=True)
     out_store = out / "store.zarr"
@@ -410,8 +421,11 @@ def run(ctx: Context) -> dict[str, Any]:
     plan = plan_injections(ctx, catalogue)
     if not plan:
         raise StageError(f"inject: the store {ctx.store} has no complete frame")
-    injected_now = _inject_all(ctx, plan, out_store)
-    frames = list(plan)
+    injected_now, skipped = _inject_all(ctx, plan, out_store)
+    frames = [f for f in plan if f not in skipped]
+    if not frames:
+        raise StageError(f"inject: no frame of {ctx.store} could be injected: "
+                         + "; ".join(f"{f}: {r}" for f, r in skipped.items()))
     chunks = _denoise(ctx, out_store, frames) if Path(ctx.checkpoint).exists() else 0
     cat, truth = _combined_tables(out, frames)
     cat.to_parquet(out / "catalogue.parquet", index=False)
@@ -427,7 +441,11 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "note": f"{len(truth)} galaxies in {len(frames)} frames "
                 f"({len(injected_now)} injected now, {chunks} chunks denoised, "
-                f"{written} partitions); worst |median bias| I 17-23: " + worst,
+                f"{written} partitions"
+                + (f", {len(skipped)} frame(s) skipped" if skipped else "")
+                + "); worst |median bias| I 17-23: " + worst,
+        "skipped": [[f, r] for f, r in skipped.items()],
+        "partial": bool(skipped),
         "galaxies": len(truth),
         "frames": len(frames),
         "frames_injected": len(injected_now),
