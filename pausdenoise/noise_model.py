@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import stats
 
 from pausdenoise.errors import NoiseModelError
 from pausdenoise.stats import mad_sigma
@@ -365,97 +365,206 @@ def fit_noise_model(
     )
 
 
-def _sky_residual(image: np.ndarray, bad: np.ndarray, box: int = 64) -> np.ndarray:
-    """Subtract a smooth sky (clipped block medians, bilinearly interpolated).
+CORR_TILE = 8
+"""Side of the square tiles in which :func:`measure_noise_correlation` works, px."""
 
-    Parameters
-    ----------
-    image : ndarray
-        The frame, ADU.
-    bad : ndarray of bool
-        Pixels to ignore.
-    box : int
-        Block size, px.
+#: Pixel offsets ``(dy, dx)`` (one of each ± pair) whose noise correlation is solved for:
+#: every offset within two pixels on each axis. Correlations beyond are taken as zero.
+CORR_OFFSETS: tuple[tuple[int, int], ...] = (
+    (0, 1), (0, 2), (1, -2), (1, -1), (1, 0), (1, 1), (1, 2),
+    (2, -2), (2, -1), (2, 0), (2, 1), (2, 2),
+)
+
+#: Fewest clean tiles for a correlation measurement.
+MIN_CORR_TILES = 50
+
+
+def _offset_matrix(tile: int, dy: int, dx: int) -> np.ndarray:
+    """Return the symmetric 0/1 matrix of the pixel pairs ``(dy, dx)`` apart in a tile.
 
     Returns
     -------
-    ndarray
-        ``image`` minus the sky map, ADU (NaN at ``bad`` pixels).
+    ndarray, shape (tile², tile²)
+        1 at ``(i, j)`` and ``(j, i)`` for each pair of flattened pixel indices.
     """
-    ny, nx = image.shape
-    by, bx = max(1, ny // box), max(1, nx // box)
-    work = np.where(bad, np.nan, image)
-    ys = np.linspace(0, ny, by + 1).astype(int)
-    xs = np.linspace(0, nx, bx + 1).astype(int)
-    med = np.full((by, bx), np.nan)
-    for j in range(by):
-        for i in range(bx):
-            v = work[ys[j] : ys[j + 1], xs[i] : xs[i + 1]]
-            v = v[np.isfinite(v)]
-            if v.size:
-                m, sd = np.median(v), float(mad_sigma(v))
-                med[j, i] = np.median(v[np.abs(v - m) < 3 * sd]) if sd > 0 else m
-    med = np.where(np.isfinite(med), med, np.nanmedian(med))
-    sky = ndimage.zoom(med, (ny / by, nx / bx), order=1, mode="nearest", grid_mode=True)
-    return work - sky[:ny, :nx]
+    y, x = np.mgrid[0:tile, 0:tile]
+    ok = (y + dy >= 0) & (y + dy < tile) & (x + dx >= 0) & (x + dx < tile)
+    i = (y * tile + x)[ok]
+    j = ((y + dy) * tile + (x + dx))[ok]
+    out = np.zeros((tile * tile, tile * tile))
+    out[i, j] = out[j, i] = 1.0
+    return out
+
+
+def _correlation_model(tile: int) -> dict[str, np.ndarray]:
+    """Return the expected residual statistics of a tile after its quadratic fit.
+
+    With ``M = I − H`` (``H`` the quadratic fit's hat matrix) and noise covariance
+    ``C = σ² (I + Σₘ ρₘ Aₘ)`` (``Aₘ`` the pair matrices of :data:`CORR_OFFSETS`), the
+    residuals ``r = M v`` have ``E[rᵀ Aₖ r] = σ² (tr(Aₖ M) + Σₘ ρₘ tr(Aₖ M Aₘ M))`` and
+    ``E[rᵀ r] = σ² (tr M + Σₘ ρₘ tr(M Aₘ))``.
+
+    Returns
+    -------
+    dict
+        ``m`` (M), ``pairs`` (the Aₖ stacked), ``t0`` (tr M), ``c`` (tr(M Aₘ)), ``a0``
+        (tr(Aₖ M)), ``b`` (tr(Aₖ M Aₘ M)).
+    """
+    design, pinv, _ = _quadratic_fit(tile)
+    m = np.eye(tile * tile) - design @ pinv
+    pairs = np.stack([_offset_matrix(tile, dy, dx) for dy, dx in CORR_OFFSETS])
+    mam = np.einsum("ij,mjk,kl->mil", m, pairs, m)
+    return {
+        "m": m,
+        "pairs": pairs,
+        "t0": np.array(np.trace(m)),
+        "c": np.einsum("ij,mji->m", m, pairs),
+        "a0": np.einsum("kij,ji->k", pairs, m),
+        "b": np.einsum("kij,mji->km", pairs, mam),
+    }
+
+
+def _tile_pair_sums(image: np.ndarray, bad: np.ndarray, model: dict[str, np.ndarray]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Residual sums of squares and pair sums of the clean, smooth tiles of an image.
+
+    Each :data:`CORR_TILE`² tile has its quadratic surface removed; tiles with a bad pixel,
+    with curvature beyond noise (:func:`_smooth_tiles`) or with a residual variance above 3×
+    what the sky's predicts for their level (star cores, cosmic rays) are left out.
+
+    Returns
+    -------
+    q0 : ndarray, shape (n,)
+        ``rᵀ r`` of each kept tile, ADU².
+    qk : ndarray, shape (n, K)
+        ``rᵀ Aₖ r`` of each kept tile for each offset of :data:`CORR_OFFSETS`, ADU².
+    """
+    tile = CORR_TILE
+    ny, nx = (s - s % tile for s in image.shape)
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        a = a[:ny, :nx].reshape(ny // tile, tile, nx // tile, tile)
+        return a.transpose(0, 2, 1, 3).reshape(-1, tile * tile)
+
+    values = blocks(np.where(bad, 0.0, image))[~blocks(bad).any(axis=1)]
+    _, pinv, coef_var = _quadratic_fit(tile)
+    coef = values @ pinv.T
+    r = values @ model["m"]
+    q0 = np.sum(r * r, axis=1)
+    var, level = q0 / (tile * tile - 6), values.mean(axis=1)
+    if level.size >= MIN_CORR_TILES:
+        curvature = np.sum(coef[:, 3:] ** 2 / coef_var[3:], axis=1)
+        keep = _smooth_tiles(level, var, curvature)
+        sky = float(np.median(level))
+        sky_var = float(np.median(var[keep])) if keep.any() else float(np.median(var))
+        keep &= var < 3.0 * sky_var * np.maximum(level, sky) / max(abs(sky), 1e-12)
+        r, q0 = r[keep], q0[keep]
+    r = r.reshape(-1, tile, tile)
+    qk = np.zeros((len(q0), len(CORR_OFFSETS)))
+    for k, (dy, dx) in enumerate(CORR_OFFSETS):  # rᵀ Aₖ r = 2 Σ over the pairs
+        x0, x1 = max(0, -dx), tile - max(0, dx)
+        qk[:, k] = 2.0 * np.sum(r[:, : tile - dy, x0:x1] * r[:, dy:, x0 + dx : x1 + dx],
+                                axis=(1, 2))
+    return q0, qk
+
+
+def _solve_correlation(q0: np.ndarray, qk: np.ndarray, model: dict[str, np.ndarray]
+                       ) -> np.ndarray:
+    """Solve ``R_k (t0 + c·ρ) = a0_k + b_k·ρ`` for the correlations ``ρ``.
+
+    Returns
+    -------
+    ndarray, shape (K,)
+        The noise correlation at each offset of :data:`CORR_OFFSETS`.
+    """
+    ratio = qk.sum(axis=0) / q0.sum()
+    lhs = model["b"] - ratio[:, None] * model["c"][None, :]
+    return np.linalg.solve(lhs, ratio * model["t0"] - model["a0"])
+
+
+STRIP = 256
+"""Height of the row strips that :func:`measure_noise_correlation` samples, px."""
+
+
+def _strips(ny: int, nx: int, max_pixels: int | None) -> list[slice]:
+    """Row ranges to measure: the whole frame, or evenly spaced strips of ``STRIP`` rows.
+
+    Returns
+    -------
+    list of slice
+        One slice of rows per strip, together at most ``max_pixels`` pixels (at least one).
+    """
+    if max_pixels is None or ny * nx <= max_pixels or ny <= 2 * STRIP:
+        return [slice(0, ny)]
+    n = max(1, min(ny // STRIP, max_pixels // (STRIP * nx)))
+    starts = np.linspace(0, ny - STRIP, n).astype(int)
+    return [slice(int(s), int(s) + STRIP) for s in starts]
 
 
 def measure_noise_correlation(
-    image: np.ndarray, mask: np.ndarray | None = None
+    image: np.ndarray, mask: np.ndarray | None = None, *, max_pixels: int | None = None
 ) -> dict[str, float]:
-    """Lag-1 autocorrelation of the sky noise along x and y.
+    """Lag-1 correlation of the noise along x and y, measured in small tiles.
 
-    A smooth sky is subtracted; sources (pixels above 4σ in the residual smoothed by a
-    σ = 1.5 px Gaussian, grown by 3 px) and masked pixels are left out. The coefficients
-    are ``Σ rᵢ rᵢ₊₁ / Σ r²`` over the pairs of sky pixels one column (x) or one row (y)
-    apart: 0 for white noise, ``Σ kᵢkᵢ₊₁ / Σ kᵢ²`` for white noise convolved with a kernel
-    k (resampled or smoothed frames). Structure in the "sky" also correlates: in crowded
-    fields, where unresolved sources fill it, the coefficients measure that light, not the
-    noise.
+    In every :data:`CORR_TILE`² tile a quadratic surface is removed by least squares: the
+    sky, its gradients and the smooth light of sources (galaxy outskirts, star wings) go,
+    the noise stays. Tiles with masked pixels, on sharp structure (star cores, cosmic rays)
+    or with excess variance are left out (:func:`_tile_pair_sums`). The fit itself
+    correlates the residuals of a tile, by an amount known exactly from its hat matrix:
+    the ratios of the residuals' pair sums to their sum of squares are modelled as linear
+    in the noise correlations at the offsets of :data:`CORR_OFFSETS` (every offset within
+    two pixels on each axis) and solved for them (:func:`_correlation_model`). For white
+    noise the result is 0; for white noise convolved with a kernel k (resampled or
+    smoothed frames) it is ``Σ kᵢkᵢ₊₁ / Σ kᵢ²`` along each convolved axis, as long as k
+    spans at most five pixels (correlations beyond two pixels are taken as zero).
 
     Parameters
     ----------
     image : ndarray, shape (ny, nx)
         The frame in ADU (sky not subtracted is fine).
     mask : ndarray of int, optional
-        Non-zero marks a bad pixel (not used).
+        Non-zero marks a bad pixel (its tile is not used).
+    max_pixels : int, optional
+        Measure on evenly spaced strips of :data:`STRIP` full-width rows holding at most
+        this many pixels, to bound the time on large frames; None (default) = the whole
+        frame. 2²¹ pixels give ~10⁶ pixel pairs.
 
     Returns
     -------
     dict
-        ``rho_x``, ``rho_y`` (dimensionless), ``n_pairs_x``, ``n_pairs_y`` and ``rho_err``
-        (≈ 1/√n, the error for white noise).
+        ``rho_x``, ``rho_y`` (dimensionless, between neighbouring columns and rows),
+        ``n_pairs_x``, ``n_pairs_y`` (neighbour pairs in the tiles used) and ``rho_err``
+        (1σ error of ``rho_x``/``rho_y``, the larger, from the scatter of 16 interleaved
+        groups of tiles).
 
     Raises
     ------
     NoiseModelError
-        Fewer than 100 pairs of sky pixels.
+        Fewer than :data:`MIN_CORR_TILES` clean tiles (too few pairs of sky pixels).
     """
     img = np.asarray(image, dtype=np.float64)
     bad = ~np.isfinite(img)
     if mask is not None:
         bad |= np.asarray(mask) != 0
-    if int((~bad).sum()) < 100:
+    model = _correlation_model(CORR_TILE)
+    sums = [_tile_pair_sums(img[rows], bad[rows], model)
+            for rows in _strips(*img.shape, max_pixels)]
+    q0 = np.concatenate([q for q, _ in sums])
+    qk = np.concatenate([q for _, q in sums])
+    if q0.size < MIN_CORR_TILES:
         raise NoiseModelError(
-            f"only {int((~bad).sum())} unmasked pixels: too few pairs of sky pixels"
+            f"only {q0.size} clean {CORR_TILE}×{CORR_TILE} px tiles: too few pairs of sky "
+            "pixels"
         )
-    resid = _sky_residual(img, bad)
-    filled = np.where(np.isfinite(resid), resid, 0.0)
-    smooth = ndimage.gaussian_filter(filled, 1.5)
-    sources = smooth > 4.0 * float(mad_sigma(smooth[~bad]))
-    sources = ndimage.binary_dilation(sources, iterations=3)
-    r = np.where(bad | sources, np.nan, resid)
-    r = r - np.nanmean(r)
-    out: dict[str, float] = {}
-    for axis, name in ((1, "x"), (0, "y")):
-        a, b = (r[:, :-1], r[:, 1:]) if axis == 1 else (r[:-1], r[1:])
-        ok = np.isfinite(a) & np.isfinite(b)
-        n = int(ok.sum())
-        if n < 100:
-            raise NoiseModelError(f"only {n} pairs of sky pixels along {name}")
-        out[f"rho_{name}"] = float(
-            np.sum(a[ok] * b[ok]) / np.sqrt(np.sum(a[ok] ** 2) * np.sum(b[ok] ** 2))
-        )
-        out[f"n_pairs_{name}"] = float(n)
-    out["rho_err"] = 1.0 / math.sqrt(min(out["n_pairs_x"], out["n_pairs_y"]))
-    return out
+    rho = _solve_correlation(q0, qk, model)
+    ix, iy = CORR_OFFSETS.index((0, 1)), CORR_OFFSETS.index((1, 0))
+    groups = np.array([_solve_correlation(q0[g::16], qk[g::16], model)[[ix, iy]]
+                       for g in range(16)])
+    n_pairs = float(q0.size * CORR_TILE * (CORR_TILE - 1))
+    return {
+        "rho_x": float(rho[ix]),
+        "rho_y": float(rho[iy]),
+        "n_pairs_x": n_pairs,
+        "n_pairs_y": n_pairs,
+        "rho_err": float(np.max(np.std(groups, axis=0, ddof=1)) / 4.0),
+    }

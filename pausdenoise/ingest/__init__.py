@@ -42,6 +42,9 @@ plan
     :func:`find_images`, :class:`FrameSource`, :func:`plan_ingest`.
 frame
     :class:`FrameData`, :func:`read_frame`, :func:`source_fingerprint`, :func:`source_stat`.
+noise
+    :func:`noise_attrs` (gain, read noise and noise correlation fitted from a frame's pixels,
+    and the gain in force), :func:`noise_table`.
 driver
     :class:`IngestReport`, :func:`write_frame_data`, the dask tasks and :func:`ingest`.
 """
@@ -66,6 +69,8 @@ __getattr__, __dir__, __all__ = lazy_face(
         "file_sha256": "fits",
         "find_images": "plan",
         "ingest": "driver",
+        "noise_attrs": "noise",
+        "noise_table": "noise",
         "plan_ingest": "plan",
         "read_frame": "frame",
         "source_fingerprint": "frame",

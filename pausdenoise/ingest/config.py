@@ -168,6 +168,10 @@ class IngestConfig(BaseModel):
     require_same_shape : bool, optional
         Refuse frames whose shape differs from the store's (PAUCam CCDs all share one
         shape); default True for PAUS, False for generic.
+    noise_model : {"auto", "header", "fitted"}
+        Where the stored ``gain``/``rdnoise`` come from: the header, else the noise model
+        fitted from the frame's pixels (``auto``), always the fit, or the header only; see
+        :mod:`pausdenoise.ingest.noise`.
     keep_header : bool
         Store the source FITS header as the ``fits_header`` array.
     force : bool
@@ -304,6 +308,16 @@ class IngestConfig(BaseModel):
         description="measure the PSF (Moffat FWHM in px and beta) on the frame's own stars when "
         "its header gives no seeing, and store it with the frame (psf_fwhm_px, psf_beta): "
         "the profile-weighted photometry and source injection need it",
+    )
+    noise_model: Literal["auto", "header", "fitted"] = Field(
+        "auto",
+        description="Gain [e⁻/ADU] and read noise [e⁻] stored with each frame (gain, "
+        "rdnoise). Every frame's noise model is fitted from its own pixels (variance against "
+        "signal; gain_fitted, gain_fitted_err, read_noise_fitted_e) and its lag-1 noise "
+        "correlation measured (noise_corr_x, noise_corr_y). 'auto': the header (or "
+        "ingest.defaults) value when present, else the fitted one; 'fitted': the fitted one "
+        "(the header's when the fit fails); 'header': the header's only, a missing keyword "
+        "fails the frame. gain_source records 'header', 'fitted' or 'none'.",
     )
     keep_header: bool = Field(
         True, description="Store each source FITS header as the frame's fits_header array."
@@ -472,4 +486,5 @@ class IngestConfig(BaseModel):
 
 #: fields added after stores were first written: left out of the content digest when at
 #: their defaults, so that a store ingested before they existed stays up to date
-_ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern", "measure_psf")
+_ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern", "measure_psf",
+                 "noise_model")

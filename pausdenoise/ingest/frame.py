@@ -53,6 +53,7 @@ from pausdenoise.ingest.fits import (
     wcs_header_text,
 )
 from pausdenoise.ingest.metadata import _metadata
+from pausdenoise.ingest.noise import noise_attrs
 from pausdenoise.ingest.plan import FrameSource
 from pausdenoise.maskbits import MaskBit
 from pausdenoise.psf import measure_psf
@@ -66,7 +67,8 @@ class FrameData:
 
     ``image`` float32 [ADU]; ``mask`` uint8 (MaskBit); ``ivar`` float32 [1/ADU²] or None;
     ``truth`` float32 [ADU] or None; ``attrs`` the store attributes (band, exptime [s],
-    zp [µJy/ADU], zp_err, gain [e⁻/ADU], rdnoise [e⁻], saturate [ADU], wcs, sources …);
+    zp [µJy/ADU], zp_err, gain [e⁻/ADU], rdnoise [e⁻], saturate [ADU], wcs, sources, the
+    noise model of :mod:`pausdenoise.ingest.noise` …);
     ``header`` the source header text (80-char cards).
     """
 
@@ -289,6 +291,15 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     attrs = _frame_attrs(source, config, meta, wcs, bitpix, int(nonfinite.sum()))
     if config.measure_psf:
         attrs.update(_psf_attrs(image, mask, attrs))
+    noise, noise_warnings = noise_attrs(
+        image, mask, attrs, config.noise_model,
+        f"{source.image} [{st.frame_id(source.expnum, source.ccd)}]",
+    )
+    attrs.update(noise)
+    for key in ("gain", "rdnoise"):  # unknown: left out (readers then see no gain)
+        if attrs[key] is None:
+            del attrs[key]
+    out_warnings += noise_warnings
     return FrameData(
         expnum=source.expnum,
         ccd=source.ccd,

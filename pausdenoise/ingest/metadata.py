@@ -175,8 +175,9 @@ def _mean_of(h: _Header, keys: str | list[str]) -> tuple[float | None, str]:
     return float(np.mean(values)), ""
 
 
-def _paus_metadata(h: _Header, path: Path) -> dict[str, Any]:
-    missing = [k for k in paus_layout.REQUIRED_KEYS if h.get(k) is None]
+def _paus_metadata(h: _Header, path: Path, config: IngestConfig) -> dict[str, Any]:
+    optional = set() if config.noise_model == "header" else {"GAIN", "RDNOISE"}
+    missing = [k for k in paus_layout.REQUIRED_KEYS if h.get(k) is None and k not in optional]
     if missing:
         raise IngestError(
             path, f"missing required header keyword(s) {', '.join(missing)}", key=missing[0]
@@ -436,9 +437,10 @@ def _generic_metadata(
     problems: list[IngestError] = []
     meta = _frame_numbers(h, path, config, position, problems)
     meta["band"] = _collect(problems, lambda: _generic_band(h, path, keys, defaults))
-    for attr in ("exptime", "gain", "rdnoise"):
-        meta[attr] = _collect(problems, lambda a=attr: _generic_numeric(
-            h, path, defaults, a, getattr(keys, a)))
+    for attr in ("exptime", "gain", "rdnoise"):  # gain, rdnoise: else fitted (noise_model)
+        required = attr == "exptime" or config.noise_model == "header"
+        meta[attr] = _collect(problems, lambda a=attr, r=required: _generic_numeric(
+            h, path, defaults, a, getattr(keys, a), required=r))
     meta["saturate"] = _collect(problems, lambda: _generic_numeric(
         h, path, defaults, "saturate", keys.saturate, required=False))
     zp = _collect(problems, lambda: _generic_zp(h, path, config, meta, out_warnings))
@@ -524,8 +526,10 @@ def _check_values(meta: dict[str, Any], path: Path, config: IngestConfig, out: l
 
     ``expnum`` must lie in 0..10**8 - 1 and ``ccd`` in 0..99 (the frame id); ``gain`` and
     ``zp`` must be finite and positive, ``exptime``, ``rdnoise`` and ``zp_err`` finite and
-    not negative. A non-finite or non-positive ``saturate`` is dropped with a warning (the
-    frame is usable, its saturation level unknown).
+    not negative; ``gain`` and ``rdnoise`` may be absent (None) unless
+    ``config.noise_model`` is ``"header"`` (they are then fitted from the pixels). A
+    non-finite or non-positive ``saturate`` is dropped with a warning (the frame is usable,
+    its saturation level unknown).
 
     Raises
     ------
@@ -539,6 +543,8 @@ def _check_values(meta: dict[str, Any], path: Path, config: IngestConfig, out: l
                                         key=_key_of(attr, config)))
     for attr, (lo, inclusive) in _VALUE_RANGES.items():
         v = meta[attr]
+        if v is None and attr in ("gain", "rdnoise") and config.noise_model != "header":
+            continue
         if not (math.isfinite(v) and (v >= lo if inclusive else v > lo)):
             rule = "finite and >= 0" if inclusive else "finite and > 0"
             problems.append(IngestError(path, f"{attr} = {v!r} must be {rule}",
@@ -561,7 +567,7 @@ def _metadata(
 ) -> dict[str, Any]:
     h = _Header(header, primary, path)
     if config.layout == "paus":
-        meta = _paus_metadata(h, path)
+        meta = _paus_metadata(h, path, config)
     else:
         meta = _generic_metadata(h, path, config, out, position)
     _check_values(meta, path, config, out)

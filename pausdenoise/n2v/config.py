@@ -8,7 +8,7 @@ the config needs no torch; :mod:`pausdenoise.n2v.masking` explains their values.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -67,6 +67,30 @@ class UNetSettings(BaseModel):
         )
 
 
+class BlindSpotSettings(BaseModel):
+    """The blind-spot teacher of ``method: blindspot`` (see :mod:`pausdenoise.n2v.blindspot`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_channels: int | None = Field(
+        None, ge=1, description="Channels at the teacher's top level (None: unet.base_channels)."
+    )
+    blind_radius: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = Field(
+        "auto",
+        description="Half-width (px) of the square the teacher cannot see around each pixel: "
+        "0 hides the pixel alone (white noise); 1 a 3x3 square (noise correlated between "
+        "neighbours). 'auto': 1 when the training frames' measured lag-1 noise correlation "
+        "exceeds train.correlation_threshold, else 0.",
+    )
+    distill_fraction: float = Field(
+        0.3,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the epochs (of train.max_minutes when set) spent distilling "
+        "the frozen teacher into the U-Net; the rest trains the teacher.",
+    )
+
+
 class PlateauSchedule(BaseModel):
     """``ReduceLROnPlateau`` on the validation loss."""
 
@@ -88,6 +112,43 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unet: UNetSettings = Field(default_factory=UNetSettings, description="Architecture.")
+    method: Literal["n2v", "blindspot"] = Field(
+        "n2v",
+        description="'n2v': masked blind-spot training of the U-Net (targets: masked_fraction "
+        "of the pixels). 'blindspot': a blind-spot teacher network in which every pixel is a "
+        "target (Laine et al. 2019) is trained and, in the same steps, distilled into the "
+        "U-Net, which is what is saved and run (inference costs the same as 'n2v').",
+    )
+    blindspot: BlindSpotSettings = Field(
+        default_factory=BlindSpotSettings, description="The teacher of method 'blindspot'."
+    )
+    max_minutes: float | None = Field(
+        None,
+        gt=0.0,
+        description="Wall-clock training budget (minutes): training stops at the first "
+        "epoch end past it (None: epochs and early stopping alone).",
+    )
+    struct_mask: Literal["auto", "none", "x", "y", "xy"] = Field(
+        "auto",
+        description="structN2V masks for correlated noise (method 'n2v'): the pixels next to "
+        "each target along these axes are masked too. 'auto': the axes whose measured lag-1 "
+        "noise correlation exceeds correlation_threshold.",
+    )
+    struct_half_width: int = Field(
+        1, ge=1, le=8, description="Masked pixels on each side of a target along a struct axis."
+    )
+    correlation_threshold: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Lag-1 noise correlation above which neighbouring pixels count as "
+        "correlated (struct_mask and blindspot.blind_radius 'auto').",
+    )
+    noise_correlation: tuple[float, float] | None = Field(
+        None,
+        description="Lag-1 noise correlation (along x, along y) of the training frames; "
+        "None: measured by the train stage (median over frames) for the 'auto' settings.",
+    )
     patch_size: int = Field(64, ge=8, description="Training patch side (px), multiple of 2**depth.")
     batch_size: int = Field(64, ge=1, description="Patches per step (per rank under DDP).")
     masked_fraction: float = Field(
@@ -197,6 +258,36 @@ class TrainConfig(BaseModel):
     def noise_scale(self) -> float:
         """``poisson_scale``, or :data:`DEFAULT_NOISE_SCALE` when it is not set."""
         return DEFAULT_NOISE_SCALE if self.poisson_scale is None else self.poisson_scale
+
+    @property
+    def struct_axes(self) -> str:
+        """The structN2V axes actually used: ``""``, ``"x"``, ``"y"`` or ``"xy"``.
+
+        ``struct_mask: auto`` takes the axes whose ``noise_correlation`` exceeds
+        ``correlation_threshold`` (none when the correlation is not known).
+        """
+        if self.struct_mask == "none":
+            return ""
+        if self.struct_mask != "auto":
+            return self.struct_mask
+        return "".join(self._correlated_axes())
+
+    @property
+    def blind_radius(self) -> int:
+        """The blind-spot teacher's blind half-width (px) actually used.
+
+        See :class:`BlindSpotSettings`; ``auto`` is 1 when any axis is correlated.
+        """
+        r = self.blindspot.blind_radius
+        if r != "auto":
+            return int(r)
+        return 1 if self._correlated_axes() else 0
+
+    def _correlated_axes(self) -> list[str]:
+        if self.noise_correlation is None:
+            return []
+        return [axis for axis, rho in zip("xy", self.noise_correlation, strict=True)
+                if rho > self.correlation_threshold]
 
     @property
     def strategy(self) -> Literal["uniform", "median"]:

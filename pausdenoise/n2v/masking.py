@@ -28,7 +28,24 @@ Scheme
      centre excluded; neighbours outside the patch and bad pixels are left out of the median
      (``nanmedian``); a target without any good neighbour gets 0 (the sky).
 
-3. **Loss** (:func:`n2v_loss`): the mean squared error between the prediction and the
+3. **structN2V** (``struct_axes``, for noise correlated between neighbouring pixels, as in
+   resampled frames; Broaddus et al. 2020). The blind spot of plain N2V assumes that the
+   noise of a pixel is independent of its neighbours'; when it is not, the neighbours
+   reveal part of the target's noise and the net learns to reproduce it. With
+   ``struct_axes`` ``"x"`` (columns), ``"y"`` (rows) or ``"xy"``, the pixels at
+   ±1..``struct_half_width`` from each target along those axes are replaced too, and are
+   never targets (two targets that would mask each other are both dropped). Their new
+   value is the *original* value of a pixel drawn uniformly from the same patch, at a
+   Chebyshev distance above ``2 · struct_half_width`` from the replaced pixel (so beyond
+   the correlation reach of any target that masks it); when ``n_candidates`` draws all fall
+   closer, the sky level 0 is used. A drawn pixel has the patch's own distribution (sky,
+   sources, their noise), so the masked input holds no out-of-distribution values that a
+   fixed or Gaussian fill would introduce at source pixels, and it carries no information
+   about the target's noise. The target's own replacement (``"uniform"``) and its
+   neighbourhood median (``"median"``) leave out the masked segment too. Bad pixels in the
+   segment keep their value 0. With ``struct_axes=""`` (default) nothing of this runs and
+   the masks are bit-identical to plain N2V's.
+4. **Loss** (:func:`n2v_loss`): the mean squared error between the prediction and the
    *original* value, at target pixels only. For a network with a Gaussian-posterior head
    (:class:`~pausdenoise.n2v.unet.UNetConfig` ``posterior="gaussian"``) the loss is instead
    the Gaussian negative log-likelihood of the original value (:func:`gaussian_nll_loss`),
@@ -122,8 +139,10 @@ def stratified_targets(
     return targets
 
 
-def _offsets(radius: int, device: torch.device | str | None) -> torch.Tensor:
-    """List all ``(dy, dx)`` of the ``(2r+1)²`` square except ``(0, 0)``.
+def _offsets(
+    radius: int, device: torch.device | str | None, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """List all ``(dy, dx)`` of the ``(2r+1)²`` square except ``(0, 0)`` (and ``exclude``).
 
     Returns
     -------
@@ -133,7 +152,46 @@ def _offsets(radius: int, device: torch.device | str | None) -> torch.Tensor:
     d = torch.arange(-radius, radius + 1, device=device)
     dy, dx = torch.meshgrid(d, d, indexing="ij")
     off = torch.stack([dy.reshape(-1), dx.reshape(-1)], dim=1)
-    return off[(off != 0).any(dim=1)]
+    off = off[(off != 0).any(dim=1)]
+    if exclude is not None and exclude.numel():
+        hit = (off[:, None, :] == exclude.to(off.device)[None, :, :]).all(dim=2).any(dim=1)
+        off = off[~hit]
+    return off
+
+
+def struct_offsets(
+    struct_axes: str, half_width: int = 1, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """List the ``(dy, dx)`` offsets that structN2V masks around each target.
+
+    Parameters
+    ----------
+    struct_axes : {"", "x", "y", "xy"}
+        Axes of correlated noise: ``x`` along a row (columns ±d), ``y`` along a column.
+    half_width : int, optional
+        Masked pixels on each side of a target along an axis (px). Default 1.
+    device : torch device, optional
+        Where to build the tensor.
+
+    Returns
+    -------
+    Tensor of int64, shape (K, 2)
+        ``(0, ±1..half_width)`` for ``x`` and ``(±1..half_width, 0)`` for ``y``; empty
+        for ``""``.
+
+    Raises
+    ------
+    ValueError
+        An axis other than ``x``/``y``, or ``half_width`` < 1.
+    """
+    if set(struct_axes) - {"x", "y"} or len(set(struct_axes)) != len(struct_axes):
+        raise ValueError(f"struct_axes must be '', 'x', 'y' or 'xy', got {struct_axes!r}")
+    if half_width < 1:
+        raise ValueError(f"struct_half_width must be >= 1, got {half_width}")
+    d = [k for k in range(-half_width, half_width + 1) if k]
+    out = [(0, k) for k in d] if "x" in struct_axes else []
+    out += [(k, 0) for k in d] if "y" in struct_axes else []
+    return torch.tensor(out, dtype=torch.int64, device=device).reshape(-1, 2)
 
 
 def _mirror(pos: torch.Tensor, centre: torch.Tensor, size: int) -> torch.Tensor:
@@ -157,6 +215,7 @@ def uniform_sources(
     bad: torch.Tensor | None = None,
     n_candidates: int = 4,
     generator: torch.Generator | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw a uniform random neighbour ``(sy, sx)`` as the source of each target ``(b, y, x)``.
 
@@ -178,6 +237,8 @@ def uniform_sources(
         Draws per target when ``bad`` is given. Default 4.
     generator : torch.Generator, optional
         Random generator on the targets' device.
+    exclude : Tensor of int64, shape (K, 2), optional
+        Offsets ``(dy, dx)`` never drawn (the structN2V segment, :func:`struct_offsets`).
 
     Returns
     -------
@@ -188,7 +249,7 @@ def uniform_sources(
     m = y.numel()
     if m == 0:
         return y.clone(), x.clone()
-    offsets = _offsets(radius, y.device)
+    offsets = _offsets(radius, y.device, exclude)
     k = max(1, n_candidates if bad is not None else 1)
     pick = torch.randint(0, offsets.shape[0], (m, k), device=y.device, generator=generator)
     sy = _mirror(y[:, None] + offsets[pick, 0], y[:, None], h)
@@ -209,6 +270,7 @@ def neighbourhood_median(
     *,
     radius: int = DEFAULT_RADIUS,
     bad: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the median of the good in-patch pixels of each target's neighbourhood.
 
@@ -223,6 +285,8 @@ def neighbourhood_median(
         :data:`DEFAULT_RADIUS`.
     bad : bool Tensor, shape (N, H, W), optional
         Bad pixels, left out of the median.
+    exclude : Tensor of int64, shape (K, 2), optional
+        Offsets ``(dy, dx)`` left out of the neighbourhood (the structN2V segment).
 
     Returns
     -------
@@ -232,7 +296,7 @@ def neighbourhood_median(
     _, h, w = img.shape
     if y.numel() == 0:
         return img.new_zeros((0,))
-    offsets = _offsets(radius, y.device)
+    offsets = _offsets(radius, y.device, exclude)
     sy = y[:, None] + offsets[None, :, 0]
     sx = x[:, None] + offsets[None, :, 1]
     inside = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
@@ -245,6 +309,89 @@ def neighbourhood_median(
     return torch.nan_to_num(med, nan=0.0).to(img.dtype)
 
 
+def _shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Return ``mask`` moved by ``(dy, dx)`` px: ``out[y + dy, x + dx] = mask[y, x]``.
+
+    Returns
+    -------
+    bool Tensor
+        Same shape as ``mask`` (N, H, W); pixels shifted in from outside are False.
+    """
+    _, h, w = mask.shape
+    out = torch.zeros_like(mask)
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = mask[
+        :, max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
+    return out
+
+
+def _struct_segments(targets: torch.Tensor, offsets: list[list[int]]) -> torch.Tensor:
+    """Return the pixels at the structN2V offsets of any target.
+
+    Returns
+    -------
+    bool Tensor, shape (N, H, W)
+        True where a pixel lies at one of ``offsets`` from a target.
+    """
+    seg = torch.zeros_like(targets)
+    for dy, dx in offsets:
+        seg |= _shifted(targets, dy, dx)
+    return seg
+
+
+def _struct_fill(
+    img: torch.Tensor,
+    seg: torch.Tensor,
+    half_width: int,
+    n_candidates: int,
+    generator: torch.Generator | None,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Draw the fill values of the structN2V segment (see the module docstring).
+
+    Returns
+    -------
+    index : tuple of Tensor
+        ``(b, y, x)`` of the segment pixels.
+    values : Tensor
+        The original value of a pixel of the same patch at a Chebyshev distance above
+        ``2 · half_width`` (the first of ``n_candidates`` uniform draws that is), else 0.
+    """
+    _, h, w = img.shape
+    pb, py, px = seg.nonzero(as_tuple=True)
+    m, k = py.numel(), max(1, n_candidates)
+    ry = torch.randint(0, h, (m, k), device=img.device, generator=generator)
+    rx = torch.randint(0, w, (m, k), device=img.device, generator=generator)
+    far = torch.maximum((ry - py[:, None]).abs(), (rx - px[:, None]).abs()) > 2 * half_width
+    first = far.to(torch.int8).argmax(dim=1, keepdim=True)
+    vals = img[pb[:, None].expand(m, k), ry, rx].gather(1, first)[:, 0]
+    return (pb, py, px), torch.where(far.any(dim=1), vals, torch.zeros_like(vals))
+
+
+def _as_batch(
+    x: torch.Tensor, bad: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """Return ``x`` and ``bad`` as ``(N, H, W)`` and whether a channel axis was dropped.
+
+    Returns
+    -------
+    tuple
+        ``(img, bad as bool on img's device or None, squeezed)``.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not ``(N, 1, H, W)`` or ``(N, H, W)``.
+    """
+    if x.dim() == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"blind-spot masking expects one channel, got {x.shape[1]}")
+        bad2 = None if bad is None else bad[:, 0]
+        return x[:, 0], (None if bad2 is None else bad2.to(device=x.device, dtype=torch.bool)), True
+    if x.dim() == 3:
+        return x, (None if bad is None else bad.to(device=x.device, dtype=torch.bool)), False
+    raise ValueError(f"expected (N, 1, H, W) or (N, H, W), got shape {tuple(x.shape)}")
+
+
 def apply_blind_spot(
     x: torch.Tensor,
     bad: torch.Tensor | None = None,
@@ -254,6 +401,8 @@ def apply_blind_spot(
     strategy: Strategy = "uniform",
     n_candidates: int = 4,
     generator: torch.Generator | None = None,
+    struct_axes: str = "",
+    struct_half_width: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Blind-spot mask a batch: returns ``(masked input, target-location boolean mask)``.
 
@@ -270,14 +419,21 @@ def apply_blind_spot(
     strategy : {"uniform", "median"}
         N2V (random neighbour) or N2V2 (median of the neighbourhood without the centre).
     n_candidates : int
-        Draws per target used to avoid bad neighbours (``"uniform"`` only).
+        Draws per target used to avoid bad neighbours (``"uniform"`` only), and per
+        structN2V pixel to find a fill pixel far enough away.
     generator : torch.Generator, optional
         Random generator on ``x``'s device.
+    struct_axes : {"", "x", "y", "xy"}
+        structN2V: also replace the pixels at ±1..``struct_half_width`` px from each target
+        along these axes (``x``: same row, ``y``: same column); ``""`` (default) = plain
+        N2V, bit-identical to a call without the argument.
+    struct_half_width : int
+        Pixels masked on each side of a target along a struct axis (px, ≥ 1).
 
     Returns
     -------
     masked : Tensor, same shape and dtype as ``x``
-        ``x`` with each target replaced.
+        ``x`` with each target (and its structN2V segment) replaced.
     targets : bool Tensor, same shape as ``x``
         True at the target pixels; the loss is computed there against ``x``.
 
@@ -285,44 +441,39 @@ def apply_blind_spot(
     ------
     ValueError
         If ``x`` is not ``(N, 1, H, W)`` or ``(N, H, W)``, the patch is not larger than
-        ``2 * radius``, or ``strategy`` is unknown.
+        ``2 * radius``, ``strategy`` is unknown, or ``struct_axes`` is not one of the four.
     """
-    squeeze = x.dim() == 4
-    if squeeze:
-        if x.shape[1] != 1:
-            raise ValueError(f"blind-spot masking expects one channel, got {x.shape[1]}")
-        img = x[:, 0]
-        bad2 = None if bad is None else bad[:, 0]
-    elif x.dim() == 3:
-        img, bad2 = x, bad
-    else:
-        raise ValueError(f"expected (N, 1, H, W) or (N, H, W), got shape {tuple(x.shape)}")
+    img, bad2, squeeze = _as_batch(x, bad)
     n, h, w = img.shape
     if min(h, w) <= 2 * radius:
         raise ValueError(f"patch {h}×{w} too small for neighbourhood radius {radius}")
-    if bad2 is not None:
-        bad2 = bad2.to(device=img.device, dtype=torch.bool)
+    if strategy not in ("uniform", "median"):
+        raise ValueError(f"unknown replacement strategy {strategy!r}: 'uniform' or 'median'")
+    struct = struct_offsets(struct_axes, struct_half_width)
     targets = stratified_targets((n, h, w), masked_fraction, device=img.device, generator=generator)
     if bad2 is not None:
         targets &= ~bad2
+    if struct.numel():  # targets that would mask each other are dropped
+        targets &= ~_struct_segments(targets, struct.tolist())
     tb, ty, tx = targets.nonzero(as_tuple=True)
     masked = img.clone()
+    exclude = struct if struct.numel() else None
     if strategy == "uniform":
         sy, sx = uniform_sources(
-            tb,
-            ty,
-            tx,
-            (h, w),
-            radius=radius,
-            bad=bad2,
-            n_candidates=n_candidates,
-            generator=generator,
+            tb, ty, tx, (h, w), radius=radius, bad=bad2, n_candidates=n_candidates,
+            generator=generator, exclude=exclude,
         )
         masked[tb, ty, tx] = img[tb, sy, sx]
-    elif strategy == "median":
-        masked[tb, ty, tx] = neighbourhood_median(img, tb, ty, tx, radius=radius, bad=bad2)
     else:
-        raise ValueError(f"unknown replacement strategy {strategy!r}: 'uniform' or 'median'")
+        masked[tb, ty, tx] = neighbourhood_median(
+            img, tb, ty, tx, radius=radius, bad=bad2, exclude=exclude
+        )
+    if struct.numel():
+        seg = _struct_segments(targets, struct.tolist())
+        if bad2 is not None:
+            seg &= ~bad2
+        index, values = _struct_fill(img, seg, struct_half_width, n_candidates, generator)
+        masked[index] = values
     if squeeze:
         return masked[:, None], targets[:, None]
     return masked, targets

@@ -575,6 +575,8 @@ def make_validation_set(
     max_bad_fraction: float = 0.25,
     sky_keep: float = 1.0,
     source_threshold: float = 10.0,
+    struct_axes: str = "",
+    struct_half_width: int = 1,
 ) -> ValidationSet:
     """Draw ``n_patches`` validation patches once (seeded) and blind-spot mask them once.
 
@@ -599,6 +601,9 @@ def make_validation_set(
         Blind-spot masking, as :func:`~pausdenoise.n2v.masking.apply_blind_spot`.
     max_bad_fraction, sky_keep, source_threshold
         Patch selection, as :class:`PatchSampler`.
+    struct_axes, struct_half_width
+        structN2V masking of correlated noise, as
+        :func:`~pausdenoise.n2v.masking.apply_blind_spot` (default: none).
 
     Returns
     -------
@@ -612,6 +617,7 @@ def make_validation_set(
     x, bad = sampler.sample(n_patches)
     gen = torch.Generator().manual_seed(seed)
     masked, targets = apply_blind_spot(
-        x, bad, masked_fraction=masked_fraction, radius=radius, strategy=strategy, generator=gen
+        x, bad, masked_fraction=masked_fraction, radius=radius, strategy=strategy, generator=gen,
+        struct_axes=struct_axes, struct_half_width=struct_half_width,
     )
     return ValidationSet(masked, x, targets)

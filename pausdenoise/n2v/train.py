@@ -23,9 +23,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from pausdenoise.n2v.blindspot import (
+    BlindSpotNet,
+    all_pixel_offset,
+    distillation_loss,
+    distillation_validation_loss,
+)
 from pausdenoise.n2v.checkpoint import save_checkpoint
 from pausdenoise.n2v.config import DEFAULT_NOISE_SCALE as DEFAULT_NOISE_SCALE
 from pausdenoise.n2v.config import PlateauSchedule as PlateauSchedule
@@ -72,6 +78,9 @@ class TrainHistory:
     best_epoch: int = -1
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    stopped_on_budget: bool = False
+    teacher_epochs: int = 0
+    teacher_val_loss: float = math.inf
     output_offset: float = 0.0
     total_seconds: float = 0.0
     device: str = "cpu"
@@ -96,7 +105,7 @@ class TrainHistory:
         d["mean_patches_per_second"] = (
             float(np.mean(self.patches_per_second)) if self.patches_per_second else 0.0
         )
-        for key in ("best_val_loss", "initial_val_loss"):
+        for key in ("best_val_loss", "initial_val_loss", "teacher_val_loss"):
             if not math.isfinite(d[key]):
                 d[key] = None
         return d
@@ -194,6 +203,7 @@ def train_n2v(
     val_frames: Sequence[Any] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     provenance: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[UNet, TrainHistory], None] | None = None,
 ) -> tuple[UNet, TrainHistory]:
     """Train a Noise2Void U-Net on patches of ``frames``.
 
@@ -219,6 +229,12 @@ def train_n2v(
         Where rank 0 writes the best checkpoint (after each improving epoch and at the end).
     provenance : dict, optional
         Extra provenance stored in the checkpoint (store path, bands, ...).
+    on_epoch_end : callable, optional
+        Called on rank 0 after each epoch's validation as ``on_epoch_end(model, history)``
+        (the model in train mode, before the offset refit): to snapshot weights during a
+        run, e.g. at fixed training times (``history.total_seconds`` is up to date). With
+        ``method: blindspot`` it is called in the distillation epochs only (before them
+        the U-Net is untrained), so snapshots at several budgets need one run per budget.
 
     Returns
     -------
@@ -254,9 +270,15 @@ def train_n2v(
         )
         batches = _Batches(run.sampler, cfg.batch_size, device.type == "cuda", executor)
         history = TrainHistory(device=str(device), world_size=world)
-        history.initial_val_loss = run.val_set.loss(run.model, batch_size=cfg.batch_size)
+        history.initial_val_loss = _validation_loss(run)
         batches.start()
-        best_state = _run_epochs(run, batches, history, checkpoints)
+        if run.teacher is not None:
+            best_state = _run_blindspot(run, batches, history, checkpoints, on_epoch_end, t_start)
+        else:
+            deadline = None if cfg.max_minutes is None else t_start + 60.0 * cfg.max_minutes
+            best_state = _run_epochs(
+                run, batches, history, checkpoints, on_epoch_end, t_start, cfg.epochs, deadline
+            )
         _finish(run, history, best_state, checkpoints, t_start)
         return run.model, history
     finally:
@@ -311,7 +333,20 @@ class _Run:
     scaler: torch.amp.GradScaler
     use_amp: bool
     amp_dtype: torch.dtype
+    teacher: BlindSpotNet | None = None
+    teacher_net: torch.nn.Module | None = None
+    phase: str = "n2v"
     global_step: int = 0
+
+    def tracked(self) -> torch.nn.Module:
+        """Return the network being trained now.
+
+        Returns
+        -------
+        torch.nn.Module
+            The teacher in the ``teacher`` phase, the U-Net otherwise.
+        """
+        return self.teacher if self.phase == "teacher" else self.model
 
 
 def _setup(
@@ -354,23 +389,15 @@ def _setup(
         sky_keep=cfg.sky_keep,
         source_threshold=cfg.source_threshold,
     )
-    val_set = make_validation_set(
-        val_source,
-        cfg.validation_patches,
-        p,
-        regions=val_regions,
-        seed=cfg.seed + 104729,  # same on every rank and every epoch
-        masked_fraction=cfg.masked_fraction,
-        radius=cfg.neighbourhood_radius,
-        strategy=cfg.strategy,
-        max_bad_fraction=cfg.max_bad_fraction,
-        sky_keep=cfg.sky_keep,  # validate on the contexts the training emphasises
-        source_threshold=cfg.source_threshold,
-    ).to(device)
+    # same on every rank and every epoch; on the contexts the training emphasises
+    val_set = _validation_set(cfg, val_source, val_regions, device, 104729, cfg.sky_keep)
     aug_rng = np.random.default_rng([cfg.seed, rank, 2])
     mask_gen = torch.Generator(device=device)
     mask_gen.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, 3]).generate_state(1)[0]))
     model, net, opt, sched = _make_model(cfg, device, distributed)
+    teacher, teacher_net = None, None
+    if cfg.method == "blindspot":
+        teacher, teacher_net, opt, sched = _make_teacher(cfg, device, distributed)
     use_amp = device.type == "cuda" and cfg.precision != "fp32"
     return _Run(
         cfg=cfg,
@@ -392,7 +419,42 @@ def _setup(
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16"),
         use_amp=use_amp,
         amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
+        teacher=teacher,
+        teacher_net=teacher_net,
+        phase="teacher" if teacher is not None else "n2v",
     )
+
+
+def _validation_set(
+    cfg: TrainConfig,
+    frames: list[Frame],
+    regions: list[Region] | None,
+    device: torch.device | str,
+    seed_offset: int,
+    sky_keep: float,
+) -> ValidationSet:
+    """Return fixed masked held-out patches (seed ``cfg.seed + seed_offset``) on ``device``.
+
+    Returns
+    -------
+    ValidationSet
+        Masked like the training batches (replacement, struct axes).
+    """
+    return make_validation_set(
+        frames,
+        cfg.validation_patches,
+        cfg.patch_size,
+        regions=regions,
+        seed=cfg.seed + seed_offset,
+        masked_fraction=cfg.masked_fraction,
+        radius=cfg.neighbourhood_radius,
+        strategy=cfg.strategy,
+        max_bad_fraction=cfg.max_bad_fraction,
+        sky_keep=sky_keep,
+        source_threshold=cfg.source_threshold,
+        struct_axes=cfg.struct_axes,
+        struct_half_width=cfg.struct_half_width,
+    ).to(device)
 
 
 def _make_model(
@@ -415,6 +477,48 @@ def _make_model(
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    opt, sched = _optimiser(cfg, net)
+    return model, net, opt, sched
+
+
+def _make_teacher(
+    cfg: TrainConfig, device: torch.device, distributed: bool
+) -> tuple[BlindSpotNet, torch.nn.Module, torch.optim.Optimizer, Any]:
+    """Build the blind-spot teacher of ``method: blindspot``, its Adam and schedule.
+
+    The teacher has the student's depth, head and noise model, ``blindspot.base_channels``
+    (default the student's) and :attr:`TrainConfig.blind_radius`; its initial weights come
+    from ``cfg.seed`` + 1 (the student's from ``cfg.seed``, as for ``method: n2v``).
+
+    Returns
+    -------
+    tuple
+        (teacher, the module to train: the teacher or its DDP wrapper, Adam optimiser,
+        ``ReduceLROnPlateau`` schedule).
+    """
+    unet_cfg = cfg.unet.to_unet_config(cfg.noise_scale)
+    if cfg.blindspot.base_channels is not None:
+        unet_cfg = replace(unet_cfg, base_channels=cfg.blindspot.base_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        teacher = BlindSpotNet(unet_cfg, blind_radius=cfg.blind_radius).to(device)
+    teacher_net: torch.nn.Module = teacher
+    if distributed:
+        teacher_net = DistributedDataParallel(
+            teacher, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt, sched = _optimiser(cfg, teacher_net)
+    return teacher, teacher_net, opt, sched
+
+
+def _optimiser(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """Return Adam over ``net``'s parameters at ``learning_rate`` and its plateau schedule.
+
+    Returns
+    -------
+    tuple
+        (optimiser, ``ReduceLROnPlateau`` schedule).
+    """
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt,
@@ -423,7 +527,7 @@ def _make_model(
         patience=cfg.lr_schedule.patience,
         min_lr=cfg.lr_schedule.min_lr,
     )
-    return model, net, opt, sched
+    return opt, sched
 
 
 class _Batches:
@@ -488,8 +592,12 @@ def _run_epochs(
     batches: _Batches,
     history: TrainHistory,
     checkpoints: _Checkpoints | None,
+    on_epoch_end: Callable[[UNet, TrainHistory], None] | None,
+    t_start: float,
+    epochs: int,
+    deadline: float | None,
 ) -> dict[str, torch.Tensor] | None:
-    """Train epoch by epoch until ``epochs`` or early stopping.
+    """Train ``run.tracked()`` epoch by epoch until ``epochs``, early stopping or ``deadline``.
 
     Returns
     -------
@@ -499,13 +607,15 @@ def _run_epochs(
     cfg = run.cfg
     best_state: dict[str, torch.Tensor] | None = None
     since_best = 0
-    for epoch in range(cfg.epochs):
+    first = history.epochs_run
+    for epoch in range(first, first + epochs):
         t0 = time.perf_counter()
-        loss_sum = _train_epoch(run, batches, epoch)
-        improved = _end_epoch(run, history, loss_sum, t0)
+        loss_sum, steps = _train_epoch(run, batches, epoch, deadline)
+        improved = _end_epoch(run, history, loss_sum, steps, t0)
+        history.total_seconds = time.perf_counter() - t_start
         if improved:
             history.best_epoch = epoch
-            best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in run.tracked().state_dict().items()}
             since_best = 0
         else:
             since_best += 1
@@ -516,21 +626,87 @@ def _run_epochs(
                 f"{' *' if improved else ''}  lr {history.learning_rate[-1]:.2e}  "
                 f"{history.patches_per_second[-1]:.0f} patches/s"
             )
-        if (improved or cfg.keep == "last") and checkpoints is not None:
+        if (improved or cfg.keep == "last") and checkpoints is not None and run.phase != "teacher":
             checkpoints.write(run.model, cfg, history)
+        if on_epoch_end is not None and run.rank == 0 and run.phase != "teacher":
+            on_epoch_end(run.model, history)
+        if deadline is not None and _past(deadline, run):
+            history.stopped_on_budget = True
+            break
         if cfg.early_stopping_patience is not None and since_best >= cfg.early_stopping_patience:
             history.stopped_early = True
             break
     return best_state
 
 
-def _train_epoch(run: _Run, batches: _Batches, epoch: int) -> torch.Tensor:
-    """Take ``steps_per_epoch`` optimiser steps.
+def _run_blindspot(
+    run: _Run,
+    batches: _Batches,
+    history: TrainHistory,
+    checkpoints: _Checkpoints | None,
+    on_epoch_end: Callable[[UNet, TrainHistory], None] | None,
+    t_start: float,
+) -> dict[str, torch.Tensor] | None:
+    """Train the blind-spot teacher, then distil it into the U-Net (``method: blindspot``).
+
+    The first ``1 − distill_fraction`` of the epochs (of ``max_minutes`` when set) train the
+    teacher on all its pixels, with its own schedule and early stopping; its best weights
+    (``keep``) are frozen. The rest train the student alone against the frozen teacher's
+    output on the same unmasked batches, with a fresh Adam and schedule; validation is then
+    the distillation loss on the validation patches. Checkpoints and ``on_epoch_end`` see
+    the student epochs only. (Training both at once was measured: the student lags a
+    teacher that changes fast and ends far from it.)
 
     Returns
     -------
-    Tensor
+    dict or None
+        The best student epoch's state dict (None if no epoch improved).
+    """
+    cfg = run.cfg
+    f = cfg.blindspot.distill_fraction
+    n_teacher = min(max(1, round(cfg.epochs * (1.0 - f))), max(cfg.epochs - 1, 1))
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    best = _run_epochs(run, batches, history, None, None, t_start, n_teacher,
+                       None if budget is None else t_start + (1.0 - f) * budget)
+    if best is not None and cfg.keep == "best":
+        run.teacher.load_state_dict(best)
+    run.teacher.eval().requires_grad_(False)
+    history.teacher_epochs = history.epochs_run
+    history.teacher_val_loss = history.best_val_loss
+    history.best_val_loss = math.inf
+    history.stopped_early = False
+    run.phase = "student"
+    run.opt, run.sched = _optimiser(cfg, run.net)
+    return _run_epochs(run, batches, history, checkpoints, on_epoch_end, t_start,
+                       max(cfg.epochs - history.epochs_run, 1),
+                       None if budget is None else t_start + budget)
+
+
+def _past(deadline: float, run: _Run) -> bool:
+    """Tell whether the time budget is spent (rank 0's clock decides, so all ranks agree).
+
+    Returns
+    -------
+    bool
+        True past ``deadline`` (``time.perf_counter`` seconds).
+    """
+    flag = torch.tensor([float(time.perf_counter() > deadline)], device=run.device)
+    if run.distributed:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _train_epoch(
+    run: _Run, batches: _Batches, epoch: int, deadline: float | None = None
+) -> tuple[torch.Tensor, int]:
+    """Take ``steps_per_epoch`` optimiser steps (fewer when the time budget runs out).
+
+    Returns
+    -------
+    loss_sum : Tensor
         The summed training loss of the epoch (a scalar, on the device).
+    steps : int
+        The steps taken.
     """
     cfg = run.cfg
     run.net.train()
@@ -542,13 +718,17 @@ def _train_epoch(run: _Run, batches: _Batches, epoch: int) -> torch.Tensor:
         leave=False,
         unit="step",
     )
+    steps = 0
     for step in bar:
         x, bad = batches.next()
         loss_sum += _train_step(run, x, bad)
+        steps += 1
         if run.show and (step % 10 == 9 or step == cfg.steps_per_epoch - 1):
             bar.set_postfix(loss=f"{float(loss_sum) / (step + 1):.4f}")
+        if deadline is not None and step % 5 == 4 and _past(deadline, run):
+            break
     bar.close()
-    return loss_sum
+    return loss_sum, steps
 
 
 def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -564,18 +744,12 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     bad = bad.to(device, non_blocking=True)
     if cfg.augment:
         x, bad = _augment(x, bad, run.aug_rng)
-    masked, targets = apply_blind_spot(
-        x,
-        bad,
-        masked_fraction=cfg.masked_fraction,
-        radius=cfg.neighbourhood_radius,
-        strategy=cfg.strategy,
-        generator=run.mask_gen,
-    )
-    with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
-        pred = run.net(masked)
-    weight = poisson_weight(pred, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
-    loss = blind_spot_loss(run.model, pred, x, targets, weight, cfg.nll_beta)
+    if run.phase == "teacher":
+        loss = _teacher_step_loss(run, x, bad)
+    elif run.phase == "student":
+        loss = _student_step_loss(run, x)
+    else:
+        loss = _masked_step_loss(run, x, bad)
     if cfg.warmup_steps and run.global_step <= cfg.warmup_steps:
         for group in run.opt.param_groups:  # the plateau schedule acts after warm-up
             group["lr"] = cfg.learning_rate * min(1.0, (run.global_step + 1) / cfg.warmup_steps)
@@ -584,13 +758,72 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     run.scaler.scale(loss).backward()
     if cfg.grad_clip is not None:
         run.scaler.unscale_(run.opt)
-        torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+        params = [p for group in run.opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     run.scaler.step(run.opt)
     run.scaler.update()
     return loss.detach()
 
 
-def _end_epoch(run: _Run, history: TrainHistory, loss_sum: torch.Tensor, t0: float) -> bool:
+def _masked_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Return the masked blind-spot loss of ``method: n2v`` for one (augmented) batch.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (:func:`~pausdenoise.n2v.masking.blind_spot_loss` at the targets).
+    """
+    cfg, device = run.cfg, run.device
+    masked, targets = apply_blind_spot(
+        x,
+        bad,
+        masked_fraction=cfg.masked_fraction,
+        radius=cfg.neighbourhood_radius,
+        strategy=cfg.strategy,
+        generator=run.mask_gen,
+        struct_axes=cfg.struct_axes,
+        struct_half_width=cfg.struct_half_width,
+    )
+    with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        pred = run.net(masked)
+    weight = poisson_weight(pred, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
+    return blind_spot_loss(run.model, pred, x, targets, weight, cfg.nll_beta)
+
+
+def _teacher_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Return the teacher's blind-spot loss over every good pixel of one batch.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (MSE, or the Gaussian NLL for a posterior head).
+    """
+    cfg, device = run.cfg, run.device
+    with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        out = run.teacher_net(x)
+    weight = poisson_weight(out, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
+    return blind_spot_loss(run.teacher, out, x, ~bad.to(torch.bool), weight, cfg.nll_beta)
+
+
+def _student_step_loss(run: _Run, x: torch.Tensor) -> torch.Tensor:
+    """Return the student's distillation loss against the frozen teacher on one batch.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (:func:`~pausdenoise.n2v.blindspot.distillation_loss`).
+    """
+    device = run.device
+    with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        with torch.no_grad():
+            target = run.teacher(x)
+        out = run.net(x)
+    return distillation_loss(run.model, out, target)
+
+
+def _end_epoch(
+    run: _Run, history: TrainHistory, loss_sum: torch.Tensor, steps: int, t0: float
+) -> bool:
     """Validate, step the schedule and record the epoch in ``history``.
 
     Returns
@@ -599,24 +832,47 @@ def _end_epoch(run: _Run, history: TrainHistory, loss_sum: torch.Tensor, t0: flo
         Whether the validation loss improved on the best so far.
     """
     cfg = run.cfg
-    train_loss = float(loss_sum) / cfg.steps_per_epoch  # waits for the device
+    steps = max(steps, 1)
+    train_loss = float(loss_sum) / steps  # waits for the device
     train_seconds = time.perf_counter() - t0
     if run.distributed:
         _sync_across_ranks(run.model, loss_sum, run.world)
-        train_loss = float(loss_sum) / cfg.steps_per_epoch
-    val_loss = run.val_set.loss(run.model, batch_size=max(cfg.batch_size, 1))
+        train_loss = float(loss_sum) / steps
+    val_loss = _validation_loss(run)
     run.sched.step(val_loss)
     history.train_loss.append(train_loss)
     history.val_loss.append(val_loss)
     history.learning_rate.append(float(run.opt.param_groups[0]["lr"]))
     history.epoch_seconds.append(time.perf_counter() - t0)
     history.patches_per_second.append(
-        cfg.steps_per_epoch * cfg.batch_size * run.world / max(train_seconds, 1e-9)
+        steps * cfg.batch_size * run.world / max(train_seconds, 1e-9)
     )
     improved = val_loss < history.best_val_loss
     if improved:
         history.best_val_loss = val_loss
     return improved
+
+
+def _validation_loss(run: _Run) -> float:
+    """Return the validation loss that drives the schedule, early stopping and ``keep``.
+
+    ``method: n2v``: the network's blind-spot loss on the fixed masked validation set.
+    ``method: blindspot``, teacher phase: the teacher's loss on the same target pixels of
+    the *unmasked* patches (it cannot see them), so both methods are judged on the same
+    pixels; student phase: the distillation loss on the unmasked validation patches.
+
+    Returns
+    -------
+    float
+        The loss (normalised units).
+    """
+    batch = max(run.cfg.batch_size, 1)
+    vs = run.val_set
+    if run.phase == "n2v":
+        return vs.loss(run.model, batch_size=batch)
+    if run.phase == "teacher":
+        return ValidationSet(vs.originals, vs.originals, vs.targets).loss(run.teacher, batch)
+    return distillation_validation_loss(run.model, run.teacher, vs.originals, batch)
 
 
 def _finish(
@@ -632,7 +888,7 @@ def _finish(
         model.load_state_dict(best_state)
     model.eval()
     if cfg.calibrate_offset:
-        history.output_offset = _calibrate_offset(
+        history.output_offset = calibrate_offset(
             model, cfg, run.val_source, run.val_regions, run.device
         )
     history.total_seconds = time.perf_counter() - t_start
@@ -642,7 +898,13 @@ def _finish(
         dist.barrier()
 
 
-def _calibrate_offset(model: UNet, cfg: TrainConfig, frames, regions, device) -> float:
+def calibrate_offset(
+    model: UNet,
+    cfg: TrainConfig,
+    frames: Sequence[Any],
+    regions: list[Region] | None = None,
+    device: torch.device | str | None = None,
+) -> float:
     """Refit the network's output offset on uniformly sampled held-out patches (in place).
 
     Training over-samples patches with sources (``sky_keep``) and stops after a finite
@@ -652,25 +914,30 @@ def _calibrate_offset(model: UNet, cfg: TrainConfig, frames, regions, device) ->
     (``sky_keep = 1``; :meth:`~pausdenoise.n2v.patches.ValidationSet.output_offset`) and
     added to the bias of the head's mean channels.
 
+    Parameters
+    ----------
+    model : UNet
+        The trained network, modified in place.
+    cfg : TrainConfig
+        Its training configuration (patch size, masking, seed).
+    frames : sequence
+        Frames to sample held-out patches from (as for :func:`train_n2v`).
+    regions : list of Region, optional
+        Where in ``frames`` to sample (default: everywhere).
+    device : torch.device or str, optional
+        Where the model is (default: where its weights are).
+
     Returns
     -------
     float
         The offset added, in normalised units (σ of the frame).
     """
-    cal = make_validation_set(
-        frames,
-        cfg.validation_patches,
-        cfg.patch_size,
-        regions=regions,
-        seed=cfg.seed + 7919,
-        masked_fraction=cfg.masked_fraction,
-        radius=cfg.neighbourhood_radius,
-        strategy=cfg.strategy,
-        max_bad_fraction=cfg.max_bad_fraction,
-        sky_keep=1.0,
-        source_threshold=cfg.source_threshold,
-    ).to(device)
-    delta = cal.output_offset(model, batch_size=max(cfg.batch_size, 1))
+    device = device if device is not None else next(model.parameters()).device
+    cal = _validation_set(cfg, as_frames(frames), regions, device, 7919, 1.0)
+    if cfg.method == "blindspot":  # a distilled student: all pixels, unmasked
+        delta = all_pixel_offset(model, cal.originals, batch_size=max(cfg.batch_size, 1))
+    else:
+        delta = cal.output_offset(model, batch_size=max(cfg.batch_size, 1))
     with torch.no_grad():
         model.head.bias[: model.config.out_channels] += delta
     return delta

@@ -185,7 +185,7 @@ def test_every_missing_keyword_in_one_message(tmp_path):
     fits.PrimaryHDU(np.zeros((8, 8), np.float32), _header(GAIN=None, RDNOISE=None,
                                                            EXPNUM=5, CCDNUM=1)).writeto(p)
     with pytest.raises(IngestError) as info:
-        _plan_file(p, IngestConfig(layout="generic"))
+        _plan_file(p, IngestConfig(layout="generic", noise_model="header"))
     text = str(info.value)
     assert text.startswith(f"{p} [FILTER]: 4 header problems: ")
     for piece in ("[FILTER] missing header keyword FILTER (for band) and no default: set "
@@ -200,7 +200,8 @@ def test_every_missing_keyword_in_one_message(tmp_path):
     q = tmp_path / "barer.fits"
     fits.PrimaryHDU(np.zeros((8, 8), np.float32), _header(GAIN=None)).writeto(q)
     with pytest.raises(IngestError, match="5 header problems") as info:
-        _plan_file(q, IngestConfig(layout="generic", keys={"zp": None, "zp_err": None}))
+        _plan_file(q, IngestConfig(layout="generic", keys={"zp": None, "zp_err": None},
+                                   noise_model="header"))
     assert "or ingest.expnum_from to 'order' or 'filename'" in str(info.value)
     assert "ingest.defaults.ccd, or a 'ccd' group in ingest.filename_pattern" in str(info.value)
     assert info.value.key == "EXPNUM"

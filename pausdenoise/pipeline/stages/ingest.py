@@ -1,14 +1,47 @@
-"""Ingest stage: FITS frames (the simulated survey, or ``input.fits_path``) into the store."""
+"""Ingest stage: FITS frames (the simulated survey, or ``input.fits_path``) into the store.
+
+Besides the store it writes ``<run>/ingest/noise_model.csv``, the per-frame noise table
+(:func:`pausdenoise.ingest.noise.noise_table`: gain in force and its source, the fitted gain
+and read noise, the header's values, the lag-1 noise correlation), regenerated from the
+store's exposure table at every run of the stage, also when every frame was up to date.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.ingest.driver import ingest
+from pausdenoise.ingest.noise import noise_table
 from pausdenoise.pipeline.context import Context
+
+NOISE_TABLE = Path("ingest") / "noise_model.csv"
+"""The per-frame noise table, relative to the run directory."""
+
+
+def _write_noise_table(store: Path, out: Path) -> dict[str, Any]:
+    """Write the noise table of the store's complete frames (atomically) and summarise it.
+
+    Returns
+    -------
+    dict
+        ``table`` (its path), ``gain_source`` (frames per source) and ``noise_corr``
+        (median lag-1 correlation along x and y over the frames, None when not measured).
+    """
+    table = noise_table(st.exposure_table(store, complete_only=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out)
+    corr = [table[c].median() for c in ("noise_corr_x", "noise_corr_y")]
+    return {
+        "table": str(out),
+        "gain_source": {str(k): int(v) for k, v in table["gain_source"].value_counts().items()},
+        "noise_corr": [round(float(c), 4) if math.isfinite(c) else None for c in corr],
+    }
 
 
 def _source_fingerprints(store: Path) -> dict[str, str]:
@@ -44,7 +77,9 @@ def run(ctx: Context) -> dict[str, Any]:
     dict
         The stage summary: frames ingested, up to date and failed (``partial`` when some
         failed), and of the ingested frames those already in the store before:
-        ``frames_changed`` (other content now) and ``frames_rewritten`` (same content).
+        ``frames_changed`` (other content now) and ``frames_rewritten`` (same content);
+        ``noise_model``: the noise table's path, the frames per gain source and the median
+        noise correlation.
 
     Raises
     ------
@@ -71,4 +106,5 @@ def run(ctx: Context) -> dict[str, Any]:
         "frames_changed": [f for f in again if after.get(f) != before[f]],
         "frames_rewritten": [f for f in again if after.get(f) == before[f]],
         "partial": bool(report.failed),
+        "noise_model": _write_noise_table(ctx.store, ctx.paths.out / NOISE_TABLE),
     }

@@ -2,8 +2,16 @@
 
 The last ``holdout_exposures_per_band`` exposures of each band are held out
 (:func:`pausdenoise.pipeline.context.split_holdout`); frames whose normalisation statistics
-cannot be computed are skipped and listed. Writes ``<run>/model/n2v.safetensors`` (through a
-partial file renamed at the end) and ``<run>/model/history.csv``.
+cannot be computed are skipped and listed.
+
+The noise measured at ingest (:mod:`pausdenoise.ingest.noise`) sets two training settings
+left unset in the configuration: ``train.poisson_scale`` from the frames' gains (header or
+fitted, see :func:`noise_scale_from_frames`) and ``train.noise_correlation`` (the median
+over the training frames of ``noise_corr_x``/``noise_corr_y``), which decides the structN2V
+axes and the blind-spot radius of the ``auto`` settings.
+
+Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the end) and
+``<run>/model/history.csv``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from pausdenoise.n2v.patches import Frame
 from pausdenoise.n2v.train import train_n2v
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
 
-__all__ = ["noise_scale_from_frames", "run"]
+__all__ = ["noise_correlation_from_frames", "noise_scale_from_frames", "run"]
 
 
 def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
@@ -45,6 +53,100 @@ def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> f
     values = [float(gains[f]) * s.sigma for f, s in stats.items()
               if f in gains.index and np.isfinite(gains[f]) and gains[f] > 0]
     return float(np.median(values)) if values else None
+
+
+def _gain_source(exposures: pd.DataFrame, frames: list[str]) -> str:
+    """Name where the training frames' gains come from.
+
+    Returns
+    -------
+    str
+        The distinct ``gain_source`` values of ``frames`` with a gain, joined by ``+``
+        (``"header"``, ``"fitted"``, ``"fitted+header"``), ``"header"`` for a store
+        written before the column existed, ``"none"`` when no frame has a gain.
+    """
+    rows = exposures[exposures["frame"].isin(frames)]
+    if "gain" not in rows:
+        return "none"
+    rows = rows[pd.to_numeric(rows["gain"], errors="coerce") > 0]
+    if rows.empty:
+        return "none"
+    if "gain_source" not in rows:
+        return "header"
+    return "+".join(sorted({str(v) if isinstance(v, str) else "header"
+                            for v in rows["gain_source"]}))
+
+
+def noise_correlation_from_frames(
+    exposures: pd.DataFrame, frames: list[str]
+) -> tuple[float, float] | None:
+    """Return the median over ``frames`` of the lag-1 noise correlation along x and y.
+
+    Parameters
+    ----------
+    exposures : DataFrame
+        The store's exposure table (``noise_corr_x``, ``noise_corr_y`` measured at ingest,
+        dimensionless; NaN where not measured).
+    frames : list of str
+        The frames to use (the training frames).
+
+    Returns
+    -------
+    (float, float) or None
+        ``(ρ_x, ρ_y)``, each the median of the frames where it was measured; None when
+        the store has no measurement for these frames (an axis without one counts 0).
+    """
+    if not {"noise_corr_x", "noise_corr_y"} <= set(exposures.columns):
+        return None
+    rows = exposures[exposures["frame"].isin(frames)]
+    medians = []
+    for col in ("noise_corr_x", "noise_corr_y"):
+        v = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        medians.append(float(np.median(v)) if v.size else float("nan"))
+    if not any(np.isfinite(medians)):
+        return None
+    return (float(np.nan_to_num(medians[0])), float(np.nan_to_num(medians[1])))
+
+
+def _noise_settings(
+    train_cfg: Any, exposures: pd.DataFrame, stats: dict[str, Any], frames: list[str]
+) -> tuple[Any, dict[str, Any]]:
+    """Fill ``poisson_scale`` and ``noise_correlation`` from the store where unset.
+
+    Returns
+    -------
+    train_cfg : TrainConfig
+        With the measured values.
+    noise : dict
+        What was used: ``noise_scale_electrons`` and ``noise_scale_source`` (``config``,
+        ``<gain sources> gains`` or ``default``), ``noise_correlation`` [ρ_x, ρ_y] and its
+        source, ``struct_axes`` and ``blind_radius`` [px].
+    """
+    update: dict[str, Any] = {}
+    scale_source, corr_source = "config", "config"
+    if train_cfg.poisson_scale is None:
+        scale = noise_scale_from_frames(exposures, stats)
+        scale_source = "default"
+        if scale is not None:
+            update["poisson_scale"] = scale
+            scale_source = f"{_gain_source(exposures, frames)} gains"
+    if train_cfg.noise_correlation is None:
+        corr = noise_correlation_from_frames(exposures, frames)
+        corr_source = "not measured"
+        if corr is not None:
+            update["noise_correlation"] = corr
+            corr_source = "measured at ingest (median over the training frames)"
+    train_cfg = train_cfg.model_copy(update=update) if update else train_cfg
+    corr = train_cfg.noise_correlation
+    return train_cfg, {
+        "noise_scale_electrons": train_cfg.noise_scale,
+        "noise_scale_source": scale_source,
+        "noise_correlation": None if corr is None else [round(float(c), 4) for c in corr],
+        "noise_correlation_source": corr_source,
+        "struct_axes": train_cfg.struct_axes,
+        "blind_radius": train_cfg.blind_radius,
+    }
 
 
 def _training_frames(ctx: Context, exposures: pd.DataFrame
@@ -102,7 +204,8 @@ def run(ctx: Context) -> dict[str, Any]:
     Returns
     -------
     dict
-        The stage summary: epochs, best validation loss, output offset, noise scale,
+        The stage summary: epochs, best validation loss, output offset, noise scale and
+        its source, the noise correlation and the structN2V axes and blind radius it gave,
         throughput, the training and held-out frames, and the skipped frames (``partial``
         when some were skipped).
 
@@ -113,11 +216,7 @@ def run(ctx: Context) -> dict[str, Any]:
     """
     exposures = st.exposure_table(ctx.store)
     frames, train_frames, held, stats, skipped = _training_frames(ctx, exposures)
-    train_cfg = ctx.cfg.train
-    if train_cfg.poisson_scale is None:
-        scale = noise_scale_from_frames(exposures, stats)
-        if scale is not None:
-            train_cfg = train_cfg.model_copy(update={"poisson_scale": scale})
+    train_cfg, noise = _noise_settings(ctx.cfg.train, exposures, stats, train_frames)
     ctx.paths.model_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.paths.checkpoint.with_name(".n2v.partial.safetensors")
     _, history = train_n2v(
@@ -130,6 +229,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "frames": train_frames,
             "held_out_frames": held,
             "bands": sorted(exposures["band"].unique().tolist()),
+            **noise,
         },
     )
     tmp.replace(ctx.paths.checkpoint)
@@ -144,7 +244,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "epochs": history.epochs_run,
         "best_val_loss": history.best_val_loss,
         "output_offset_sigma": history.output_offset,
-        "noise_scale_electrons": train_cfg.noise_scale,
+        **noise,
         "patches_per_second": pps,
         "train_frames": train_frames,
         "held_out_frames": held,

@@ -1,0 +1,117 @@
+"""The noise model (gain, read noise) and the noise correlation measured at ingest from each
+frame's own pixels: used when the header lacks GAIN/RDNOISE, recorded always."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from noise_frames import generic_config, observe, scene_e, write_frame
+
+from pausdenoise import store as st
+from pausdenoise.ingest import IngestConfig, ingest
+from pausdenoise.ingest.noise import NOISE_COLUMNS, noise_table
+
+N = 256
+CASES = [(1, 0.65, 9.0), (2, 2.0, 5.0)]  # expnum, gain [e-/ADU], read noise [e-]
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Two header-less frames and the same two with GAIN/RDNOISE, in two directories."""
+    root = tmp_path_factory.mktemp("noise")
+    (root / "bare").mkdir()
+    (root / "header").mkdir()
+    for expnum, gain, rn in CASES:
+        img = observe(scene_e(N, expnum), gain, rn, seed=10 + expnum)
+        write_frame(root / "bare" / f"f{expnum}.fits", img, expnum)
+        write_frame(root / "header" / f"f{expnum}.fits", img, expnum,
+                    gain=1.11 * gain, rdnoise=7.0)
+    return root
+
+
+def test_headerless_frames_get_the_fitted_gain(frames, tmp_path):
+    """Gain within 5 % of the truth (and within 3σ of its quoted error), read noise within
+    20 % (it is an extrapolation to zero signal from a 200 e⁻ sky), source 'fitted'."""
+    report = ingest(frames / "bare", tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0 and len(report.ingested) == 2, report.summary()
+    assert report.warnings == []
+    t = st.exposure_table(tmp_path / "s.zarr").set_index("expnum")
+    for expnum, gain, rn in CASES:
+        row = t.loc[expnum]
+        assert row["gain_source"] == "fitted"
+        assert row["gain"] == row["gain_fitted"] == pytest.approx(gain, rel=0.05)
+        assert abs(row["gain_fitted"] - gain) < 3 * row["gain_fitted_err"] < 0.1 * gain
+        assert row["rdnoise"] == row["read_noise_fitted_e"] == pytest.approx(rn, rel=0.2)
+        assert pd.isna(row["gain_header"]) and pd.isna(row["rdnoise_header"])
+        # white noise: no correlation between neighbours
+        assert abs(row["noise_corr_x"]) < 0.02 and abs(row["noise_corr_y"]) < 0.02
+
+
+def test_header_values_kept_in_auto_and_replaced_in_fitted(frames, tmp_path):
+    auto = ingest(frames / "header", tmp_path / "a.zarr", generic_config())
+    assert auto.exit_status == 0, auto.summary()
+    t = st.exposure_table(tmp_path / "a.zarr").set_index("expnum")
+    for expnum, gain, _ in CASES:
+        row = t.loc[expnum]
+        assert row["gain_source"] == "header"
+        assert row["gain"] == row["gain_header"] == pytest.approx(1.11 * gain)
+        assert row["rdnoise"] == row["rdnoise_header"] == 7.0
+        assert row["gain_fitted"] == pytest.approx(gain, rel=0.05)  # recorded all the same
+    fitted = ingest(frames / "header", tmp_path / "f.zarr", generic_config(noise_model="fitted"))
+    t = st.exposure_table(tmp_path / "f.zarr").set_index("expnum")
+    for expnum, gain, _ in CASES:
+        row = t.loc[expnum]
+        assert fitted.exit_status == 0 and row["gain_source"] == "fitted"
+        assert row["gain"] == row["gain_fitted"] == pytest.approx(gain, rel=0.05)
+        assert row["gain_header"] == pytest.approx(1.11 * gain)
+    # 'header' mode refuses a header-less frame, naming the keyword
+    strict = ingest(frames / "bare", tmp_path / "h.zarr", generic_config(noise_model="header"))
+    assert strict.exit_status == 1
+    assert all("missing header keyword GAIN" in reason for _, reason in strict.failed)
+
+
+def test_correlated_noise_is_reported(tmp_path):
+    """Noise smoothed along x by [1/4, 1/2, 1/4]: ρ_x = 2/3, ρ_y = 0."""
+    img = observe(scene_e(N, 5), 1.3, 6.0, seed=5, smooth_x=True)
+    write_frame(tmp_path / "c.fits", img, 5, gain=1.3, rdnoise=6.0)
+    report = ingest(tmp_path / "c.fits", tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0, report.summary()
+    row = st.exposure_table(tmp_path / "s.zarr").iloc[0]
+    assert row["noise_corr_x"] == pytest.approx(2 / 3, abs=0.03)
+    assert abs(row["noise_corr_y"]) < 0.02
+    assert row["gain_source"] == "header" and row["gain"] == 1.3
+
+
+def test_failed_fit_leaves_the_gain_unknown_and_warns(tmp_path):
+    """A frame too small to fit: ingested, no gain, gain_source 'none', a warning naming
+    the file; the noise table shows NaN."""
+    rng = np.random.default_rng(0)
+    write_frame(tmp_path / "tiny.fits", rng.normal(100, 5, (24, 24)).astype(np.float32), 9)
+    report = ingest(tmp_path / "tiny.fits", tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0, report.summary()
+    assert len(report.warnings) == 1 and "tiny.fits" in report.warnings[0]
+    assert "noise model not fitted" in report.warnings[0]
+    attrs = st.frame_attrs(tmp_path / "s.zarr", report.ingested[0])
+    assert "gain" not in attrs and attrs["gain_source"] == "none"
+    assert "clean" in attrs["noise_fit_error"]
+    table = noise_table(st.exposure_table(tmp_path / "s.zarr"))
+    assert list(table.columns) == ["frame", "band", *NOISE_COLUMNS]
+    assert np.isnan(table.loc[0, "gain"]) and np.isnan(table.loc[0, "gain_fitted"])
+    assert table.loc[0, "gain_source"] == "none"
+
+
+def test_paus_frames_without_gain_are_accepted_unless_header_mode(tmp_path):
+    """PAUS layout: GAIN/RDNOISE become optional with noise_model 'auto'; this 48 × 40
+    frame is too small to fit, so its gain stays unknown (with a warning)."""
+    from ingest_cases import write_paus_frame  # test-local: the PAUS maker
+
+    write_paus_frame(tmp_path / "paus", 101, 1, drop=("GAIN", "RDNOISE"))
+    report = ingest(tmp_path / "paus", tmp_path / "s.zarr", IngestConfig(chunks=(16, 16)))
+    assert report.exit_status == 0 and report.ingested == ["00000101_01"], report.summary()
+    assert len(report.warnings) == 1 and "paucam.0000101.01.img.fits" in report.warnings[0]
+    row = st.exposure_table(tmp_path / "s.zarr").iloc[0]
+    assert row["gain_source"] == "none" and np.isnan(row["gain"]) and np.isnan(row["rdnoise"])
+    strict = ingest(tmp_path / "paus", tmp_path / "h.zarr",
+                    IngestConfig(chunks=(16, 16), noise_model="header"))
+    assert strict.exit_status == 1 and "GAIN" in strict.failed[0][1]

@@ -1,0 +1,129 @@
+"""Ingest then train on frames whose headers have no GAIN/RDNOISE: the fitted gains give the
+training's noise scale, the measured noise correlation its structN2V axes, and the per-frame
+noise table survives a rerun that finds the store up to date."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from noise_frames import SKY_E, observe, scene_e, write_frame
+
+from pausdenoise import store as st
+from pausdenoise.config import PipelineConfig
+from pausdenoise.n2v.config import TrainConfig
+from pausdenoise.pipeline import runner
+from pausdenoise.pipeline.context import Context, frame_stats_table
+from pausdenoise.pipeline.stages import ingest as ingest_stage
+from pausdenoise.pipeline.stages.train import _noise_settings, noise_correlation_from_frames
+from pausdenoise.runstate import RunPaths, RunRecord
+
+GAIN, RN_E = 1.3, 6.0
+
+TINY_TRAIN = {"unet": {"depth": 2, "base_channels": 4, "batch_norm": False},
+              "patch_size": 32, "batch_size": 4, "steps_per_epoch": 2, "epochs": 1,
+              "validation_patches": 4, "block_size": 64}
+
+
+def _config(fits_dir, **train) -> PipelineConfig:
+    return PipelineConfig(**{
+        "cluster": {"kind": "threads", "n_workers": 1, "threads_per_worker": 1},
+        "input": {"source": "fits", "fits_path": str(fits_dir)},
+        "ingest": {"layout": "generic", "chunks": [64, 64], "measure_psf": False},
+        "train": {**TINY_TRAIN, **train},
+        "holdout_exposures_per_band": 1,
+    })
+
+
+@pytest.fixture(scope="module")
+def headerless_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("headerless")
+    (root / "fits").mkdir()
+    for expnum in (1, 2, 3):
+        img = observe(scene_e(256, expnum, n_blobs=6), GAIN, RN_E, seed=20 + expnum)
+        write_frame(root / "fits" / f"f{expnum}.fits", img, expnum)
+    cfg = _config(root / "fits")
+    runner.run(cfg, root / "out", stages=["ingest", "train"])
+    record = RunRecord(RunPaths(root / "out"))  # the stages' full summaries
+    return cfg, root / "out", {n: record.stage(n)["summary"] for n in ("ingest", "train")}
+
+
+def test_fitted_gains_give_the_noise_scale(headerless_run):
+    """Noise scale = median of fitted gain × the frames' normalisation σ: within 6 % of the
+    true gain × σ, and near the sky noise in e⁻ √(sky + rn²) (σ is a robust σ of the
+    whole frame, which the extended sources raise by ~10-30 %)."""
+    _, out, summary = headerless_run
+    train = summary["train"]
+    assert train["noise_scale_source"] == "fitted gains"
+    stats, _ = frame_stats_table(out / "store.zarr", train["train_frames"])
+    truth = float(np.median([GAIN * s.sigma for s in stats.values()]))
+    assert train["noise_scale_electrons"] == pytest.approx(truth, rel=0.06)
+    assert 1.0 < truth / np.sqrt(SKY_E + RN_E**2) < 1.4
+    assert train["noise_correlation_source"].startswith("measured at ingest")
+    rho_x, rho_y = train["noise_correlation"]
+    assert abs(rho_x) < 0.03 and abs(rho_y) < 0.03  # white noise
+    assert train["struct_axes"] == "" and train["blind_radius"] == 0
+
+
+def test_noise_table_is_written_and_regenerated(headerless_run):
+    cfg, out, summary = headerless_run
+    path = out / ingest_stage.NOISE_TABLE
+    table = pd.read_csv(path)
+    assert list(table["gain_source"]) == ["fitted"] * 3
+    assert np.allclose(table["gain"], GAIN, rtol=0.05)
+    assert table["gain_header"].isna().all()
+    assert summary["ingest"]["noise_model"]["gain_source"] == {"fitted": 3}
+    path.unlink()
+    paths = RunPaths(out)
+    summary = ingest_stage.run(Context(cfg, paths, None, RunRecord(paths)))
+    assert summary["skipped"] == sorted(table["frame"]) and summary["ingested"] == []
+    pd.testing.assert_frame_equal(pd.read_csv(path), table)
+
+
+def test_correlation_sets_the_struct_axes():
+    """The median over the training frames (NaN ignored) becomes train.noise_correlation;
+    'auto' then masks along x only; a configured value is kept."""
+    exposures = pd.DataFrame({
+        "frame": ["a", "b", "c", "d"],
+        "gain": [1.0, 1.0, 1.0, 1.0],
+        "gain_source": ["fitted", "header", "fitted", "fitted"],
+        "noise_corr_x": [0.60, 0.64, np.nan, 0.0],
+        "noise_corr_y": [0.01, -0.01, 0.02, 0.0],
+    })
+    frames = ["a", "b", "c"]
+    assert noise_correlation_from_frames(exposures, frames) == pytest.approx((0.62, 0.01))
+
+    class _Stats:
+        sigma = 10.0
+
+    stats = dict.fromkeys(frames, _Stats())
+    cfg, noise = _noise_settings(TrainConfig(), exposures, stats, frames)
+    assert cfg.noise_correlation == pytest.approx((0.62, 0.01))
+    assert noise["struct_axes"] == cfg.struct_axes == "x"
+    assert noise["noise_scale_electrons"] == 10.0
+    assert noise["noise_scale_source"] == "fitted+header gains"
+    kept, noise = _noise_settings(TrainConfig(noise_correlation=(0.0, 0.5)), exposures,
+                                  stats, frames)
+    assert kept.noise_correlation == (0.0, 0.5) and noise["struct_axes"] == "y"
+    assert noise["noise_correlation_source"] == "config"
+    old = exposures.drop(columns=["noise_corr_x", "noise_corr_y", "gain_source"])
+    _, noise = _noise_settings(TrainConfig(), old, stats, frames)
+    assert noise["noise_correlation"] is None and noise["struct_axes"] == ""
+    assert noise["noise_scale_source"] == "header gains"
+
+
+def test_store_frames_without_a_gain_give_no_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    write_frame(tmp_path / "tiny.fits", rng.normal(100, 5, (24, 24)).astype(np.float32), 4)
+    from pausdenoise.ingest import ingest  # test-local: only this test ingests directly
+
+    ingest(tmp_path / "tiny.fits", tmp_path / "s.zarr",
+           _config(tmp_path).ingest)
+    exposures = st.exposure_table(tmp_path / "s.zarr")
+
+    class _Stats:
+        sigma = 5.0
+
+    _, noise = _noise_settings(TrainConfig(), exposures, {"00000004_01": _Stats()},
+                               ["00000004_01"])
+    assert noise["noise_scale_source"] == "default"

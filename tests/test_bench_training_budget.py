@@ -1,0 +1,161 @@
+"""``benchmarks/bench_training_budget.py``: blur baseline, budget snapshots, a tiny run.
+
+The blur selection is checked against answers known without the implementation: a flat
+truth wants the widest blur, a noiseless image the narrowest, and a Gaussian random field
+in white noise the σ that minimises the expected MSE computed from its power spectrum.
+The end-to-end run trains a small network for a few seconds on synthetic frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from pausdenoise.n2v.config import TrainConfig
+from pausdenoise.n2v.normalise import FrameStats, frame_statistics
+from pausdenoise.n2v.patches import Frame
+from pausdenoise.n2v.train import TrainHistory
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_training_budget
+
+    return bench_training_budget
+
+
+def _frame(bench, image, truth, border: int = 0):
+    good = np.ones(image.shape, bool)
+    inner = np.zeros(image.shape, bool)
+    inner[border:image.shape[0] - border, border:image.shape[1] - border] = True
+    half = inner.copy()
+    half[:, : image.shape[1] // 2] = False
+    return bench.EvalFrame("f", image, good, {"sky": inner & ~half, "source": half},
+                           FrameStats(0.0, 1.0), truth=truth)
+
+
+def test_blur_flat_truth_picks_widest_and_noiseless_picks_narrowest(bench):
+    rng = np.random.default_rng(1)
+    truth = np.full((96, 96), 100.0)
+    noisy = _frame(bench, truth + rng.normal(0, 5, truth.shape), truth)
+    best = bench.best_blur([noisy])
+    assert best["sky"]["sigma"] == 3.0 and best["source"]["sigma"] == 3.0
+    assert best["sky"]["gain"] > 5  # a σ=3 px blur averages ~113 independent pixels
+
+    field = ndimage.gaussian_filter(rng.normal(size=(96, 96)), 1.0) * 50 + 100
+    clean = _frame(bench, field.copy(), field)
+    best = bench.best_blur([clean])
+    assert best["sky"]["sigma"] == 0.5 and best["source"]["sigma"] == 0.5
+
+
+def test_blur_random_field_matches_spectral_optimum(bench):
+    """Truth: white noise smoothed by s = 1.5 px (variance A²), plus white noise σ_n."""
+    n, s, amp, sig_n = 256, 1.5, 1.0, 1.0
+    rng = np.random.default_rng(7)
+    f = ndimage.gaussian_filter(rng.normal(size=(n, n)), s, mode="wrap")
+    truth = amp * f / f.std()
+    image = truth + rng.normal(0, sig_n, (n, n))
+    # expected MSE(σ) = mean_k (1 − G_σ)² S(k) + σ_n² mean_k G_σ², S ∝ G_s² with variance A²
+    k2 = np.add.outer(np.fft.fftfreq(n) ** 2, np.fft.fftfreq(n) ** 2)
+    g_s2 = np.exp(-4 * np.pi**2 * s**2 * k2)
+    spec = amp**2 * g_s2 / g_s2.mean()
+
+    def expected(sigma):
+        g = np.exp(-2 * np.pi**2 * sigma**2 * k2)
+        return float(np.mean((1 - g) ** 2 * spec) + sig_n**2 * np.mean(g**2))
+
+    want = min(bench.BLUR_SIGMAS, key=expected)
+    assert 0.5 < want < 3.0  # an interior optimum: the test can tell σ apart
+    best = bench.best_blur([_frame(bench, image, truth, border=16)])
+    for cls in ("sky", "source"):
+        assert abs(best[cls]["sigma"] - want) <= 0.25, (cls, best[cls]["sigma"], want)
+        assert best[cls]["mse"] == pytest.approx(expected(best[cls]["sigma"]), rel=0.1)
+
+
+def test_budget_snapshots_copy_at_first_crossing(bench):
+    net = torch.nn.Linear(2, 1)
+    snaps = bench.BudgetSnapshots([10.0, 5.0, 30.0])
+    hist = TrainHistory()
+    for t, w in ((2.0, 1.0), (6.0, 2.0), (8.0, 3.0), (35.0, 4.0), (40.0, 5.0)):
+        with torch.no_grad():
+            net.weight.fill_(w)
+        hist.total_seconds = t
+        hist.train_loss.append(0.0)
+        snaps(net, hist)
+    # 5 s first passed at 6 s (weight 2); 10 s and 30 s together at 35 s (weight 4)
+    assert sorted(snaps.taken) == [5.0, 10.0, 30.0]
+    assert snaps.taken[5.0].seconds == 6.0 and snaps.taken[5.0].epochs == 2
+    assert float(snaps.taken[5.0].state["weight"][0, 0]) == 2.0
+    assert snaps.taken[10.0].seconds == 35.0 and snaps.taken[30.0].seconds == 35.0
+    assert float(snaps.taken[30.0].state["weight"][0, 0]) == 4.0
+    with torch.no_grad():  # copies, not views of the live weights
+        net.weight.fill_(9.0)
+    assert float(snaps.taken[5.0].state["weight"][0, 0]) == 2.0
+
+
+def test_option_config_applies_overrides_and_budget(bench):
+    base = TrainConfig(unet={"posterior": "gaussian", "base_channels": 32}, steps_per_epoch=50,
+                       lr_schedule={"patience": 5}, epochs=12, keep="best")
+    cfg = bench.option_config(base, "n2v2-5pc", 3.0, threads=2)
+    assert cfg.unet.n2v2 and cfg.unet.posterior == "none" and cfg.unet.base_channels == 32
+    assert cfg.strategy == "median" and cfg.masked_fraction == 0.05
+    assert cfg.max_minutes == 3.0 and cfg.num_threads == 2 and cfg.keep == "last"
+    assert cfg.early_stopping_patience is None and cfg.steps_per_epoch == bench.STEPS_PER_EPOCH
+    # the plateau patience covers the same number of steps as in the base (5 × 50)
+    assert cfg.lr_schedule.patience * cfg.steps_per_epoch == 250
+
+
+def _synthetic(bench, seed: int, n: int = 96):
+    rng = np.random.default_rng(seed)
+    truth = np.full((n, n), 200.0)
+    yy, xx = np.mgrid[:n, :n]
+    src = np.zeros((n, n), bool)
+    for x, y in rng.uniform(12, n - 12, (8, 2)):
+        r2 = (xx - x) ** 2 + (yy - y) ** 2
+        truth += 400 * np.exp(-r2 / (2 * 1.5**2))
+        src |= r2 < 16
+    image = rng.poisson(truth / 2.0) * 2.0  # gain 0.5 e⁻/ADU: σ ≈ 20 ADU on the sky
+    return image.astype(np.float32), truth, src
+
+
+def test_tiny_end_to_end_produces_table_json_and_section(bench, tmp_path, capsys):
+    train = []
+    for i in range(3):
+        image, _, _ = _synthetic(bench, i)
+        train.append(Frame(image, None, frame_statistics(image), f"t{i}"))
+    image, truth, src = _synthetic(bench, 10)
+    frame = bench.truth_frame("e0", image, truth, np.ones(image.shape, bool), src, 0.05)
+    base = TrainConfig(unet={"depth": 2, "base_channels": 8, "batch_norm": False},
+                       patch_size=32, batch_size=4, learning_rate=1e-3, poisson_scale=10.0)
+    ds = bench.DataSet("tiny", train, [frame], base, None, "three 96² synthetic frames")
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    rc = bench.main(["--budgets", "0.02,0.05", "--options", "n2v,n2v-posterior",
+                     "--threads", "1", "--out", str(tmp_path), "--append",
+                     "--results", str(results)], ds=ds)
+    assert rc == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "training-budget-tiny.json").read_text())
+    assert data["blur"]["sky"]["gain"] > 2  # flat sky: any blur of the grid helps a lot
+    for opt in data["options"]:
+        assert opt["status"] == "ok" and opt["patches_per_second"] > 0
+        assert 0 < opt["inference_mpix_s"] and opt["inference_ratio"] > 0
+        for b, budget in zip(opt["budgets"], (0.02, 0.05), strict=True):
+            assert b["status"] == "ok" and b["seconds"] >= 60 * budget
+            assert math.isfinite(b["sky_gain"]) and b["sky_gain"] > 0
+            assert math.isfinite(b["source_gain"]) and b["source_gain_se"] > 0
+        assert opt["budgets"][1]["seconds"] <= 60 * 0.05 + 30  # stopped near the budget
+    rows = [ln for ln in out.splitlines() if ln.startswith("| n2v")]
+    assert len(rows) == 4
+    text = results.read_text()
+    assert "## Quality against CPU training time: tiny" in text and "load average" in text
+    assert "--budgets 0.02,0.05" in text
