@@ -269,9 +269,19 @@ def check_frame(frame: Any, source: Any) -> None:
     assert isinstance(frame.attrs["expnum"], int) and isinstance(frame.attrs["ccd"], int)
     assert (frame.attrs["expnum"], frame.attrs["ccd"]) == (source.expnum, source.ccd)
     assert is_safe_name(frame.attrs["band"])
-    for key in ("exptime", "gain", "rdnoise", "zp", "zp_err"):
+    for key in ("exptime", "zp", "zp_err"):
         assert isinstance(frame.attrs[key], float) and math.isfinite(frame.attrs[key]), key
-    assert frame.attrs["gain"] > 0 and frame.attrs["zp"] > 0
+    assert frame.attrs["zp"] > 0
+    # gain and read noise: from the header or fitted from the pixels; absent when neither
+    # gave them (a header without them and a fit that failed)
+    for key in ("gain", "rdnoise"):
+        if key in frame.attrs:
+            value = frame.attrs[key]
+            assert isinstance(value, float) and math.isfinite(value), key
+    if "gain" in frame.attrs:
+        assert frame.attrs["gain"] > 0
+    else:
+        assert frame.attrs.get("gain_source") == "none"
     frame.arrays()  # header text must encode
     # store attributes must serialise as the store writes them (NaN/inf become null)
     json.dumps({k: _json_value(v) for k, v in frame.attrs.items()}, allow_nan=False)
