@@ -472,11 +472,7 @@ def _make_model(
         torch.manual_seed(cfg.seed)
         model = UNet(cfg.unet.to_unet_config(cfg.noise_scale))
     model = model.to(device)
-    net: torch.nn.Module = model
-    if distributed:
-        net = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    net = _wrap(model, device, distributed)
     opt, sched = _optimiser(cfg, net)
     return model, net, opt, sched
 
@@ -502,13 +498,24 @@ def _make_teacher(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         teacher = BlindSpotNet(unet_cfg, blind_radius=cfg.blind_radius).to(device)
-    teacher_net: torch.nn.Module = teacher
-    if distributed:
-        teacher_net = DistributedDataParallel(
-            teacher, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    teacher_net = _wrap(teacher, device, distributed)
     opt, sched = _optimiser(cfg, teacher_net)
     return teacher, teacher_net, opt, sched
+
+
+def _wrap(module: torch.nn.Module, device: torch.device, distributed: bool) -> torch.nn.Module:
+    """Wrap ``module`` in DistributedDataParallel under ``torchrun``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The wrapper, or ``module`` itself when not distributed.
+    """
+    if not distributed:
+        return module
+    return DistributedDataParallel(
+        module, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def _optimiser(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
