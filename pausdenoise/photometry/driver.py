@@ -67,6 +67,42 @@ _METADATA_KEY = b"pausdenoise_photometry"
 # --------------------------------------------------------------------------------------
 
 
+def frame_gain(attrs: dict[str, Any], frame: str) -> float:
+    """Return a frame's gain in e⁻/ADU from its store attributes.
+
+    Parameters
+    ----------
+    attrs : dict
+        The frame group's attributes (``gain`` in e⁻/ADU, from the header or the ingest's
+        noise fit; ``gain_source`` says which).
+    frame : str
+        Frame id, for the message.
+
+    Returns
+    -------
+    float
+        The gain, > 0.
+
+    Raises
+    ------
+    ValueError
+        Naming the frame when it has no usable gain (header without GAIN and a failed noise
+        fit: ``gain_source`` ``none``).
+    """
+    try:
+        gain = float(attrs.get("gain", np.nan))
+    except (TypeError, ValueError):
+        gain = float("nan")
+    if not (np.isfinite(gain) and gain > 0):
+        raise ValueError(
+            f"frame {frame} has no gain (gain={attrs.get('gain')!r}, gain_source="
+            f"{attrs.get('gain_source')!r}): its header lacks GAIN and the ingest's noise fit "
+            f"failed ({attrs.get('noise_fit_error') or 'no reason recorded'}); give the gain "
+            "in the FITS header and re-ingest"
+        )
+    return gain
+
+
 def measure_store_frame(
     store_path: str | os.PathLike[str],
     frame: str,
@@ -126,7 +162,7 @@ def measure_store_frame(
         mask,
         apertures,
         config,
-        gain=float(attrs.get("gain", np.nan)),
+        gain=frame_gain(attrs, f"{frame} of store {store_path}"),
         zp=float(attrs.get("zp", np.nan)),
         zp_err=float(attrs.get("zp_err", np.nan)),
         saturate=attrs.get("saturate"),
