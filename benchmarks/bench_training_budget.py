@@ -86,6 +86,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 #: Option name → overrides of the data set's ``train`` section (nested dicts merge).
+#: Settings of the "-avg" options: the learning rate decays along half a cosine to the end
+#: of the budget, and the weights scored are an exponential moving average (decay per step).
+_AVERAGED: dict[str, Any] = {"lr_decay": "cosine", "weight_average": 0.995}
 OPTIONS: dict[str, dict[str, Any]] = {
     "n2v-posterior": {"unet": {"posterior": "gaussian"}},
     "n2v": {"unet": {"posterior": "none"}},
@@ -93,6 +96,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
                  "masked_fraction": 0.05},
     "n2v2-5pc-posterior": {"unet": {"posterior": "gaussian", "n2v2": True},
                            "replacement": "median", "masked_fraction": 0.05},
+    "n2v-posterior-avg": {"unet": {"posterior": "gaussian"}, **_AVERAGED},
+    "n2v2-5pc-posterior-avg": {"unet": {"posterior": "gaussian", "n2v2": True},
+                               "replacement": "median", "masked_fraction": 0.05, **_AVERAGED},
     "blindspot": {"method": "blindspot", "unet": {"posterior": "none"}},
     "blindspot-posterior": {"method": "blindspot", "unet": {"posterior": "gaussian"}},
 }
@@ -1117,7 +1123,9 @@ Definitions: each option is one training run to the largest budget (torch thread
 given, wall time from the start of `train_n2v`, set-up included); the weights are copied at
 the first epoch end ({steps} steps) past each budget, their output offset refitted as at
 the end of training, and scored after training (blind-spot options: one run per budget,
-the teacher trained for 70 % of it and distilled into the U-Net in the rest).
+the teacher trained for 70 % of it and distilled into the U-Net in the rest). Options
+ending in -avg: the learning rate decays along half a cosine to the end of the largest
+budget and the scored weights are their exponential moving average (decay 0.995 per step).
 *Gain* = RMS(raw) / RMS(estimate): with
 truth (sim) on the held-out exposures' sky pixels (|truth − sky| < evaluate.sky_tolerance σ)
 and catalogue-aperture pixels; without truth (saao) the MSE to the unknown truth is

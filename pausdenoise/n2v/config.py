@@ -204,6 +204,21 @@ class TrainConfig(BaseModel):
     lr_schedule: PlateauSchedule = Field(
         default_factory=PlateauSchedule, description="ReduceLROnPlateau on the validation loss."
     )
+    lr_decay: Literal["plateau", "cosine"] = Field(
+        "plateau",
+        description="'plateau': lr_schedule (halve on a validation plateau). 'cosine': half a "
+        "cosine from learning_rate down to lr_schedule.min_lr over the training horizon "
+        "(max_minutes of wall time when set, else epochs × steps_per_epoch steps; per phase "
+        "for method 'blindspot'), so that a budgeted run ends at a small step size.",
+    )
+    weight_average: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Decay per optimiser step of an exponential moving average of the U-Net's "
+        "weights (e.g. 0.99); the average is what is validated, kept and saved. None: the "
+        "raw weights. Smooths the step-to-step scatter of a short run.",
+    )
     early_stopping_patience: int | None = Field(
         15, ge=1, description="Stop after this many epochs without validation improvement."
     )

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from pausdenoise.n2v.blindspot import (
@@ -276,6 +277,8 @@ def train_n2v(
             best_state = _run_blindspot(run, batches, history, checkpoints, on_epoch_end, t_start)
         else:
             deadline = None if cfg.max_minutes is None else t_start + 60.0 * cfg.max_minutes
+            run.start_phase(None if deadline is None else deadline - time.perf_counter(),
+                            cfg.epochs * cfg.steps_per_epoch)
             best_state = _run_epochs(
                 run, batches, history, checkpoints, on_epoch_end, t_start, cfg.epochs, deadline
             )
@@ -337,16 +340,65 @@ class _Run:
     teacher_net: torch.nn.Module | None = None
     phase: str = "n2v"
     global_step: int = 0
+    averaged: AveragedModel | None = None
+    horizon: _Horizon | None = None
 
     def tracked(self) -> torch.nn.Module:
-        """Return the network being trained now.
+        """Return the network that is validated, kept and saved now.
 
         Returns
         -------
         torch.nn.Module
-            The teacher in the ``teacher`` phase, the U-Net otherwise.
+            The teacher in the ``teacher`` phase; otherwise the U-Net, or its weight
+            average (``weight_average``).
         """
-        return self.teacher if self.phase == "teacher" else self.model
+        if self.phase == "teacher":
+            return self.teacher
+        return self.model if self.averaged is None else self.averaged.module
+
+    def start_phase(self, seconds: float | None, steps: int) -> None:
+        """Start the learning-rate horizon (and, for the U-Net, the weight average) of a phase.
+
+        Parameters
+        ----------
+        seconds : float or None
+            Wall-clock length of the phase (s), when budgeted.
+        steps : int
+            Its length in optimiser steps (used when ``seconds`` is None).
+        """
+        self.horizon = _Horizon(time.perf_counter(), seconds, self.global_step, steps)
+        decay = self.cfg.weight_average
+        if decay is not None and self.phase != "teacher":
+            self.averaged = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+            )
+
+
+@dataclass
+class _Horizon:
+    """Where a training phase started and how long it lasts (for ``lr_decay: cosine``)."""
+
+    t0: float
+    seconds: float | None
+    step0: int
+    steps: int
+
+    def progress(self, step: int) -> float:
+        """Return the fraction of the phase done (by wall time when budgeted).
+
+        Parameters
+        ----------
+        step : int
+            The global optimiser step about to be taken.
+
+        Returns
+        -------
+        float
+            In [0, 1].
+        """
+        if self.seconds:
+            return min(1.0, (time.perf_counter() - self.t0) / self.seconds)
+        return min(1.0, (step - self.step0) / max(self.steps, 1))
 
 
 def _setup(
@@ -634,9 +686,9 @@ def _run_epochs(
                 f"{history.patches_per_second[-1]:.0f} patches/s"
             )
         if (improved or cfg.keep == "last") and checkpoints is not None and run.phase != "teacher":
-            checkpoints.write(run.model, cfg, history)
+            checkpoints.write(run.tracked(), cfg, history)
         if on_epoch_end is not None and run.rank == 0 and run.phase != "teacher":
-            on_epoch_end(run.model, history)
+            on_epoch_end(run.tracked(), history)
         if deadline is not None and _past(deadline, run):
             history.stopped_on_budget = True
             break
@@ -673,6 +725,8 @@ def _run_blindspot(
     f = cfg.blindspot.distill_fraction
     n_teacher = min(max(1, round(cfg.epochs * (1.0 - f))), max(cfg.epochs - 1, 1))
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    run.start_phase(None if budget is None else (1.0 - f) * budget - _since(t_start),
+                    n_teacher * cfg.steps_per_epoch)
     best = _run_epochs(run, batches, history, None, None, t_start, n_teacher,
                        None if budget is None else t_start + (1.0 - f) * budget)
     if best is not None and cfg.keep == "best":
@@ -684,9 +738,22 @@ def _run_blindspot(
     history.stopped_early = False
     run.phase = "student"
     run.opt, run.sched = _optimiser(cfg, run.net)
+    n_student = max(cfg.epochs - history.epochs_run, 1)
+    run.start_phase(None if budget is None else budget - _since(t_start),
+                    n_student * cfg.steps_per_epoch)
     return _run_epochs(run, batches, history, checkpoints, on_epoch_end, t_start,
-                       max(cfg.epochs - history.epochs_run, 1),
-                       None if budget is None else t_start + budget)
+                       n_student, None if budget is None else t_start + budget)
+
+
+def _since(t: float) -> float:
+    """Return the seconds elapsed since ``t``.
+
+    Returns
+    -------
+    float
+        Seconds (``time.perf_counter`` clock).
+    """
+    return time.perf_counter() - t
 
 
 def _past(deadline: float, run: _Run) -> bool:
@@ -757,9 +824,7 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         loss = _student_step_loss(run, x)
     else:
         loss = _masked_step_loss(run, x, bad)
-    if cfg.warmup_steps and run.global_step <= cfg.warmup_steps:
-        for group in run.opt.param_groups:  # the plateau schedule acts after warm-up
-            group["lr"] = cfg.learning_rate * min(1.0, (run.global_step + 1) / cfg.warmup_steps)
+    _set_learning_rate(run)
     run.global_step += 1
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
@@ -769,7 +834,31 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     run.scaler.step(run.opt)
     run.scaler.update()
+    if run.averaged is not None and run.phase != "teacher":
+        run.averaged.update_parameters(run.model)
     return loss.detach()
+
+
+def _set_learning_rate(run: _Run) -> None:
+    """Apply the linear warm-up and, with ``lr_decay: cosine``, the cosine decay.
+
+    With the plateau schedule only the warm-up is set here (the schedule acts after it).
+    Under DDP rank 0's progress is broadcast, so all ranks step with the same rate.
+    """
+    cfg = run.cfg
+    warm = cfg.warmup_steps and run.global_step <= cfg.warmup_steps
+    if cfg.lr_decay != "cosine" and not warm:
+        return
+    factor = min(1.0, (run.global_step + 1) / cfg.warmup_steps) if warm else 1.0
+    lr = cfg.learning_rate
+    if cfg.lr_decay == "cosine" and run.horizon is not None:
+        done = torch.tensor([run.horizon.progress(run.global_step)], device=run.device)
+        if run.distributed:
+            dist.broadcast(done, src=0)
+        lo = min(cfg.lr_schedule.min_lr, lr)
+        lr = lo + 0.5 * (lr - lo) * (1.0 + math.cos(math.pi * float(done.item())))
+    for group in run.opt.param_groups:
+        group["lr"] = lr * factor
 
 
 def _masked_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -846,7 +935,8 @@ def _end_epoch(
         _sync_across_ranks(run.model, loss_sum, run.world)
         train_loss = float(loss_sum) / steps
     val_loss = _validation_loss(run)
-    run.sched.step(val_loss)
+    if cfg.lr_decay == "plateau":
+        run.sched.step(val_loss)
     history.train_loss.append(train_loss)
     history.val_loss.append(val_loss)
     history.learning_rate.append(float(run.opt.param_groups[0]["lr"]))
@@ -876,10 +966,10 @@ def _validation_loss(run: _Run) -> float:
     batch = max(run.cfg.batch_size, 1)
     vs = run.val_set
     if run.phase == "n2v":
-        return vs.loss(run.model, batch_size=batch)
+        return vs.loss(run.tracked(), batch_size=batch)
     if run.phase == "teacher":
         return ValidationSet(vs.originals, vs.originals, vs.targets).loss(run.teacher, batch)
-    return distillation_validation_loss(run.model, run.teacher, vs.originals, batch)
+    return distillation_validation_loss(run.tracked(), run.teacher, vs.originals, batch)
 
 
 def _finish(
@@ -893,6 +983,8 @@ def _finish(
     cfg, model = run.cfg, run.model
     if best_state is not None and cfg.keep == "best":
         model.load_state_dict(best_state)
+    elif run.averaged is not None:
+        model.load_state_dict(run.averaged.module.state_dict())
     model.eval()
     if cfg.calibrate_offset:
         history.output_offset = calibrate_offset(

@@ -161,3 +161,20 @@ def test_blind_radius_auto_follows_the_measured_correlation() -> None:
     assert TrainConfig(noise_correlation=(0.3, 0.02)).struct_axes == "x"
     assert TrainConfig(noise_correlation=(0.05, 0.02)).struct_axes == ""
     assert TrainConfig(blindspot=BlindSpotSettings(blind_radius=2)).blind_radius == 2
+
+
+def test_cosine_decay_and_weight_average_restart_per_phase() -> None:
+    """``method: blindspot`` with ``lr_decay: cosine`` and ``weight_average``: each phase
+    (teacher, then student) decays from the full rate; the average covers the student."""
+    noisy, _, mask = _frame(ny=128, nx=128)
+    stats = frame_statistics(noisy, mask)
+    cfg = _cfg(epochs=6, steps_per_epoch=4, lr_decay="cosine", weight_average=0.9,
+               early_stopping_patience=None, keep="last",
+               blindspot=BlindSpotSettings(distill_fraction=0.5))
+    model, hist = train_n2v([(noisy, mask, stats, "f0")], cfg, progress=False)
+    lr = hist.learning_rate
+    assert hist.teacher_epochs == 3 and len(lr) == 6
+    assert lr[0] > lr[1] > lr[2] and lr[3] > lr[2] and lr[3] > lr[4] > lr[5]
+    assert lr[3] == pytest.approx(lr[0], rel=1e-6)  # the student restarts the schedule
+    assert type(model) is UNet and all(torch.isfinite(v).all() for v in
+                                       model.state_dict().values() if v.is_floating_point())

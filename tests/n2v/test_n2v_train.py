@@ -506,3 +506,47 @@ def test_output_offset_is_refitted_after_training() -> None:
     # off: nothing is refitted
     _, hist2 = train_n2v(frames, _tiny_config(epochs=1, calibrate_offset=False), progress=False)
     assert hist2.output_offset == 0.0
+
+
+def test_cosine_decay_follows_the_steps_and_the_time_budget() -> None:
+    """``lr_decay: cosine``: the recorded rate at each epoch end is half a cosine from
+    learning_rate to min_lr over epochs × steps; on a wall-clock budget it reaches the floor
+    by the last epoch. The plateau schedule is left alone."""
+    noisy, _, mask = _noisy_frame(seed=7)
+    frames = [(noisy, mask, frame_statistics(noisy, mask))]
+    lr0, lo, steps, epochs = 2e-3, 1e-5, 5, 4
+    cfg = _tiny_config(lr_decay="cosine", learning_rate=lr0, steps_per_epoch=steps,
+                       epochs=epochs, early_stopping_patience=None,
+                       lr_schedule={"min_lr": lo, "patience": 0})
+    _, hist = train_n2v(frames, cfg, progress=False)
+    # the rate of the last step of epoch e (step index (e+1)*steps - 1)
+    want = [lo + 0.5 * (lr0 - lo) * (1 + np.cos(np.pi * ((e + 1) * steps - 1) / (epochs * steps)))
+            for e in range(epochs)]
+    assert hist.learning_rate == pytest.approx(want, rel=1e-6)
+    budgeted = cfg.model_copy(update={"epochs": 10_000, "max_minutes": 0.04})
+    _, hb = train_n2v(frames, budgeted, progress=False)
+    assert hb.stopped_on_budget and hb.epochs_run >= 2
+    assert hb.learning_rate[0] > 0.5 * lr0 and hb.learning_rate[-1] < 0.2 * lr0
+    assert all(a >= b for a, b in zip(hb.learning_rate, hb.learning_rate[1:], strict=False))
+
+
+def test_weight_average_is_what_is_validated_and_returned(tmp_path: Path) -> None:
+    """``weight_average``: the returned (and saved) U-Net is the exponential moving average
+    of the trained weights, not the last step's weights; with decay → 0 it is the last."""
+    noisy, _, mask = _noisy_frame(seed=8)
+    frames = [(noisy, mask, frame_statistics(noisy, mask), "f0")]
+    common = dict(epochs=2, keep="last", calibrate_offset=False, early_stopping_patience=None)
+    plain, hp = train_n2v(frames, _tiny_config(**common), progress=False)
+    avg, ha = train_n2v(frames, _tiny_config(**common, weight_average=0.9),
+                        checkpoint_path=tmp_path / "m.safetensors", progress=False)
+    assert ha.train_loss == hp.train_loss  # the same trajectory: the average does not steer it
+    assert ha.val_loss != hp.val_loss  # but it is what is validated
+    diff = max(float((a - b).abs().max()) for a, b in zip(
+        plain.state_dict().values(), avg.state_dict().values(), strict=True))
+    assert diff > 1e-4
+    saved = load_model(tmp_path / "m.safetensors")[0]
+    for k, v in avg.state_dict().items():
+        assert torch.allclose(saved.state_dict()[k].float(), v.float()), k
+    tiny, _ = train_n2v(frames, _tiny_config(**common, weight_average=1e-9), progress=False)
+    for a, b in zip(plain.state_dict().values(), tiny.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
