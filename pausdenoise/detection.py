@@ -92,6 +92,10 @@ class DetectionSettings:
         Minimum flux fraction of a deblended component.
     match_radius_fwhm : float
         Matching radius in units of the PSF FWHM.
+    smooth_fwhm_factor : float
+        FWHM of the detection kernel in units of the PSF FWHM: 1 is the PSF-matched filter;
+        0 thresholds the unsmoothed pixels (a diagnostic: what a denoiser gains against a
+        detector without the matched filter).
     """
 
     npixels: int = 5
@@ -100,6 +104,7 @@ class DetectionSettings:
     deblend_nlevels: int = 32
     deblend_contrast: float = 0.005
     match_radius_fwhm: float = 0.6
+    smooth_fwhm_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class PreparedImage:
     rms : float
         Robust RMS of ``smooth`` over source-free good pixels, ADU.
     fwhm_px : float
-        FWHM of the smoothing Gaussian, px.
+        PSF FWHM, px (the smoothing Gaussian's is ``smooth_fwhm_factor`` × it).
     """
 
     smooth: np.ndarray
@@ -212,9 +217,9 @@ def prepare_image(image: np.ndarray, mask: np.ndarray | None, fwhm_px: float,
     mask : ndarray of int, shape (ny, nx), or None
         Non-zero marks a bad pixel.
     fwhm_px : float
-        PSF FWHM, px (the smoothing kernel's FWHM).
+        PSF FWHM, px (the smoothing kernel's FWHM is ``settings.smooth_fwhm_factor`` × it).
     settings : DetectionSettings
-        ``background_box``.
+        ``background_box``, ``smooth_fwhm_factor``.
 
     Returns
     -------
@@ -236,7 +241,11 @@ def prepare_image(image: np.ndarray, mask: np.ndarray | None, fwhm_px: float,
         raise ValueError("no good pixel")
     data = np.where(bad, 0.0, data)
     data = data - _background_map(data, bad, settings.background_box)
-    smooth, weight = _normalised_smooth(data, ~bad, fwhm_px)
+    kernel_fwhm = settings.smooth_fwhm_factor * fwhm_px
+    if kernel_fwhm > 0:
+        smooth, weight = _normalised_smooth(data, ~bad, kernel_fwhm)
+    else:
+        smooth, weight = data.copy(), (~bad).astype(np.float64)
     excluded = weight < 0.5
     smooth[excluded] = 0.0
     rms = _robust_rms(smooth, ~excluded & ~bad, fwhm_px)

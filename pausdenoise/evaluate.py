@@ -180,6 +180,13 @@ class EvaluateConfig(BaseModel):
         64, ge=8, description="Box size of the background map subtracted before detection (px)."
     )
     depth_deblend: bool = Field(True, description="Deblend segments (multi-thresholding).")
+    depth_smooth_fwhm_factor: float = Field(
+        1.0,
+        ge=0.0,
+        description="Detection kernel FWHM in units of the PSF FWHM: 1 the PSF-matched filter "
+        "(the most powerful detector of faint compact sources in white noise); 0 no smoothing "
+        "(a diagnostic: the depth a denoiser gains against a detector without that filter).",
+    )
     depth_deblend_nlevels: int = Field(
         32, ge=2, description="Deblending: number of thresholds between detection and peak."
     )

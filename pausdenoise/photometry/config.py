@@ -136,7 +136,7 @@ class PhotometryConfig(BaseModel):
         description="saturation level in ADU; None = use the frame's 'saturate' attribute "
         "(no level check when that is absent as well)",
     )
-    errors: Literal["annulus", "ivar"] = Field(
+    errors: Literal["annulus", "ivar", "empty"] = Field(
         "annulus",
         description="sky-noise term of the aperture flux_err (ADU²): 'annulus' = area × "
         "bkg_std² (the clipped annulus scatter); 'ivar' = Σ overlap²/ivar over the aperture's "
@@ -146,7 +146,20 @@ class PhotometryConfig(BaseModel):
         "term max(flux, 0)/gain is kept; the background-estimate term stays from the "
         "annulus. Used for kind 'raw' only (the ivar does not describe a denoised image's "
         "noise); frames without an ivar array fall back to 'annulus' with a warning. "
-        "flux_prof_err is not affected",
+        "'empty' = σ(A)² from the flux scatter of empty apertures of the frame measured with "
+        "the same recipe (pausdenoise.photometry.empty; it holds correlated and confusion "
+        "noise and the background estimate's noise, so the separate background term is "
+        "dropped), on raw and denoised images alike; a frame where too few empty apertures "
+        "fit falls back to 'annulus' with a warning; flux_prof_err's sky terms are scaled by "
+        "σ68² of the pulls of profile fluxes measured at empty positions (as a function of "
+        "the profile's effective area). Otherwise flux_prof_err is not affected",
+    )
+    empty_apertures: int = Field(
+        200,
+        ge=20,
+        description="errors 'empty': random empty apertures per radius (5 radii from half "
+        "the smallest to the largest catalogue aperture; twice as many profiles for "
+        "flux_prof_err), placed clear of every catalogue source and bad pixel",
     )
     kinds: tuple[Literal["raw", "denoised"], ...] = Field(
         ("raw", "denoised"), min_length=1, description="which images to measure"
@@ -218,10 +231,13 @@ class PhotometryConfig(BaseModel):
         str
             16 hex characters: the SHA-256 of the JSON of every field except ``kinds`` and
             ``batch_size`` (they choose what is measured and how fast, not the values);
-            ``errors`` only when not the default ``"annulus"``, so partitions written
-            before the option existed stay up to date.
+            ``errors`` only when not the default ``"annulus"`` and ``empty_apertures`` only
+            with ``errors="empty"``, so partitions written before the options existed stay
+            up to date.
         """
         d = self.model_dump(exclude={"kinds", "batch_size"})
+        if d.get("errors") != "empty":
+            del d["empty_apertures"]
         if d.get("errors") == "annulus":
             del d["errors"]
         return json_digest(d)

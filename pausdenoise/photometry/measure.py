@@ -44,6 +44,14 @@ from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_st
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
+from pausdenoise.photometry.empty import (
+    EmptyApertureNoise,
+    EmptyField,
+    empty_aperture_noise,
+    empty_field,
+    profile_inflation,
+    sky_variance,
+)
 from pausdenoise.photometry.neighbours import neighbour_mask
 from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usable_pixels
 
@@ -186,12 +194,14 @@ def _checked_arrays(
 
 
 def _flux_and_error(
-    ap: dict[str, np.ndarray], st: dict[str, np.ndarray], config: PhotometryConfig, gain: float
+    ap: dict[str, np.ndarray], st: dict[str, np.ndarray], config: PhotometryConfig, gain: float,
+    empty: EmptyApertureNoise | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Subtract the sky and propagate the errors (step 3 of the recipe).
 
     The sky-noise term is ``ap["var_ivar"]`` when present (``errors="ivar"``), else
-    ``area * bkg_std²``.
+    ``area * bkg_std²``; with ``empty`` (``errors="empty"``) it is the empty-aperture σ(A)²,
+    which already holds the background estimate's noise.
 
     Returns
     -------
@@ -202,14 +212,66 @@ def _flux_and_error(
     bkg = st["bkg_mean"] if config.background == "mean" else st["bkg_median"]
     area = ap["area"]
     flux = ap["aper_sum"] - area * bkg
-    var_bkg_est = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
-    if config.background == "median":
-        var_bkg_est = var_bkg_est * (np.pi / 2.0)
+    var_bkg_est = _var_bkg_estimate(st, config)
     with np.errstate(invalid="ignore"):
-        var_sky = ap["var_ivar"] if "var_ivar" in ap else area * st["bkg_std"] ** 2
-        var = np.maximum(flux, 0.0) / gain + var_sky + area**2 * var_bkg_est
+        if empty is not None:
+            var = np.maximum(flux, 0.0) / gain + sky_variance(empty, area)
+        else:
+            var_sky = ap["var_ivar"] if "var_ivar" in ap else area * st["bkg_std"] ** 2
+            var = np.maximum(flux, 0.0) / gain + var_sky + area**2 * var_bkg_est
     var = np.where(st["bkg_n"] > 0, var, np.nan)
     return bkg, flux, np.sqrt(var)
+
+
+def _var_bkg_estimate(st: dict[str, np.ndarray], config: PhotometryConfig) -> np.ndarray:
+    """Return the variance of the annulus background estimate per source, ADU².
+
+    Returns
+    -------
+    ndarray
+        ``bkg_std² / bkg_n`` (× π/2 for the median).
+    """
+    var = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
+    return var * (np.pi / 2.0) if config.background == "median" else var
+
+
+def _empty_seed(expnum: int | None, ccd: int | None) -> int:
+    """Return the seed of a frame's empty positions (a rerun measures the same ones).
+
+    Returns
+    -------
+    int
+        From (expnum, ccd).
+    """
+    return (int(expnum or 0) * 100 + int(ccd or 0)) % (2**32)
+
+
+def _empty_noise(image: np.ndarray, mask: np.ndarray | None, geometry: tuple[np.ndarray, ...],
+                 config: PhotometryConfig, sat_level: float | None, expnum: int | None,
+                 ccd: int | None) -> tuple[EmptyApertureNoise | None, EmptyField | None]:
+    """Fit the frame's empty-aperture noise when ``config.errors == "empty"``.
+
+    The positions are seeded by (expnum, ccd), so a rerun measures the same apertures.
+
+    Returns
+    -------
+    tuple
+        The fit (None for other error modes, or with a warning when too few apertures fit)
+        and the frame's :class:`~pausdenoise.photometry.empty.EmptyField` (None unless
+        ``errors="empty"``).
+    """
+    if config.errors != "empty":
+        return None, None
+    field = empty_field(image, mask, geometry, config, sat_level)
+    noise = empty_aperture_noise(image, mask, field, geometry, config, sat_level,
+                                 _empty_seed(expnum, ccd))
+    if noise is None:
+        warnings.warn(
+            f"exposure {expnum} ccd {ccd}: too few empty apertures fit for errors='empty'; "
+            "the annulus sky term is used",
+            stacklevel=3,
+        )
+    return noise, field
 
 
 def _without_catalogue_sources(
@@ -356,11 +418,16 @@ def _profile_columns(
     geometry: tuple[np.ndarray, ...], st: dict[str, np.ndarray], bkg: np.ndarray,
     config: PhotometryConfig, *, psf: PsfEstimate | None, gain: float,
     sat_level: float | None, zp: float, zp_err: float,
+    empty: EmptyField | None = None, empty_seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Compute the profile-weighted columns (:mod:`pausdenoise.photometry.profile`).
 
     The sky is the aperture recipe's: ``b = bkg``, ``V = bkg_std²`` and
-    ``σ_b² = bkg_std² / bkg_n`` (× π/2 for the median).
+    ``σ_b² = bkg_std² / bkg_n`` (× π/2 for the median); with ``empty`` (the frame's
+    empty field, ``errors="empty"``) V and σ_b² are multiplied by the factor measured with
+    profiles at empty positions (:func:`~pausdenoise.photometry.empty.profile_inflation`, seeded by
+    ``empty_seed``), which scales the error's sky terms and leaves the weights, hence the
+    flux, unchanged.
 
     Returns
     -------
@@ -379,9 +446,17 @@ def _profile_columns(
     var_b = st["bkg_std"] ** 2 / np.where(st["bkg_n"] > 0, st["bkg_n"], np.nan)
     if config.background == "median":
         var_b = var_b * (np.pi / 2.0)
+    inflation = None
+    if empty is not None:
+        inflation = profile_inflation(empty, mask, geometry, tuple(shapes), pixels,
+                                      fwhm_px=float(psf.fwhm_px), beta=beta, gain=gain,
+                                      config=config, sat_level=sat_level, seed=empty_seed)
+        if inflation is None:
+            warnings.warn("too few empty positions for the profile errors of errors='empty': "
+                          "flux_prof_err keeps the pixel-noise model", stacklevel=3)
     res = profile_fluxes(pixels, x, y, theta, tuple(shapes), fwhm_px=float(psf.fwhm_px),
                          beta=beta, sky=(bkg, st["bkg_std"] ** 2, var_b), gain=gain,
-                         config=config)
+                         config=config, sky_inflation=inflation)
     cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
     return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
             "flux_prof_cal_err": cal_err,
@@ -479,7 +554,9 @@ def measure_frame(
     with np.errstate(invalid="ignore"):
         flags[frac < config.min_annulus_fraction] |= PhotFlag.ANNULUS_OFF_IMAGE
 
-    bkg, flux, flux_err = _flux_and_error(ap, st, config, gain)
+    empty, field = _empty_noise(image, mask, (x, y, a, b, theta), config, sat_level, expnum,
+                                ccd)
+    bkg, flux, flux_err = _flux_and_error(ap, st, config, gain, empty)
     flux_cal, flux_cal_err = calibrate_flux(flux, flux_err, zp, zp_err)
     flags[~(np.isfinite(flux) & np.isfinite(flux_err))] |= PhotFlag.NONFINITE_RESULT
 
@@ -513,7 +590,9 @@ def measure_frame(
             "flux_cal": flux_cal,
             "flux_cal_err": flux_cal_err,
             **_profile_columns(image, mask, apertures, (x, y, a, b, theta), st, bkg, config,
-                               psf=psf, gain=gain, sat_level=sat_level, zp=zp, zp_err=zp_err),
+                               psf=psf, gain=gain, sat_level=sat_level, zp=zp, zp_err=zp_err,
+                               empty=field if empty is not None else None,
+                               empty_seed=_empty_seed(expnum, ccd)),
         }
     )
     return out.astype(OUTPUT_COLUMNS)

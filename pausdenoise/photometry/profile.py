@@ -47,6 +47,7 @@ kept). The neighbour cross terms loop over overlapping pairs, the joint solves o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -550,6 +551,7 @@ def profile_fluxes(
     sky: tuple[np.ndarray, np.ndarray, np.ndarray],
     gain: float,
     config: PhotometryConfig,
+    sky_inflation: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure the profile-weighted total fluxes of one frame (see the module docstring).
 
@@ -573,12 +575,18 @@ def profile_fluxes(
         e⁻/ADU.
     config : PhotometryConfig
         Profile settings.
+    sky_inflation : callable, optional
+        ``sky_inflation(area_eff, idx)`` → factor per source multiplying V and σ_b²
+        (correlated or confusion noise; ``photometry.errors = "empty"``), given the
+        profile's effective area ``(Σp)²/Σp²`` (px², usable pixels) of the sources ``idx``
+        (indices into ``x``). The weights, hence the flux, do not depend on it.
 
     Returns
     -------
     dict of str to ndarray, shape (n,)
         ``flux``, ``flux_err`` (ADU), ``weight_left`` (usable Σp² / stamp Σp²),
-        ``sat_frac`` (saturated Σp² / stamp Σp²), ``valid`` (usable inputs), ``group_size``.
+        ``sat_frac`` (saturated Σp² / stamp Σp²), ``valid`` (usable inputs), ``group_size``,
+        ``area_eff`` (the profile's effective area (Σp)²/Σp² over usable pixels, px²).
     """
     hlr, q, frac = shapes
     n = len(x)
@@ -590,13 +598,18 @@ def profile_fluxes(
     if not valid.any():
         nan = np.full(n, np.nan)
         return {"flux": nan, "flux_err": nan, "weight_left": nan, "sat_frac": np.zeros(n),
-                "valid": valid, "group_size": np.zeros(n, dtype=np.int64)}
+                "valid": valid, "group_size": np.zeros(n, dtype=np.int64), "area_eff": nan}
     coef, amp = profile_components(hlr, q, theta, frac, fwhm_px, beta, config)
     radii = stamp_radii(hlr, q, fwhm_px, config)
     idx = np.flatnonzero(valid)
     sky_v = tuple(np.asarray(v, dtype=float)[idx] for v in sky)
     sums, stamps = _all_stamp_sums(coef[idx], amp[idx], xs[idx], ys[idx], radii[idx],
                                    pixels, sky_v[0])
+    if sky_inflation is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            k = np.asarray(sky_inflation(sums["p1"] ** 2 / sums["pp"], idx), dtype=float)
+        k = np.where(np.isfinite(k) & (k > 0), k, 1.0)
+        sky_v = (sky_v[0], sky_v[1] * k, sky_v[2] * k)
     f_v, var_v = _isolated_estimate(sums, sky_v[1], sky_v[2], gain)
     pairs = _overlap_pairs(xs[idx], ys[idx], radii[idx])
     cross = _cross_terms(stamps, xs[idx], ys[idx], radii[idx], pairs)
@@ -609,7 +622,10 @@ def profile_fluxes(
     with np.errstate(invalid="ignore", divide="ignore"):
         weight_left = np.full(n, np.nan)
         weight_left[idx] = sums["pp"] / sums["pp_all"]
+        area_eff = np.full(n, np.nan)
+        area_eff[idx] = sums["p1"] ** 2 / sums["pp"]
         sat_frac = np.zeros(n)
         sat_frac[idx] = sums["pp_sat"] / sums["pp_all"]
     return {"flux": flux, "flux_err": np.sqrt(var), "weight_left": weight_left,
-            "sat_frac": sat_frac, "valid": valid, "group_size": group_size}
+            "sat_frac": sat_frac, "valid": valid, "group_size": group_size,
+            "area_eff": area_eff}

@@ -556,7 +556,8 @@ def _depth_settings(cfg: ev.EvaluateConfig) -> dt.DetectionSettings:
         npixels=cfg.depth_npixels, background_box=cfg.depth_background_box,
         deblend=cfg.depth_deblend, deblend_nlevels=cfg.depth_deblend_nlevels,
         deblend_contrast=cfg.depth_deblend_contrast,
-        match_radius_fwhm=cfg.depth_match_radius_fwhm)
+        match_radius_fwhm=cfg.depth_match_radius_fwhm,
+        smooth_fwhm_factor=cfg.depth_smooth_fwhm_factor)
 
 
 def _depth_fwhm(ctx: Context, attrs: dict[str, Any]) -> float:

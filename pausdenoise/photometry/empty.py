@@ -1,0 +1,411 @@
+"""Empty-aperture noise: the sky term of the aperture error measured from the frame itself.
+
+The PAUS error formula takes the sky noise of an aperture of area A as A · σ_pix², σ_pix the
+clipped scatter of the annulus pixels. That is right for white noise and wrong wherever the
+pixels' noise is correlated or the "sky" holds structure the annulus does not see:
+unresolved faint stars in a crowded field (confusion noise), a denoised image, resampled
+frames. The empirical cure of deep-field photometry (e.g. Labbé et al. 2003; Skelton et al.
+2014) is to measure the scatter of the flux in *empty* apertures of the same size, placed at
+random where no catalogue source is, with the same recipe (aperture sum minus area × the
+sigma-clipped annulus background): that scatter contains every noise the measurement of a
+faint source meets, the background estimate's included.
+
+:func:`empty_aperture_noise` places ``config.empty_apertures`` circles for each of
+``N_RADII`` radii spanning the catalogue's aperture sizes (down to half the smallest),
+measures them with the same kernels and fits σ(A) = c · A^β (β between ½, white noise,
+and 1, noise coherent over the aperture) by least squares in log–log on their robust (MAD)
+scatters. :func:`sky_variance` evaluates
+σ(A)² for the catalogue rows. The profile-weighted flux's error is scaled by the σ68² of
+profile fluxes measured at empty positions (:func:`profile_inflation`). Pixel convention:
+0-based, pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from pausdenoise.photometry.annulus import annulus_stats
+from pausdenoise.photometry.apertures import aperture_sums
+from pausdenoise.photometry.config import PhotometryConfig
+from pausdenoise.photometry.neighbours import neighbour_mask
+from pausdenoise.stats import sigma68
+
+#: Radii (px) at which empty apertures are measured: this many, geometric between half the
+#: catalogue's smallest circularised aperture radius (the profile-weighted flux's effective
+#: area is smaller than the aperture's) and its largest.
+N_RADII = 5
+#: Scale factor from the median absolute deviation to σ for Gaussian noise.
+MAD_TO_SIGMA = 1.482602218505602
+#: Fewest usable empty apertures at a radius for its scatter to enter the fit.
+MIN_PER_RADIUS = 20
+
+
+@dataclass(frozen=True)
+class EmptyApertureNoise:
+    """Scatter of the flux in empty apertures against aperture area.
+
+    Attributes
+    ----------
+    area : ndarray of float
+        Mean unmasked area of the empty apertures at each measured radius, px².
+    sigma : ndarray of float
+        Robust (MAD) scatter of their background-subtracted flux, ADU.
+    n : ndarray of int
+        Usable empty apertures per radius.
+    coef : float
+        c of σ(A) = c · A^β, ADU px^(−2β).
+    beta : float
+        β (½ for white noise; larger when the noise is correlated over the aperture).
+    """
+
+    area: np.ndarray
+    sigma: np.ndarray
+    n: np.ndarray
+    coef: float
+    beta: float
+
+    def sigma_at(self, area: np.ndarray) -> np.ndarray:
+        """Return σ(A) in ADU for areas in px² (NaN where the area is not > 0).
+
+        Parameters
+        ----------
+        area : ndarray of float
+            Aperture areas, px².
+
+        Returns
+        -------
+        ndarray of float
+            The fitted scatter, ADU.
+        """
+        area = np.asarray(area, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(area > 0, self.coef * np.abs(area) ** self.beta, np.nan)
+
+
+@dataclass(frozen=True)
+class EmptyField:
+    """Where a frame's empty apertures may go (computed once per frame).
+
+    Attributes
+    ----------
+    blocked : ndarray of bool
+        Pixels no empty aperture may use (:func:`blocked_pixels`).
+    distance : ndarray of float
+        Distance of each pixel to the nearest blocked one, px.
+    annulus_image : ndarray of float
+        The image with NaN on the blocked pixels (the empty positions' annuli skip them).
+    """
+
+    blocked: np.ndarray
+    distance: np.ndarray
+    annulus_image: np.ndarray
+
+
+def empty_field(image: np.ndarray, mask: np.ndarray | None,
+                geometry: tuple[np.ndarray, ...], config: PhotometryConfig,
+                sat_level: float | None) -> EmptyField:
+    """Build the frame's :class:`EmptyField` (see :func:`blocked_pixels` for the arguments).
+
+    Returns
+    -------
+    EmptyField
+        Blocked pixels, distance map and the annulus image.
+    """
+    blocked = blocked_pixels(image, mask, geometry, config, sat_level)
+    return EmptyField(blocked, ndimage.distance_transform_edt(~blocked),
+                      _nan_near(image, blocked))
+
+
+def blocked_pixels(image: np.ndarray, mask: np.ndarray | None,
+                   geometry: tuple[np.ndarray, ...], config: PhotometryConfig,
+                   sat_level: float | None) -> np.ndarray:
+    """Return the pixels no empty aperture (nor its annulus) may use.
+
+    Non-finite, bad (``config.bad_mask_bits``) and saturated pixels, and the pixels within
+    ``config.annulus_mask_grow`` (at least 1) aperture semi-axes, ≥ 3 px, of every catalogue
+    source (``geometry`` = ``(x, y, a, b, theta)``: 0-based px, px, radians).
+
+    Returns
+    -------
+    ndarray of bool
+        True where blocked.
+    """
+    x, y, a, b, theta = geometry
+    blocked = ~np.isfinite(image)
+    if mask is not None:
+        blocked |= (np.asarray(mask).astype(np.int64) & int(config.bad_mask_bits)) != 0
+    if sat_level is not None:
+        blocked |= image >= sat_level
+    if len(x):
+        blocked |= neighbour_mask(image.shape, x, y, a, b, theta,
+                                  grow=max(config.annulus_mask_grow, 1.0))
+    return blocked
+
+
+def free_positions(field: EmptyField, radius: float, margin: float, n: int,
+                   rng: np.random.Generator, spacing: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw up to ``n`` distinct integer centres whose circle of ``radius`` px is unblocked.
+
+    They lie at least ``margin`` px (the annulus) from the edges and, with ``spacing`` > 0,
+    at least ``spacing`` px from each other (drawn in random order, greedily).
+
+    Returns
+    -------
+    tuple of ndarray
+        x and y of the centres, 0-based px.
+    """
+    ny, nx = field.blocked.shape
+    free = field.distance > radius + 0.5
+    m = int(np.ceil(margin))
+    if ny <= 2 * m or nx <= 2 * m:
+        return np.empty(0), np.empty(0)
+    free[:m], free[ny - m:], free[:, :m], free[:, nx - m:] = False, False, False, False
+    yy, xx = np.nonzero(free)
+    if yy.size == 0:
+        return np.empty(0), np.empty(0)
+    if spacing <= 0:
+        pick = rng.choice(yy.size, size=min(n, yy.size), replace=False)
+        return xx[pick].astype(float), yy[pick].astype(float)
+    order = rng.permutation(yy.size)[: 50 * n]
+    keep: list[int] = []
+    for i in order:
+        if keep and np.min((xx[keep] - xx[i]) ** 2 + (yy[keep] - yy[i]) ** 2) < spacing**2:
+            continue
+        keep.append(int(i))
+        if len(keep) == n:
+            break
+    return xx[keep].astype(float), yy[keep].astype(float)
+
+
+def empty_aperture_noise(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    field: EmptyField,
+    geometry: tuple[np.ndarray, ...],
+    config: PhotometryConfig,
+    sat_level: float | None = None,
+    seed: int = 0,
+) -> EmptyApertureNoise | None:
+    """Measure the flux scatter of empty apertures and fit σ(A) (see the module docstring).
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (ny, nx)
+        The image, ADU (raw or denoised).
+    mask : ndarray of int, shape (ny, nx), or None
+        Non-zero (in ``config.bad_mask_bits``) marks a bad pixel.
+    field : EmptyField
+        Where empty apertures may go (:func:`empty_field`: clear of bad and saturated pixels
+        and of every catalogue source by ``config.annulus_mask_grow`` semi-axes, ≥ 3 px).
+    geometry : tuple of ndarray
+        The catalogue apertures ``(x, y, a, b, theta)``: 0-based px, semi-axes in px, θ in
+        radians (their sizes set the radii).
+    config : PhotometryConfig
+        Annulus, clipping, background estimator and ``empty_apertures`` (per radius).
+    sat_level : float, optional
+        Saturation level, ADU (pixels at or above it are avoided).
+    seed : int, optional
+        Seed of the positions (the same frame gives the same positions).
+
+    Returns
+    -------
+    EmptyApertureNoise or None
+        None when fewer than two radii have ``MIN_PER_RADIUS`` usable apertures (a frame
+        crowded or masked all over, or smaller than the annulus).
+    """
+    _, _, a, b, _ = geometry
+    r_cat = np.sqrt(np.clip(a * b, 0.25, None))
+    r_cat = r_cat[np.isfinite(r_cat)]
+    if r_cat.size == 0:
+        return None
+    radii = np.geomspace(max(0.5 * r_cat.min(), 1.0), max(r_cat.max(), 1.0), N_RADII)
+    radii = np.unique(np.round(radii, 2))
+    if radii.size == 1:
+        radii = np.array([0.7 * radii[0], radii[0], 1.4 * radii[0]])
+    rng = np.random.default_rng(seed)
+    areas, sigmas, counts = [], [], []
+    for r in radii:
+        cx, cy = free_positions(field, r, config.annulus_r_out, config.empty_apertures, rng)
+        if cx.size < MIN_PER_RADIUS:
+            continue
+        circ = np.full(cx.size, r)
+        ap = aperture_sums(image, cx, cy, circ, circ, np.zeros(cx.size), mask=mask,
+                           subpixels=config.subpixels, bad_mask_bits=config.bad_mask_bits,
+                           saturate_level=sat_level, mask_saturated=True)
+        st = empty_sky(field, mask, cx, cy, config, sat_level)
+        flux = ap["aper_sum"] - ap["area"] * st["bkg"]
+        ok = np.isfinite(flux) & (st["bkg_n"] >= config.min_annulus_pixels)
+        if ok.sum() < MIN_PER_RADIUS:
+            continue
+        f = flux[ok]
+        areas.append(float(np.mean(ap["area"][ok])))
+        sigmas.append(float(MAD_TO_SIGMA * np.median(np.abs(f - np.median(f)))))
+        counts.append(int(ok.sum()))
+    area, sigma = np.array(areas), np.array(sigmas)
+    good = (area > 0) & (sigma > 0)
+    if good.sum() < 2:
+        return None
+    slope = np.polyfit(np.log(area[good]), np.log(sigma[good]), 1)[0]
+    beta = float(np.clip(slope, 0.5, 1.0))
+    coef = float(np.exp(np.mean(np.log(sigma[good]) - beta * np.log(area[good]))))
+    return EmptyApertureNoise(area, sigma, np.array(counts), coef, beta)
+
+
+def empty_sky(field: EmptyField, mask: np.ndarray | None,
+              cx: np.ndarray, cy: np.ndarray, config: PhotometryConfig,
+              sat_level: float | None) -> dict[str, np.ndarray]:
+    """Measure the annulus sky of empty positions as the recipe does, blocked pixels left out.
+
+    Returns
+    -------
+    dict of str to ndarray
+        :func:`~pausdenoise.photometry.annulus.annulus_stats`' columns, plus ``bkg`` (the
+        recipe's estimator, ADU/px) and ``var_b`` (its variance, ADU²).
+    """
+    st = annulus_stats(field.annulus_image, cx, cy, r_in=config.annulus_r_in,
+                       r_out=config.annulus_r_out, mask=mask, sigma=config.sigma,
+                       maxiters=config.maxiters, bad_mask_bits=config.bad_mask_bits,
+                       saturate_level=sat_level, mask_saturated=True,
+                       batch_size=config.batch_size)
+    st["bkg"] = st["bkg_mean"] if config.background == "mean" else st["bkg_median"]
+    var_b = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
+    st["var_b"] = var_b * (np.pi / 2.0) if config.background == "median" else var_b
+    return st
+
+
+def _nan_near(image: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+    """Return a float copy of ``image`` with NaN on ``blocked`` (left out of the annuli).
+
+    Returns
+    -------
+    ndarray of float
+        The copy.
+    """
+    out = np.array(image, dtype=np.result_type(image.dtype, np.float32), copy=True)
+    out[blocked] = np.nan
+    return out
+
+
+def sky_variance(noise: EmptyApertureNoise, area: np.ndarray) -> np.ndarray:
+    """Return the empty-aperture sky variance σ(A)² for apertures of unmasked area ``area``.
+
+    Parameters
+    ----------
+    noise : EmptyApertureNoise
+        The frame's fit.
+    area : ndarray of float
+        Unmasked aperture areas, px².
+
+    Returns
+    -------
+    ndarray of float
+        Variance, ADU² (it includes the background estimate's own noise).
+    """
+    return noise.sigma_at(area) ** 2
+
+
+def profile_inflation(
+    field: EmptyField,
+    mask: np.ndarray | None,
+    geometry: tuple[np.ndarray, ...],
+    shapes: tuple[np.ndarray, ...],
+    pixels: dict[str, Any],
+    *,
+    fwhm_px: float,
+    beta: float,
+    gain: float,
+    config: PhotometryConfig,
+    sat_level: float | None = None,
+    seed: int = 0,
+) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """Measure how much the profile flux's sky error is underestimated, at empty positions.
+
+    ``2 × config.empty_apertures`` catalogue rows drawn at random (their shapes and angles)
+    are put at empty positions of ``field`` (:func:`empty_field`) and measured with
+    :func:`~pausdenoise.photometry.profile.profile_fluxes` and the recipe's annulus sky. The
+    truth there is 0, so the pulls F̂/σ̂ have σ68² = k, the factor by which correlated and
+    confusion noise raise the sky variance over the pixel-noise model. k depends on the
+    profile's extent: it is measured in up to 3 quantile bins of the effective area
+    (Σp)²/Σp² and fitted as k = c·A^γ (a constant with one bin).
+
+    Parameters
+    ----------
+    field : EmptyField
+        Where empty positions may go.
+    mask : ndarray or None
+        The frame's mask (non-zero in ``config.bad_mask_bits``: bad).
+    geometry : tuple of ndarray
+        Catalogue apertures ``(x, y, a, b, theta)`` (0-based px, px, radians).
+    shapes : tuple of ndarray
+        The rows' ``(hlr_px, q, bulge_frac)``
+        (:func:`~pausdenoise.photometry.profile.intrinsic_shapes`).
+    pixels : dict
+        The usable-pixel arrays of :func:`~pausdenoise.photometry.profile.profile_fluxes`.
+    fwhm_px, beta : float
+        The frame's Moffat PSF (px).
+    gain : float
+        e⁻/ADU.
+    config : PhotometryConfig
+        Annulus, clipping and ``empty_apertures``.
+    sat_level : float, optional
+        Saturation level, ADU.
+    seed : int, optional
+        Seed of the positions and rows.
+
+    Returns
+    -------
+    callable or None
+        ``f(area_eff, idx)`` → k per source (the ``sky_inflation`` of ``profile_fluxes``),
+        or None with fewer than ``2 × MIN_PER_RADIUS`` usable empty positions.
+    """
+    from pausdenoise.photometry.profile import profile_fluxes, stamp_radii
+
+    x, _, a, b, theta = geometry
+    if len(x) == 0:
+        return None
+    rng = np.random.default_rng([seed, 1])
+    r = float(np.nanmedian(np.sqrt(np.clip(a * b, 0.25, None))))
+    # apart by their stamps, so that each is measured alone, as an isolated source is
+    spacing = 2.0 * float(np.median(stamp_radii(shapes[0], shapes[1], fwhm_px, config)))
+    cx, cy = free_positions(field, r, config.annulus_r_out, 2 * config.empty_apertures, rng,
+                            spacing=spacing)
+    if cx.size < 2 * MIN_PER_RADIUS:
+        return None
+    pick = rng.integers(0, len(x), cx.size)
+    sky = empty_sky(field, mask, cx, cy, config, sat_level)
+    res = profile_fluxes(pixels, cx, cy, theta[pick], tuple(s[pick] for s in shapes),
+                         fwhm_px=fwhm_px, beta=beta,
+                         sky=(sky["bkg"], sky["bkg_std"] ** 2, sky["var_b"]), gain=gain,
+                         config=config)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = res["flux"] / res["flux_err"]
+    area = res["area_eff"]
+    ok = np.isfinite(z) & np.isfinite(area) & (area > 0) \
+        & (sky["bkg_n"] >= config.min_annulus_pixels)
+    if ok.sum() < 2 * MIN_PER_RADIUS:
+        return None
+    z, area = z[ok], area[ok]
+    nbin = int(min(3, z.size // (2 * MIN_PER_RADIUS)))
+    edges = np.quantile(area, np.linspace(0.0, 1.0, nbin + 1))
+    which = np.clip(np.searchsorted(edges, area, side="right") - 1, 0, nbin - 1)
+    full = [i for i in range(nbin) if (which == i).sum() >= MIN_PER_RADIUS]
+    a_bin = np.array([np.median(area[which == i]) for i in full])
+    k_bin = np.array([sigma68(z[which == i]) ** 2 for i in full])
+    if len(full) < 2 or np.ptp(np.log(a_bin)) < 0.05:
+        k0 = float(sigma68(z) ** 2)
+        return lambda area_eff, idx: np.full(np.shape(area_eff), k0)
+    gamma, icpt = np.polyfit(np.log(a_bin), np.log(k_bin), 1)
+    lo, hi = float(a_bin.min()), float(a_bin.max())
+
+    def inflation(area_eff: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        # within the measured range of areas; held at its ends outside it
+        la = np.log(np.clip(np.asarray(area_eff, dtype=float), lo, hi))
+        return np.exp(icpt + gamma * la)
+
+    return inflation
