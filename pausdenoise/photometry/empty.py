@@ -13,8 +13,9 @@ faint source meets, the background estimate's included.
 :func:`empty_aperture_noise` places ``config.empty_apertures`` circles for each of
 ``N_RADII`` radii spanning the catalogue's aperture sizes (down to half the smallest),
 measures them with the same kernels and fits σ(A) = c · A^β (β between ½, white noise,
-and 1, noise coherent over the aperture) by least squares in log–log on their robust (MAD)
-scatters. :func:`sky_variance` evaluates
+and 1, noise coherent over the aperture) by least squares in log–log on their σ68 (half
+the central 68 % interval: the interval an error bar claims; confusion noise is skewed and
+heavy-tailed, where the MAD would understate it). :func:`sky_variance` evaluates
 σ(A)² for the catalogue rows. The profile-weighted flux's error is scaled by the σ68² of
 profile fluxes measured at empty positions (:func:`profile_inflation`). Pixel convention:
 0-based, pixel centres at integers.
@@ -39,8 +40,6 @@ from pausdenoise.stats import sigma68
 #: catalogue's smallest circularised aperture radius (the profile-weighted flux's effective
 #: area is smaller than the aperture's) and its largest.
 N_RADII = 5
-#: Scale factor from the median absolute deviation to σ for Gaussian noise.
-MAD_TO_SIGMA = 1.482602218505602
 #: Fewest usable empty apertures at a radius for its scatter to enter the fit.
 MIN_PER_RADIUS = 20
 
@@ -54,7 +53,7 @@ class EmptyApertureNoise:
     area : ndarray of float
         Mean unmasked area of the empty apertures at each measured radius, px².
     sigma : ndarray of float
-        Robust (MAD) scatter of their background-subtracted flux, ADU.
+        σ68 of their background-subtracted flux, ADU.
     n : ndarray of int
         Usable empty apertures per radius.
     coef : float
@@ -245,7 +244,7 @@ def empty_aperture_noise(
             continue
         f = flux[ok]
         areas.append(float(np.mean(ap["area"][ok])))
-        sigmas.append(float(MAD_TO_SIGMA * np.median(np.abs(f - np.median(f)))))
+        sigmas.append(float(sigma68(f)))
         counts.append(int(ok.sum()))
     area, sigma = np.array(areas), np.array(sigmas)
     good = (area > 0) & (sigma > 0)
