@@ -116,7 +116,7 @@ class TrainConfig(BaseModel):
         "n2v",
         description="'n2v': masked blind-spot training of the U-Net (targets: masked_fraction "
         "of the pixels). 'blindspot': a blind-spot teacher network in which every pixel is a "
-        "target (Laine et al. 2019) is trained and, in the same steps, distilled into the "
+        "target (Laine et al. 2019) is trained, frozen and distilled into the "
         "U-Net, which is what is saved and run (inference costs the same as 'n2v').",
     )
     blindspot: BlindSpotSettings = Field(
