@@ -115,3 +115,30 @@ def test_report_stage_adds_the_section_only_when_injection_ran(tables, tmp_path)
     page = build_report(ctx).read_text()
     assert "Source injection" in page
     assert not (tmp_path / "run" / "report" / "figures" / "injection_colour.png").exists()
+
+
+def test_report_has_the_noise_model_per_band_when_ingest_wrote_it(tmp_path):
+    """``ingest/noise_model.csv`` → a "Noise model per frame" section with one row per band
+    (gain sources counted, medians) and the frames without a gain named."""
+    from pausdenoise.pipeline.stages.report import noise_summary
+
+    ctx = _context(tmp_path / "run")
+    assert "Noise model per frame" not in build_report(ctx).read_text()
+    table = pd.DataFrame({
+        "frame": ["00000001_01", "00000002_01", "00000003_01"], "band": ["I", "I", "V"],
+        "gain": [1.9, 2.1, np.nan], "gain_source": ["header", "fitted", "none"],
+        "gain_fitted": [2.0, 2.1, np.nan], "gain_fitted_err": [0.04, 0.05, np.nan],
+        "read_noise_fitted_e": [6.0, 7.0, np.nan], "gain_header": [1.9, np.nan, np.nan],
+        "rdnoise": [6.5, 7.0, np.nan], "rdnoise_header": [6.5, np.nan, np.nan],
+        "noise_corr_x": [0.01, 0.03, np.nan], "noise_corr_y": [-0.02, 0.12, np.nan]})
+    (tmp_path / "run" / "ingest").mkdir(parents=True)
+    table.to_csv(tmp_path / "run" / "ingest" / "noise_model.csv", index=False)
+    page = build_report(ctx).read_text()
+    assert "Noise model per frame" in page and "00000003_01" in page
+    s = noise_summary(table).set_index("band")
+    assert s.loc["I", "frames"] == 2 and s.loc["I", "gain_header"] == 1
+    assert s.loc["I", "gain_fitted"] == 1 and s.loc["V", "gain_none"] == 1
+    assert s.loc["I", "gain_median"] == pytest.approx(2.0)
+    assert s.loc["I", "fitted_over_header"] == pytest.approx(2.0 / 1.9)
+    assert s.loc["I", "corr_abs_max"] == pytest.approx(0.12)
+    assert np.isnan(s.loc["V", "corr_abs_max"])

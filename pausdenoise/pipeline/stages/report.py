@@ -1,12 +1,11 @@
 """Report stage: figures and the self-contained HTML report of a run directory.
 
 Reads what the other stages wrote (``run.json``, ``model/history.csv``, ``evaluate/``,
-``compare/``, ``inject/`` when source injection ran, and the cGAN's outputs when
-``gan.enabled``) and writes
-``<run>/report/index.html`` (figures embedded), every figure as a PNG under
-``report/figures/`` and the tables as CSV/JSON under ``report/tables/``. Sections whose
-inputs are missing (a stage not run) are left out, not faked. The figures themselves are
-drawn by :mod:`pausdenoise.report`.
+``compare/``, ``ingest/noise_model.csv``, ``inject/`` when source injection ran, and the
+cGAN's outputs when ``gan.enabled``) and writes ``<run>/report/index.html`` (figures
+embedded), every figure as a PNG under ``report/figures/`` and the tables as CSV/JSON under
+``report/tables/``. Sections whose inputs are missing (a stage not run) are left out, not
+faked. The figures themselves are drawn by :mod:`pausdenoise.report`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from pausdenoise.report.html import ReportSection, ReportWriter, render_html
 from pausdenoise.report.injection import injection_section
 from pausdenoise.report.versions import software_versions
 
-__all__ = ["SIGMA68_COLUMNS", "build_report", "run"]
+__all__ = ["SIGMA68_COLUMNS", "build_report", "noise_summary", "run"]
 
 #: legend label → column of ``sigma68_by_bin.csv`` in the σ68 figure
 SIGMA68_COLUMNS = {
@@ -221,6 +220,69 @@ def _injection_section(inj_dir: Path, w: ReportWriter) -> ReportSection | None:
     return injection_section(tables, w)
 
 
+def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Condense the per-frame noise table (``ingest/noise_model.csv``) to one row per band.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`pausdenoise.ingest.noise.noise_table` (gains in e⁻/ADU, read noise in e⁻,
+        lag-1 correlations dimensionless).
+
+    Returns
+    -------
+    DataFrame
+        ``band``, ``frames``, frames per gain source (``header``, ``fitted``, ``none``),
+        the medians of the gain in force, of the fitted gain over the header's (where both
+        exist), of the fitted read noise and of the correlations along x and y, and the
+        largest |correlation|.
+    """
+    rows = []
+    for band, g in table.groupby("band", sort=True):
+        src = g["gain_source"].fillna("none")
+        ratio = (g["gain_fitted"] / g["gain_header"]).replace([np.inf, -np.inf], np.nan)
+        corr = g[["noise_corr_x", "noise_corr_y"]].abs().to_numpy(dtype=float)
+        rows.append({
+            "band": band, "frames": len(g),
+            **{f"gain_{k}": int((src == k).sum()) for k in ("header", "fitted", "none")},
+            "gain_median": float(g["gain"].median()),
+            "fitted_over_header": float(ratio.median()),
+            "read_noise_fitted_e": float(g["read_noise_fitted_e"].median()),
+            "corr_x_median": float(g["noise_corr_x"].median()),
+            "corr_y_median": float(g["noise_corr_y"].median()),
+            "corr_abs_max": float(np.nanmax(corr)) if np.isfinite(corr).any() else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def _noise_section(out: Path, w: ReportWriter) -> ReportSection | None:
+    """Summarise per band the noise model measured per frame at ingest.
+
+    Returns
+    -------
+    ReportSection or None
+        None without ``ingest/noise_model.csv``.
+    """
+    path = out / "ingest" / "noise_model.csv"
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    if table.empty:
+        return None
+    unfit = table[table["gain_source"].fillna("none") == "none"]
+    text = (f"Gain, read noise and the lag-1 noise correlation fitted from each frame's own "
+            f"pixels at ingest ({len(table)} frames; every frame in "
+            f"<code>ingest/noise_model.csv</code>). Gain in force: from the header where it "
+            f"has one (<code>ingest.noise_model: auto</code>), else the fit. Noise correlated "
+            f"beyond <code>train.correlation_threshold</code> widens the training blind spot.")
+    if len(unfit):
+        text += (f" <b>{len(unfit)} frame(s) have no gain</b> (no header value and no fit): "
+                 + ", ".join(unfit["frame"].astype(str).head(20)) + ".")
+    return ReportSection("Noise model per frame", text=text,
+                         tables=[("Per band (medians)",
+                                  w.table("noise_model", noise_summary(table)))])
+
+
 def _training_section(ctx: Context, w: ReportWriter, timings: dict[str, Any]) -> ReportSection:
     """Training loss, wall time per stage, and the stages of the run.
 
@@ -266,7 +328,8 @@ def build_report(ctx: Context) -> Path:
                 _evaluation_section(ctx.paths.evaluate, w),
                 _depth_section(ctx.paths.evaluate, w),
                 _photometry_section(ctx.paths.compare, w),
-                _injection_section(ctx.paths.inject, w)]
+                _injection_section(ctx.paths.inject, w),
+                _noise_section(ctx.paths.out, w)]
     if ctx.cfg.gan.enabled:
         sections.append(gan.report_section(ctx, w))
     timings = ctx.record.timings()
