@@ -94,6 +94,7 @@ __all__ = [
     "exposure_table",
     "frame_arrays",
     "frame_attrs",
+    "frame_gain",
     "frame_id",
     "frame_wcs",
     "frames_by_shape",
@@ -1184,3 +1185,39 @@ def open_dataset(
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs[LAYOUT_KEY] = LAYOUT_VERSION
     return ds
+
+
+def frame_gain(attrs: dict[str, Any], frame: str) -> float:
+    """Return a frame's gain in e⁻/ADU from its store attributes.
+
+    Parameters
+    ----------
+    attrs : dict
+        The frame group's attributes (``gain`` in e⁻/ADU, from the header or the ingest's
+        noise fit; ``gain_source`` says which).
+    frame : str
+        Frame id, for the message.
+
+    Returns
+    -------
+    float
+        The gain, > 0.
+
+    Raises
+    ------
+    ValueError
+        Naming the frame when it has no usable gain (header without GAIN and a failed noise
+        fit: ``gain_source`` ``none``).
+    """
+    try:
+        gain = float(attrs.get("gain", np.nan))
+    except (TypeError, ValueError):
+        gain = float("nan")
+    if not (np.isfinite(gain) and gain > 0):
+        raise ValueError(
+            f"frame {frame} has no gain (gain={attrs.get('gain')!r}, gain_source="
+            f"{attrs.get('gain_source')!r}): its header lacks GAIN and the ingest's noise fit "
+            f"failed ({attrs.get('noise_fit_error') or 'no reason recorded'}); give the gain "
+            "in the FITS header and re-ingest"
+        )
+    return gain

@@ -35,6 +35,7 @@ from pausdenoise.simulate.render import (
     stamp_half_size_px,
 )
 from pausdenoise.simulate.sources import mag_to_ujy, ujy_to_mag
+from pausdenoise.store import frame_gain
 
 if TYPE_CHECKING:
     from astropy.wcs import WCS
@@ -135,7 +136,7 @@ def frame_zp(attrs: Mapping[str, Any], config: InjectConfig) -> float:
 
 
 def _frame_gain(attrs: Mapping[str, Any]) -> float:
-    """Return the frame's gain in e⁻/ADU.
+    """Return the frame's gain in e⁻/ADU (:func:`pausdenoise.store.frame_gain`).
 
     Returns
     -------
@@ -145,17 +146,12 @@ def _frame_gain(attrs: Mapping[str, Any]) -> float:
     Raises
     ------
     ConfigError
-        When it is missing or not > 0.
+        When it is missing or not > 0 (names the frame).
     """
     try:
-        gain = float(attrs.get("gain", np.nan))
-    except (TypeError, ValueError):
-        gain = float("nan")
-    if not (np.isfinite(gain) and gain > 0):
-        raise ConfigError(
-            f"{_frame_name(attrs)}: gain must be > 0 e-/ADU, got {attrs.get('gain')!r}"
-        )
-    return gain
+        return frame_gain(dict(attrs), _frame_name(attrs))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _apertures(injections: pd.DataFrame, fwhm_arcsec: float, config: InjectConfig) -> dict:

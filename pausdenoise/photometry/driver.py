@@ -36,7 +36,7 @@ from pausdenoise.paus_layout import is_safe_name
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import OUTPUT_COLUMNS, _empty_table, measure_frame
-from pausdenoise.store import open_store, parse_frame_id
+from pausdenoise.store import frame_gain, open_store, parse_frame_id
 
 if TYPE_CHECKING:  # typing only
     from pausdenoise.psf import PsfEstimate
@@ -65,42 +65,6 @@ _METADATA_KEY = b"pausdenoise_photometry"
 # --------------------------------------------------------------------------------------
 # Store access
 # --------------------------------------------------------------------------------------
-
-
-def frame_gain(attrs: dict[str, Any], frame: str) -> float:
-    """Return a frame's gain in e⁻/ADU from its store attributes.
-
-    Parameters
-    ----------
-    attrs : dict
-        The frame group's attributes (``gain`` in e⁻/ADU, from the header or the ingest's
-        noise fit; ``gain_source`` says which).
-    frame : str
-        Frame id, for the message.
-
-    Returns
-    -------
-    float
-        The gain, > 0.
-
-    Raises
-    ------
-    ValueError
-        Naming the frame when it has no usable gain (header without GAIN and a failed noise
-        fit: ``gain_source`` ``none``).
-    """
-    try:
-        gain = float(attrs.get("gain", np.nan))
-    except (TypeError, ValueError):
-        gain = float("nan")
-    if not (np.isfinite(gain) and gain > 0):
-        raise ValueError(
-            f"frame {frame} has no gain (gain={attrs.get('gain')!r}, gain_source="
-            f"{attrs.get('gain_source')!r}): its header lacks GAIN and the ingest's noise fit "
-            f"failed ({attrs.get('noise_fit_error') or 'no reason recorded'}); give the gain "
-            "in the FITS header and re-ingest"
-        )
-    return gain
 
 
 def measure_store_frame(

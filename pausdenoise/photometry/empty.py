@@ -34,6 +34,7 @@ from pausdenoise.photometry.annulus import annulus_stats
 from pausdenoise.photometry.apertures import aperture_sums
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.neighbours import neighbour_mask
+from pausdenoise.photometry.profile import profile_fluxes, stamp_radii
 from pausdenoise.stats import sigma68
 
 #: Radii (px) at which empty apertures are measured: this many, geometric between half the
@@ -108,7 +109,12 @@ class EmptyField:
 def empty_field(image: np.ndarray, mask: np.ndarray | None,
                 geometry: tuple[np.ndarray, ...], config: PhotometryConfig,
                 sat_level: float | None) -> EmptyField:
-    """Build the frame's :class:`EmptyField` (see :func:`blocked_pixels` for the arguments).
+    """Build the frame's :class:`EmptyField`.
+
+    Parameters
+    ----------
+    image, mask, geometry, config, sat_level
+        As for :func:`blocked_pixels`.
 
     Returns
     -------
@@ -125,9 +131,21 @@ def blocked_pixels(image: np.ndarray, mask: np.ndarray | None,
                    sat_level: float | None) -> np.ndarray:
     """Return the pixels no empty aperture (nor its annulus) may use.
 
-    Non-finite, bad (``config.bad_mask_bits``) and saturated pixels, and the pixels within
-    ``config.annulus_mask_grow`` (at least 1) aperture semi-axes, ≥ 3 px, of every catalogue
-    source (``geometry`` = ``(x, y, a, b, theta)``: 0-based px, px, radians).
+    Non-finite, bad and saturated pixels, and the pixels within ``config.annulus_mask_grow``
+    (at least 1) aperture semi-axes, ≥ 3 px, of every catalogue source.
+
+    Parameters
+    ----------
+    image : ndarray of float, shape (ny, nx)
+        The frame, ADU.
+    mask : ndarray of int, shape (ny, nx), or None
+        Non-zero in ``config.bad_mask_bits`` marks a bad pixel.
+    geometry : tuple of ndarray
+        Catalogue apertures ``(x, y, a, b, theta)``: 0-based px, semi-axes px, radians.
+    config : PhotometryConfig
+        ``bad_mask_bits``, ``annulus_mask_grow``.
+    sat_level : float or None
+        Saturation level, ADU.
 
     Returns
     -------
@@ -151,8 +169,20 @@ def free_positions(field: EmptyField, radius: float, margin: float, n: int,
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Draw up to ``n`` distinct integer centres whose circle of ``radius`` px is unblocked.
 
-    They lie at least ``margin`` px (the annulus) from the edges and, with ``spacing`` > 0,
-    at least ``spacing`` px from each other (drawn in random order, greedily).
+    Parameters
+    ----------
+    field : EmptyField
+        The frame's distance map to blocked pixels.
+    radius : float
+        Aperture radius, px.
+    margin : float
+        Least distance from the frame's edges, px (the annulus' outer radius).
+    n : int
+        Positions wanted.
+    rng : numpy.random.Generator
+        Random draws.
+    spacing : float, optional
+        With > 0, least distance between positions, px (drawn in random order, greedily).
 
     Returns
     -------
@@ -261,6 +291,19 @@ def empty_sky(field: EmptyField, mask: np.ndarray | None,
               sat_level: float | None) -> dict[str, np.ndarray]:
     """Measure the annulus sky of empty positions as the recipe does, blocked pixels left out.
 
+    Parameters
+    ----------
+    field : EmptyField
+        The frame's annulus image (NaN on blocked pixels).
+    mask : ndarray of int or None
+        The frame's mask.
+    cx, cy : ndarray of float
+        Positions, 0-based px.
+    config : PhotometryConfig
+        Annulus radii, clipping, background estimator.
+    sat_level : float or None
+        Saturation level, ADU.
+
     Returns
     -------
     dict of str to ndarray
@@ -363,8 +406,6 @@ def profile_inflation(
         ``f(area_eff, idx)`` → k per source (the ``sky_inflation`` of ``profile_fluxes``),
         or None with fewer than ``2 × MIN_PER_RADIUS`` usable empty positions.
     """
-    from pausdenoise.photometry.profile import profile_fluxes, stamp_radii
-
     x, _, a, b, theta = geometry
     if len(x) == 0:
         return None

@@ -554,8 +554,7 @@ def measure_frame(
     with np.errstate(invalid="ignore"):
         flags[frac < config.min_annulus_fraction] |= PhotFlag.ANNULUS_OFF_IMAGE
 
-    empty, field = _empty_noise(image, mask, (x, y, a, b, theta), config, sat_level, expnum,
-                                ccd)
+    empty, field = _empty_noise(image, mask, (x, y, a, b, theta), config, sat_level, expnum, ccd)
     bkg, flux, flux_err = _flux_and_error(ap, st, config, gain, empty)
     flux_cal, flux_cal_err = calibrate_flux(flux, flux_err, zp, zp_err)
     flags[~(np.isfinite(flux) & np.isfinite(flux_err))] |= PhotFlag.NONFINITE_RESULT
@@ -569,11 +568,7 @@ def measure_frame(
             "band": given["band"],
             "kind": np.full(n, kind, dtype=object),
             "I_auto": given["I_auto"],
-            "x": x,
-            "y": y,
-            "a": a,
-            "b": b,
-            "theta": theta,
+            "x": x, "y": y, "a": a, "b": b, "theta": theta,
             "aper_sum": ap["aper_sum"],
             "area": ap["area"],
             "area_masked": ap["area_masked"],
@@ -591,8 +586,7 @@ def measure_frame(
             "flux_cal_err": flux_cal_err,
             **_profile_columns(image, mask, apertures, (x, y, a, b, theta), st, bkg, config,
                                psf=psf, gain=gain, sat_level=sat_level, zp=zp, zp_err=zp_err,
-                               empty=field if empty is not None else None,
-                               empty_seed=_empty_seed(expnum, ccd)),
+                               empty=field, empty_seed=_empty_seed(expnum, ccd)),
         }
     )
     return out.astype(OUTPUT_COLUMNS)

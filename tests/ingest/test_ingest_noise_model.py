@@ -100,7 +100,7 @@ def test_failed_fit_leaves_the_gain_unknown_and_warns(tmp_path):
     assert np.isnan(table.loc[0, "gain"]) and np.isnan(table.loc[0, "gain_fitted"])
     assert table.loc[0, "gain_source"] == "none"
     # photometry of that frame refuses it by name and says why, instead of a KeyError
-    from pausdenoise.photometry.driver import frame_gain
+    from pausdenoise.store import frame_gain
 
     with pytest.raises(ValueError, match=f"frame {report.ingested[0]} has no gain.*clean"):
         frame_gain(attrs, report.ingested[0])

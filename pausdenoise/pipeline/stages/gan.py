@@ -54,7 +54,6 @@ from pausdenoise.gan.apply import gan_apply
 from pausdenoise.gan.checkpoint import load_generator, read_metadata, save_generator
 from pausdenoise.gan.scoring import KINDS
 from pausdenoise.gan.train import train_pix2pix
-from pausdenoise.photometry.driver import frame_gain
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import Context, compute_with_progress, split_holdout
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
@@ -341,7 +340,7 @@ def _forced_photometry(tally: _Tally, fr: _Frame, catalogue: pd.DataFrame, pcfg:
     attrs = fr.attrs
     rows = catalogue[(catalogue["expnum"] == attrs["expnum"])
                      & (catalogue["ccd"] == attrs["ccd"])]
-    kw = {"gain": frame_gain(attrs, fr.name), "zp": float(attrs.get("zp") or 1.0),
+    kw = {"gain": st.frame_gain(attrs, fr.name), "zp": float(attrs.get("zp") or 1.0),
           "expnum": int(attrs["expnum"]), "ccd": int(attrs["ccd"]), "band": str(attrs["band"])}
     ref_phot = measure_frame(fr.truth, fr.mask, rows, pcfg, kind="truth", **kw)
     for kind, est in fr.images.items():
