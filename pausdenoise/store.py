@@ -1207,13 +1207,19 @@ def frame_gain(attrs: dict[str, Any], frame: str) -> float:
     ------
     ValueError
         Naming the frame when it has no usable gain (header without GAIN and a failed noise
-        fit: ``gain_source`` ``none``).
+        fit: ``gain_source`` ``none``), or when its gain is ≤ 0.
     """
     try:
         gain = float(attrs.get("gain", np.nan))
     except (TypeError, ValueError):
         gain = float("nan")
-    if not (np.isfinite(gain) and gain > 0):
+    if np.isfinite(gain) and gain <= 0:
+        raise ValueError(
+            f"frame {frame} has gain {gain:g} e-/ADU (gain_source="
+            f"{attrs.get('gain_source')!r}); a gain must be > 0: correct GAIN in its FITS "
+            "header (or remove it to have it fitted) and re-ingest"
+        )
+    if not np.isfinite(gain):
         raise ValueError(
             f"frame {frame} has no gain (gain={attrs.get('gain')!r}, gain_source="
             f"{attrs.get('gain_source')!r}): its header lacks GAIN and the ingest's noise fit "

@@ -13,7 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pausdenoise.digest import json_digest
 
-__all__ = ["PhotFlag", "PhotometryConfig", "ProfFlag"]
+__all__ = ["EMPTY_NOISE_MODEL", "PhotFlag", "PhotometryConfig", "ProfFlag"]
+
+#: Version of the empty-aperture σ(A) model of :mod:`pausdenoise.photometry.empty` (part of
+#: the fingerprint with ``errors="empty"``): "loglog-8" = 8 radii, σ68 interpolated in log–log.
+EMPTY_NOISE_MODEL = "loglog-8"
 
 
 class PhotFlag(IntFlag):
@@ -157,7 +161,7 @@ class PhotometryConfig(BaseModel):
     empty_apertures: int = Field(
         200,
         ge=20,
-        description="errors 'empty': random empty apertures per radius (5 radii from half "
+        description="errors 'empty': random empty apertures per radius (8 radii from half "
         "the smallest to the largest catalogue aperture; twice as many profiles for "
         "flux_prof_err), placed clear of every catalogue source and bad pixel",
     )
@@ -233,11 +237,14 @@ class PhotometryConfig(BaseModel):
             ``batch_size`` (they choose what is measured and how fast, not the values);
             ``errors`` only when not the default ``"annulus"`` and ``empty_apertures`` only
             with ``errors="empty"``, so partitions written before the options existed stay
-            up to date.
+            up to date; with ``errors="empty"`` also :data:`EMPTY_NOISE_MODEL` (a change of
+            the σ(A) model remeasures the partitions it wrote).
         """
         d = self.model_dump(exclude={"kinds", "batch_size"})
         if d.get("errors") != "empty":
             del d["empty_apertures"]
+        else:
+            d["empty_noise_model"] = EMPTY_NOISE_MODEL
         if d.get("errors") == "annulus":
             del d["errors"]
         return json_digest(d)

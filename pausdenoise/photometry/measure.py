@@ -248,10 +248,13 @@ def _empty_seed(expnum: int | None, ccd: int | None) -> int:
 
 def _empty_noise(image: np.ndarray, mask: np.ndarray | None, geometry: tuple[np.ndarray, ...],
                  config: PhotometryConfig, sat_level: float | None, expnum: int | None,
-                 ccd: int | None) -> tuple[EmptyApertureNoise | None, EmptyField | None]:
+                 ccd: int | None, near: np.ndarray | None = None
+                 ) -> tuple[EmptyApertureNoise | None, EmptyField | None]:
     """Fit the frame's empty-aperture noise when ``config.errors == "empty"``.
 
     The positions are seeded by (expnum, ccd), so a rerun measures the same apertures.
+    ``near`` is the catalogue's neighbour mask of :func:`_catalogue_near` (reused when it
+    was grown by ≥ 1 semi-axis, as the empty field needs).
 
     Returns
     -------
@@ -262,7 +265,8 @@ def _empty_noise(image: np.ndarray, mask: np.ndarray | None, geometry: tuple[np.
     """
     if config.errors != "empty":
         return None, None
-    field = empty_field(image, mask, geometry, config, sat_level)
+    reuse = near if config.annulus_mask_grow >= 1.0 else None
+    field = empty_field(image, mask, geometry, config, sat_level, near=reuse)
     noise = empty_aperture_noise(image, mask, field, geometry, config, sat_level,
                                  _empty_seed(expnum, ccd))
     if noise is None:
@@ -274,25 +278,37 @@ def _empty_noise(image: np.ndarray, mask: np.ndarray | None, geometry: tuple[np.
     return noise, field
 
 
-def _without_catalogue_sources(
-    image: np.ndarray, geometry: tuple[np.ndarray, ...], config: PhotometryConfig
-) -> np.ndarray:
-    """Return the image for the annulus statistics: catalogue sources' pixels set to NaN.
+def _catalogue_near(
+    shape: tuple[int, ...], geometry: tuple[np.ndarray, ...], config: PhotometryConfig
+) -> np.ndarray | None:
+    """Return the pixels near catalogue sources, left out of every background annulus.
 
     The pixels within ``config.annulus_mask_grow`` aperture semi-axes of every row of the
-    frame's catalogue (:func:`~pausdenoise.photometry.neighbours.neighbour_mask`) are left
-    out of every background annulus, so neighbours' wings do not raise the sky. With
-    ``annulus_mask_grow = 0`` the image is returned as it is.
+    frame's catalogue (:func:`~pausdenoise.photometry.neighbours.neighbour_mask`), so
+    neighbours' wings do not raise the sky.
+
+    Returns
+    -------
+    ndarray of bool or None
+        The mask; None with ``annulus_mask_grow = 0``.
+    """
+    if config.annulus_mask_grow <= 0:
+        return None
+    x, y, a, b, theta = geometry
+    return neighbour_mask(shape, x, y, a, b, theta, grow=config.annulus_mask_grow)
+
+
+def _without_catalogue_sources(image: np.ndarray, near: np.ndarray | None) -> np.ndarray:
+    """Return the image for the annulus statistics: the ``near`` pixels set to NaN.
 
     Returns
     -------
     ndarray
-        A float copy with NaN at the masked pixels, or ``image`` itself.
+        A float copy with NaN at the masked pixels, or ``image`` itself when ``near`` is
+        None.
     """
-    if config.annulus_mask_grow <= 0:
+    if near is None:
         return image
-    x, y, a, b, theta = geometry
-    near = neighbour_mask(image.shape, x, y, a, b, theta, grow=config.annulus_mask_grow)
     out = np.array(image, dtype=np.result_type(image.dtype, np.float32), copy=True)
     out[near] = np.nan
     return out
@@ -305,10 +321,12 @@ def _run_kernels(
     config: PhotometryConfig,
     sat_level: float | None,
     ivar: np.ndarray | None = None,
+    near: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Run the aperture-sum and annulus kernels (``sat_level`` in ADU, or None).
 
-    ``ivar`` (1/ADU²), when given, adds ``var_ivar`` to the aperture sums.
+    ``ivar`` (1/ADU²), when given, adds ``var_ivar`` to the aperture sums; the ``near``
+    pixels (:func:`_catalogue_near`) are left out of the annuli.
 
     Returns
     -------
@@ -333,7 +351,7 @@ def _run_kernels(
         ivar=ivar,
     )
     st = annulus_stats(
-        _without_catalogue_sources(image, geometry, config),
+        _without_catalogue_sources(image, near),
         x,
         y,
         r_in=config.annulus_r_in,
@@ -544,7 +562,8 @@ def measure_frame(
     if sat_level is not None and not np.isfinite(sat_level):
         sat_level = None
     x, y, a, b, theta = _aperture_geometry(apertures, config)
-    ap, st = _run_kernels(image, mask, (x, y, a, b, theta), config, sat_level, ivar)
+    near = _catalogue_near(image.shape, (x, y, a, b, theta), config)
+    ap, st = _run_kernels(image, mask, (x, y, a, b, theta), config, sat_level, ivar, near)
     flags = ap["flags"].copy()
     dup = apertures.duplicated(subset=["ref_id"], keep=False).to_numpy()
     flags[dup] |= PhotFlag.BAD_INPUT
@@ -554,7 +573,8 @@ def measure_frame(
     with np.errstate(invalid="ignore"):
         flags[frac < config.min_annulus_fraction] |= PhotFlag.ANNULUS_OFF_IMAGE
 
-    empty, field = _empty_noise(image, mask, (x, y, a, b, theta), config, sat_level, expnum, ccd)
+    empty, field = _empty_noise(image, mask, (x, y, a, b, theta), config, sat_level, expnum, ccd,
+                                near)
     bkg, flux, flux_err = _flux_and_error(ap, st, config, gain, empty)
     flux_cal, flux_cal_err = calibrate_flux(flux, flux_err, zp, zp_err)
     flags[~(np.isfinite(flux) & np.isfinite(flux_err))] |= PhotFlag.NONFINITE_RESULT

@@ -551,7 +551,7 @@ def profile_fluxes(
     sky: tuple[np.ndarray, np.ndarray, np.ndarray],
     gain: float,
     config: PhotometryConfig,
-    sky_inflation: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    sky_inflation: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure the profile-weighted total fluxes of one frame (see the module docstring).
 
@@ -576,10 +576,10 @@ def profile_fluxes(
     config : PhotometryConfig
         Profile settings.
     sky_inflation : callable, optional
-        ``sky_inflation(area_eff, idx)`` → factor per source multiplying V and σ_b²
+        ``sky_inflation(area_eff)`` → factor per source multiplying V and σ_b²
         (correlated or confusion noise; ``photometry.errors = "empty"``), given the
-        profile's effective area ``(Σp)²/Σp²`` (px², usable pixels) of the sources ``idx``
-        (indices into ``x``). The weights, hence the flux, do not depend on it.
+        profile's effective area ``(Σp)²/Σp²`` (px², usable pixels) of each source. The
+        weights, hence the flux, do not depend on it.
 
     Returns
     -------
@@ -607,7 +607,7 @@ def profile_fluxes(
                                    pixels, sky_v[0])
     if sky_inflation is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
-            k = np.asarray(sky_inflation(sums["p1"] ** 2 / sums["pp"], idx), dtype=float)
+            k = np.asarray(sky_inflation(sums["p1"] ** 2 / sums["pp"]), dtype=float)
         k = np.where(np.isfinite(k) & (k > 0), k, 1.0)
         sky_v = (sky_v[0], sky_v[1] * k, sky_v[2] * k)
     f_v, var_v = _isolated_estimate(sums, sky_v[1], sky_v[2], gain)

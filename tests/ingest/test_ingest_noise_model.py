@@ -105,6 +105,8 @@ def test_failed_fit_leaves_the_gain_unknown_and_warns(tmp_path):
     with pytest.raises(ValueError, match=f"frame {report.ingested[0]} has no gain.*clean"):
         frame_gain(attrs, report.ingested[0])
     assert frame_gain({"gain": 1.5}, "x") == 1.5
+    with pytest.raises(ValueError, match=r"frame y has gain -2 e-/ADU.*must be > 0"):
+        frame_gain({"gain": -2.0, "gain_source": "header"}, "y")
 
 
 def test_paus_frames_without_gain_are_accepted_unless_header_mode(tmp_path):

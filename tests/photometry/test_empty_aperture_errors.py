@@ -172,3 +172,64 @@ def test_profile_errors_follow_the_empty_aperture_noise():
         np.testing.assert_array_equal(res["annulus"]["flux_prof"], res["empty"]["flux_prof"])
     assert sigma68(np.concatenate(out["annulus"])) > 2.0
     assert sigma68(np.concatenate(out["empty"])) == pytest.approx(1.0, abs=0.2)
+
+
+def test_sigma_of_area_interpolates_the_measured_curve_in_log_log():
+    """σ(A) goes through the measured points, is non-decreasing, and is extrapolated with
+    the end slopes clipped to [½, 1]."""
+    from pausdenoise.photometry.empty import EmptyApertureNoise
+
+    area = np.array([10.0, 40.0, 160.0, 640.0])
+    sigma = np.array([10.0, 35.0, 30.0, 80.0])  # a dip: made non-decreasing
+    noise = EmptyApertureNoise(area, sigma, np.full(4, 200), coef=1.0, beta=0.7)
+    got = noise.sigma_at(np.array([10.0, 20.0, 40.0, 160.0, 5.0, 2560.0, 0.0]))
+    np.testing.assert_allclose(got[[0, 2, 3]], [10.0, 35.0, 35.0])
+    assert got[1] == pytest.approx(np.sqrt(10.0 * 35.0))  # geometric mean halfway in log A
+    slope_lo = np.log(3.5) / np.log(4.0)  # 0.90, inside [½, 1]
+    assert got[4] == pytest.approx(10.0 * 0.5**slope_lo)
+    slope_hi = np.log(80.0 / 35.0) / np.log(4.0)  # 0.60, inside [½, 1]
+    assert got[5] == pytest.approx(80.0 * 4.0**slope_hi)
+    assert np.isnan(got[6])
+    steep = EmptyApertureNoise(area[:2], np.array([10.0, 400.0]), np.full(2, 200), 1.0, 1.0)
+    assert steep.sigma_at(np.array([160.0]))[0] == pytest.approx(400.0 * 4.0)  # clipped to 1
+
+
+def test_real_crowded_frames_null_apertures_have_calibrated_errors(real_data_dir):
+    """Apertures of galaxy-like sizes placed as injections are (12 px from every detected
+    star) on real crowded frames measure only sky and confusion noise: their flux over
+    ``flux_err`` has σ68 ≈ 1 with ``errors="empty"`` (the annulus formula gives ≈ 6)."""
+    from astropy.io import fits
+
+    from pausdenoise.inject.placement import detected_sources, occupancy_from_image, place
+
+    names = ["AKB13475I0007.fits", "AKB13475I0013.fits", "AKB13475I0020.fits",
+             "AKB13475I0021.fits", "AKB13475I0027.fits"]
+    paths = [real_data_dir / "saao-kb13475" / n for n in names]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("saao-kb13475 frames not in the real test data")
+    rng = np.random.default_rng(4)
+    pulls = {"empty": [], "annulus": []}
+    for k, path in enumerate(paths):
+        image = fits.getdata(path).astype(float)
+        occ = occupancy_from_image(image, smooth_px=2.0, grow_px=0.0)
+        det = detected_sources(image, occ)
+        x, y = place(rng, 80, image.shape, occupied_xy=(det["x"].to_numpy(), det["y"].to_numpy()),
+                     occupied_mask=occupancy_from_image(image, smooth_px=2.0),
+                     min_separation_px=20.0, edge_px=45.0, clearance_px=12.0)
+        r = rng.uniform(2.5, 8.0, x.size)
+        q = rng.uniform(0.5, 1.0, x.size)
+        null = pd.DataFrame({"ref_id": np.arange(x.size), "aperture_x": x, "aperture_y": y,
+                             "aperture_a": r / np.sqrt(q), "aperture_b": r * np.sqrt(q),
+                             "aperture_theta": rng.uniform(-90, 90, x.size)})
+        stars = pd.DataFrame({"ref_id": -1 - np.arange(len(det)), "aperture_x": det["x"],
+                              "aperture_y": det["y"], "aperture_a": det["a_px"],
+                              "aperture_b": det["b_px"], "aperture_theta": -det["theta_deg"]})
+        cat = pd.concat([null, stars], ignore_index=True)
+        for mode in pulls:
+            ph = measure_frame(image, None, cat, _config(errors=mode), gain=1.9, expnum=k, ccd=1)
+            ph = ph[(ph["ref_id"] >= 0) & (ph["flags"] == 0)]
+            pulls[mode].append((ph["flux"] / ph["flux_err"]).to_numpy())
+    empty = np.concatenate(pulls["empty"])
+    assert empty.size >= 300
+    assert sigma68(np.concatenate(pulls["annulus"])) > 3.0
+    assert 0.9 < sigma68(empty) < 1.12
