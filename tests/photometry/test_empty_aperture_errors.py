@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from photometry_fixtures import circular_catalogue
 from scipy import ndimage
 
 from pausdenoise.photometry import PhotometryConfig, measure_frame
@@ -20,13 +21,6 @@ GAIN = 4.0
 SKY = 200.0
 N = 384
 SPACING = 96.0  # px between sources: beyond each other's 30-45 px annulus
-
-
-def _catalogue(xs, ys, r):
-    n = len(xs)
-    return pd.DataFrame({"ref_id": np.arange(n), "aperture_x": np.asarray(xs, float),
-                         "aperture_y": np.asarray(ys, float), "aperture_a": np.full(n, r),
-                         "aperture_b": np.full(n, r), "aperture_theta": np.zeros(n)})
 
 
 def _config(**kw):
@@ -64,7 +58,7 @@ def _frame(rng, smooth: float, flux: float = 2000.0):
     inside = np.zeros(len(xs))
     for i, (x0, y0) in enumerate(zip(xs, ys, strict=True)):
         inside[i] = model[(xx - x0) ** 2 + (yy - y0) ** 2 <= r**2].sum()
-    return image, _catalogue(xs, ys, r), inside
+    return image, circular_catalogue(xs, ys, r), inside
 
 
 def _pulls(smooth: float, errors: str, frames: int = 6) -> np.ndarray:
@@ -82,7 +76,7 @@ def _pulls(smooth: float, errors: str, frames: int = 6) -> np.ndarray:
 def test_white_noise_gives_the_annulus_errors_back():
     rng = np.random.default_rng(3)
     image = SKY + _noise(rng, 0.0, 8.0)
-    cat = _catalogue(*_sources(), 5.0)
+    cat = circular_catalogue(*_sources(), 5.0)
     cfg = _config(errors="empty", empty_apertures=200)
     geom = _aperture_geometry(cat, cfg)
     field = empty_field(image, None, geom, cfg, None)
@@ -119,7 +113,7 @@ def test_positions_avoid_catalogue_sources_and_bad_pixels():
     mask = np.zeros((N, N), np.uint16)
     mask[:, 200:260] = 1  # a bad stripe: not sampled either
     image[:, 200:260] = 1e6
-    cat = _catalogue(xs, ys, 5.0)
+    cat = circular_catalogue(xs, ys, 5.0)
     cfg = _config(errors="empty")
     geom = _aperture_geometry(cat, cfg)
     field = empty_field(image, mask, geom, cfg, None)
@@ -132,7 +126,7 @@ def test_positions_avoid_catalogue_sources_and_bad_pixels():
 def test_no_room_for_empty_apertures_falls_back_with_a_warning():
     rng = np.random.default_rng(6)
     image = SKY + rng.normal(0, 8.0, (70, 70))  # smaller than the 45 px annulus margin
-    cat = _catalogue([35.0], [35.0], 4.0)
+    cat = circular_catalogue([35.0], [35.0], 4.0)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         emp = measure_frame(image, None, cat, _config(errors="empty", min_annulus_fraction=0),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from photometry_fixtures import circular_catalogue
 from scipy import ndimage
 
 from pausdenoise import store as st
@@ -25,13 +26,6 @@ SKY = 100.0
 SIG_LO, SIG_HI = 10.0, 30.0  # sky + read noise, ADU/px: quiet sky and noisy patches
 PATCH_R = 8.0  # px, radius of the noisy patch around each source
 CENTRES = (40.0, 100.0, 160.0)  # 3 x 3 sources, 60 px apart (beyond each other's annulus)
-
-
-def _catalogue(xs, ys, r):
-    n = len(xs)
-    return pd.DataFrame({"ref_id": np.arange(n), "aperture_x": np.asarray(xs, float),
-                         "aperture_y": np.asarray(ys, float), "aperture_a": np.full(n, r),
-                         "aperture_b": np.full(n, r), "aperture_theta": np.zeros(n)})
 
 
 def _config(**kw):
@@ -50,7 +44,7 @@ def _patchy_frame():
         r2 = (xx - x0) ** 2 + (yy - y0) ** 2
         model += 3000.0 / (2 * np.pi * 1.5**2) * np.exp(-r2 / (2 * 1.5**2))
         sigma[r2 <= PATCH_R**2] = SIG_HI
-    return model, sigma, _catalogue(xs, ys, 5.0)
+    return model, sigma, circular_catalogue(xs, ys, 5.0)
 
 
 def test_var_ivar_is_exact_and_other_outputs_unchanged():
@@ -141,7 +135,7 @@ def _sky_apertures(image, mask, ivar, r=2.0, step=5):
     ny, nx = image.shape
     ys, xs = np.mgrid[3 : ny - 3 : step, 3 : nx - 3 : step]
     keep = ~busy[ys, xs]
-    return _catalogue(xs[keep], ys[keep], r)
+    return circular_catalogue(xs[keep], ys[keep], r)
 
 
 @pytest.mark.real_data
