@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover
 
 from pausdenoise import store as st
 from pausdenoise.config import load_config
+from pausdenoise.inject.metrics import _median_ci  # the injection tables' cluster bootstrap
 from pausdenoise.photometry.driver import read_photometry
 from pausdenoise.photometry.profile import stamp_radii
 from pausdenoise.stack import stack_frames
@@ -163,18 +164,6 @@ def _estimates(m: pd.DataFrame, bright: float) -> dict[str, tuple[np.ndarray, np
     return res
 
 
-def _boot_median(v: np.ndarray, ids: np.ndarray, n_boot: int,
-                 rng: np.random.Generator) -> tuple[float, float]:
-    """95 % interval of the median, resampling whole galaxies (``ids``)."""
-    uniq, inv = np.unique(ids, return_inverse=True)
-    groups = [np.flatnonzero(inv == j) for j in range(len(uniq))]
-    meds = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(groups), len(groups))
-        meds.append(np.median(v[np.concatenate([groups[j] for j in pick])]))
-    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
-
-
 def table(m: pd.DataFrame, bright: float, n_boot: int) -> pd.DataFrame:
     """Bias, pulls and scatter per estimator and I_auto bin (all bands together)."""
     rng = np.random.default_rng(0)
@@ -189,11 +178,10 @@ def table(m: pd.DataFrame, bright: float, n_boot: int) -> pd.DataFrame:
             sel = (mag >= lo) & (mag < lo + 1)
             ok = sel & np.isfinite(f) & np.isfinite(e) & (e > 0)
             rel = (f[ok] - truth[ok]) / truth[ok]
-            ci = _boot_median(rel, ids[ok], n_boot, rng) if ok.sum() > 10 else (np.nan, np.nan)
+            med, ci_lo, ci_hi = _median_ci(rel, ids[ok], n_boot if ok.sum() > 10 else 0, rng)
             rows.append({"estimator": name, "bin": f"{lo:.0f}-{lo + 1:.0f}", "n": int(ok.sum()),
                          "n_left_out": int(sel.sum() - ok.sum()),
-                         "median_rel_bias": float(np.median(rel)) if ok.any() else np.nan,
-                         "ci_lo": ci[0], "ci_hi": ci[1],
+                         "median_rel_bias": med, "ci_lo": ci_lo, "ci_hi": ci_hi,
                          "pull_sigma68": sigma68((f[ok] - truth[ok]) / e[ok]) if ok.any()
                          else np.nan,
                          "rel_scatter": sigma68(rel) if ok.any() else np.nan})

@@ -28,7 +28,7 @@ import numpy as np
 
 from pausdenoise.maskbits import MaskBit
 
-__all__ = ["annulus_fraction_on_image", "annulus_stats"]
+__all__ = ["annulus_fraction_on_image", "annulus_stats", "sky_estimate"]
 
 
 def _annulus_offsets(r_in: float, r_out: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -494,3 +494,25 @@ def annulus_fraction_on_image(
         sel = todo[start:start + batch_size]
         out[sel] = _fraction_batch(x[sel], y[sel], float(r_in), float(r_out), (ny, nx))
     return out
+
+
+def sky_estimate(st: dict[str, np.ndarray], background: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the recipe's sky level per source and the variance of that estimate.
+
+    Parameters
+    ----------
+    st : dict of str to ndarray
+        :func:`annulus_stats`' columns (``bkg_mean``, ``bkg_median``, ``bkg_std`` in ADU per
+        pixel, ``bkg_n``).
+    background : {"mean", "median"}
+        The estimator (``PhotometryConfig.background``).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(bkg, var_b)``: the sky, ADU/px, and ``bkg_std² / bkg_n`` (× π/2 for the
+        median; ``bkg_n`` taken as ≥ 1), ADU².
+    """
+    bkg = st["bkg_mean"] if background == "mean" else st["bkg_median"]
+    var_b = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
+    return bkg, var_b * (np.pi / 2.0) if background == "median" else var_b

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pausdenoise.photometry.annulus import annulus_stats
+from pausdenoise.photometry.annulus import annulus_stats, sky_estimate
 from pausdenoise.photometry.apertures import aperture_sums
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.neighbours import neighbour_mask
@@ -142,7 +142,7 @@ def empty_field(image: np.ndarray, mask: np.ndarray | None,
     """
     blocked = blocked_pixels(image, mask, geometry, config, sat_level, near)
     return EmptyField(blocked, ndimage.distance_transform_edt(~blocked),
-                      _nan_near(image, blocked))
+                      nan_at(image, blocked))
 
 
 def blocked_pixels(image: np.ndarray, mask: np.ndarray | None,
@@ -339,14 +339,19 @@ def empty_sky(field: EmptyField, mask: np.ndarray | None,
                        maxiters=config.maxiters, bad_mask_bits=config.bad_mask_bits,
                        saturate_level=sat_level, mask_saturated=True,
                        batch_size=config.batch_size)
-    st["bkg"] = st["bkg_mean"] if config.background == "mean" else st["bkg_median"]
-    var_b = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
-    st["var_b"] = var_b * (np.pi / 2.0) if config.background == "median" else var_b
+    st["bkg"], st["var_b"] = sky_estimate(st, config.background)
     return st
 
 
-def _nan_near(image: np.ndarray, blocked: np.ndarray) -> np.ndarray:
+def nan_at(image: np.ndarray, blocked: np.ndarray) -> np.ndarray:
     """Return a float copy of ``image`` with NaN on ``blocked`` (left out of the annuli).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        Pixel values, ADU.
+    blocked : ndarray of bool, shape (ny, nx)
+        Pixels to set to NaN.
 
     Returns
     -------

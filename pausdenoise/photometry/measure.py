@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats
+from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats, sky_estimate
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
@@ -49,6 +49,7 @@ from pausdenoise.photometry.empty import (
     EmptyField,
     empty_aperture_noise,
     empty_field,
+    nan_at,
     profile_inflation,
     sky_variance,
 )
@@ -209,10 +210,9 @@ def _flux_and_error(
         ``(bkg, flux, flux_err)`` in ADU (``bkg`` per pixel); ``flux_err`` is NaN where
         the annulus had no usable pixel.
     """
-    bkg = st["bkg_mean"] if config.background == "mean" else st["bkg_median"]
+    bkg, var_bkg_est = sky_estimate(st, config.background)
     area = ap["area"]
     flux = ap["aper_sum"] - area * bkg
-    var_bkg_est = _var_bkg_estimate(st, config)
     with np.errstate(invalid="ignore"):
         if empty is not None:
             var = np.maximum(flux, 0.0) / gain + sky_variance(empty, area)
@@ -221,18 +221,6 @@ def _flux_and_error(
             var = np.maximum(flux, 0.0) / gain + var_sky + area**2 * var_bkg_est
     var = np.where(st["bkg_n"] > 0, var, np.nan)
     return bkg, flux, np.sqrt(var)
-
-
-def _var_bkg_estimate(st: dict[str, np.ndarray], config: PhotometryConfig) -> np.ndarray:
-    """Return the variance of the annulus background estimate per source, ADU².
-
-    Returns
-    -------
-    ndarray
-        ``bkg_std² / bkg_n`` (× π/2 for the median).
-    """
-    var = st["bkg_std"] ** 2 / np.maximum(st["bkg_n"], 1)
-    return var * (np.pi / 2.0) if config.background == "median" else var
 
 
 def _empty_seed(expnum: int | None, ccd: int | None) -> int:
@@ -298,22 +286,6 @@ def _catalogue_near(
     return neighbour_mask(shape, x, y, a, b, theta, grow=config.annulus_mask_grow)
 
 
-def _without_catalogue_sources(image: np.ndarray, near: np.ndarray | None) -> np.ndarray:
-    """Return the image for the annulus statistics: the ``near`` pixels set to NaN.
-
-    Returns
-    -------
-    ndarray
-        A float copy with NaN at the masked pixels, or ``image`` itself when ``near`` is
-        None.
-    """
-    if near is None:
-        return image
-    out = np.array(image, dtype=np.result_type(image.dtype, np.float32), copy=True)
-    out[near] = np.nan
-    return out
-
-
 def _run_kernels(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -351,7 +323,7 @@ def _run_kernels(
         ivar=ivar,
     )
     st = annulus_stats(
-        _without_catalogue_sources(image, near),
+        image if near is None else nan_at(image, near),
         x,
         y,
         r_in=config.annulus_r_in,
@@ -461,9 +433,7 @@ def _profile_columns(
     good, sat = usable_pixels(image, mask, config.bad_mask_bits, sat_level)
     pixels = {"image": image.ravel(), "good": good.ravel(), "sat": sat.ravel(),
               "shape": image.shape}
-    var_b = st["bkg_std"] ** 2 / np.where(st["bkg_n"] > 0, st["bkg_n"], np.nan)
-    if config.background == "median":
-        var_b = var_b * (np.pi / 2.0)
+    var_b = np.where(st["bkg_n"] > 0, sky_estimate(st, config.background)[1], np.nan)
     inflation = None
     if empty is not None:
         inflation = profile_inflation(empty, mask, geometry, tuple(shapes), pixels,
