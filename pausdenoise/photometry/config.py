@@ -16,8 +16,9 @@ from pausdenoise.digest import json_digest
 __all__ = ["EMPTY_NOISE_MODEL", "PhotFlag", "PhotometryConfig", "ProfFlag"]
 
 #: Version of the empty-aperture σ(A) model of :mod:`pausdenoise.photometry.empty` (part of
-#: the fingerprint with ``errors="empty"``): "loglog-8" = 8 radii, σ68 interpolated in log–log.
-EMPTY_NOISE_MODEL = "loglog-8"
+#: the fingerprint with ``errors="empty"``): "loglog-8" = 8 radii, σ68 interpolated in log–log;
+#: "profile-veff" = the profile errors' sky variance per pixel measured once per frame.
+EMPTY_NOISE_MODEL = "loglog-8;profile-veff"
 
 
 class PhotFlag(IntFlag):

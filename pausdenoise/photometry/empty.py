@@ -21,8 +21,8 @@ A single power law σ = c · A^β is also fitted as a summary. On a crowded fiel
 log–log curve bends (β ≈ 0.9 up to a few tens of px², flatter beyond), and the power law
 misses the measured scatter by 10–15 % at the areas of typical apertures.
 :func:`sky_variance` evaluates σ(A)² for the catalogue rows. The profile-weighted flux's
-error is scaled by the σ68² of profile fluxes measured at empty positions
-(:func:`profile_inflation`). Pixel convention: 0-based, pixel centres at integers.
+sky terms take the effective sky variance per pixel measured with profile fluxes at empty
+positions (:func:`profile_sky_variance`). Pixel convention: 0-based, pixel centres at integers.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from pausdenoise.photometry.annulus import annulus_stats, sky_estimate
 from pausdenoise.photometry.apertures import aperture_sums
@@ -236,6 +237,62 @@ def free_positions(field: EmptyField, radius: float, margin: float, n: int,
     return xx[keep].astype(float), yy[keep].astype(float)
 
 
+def spaced_batches(x: np.ndarray, y: np.ndarray, spacing: float) -> list[np.ndarray]:
+    """Split positions into batches whose members are at least ``spacing`` apart.
+
+    Greedy, in the given order: each position joins the first batch with no member
+    closer than ``spacing``, else opens a new one.
+
+    Parameters
+    ----------
+    x, y : ndarray of float
+        Positions, px.
+    spacing : float
+        Least distance between members of one batch, px.
+
+    Returns
+    -------
+    list of ndarray of int
+        Indices into ``x`` of each batch; every position is in exactly one.
+    """
+    batches: list[list[int]] = []
+    for i in range(len(x)):
+        for members in batches:
+            m = np.asarray(members)
+            if np.min((x[m] - x[i]) ** 2 + (y[m] - y[i]) ** 2) >= spacing**2:
+                members.append(i)
+                break
+        else:
+            batches.append([i])
+    return [np.asarray(b, dtype=np.int64) for b in batches]
+
+
+def _stamp_neighbours(x: np.ndarray, y: np.ndarray, radii: np.ndarray,
+                      px: np.ndarray, py: np.ndarray, p_radii: np.ndarray) -> np.ndarray:
+    """Return the catalogue rows whose profile stamps may overlap one of the positions.
+
+    Square stamps of half-sides ``radii`` (catalogue, at ``x, y``) and ``p_radii`` (at
+    ``px, py``) overlap only if the centres are closer than √2 × the sum of the half-sides.
+
+    Returns
+    -------
+    ndarray of int
+        Indices into the catalogue, ascending.
+    """
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(radii)
+    if not ok.any() or px.size == 0:
+        return np.empty(0, dtype=np.int64)
+    idx = np.flatnonzero(ok)
+    tree = cKDTree(np.column_stack([x[idx], y[idx]]))
+    reach = np.sqrt(2.0) * (p_radii + float(np.max(radii[idx])) + 1.0)
+    near = set()
+    for k, hits in enumerate(tree.query_ball_point(np.column_stack([px, py]), reach)):
+        hits = np.asarray(hits, dtype=np.int64)
+        d = np.hypot(x[idx[hits]] - px[k], y[idx[hits]] - py[k])
+        near.update(idx[hits[d < np.sqrt(2.0) * (radii[idx[hits]] + p_radii[k] + 1.0)]].tolist())
+    return np.array(sorted(near), dtype=np.int64)
+
+
 def empty_aperture_noise(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -381,7 +438,7 @@ def sky_variance(noise: EmptyApertureNoise, area: np.ndarray) -> np.ndarray:
     return noise.sigma_at(area) ** 2
 
 
-def profile_inflation(
+def profile_sky_variance(
     field: EmptyField,
     mask: np.ndarray | None,
     geometry: tuple[np.ndarray, ...],
@@ -390,20 +447,29 @@ def profile_inflation(
     *,
     fwhm_px: float,
     beta: float,
-    gain: float,
+    catalogue_bkg: np.ndarray,
     config: PhotometryConfig,
     sat_level: float | None = None,
     seed: int = 0,
 ) -> Callable[[np.ndarray], np.ndarray] | None:
-    """Measure how much the profile flux's sky error is underestimated, at empty positions.
+    """Measure the sky variance per pixel that makes the profile flux's errors right.
 
     ``2 × config.empty_apertures`` catalogue rows drawn at random (their shapes and angles)
-    are put at empty positions of ``field`` (:func:`empty_field`) and measured with
-    :func:`~pausdenoise.photometry.profile.profile_fluxes` and the recipe's annulus sky. The
-    truth there is 0, so the pulls F̂/σ̂ have σ68² = k, the factor by which correlated and
-    confusion noise raise the sky variance over the pixel-noise model. k depends on the
-    profile's extent: it is measured in up to 3 quantile bins of the effective area
-    (Σp)²/Σp² and fitted as k = c·A^γ (a constant with one bin).
+    are put at empty positions of ``field`` (:func:`empty_field`), measured with
+    :func:`~pausdenoise.photometry.profile.profile_fluxes` and the recipe's annulus sky, in
+    batches whose stamps do not overlap one another; each is fitted jointly with the
+    catalogue sources whose stamps overlap its own, as a catalogue source is (fitted alone,
+    a neighbour's wings would count as noise the real measurement deblends).
+    The truth there is 0, so F̂ divided by the error formula's shape
+    ``sqrt(1/Σp² + (Σp/Σp²)² σ_b²/V)`` (V = 1) has σ68² = V_eff: the frame's effective sky
+    variance per pixel, ADU², which holds pixel, correlated and confusion noise at the
+    scale of a profile. Like the empty-aperture σ(A) of the aperture errors it is one
+    curve per frame, not scaled by each source's annulus: on a crowded field the annulus
+    scatter says little about the noise at profile scales (on the SAAO frames V_eff is
+    tens of times the annulus variance, growing with the profile's extent).
+    V_eff depends on the profile's extent: it is measured in up to 3 quantile bins of the
+    effective area (Σp)²/Σp² and fitted as V_eff = c·A^γ (a constant with one bin), held
+    at its end values outside the measured range.
 
     Parameters
     ----------
@@ -420,8 +486,9 @@ def profile_inflation(
         The usable-pixel arrays of :func:`~pausdenoise.photometry.profile.profile_fluxes`.
     fwhm_px, beta : float
         The frame's Moffat PSF (px).
-    gain : float
-        e⁻/ADU.
+    catalogue_bkg : ndarray of float
+        The catalogue rows' annulus sky, ADU/px (their joint fit with an empty position
+        needs it).
     config : PhotometryConfig
         Annulus, clipping and ``empty_apertures``.
     sat_level : float, optional
@@ -432,29 +499,39 @@ def profile_inflation(
     Returns
     -------
     callable or None
-        ``f(area_eff)`` → k per source (the ``sky_inflation`` of ``profile_fluxes``),
-        or None with fewer than ``2 × MIN_PER_RADIUS`` usable empty positions.
+        ``f(area_eff)`` → V_eff per source, ADU² (the ``sky_variance`` of
+        ``profile_fluxes``), or None with fewer than ``2 × MIN_PER_RADIUS`` usable empty positions.
     """
-    x, _, a, b, theta = geometry
+    x, y, a, b, theta = geometry
     if len(x) == 0:
         return None
     rng = np.random.default_rng([seed, 1])
     r = float(np.nanmedian(np.sqrt(np.clip(a * b, 0.25, None))))
-    # apart by their stamps, so that each is measured alone, as an isolated source is
-    spacing = 2.0 * float(np.median(stamp_radii(shapes[0], shapes[1], fwhm_px, config)))
-    cx, cy = free_positions(field, r, config.annulus_r_out, 2 * config.empty_apertures, rng,
-                            spacing=spacing)
+    cx, cy = free_positions(field, r, config.annulus_r_out, 2 * config.empty_apertures, rng)
     if cx.size < 2 * MIN_PER_RADIUS:
         return None
     pick = rng.integers(0, len(x), cx.size)
     sky = empty_sky(field, mask, cx, cy, config, sat_level)
-    res = profile_fluxes(pixels, cx, cy, theta[pick], tuple(s[pick] for s in shapes),
-                         fwhm_px=fwhm_px, beta=beta,
-                         sky=(sky["bkg"], sky["bkg_std"] ** 2, sky["var_b"]), gain=gain,
-                         config=config)
+    radii = stamp_radii(shapes[0], shapes[1], fwhm_px, config).astype(float)
+    # batches whose stamps do not overlap: each position is fitted alone among the catalogue
+    spacing = 2.0 * float(np.median(radii))
     with np.errstate(invalid="ignore", divide="ignore"):
-        z = res["flux"] / res["flux_err"]
-    area = res["area_eff"]
+        ratio_b = np.where(sky["bkg_std"] > 0, sky["var_b"] / sky["bkg_std"] ** 2, np.nan)
+    z, area = np.full(cx.size, np.nan), np.full(cx.size, np.nan)
+    for sel in spaced_batches(cx, cy, spacing):
+        nb = _stamp_neighbours(x, y, radii, cx[sel], cy[sel], radii[pick[sel]])
+        rows = np.concatenate([nb, pick[sel]])
+        n_nb = nb.size
+        res = profile_fluxes(
+            pixels, np.r_[x[nb], cx[sel]], np.r_[y[nb], cy[sel]], theta[rows],
+            tuple(s[rows] for s in shapes), fwhm_px=fwhm_px, beta=beta,
+            sky=(np.r_[catalogue_bkg[nb], sky["bkg"][sel]], np.ones(rows.size),
+                 np.r_[np.zeros(n_nb), ratio_b[sel]]),
+            gain=np.inf, config=config)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # V = 1 and no Poisson term: flux_err is the error formula's shape
+            z[sel] = res["flux"][n_nb:] / res["flux_err"][n_nb:]
+        area[sel] = res["area_eff"][n_nb:]
     ok = np.isfinite(z) & np.isfinite(area) & (area > 0) \
         & (sky["bkg_n"] >= config.min_annulus_pixels)
     if ok.sum() < 2 * MIN_PER_RADIUS:
@@ -465,16 +542,16 @@ def profile_inflation(
     which = np.clip(np.searchsorted(edges, area, side="right") - 1, 0, nbin - 1)
     full = [i for i in range(nbin) if (which == i).sum() >= MIN_PER_RADIUS]
     a_bin = np.array([np.median(area[which == i]) for i in full])
-    k_bin = np.array([sigma68(z[which == i]) ** 2 for i in full])
+    v_bin = np.array([sigma68(z[which == i]) ** 2 for i in full])
     if len(full) < 2 or np.ptp(np.log(a_bin)) < 0.05:
-        k0 = float(sigma68(z) ** 2)
-        return lambda area_eff: np.full(np.shape(area_eff), k0)
-    gamma, icpt = np.polyfit(np.log(a_bin), np.log(k_bin), 1)
+        v0 = float(sigma68(z) ** 2)
+        return lambda area_eff: np.full(np.shape(area_eff), v0)
+    gamma, icpt = np.polyfit(np.log(a_bin), np.log(v_bin), 1)
     lo, hi = float(a_bin.min()), float(a_bin.max())
 
-    def inflation(area_eff: np.ndarray) -> np.ndarray:
+    def sky_variance_at(area_eff: np.ndarray) -> np.ndarray:
         # within the measured range of areas; held at its ends outside it
         la = np.log(np.clip(np.asarray(area_eff, dtype=float), lo, hi))
         return np.exp(icpt + gamma * la)
 
-    return inflation
+    return sky_variance_at

@@ -50,7 +50,7 @@ from pausdenoise.photometry.empty import (
     empty_aperture_noise,
     empty_field,
     nan_at,
-    profile_inflation,
+    profile_sky_variance,
     sky_variance,
 )
 from pausdenoise.photometry.neighbours import neighbour_mask
@@ -414,10 +414,11 @@ def _profile_columns(
 
     The sky is the aperture recipe's: ``b = bkg``, ``V = bkg_std²`` and
     ``σ_b² = bkg_std² / bkg_n`` (× π/2 for the median); with ``empty`` (the frame's
-    empty field, ``errors="empty"``) V and σ_b² are multiplied by the factor measured with
-    profiles at empty positions (:func:`~pausdenoise.photometry.empty.profile_inflation`, seeded by
-    ``empty_seed``), which scales the error's sky terms and leaves the weights, hence the
-    flux, unchanged.
+    empty field, ``errors="empty"``) V is replaced by the frame's effective sky variance
+    per pixel measured with profiles at empty positions
+    (:func:`~pausdenoise.photometry.empty.profile_sky_variance`, seeded by ``empty_seed``)
+    and σ_b² scaled alike; the error's sky terms change, the weights, hence the flux, do
+    not.
 
     Returns
     -------
@@ -434,17 +435,17 @@ def _profile_columns(
     pixels = {"image": image.ravel(), "good": good.ravel(), "sat": sat.ravel(),
               "shape": image.shape}
     var_b = np.where(st["bkg_n"] > 0, sky_estimate(st, config.background)[1], np.nan)
-    inflation = None
+    v_eff = None
     if empty is not None:
-        inflation = profile_inflation(empty, mask, geometry, tuple(shapes), pixels,
-                                      fwhm_px=float(psf.fwhm_px), beta=beta, gain=gain,
-                                      config=config, sat_level=sat_level, seed=empty_seed)
-        if inflation is None:
+        v_eff = profile_sky_variance(empty, mask, geometry, tuple(shapes), pixels,
+                                     fwhm_px=float(psf.fwhm_px), beta=beta, catalogue_bkg=bkg,
+                                     config=config, sat_level=sat_level, seed=empty_seed)
+        if v_eff is None:
             warnings.warn("too few empty positions for the profile errors of errors='empty': "
                           "flux_prof_err keeps the pixel-noise model", stacklevel=3)
     res = profile_fluxes(pixels, x, y, theta, tuple(shapes), fwhm_px=float(psf.fwhm_px),
                          beta=beta, sky=(bkg, st["bkg_std"] ** 2, var_b), gain=gain,
-                         config=config, sky_inflation=inflation)
+                         config=config, sky_variance=v_eff)
     cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
     return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
             "flux_prof_cal_err": cal_err,

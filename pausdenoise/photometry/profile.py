@@ -551,7 +551,7 @@ def profile_fluxes(
     sky: tuple[np.ndarray, np.ndarray, np.ndarray],
     gain: float,
     config: PhotometryConfig,
-    sky_inflation: Callable[[np.ndarray], np.ndarray] | None = None,
+    sky_variance: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure the profile-weighted total fluxes of one frame (see the module docstring).
 
@@ -575,11 +575,12 @@ def profile_fluxes(
         e⁻/ADU.
     config : PhotometryConfig
         Profile settings.
-    sky_inflation : callable, optional
-        ``sky_inflation(area_eff)`` → factor per source multiplying V and σ_b²
-        (correlated or confusion noise; ``photometry.errors = "empty"``), given the
-        profile's effective area ``(Σp)²/Σp²`` (px², usable pixels) of each source. The
-        weights, hence the flux, do not depend on it.
+    sky_variance : callable, optional
+        ``sky_variance(area_eff)`` → the effective sky variance per pixel V_eff (ADU²) of
+        each source (``photometry.errors = "empty"``, correlated and confusion noise
+        included), given the profile's effective area ``(Σp)²/Σp²`` (px², usable pixels).
+        It replaces V, and scales σ_b² by V_eff / V. The weights, hence the flux, do not
+        depend on it.
 
     Returns
     -------
@@ -605,11 +606,12 @@ def profile_fluxes(
     sky_v = tuple(np.asarray(v, dtype=float)[idx] for v in sky)
     sums, stamps = _all_stamp_sums(coef[idx], amp[idx], xs[idx], ys[idx], radii[idx],
                                    pixels, sky_v[0])
-    if sky_inflation is not None:
+    if sky_variance is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
-            k = np.asarray(sky_inflation(sums["p1"] ** 2 / sums["pp"]), dtype=float)
-        k = np.where(np.isfinite(k) & (k > 0), k, 1.0)
-        sky_v = (sky_v[0], sky_v[1] * k, sky_v[2] * k)
+            v_eff = np.asarray(sky_variance(sums["p1"] ** 2 / sums["pp"]), dtype=float)
+            v_eff = np.where(np.isfinite(v_eff) & (v_eff > 0), v_eff, sky_v[1])
+            ratio = np.where(sky_v[1] > 0, v_eff / sky_v[1], 1.0)
+        sky_v = (sky_v[0], v_eff, sky_v[2] * ratio)
     f_v, var_v = _isolated_estimate(sums, sky_v[1], sky_v[2], gain)
     pairs = _overlap_pairs(xs[idx], ys[idx], radii[idx])
     cross = _cross_terms(stamps, xs[idx], ys[idx], radii[idx], pairs)

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from pausdenoise.photometry import PhotometryConfig, measure_frame
 from pausdenoise.photometry.apertures import _aperture_geometry
-from pausdenoise.photometry.empty import empty_aperture_noise, empty_field
+from pausdenoise.photometry.empty import empty_aperture_noise, empty_field, spaced_batches
 from pausdenoise.stats import sigma68
 
 GAIN = 4.0
@@ -189,12 +189,14 @@ def test_sigma_of_area_interpolates_the_measured_curve_in_log_log():
 
 
 def test_real_crowded_frames_null_apertures_have_calibrated_errors(real_data_dir):
-    """Apertures of galaxy-like sizes placed as injections are (12 px from every detected
-    star) on real crowded frames measure only sky and confusion noise: their flux over
-    ``flux_err`` has σ68 ≈ 1 with ``errors="empty"`` (the annulus formula gives ≈ 6)."""
+    """Apertures and profiles of galaxy-like sizes placed as injections are (12 px from
+    every detected star) on real crowded frames measure only sky and confusion noise: their
+    flux over its error has σ68 ≈ 1 with ``errors="empty"`` (the annulus formula gives ≈ 6
+    for both estimators)."""
     from astropy.io import fits
 
     from pausdenoise.inject.placement import detected_sources, occupancy_from_image, place
+    from pausdenoise.psf import frame_psf
 
     names = ["AKB13475I0007.fits", "AKB13475I0013.fits", "AKB13475I0020.fits",
              "AKB13475I0021.fits", "AKB13475I0027.fits"]
@@ -203,8 +205,10 @@ def test_real_crowded_frames_null_apertures_have_calibrated_errors(real_data_dir
         pytest.skip("saao-kb13475 frames not in the real test data")
     rng = np.random.default_rng(4)
     pulls = {"empty": [], "annulus": []}
+    prof = {"empty": [], "annulus": []}
     for k, path in enumerate(paths):
         image = fits.getdata(path).astype(float)
+        psf = frame_psf({}, image, pixel_scale=1.0)
         occ = occupancy_from_image(image, smooth_px=2.0, grow_px=0.0)
         det = detected_sources(image, occ)
         x, y = place(rng, 80, image.shape, occupied_xy=(det["x"].to_numpy(), det["y"].to_numpy()),
@@ -214,16 +218,66 @@ def test_real_crowded_frames_null_apertures_have_calibrated_errors(real_data_dir
         q = rng.uniform(0.5, 1.0, x.size)
         null = pd.DataFrame({"ref_id": np.arange(x.size), "aperture_x": x, "aperture_y": y,
                              "aperture_a": r / np.sqrt(q), "aperture_b": r * np.sqrt(q),
-                             "aperture_theta": rng.uniform(-90, 90, x.size)})
+                             "aperture_theta": rng.uniform(-90, 90, x.size),
+                             "profile_hlr": rng.uniform(0.3, 1.2, x.size) * r,
+                             "profile_q": q, "profile_bulge_frac": 0.0})
         stars = pd.DataFrame({"ref_id": -1 - np.arange(len(det)), "aperture_x": det["x"],
                               "aperture_y": det["y"], "aperture_a": det["a_px"],
                               "aperture_b": det["b_px"], "aperture_theta": -det["theta_deg"]})
         cat = pd.concat([null, stars], ignore_index=True)
         for mode in pulls:
-            ph = measure_frame(image, None, cat, _config(errors=mode), gain=1.9, expnum=k, ccd=1)
-            ph = ph[(ph["ref_id"] >= 0) & (ph["flags"] == 0)]
-            pulls[mode].append((ph["flux"] / ph["flux_err"]).to_numpy())
-    empty = np.concatenate(pulls["empty"])
-    assert empty.size >= 300
+            cfg = _config(errors=mode, profile=True, pixel_scale=1.0)
+            ph = measure_frame(image, None, cat, cfg, gain=1.9, expnum=k, ccd=1, psf=psf)
+            ph = ph[ph["ref_id"] >= 0]
+            ok = ph[ph["flags"] == 0]
+            pulls[mode].append((ok["flux"] / ok["flux_err"]).to_numpy())
+            ok = ph[ph["flags_prof"] == 0]
+            prof[mode].append((ok["flux_prof"] / ok["flux_prof_err"]).to_numpy())
+    empty, empty_prof = np.concatenate(pulls["empty"]), np.concatenate(prof["empty"])
+    assert empty.size >= 300 and empty_prof.size >= 300
     assert sigma68(np.concatenate(pulls["annulus"])) > 3.0
+    assert sigma68(np.concatenate(prof["annulus"])) > 3.0
     assert 0.9 < sigma68(empty) < 1.12
+    assert 0.9 < sigma68(empty_prof) < 1.12
+
+
+def test_spaced_batches_split_positions_into_non_overlapping_sets():
+    """Every position lands in exactly one batch, members of a batch are ≥ spacing apart,
+    and a new batch opens only when every earlier one has a member too close."""
+    rng = np.random.default_rng(2)
+    x, y = rng.uniform(0, 100, 300), rng.uniform(0, 100, 300)
+    batches = spaced_batches(x, y, 15.0)
+    flat = np.sort(np.concatenate(batches))
+    np.testing.assert_array_equal(flat, np.arange(300))
+    for members in batches:
+        d2 = (x[members, None] - x[None, members]) ** 2 + (y[members, None] - y[None, members]) ** 2
+        np.fill_diagonal(d2, np.inf)
+        assert d2.min() >= 15.0**2
+    first_of_each = [b[0] for b in batches[1:]]
+    for k, i in enumerate(first_of_each, start=1):
+        for earlier in batches[:k]:
+            before = earlier[earlier < i]
+            assert np.min((x[before] - x[i]) ** 2 + (y[before] - y[i]) ** 2) < 15.0**2
+    assert len(spaced_batches(x[:3], y[:3], 0.0)) == 1
+
+
+def test_profile_sky_variance_replaces_the_annulus_variance():
+    """With ``sky_variance`` the profile error's sky term uses V_eff in place of each
+    source's annulus V (σ_b² scaled alike); flux unchanged."""
+    from pausdenoise.photometry.profile import profile_fluxes
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 5.0, (96, 96))
+    pixels = {"image": image.ravel(), "good": np.ones(image.size, bool),
+              "sat": np.zeros(image.size, bool), "shape": image.shape}
+    x, y = np.array([30.0, 60.0]), np.array([40.0, 60.0])
+    shapes = (np.array([1.0, 2.0]), np.array([1.0, 0.7]), np.zeros(2))
+    v, var_b = np.array([25.0, 100.0]), np.array([0.5, 2.0])
+    cfg = _config(profile=True, pixel_scale=1.0)
+    kw = dict(fwhm_px=3.0, beta=3.0, gain=1e12, config=cfg)
+    base = profile_fluxes(pixels, x, y, np.zeros(2), shapes, sky=(np.zeros(2), v, var_b), **kw)
+    got = profile_fluxes(pixels, x, y, np.zeros(2), shapes, sky=(np.zeros(2), v, var_b),
+                         sky_variance=lambda area: np.full(np.shape(area), 400.0), **kw)
+    np.testing.assert_array_equal(got["flux"], base["flux"])
+    # the error is linear in (V, σ_b²) jointly: V → 400 multiplies it by sqrt(400 / V)
+    np.testing.assert_allclose(got["flux_err"], base["flux_err"] * np.sqrt(400.0 / v), rtol=1e-9)
