@@ -121,12 +121,30 @@ def colour_lines(colour: pd.DataFrame) -> list[str]:
     return lines
 
 
+def response_lines(response: pd.DataFrame) -> list[str]:
+    """The response table (all bands together) as markdown lines."""
+    rows = response[(response["band"] == "all") & (response["n"] > 0)]
+    lines = ["| estimator | I_auto | n (flagged) | median response bias % [95 % CI] "
+             "| σ68 | F̂_null/σ̂ median, mean |", "|---|---|---:|---|---:|---|"]
+    def pct(v: float) -> str:
+        return "—" if pd.isna(v) else f"{100 * v:+.2f}"
+
+    for r in rows.itertuples():
+        lines.append(f"| {r.estimator} | {r.bin} | {r.n} ({r.n_flagged}) | "
+                     f"{pct(r.median_response_bias)} [{pct(r.ci_lo)}, {pct(r.ci_hi)}] | "
+                     f"{_num(r.rel_scatter, '.3f')} | "
+                     f"{_num(getattr(r, 'null_pull_median', None), '+.3f')}, "
+                     f"{_num(getattr(r, 'null_pull_mean', None), '+.3f')} |")
+    return lines
+
+
 def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
     """Run the inject stage once per seed and pool the injected rows into one table set.
 
     Each realisation's ``ref_id`` is shifted by ``k × REALISATION_ID_STEP`` (k its index) so
     that sources stay distinct (bootstrap intervals resample whole sources). Writes
-    ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv`` and ``truth.parquet`` to
+    ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv``, ``response.csv`` (when
+    every realisation has its photometry before injection) and ``truth.parquet`` to
     ``<out>/inject-pooled``.
 
     Returns
@@ -134,29 +152,32 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
     float
         Wall time of all the runs, s.
     """
-    from pausdenoise.inject.metrics import injection_tables
+    from pausdenoise.inject.metrics import TABLE_FILES, injection_tables
     from pausdenoise.photometry.driver import read_photometry
     from pausdenoise.pipeline.stages.inject import _colour_bands
 
-    seconds, phots, truths = 0.0, [], []
+    seconds, phots, nulls, truths = 0.0, [], [], []
     for k, seed in enumerate(seeds):
         seconds += run_pipeline(args, (f"inject.seed={seed}",))
         inj = args.out / "inject"
         truth = pd.read_parquet(inj / "truth.parquet")
-        phot = read_photometry(inj / "photometry")
-        phot = phot[phot["ref_id"].isin(truth["ref_id"])].copy()
-        for t in (truth, phot):
+        parts = [read_photometry(inj / d) for d in ("photometry", "photometry_null")
+                 if (inj / d).is_dir()]
+        parts = [p[p["ref_id"].isin(truth["ref_id"])].copy() for p in parts]
+        for t in (truth, *parts):
             t["ref_id"] = t["ref_id"] + k * REALISATION_ID_STEP
-        phots.append(phot)
+        phots.append(parts[0])
+        nulls += parts[1:]
         truths.append(truth)
     truth = pd.concat(truths, ignore_index=True)
+    null = pd.concat(nulls, ignore_index=True) if len(nulls) == len(seeds) else None
     tables = injection_tables(pd.concat(phots, ignore_index=True), truth, seed=seeds[0],
-                              colour_bands=_colour_bands(truth))
+                              colour_bands=_colour_bands(truth), null=null)
     pooled = args.out / "inject-pooled"
     pooled.mkdir(parents=True, exist_ok=True)
-    for name, fname in (("bias", "bias_by_bin"), ("transfer", "transfer"),
-                        ("colour", "colour_bias")):
-        tables[name].to_csv(pooled / f"{fname}.csv", index=False)
+    for name, fname in TABLE_FILES.items():
+        if name in tables:
+            tables[name].to_csv(pooled / f"{fname}.csv", index=False)
     truth.to_parquet(pooled / "truth.parquet", index=False)
     return seconds
 
@@ -181,7 +202,11 @@ def markdown(inj: Path, title: str, command: str, seconds: float | None) -> str:
              "are counted, not used; intervals resample whole sources. "
              "denoised_aperture_corrected divides by the transfer function fitted on the other "
              "half of the injections (ref_id parity).", ""]
-    return "\n".join(head + bias_lines(bias) + [""] + colour_lines(colour) + notes)
+    response = []
+    if (inj / "response.csv").exists():
+        response = ["", "response (F̂ − F̂ before injection − F)/F, all bands:", "",
+                    *response_lines(pd.read_csv(inj / "response.csv"))]
+    return "\n".join(head + bias_lines(bias) + [""] + colour_lines(colour) + response + notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tables = {n: pd.read_csv(tables_dir / f"{n}.csv").to_dict(orient="records")
-                  for n in ("bias_by_bin", "transfer", "colour_bias")}
+                  for n in ("bias_by_bin", "transfer", "colour_bias", "response")
+                  if (tables_dir / f"{n}.csv").exists()}
         args.json.write_text(json.dumps(tables, indent=1, default=float))
     if args.append:
         results = Path(__file__).resolve().parent / "RESULTS.md"

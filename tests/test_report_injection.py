@@ -43,8 +43,10 @@ def _tables() -> dict[str, pd.DataFrame]:
                       flags_prof=0)
     den = base.assign(kind="denoised", flux=0.95 * fa + rng.normal(0, 15, n), flux_err=30.0,
                       flags=0)
+    null = pd.concat([raw.assign(flux=rng.normal(0, 30, n), flux_prof=rng.normal(0, 25, n)),
+                      den.assign(flux=rng.normal(0, 15, n))], ignore_index=True)
     return injection_tables(pd.concat([raw, den], ignore_index=True), t, n_boot=100,
-                            colour_bands=("NB455", "NB845"))
+                            colour_bands=("NB455", "NB845"), null=null)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,11 @@ def test_figures_show_every_estimator_and_band(tables):
 def test_section_writes_figures_and_tables(tables, tmp_path):
     w = ReportWriter(tmp_path / "report", dpi=50)
     sec = injection_section(tables, w)
-    assert len(sec.figures) == 4 and len(sec.tables) == 3
+    assert len(sec.figures) == 4 and len(sec.tables) == 4
+    # the response table: the denoised flux's 5 % shrinkage, the raw estimators' none
+    resp = sec.tables[3][1].set_index(["estimator", "bin"])["median_response_bias"]
+    assert np.allclose(resp["denoised_aperture"].dropna(), -0.05, atol=0.01)
+    assert (resp["raw_profile"].dropna().abs() < 0.01).all()
     for name in ("injection_bias", "injection_scatter", "injection_transfer",
                  "injection_colour"):
         png = (tmp_path / "report" / "figures" / f"{name}.png").read_bytes()
@@ -108,6 +114,11 @@ def test_report_stage_adds_the_section_only_when_injection_ran(tables, tmp_path)
     tables["colour"].to_csv(inj / "colour_bias.csv", index=False)
     page = build_report(ctx).read_text()
     assert "Source injection: flux bias against the truth" in page
+    assert "Response to the injected light" not in page
+    tables["response"].to_csv(inj / "response.csv", index=False)
+    page = build_report(ctx).read_text()
+    assert "Response to the injected light" in page
+    (inj / "response.csv").unlink()
     assert (tmp_path / "run" / "report" / "figures" / "injection_colour.png").exists()
     # the bias table alone is enough
     (inj / "transfer.csv").unlink()

@@ -23,7 +23,18 @@ bin. The estimators (:data:`ESTIMATORS`):
 All fluxes are ADU in the frame of the row (the truth is in the same frame's ADU, so no
 zero-point enters). Flagged rows (``flags != 0``; ``flags_prof != 0`` for the profile
 estimator) are counted in ``n_flagged`` and left out of every statistic; there is no other
-cut. Confidence intervals are 95 % percentile bootstraps that resample injected sources
+cut.
+
+With the photometry of the frames *before* injection at the same apertures (``null``), a
+second table gives each estimator's **response**: (F̂ − F̂_null − F)/F, the measured flux
+minus what the same estimator measures at the same place without the galaxy. The sky and
+confusion noise of that place, identical in both, cancel; what is left is the estimator's
+response to the galaxy's light and its own Poisson noise. It tests scale errors (a biased
+profile, aperture or denoiser) to a small fraction of a per cent with a few thousand
+galaxies where the flux bias itself, on a noisy or crowded field, is known only to tens of
+per cent; it says nothing about the errors or about offsets of the background estimate.
+
+Confidence intervals are 95 % percentile bootstraps that resample injected sources
 (``ref_id``) with replacement, so the frames of one source move together; the bootstrap is
 vectorised (per-replicate source counts as weights of one sorted array).
 """
@@ -43,7 +54,9 @@ __all__ = [
     "DEFAULT_MAG_BINS",
     "ESTIMATORS",
     "MIN_TRANSFER_ROWS",
+    "TABLE_FILES",
     "TOTAL_FLUX_ESTIMATORS",
+    "UNDEFINED_MAG",
     "bin_labels",
     "cross_fitted_transfer",
     "injection_tables",
@@ -59,6 +72,14 @@ TOTAL_FLUX_ESTIMATORS = ("raw_profile",)
 #: Default I_auto bin edges, AB magnitudes: 1-mag bins 17–18, …, 23–24.
 DEFAULT_MAG_BINS = (17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0, 24.0)
 
+#: Stand-in magnitude offset (mag) of a source whose mean flux ratio in a band is ≤ 0: it is
+#: fainter than any magnitude, so colour medians rank it last instead of leaving it out.
+UNDEFINED_MAG = 100.0
+
+#: The tables of :func:`injection_tables` → the stem of their CSV file in ``<run>/inject``.
+TABLE_FILES = {"bias": "bias_by_bin", "transfer": "transfer", "colour": "colour_bias",
+               "response": "response"}
+
 #: Fewest training rows of a (band, bin) cell for its own transfer value; fewer: the bin's
 #: value over all bands is used.
 MIN_TRANSFER_ROWS = 5
@@ -68,6 +89,17 @@ _TRUTH_COLUMNS = ("band", "I_auto", "flux_true_adu", "flux_true_aper_adu", "flux
 _RAW = {"flux": "f_raw", "flux_err": "e_raw", "flags": "fl_raw",
         "flux_prof": "f_prof", "flux_prof_err": "e_prof", "flags_prof": "fl_prof"}
 _DEN = {"flux": "f_den", "flux_err": "e_den", "flags": "fl_den"}
+#: the photometry before injection: kind → its columns in the joined table
+_NULL = {"raw": {"flux": "f_raw0", "flux_err": "e_raw0", "flags": "fl_raw0",
+                 "flux_prof": "f_prof0", "flux_prof_err": "e_prof0", "flags_prof": "fl_prof0"},
+         "denoised": {"flux": "f_den0", "flux_err": "e_den0", "flags": "fl_den0"}}
+#: response estimators → (flux, flags, null flux, null error, null flags, truth) columns
+_RESPONSE = {
+    "raw_aperture": ("f_raw", "fl_raw", "f_raw0", "e_raw0", "fl_raw0", "flux_true_aper_adu"),
+    "denoised_aperture": ("f_den", "fl_den", "f_den0", "e_den0", "fl_den0",
+                          "flux_true_aper_adu"),
+    "raw_profile": ("f_prof", "fl_prof", "f_prof0", "e_prof0", "fl_prof0", "flux_true_adu"),
+}
 #: estimator → (flux, error, flags, presence, truth) columns of the joined table
 _SPEC = {
     "raw_aperture": ("f_raw", "e_raw", "fl_raw", "has_raw", "flux_true_aper_adu"),
@@ -119,14 +151,17 @@ def _kind_part(phot: pd.DataFrame, kind: str, cols: Mapping[str, str]) -> pd.Dat
     return part.assign(**{f"has_{kind}": True})
 
 
-def _joined(phot: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+def _joined(phot: pd.DataFrame, truth: pd.DataFrame,
+            null: pd.DataFrame | None = None) -> pd.DataFrame:
     """Join the raw and denoised photometry onto the truth rows (one row per source and frame).
 
     Returns
     -------
     pandas.DataFrame
         The truth's columns plus ``f_/e_/fl_`` of ``raw``, ``den`` and ``prof`` and the
-        presence columns ``has_raw``, ``has_den``, ``has_prof``.
+        presence columns ``has_raw``, ``has_den``, ``has_prof``; with ``null`` (the
+        photometry before injection) also ``f_raw0, fl_raw0, f_prof0, fl_prof0, f_den0,
+        fl_den0`` (NaN where it has no row).
 
     Raises
     ------
@@ -150,7 +185,16 @@ def _joined(phot: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     w["has_den"] = w["has_denoised"].eq(True).to_numpy(bool)
     w["has_prof"] = w["has_raw"] & ("flux_prof" in phot.columns)
     w["band"] = w["band"].astype(str)
-    return w.drop(columns=["has_denoised"]).reset_index(drop=True)
+    w = w.drop(columns=["has_denoised"])
+    if null is not None:
+        for kind, cols in _NULL.items():
+            part = _kind_part(null, kind, cols).drop(columns=f"has_{kind}")
+            part[_KEYS] = part[_KEYS].astype("int64")
+            w = w.merge(part, on=_KEYS, how="left")
+        for col in (c for cols in _NULL.values() for c in cols.values()):
+            if col not in w:
+                w[col] = np.nan
+    return w.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -366,6 +410,11 @@ def _nanmedian(v: np.ndarray) -> float:
     return float(np.median(v)) if v.size else np.nan
 
 
+def _nanmean(v: np.ndarray) -> float:
+    v = v[np.isfinite(v)]
+    return float(np.mean(v)) if v.size else np.nan
+
+
 # ----------------------------------------------------------------------------- bias
 
 
@@ -456,6 +505,51 @@ def _bias_table(w: pd.DataFrame, idx: np.ndarray, bins: np.ndarray, bands: list[
     return pd.DataFrame(rows)
 
 
+def _response_table(w: pd.DataFrame, idx: np.ndarray, bins: np.ndarray, bands: list[str],
+                    n_boot: int, seed: int) -> pd.DataFrame:
+    """One row per response estimator × band (and "all") × I_auto bin.
+
+    A row is used when the estimator has an unflagged, finite flux both after and before
+    injection (flags of either count it in ``n_flagged``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``estimator, band, bin, mag_lo, mag_hi, n, n_flagged``, ``median_response_bias`` =
+        median((F̂ − F̂_null − F)/F) with bootstrap ``ci_lo, ci_hi`` (sources resampled), and
+        ``rel_scatter`` = its σ68; ``null_pull_median`` and ``null_pull_mean``, the median
+        and mean of F̂_null/σ̂_null: the place's own flux in units of its error (0 for an
+        unbiased background on symmetric noise; confusion noise is skewed, so its median
+        and mean differ).
+    """
+    band = w["band"].to_numpy(str)
+    ref = w["ref_id"].to_numpy(np.int64)
+    rows, k = [], 0
+    for est, (fcol, flcol, f0col, e0col, fl0col, tcol) in _RESPONSE.items():
+        present = w[fcol].notna().to_numpy() & w[f0col].notna().to_numpy()
+        flagged = present & ((w[flcol].to_numpy(float) != 0) | (w[fl0col].to_numpy(float) != 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = (w[fcol].to_numpy(float) - w[f0col].to_numpy(float)
+                   - w[tcol].to_numpy(float)) / w[tcol].to_numpy(float)
+            z0 = w[f0col].to_numpy(float) / w[e0col].to_numpy(float)
+        for b in [*bands, "all"]:
+            in_band = np.ones(len(w), bool) if b == "all" else band == b
+            for i, lab in enumerate(bin_labels(bins)):
+                cell = in_band & (idx == i) & present
+                use = cell & ~flagged
+                med, lo, hi = _median_ci(rel[use], ref[use], n_boot,
+                                         np.random.default_rng([seed, 3, k]))
+                k += 1
+                rows.append({"estimator": est, "band": b, "bin": lab, "mag_lo": bins[i],
+                             "mag_hi": bins[i + 1], "n": int(np.isfinite(rel[use]).sum()),
+                             "n_flagged": int(flagged[cell].sum()),
+                             "median_response_bias": med, "ci_lo": lo, "ci_hi": hi,
+                             "rel_scatter": sigma68(rel[use]),
+                             "null_pull_median": _nanmedian(z0[use]),
+                             "null_pull_mean": _nanmean(z0[use])})
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------------- colour
 
 
@@ -463,12 +557,15 @@ def _source_dmag(w: pd.DataFrame, a: Mapping[str, np.ndarray],
                  bands: Sequence[str]) -> pd.DataFrame:
     """Per source, −2.5 log10 of the inverse-variance mean of F̂/F over its frames per band.
 
+    A mean ratio ≤ 0 has no magnitude; it is fainter than any, and stands as
+    :data:`UNDEFINED_MAG` (a finite stand-in for +∞, so that medians rank it last).
+
     Returns
     -------
     pandas.DataFrame
-        Index ``ref_id``, one column per band of ``bands`` (mag; NaN when the mean ratio is
-        not positive, missing when the source has no usable frame in the band), and
-        ``undefined`` (a mean ratio ≤ 0 in a band).
+        Index ``ref_id``, one column per band of ``bands`` (mag; :data:`UNDEFINED_MAG` when
+        the mean ratio is ≤ 0; sources without a usable frame in every band are left out),
+        and ``undefined`` (the number of bands whose mean ratio is ≤ 0).
     """
     use = a["present"] & ~a["flagged"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -480,10 +577,22 @@ def _source_dmag(w: pd.DataFrame, a: Mapping[str, np.ndarray],
     s = d.groupby(["ref_id", "band"])[["wr", "w"]].sum()
     rbar = (s["wr"] / s["w"]).unstack("band").reindex(columns=list(bands))
     rbar = rbar.dropna()
-    undefined = (rbar <= 0).any(axis=1)
+    undefined = (rbar <= 0).sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        dmag = -2.5 * np.log10(rbar.where(rbar > 0))
+        dmag = (-2.5 * np.log10(rbar.where(rbar > 0))).fillna(UNDEFINED_MAG)
     return dmag.assign(undefined=undefined)
+
+
+def _undefined_to_inf(*values: float) -> tuple[float, ...]:
+    """Map colour statistics that landed on an undefined source to ±∞.
+
+    Returns
+    -------
+    tuple of float
+        ``values`` with every finite ``|v| ≥ UNDEFINED_MAG / 2`` replaced by ``±inf``.
+    """
+    return tuple(float(np.sign(v) * np.inf) if np.isfinite(v) and abs(v) >= UNDEFINED_MAG / 2
+                 else float(v) for v in values)
 
 
 def _median_diff_ci(v0: np.ndarray, v1: np.ndarray, n_boot: int,
@@ -515,6 +624,12 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
     from its own sources (``method = "band medians"``): the systematic colour error that
     S/N-dependent flux errors make, without the per-source scatter.
 
+    No source is cut for a noisy flux: a band whose mean ratio is ≤ 0 counts as infinitely
+    faint (:data:`UNDEFINED_MAG`), so the colour of that source is +∞ or −∞ and the median
+    still ranks it; a median or interval bound that lands there is reported as ±∞. Only a
+    source with a mean ratio ≤ 0 in both bands has no colour (``n_undefined``). A band
+    median is then −2.5 log10 of the median ratio itself.
+
     Returns
     -------
     list of dict
@@ -529,9 +644,10 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
     src = _source_dmag(w, a, (b0, b1))
     per_source = bool(len(src))
     if per_source:
-        dcol = (src[b0] - src[b1]).to_numpy(float)
+        und = src["undefined"].to_numpy() == 2  # no magnitude in either band: no colour
+        dcol = np.where(und, np.nan, (src[b0] - src[b1]).to_numpy(float))
         idx = bin_index(i_auto.reindex(src.index).to_numpy(float), bins)
-        und, ref = src["undefined"].to_numpy(bool), src.index.to_numpy(np.int64)
+        ref = src.index.to_numpy(np.int64)
     else:
         one = [_source_dmag(w, a, (b,)) for b in (b0, b1)]
         idx1 = [bin_index(i_auto.reindex(o.index).to_numpy(float), bins) for o in one]
@@ -546,8 +662,8 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
                                                                   strict=True)]
             med, lo, hi = _median_diff_ci(v[0], v[1], n_boot, rng_of())
             n = int(min(np.isfinite(v[0]).sum(), np.isfinite(v[1]).sum()))
-            n_und = int(sum(o["undefined"].to_numpy(bool)[k == i].sum()
-                            for o, k in zip(one, idx1, strict=True)))
+            n_und = 0
+        med, lo, hi = _undefined_to_inf(med, lo, hi)
         rows.append({"colour": f"{b0}-{b1}", "bin": lab, "mag_lo": bins[i],
                      "mag_hi": bins[i + 1], "n": n, "n_undefined": n_und,
                      "median_colour_bias": med, "ci_lo": lo, "ci_hi": hi,
@@ -586,6 +702,7 @@ def injection_tables(
     n_boot: int = 1000,
     seed: int = 0,
     colour_bands: tuple[str, str] = ("NB455", "NB845"),
+    null: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Measure bias, pulls, scatter, transfer and colour bias of every flux estimator.
 
@@ -608,6 +725,9 @@ def injection_tables(
         Seed of the bootstrap (every cell draws from its own stream). Default 0.
     colour_bands : tuple of (str, str), optional
         The colour ``colour_bands[0] − colour_bands[1]``. Default NB455 − NB845.
+    null : pandas.DataFrame or dask.dataframe.DataFrame, optional
+        The same apertures measured on the frames before injection (columns as ``phot``).
+        Given, the result also holds the ``"response"`` table.
 
     Returns
     -------
@@ -626,23 +746,32 @@ def injection_tables(
         median F̂_den/F_true_aper with CI, and the medians of the even and odd ``ref_id``
         halves. ``"colour"``: per estimator × bin, ``median_colour_bias`` (mag) of
         (measured − true) colour per source, with CI; a source's band magnitude offset is
-        −2.5 log10 of the inverse-variance mean of F̂/F over its unflagged frames, and
-        ``n_undefined`` counts sources whose mean ratio is ≤ 0 in a band (left out). Empty
-        cells have ``n = 0`` and NaN statistics.
+        −2.5 log10 of the inverse-variance mean of F̂/F over its unflagged frames, +∞ when
+        that mean is ≤ 0 (the source is counted, ranked as infinitely faint in that band),
+        and ``n_undefined`` counts the sources left out because their mean ratio is ≤ 0 in
+        both bands. ``"response"`` (with ``null`` only): per estimator (``raw_aperture``,
+        ``denoised_aperture``, ``raw_profile``) × band × bin, the median of
+        (F̂ − F̂_null − F)/F with CI (:func:`_response_table`). Empty cells have ``n = 0``
+        and NaN statistics.
     """
     bins = np.asarray(mag_bins, dtype=float)
     if hasattr(phot, "compute"):  # a dask table (read_photometry): small enough to collect
         phot = phot.compute()
-    w = _joined(phot, truth)
+    if hasattr(null, "compute"):
+        null = null.compute()
+    w = _joined(phot, truth, null)
     idx = bin_index(w["I_auto"].to_numpy(float), bins)
     bands = sorted(w["band"].unique().tolist())
     t_corr = cross_fitted_transfer(_den_ratio(w), w["ref_id"].to_numpy(np.int64), idx,
                                    w["band"].to_numpy(str))
-    return {
+    out = {
         "bias": _bias_table(w, idx, bins, bands, n_boot, seed, t_corr),
         "transfer": _transfer_table(w, idx, bins, bands, n_boot, seed),
         "colour": _colour_table(w, bins, tuple(colour_bands), n_boot, seed, t_corr),
     }
+    if null is not None:
+        out["response"] = _response_table(w, idx, bins, bands, n_boot, seed)
+    return out
 
 
 def _pct(v: float) -> str:

@@ -217,8 +217,8 @@ def injection_section(tables: Mapping[str, pd.DataFrame], writer: ReportWriter) 
     Parameters
     ----------
     tables : mapping of str to DataFrame
-        ``bias`` (required), ``transfer`` and ``colour`` (optional) as written by the
-        inject stage.
+        ``bias`` (required), ``transfer``, ``colour`` and ``response`` (optional) as
+        written by the inject stage.
     writer : ReportWriter
         Saves the figures (``injection_*.png``) and tables (``injection_*.csv``).
 
@@ -254,5 +254,14 @@ def injection_section(tables: Mapping[str, pd.DataFrame], writer: ReportWriter) 
         figs.append(("Colour bias (measured − true) per source, median per I_auto bin.",
                      writer.figure("injection_colour", fig_colour_bias(col))))
         shown.append(("Colour bias per estimator [mag]", col))
+    if tables.get("response") is not None:
+        resp = writer.table("injection_response", tables["response"])
+        shown.append(("Response to the injected light, (F̂ − F̂ before injection − F)/F: the "
+                      "sky and confusion noise of each place cancel, so scale errors show to "
+                      "a fraction of a per cent; all bands pooled",
+                      resp.loc[resp["band"] == "all",
+                               ["estimator", "bin", "n", "n_flagged", "median_response_bias",
+                                "ci_lo", "ci_hi", "rel_scatter", "null_pull_median",
+                                "null_pull_mean"]]))
     return ReportSection("Source injection: flux bias against the truth", text=text,
                          figures=figs, tables=shown)

@@ -218,6 +218,104 @@ def test_colour_bias_of_a_known_offset_is_recovered():
     assert (filled["n"] + filled["n_undefined"]).sum() == 400
 
 
+def _noisy_colour_tables(n_src: int, sigma: dict[str, float]):
+    """Raw aperture fluxes F(1 + N(0, σ_band)) with error σ_band·F in every frame of the band
+    (3 per band, I 17–18): unbiased, but a noisy band's mean ratio is sometimes ≤ 0."""
+    phot, truth = make_tables(n_src=n_src, mags=(17.0, 18.0), seed=5)
+    rng = np.random.default_rng(11)
+    raw = (phot["kind"] == "raw").to_numpy()
+    fa = 0.8 * 400.0 * 10 ** (-0.4 * (phot["I_auto"].to_numpy() - 24.0))
+    s = phot["band"].map(sigma).to_numpy(float)
+    phot.loc[raw, "flux"] = (fa * (1 + rng.normal(0, 1, len(phot)) * s))[raw]
+    phot.loc[raw, "flux_err"] = (s * fa)[raw]
+    return phot, truth
+
+
+def test_colour_counts_sources_with_a_negative_mean_flux_as_infinitely_faint():
+    """A source whose mean flux ratio in a band is ≤ 0 is ranked as infinitely faint there,
+    not left out: leaving the ~7 % of NB455 means ≤ 0 out would move the median colour by
+    about −0.06 mag on these unbiased fluxes; counted, it stays at 0."""
+    phot, truth = _noisy_colour_tables(8000, {"NB455": 1.2, "NB845": 0.3})
+    col = injection_tables(phot, truth, n_boot=100)["colour"]
+    r = col[(col["estimator"] == "raw_aperture") & (col["bin"] == "17-18")].iloc[0]
+    # the same median by hand: the inverse-variance mean over a band's frames is the plain
+    # mean here (equal errors); −2.5 log10 of a mean ≤ 0 is +∞
+    raw = phot[phot["kind"] == "raw"].merge(truth[["ref_id", "expnum", "ccd"]])
+    ratio = (raw.assign(r=raw["flux"] / (0.8 * 400.0 * 10 ** (-0.4 * (raw["I_auto"] - 24.0))))
+             .groupby(["ref_id", "band"])["r"].mean().unstack("band"))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = (-2.5 * np.log10(ratio.where(ratio > 0))).fillna(np.inf)
+    both_out = (ratio <= 0).all(axis=1)
+    colour = (mag["NB455"] - mag["NB845"])[~both_out]
+    assert (ratio["NB455"] <= 0).mean() > 0.04 and both_out.sum() == r["n_undefined"]
+    assert r["n"] == len(colour) and r["n"] + r["n_undefined"] == 8000
+    assert r["median_colour_bias"] == pytest.approx(np.median(colour), abs=1e-9)
+    assert abs(r["median_colour_bias"]) < 0.03 < abs(np.median(colour[np.isfinite(colour)]))
+    assert r["ci_lo"] <= 0 <= r["ci_hi"]
+
+
+def test_band_median_colour_is_the_colour_of_the_median_ratios():
+    """Sources measured in one band each (injections drawn per frame): the colour bias is
+    −2.5 log10 of the ratio of the two bands' median flux ratios, negatives included; when
+    more than half of a band's sources have a mean ratio ≤ 0 it is ±∞."""
+    phot, truth = _noisy_colour_tables(4000, {"NB455": 1.2, "NB845": 0.3})
+    first = phot["ref_id"] < phot["ref_id"].min() + 2000
+    keep = (first & (phot["band"] == "NB455")) | (~first & (phot["band"] == "NB845"))
+    col = injection_tables(phot[keep], truth, n_boot=50)["colour"]
+    r = col[(col["estimator"] == "raw_aperture") & (col["bin"] == "17-18")].iloc[0]
+    assert r["method"] == "band medians"
+    raw = phot[keep & (phot["kind"] == "raw")]
+    ratio = (raw.assign(r=raw["flux"] / (0.8 * 400.0 * 10 ** (-0.4 * (raw["I_auto"] - 24.0))))
+             .groupby(["ref_id", "band"])["r"].mean())
+    med = ratio.groupby("band").median()
+    assert r["median_colour_bias"] == pytest.approx(-2.5 * np.log10(med["NB455"] / med["NB845"]))
+    faint, truth2 = _noisy_colour_tables(400, {"NB455": 20.0, "NB845": 0.3})
+    faint.loc[faint["band"] == "NB455", "flux"] -= 1e9  # every NB455 mean ≤ 0
+    col = injection_tables(faint, truth2, n_boot=20)["colour"]
+    r = col[(col["estimator"] == "raw_aperture") & (col["bin"] == "17-18")].iloc[0]
+    assert r["median_colour_bias"] == np.inf and r["n"] == 400
+
+
+def test_response_cancels_the_noise_of_the_place_and_finds_a_scale_error():
+    """With the photometry before injection, (F̂ − F̂_null − F)/F keeps only the galaxy's own
+    light: a 1 % scale error of the profile flux, buried in the flux bias's noise at I 22–24,
+    comes out of the response table with a tight interval; an offset common to F̂ and
+    F̂_null (the background of the place) cancels; flags of either row count as flagged."""
+    phot, truth = make_tables(n_src=600, mags=(22.0, 24.0), seed=7)
+    rng = np.random.default_rng(8)
+    raw = (phot["kind"] == "raw").to_numpy()
+    place = rng.normal(0, 20 * SIG_RAW, len(phot))  # the noise and confusion of each place
+    null = phot.copy()
+    null["flux"] = np.where(raw, place, rng.normal(0, SIG_RAW / 2, len(phot)))
+    null["flux_prof"] = place
+    key = phot.merge(truth, on=["ref_id", "expnum", "ccd"], how="left")
+    own = rng.normal(0, 0.002, len(phot)) * key["flux_true_adu"].to_numpy()  # Poisson
+    phot["flux"] = np.where(raw, 0.8 * key["flux_true_adu"] + place + own, phot["flux"])
+    phot["flux_prof"] = 0.99 * key["flux_true_adu"] + place + own
+    phot.loc[raw & (phot["ref_id"] % 50 == 0).to_numpy(), "flags"] = 4
+    null.loc[raw & (phot["ref_id"] % 50 == 1).to_numpy(), "flags_prof"] = 2
+    tabs = injection_tables(phot, truth, mag_bins=(22, 23, 24), n_boot=200, null=null)
+    resp = tabs["response"]
+    assert set(resp["estimator"]) == {"raw_aperture", "denoised_aperture", "raw_profile"}
+    r = _rows(resp, "raw_profile").set_index("bin")
+    assert np.allclose(r["median_response_bias"], -0.01, atol=0.001)
+    assert ((r["ci_hi"] - r["ci_lo"]) < 0.002).all() and (r["ci_hi"] < -0.008).all()
+    a = _rows(resp, "raw_aperture")
+    assert (a["median_response_bias"].abs() < 0.001).all()
+    assert a["n_flagged"].sum() == 12 * 6 and r["n_flagged"].sum() == 12 * 6
+    # the flux bias of the same rows cannot see the 1 %: its noise is far larger
+    b = _rows(tabs["bias"], "raw_profile")
+    assert ((b["ci_hi"] - b["ci_lo"]) > 0.05).all()
+    assert "response" not in injection_tables(phot, truth, mag_bins=(22, 23, 24), n_boot=0)
+    # the place's own flux in units of its error: a skewed (confusion-like) null noise has
+    # its mean above its median
+    null["flux"] = np.where(raw, rng.exponential(SIG_RAW, len(phot)) - SIG_RAW, null["flux"])
+    resp = injection_tables(phot, truth, mag_bins=(22, 23, 24), n_boot=0, null=null)["response"]
+    a = _rows(resp, "raw_aperture")
+    assert np.allclose(a["null_pull_median"], np.log(2) - 1, atol=0.08)
+    assert np.allclose(a["null_pull_mean"], 0.0, atol=0.08)
+
+
 def test_neighbours_empty_bins_and_missing_kinds():
     phot, truth = make_tables(n_src=60, mags=(19.0, 20.0))
     neighbour = phot.iloc[:10].assign(ref_id=np.arange(5, 15), flux=1e9)  # not injected: ignored

@@ -69,6 +69,27 @@ def test_injected_light_is_added_to_a_copy_and_measured(run_dir):
     bias = pd.read_csv(inj / "bias_by_bin.csv")
     assert {"raw_aperture", "denoised_aperture", "raw_profile"} <= set(bias["estimator"])
     assert bias["n"].sum() > 0
+    # the same apertures on the frames before injection: the response keeps only the
+    # galaxy's own light (and Poisson noise), whatever the sky noise of the place
+    null = read_photometry(inj / "photometry_null")
+    keys = ["ref_id", "expnum", "ccd", "kind"]
+    both = measured.merge(null, on=keys, suffixes=("", "_null"))
+    assert len(both) == len(measured) and set(both["kind"]) == {"raw", "denoised"}
+    raw_rows = both[(both["kind"] == "raw") & (both["flags"] == 0) & (both["flags_null"] == 0)]
+    raw_rows = raw_rows.merge(truth, on=["ref_id", "expnum", "ccd"])
+    added = raw_rows["flux"] - raw_rows["flux_null"]
+    # summed over galaxies (the bright ones weigh most): the injected light, to a few per
+    # cent (on these small frames other injections' wings reach some apertures and annuli)
+    assert len(added) >= 10
+    assert abs(added.sum() / raw_rows["flux_true_aper_adu"].sum() - 1) < 0.05
+    # faint galaxies: the place's sky noise, which dominates their flux error, cancels
+    faint = (raw_rows["flux_true_aper_adu"] < 1000).to_numpy()
+    resid = (added - raw_rows["flux_true_aper_adu"])[faint]
+    noise = (raw_rows["flux"] - raw_rows["flux_true_aper_adu"])[faint]
+    assert faint.sum() >= 10 and np.median(np.abs(resid)) < 0.5 * np.median(np.abs(noise))
+    response = pd.read_csv(inj / "response.csv")
+    assert set(response["estimator"]) == {"raw_aperture", "denoised_aperture", "raw_profile"}
+    assert response.loc[response["band"] == "all", "n"].sum() > 0
     summary = json.loads((out / "run.json").read_text())["stages"]["inject"]["summary"]
     assert summary["galaxies"] == len(truth) and summary["frames"] == len(frames)
 

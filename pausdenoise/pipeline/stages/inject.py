@@ -16,7 +16,10 @@ Outputs, under ``<run>/inject/``:
   ``truth.parquet`` (:mod:`pausdenoise.inject.render`);
 - ``photometry/``: forced photometry of the injected frames (the frame's own catalogue rows
   are measured beside the injections, so that the profile fit models them as neighbours);
-- ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv``: the tables.
+- ``photometry_null/``: the same rows measured on the input frames, before injection (raw,
+  and denoised where the run's store has it);
+- ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv``, ``response.csv``: the tables
+  (:data:`~pausdenoise.inject.metrics.TABLE_FILES`).
 
 Where every frame of a CCD has a WCS, one population is placed on the sky (in the pixel frame
 of the CCD's first exposure, clear of its catalogue sources and of the light detected in its
@@ -40,7 +43,7 @@ from pausdenoise.denoise.model import as_model_ref
 from pausdenoise.denoise.writer import denoise_to_store
 from pausdenoise.digest import json_digest
 from pausdenoise.errors import PsfError, StageError
-from pausdenoise.inject.metrics import injection_tables
+from pausdenoise.inject.metrics import TABLE_FILES, injection_tables
 from pausdenoise.inject.placement import detected_sources, occupancy_from_image, place
 from pausdenoise.inject.population import INJECT_REF_ID0, draw_injections
 from pausdenoise.inject.render import inject_frame
@@ -337,9 +340,13 @@ def _detected_rows(ctx: Context, frame: str) -> pd.DataFrame:
     })
 
 
-def _measure(ctx: Context, out_store: Path, frames: list[str], injected: pd.DataFrame,
-             catalogue: pd.DataFrame) -> int:
-    """Measure the injected frames: the injections plus the frames' own catalogue sources.
+def _measure(ctx: Context, store: Path, frames: list[str], injected: pd.DataFrame,
+             catalogue: pd.DataFrame, dest: str = "photometry") -> int:
+    """Measure ``frames`` of ``store`` at the injections plus the frames' own catalogue sources.
+
+    ``store`` is the injected copy (``dest`` "photometry") or the run's own store, the frames
+    before injection (``dest`` "photometry_null": the same apertures without the galaxies,
+    for the response table of :func:`~pausdenoise.inject.metrics.injection_tables`).
 
     Returns
     -------
@@ -352,11 +359,11 @@ def _measure(ctx: Context, out_store: Path, frames: list[str], injected: pd.Data
     kinds = tuple(k for k in ctx.cfg.photometry.kinds
                   if k == "raw" or Path(ctx.checkpoint).exists())
     pcfg = ctx.cfg.photometry.model_copy(update={"kinds": kinds})
-    phot_dir = ctx.paths.inject / "photometry"
-    plans, _ = plan_all_kinds(out_store, phot_dir, frames, rows, pcfg)
+    phot_dir = ctx.paths.inject / dest
+    plans, _ = plan_all_kinds(store, phot_dir, frames, rows, pcfg)
     remove_stale_partitions(phot_dir, plans)
-    tasks = partition_tasks(out_store, plans, pcfg, overwrite=ctx.force)
-    return len(compute_with_progress(tasks, ctx.client, "inject: photometry"))
+    tasks = partition_tasks(store, plans, pcfg, overwrite=ctx.force)
+    return len(compute_with_progress(tasks, ctx.client, f"inject: {dest}"))
 
 
 def _worst_bias(bias: pd.DataFrame, mag_max: float = 23.0) -> str:
@@ -431,12 +438,13 @@ def run(ctx: Context) -> dict[str, Any]:
     cat.to_parquet(out / "catalogue.parquet", index=False)
     truth.to_parquet(out / "truth.parquet", index=False)
     written = _measure(ctx, out_store, frames, cat, catalogue)
-    phot = read_photometry(out / "photometry")
-    tables = injection_tables(phot, truth, seed=ctx.cfg.inject.seed,
-                              colour_bands=_colour_bands(truth))
-    for name, fname in (("bias", "bias_by_bin"), ("transfer", "transfer"),
-                        ("colour", "colour_bias")):
-        tables[name].to_csv(out / f"{fname}.csv", index=False)
+    written += _measure(ctx, ctx.store, frames, cat, catalogue, dest="photometry_null")
+    tables = injection_tables(read_photometry(out / "photometry"), truth,
+                              seed=ctx.cfg.inject.seed, colour_bands=_colour_bands(truth),
+                              null=read_photometry(out / "photometry_null"))
+    for name, fname in TABLE_FILES.items():
+        if name in tables:
+            tables[name].to_csv(out / f"{fname}.csv", index=False)
     worst = _worst_bias(tables["bias"])
     return {
         "note": f"{len(truth)} galaxies in {len(frames)} frames "

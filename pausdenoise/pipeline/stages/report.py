@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pausdenoise.inject.metrics import TABLE_FILES
 from pausdenoise.pipeline.context import Context
 from pausdenoise.pipeline.stages import gan
 from pausdenoise.report import figures as rf
@@ -214,9 +215,9 @@ def _injection_section(inj_dir: Path, w: ReportWriter) -> ReportSection | None:
     if not (inj_dir / "bias_by_bin.csv").exists():
         return None
     tables = {"bias": pd.read_csv(inj_dir / "bias_by_bin.csv")}
-    for key, name in (("transfer", "transfer.csv"), ("colour", "colour_bias.csv")):
-        if (inj_dir / name).exists():
-            tables[key] = pd.read_csv(inj_dir / name)
+    for key, stem in TABLE_FILES.items():
+        if key != "bias" and (inj_dir / f"{stem}.csv").exists():
+            tables[key] = pd.read_csv(inj_dir / f"{stem}.csv")
     return injection_section(tables, w)
 
 
