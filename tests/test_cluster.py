@@ -171,6 +171,9 @@ def test_local_kind_starts_and_closes_workers_on_localhost():
     # 2 torch threads: differs from the nanny's OMP_NUM_THREADS=1 default, and torch caps an
     # env-var thread count at the core count (2 on CI)
     cfg = ClusterConfig(kind="local", n_workers=2, memory_limit="512MiB", torch_threads=2)
+    # what this process does on Ctrl-C before the cluster starts (a shell's background job
+    # already ignores SIGINT; then there is nothing to keep)
+    sigint_before = signal.getsignal(signal.SIGINT)
     with make_client(cfg, quiet=True) as client:
         cluster = client.cluster
         info = client.scheduler_info(n_workers=-1)
@@ -194,7 +197,7 @@ def test_local_kind_starts_and_closes_workers_on_localhost():
         # Ctrl-C is for this process alone: the workers ignore SIGINT, this process does not
         ignored = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
         assert set(ignored.values()) == {True}
-        assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == sigint_before
         summary = cl.cluster_summary(client)
         assert (summary["workers"], summary["threads"], summary["gpus"]) == (2, 2, [])
         assert "2 worker(s)" in cl.describe(client)
