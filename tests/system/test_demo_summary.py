@@ -36,66 +36,41 @@ COMMON_NOTES = {
     "photometry": re.compile(r"48 partitions written, 0 catalogue issues"),
 }
 
+VALIDATION_ROWS = ("all", "17-18", "18-19", "19-20", "20-21", "21-22", "22-23",
+                   "band NB455", "band NB615", "band NB845")
+
+
+def _pins(val_loss: str, offset: str, raw_errs: str, sky: str, source: str, den: str,
+          corrected: str, sigma68: tuple[float, ...]) -> dict:
+    """The network-dependent lines of one CPU rounding (numbers as printed)."""
+    esc = re.escape
+    return {
+        "train": re.compile(rf"12 epochs, best val loss {esc(val_loss)}, output offset "
+                            rf"{esc(offset)} σ refitted, \d+ patches/s on cpu"),
+        "compare": re.compile(rf"25218 pairs; σ68 raw 1\.03, denoised/raw-errors "
+                              rf"{esc(raw_errs)}, denoised/model-errors \(cross-validated\) "
+                              r"1\.00"),
+        "evaluate": re.compile(rf"3 frames vs truth; sky RMS ÷{esc(sky)}, source RMS "
+                               rf"÷{esc(source)}"),
+        "inject": re.compile(
+            r"960 galaxies in 24 frames \(24 injected now, 96 chunks denoised, 96 partitions\); "
+            rf"worst \|median bias\| I 17-23: raw_aperture -2\.6 %, denoised_aperture "
+            rf"{esc(den)} %, denoised_aperture_corrected {esc(corrected)} %, raw_profile -2\.7 %"
+        ),
+        "validation": dict(zip(VALIDATION_ROWS, zip(
+            (10807, 138, 174, 464, 645, 1298, 2573, 3588, 3579, 3640), sigma68, strict=True),
+            strict=True)),
+    }
+
+
 #: Per CPU rounding: the network-dependent lines, and the cross-validated σ68 of Δf with the
 #: calibrated denoised errors per row of compare/error_model_validation.csv (held-out
-#: pairs, σ68 rounded to 3 decimals).
+#: pairs, σ68 rounded to 3 decimals; rows as in ``VALIDATION_ROWS``).
 PINNED = {
-    "rounding A": {
-        "train": re.compile(
-            r"12 epochs, best val loss 0\.4763, output offset \+0\.016 σ refitted, "
-            r"\d+ patches/s on cpu"
-        ),
-        "compare": re.compile(
-            r"25218 pairs; σ68 raw 1\.03, denoised/raw-errors 0\.40, "
-            r"denoised/model-errors \(cross-validated\) 1\.00"
-        ),
-        "evaluate": re.compile(r"3 frames vs truth; sky RMS ÷20\.03, source RMS ÷1\.95"),
-        "inject": re.compile(
-            r"960 galaxies in 24 frames \(24 injected now, 96 chunks denoised, 96 partitions\); "
-            r"worst \|median bias\| I 17-23: raw_aperture -2\.6 %, denoised_aperture -77\.8 %, "
-            r"denoised_aperture_corrected \+3\.2 %, raw_profile -2\.7 %"
-        ),
-        "validation": {
-            "all": (10807, 1.004),
-            "17-18": (138, 0.977),
-            "18-19": (174, 1.005),
-            "19-20": (464, 1.007),
-            "20-21": (645, 0.993),
-            "21-22": (1298, 1.005),
-            "22-23": (2573, 1.006),
-            "band NB455": (3588, 1.001),
-            "band NB615": (3579, 1.003),
-            "band NB845": (3640, 1.009),
-        },
-    },
-    "rounding B": {
-        "train": re.compile(
-            r"12 epochs, best val loss 0\.4762, output offset -0\.006 σ refitted, "
-            r"\d+ patches/s on cpu"
-        ),
-        "compare": re.compile(
-            r"25218 pairs; σ68 raw 1\.03, denoised/raw-errors 0\.49, "
-            r"denoised/model-errors \(cross-validated\) 1\.00"
-        ),
-        "evaluate": re.compile(r"3 frames vs truth; sky RMS ÷15\.38, source RMS ÷1\.92"),
-        "inject": re.compile(
-            r"960 galaxies in 24 frames \(24 injected now, 96 chunks denoised, 96 partitions\); "
-            r"worst \|median bias\| I 17-23: raw_aperture -2\.6 %, denoised_aperture -72\.3 %, "
-            r"denoised_aperture_corrected -4\.7 %, raw_profile -2\.7 %"
-        ),
-        "validation": {
-            "all": (10807, 1.005),
-            "17-18": (138, 0.999),
-            "18-19": (174, 1.040),
-            "19-20": (464, 1.015),
-            "20-21": (645, 0.992),
-            "21-22": (1298, 1.009),
-            "22-23": (2573, 0.995),
-            "band NB455": (3588, 1.005),
-            "band NB615": (3579, 0.999),
-            "band NB845": (3640, 1.002),
-        },
-    },
+    "rounding A": _pins("0.4763", "+0.016", "0.40", "20.03", "1.95", "-77.8", "+3.2",
+                        (1.004, 0.977, 1.005, 1.007, 0.993, 1.005, 1.006, 1.001, 1.003, 1.009)),
+    "rounding B": _pins("0.4762", "-0.006", "0.49", "15.38", "1.92", "-72.3", "-4.7",
+                        (1.005, 0.999, 1.040, 1.015, 0.992, 1.009, 0.995, 1.005, 0.999, 1.002)),
 }
 
 
