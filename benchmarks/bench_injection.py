@@ -39,6 +39,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -95,8 +96,9 @@ def _num(v: float, fmt: str = ".2f") -> str:
 
 
 def bias_lines(bias: pd.DataFrame) -> list[str]:
-    """The bias table (all bands together) as markdown lines."""
-    rows = bias[bias["band"] == "all"]
+    """The bias table (all bands together; bins without injections left out) as markdown
+    lines."""
+    rows = bias[(bias["band"] == "all") & (bias["n"] + bias["n_flagged"] > 0)]
     lines = ["| estimator | I_auto | n (flagged) | median bias % [95 % CI] | pull σ68 [95 % CI] "
              "| σ68(ΔF/F) | σ / Cramér–Rao |", "|---|---|---:|---|---|---:|---:|"]
     for r in rows.itertuples():
@@ -211,7 +213,7 @@ def markdown(inj: Path, title: str, command: str, seconds: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python benchmarks/bench_injection.py " + " ".join(
+    command = "python benchmarks/bench_injection.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     tables_dir = args.out / "inject"
     if args.seeds:

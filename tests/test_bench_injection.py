@@ -1,0 +1,65 @@
+"""``benchmarks/bench_injection.py``: the RESULTS.md tables it writes.
+
+A run that injects only into some magnitude bins lists those bins alone (a bin with only
+flagged injections still counts: flagged rows are reported, not hidden), and the command
+line it records can be pasted back into a shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_injection
+
+    return bench_injection
+
+
+def _bias_row(estimator: str, band: str, bin_: str, n: int, n_flagged: int) -> dict:
+    nan = np.nan if n == 0 else 0.01
+    return {"estimator": estimator, "band": band, "bin": bin_, "n": n,
+            "n_flagged": n_flagged, "median_rel_bias": nan, "ci_lo": nan, "ci_hi": nan,
+            "pull_sigma68": nan, "pull_ci_lo": nan, "pull_ci_hi": nan, "rel_scatter": nan,
+            "cr_ratio": np.nan}
+
+
+def test_bias_lines_leave_out_bins_without_injections(bench):
+    bias = pd.DataFrame([
+        _bias_row("raw_profile", "all", "21-22", 0, 0),
+        _bias_row("raw_profile", "all", "22-23", 120, 1),
+        _bias_row("raw_profile", "all", "23-24", 0, 2),  # flagged only: still listed
+        _bias_row("raw_profile", "NB455", "22-23", 40, 0),  # per band: not in this table
+    ])
+    lines = bench.bias_lines(bias)
+    rows = lines[2:]
+    assert [r.split(" | ")[1] for r in rows] == ["22-23", "23-24"]
+    assert "120 (1)" in rows[0] and "0 (2)" in rows[1]
+
+
+def test_recorded_command_keeps_quoted_arguments(bench, tmp_path, capsys):
+    inj = tmp_path / "inject"  # a finished run's tables, as the inject stage writes them
+    inj.mkdir()
+    pd.DataFrame([_bias_row("raw_profile", "all", "22-23", 120, 1)]).to_csv(
+        inj / "bias_by_bin.csv", index=False)
+    pd.DataFrame([{"estimator": "raw_profile", "colour": "NB455-NB845", "bin": "22-23",
+                   "n": 0, "median_colour_bias": np.nan, "ci_lo": np.nan, "ci_hi": np.nan,
+                   "method": "band medians"}]).to_csv(inj / "colour_bias.csv", index=False)
+    pd.DataFrame({"expnum": [1], "ccd": [1], "band": ["NB455"]}).to_parquet(
+        inj / "truth.parquet")
+    args = ["--out", str(tmp_path), "--title", "two words", "--set", "inject.mag_range=[22,23]"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## Source injection: two words (")
+    command = next(line for line in out.splitlines() if line.startswith("command: "))
+    assert shlex.split(command.removeprefix("command: `").rstrip(" `"))[2:] == args
+    assert "| raw_profile | 22-23 | 120 (1) |" in out and "(no colour: one band only)" in out
