@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pausdenoise.cli import main as cli_main
+from pausdenoise.inject.metrics import TABLE_FILES
 
 #: ``ref_id`` offset between pooled realisations (each holds far fewer injections).
 REALISATION_ID_STEP = 10_000_000_000
@@ -87,8 +88,8 @@ def run_pipeline(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> float
     return time.perf_counter() - t0
 
 
-def _pct(v: float) -> str:
-    return "—" if pd.isna(v) else f"{100 * v:+.1f}"
+def _pct(v: float, decimals: int = 1) -> str:
+    return "—" if pd.isna(v) else f"{100 * v:+.{decimals}f}"
 
 
 def _num(v: float, fmt: str = ".2f") -> str:
@@ -128,12 +129,10 @@ def response_lines(response: pd.DataFrame) -> list[str]:
     rows = response[(response["band"] == "all") & (response["n"] > 0)]
     lines = ["| estimator | I_auto | n (flagged) | median response bias % [95 % CI] "
              "| σ68 | F̂_null/σ̂ median, mean |", "|---|---|---:|---|---:|---|"]
-    def pct(v: float) -> str:
-        return "—" if pd.isna(v) else f"{100 * v:+.2f}"
-
     for r in rows.itertuples():
         lines.append(f"| {r.estimator} | {r.bin} | {r.n} ({r.n_flagged}) | "
-                     f"{pct(r.median_response_bias)} [{pct(r.ci_lo)}, {pct(r.ci_hi)}] | "
+                     f"{_pct(r.median_response_bias, 2)} [{_pct(r.ci_lo, 2)}, "
+                     f"{_pct(r.ci_hi, 2)}] | "
                      f"{_num(r.rel_scatter, '.3f')} | "
                      f"{_num(getattr(r, 'null_pull_median', None), '+.3f')}, "
                      f"{_num(getattr(r, 'null_pull_mean', None), '+.3f')} |")
@@ -154,7 +153,7 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
     float
         Wall time of all the runs, s.
     """
-    from pausdenoise.inject.metrics import TABLE_FILES, injection_tables
+    from pausdenoise.inject.metrics import injection_tables
     from pausdenoise.photometry.driver import read_photometry
     from pausdenoise.pipeline.stages.inject import _colour_bands
 
@@ -229,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tables = {n: pd.read_csv(tables_dir / f"{n}.csv").to_dict(orient="records")
-                  for n in ("bias_by_bin", "transfer", "colour_bias", "response")
-                  if (tables_dir / f"{n}.csv").exists()}
+                  for n in TABLE_FILES.values() if (tables_dir / f"{n}.csv").exists()}
         args.json.write_text(json.dumps(tables, indent=1, default=float))
     if args.append:
         results = Path(__file__).resolve().parent / "RESULTS.md"

@@ -89,17 +89,9 @@ _TRUTH_COLUMNS = ("band", "I_auto", "flux_true_adu", "flux_true_aper_adu", "flux
 _RAW = {"flux": "f_raw", "flux_err": "e_raw", "flags": "fl_raw",
         "flux_prof": "f_prof", "flux_prof_err": "e_prof", "flags_prof": "fl_prof"}
 _DEN = {"flux": "f_den", "flux_err": "e_den", "flags": "fl_den"}
-#: the photometry before injection: kind → its columns in the joined table
-_NULL = {"raw": {"flux": "f_raw0", "flux_err": "e_raw0", "flags": "fl_raw0",
-                 "flux_prof": "f_prof0", "flux_prof_err": "e_prof0", "flags_prof": "fl_prof0"},
-         "denoised": {"flux": "f_den0", "flux_err": "e_den0", "flags": "fl_den0"}}
-#: response estimators → (flux, flags, null flux, null error, null flags, truth) columns
-_RESPONSE = {
-    "raw_aperture": ("f_raw", "fl_raw", "f_raw0", "e_raw0", "fl_raw0", "flux_true_aper_adu"),
-    "denoised_aperture": ("f_den", "fl_den", "f_den0", "e_den0", "fl_den0",
-                          "flux_true_aper_adu"),
-    "raw_profile": ("f_prof", "fl_prof", "f_prof0", "e_prof0", "fl_prof0", "flux_true_adu"),
-}
+#: the photometry before injection: kind → its columns in the joined table (suffix 0)
+_NULL = {"raw": {k: f"{v}0" for k, v in _RAW.items()},
+         "denoised": {k: f"{v}0" for k, v in _DEN.items()}}
 #: estimator → (flux, error, flags, presence, truth) columns of the joined table
 _SPEC = {
     "raw_aperture": ("f_raw", "e_raw", "fl_raw", "has_raw", "flux_true_aper_adu"),
@@ -108,6 +100,9 @@ _SPEC = {
                                     "flux_true_aper_adu"),
     "raw_profile": ("f_prof", "e_prof", "fl_prof", "has_prof", "flux_true_adu"),
 }
+#: response estimators → (flux, flags, null flux, null error, null flags, truth) columns
+_RESPONSE = {est: (f, fl, f"{f}0", f"{e}0", f"{fl}0", t)
+             for est, (f, e, fl, _, t) in _SPEC.items() if est != "denoised_aperture_corrected"}
 _CHUNK = 4_000_000  # bootstrap replicates × rows handled at once (memory bound)
 
 
