@@ -116,11 +116,19 @@ def colour_lines(colour: pd.DataFrame) -> list[str]:
     rows = colour[colour["n"] > 0]
     if rows.empty:
         return ["(no colour: one band only)"]
-    lines = [f"colour {rows['colour'].iloc[0]}, {rows['method'].iloc[0]}:", "",
-             "| estimator | I_auto | n | colour bias [mag] [95 % CI] |", "|---|---|---:|---|"]
+    scale = "scale_colour_bias" in rows.columns
+    lines = [f"colour {rows['colour'].iloc[0]}, {rows['method'].iloc[0]}"
+             + (" and the colour of the bands' flux scales" if scale else "") + ":", "",
+             "| estimator | I_auto | n | colour bias [mag] [95 % CI] |"
+             + (" flux-scale colour bias [mag] [95 % CI] |" if scale else ""),
+             "|---|---|---:|---|" + ("---|" if scale else "")]
     for r in rows.itertuples():
-        lines.append(f"| {r.estimator} | {r.bin} | {r.n} | {r.median_colour_bias:+.3f} "
-                     f"[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}] |")
+        line = (f"| {r.estimator} | {r.bin} | {r.n} | {r.median_colour_bias:+.3f} "
+                f"[{r.ci_lo:+.3f}, {r.ci_hi:+.3f}] |")
+        if scale:
+            line += (f" {_num(r.scale_colour_bias, '+.3f')} [{_num(r.scale_ci_lo, '+.3f')}, "
+                     f"{_num(r.scale_ci_hi, '+.3f')}] |")
+        lines.append(line)
     return lines
 
 
@@ -145,7 +153,8 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
     Each realisation's ``ref_id`` is shifted by ``k × REALISATION_ID_STEP`` (k its index) so
     that sources stay distinct (bootstrap intervals resample whole sources). Writes
     ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv``, ``response.csv`` (when
-    every realisation has its photometry before injection) and ``truth.parquet`` to
+    every realisation has its photometry before injection), ``truth.parquet`` and the
+    injected rows' ``photometry.parquet`` (and ``photometry_null.parquet``) to
     ``<out>/inject-pooled``.
 
     Returns
@@ -180,6 +189,9 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
         if name in tables:
             tables[name].to_csv(pooled / f"{fname}.csv", index=False)
     truth.to_parquet(pooled / "truth.parquet", index=False)
+    pd.concat(phots, ignore_index=True).to_parquet(pooled / "photometry.parquet", index=False)
+    if null is not None:
+        null.to_parquet(pooled / "photometry_null.parquet", index=False)
     return seconds
 
 

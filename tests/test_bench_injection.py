@@ -63,3 +63,15 @@ def test_recorded_command_keeps_quoted_arguments(bench, tmp_path, capsys):
     command = next(line for line in out.splitlines() if line.startswith("command: "))
     assert shlex.split(command.removeprefix("command: `").rstrip(" `"))[2:] == args
     assert "| raw_profile | 22-23 | 120 (1) |" in out and "(no colour: one band only)" in out
+
+
+def test_colour_lines_show_the_flux_scale_colour_when_the_table_has_it(bench):
+    row = {"estimator": "raw_profile", "colour": "NB455-NB845", "bin": "22-23", "n": 80,
+           "median_colour_bias": -0.01, "ci_lo": -0.04, "ci_hi": 0.02, "method": "per source"}
+    old = bench.colour_lines(pd.DataFrame([row]))
+    assert old[2].count("|") == 5
+    assert old[4] == "| raw_profile | 22-23 | 80 | -0.010 [-0.040, +0.020] |"
+    new = bench.colour_lines(pd.DataFrame([{**row, "scale_colour_bias": 0.005,
+                                            "scale_ci_lo": np.nan, "scale_ci_hi": 0.012}]))
+    assert "flux scales" in new[0] and new[2].count("|") == 6
+    assert new[4] == "| raw_profile | 22-23 | 80 | -0.010 [-0.040, +0.020] | +0.005 [—, +0.012] |"

@@ -69,7 +69,12 @@ def test_figures_show_every_estimator_and_band(tables):
     ratio = (np.asarray(lines["denoised, aperture / T (cross-fitted)"])
              / np.asarray(lines["raw, aperture"]))
     assert np.allclose(ratio, 0.5 / 0.95, atol=0.12)
-    assert len(fig_colour_bias(tables["colour"]).axes) == 1
+    col = fig_colour_bias(tables["colour"])
+    assert [ax.get_title() for ax in col.axes] == ["median Δ(NB455-NB845) [mmag]",
+                                                   "flux-scale Δ(NB455-NB845) [mmag]"]
+    old_table = tables["colour"].drop(columns=["scale_colour_bias", "scale_ci_lo",
+                                               "scale_ci_hi"])
+    assert len(fig_colour_bias(old_table).axes) == 1  # tables written before the column
     assert len(fig_transfer(tables["transfer"]).axes) == 1
 
 

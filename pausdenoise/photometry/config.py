@@ -17,8 +17,9 @@ __all__ = ["EMPTY_NOISE_MODEL", "PhotFlag", "PhotometryConfig", "ProfFlag"]
 
 #: Version of the empty-aperture σ(A) model of :mod:`pausdenoise.photometry.empty` (part of
 #: the fingerprint with ``errors="empty"``): "loglog-8" = 8 radii, σ68 interpolated in log–log;
-#: "profile-veff" = the profile errors' sky variance per pixel measured once per frame.
-EMPTY_NOISE_MODEL = "loglog-8;profile-veff"
+#: "profile-veff-span" = the profile errors' sky variance per pixel measured once per frame,
+#: with profiles spanning the catalogue's range of profile areas.
+EMPTY_NOISE_MODEL = "loglog-8;profile-veff-span"
 
 
 class PhotFlag(IntFlag):

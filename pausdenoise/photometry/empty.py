@@ -438,6 +438,71 @@ def sky_variance(noise: EmptyApertureNoise, area: np.ndarray) -> np.ndarray:
     return noise.sigma_at(area) ** 2
 
 
+def profile_area_proxy(shapes: tuple[np.ndarray, ...], fwhm_px: float) -> np.ndarray:
+    """Return a quick estimate of each row's profile effective area (Σp)²/Σp², px².
+
+    The profile is taken as one Gaussian: the intrinsic shape's half-light semi-axes as
+    1.1774 σ along each axis (``hlr/√q`` and ``hlr·√q``), plus the PSF's FWHM as a
+    Gaussian's and the pixel box (1/12 px² per axis); a Gaussian of covariance C has
+    effective area 4π √det C. Enough to order the rows by extent, not to replace the
+    stamp sums of :func:`~pausdenoise.photometry.profile.profile_fluxes`.
+
+    Parameters
+    ----------
+    shapes : tuple of ndarray
+        ``(hlr_px, q, bulge_frac)`` (:func:`~pausdenoise.photometry.profile.intrinsic_shapes`;
+        circularised half-light radius in px, axis ratio b/a).
+    fwhm_px : float
+        The frame's PSF FWHM, px.
+
+    Returns
+    -------
+    ndarray of float
+        Effective areas, px² (NaN where a shape is not finite).
+    """
+    hlr, q = np.asarray(shapes[0], dtype=float), np.asarray(shapes[1], dtype=float)
+    s2 = (hlr / 1.1774) ** 2
+    v = (fwhm_px / 2.3548) ** 2 + 1.0 / 12.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        det = (s2 / q + v) * (s2 * q + v)
+    return 4.0 * np.pi * np.sqrt(det)
+
+
+def spanning_rows(area: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``n`` catalogue rows whose profile areas span the catalogue's whole range.
+
+    Half are drawn at random (the catalogue's own mix of sizes), half at areas spaced
+    evenly in log between the smallest and the largest finite ``area`` (the row nearest to
+    each, in log), so that the largest profiles of the frame, often its brightest
+    galaxies and rare among the rows, are measured too instead of extrapolated to.
+
+    Parameters
+    ----------
+    area : ndarray of float
+        Each row's effective area (:func:`profile_area_proxy`), px².
+    n : int
+        Rows wanted (repeats allowed).
+    rng : numpy.random.Generator
+        Random draws.
+
+    Returns
+    -------
+    ndarray of int
+        Row indices into ``area``, shuffled.
+    """
+    pick = rng.integers(0, len(area), n)
+    ok = np.flatnonzero(np.isfinite(area) & (area > 0))
+    if ok.size < 2 or n < 2:
+        return pick
+    order = ok[np.argsort(area[ok])]
+    la = np.log(area[order])
+    grid = np.linspace(la[0], la[-1], n - n // 2)
+    j = np.clip(np.searchsorted(la, grid), 1, la.size - 1)
+    j -= (grid - la[j - 1]) < (la[j] - grid)  # the nearer of the two neighbours
+    pick[n // 2:] = order[j]
+    return rng.permutation(pick)
+
+
 def profile_sky_variance(
     field: EmptyField,
     mask: np.ndarray | None,
@@ -454,7 +519,8 @@ def profile_sky_variance(
 ) -> Callable[[np.ndarray], np.ndarray] | None:
     """Measure the sky variance per pixel that makes the profile flux's errors right.
 
-    ``2 × config.empty_apertures`` catalogue rows drawn at random (their shapes and angles)
+    ``2 × config.empty_apertures`` catalogue rows (their shapes and angles; half at random,
+    half spread evenly in log profile area over the catalogue's range: :func:`spanning_rows`)
     are put at empty positions of ``field`` (:func:`empty_field`), measured with
     :func:`~pausdenoise.photometry.profile.profile_fluxes` and the recipe's annulus sky, in
     batches whose stamps do not overlap one another; each is fitted jointly with the
@@ -468,8 +534,10 @@ def profile_sky_variance(
     scatter says little about the noise at profile scales (on the SAAO frames V_eff is
     tens of times the annulus variance, growing with the profile's extent).
     V_eff depends on the profile's extent: it is measured in up to 3 quantile bins of the
-    effective area (Σp)²/Σp² and fitted as V_eff = c·A^γ (a constant with one bin), held
-    at its end values outside the measured range.
+    effective area (Σp)²/Σp² and fitted as V_eff = c·A^γ, γ clipped to [0, 1] (a constant
+    with one bin), held at its end values outside the measured areas. Measuring the
+    largest profiles rather than extrapolating to them matters on a crowded field: there
+    V_eff grows with the area, and the brightest galaxies are the largest.
 
     Parameters
     ----------
@@ -510,7 +578,7 @@ def profile_sky_variance(
     cx, cy = free_positions(field, r, config.annulus_r_out, 2 * config.empty_apertures, rng)
     if cx.size < 2 * MIN_PER_RADIUS:
         return None
-    pick = rng.integers(0, len(x), cx.size)
+    pick = spanning_rows(profile_area_proxy(shapes, fwhm_px), cx.size, rng)
     sky = empty_sky(field, mask, cx, cy, config, sat_level)
     radii = stamp_radii(shapes[0], shapes[1], fwhm_px, config).astype(float)
     # batches whose stamps do not overlap: each position is fitted alone among the catalogue
@@ -538,19 +606,20 @@ def profile_sky_variance(
         return None
     z, area = z[ok], area[ok]
     nbin = int(min(3, z.size // (2 * MIN_PER_RADIUS)))
-    edges = np.quantile(area, np.linspace(0.0, 1.0, nbin + 1))
-    which = np.clip(np.searchsorted(edges, area, side="right") - 1, 0, nbin - 1)
-    full = [i for i in range(nbin) if (which == i).sum() >= MIN_PER_RADIUS]
-    a_bin = np.array([np.median(area[which == i]) for i in full])
-    v_bin = np.array([sigma68(z[which == i]) ** 2 for i in full])
-    if len(full) < 2 or np.ptp(np.log(a_bin)) < 0.05:
+    # equal-count bins by rank (quantile edges collapse when many profiles share one size)
+    groups = np.array_split(np.argsort(area, kind="stable"), max(nbin, 1))
+    a_bin = np.array([np.median(area[g]) for g in groups])
+    v_bin = np.array([sigma68(z[g]) ** 2 for g in groups])
+    if len(groups) < 2 or np.ptp(np.log(a_bin)) < 0.05:
         v0 = float(sigma68(z) ** 2)
         return lambda area_eff: np.full(np.shape(area_eff), v0)
     gamma, icpt = np.polyfit(np.log(a_bin), np.log(v_bin), 1)
-    lo, hi = float(a_bin.min()), float(a_bin.max())
+    gamma = float(np.clip(gamma, 0.0, 1.0))  # white (0) to coherent over the profile (1)
+    icpt = float(np.mean(np.log(v_bin) - gamma * np.log(a_bin)))
+    lo, hi = float(area.min()), float(area.max())
 
     def sky_variance_at(area_eff: np.ndarray) -> np.ndarray:
-        # within the measured range of areas; held at its ends outside it
+        # the power law over the measured areas; held at its ends outside them
         la = np.log(np.clip(np.asarray(area_eff, dtype=float), lo, hi))
         return np.exp(icpt + gamma * la)
 

@@ -155,29 +155,41 @@ def fig_injection_scatter(bias: pd.DataFrame, *, band: str = "all") -> Figure:
 
 
 def fig_colour_bias(colour: pd.DataFrame) -> Figure:
-    """Plot the median (measured − true) colour per I_auto bin, with 95 % intervals.
+    """Plot the (measured − true) colour per I_auto bin, with 95 % intervals.
 
     Parameters
     ----------
     colour : DataFrame
         The ``colour`` table (``estimator, colour, mag_lo, mag_hi, n,
-        median_colour_bias, ci_lo, ci_hi``; mag).
+        median_colour_bias, ci_lo, ci_hi`` and, when present, ``scale_colour_bias,
+        scale_ci_lo, scale_ci_hi``; mag).
 
     Returns
     -------
     Figure
-        Colour bias in mmag versus I_auto, one series per estimator.
+        Colour bias in mmag versus I_auto, one series per estimator: the median per-source
+        colour, and beside it (a second panel, when the table has it) the colour of the
+        bands' flux scales; ±20 mmag shaded.
     """
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for k, est in enumerate(ESTIMATORS):
-        t = colour[(colour["estimator"] == est) & (colour["n"] > 0)]
-        if len(t):
-            _errorbars(ax, t, "median_colour_bias", "ci_lo", "ci_hi", k, est, 1000.0)
-    ax.axhline(0.0, color="k", lw=0.7, ls=":")
+    scale = "scale_colour_bias" in colour.columns
+    fig, axes = plt.subplots(1, 2 if scale else 1, figsize=(12 if scale else 6.5, 3.8),
+                             squeeze=False, sharey=True)
     name = str(colour["colour"].iloc[0]) if len(colour) else ""
-    ax.set_xlabel("I_auto [AB mag]")
-    ax.set_ylabel(f"median Δ({name}) [mmag]")
-    ax.legend(fontsize=7)
+    panels = [("median_colour_bias", "ci_lo", "ci_hi", f"median Δ({name}) [mmag]")]
+    if scale:
+        panels.append(("scale_colour_bias", "scale_ci_lo", "scale_ci_hi",
+                       f"flux-scale Δ({name}) [mmag]"))
+    for ax, (y, lo, hi, label) in zip(axes[0], panels, strict=True):
+        for k, est in enumerate(ESTIMATORS):
+            t = colour[(colour["estimator"] == est) & (colour["n"] > 0)]
+            if len(t):
+                _errorbars(ax, t, y, lo, hi, k, est, 1000.0)
+        ax.axhspan(-20.0, 20.0, color="0.92", zorder=0)
+        ax.axhline(0.0, color="k", lw=0.7, ls=":")
+        ax.set_xlabel("I_auto [AB mag]")
+        ax.set_title(label, fontsize=9)
+    axes[0, 0].set_ylabel("colour bias [mmag]")
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 

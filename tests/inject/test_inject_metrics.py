@@ -344,6 +344,9 @@ def test_summary_lines_name_the_worst_bin(unbiased):
     for est in ESTIMATORS:
         assert any(line.startswith(f"{est}: worst |median bias|") for line in lines)
     assert any("transfer" in line for line in lines)
+    colour = [line for line in lines if "worst colour bias" in line]
+    assert len(colour) == len(ESTIMATORS)
+    assert all("of the flux scales" in line and "95 % CI" in line for line in colour)
 
 
 @pytest.mark.parametrize("cluster_size", [1, 7])
@@ -390,3 +393,25 @@ def test_one_band_gives_an_empty_colour_table():
     phot, truth = make_tables(n_src=100, n_exp=2, bands=("I",))
     col = injection_tables(phot, truth, n_boot=20, colour_bands=("I", "I"))["colour"]
     assert (col["n"] == 0).all() and col["median_colour_bias"].isna().all()
+
+
+def test_scale_colour_finds_a_band_scale_error_with_a_narrower_interval():
+    """A 4 % flux-scale error of the profile flux in NB455 only: the colour of the bands'
+    flux scales comes out at −2.5 log10 1.04 within its interval, with an interval
+    narrower than the median per-source colour's (weights F²/V use the truth's
+    Cramér–Rao variance); an unbiased estimator's interval covers 0."""
+    phot, truth = make_tables(n_src=3000, n_exp=2, mags=(22.0, 24.0), seed=5)
+    raw455 = ((phot["kind"] == "raw") & (phot["band"] == "NB455")).to_numpy()
+    f_true = 400.0 * 10 ** (-0.4 * (phot["I_auto"].to_numpy() - 24.0))
+    phot.loc[raw455, "flux_prof"] += 0.04 * f_true[raw455]
+    col = injection_tables(phot, truth, mag_bins=(22, 23, 24), n_boot=400, seed=2)["colour"]
+    for lab in ("22-23", "23-24"):
+        prof = col[(col["estimator"] == "raw_profile") & (col["bin"] == lab)].iloc[0]
+        want = -2.5 * np.log10(1.04)
+        assert prof["scale_ci_lo"] <= want <= prof["scale_ci_hi"]
+        assert prof["scale_colour_bias"] == pytest.approx(want, abs=0.01)
+        assert (prof["scale_ci_hi"] - prof["scale_ci_lo"]) < (prof["ci_hi"] - prof["ci_lo"])
+        ap = col[(col["estimator"] == "raw_aperture") & (col["bin"] == lab)].iloc[0]
+        assert ap["scale_ci_lo"] <= 0.0 <= ap["scale_ci_hi"]
+    one = injection_tables(*make_tables(n_src=200, bands=("NB455",)), n_boot=10)["colour"]
+    assert one["scale_colour_bias"].isna().all()

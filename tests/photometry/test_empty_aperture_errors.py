@@ -281,3 +281,73 @@ def test_profile_sky_variance_replaces_the_annulus_variance():
     np.testing.assert_array_equal(got["flux"], base["flux"])
     # the error is linear in (V, σ_b²) jointly: V → 400 multiplies it by sqrt(400 / V)
     np.testing.assert_allclose(got["flux_err"], base["flux_err"] * np.sqrt(400.0 / v), rtol=1e-9)
+
+
+def test_spanning_rows_cover_the_whole_range_of_profile_areas():
+    """Half the picks follow the catalogue's mix, half are spread in log area, so the rare
+    largest and smallest profiles are always among them; non-finite areas only by chance."""
+    from pausdenoise.photometry.empty import spanning_rows
+
+    rng = np.random.default_rng(8)
+    area = np.r_[rng.lognormal(np.log(40.0), 0.2, 995), [400.0, 900.0, 3.0], [np.nan, -1.0]]
+    pick = spanning_rows(area, 200, np.random.default_rng(1))
+    assert pick.size == 200 and pick.min() >= 0 and pick.max() < area.size
+    assert {995, 996, 997} <= set(pick.tolist())  # both ends of the range and the one between
+    big = np.isin(pick, [995, 996])
+    assert big.sum() >= 15  # the log-spaced half reaches the sparse upper range repeatedly
+    # a frame with one row: every pick is that row
+    np.testing.assert_array_equal(spanning_rows(np.array([50.0]), 7, rng), np.zeros(7, int))
+
+
+def test_profile_area_proxy_orders_profiles_as_their_stamp_sums_do():
+    """The one-Gaussian effective area ranks profiles of varied size and axis ratio as the
+    stamp sums (Σp)²/Σp² of the real profiles do, and is within a factor 2 of them."""
+    from scipy.stats import spearmanr
+
+    from pausdenoise.photometry.empty import profile_area_proxy
+    from pausdenoise.photometry.profile import profile_fluxes
+
+    rng = np.random.default_rng(9)
+    n = 40
+    shapes = (rng.uniform(0.0, 6.0, n), rng.uniform(0.2, 1.0, n), rng.uniform(0.0, 0.6, n))
+    image = np.zeros((200, 200 * n))
+    pixels = {"image": image.ravel(), "good": np.ones(image.size, bool),
+              "sat": np.zeros(image.size, bool), "shape": image.shape}
+    x, y = 100.0 + 200.0 * np.arange(n), np.full(n, 100.0)
+    res = profile_fluxes(pixels, x, y, rng.uniform(0, np.pi, n), shapes, fwhm_px=3.5, beta=3.0,
+                         sky=(np.zeros(n), np.ones(n), np.zeros(n)), gain=np.inf,
+                         config=_config(profile=True, pixel_scale=1.0))
+    proxy = profile_area_proxy(shapes, 3.5)
+    assert spearmanr(proxy, res["area_eff"]).statistic > 0.95
+    assert np.all((proxy / res["area_eff"] > 0.5) & (proxy / res["area_eff"] < 2.0))
+
+
+def test_profile_errors_hold_for_rare_large_profiles_in_correlated_noise():
+    """Noise correlated over ~2.5 px makes V_eff grow with the profile's area; with only
+    8 % of the catalogue large, the large profiles' errors are still calibrated because
+    V_eff is measured at their sizes (random rows alone: σ68 ≈ 1.5)."""
+    from pausdenoise.psf import PsfEstimate
+
+    rng = np.random.default_rng(21)
+    psf = PsfEstimate(fwhm_px=3.0, beta=3.0, n_stars=0, source="header")
+    cfg = _config(errors="empty", profile=True, pixel_scale=1.0)
+    big, small = [], []
+    for k in range(8):
+        image = SKY + _noise(rng, 2.5, 8.0)
+        g = np.arange(50.0, N - 45, 24.0)
+        xs, ys = (v.ravel() + rng.uniform(-3, 3, v.size) for v in np.meshgrid(g, g))
+        large = rng.random(xs.size) < 0.08
+        hlr = np.where(large, 4.0, 0.3)
+        cat = pd.DataFrame({"ref_id": np.arange(xs.size), "aperture_x": xs, "aperture_y": ys,
+                            "aperture_a": 2.5 * hlr + 3, "aperture_b": 2.5 * hlr + 3,
+                            "aperture_theta": 0.0, "profile_hlr": hlr, "profile_q": 1.0,
+                            "profile_bulge_frac": 0.0})
+        ph = measure_frame(image, None, cat, cfg, gain=GAIN, psf=psf, expnum=k, ccd=1)
+        ok = (ph["flags_prof"] == 0).to_numpy()
+        z = (ph["flux_prof"] / ph["flux_prof_err"]).to_numpy()  # nothing there: truth 0
+        big.append(z[ok & large])
+        small.append(z[ok & ~large])
+    big, small = np.concatenate(big), np.concatenate(small)
+    assert big.size >= 80 and small.size >= 1000
+    assert sigma68(big) == pytest.approx(1.0, abs=0.15)
+    assert sigma68(small) == pytest.approx(1.0, abs=0.1)
