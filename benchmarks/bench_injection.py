@@ -100,14 +100,20 @@ def bias_lines(bias: pd.DataFrame) -> list[str]:
     """The bias table (all bands together; bins without injections left out) as markdown
     lines."""
     rows = bias[(bias["band"] == "all") & (bias["n"] + bias["n_flagged"] > 0)]
+    scale = "scale_bias" in rows.columns
     lines = ["| estimator | I_auto | n (flagged) | median bias % [95 % CI] | pull σ68 [95 % CI] "
-             "| σ68(ΔF/F) | σ / Cramér–Rao |", "|---|---|---:|---|---|---:|---:|"]
+             "| σ68(ΔF/F) | σ / Cramér–Rao |" + (" flux-scale bias % [95 % CI] |" if scale else ""),
+             "|---|---|---:|---|---|---:|---:|" + ("---|" if scale else "")]
     for r in rows.itertuples():
         ci = f"[{_pct(r.ci_lo)}, {_pct(r.ci_hi)}]"
         pull_ci = f"[{_num(r.pull_ci_lo)}, {_num(r.pull_ci_hi)}]"
-        lines.append(f"| {r.estimator} | {r.bin} | {r.n} ({r.n_flagged}) | "
-                     f"{_pct(r.median_rel_bias)} {ci} | {_num(r.pull_sigma68)} {pull_ci} | "
-                     f"{_num(r.rel_scatter, '.3f')} | {_num(r.cr_ratio)} |")
+        line = (f"| {r.estimator} | {r.bin} | {r.n} ({r.n_flagged}) | "
+                f"{_pct(r.median_rel_bias)} {ci} | {_num(r.pull_sigma68)} {pull_ci} | "
+                f"{_num(r.rel_scatter, '.3f')} | {_num(r.cr_ratio)} |")
+        if scale:
+            line += (f" {_pct(r.scale_bias)} [{_pct(r.scale_ci_lo)}, "
+                     f"{_pct(r.scale_ci_hi)}] |")
+        lines.append(line)
     return lines
 
 

@@ -75,3 +75,12 @@ def test_colour_lines_show_the_flux_scale_colour_when_the_table_has_it(bench):
                                             "scale_ci_lo": np.nan, "scale_ci_hi": 0.012}]))
     assert "flux scales" in new[0] and new[2].count("|") == 6
     assert new[4] == "| raw_profile | 22-23 | 80 | -0.010 [-0.040, +0.020] | +0.005 [—, +0.012] |"
+
+
+def test_bias_lines_add_the_flux_scale_bias_when_the_table_has_it(bench):
+    row = _bias_row("raw_profile", "all", "22-23", 120, 0)
+    assert "flux-scale" not in bench.bias_lines(pd.DataFrame([row]))[0]
+    lines = bench.bias_lines(pd.DataFrame([{**row, "scale_bias": -0.004, "scale_ci_lo": -0.011,
+                                            "scale_ci_hi": 0.002}]))
+    assert lines[0].endswith("| flux-scale bias % [95 % CI] |") and lines[1].endswith("---:|---|")
+    assert lines[2].endswith("| -0.4 [-1.1, +0.2] |")

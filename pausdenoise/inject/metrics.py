@@ -42,7 +42,7 @@ vectorised (per-replicate source counts as weights of one sorted array).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -458,6 +458,7 @@ def _group_stats(a: Mapping[str, np.ndarray], total_flux: bool, n_boot: int,
     p68, p_lo, p_hi = _sigma68_ci(pull, ref, n_boot, rng)
     n_pull = int(np.isfinite(pull).sum())
     cr_med = _nanmedian(a["cr_sd"][use][ok])
+    scale, s_lo, s_hi = _scale_bias_ci(a, n_boot, rng.spawn(1)[0])
     return {
         "n": int(ok.sum()), "n_flagged": int(a["flagged"].sum()),
         "n_nonfinite": int((~ok).sum()),
@@ -470,6 +471,7 @@ def _group_stats(a: Mapping[str, np.ndarray], total_flux: bool, n_boot: int,
         "cr_vs_raw": _nanmedian(cr_raw),
         "cr_ratio": sigma68(d[ok]) / cr_med if (total_flux and cr_med > 0) else np.nan,
         "cr_pull_sigma68": sigma68(vs_cr) if total_flux else np.nan,
+        "scale_bias": scale, "scale_ci_lo": s_lo, "scale_ci_hi": s_hi,
     }
 
 
@@ -609,18 +611,93 @@ def _median_diff_ci(v0: np.ndarray, v1: np.ndarray, n_boot: int,
     return d, float(lo), float(hi)
 
 
+def _scale_sums(f: np.ndarray, ft: np.ndarray, v: np.ndarray, cl: np.ndarray,
+                n_c: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per cluster, the numerator Σ F̂F/V and denominator Σ F²/V of the flux scale.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(num, den)``, each of length ``n_c``.
+    """
+    return np.bincount(cl, f * ft / v, n_c), np.bincount(cl, ft * ft / v, n_c)
+
+
+def _scale_ci(stat: Callable[[np.ndarray], np.ndarray], n_c: int, n_boot: int,
+              rng: np.random.Generator) -> tuple[float, float, float]:
+    """Evaluate a flux-scale statistic of cluster weights, with its 95 % bootstrap interval.
+
+    ``stat(weights)`` takes a (…, n_c) array of per-cluster weights (1: every cluster
+    once; bootstrap counts) and returns the statistic per row.
+
+    Returns
+    -------
+    tuple of float
+        ``(value, lo, hi)``; the interval NaN with ``n_boot < 1`` or no finite replicate.
+    """
+    value = float(stat(np.ones(n_c)))
+    if n_boot < 1:
+        return value, np.nan, np.nan
+    reps = []
+    for s in range(0, n_boot, 100):
+        draws = rng.integers(0, n_c, (min(100, n_boot - s), n_c))
+        reps.append(stat(np.stack([np.bincount(d, minlength=n_c) for d in draws]).astype(float)))
+    r = np.concatenate(reps)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return value, np.nan, np.nan
+    lo, hi = np.percentile(r, [2.5, 97.5])
+    return value, float(lo), float(hi)
+
+
+def _scale_rows(a: Mapping[str, np.ndarray], sel: np.ndarray) -> np.ndarray:
+    """Return the rows of ``sel`` usable for a flux scale (present, unflagged, finite, V > 0).
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    var = a["cr_sd"] ** 2
+    with np.errstate(invalid="ignore"):
+        return (sel & a["present"] & ~a["flagged"] & np.isfinite(a["f"]) & np.isfinite(a["ft"])
+                & np.isfinite(var) & (var > 0))
+
+
+def _scale_bias_ci(a: Mapping[str, np.ndarray], n_boot: int,
+                   rng: np.random.Generator) -> tuple[float, float, float]:
+    """Flux-scale bias k̂ − 1 of one cell, k̂ = Σ F̂F/V / Σ F²/V, with its 95 % interval.
+
+    The least-squares fit of F̂ = k F over the cell's unflagged rows, weighted by the
+    Cramér–Rao variance V of each row (from the truth, not from the measured pixels): the
+    population's mean scale error, the minimum-variance estimate of it for a flux estimator
+    linear in the pixels. Sources (``ref``) are resampled.
+
+    Returns
+    -------
+    tuple of float
+        ``(k̂ − 1, lo, hi)``; NaN without a usable row.
+    """
+    ok = _scale_rows(a, np.ones(a["f"].shape, bool))
+    if not ok.any():
+        return np.nan, np.nan, np.nan
+    _, cl = np.unique(a["ref"][ok], return_inverse=True)
+    n_c = int(cl.max()) + 1
+    num, den = _scale_sums(a["f"][ok], a["ft"][ok], a["cr_sd"][ok] ** 2, cl, n_c)
+    if not (den > 0).any():
+        return np.nan, np.nan, np.nan
+    return _scale_ci(lambda wts: (wts @ num) / (wts @ den) - 1.0, n_c, n_boot, rng)
+
+
 def _scale_colour_ci(w: pd.DataFrame, a: Mapping[str, np.ndarray], sel: np.ndarray,
                      colour_bands: Sequence[str], n_boot: int,
                      rng: np.random.Generator) -> tuple[float, float, float]:
     """Colour bias from the two bands' flux scales, with its 95 % cluster-bootstrap interval.
 
-    Per band, the flux scale k̂ = Σ F̂F/V / Σ F²/V over the unflagged rows of ``sel`` (the
-    least-squares fit of F̂ = k F, weighted by each row's Cramér–Rao variance V, known from
-    the truth and not from the measured pixels); the colour bias is −2.5 log10(k̂₀/k̂₁). For
-    a flux estimator that is linear in the pixels this is the minimum-variance estimate of
-    a common scale error, which is what a photo-z fit to fluxes sees; the median of
-    per-source colours, dominated by the faintest sources' skewed magnitudes, needs several
-    times more injections for the same interval. Sources (``ref_id``) are resampled.
+    Per band, the flux scale k̂ = Σ F̂F/V / Σ F²/V over the unflagged rows of ``sel``
+    (:func:`_scale_bias_ci`); the colour bias is −2.5 log10(k̂₀/k̂₁). This is the colour
+    error a photo-z fit to fluxes sees; the median of per-source colours, dominated by the
+    faintest sources' skewed magnitudes, needs several times more injections for the same
+    interval. Sources (``ref_id``) are resampled, jointly in both bands.
 
     Returns
     -------
@@ -629,17 +706,14 @@ def _scale_colour_ci(w: pd.DataFrame, a: Mapping[str, np.ndarray], sel: np.ndarr
         is ≤ 0.
     """
     band = w["band"].to_numpy(str)
-    var = a["cr_sd"] ** 2
-    with np.errstate(invalid="ignore"):
-        ok = (sel & a["present"] & ~a["flagged"] & np.isfinite(a["f"]) & np.isfinite(a["ft"])
-              & np.isfinite(var) & (var > 0))
+    ok = _scale_rows(a, sel)
     _, cl = np.unique(a["ref"][ok], return_inverse=True)
     n_c = int(cl.max()) + 1 if cl.size else 0
     sums = []
     for b in colour_bands[:2]:
         inb = band[ok] == b
-        f, ft, v = a["f"][ok][inb], a["ft"][ok][inb], var[ok][inb]
-        sums.append((np.bincount(cl[inb], f * ft / v, n_c), np.bincount(cl[inb], ft * ft / v, n_c)))
+        sums.append(_scale_sums(a["f"][ok][inb], a["ft"][ok][inb], a["cr_sd"][ok][inb] ** 2,
+                                cl[inb], n_c))
     if n_c == 0 or any(not (d > 0).any() for _, d in sums):
         return np.nan, np.nan, np.nan
 
@@ -648,20 +722,7 @@ def _scale_colour_ci(w: pd.DataFrame, a: Mapping[str, np.ndarray], sel: np.ndarr
         with np.errstate(divide="ignore", invalid="ignore"):
             return -2.5 * np.log10(np.where((k[0] > 0) & (k[1] > 0), k[0] / k[1], np.nan))
 
-    c = float(colour(np.ones(n_c)))
-    if n_boot < 1:
-        return c, np.nan, np.nan
-    reps = []
-    for s in range(0, n_boot, 100):
-        draws = rng.integers(0, n_c, (min(100, n_boot - s), n_c))
-        counts = np.stack([np.bincount(d, minlength=n_c) for d in draws]).astype(float)
-        reps.append(colour(counts))
-    reps = np.concatenate(reps)
-    reps = reps[np.isfinite(reps)]
-    if reps.size == 0:
-        return c, np.nan, np.nan
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return c, float(lo), float(hi)
+    return _scale_ci(colour, n_c, n_boot, rng)
 
 
 def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
@@ -801,7 +862,9 @@ def injection_tables(
         median(√CR/σ_raw) (the Cramér–Rao bound of the total flux in the same units);
         for total-flux estimators ``cr_ratio`` = σ68(F̂ − F)/median √CR (1: at the bound)
         and ``cr_pull_sigma68`` = σ68((F̂ − F)/√CR) (per source; NaN for the aperture
-        estimators). ``"transfer"``: per band (and ``"all"``) × bin, ``transfer`` =
+        estimators); ``scale_bias`` = k̂ − 1 with ``scale_ci_lo``, ``scale_ci_hi``, the
+        flux scale k̂ = Σ F̂F/V / Σ F²/V (V the Cramér–Rao variance; :func:`_scale_bias_ci`).
+        ``"transfer"``: per band (and ``"all"``) × bin, ``transfer`` =
         median F̂_den/F_true_aper with CI, and the medians of the even and odd ``ref_id``
         halves. ``"colour"``: per estimator × bin, ``median_colour_bias`` (mag) of
         (measured − true) colour per source, with CI; a source's band magnitude offset is
