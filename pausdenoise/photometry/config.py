@@ -13,13 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pausdenoise.digest import json_digest
 
-__all__ = ["EMPTY_NOISE_MODEL", "PhotFlag", "PhotometryConfig", "ProfFlag"]
+__all__ = ["EMPTY_NOISE_MODEL", "PROFILE_MODEL", "PhotFlag", "PhotometryConfig", "ProfFlag"]
 
 #: Version of the empty-aperture σ(A) model of :mod:`pausdenoise.photometry.empty` (part of
 #: the fingerprint with ``errors="empty"``): "loglog-8" = 8 radii, σ68 interpolated in log–log;
 #: "profile-veff-span" = the profile errors' sky variance per pixel measured once per frame,
 #: with profiles spanning the catalogue's range of profile areas.
 EMPTY_NOISE_MODEL = "loglog-8;profile-veff-span"
+#: Version of the profile-weighted fit of :mod:`pausdenoise.photometry.profile` (part of the
+#: fingerprint with ``profile=True``): "sky-filled" = a row without a usable annulus sky
+#: takes the frame's median sky in its overlap group's joint solve instead of making the
+#: group's fluxes NaN.
+PROFILE_MODEL = "sky-filled"
 
 
 class PhotFlag(IntFlag):
@@ -240,7 +245,8 @@ class PhotometryConfig(BaseModel):
             ``errors`` only when not the default ``"annulus"`` and ``empty_apertures`` only
             with ``errors="empty"``, so partitions written before the options existed stay
             up to date; with ``errors="empty"`` also :data:`EMPTY_NOISE_MODEL` (a change of
-            the σ(A) model remeasures the partitions it wrote).
+            the σ(A) model remeasures the partitions it wrote), and with ``profile=True``
+            :data:`PROFILE_MODEL`.
         """
         d = self.model_dump(exclude={"kinds", "batch_size"})
         if d.get("errors") != "empty":
@@ -249,4 +255,6 @@ class PhotometryConfig(BaseModel):
             d["empty_noise_model"] = EMPTY_NOISE_MODEL
         if d.get("errors") == "annulus":
             del d["errors"]
+        if d.get("profile"):
+            d["profile_model"] = PROFILE_MODEL
         return json_digest(d)

@@ -396,6 +396,7 @@ def _profile_flags(res: dict[str, np.ndarray], approx: np.ndarray, x: np.ndarray
         flags[low] |= ProfFlag.LOW_WEIGHT
         flags[res["sat_frac"] > 1e-3] |= ProfFlag.SATURATED
         flags[st["bkg_n"] < config.min_annulus_pixels] |= ProfFlag.FEW_ANNULUS
+        flags[res["sky_filled"]] |= ProfFlag.FEW_ANNULUS
         off = ~((x >= -0.5) & (x < shape[1] - 0.5) & (y >= -0.5) & (y < shape[0] - 0.5))
         flags[off] |= ProfFlag.OFF_IMAGE
         bad = ~(np.isfinite(res["flux"]) & np.isfinite(res["flux_err"]))

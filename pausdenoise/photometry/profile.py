@@ -522,6 +522,29 @@ def _solve_groups(n: int, pairs: np.ndarray, cross: np.ndarray,
         flux[mem], var[mem] = _solve_group(mem, pairs[sel], cross[sel], sums, sky, gain)
 
 
+def _filled_sky(sky: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Give rows without a usable annulus sky the median sky of the other rows.
+
+    A row whose sky ``b``, variance ``V`` or background variance ``σ_b²`` is not finite
+    (no usable annulus pixel) would make its residual Σp(y − b) NaN, and through the joint
+    solve every flux of its overlap group with it: on a crowded frame one such group can
+    hold most of the catalogue. With the frame's median values the row's light is still
+    modelled for its neighbours; the row itself is flagged (``FEW_ANNULUS``).
+
+    Returns
+    -------
+    tuple
+        ``((b, V, σ_b²), filled)``: the completed arrays and where a value was replaced.
+    """
+    b, v, var_b = sky
+    bad = ~(np.isfinite(b) & np.isfinite(v) & (v > 0) & np.isfinite(var_b) & (var_b >= 0))
+    if not bad.any() or bad.all():
+        return sky, bad
+    good = ~bad
+    return (np.where(bad, np.median(b[good]), b), np.where(bad, np.median(v[good]), v),
+            np.where(bad, np.median(var_b[good]), var_b)), bad
+
+
 def _isolated_estimate(sums: dict[str, np.ndarray], v: np.ndarray, var_b: np.ndarray,
                        gain: float) -> tuple[np.ndarray, np.ndarray]:
     """Compute the single-source flux and variance from the stamp sums (V constant).
@@ -587,7 +610,9 @@ def profile_fluxes(
     dict of str to ndarray, shape (n,)
         ``flux``, ``flux_err`` (ADU), ``weight_left`` (usable Σp² / stamp Σp²),
         ``sat_frac`` (saturated Σp² / stamp Σp²), ``valid`` (usable inputs), ``group_size``,
-        ``area_eff`` (the profile's effective area (Σp)²/Σp² over usable pixels, px²).
+        ``area_eff`` (the profile's effective area (Σp)²/Σp² over usable pixels, px²),
+        ``sky_filled`` (the row's sky was not finite and the frame's median was used:
+        :func:`_filled_sky`).
     """
     hlr, q, frac = shapes
     n = len(x)
@@ -599,11 +624,12 @@ def profile_fluxes(
     if not valid.any():
         nan = np.full(n, np.nan)
         return {"flux": nan, "flux_err": nan, "weight_left": nan, "sat_frac": np.zeros(n),
-                "valid": valid, "group_size": np.zeros(n, dtype=np.int64), "area_eff": nan}
+                "valid": valid, "group_size": np.zeros(n, dtype=np.int64), "area_eff": nan,
+                "sky_filled": np.zeros(n, dtype=bool)}
     coef, amp = profile_components(hlr, q, theta, frac, fwhm_px, beta, config)
     radii = stamp_radii(hlr, q, fwhm_px, config)
     idx = np.flatnonzero(valid)
-    sky_v = tuple(np.asarray(v, dtype=float)[idx] for v in sky)
+    sky_v, filled = _filled_sky(tuple(np.asarray(v, dtype=float)[idx] for v in sky))
     sums, stamps = _all_stamp_sums(coef[idx], amp[idx], xs[idx], ys[idx], radii[idx],
                                    pixels, sky_v[0])
     if sky_variance is not None:
@@ -628,6 +654,8 @@ def profile_fluxes(
         area_eff[idx] = sums["p1"] ** 2 / sums["pp"]
         sat_frac = np.zeros(n)
         sat_frac[idx] = sums["pp_sat"] / sums["pp_all"]
+    sky_filled = np.zeros(n, dtype=bool)
+    sky_filled[idx] = filled
     return {"flux": flux, "flux_err": np.sqrt(var), "weight_left": weight_left,
             "sat_frac": sat_frac, "valid": valid, "group_size": group_size,
-            "area_eff": area_eff}
+            "area_eff": area_eff, "sky_filled": sky_filled}

@@ -351,3 +351,13 @@ def test_profile_errors_hold_for_rare_large_profiles_in_correlated_noise():
     assert big.size >= 80 and small.size >= 1000
     assert sigma68(big) == pytest.approx(1.0, abs=0.15)
     assert sigma68(small) == pytest.approx(1.0, abs=0.1)
+
+
+def test_fingerprint_carries_the_profile_model_version_only_with_the_profile(monkeypatch):
+    import pausdenoise.photometry.config as pc
+
+    with_prof, without = PhotometryConfig(profile=True), PhotometryConfig(profile=False)
+    before = with_prof.fingerprint(), without.fingerprint()
+    monkeypatch.setattr(pc, "PROFILE_MODEL", "another")
+    assert with_prof.fingerprint() != before[0]  # a new profile fit remeasures
+    assert without.fingerprint() == before[1]

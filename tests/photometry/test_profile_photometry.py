@@ -329,3 +329,42 @@ def test_rows_without_profile_values_use_the_aperture():
     assert hlr[0] == pytest.approx(0.0, abs=1e-6) and q[0] == 1.0
     assert hlr[1] == pytest.approx(2.0) and q[1] == pytest.approx(0.25)
     assert hlr[2] == pytest.approx(0.5 / SCALE) and q[2] == 0.5 and frac[2] == 0.2
+
+
+def test_a_member_without_sky_does_not_blank_its_overlap_group(field):
+    """A chain of overlapping sources in which one member has no annulus sky (NaN, as a
+    source whose annulus is all masked): the others keep their joint-fit fluxes (computed
+    with that member's light modelled on the frame's median sky), and the member is
+    flagged, not silently given a NaN that the joint solve spreads to the whole group."""
+    from pausdenoise.photometry.apertures import _aperture_geometry
+    from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usable_pixels
+
+    cat, _ = field
+    chain = cat.iloc[:5].reset_index(drop=True)
+    chain = chain.assign(aperture_x=60.0 + 5.0 * np.arange(5), aperture_y=100.0)
+    img = _render(chain, 200) + 10.0
+    config = PhotometryConfig(pixel_scale=SCALE)
+    x, y, a, b, theta = _aperture_geometry(chain, config)
+    shapes = tuple(intrinsic_shapes(chain, a, b, FWHM_PX, config)[:3])
+    good, sat = usable_pixels(img, None, 0xFFFF, None)
+    pixels = {"image": img.ravel(), "good": good.ravel(), "sat": sat.ravel(),
+              "shape": img.shape}
+
+    def fluxes(sky_b):
+        return profile_fluxes(pixels, x, y, theta, shapes, fwhm_px=FWHM_PX, beta=3.0,
+                              sky=(sky_b, np.ones(5), np.zeros(5)), gain=GAIN, config=config)
+
+    ref = fluxes(np.full(5, 10.0))
+    assert (ref["group_size"] == 5).all() and not ref["sky_filled"].any()
+    got = fluxes(np.array([10.0, 10.0, np.nan, 10.0, 10.0]))
+    assert np.isfinite(got["flux"]).all() and np.isfinite(got["flux_err"]).all()
+    np.testing.assert_allclose(got["flux"], ref["flux"], rtol=1e-9)
+    np.testing.assert_array_equal(got["sky_filled"], [False, False, True, False, False])
+    np.testing.assert_allclose(ref["flux"], chain["flux_true"], rtol=0.02)
+    # measure_frame: a NaN sky row is flagged FEW_ANNULUS in flags_prof
+    from pausdenoise.photometry.measure import _profile_flags
+
+    st = {"bkg_n": np.full(5, 500)}
+    flags = _profile_flags(got, np.zeros(5, bool), x, y, st, img.shape, config)
+    few = (flags & ProfFlag.FEW_ANNULUS) != 0
+    np.testing.assert_array_equal(few, [False, False, True, False, False])
