@@ -251,10 +251,26 @@ class PhotometryConfig(BaseModel):
         d = self.model_dump(exclude={"kinds", "batch_size"})
         if d.get("errors") != "empty":
             del d["empty_apertures"]
-        else:
-            d["empty_noise_model"] = EMPTY_NOISE_MODEL
         if d.get("errors") == "annulus":
             del d["errors"]
-        if d.get("profile"):
-            d["profile_model"] = PROFILE_MODEL
+        d.update(self.model_versions())
         return json_digest(d)
+
+    def model_versions(self) -> dict[str, str]:
+        """Return the versions of the measurement models these settings use.
+
+        A new version changes measured values for the same settings, so it enters both
+        :meth:`fingerprint` (per partition) and the pipeline's stage fingerprints.
+
+        Returns
+        -------
+        dict of str to str
+            ``empty_noise_model`` (:data:`EMPTY_NOISE_MODEL`) with ``errors="empty"``,
+            ``profile_model`` (:data:`PROFILE_MODEL`) with ``profile=True``.
+        """
+        out = {}
+        if self.errors == "empty":
+            out["empty_noise_model"] = EMPTY_NOISE_MODEL
+        if self.profile:
+            out["profile_model"] = PROFILE_MODEL
+        return out

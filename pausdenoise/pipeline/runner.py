@@ -169,7 +169,10 @@ def stage_fingerprints(
     digested. The reference catalogue enters the stages that read it (gan, photometry and
     through photometry compare, evaluate and report) by content: an explicit
     ``input.catalogue`` by the sha256 of its bytes, the simulated survey's by the simulate
-    fingerprint. Files are read only for the stages asked for.
+    fingerprint. The photometry settings come with their measurement models' versions
+    (:meth:`~pausdenoise.photometry.config.PhotometryConfig.model_versions`), so a new
+    profile fit or empty-aperture model redoes the stages that measure. Files are read
+    only for the stages asked for.
 
     Parameters
     ----------
@@ -191,6 +194,7 @@ def stage_fingerprints(
     """
     d = cfg.model_dump(mode="json")
     i, g = d["input"], d["gan"]
+    phot_models = cfg.photometry.model_versions()  # a new measurement model remeasures
     memo: dict[str, str] = {}
 
     def _fp(name: str) -> str:
@@ -217,11 +221,11 @@ def stage_fingerprints(
                           g["max_pairs_per_frame"], d["holdout_exposures_per_band"],
                           _fp("ingest")],
         "gan": lambda: ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"],
-                        d["photometry"], d["compare"]["bins"], _fp("catalogue"),
+                        d["photometry"], phot_models, d["compare"]["bins"], _fp("catalogue"),
                         _fp("stack"), _fp("denoise")],
-        "photometry": lambda: ["photometry", d["photometry"], _fp("catalogue"),
+        "photometry": lambda: ["photometry", d["photometry"], phot_models, _fp("catalogue"),
                                _fp("denoise")],
-        "inject": lambda: ["inject", d["inject"], d["photometry"], d["denoise"],
+        "inject": lambda: ["inject", d["inject"], d["photometry"], phot_models, d["denoise"],
                            _fp("catalogue"), _fp("model"), _fp("ingest")],
         "compare": lambda: (["compare", d["compare"], _fp("photometry")]
                             + ([_fp("inject")] if cfg.compare.denoised_transfer == "inject"

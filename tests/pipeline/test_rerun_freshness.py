@@ -208,3 +208,16 @@ def test_a_fits_file_edited_in_place_is_ingested_again(base, tmp_path):
     assert _statuses(out) == {"ingest": "done"}
     summary = _summary(out, "ingest")
     assert len(summary["frames_changed"]) == 1 and len(summary["ingested"]) == 1
+
+
+def test_a_new_profile_model_remeasures_every_partition(base, tmp_path, monkeypatch):
+    """The profile fit's version is part of what the photometry stage reads: a new one
+    redoes the stage and every partition, with the same settings."""
+    import pausdenoise.photometry.config as pc
+
+    cfg, out = _copy(base, tmp_path)
+    n = len(_frames(out))
+    monkeypatch.setattr(pc, "PROFILE_MODEL", pc.PROFILE_MODEL + "-next")
+    assert _run(cfg, out) == EXIT_OK
+    assert _statuses(out) == {**UPSTREAM, "photometry": "done"}
+    assert _summary(out, "photometry")["partitions_written"] == 2 * n
