@@ -187,7 +187,8 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
         truths.append(truth)
     truth = pd.concat(truths, ignore_index=True)
     null = pd.concat(nulls, ignore_index=True) if len(nulls) == len(seeds) else None
-    tables = injection_tables(pd.concat(phots, ignore_index=True), truth, seed=seeds[0],
+    phot = pd.concat(phots, ignore_index=True)
+    tables = injection_tables(phot, truth, seed=seeds[0],
                               colour_bands=_colour_bands(truth), null=null)
     pooled = args.out / "inject-pooled"
     pooled.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
         if name in tables:
             tables[name].to_csv(pooled / f"{fname}.csv", index=False)
     truth.to_parquet(pooled / "truth.parquet", index=False)
-    pd.concat(phots, ignore_index=True).to_parquet(pooled / "photometry.parquet", index=False)
+    phot.to_parquet(pooled / "photometry.parquet", index=False)
     if null is not None:
         null.to_parquet(pooled / "photometry_null.parquet", index=False)
     return seconds

@@ -218,6 +218,18 @@ def _first_crossings(cw: np.ndarray, base: np.ndarray,
     return lo, hi
 
 
+def _boot_counts(n_c: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``m`` cluster-bootstrap replicates: how often each of ``n_c`` clusters is drawn.
+
+    Returns
+    -------
+    ndarray of float, shape (m, n_c)
+        Counts; each row sums to ``n_c``.
+    """
+    draws = rng.integers(0, n_c, size=(m, n_c)) + (np.arange(m) * n_c)[:, None]
+    return np.bincount(draws.ravel(), minlength=m * n_c).reshape(m, n_c).astype(float)
+
+
 def _boot_quantiles(
     values: np.ndarray, clusters: np.ndarray, qs: Sequence[float], n_boot: int,
     rng: np.random.Generator,
@@ -247,8 +259,7 @@ def _boot_quantiles(
     step = max(1, _CHUNK // max(n, n_c))
     for s in range(0, n_boot, step):
         m = min(step, n_boot - s)
-        draws = rng.integers(0, n_c, size=(m, n_c)) + (np.arange(m) * n_c)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=m * n_c).reshape(m, n_c).astype(float)
+        counts = _boot_counts(n_c, m, rng)
         t_all = counts @ size
         for j, q in enumerate(qs):
             t = q * t_all
@@ -640,8 +651,7 @@ def _scale_ci(stat: Callable[[np.ndarray], np.ndarray], n_c: int, n_boot: int,
         return value, np.nan, np.nan
     reps = []
     for s in range(0, n_boot, 100):
-        draws = rng.integers(0, n_c, (min(100, n_boot - s), n_c))
-        reps.append(stat(np.stack([np.bincount(d, minlength=n_c) for d in draws]).astype(float)))
+        reps.append(stat(_boot_counts(n_c, min(100, n_boot - s), rng)))
     r = np.concatenate(reps)
     r = r[np.isfinite(r)]
     if r.size == 0:
@@ -726,7 +736,7 @@ def _scale_colour_ci(w: pd.DataFrame, a: Mapping[str, np.ndarray], sel: np.ndarr
 
 
 def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
-                 colour_bands: Sequence[str], n_boot: int,
+                 idx_row: np.ndarray, colour_bands: Sequence[str], n_boot: int,
                  rng_of: Any) -> list[dict[str, Any]]:
     """One estimator's colour-bias rows: per source when sources have both bands.
 
@@ -739,7 +749,8 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
     faint (:data:`UNDEFINED_MAG`), so the colour of that source is +∞ or −∞ and the median
     still ranks it; a median or interval bound that lands there is reported as ±∞. Only a
     source with a mean ratio ≤ 0 in both bands has no colour (``n_undefined``). A band
-    median is then −2.5 log10 of the median ratio itself.
+    median is then −2.5 log10 of the median ratio itself. ``idx_row`` is each joined row's
+    I_auto bin (for the flux-scale colour, :func:`_scale_colour_ci`).
 
     Returns
     -------
@@ -765,10 +776,9 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
         one = [_source_dmag(w, a, (b,)) for b in (b0, b1)]
         idx1 = [bin_index(i_auto.reindex(o.index).to_numpy(float), bins) for o in one]
     rows = []
-    i_row = bin_index(w["I_auto"].to_numpy(float), bins)
     for i, lab in enumerate(bin_labels(bins)):
         rng = rng_of()
-        scale = _scale_colour_ci(w, a, i_row == i, (b0, b1), n_boot, rng.spawn(1)[0])
+        scale = _scale_colour_ci(w, a, idx_row == i, (b0, b1), n_boot, rng.spawn(1)[0])
         if per_source:
             sel = idx == i
             med, lo, hi = _median_ci(dcol[sel], ref[sel], n_boot, rng)
@@ -789,8 +799,9 @@ def _colour_rows(w: pd.DataFrame, a: Mapping[str, np.ndarray], bins: np.ndarray,
     return rows
 
 
-def _colour_table(w: pd.DataFrame, bins: np.ndarray, colour_bands: Sequence[str],
-                  n_boot: int, seed: int, t_corr: np.ndarray) -> pd.DataFrame:
+def _colour_table(w: pd.DataFrame, idx: np.ndarray, bins: np.ndarray,
+                  colour_bands: Sequence[str], n_boot: int, seed: int,
+                  t_corr: np.ndarray) -> pd.DataFrame:
     """Median (measured − true) colour per estimator and I_auto bin, with 95 % CI.
 
     Returns
@@ -805,7 +816,7 @@ def _colour_table(w: pd.DataFrame, bins: np.ndarray, colour_bands: Sequence[str]
     rows, counter = [], iter(range(10**9))
     for est in ESTIMATORS:
         a = _estimator_arrays(w, est, t_corr)
-        for r in _colour_rows(w, a, bins, colour_bands, n_boot,
+        for r in _colour_rows(w, a, bins, idx, colour_bands, n_boot,
                               lambda: np.random.default_rng([seed, 2, next(counter)])):
             rows.append({"estimator": est, **r})
     return pd.DataFrame(rows)
@@ -892,7 +903,7 @@ def injection_tables(
     out = {
         "bias": _bias_table(w, idx, bins, bands, n_boot, seed, t_corr),
         "transfer": _transfer_table(w, idx, bins, bands, n_boot, seed),
-        "colour": _colour_table(w, bins, tuple(colour_bands), n_boot, seed, t_corr),
+        "colour": _colour_table(w, idx, bins, tuple(colour_bands), n_boot, seed, t_corr),
     }
     if null is not None:
         out["response"] = _response_table(w, idx, bins, bands, n_boot, seed)

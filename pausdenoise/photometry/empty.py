@@ -39,7 +39,7 @@ from pausdenoise.photometry.annulus import annulus_stats, sky_estimate
 from pausdenoise.photometry.apertures import aperture_sums
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.neighbours import neighbour_mask
-from pausdenoise.photometry.profile import profile_fluxes, stamp_radii
+from pausdenoise.photometry.profile import _FWHM_PER_SIGMA, profile_fluxes, stamp_radii
 from pausdenoise.stats import sigma68
 
 #: Radii (px) at which empty apertures are measured: this many, geometric between half the
@@ -461,8 +461,8 @@ def profile_area_proxy(shapes: tuple[np.ndarray, ...], fwhm_px: float) -> np.nda
         Effective areas, px² (NaN where a shape is not finite).
     """
     hlr, q = np.asarray(shapes[0], dtype=float), np.asarray(shapes[1], dtype=float)
-    s2 = (hlr / 1.1774) ** 2
-    v = (fwhm_px / 2.3548) ** 2 + 1.0 / 12.0
+    s2 = (2.0 * hlr / _FWHM_PER_SIGMA) ** 2  # half-light radius = FWHM/2 for a Gaussian
+    v = (fwhm_px / _FWHM_PER_SIGMA) ** 2 + 1.0 / 12.0
     with np.errstate(invalid="ignore", divide="ignore"):
         det = (s2 / q + v) * (s2 * q + v)
     return 4.0 * np.pi * np.sqrt(det)
@@ -533,7 +533,7 @@ def profile_sky_variance(
     curve per frame, not scaled by each source's annulus: on a crowded field the annulus
     scatter says little about the noise at profile scales (on the SAAO frames V_eff is
     tens of times the annulus variance, growing with the profile's extent).
-    V_eff depends on the profile's extent: it is measured in up to 3 quantile bins of the
+    V_eff depends on the profile's extent: it is measured in up to 3 equal-count bins of the
     effective area (Σp)²/Σp² and fitted as V_eff = c·A^γ, γ clipped to [0, 1] (a constant
     with one bin), held at its end values outside the measured areas. Measuring the
     largest profiles rather than extrapolating to them matters on a crowded field: there
@@ -607,7 +607,7 @@ def profile_sky_variance(
     z, area = z[ok], area[ok]
     nbin = int(min(3, z.size // (2 * MIN_PER_RADIUS)))
     # equal-count bins by rank (quantile edges collapse when many profiles share one size)
-    groups = np.array_split(np.argsort(area, kind="stable"), max(nbin, 1))
+    groups = np.array_split(np.argsort(area, kind="stable"), nbin)  # nbin ≥ 1: z.size ≥ 40
     a_bin = np.array([np.median(area[g]) for g in groups])
     v_bin = np.array([sigma68(z[g]) ** 2 for g in groups])
     if len(groups) < 2 or np.ptp(np.log(a_bin)) < 0.05:
