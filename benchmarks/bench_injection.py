@@ -17,7 +17,9 @@ Two ways to get a run directory:
 ``--seeds 0,1,2`` (with ``--config``) runs the inject stage once per ``inject.seed`` (new
 positions, shapes and noise each time, on the same frames) and pools the realisations into
 one table (written to ``<out>/inject-pooled``): a crowded real field holds few galaxies per
-frame, and a per-bin pull σ68 known to ± 0.03 needs ~700 galaxies per bin.
+frame, and a per-bin pull σ68 known to ± 0.03 needs ~700 galaxies per bin. Each realisation
+is kept (``<out>/inject-realisations``), so that adding seeds later injects only the new
+ones.
 
 Usage::
 
@@ -56,6 +58,8 @@ from pausdenoise.inject.metrics import TABLE_FILES
 
 #: ``ref_id`` offset between pooled realisations (each holds far fewer injections).
 REALISATION_ID_STEP = 10_000_000_000
+#: Where each realisation's injected rows are kept, under the run directory.
+REALISATIONS = "inject-realisations"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,38 +157,85 @@ def response_lines(response: pd.DataFrame) -> list[str]:
     return lines
 
 
-def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
-    """Run the inject stage once per seed and pool the injected rows into one table set.
+def _inject_fingerprint(args: argparse.Namespace, seed: int) -> str:
+    """The inject stage's fingerprint for one realisation (what ``run.json`` records)."""
+    from pausdenoise.config import load_config
+    from pausdenoise.pipeline.runner import stage_fingerprints
 
-    Each realisation's ``ref_id`` is shifted by ``k × REALISATION_ID_STEP`` (k its index) so
-    that sources stay distinct (bootstrap intervals resample whole sources). Writes
-    ``bias_by_bin.csv``, ``transfer.csv``, ``colour_bias.csv``, ``response.csv`` (when
-    every realisation has its photometry before injection), ``truth.parquet`` and the
-    injected rows' ``photometry.parquet`` (and ``photometry_null.parquet``) to
-    ``<out>/inject-pooled``.
+    cfg = load_config(args.config, overrides=["inject.enabled=true", *args.set,
+                                              f"inject.seed={seed}"])
+    return stage_fingerprints(cfg, ["inject"])["inject"]
+
+
+def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.DataFrame]]:
+    """One injection realisation's injected rows: truth, photometry and (when measured) the
+    photometry before injection.
+
+    Each realisation is kept in ``<out>/inject-realisations/seed-<seed>`` with the inject
+    stage's fingerprint, so that a later ``--seeds`` run with more seeds reuses it instead
+    of injecting again; a saved realisation whose fingerprint differs is made again.
 
     Returns
     -------
     float
-        Wall time of all the runs, s.
+        Wall time of the run, s (0 when reused).
+    list of pandas.DataFrame
+        ``[truth, photometry]`` or ``[truth, photometry, photometry_null]``, ``ref_id`` as
+        the run wrote it.
+    """
+    from pausdenoise.photometry.driver import read_photometry
+
+    saved = args.out / REALISATIONS / f"seed-{seed}"
+    fp = _inject_fingerprint(args, seed)
+    names = ("truth", "photometry", "photometry_null")
+    if (saved / "fingerprint").is_file() and (saved / "fingerprint").read_text() == fp:
+        print(f"injection realisation seed {seed}: reused from {saved}", file=sys.stderr)
+        return 0.0, [pd.read_parquet(saved / f"{n}.parquet") for n in names
+                     if (saved / f"{n}.parquet").is_file()]
+    seconds = run_pipeline(args, (f"inject.seed={seed}",))
+    inj = args.out / "inject"
+    truth = pd.read_parquet(inj / "truth.parquet")
+    parts = [truth] + [read_photometry(inj / d) for d in names[1:] if (inj / d).is_dir()]
+    parts[1:] = [p[p["ref_id"].isin(truth["ref_id"])].reset_index(drop=True)
+                 for p in parts[1:]]
+    (saved / "fingerprint").unlink(missing_ok=True)
+    saved.mkdir(parents=True, exist_ok=True)
+    for name, part in zip(names, parts, strict=False):
+        part.to_parquet(saved / f"{name}.parquet", index=False)
+    (saved / "fingerprint").write_text(fp)  # written last: marks the realisation complete
+    return seconds, parts
+
+
+def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
+    """Run (or reuse) one injection realisation per seed and pool their injected rows.
+
+    Each realisation's ``ref_id`` is shifted by ``seed × REALISATION_ID_STEP`` so that
+    sources stay distinct (bootstrap intervals resample whole sources) and a realisation
+    keeps its ids whichever seeds it is pooled with. Writes ``bias_by_bin.csv``,
+    ``transfer.csv``, ``colour_bias.csv``, ``response.csv`` (when every realisation has its
+    photometry before injection), ``truth.parquet`` and the injected rows'
+    ``photometry.parquet`` (and ``photometry_null.parquet``) to ``<out>/inject-pooled``.
+
+    Returns
+    -------
+    float
+        Wall time of the runs made now, s.
     """
     from pausdenoise.inject.metrics import injection_tables
-    from pausdenoise.photometry.driver import read_photometry
     from pausdenoise.pipeline.stages.inject import _colour_bands
 
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SystemExit(f"--seeds must be distinct and >= 0, got {seeds}")
     seconds, phots, nulls, truths = 0.0, [], [], []
-    for k, seed in enumerate(seeds):
-        seconds += run_pipeline(args, (f"inject.seed={seed}",))
-        inj = args.out / "inject"
-        truth = pd.read_parquet(inj / "truth.parquet")
-        parts = [read_photometry(inj / d) for d in ("photometry", "photometry_null")
-                 if (inj / d).is_dir()]
-        parts = [p[p["ref_id"].isin(truth["ref_id"])].copy() for p in parts]
-        for t in (truth, *parts):
-            t["ref_id"] = t["ref_id"] + k * REALISATION_ID_STEP
-        phots.append(parts[0])
-        nulls += parts[1:]
-        truths.append(truth)
+    for seed in seeds:
+        took, parts = realisation(args, seed)
+        seconds += took
+        parts = [p.copy() for p in parts]
+        for t in parts:
+            t["ref_id"] = t["ref_id"] + seed * REALISATION_ID_STEP
+        truths.append(parts[0])
+        phots.append(parts[1])
+        nulls += parts[2:]
     truth = pd.concat(truths, ignore_index=True)
     null = pd.concat(nulls, ignore_index=True) if len(nulls) == len(seeds) else None
     phot = pd.concat(phots, ignore_index=True)

@@ -1,8 +1,9 @@
 """``benchmarks/bench_injection.py``: the RESULTS.md tables it writes.
 
 A run that injects only into some magnitude bins lists those bins alone (a bin with only
-flagged injections still counts: flagged rows are reported, not hidden), and the command
-line it records can be pasted back into a shell.
+flagged injections still counts: flagged rows are reported, not hidden), the command
+line it records can be pasted back into a shell, and pooled injection realisations are kept
+so that adding seeds later injects only the new ones.
 """
 
 from __future__ import annotations
@@ -84,3 +85,45 @@ def test_bias_lines_add_the_flux_scale_bias_when_the_table_has_it(bench):
                                             "scale_ci_hi": 0.002}]))
     assert lines[0].endswith("| flux-scale bias % [95 % CI] |") and lines[1].endswith("---:|---|")
     assert lines[2].endswith("| -0.4 [-1.1, +0.2] |")
+
+
+def test_pooled_realisations_are_kept_and_reused_when_seeds_are_added(bench, tmp_path,
+                                                                      capsys):
+    import yaml
+    from pipeline_fixtures import TINY
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "inject": {
+        "per_frame": 6, "min_separation_px": 10, "edge_px": 20, "detect_nsigma": 5}}))
+    out = tmp_path / "out"
+    common = ["--config", str(cfg), "--out", str(out)]
+    assert bench.main([*common, "--stages", "simulate,ingest,train,denoise,photometry,inject",
+                       "--seeds", "0,1"]) == 0
+    saved = out / bench.REALISATIONS
+    first = pd.read_parquet(out / "inject-pooled" / "truth.parquet")
+    step = bench.REALISATION_ID_STEP
+    assert set(first["ref_id"] // step) == {0, 1}
+    mtime = (saved / "seed-1" / "photometry.parquet").stat().st_mtime_ns
+    capsys.readouterr()
+
+    # one more seed: the two saved realisations are reused as they are, keeping their ids
+    assert bench.main([*common, "--stages", "inject", "--seeds", "1,0,2"]) == 0
+    err = capsys.readouterr().err
+    assert "seed 0: reused" in err and "seed 1: reused" in err and "seed 2: reused" not in err
+    assert (saved / "seed-1" / "photometry.parquet").stat().st_mtime_ns == mtime
+    pooled = pd.read_parquet(out / "inject-pooled" / "truth.parquet")
+    assert set(pooled["ref_id"] // step) == {0, 1, 2}
+    keys = ["ref_id", "expnum", "ccd"]
+    old = pooled[pooled["ref_id"] // step < 2].sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, first.sort_values(keys).reset_index(drop=True))
+    phot = pd.read_parquet(out / "inject-pooled" / "photometry.parquet")
+    assert set(phot["ref_id"]) <= set(pooled["ref_id"])
+
+    # other settings make a different realisation: it is injected again, not reused
+    assert bench.main([*common, "--stages", "inject", "--seeds", "0",
+                       "--set", "inject.per_frame=4"]) == 0
+    assert "reused" not in capsys.readouterr().err
+    assert (pd.read_parquet(saved / "seed-0" / "truth.parquet")
+            .groupby(["expnum", "ccd"]).size().max() <= 4)
+    with pytest.raises(SystemExit, match="distinct"):
+        bench.main([*common, "--stages", "inject", "--seeds", "0,0"])
