@@ -35,6 +35,7 @@ Usage (project venv)::
     python benchmarks/bench_training_budget.py --data sim --budgets 1,3,10 --append
     python benchmarks/bench_training_budget.py --data saao --budgets 1,3,10 --careamics
     python benchmarks/bench_training_budget.py --data sim --budgets 0.2,0.5 --options n2v
+    python benchmarks/bench_training_budget.py --data sim --budgets 1.67 --prior-scales 1,2,4
 
 Writes ``<out>/training-budget-<data>.json`` with every number; ``--append`` adds a dated
 section to ``benchmarks/RESULTS.md``. Time: per option the largest budget, plus up to one
@@ -674,7 +675,7 @@ class BudgetSnapshots:
                 self.taken[b] = snap
 
 
-def denoise(model: UNet, frame: EvalFrame) -> np.ndarray:
+def denoise(model: UNet, frame: EvalFrame, prior_scale: float = 1.0) -> np.ndarray:
     """Denoise a whole frame: normalise, one forward pass, denormalise.
 
     Parameters
@@ -683,6 +684,9 @@ def denoise(model: UNet, frame: EvalFrame) -> np.ndarray:
         The network in eval mode.
     frame : EvalFrame
         The frame.
+    prior_scale : float
+        τ of a Gaussian-posterior network (``denoise.prior_scale``: σ_p² × τ; 1 = the
+        posterior mean); ignored by a plain network.
 
     Returns
     -------
@@ -692,7 +696,8 @@ def denoise(model: UNet, frame: EvalFrame) -> np.ndarray:
     x = normalise(frame.image, frame.stats, None if frame.mask is None
                   else (frame.mask != 0) | ~frame.good)
     with torch.no_grad():
-        y = predict_array(model, torch.from_numpy(x)[None, None])[0, 0].numpy()
+        y = predict_array(model, torch.from_numpy(x)[None, None],
+                          prior_scale=prior_scale)[0, 0].numpy()
     return denormalise(y, frame.stats).astype(np.float64)
 
 
@@ -831,9 +836,14 @@ def _gains(pooled: pd.DataFrame, kind: str) -> dict[str, float]:
     return out
 
 
-def evaluate_snapshot(ds: DataSet, model: UNet, snap: Snapshot, cfg: TrainConfig
-                      ) -> tuple[dict[str, Any], list[np.ndarray]]:
+def evaluate_snapshot(ds: DataSet, model: UNet, snap: Snapshot, cfg: TrainConfig,
+                      prior_scales: tuple[float, ...] = (1.0,)
+                      ) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
     """Score one snapshot: refit its output offset (on a copy), denoise, pool the MSEs.
+
+    A Gaussian-posterior network is scored once per ``prior_scales`` τ (the same weights
+    and offset; only the inference's weighting of the observed pixel changes); a plain
+    network once.
 
     Parameters
     ----------
@@ -845,25 +855,34 @@ def evaluate_snapshot(ds: DataSet, model: UNet, snap: Snapshot, cfg: TrainConfig
         The weights to score.
     cfg : TrainConfig
         The training configuration (the offset refit's sampling).
+    prior_scales : tuple of float
+        The τ values to score a Gaussian-posterior network at.
 
     Returns
     -------
-    tuple of (dict, list of ndarray)
-        Gains with standard errors and MSEs, the output offset (σ); the denoised frames.
+    list of (dict, list of ndarray)
+        Per τ: gains with standard errors and MSEs, the output offset (σ) and τ
+        (``prior_scale``); the denoised frames.
     """
     net = copy.deepcopy(model)
     net.load_state_dict(snap.state)
     net.eval()
     _, val_regions = split_regions(ds.train, cfg.validation_fraction, cfg.patch_size)
     offset = calibrate_offset(net, cfg, ds.train, val_regions) if cfg.calibrate_offset else 0.0
-    images = [denoise(net, f) for f in ds.frames]
-    pooled = pool([score_frame(f, {"denoised": im})
-                   for f, im in zip(ds.frames, images, strict=True)])
-    return {"output_offset_sigma": float(offset), **_gains(pooled, "denoised")}, images
+    taus = prior_scales if net.config.posterior == "gaussian" else (1.0,)
+    out = []
+    for tau in taus:
+        images = [denoise(net, f, tau) for f in ds.frames]
+        pooled = pool([score_frame(f, {"denoised": im})
+                       for f, im in zip(ds.frames, images, strict=True)])
+        out.append(({"output_offset_sigma": float(offset), "prior_scale": float(tau),
+                     **_gains(pooled, "denoised")}, images))
+    return out
 
 
 def run_option(ds: DataSet, option: str, budgets_min: list[float], threads: int,
-               reference_rate: float) -> dict[str, Any]:
+               reference_rate: float, prior_scales: tuple[float, ...] = (1.0,)
+               ) -> dict[str, Any]:
     """Train one option and score its snapshot at every budget.
 
     Parameters
@@ -878,12 +897,14 @@ def run_option(ds: DataSet, option: str, budgets_min: list[float], threads: int,
         Torch CPU threads.
     reference_rate : float
         Inference Mpix/s of the reference architecture.
+    prior_scales : tuple of float
+        τ values a Gaussian-posterior option is scored at (one budget row each).
 
     Returns
     -------
     dict
         ``option, status, patches_per_second, inference_mpix_s, inference_ratio, budgets``
-        (per budget: the actual seconds and epochs at the copy, gains, flux bias).
+        (per budget and τ: the actual seconds and epochs at the copy, gains, flux bias).
     """
     res: dict[str, Any] = {"option": option, "overrides": OPTIONS[option], "budgets": []}
     first = option_config(ds.train_cfg, option, 1.0, threads)
@@ -900,24 +921,34 @@ def run_option(ds: DataSet, option: str, budgets_min: list[float], threads: int,
                    train_seconds=history.total_seconds, epochs=history.epochs_run,
                    inference_mpix_s=rate, inference_ratio=rate / reference_rate)
         for b in budgets:
-            res["budgets"].append(_score_budget(ds, option, model, snaps, cfg, b))
+            res["budgets"] += _score_budget(ds, option, model, snaps, cfg, b, prior_scales)
     return res
 
 
 def _score_budget(ds: DataSet, option: str, model: UNet, snaps: BudgetSnapshots,
-                  cfg: TrainConfig, b: float) -> dict[str, Any]:
-    """Score the snapshot of one budget (minutes); a row of ``run_option``'s budgets."""
+                  cfg: TrainConfig, b: float, prior_scales: tuple[float, ...] = (1.0,)
+                  ) -> list[dict[str, Any]]:
+    """Score the snapshot of one budget (minutes): rows of ``run_option``'s budgets, one
+    per τ."""
     snap = snaps.taken.get(60.0 * b)
-    row: dict[str, Any] = {"budget_min": b}
     if snap is None:
-        return {**row, "status": "not reached"}
-    scores, images = evaluate_snapshot(ds, model, snap, cfg)
-    row.update(status="ok", seconds=snap.seconds, epochs=snap.epochs, **scores)
-    if ds.photometry is not None:
-        row["flux_bias"] = flux_bias(ds.frames, images, ds.photometry)
-    print(f"[{ds.name}] {option} @ {b:g} min ({snap.seconds:.0f} s): sky gain "
-          f"{row['sky_gain']:.2f}, source gain {row['source_gain']:.2f}", flush=True)
-    return row
+        return [{"budget_min": b, "status": "not reached"}]
+    rows = []
+    for scores, images in evaluate_snapshot(ds, model, snap, cfg, prior_scales):
+        row = {"budget_min": b, "status": "ok", "seconds": snap.seconds,
+               "epochs": snap.epochs, **scores}
+        if ds.photometry is not None:
+            row["flux_bias"] = flux_bias(ds.frames, images, ds.photometry)
+        print(f"[{ds.name}] {_label(option, row)} @ {b:g} min ({snap.seconds:.0f} s): sky "
+              f"gain {row['sky_gain']:.2f}, source gain {row['source_gain']:.2f}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def _label(option: str, row: dict[str, Any]) -> str:
+    """The option's name in the tables, with τ when it is not 1."""
+    tau = row.get("prior_scale", 1.0)
+    return option if tau == 1.0 else f"{option} τ={tau:g}"
 
 
 # --------------------------------------------------------------------------- tables
@@ -947,7 +978,7 @@ def _quality_rows(results: dict[str, Any]) -> list[str]:
                              "| | | | | |")
                 continue
             lines.append(
-                f"| {opt['option']} | {b['budget_min']:g} | {b['seconds']:.0f} | "
+                f"| {_label(opt['option'], b)} | {b['budget_min']:g} | {b['seconds']:.0f} | "
                 f"{_pm(b['sky_gain'], b['sky_gain_se'])} | "
                 f"{_pm(b['source_gain'], b['source_gain_se'])} | "
                 f"{_num(b['sky_gain'] / blur_g['sky'])} | "
@@ -970,7 +1001,7 @@ def _bias_rows(results: dict[str, Any]) -> list[str]:
     for opt in results["options"]:
         for b in opt.get("budgets", []):
             if b.get("flux_bias"):
-                lines.append(f"| {opt['option']} | {b['budget_min']:g} | "
+                lines.append(f"| {_label(opt['option'], b)} | {b['budget_min']:g} | "
                              f"{cells(b['flux_bias'])} |")
     return lines
 
@@ -1126,6 +1157,8 @@ the end of training, and scored after training (blind-spot options: one run per 
 the teacher trained for 70 % of it and distilled into the U-Net in the rest). Options
 ending in -avg: the learning rate decays along half a cosine to the end of the largest
 budget and the scored weights are their exponential moving average (decay 0.995 per step).
+Rows `option τ=k`: the same snapshot at inference with `denoise.prior_scale` k (the prior
+variance × k: the observed pixel weighs more; `--prior-scales`).
 *Gain* = RMS(raw) / RMS(estimate): with
 truth (sim) on the held-out exposures' sky pixels (|truth − sky| < evaluate.sky_tolerance σ)
 and catalogue-aperture pixels; without truth (saao) the MSE to the unknown truth is
@@ -1161,7 +1194,8 @@ def demo_reference(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_benchmark(ds: DataSet, options: list[str], budgets_min: list[float], threads: int,
-                  out: Path, careamics: Path | None = None) -> dict[str, Any]:
+                  out: Path, careamics: Path | None = None,
+                  prior_scales: tuple[float, ...] = (1.0,)) -> dict[str, Any]:
     """Run every option on a data set and collect all numbers (written after each option).
 
     Parameters
@@ -1179,6 +1213,8 @@ def run_benchmark(ds: DataSet, options: list[str], budgets_min: list[float], thr
         CAREamics' working folder.
     careamics : Path, optional
         CAREamics' python: run :func:`run_careamics` after the options (None: skip).
+    prior_scales : tuple of float
+        τ values each Gaussian-posterior option is scored at.
 
     Returns
     -------
@@ -1200,7 +1236,8 @@ def run_benchmark(ds: DataSet, options: list[str], budgets_min: list[float], thr
                                              ds.photometry, kind="raw")
     for option in options:
         results["options"].append(run_option(ds, option, budgets_min, threads,
-                                             results["reference_inference_mpix_s"]))
+                                             results["reference_inference_mpix_s"],
+                                             prior_scales))
         json_path.write_text(json.dumps(results, indent=1, default=float))
     if careamics is not None:
         torch.set_num_threads(threads)
@@ -1249,6 +1286,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also CAREamics' N2V at the same budgets (its own venv)")
     p.add_argument("--care-python", type=Path, default=None,
                    help="CAREamics' python (default .venv-careamics/bin/python)")
+    p.add_argument("--prior-scales", default="1",
+                   help="τ values (denoise.prior_scale) at which each Gaussian-posterior "
+                        "option is scored, comma-separated (same weights; rows 'option τ=4')")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--append", action="store_true", help="add a section to RESULTS.md")
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
@@ -1278,12 +1318,15 @@ def main(argv: list[str] | None = None, ds: DataSet | None = None) -> int:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SystemExit(f"unknown option(s) {unknown}; known: {list(OPTIONS)}")
+    taus = tuple(float(t) for t in args.prior_scales.split(",") if t.strip())
+    if not taus or min(taus) <= 0:
+        raise SystemExit(f"--prior-scales needs positive values, got {args.prior_scales!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     if ds is None:
         ds = load_sim(args.out) if args.data == "sim" else load_saao(args.out, args.eval_frames)
     care = (args.care_python or CARE_PYTHON) if args.careamics else None
-    results = run_benchmark(ds, options, budgets, args.threads, args.out, care)
+    results = run_benchmark(ds, options, budgets, args.threads, args.out, care, taus)
     load1 = os.getloadavg()
     table = render(results)
     print(f"\n### {ds.name}\n\n{table}", flush=True)

@@ -141,7 +141,7 @@ def test_tiny_end_to_end_produces_table_json_and_section(bench, tmp_path, capsys
     results.write_text("# results\n")
     rc = bench.main(["--budgets", "0.02,0.05", "--options", "n2v,n2v-posterior",
                      "--threads", "1", "--out", str(tmp_path), "--append",
-                     "--results", str(results)], ds=ds)
+                     "--prior-scales", "1,8", "--results", str(results)], ds=ds)
     assert rc == 0
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "training-budget-tiny.json").read_text())
@@ -149,13 +149,32 @@ def test_tiny_end_to_end_produces_table_json_and_section(bench, tmp_path, capsys
     for opt in data["options"]:
         assert opt["status"] == "ok" and opt["patches_per_second"] > 0
         assert 0 < opt["inference_mpix_s"] and opt["inference_ratio"] > 0
-        for b, budget in zip(opt["budgets"], (0.02, 0.05), strict=True):
-            assert b["status"] == "ok" and b["seconds"] >= 60 * budget
+        # a posterior network is scored at each τ, a plain one once
+        taus = (1.0, 8.0) if opt["option"] == "n2v-posterior" else (1.0,)
+        expected = [(b, t) for b in (0.02, 0.05) for t in taus]
+        assert [(b["budget_min"], b["prior_scale"]) for b in opt["budgets"]] == expected
+        for b in opt["budgets"]:
+            assert b["status"] == "ok" and b["seconds"] >= 60 * b["budget_min"]
             assert math.isfinite(b["sky_gain"]) and b["sky_gain"] > 0
             assert math.isfinite(b["source_gain"]) and b["source_gain_se"] > 0
-        assert opt["budgets"][1]["seconds"] <= 60 * 0.05 + 30  # stopped near the budget
+        assert opt["budgets"][-1]["seconds"] <= 60 * 0.05 + 30  # stopped near the budget
     rows = [ln for ln in out.splitlines() if ln.startswith("| n2v")]
-    assert len(rows) == 4
+    assert len(rows) == 6 and sum("| n2v-posterior τ=8 |" in r for r in rows) == 2
     text = results.read_text()
     assert "## Quality against CPU training time: tiny" in text and "load average" in text
     assert "--budgets 0.02,0.05" in text
+
+
+def test_a_larger_prior_scale_keeps_the_estimate_closer_to_the_observed_pixels(bench):
+    from pausdenoise.n2v.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(depth=2, base_channels=4, batch_norm=False,
+                          posterior="gaussian")).eval()
+    image, truth, src = _synthetic(bench, 3)
+    frame = bench.truth_frame("e0", image, truth, np.ones(image.shape, bool), src, 0.05)
+    frame.stats = frame_statistics(image)
+    dist = {tau: np.abs(bench.denoise(net, frame, tau) - image) for tau in (1.0, 8.0, 1e6)}
+    assert np.all(dist[8.0] <= dist[1.0] + 1e-3)  # the observation's weight grows with τ
+    assert np.median(dist[8.0]) < np.median(dist[1.0])
+    assert np.max(dist[1e6]) < 1e-2 * np.std(image)  # τ → ∞ returns the input
