@@ -171,9 +171,11 @@ def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.Dat
     """One injection realisation's injected rows: truth, photometry and (when measured) the
     photometry before injection.
 
-    Each realisation is kept in ``<out>/inject-realisations/seed-<seed>`` with the inject
-    stage's fingerprint, so that a later ``--seeds`` run with more seeds reuses it instead
-    of injecting again; a saved realisation whose fingerprint differs is made again.
+    Each realisation is kept in ``<out>/inject-realisations/<settings>/seed-<seed>`` with
+    the inject stage's fingerprint (``<settings>``: the fingerprint the same settings have
+    with seed 0, so runs with other settings, e.g. another magnitude range, keep theirs
+    apart), so that a later ``--seeds`` run with more seeds reuses it instead of injecting
+    again; a saved realisation whose fingerprint differs is made again.
 
     Returns
     -------
@@ -185,8 +187,8 @@ def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.Dat
     """
     from pausdenoise.photometry.driver import read_photometry
 
-    saved = args.out / REALISATIONS / f"seed-{seed}"
     fp = _inject_fingerprint(args, seed)
+    saved = args.out / REALISATIONS / _inject_fingerprint(args, 0) / f"seed-{seed}"
     names = ("truth", "photometry", "photometry_null")
     if (saved / "fingerprint").is_file() and (saved / "fingerprint").read_text() == fp:
         print(f"injection realisation seed {seed}: reused from {saved}", file=sys.stderr)

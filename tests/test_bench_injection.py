@@ -99,7 +99,9 @@ def test_pooled_realisations_are_kept_and_reused_when_seeds_are_added(bench, tmp
     common = ["--config", str(cfg), "--out", str(out)]
     assert bench.main([*common, "--stages", "simulate,ingest,train,denoise,photometry,inject",
                        "--seeds", "0,1"]) == 0
-    saved = out / bench.REALISATIONS
+    groups = list((out / bench.REALISATIONS).iterdir())
+    assert len(groups) == 1  # one set of settings
+    saved = groups[0]
     first = pd.read_parquet(out / "inject-pooled" / "truth.parquet")
     step = bench.REALISATION_ID_STEP
     assert set(first["ref_id"] // step) == {0, 1}
@@ -123,7 +125,11 @@ def test_pooled_realisations_are_kept_and_reused_when_seeds_are_added(bench, tmp
     assert bench.main([*common, "--stages", "inject", "--seeds", "0",
                        "--set", "inject.per_frame=4"]) == 0
     assert "reused" not in capsys.readouterr().err
-    assert (pd.read_parquet(saved / "seed-0" / "truth.parquet")
-            .groupby(["expnum", "ccd"]).size().max() <= 4)
+    other = [g for g in (out / bench.REALISATIONS).iterdir() if g != saved]
+    assert len(other) == 1 and (pd.read_parquet(other[0] / "seed-0" / "truth.parquet")
+                                .groupby(["expnum", "ccd"]).size().max() <= 4)
+    # ... and the first settings' realisations are still there to be reused
+    assert bench.main([*common, "--stages", "inject", "--seeds", "0"]) == 0
+    assert "seed 0: reused" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="distinct"):
         bench.main([*common, "--stages", "inject", "--seeds", "0,0"])
