@@ -200,7 +200,8 @@ def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.Dat
     parts = [truth] + [read_photometry(inj / d) for d in names[1:] if (inj / d).is_dir()]
     parts[1:] = [p[p["ref_id"].isin(truth["ref_id"])].reset_index(drop=True)
                  for p in parts[1:]]
-    (saved / "fingerprint").unlink(missing_ok=True)
+    for stale in ("fingerprint", *(f"{n}.parquet" for n in names)):
+        (saved / stale).unlink(missing_ok=True)  # nothing of a realisation made otherwise
     saved.mkdir(parents=True, exist_ok=True)
     for name, part in zip(names, parts, strict=False):
         part.to_parquet(saved / f"{name}.parquet", index=False)
