@@ -167,15 +167,17 @@ def _inject_fingerprint(args: argparse.Namespace, seed: int) -> str:
     return stage_fingerprints(cfg, ["inject"])["inject"]
 
 
-def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.DataFrame]]:
+def realisation(args: argparse.Namespace, seed: int, group: Path
+                ) -> tuple[float, list[pd.DataFrame]]:
     """One injection realisation's injected rows: truth, photometry and (when measured) the
     photometry before injection.
 
     Each realisation is kept in ``<out>/inject-realisations/<settings>/seed-<seed>`` with
     the inject stage's fingerprint (``<settings>``: the fingerprint the same settings have
     with seed 0, so runs with other settings, e.g. another magnitude range, keep theirs
-    apart), so that a later ``--seeds`` run with more seeds reuses it instead of injecting
-    again; a saved realisation whose fingerprint differs is made again.
+    apart; ``group`` is that folder), so that a later ``--seeds`` run with more seeds
+    reuses it instead of injecting again; a saved realisation whose fingerprint differs is
+    made again.
 
     Returns
     -------
@@ -188,7 +190,7 @@ def realisation(args: argparse.Namespace, seed: int) -> tuple[float, list[pd.Dat
     from pausdenoise.photometry.driver import read_photometry
 
     fp = _inject_fingerprint(args, seed)
-    saved = args.out / REALISATIONS / _inject_fingerprint(args, 0) / f"seed-{seed}"
+    saved = group / f"seed-{seed}"
     names = ("truth", "photometry", "photometry_null")
     if (saved / "fingerprint").is_file() and (saved / "fingerprint").read_text() == fp:
         print(f"injection realisation seed {seed}: reused from {saved}", file=sys.stderr)
@@ -229,11 +231,11 @@ def pooled_realisations(args: argparse.Namespace, seeds: list[int]) -> float:
 
     if len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise SystemExit(f"--seeds must be distinct and >= 0, got {seeds}")
+    group = args.out / REALISATIONS / _inject_fingerprint(args, 0)
     seconds, phots, nulls, truths = 0.0, [], [], []
     for seed in seeds:
-        took, parts = realisation(args, seed)
+        took, parts = realisation(args, seed, group)  # fresh frames: shifted in place
         seconds += took
-        parts = [p.copy() for p in parts]
         for t in parts:
             t["ref_id"] = t["ref_id"] + seed * REALISATION_ID_STEP
         truths.append(parts[0])
