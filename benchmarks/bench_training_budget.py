@@ -67,6 +67,7 @@ import torch
 from scipy import ndimage
 
 from pausdenoise import evaluate as ev
+from pausdenoise import reference_match as rm
 from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.compare import bin_index
@@ -384,7 +385,12 @@ def _with_noise_scale(cfg: PipelineConfig, exposures: pd.DataFrame,
 
 def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
                 good: np.ndarray, cfg: ev.EvaluateConfig) -> list[np.ndarray]:
-    """The other exposures registered to ``frame`` by whole-pixel offsets, on its grid."""
+    """The other exposures registered to ``frame`` by whole-pixel offsets, on its grid.
+
+    With ``evaluate.reference_kernel`` > 0 each candidate is brought to the frame's seeing,
+    sub-pixel position and flux scale (:mod:`pausdenoise.reference_match`) and those fitted
+    best are kept, as the evaluate stage does.
+    """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
     cands = []
@@ -400,16 +406,24 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             print(f"  {frame}: {o} not registered ({exc})", flush=True)
             continue
         cands.append((-off.overlap, o, a, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)))
+    limit = max(cfg.reference_candidates if cfg.reference_kernel > 0 else 0,
+                cfg.max_references)
     refs = []
     for _, _o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
-        if len(refs) >= cfg.max_references:
+        if len(refs) >= limit:
             break
         values, valid = ev.reference_on_grid(a["image"], a.get("mask"), a.get("ivar"), wcs_o,
                                              None, rg.shift_wcs(), image.shape, None,
                                              cfg.resampling)
         if (valid & good).sum() / good.sum() >= cfg.min_overlap:
             refs.append(values)
-    return refs
+    gain = float(attrs["gain"]) if attrs.get("gain") else None
+    rn = float(attrs["rdnoise"]) / gain if (gain and attrs.get("rdnoise")) else 0.0
+    sky = frame_statistics(image, (~good).astype(np.uint8)).sky
+    best = rm.best_matched(np.where(good, image - sky, np.nan), good, refs,
+                           cfg.max_references, sky=sky, gain=gain, read_noise_adu=rn,
+                           half_width=cfg.reference_kernel)
+    return [m.values for _, m in best]
 
 
 def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
@@ -1162,8 +1176,9 @@ variance × k: the observed pixel weighs more; `--prior-scales`).
 *Gain* = RMS(raw) / RMS(estimate): with
 truth (sim) on the held-out exposures' sky pixels (|truth − sky| < evaluate.sky_tolerance σ)
 and catalogue-aperture pixels; without truth (saao) the MSE to the unknown truth is
-estimated from independent exposures registered by whole-pixel offsets (triplet
-estimator, pixel classes from the references' mean), ± one standard error (8 px blocks,
+estimated from independent exposures registered by whole-pixel offsets and matched to the
+frame's seeing and flux scale (evaluate.reference_kernel; triplet estimator, pixel classes
+from the references' mean), ± one standard error (8 px blocks,
 delta method). *Blur*: Gaussian σ in {sigmas} px chosen per pixel class by the same
 estimator; *sky / blur*, *source / blur*: option gain over the best blur's. *patches/s*:
 median training rate over epochs; *inference*: one whole-frame forward pass of the

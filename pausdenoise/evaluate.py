@@ -94,7 +94,11 @@ Biases to keep in mind:
   background gradient that differs between exposures (a constant sky is subtracted per
   frame; a ZP error scales the references' sources, so it too acts in source pixels).
   Treat source-pixel numbers as indicative (see ``independent_references.csv``: references
-  of different seeing disagree there), and the sky-pixel numbers as the measurement.
+  of different seeing disagree there), and the sky-pixel numbers as the measurement. On a
+  crowded field the "sky" is unresolved stars and carries the same terms; the evaluate stage
+  therefore first brings each reference to D's seeing, sub-pixel position and flux scale
+  with a fitted pixel kernel (``evaluate.reference_kernel``,
+  :mod:`pausdenoise.reference_match`, which says what that leaves).
 - **Pixel classes** come from a threshold on the references' mean (or from catalogue
   apertures), not from the truth: sky pixels are good pixels farther than ``sky_margin`` px
   from any pixel of the references' smoothed mean above ``source_threshold`` σ. The
@@ -225,6 +229,20 @@ class EvaluateConfig(BaseModel):
     )
     max_references: int = Field(
         4, ge=1, description="Without truth: at most this many independent exposures per frame."
+    )
+    reference_kernel: int = Field(
+        3,
+        ge=0,
+        description="Without truth: half-width h (px) of the (2h+1)² pixel kernel and "
+        "background plane fitted to bring each reference to the frame's seeing, sub-pixel "
+        "position and flux scale (pausdenoise.reference_match); the references the kernel "
+        "fits best are used. 0: references as resampled, flux scale from zero-points only.",
+    )
+    reference_candidates: int = Field(
+        12,
+        ge=1,
+        description="Without truth, with reference_kernel > 0: at most this many exposures "
+        "(largest coverage first) are matched, of which max_references are kept.",
     )
     min_overlap: float = Field(
         0.5,

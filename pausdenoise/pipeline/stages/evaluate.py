@@ -18,8 +18,11 @@ coverage is the overlap at the measured offset, and the offset, rounded to whole
 stands in for the WCS (:func:`pausdenoise.register.shift_wcs`), so references are exact
 copies whose noise stays independent and uncorrelated (the ≤ 0.5 px rounding only touches
 pixels with signal: a Δ term of :mod:`pausdenoise.evaluate`). An exposure that cannot be
-registered is not a reference (reason in ``registration.csv``). Writes into
-``<run>/evaluate/``:
+registered is not a reference (reason in ``registration.csv``). With
+``evaluate.reference_kernel`` > 0 up to ``evaluate.reference_candidates`` references are each
+brought to the frame's seeing, sub-pixel position and flux scale by a fitted pixel kernel
+(:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used.
+Writes into ``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised) and pixel class (sky |
   source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
@@ -28,7 +31,9 @@ registered is not a reference (reason in ``registration.csv``). Writes into
 - ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
   factor raw/denoised per class;
 - ``independent_references.csv`` (without truth): the estimate with each reference alone
-  and its noise variance (they must agree within their errors), and its coverage;
+  and its noise variance (they must agree within their errors), its coverage and its match
+  (``flux_scale`` frame / reference, kernel centroid ``shift_x_px``/``shift_y_px``,
+  ``background_adu``, ``kernel_fit_rms``, ``kernel_fit_pixels``);
 - ``registration.csv`` (frames without a WCS): per pair registered, ``frame``,
   ``other_frame``, ``dx_px``, ``dy_px`` (position in the other frame minus position in the
   frame, px, 0-based), ``significance``, ``overlap``, ``error`` (empty when registered);
@@ -67,6 +72,7 @@ import pandas as pd
 
 from pausdenoise import detection as dt
 from pausdenoise import evaluate as ev
+from pausdenoise import reference_match as rm
 from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.errors import PsfError, RegistrationError
@@ -334,12 +340,14 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     -------
     tuple of (list of ndarray, list of str, list of float)
         The references on the frame's grid (ADU, NaN outside), their frames and their
-        coverage of the frame's good pixels; at most ``evaluate.max_references``.
+        coverage of the frame's good pixels; at most ``evaluate.max_references`` (or
+        ``evaluate.reference_candidates`` to be matched, see :func:`_matched_references`).
     """
     cfg = ctx.cfg.evaluate
+    limit = cfg.reference_candidates if cfg.reference_kernel > 0 else cfg.max_references
     refs, names, coverage = [], [], []
     for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
-        if len(refs) >= cfg.max_references:
+        if len(refs) >= max(limit, cfg.max_references):
             break
         o_arr = _frame_arrays(ctx.store, f)
         zp_o = by_frame.loc[f, "zp"]
@@ -359,10 +367,38 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     return refs, names, coverage
 
 
+def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndarray,
+                        sky: float, refs: list[np.ndarray], names: list[str],
+                        coverage: list[float]
+                        ) -> tuple[list[np.ndarray], list[str], list[float], pd.DataFrame]:
+    """Bring the candidates to the frame's seeing and flux scale; keep those fitted best.
+
+    Returns
+    -------
+    tuple
+        References, their frames and coverage (at most ``evaluate.max_references``, best
+        kernel fit first), and per reference the match (:func:`pausdenoise.reference_match.
+        matched_row`) indexed by frame.
+    """
+    cfg = ctx.cfg.evaluate
+    attrs = st.frame_attrs(ctx.store, frame)
+    gain = attrs.get("gain")
+    gain = float(gain) if gain and float(gain) > 0 else None
+    rdn = attrs.get("rdnoise")
+    rn_adu = float(rdn) / gain if (rdn and gain) else 0.0
+    best = rm.best_matched(raw, good, refs, cfg.max_references, sky=sky, gain=gain,
+                           read_noise_adu=rn_adu, half_width=cfg.reference_kernel)
+    info = pd.DataFrame([rm.matched_row(m) for _, m in best],
+                        index=[names[i] for i, _ in best])
+    return ([m.values for _, m in best], [names[i] for i, _ in best],
+            [coverage[i] for i, _ in best], info)
+
+
 def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
                          estimates: dict[str, np.ndarray], raw: np.ndarray,
                          refs: list[np.ndarray], names: list[str], coverage: list[float],
-                         good: np.ndarray, catalogue: pd.DataFrame | None
+                         good: np.ndarray, catalogue: pd.DataFrame | None,
+                         matches: pd.DataFrame | None = None
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the frame's estimates against its references.
 
@@ -397,6 +433,8 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     per_ref.insert(1, "reference_frame", np.asarray(names)[idx])
     per_ref.insert(2, "coverage", np.asarray(coverage)[idx])
     per_ref = per_ref.drop(columns=["reference_index", "n_references", "psnr_db", "ssim"])
+    if matches is not None and len(matches):
+        per_ref = per_ref.join(matches, on="reference_frame")
     return metrics, per_ref
 
 
@@ -446,8 +484,10 @@ def _independent_frame(
         return (f"one independent exposure ({names[0]}) in band {band}: its noise variance "
                 "needs a second (evaluate.single_reference='equal-noise' assumes equal "
                 "noise instead)")
+    refs, names, coverage, matches = _matched_references(ctx, frame, raw, good, sky, refs,
+                                                         names, coverage)
     return _independent_metrics(ctx, frame, row, estimates, raw, refs, names, coverage, good,
-                                catalogue)
+                                catalogue, matches)
 
 
 # --------------------------------------------------------------------------- with truth

@@ -1,0 +1,206 @@
+"""Real-frame quality scores with and without references matched to the scored frame.
+
+The independent-exposure estimator scores a frame of the 24 real SAAO exposures against other
+exposures of the field. Those differ from the scored frame in flux scale (exposure times
+150–300 s, transparency), seeing and sub-pixel position; on this crowded bulge field even the
+"sky" pixels are unresolved stars, so the mismatch enters every score.
+``evaluate.reference_kernel`` brings each reference to the frame with a fitted pixel kernel
+(:mod:`pausdenoise.reference_match`). This benchmark scores the same frames both ways:
+
+* the raw image's estimated sky-pixel RMS next to the one the frame's own noise model
+  predicts, ``sqrt(sky / gain + (read noise / gain)²)`` (ADU, header GAIN and RDNOISE): the
+  estimator's error on a known quantity (unresolved stars add a little Poisson noise above
+  it);
+* the gains (raw RMS / estimate RMS) of Gaussian blurs (σ grid) and, with ``--checkpoint``,
+  of a trained network, pooled over the frames, and the network's gain over the best blur's.
+
+Usage (project venv; the SAAO store is ingested into ``--out`` when absent)::
+
+    python benchmarks/bench_reference_match.py --checkpoint bench-output/saao/model/n2v.safetensors
+
+``--append`` adds a dated section to ``benchmarks/RESULTS.md``. Time: ~1–2 min per setting on
+two cores (registration and kernel fits of up to 12 candidates per frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_training_budget as tb
+
+from pausdenoise import store as st
+from pausdenoise.config import load_config
+from pausdenoise.n2v.checkpoint import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def frames_for(kernel: int, out: Path, n_eval: int) -> tuple[list[tb.EvalFrame], list[float]]:
+    """Scored SAAO frames with references matched by a kernel of half-width ``kernel``.
+
+    Parameters
+    ----------
+    kernel : int
+        ``evaluate.reference_kernel`` (0: references as registered).
+    out : Path
+        Benchmark folder (the store is ``out/saao/store.zarr``).
+    n_eval : int
+        Frames scored, spread over the exposure order.
+
+    Returns
+    -------
+    tuple
+        The frames and, per frame, the sky-pixel RMS the noise model predicts (ADU).
+    """
+    cfg = load_config(tb.CONFIGS["saao"]).evaluate.model_copy(
+        update={"reference_kernel": kernel})
+    store = tb._ensure_store("saao", out)
+    names = st.exposure_table(store).sort_values("expnum")["frame"].tolist()
+    pick = sorted({names[round(float(i))] for i in np.linspace(0, len(names) - 1, n_eval)})
+    frames, expected = [], []
+    for f in pick:
+        arr = tb._arrays(store, f)
+        good = tb._good(arr)
+        refs = tb._references(store, f, [o for o in names if o != f], arr["image"], good, cfg)
+        fr = tb.independent_frame(f, arr["image"], good, refs, cfg, arr.get("mask"))
+        attrs = st.frame_attrs(store, f)
+        g, rn = float(attrs["gain"]), float(attrs["rdnoise"])
+        frames.append(fr)
+        expected.append(math.sqrt(fr.sky / g + (rn / g) ** 2))
+    return frames, expected
+
+
+def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None
+          ) -> dict[str, Any]:
+    """Raw sky RMS per frame, blur gains and the network's gains, pooled over frames.
+
+    Parameters
+    ----------
+    frames : list of EvalFrame
+        Scored frames.
+    expected : list of float
+        Their predicted raw sky-pixel RMS (ADU).
+    model : UNet or None
+        A trained network, or None.
+
+    Returns
+    -------
+    dict
+        ``per_frame`` (name, estimated and predicted raw sky RMS), ``gains``
+        (kind → class → (gain, se)).
+    """
+    scores = []
+    for f in frames:
+        est = {f"blur {s:g}": tb.blur(f.image, f.good, s) for s in SIGMAS}
+        if model is not None:
+            est["network"] = tb.denoise(model, f)
+        scores.append(tb.score_frame(f, est))
+    per_frame = []
+    for f, sc, e in zip(frames, scores, expected, strict=True):
+        raw = sc[(sc["kind"] == "raw") & (sc["pixel_class"] == "sky")].iloc[0]
+        per_frame.append({"frame": f.name, "raw_sky_rms": math.sqrt(max(raw["mse"], 0.0)),
+                          "predicted": e})
+    pooled = tb.pool(scores).set_index(["kind", "pixel_class"])
+    gains: dict[str, dict[str, tuple[float, float]]] = {}
+    for kind in dict.fromkeys(pooled.index.get_level_values(0)):
+        if kind == "raw":
+            continue
+        gains[kind] = {}
+        for cls in tb.CLASSES:
+            r, e = pooled.loc[("raw", cls)], pooled.loc[(kind, cls)]
+            gains[kind][cls] = tb.gain(r["mse"], r["mse_se"], e["mse"], e["mse_se"])
+    return {"per_frame": per_frame, "gains": gains}
+
+
+def render(results: dict[int, dict[str, Any]]) -> str:
+    """Markdown tables: raw sky RMS against the noise model, then gains, per setting.
+
+    Parameters
+    ----------
+    results : dict
+        Kernel half-width → :func:`score` result.
+
+    Returns
+    -------
+    str
+    """
+    keys = list(results)
+    head = " | ".join(f"raw sky RMS, kernel {k}" for k in keys)
+    lines = [f"| frame | predicted by noise model | {head} |",
+             "|---|---:|" + "---:|" * len(keys)]
+    first = results[keys[0]]["per_frame"]
+    for i, row in enumerate(first):
+        vals = " | ".join(f"{results[k]['per_frame'][i]['raw_sky_rms']:.1f}" for k in keys)
+        lines.append(f"| {row['frame']} | {row['predicted']:.1f} | {vals} |")
+    lines += ["", "| estimate | " + " | ".join(f"sky gain, kernel {k} | source gain, kernel {k}"
+                                              for k in keys) + " |",
+              "|---|" + "---|---|" * len(keys)]
+    for kind in results[keys[0]]["gains"]:
+        cells = []
+        for k in keys:
+            for cls in tb.CLASSES:
+                g, se = results[k]["gains"][kind][cls]
+                cells.append(tb._pm(g, se))
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    if "network" in results[keys[0]]["gains"]:
+        lines.append("")
+        for k in keys:
+            gg = results[k]["gains"]
+            best = {c: max(v[c][0] for n, v in gg.items() if n != "network" and
+                           np.isfinite(v[c][0])) for c in tb.CLASSES}
+            lines.append(f"- kernel {k}: network / best blur = "
+                         f"{gg['network']['sky'][0] / best['sky']:.2f} (sky), "
+                         f"{gg['network']['source'][0] / best['source']:.2f} (source)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison; print (and optionally append) the tables.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "bench-output")
+    p.add_argument("--kernels", default="0,3", help="reference_kernel values, comma-separated")
+    p.add_argument("--eval-frames", type=int, default=4)
+    p.add_argument("--checkpoint", type=Path, help="a trained network to score beside")
+    p.add_argument("--append", action="store_true")
+    a = p.parse_args(argv)
+    model = load_model(a.checkpoint)[0] if a.checkpoint else None
+    results = {}
+    for k in (int(x) for x in a.kernels.split(",")):
+        frames, expected = frames_for(k, a.out, a.eval_frames)
+        results[k] = score(frames, expected, model)
+    table = render(results)
+    print(table)
+    if a.append:
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        cmd = "python benchmarks/bench_reference_match.py " + " ".join(argv or sys.argv[1:])
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
+            fh.write(f"\n## Real-frame scores with references matched to the frame ({now})\n\n"
+                     f"machine: {platform.machine()}, {tb._cpu_name()}\n"
+                     f"command: `{cmd}`\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""References brought to the scored frame's seeing, position and flux scale.
+
+A synthetic crowded field (a star every ~30 px², as on a bulge field): the scored frame and
+four independent exposures that see it at other flux scales (0.6–1.5), sharper seeing,
+sub-pixel offsets left by whole-pixel registration and other sky gradients. The truth of the
+scored frame is known, so the independent-exposure estimate of the MSE of its raw image and
+of a blurred version can be checked with and without the match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pausdenoise import evaluate as ev
+from pausdenoise import reference_match as rm
+
+SHAPE = (128, 128)
+GAIN = 2.0
+SKY = 400.0
+# (PSF σ px, flux scale, dy, dx, x gradient ADU across the frame)
+FRAME = (1.7, 1.0, 0.0, 0.0, 0.0)
+REFERENCES = [(1.3, 0.6, 0.3, -0.2, 6.0), (1.5, 1.5, -0.25, 0.35, -4.0),
+              (1.2, 1.0, 0.1, 0.4, 0.0), (1.4, 0.8, -0.4, -0.1, 3.0)]
+
+
+def _scene(rng: np.random.Generator) -> np.ndarray:
+    """Stars: x, y (px, 0-based), flux (ADU at scale 1)."""
+    n = SHAPE[0] * SHAPE[1] // 30
+    return np.column_stack([rng.uniform(-5, SHAPE[1] + 5, n), rng.uniform(-5, SHAPE[0] + 5, n),
+                            np.exp(rng.uniform(np.log(30.0), np.log(5000.0), n))])
+
+
+def _render(stars: np.ndarray, sigma: float, scale: float, dy: float, dx: float,
+            grad: float) -> np.ndarray:
+    """Noiseless sky-subtracted image: Gaussian stars moved by (dx, dy), plus a plane."""
+    img = np.zeros(SHAPE)
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]].astype(np.float64)
+    for x, y, f in stars:
+        x0, y0 = round(x + dx), round(y + dy)
+        sl = (slice(max(y0 - 8, 0), max(min(y0 + 9, SHAPE[0]), 0)),
+              slice(max(x0 - 8, 0), max(min(x0 + 9, SHAPE[1]), 0)))
+        img[sl] += scale * f / (2 * np.pi * sigma**2) * np.exp(
+            -((xx[sl] - x - dx) ** 2 + (yy[sl] - y - dy) ** 2) / (2 * sigma**2))
+    return img + grad * (xx - (SHAPE[1] - 1) / 2) / SHAPE[1]
+
+
+def _observe(rng: np.random.Generator, truth: np.ndarray) -> np.ndarray:
+    """Sky plus Poisson-like Gaussian noise (gain GAIN), sky-subtracted again."""
+    var = (SKY + np.clip(truth, 0, None)) / GAIN
+    return truth + rng.normal(0.0, 1.0, SHAPE) * np.sqrt(var)
+
+
+@pytest.fixture(scope="module")
+def field():
+    rng = np.random.default_rng(7)
+    stars = _scene(rng)
+    truth = _render(stars, *FRAME)
+    frame = _observe(rng, truth)
+    refs = [_observe(rng, _render(stars, *p)) for p in REFERENCES]
+    return truth, frame, refs
+
+
+def _estimates(truth, frame, refs):
+    """Estimated and true MSE of raw and blurred, per pixel class."""
+    good = np.ones(SHAPE, bool)
+    est = {"raw": frame, "blur": ndimage.gaussian_filter(frame, 1.0)}
+    level = np.sqrt(SKY / GAIN)
+    classes = {"sky": truth < 0.5 * level, "source": truth > 10 * level}
+    res = ev.independent_exposure_metrics(est, frame, refs, classes).combined
+    out = {}
+    for _, r in res.iterrows():
+        sel = classes[r["pixel_class"]]
+        true = float(np.mean((est[r["kind"]][sel] - truth[sel]) ** 2))
+        out[(r["kind"], r["pixel_class"])] = (float(r["mse"]), true)
+    assert good.all()
+    return out
+
+
+def test_matching_recovers_scale_and_shift(field):
+    _truth, frame, refs = field
+    matched = rm.match_references(frame, np.ones(SHAPE, bool), refs, sky=SKY, gain=GAIN)
+    for m, (_s, scale, dy, dx, _g) in zip(matched, REFERENCES, strict=True):
+        # the shallowest reference (scale 0.6) comes out ~2 % faint (errors in variables)
+        assert m.flux_scale == pytest.approx(1.0 / scale, rel=0.03)
+        sx, sy = m.shift_px
+        assert sx == pytest.approx(dx, abs=0.05) and sy == pytest.approx(dy, abs=0.05)
+        assert 0.95 < m.residual_rms < 1.15
+
+
+def test_matched_references_give_the_true_mse(field):
+    truth, frame, refs = field
+    unmatched = _estimates(truth, frame, refs)
+    matched = rm.match_references(frame, np.ones(SHAPE, bool), refs, sky=SKY, gain=GAIN)
+    fixed = _estimates(truth, frame, [m.values for m in matched])
+    for key in (("raw", "sky"), ("blur", "sky"), ("raw", "source")):
+        est, true = fixed[key]
+        assert est == pytest.approx(true, rel=0.05), key
+    # the smoothing estimate's source pixels stay biased low (module docstring)
+    est, true = fixed[("blur", "source")]
+    assert 0.6 < est / true < 0.9
+    # unmatched, the same estimator is far off (the test can fail)
+    for key in (("blur", "sky"), ("raw", "source"), ("blur", "source")):
+        est, true = unmatched[key]
+        assert abs(est / true - 1) > 0.3, key
+
+
+def test_best_matched_prefers_the_references_that_fit(field):
+    _truth, frame, refs = field
+    rng = np.random.default_rng(3)
+    stars = _scene(rng)  # another field: nothing to match
+    wrong = _observe(rng, _render(stars, 1.3, 1.0, 0.0, 0.0, 0.0))
+    best = rm.best_matched(frame, np.ones(SHAPE, bool), [wrong, *refs], 3, sky=SKY, gain=GAIN)
+    assert 0 not in [i for i, _ in best] and len(best) == 3
+    plain = rm.best_matched(frame, np.ones(SHAPE, bool), [wrong, *refs], 2, half_width=0)
+    assert [i for i, _ in plain] == [0, 1]
+    assert np.array_equal(plain[0][1].values, wrong)
+
+
+def test_benchmark_scores_both_ways_and_tabulates(field, monkeypatch):
+    """``benchmarks/bench_reference_match.py``: per-frame raw sky RMS and gains, both ways."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_reference_match as brm
+    import bench_training_budget as tb
+
+    _truth, frame, refs = field
+    image = frame + SKY
+    good = np.ones(SHAPE, bool)
+    cfg = ev.EvaluateConfig()
+    predicted = float(np.sqrt(SKY / GAIN))
+    results = {}
+    for k in (0, 3):
+        sky = tb.frame_statistics(image, np.zeros(SHAPE, np.uint8)).sky
+        best = rm.best_matched(image - sky, good, refs, 4, sky=sky, gain=GAIN, half_width=k)
+        fr = tb.independent_frame("f", image, good, [m.values for _, m in best], cfg)
+        results[k] = brm.score([fr], [predicted], None)
+    est0 = results[0]["per_frame"][0]["raw_sky_rms"]
+    est3 = results[3]["per_frame"][0]["raw_sky_rms"]
+    # crowded "sky" pixels (classes from the references): matched, the raw estimate is the
+    # noise; unmatched, the references' other scales and seeings inflate it
+    assert est3 == pytest.approx(predicted, rel=0.05)
+    assert est0 > 1.1 * predicted
+    assert set(results[3]["gains"]) == {f"blur {s:g}" for s in brm.SIGMAS}
+    table = brm.render(results)
+    assert "raw sky RMS, kernel 3" in table and "| f |" in table
+    assert table.count("| blur ") == len(brm.SIGMAS)
