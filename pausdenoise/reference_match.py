@@ -73,7 +73,8 @@ class MatchedReference:
     n_fit : int
         Pixels the kernel was fitted on (0: not fitted).
     residual_rms : float
-        RMS of A − (K ⊗ R + B) on those pixels, ADU (NaN when not fitted).
+        RMS of (A − (K ⊗ R + B)) / σ_A on those pixels, σ_A the frame's modelled noise
+        (≈ 1 for a perfect match; NaN when not fitted).
     """
 
     values: np.ndarray
@@ -89,7 +90,10 @@ class MatchedReference:
 
     @property
     def shift_px(self) -> tuple[float, float]:
-        """(dx, dy): the kernel's centroid, px (the reference's light moved by −shift)."""
+        """(dx, dy): the kernel's centroid, px.
+
+        Where, relative to (x, y), the reference holds the light the frame holds at (x, y).
+        """
         h = self.kernel.shape[0] // 2
         k, tot = self.kernel, self.kernel.sum()
         if tot == 0:
