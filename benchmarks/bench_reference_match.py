@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_training_budget as tb
 
+from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.config import load_config
 from pausdenoise.n2v.checkpoint import load_model
@@ -46,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
-def frames_for(kernel: int, out: Path, n_eval: int) -> tuple[list[tb.EvalFrame], list[float]]:
+def frames_for(kernel: int, out: Path, n_eval: int
+               ) -> tuple[list[tb.EvalFrame], list[float], list[list[float]]]:
     """Scored SAAO frames with references matched by a kernel of half-width ``kernel``.
 
     Parameters
@@ -61,28 +63,32 @@ def frames_for(kernel: int, out: Path, n_eval: int) -> tuple[list[tb.EvalFrame],
     Returns
     -------
     tuple
-        The frames and, per frame, the sky-pixel RMS the noise model predicts (ADU).
+        The frames, per frame the sky-pixel RMS the noise model predicts (ADU), and per frame
+        the flux scales (frame / reference) of the references kept (1.0 when not matched).
     """
     cfg = load_config(tb.CONFIGS["saao"]).evaluate.model_copy(
         update={"reference_kernel": kernel})
     store = tb._ensure_store("saao", out)
     names = st.exposure_table(store).sort_values("expnum")["frame"].tolist()
     pick = sorted({names[round(float(i))] for i in np.linspace(0, len(names) - 1, n_eval)})
-    frames, expected = [], []
+    frames, expected, scales = [], [], []
     for f in pick:
         arr = tb._arrays(store, f)
         good = tb._good(arr)
         refs = tb._references(store, f, [o for o in names if o != f], arr["image"], good, cfg)
-        fr = tb.independent_frame(f, arr["image"], good, refs, cfg, arr.get("mask"))
-        attrs = st.frame_attrs(store, f)
-        g, rn = float(attrs["gain"]), float(attrs["rdnoise"])
+        fr = tb.independent_frame(f, arr["image"], good, [m.values for m in refs], cfg,
+                                  arr.get("mask"))
+        g, rn_adu = rm.frame_noise(st.frame_attrs(store, f))
+        if g is None:
+            raise SystemExit(f"frame {f} has no gain: no noise model to compare with")
         frames.append(fr)
-        expected.append(math.sqrt(fr.sky / g + (rn / g) ** 2))
-    return frames, expected
+        expected.append(math.sqrt(fr.sky / g + rn_adu**2))
+        scales.append([m.flux_scale for m in refs])
+    return frames, expected, scales
 
 
-def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None
-          ) -> dict[str, Any]:
+def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
+          scales: list[list[float]] | None = None) -> dict[str, Any]:
     """Raw sky RMS per frame, blur gains and the network's gains, pooled over frames.
 
     Parameters
@@ -93,11 +99,14 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None
         Their predicted raw sky-pixel RMS (ADU).
     model : UNet or None
         A trained network, or None.
+    scales : list of list of float, optional
+        Per frame, the flux scales of its references (reported as their range).
 
     Returns
     -------
     dict
-        ``per_frame`` (name, estimated and predicted raw sky RMS), ``gains``
+        ``per_frame`` (name, estimated and predicted raw sky RMS, references' flux-scale
+        range), ``gains``
         (kind → class → (gain, se)).
     """
     scores = []
@@ -107,10 +116,11 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None
             est["network"] = tb.denoise(model, f)
         scores.append(tb.score_frame(f, est))
     per_frame = []
-    for f, sc, e in zip(frames, scores, expected, strict=True):
+    for i, (f, sc, e) in enumerate(zip(frames, scores, expected, strict=True)):
         raw = sc[(sc["kind"] == "raw") & (sc["pixel_class"] == "sky")].iloc[0]
+        k = scales[i] if scales else [math.nan]
         per_frame.append({"frame": f.name, "raw_sky_rms": math.sqrt(max(raw["mse"], 0.0)),
-                          "predicted": e})
+                          "predicted": e, "scale_range": (min(k), max(k))})
     pooled = tb.pool(scores).set_index(["kind", "pixel_class"])
     gains: dict[str, dict[str, tuple[float, float]]] = {}
     for kind in dict.fromkeys(pooled.index.get_level_values(0)):
@@ -136,13 +146,18 @@ def render(results: dict[int, dict[str, Any]]) -> str:
     str
     """
     keys = list(results)
-    head = " | ".join(f"raw sky RMS, kernel {k}" for k in keys)
+    head = " | ".join(f"raw sky RMS, kernel {k} | flux scales kept, kernel {k}" for k in keys)
     lines = [f"| frame | predicted by noise model | {head} |",
-             "|---|---:|" + "---:|" * len(keys)]
+             "|---|---:|" + "---:|---|" * len(keys)]
     first = results[keys[0]]["per_frame"]
     for i, row in enumerate(first):
-        vals = " | ".join(f"{results[k]['per_frame'][i]['raw_sky_rms']:.1f}" for k in keys)
-        lines.append(f"| {row['frame']} | {row['predicted']:.1f} | {vals} |")
+        cells = []
+        for k in keys:
+            r = results[k]["per_frame"][i]
+            lo, hi = r["scale_range"]
+            cells += [f"{r['raw_sky_rms']:.1f}",
+                      "—" if not np.isfinite(lo) or k == 0 else f"{lo:.2f} – {hi:.2f}"]
+        lines.append(f"| {row['frame']} | {row['predicted']:.1f} | {' | '.join(cells)} |")
     lines += ["", "| estimate | " + " | ".join(f"sky gain, kernel {k} | source gain, kernel {k}"
                                               for k in keys) + " |",
               "|---|" + "---|---|" * len(keys)]
@@ -188,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(a.checkpoint)[0] if a.checkpoint else None
     results = {}
     for k in (int(x) for x in a.kernels.split(",")):
-        frames, expected = frames_for(k, a.out, a.eval_frames)
-        results[k] = score(frames, expected, model)
+        frames, expected, scales = frames_for(k, a.out, a.eval_frames)
+        results[k] = score(frames, expected, model, scales)
     table = render(results)
     print(table)
     if a.append:

@@ -384,12 +384,12 @@ def _with_noise_scale(cfg: PipelineConfig, exposures: pd.DataFrame,
 
 
 def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
-                good: np.ndarray, cfg: ev.EvaluateConfig) -> list[np.ndarray]:
+                good: np.ndarray, cfg: ev.EvaluateConfig) -> list[rm.MatchedReference]:
     """The other exposures registered to ``frame`` by whole-pixel offsets, on its grid.
 
     With ``evaluate.reference_kernel`` > 0 each candidate is brought to the frame's seeing,
     sub-pixel position and flux scale (:mod:`pausdenoise.reference_match`) and those fitted
-    best are kept, as the evaluate stage does.
+    best are kept, as the evaluate stage does; their ``values`` are the references.
     """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
@@ -406,24 +406,21 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             print(f"  {frame}: {o} not registered ({exc})", flush=True)
             continue
         cands.append((-off.overlap, o, a, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)))
-    limit = max(cfg.reference_candidates if cfg.reference_kernel > 0 else 0,
-                cfg.max_references)
     refs = []
     for _, _o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
-        if len(refs) >= limit:
+        if len(refs) >= cfg.references_to_read:
             break
         values, valid = ev.reference_on_grid(a["image"], a.get("mask"), a.get("ivar"), wcs_o,
                                              None, rg.shift_wcs(), image.shape, None,
                                              cfg.resampling)
         if (valid & good).sum() / good.sum() >= cfg.min_overlap:
             refs.append(values)
-    gain = float(attrs["gain"]) if attrs.get("gain") else None
-    rn = float(attrs["rdnoise"]) / gain if (gain and attrs.get("rdnoise")) else 0.0
+    gain, rn = rm.frame_noise(attrs)
     sky = frame_statistics(image, (~good).astype(np.uint8)).sky
     best = rm.best_matched(np.where(good, image - sky, np.nan), good, refs,
                            cfg.max_references, sky=sky, gain=gain, read_noise_adu=rn,
                            half_width=cfg.reference_kernel)
-    return [m.values for _, m in best]
+    return [m for _, m in best]
 
 
 def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
@@ -492,8 +489,8 @@ def load_saao(out: Path, n_eval: int) -> DataSet:
         if len(refs) < 2:
             print(f"  {f}: fewer than 2 references, not scored", flush=True)
             continue
-        frames.append(independent_frame(f, arr["image"], good, refs, cfg.evaluate,
-                                        arr.get("mask")))
+        frames.append(independent_frame(f, arr["image"], good, [m.values for m in refs],
+                                        cfg.evaluate, arr.get("mask")))
     base = _with_noise_scale(cfg, exposures, stats)
     return DataSet("saao", train, frames, base, None,
                    f"{_rel(store)} ({len(train)} frames trained on, scored: {', '.join(pick)})")

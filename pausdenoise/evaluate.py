@@ -269,6 +269,18 @@ class EvaluateConfig(BaseModel):
         "or above-threshold pixel.",
     )
 
+    @property
+    def references_to_read(self) -> int:
+        """Exposures brought onto a frame's grid: the candidates to match, or the references.
+
+        Returns
+        -------
+        int
+        """
+        if self.reference_kernel > 0:
+            return max(self.reference_candidates, self.max_references)
+        return self.max_references
+
 
 # --------------------------------------------------------------------------- pixel classes
 

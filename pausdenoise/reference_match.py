@@ -41,8 +41,9 @@ Pure functions of arrays; the evaluate stage and the benchmarks call them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -205,9 +206,8 @@ def apply_kernel(reference: np.ndarray, kernel: np.ndarray,
     valid = np.isfinite(r)
     out = ndimage.correlate(np.where(valid, r, 0.0), kernel, mode="constant", cval=0.0)
     ny, nx = r.shape
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    out += background[0] + background[1] * (xx - (nx - 1) / 2) / nx \
-        + background[2] * (yy - (ny - 1) / 2) / ny
+    out += background[0] + background[1] * ((np.arange(nx) - (nx - 1) / 2) / nx)[None, :] \
+        + background[2] * ((np.arange(ny) - (ny - 1) / 2) / ny)[:, None]
     return np.where(_footprint_valid(valid, h), out, np.nan)
 
 
@@ -241,14 +241,19 @@ def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.
     a = np.where(good, np.asarray(image, dtype=np.float64), np.nan)
     d = (a[:, 1:] - a[:, :-1]).ravel()
     d = d[np.isfinite(d)]
-    sig2 = float((MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))) ** 2 / 2.0) or 1.0
+    sig2 = float((MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))) ** 2 / 2.0) \
+        if d.size else 1.0
+    sig2 = sig2 if sig2 > 0 else 1.0
     if gain is None or not gain > 0:
         gain = sky / sig2 if sky > 0 else None
     if gain is None:
         return np.full(a.shape, sig2)
-    stack = np.stack(references)
-    n = np.isfinite(stack).sum(axis=0)
-    light = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), 0.0)
+    total, n = np.zeros(a.shape), np.zeros(a.shape)
+    for r in references:  # a running mean: no stacked copy of full-size references
+        ok = np.isfinite(r)
+        total += np.where(ok, r, 0.0)
+        n += ok
+    light = np.where(n > 0, total / np.maximum(n, 1), 0.0)
     var = (max(float(sky), 0.0) + np.clip(light, 0.0, None)) / gain + read_noise_adu**2
     return np.maximum(var, 0.01 * sig2)
 
@@ -367,3 +372,28 @@ def matched_row(m: MatchedReference) -> dict[str, float]:
     return {"flux_scale": m.flux_scale, "shift_x_px": dx, "shift_y_px": dy,
             "background_adu": m.background[0], "kernel_fit_rms": m.residual_rms,
             "kernel_fit_pixels": m.n_fit}
+
+
+def frame_noise(attrs: Mapping[str, Any]) -> tuple[float | None, float]:
+    """Return the gain and read noise the weights of :func:`match_references` need.
+
+    Parameters
+    ----------
+    attrs : mapping
+        A frame's store attributes (``gain`` in e⁻/ADU, ``rdnoise`` in e⁻).
+
+    Returns
+    -------
+    tuple of (float or None, float)
+        Gain (None when missing or not > 0: :func:`noise_variance` then estimates it) and
+        read noise in ADU (0 when either is unknown).
+    """
+    def positive(key: str) -> float | None:
+        try:
+            v = float(attrs.get(key))
+        except (TypeError, ValueError):
+            return None
+        return v if np.isfinite(v) and v > 0 else None
+
+    gain, rdnoise = positive("gain"), positive("rdnoise")
+    return gain, (rdnoise / gain if gain and rdnoise else 0.0)

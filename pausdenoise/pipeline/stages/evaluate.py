@@ -344,10 +344,9 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
         ``evaluate.reference_candidates`` to be matched, see :func:`_matched_references`).
     """
     cfg = ctx.cfg.evaluate
-    limit = cfg.reference_candidates if cfg.reference_kernel > 0 else cfg.max_references
     refs, names, coverage = [], [], []
     for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
-        if len(refs) >= max(limit, cfg.max_references):
+        if len(refs) >= cfg.references_to_read:
             break
         o_arr = _frame_arrays(ctx.store, f)
         zp_o = by_frame.loc[f, "zp"]
@@ -381,11 +380,7 @@ def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndar
         matched_row`) indexed by frame.
     """
     cfg = ctx.cfg.evaluate
-    attrs = st.frame_attrs(ctx.store, frame)
-    gain = attrs.get("gain")
-    gain = float(gain) if gain and float(gain) > 0 else None
-    rdn = attrs.get("rdnoise")
-    rn_adu = float(rdn) / gain if (rdn and gain) else 0.0
+    gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
     best = rm.best_matched(raw, good, refs, cfg.max_references, sky=sky, gain=gain,
                            read_noise_adu=rn_adu, half_width=cfg.reference_kernel)
     info = pd.DataFrame([rm.matched_row(m) for _, m in best],
