@@ -12,7 +12,15 @@ exposures of the field. Those differ from the scored frame in flux scale (exposu
   estimator's error on a known quantity (unresolved stars add a little Poisson noise above
   it);
 * the gains (raw RMS / estimate RMS) of Gaussian blurs (σ grid) and, with ``--checkpoint``,
-  of a trained network, pooled over the frames, and the network's gain over the best blur's.
+  of a trained network, pooled over the frames, and the network's gain over the best blur's;
+* with ``--oracle-width h``, the best *linear* filter of the frame: the (2h+1)² pixel kernel
+  (plus a background plane) that predicts the references' mean from the raw frame with the
+  least squared error, fitted on one pixel class (sky, sources) of one half of the frame and
+  applied to the other half (:func:`oracle_filter`). It uses the references, so it is no
+  denoiser; it bounds what any linear shift-invariant smoothing of that support, Gaussian
+  blurs included, can score with this estimator -- the Wiener filter the field's own power
+  spectrum allows. The references' noise does not bias the fit (it is in the target, not in
+  the regressor) and, cross-fitted by halves, does not enter the scored half.
 
 Usage (project venv; the SAAO store is ingested into ``--out`` when absent)::
 
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,6 +54,43 @@ from pausdenoise.n2v.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def oracle_filter(frame: tb.EvalFrame, half_width: int, pixels: np.ndarray) -> np.ndarray:
+    """The frame filtered by the linear kernel that best predicts its references' mean.
+
+    Parameters
+    ----------
+    frame : EvalFrame
+        A frame scored without truth (its ``references`` sky-subtracted ADU on its grid).
+    half_width : int
+        h: the kernel is (2h+1) × (2h+1) px.
+    pixels : ndarray of bool (ny, nx)
+        Pixels the kernel is fitted on (one pixel class).
+
+    Returns
+    -------
+    ndarray (ny, nx)
+        ADU, sky included. Columns x < nx // 2 (0-based) are filtered with the kernel fitted
+        on the other columns and the reverse (cross-fitting); the image is reflected at its
+        edges and unusable pixels count as sky.
+    """
+    raw = np.where(frame.good, frame.image - frame.sky, np.nan)
+    target = np.mean(np.stack(frame.references), axis=0)  # NaN where any is invalid
+    left = np.zeros(raw.shape, bool)
+    left[:, : raw.shape[1] // 2] = True
+    out = raw.copy()
+    for fit_half in (left, ~left):
+        kernel, bg, _, _ = rm.fit_kernel(target, raw, pixels & fit_half & frame.good,
+                                         np.ones(raw.shape), half_width)
+        if kernel is None:
+            raise SystemExit(f"{frame.name}: too few pixels to fit the oracle filter")
+        # reflected at the frame's edges (as the blurs are), unusable pixels at the sky
+        applied = ndimage.correlate(np.where(frame.good, raw, 0.0), kernel, mode="reflect")
+        applied += rm.apply_kernel(np.zeros(raw.shape), np.zeros((1, 1)), bg)  # the plane
+        use = ~fit_half & frame.good
+        out[use] = applied[use]
+    return out + frame.sky
 
 
 def frames_for(kernel: int, out: Path, n_eval: int
@@ -88,7 +134,7 @@ def frames_for(kernel: int, out: Path, n_eval: int
 
 
 def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
-          scales: list[list[float]] | None = None) -> dict[str, Any]:
+          scales: list[list[float]] | None = None, oracle_width: int = 0) -> dict[str, Any]:
     """Raw sky RMS per frame, blur gains and the network's gains, pooled over frames.
 
     Parameters
@@ -101,6 +147,8 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
         A trained network, or None.
     scales : list of list of float, optional
         Per frame, the flux scales of its references (reported as their range).
+    oracle_width : int
+        h of the oracle linear filters (:func:`oracle_filter`, one per pixel class); 0: none.
 
     Returns
     -------
@@ -112,6 +160,9 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
     scores = []
     for f in frames:
         est = {f"blur {s:g}": tb.blur(f.image, f.good, s) for s in SIGMAS}
+        if oracle_width > 0:
+            for cls in tb.CLASSES:
+                est[f"linear, {cls}-fitted"] = oracle_filter(f, oracle_width, f.classes[cls])
         if model is not None:
             est["network"] = tb.denoise(model, f)
         scores.append(tb.score_frame(f, est))
@@ -172,7 +223,7 @@ def render(results: dict[int, dict[str, Any]]) -> str:
         lines.append("")
         for k in keys:
             gg = results[k]["gains"]
-            best = {c: max(v[c][0] for n, v in gg.items() if n != "network" and
+            best = {c: max(v[c][0] for n, v in gg.items() if n.startswith("blur") and
                            np.isfinite(v[c][0])) for c in tb.CLASSES}
             lines.append(f"- kernel {k}: network / best blur = "
                          f"{gg['network']['sky'][0] / best['sky']:.2f} (sky), "
@@ -198,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", default="0,3", help="reference_kernel values, comma-separated")
     p.add_argument("--eval-frames", type=int, default=4)
     p.add_argument("--checkpoint", type=Path, help="a trained network to score beside")
+    p.add_argument("--oracle-width", type=int, default=0,
+                   help="h of the oracle linear filters ((2h+1)² px kernels); 0: none")
     p.add_argument("--append", action="store_true")
     a = p.parse_args(argv)
     model = load_model(a.checkpoint)[0] if a.checkpoint else None
     results = {}
     for k in (int(x) for x in a.kernels.split(",")):
         frames, expected, scales = frames_for(k, a.out, a.eval_frames)
-        results[k] = score(frames, expected, model, scales)
+        results[k] = score(frames, expected, model, scales, a.oracle_width)
     table = render(results)
     print(table)
     if a.append:

@@ -81,13 +81,14 @@ from pausdenoise.paus_layout import CATALOGUE_NAME, TRUE_FLUXES_NAME, TRUTH_DIR
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import frame_stats_table, split_holdout
-from pausdenoise.pipeline.stages.train import noise_scale_from_frames
+from pausdenoise.pipeline.stages.train import noise_scale_from_frames, sky_variance_from_frames
 from pausdenoise.stats import MAD_TO_SIGMA
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: Option name → overrides of the data set's ``train`` section (nested dicts merge).
+#: Option name → overrides of the data set's ``train`` section (nested dicts merge);
+#: ``sky_variance: None`` takes the value measured from the frames' gains (DataSet).
 #: Settings of the "-avg" options: the learning rate decays along half a cosine to the end
 #: of the budget, and the weights scored are an exponential moving average (decay per step).
 _AVERAGED: dict[str, Any] = {"lr_decay": "cosine", "weight_average": 0.995}
@@ -103,6 +104,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
                                "replacement": "median", "masked_fraction": 0.05, **_AVERAGED},
     "blindspot": {"method": "blindspot", "unet": {"posterior": "none"}},
     "blindspot-posterior": {"method": "blindspot", "unet": {"posterior": "gaussian"}},
+    "n2v-posterior-skyvar": {"unet": {"posterior": "gaussian"}, "sky_variance": None},
+    "sure": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None},
 }
 #: The option whose architecture gives the reference inference rate (the demo's recipe).
 REFERENCE_OPTION = "n2v-posterior"
@@ -169,6 +172,9 @@ class DataSet:
     train_cfg: TrainConfig
     photometry: Photometry | None = None
     description: str = ""
+    #: The noise model's sky variance from the training frames' gains and read noise
+    #: (:func:`~pausdenoise.pipeline.stages.train.sky_variance_from_frames`; 1 without gains).
+    sky_variance: float = 1.0
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +185,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def option_config(base: TrainConfig, option: str, budget_minutes: float,
-                  threads: int) -> TrainConfig:
+                  threads: int, sky_variance: float = 1.0) -> TrainConfig:
     """Build an option's training configuration for a budgeted run.
 
     The base (the data set's ``train`` section) gets the option's overrides and the budget
@@ -197,6 +203,8 @@ def option_config(base: TrainConfig, option: str, budget_minutes: float,
         The largest wall-clock budget (minutes).
     threads : int
         Torch CPU threads.
+    sky_variance : float
+        The measured sky variance, for a ``sky_variance`` left unset.
 
     Returns
     -------
@@ -210,6 +218,8 @@ def option_config(base: TrainConfig, option: str, budget_minutes: float,
                    "early_stopping_patience": None, "keep": "last",
                    "validation_patches": VALIDATION_PATCHES, "max_minutes": budget_minutes,
                    "num_threads": threads, "lr_schedule": {"patience": patience}})
+    if d.get("sky_variance") is None:
+        d["sky_variance"] = sky_variance
     return TrainConfig.model_validate(d)
 
 
@@ -366,21 +376,27 @@ def load_sim(out: Path) -> DataSet:
         src = _aperture_mask(rows, arr["image"].shape, cfg.photometry.pixel_scale)
         frames.append(truth_frame(f, arr["image"], arr["truth"], good, src,
                                   cfg.evaluate.sky_tolerance, arr.get("mask"), attrs))
-    base = _with_noise_scale(cfg, exposures, stats)
+    base, sky_var = _with_noise_scale(cfg, exposures, stats)
     return DataSet("sim", train, frames, base,
                    Photometry(catalogue, truth, cfg.photometry),
-                   f"{_rel(store)} ({len(train)} training frames, held out: {', '.join(held)})")
+                   f"{_rel(store)} ({len(train)} training frames, held out: {', '.join(held)})",
+                   sky_var)
 
 
 def _with_noise_scale(cfg: PipelineConfig, exposures: pd.DataFrame,
-                      stats: dict[str, Any]) -> TrainConfig:
-    """The ``train`` section with ``poisson_scale`` set as the train stage sets it."""
+                      stats: dict[str, Any]) -> tuple[TrainConfig, float]:
+    """The ``train`` section with ``poisson_scale`` and ``sky_variance`` set as the train stage
+    sets them, and the sky variance measured from the gains (1 without gains)."""
     base = cfg.train
     if base.poisson_scale is None:
         scale = noise_scale_from_frames(exposures, stats)
         if scale is not None:
             base = base.model_copy(update={"poisson_scale": scale})
-    return base
+    var = sky_variance_from_frames(exposures, stats)
+    var = 1.0 if var is None else var
+    if base.sky_variance is None:
+        base = base.model_copy(update={"sky_variance": var})
+    return base, var
 
 
 def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
@@ -491,9 +507,10 @@ def load_saao(out: Path, n_eval: int) -> DataSet:
             continue
         frames.append(independent_frame(f, arr["image"], good, [m.values for m in refs],
                                         cfg.evaluate, arr.get("mask")))
-    base = _with_noise_scale(cfg, exposures, stats)
+    base, sky_var = _with_noise_scale(cfg, exposures, stats)
     return DataSet("saao", train, frames, base, None,
-                   f"{_rel(store)} ({len(train)} frames trained on, scored: {', '.join(pick)})")
+                   f"{_rel(store)} ({len(train)} frames trained on, scored: {', '.join(pick)})",
+                   sky_var)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -761,7 +778,7 @@ def train_option(ds: DataSet, option: str, budgets_min: list[float], threads: in
     tuple
         The trained network, its history, the snapshots and the configuration.
     """
-    cfg = option_config(ds.train_cfg, option, max(budgets_min), threads)
+    cfg = option_config(ds.train_cfg, option, max(budgets_min), threads, ds.sky_variance)
     snaps = BudgetSnapshots([60.0 * b for b in budgets_min])
     print(f"[{ds.name}] {option}: training up to {max(budgets_min):g} min on {threads} "
           f"thread(s)", flush=True)
@@ -918,7 +935,7 @@ def run_option(ds: DataSet, option: str, budgets_min: list[float], threads: int,
         (per budget and τ: the actual seconds and epochs at the copy, gains, flux bias).
     """
     res: dict[str, Any] = {"option": option, "overrides": OPTIONS[option], "budgets": []}
-    first = option_config(ds.train_cfg, option, 1.0, threads)
+    first = option_config(ds.train_cfg, option, 1.0, threads, ds.sky_variance)
     reason = method_available(first)
     if reason:
         return {**res, "status": f"not run: {reason}"}
@@ -1168,6 +1185,10 @@ the end of training, and scored after training (blind-spot options: one run per 
 the teacher trained for 70 % of it and distilled into the U-Net in the rest). Options
 ending in -avg: the learning rate decays along half a cosine to the end of the largest
 budget and the scored weights are their exponential moving average (decay 0.995 per step).
+Option `sure`: the U-Net without blind spot trained on Stein's unbiased estimate of its
+squared error from the noise model (`train.method: sure`; every pixel a target, two
+forward passes per step), with the noise model's sky variance in normalised units measured
+from the frames' gains and read noise (`train.sky_variance: null`; {sky_variance:.3g} here).
 Rows `option τ=k`: the same snapshot at inference with `denoise.prior_scale` k (the prior
 variance × k: the observed pixel weighs more; `--prior-scales`).
 *Gain* = RMS(raw) / RMS(estimate): with
@@ -1236,11 +1257,13 @@ def run_benchmark(ds: DataSet, options: list[str], budgets_min: list[float], thr
     """
     json_path = out / f"training-budget-{ds.name}.json"
     torch.set_num_threads(threads)
-    ref_cfg = option_config(ds.train_cfg, REFERENCE_OPTION, 1.0, threads)
-    ref_net = UNet(ref_cfg.unet.to_unet_config(ref_cfg.noise_scale)).eval()
+    ref_cfg = option_config(ds.train_cfg, REFERENCE_OPTION, 1.0, threads, ds.sky_variance)
+    ref_net = UNet(ref_cfg.unet.to_unet_config(ref_cfg.noise_scale,
+                                               ref_cfg.sky_noise_variance)).eval()
     results: dict[str, Any] = {
         "data": ds.name, "description": ds.description, "budgets_min": budgets_min,
         "threads": threads, "blur": best_blur(ds.frames),
+        "sky_variance": ds.sky_variance,
         "reference_inference_mpix_s": inference_rate(ref_net, ds.frames[0].image.shape),
         "options": []}
     if ds.photometry is not None:
@@ -1282,7 +1305,8 @@ def _section(results: dict[str, Any], table: str, command: str, load0, load1) ->
         f"torch {torch.__version__}, {results['threads']} torch thread(s). "
         f"Data: {results['description']}.\n\n```\n{command}\n```\n\n{table}\n\n"
         + DEFINITIONS.format(steps=STEPS_PER_EPOCH, sigmas=f"{BLUR_SIGMAS[0]:g} … "
-                             f"{BLUR_SIGMAS[-1]:g} (step 0.25)", ref=REFERENCE_OPTION) + "\n")
+                             f"{BLUR_SIGMAS[-1]:g} (step 0.25)", ref=REFERENCE_OPTION,
+                             sky_variance=results.get("sky_variance", 1.0)) + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -295,7 +295,7 @@ def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
     # twice; importing this module stays torch-free.
     from pausdenoise.n2v.unet import UNet
 
-    unet = UNet(cfg.train.unet.to_unet_config(cfg.train.noise_scale))
+    unet = UNet(cfg.train.unet.to_unet_config(cfg.train.noise_scale, cfg.train.sky_noise_variance))
     halo = unet.halo()
     if cfg.denoise.halo is not None:
         if cfg.denoise.halo < halo:

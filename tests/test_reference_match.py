@@ -147,3 +147,12 @@ def test_benchmark_scores_both_ways_and_tabulates(field, monkeypatch):
     table = brm.render(results)
     assert "raw sky RMS, kernel 3" in table and "| f |" in table
     assert table.count("| blur ") == len(brm.SIGMAS)
+    # the oracle linear filter (cross-fitted on halves): on Gaussian stars in white noise
+    # the blurs are near the best linear filter, so it comes out level with the best blur
+    # in the class it was fitted on (a wrong shift or scale would put it far below), and
+    # worse in the other class
+    oracle = brm.score([fr], [predicted], None, oracle_width=2)["gains"]
+    for cls in ("sky", "source"):
+        best_blur = max(oracle[f"blur {s:g}"][cls][0] for s in brm.SIGMAS)
+        assert oracle[f"linear, {cls}-fitted"][cls][0] > 0.85 * best_blur, cls
+    assert oracle["linear, source-fitted"]["sky"][0] < oracle["linear, sky-fitted"]["sky"][0]

@@ -41,14 +41,17 @@ class UNetSettings(BaseModel):
         "2019); noise model from train.poisson_scale. 'none': plain N2V.",
     )
 
-    def to_unet_config(self, noise_scale: float | None = None) -> UNetConfig:
+    def to_unet_config(self, noise_scale: float | None = None,
+                       sky_variance: float = 1.0) -> UNetConfig:
         """Build the network's architecture from these settings.
 
         Parameters
         ----------
         noise_scale : float, optional
-            gain·σ_sky in e⁻ (electrons per normalised unit): the noise model of the
+            gain·σ in e⁻ (electrons per normalised unit): the noise model of the
             Gaussian posterior. None takes :data:`DEFAULT_NOISE_SCALE`.
+        sky_variance : float
+            The sky + read-noise variance in normalised units (1: σ is the noise).
 
         Returns
         -------
@@ -64,6 +67,7 @@ class UNetSettings(BaseModel):
             batch_norm=self.batch_norm,
             posterior=self.posterior,
             noise_scale=DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale,
+            sky_variance=sky_variance,
         )
 
 
@@ -112,12 +116,14 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unet: UNetSettings = Field(default_factory=UNetSettings, description="Architecture.")
-    method: Literal["n2v", "blindspot"] = Field(
+    method: Literal["n2v", "blindspot", "sure"] = Field(
         "n2v",
         description="'n2v': masked blind-spot training of the U-Net (targets: masked_fraction "
         "of the pixels). 'blindspot': a blind-spot teacher network in which every pixel is a "
         "target (Laine et al. 2019) is trained, frozen and distilled into the "
-        "U-Net, which is what is saved and run (inference costs the same as 'n2v').",
+        "U-Net, which is what is saved and run (inference costs the same as 'n2v'). 'sure': "
+        "the unmasked U-Net trained on Stein's unbiased estimate of its squared error from "
+        "the noise model (every pixel a target; unet.posterior 'none').",
     )
     blindspot: BlindSpotSettings = Field(
         default_factory=BlindSpotSettings, description="The teacher of method 'blindspot'."
@@ -186,6 +192,16 @@ class TrainConfig(BaseModel):
         "noise model of loss_weighting 'poisson' and of unet.posterior 'gaussian'. None: the "
         "pipeline takes the median over the training frames of gain × robust σ (ADU); "
         f"{DEFAULT_NOISE_SCALE:g} when the gains are unknown.",
+    )
+    sky_variance: float | None = Field(
+        1.0,
+        gt=0.0,
+        description="The sky + read-noise variance in normalised units ((ADU - sky) / σ, σ "
+        "the frame's robust spread): the noise model's floor (unet.posterior 'gaussian', "
+        "method 'sure'). 1 where the sky is noise; on a crowded field σ includes unresolved "
+        "stars and the noise is a fraction of it. None: the pipeline takes the median over "
+        "the training frames of (sky / gain + read noise²) / σ² (gain and read noise from "
+        "the headers or fitted at ingest; 1 when no frame has a gain).",
     )
     nll_beta: float = Field(
         0.0,
@@ -262,6 +278,9 @@ class TrainConfig(BaseModel):
                 f"patch_size {self.patch_size} must be a multiple of 2**depth = {m} "
                 f"(unet.depth = {self.unet.depth})"
             )
+        if self.method == "sure" and self.unet.posterior != "none":
+            raise ValueError("method 'sure' trains the estimate itself: it needs "
+                             f"unet.posterior 'none', got {self.unet.posterior!r}")
         if self.patch_size <= 2 * self.neighbourhood_radius:
             raise ValueError(
                 f"patch_size {self.patch_size} must exceed twice the neighbourhood radius "
@@ -273,6 +292,11 @@ class TrainConfig(BaseModel):
     def noise_scale(self) -> float:
         """``poisson_scale``, or :data:`DEFAULT_NOISE_SCALE` when it is not set."""
         return DEFAULT_NOISE_SCALE if self.poisson_scale is None else self.poisson_scale
+
+    @property
+    def sky_noise_variance(self) -> float:
+        """``sky_variance``, or 1 when it is not set."""
+        return 1.0 if self.sky_variance is None else self.sky_variance
 
     @property
     def struct_axes(self) -> str:

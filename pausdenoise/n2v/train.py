@@ -62,6 +62,7 @@ from pausdenoise.n2v.patches import (
     make_validation_set,
     split_regions,
 )
+from pausdenoise.n2v.sure import sure_loss, sure_validation_loss
 from pausdenoise.n2v.unet import UNet
 from pausdenoise.progress import is_terminal
 
@@ -473,7 +474,7 @@ def _setup(
         amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
         teacher=teacher,
         teacher_net=teacher_net,
-        phase="teacher" if teacher is not None else "n2v",
+        phase="teacher" if teacher is not None else ("sure" if cfg.method == "sure" else "n2v"),
     )
 
 
@@ -522,7 +523,7 @@ def _make_model(
     """
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(cfg.seed)
-        model = UNet(cfg.unet.to_unet_config(cfg.noise_scale))
+        model = UNet(cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance))
     model = model.to(device)
     net = _wrap(model, device, distributed)
     opt, sched = _optimiser(cfg, net)
@@ -544,7 +545,7 @@ def _make_teacher(
         (teacher, the module to train: the teacher or its DDP wrapper, Adam optimiser,
         ``ReduceLROnPlateau`` schedule).
     """
-    unet_cfg = cfg.unet.to_unet_config(cfg.noise_scale)
+    unet_cfg = cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance)
     if cfg.blindspot.base_channels is not None:
         unet_cfg = replace(unet_cfg, base_channels=cfg.blindspot.base_channels)
     with torch.random.fork_rng(devices=[]):
@@ -822,6 +823,8 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         loss = _teacher_step_loss(run, x, bad)
     elif run.phase == "student":
         loss = _student_step_loss(run, x)
+    elif run.phase == "sure":
+        loss = _sure_step_loss(run, x, bad)
     else:
         loss = _masked_step_loss(run, x, bad)
     _set_learning_rate(run)
@@ -901,6 +904,19 @@ def _teacher_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.T
     return blind_spot_loss(run.teacher, out, x, ~bad.to(torch.bool), weight, cfg.nll_beta)
 
 
+def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Return the SURE loss of ``method: sure`` over every good pixel of one batch.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss (:func:`~pausdenoise.n2v.sure.sure_loss`).
+    """
+    device = run.device
+    with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        return sure_loss(run.net, run.model, x, ~bad.to(torch.bool), generator=run.mask_gen)
+
+
 def _student_step_loss(run: _Run, x: torch.Tensor) -> torch.Tensor:
     """Return the student's distillation loss against the frozen teacher on one batch.
 
@@ -957,6 +973,8 @@ def _validation_loss(run: _Run) -> float:
     ``method: blindspot``, teacher phase: the teacher's loss on the same target pixels of
     the *unmasked* patches (it cannot see them), so both methods are judged on the same
     pixels; student phase: the distillation loss on the unmasked validation patches.
+    ``method: sure``: the SURE of the network's estimate on the unmasked validation patches
+    (a fixed probe).
 
     Returns
     -------
@@ -967,6 +985,8 @@ def _validation_loss(run: _Run) -> float:
     vs = run.val_set
     if run.phase == "n2v":
         return vs.loss(run.tracked(), batch_size=batch)
+    if run.phase == "sure":
+        return sure_validation_loss(run.tracked(), vs.originals, batch)
     if run.phase == "teacher":
         return ValidationSet(vs.originals, vs.originals, vs.targets).loss(run.teacher, batch)
     return distillation_validation_loss(run.tracked(), run.teacher, vs.originals, batch)
@@ -1033,7 +1053,7 @@ def calibrate_offset(
     """
     device = device if device is not None else next(model.parameters()).device
     cal = _validation_set(cfg, as_frames(frames), regions, device, 7919, 1.0)
-    if cfg.method == "blindspot":  # a distilled student: all pixels, unmasked
+    if cfg.method in ("blindspot", "sure"):  # a network without a blind spot: all pixels
         delta = all_pixel_offset(model, cal.originals, batch_size=max(cfg.batch_size, 1))
     else:
         delta = cal.output_offset(model, batch_size=max(cfg.batch_size, 1))

@@ -54,11 +54,13 @@ class UNetConfig:
         training with a Gaussian likelihood, Laine et al. 2019); inference combines that
         prior with the observed pixel through the noise model (:meth:`UNet.infer`).
     noise_scale : float
-        Noise model of the ``"gaussian"`` posterior, in normalised units (see
-        :mod:`pausdenoise.n2v.normalise`): a pixel of signal ``s`` σ above the sky has noise
-        variance ``1 + max(s, 0) / noise_scale``, where ``noise_scale = gain · σ_sky`` is
-        the sky noise in electrons (sky + read-noise variance 1, plus the source's Poisson
-        variance). Unused with ``posterior="none"``.
+        Noise model of the ``"gaussian"`` posterior (and of SURE training), in normalised
+        units (see :mod:`pausdenoise.n2v.normalise`): a pixel of signal ``s`` σ above the
+        sky has noise variance ``sky_variance + max(s, 0) / noise_scale``, where
+        ``noise_scale = gain · σ`` is σ in electrons (the source's Poisson variance).
+    sky_variance : float
+        The sky + read-noise variance in normalised units: 1 where the frame's robust spread
+        σ is its noise; below 1 on crowded fields, whose σ includes unresolved stars.
     """
 
     depth: int = 2
@@ -69,6 +71,7 @@ class UNetConfig:
     out_channels: int = 1
     posterior: Literal["none", "gaussian"] = "none"
     noise_scale: float = 15.0
+    sky_variance: float = 1.0
 
     def __post_init__(self) -> None:
         """Check the fields.
@@ -87,6 +90,8 @@ class UNetConfig:
             raise ValueError(f"posterior must be 'none' or 'gaussian', got {self.posterior!r}")
         if not self.noise_scale > 0:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
+        if not self.sky_variance > 0:
+            raise ValueError(f"sky_variance must be > 0, got {self.sky_variance}")
 
     @property
     def head_channels(self) -> int:
@@ -259,8 +264,8 @@ class UNet(nn.Module):
     def noise_variance(self, signal: torch.Tensor) -> torch.Tensor:
         """Return the noise variance of a pixel ``signal`` σ above the sky.
 
-        Sky and read noise (1 in normalised units) plus the source's Poisson noise,
-        ``max(signal, 0) / noise_scale`` (``noise_scale`` = gain·σ_sky in e⁻).
+        Sky and read noise (``sky_variance``, 1 where σ is the noise) plus the source's
+        Poisson noise, ``max(signal, 0) / noise_scale`` (``noise_scale`` = gain·σ in e⁻).
 
         Parameters
         ----------
@@ -272,7 +277,7 @@ class UNet(nn.Module):
         Tensor
             The variance, normalised units squared.
         """
-        return 1.0 + signal.clamp(min=0.0) / self.config.noise_scale
+        return self.config.sky_variance + signal.clamp(min=0.0) / self.config.noise_scale
 
     def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
         """Denoised image of ``x`` (normalised units; ``H, W`` multiples of ``2**depth``).

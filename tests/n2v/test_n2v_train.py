@@ -16,7 +16,7 @@ from pausdenoise.n2v.checkpoint import load_model
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.patches import Frame, PatchSampler, make_validation_set, split_regions
 from pausdenoise.n2v.train import TrainConfig, TrainHistory, UNetSettings, train_n2v
-from pausdenoise.n2v.unet import predict_array
+from pausdenoise.n2v.unet import UNet, predict_array
 
 torch.set_num_threads(1)
 
@@ -488,6 +488,43 @@ def test_noise_scale_from_frames_is_median_gain_times_sigma() -> None:
     assert noise_scale_from_frames(ex.assign(gain=np.nan), stats) is None
     # unset in the config: the default noise model, and set: used as given
     assert TrainConfig().noise_scale == 15.0 and TrainConfig(poisson_scale=7.0).noise_scale == 7.0
+
+
+def test_sky_variance_from_frames_is_the_noise_under_a_crowded_sky() -> None:
+    """On a field of unresolved stars the robust spread σ is mostly signal: the noise model's
+    sky variance over σ² is what two noise realisations of the same sky differ by."""
+    import pandas as pd
+
+    from pausdenoise.pipeline.stages.train import sky_variance_from_frames
+
+    rng = np.random.default_rng(4)
+    gain, rn_e, n = 2.0, 6.0, 256
+    truth = np.full((n, n), 800.0)  # sky, ADU
+    yy, xx = np.mgrid[:n, :n]
+    for cy, cx, f in zip(rng.uniform(0, n, 8000), rng.uniform(0, n, 8000),
+                         rng.pareto(1.5, 8000) * 400.0, strict=True):
+        y0, x0 = int(cy), int(cx)
+        sl = (slice(max(y0 - 6, 0), y0 + 7), slice(max(x0 - 6, 0), x0 + 7))
+        truth[sl] += f / (2 * np.pi * 1.5**2) * np.exp(
+            -((yy[sl] - cy) ** 2 + (xx[sl] - cx) ** 2) / (2 * 1.5**2))
+
+    def expose() -> np.ndarray:
+        return rng.poisson(truth * gain) / gain + rng.normal(0, rn_e / gain, truth.shape)
+
+    a, b = expose(), expose()
+    stats = {"a": frame_statistics(a)}
+    ex = pd.DataFrame({"frame": ["a"], "gain": [gain], "rdnoise": [rn_e]})
+    var = sky_variance_from_frames(ex, stats)
+    faint = np.abs(truth - 800.0) < 30.0
+    measured = np.var((a - b)[faint]) / 2 / stats["a"].sigma ** 2
+    assert var < 0.5  # the stars dominate σ
+    assert var == pytest.approx(measured, rel=0.1)
+    assert sky_variance_from_frames(ex.drop(columns="rdnoise"), stats) < var
+    assert sky_variance_from_frames(ex.assign(gain=np.nan), stats) is None
+    model = UNet(UNetSettings(posterior="gaussian").to_unet_config(10.0, var))
+    assert float(model.noise_variance(torch.tensor([0.0, 10.0]))[1]) == pytest.approx(var + 1.0)
+    assert TrainConfig().sky_noise_variance == 1.0
+    assert TrainConfig(sky_variance=None).sky_noise_variance == 1.0
 
 
 def test_output_offset_is_refitted_after_training() -> None:

@@ -65,6 +65,23 @@ def test_fitted_gains_give_the_noise_scale(headerless_run):
     assert train["struct_axes"] == "" and train["blind_radius"] == 0
 
 
+def test_sky_variance_from_the_gains_when_unset(headerless_run):
+    """``train.sky_variance: null``: the noise model's sky variance over the frames' σ² from
+    the fitted gains, near the true (sky + read noise) variance over σ² (below 1: the
+    sources raise σ); set in the configuration, it is kept."""
+    _, out, summary = headerless_run
+    store = out / "store.zarr"
+    stats, _ = frame_stats_table(store, summary["train"]["train_frames"])
+    exposures = st.exposure_table(store)
+    cfg, noise = _noise_settings(TrainConfig(sky_variance=None), exposures, stats, list(stats))
+    truth = float(np.median([(SKY_E + RN_E**2) / GAIN**2 / s.sigma**2 for s in stats.values()]))
+    assert 0.4 < truth < 0.95
+    assert noise["sky_variance_source"] == "fitted gains"
+    assert cfg.sky_variance == noise["sky_variance"] == pytest.approx(truth, rel=0.1)
+    assert summary["train"]["sky_variance"] == 1.0  # the default configuration's
+    assert summary["train"]["sky_variance_source"] == "config"
+
+
 def test_noise_table_is_written_and_regenerated(headerless_run):
     cfg, out, summary = headerless_run
     path = out / ingest_stage.NOISE_TABLE

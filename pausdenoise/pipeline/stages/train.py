@@ -4,9 +4,10 @@ The last ``holdout_exposures_per_band`` exposures of each band are held out
 (:func:`pausdenoise.pipeline.context.split_holdout`); frames whose normalisation statistics
 cannot be computed are skipped and listed.
 
-The noise measured at ingest (:mod:`pausdenoise.ingest.noise`) sets two training settings
+The noise measured at ingest (:mod:`pausdenoise.ingest.noise`) sets the training settings
 left unset in the configuration: ``train.poisson_scale`` from the frames' gains (header or
-fitted, see :func:`noise_scale_from_frames`) and ``train.noise_correlation`` (the median
+fitted, see :func:`noise_scale_from_frames`), ``train.sky_variance`` from their gains and
+read noise (:func:`sky_variance_from_frames`) and ``train.noise_correlation`` (the median
 over the training frames of ``noise_corr_x``/``noise_corr_y``), which decides the structN2V
 axes and the blind-spot radius of the ``auto`` settings.
 
@@ -27,7 +28,8 @@ from pausdenoise.n2v.patches import Frame
 from pausdenoise.n2v.train import train_n2v
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
 
-__all__ = ["noise_correlation_from_frames", "noise_scale_from_frames", "run"]
+__all__ = ["noise_correlation_from_frames", "noise_scale_from_frames", "run",
+           "sky_variance_from_frames"]
 
 
 def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
@@ -52,6 +54,42 @@ def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> f
     gains = exposures.set_index("frame")["gain"]
     values = [float(gains[f]) * s.sigma for f, s in stats.items()
               if f in gains.index and np.isfinite(gains[f]) and gains[f] > 0]
+    return float(np.median(values)) if values else None
+
+
+def sky_variance_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
+    """Return the median over frames of the sky + read-noise variance over σ².
+
+    The noise model's variance of a sky pixel, ``sky / gain + (read noise / gain)²`` (ADU²,
+    sky the frame's clipped median in ADU, gain in e⁻/ADU, read noise in e⁻, 0 when
+    unknown), in units of the normalisation's robust spread σ² (ADU²): 1 where the sky is
+    noise, a fraction of it on a crowded field whose σ includes unresolved stars.
+
+    Parameters
+    ----------
+    exposures : DataFrame
+        The store's exposure table (``frame``, ``gain`` and, where known, ``rdnoise``).
+    stats : dict of str to FrameStats
+        Frame → normalisation statistics (``sky`` and ``sigma`` in ADU).
+
+    Returns
+    -------
+    float or None
+        The median, or ``None`` when no frame has a finite positive gain.
+    """
+    if "gain" not in exposures:
+        return None
+    rows = exposures.set_index("frame")
+    values = []
+    for f, s in stats.items():
+        if f not in rows.index:
+            continue
+        gain = pd.to_numeric(rows.at[f, "gain"], errors="coerce")
+        rn = pd.to_numeric(rows.at[f, "rdnoise"], errors="coerce") if "rdnoise" in rows else 0.0
+        if not (np.isfinite(gain) and gain > 0):
+            continue
+        rn_adu = float(rn) / float(gain) if np.isfinite(rn) and rn > 0 else 0.0
+        values.append((max(s.sky, 0.0) / float(gain) + rn_adu**2) / s.sigma**2)
     return float(np.median(values)) if values else None
 
 
@@ -112,7 +150,7 @@ def noise_correlation_from_frames(
 def _noise_settings(
     train_cfg: Any, exposures: pd.DataFrame, stats: dict[str, Any], frames: list[str]
 ) -> tuple[Any, dict[str, Any]]:
-    """Fill ``poisson_scale`` and ``noise_correlation`` from the store where unset.
+    """Fill ``poisson_scale``, ``sky_variance``, ``noise_correlation`` from the store if unset.
 
     Returns
     -------
@@ -120,11 +158,18 @@ def _noise_settings(
         With the measured values.
     noise : dict
         What was used: ``noise_scale_electrons`` and ``noise_scale_source`` (``config``,
-        ``<gain sources> gains`` or ``default``), ``noise_correlation`` [ρ_x, ρ_y] and its
+        ``<gain sources> gains`` or ``default``), ``sky_variance`` (normalised units²) and
+        its source, ``noise_correlation`` [ρ_x, ρ_y] and its
         source, ``struct_axes`` and ``blind_radius`` [px].
     """
     update: dict[str, Any] = {}
-    scale_source, corr_source = "config", "config"
+    scale_source, corr_source, sky_source = "config", "config", "config"
+    if train_cfg.sky_variance is None:
+        sky_var = sky_variance_from_frames(exposures, stats)
+        sky_source = "default"
+        if sky_var is not None:
+            update["sky_variance"] = sky_var
+            sky_source = f"{_gain_source(exposures, frames)} gains"
     if train_cfg.poisson_scale is None:
         scale = noise_scale_from_frames(exposures, stats)
         scale_source = "default"
@@ -142,6 +187,8 @@ def _noise_settings(
     return train_cfg, {
         "noise_scale_electrons": train_cfg.noise_scale,
         "noise_scale_source": scale_source,
+        "sky_variance": train_cfg.sky_noise_variance,
+        "sky_variance_source": sky_source,
         "noise_correlation": None if corr is None else [round(float(c), 4) for c in corr],
         "noise_correlation_source": corr_source,
         "struct_axes": train_cfg.struct_axes,
