@@ -106,6 +106,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "blindspot-posterior": {"method": "blindspot", "unet": {"posterior": "gaussian"}},
     "n2v-posterior-skyvar": {"unet": {"posterior": "gaussian"}, "sky_variance": None},
     "sure": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None},
+    "sure-avg": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None,
+                 **_AVERAGED},
 }
 #: The option whose architecture gives the reference inference rate (the demo's recipe).
 REFERENCE_OPTION = "n2v-posterior"
