@@ -14,9 +14,11 @@ as ε → 0), one extra forward pass. So a plain U-Net learns the minimum-MSE es
 pixel of every patch, without masking, and is run at inference as it is trained (no blind
 spot, no posterior head).
 
-Units: normalised, ``(ADU − sky) / σ`` with σ the frame's robust sky noise (so ``v = 1`` on
-the sky); the noise model is the U-Net's, ``v = 1 + max(f, 0) / noise_scale``
-(``noise_scale`` = gain · σ in electrons), evaluated on the detached estimate. Each pixel's
+Units: normalised, ``(ADU − sky) / σ`` with σ the frame's robust spread; the noise model is
+the U-Net's, ``v = sky_variance + max(f, 0) / noise_scale`` (``sky_variance`` 1 where σ is the
+noise, less on crowded fields; ``noise_scale`` = gain · σ in electrons), evaluated on the
+detached estimate. SURE needs it right: an overestimated ``v`` makes the loss reward
+removing signal as if it were noise. Each pixel's
 term is divided by its ``v`` (the χ² form), so that stars, whose squared errors are 10²–10⁴
 times a sky pixel's, do not dominate the gradient; the weight depends on ``y`` only through
 the detached estimate, which keeps the loss's minimiser the conditional mean up to that
@@ -31,7 +33,7 @@ import torch
 
 __all__ = ["DEFAULT_EPSILON", "VALIDATION_SEED", "sure_loss", "sure_validation_loss"]
 
-#: Step ε of the Monte-Carlo divergence (normalised units, 1 = the sky noise σ).
+#: Step ε of the Monte-Carlo divergence (normalised units, 1 = the frame's robust σ).
 DEFAULT_EPSILON = 0.01
 #: Seed of the validation probe (the same ``b`` at every epoch, so epochs compare).
 VALIDATION_SEED = 7907

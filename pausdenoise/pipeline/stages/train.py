@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.n2v.patches import Frame
@@ -77,19 +78,12 @@ def sky_variance_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> 
     float or None
         The median, or ``None`` when no frame has a finite positive gain.
     """
-    if "gain" not in exposures:
-        return None
     rows = exposures.set_index("frame")
     values = []
     for f, s in stats.items():
-        if f not in rows.index:
-            continue
-        gain = pd.to_numeric(rows.at[f, "gain"], errors="coerce")
-        rn = pd.to_numeric(rows.at[f, "rdnoise"], errors="coerce") if "rdnoise" in rows else 0.0
-        if not (np.isfinite(gain) and gain > 0):
-            continue
-        rn_adu = float(rn) / float(gain) if np.isfinite(rn) and rn > 0 else 0.0
-        values.append((max(s.sky, 0.0) / float(gain) + rn_adu**2) / s.sigma**2)
+        gain, rn_adu = rm.frame_noise(rows.loc[f]) if f in rows.index else (None, 0.0)
+        if gain is not None:
+            values.append((max(s.sky, 0.0) / gain + rn_adu**2) / s.sigma**2)
     return float(np.median(values)) if values else None
 
 
