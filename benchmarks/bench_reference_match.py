@@ -20,7 +20,13 @@ exposures of the field. Those differ from the scored frame in flux scale (exposu
   denoiser; it bounds what any linear shift-invariant smoothing of that support, Gaussian
   blurs included, can score with this estimator -- the Wiener filter the field's own power
   spectrum allows. The references' noise does not bias the fit (it is in the target, not in
-  the regressor) and, cross-fitted by halves, does not enter the scored half.
+  the regressor) and, cross-fitted by halves, does not enter the scored half;
+* with ``--sure-width h``, the best linear filter the frame can find *without* references:
+  the (2h+1)² kernel and plane that minimise Stein's unbiased estimate of the squared error
+  to the unknown truth, computed from the frame and its noise model alone
+  (:func:`sure_linear_filter`). It is a self-supervised denoiser (the closed-form linear
+  counterpart of ``train.method: sure``); where it scores below the oracle, the estimator's
+  "truth" differs from what the frame's noise model says the truth is.
 
 Usage (project venv; the SAAO store is ingested into ``--out`` when absent)::
 
@@ -93,6 +99,57 @@ def oracle_filter(frame: tb.EvalFrame, half_width: int, pixels: np.ndarray) -> n
     return out + frame.sky
 
 
+def sure_linear_filter(frame: tb.EvalFrame, half_width: int, gain: float, read_noise_adu: float,
+                       pixels: np.ndarray | None = None) -> np.ndarray:
+    """The frame filtered by the linear kernel of least SURE (no references used).
+
+    For ``f = K ⊗ y + B`` the χ²-weighted SURE of pixel p is ``(f_p − y_p)² / v_p − 1 +
+    2 K₀`` (``K₀`` the kernel's central tap, ``∂f_p / ∂y_p``), so the kernel minimising its
+    sum over the fitted pixels solves the weighted normal equations
+    ``Xᵀ W X θ = Xᵀ W y − n e₀`` (X the shifted frames and the plane, W = diag(1 / v),
+    ``e₀`` the central tap's unit vector).
+
+    Parameters
+    ----------
+    frame : EvalFrame
+        The frame (raw ADU, sky included; ``sky`` its level, ADU).
+    half_width : int
+        h: the kernel is (2h+1) × (2h+1) px.
+    gain : float
+        e⁻/ADU.
+    read_noise_adu : float
+        Read noise, ADU.
+    pixels : ndarray of bool (ny, nx), optional
+        Pixels the kernel is fitted on; all usable pixels when None.
+
+    Returns
+    -------
+    ndarray (ny, nx)
+        ADU, sky included. The noise variance ``v = (sky + light) / gain + read noise²`` takes
+        the light from the frame's 5 × 5 median (a pixel's own noise barely enters it); the
+        image is reflected at its edges and unusable pixels count as sky.
+    """
+    h = int(half_width)
+    raw = np.where(frame.good, frame.image - frame.sky, 0.0)
+    light = np.clip(ndimage.median_filter(raw, size=5), 0.0, None)
+    var = (max(frame.sky, 0.0) + light) / gain + read_noise_adu**2
+    fit = rm._footprint_valid(frame.good, h) & (frame.good if pixels is None else pixels)
+    yy, xx = np.nonzero(fit)
+    if yy.size > rm.MAX_FIT_PIXELS:
+        pick = np.sort(np.random.default_rng(0).choice(yy.size, rm.MAX_FIT_PIXELS,
+                                                       replace=False))
+        yy, xx = yy[pick], xx[pick]
+    x = rm._design(raw, yy, xx, h, raw.shape)
+    w = 1.0 / var[yy, xx]
+    rhs = x.T @ (w * raw[yy, xx])
+    rhs[h * (2 * h + 1) + h] -= yy.size
+    coef = np.linalg.solve(x.T @ (x * w[:, None]), rhs)
+    kernel = coef[:-3].reshape(2 * h + 1, 2 * h + 1)
+    out = ndimage.correlate(raw, kernel, mode="reflect")
+    out += rm.apply_kernel(np.zeros(raw.shape), np.zeros((1, 1)), tuple(coef[-3:]))
+    return np.where(frame.good, out + frame.sky, frame.image)
+
+
 def frames_for(kernel: int, out: Path, n_eval: int
                ) -> tuple[list[tb.EvalFrame], list[float], list[list[float]]]:
     """Scored SAAO frames with references matched by a kernel of half-width ``kernel``.
@@ -127,6 +184,7 @@ def frames_for(kernel: int, out: Path, n_eval: int
         g, rn_adu = rm.frame_noise(st.frame_attrs(store, f))
         if g is None:
             raise SystemExit(f"frame {f} has no gain: no noise model to compare with")
+        fr.attrs.update(gain=g, read_noise_adu=rn_adu)
         frames.append(fr)
         expected.append(math.sqrt(fr.sky / g + rn_adu**2))
         scales.append([m.flux_scale for m in refs])
@@ -134,7 +192,8 @@ def frames_for(kernel: int, out: Path, n_eval: int
 
 
 def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
-          scales: list[list[float]] | None = None, oracle_width: int = 0) -> dict[str, Any]:
+          scales: list[list[float]] | None = None, oracle_width: int = 0,
+          sure_width: int = 0) -> dict[str, Any]:
     """Raw sky RMS per frame, blur gains and the network's gains, pooled over frames.
 
     Parameters
@@ -149,12 +208,15 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
         Per frame, the flux scales of its references (reported as their range).
     oracle_width : int
         h of the oracle linear filters (:func:`oracle_filter`, one per pixel class); 0: none.
+    sure_width : int
+        h of the SURE-fitted linear filters (:func:`sure_linear_filter`, fitted on all
+        pixels and on the sky pixels); 0: none.
 
     Returns
     -------
     dict
         ``per_frame`` (name, estimated and predicted raw sky RMS, references' flux-scale
-        range), ``gains``
+        range, each estimate's sky gain on that frame alone), ``gains``
         (kind → class → (gain, se)).
     """
     scores = []
@@ -163,6 +225,11 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
         if oracle_width > 0:
             for cls in tb.CLASSES:
                 est[f"linear, {cls}-fitted"] = oracle_filter(f, oracle_width, f.classes[cls])
+        if sure_width > 0:
+            g, rn = f.attrs["gain"], f.attrs["read_noise_adu"]
+            est["linear SURE"] = sure_linear_filter(f, sure_width, g, rn)
+            est["linear SURE, sky pixels"] = sure_linear_filter(f, sure_width, g, rn,
+                                                                f.classes["sky"])
         if model is not None:
             est["network"] = tb.denoise(model, f)
         scores.append(tb.score_frame(f, est))
@@ -170,8 +237,11 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
     for i, (f, sc, e) in enumerate(zip(frames, scores, expected, strict=True)):
         raw = sc[(sc["kind"] == "raw") & (sc["pixel_class"] == "sky")].iloc[0]
         k = scales[i] if scales else [math.nan]
+        sky = sc[sc["pixel_class"] == "sky"].set_index("kind")["mse"]
         per_frame.append({"frame": f.name, "raw_sky_rms": math.sqrt(max(raw["mse"], 0.0)),
-                          "predicted": e, "scale_range": (min(k), max(k))})
+                          "predicted": e, "scale_range": (min(k), max(k)),
+                          "sky_gains": {kind: math.sqrt(raw["mse"] / m) if m > 0 else math.nan
+                                        for kind, m in sky.items() if kind != "raw"}})
     pooled = tb.pool(scores).set_index(["kind", "pixel_class"])
     gains: dict[str, dict[str, tuple[float, float]]] = {}
     for kind in dict.fromkeys(pooled.index.get_level_values(0)):
@@ -182,6 +252,25 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
             r, e = pooled.loc[("raw", cls)], pooled.loc[(kind, cls)]
             gains[kind][cls] = tb.gain(r["mse"], r["mse_se"], e["mse"], e["mse_se"])
     return {"per_frame": per_frame, "gains": gains}
+
+
+def _per_frame_gains(result: dict[str, Any], kernel: int) -> list[str]:
+    """Markdown rows: each frame's sky gain of the pooled-best blur and of the other estimates.
+
+    Returns
+    -------
+    list of str
+    """
+    gains = result["gains"]
+    blurs = [k for k in gains if k.startswith("blur")]
+    best = max(blurs, key=lambda k: np.nan_to_num(gains[k]["sky"][0], nan=-1.0))
+    kinds = [best, *(k for k in gains if not k.startswith("blur"))]
+    lines = [f"| frame (kernel {kernel}) | " + " | ".join(f"sky gain, {k}" for k in kinds) + " |",
+             "|---|" + "---:|" * len(kinds)]
+    for row in result["per_frame"]:
+        lines.append(f"| {row['frame']} | "
+                     + " | ".join(f"{row['sky_gains'][k]:.2f}" for k in kinds) + " |")
+    return lines
 
 
 def render(results: dict[int, dict[str, Any]]) -> str:
@@ -219,6 +308,7 @@ def render(results: dict[int, dict[str, Any]]) -> str:
                 g, se = results[k]["gains"][kind][cls]
                 cells.append(tb._pm(g, se))
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", *_per_frame_gains(results[keys[-1]], keys[-1])]
     if "network" in results[keys[0]]["gains"]:
         lines.append("")
         for k in keys:
@@ -251,13 +341,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, help="a trained network to score beside")
     p.add_argument("--oracle-width", type=int, default=0,
                    help="h of the oracle linear filters ((2h+1)² px kernels); 0: none")
+    p.add_argument("--sure-width", type=int, default=0,
+                   help="h of the SURE-fitted linear filters ((2h+1)² px kernels); 0: none")
     p.add_argument("--append", action="store_true")
     a = p.parse_args(argv)
     model = load_model(a.checkpoint)[0] if a.checkpoint else None
     results = {}
     for k in (int(x) for x in a.kernels.split(",")):
         frames, expected, scales = frames_for(k, a.out, a.eval_frames)
-        results[k] = score(frames, expected, model, scales, a.oracle_width)
+        results[k] = score(frames, expected, model, scales, a.oracle_width, a.sure_width)
     table = render(results)
     print(table)
     if a.append:

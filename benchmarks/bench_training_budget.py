@@ -108,6 +108,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "sure": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None},
     "sure-avg": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None,
                  **_AVERAGED},
+    "sure-avg-deep": {"method": "sure", "unet": {"posterior": "none", "depth": 3,
+                                                 "base_channels": 48},
+                      "sky_variance": None, **_AVERAGED},
 }
 #: The option whose architecture gives the reference inference rate (the demo's recipe).
 REFERENCE_OPTION = "n2v-posterior"
@@ -646,7 +649,7 @@ def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
     -------
     dict
         Class → ``sigma`` (px), ``mse``, ``mse_se``, ``gain``, ``gain_se``, and ``curve``
-        (σ → MSE).
+        (σ → MSE), ``per_frame`` (frame → that σ's gain on the frame alone).
     """
     scores = [score_frame(f, {f"blur{s:g}": blur(f.image, f.good, s) for s in sigmas})
               for f in frames]
@@ -657,8 +660,10 @@ def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
         s_best = min(curve, key=lambda s: curve[s] if np.isfinite(curve[s]) else math.inf)
         row, raw = pooled.loc[(f"blur{s_best:g}", cls)], pooled.loc[("raw", cls)]
         g, g_se = gain(raw["mse"], raw["mse_se"], row["mse"], row["mse_se"])
+        per_frame = frame_gains(frames, scores, f"blur{s_best:g}")
         out[cls] = {"sigma": s_best, "mse": float(row["mse"]), "mse_se": float(row["mse_se"]),
-                    "gain": g, "gain_se": g_se, "curve": curve}
+                    "gain": g, "gain_se": g_se, "curve": curve,
+                    "per_frame": {f: v[cls] for f, v in per_frame.items()}}
     return out
 
 
@@ -852,6 +857,32 @@ def flux_bias(frames: list[EvalFrame], images: list[np.ndarray], phot: Photometr
 # --------------------------------------------------------------------------- one option
 
 
+def frame_gains(frames: list[EvalFrame], scores: list[pd.DataFrame], kind: str
+                ) -> dict[str, dict[str, float]]:
+    """Each frame's own sky and source RMS gains of one estimate (no pooling).
+
+    Parameters
+    ----------
+    frames : list of EvalFrame
+        The scored frames.
+    scores : list of DataFrame
+        Their :func:`score_frame` results, in the same order.
+    kind : str
+        The estimate's name in the scores.
+
+    Returns
+    -------
+    dict
+        Frame name → class → gain (NaN where an MSE is not positive).
+    """
+    out = {}
+    for f, sc in zip(frames, scores, strict=True):
+        p = sc.set_index(["kind", "pixel_class"])["mse"]
+        out[f.name] = {cls: gain(p[("raw", cls)], 0.0, p[(kind, cls)], 0.0)[0]
+                       for cls in CLASSES}
+    return out
+
+
 def _gains(pooled: pd.DataFrame, kind: str) -> dict[str, float]:
     p = pooled.set_index(["kind", "pixel_class"])
     out = {}
@@ -891,8 +922,8 @@ def evaluate_snapshot(ds: DataSet, model: UNet, snap: Snapshot, cfg: TrainConfig
     Returns
     -------
     list of (dict, list of ndarray)
-        Per τ: gains with standard errors and MSEs, the output offset (σ) and τ
-        (``prior_scale``); the denoised frames.
+        Per τ: gains with standard errors and MSEs, the output offset (σ), τ
+        (``prior_scale``) and each frame's own gains (``per_frame``); the denoised frames.
     """
     net = copy.deepcopy(model)
     net.load_state_dict(snap.state)
@@ -903,10 +934,11 @@ def evaluate_snapshot(ds: DataSet, model: UNet, snap: Snapshot, cfg: TrainConfig
     out = []
     for tau in taus:
         images = [denoise(net, f, tau) for f in ds.frames]
-        pooled = pool([score_frame(f, {"denoised": im})
-                       for f, im in zip(ds.frames, images, strict=True)])
+        scores = [score_frame(f, {"denoised": im})
+                  for f, im in zip(ds.frames, images, strict=True)]
         out.append(({"output_offset_sigma": float(offset), "prior_scale": float(tau),
-                     **_gains(pooled, "denoised")}, images))
+                     **_gains(pool(scores), "denoised"),
+                     "per_frame": frame_gains(ds.frames, scores, "denoised")}, images))
     return out
 
 
@@ -1017,6 +1049,33 @@ def _quality_rows(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _frame_rows(results: dict[str, Any]) -> list[str]:
+    """Markdown rows: per scored frame, the best blur's and each snapshot's own gains.
+
+    Returns
+    -------
+    list of str
+    """
+    bl = results["blur"]
+    frames = list(bl["sky"].get("per_frame", {}))
+    if not frames:
+        return []
+    cols = [("best blur", {f: (bl["sky"]["per_frame"][f], bl["source"]["per_frame"][f])
+                           for f in frames})]
+    for opt in results["options"]:
+        for b in opt.get("budgets", []):
+            if b.get("per_frame"):
+                cols.append((f"{_label(opt['option'], b)}, {b['budget_min']:g} min",
+                             {f: (b["per_frame"][f]["sky"], b["per_frame"][f]["source"])
+                              for f in frames}))
+    lines = ["| frame | " + " | ".join(name for name, _ in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for f in frames:
+        lines.append(f"| {f} | " + " | ".join(f"{_num(v[f][0])} / {_num(v[f][1])}"
+                                             for _, v in cols) + " |")
+    return lines
+
+
 def _bias_rows(results: dict[str, Any]) -> list[str]:
     bins = [f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(FLUX_BINS)]
     lines = ["| option | budget (min) | " + " | ".join(f"I {b}" for b in bins) + " |",
@@ -1075,6 +1134,9 @@ def render(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
         *_quality_rows(results),
     ]
+    if results.get("data") == "saao":
+        lines += ["", "Each frame's own sky / source gains (the best blur's σ as above):", "",
+                  *_frame_rows(results)]
     if any(b.get("flux_bias") for o in results["options"] for b in o.get("budgets", [])):
         lines += ["", "Median (F − F_true) / F_true of the aperture flux, % [bootstrap 95 %]:",
                   "", *_bias_rows(results)]
@@ -1190,7 +1252,9 @@ budget and the scored weights are their exponential moving average (decay 0.995 
 Option `sure`: the U-Net without blind spot trained on Stein's unbiased estimate of its
 squared error from the noise model (`train.method: sure`; every pixel a target, two
 forward passes per step), with the noise model's sky variance in normalised units measured
-from the frames' gains and read noise (`train.sky_variance: null`; {sky_variance:.3g} here).
+from the frames' gains and read noise (`train.sky_variance: null`; {sky_variance:.3g} here);
+`sure-avg-deep`: the same with a U-Net of depth 3 and 48 base channels (the others: the
+data set's, depth 2 and 32).
 Rows `option τ=k`: the same snapshot at inference with `denoise.prior_scale` k (the prior
 variance × k: the observed pixel weighs more; `--prior-scales`).
 *Gain* = RMS(raw) / RMS(estimate): with

@@ -156,3 +156,34 @@ def test_benchmark_scores_both_ways_and_tabulates(field, monkeypatch):
         best_blur = max(oracle[f"blur {s:g}"][cls][0] for s in brm.SIGMAS)
         assert oracle[f"linear, {cls}-fitted"][cls][0] > 0.85 * best_blur, cls
     assert oracle["linear, source-fitted"]["sky"][0] < oracle["linear, sky-fitted"]["sky"][0]
+
+
+def test_sure_linear_filter_finds_the_best_linear_filter_without_the_truth(field, monkeypatch):
+    """The kernel of least SURE is, on its true error, as good as the one fitted to the truth."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_reference_match as brm
+    import bench_training_budget as tb
+
+    truth, frame, refs = field
+    image = frame + SKY
+    good = np.ones(SHAPE, bool)
+    fr = tb.independent_frame("f", image, good, refs, ev.EvaluateConfig())
+    h = 2
+    raw = image - fr.sky
+    inner = rm._footprint_valid(good, h)
+    yy, xx = np.nonzero(inner)
+    var = (SKY + np.clip(truth, 0, None)) / GAIN
+    w = 1.0 / var[yy, xx]
+    x = rm._design(raw, yy, xx, h, SHAPE)
+    best = x @ np.linalg.solve(x.T @ (x * w[:, None]), x.T @ (w * (truth + SKY - fr.sky)[yy, xx]))
+
+    def weighted_error(estimate: np.ndarray) -> float:
+        return float(np.mean(w * (estimate - (truth + SKY))[yy, xx] ** 2))
+
+    floor = float(np.mean(w * (best - (truth + SKY - fr.sky)[yy, xx]) ** 2))
+    sure = weighted_error(brm.sure_linear_filter(fr, h, GAIN, 0.0))
+    assert weighted_error(image) == pytest.approx(1.0, rel=0.05)  # χ² per pixel of the raw
+    assert sure < 0.3 * weighted_error(image)
+    assert sure == pytest.approx(floor, rel=0.03)
+    # a noise model 4 × too quiet (gain 4 × too large) under-smooths: far worse
+    assert weighted_error(brm.sure_linear_filter(fr, h, 4 * GAIN, 0.0)) > 2 * sure
