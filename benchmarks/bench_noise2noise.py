@@ -77,17 +77,24 @@ class Pair:
         The mean of the frame's matched references in the same units.
     valid : ndarray bool (ny, nx)
         Pixels whose target counts in the loss (good in the frame, valid in every reference).
+    refs : ndarray float32 (k, ny, nx)
+        Each matched reference in the same units, NaN where invalid or bad in the frame
+        (the targets of ``target="single"``).
     """
 
     name: str
     x: np.ndarray
     target: np.ndarray
     valid: np.ndarray
+    refs: np.ndarray
 
 
-def _batch(pairs: list[Pair], size: int, patch: int, rng: np.random.Generator
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(pairs: list[Pair], size: int, patch: int, rng: np.random.Generator,
+           target: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw ``size`` random patches (frame and position uniform), one square symmetry.
+
+    With ``target="single"`` each patch's target is one of the frame's references, drawn
+    at random per patch, instead of their mean.
 
     Returns
     -------
@@ -100,21 +107,31 @@ def _batch(pairs: list[Pair], size: int, patch: int, rng: np.random.Generator
         ny, nx = p.x.shape
         y0, x0 = int(rng.integers(ny - patch + 1)), int(rng.integers(nx - patch + 1))
         sl = (slice(y0, y0 + patch), slice(x0, x0 + patch))
+        if target == "single":
+            ref = p.refs[int(rng.integers(len(p.refs)))][sl]
+            ok = np.isfinite(ref)
+            t = np.where(ok, ref, 0.0)
+        else:
+            ok, t = p.valid[sl], np.where(p.valid[sl], p.target[sl], 0.0)
         xs.append(p.x[sl])
-        ts.append(np.where(p.valid[sl], p.target[sl], 0.0))
-        vs.append(p.valid[sl])
+        ts.append(t)
+        vs.append(ok)
     out = [torch.from_numpy(np.stack(a).astype(np.float32))[:, None] for a in (xs, ts, vs)]
     k, flip = int(rng.integers(4)), bool(rng.integers(2))
     out = [torch.rot90(t, k, dims=(2, 3)) for t in out]
     return tuple(torch.flip(t, dims=(3,)) if flip else t for t in out)  # type: ignore[return-value]
 
 
-def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float]
+def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
+              variant: N2NVariant | None = None
               ) -> tuple[UNet, dict[float, tb.Snapshot], float]:
     """Train the plain U-Net on Noise2Noise pairs, copying the weights at every budget.
 
     The loss is the mean squared difference between the network's output on the input
-    patch and the target over the target's valid pixels.
+    patch and the target over the target's valid pixels. With ``variant.cosine`` the
+    learning rate falls along half a cosine from ``cfg.learning_rate`` to
+    ``cfg.lr_schedule.min_lr`` at the largest budget (by wall time), so only the snapshot at
+    that budget is a finished schedule.
 
     Parameters
     ----------
@@ -125,6 +142,8 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float]
         ``patch_size``, ``batch_size``, ``learning_rate``, ``seed``.
     budgets_s : list of float
         Wall-clock budgets, seconds from the start; training stops after the largest.
+    variant : N2NVariant, optional
+        Target and schedule (default: the mean target at a constant rate).
 
     Returns
     -------
@@ -135,17 +154,23 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float]
     patches_per_second : float
         Training rate over the whole run.
     """
+    variant = variant or N2NVariant("noise2noise")
     torch.manual_seed(cfg.seed)
     arch = cfg.unet.model_copy(update={"posterior": "none"}).to_unet_config(None, 1.0)
     model = UNet(arch)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(cfg.seed)
     snaps: dict[float, tb.Snapshot] = {}
-    t0, steps = time.perf_counter(), 0
+    t0, steps, horizon = time.perf_counter(), 0, max(budgets_s)
+    lo = min(cfg.lr_schedule.min_lr, cfg.learning_rate)
     model.train()
     while len(snaps) < len(budgets_s):
+        if variant.cosine:
+            done = min(1.0, (time.perf_counter() - t0) / horizon)
+            for group in opt.param_groups:
+                group["lr"] = lo + 0.5 * (cfg.learning_rate - lo) * (1 + math.cos(math.pi * done))
         for _ in range(CHECK_EVERY):
-            x, t, v = _batch(pairs, cfg.batch_size, cfg.patch_size, rng)
+            x, t, v = _batch(pairs, cfg.batch_size, cfg.patch_size, rng, variant.target)
             loss = torch.sum(v * (model(x) - t) ** 2) / torch.clamp(v.sum(), min=1.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -158,6 +183,35 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float]
                                        steps // CHECK_EVERY)
     model.eval()
     return model, snaps, steps * cfg.batch_size / (time.perf_counter() - t0)
+
+
+@dataclasses.dataclass(frozen=True)
+class N2NVariant:
+    """One Noise2Noise setting: its target and learning-rate schedule.
+
+    Attributes
+    ----------
+    name : str
+        ``noise2noise`` (mean target, constant rate), ``noise2noise-cosine`` (mean target,
+        cosine decay) or ``noise2noise-single-cosine`` (one random reference per patch,
+        cosine decay).
+    """
+
+    name: str
+
+    @property
+    def target(self) -> str:
+        """Return ``"single"`` or ``"mean"``."""
+        return "single" if "-single" in self.name else "mean"
+
+    @property
+    def cosine(self) -> bool:
+        """Return whether the learning rate decays along a cosine to the largest budget."""
+        return self.name.endswith("-cosine")
+
+
+#: The Noise2Noise settings that ``--n2n`` accepts.
+N2N_VARIANTS = ("noise2noise", "noise2noise-cosine", "noise2noise-single-cosine")
 
 
 def make_pair(name: str, image: np.ndarray, good: np.ndarray, references: list[np.ndarray],
@@ -183,11 +237,13 @@ def make_pair(name: str, image: np.ndarray, good: np.ndarray, references: list[n
     Pair
     """
     stats = frame_statistics(image, (~good).astype(np.uint8))
-    target = np.mean(np.stack(references), axis=0)
-    valid = good & np.isfinite(target)
+    refs = np.where(good, np.stack(references) / stats.sigma, np.nan).astype(np.float32)
+    target = np.mean(refs, axis=0)
+    valid = np.isfinite(target)
     x = normalise(image, stats, (~good).astype(np.uint8))
-    t = np.where(valid, target / stats.sigma, 0.0).astype(np.float32)
-    return Pair(name, x[:, :columns], t[:, :columns], valid[:, :columns])
+    t = np.where(valid, target, 0.0).astype(np.float32)
+    return Pair(name, x[:, :columns], t[:, :columns], valid[:, :columns],
+                np.ascontiguousarray(refs[:, :, :columns]))
 
 
 def load_pairs(store: Path, columns: int) -> list[Pair]:
@@ -251,8 +307,22 @@ def score_images(ds: tb.DataSet, images: list[np.ndarray]) -> dict[str, Any]:
             "per_frame": tb.frame_gains(ds.frames, scores, "denoised")}
 
 
-def run_n2n(ds: tb.DataSet, pairs: list[Pair], budgets_min: list[float]) -> list[dict]:
-    """Train Noise2Noise to the largest budget and score each snapshot.
+def run_n2n(ds: tb.DataSet, pairs: list[Pair], budgets_min: list[float],
+            variant: N2NVariant | None = None, seed: int | None = None) -> list[dict]:
+    """Train one Noise2Noise setting to the largest budget and score each snapshot.
+
+    Parameters
+    ----------
+    ds : DataSet
+        Scored frames and the training configuration.
+    pairs : list of Pair
+        Training inputs and targets.
+    budgets_min : list of float
+        Wall-clock budgets (minutes).
+    variant : N2NVariant, optional
+        Target and schedule (default: mean target, constant rate).
+    seed : int, optional
+        Overrides the configuration's seed; the rows' ``estimate`` then names it.
 
     Returns
     -------
@@ -260,19 +330,23 @@ def run_n2n(ds: tb.DataSet, pairs: list[Pair], budgets_min: list[float]) -> list
         Per budget: ``estimate``, ``budget_min``, ``seconds``, ``patches_per_second`` and the
         gains of :func:`score_images`.
     """
-    print(f"[n2n] training up to {max(budgets_min):g} min on {len(pairs)} frames", flush=True)
-    model, snaps, rate = train_n2n(pairs, ds.train_cfg, [60.0 * b for b in budgets_min])
+    variant = variant or N2NVariant("noise2noise")
+    cfg = ds.train_cfg if seed is None else ds.train_cfg.model_copy(update={"seed": seed})
+    label = variant.name if seed is None else f"{variant.name}, seed {seed}"
+    print(f"[{label}] training up to {max(budgets_min):g} min on {len(pairs)} frames",
+          flush=True)
+    model, snaps, rate = train_n2n(pairs, cfg, [60.0 * b for b in budgets_min], variant)
     rows = []
     for b in budgets_min:
         snap = snaps[60.0 * b]
         net = copy.deepcopy(model)
         net.load_state_dict(snap.state)
         net.eval()
-        row = {"estimate": "noise2noise", "budget_min": b, "seconds": snap.seconds,
+        row = {"estimate": label, "budget_min": b, "seconds": snap.seconds,
                "patches_per_second": rate,
                **score_images(ds, [tb.denoise(net, f) for f in ds.frames])}
-        print(f"[n2n] {b:g} min: sky {row['sky_gain']:.2f}, source {row['source_gain']:.2f}",
-              flush=True)
+        print(f"[{label}] {b:g} min: sky {row['sky_gain']:.2f}, "
+              f"source {row['source_gain']:.2f}", flush=True)
         rows.append(row)
     return rows
 
@@ -362,7 +436,10 @@ to each scored frame (independent-exposure estimator, as in the training-budget
 benchmark), ± one standard error. *noise2noise*: the U-Net of `configs/saao.yaml` without
 posterior head trained to predict the mean of each frame's matched references (its
 `evaluate.max_references` best-fitting other exposures, brought to its seeing, sub-pixel
-position and flux scale) from the frame, squared error over the references' valid pixels.
+position and flux scale) from the frame, squared error over the references' valid pixels,
+constant learning rate. *-cosine*: the rate falls along half a cosine to the largest budget
+(only that budget's snapshot ends its schedule). *-single*: each patch's target is one of
+the references drawn at random instead of their mean.
 Other options: as in `bench_training_budget.py`, on the same columns. *blur*: the Gaussian
 σ chosen per pixel class on the scored columns (sky / source σ). *linear SURE*: the 7 × 7
 kernel of least SURE, fitted on the training columns of each scored frame from its header
@@ -385,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=tb.DEFAULT_OUT)
     p.add_argument("--budgets", default="3,10", help="minutes, comma-separated")
+    p.add_argument("--n2n", default="noise2noise",
+                   help=f"Noise2Noise settings, comma-separated, of {', '.join(N2N_VARIANTS)}")
+    p.add_argument("--seeds", default="",
+                   help="seeds of every Noise2Noise setting (default: the configuration's)")
     p.add_argument("--options", default="sure-avg",
                    help="bench_training_budget options to run beside (comma-separated)")
     p.add_argument("--train-columns", type=int, default=200)
@@ -401,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     store = tb._ensure_store("saao", a.out)
     pairs = load_pairs(store, a.train_columns)
     rows = run_linear(ds, store, a.train_columns)
-    rows += run_n2n(ds, pairs, budgets)
+    seeds = [int(x) for x in a.seeds.split(",") if x] or [None]
+    for name in [n for n in a.n2n.split(",") if n]:
+        if name not in N2N_VARIANTS:
+            p.error(f"--n2n: unknown setting {name!r} (choose from {', '.join(N2N_VARIANTS)})")
+        for seed in seeds:
+            rows += run_n2n(ds, pairs, budgets, N2NVariant(name), seed)
     rows += run_options(ds, [o for o in a.options.split(",") if o], budgets, a.threads)
     table = render(rows)
     print(table)

@@ -64,7 +64,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 
 from pausdenoise import evaluate as ev
 from pausdenoise import reference_match as rm
@@ -629,9 +628,7 @@ def blur(image: np.ndarray, good: np.ndarray, sigma: float) -> np.ndarray:
     ndarray of float64
         The blurred image, ADU (NaN where no good pixel is near).
     """
-    num = ndimage.gaussian_filter(np.where(good, image, 0.0), sigma, mode="constant")
-    den = ndimage.gaussian_filter(good.astype(np.float64), sigma, mode="constant")
-    return np.divide(num, den, out=np.full(image.shape, np.nan), where=den > 1e-3)
+    return ev.gaussian_blur(image, good, sigma)
 
 
 def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS

@@ -230,6 +230,21 @@ class EvaluateConfig(BaseModel):
     max_references: int = Field(
         4, ge=1, description="Without truth: at most this many independent exposures per frame."
     )
+    blur_sigmas: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 2.0, 3.0],
+        description="Without truth: Gaussian σ (px) of the blurred raw images scored beside "
+        "the denoised one, as a baseline; the summary gives the best σ per pixel class and "
+        "the denoised image's RMS gain over that best blur (empty: no baseline).",
+    )
+    reference_pool: Literal["auto", "all", "held-out"] = Field(
+        "auto",
+        description="Without truth: which exposures may be a frame's references. 'all': any "
+        "other exposure of its band, training exposures included. 'held-out': only the "
+        "other held-out exposures (none of whose pixels the network trained on, as input "
+        "or as target). 'auto': 'held-out' when train.method is 'n2n' (the training "
+        "exposures were the network's targets: a network that has learned their noise at "
+        "fixed sky positions would be scored against that same noise), 'all' otherwise.",
+    )
     reference_kernel: int = Field(
         3,
         ge=0,
@@ -283,6 +298,28 @@ class EvaluateConfig(BaseModel):
 
 
 # --------------------------------------------------------------------------- pixel classes
+
+
+def gaussian_blur(image: np.ndarray, good: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur normalised over the good pixels (bad pixels get their neighbours' mean).
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+        Pixels, ADU (values at bad pixels are ignored).
+    good : ndarray of bool (ny, nx)
+        Usable pixels (the others do not contribute).
+    sigma : float
+        Gaussian σ, px.
+
+    Returns
+    -------
+    ndarray of float64
+        The blurred image, ADU (NaN where no good pixel is near).
+    """
+    num = ndimage.gaussian_filter(np.where(good, image, 0.0), sigma, mode="constant")
+    den = ndimage.gaussian_filter(good.astype(np.float64), sigma, mode="constant")
+    return np.divide(num, den, out=np.full(image.shape, np.nan), where=den > 1e-3)
 
 
 def sky_pixel_mask(

@@ -87,6 +87,16 @@ def test_evaluate_registers_saao_frames_without_wcs(real_data_dir, tmp_path):
     assert (match[["shift_x_px", "shift_y_px"]].abs() <= 1.0).all().all()
     assert (metrics["reference"] == ev.REFERENCE_INDEPENDENT).all()
     assert (metrics["estimator"] == "triplet").all() and (metrics["n_references"] == 2).all()
+    # the blur baselines, scored on the same pixels: the stand-in "denoiser" is the σ = 1 px
+    # blur (reflected edges), so the best blur is at least as good
+    assert set(metrics["kind"]) == {"raw", "denoised"} | {
+        f"blur_sigma_{s:g}" for s in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)}
+    b1 = metrics[metrics["kind"] == "blur_sigma_1"].set_index(["frame", "pixel_class"])["mse"]
+    d = metrics[metrics["kind"] == "denoised"].set_index(["frame", "pixel_class"])["mse"]
+    np.testing.assert_allclose(b1.sort_index(), d.sort_index(), rtol=0.02)
+    for cls in ("sky", "source"):
+        assert summary[f"denoised_over_best_blur_{cls}_independent"] <= 1.01
+        assert summary[f"best_blur_sigma_{cls}_independent"] in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
     sky = metrics[metrics["pixel_class"] == "sky"].set_index(["frame", "kind"])
     for f, image in zip(names, raw, strict=True):
         est = sky.loc[(f, "raw"), "mse"]

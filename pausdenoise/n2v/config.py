@@ -116,14 +116,18 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unet: UNetSettings = Field(default_factory=UNetSettings, description="Architecture.")
-    method: Literal["n2v", "blindspot", "sure"] = Field(
+    method: Literal["n2v", "blindspot", "sure", "n2n"] = Field(
         "n2v",
         description="'n2v': masked blind-spot training of the U-Net (targets: masked_fraction "
         "of the pixels). 'blindspot': a blind-spot teacher network in which every pixel is a "
         "target (Laine et al. 2019) is trained, frozen and distilled into the "
         "U-Net, which is what is saved and run (inference costs the same as 'n2v'). 'sure': "
         "the unmasked U-Net trained on Stein's unbiased estimate of its squared error from "
-        "the noise model (every pixel a target; unet.posterior 'none').",
+        "the noise model (every pixel a target; unet.posterior 'none'). 'n2n': Noise2Noise, the "
+        "unmasked U-Net trained to predict each frame's target, an independent noisy copy of "
+        "its truth (in the pipeline: the mean of the other training exposures of the field "
+        "brought to the frame's seeing and flux scale); no noise model; unet.posterior "
+        "'none'.",
     )
     blindspot: BlindSpotSettings = Field(
         default_factory=BlindSpotSettings, description="The teacher of method 'blindspot'."
@@ -278,8 +282,8 @@ class TrainConfig(BaseModel):
                 f"patch_size {self.patch_size} must be a multiple of 2**depth = {m} "
                 f"(unet.depth = {self.unet.depth})"
             )
-        if self.method == "sure" and self.unet.posterior != "none":
-            raise ValueError("method 'sure' trains the estimate itself: it needs "
+        if self.method in ("sure", "n2n") and self.unet.posterior != "none":
+            raise ValueError(f"method {self.method!r} trains the estimate itself: it needs "
                              f"unet.posterior 'none', got {self.unet.posterior!r}")
         if self.patch_size <= 2 * self.neighbourhood_radius:
             raise ValueError(

@@ -68,12 +68,18 @@ class Frame:
         The frame's normalisation statistics (computed once per frame).
     name : str
         Identifier used in provenance (e.g. ``"00012345_04"``).
+    target : array-like, shape (ny, nx), or None
+        Noise2Noise target (``method: n2n``): an independent noisy estimate of the frame's
+        truth in the image's units (ADU, sky included, e.g. the mean of other exposures
+        brought onto the frame), NaN where there is none. Normalised with the frame's
+        statistics like the image.
     """
 
     image: Any
     mask: Any
     stats: FrameStats
     name: str = ""
+    target: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -120,9 +126,15 @@ def as_frames(frames: Sequence[Any]) -> list[Frame]:
             raise ValueError(f"frame {i}: image must be 2-D, got shape {fr.image.shape}")
         if fr.mask is not None and tuple(fr.mask.shape) != tuple(fr.image.shape):
             raise ValueError(f"frame {i}: mask shape {fr.mask.shape} != image {fr.image.shape}")
+        if fr.target is not None and tuple(fr.target.shape) != tuple(fr.image.shape):
+            raise ValueError(
+                f"frame {i}: target shape {fr.target.shape} != image {fr.image.shape}"
+            )
         out.append(fr)
     if not out:
         raise ValueError("no frames given")
+    if len({f.target is None for f in out}) > 1:
+        raise ValueError("either every frame has a Noise2Noise target or none has")
     return out
 
 
@@ -231,6 +243,11 @@ def _read(arr: Any, ys: slice, xs: slice) -> np.ndarray:
 
 class PatchSampler:
     """Random, seeded, out-of-core sampler of normalised patches and their bad-pixel masks.
+
+    When the frames carry Noise2Noise targets (:attr:`Frame.target`) every patch has two
+    channels: the normalised image and, cut at the same place, the normalised target (NaN
+    where it has none); a pixel counts as bad for ``max_bad_fraction`` when it is bad in the
+    image or has no target.
 
     Parameters
     ----------
@@ -353,13 +370,20 @@ class PatchSampler:
         if fr.mask is not None:
             bad |= _read(fr.mask, ys, xs) != 0
         norm = normalise(img, fr.stats, bad)
+        if fr.target is not None:
+            tgt = _read(fr.target, ys, xs)
+            no_target = bad | ~np.isfinite(tgt)
+            tnorm = normalise(tgt, fr.stats, no_target)
+            tnorm[no_target] = np.nan
+            norm = np.stack([norm, tnorm])
         self.blocks_read += 1
         smooth = None
         if self.sky_keep < 1.0:
-            smooth = uniform_filter(norm, size=3, mode="nearest")
+            smooth = uniform_filter(norm if norm.ndim == 2 else norm[0], size=3, mode="nearest")
+        unusable = bad if norm.ndim == 2 else bad | ~np.isfinite(norm[1])
         for yy, xx in zip(py - y0, px - x0, strict=True):
             b = bad[yy : yy + p, xx : xx + p]
-            if b.mean() > self.max_bad_fraction:
+            if unusable[yy : yy + p, xx : xx + p].mean() > self.max_bad_fraction:
                 self.patches_skipped += 1
                 continue
             if (
@@ -369,7 +393,7 @@ class PatchSampler:
             ):
                 self.sky_patches_dropped += 1
                 continue
-            self._buffer_x.append(norm[yy : yy + p, xx : xx + p])
+            self._buffer_x.append(norm[..., yy : yy + p, xx : xx + p])
             self._buffer_b.append(b)
             self._sources.append((r.frame, int(yy + y0), int(xx + x0)))
 
@@ -389,8 +413,9 @@ class PatchSampler:
 
         Returns
         -------
-        patches : float32 Tensor (n, 1, P, P)
-            Normalised patches (bad pixels are 0).
+        patches : float32 Tensor (n, 1, P, P), or (n, 2, P, P) with targets
+            Normalised patches (bad pixels are 0); with Noise2Noise targets the second
+            channel is the normalised target (NaN where there is none).
         bad : bool Tensor (n, 1, P, P)
             True at bad pixels.
         sources : list of (frame index, y, x), only with ``return_sources``
@@ -415,7 +440,8 @@ class PatchSampler:
         xs, self._buffer_x = self._buffer_x[:n], self._buffer_x[n:]
         bs, self._buffer_b = self._buffer_b[:n], self._buffer_b[n:]
         src, self._sources = self._sources[:n], self._sources[n:]
-        x = torch.from_numpy(np.stack(xs)[:, None])
+        x = np.stack(xs)
+        x = torch.from_numpy(x[:, None] if x.ndim == 3 else x)
         b = torch.from_numpy(np.stack(bs)[:, None])
         if return_sources:
             return x, b, src
@@ -580,6 +606,9 @@ def make_validation_set(
 ) -> ValidationSet:
     """Draw ``n_patches`` validation patches once (seeded) and blind-spot mask them once.
 
+    Frames with Noise2Noise targets give unmasked patches whose ``originals`` are the
+    targets (0 where there is none) and whose ``targets`` are the pixels with a target.
+
     ``sky_keep``/``source_threshold`` sample the validation patches like the training
     patches (see :class:`PatchSampler`): a uniformly drawn set is almost all sky, its loss
     is dominated by sky noise and cannot tell epochs apart on the sources, which then makes
@@ -615,6 +644,9 @@ def make_validation_set(
         sky_keep=sky_keep, source_threshold=source_threshold,
     )
     x, bad = sampler.sample(n_patches)
+    if x.shape[1] == 2:  # Noise2Noise: the unmasked image, scored against its target
+        has_target = torch.isfinite(x[:, 1:]) & ~bad
+        return ValidationSet(x[:, :1].clone(), torch.nan_to_num(x[:, 1:], nan=0.0), has_target)
     gen = torch.Generator().manual_seed(seed)
     masked, targets = apply_blind_spot(
         x, bad, masked_fraction=masked_fraction, radius=radius, strategy=strategy, generator=gen,

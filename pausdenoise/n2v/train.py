@@ -50,6 +50,7 @@ from pausdenoise.n2v.config import UNetSettings as UNetSettings
 from pausdenoise.n2v.masking import (
     apply_blind_spot,
     blind_spot_loss,
+    n2v_loss,
     poisson_weight,
 )
 from pausdenoise.n2v.patches import (
@@ -425,6 +426,7 @@ def _setup(
     """
     # ---- data
     p = cfg.patch_size
+    _check_targets(cfg, frames, val_frames)
     if val_frames is not None:
         train_regions = full_regions(frames)
         val_source, val_regions = as_frames(val_frames), None
@@ -474,8 +476,30 @@ def _setup(
         amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
         teacher=teacher,
         teacher_net=teacher_net,
-        phase="teacher" if teacher is not None else ("sure" if cfg.method == "sure" else "n2v"),
+        phase="teacher" if teacher is not None else (
+            cfg.method if cfg.method in ("sure", "n2n") else "n2v"),
     )
+
+
+def _check_targets(cfg: TrainConfig, frames: list[Frame], val_frames: Sequence[Any] | None
+                   ) -> None:
+    """Refuse Noise2Noise targets without ``method: n2n``, and ``n2n`` without them.
+
+    Raises
+    ------
+    ValueError
+        Naming the method and what the frames lack or carry.
+    """
+    for kind, group in (("training", frames), ("validation", val_frames)):
+        if group is None:
+            continue
+        has = [f.target is not None for f in as_frames(group)]
+        if cfg.method == "n2n" and not all(has):
+            raise ValueError(f"method 'n2n' needs a Noise2Noise target for every {kind} "
+                             "frame (Frame.target)")
+        if cfg.method != "n2n" and any(has):
+            raise ValueError(f"{kind} frames carry Noise2Noise targets but method is "
+                             f"{cfg.method!r} (targets are trained with method 'n2n')")
 
 
 def _validation_set(
@@ -825,6 +849,8 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         loss = _student_step_loss(run, x)
     elif run.phase == "sure":
         loss = _sure_step_loss(run, x, bad)
+    elif run.phase == "n2n":
+        loss = _n2n_step_loss(run, x, bad)
     else:
         loss = _masked_step_loss(run, x, bad)
     _set_learning_rate(run)
@@ -917,6 +943,25 @@ def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tens
         return sure_loss(run.net, run.model, x, ~bad.to(torch.bool), generator=run.mask_gen)
 
 
+def _n2n_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """Return the Noise2Noise loss of ``method: n2n`` for one (augmented) batch.
+
+    ``x`` holds the image (channel 0) and its target (channel 1, NaN where there is none):
+    the mean squared difference between the network's output on the image and the target
+    over the good pixels with a target.
+
+    Returns
+    -------
+    Tensor
+        Scalar float32 loss.
+    """
+    image, target = x[:, :1], x[:, 1:]
+    has_target = torch.isfinite(target) & ~bad.to(torch.bool)
+    with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+        out = run.net(image)
+    return n2v_loss(out, torch.nan_to_num(target, nan=0.0), has_target)
+
+
 def _student_step_loss(run: _Run, x: torch.Tensor) -> torch.Tensor:
     """Return the student's distillation loss against the frozen teacher on one batch.
 
@@ -974,7 +1019,8 @@ def _validation_loss(run: _Run) -> float:
     the *unmasked* patches (it cannot see them), so both methods are judged on the same
     pixels; student phase: the distillation loss on the unmasked validation patches.
     ``method: sure``: the SURE of the network's estimate on the unmasked validation patches
-    (a fixed probe).
+    (a fixed probe). ``method: n2n``: the squared error against the targets of the
+    unmasked validation patches.
 
     Returns
     -------
@@ -983,7 +1029,7 @@ def _validation_loss(run: _Run) -> float:
     """
     batch = max(run.cfg.batch_size, 1)
     vs = run.val_set
-    if run.phase == "n2v":
+    if run.phase in ("n2v", "n2n"):
         return vs.loss(run.tracked(), batch_size=batch)
     if run.phase == "sure":
         return sure_validation_loss(run.tracked(), vs.originals, batch)
@@ -1053,8 +1099,10 @@ def calibrate_offset(
     """
     device = device if device is not None else next(model.parameters()).device
     cal = _validation_set(cfg, as_frames(frames), regions, device, 7919, 1.0)
-    if cfg.method in ("blindspot", "sure"):  # a network without a blind spot: all pixels
-        delta = all_pixel_offset(model, cal.originals, batch_size=max(cfg.batch_size, 1))
+    if cfg.method in ("blindspot", "sure", "n2n"):  # no blind spot: all pixels of the input
+        # (for n2n the input, not the target: a reference's background error stays out)
+        images = cal.inputs if cfg.method == "n2n" else cal.originals
+        delta = all_pixel_offset(model, images, batch_size=max(cfg.batch_size, 1))
     else:
         delta = cal.output_offset(model, batch_size=max(cfg.batch_size, 1))
     with torch.no_grad():

@@ -33,6 +33,7 @@ from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.ingest.plan import expand_inputs, find_images
 from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
+from pausdenoise.pipeline.n2n_targets import reference_settings
 from pausdenoise.pipeline.stages import (
     compare,
     denoise,
@@ -210,7 +211,9 @@ def stage_fingerprints(
         "ingest": lambda: ["storage", _fp("pixels"),
                            {k: d["ingest"][k] for k in _STORAGE_ONLY},
                            *_input_files_token(cfg)],
-        "train": lambda: ["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")],
+        "train": lambda: (["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")]
+                          + ([reference_settings(cfg.evaluate)] if cfg.train.method == "n2n"
+                             else [])),
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
         "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")

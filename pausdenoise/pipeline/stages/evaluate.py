@@ -7,8 +7,10 @@ Frames are read one at a time (out of core). Evaluated frames are the exposures 
 training (``holdout_exposures_per_band``), or every frame when none is held out. A frame with
 a ``truth`` array (simulation) is scored against it; a frame without one is scored with the
 independent-exposure estimator of :mod:`pausdenoise.evaluate` (``MSE to truth = MSE to an
-independent exposure − that exposure's noise variance``): every other exposure of its band
-(any exposure number but its own, training exposures included) whose footprint covers at
+independent exposure − that exposure's noise variance``), with references found and matched
+by :mod:`pausdenoise.pipeline.references`: every other exposure of its band (any exposure
+number but its own; training exposures included unless ``evaluate.reference_pool`` keeps to
+the held-out ones, as it does for ``train.method: n2n``) whose footprint covers at
 least ``evaluate.min_overlap`` of its good pixels is a candidate reference (the
 ``evaluate.max_references`` with the largest coverage are used), brought onto the frame's grid
 by :func:`pausdenoise.evaluate.reference_on_grid`. Frames without a WCS (small-telescope
@@ -24,12 +26,15 @@ brought to the frame's seeing, sub-pixel position and flux scale by a fitted pix
 (:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used.
 Writes into ``<run>/evaluate/``:
 
-- ``pixel_metrics.csv``: per frame, image kind (raw | denoised) and pixel class (sky |
-  source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
+- ``pixel_metrics.csv``: per frame, image kind (raw | denoised, and without truth the
+  baselines ``blur_sigma_<σ>``: the raw frame blurred, ``evaluate.blur_sigmas``) and pixel
+  class (sky | source): ``reference`` (truth | independent-exposure), ``estimator`` (exact | triplet |
   equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse [ADU²] and, without
   truth, mse_se, mse_to_reference, noise_var_reference [ADU²], n_references;
 - ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
-  factor raw/denoised per class;
+  factor raw/denoised per class; the summary's ``best_blur_sigma_<class>_independent`` and
+  ``denoised_over_best_blur_<class>_independent`` (best blur's RMS / denoised RMS) say whether
+  the denoiser beats every blur on the same pixels and references;
 - ``independent_references.csv`` (without truth): the estimate with each reference alone
   and its noise variance (they must agree within their errors), its coverage and its match
   (``flux_scale`` frame / reference, kernel centroid ``shift_x_px``/``shift_y_px``,
@@ -72,23 +77,16 @@ import pandas as pd
 
 from pausdenoise import detection as dt
 from pausdenoise import evaluate as ev
-from pausdenoise import reference_match as rm
-from pausdenoise import register as rg
 from pausdenoise import store as st
-from pausdenoise.errors import PsfError, RegistrationError
+from pausdenoise.errors import PsfError
 from pausdenoise.n2v.normalise import frame_statistics
 from pausdenoise.pipeline.context import Context, split_holdout
+from pausdenoise.pipeline.references import Registry, frame_arrays, matched_references
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 from pausdenoise.psf import frame_psf
 from pausdenoise.stats import MAD_TO_SIGMA
 
 __all__ = ["run"]
-
-
-def _frame_arrays(store, frame: str) -> dict[str, np.ndarray]:
-    names = st.frame_arrays(store, frame)
-    return {n: np.asarray(st.open_frame(store, frame, n)) for n in names
-            if n in ("image", "mask", "ivar", "truth", "denoised")}
 
 
 def _source_mask(rows: pd.DataFrame, shape, pixel_scale: float) -> np.ndarray:
@@ -107,7 +105,7 @@ def _pool(metrics: pd.DataFrame) -> pd.DataFrame:
 
     MSE pixel-weighted (so the RMS is that of all pixels together), PSNR/SSIM as
     pixel-weighted means, the MSE standard error as for independent frames; then the RMS
-    reduction raw/denoised per reference and class.
+    reduction raw/denoised per reference and class (raw/blur on the blur baselines' rows).
 
     Returns
     -------
@@ -143,6 +141,8 @@ def _pool(metrics: pd.DataFrame) -> pd.DataFrame:
         kinds = dict(zip(g["kind"], g["rms"], strict=True))
         if {"raw", "denoised"} <= set(kinds):
             out.loc[g.index, "rms_reduction"] = kinds["raw"] / kinds["denoised"]
+        for i in g.index[g["kind"].str.startswith(_BLUR)]:  # a blur: raw / its own RMS
+            out.loc[i, "rms_reduction"] = kinds.get("raw", np.nan) / out.loc[i, "rms"]
     return out
 
 
@@ -167,40 +167,15 @@ _OUTPUTS = ("pixel_metrics.csv", "pixel_summary.csv", "independent_references.cs
             "residuals.npz", "registration.csv", "summary.json", "depth_sweep.csv",
             "depth.csv", "depth_completeness.csv", "depth_gain.csv")
 
+#: Kind prefix of the blurred raw images scored as baselines (``evaluate.blur_sigmas``).
+_BLUR = "blur_sigma_"
+
 _METRIC_COLUMNS = ["frame", "kind", "reference", "estimator", "pixel_class", "n_pixels", "rms",
                    "mse", "mse_se", "psnr_db", "ssim", "mse_to_reference",
                    "noise_var_reference", "n_references"]
 
 
 # --------------------------------------------------------------------------- without truth
-
-
-def _frame_wcs_or_none(store: Any, frame: str) -> Any:
-    try:
-        return st.frame_wcs(store, frame).celestial
-    except st.StoreError:
-        return None
-
-
-def _lattice_coverage(target_wcs: Any, target_shape: tuple[int, int], wcs: Any,
-                      shape: tuple[int, int]) -> float:
-    """Measure how much of the target grid falls inside another frame.
-
-    Returns
-    -------
-    float
-        The fraction of a 9 × 9 lattice over the target grid inside the other frame.
-    """
-    ny, nx = target_shape
-    yy, xx = np.meshgrid(np.linspace(0, ny - 1, 9), np.linspace(0, nx - 1, 9), indexing="ij")
-    ra, dec = target_wcs.all_pix2world(xx.ravel(), yy.ravel(), 0)
-    try:
-        fx, fy = wcs.all_world2pix(ra, dec, 0)
-    except Exception:  # e.g. distortion inversion not converging far off the frame
-        fx, fy = wcs.wcs_world2pix(ra, dec, 0)
-    inside = (np.isfinite(fx) & np.isfinite(fy) & (fx > -0.5) & (fx < shape[1] - 0.5)
-              & (fy > -0.5) & (fy < shape[0] - 0.5))
-    return float(inside.mean())
 
 
 def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -217,176 +192,6 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
     if "ivar" in arr:
         good &= np.isfinite(arr["ivar"]) & (arr["ivar"] > 0)
     return good
-
-
-@dataclass
-class _Registry:
-    """WCSs of the frames and offsets measured between frames without one (cached)."""
-
-    wcs: dict[str, Any] = field(default_factory=dict)
-    offsets: dict[tuple[str, str], Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def wcs_of(self, store: Any, frame: str) -> Any:
-        """Return the frame's celestial WCS, or None without one (cached).
-
-        Returns
-        -------
-        astropy.wcs.WCS or None
-            The celestial part of the frame's WCS.
-        """
-        if frame not in self.wcs:
-            self.wcs[frame] = _frame_wcs_or_none(store, frame)
-        return self.wcs[frame]
-
-
-def _registration_pixels(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a frame's image and bad-pixel map (mask, non-positive ivar) for registration.
-
-    Returns
-    -------
-    tuple of ndarray
-        The image (ADU, float64) and a boolean map of its bad pixels.
-    """
-    arr = _frame_arrays(store, frame)
-    image = arr["image"].astype(np.float64)
-    return image, rg.bad_pixel_map(image, arr.get("mask"), arr.get("ivar"))
-
-
-def _registered_offset(ctx: Context, reg: _Registry, frame: str, other: str,
-                       frame_pixels: tuple[np.ndarray, np.ndarray]) -> Any:
-    """Measure (or reuse) the offset of ``other`` relative to ``frame`` by cross-correlation.
-
-    A failed registration is recorded in ``reg.rows`` with its reason and gives None; a pair
-    measured the other way round is reused with the opposite sign.
-
-    Returns
-    -------
-    Offset or None
-        Position in ``other`` minus position in ``frame``, px (0-based pixels).
-    """
-    if (other, frame) in reg.offsets:
-        o = reg.offsets[(other, frame)]
-        return None if o is None else rg.Offset(-o.dx, -o.dy, o.significance, o.overlap)
-    if (frame, other) not in reg.offsets:
-        sat = st.frame_attrs(ctx.store, frame).get("saturate")
-        image_o, bad_o = _registration_pixels(ctx.store, other)
-        row = {"frame": frame, "other_frame": other, "dx_px": np.nan, "dy_px": np.nan,
-               "significance": np.nan, "overlap": np.nan, "error": ""}
-        try:
-            off = rg.measure_offset(frame_pixels[0], image_o, mask_ref=frame_pixels[1],
-                                    mask_img=bad_o, min_overlap=ctx.cfg.evaluate.min_overlap,
-                                    saturation=float(sat) if sat else None)
-            row.update(dx_px=off.dx, dy_px=off.dy, significance=off.significance,
-                       overlap=off.overlap)
-        except RegistrationError as exc:
-            off = None
-            row["error"] = str(exc)
-            print(f"evaluate: {frame}: {other} not registered: {exc}")
-        reg.offsets[(frame, other)] = off
-        reg.rows.append(row)
-    return reg.offsets[(frame, other)]
-
-
-def _reference_candidates(ctx: Context, frame: str, row: pd.Series, others: pd.DataFrame,
-                          shape: tuple[int, ...], reg: _Registry,
-                          frame_pixels: tuple[np.ndarray, np.ndarray]
-                          ) -> tuple[list[tuple[float, int, str, Any]], Any]:
-    """List the other exposures that overlap the frame, with the frame's WCS.
-
-    Frames with a WCS are compared through it. When neither the frame nor the other
-    exposure has one, the other exposure (same CCD) is registered to the frame by
-    cross-correlation (:func:`pausdenoise.register.measure_offset`) and the offset, rounded
-    to whole pixels (exact copies: the references' noise stays independent and
-    uncorrelated), stands in for the WCS (:func:`pausdenoise.register.shift_wcs`).
-
-    Returns
-    -------
-    tuple of (list, WCS or None)
-        ``(−coverage, expnum, frame, wcs)`` of each overlapping exposure, and the frame's
-        celestial WCS (the synthetic reference WCS when registered; None without a WCS and
-        no registered exposure).
-    """
-    wcs_d = reg.wcs_of(ctx.store, frame)
-    cands = []
-    registered = False
-    for _, o in others.iterrows():
-        f = o["frame"]
-        wcs_o = reg.wcs_of(ctx.store, f)
-        if wcs_d is None and wcs_o is None:  # no WCS: register by cross-correlation
-            if int(o["ccd"]) != int(row["ccd"]):
-                continue
-            off = _registered_offset(ctx, reg, frame, f, frame_pixels)
-            if off is None:
-                continue
-            cov, wcs_o = off.overlap, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)
-            registered = True
-        elif wcs_d is None or wcs_o is None:  # one WCS only: cannot align them
-            continue
-        else:
-            cov = _lattice_coverage(wcs_d, shape, wcs_o, (int(o["ny"]), int(o["nx"])))
-        if cov > 0:
-            cands.append((-cov, int(o["expnum"]), f, wcs_o))
-    return cands, (rg.shift_wcs() if registered else wcs_d)
-
-
-def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.DataFrame,
-                       cands: list[tuple[float, int, str, Any]], wcs_d: Any,
-                       shape: tuple[int, ...], good: np.ndarray
-                       ) -> tuple[list[np.ndarray], list[str], list[float]]:
-    """Bring the best-covering candidates onto the frame's grid.
-
-    Returns
-    -------
-    tuple of (list of ndarray, list of str, list of float)
-        The references on the frame's grid (ADU, NaN outside), their frames and their
-        coverage of the frame's good pixels; at most ``evaluate.max_references`` (or
-        ``evaluate.reference_candidates`` to be matched, see :func:`_matched_references`).
-    """
-    cfg = ctx.cfg.evaluate
-    refs, names, coverage = [], [], []
-    for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
-        if len(refs) >= cfg.references_to_read:
-            break
-        o_arr = _frame_arrays(ctx.store, f)
-        zp_o = by_frame.loc[f, "zp"]
-        try:
-            values, valid = ev.reference_on_grid(
-                o_arr["image"], o_arr.get("mask"), o_arr.get("ivar"), wcs_o,
-                None if pd.isna(zp_o) else float(zp_o), wcs_d, shape,
-                None if pd.isna(row["zp"]) else float(row["zp"]), cfg.resampling)
-        except ValueError as exc:
-            print(f"evaluate: {frame}: reference {f} unusable: {exc}")
-            continue
-        cov = float((valid & good).sum() / good.sum())
-        if cov >= cfg.min_overlap:
-            refs.append(values)
-            names.append(f)
-            coverage.append(cov)
-    return refs, names, coverage
-
-
-def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndarray,
-                        sky: float, refs: list[np.ndarray], names: list[str],
-                        coverage: list[float]
-                        ) -> tuple[list[np.ndarray], list[str], list[float], pd.DataFrame]:
-    """Bring the candidates to the frame's seeing and flux scale; keep those fitted best.
-
-    Returns
-    -------
-    tuple
-        References, their frames and coverage (at most ``evaluate.max_references``, best
-        kernel fit first), and per reference the match (:func:`pausdenoise.reference_match.
-        matched_row`) indexed by frame.
-    """
-    cfg = ctx.cfg.evaluate
-    gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
-    best = rm.best_matched(raw, good, refs, cfg.max_references, sky=sky, gain=gain,
-                           read_noise_adu=rn_adu, half_width=cfg.reference_kernel)
-    info = pd.DataFrame([rm.matched_row(m) for _, m in best],
-                        index=[names[i] for i, _ in best])
-    return ([m.values for _, m in best], [names[i] for i, _ in best],
-            [coverage[i] for i, _ in best], info)
 
 
 def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
@@ -439,9 +244,12 @@ def _independent_frame(
     arr: dict[str, np.ndarray],
     exposures: pd.DataFrame,
     catalogue: pd.DataFrame | None,
-    reg: _Registry,
+    reg: Registry,
+    pool: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | str:
     """Score one frame without truth against its independent exposures.
+
+    ``pool`` limits the references to these frames (see ``evaluate.reference_pool``).
 
     Returns
     -------
@@ -449,40 +257,28 @@ def _independent_frame(
         ``(metrics, per_reference)``, or the reason the frame is skipped.
     """
     cfg = ctx.cfg.evaluate
-    by_frame = exposures.set_index("frame")
-    row = by_frame.loc[frame]
-    band, expnum = str(row["band"]), int(row["expnum"])
+    row = exposures.set_index("frame").loc[frame]
     image, den = arr["image"].astype(np.float64), arr["denoised"].astype(np.float64)
     good = _good_pixels(arr, image, den)
     if good.sum() < 2:
         return "no good pixel"
-    shape = image.shape
     try:
         sky = frame_statistics(image, (~good).astype(np.uint8)).sky
     except ValueError as exc:
         return f"no sky level: {exc}"
     raw = np.where(good, image - sky, np.nan)
     estimates = {"raw": raw, "denoised": np.where(good, den - sky, np.nan)}
-
-    others = exposures[(exposures["band"].astype(str) == band)
-                       & (exposures["expnum"] != expnum)]
-    if others.empty:
-        return f"no independent exposure in band {band} (no other exposure number)"
-    cands, wcs_d = _reference_candidates(ctx, frame, row, others, shape, reg,
-                                         (image, ~good))
-    refs, names, coverage = _usable_references(ctx, frame, row, by_frame, cands, wcs_d, shape,
-                                               good)
-    if not refs:
-        return (f"no independent exposure of band {band} covers ≥ {cfg.min_overlap:.0%} of "
-                f"the frame ({len(cands)} overlapping candidate(s))")
-    if len(refs) == 1 and cfg.single_reference == "skip":
-        return (f"one independent exposure ({names[0]}) in band {band}: its noise variance "
-                "needs a second (evaluate.single_reference='equal-noise' assumes equal "
-                "noise instead)")
-    refs, names, coverage, matches = _matched_references(ctx, frame, raw, good, sky, refs,
-                                                         names, coverage)
-    return _independent_metrics(ctx, frame, row, estimates, raw, refs, names, coverage, good,
-                                catalogue, matches)
+    for s in cfg.blur_sigmas:  # the baselines: the raw frame blurred
+        estimates[f"{_BLUR}{s:g}"] = np.where(good, ev.gaussian_blur(raw, good, s), np.nan)
+    refs = matched_references(ctx, frame, exposures, image, good, sky, reg, pool)
+    if isinstance(refs, str):
+        return refs
+    if len(refs.values) == 1 and cfg.single_reference == "skip":
+        return (f"one independent exposure ({refs.frames[0]}) in band {row['band']}: its "
+                "noise variance needs a second (evaluate.single_reference='equal-noise' "
+                "assumes equal noise instead)")
+    return _independent_metrics(ctx, frame, row, estimates, raw, refs.values, refs.frames,
+                                refs.coverage, good, catalogue, refs.matches)
 
 
 # --------------------------------------------------------------------------- with truth
@@ -502,7 +298,7 @@ class _Tally:
         default_factory=lambda: {"raw": [0, 0], "denoised": [0, 0]})
     stamps: list[dict[str, Any]] = field(default_factory=list)
     evaluated: int = 0
-    registry: _Registry = field(default_factory=_Registry)
+    registry: Registry = field(default_factory=Registry)
     depth: dict[str, list[dt.FrameSweep]] = field(default_factory=dict)
     depth_mags: list[np.ndarray] = field(default_factory=list)
 
@@ -715,7 +511,7 @@ def _injected_depth(ctx: Context, frames: list[str]) -> dt.DepthResult | None:
         if frame not in have or "denoised" not in st.frame_arrays(spath, frame):
             continue
         attrs = st.frame_attrs(spath, frame)
-        arr = _frame_arrays(spath, frame)
+        arr = frame_arrays(spath, frame)
         rows = inj[(inj["expnum"] == attrs["expnum"]) & (inj["ccd"] == attrs["ccd"])]
         others = pd.DataFrame() if sim is None else \
             sim[(sim["expnum"] == attrs["expnum"]) & (sim["ccd"] == attrs["ccd"])]
@@ -814,8 +610,33 @@ def _write_stamps(out_dir: Path, stamps: list[dict[str, Any]]) -> None:
     )
 
 
-def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -> _Tally:
+def _reference_pool(ctx: Context, held: list[str]) -> list[str] | None:
+    """Return the frames that may be references (``evaluate.reference_pool``; None: all).
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context.
+    held : list of str
+        The held-out frames.
+
+    Returns
+    -------
+    list of str or None
+        The held-out frames for ``held-out`` (and for ``auto`` with ``train.method: n2n``)
+        when there are any; None (every exposure) otherwise.
+    """
+    pool = ctx.cfg.evaluate.reference_pool
+    if pool == "auto":
+        pool = "held-out" if ctx.cfg.train.method == "n2n" else "all"
+    return list(held) if pool == "held-out" and held else None
+
+
+def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
+                     pool: list[str] | None = None) -> _Tally:
     """Score every frame (one at a time), against the truth or independent exposures.
+
+    ``pool``: the frames that may serve as independent exposures (None: all).
 
     Returns
     -------
@@ -826,12 +647,13 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     tally = _Tally()
     for frame in frames:
-        arr = _frame_arrays(ctx.store, frame)
+        arr = frame_arrays(ctx.store, frame)
         if "denoised" not in arr:
             tally.skipped[frame] = "no denoised array (run the denoise stage)"
             continue
         if "truth" not in arr:  # real data: against independent exposures
-            res = _independent_frame(ctx, frame, arr, exposures, catalogue, tally.registry)
+            res = _independent_frame(ctx, frame, arr, exposures, catalogue, tally.registry,
+                                     pool)
             if isinstance(res, str):
                 tally.skipped[frame] = res
                 print(f"evaluate: {frame} skipped: {res}")
@@ -843,7 +665,7 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame) -
     return tally
 
 
-def _write_registration(out_dir: Path, reg: _Registry) -> dict[str, Any]:
+def _write_registration(out_dir: Path, reg: Registry) -> dict[str, Any]:
     """Write ``registration.csv`` (frames without a WCS) and summarise it.
 
     Returns
@@ -863,6 +685,36 @@ def _write_registration(out_dir: Path, reg: _Registry) -> dict[str, Any]:
         "max_offset_px": float(shift.max()) if ok.any() else float("nan"),
         "min_significance": float(tab.loc[ok, "significance"].min()) if ok.any()
         else float("nan")}}
+
+
+def _best_blur(pooled: pd.DataFrame) -> dict[str, float]:
+    """Summarise the blur baselines: per pixel class the best σ and the gains over it.
+
+    Parameters
+    ----------
+    pooled : DataFrame
+        The pooled metrics (:func:`_pool`) of the independent-exposure reference.
+
+    Returns
+    -------
+    dict
+        Per class ``c``: ``best_blur_sigma_c_independent`` (px),
+        ``rms_reduction_c_independent_best_blur`` (raw RMS / best blur's) and
+        ``denoised_over_best_blur_c_independent`` (best blur's RMS / denoised RMS: above 1
+        the denoiser beats every blur). Empty without blur rows.
+    """
+    out: dict[str, float] = {}
+    ind = pooled[pooled["reference"] == ev.REFERENCE_INDEPENDENT]
+    for cls, g in ind.groupby("pixel_class", sort=False):
+        blurs = g[g["kind"].str.startswith(_BLUR) & g["rms"].notna()]
+        kinds = dict(zip(g["kind"], g["rms"], strict=True))
+        if blurs.empty or not {"raw", "denoised"} <= set(kinds):
+            continue
+        best = blurs.loc[blurs["rms"].idxmin()]
+        out[f"best_blur_sigma_{cls}_independent"] = float(best["kind"].removeprefix(_BLUR))
+        out[f"rms_reduction_{cls}_independent_best_blur"] = kinds["raw"] / float(best["rms"])
+        out[f"denoised_over_best_blur_{cls}_independent"] = float(best["rms"]) / kinds["denoised"]
+    return out
 
 
 def _note(summary: dict[str, Any], evaluated: int, n_independent: int,
@@ -906,7 +758,8 @@ def run(ctx: Context) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in _OUTPUTS:  # a rerun must not leave a previous run's tables behind
         (out_dir / name).unlink(missing_ok=True)
-    tally = _evaluate_frames(ctx, frames, exposures)
+    pool = _reference_pool(ctx, held)
+    tally = _evaluate_frames(ctx, frames, exposures, pool)
     evaluated, skipped = tally.evaluated, tally.skipped
     n_independent = len(tally.ref_rows)
     pd.DataFrame({"frame": list(skipped), "reason": list(skipped.values())}).to_csv(
@@ -926,10 +779,12 @@ def run(ctx: Context) -> dict[str, Any]:
     summary: dict[str, Any] = {"frames_evaluated": evaluated + n_independent,
                                "frames_evaluated_truth": evaluated,
                                "frames_evaluated_independent": n_independent,
+                               "reference_pool": "all" if pool is None else "held-out",
                                "skipped": skipped, **registration}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
         summary[f"rms_reduction_{r['pixel_class']}{suffix}"] = float(r["rms_reduction"])
+    summary.update(_best_blur(pooled))
     if tally.true_mags:
         _write_detection(ctx, tally, summary)
     if tally.stamps:

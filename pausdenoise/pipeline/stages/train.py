@@ -11,6 +11,10 @@ read noise (:func:`sky_variance_from_frames`) and ``train.noise_correlation`` (t
 over the training frames of ``noise_corr_x``/``noise_corr_y``), which decides the structN2V
 axes and the blind-spot radius of the ``auto`` settings.
 
+With ``train.method: n2n`` each training frame gets its Noise2Noise target first, the mean
+of its other training exposures matched to it (:mod:`pausdenoise.pipeline.n2n_targets`,
+stored as the frame's ``n2n_target`` array); frames without one are skipped and listed.
+
 Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the end) and
 ``<run>/model/history.csv``.
 """
@@ -28,6 +32,7 @@ from pausdenoise.errors import StageError
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.n2v.train import train_n2v
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
+from pausdenoise.pipeline.n2n_targets import attach_targets
 
 __all__ = ["noise_correlation_from_frames", "noise_scale_from_frames", "run",
            "sky_variance_from_frames"]
@@ -258,6 +263,14 @@ def run(ctx: Context) -> dict[str, Any]:
     exposures = st.exposure_table(ctx.store)
     frames, train_frames, held, stats, skipped = _training_frames(ctx, exposures)
     train_cfg, noise = _noise_settings(ctx.cfg.train, exposures, stats, train_frames)
+    if train_cfg.method == "n2n":
+        frames, targets, no_target = attach_targets(ctx, exposures, frames)
+        skipped.update(no_target)
+        if not frames:
+            raise StageError(f"train: no training frame of {ctx.store} has a Noise2Noise "
+                             f"target (method 'n2n'): {no_target}")
+        train_frames = [f.name for f in frames]
+        noise.update(targets)
     ctx.paths.model_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.paths.checkpoint.with_name(".n2v.partial.safetensors")
     _, history = train_n2v(
