@@ -126,5 +126,5 @@ def test_n2n_without_any_target_stops_the_train_stage(tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     _store(store)
     cfg = _config(store).model_copy(update={"holdout_exposures_per_band": 7})
-    with pytest.raises(StageError, match="no training frame .* has a Noise2Noise target"):
+    with pytest.raises(StageError, match=r"no training frame .* has a Noise2Noise target"):
         run(cfg, tmp_path / "run", stages=["train"])
