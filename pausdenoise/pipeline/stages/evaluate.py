@@ -29,8 +29,9 @@ Writes into ``<run>/evaluate/``:
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised, and without truth the
   baselines ``blur_sigma_<σ>``: the raw frame blurred, ``evaluate.blur_sigmas``) and pixel
   class (sky | source): ``reference`` (truth | independent-exposure), ``estimator``
-  (exact | triplet | equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse [ADU²] and, without
-  truth, mse_se, mse_to_reference, noise_var_reference [ADU²], n_references;
+  (exact | triplet | equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse
+  [ADU²] and, without truth, mse_se, mse_to_reference, noise_var_reference [ADU²],
+  n_references;
 - ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
   factor raw/denoised per class; the summary's ``best_blur_sigma_<class>_independent`` and
   ``denoised_over_best_blur_<class>_independent`` (best blur's RMS / denoised RMS) say whether
