@@ -37,7 +37,7 @@ def _truth(dx: float, dy: float) -> np.ndarray:
     return img
 
 
-def _store(path: Path) -> dict[str, np.ndarray]:
+def _store(path: Path, fwhm: list[float] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
     truths = {}
     for k, (dx, dy) in enumerate(SHIFTS):
@@ -48,7 +48,8 @@ def _store(path: Path) -> dict[str, np.ndarray]:
         st.write_frame(path, name,
                        {"image": img.astype(np.float32), "mask": np.zeros(SHAPE, np.uint8)},
                        {"expnum": 10 + k, "ccd": 1, "band": "V", "exptime": 60.0, "zp": 1.0,
-                        "zp_err": 0.0, "gain": 1.0, "rdnoise": 5.0}, chunks=(64, 64))
+                        "zp_err": 0.0, "gain": 1.0, "rdnoise": 5.0,
+                        **({"psf_fwhm_px": fwhm[k]} if fwhm else {})}, chunks=(64, 64))
     return truths
 
 
@@ -128,3 +129,29 @@ def test_n2n_without_any_target_stops_the_train_stage(tmp_path: Path) -> None:
     cfg = _config(store).model_copy(update={"holdout_exposures_per_band": 7})
     with pytest.raises(StageError, match=r"no training frame .* has a Noise2Noise target"):
         run(cfg, tmp_path / "run", stages=["train"])
+
+
+def test_n2n_targets_come_only_from_exposures_as_sharp_as_the_frame(tmp_path: Path) -> None:
+    """``train.n2n_max_seeing_ratio``: no reference in worse seeing than the frame."""
+    from pausdenoise.pipeline.runner import run
+
+    fwhm = [3.0, 2.0, 2.5, 3.0, 2.2, 2.0, 2.0, 2.0]  # px; exposures 15-17 held out
+    store = tmp_path / "s.zarr"
+    truths = _store(store, fwhm)
+    names = sorted(truths)
+    cfg = _config(store)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "n2n_max_seeing_ratio": 1.0, "epochs": 1, "steps_per_epoch": 2})})
+    run(cfg, tmp_path / "run", stages=["train"])
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]["train"]
+    skipped = dict(summary["summary"]["skipped"])
+    # the sharpest training frame has no reference as sharp; the pure-noise frame none at all
+    assert set(skipped) == {names[0], names[1]}
+    assert "of band V with a PSF FWHM ≤ 1 × the frame's (2.00 px)" in skipped[names[1]]
+    root = st.open_store(store, "r")
+    by_name = dict(zip(names, fwhm, strict=True))
+    for f in names[2:5]:
+        refs = root[f"{st.FRAMES_GROUP}/{f}/n2n_target"].attrs["n2n_references"]
+        assert refs and all(by_name[r] <= by_name[f] for r in refs), (f, refs)
+    assert set(root[f"{st.FRAMES_GROUP}/{names[2]}/n2n_target"].attrs["n2n_references"]) == {
+        names[1], names[4]}

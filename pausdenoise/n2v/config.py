@@ -207,6 +207,15 @@ class TrainConfig(BaseModel):
         "the training frames of (sky / gain + read noise²) / σ² (gain and read noise from "
         "the headers or fitted at ingest; 1 when no frame has a gain).",
     )
+    n2n_max_seeing_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description="Method 'n2n' in the pipeline: a training frame's targets come only from "
+        "exposures whose PSF FWHM is at most this times the frame's (header psf_fwhm_px or "
+        "seeing; exposures without one always qualify). A reference in worse seeing cannot "
+        "be sharpened by the matching kernel, and the network would learn to blur what the "
+        "frame resolves. None: any exposure.",
+    )
     nll_beta: float = Field(
         0.0,
         ge=0.0,

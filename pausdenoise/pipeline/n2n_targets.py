@@ -9,6 +9,11 @@ learns to denoise without a noise model, every pixel a target. Held-out frames a
 inputs nor targets, so they can serve as the evaluation's independent references
 (``evaluate.reference_pool``).
 
+With ``train.n2n_max_seeing_ratio`` a frame's references come only from exposures whose PSF
+FWHM is at most that ratio times its own: the kernel can blur a sharper reference to the
+frame's seeing but cannot sharpen a blurrier one, and a blurrier target teaches the network
+to blur.
+
 The target is stored next to the frame's image as the array ``n2n_target`` (ADU, the frame's
 sky added back, so it is normalised like the image; NaN where a reference has no valid pixel
 or the frame's pixel is bad), with attributes ``n2n_key`` (a digest of the frame, its
@@ -26,9 +31,11 @@ import pandas as pd
 from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.digest import json_digest
+from pausdenoise.errors import PsfError
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.pipeline.context import Context
 from pausdenoise.pipeline.references import Registry, frame_arrays, matched_references
+from pausdenoise.psf import frame_psf
 
 __all__ = ["TARGET_ARRAY", "attach_targets", "reference_settings"]
 
@@ -118,6 +125,59 @@ def _write_target(ctx: Context, frame: str, target: np.ndarray, key: str,
     return st.open_store(ctx.store, "r")[f"{st.FRAMES_GROUP}/{frame}/{TARGET_ARRAY}"]
 
 
+def _frame_fwhm(ctx: Context, frames: list[str]) -> dict[str, float]:
+    """Read each frame's PSF FWHM from its attributes (frames without one are left out).
+
+    Returns
+    -------
+    dict of str to float
+        Frame → FWHM, px (``psf_fwhm_px``, or ``seeing`` in arcsec over
+        ``photometry.pixel_scale``).
+    """
+    out, scale = {}, ctx.cfg.photometry.pixel_scale
+    for f in frames:
+        try:
+            est = frame_psf(st.frame_attrs(ctx.store, f), pixel_scale=scale)
+        except PsfError:
+            continue
+        out[f] = float(est.fwhm_px)
+    return out
+
+
+def _sharp_enough(frame: str, frames: list[str], fwhm: dict[str, float],
+                  ratio: float | None) -> list[str]:
+    """Return the frames whose PSF is at most ``ratio`` × the frame's (the frame included).
+
+    Returns
+    -------
+    list of str
+        ``frames`` when ``ratio`` is None or the frame has no FWHM; otherwise the frame and
+        those without a FWHM or with one ≤ ``ratio`` × the frame's.
+    """
+    if ratio is None or frame not in fwhm:
+        return list(frames)
+    limit = ratio * fwhm[frame]
+    return [g for g in frames if g == frame or g not in fwhm or fwhm[g] <= limit]
+
+
+def _new_target(ctx: Context, frame: Frame, exposures: pd.DataFrame, pool: list[str],
+                reg: Registry, fwhm: dict[str, float], ratio: float | None
+                ) -> tuple[np.ndarray, list[str]] | str:
+    """Build a frame's target from ``pool``, or say why there is none.
+
+    Returns
+    -------
+    tuple of (ndarray, list of str) or str
+        As :func:`_build_target`.
+    """
+    band = exposures.set_index("frame")["band"].astype(str)
+    same_band = [g for g in pool if g != frame.name and band.get(g) == band.get(frame.name)]
+    if ratio is not None and not same_band:
+        return (f"no other training exposure of band {band.get(frame.name)} with a PSF FWHM "
+                f"≤ {ratio:g} × the frame's ({fwhm.get(frame.name, float('nan')):.2f} px)")
+    return _build_target(ctx, frame.name, exposures, frame.stats.sky, pool, reg)
+
+
 def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
                    ) -> tuple[list[Frame], dict[str, Any], dict[str, str]]:
     """Give every training frame its Noise2Noise target (built, or reused from the store).
@@ -141,22 +201,25 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     skipped : dict of str to str
         Frames left out of training because no reference could be matched, with the reason.
     """
-    pool = [f.name for f in frames]
+    names = [f.name for f in frames]
+    ratio = ctx.cfg.train.n2n_max_seeing_ratio
+    fwhm = _frame_fwhm(ctx, names) if ratio is not None else {}
     reg, out, skipped = Registry(), [], {}
     built, reused, counts = 0, 0, []
     for f in frames:
+        pool = _sharp_enough(f.name, names, fwhm, ratio)
         key = _target_key(ctx, f.name, pool, f.stats.sky)
         arr = _stored_target(ctx, f.name, key)
-        if arr is None:
-            res = _build_target(ctx, f.name, exposures, f.stats.sky, pool, reg)
+        if arr is not None:
+            reused += 1
+        else:
+            res = _new_target(ctx, f, exposures, pool, reg, fwhm, ratio)
             if isinstance(res, str):
                 skipped[f.name] = f"no Noise2Noise target: {res}"
                 print(f"train: {f.name}: {skipped[f.name]}")
                 continue
             arr = _write_target(ctx, f.name, res[0], key, res[1])
             built += 1
-        else:
-            reused += 1
         counts.append(len(arr.attrs.get("n2n_references", [])))
         out.append(Frame(f.image, f.mask, f.stats, f.name, arr))
     info = {"n2n_targets_built": built, "n2n_targets_reused": reused,
