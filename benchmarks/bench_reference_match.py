@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_training_budget as tb
 
+from pausdenoise import evaluate as ev
 from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.config import load_config
@@ -221,7 +222,7 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
     """
     scores = []
     for f in frames:
-        est = {f"blur {s:g}": tb.blur(f.image, f.good, s) for s in SIGMAS}
+        est = {f"blur {s:g}": ev.gaussian_blur(f.image, f.good, s) for s in SIGMAS}
         if oracle_width > 0:
             for cls in tb.CLASSES:
                 est[f"linear, {cls}-fitted"] = oracle_filter(f, oracle_width, f.classes[cls])

@@ -611,26 +611,6 @@ def gain(mse_raw: float, se_raw: float, mse: float, se: float) -> tuple[float, f
     return g, 0.5 * g * math.hypot(se_raw / mse_raw, se / mse)
 
 
-def blur(image: np.ndarray, good: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur normalised over the good pixels (bad pixels get their neighbours' mean).
-
-    Parameters
-    ----------
-    image : ndarray (ny, nx)
-        Pixels, ADU.
-    good : ndarray of bool
-        Usable pixels (the others do not contribute).
-    sigma : float
-        Gaussian σ, px.
-
-    Returns
-    -------
-    ndarray of float64
-        The blurred image, ADU (NaN where no good pixel is near).
-    """
-    return ev.gaussian_blur(image, good, sigma)
-
-
 def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
               ) -> dict[str, dict[str, float]]:
     """Choose the Gaussian-blur σ that minimises the pooled MSE, per pixel class.
@@ -648,7 +628,7 @@ def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
         Class → ``sigma`` (px), ``mse``, ``mse_se``, ``gain``, ``gain_se``, and ``curve``
         (σ → MSE), ``per_frame`` (frame → that σ's gain on the frame alone).
     """
-    scores = [score_frame(f, {f"blur{s:g}": blur(f.image, f.good, s) for s in sigmas})
+    scores = [score_frame(f, {f"blur{s:g}": ev.gaussian_blur(f.image, f.good, s) for s in sigmas})
               for f in frames]
     pooled = pool(scores).set_index(["kind", "pixel_class"])
     out = {}

@@ -34,7 +34,12 @@ from pausdenoise.digest import json_digest
 from pausdenoise.errors import PsfError
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.pipeline.context import Context
-from pausdenoise.pipeline.references import Registry, frame_arrays, matched_references
+from pausdenoise.pipeline.references import (
+    PIXEL_ARRAYS,
+    Registry,
+    frame_arrays,
+    matched_references,
+)
 from pausdenoise.psf import frame_psf
 
 __all__ = ["TARGET_ARRAY", "attach_targets", "reference_settings"]
@@ -99,7 +104,7 @@ def _build_target(ctx: Context, frame: str, exposures: pd.DataFrame, sky: float,
         The target (ADU, sky included, NaN where undefined) and its reference frames, or
         the reason there is none.
     """
-    arr = frame_arrays(ctx.store, frame)
+    arr = frame_arrays(ctx.store, frame, PIXEL_ARRAYS)
     image = arr["image"].astype(np.float64)
     good = ~rg.bad_pixel_map(image, arr.get("mask"), arr.get("ivar"))
     refs = matched_references(ctx, frame, exposures, image, good, sky, reg, pool)

@@ -33,8 +33,14 @@ from pausdenoise.pipeline.context import Context
 __all__ = ["Registry", "frame_arrays", "matched_references"]
 
 
-def frame_arrays(store: Any, frame: str) -> dict[str, np.ndarray]:
-    """Read a frame's image, mask, ivar, truth and denoised arrays (those it has).
+#: The arrays a frame's pixels are judged by (no truth, no denoised image).
+PIXEL_ARRAYS = ("image", "mask", "ivar")
+
+
+def frame_arrays(store: Any, frame: str,
+                 wanted: tuple[str, ...] = (*PIXEL_ARRAYS, "truth", "denoised")
+                 ) -> dict[str, np.ndarray]:
+    """Read those of a frame's arrays in ``wanted`` that it has.
 
     Parameters
     ----------
@@ -42,6 +48,8 @@ def frame_arrays(store: Any, frame: str) -> dict[str, np.ndarray]:
         The survey store.
     frame : str
         Frame id.
+    wanted : tuple of str, optional
+        Array names (default: image, mask, ivar, truth and denoised).
 
     Returns
     -------
@@ -49,8 +57,7 @@ def frame_arrays(store: Any, frame: str) -> dict[str, np.ndarray]:
         Array name → values.
     """
     names = st.frame_arrays(store, frame)
-    return {n: np.asarray(st.open_frame(store, frame, n)) for n in names
-            if n in ("image", "mask", "ivar", "truth", "denoised")}
+    return {n: np.asarray(st.open_frame(store, frame, n)) for n in names if n in wanted}
 
 
 def _frame_wcs_or_none(store: Any, frame: str) -> Any:
@@ -117,7 +124,7 @@ def _registration_pixels(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray
     tuple of ndarray
         The image (ADU, float64) and a boolean map of its bad pixels.
     """
-    arr = frame_arrays(store, frame)
+    arr = frame_arrays(store, frame, PIXEL_ARRAYS)
     image = arr["image"].astype(np.float64)
     return image, rg.bad_pixel_map(image, arr.get("mask"), arr.get("ivar"))
 
@@ -217,7 +224,7 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     for _, _, f, wcs_o in sorted(cands, key=lambda c: c[:3]):
         if len(refs) >= cfg.references_to_read:
             break
-        o_arr = frame_arrays(ctx.store, f)
+        o_arr = frame_arrays(ctx.store, f, PIXEL_ARRAYS)
         zp_o = by_frame.loc[f, "zp"]
         try:
             values, valid = ev.reference_on_grid(
