@@ -214,7 +214,8 @@ class TrainConfig(BaseModel):
         "exposures whose PSF FWHM is at most this times the frame's (header psf_fwhm_px or "
         "seeing; exposures without one always qualify). A reference in worse seeing cannot "
         "be sharpened by the matching kernel, and the network would learn to blur what the "
-        "frame resolves. None: any exposure.",
+        "frame resolves. A frame left without any is listed as excluded (as configured: the "
+        "run is not partial for it). None: any exposure.",
     )
     nll_beta: float = Field(
         0.0,

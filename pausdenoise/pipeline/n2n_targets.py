@@ -165,22 +165,59 @@ def _sharp_enough(frame: str, frames: list[str], fwhm: dict[str, float],
     return [g for g in frames if g == frame or g not in fwhm or fwhm[g] <= limit]
 
 
-def _new_target(ctx: Context, frame: Frame, exposures: pd.DataFrame, pool: list[str],
-                reg: Registry, fwhm: dict[str, float], ratio: float | None
-                ) -> tuple[np.ndarray, list[str]] | str:
-    """Build a frame's target from ``pool``, or say why there is none.
+def _same_band(frame: str, exposures: pd.DataFrame, frames: list[str]) -> list[str]:
+    """Return the frames of ``frames`` other than ``frame`` taken in its band.
+
+    Parameters
+    ----------
+    frame : str
+        The frame.
+    exposures : DataFrame
+        The store's exposure table (``frame``, ``band``).
+    frames : list of str
+        Candidate frames.
 
     Returns
     -------
-    tuple of (ndarray, list of str) or str
-        As :func:`_build_target`.
+    list of str
     """
     band = exposures.set_index("frame")["band"].astype(str)
-    same_band = [g for g in pool if g != frame.name and band.get(g) == band.get(frame.name)]
-    if ratio is not None and not same_band:
-        return (f"no other training exposure of band {band.get(frame.name)} with a PSF FWHM "
-                f"≤ {ratio:g} × the frame's ({fwhm.get(frame.name, float('nan')):.2f} px)")
-    return _build_target(ctx, frame.name, exposures, frame.stats.sky, pool, reg)
+    return [g for g in frames if g != frame and band.get(g) == band.get(frame)]
+
+
+def _excluded_by_setting(frame: str, exposures: pd.DataFrame, pool: list[str],
+                         names: list[str], fwhm: dict[str, float],
+                         ratio: float | None) -> str | None:
+    """Say why the seeing filter alone leaves a frame without a reference.
+
+    Parameters
+    ----------
+    frame : str
+        The frame.
+    exposures : DataFrame
+        The store's exposure table.
+    pool : list of str
+        The training frames the filter keeps for it.
+    names : list of str
+        All training frames.
+    fwhm : dict of str to float
+        Frame → PSF FWHM, px.
+    ratio : float or None
+        ``train.n2n_max_seeing_ratio``.
+
+    Returns
+    -------
+    str or None
+        The reason, when the filter removed every training exposure of the frame's band
+        (a frame with none to begin with is not excluded by the setting but skipped).
+    """
+    if ratio is None or _same_band(frame, exposures, pool):
+        return None
+    if not _same_band(frame, exposures, names):
+        return None
+    band = exposures.set_index("frame")["band"].astype(str).get(frame)
+    return (f"train.n2n_max_seeing_ratio: no other training exposure of band {band} with "
+            f"a PSF FWHM ≤ {ratio:g} × the frame's ({fwhm.get(frame, float('nan')):.2f} px)")
 
 
 def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
@@ -201,24 +238,32 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     frames : list of Frame
         The frames that have a target, with it (lazy store arrays).
     info : dict
-        ``n2n_targets_built``, ``n2n_targets_reused`` and ``n2n_references`` (median
-        number of references per frame).
+        ``n2n_targets_built``, ``n2n_targets_reused``, ``n2n_references`` (median
+        number of references per frame) and ``excluded``: [frame, reason] of the frames
+        that ``train.n2n_max_seeing_ratio`` leaves without a reference (left out as
+        configured, not a failure).
     skipped : dict of str to str
         Frames left out of training because no reference could be matched, with the reason.
     """
     names = [f.name for f in frames]
     ratio = ctx.cfg.train.n2n_max_seeing_ratio
     fwhm = _frame_fwhm(ctx, names) if ratio is not None else {}
-    reg, out, skipped = Registry(), [], {}
+    reg, out, skipped, excluded = Registry(), [], {}, {}
     built, reused, counts = 0, 0, []
     for f in frames:
         pool = _sharp_enough(f.name, names, fwhm, ratio)
         key = _target_key(ctx, f.name, pool, f.stats.sky)
         arr = _stored_target(ctx, f.name, key)
+        why_not = None if arr is not None else _excluded_by_setting(
+            f.name, exposures, pool, names, fwhm, ratio)
+        if why_not is not None:
+            excluded[f.name] = why_not
+            print(f"train: {f.name}: excluded by {why_not}")
+            continue
         if arr is not None:
             reused += 1
         else:
-            res = _new_target(ctx, f, exposures, pool, reg, fwhm, ratio)
+            res = _build_target(ctx, f.name, exposures, f.stats.sky, pool, reg)
             if isinstance(res, str):
                 skipped[f.name] = f"no Noise2Noise target: {res}"
                 print(f"train: {f.name}: {skipped[f.name]}")
@@ -228,5 +273,6 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
         counts.append(len(arr.attrs.get("n2n_references", [])))
         out.append(Frame(f.image, f.mask, f.stats, f.name, arr))
     info = {"n2n_targets_built": built, "n2n_targets_reused": reused,
-            "n2n_references": float(np.median(counts)) if counts else 0.0}
+            "n2n_references": float(np.median(counts)) if counts else 0.0,
+            "excluded": [[f, r] for f, r in excluded.items()]}
     return out, info, skipped

@@ -13,7 +13,9 @@ axes and the blind-spot radius of the ``auto`` settings.
 
 With ``train.method: n2n`` each training frame gets its Noise2Noise target first, the mean
 of its other training exposures matched to it (:mod:`pausdenoise.pipeline.n2n_targets`,
-stored as the frame's ``n2n_target`` array); frames without one are skipped and listed.
+stored as the frame's ``n2n_target`` array); frames without one are skipped and listed,
+except those that ``train.n2n_max_seeing_ratio`` leaves without a reference: they are
+listed as ``excluded`` and do not make the run partial.
 
 Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the end) and
 ``<run>/model/history.csv``.
@@ -263,12 +265,14 @@ def run(ctx: Context) -> dict[str, Any]:
     exposures = st.exposure_table(ctx.store)
     frames, train_frames, held, stats, skipped = _training_frames(ctx, exposures)
     train_cfg, noise = _noise_settings(ctx.cfg.train, exposures, stats, train_frames)
+    excluded: list[list[str]] = []
     if train_cfg.method == "n2n":
         frames, targets, no_target = attach_targets(ctx, exposures, frames)
         skipped.update(no_target)
+        excluded = targets.pop("excluded")
         if not frames:
             raise StageError(f"train: no training frame of {ctx.store} has a Noise2Noise "
-                             f"target (method 'n2n'): {no_target}")
+                             f"target (method 'n2n'): {no_target}; excluded: {excluded}")
         train_frames = [f.name for f in frames]
         noise.update(targets)
     ctx.paths.model_dir.mkdir(parents=True, exist_ok=True)
@@ -303,5 +307,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "train_frames": train_frames,
         "held_out_frames": held,
         "skipped": [[f, r] for f, r in skipped.items()],
+        "excluded": excluded,
         "partial": bool(skipped),
     }
