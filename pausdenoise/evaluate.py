@@ -253,6 +253,15 @@ class EvaluateConfig(BaseModel):
         "position and flux scale (pausdenoise.reference_match); the references the kernel "
         "fits best are used. 0: references as resampled, flux scale from zero-points only.",
     )
+    reference_model: Literal["free", "psf"] = Field(
+        "free",
+        description="Without truth, with reference_kernel > 0: 'free' uses the fitted pixel "
+        "kernel as it is. It predicts the frame from a noisy reference, so it smooths what "
+        "the reference's noise hides (the matched reference is smoother than the frame's "
+        "truth). 'psf' keeps its flux scale, sub-pixel shift and background plane and takes "
+        "the shape from the two PSFs (psf_fwhm_px or seeing): a Gaussian of their variance "
+        "difference for a sharper reference, none for a broader one (no kernel sharpens).",
+    )
     reference_candidates: int = Field(
         12,
         ge=1,

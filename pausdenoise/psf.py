@@ -30,7 +30,7 @@ from scipy import ndimage, optimize
 from pausdenoise.errors import PsfError
 from pausdenoise.stats import mad_sigma
 
-__all__ = ["PsfEstimate", "frame_psf", "measure_psf", "moffat_fwhm_to_alpha"]
+__all__ = ["PsfEstimate", "frame_psf", "measure_psf", "moffat_fwhm_to_alpha", "moffat_stamp"]
 
 DETECT_SNR = 15.0
 """Minimum peak signal-to-noise (peak above sky / sky σ) of a candidate star."""
@@ -385,6 +385,29 @@ def _moffat_pixels(p: np.ndarray, beta: float, n: int) -> np.ndarray:
     lap = 4.0 * beta / alpha2 * f / (u1 * u1) * (beta * (u1 - 1.0) - 1.0)
     prof = amp * (f + lap / (24.0 * k * k))
     return flux[..., 0, 0] * prof.mean(axis=(-2, -1)) + sky[..., 0, 0]
+
+
+def moffat_stamp(fwhm_px: float, beta: float, size: int, x0: float = 0.0,
+                 y0: float = 0.0) -> np.ndarray:
+    """Return a pixel-integrated circular Moffat of unit flux on a square stamp.
+
+    Parameters
+    ----------
+    fwhm_px : float
+        FWHM before pixelisation, px.
+    beta : float
+        Moffat β.
+    size : int
+        Stamp side, px (odd; the central pixel is offset 0).
+    x0, y0 : float
+        Centre's offset from the central pixel, px.
+
+    Returns
+    -------
+    ndarray (size, size)
+        Fraction of the flux in each pixel (sums to < 1 by the light beyond the stamp).
+    """
+    return _moffat_pixels(np.array([x0, y0, 1.0, fwhm_px, 0.0]), float(beta), int(size))
 
 
 def _fit_star(stamp: np.ndarray, beta: float | None, guess: float) -> np.ndarray | None:

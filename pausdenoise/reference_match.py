@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pausdenoise.psf import moffat_stamp
 from pausdenoise.stats import MAD_TO_SIGMA
 
 #: Most pixels a kernel is fitted on (a seeded random subset beyond it).
@@ -205,10 +206,192 @@ def apply_kernel(reference: np.ndarray, kernel: np.ndarray,
     h = kernel.shape[0] // 2
     valid = np.isfinite(r)
     out = ndimage.correlate(np.where(valid, r, 0.0), kernel, mode="constant", cval=0.0)
-    ny, nx = r.shape
-    out += background[0] + background[1] * ((np.arange(nx) - (nx - 1) / 2) / nx)[None, :] \
-        + background[2] * ((np.arange(ny) - (ny - 1) / 2) / ny)[:, None]
+    out += background_plane(r.shape, background)
     return np.where(_footprint_valid(valid, h), out, np.nan)
+
+
+def background_plane(shape: tuple[int, int], background: tuple[float, float, float]
+                     ) -> np.ndarray:
+    """Evaluate the background plane B of :func:`fit_kernel` on a frame's grid.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        (ny, nx).
+    background : tuple of float
+        Constant (ADU), x and y gradients (ADU over the width / height, from the centre).
+
+    Returns
+    -------
+    ndarray float64 ``shape``
+    """
+    ny, nx = shape
+    return background[0] + background[1] * ((np.arange(nx) - (nx - 1) / 2) / nx)[None, :] \
+        + background[2] * ((np.arange(ny) - (ny - 1) / 2) / ny)[:, None]
+
+
+def psf_kernel(flux_scale: float, shift_px: tuple[float, float],
+               frame_psf: tuple[float, float], reference_psf: tuple[float, float],
+               half_width: int, resampled: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Return the kernel that takes the reference's PSF model to the frame's, moved by a shift.
+
+    Both PSFs are circular Moffats (pixel-integrated, :func:`pausdenoise.psf.moffat_stamp`).
+    The kernel is the least-squares (2h+1)² solution of ``K ⊗ P_ref(· − shift) = P_target``
+    on noiseless model stamps, so no noise shrinks it: ``P_target`` is the frame's PSF when
+    the reference is at least as sharp, otherwise the reference's own (no kernel sharpens;
+    the kernel then only moves the light by the sub-pixel shift, with the least blur that
+    PSF allows). Normalised to Σ K = ``flux_scale``.
+
+    Parameters
+    ----------
+    flux_scale : float
+        Σ K (the frame's flux over the reference's).
+    shift_px : tuple of float
+        (dx, dy): where, relative to (x, y), the reference holds the light the frame holds
+        at (x, y), px (the convention of :attr:`MatchedReference.shift_px`).
+    frame_psf, reference_psf : tuple of float
+        (FWHM px, Moffat β) of the frame and of the reference.
+    half_width : int
+        h: the kernel is (2h+1) × (2h+1) px.
+    resampled : tuple of float
+        (fx, fy): the fractional part of the reference's pixel offset from the frame's grid
+        when it was brought there by bilinear interpolation (0 for whole-pixel shifts). The
+        interpolation blurs it by f(1 − f) px² per axis; the reference's model includes it.
+
+    Returns
+    -------
+    ndarray (2h+1, 2h+1)
+        ``kernel[h + dy, h + dx]`` weighs the reference pixel at (y + dy, x + dx).
+    """
+    h = int(half_width)
+    target = frame_psf if frame_psf[0] >= reference_psf[0] else reference_psf
+    n = 2 * math.ceil(2.5 * max(frame_psf[0], reference_psf[0])) + 2 * h + 1
+    (fx, fy), (sx, sy) = resampled, shift_px
+    big = sum(wx * wy * moffat_stamp(reference_psf[0], reference_psf[1], n + 2 * h,
+                                     sx + fx - a, sy + fy - b)
+              for a, wx in ((0, 1.0 - fx), (1, fx)) for b, wy in ((0, 1.0 - fy), (1, fy))
+              if wx * wy > 0)
+    want = moffat_stamp(target[0], target[1], n)
+    cols = [big[h + dy:h + dy + n, h + dx:h + dx + n].ravel()
+            for dy in range(-h, h + 1) for dx in range(-h, h + 1)]
+    coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), want.ravel(), rcond=None)
+    kernel = coef.reshape(2 * h + 1, 2 * h + 1)
+    return float(flux_scale) * kernel / kernel.sum()
+
+
+#: Largest half-width (px) of a PSF-model kernel.
+MAX_MODEL_HALF_WIDTH = 12
+
+
+def model_half_width(half_width: int, fwhm_frame_px: float, fwhm_reference_px: float) -> int:
+    """Return the half-width of a PSF-model kernel: at least twice the broader FWHM.
+
+    A Moffat's wings reach far: a 7 × 7 kernel between Moffats (β = 3) of FWHM 2.7 and
+    4.4 px leaves 7 % of the peak in the core, a 17 × 17 one 1 % (checked in
+    ``tests/test_reference_match.py``).
+
+    Parameters
+    ----------
+    half_width : int
+        The fitted kernel's half-width h (``evaluate.reference_kernel``).
+    fwhm_frame_px, fwhm_reference_px : float
+        The two PSF FWHMs, px.
+
+    Returns
+    -------
+    int
+        max(h, ⌈2 × the broader FWHM⌉), at most :data:`MAX_MODEL_HALF_WIDTH`.
+    """
+    want = math.ceil(2.0 * max(fwhm_frame_px, fwhm_reference_px))
+    return int(max(half_width, min(want, MAX_MODEL_HALF_WIDTH)))
+
+
+def psf_matched(reference: np.ndarray, match: MatchedReference,
+                frame_psf: tuple[float, float], reference_psf: tuple[float, float],
+                image: np.ndarray, bright: np.ndarray,
+                resampled: tuple[float, float] = (0.0, 0.0)) -> MatchedReference:
+    """Re-match a reference with the kernel of its seeing difference instead of the fitted one.
+
+    The fitted pixel kernel predicts the frame from a *noisy* reference, so it shrinks what
+    the reference's noise hides, like a Wiener filter: the matched reference is smoother
+    than the frame's truth, and on a frame of mostly sky even Σ K, the flux scale, comes
+    out low (by ~10 % on the simulated survey, whose references are already on the frame's
+    zero-point). Kept from the fit: the centroid (the sub-pixel shift) and the background
+    plane. The shape is the kernel between the two PSF models (:func:`psf_kernel`), and
+    the flux scale the ratio of the frame's to the blurred
+    reference's sums over ``bright`` pixels: sums, not a regression, so the reference's
+    noise averages out instead of shrinking the scale.
+
+    Parameters
+    ----------
+    reference : ndarray (ny, nx)
+        The reference on the frame's grid, sky-subtracted ADU, NaN where invalid (as given
+        to :func:`match_references`).
+    match : MatchedReference
+        Its fitted match.
+    frame_psf, reference_psf : tuple of float
+        (FWHM px, Moffat β) of the frame and of the reference.
+    image : ndarray (ny, nx)
+        The frame's raw pixels, sky-subtracted ADU, NaN where unusable.
+    bright : ndarray of bool (ny, nx)
+        Pixels of bright sources, chosen without this reference's noise (e.g. from the
+        other references), on which the flux scale is measured.
+    resampled : tuple of float
+        Fractional pixel offset of the bilinear resampling (:func:`psf_kernel`).
+
+    Returns
+    -------
+    MatchedReference
+        Values ``K_psf ⊗ R + B``, the kernel of :func:`model_half_width` (larger than the
+        fitted one when the PSFs are broad); ``n_fit`` and ``residual_rms`` those of the
+        fitted match.
+        The fitted match unchanged when fewer than 50 bright pixels are usable or their sum
+        in the reference is not positive.
+    """
+    if match.kernel.shape[0] // 2 == 0:
+        return match
+    h = model_half_width(match.kernel.shape[0] // 2, frame_psf[0], reference_psf[0])
+    kernel = psf_kernel(1.0, match.shift_px, frame_psf, reference_psf, h, resampled)
+    unit = apply_kernel(reference, kernel, (0.0, 0.0, 0.0))
+    plane = background_plane(unit.shape, match.background)
+    a = np.asarray(image, dtype=np.float64)
+    sel = bright & np.isfinite(unit) & np.isfinite(a)
+    den = float(unit[sel].sum())
+    if sel.sum() < 50 or not den > 0:
+        return match
+    scale = float((a - plane)[sel].sum()) / den
+    return MatchedReference(scale * unit + plane, scale * kernel, match.background,
+                            match.n_fit, match.residual_rms)
+
+
+def bright_pixels(references: Sequence[np.ndarray], threshold: float = 10.0,
+                  grow: int = 3) -> np.ndarray:
+    """Return the pixels of bright sources in the mean of matched references.
+
+    Parameters
+    ----------
+    references : sequence of ndarray (ny, nx)
+        Matched references, sky-subtracted ADU, NaN where invalid.
+    threshold : float
+        Pixels whose mean exceeds this many σ of the mean's noise (MAD of its values)...
+    grow : int
+        ... dilated by this many px, to take in the sources' wings.
+
+    Returns
+    -------
+    ndarray of bool (ny, nx)
+    """
+    stack = np.stack([np.asarray(r, np.float64) for r in references])
+    n = np.isfinite(stack).sum(axis=0)
+    mean = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan)
+    fin = mean[np.isfinite(mean)]
+    if fin.size == 0:
+        return np.zeros(mean.shape, bool)
+    sigma = MAD_TO_SIGMA * float(np.median(np.abs(fin - np.median(fin))))
+    core = np.isfinite(mean) & (mean > threshold * max(sigma, 1e-12))
+    if grow > 0:
+        core = ndimage.binary_dilation(core, iterations=grow)
+    return core
 
 
 def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.ndarray],

@@ -187,3 +187,85 @@ def test_sure_linear_filter_finds_the_best_linear_filter_without_the_truth(field
     assert sure == pytest.approx(floor, rel=0.03)
     # a noise model 4 × too quiet (gain 4 × too large) under-smooths: far worse
     assert weighted_error(brm.sure_linear_filter(fr, h, 4 * GAIN, 0.0)) > 2 * sure
+
+
+def _fwhm(sigma: float) -> float:
+    return 2.0 * np.sqrt(2.0 * np.log(2.0)) * sigma
+
+
+def test_psf_kernel_takes_the_reference_psf_to_the_frames():
+    from pausdenoise.psf import moffat_stamp
+
+    h, n = rm.model_half_width(3, 4.0, 3.0), 41
+    assert h == 8
+    shift = (0.3, -0.45)
+
+    def convolve(kernel: np.ndarray, big: np.ndarray) -> np.ndarray:
+        w = kernel.shape[0] // 2
+        return sum(kernel[w + dy, w + dx] * big[h + dy:h + dy + n, h + dx:h + dx + n]
+                   for dy in range(-w, w + 1) for dx in range(-w, w + 1))
+
+    k = rm.psf_kernel(0.8, shift, (4.0, 3.0), (3.0, 3.0), h)
+    assert k.shape == (17, 17) and k.sum() == pytest.approx(0.8)
+    # K ⊗ (the reference's PSF, displaced by the shift) = 0.8 × the frame's PSF
+    ref = moffat_stamp(3.0, 3.0, n + 2 * h, *shift)
+    want = 0.8 * moffat_stamp(4.0, 3.0, n)
+    assert np.abs(convolve(k, ref) - want).max() < 0.01 * want.max()
+    # a 7 x 7 kernel cannot reach the Moffat's wings: the core comes out too bright
+    small = rm.psf_kernel(0.8, shift, (4.0, 3.0), (3.0, 3.0), 3)
+    assert np.abs(convolve(small, ref) - want).max() > 0.02 * want.max()
+    x = np.arange(-h, h + 1)
+    px, py = k.sum(axis=0) / 0.8, k.sum(axis=1) / 0.8
+    assert (px * x).sum() == pytest.approx(shift[0], abs=0.03)
+    assert (py * x).sum() == pytest.approx(shift[1], abs=0.03)
+    # a broader reference is not sharpened: the kernel only moves its light
+    move = rm.psf_kernel(1.0, shift, (3.0, 3.0), (4.0, 3.0), h)
+    want = moffat_stamp(4.0, 3.0, n)
+    assert np.abs(convolve(move, moffat_stamp(4.0, 3.0, n + 2 * h, *shift)) - want).max() \
+        < 0.01 * want.max()
+    # bilinear resampling at half a pixel blurred the reference along x: undone
+    same = rm.psf_kernel(1.0, (0.0, 0.0), (3.0, 3.0), (3.0, 3.0), h, resampled=(0.5, 0.0))
+    blurred = 0.5 * (moffat_stamp(3.0, 3.0, n + 2 * h, 0.5, 0.0)
+                     + moffat_stamp(3.0, 3.0, n + 2 * h, -0.5, 0.0))
+    want = moffat_stamp(3.0, 3.0, n)
+    assert np.abs(convolve(same, blurred) - want).max() < 0.01 * want.max()
+    assert np.abs(blurred[h:h + n, h:h + n] - want).max() > 0.05 * want.max()
+
+
+def test_psf_model_keeps_the_flux_and_sharpness_the_fitted_kernel_smooths(field):
+    """Flux scale and shape from the PSFs: the reference's noise shrinks neither."""
+    truth, frame, refs = field
+    matched = rm.match_references(frame, np.ones(SHAPE, bool), refs, sky=SKY, gain=GAIN)
+    psf = []
+    for j, (r, m) in enumerate(zip(refs, matched, strict=True)):
+        others = [o.values for i, o in enumerate(matched) if i != j]
+        # Gaussian stars: Moffats of large β
+        psf.append(rm.psf_matched(r, m, (_fwhm(FRAME[0]), 50.0),
+                                  (_fwhm(REFERENCES[j][0]), 50.0), frame,
+                                  rm.bright_pixels(others)))
+    for p, (_s, scale, dy, dx, _g) in zip(psf, REFERENCES, strict=True):
+        assert p.flux_scale == pytest.approx(1.0 / scale, rel=0.02)
+        assert p.shift_px == pytest.approx((dx, dy), abs=0.05)
+    # star peaks of the references' mean against the frame's truth
+    level = np.sqrt(SKY / GAIN)
+    peaks = (ndimage.maximum_filter(truth, 5) == truth) & (truth > 5 * level)
+    peaks[:10], peaks[-10:], peaks[:, :10], peaks[:, -10:] = False, False, False, False
+    ratio = {}
+    for name, ms in (("free", matched), ("psf", psf)):
+        mean = np.mean([m.values for m in ms], axis=0)
+        ratio[name] = float(np.median(mean[peaks] / truth[peaks]))
+    assert ratio["psf"] == pytest.approx(1.0, abs=0.03)
+    assert ratio["free"] < ratio["psf"] - 0.02  # the fitted kernel smooths: ~4 % low here
+
+
+def test_bright_pixels_take_the_sources_and_their_wings():
+    img = np.zeros((64, 64))
+    img[30:33, 30:33] = 100.0
+    rng = np.random.default_rng(0)
+    refs = [img + rng.normal(0, 1.0, img.shape) for _ in range(2)]
+    refs[1][0, :] = np.nan  # an invalid row of one reference: the other's values there
+    bright = rm.bright_pixels(refs, threshold=10.0, grow=2)
+    core = np.zeros(img.shape, bool)
+    core[30:33, 30:33] = True
+    assert np.array_equal(bright, ndimage.binary_dilation(core, iterations=2))
+    assert not rm.bright_pixels(refs, threshold=10.0, grow=0)[29, 31]

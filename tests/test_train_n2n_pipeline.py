@@ -159,3 +159,34 @@ def test_n2n_targets_come_only_from_exposures_as_sharp_as_the_frame(tmp_path: Pa
         assert refs and all(by_name[r] <= by_name[f] for r in refs), (f, refs)
     assert set(root[f"{st.FRAMES_GROUP}/{names[2]}/n2n_target"].attrs["n2n_references"]) == {
         names[1], names[4]}
+
+
+def test_n2n_targets_from_the_psf_reference_model(tmp_path: Path) -> None:
+    """``evaluate.reference_model: psf``: targets rebuilt, each star's light kept."""
+    from pausdenoise.pipeline.runner import run
+
+    store = tmp_path / "s.zarr"
+    truths = _store(store, [2.0 * np.sqrt(2.0 * np.log(2.0)) * 2.0] * len(SHIFTS))
+    names = sorted(truths)
+    cfg = _config(store)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "epochs": 1, "steps_per_epoch": 2})})
+    out = tmp_path / "run"
+    run(cfg, out, stages=["train"])
+    root = st.open_store(store, "r")
+    key = {f: root[f"{st.FRAMES_GROUP}/{f}/n2n_target"].attrs["n2n_key"] for f in names[1:5]}
+    psf = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={
+        "reference_model": "psf"})})
+    run(psf, out, stages=["train"])
+    summary = json.loads((out / "run.json").read_text())["stages"]["train"]["summary"]
+    assert summary["n2n_targets_built"] == 4 and summary["n2n_targets_reused"] == 0
+    root = st.open_store(store, "r")
+    for f in names[1:5]:
+        target = root[f"{st.FRAMES_GROUP}/{f}/n2n_target"]
+        assert target.attrs["n2n_key"] != key[f]
+        t, truth = np.asarray(target, np.float64), truths[f]
+        light = truth - SKY > 20 * NOISE  # the stars' cores
+        ok = light & np.isfinite(t)
+        assert ok.sum() > 50
+        # the same seeing everywhere: flux scale and shift only, the stars' light kept
+        assert ((t - SKY)[ok].sum() / (truth - SKY)[ok].sum()) == pytest.approx(1.0, abs=0.02)

@@ -40,6 +40,19 @@ class UNetSettings(BaseModel):
         "its likelihood and combine it with the observed pixel at inference (Laine et al. "
         "2019); noise model from train.poisson_scale. 'none': plain N2V.",
     )
+    residual: bool = Field(
+        False,
+        description="Add the input to the network's output: it learns the correction to the "
+        "noisy frame instead of the image (residual learning), so bright cores, hundreds of "
+        "σ above the sky, are right from the first steps. Posterior 'none' only.",
+    )
+
+    @model_validator(mode="after")
+    def _check_residual(self) -> UNetSettings:
+        if self.residual and self.posterior != "none":
+            raise ValueError("unet.residual needs unet.posterior 'none' (the Gaussian head "
+                             "predicts a prior mean and variance, not a correction)")
+        return self
 
     def to_unet_config(self, noise_scale: float | None = None,
                        sky_variance: float = 1.0) -> UNetConfig:
@@ -68,6 +81,7 @@ class UNetSettings(BaseModel):
             posterior=self.posterior,
             noise_scale=DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale,
             sky_variance=sky_variance,
+            residual=self.residual,
         )
 
 

@@ -61,6 +61,10 @@ class UNetConfig:
     sky_variance : float
         The sky + read-noise variance in normalised units: 1 where the frame's robust spread
         σ is its noise; below 1 on crowded fields, whose σ includes unresolved stars.
+    residual : bool
+        Add the input to the head's output (residual learning, as in DnCNN): the network
+        starts as the identity and learns the correction, so bright cores, many σ above the
+        sky, come out right from the first steps. ``posterior="none"`` only.
     """
 
     depth: int = 2
@@ -72,6 +76,7 @@ class UNetConfig:
     posterior: Literal["none", "gaussian"] = "none"
     noise_scale: float = 15.0
     sky_variance: float = 1.0
+    residual: bool = False
 
     def __post_init__(self) -> None:
         """Check the fields.
@@ -92,6 +97,9 @@ class UNetConfig:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
         if not self.sky_variance > 0:
             raise ValueError(f"sky_variance must be > 0, got {self.sky_variance}")
+        if self.residual and (self.posterior != "none" or self.in_channels != self.out_channels):
+            raise ValueError("residual needs posterior 'none' and as many input as output "
+                             "channels")
 
     @property
     def head_channels(self) -> int:
@@ -223,7 +231,7 @@ class UNet(nn.Module):
                 f"input size {tuple(x.shape[-2:])} is not a multiple of 2**depth = {m}; "
                 "pad with pausdenoise.n2v.unet.pad_to_multiple first"
             )
-        skips = []
+        inp, skips = x, []
         for enc, pool in zip(self.encoders, self.pools, strict=True):
             x = enc(x)
             skips.append(x)
@@ -235,7 +243,8 @@ class UNet(nn.Module):
             if not (self.config.n2v2 and level == 0):
                 x = torch.cat([x, skips[level]], dim=1)
             x = dec(x)
-        return self.head(x)
+        out = self.head(x)
+        return out + inp if self.config.residual else out
 
     # -- Gaussian posterior ---------------------------------------------------------------
 

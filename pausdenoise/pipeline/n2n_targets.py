@@ -15,7 +15,7 @@ frame's seeing but cannot sharpen a blurrier one, and a blurrier target teaches 
 to blur.
 
 The target is stored next to the frame's image as the array ``n2n_target`` (ADU, the frame's
-sky added back, so it is normalised like the image; NaN where a reference has no valid pixel
+sky added back, so it is normalised like the image; NaN where no reference has a valid pixel
 or the frame's pixel is bad), with attributes ``n2n_key`` (a digest of the frame, its
 reference pool and the reference settings) and ``n2n_references`` (the frames used). A rerun
 reuses a target whose key matches and rebuilds the others, frame by frame.
@@ -48,7 +48,7 @@ __all__ = ["TARGET_ARRAY", "attach_targets", "reference_settings"]
 TARGET_ARRAY = "n2n_target"
 #: The ``evaluate`` settings that decide a frame's references and their match.
 _REFERENCE_FIELDS = ("min_overlap", "max_references", "reference_kernel",
-                     "reference_candidates", "resampling")
+                     "reference_candidates", "resampling", "reference_model")
 
 
 def reference_settings(evaluate_cfg: Any) -> dict[str, Any]:
@@ -65,7 +65,10 @@ def reference_settings(evaluate_cfg: Any) -> dict[str, Any]:
         Field → value (JSON-serialisable).
     """
     d = evaluate_cfg.model_dump(mode="json")
-    return {k: d[k] for k in _REFERENCE_FIELDS}
+    out = {k: d[k] for k in _REFERENCE_FIELDS}
+    if out["reference_model"] == "free":  # the default: digests of earlier runs unchanged
+        del out["reference_model"]
+    return out
 
 
 def _target_key(ctx: Context, frame: str, pool: list[str], sky: float) -> str:
@@ -96,7 +99,11 @@ def _stored_target(ctx: Context, frame: str, key: str) -> Any:
 
 def _build_target(ctx: Context, frame: str, exposures: pd.DataFrame, sky: float,
                   pool: list[str], reg: Registry) -> tuple[np.ndarray, list[str]] | str:
-    """Match the frame's references from ``pool`` and average them.
+    """Match the frame's references from ``pool`` and average them where they are valid.
+
+    Each pixel's target is the mean of the references valid there (their noise differs
+    from pixel to pixel; Noise2Noise needs only its mean to be the truth), so a masked
+    pixel of one reference does not cost the target the kernel's footprint around it.
 
     Returns
     -------
@@ -110,7 +117,9 @@ def _build_target(ctx: Context, frame: str, exposures: pd.DataFrame, sky: float,
     refs = matched_references(ctx, frame, exposures, image, good, sky, reg, pool)
     if isinstance(refs, str):
         return refs
-    target = np.mean(np.stack(refs.values), axis=0) + sky
+    stack = np.stack(refs.values)
+    n = np.isfinite(stack).sum(axis=0)  # a pixel needs one valid reference, not all
+    target = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan) + sky
     target[~good] = np.nan
     return target.astype(np.float32), refs.frames
 

@@ -12,7 +12,9 @@ telescope exposures of one field) are registered to each other by FFT cross-corr
 in for the WCS. With ``evaluate.reference_kernel`` > 0 up to ``evaluate.reference_candidates``
 candidates are each brought to the frame's seeing, sub-pixel position and flux scale by a
 fitted pixel kernel (:mod:`pausdenoise.reference_match`) and the ``evaluate.max_references``
-fitted best are kept. Pixels are 0-based; values in ADU with the frame's sky subtracted.
+fitted best are kept; with ``evaluate.reference_model: psf`` their kernels then keep only the
+fitted shift and plane, the shape being the kernel between the two PSF models.
+Pixels are 0-based; values in ADU with the frame's sky subtracted.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from pausdenoise import evaluate as ev
 from pausdenoise import reference_match as rm
 from pausdenoise import register as rg
 from pausdenoise import store as st
-from pausdenoise.errors import RegistrationError
+from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.pipeline.context import Context
+from pausdenoise.psf import frame_psf
 
 __all__ = ["Registry", "frame_arrays", "matched_references"]
 
@@ -242,11 +245,78 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     return refs, names, coverage
 
 
+def _psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
+    """Return a frame's PSF (FWHM px, Moffat β) from its stored attributes, None without one.
+
+    Returns
+    -------
+    tuple of float or None
+    """
+    try:
+        est = frame_psf(st.frame_attrs(ctx.store, frame),
+                        pixel_scale=ctx.cfg.photometry.pixel_scale)
+    except PsfError:
+        return None
+    return float(est.fwhm_px), float(est.beta)
+
+
+def _grid_fraction(wcs_d: Any, wcs_o: Any, shape: tuple[int, ...]) -> tuple[float, float]:
+    """Return the fractional part of another exposure's pixel offset from the frame's grid.
+
+    Returns
+    -------
+    tuple of float
+        (fx, fy) in [0, 1) at the frame's centre: where its pixel (x, y) falls on the other
+        exposure's grid, modulo whole pixels (0, 0 without both WCSs).
+    """
+    if wcs_d is None or wcs_o is None:
+        return (0.0, 0.0)
+    cy, cx = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
+    ox, oy = wcs_o.world_to_pixel(wcs_d.pixel_to_world(cx, cy))
+    return (float((ox - cx) % 1.0), float((oy - cy) % 1.0))
+
+
+def _psf_rematched(ctx: Context, frame: str, raw: np.ndarray, refs: list[np.ndarray],
+                   names: list[str], best: list[tuple[int, rm.MatchedReference]],
+                   reg: Registry) -> list[tuple[int, rm.MatchedReference]]:
+    """Replace each fitted kernel's shape by the kernel between the two PSF models.
+
+    The flux scale is measured on the bright pixels of the *other* kept references
+    (:func:`pausdenoise.reference_match.bright_pixels`), so that the reference's own noise
+    does not choose them (with one reference, on its own). A reference resampled through
+    the WCSs carries the blur of the bilinear interpolation at its fractional offset
+    (:func:`_grid_fraction`); its PSF model does too.
+
+    Returns
+    -------
+    list of (int, MatchedReference)
+        As ``best``; a reference whose frame or itself has no PSF keeps its fitted kernel
+        (with a message).
+    """
+    psf_d = _psf_model(ctx, frame)
+    out = []
+    for i, m in best:
+        psf_r = _psf_model(ctx, names[i])
+        if psf_d is None or psf_r is None:
+            print(f"evaluate: {frame}: reference {names[i]}: no PSF size, fitted kernel kept")
+            out.append((i, m))
+            continue
+        others = [o.values for j, o in best if j != i] or [m.values]
+        frac = _grid_fraction(reg.wcs_of(ctx.store, frame), reg.wcs_of(ctx.store, names[i]),
+                              raw.shape)
+        out.append((i, rm.psf_matched(refs[i], m, psf_d, psf_r, raw,
+                                      rm.bright_pixels(others), frac)))
+    return out
+
+
 def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndarray,
                         sky: float, refs: list[np.ndarray], names: list[str],
-                        coverage: list[float]
+                        coverage: list[float], reg: Registry
                         ) -> tuple[list[np.ndarray], list[str], list[float], pd.DataFrame]:
     """Bring the candidates to the frame's seeing and flux scale; keep those fitted best.
+
+    With ``evaluate.reference_model: psf`` the kept references' kernels are then rebuilt
+    from their flux scale, shift and the PSFs' seeing difference (:func:`_psf_rematched`).
 
     Returns
     -------
@@ -259,6 +329,8 @@ def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndar
     gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
     best = rm.best_matched(raw, good, refs, cfg.max_references, sky=sky, gain=gain,
                            read_noise_adu=rn_adu, half_width=cfg.reference_kernel)
+    if cfg.reference_model == "psf" and cfg.reference_kernel > 0:
+        best = _psf_rematched(ctx, frame, raw, refs, names, best, reg)
     info = pd.DataFrame([rm.matched_row(m) for _, m in best],
                         index=[names[i] for i, _ in best])
     return ([m.values for _, m in best], [names[i] for i, _ in best],
@@ -336,4 +408,4 @@ def matched_references(ctx: Context, frame: str, exposures: pd.DataFrame, image:
                 f"the frame ({len(cands)} overlapping candidate(s))")
     raw = np.where(good, image - sky, np.nan)
     return References(*_matched_references(ctx, frame, raw, good, sky, refs, names,
-                                           coverage))
+                                           coverage, reg))

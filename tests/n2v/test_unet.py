@@ -152,3 +152,27 @@ def test_prior_scale_moves_the_posterior_toward_the_observation() -> None:
         ident.config = UNetConfig(depth=1)  # what predict_array reads for padding
         with pytest.raises(TypeError, match="no inference options"):
             predict_array(ident, x, prior_scale=2.0)
+
+
+def test_residual_unet_starts_as_the_identity_and_keeps_the_receptive_field() -> None:
+    from pausdenoise.n2v.config import UNetSettings
+    from pausdenoise.n2v.unet import optimise_for_inference
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(depth=2, base_channels=4, residual=True, batch_norm=False))
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+    x = torch.randn(1, 1, 24, 40)
+    assert torch.equal(net(x), x)  # zero correction: the input itself
+    with torch.no_grad():
+        net.head.bias.fill_(0.5)
+    plain = UNet(UNetConfig(depth=2, base_channels=4, batch_norm=False))
+    plain.load_state_dict(net.state_dict())
+    assert torch.allclose(net(x), plain(x) + x)
+    assert torch.allclose(optimise_for_inference(net)(x), net(x), atol=1e-6)
+    assert net.halo() == plain.halo()
+    with pytest.raises(ValueError, match="residual"):
+        UNetConfig(posterior="gaussian", residual=True)
+    with pytest.raises(ValueError, match="residual"):
+        UNetSettings(posterior="gaussian", residual=True)

@@ -23,7 +23,9 @@ pixels with signal: a Δ term of :mod:`pausdenoise.evaluate`). An exposure that 
 registered is not a reference (reason in ``registration.csv``). With
 ``evaluate.reference_kernel`` > 0 up to ``evaluate.reference_candidates`` references are each
 brought to the frame's seeing, sub-pixel position and flux scale by a fitted pixel kernel
-(:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used.
+(:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used; with
+``evaluate.reference_model: psf`` their kernels keep the fitted shift and plane, take the flux
+scale from sums over bright pixels and the shape from the two PSFs' seeing difference.
 Writes into ``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised, and without truth the
@@ -781,6 +783,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                "frames_evaluated_truth": evaluated,
                                "frames_evaluated_independent": n_independent,
                                "reference_pool": "all" if pool is None else "held-out",
+                               "reference_model": ctx.cfg.evaluate.reference_model,
                                "skipped": skipped, **registration}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
