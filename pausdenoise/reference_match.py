@@ -31,7 +31,9 @@ but amplify noise until the fit is unstable (tried on the synthetic test). In th
 test (``tests/test_reference_match.py``) sky-pixel estimates of the raw image and of a
 σ = 1 px blur and the raw image's source-pixel estimate come out within a few per cent of
 the truth, but the blur's source-pixel MSE about a quarter low: source-pixel scores of
-smoothing estimates stay indicative. :func:`select_matched` keeps the references
+smoothing estimates stay indicative. Where the PSFs are known, :func:`psf_matched` avoids
+the shrinkage: it keeps the fit's shift and plane and takes the kernel's shape from the two
+PSF models and its sum from sums over bright pixels. :func:`select_matched` keeps the references
 the kernel fits best (smallest normalised residual): the closest in seeing and the steadiest
 in flux.
 
@@ -310,7 +312,7 @@ def psf_matched(reference: np.ndarray, match: MatchedReference,
                 frame_psf: tuple[float, float], reference_psf: tuple[float, float],
                 image: np.ndarray, bright: np.ndarray,
                 resampled: tuple[float, float] = (0.0, 0.0)) -> MatchedReference:
-    """Re-match a reference with the kernel of its seeing difference instead of the fitted one.
+    """Re-match a reference with the kernel between the two PSF models, not the fitted one.
 
     The fitted pixel kernel predicts the frame from a *noisy* reference, so it shrinks what
     the reference's noise hides, like a Wiener filter: the matched reference is smoother
@@ -318,9 +320,9 @@ def psf_matched(reference: np.ndarray, match: MatchedReference,
     out low (by ~10 % on the simulated survey, whose references are already on the frame's
     zero-point). Kept from the fit: the centroid (the sub-pixel shift) and the background
     plane. The shape is the kernel between the two PSF models (:func:`psf_kernel`), and
-    the flux scale the ratio of the frame's to the blurred
-    reference's sums over ``bright`` pixels: sums, not a regression, so the reference's
-    noise averages out instead of shrinking the scale.
+    the flux scale the ratio of the frame's to the re-matched reference's sums over
+    ``bright`` pixels: sums, not a regression, so the reference's noise averages out
+    instead of shrinking the scale.
 
     Parameters
     ----------
