@@ -258,9 +258,11 @@ class EvaluateConfig(BaseModel):
         description="Without truth, with reference_kernel > 0: 'free' uses the fitted pixel "
         "kernel as it is. It predicts the frame from a noisy reference, so it smooths what "
         "the reference's noise hides (the matched reference is smoother than the frame's "
-        "truth). 'psf' keeps its flux scale, sub-pixel shift and background plane and takes "
-        "the shape from the two PSFs (psf_fwhm_px or seeing): a Gaussian of their variance "
-        "difference for a sharper reference, none for a broader one (no kernel sharpens).",
+        "truth, and its flux scale low). 'psf' keeps its sub-pixel shift and background "
+        "plane, takes the shape from the least-squares kernel between the two PSF models "
+        "(circular Moffats from psf_fwhm_px/psf_beta or seeing; a broader reference is only "
+        "moved, never sharpened) and the flux scale from sums over bright pixels of the other "
+        "references (pausdenoise.reference_match.psf_matched).",
     )
     reference_candidates: int = Field(
         12,

@@ -31,7 +31,6 @@ import pandas as pd
 from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.digest import json_digest
-from pausdenoise.errors import PsfError
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.pipeline.context import Context
 from pausdenoise.pipeline.references import (
@@ -39,8 +38,8 @@ from pausdenoise.pipeline.references import (
     Registry,
     frame_arrays,
     matched_references,
+    psf_model,
 )
-from pausdenoise.psf import frame_psf
 
 __all__ = ["TARGET_ARRAY", "attach_targets", "reference_settings"]
 
@@ -148,14 +147,8 @@ def _frame_fwhm(ctx: Context, frames: list[str]) -> dict[str, float]:
         Frame → FWHM, px (``psf_fwhm_px``, or ``seeing`` in arcsec over
         ``photometry.pixel_scale``).
     """
-    out, scale = {}, ctx.cfg.photometry.pixel_scale
-    for f in frames:
-        try:
-            est = frame_psf(st.frame_attrs(ctx.store, f), pixel_scale=scale)
-        except PsfError:
-            continue
-        out[f] = float(est.fwhm_px)
-    return out
+    models = {f: psf_model(ctx, f) for f in frames}
+    return {f: m[0] for f, m in models.items() if m is not None}
 
 
 def _sharp_enough(frame: str, frames: list[str], fwhm: dict[str, float],

@@ -33,7 +33,7 @@ from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.pipeline.context import Context
 from pausdenoise.psf import frame_psf
 
-__all__ = ["Registry", "frame_arrays", "matched_references"]
+__all__ = ["Registry", "frame_arrays", "matched_references", "psf_model"]
 
 
 #: The arrays a frame's pixels are judged by (no truth, no denoised image).
@@ -245,12 +245,21 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     return refs, names, coverage
 
 
-def _psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
+def psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
     """Return a frame's PSF (FWHM px, Moffat β) from its stored attributes, None without one.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (store, ``photometry.pixel_scale`` for a seeing in arcsec).
+    frame : str
+        Frame id.
 
     Returns
     -------
     tuple of float or None
+        From ``psf_fwhm_px``/``psf_beta`` (measured at ingest) or ``seeing``
+        (:func:`pausdenoise.psf.frame_psf`); None when the attributes have neither.
     """
     try:
         est = frame_psf(st.frame_attrs(ctx.store, frame),
@@ -293,10 +302,10 @@ def _psf_rematched(ctx: Context, frame: str, raw: np.ndarray, refs: list[np.ndar
         As ``best``; a reference whose frame or itself has no PSF keeps its fitted kernel
         (with a message).
     """
-    psf_d = _psf_model(ctx, frame)
+    psf_d = psf_model(ctx, frame)
     out = []
     for i, m in best:
-        psf_r = _psf_model(ctx, names[i])
+        psf_r = psf_model(ctx, names[i])
         if psf_d is None or psf_r is None:
             print(f"evaluate: {frame}: reference {names[i]}: no PSF size, fitted kernel kept")
             out.append((i, m))
@@ -315,8 +324,8 @@ def _matched_references(ctx: Context, frame: str, raw: np.ndarray, good: np.ndar
                         ) -> tuple[list[np.ndarray], list[str], list[float], pd.DataFrame]:
     """Bring the candidates to the frame's seeing and flux scale; keep those fitted best.
 
-    With ``evaluate.reference_model: psf`` the kept references' kernels are then rebuilt
-    from their flux scale, shift and the PSFs' seeing difference (:func:`_psf_rematched`).
+    With ``evaluate.reference_model: psf`` the kept references are then re-matched through
+    their PSF models (:func:`_psf_rematched`).
 
     Returns
     -------
