@@ -82,6 +82,7 @@ def test_n2n_trains_on_matched_exposures_and_scores_on_held_out_ones(tmp_path: P
     record = json.loads((out / "run.json").read_text())
     summary = record["stages"]["train"]["summary"]
     assert summary["n2n_targets_built"] == 4 and summary["n2n_targets_reused"] == 0
+    assert summary["n2n_targets_seconds"] > 0
     assert summary["train_frames"] == train
     assert [f for f, _ in summary["skipped"]] == [noise]
     assert "no Noise2Noise target" in summary["skipped"][0][1]
@@ -190,3 +191,4 @@ def test_n2n_targets_from_the_psf_reference_model(tmp_path: Path) -> None:
         assert ok.sum() > 50
         # the same seeing everywhere: flux scale and shift only, the stars' light kept
         assert ((t - SKY)[ok].sum() / (truth - SKY)[ok].sum()) == pytest.approx(1.0, abs=0.02)
+

@@ -40,11 +40,14 @@ class UNetSettings(BaseModel):
         "its likelihood and combine it with the observed pixel at inference (Laine et al. "
         "2019); noise model from train.poisson_scale. 'none': plain N2V.",
     )
-    residual: bool = Field(
+    residual: bool | Literal["gated"] = Field(
         False,
-        description="Add the input to the network's output: it learns the correction to the "
-        "noisy frame instead of the image (residual learning), so bright cores, hundreds of "
-        "σ above the sky, are right from the first steps. Posterior 'none' only.",
+        description="true: add the input to the network's output: it learns the correction "
+        "to the noisy frame instead of the image (residual learning), so bright cores, "
+        "hundreds of σ above the sky, are right from the first steps. 'gated': the network "
+        "also predicts, per pixel, the share of the noisy pixel it passes (sigmoid gate, "
+        "starting near 0): near 1 on bright cores, near 0 on the sky, which it smooths as a "
+        "plain U-Net. Posterior 'none' only.",
     )
 
     @model_validator(mode="after")

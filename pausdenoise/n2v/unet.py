@@ -30,6 +30,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+GATE_BIAS_INIT = -3.0
+"""Initial bias of a gated residual's gate maps: ``sigmoid(-3) ≈ 0.05`` of the input passes."""
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of the U-Net.
@@ -61,10 +64,16 @@ class UNetConfig:
     sky_variance : float
         The sky + read-noise variance in normalised units: 1 where the frame's robust spread
         σ is its noise; below 1 on crowded fields, whose σ includes unresolved stars.
-    residual : bool
-        Add the input to the head's output (residual learning, as in DnCNN): the network
-        starts as the identity and learns the correction, so bright cores, many σ above the
-        sky, come out right from the first steps. ``posterior="none"`` only.
+    residual : {False, True, "gated"}
+        ``True``: add the input to the head's output (residual learning, as in DnCNN): the
+        network starts as the identity and learns the correction, so bright cores, many σ
+        above the sky, come out right from the first steps. ``"gated"``: the head has a
+        second map per channel, a gate ``g``, and the output is
+        ``correction + sigmoid(g) · input``: the network chooses per pixel, from its
+        context, how much of the noisy pixel to pass (near 1 on bright cores, near 0 on the
+        sky, where it smooths as a plain U-Net does). The gate starts near 0
+        (:data:`GATE_BIAS_INIT`), so training begins as a plain U-Net's.
+        ``posterior="none"`` only.
     """
 
     depth: int = 2
@@ -76,7 +85,7 @@ class UNetConfig:
     posterior: Literal["none", "gaussian"] = "none"
     noise_scale: float = 15.0
     sky_variance: float = 1.0
-    residual: bool = False
+    residual: bool | Literal["gated"] = False
 
     def __post_init__(self) -> None:
         """Check the fields.
@@ -85,7 +94,8 @@ class UNetConfig:
         ------
         ValueError
             If ``depth`` or ``base_channels`` is below 1, ``posterior`` is unknown or
-            ``noise_scale`` is not positive.
+            ``noise_scale`` is not positive, or ``residual`` is not False, True or
+            ``"gated"``.
         """
         if self.depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {self.depth}")
@@ -97,14 +107,17 @@ class UNetConfig:
             raise ValueError(f"noise_scale must be > 0, got {self.noise_scale}")
         if not self.sky_variance > 0:
             raise ValueError(f"sky_variance must be > 0, got {self.sky_variance}")
+        if self.residual not in (False, True, "gated"):
+            raise ValueError(f"residual must be false, true or 'gated', got {self.residual!r}")
         if self.residual and (self.posterior != "none" or self.in_channels != self.out_channels):
             raise ValueError("residual needs posterior 'none' and as many input as output "
                              "channels")
 
     @property
     def head_channels(self) -> int:
-        """Output maps of the network: ``out_channels``, doubled for a Gaussian posterior."""
-        return self.out_channels * (2 if self.posterior == "gaussian" else 1)
+        """Output maps: ``out_channels``, doubled for a Gaussian posterior or a gated residual."""
+        doubled = self.posterior == "gaussian" or self.residual == "gated"
+        return self.out_channels * (2 if doubled else 1)
 
     @property
     def size_multiple(self) -> int:
@@ -200,6 +213,9 @@ class UNet(nn.Module):
             self.decoders.append(_ConvBlock(c_prev + skip, chans[level], cfg.batch_norm))
             c_prev = chans[level]
         self.head = nn.Conv2d(c_prev, cfg.head_channels, 1)
+        if cfg.residual == "gated":
+            with torch.no_grad():
+                self.head.bias[cfg.out_channels:].fill_(GATE_BIAS_INIT)
 
     # -- forward -----------------------------------------------------------------------
 
@@ -244,6 +260,9 @@ class UNet(nn.Module):
                 x = torch.cat([x, skips[level]], dim=1)
             x = dec(x)
         out = self.head(x)
+        if self.config.residual == "gated":
+            c = self.config.out_channels
+            return out[:, :c] + torch.sigmoid(out[:, c:]) * inp
         return out + inp if self.config.residual else out
 
     # -- Gaussian posterior ---------------------------------------------------------------

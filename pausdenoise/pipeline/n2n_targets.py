@@ -23,6 +23,7 @@ reuses a target whose key matches and rebuilds the others, frame by frame.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -240,7 +241,8 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     frames : list of Frame
         The frames that have a target, with it (lazy store arrays).
     info : dict
-        ``n2n_targets_built``, ``n2n_targets_reused``, ``n2n_references`` (median
+        ``n2n_targets_built``, ``n2n_targets_reused``, ``n2n_targets_seconds`` (wall time
+        of the builds), ``n2n_references`` (median
         number of references per frame) and ``excluded``: [frame, reason] of the frames
         that ``train.n2n_max_seeing_ratio`` leaves without a reference (left out as
         configured, not a failure).
@@ -251,7 +253,7 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     ratio = ctx.cfg.train.n2n_max_seeing_ratio
     fwhm = _frame_fwhm(ctx, names) if ratio is not None else {}
     reg, out, skipped, excluded = Registry(), [], {}, {}
-    built, reused, counts = 0, 0, []
+    built, reused, counts, seconds = 0, 0, [], 0.0
     for f in frames:
         pool = _sharp_enough(f.name, names, fwhm, ratio)
         key = _target_key(ctx, f.name, pool, f.stats.sky)
@@ -265,7 +267,9 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
         if arr is not None:
             reused += 1
         else:
+            t0 = time.perf_counter()
             res = _build_target(ctx, f.name, exposures, f.stats.sky, pool, reg)
+            seconds += time.perf_counter() - t0
             if isinstance(res, str):
                 skipped[f.name] = f"no Noise2Noise target: {res}"
                 print(f"train: {f.name}: {skipped[f.name]}")
@@ -275,6 +279,7 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
         counts.append(len(arr.attrs.get("n2n_references", [])))
         out.append(Frame(f.image, f.mask, f.stats, f.name, arr))
     info = {"n2n_targets_built": built, "n2n_targets_reused": reused,
+            "n2n_targets_seconds": seconds,
             "n2n_references": float(np.median(counts)) if counts else 0.0,
             "excluded": [[f, r] for f, r in excluded.items()]}
     return out, info, skipped

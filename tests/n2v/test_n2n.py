@@ -91,9 +91,9 @@ def test_targets_and_method_must_go_together() -> None:
         PatchSampler([Frame(image, mask, stats, "c", image[:50])], 32)
 
 
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("residual", [False, True, "gated"])
 def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path,
-                                                                   residual: bool) -> None:
+                                                                   residual: bool | str) -> None:
     clean = _clean()
     mask = np.zeros(clean.shape, np.uint8)
     frames = []
@@ -122,4 +122,4 @@ def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path
     with torch.no_grad():
         assert torch.equal(predict_array(loaded, x), predict_array(model, x))
     assert meta["provenance"]["train_config"]["method"] == "n2n"
-    assert loaded.config.residual is residual
+    assert loaded.config.residual == residual

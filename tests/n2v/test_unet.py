@@ -176,3 +176,32 @@ def test_residual_unet_starts_as_the_identity_and_keeps_the_receptive_field() ->
         UNetConfig(posterior="gaussian", residual=True)
     with pytest.raises(ValueError, match="residual"):
         UNetSettings(posterior="gaussian", residual=True)
+
+
+def test_gated_residual_passes_the_share_of_the_input_its_gate_says() -> None:
+    from pausdenoise.n2v.config import UNetSettings
+    from pausdenoise.n2v.unet import GATE_BIAS_INIT, optimise_for_inference
+
+    torch.manual_seed(0)
+    cfg = UNetSettings(depth=2, base_channels=4, batch_norm=False,
+                       residual="gated").to_unet_config()
+    net = UNet(cfg)
+    assert cfg.head_channels == 2 and net.head.out_channels == 2
+    assert float(net.head.bias[1]) == GATE_BIAS_INIT  # the gate starts nearly shut
+    x = torch.randn(1, 1, 24, 40)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([0.25, 0.0]))  # correction 0.25, gate sigmoid(0)
+    assert torch.allclose(net(x), 0.25 + 0.5 * x)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([0.0, 40.0]))  # gate wide open: the identity
+    assert torch.allclose(net(x), x)
+    with torch.no_grad():  # a gate that follows the features: output is no longer affine
+        net.head.weight.normal_()
+    plain = UNet(UNetConfig(depth=2, base_channels=4, batch_norm=False))
+    assert torch.allclose(optimise_for_inference(net)(x), net(x), atol=1e-6)
+    assert net.halo() == plain.halo()
+    with pytest.raises(ValueError, match="residual"):
+        UNetConfig(residual="sometimes")
+    with pytest.raises(ValueError, match="residual"):
+        UNetSettings(posterior="gaussian", residual="gated")
