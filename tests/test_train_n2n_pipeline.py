@@ -69,7 +69,8 @@ def _config(store: Path):
     })
 
 
-def test_n2n_trains_on_matched_exposures_and_scores_on_held_out_ones(tmp_path: Path) -> None:
+def test_n2n_trains_on_matched_exposures_and_scores_on_held_out_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pausdenoise.pipeline.runner import run
 
     store = tmp_path / "s.zarr"
@@ -79,6 +80,10 @@ def test_n2n_trains_on_matched_exposures_and_scores_on_held_out_ones(tmp_path: P
     cfg = _config(store)
     out = tmp_path / "run"
     run(cfg, out, stages=["train", "denoise", "evaluate"])
+    printed = capsys.readouterr().out.splitlines()
+    # the star-less exposure cannot be registered; the train stage says so under its name
+    failed = [line for line in printed if "not registered" in line and f" {noise}: " in line]
+    assert failed and all(line.startswith(f"train: {noise}: ") for line in failed), failed
     record = json.loads((out / "run.json").read_text())
     summary = record["stages"]["train"]["summary"]
     assert summary["n2n_targets_built"] == 4 and summary["n2n_targets_reused"] == 0

@@ -252,7 +252,7 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     names = [f.name for f in frames]
     ratio = ctx.cfg.train.n2n_max_seeing_ratio
     fwhm = _frame_fwhm(ctx, names) if ratio is not None else {}
-    reg, out, skipped, excluded = Registry(), [], {}, {}
+    reg, out, skipped, excluded = Registry(stage="train"), [], {}, {}
     built, reused, counts, seconds = 0, 0, [], 0.0
     for f in frames:
         pool = _sharp_enough(f.name, names, fwhm, ratio)

@@ -93,11 +93,16 @@ def _lattice_coverage(target_wcs: Any, target_shape: tuple[int, int], wcs: Any,
 
 @dataclass
 class Registry:
-    """WCSs of the frames and offsets measured between frames without one (cached)."""
+    """WCSs of the frames and offsets measured between frames without one (cached).
+
+    ``stage`` names the stage that matches the references (``evaluate``, or ``train`` for
+    the Noise2Noise targets): it prefixes the messages about unusable references.
+    """
 
     wcs: dict[str, Any] = field(default_factory=dict)
     offsets: dict[tuple[str, str], Any] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    stage: str = "evaluate"
 
     def wcs_of(self, store: Any, frame: str) -> Any:
         """Return the frame's celestial WCS, or None without one (cached).
@@ -161,7 +166,7 @@ def _registered_offset(ctx: Context, reg: Registry, frame: str, other: str,
         except RegistrationError as exc:
             off = None
             row["error"] = str(exc)
-            print(f"evaluate: {frame}: {other} not registered: {exc}")
+            print(f"{reg.stage}: {frame}: {other} not registered: {exc}")
         reg.offsets[(frame, other)] = off
         reg.rows.append(row)
     return reg.offsets[(frame, other)]
@@ -211,7 +216,7 @@ def _reference_candidates(ctx: Context, frame: str, row: pd.Series, others: pd.D
 
 def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.DataFrame,
                        cands: list[tuple[float, int, str, Any]], wcs_d: Any,
-                       shape: tuple[int, ...], good: np.ndarray
+                       shape: tuple[int, ...], good: np.ndarray, stage: str = "evaluate"
                        ) -> tuple[list[np.ndarray], list[str], list[float]]:
     """Bring the best-covering candidates onto the frame's grid.
 
@@ -235,7 +240,7 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
                 None if pd.isna(zp_o) else float(zp_o), wcs_d, shape,
                 None if pd.isna(row["zp"]) else float(row["zp"]), cfg.resampling)
         except ValueError as exc:
-            print(f"evaluate: {frame}: reference {f} unusable: {exc}")
+            print(f"{stage}: {frame}: reference {f} unusable: {exc}")
             continue
         cov = float((valid & good).sum() / good.sum())
         if cov >= cfg.min_overlap:
@@ -307,7 +312,8 @@ def _psf_rematched(ctx: Context, frame: str, raw: np.ndarray, refs: list[np.ndar
     for i, m in best:
         psf_r = psf_model(ctx, names[i])
         if psf_d is None or psf_r is None:
-            print(f"evaluate: {frame}: reference {names[i]}: no PSF size, fitted kernel kept")
+            print(f"{reg.stage}: {frame}: reference {names[i]}: no PSF size, fitted kernel "
+                  "kept")
             out.append((i, m))
             continue
         others = [o.values for j, o in best if j != i] or [m.values]
@@ -411,7 +417,7 @@ def matched_references(ctx: Context, frame: str, exposures: pd.DataFrame, image:
     cands, wcs_d = _reference_candidates(ctx, frame, row, others, image.shape, reg,
                                          (image, ~good))
     refs, names, coverage = _usable_references(ctx, frame, row, by_frame, cands, wcs_d,
-                                               image.shape, good)
+                                               image.shape, good, reg.stage)
     if not refs:
         return (f"no independent exposure of band {band} covers ≥ {cfg.min_overlap:.0%} of "
                 f"the frame ({len(cands)} overlapping candidate(s))")
