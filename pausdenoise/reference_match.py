@@ -51,7 +51,7 @@ import numpy as np
 from scipy import ndimage
 
 from pausdenoise.psf import moffat_stamp
-from pausdenoise.stats import MAD_TO_SIGMA
+from pausdenoise.stats import MAD_TO_SIGMA, mad_sigma
 
 #: Most pixels a kernel is fitted on (a seeded random subset beyond it).
 MAX_FIT_PIXELS = 150_000
@@ -366,6 +366,24 @@ def psf_matched(reference: np.ndarray, match: MatchedReference,
                             match.n_fit, match.residual_rms)
 
 
+def valid_mean(references: Sequence[np.ndarray]) -> np.ndarray:
+    """Return the mean of the references valid at each pixel.
+
+    Parameters
+    ----------
+    references : sequence of ndarray (ny, nx)
+        Matched references, ADU, NaN where invalid.
+
+    Returns
+    -------
+    ndarray float64 (ny, nx)
+        Per pixel the mean over the finite references; NaN where none is finite.
+    """
+    stack = np.stack([np.asarray(r, np.float64) for r in references])
+    n = np.isfinite(stack).sum(axis=0)
+    return np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan)
+
+
 def bright_pixels(references: Sequence[np.ndarray], threshold: float = 10.0,
                   grow: int = 3) -> np.ndarray:
     """Return the pixels of bright sources in the mean of matched references.
@@ -383,13 +401,11 @@ def bright_pixels(references: Sequence[np.ndarray], threshold: float = 10.0,
     -------
     ndarray of bool (ny, nx)
     """
-    stack = np.stack([np.asarray(r, np.float64) for r in references])
-    n = np.isfinite(stack).sum(axis=0)
-    mean = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan)
+    mean = valid_mean(references)
     fin = mean[np.isfinite(mean)]
     if fin.size == 0:
         return np.zeros(mean.shape, bool)
-    sigma = MAD_TO_SIGMA * float(np.median(np.abs(fin - np.median(fin))))
+    sigma = float(mad_sigma(fin))
     core = np.isfinite(mean) & (mean > threshold * max(sigma, 1e-12))
     if grow > 0:
         core = ndimage.binary_dilation(core, iterations=grow)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 GATE_BIAS_INIT = -3.0
 """Initial bias of a gated residual's gate maps: ``sigmoid(-3) ≈ 0.05`` of the input passes."""
 
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of the U-Net.

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pausdenoise import reference_match as rm
 from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.digest import json_digest
@@ -117,9 +118,7 @@ def _build_target(ctx: Context, frame: str, exposures: pd.DataFrame, sky: float,
     refs = matched_references(ctx, frame, exposures, image, good, sky, reg, pool)
     if isinstance(refs, str):
         return refs
-    stack = np.stack(refs.values)
-    n = np.isfinite(stack).sum(axis=0)  # a pixel needs one valid reference, not all
-    target = np.where(n > 0, np.nansum(stack, axis=0) / np.maximum(n, 1), np.nan) + sky
+    target = rm.valid_mean(refs.values) + sky  # a pixel needs one valid reference, not all
     target[~good] = np.nan
     return target.astype(np.float32), refs.frames
 

@@ -25,7 +25,7 @@ registered is not a reference (reason in ``registration.csv``). With
 brought to the frame's seeing, sub-pixel position and flux scale by a fitted pixel kernel
 (:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used; with
 ``evaluate.reference_model: psf`` their kernels keep the fitted shift and plane, take the flux
-scale from sums over bright pixels and the shape from the two PSFs' seeing difference.
+scale from sums over bright pixels and the shape from the kernel between the two PSF models.
 Writes into ``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised, and without truth the
