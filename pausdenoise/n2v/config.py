@@ -49,12 +49,28 @@ class UNetSettings(BaseModel):
         "starting near 0): near 1 on bright cores, near 0 on the sky, which it smooths as a "
         "plain U-Net. Posterior 'none' only.",
     )
+    kernel_size: int = Field(
+        0,
+        ge=0,
+        description="0: the network outputs the image. Odd k >= 3: it predicts, per pixel, "
+        "a non-negative k×k kernel summing to 1 and outputs that weighted mean of the noisy "
+        "pixels around it (kernel prediction): a flat sky keeps its level, flux moves by at "
+        "most k // 2 px, so wide apertures keep their flux; the halo grows by k // 2 and "
+        "inference holds 2·k² floats per chunk pixel. Posterior 'none' and residual false "
+        "only.",
+    )
 
     @model_validator(mode="after")
     def _check_residual(self) -> UNetSettings:
         if self.residual and self.posterior != "none":
             raise ValueError("unet.residual needs unet.posterior 'none' (the Gaussian head "
                              "predicts a prior mean and variance, not a correction)")
+        if self.kernel_size and (self.kernel_size < 3 or self.kernel_size % 2 == 0):
+            raise ValueError(f"unet.kernel_size must be 0 or odd and >= 3, got "
+                             f"{self.kernel_size}")
+        if self.kernel_size and (self.posterior != "none" or self.residual):
+            raise ValueError("unet.kernel_size needs unet.posterior 'none' and unet.residual "
+                             "false (the head predicts kernels, not pixels)")
         return self
 
     def to_unet_config(self, noise_scale: float | None = None,
@@ -85,6 +101,7 @@ class UNetSettings(BaseModel):
             noise_scale=DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale,
             sky_variance=sky_variance,
             residual=self.residual,
+            kernel_size=self.kernel_size,
         )
 
 
@@ -312,6 +329,10 @@ class TrainConfig(BaseModel):
         if self.method in ("sure", "n2n") and self.unet.posterior != "none":
             raise ValueError(f"method {self.method!r} trains the estimate itself: it needs "
                              f"unet.posterior 'none', got {self.unet.posterior!r}")
+        if self.method == "blindspot" and (self.unet.residual or self.unet.kernel_size):
+            raise ValueError("method 'blindspot' distils a blind-spot teacher of the student's "
+                             "architecture, which cannot add or average the pixel it is blind "
+                             "to: it needs unet.residual false and unet.kernel_size 0")
         if self.patch_size <= 2 * self.neighbourhood_radius:
             raise ValueError(
                 f"patch_size {self.patch_size} must exceed twice the neighbourhood radius "

@@ -36,12 +36,13 @@ def assert_matches(got_adu: np.ndarray, ref_sigma: np.ndarray, stats: FrameStats
 
 
 def random_unet(depth: int, channels: int, n2v2: bool, seed: int,
-                posterior: str = "none") -> UNet:
+                posterior: str = "none", kernel_size: int = 0) -> UNet:
     """A tiny eval-mode U-Net with random weights and random BatchNorm statistics, its head
-    scaled so the output varies by ~1 σ over a noise image (a meaningful comparison)."""
+    scaled so the output varies by ~1 σ over a noise image (a meaningful comparison);
+    ``kernel_size`` > 0 gives it a kernel-prediction head."""
     torch.manual_seed(seed)
     model = UNet(UNetConfig(depth=depth, base_channels=channels, n2v2=n2v2,
-                            posterior=posterior))
+                            posterior=posterior, kernel_size=kernel_size))
     g = torch.Generator().manual_seed(seed + 1)
     for mod in model.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):

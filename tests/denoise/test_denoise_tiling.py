@@ -45,9 +45,10 @@ def cases(draw):
     channels = draw(st.integers(2, 4))
     n2v2 = draw(st.booleans())
     posterior = draw(st.sampled_from(["none", "gaussian"]))
+    kernel_size = draw(st.sampled_from([0, 3])) if posterior == "none" else 0
     seed = draw(st.integers(0, 10_000))
     ny, nx = draw(st.integers(40, 200)), draw(st.integers(40, 200))
-    model = random_unet(depth, channels, n2v2, seed, posterior)
+    model = random_unet(depth, channels, n2v2, seed, posterior, kernel_size)
     m, halo = 2**depth, model.halo()
     chunks = (draw(axis_chunks(ny, m, halo)), draw(axis_chunks(nx, m, halo)))
     tile = draw(st.none() | st.integers(4, 12).map(lambda k: k * m))
@@ -155,6 +156,22 @@ def test_halo_smaller_than_receptive_field_makes_seams(n2v2):
     rf = model.receptive_field_radius()
     assert_matches(bad[: 64 - rf, : 64 - rf], ref[: 64 - rf, : 64 - rf], stats)
     assert diff[60:68].max() > 1e-3 or diff[:, 60:68].max() > 1e-3
+
+
+@pytest.mark.parametrize("kernel_size", [3, 9])
+def test_kernel_head_is_seam_free(kernel_size):
+    model = random_unet(2, 3, False, 7, kernel_size=kernel_size)
+    plain_halo = random_unet(2, 3, False, 7).halo()
+    assert model.halo() >= plain_halo  # the kernels' radius is part of the receptive field
+    img = make_image(160, 136, seed=7)
+    stats = frame_statistics(img)
+    ref = whole_image(model, img, stats)
+    x = da.from_array(img, chunks=(80, 72))
+    out = denoise_frame(x, None, stats, model, DenoiseConfig(batch_size=2))
+    assert_matches(out.compute(scheduler="sync"), ref, stats)  # image edges included
+    short = _map_denoise(x, None, stats, ModelRef.from_model(model), DenoiseConfig(),
+                         4).compute()
+    assert np.abs(in_sigma(short, stats) - ref).max() > 1e-3  # a short halo shows seams
 
 
 

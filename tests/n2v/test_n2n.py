@@ -91,9 +91,10 @@ def test_targets_and_method_must_go_together() -> None:
         PatchSampler([Frame(image, mask, stats, "c", image[:50])], 32)
 
 
-@pytest.mark.parametrize("residual", [False, True, "gated"])
+@pytest.mark.parametrize("head", [{"residual": False}, {"residual": True},
+                                  {"residual": "gated"}, {"kernel_size": 5}])
 def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path,
-                                                                   residual: bool | str) -> None:
+                                                                   head: dict) -> None:
     clean = _clean()
     mask = np.zeros(clean.shape, np.uint8)
     frames = []
@@ -103,8 +104,7 @@ def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path
         frames.append(Frame(image, mask, frame_statistics(image, mask), f"e{k}",
                             np.mean(others, axis=0)))
     ckpt = tmp_path / "n2v.safetensors"
-    cfg = TrainConfig(unet=UNetSettings(depth=2, base_channels=8, posterior="none",
-                                        residual=residual),
+    cfg = TrainConfig(unet=UNetSettings(depth=2, base_channels=8, posterior="none", **head),
                       method="n2n", patch_size=64, batch_size=4, steps_per_epoch=10,
                       epochs=12, learning_rate=3e-3, validation_patches=16,
                       validation_fraction=0.25, device="cpu", num_threads=1)
@@ -122,4 +122,5 @@ def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path
     with torch.no_grad():
         assert torch.equal(predict_array(loaded, x), predict_array(model, x))
     assert meta["provenance"]["train_config"]["method"] == "n2n"
-    assert loaded.config.residual == residual
+    assert loaded.config.residual == head.get("residual", False)
+    assert loaded.config.kernel_size == head.get("kernel_size", 0)

@@ -205,3 +205,88 @@ def test_gated_residual_passes_the_share_of_the_input_its_gate_says() -> None:
         UNetConfig(residual="sometimes")
     with pytest.raises(ValueError, match="residual"):
         UNetSettings(posterior="gaussian", residual="gated")
+
+
+def test_kernel_head_averages_its_neighbourhood_with_the_predicted_weights() -> None:
+    from pausdenoise.n2v.config import UNetSettings
+    from pausdenoise.n2v.unet import apply_predicted_kernels, optimise_for_inference
+
+    torch.manual_seed(0)
+    cfg = UNetSettings(depth=2, base_channels=4, batch_norm=False,
+                       kernel_size=3).to_unet_config()
+    net = UNet(cfg)
+    assert cfg.head_channels == 9 and net.head.out_channels == 9
+    x = torch.randn(1, 1, 24, 40)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.fill_(-50.0)
+        net.head.bias[4] = 50.0  # all weight on the centre: the identity
+    assert torch.allclose(net(x), x, atol=1e-6)
+    with torch.no_grad():
+        net.head.bias.zero_()  # equal weights: a 3×3 box mean, edges reflected
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    box = torch.nn.functional.avg_pool2d(padded, 3, stride=1)
+    assert torch.allclose(net(x), box, atol=1e-6)
+    with torch.no_grad():
+        net.head.bias.zero_()
+        net.head.bias[5] = 50.0  # all weight on offset (dy, dx) = (0, +1)
+    assert torch.allclose(net(x)[..., :-1], x[..., 1:], atol=1e-6)
+    with torch.no_grad():  # kernels that follow the features
+        net.head.weight.normal_()
+    flat = torch.full((1, 1, 24, 40), 3.5)
+    assert torch.allclose(net(flat), flat, atol=1e-5)  # weights sum to 1: the sky level stays
+    y = net(x)
+    assert bool((y <= x.max() + 1e-5).all() and (y >= x.min() - 1e-5).all())  # a mean
+    assert torch.allclose(optimise_for_inference(net)(x), net(x), atol=1e-6)
+    # a compact source far from the edges: its flux spreads by at most k // 2 px
+    src = torch.zeros(1, 1, 32, 32)
+    src[0, 0, 14:18, 14:18] = 1.0
+    spread = apply_predicted_kernels(src, torch.randn(1, 9, 32, 32), 3)
+    outside = spread.clone()
+    outside[..., 13:19, 13:19] = 0.0
+    assert float(outside.abs().max()) == 0.0 and float(spread[..., 13:19, 13:19].min()) > 0
+    for bad in (2, 1, -3):
+        with pytest.raises(ValueError, match="kernel_size"):
+            UNetConfig(kernel_size=bad)
+    with pytest.raises(ValueError, match="kernel_size"):
+        UNetConfig(kernel_size=5, residual=True)
+    with pytest.raises(ValueError, match="kernel_size"):
+        UNetSettings(kernel_size=5, posterior="gaussian")
+    with pytest.raises(ValueError, match="kernel_size"):
+        UNetSettings(kernel_size=4)
+    from pausdenoise.n2v.config import TrainConfig
+
+    for head in ({"kernel_size": 5}, {"residual": "gated"}):  # a teacher that sees the pixel
+        with pytest.raises(ValueError, match="method 'blindspot'"):
+            TrainConfig(method="blindspot", unet=UNetSettings(**head))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_kernel_head_receptive_field_covers_gradient_extent(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(depth=2, base_channels=4, kernel_size=kernel_size))
+    plain = UNet(UNetConfig(depth=2, base_channels=4))
+    rf = model.receptive_field_radius()
+    assert rf == plain.receptive_field_radius() + kernel_size // 2
+    extent = _empirical_extent(model)
+    assert extent <= rf <= extent + 2 * model.config.size_multiple
+    assert model.halo() >= rf and model.halo() % model.config.size_multiple == 0
+
+
+def test_kernel_head_logits_stay_bounded_beside_a_bright_star() -> None:
+    from pausdenoise.n2v.unet import KERNEL_CENTRE_INIT
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(depth=2, base_channels=8, batch_norm=False, kernel_size=9))
+    centre = net.head.bias[40] - net.head.bias[:40].mean()
+    assert float(centre) == pytest.approx(KERNEL_CENTRE_INIT, abs=0.5)
+    x = torch.randn(1, 1, 64, 64)
+    x[0, 0, 30:33, 30:33] = 3000.0  # a star 10³ σ above the sky, as on a crowded field
+    logits = {}
+    net.head.register_forward_hook(lambda mod, inp, out: logits.update(out=out))
+    net(x)
+    w = net.head.weight.detach().flatten(1)
+    bound = float(w.norm(dim=1).max()) * 8**0.5 + float(net.head.bias.abs().max())
+    assert float(logits["out"].abs().max()) <= bound + 1e-4  # unit-RMS features
+    weights = torch.softmax(logits["out"][0], dim=0)
+    assert float(weights.max()) < 0.99  # no one-hot kernel, even on the star
