@@ -329,10 +329,6 @@ class TrainConfig(BaseModel):
         if self.method in ("sure", "n2n") and self.unet.posterior != "none":
             raise ValueError(f"method {self.method!r} trains the estimate itself: it needs "
                              f"unet.posterior 'none', got {self.unet.posterior!r}")
-        if self.method == "blindspot" and (self.unet.residual or self.unet.kernel_size):
-            raise ValueError("method 'blindspot' distils a blind-spot teacher of the student's "
-                             "architecture, which cannot add or average the pixel it is blind "
-                             "to: it needs unet.residual false and unet.kernel_size 0")
         if self.patch_size <= 2 * self.neighbourhood_radius:
             raise ValueError(
                 f"patch_size {self.patch_size} must exceed twice the neighbourhood radius "

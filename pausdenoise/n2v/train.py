@@ -559,9 +559,11 @@ def _make_teacher(
 ) -> tuple[BlindSpotNet, torch.nn.Module, torch.optim.Optimizer, Any]:
     """Build the blind-spot teacher of ``method: blindspot``, its Adam and schedule.
 
-    The teacher has the student's depth, head and noise model, ``blindspot.base_channels``
-    (default the student's) and :attr:`TrainConfig.blind_radius`; its initial weights come
-    from ``cfg.seed`` + 1 (the student's from ``cfg.seed``, as for ``method: n2v``).
+    The teacher has the student's depth, posterior and noise model (a plain head: it
+    predicts the estimate, whatever residual or kernel head the student has),
+    ``blindspot.base_channels`` (default the student's) and
+    :attr:`TrainConfig.blind_radius`; its initial weights come from ``cfg.seed`` + 1 (the
+    student's from ``cfg.seed``, as for ``method: n2v``).
 
     Returns
     -------
@@ -569,7 +571,10 @@ def _make_teacher(
         (teacher, the module to train: the teacher or its DDP wrapper, Adam optimiser,
         ``ReduceLROnPlateau`` schedule).
     """
-    unet_cfg = cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance)
+    # the teacher is blind to the pixel, so it cannot add it (residual) or average it
+    # (kernels): it predicts the estimate itself, which any student head can be fitted to
+    unet_cfg = replace(cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance),
+                       residual=False, kernel_size=0)
     if cfg.blindspot.base_channels is not None:
         unet_cfg = replace(unet_cfg, base_channels=cfg.blindspot.base_channels)
     with torch.random.fork_rng(devices=[]):

@@ -254,11 +254,6 @@ def test_kernel_head_averages_its_neighbourhood_with_the_predicted_weights() -> 
         UNetSettings(kernel_size=5, posterior="gaussian")
     with pytest.raises(ValueError, match="kernel_size"):
         UNetSettings(kernel_size=4)
-    from pausdenoise.n2v.config import TrainConfig
-
-    for head in ({"kernel_size": 5}, {"residual": "gated"}):  # a teacher that sees the pixel
-        with pytest.raises(ValueError, match="method 'blindspot'"):
-            TrainConfig(method="blindspot", unet=UNetSettings(**head))
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
