@@ -26,11 +26,20 @@ exposures of the field. Those differ from the scored frame in flux scale (exposu
   to the unknown truth, computed from the frame and its noise model alone
   (:func:`sure_linear_filter`). It is a self-supervised denoiser (the closed-form linear
   counterpart of ``train.method: sure``); where it scores below the oracle, the estimator's
-  "truth" differs from what the frame's noise model says the truth is.
+  "truth" differs from what the frame's noise model says the truth is;
+* with ``--stack-depths n1,n2,...`` (a kernel > 0 only), the means of the n other exposures
+  (not the references) matched to the frame best, scored as if they were denoised frames
+  (:func:`stack_estimates`). A stack of n exposures has 1/n of one exposure's noise, so its
+  MSE follows ``a + b / n``; the fitted floor ``a`` (:func:`stack_ceiling`) is what the
+  estimator charges even an estimate with no noise -- the frame-to-reference differences no
+  other exposure removes (variable stars, seeing the kernel cannot match, the references'
+  own mismatch) -- and ``sqrt(raw MSE / a)`` the highest gain it can credit. Pixels are
+  those all the stacked exposures cover, for every row of that table.
 
 Usage (project venv; the SAAO store is ingested into ``--out`` when absent)::
 
     python benchmarks/bench_reference_match.py --checkpoint bench-output/saao/model/n2v.safetensors
+    python benchmarks/bench_reference_match.py --kernels 3 --stack-depths 1,2,4,8,16
 
 ``--append`` adds a dated section to ``benchmarks/RESULTS.md``. Time: ~1–2 min per setting on
 two cores (registration and kernel fits of up to 12 candidates per frame).
@@ -39,6 +48,7 @@ two cores (registration and kernel fits of up to 12 candidates per frame).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import math
 import platform
@@ -151,7 +161,95 @@ def sure_linear_filter(frame: tb.EvalFrame, half_width: int, gain: float, read_n
     return np.where(frame.good, out + frame.sky, frame.image)
 
 
-def frames_for(kernel: int, out: Path, n_eval: int
+def stack_estimates(frame: tb.EvalFrame, members: list[np.ndarray], depths: list[int]
+                    ) -> dict[str, np.ndarray]:
+    """Means of the first n of the frame's matched other exposures, as estimates of the frame.
+
+    Parameters
+    ----------
+    frame : EvalFrame
+        The scored frame (``sky`` its level, ADU).
+    members : list of ndarray (ny, nx)
+        Other exposures, none of them a reference, matched to the frame (sky-subtracted ADU
+        on its grid and flux scale, NaN where invalid), best fit first.
+    depths : list of int
+        The n of each stack.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``"stack of n"`` → the mean of ``members[:n]`` plus the frame's sky (ADU); the raw
+        frame where a stacked exposure is invalid (:func:`stacked_frame` scores only pixels
+        all of them cover).
+    """
+    if max(depths) > len(members):
+        raise SystemExit(f"{frame.name}: {len(members)} other exposures matched, a stack of "
+                         f"{max(depths)} asked for")
+    out = {}
+    for n in depths:
+        mean = np.mean(np.stack(members[:n]), axis=0)  # NaN where any is invalid
+        out[f"stack of {n}"] = np.where(np.isfinite(mean), mean + frame.sky, frame.image)
+    return out
+
+
+def stacked_frame(frame: tb.EvalFrame, members: list[np.ndarray]) -> tb.EvalFrame:
+    """The frame scored only where every one of ``members`` is valid (all estimates alike).
+
+    Parameters
+    ----------
+    frame : EvalFrame
+        The scored frame.
+    members : list of ndarray
+        Its matched other exposures (NaN where invalid).
+
+    Returns
+    -------
+    EvalFrame
+        A copy with ``good`` narrowed to the pixels all members cover.
+    """
+    covered = np.all(np.isfinite(np.stack(members)), axis=0)
+    if not (covered & frame.good).any():
+        raise SystemExit(f"{frame.name}: no pixel is covered by all the stacked exposures")
+    return dataclasses.replace(frame, good=frame.good & covered)
+
+
+def stack_ceiling(depths: list[int], mse: list[float], mse_se: list[float], mse_raw: float
+                  ) -> dict[str, float]:
+    """Fit ``MSE(n) = a + b / n`` to the stacks' estimated MSEs; the gain a noiseless one gets.
+
+    Parameters
+    ----------
+    depths : list of int
+        Exposures per stack (at least two distinct values).
+    mse, mse_se : list of float
+        The stacks' pooled MSE and its standard error (ADU²), one pixel class.
+    mse_raw : float
+        The raw frame's pooled MSE on the same pixels (ADU²).
+
+    Returns
+    -------
+    dict
+        ``floor`` (a, ADU²) and ``floor_se``, ``floor_fraction`` (a / raw MSE), ``ceiling``
+        (``sqrt(mse_raw / a)``; inf when a ≤ 0: no floor measurable) and ``ceiling_se``
+        (from a's standard error), ``per_exposure`` (b, ADU²: one matched exposure's noise).
+        Weighted least squares, weights 1 / se².
+    """
+    n = np.asarray(depths, float)
+    y = np.asarray(mse, float)
+    w = 1.0 / np.maximum(np.asarray(mse_se, float), 1e-12 * np.abs(y).max()) ** 2
+    x = np.column_stack([np.ones_like(n), 1.0 / n])
+    cov = np.linalg.inv(x.T @ (x * w[:, None]))
+    a, b = cov @ (x.T @ (w * y))
+    se_a = math.sqrt(cov[0, 0])
+    if a <= 0:
+        return {"floor": float(a), "floor_se": se_a, "floor_fraction": float(a / mse_raw),
+                "ceiling": math.inf, "ceiling_se": math.nan, "per_exposure": float(b)}
+    g = math.sqrt(mse_raw / a)
+    return {"floor": float(a), "floor_se": se_a, "floor_fraction": float(a / mse_raw),
+            "ceiling": g, "ceiling_se": 0.5 * g * se_a / a, "per_exposure": float(b)}
+
+
+def frames_for(kernel: int, out: Path, n_eval: int, stacks: bool = False
                ) -> tuple[list[tb.EvalFrame], list[float], list[list[float]]]:
     """Scored SAAO frames with references matched by a kernel of half-width ``kernel``.
 
@@ -163,6 +261,9 @@ def frames_for(kernel: int, out: Path, n_eval: int
         Benchmark folder (the store is ``out/saao/store.zarr``).
     n_eval : int
         Frames scored, spread over the exposure order.
+    stacks : bool
+        Also match every other exposure; those not kept as references go to the frame's
+        ``attrs["stack_members"]`` (matched values, best fit first).
 
     Returns
     -------
@@ -170,6 +271,8 @@ def frames_for(kernel: int, out: Path, n_eval: int
         The frames, per frame the sky-pixel RMS the noise model predicts (ADU), and per frame
         the flux scales (frame / reference) of the references kept (1.0 when not matched).
     """
+    if stacks and kernel <= 0:
+        raise SystemExit("stacks of other exposures need a matching kernel (--kernels > 0)")
     cfg = load_config(tb.CONFIGS["saao"]).evaluate.model_copy(
         update={"reference_kernel": kernel})
     store = tb._ensure_store("saao", out)
@@ -179,13 +282,17 @@ def frames_for(kernel: int, out: Path, n_eval: int
     for f in pick:
         arr = tb._arrays(store, f)
         good = tb._good(arr)
-        refs = tb._references(store, f, [o for o in names if o != f], arr["image"], good, cfg)
+        rest: list | None = [] if stacks else None
+        refs = tb._references(store, f, [o for o in names if o != f], arr["image"], good, cfg,
+                              rest)
         fr = tb.independent_frame(f, arr["image"], good, [m.values for m in refs], cfg,
                                   arr.get("mask"))
         g, rn_adu = rm.frame_noise(st.frame_attrs(store, f))
         if g is None:
             raise SystemExit(f"frame {f} has no gain: no noise model to compare with")
         fr.attrs.update(gain=g, read_noise_adu=rn_adu)
+        if stacks:
+            fr.attrs["stack_members"] = [m.values for m in rest]
         frames.append(fr)
         expected.append(math.sqrt(fr.sky / g + rn_adu**2))
         scales.append([m.flux_scale for m in refs])
@@ -194,7 +301,7 @@ def frames_for(kernel: int, out: Path, n_eval: int
 
 def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
           scales: list[list[float]] | None = None, oracle_width: int = 0,
-          sure_width: int = 0) -> dict[str, Any]:
+          sure_width: int = 0, stack_depths: list[int] | None = None) -> dict[str, Any]:
     """Raw sky RMS per frame, blur gains and the network's gains, pooled over frames.
 
     Parameters
@@ -212,16 +319,27 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
     sure_width : int
         h of the SURE-fitted linear filters (:func:`sure_linear_filter`, fitted on all
         pixels and on the sky pixels); 0: none.
+    stack_depths : list of int, optional
+        Score the stacks of that many matched other exposures (:func:`stack_estimates`;
+        each frame's ``attrs["stack_members"]``), every estimate only on the pixels the
+        deepest stack covers, and fit their floor (:func:`stack_ceiling`).
 
     Returns
     -------
     dict
         ``per_frame`` (name, estimated and predicted raw sky RMS, references' flux-scale
         range, each estimate's sky gain on that frame alone), ``gains``
-        (kind → class → (gain, se)).
+        (kind → class → (gain, se)) and, with stacks, ``ceiling`` (class →
+        :func:`stack_ceiling` result).
     """
     scores = []
-    for f in frames:
+    depths = sorted(set(stack_depths or []))
+    for i, f in enumerate(frames):
+        stacked = {}
+        if depths:
+            members = f.attrs["stack_members"][: max(depths)]
+            f = frames[i] = stacked_frame(f, members)
+            stacked = stack_estimates(f, members, depths)
         est = {f"blur {s:g}": ev.gaussian_blur(f.image, f.good, s) for s in SIGMAS}
         if oracle_width > 0:
             for cls in tb.CLASSES:
@@ -233,6 +351,7 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
                                                                 f.classes["sky"])
         if model is not None:
             est["network"] = tb.denoise(model, f)
+        est.update(stacked)
         scores.append(tb.score_frame(f, est))
     per_frame = []
     for i, (f, sc, e) in enumerate(zip(frames, scores, expected, strict=True)):
@@ -252,7 +371,15 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
         for cls in tb.CLASSES:
             r, e = pooled.loc[("raw", cls)], pooled.loc[(kind, cls)]
             gains[kind][cls] = tb.gain(r["mse"], r["mse_se"], e["mse"], e["mse_se"])
-    return {"per_frame": per_frame, "gains": gains}
+    out: dict[str, Any] = {"per_frame": per_frame, "gains": gains}
+    if len(depths) >= 2:
+        out["ceiling"] = {}
+        for cls in tb.CLASSES:
+            rows = [pooled.loc[(f"stack of {n}", cls)] for n in depths]
+            out["ceiling"][cls] = stack_ceiling(depths, [r["mse"] for r in rows],
+                                                [r["mse_se"] for r in rows],
+                                                float(pooled.loc[("raw", cls), "mse"]))
+    return out
 
 
 def _per_frame_gains(result: dict[str, Any], kernel: int) -> list[str]:
@@ -310,6 +437,20 @@ def render(results: dict[int, dict[str, Any]]) -> str:
                 cells.append(tb._pm(g, se))
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += ["", *_per_frame_gains(results[keys[-1]], keys[-1])]
+    for k in keys:
+        if "ceiling" not in results[k]:
+            continue
+        gg = results[k]["gains"]
+        lines.append("")
+        for cls, c in results[k]["ceiling"].items():
+            best = max(v[cls][0] for n, v in gg.items() if n.startswith("blur")
+                       and np.isfinite(v[cls][0]))
+            ceil = ("none measurable (floor ≤ 0)" if not np.isfinite(c["ceiling"]) else
+                    f"{c['ceiling']:.2f} ± {c['ceiling_se']:.2f} "
+                    f"({c['ceiling'] / best:.2f} × the best blur's {best:.2f})")
+            lines.append(f"- kernel {k}, {cls} pixels: stack floor a = "
+                         f"{100 * c['floor_fraction']:.1f} % of the raw MSE; highest gain "
+                         f"the estimator credits, sqrt(raw MSE / a) = {ceil}")
     if "network" in results[keys[0]]["gains"]:
         lines.append("")
         for k in keys:
@@ -344,13 +485,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="h of the oracle linear filters ((2h+1)² px kernels); 0: none")
     p.add_argument("--sure-width", type=int, default=0,
                    help="h of the SURE-fitted linear filters ((2h+1)² px kernels); 0: none")
+    p.add_argument("--stack-depths", default="",
+                   help="score stacks of this many matched other exposures, comma-separated "
+                        "(kernels > 0), and fit the estimator's floor")
     p.add_argument("--append", action="store_true")
     a = p.parse_args(argv)
     model = load_model(a.checkpoint)[0] if a.checkpoint else None
+    depths = [int(x) for x in a.stack_depths.split(",") if x.strip()]
     results = {}
     for k in (int(x) for x in a.kernels.split(",")):
-        frames, expected, scales = frames_for(k, a.out, a.eval_frames)
-        results[k] = score(frames, expected, model, scales, a.oracle_width, a.sure_width)
+        frames, expected, scales = frames_for(k, a.out, a.eval_frames, bool(depths))
+        results[k] = score(frames, expected, model, scales, a.oracle_width, a.sure_width,
+                           depths)
     table = render(results)
     print(table)
     if a.append:

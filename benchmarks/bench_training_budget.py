@@ -404,12 +404,16 @@ def _with_noise_scale(cfg: PipelineConfig, exposures: pd.DataFrame,
 
 
 def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
-                good: np.ndarray, cfg: ev.EvaluateConfig) -> list[rm.MatchedReference]:
+                good: np.ndarray, cfg: ev.EvaluateConfig,
+                rest: list[rm.MatchedReference] | None = None) -> list[rm.MatchedReference]:
     """The other exposures registered to ``frame`` by whole-pixel offsets, on its grid.
 
     With ``evaluate.reference_kernel`` > 0 each candidate is brought to the frame's seeing,
     sub-pixel position and flux scale (:mod:`pausdenoise.reference_match`) and those fitted
     best are kept, as the evaluate stage does; their ``values`` are the references.
+    Given a list ``rest`` (and a kernel), every other registered exposure is matched too and
+    those not kept as references are appended to it, best fit first; the references are
+    still chosen among the evaluate stage's candidates only.
     """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
@@ -427,8 +431,9 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             continue
         cands.append((-off.overlap, o, a, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)))
     refs = []
+    read = cfg.references_to_read if rest is None else len(cands)
     for _, _o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
-        if len(refs) >= cfg.references_to_read:
+        if len(refs) >= read:
             break
         values, valid = ev.reference_on_grid(a["image"], a.get("mask"), a.get("ivar"), wcs_o,
                                              None, rg.shift_wcs(), image.shape, None,
@@ -437,8 +442,17 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             refs.append(values)
     gain, rn = rm.frame_noise(attrs)
     sky = frame_statistics(image, (~good).astype(np.uint8)).sky
-    best = rm.best_matched(np.where(good, image - sky, np.nan), good, refs,
-                           cfg.max_references, sky=sky, gain=gain, read_noise_adu=rn,
+    a_sub = np.where(good, image - sky, np.nan)
+    if rest is not None and cfg.reference_kernel > 0:
+        matched = rm.match_references(a_sub, good, refs, sky=sky, gain=gain,
+                                      read_noise_adu=rn, half_width=cfg.reference_kernel)
+        pool = min(cfg.references_to_read, len(matched))
+        keep = rm.select_matched(matched[:pool], cfg.max_references)
+        others_left = [m for i, m in enumerate(matched) if i not in keep]
+        rest.extend(others_left[i] for i in rm.select_matched(others_left, len(others_left)))
+        return [matched[i] for i in keep]
+    best = rm.best_matched(a_sub, good, refs[:cfg.references_to_read], cfg.max_references,
+                           sky=sky, gain=gain, read_noise_adu=rn,
                            half_width=cfg.reference_kernel)
     return [m for _, m in best]
 

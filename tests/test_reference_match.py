@@ -9,6 +9,7 @@ of a blurred version can be checked with and without the match.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,71 @@ def test_bright_pixels_take_the_sources_and_their_wings():
     core[30:33, 30:33] = True
     assert np.array_equal(bright, ndimage.binary_dilation(core, iterations=2))
     assert not rm.bright_pixels(refs, threshold=10.0, grow=0)[29, 31]
+
+
+def test_stack_ceiling_fits_floor_and_noise(monkeypatch):
+    """``MSE(n) = a + b / n`` is recovered exactly; no positive floor means no ceiling."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_reference_match as brm
+
+    depths = [1, 2, 4, 8]
+    mse = [3.0 + 40.0 / n for n in depths]
+    c = brm.stack_ceiling(depths, mse, [0.1] * 4, mse_raw=48.0)
+    assert c["floor"] == pytest.approx(3.0) and c["per_exposure"] == pytest.approx(40.0)
+    assert c["ceiling"] == pytest.approx(4.0) and c["floor_fraction"] == pytest.approx(3 / 48)
+    assert c["ceiling_se"] == pytest.approx(0.5 * 4.0 * c["floor_se"] / 3.0)
+    none = brm.stack_ceiling(depths, [40.0 / n - 0.5 for n in depths], [0.1] * 4, 48.0)
+    assert none["ceiling"] == math.inf
+
+
+@pytest.mark.parametrize("variable", [1.0, 1.6])
+def test_stack_floor_is_what_the_estimator_charges_the_truth(variable, monkeypatch):
+    """Stacks of other exposures, matched to the frame: their fitted floor is the estimated
+    MSE of the noiseless truth itself -- ~0 when the references show the frame's sky, and
+    the references' difference when their stars are brighter than in the frame."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_reference_match as brm
+    import bench_training_budget as tb
+
+    rng = np.random.default_rng(11)
+    stars = _scene(rng)
+    truth = _render(stars, *FRAME)
+    var_stars = stars.copy()
+    var_stars[::7, 2] *= variable  # a seventh of the stars, brighter in the references
+    refs = [_observe(rng, _render(var_stars, *p)) for p in REFERENCES]
+    members = [_observe(rng, _render(stars, sig, sc, dy, dx, 0.0))
+               for sig, sc, dy, dx in [(1.2, 1.0, 0.2, 0.1), (1.4, 0.7, -0.3, 0.2),
+                                        (1.3, 1.3, 0.1, -0.35), (1.5, 0.9, -0.1, -0.2),
+                                        (1.25, 1.1, 0.4, 0.3), (1.35, 0.8, -0.2, 0.45),
+                                        (1.45, 1.2, 0.3, -0.15), (1.3, 1.0, -0.45, -0.3)]]
+    image = _observe(rng, truth) + SKY
+    good = np.ones(SHAPE, bool)
+    sky = tb.frame_statistics(image, np.zeros(SHAPE, np.uint8)).sky
+    matched = [m.values for m in rm.match_references(image - sky, good, refs, sky=sky,
+                                                      gain=GAIN)]
+    fr = tb.independent_frame("f", image, good, matched, ev.EvaluateConfig())
+    fr.attrs["stack_members"] = [m.values for m in rm.match_references(
+        image - sky, good, members, sky=sky, gain=GAIN)]
+    depths = [1, 2, 4, 8]
+    res = brm.score([fr], [float(np.sqrt(SKY / GAIN))], None, stack_depths=depths)
+    sky_gain = [res["gains"][f"stack of {n}"]["sky"][0] for n in depths]
+    assert sky_gain == sorted(sky_gain)
+    if variable == 1.0:  # no floor: eight exposures have ~1/8 of one's noise variance
+        assert sky_gain[-1] > 2.2 * sky_gain[0]
+    # the noiseless truth, scored on the same pixels by the same estimator
+    scored = tb.score_frame(brm.stacked_frame(fr, fr.attrs["stack_members"]),
+                            {"truth": truth + SKY}).set_index(["kind", "pixel_class"])
+    for cls in ("sky", "source"):
+        c = res["ceiling"][cls]
+        raw = scored.loc[("raw", cls), "mse"]
+        floor_truth = scored.loc[("truth", cls), "mse"]
+        se = scored.loc[("truth", cls), "mse_se"]
+        assert c["per_exposure"] > 0
+        if variable == 1.0:  # nothing to charge: both floors are noise around 0
+            assert abs(c["floor"]) < 0.03 * raw and abs(floor_truth) < 3 * se + 0.02 * raw
+        else:  # the references' brighter stars: both floors well above 0, and alike
+            assert floor_truth > 0.02 * raw, cls
+            assert c["floor"] == pytest.approx(floor_truth, rel=0.25), cls
+            assert c["ceiling"] == pytest.approx(np.sqrt(raw / floor_truth), rel=0.15), cls
+    table = brm.render({3: res})
+    assert "stack of 8" in table and "highest gain the estimator credits" in table

@@ -221,7 +221,9 @@ class TrainConfig(BaseModel):
     loss_weighting: Literal["none", "poisson"] = Field(
         "none",
         description="'poisson': χ² weight 1/(1 + max(ŷ,0)/poisson_scale) from the detached "
-        "prediction (context-only, so the minimiser stays the conditional mean).",
+        "prediction (context-only, so the minimiser stays the conditional mean), for methods "
+        "'n2v', 'n2n' and the teacher of 'blindspot'. Method 'sure' is χ²-weighted by its "
+        "noise model either way; the blindspot student fits the teacher's output unweighted.",
     )
     poisson_scale: float | None = Field(
         None,

@@ -953,7 +953,9 @@ def _n2n_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tenso
 
     ``x`` holds the image (channel 0) and its target (channel 1, NaN where there is none):
     the mean squared difference between the network's output on the image and the target
-    over the good pixels with a target.
+    over the good pixels with a target; with ``loss_weighting: poisson`` each squared error
+    is weighted by :func:`~pausdenoise.n2v.masking.poisson_weight` of the detached output
+    (a function of the input only, so the minimiser stays the conditional mean of the target).
 
     Returns
     -------
@@ -964,7 +966,9 @@ def _n2n_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tenso
     has_target = torch.isfinite(target) & ~bad.to(torch.bool)
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         out = run.net(image)
-    return n2v_loss(out, torch.nan_to_num(target, nan=0.0), has_target)
+    cfg = run.cfg
+    weight = poisson_weight(out, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
+    return n2v_loss(out, torch.nan_to_num(target, nan=0.0), has_target, weight)
 
 
 def _student_step_loss(run: _Run, x: torch.Tensor) -> torch.Tensor:

@@ -124,3 +124,36 @@ def test_n2n_trains_a_plain_unet_that_denoises_an_unseen_exposure(tmp_path: Path
     assert meta["provenance"]["train_config"]["method"] == "n2n"
     assert loaded.config.residual == head.get("residual", False)
     assert loaded.config.kernel_size == head.get("kernel_size", 0)
+
+
+def test_n2n_loss_takes_the_poisson_weight() -> None:
+    """``loss_weighting: poisson`` weighs each squared error by 1 / (1 + max(ŷ, 0) / scale)."""
+    from types import SimpleNamespace
+
+    from pausdenoise.n2v.train import _n2n_step_loss
+
+    torch.manual_seed(0)
+    net = UNet(UNetSettings(depth=2, base_channels=8, posterior="none").to_unet_config())
+    image = torch.randn(2, 1, 32, 32)
+    image[0, 0, 10:14, 10:14] += 200.0  # a bright star: its output is large
+    target = image + torch.randn_like(image)
+    target[1, 0, :4] = float("nan")  # no target on those rows
+    x = torch.cat([image, target], dim=1)
+    bad = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    bad[0, 0, 0, 0] = True
+    with torch.no_grad():
+        out = net(image)
+    use = torch.isfinite(target) & ~bad
+    sq = (out - torch.nan_to_num(target))[use] ** 2
+    losses = {}
+    for weighting in ("none", "poisson"):
+        cfg = TrainConfig(unet=UNetSettings(posterior="none"), method="n2n",
+                          loss_weighting=weighting, poisson_scale=5.0)
+        run = SimpleNamespace(cfg=cfg, net=net, device=torch.device("cpu"),
+                              amp_dtype=torch.bfloat16, use_amp=False)
+        with torch.no_grad():
+            losses[weighting] = float(_n2n_step_loss(run, x, bad))
+    w = 1.0 / (1.0 + out.clamp(min=0.0)[use] / 5.0)
+    assert losses["none"] == pytest.approx(float(sq.mean()), rel=1e-5)
+    assert losses["poisson"] == pytest.approx(float((w * sq).mean()), rel=1e-5)
+    assert losses["poisson"] < 0.9 * losses["none"]
