@@ -334,11 +334,11 @@ def score(frames: list[tb.EvalFrame], expected: list[float], model: Any | None,
     """
     scores = []
     depths = sorted(set(stack_depths or []))
-    for i, f in enumerate(frames):
+    for f in frames:
         stacked = {}
         if depths:
             members = f.attrs["stack_members"][: max(depths)]
-            f = frames[i] = stacked_frame(f, members)
+            f = stacked_frame(f, members)
             stacked = stack_estimates(f, members, depths)
         est = {f"blur {s:g}": ev.gaussian_blur(f.image, f.good, s) for s in SIGMAS}
         if oracle_width > 0:
