@@ -430,8 +430,9 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             print(f"  {frame}: {o} not registered ({exc})", flush=True)
             continue
         cands.append((-off.overlap, o, a, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)))
+    with_rest = rest is not None and cfg.reference_kernel > 0
     refs = []
-    read = cfg.references_to_read if rest is None else len(cands)
+    read = len(cands) if with_rest else cfg.references_to_read
     for _, _o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
         if len(refs) >= read:
             break
@@ -443,7 +444,7 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
     gain, rn = rm.frame_noise(attrs)
     sky = frame_statistics(image, (~good).astype(np.uint8)).sky
     a_sub = np.where(good, image - sky, np.nan)
-    if rest is not None and cfg.reference_kernel > 0:
+    if with_rest:
         matched = rm.match_references(a_sub, good, refs, sky=sky, gain=gain,
                                       read_noise_adu=rn, half_width=cfg.reference_kernel)
         pool = min(cfg.references_to_read, len(matched))
@@ -451,9 +452,8 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
         others_left = [m for i, m in enumerate(matched) if i not in keep]
         rest.extend(others_left[i] for i in rm.select_matched(others_left, len(others_left)))
         return [matched[i] for i in keep]
-    best = rm.best_matched(a_sub, good, refs[:cfg.references_to_read], cfg.max_references,
-                           sky=sky, gain=gain, read_noise_adu=rn,
-                           half_width=cfg.reference_kernel)
+    best = rm.best_matched(a_sub, good, refs, cfg.max_references, sky=sky, gain=gain,
+                           read_noise_adu=rn, half_width=cfg.reference_kernel)
     return [m for _, m in best]
 
 

@@ -916,8 +916,19 @@ def _masked_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Te
     )
     with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         pred = run.net(masked)
-    weight = poisson_weight(pred, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
-    return blind_spot_loss(run.model, pred, x, targets, weight, cfg.nll_beta)
+    return blind_spot_loss(run.model, pred, x, targets, _loss_weight(cfg, pred), cfg.nll_beta)
+
+
+def _loss_weight(cfg: TrainConfig, out: torch.Tensor) -> torch.Tensor | None:
+    """Return the per-pixel loss weight ``train.loss_weighting`` asks for (None: unweighted).
+
+    Returns
+    -------
+    Tensor or None
+        :func:`~pausdenoise.n2v.masking.poisson_weight` of the detached output for
+        ``'poisson'``; None for ``'none'``.
+    """
+    return poisson_weight(out, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
 
 
 def _teacher_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -931,8 +942,8 @@ def _teacher_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.T
     cfg, device = run.cfg, run.device
     with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         out = run.teacher_net(x)
-    weight = poisson_weight(out, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
-    return blind_spot_loss(run.teacher, out, x, ~bad.to(torch.bool), weight, cfg.nll_beta)
+    return blind_spot_loss(run.teacher, out, x, ~bad.to(torch.bool), _loss_weight(cfg, out),
+                           cfg.nll_beta)
 
 
 def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -966,9 +977,8 @@ def _n2n_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tenso
     has_target = torch.isfinite(target) & ~bad.to(torch.bool)
     with torch.autocast(device_type=run.device.type, dtype=run.amp_dtype, enabled=run.use_amp):
         out = run.net(image)
-    cfg = run.cfg
-    weight = poisson_weight(out, cfg.noise_scale) if cfg.loss_weighting == "poisson" else None
-    return n2v_loss(out, torch.nan_to_num(target, nan=0.0), has_target, weight)
+    return n2v_loss(out, torch.nan_to_num(target, nan=0.0), has_target,
+                    _loss_weight(run.cfg, out))
 
 
 def _student_step_loss(run: _Run, x: torch.Tensor) -> torch.Tensor:
