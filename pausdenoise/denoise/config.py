@@ -56,6 +56,14 @@ class DenoiseConfig(BaseModel):
         For a Gaussian-posterior network: τ multiplying the prior variance in the posterior
         mean (:meth:`pausdenoise.n2v.unet.UNet.infer`); 1 = least pixel error, larger trusts
         each pixel's own value more (less faint-flux loss, more noise). Ignored otherwise.
+    restore_catalogue : bool
+        Give the run's catalogue sources back, inside their apertures, the low-pass part of
+        what the network removed (:mod:`pausdenoise.denoise.restore`): faint sources the
+        network cannot tell from the sky keep their aperture flux. Needs a catalogue.
+    restore_sigma : float
+        σ (px) of the Gaussian low pass of the restoration (0: the raw pixels).
+    restore_grow : float
+        px added to both semi-axes of each aperture for the restoration mask.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -87,6 +95,23 @@ class DenoiseConfig(BaseModel):
         gt=0,
         description="Gaussian-posterior networks: prior-variance factor τ (1: least pixel "
         "error; larger: less faint-flux loss, more noise left); ignored by plain N2V",
+    )
+
+    restore_catalogue: bool = Field(
+        False,
+        description="Give each catalogue source back, inside its aperture (grown by "
+        "restore_grow px, edge softened over 1 px), the low-pass part (Gaussian "
+        "restore_sigma px) of what the network removed: faint galaxies it cannot tell from "
+        "the sky keep their aperture flux (and its noise); the sky elsewhere stays as "
+        "denoised. Needs the run's catalogue; the injection stage adds its injected sources",
+    )
+    restore_sigma: float = Field(
+        1.0, ge=0, le=8, description="σ (px) of the restoration's Gaussian low pass (0: the "
+        "raw pixels inside the apertures)"
+    )
+    restore_grow: float = Field(
+        2.0, ge=0, le=20, description="px added to both semi-axes of each catalogue aperture "
+        "for the restoration mask"
     )
 
     @model_validator(mode="after")

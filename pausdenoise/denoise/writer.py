@@ -6,8 +6,10 @@ Resumable writing
 chunk, and sets ``frames/<frame>/denoised_done[i, j] = 1`` only after chunk ``(i, j)`` is
 written (0-based chunk indices). A rerun skips chunks already done. The array's
 ``denoise_key`` attribute (:func:`denoise_key`) hashes everything that changes the values
-(model fingerprint, frame statistics, halo, precision, masked-pixel policy); a different key
-resets the flags first (then records the key), so a new model recomputes everything.
+(model fingerprint, frame statistics, halo, precision, masked-pixel policy, and with
+``restore_catalogue`` the frame's apertures and the restoration settings); a different key
+resets the flags first (then records the key), so a new model or catalogue recomputes
+everything.
 ``complete`` is set last, after every flag is 1.
 """
 
@@ -17,11 +19,13 @@ import os
 
 import dask
 import numpy as np
+import pandas as pd
 import zarr
 
 from pausdenoise import store as st
 from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.denoise.model import ModelRef, as_model_ref
+from pausdenoise.denoise.restore import restore_digest, restore_map
 from pausdenoise.denoise.tiling import (
     _map_denoise,
     check_chunks,
@@ -42,7 +46,8 @@ DENOISED = "denoised"
 DONE = "denoised_done"
 
 
-def denoise_key(ref: ModelRef, stats: FrameStats, halo: int, config: DenoiseConfig) -> str:
+def denoise_key(ref: ModelRef, stats: FrameStats, halo: int, config: DenoiseConfig,
+                restore: str | None = None) -> str:
     """Hash everything that changes the denoised values of a frame.
 
     Parameters
@@ -55,6 +60,9 @@ def denoise_key(ref: ModelRef, stats: FrameStats, halo: int, config: DenoiseConf
         Halo in px.
     config : DenoiseConfig
         Its ``precision``, ``masked_output`` and (when not 1) ``prior_scale`` enter the key.
+    restore : str, optional
+        :func:`pausdenoise.denoise.restore.restore_digest` of the frame when
+        ``restore_catalogue`` is on (absent otherwise: keys of earlier runs stay valid).
 
     Returns
     -------
@@ -71,6 +79,8 @@ def denoise_key(ref: ModelRef, stats: FrameStats, halo: int, config: DenoiseConf
     }
     if config.prior_scale != 1.0:  # absent at 1: keys of earlier runs stay valid
         payload["prior_scale"] = float(config.prior_scale)
+    if restore is not None:
+        payload["restore"] = restore
     return json_digest(payload, 24)  # JSON-native payload: identical to json.dumps(sort_keys)
 
 
@@ -161,6 +171,7 @@ def _done_flags(group, store_path: str, frame: str, image, key: str, ref: ModelR
         "halo": int(halo),
         "precision": config.precision,
         "masked_output": config.masked_output,
+        "restore_catalogue": bool(config.restore_catalogue),
         "complete": False,
     })
     return np.zeros(grid, dtype=np.uint8)
@@ -199,6 +210,7 @@ def denoise_to_store(
     stats: FrameStats | None = None,
     use_mask: bool = True,
     force: bool = False,
+    apertures: pd.DataFrame | None = None,
 ):
     """Build (do not run) the resumable write of ``frames/<frame>/denoised``.
 
@@ -229,6 +241,10 @@ def denoise_to_store(
         Use the frame's ``mask`` array when it has one. Default ``True``.
     force : bool, optional
         Recompute every chunk even if the stored key matches. Default ``False``.
+    apertures : pandas.DataFrame, optional
+        The frame's catalogue apertures (:data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS`,
+        0-based px, px, radians); needed, and only used, with ``config.restore_catalogue``
+        (:mod:`pausdenoise.denoise.restore`). Empty: nothing to restore on this frame.
 
     Returns
     -------
@@ -245,8 +261,13 @@ def denoise_to_store(
         If the frame is missing or its ingest is not complete.
     ChunkingError
         If the store's chunks (its write unit) do not allow seam-free tiling.
+    ValueError
+        If ``config.restore_catalogue`` is on and ``apertures`` is None.
     """
     config = config or DenoiseConfig()
+    if config.restore_catalogue and apertures is None:
+        raise ValueError(f"denoise {frame}: restore_catalogue needs the frame's catalogue "
+                         "apertures (none given)")
     store_path = str(store_path)
     ref = as_model_ref(model)
     halo = resolve_halo(ref, config)
@@ -257,10 +278,16 @@ def denoise_to_store(
     check_chunks(image.chunks, ref.size_multiple, halo)
     if stats is None:
         stats = frame_stats_from_dask(image, mask)
-    key = denoise_key(ref, stats, halo, config)
+    restore = (restore_digest(apertures, config.restore_sigma, config.restore_grow)
+               if config.restore_catalogue else None)
+    key = denoise_key(ref, stats, halo, config, restore)
     flags = _done_flags(group, store_path, frame, image, key, ref, stats, halo, config, force)
-    den = _map_denoise(image, mask if mask is None or mask.chunks == image.chunks
-                       else mask.rechunk(image.chunks), stats, ref, config, halo)
+    if mask is not None and mask.chunks != image.chunks:
+        mask = mask.rechunk(image.chunks)
+    den = _map_denoise(image, mask, stats, ref, config, halo)
+    if config.restore_catalogue:
+        den = restore_map(den, image, mask, apertures, config.restore_sigma,
+                          config.restore_grow)
     writes = _chunk_writes(den, image.chunks, flags, store_path, frame, key)
     return dask.delayed(_finish, pure=False)(
         writes, store_path, frame, key, dask_key_name=f"denoise-finish-{frame}-{key}"

@@ -168,7 +168,8 @@ def stage_fingerprints(
     store and the denoised arrays, not the model. Denoise reads the trained model
     (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
     digested. The reference catalogue enters the stages that read it (gan, photometry and
-    through photometry compare, evaluate and report) by content: an explicit
+    through photometry compare, evaluate and report; denoise with
+    ``denoise.restore_catalogue``, with the aperture units and pixel scale) by content: an explicit
     ``input.catalogue`` by the sha256 of its bytes, the simulated survey's by the simulate
     fingerprint. The photometry settings come with their measurement models' versions
     (:meth:`~pausdenoise.photometry.config.PhotometryConfig.model_versions`), so a new
@@ -219,7 +220,10 @@ def stage_fingerprints(
         "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
                               if cfg.input.catalogue is not None
                               else ["simulated catalogue", _fp("simulate")]),
-        "denoise": lambda: ["denoise", d["denoise"], _fp("model"), _fp("ingest")],
+        "denoise": lambda: (["denoise", d["denoise"], _fp("model"), _fp("ingest")]
+                            + ([_fp("catalogue"), d["photometry"]["pixel_scale"],
+                                d["photometry"]["aperture_units"]]
+                               if cfg.denoise.restore_catalogue else [])),
         "stack": lambda: ["stack", g["stack"], g["cutout_size"], g["cutout_stride"],
                           g["max_pairs_per_frame"], d["holdout_exposures_per_band"],
                           _fp("ingest")],
@@ -468,8 +472,9 @@ def run(
         Before any work, when a stage is unknown, train is asked for with
         ``input.checkpoint`` set, or a configured input file is missing.
     CatalogueError
-        Before any work, when photometry or gan will read ``input.catalogue`` and it cannot
-        be used (unreadable, a column missing, a value of the wrong type).
+        Before any work, when photometry, gan or a restoring denoise will read
+        ``input.catalogue`` and it cannot be used (unreadable, a column missing, a value of
+        the wrong type).
     PreflightError, RunLockedError
         Before any work, when the directory is unusable or another run holds it.
     StageError
@@ -478,7 +483,8 @@ def run(
     paths = RunPaths(Path(out).resolve())
     chosen = resolve_stages(cfg, stages)
     fps = stage_fingerprints(cfg, chosen)
-    if cfg.input.catalogue is not None and {"photometry", "gan"} & set(chosen):
+    readers = {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
+    if cfg.input.catalogue is not None and readers & set(chosen):
         check_catalogue_file(cfg.input.catalogue)  # a bad file fails now, not after training
     preflight(paths.out, estimate_bytes(cfg))
     result = RunResult(paths.out)

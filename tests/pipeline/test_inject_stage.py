@@ -151,3 +151,45 @@ def test_asked_for_while_disabled_does_nothing(run_dir, tmp_path):
     assert main(["inject", "--config", str(cfg), "--out", str(out), "--set",
                  "inject.enabled=false"]) == 0
     assert not (out / "inject").exists()
+
+
+def test_restoration_gives_the_injected_galaxies_back_their_light(run_dir, tmp_path):
+    """With ``denoise.restore_catalogue`` the injected copies are restored at the injected
+    galaxies as well as at the catalogue's sources. With ``restore_sigma: 0`` each pixel is
+    the denoised copy's plus ``W`` times what the network removed there: the raw copy's
+    inside every aperture (each injected galaxy's centre among them), the denoised copy's
+    far from all of them."""
+    from pausdenoise.denoise.restore import aperture_weight, geometry_from_catalogue
+
+    cfg, base = run_dir
+    out = tmp_path / "out"
+    shutil.copytree(base, out)
+    inj = out / "inject"
+    plain = {f: st.open_frame(inj / "store.zarr", f, "denoised").compute()
+             for f in st.list_frames(inj / "store.zarr")}
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", STAGES,
+                 "--set", "denoise.restore_catalogue=true",
+                 "--set", "denoise.restore_sigma=0"]) == EXIT_OK
+    statuses = json.loads((out / "run-summary.json").read_text())
+    assert statuses["denoise"]["status"] == "done" and statuses["inject"]["status"] == "done"
+    galaxies = pd.read_parquet(inj / "catalogue.parquet")
+    own = pd.read_parquet(out / "survey" / "catalogue.parquet")
+    scale = 1 / json.loads((out / "run.json").read_text())["config"]["photometry"]["pixel_scale"]
+    centres = 0
+    for f, before in plain.items():
+        frame = st.parse_frame_id(f)
+        raw = st.open_frame(inj / "store.zarr", f, "image").compute()
+        mask = st.open_frame(inj / "store.zarr", f, "mask").compute()
+        after = st.open_frame(inj / "store.zarr", f, "denoised").compute()
+        both = pd.concat([geometry_from_catalogue(t, axis_scale=scale, frame=frame)
+                          for t in (galaxies, own)], ignore_index=True)
+        weight = aperture_weight((0, raw.shape[0], 0, raw.shape[1]), both, 2.0)
+        np.testing.assert_array_equal(after[weight == 0], before[weight == 0])
+        good = mask == 0  # σ = 0: denoised + W · (raw − denoised), pixel by pixel
+        expected = before.astype(float) + weight * (raw.astype(float) - before)
+        np.testing.assert_allclose(after[good], expected[good], rtol=1e-6, atol=1e-3)
+        for g in geometry_from_catalogue(galaxies, axis_scale=scale, frame=frame).itertuples():
+            y, x = round(g.y), round(g.x)
+            assert weight[y, x] > 0.999 and after[y, x] != before[y, x]
+            centres += 1
+    assert centres >= 10

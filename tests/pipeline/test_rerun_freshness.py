@@ -19,6 +19,7 @@ from pipeline_fixtures import TINY
 
 from pausdenoise import store as st
 from pausdenoise.cli import EXIT_OK, EXIT_USAGE, main
+from pausdenoise.denoise.restore import aperture_weight, geometry_from_catalogue
 from pausdenoise.photometry import read_photometry
 
 STAGES = "simulate,ingest,train,denoise,photometry"
@@ -221,3 +222,38 @@ def test_a_new_profile_model_remeasures_every_partition(base, tmp_path, monkeypa
     assert _run(cfg, out) == EXIT_OK
     assert _statuses(out) == {**UPSTREAM, "photometry": "done"}
     assert _summary(out, "photometry")["partitions_written"] == 2 * n
+
+
+def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
+    """``denoise.restore_catalogue``: turning it on re-denoises every frame and remeasures
+    the denoised partitions only; a catalogue changed on some frames re-denoises those."""
+    cfg, out = _copy(base, tmp_path)
+    n = len(_frames(out))
+    before = {f: st.open_frame(out / "store.zarr", f, "denoised").compute()
+              for f in _frames(out)}
+    raw_times = _mtimes(out, "raw")
+    assert _run(cfg, out, "--set", "denoise.restore_catalogue=true") == EXIT_OK
+    assert _statuses(out) == {**UPSTREAM, "denoise": "done", "photometry": "done"}
+    assert _summary(out, "denoise")["chunks_written"] == 4 * n
+    assert _summary(out, "photometry")["partitions_written"] == n  # kind=denoised
+    assert _mtimes(out, "raw") == raw_times
+    cat = pd.read_parquet(out / "survey" / "catalogue.parquet")
+    scale = 1 / json.loads((out / "run.json").read_text())["config"]["photometry"]["pixel_scale"]
+    for f in _frames(out):
+        after = st.open_frame(out / "store.zarr", f, "denoised").compute()
+        geo = geometry_from_catalogue(cat, axis_scale=scale, frame=st.parse_frame_id(f))
+        weight = aperture_weight((0, 128, 0, 128), geo, 2.0)
+        assert (weight == 0).any() and (weight == 1).any()
+        np.testing.assert_array_equal(after[weight == 0], before[f][weight == 0])
+        assert not np.array_equal(after[weight == 1], before[f][weight == 1])
+    assert _run(cfg, out, "--set", "denoise.restore_catalogue=true") == EXIT_OK
+    assert _statuses(out) == {**UPSTREAM, "photometry": "up to date"}
+    groups = [g for _, g in cat.groupby(["expnum", "ccd"], sort=True)]
+    smaller = pd.concat([groups[0]] + [g.head(3) for g in groups[1:]]).sort_index()
+    path = tmp_path / "smaller.parquet"
+    smaller.to_parquet(path, index=False)
+    assert _run(cfg, out, "--set", "denoise.restore_catalogue=true",
+                "--set", f"input.catalogue={path}") == EXIT_OK
+    assert _statuses(out) == {**UPSTREAM, "denoise": "done", "photometry": "done"}
+    assert _summary(out, "denoise")["chunks_written"] == 4 * (n - 1)
+    assert _summary(out, "photometry")["partitions_written"] == 2 * (n - 1)

@@ -3,6 +3,9 @@
 Each frame is denoised chunk by chunk with ``map_overlap`` (seam-free) and written into the
 store's ``denoised`` array; chunks already written with the same model and settings are
 skipped unless ``force``. Frames without normalisation statistics are skipped and listed.
+With ``denoise.restore_catalogue`` the run's catalogue sources get back, inside their
+apertures, what the network smoothed away (:mod:`pausdenoise.denoise.restore`); the frame's
+catalogue rows enter the chunks' key, so a changed catalogue recomputes the frame.
 """
 
 from __future__ import annotations
@@ -12,12 +15,55 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pausdenoise import store as st
 from pausdenoise.denoise.model import as_model_ref
+from pausdenoise.denoise.restore import geometry_from_catalogue
 from pausdenoise.denoise.writer import denoise_to_store
 from pausdenoise.errors import StageError
 from pausdenoise.pipeline.context import Context, compute_with_progress, frame_stats_table
+from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
+
+
+def catalogue_apertures(ctx: Context, frames: list[str],
+                        extra: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Each frame's catalogue apertures for ``denoise.restore_catalogue`` (else nothing).
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (the run's catalogue, ``photometry.pixel_scale`` and units).
+    frames : list of str
+        Frame ids.
+    extra : pandas.DataFrame, optional
+        More per-frame catalogue rows (the injection stage's galaxies).
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        Frame id → :data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS` (px, radians);
+        empty when restoration is off.
+
+    Raises
+    ------
+    StageError
+        When restoration is on and the run has no catalogue.
+    """
+    if not ctx.cfg.denoise.restore_catalogue:
+        return {}
+    if not ctx.catalogue_path.exists():
+        raise StageError(f"denoise.restore_catalogue needs the run's catalogue, and "
+                         f"{ctx.catalogue_path} does not exist (set input.catalogue or "
+                         "turn restore_catalogue off)")
+    rows, _, _ = read_frame_catalogue(ctx)
+    if extra is not None and len(extra):
+        rows = pd.concat([rows, extra[extra.columns.intersection(rows.columns)]],
+                         ignore_index=True)
+    pcfg = ctx.cfg.photometry
+    scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "arcsec" else 1.0
+    return {f: geometry_from_catalogue(rows, axis_scale=scale, frame=st.parse_frame_id(f))
+            for f in frames}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -37,15 +83,16 @@ def run(ctx: Context) -> dict[str, Any]:
     Raises
     ------
     StageError
-        When there is no checkpoint.
+        When there is no checkpoint, or ``restore_catalogue`` is on without a catalogue.
     """
     if not Path(ctx.checkpoint).exists():
         raise StageError(f"denoise: no checkpoint at {ctx.checkpoint}; run the train stage")
     ref = as_model_ref(ctx.checkpoint)
     stats, skipped = frame_stats_table(ctx.store, st.list_frames(ctx.store))
     frames = list(stats)
+    apertures = catalogue_apertures(ctx, frames)
     tasks = [denoise_to_store(ctx.store, f, ref, ctx.cfg.denoise, stats=stats[f],
-                              force=ctx.force) for f in frames]
+                              force=ctx.force, apertures=apertures.get(f)) for f in frames]
     t0 = time.perf_counter()
     written = compute_with_progress(tasks, ctx.client, "denoise")
     secs = time.perf_counter() - t0

@@ -51,6 +51,7 @@ from pausdenoise.paus_layout import band_wavelength_nm
 from pausdenoise.photometry.driver import partition_tasks, read_photometry, remove_stale_partitions
 from pausdenoise.photometry.projection import wcs_from_text
 from pausdenoise.pipeline.context import Context, compute_with_progress, frame_stats_table
+from pausdenoise.pipeline.stages.denoise import catalogue_apertures
 from pausdenoise.pipeline.stages.photometry import plan_all_kinds, read_frame_catalogue
 from pausdenoise.psf import frame_psf
 
@@ -287,6 +288,9 @@ def _inject_all(ctx: Context, plan: dict[str, pd.DataFrame],
 def _denoise(ctx: Context, out_store: Path, frames: list[str]) -> int:
     """Denoise the injected frames with the run's network and each input frame's statistics.
 
+    With ``denoise.restore_catalogue`` the injected galaxies are restored beside the frame's
+    own catalogue sources (they are forced-photometry sources like them).
+
     Returns
     -------
     int
@@ -294,8 +298,13 @@ def _denoise(ctx: Context, out_store: Path, frames: list[str]) -> int:
     """
     ref = as_model_ref(ctx.checkpoint)
     stats, _ = frame_stats_table(ctx.store, frames)
+    injected = (pd.concat([pd.read_parquet(_tables_path(ctx.paths.inject, f, "catalogue"))
+                           for f in frames], ignore_index=True)
+                if ctx.cfg.denoise.restore_catalogue else None)
+    apertures = catalogue_apertures(ctx, frames, extra=injected)
     tasks = [denoise_to_store(out_store, f, ref, ctx.cfg.denoise, stats=stats[f],
-                              force=ctx.force) for f in frames if f in stats]
+                              force=ctx.force, apertures=apertures.get(f))
+             for f in frames if f in stats]
     return int(sum(compute_with_progress(tasks, ctx.client, "inject: denoise")))
 
 
