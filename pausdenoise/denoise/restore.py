@@ -191,10 +191,12 @@ def restore_map(denoised: Any, image: Any, mask: Any | None, geometry: pd.DataFr
     dask.array.Array
         float32 ADU, the image's chunks.
     """
+    import dask
     import dask.array as da  # dask off the light import path
 
     geometry = valid_geometry(geometry)
-    weight = da.map_blocks(_weight_chunk, geometry, grow, chunks=image.chunks,
+    shared = dask.delayed(geometry, pure=True)  # one graph key, not a copy per chunk
+    weight = da.map_blocks(_weight_chunk, shared, grow, chunks=image.chunks,
                            dtype=np.float32, meta=np.empty((0, 0), np.float32))
     halo = restore_halo(sigma)
     depth = {ax: (halo if len(c) > 1 else 0) for ax, c in enumerate(image.chunks)}

@@ -62,8 +62,10 @@ def catalogue_apertures(ctx: Context, frames: list[str],
                          ignore_index=True)
     pcfg = ctx.cfg.photometry
     scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "arcsec" else 1.0
-    return {f: geometry_from_catalogue(rows, axis_scale=scale, frame=st.parse_frame_id(f))
-            for f in frames}
+    by_frame = {(int(e), int(c)): g for (e, c), g in rows.groupby(["expnum", "ccd"], sort=False)}
+    empty = rows.iloc[:0]
+    return {f: geometry_from_catalogue(by_frame.get(st.parse_frame_id(f), empty),
+                                       axis_scale=scale) for f in frames}
 
 
 def run(ctx: Context) -> dict[str, Any]:
