@@ -237,6 +237,8 @@ def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
     assert _summary(out, "denoise")["chunks_written"] == 4 * n
     assert _summary(out, "photometry")["partitions_written"] == n  # kind=denoised
     assert _mtimes(out, "raw") == raw_times
+    restored = _summary(out, "denoise")["apertures_restored"]
+    assert f"{restored} catalogue apertures restored" in _summary(out, "denoise")["note"]
     cat = pd.read_parquet(out / "survey" / "catalogue.parquet")
     scale = 1 / json.loads((out / "run.json").read_text())["config"]["photometry"]["pixel_scale"]
     for f in _frames(out):
@@ -257,3 +259,4 @@ def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
     assert _statuses(out) == {**UPSTREAM, "denoise": "done", "photometry": "done"}
     assert _summary(out, "denoise")["chunks_written"] == 4 * (n - 1)
     assert _summary(out, "photometry")["partitions_written"] == 2 * (n - 1)
+    assert _summary(out, "denoise")["apertures_restored"] < restored

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pausdenoise import store as st
 from pausdenoise.denoise.model import as_model_ref
-from pausdenoise.denoise.restore import geometry_from_catalogue
+from pausdenoise.denoise.restore import geometry_from_catalogue, valid_geometry
 from pausdenoise.denoise.writer import denoise_to_store
 from pausdenoise.errors import StageError
 from pausdenoise.pipeline.context import Context, compute_with_progress, frame_stats_table
@@ -79,8 +79,9 @@ def run(ctx: Context) -> dict[str, Any]:
     Returns
     -------
     dict
-        The stage summary: frames, chunks written, megapixels and Mpix/s, skipped frames
-        (``partial`` when some were skipped).
+        The stage summary: frames, chunks written, megapixels and Mpix/s, the catalogue
+        apertures restored (0 when ``restore_catalogue`` is off), skipped frames (``partial``
+        when some were skipped).
 
     Raises
     ------
@@ -99,14 +100,17 @@ def run(ctx: Context) -> dict[str, Any]:
     written = compute_with_progress(tasks, ctx.client, "denoise")
     secs = time.perf_counter() - t0
     mpix = sum(int(np.prod(st.open_frame(ctx.store, f, "image").shape)) for f in frames) / 1e6
+    restored = sum(len(valid_geometry(g)) for g in apertures.values())
     return {
         "note": f"{len(frames)} frames, {int(sum(written))} chunks written, "
                 f"{mpix / max(secs, 1e-9):.2f} Mpix/s"
+                + (f", {restored} catalogue apertures restored" if apertures else "")
                 + (f", {len(skipped)} frame(s) skipped" if skipped else ""),
         "frames": len(frames),
         "chunks_written": int(sum(written)),
         "mpix": mpix,
         "mpix_per_s": mpix / max(secs, 1e-9),
+        "apertures_restored": restored,
         "skipped": [[f, r] for f, r in skipped.items()],
         "partial": bool(skipped),
     }
