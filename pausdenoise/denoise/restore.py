@@ -191,7 +191,7 @@ def restore_map(denoised: Any, image: Any, mask: Any | None, geometry: pd.DataFr
     dask.array.Array
         float32 ADU, the image's chunks.
     """
-    import dask
+    import dask  # dask off the light import path
     import dask.array as da  # dask off the light import path
 
     geometry = valid_geometry(geometry)
