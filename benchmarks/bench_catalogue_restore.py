@@ -39,15 +39,12 @@ BINS = (17.0, 18.0, 19.0, 20.0, 21.0, 22.0, 23.0)
 """I_auto bin edges, AB mag."""
 
 
-def aperture_fluxes(image: np.ndarray, rows: pd.DataFrame, pixel_scale: float,
-                    sky: float) -> np.ndarray:
+def aperture_fluxes(image: np.ndarray, geometry: pd.DataFrame, sky: float) -> np.ndarray:
     """Exact-overlap elliptical aperture sums above a known flat sky (ADU), no mask."""
-    res = aperture_sums(
-        image.astype(np.float64) - sky, rows["aperture_x"].to_numpy(),
-        rows["aperture_y"].to_numpy(), rows["aperture_a"].to_numpy() / pixel_scale,
-        rows["aperture_b"].to_numpy() / pixel_scale,
-        -np.deg2rad(rows["aperture_theta"].to_numpy()))
-    return np.asarray(res["aper_sum"], dtype=np.float64)
+    g = geometry
+    return np.asarray(aperture_sums(image.astype(np.float64) - sky, g["x"].to_numpy(),
+                                    g["y"].to_numpy(), g["a"].to_numpy(), g["b"].to_numpy(),
+                                    g["theta"].to_numpy())["aper_sum"], dtype=np.float64)
 
 
 def score_frame(raw: np.ndarray, denoised: np.ndarray, truth: np.ndarray, good: np.ndarray,
@@ -62,7 +59,7 @@ def score_frame(raw: np.ndarray, denoised: np.ndarray, truth: np.ndarray, good: 
     good : ndarray of bool
         Unmasked pixels (the others give and receive nothing).
     rows : pandas.DataFrame
-        The exposure's catalogue rows (see :func:`aperture_weight`) with ``I_auto``.
+        The exposure's catalogue rows (see :func:`geometry_from_catalogue`) with ``I_auto``.
     pixel_scale : float
         arcsec per px.
     rhos : list of float
@@ -81,25 +78,24 @@ def score_frame(raw: np.ndarray, denoised: np.ndarray, truth: np.ndarray, good: 
     """
     sky = float(np.median(truth[good]))
     sigma = float(mad_sigma((raw - truth)[good]))
+    g = geometry_from_catalogue(rows, axis_scale=1.0 / pixel_scale)
     classes = {"sky": ev.sky_pixel_mask(truth, sky, sigma, good, sky_tolerance),
-               "source": ev.aperture_pixel_mask(
-                   raw.shape, rows["aperture_x"].to_numpy(), rows["aperture_y"].to_numpy(),
-                   rows["aperture_a"].to_numpy() / pixel_scale,
-                   rows["aperture_b"].to_numpy() / pixel_scale,
-                   -np.deg2rad(rows["aperture_theta"].to_numpy())) & good}
-    geometry = geometry_from_catalogue(rows, axis_scale=1.0 / pixel_scale)
-    weight = aperture_weight((0, raw.shape[0], 0, raw.shape[1]), geometry, grow)
+               "source": ev.aperture_pixel_mask(raw.shape, g["x"].to_numpy(),
+                                                g["y"].to_numpy(), g["a"].to_numpy(),
+                                                g["b"].to_numpy(), g["theta"].to_numpy())
+               & good}
+    weight = aperture_weight((0, raw.shape[0], 0, raw.shape[1]), g, grow)
     estimates = {"raw": raw, "denoised": denoised}
     for rho in rhos:
         estimates[f"restored σ={rho:g}"] = restore_block(denoised, raw, ~good, weight, rho)
     pix, flux = [], {"I_auto": rows["I_auto"].to_numpy(),
-                     "flux_true": aperture_fluxes(truth, rows, pixel_scale, sky)}
+                     "flux_true": aperture_fluxes(truth, g, sky)}
     for name, img in estimates.items():
         err = img.astype(np.float64) - truth
         for cls, sel in classes.items():
             pix.append({"estimate": name, "pixel_class": cls, "n": int(sel.sum()),
                         "sse": float(np.sum(err[sel] ** 2))})
-        flux[name] = aperture_fluxes(img, rows, pixel_scale, sky)
+        flux[name] = aperture_fluxes(img, g, sky)
     return pd.DataFrame(pix), pd.DataFrame(flux)
 
 

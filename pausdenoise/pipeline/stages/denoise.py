@@ -27,7 +27,7 @@ from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 
 
 def catalogue_apertures(ctx: Context, frames: list[str],
-                        extra: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                        rows: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Each frame's catalogue apertures for ``denoise.restore_catalogue`` (else nothing).
 
     Parameters
@@ -36,14 +36,15 @@ def catalogue_apertures(ctx: Context, frames: list[str],
         The stage context (the run's catalogue, ``photometry.pixel_scale`` and units).
     frames : list of str
         Frame ids.
-    extra : pandas.DataFrame, optional
-        More per-frame catalogue rows (the injection stage's galaxies).
+    rows : pandas.DataFrame, optional
+        Per-frame catalogue rows already read (the injection stage: the run's catalogue
+        and its galaxies); by default the run's catalogue is read.
 
     Returns
     -------
     dict of str to pandas.DataFrame
-        Frame id → :data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS` (px, radians);
-        empty when restoration is off.
+        Frame id → valid :data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS` (px,
+        radians); empty when restoration is off.
 
     Raises
     ------
@@ -56,16 +57,14 @@ def catalogue_apertures(ctx: Context, frames: list[str],
         raise StageError(f"denoise.restore_catalogue needs the run's catalogue, and "
                          f"{ctx.catalogue_path} does not exist (set input.catalogue or "
                          "turn restore_catalogue off)")
-    rows, _, _ = read_frame_catalogue(ctx)
-    if extra is not None and len(extra):
-        rows = pd.concat([rows, extra[extra.columns.intersection(rows.columns)]],
-                         ignore_index=True)
+    if rows is None:
+        rows, _, _ = read_frame_catalogue(ctx)
     pcfg = ctx.cfg.photometry
     scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "arcsec" else 1.0
     by_frame = {(int(e), int(c)): g for (e, c), g in rows.groupby(["expnum", "ccd"], sort=False)}
     empty = rows.iloc[:0]
-    return {f: geometry_from_catalogue(by_frame.get(st.parse_frame_id(f), empty),
-                                       axis_scale=scale) for f in frames}
+    return {f: valid_geometry(geometry_from_catalogue(by_frame.get(st.parse_frame_id(f), empty),
+                                                      axis_scale=scale)) for f in frames}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def run(ctx: Context) -> dict[str, Any]:
     written = compute_with_progress(tasks, ctx.client, "denoise")
     secs = time.perf_counter() - t0
     mpix = sum(int(np.prod(st.open_frame(ctx.store, f, "image").shape)) for f in frames) / 1e6
-    restored = sum(len(valid_geometry(g)) for g in apertures.values())
+    restored = sum(len(g) for g in apertures.values())
     return {
         "note": f"{len(frames)} frames, {int(sum(written))} chunks written, "
                 f"{mpix / max(secs, 1e-9):.2f} Mpix/s"

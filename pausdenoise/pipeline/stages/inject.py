@@ -285,11 +285,13 @@ def _inject_all(ctx: Context, plan: dict[str, pd.DataFrame],
     return [f for f, _, _ in todo if f not in skipped], skipped
 
 
-def _denoise(ctx: Context, out_store: Path, frames: list[str]) -> int:
+def _denoise(ctx: Context, out_store: Path, frames: list[str], catalogue: pd.DataFrame,
+             injected: pd.DataFrame) -> int:
     """Denoise the injected frames with the run's network and each input frame's statistics.
 
-    With ``denoise.restore_catalogue`` the injected galaxies are restored beside the frame's
-    own catalogue sources (they are forced-photometry sources like them).
+    With ``denoise.restore_catalogue`` the injected galaxies (``injected``) are restored
+    beside the frame's own catalogue sources (``catalogue``): they are forced-photometry
+    sources like them.
 
     Returns
     -------
@@ -298,10 +300,11 @@ def _denoise(ctx: Context, out_store: Path, frames: list[str]) -> int:
     """
     ref = as_model_ref(ctx.checkpoint)
     stats, _ = frame_stats_table(ctx.store, frames)
-    injected = (pd.concat([pd.read_parquet(_tables_path(ctx.paths.inject, f, "catalogue"))
-                           for f in frames], ignore_index=True)
-                if ctx.cfg.denoise.restore_catalogue else None)
-    apertures = catalogue_apertures(ctx, frames, extra=injected)
+    apertures = {}
+    if ctx.cfg.denoise.restore_catalogue:
+        own = injected[injected.columns.intersection(catalogue.columns)]
+        apertures = catalogue_apertures(ctx, frames,
+                                        pd.concat([catalogue, own], ignore_index=True))
     tasks = [denoise_to_store(out_store, f, ref, ctx.cfg.denoise, stats=stats[f],
                               force=ctx.force, apertures=apertures.get(f))
              for f in frames if f in stats]
@@ -442,8 +445,9 @@ def run(ctx: Context) -> dict[str, Any]:
     if not frames:
         raise StageError(f"inject: no frame of {ctx.store} could be injected: "
                          + "; ".join(f"{f}: {r}" for f, r in skipped.items()))
-    chunks = _denoise(ctx, out_store, frames) if Path(ctx.checkpoint).exists() else 0
     cat, truth = _combined_tables(out, frames)
+    chunks = (_denoise(ctx, out_store, frames, catalogue, cat)
+              if Path(ctx.checkpoint).exists() else 0)
     cat.to_parquet(out / "catalogue.parquet", index=False)
     truth.to_parquet(out / "truth.parquet", index=False)
     written = _measure(ctx, out_store, frames, cat, catalogue)
