@@ -17,6 +17,12 @@ A multi-CCD exposure (the 8 narrow-band CCDs) on a 16-core node::
 
     python benchmarks/bench_denoise.py --ccds 8 --workers 1 2 4 8 --threads 2 --chunk 1024
 
+The catalogue restoration (``denoise.restore_catalogue``) beside the plain denoise, both in
+the same run, 2,000 catalogue apertures per CCD (about the PAUS catalogue's I < 23 density
+on a 4096 × 2048 CCD)::
+
+    python benchmarks/bench_denoise.py --quick --restore 2000
+
 GPU workers (requires a CUDA device; one worker per GPU)::
 
     python benchmarks/bench_denoise.py --device cuda --workers 1 --tile-size 512 \\
@@ -73,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--malloc-trim-threshold", type=int, default=None,
                    help="MALLOC_TRIM_THRESHOLD_ of the workers (bytes); default unset, as the "
                         "pipeline's clusters (distributed's own default is 65536)")
+    p.add_argument("--restore", type=int, default=0, metavar="N",
+                   help="also run each worker count with denoise.restore_catalogue on and N "
+                        "random catalogue apertures per frame (semi-axes 2-6 px); 0: off only")
     p.add_argument("--store", type=Path, default=None,
                    help="folder for the temporary store (default: a temp dir, removed)")
     args = p.parse_args(argv)
@@ -104,6 +113,24 @@ def make_store(path: Path, n_ccds: int, ny: int, nx: int, chunk: int) -> list[st
                           chunks=(chunk, chunk))
         frames.append(frame)
     return frames
+
+
+def random_apertures(n: int, ny: int, nx: int, seed: int):
+    """``n`` catalogue apertures spread over a frame (0-based px, px, radians).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS`.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(2.0, 6.0, n)
+    return pd.DataFrame({"x": rng.uniform(0, nx - 1, n), "y": rng.uniform(0, ny - 1, n),
+                         "a": a, "b": a * rng.uniform(0.4, 1.0, n),
+                         "theta": rng.uniform(0, np.pi, n)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,16 +176,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{n_params / 1e3:.0f} k parameters, halo {ref.halo} px; "
               f"machine: {cores} cores, torch {torch.__version__}", flush=True)
 
-        header = (f"{'ccds':>4} {'Mpix':>6} {'chunk':>5} {'workers':>7} {'thr':>3} "
+        apertures = {f: random_apertures(args.restore, args.ny, args.nx, i)
+                     for i, f in enumerate(frames)}
+        header = (f"{'ccds':>4} {'Mpix':>6} {'chunk':>5} {'restore':>7} {'workers':>7} "
+                  f"{'thr':>3} "
                   f"{'torch':>5} {'device':>6} {'prec':>8} {'load_s':>6} {'run_s':>7} "
                   f"{'Mpix/s':>7} {'peakRSS/worker_MB':>17}")
         rows = []
         print(header, flush=True)
-        for n_workers in args.workers:
+        runs = [(w, r) for w in args.workers
+                for r in ([False, True] if args.restore > 0 else [False])]
+        for n_workers, restore in runs:
             tt = args.torch_threads or max(1, cores // (n_workers * args.threads))
             cfg = dn.DenoiseConfig(device=args.device, precision=args.precision,
                                    torch_threads=tt, tile_size=args.tile_size,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, restore_catalogue=restore)
             with (
                 worker_malloc_env(args.malloc_trim_threshold),
                 distributed.LocalCluster(
@@ -171,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 client.run(_warm, ref, cfg)
                 t_load = time.perf_counter() - t_load
                 client.run(_reset_peak)
-                graphs = [denoise_to_store_force(dn, path, f, ref, cfg, stats[f])
+                graphs = [denoise_to_store_force(dn, path, f, ref, cfg, stats[f],
+                                                 apertures[f] if restore else None)
                           for f in frames]
                 t = time.perf_counter()
                 counts = dask.compute(*graphs)
@@ -184,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             out = store.open_frame(path, frames[0], "denoised")[:64, :64].compute()
             assert np.isfinite(out).all()
             rows.append(
-                f"{len(frames):>4} {mpix:>6.1f} {args.chunk:>5} {n_workers:>7} "
+                f"{len(frames):>4} {mpix:>6.1f} {args.chunk:>5} "
+                f"{args.restore if restore else 0:>7} {n_workers:>7} "
                 f"{args.threads:>3} {tt:>5} {args.device:>6} {args.precision:>8} "
                 f"{t_load:>6.1f} {elapsed:>7.1f} {mpix / elapsed:>7.3f} "
                 f"{max(peaks.values()):>17.0f}"
@@ -198,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def denoise_to_store_force(dn, path, frame, ref, cfg, stats):
+def denoise_to_store_force(dn, path, frame, ref, cfg, stats, apertures=None):
     """Every chunk recomputed (a timing must not find chunks already done)."""
-    return dn.denoise_to_store(path, frame, ref, cfg, stats=stats, force=True)
+    return dn.denoise_to_store(path, frame, ref, cfg, stats=stats, force=True,
+                               apertures=apertures)
 
 
 def _warm(ref, cfg) -> None:

@@ -18,10 +18,14 @@ inside, its fine structure is the network's and its local flux the raw image's, 
 fluxes keep the raw image's expectation (up to the light ``G_σ`` carries past the aperture)
 and its noise. Masked and non-finite pixels give nothing back and receive nothing.
 
-Both steps are block-local (``map_overlap`` with a halo of :func:`restore_halo` px), so the
-result equals the whole-frame computation whatever the chunks. Conventions: pixel positions
-0-based (centre of pixel ``[0, 0]`` at ``(0, 0)``), lengths in px, ``theta`` the photutils
-angle (radians, counter-clockwise from +x).
+The restoration runs inside the network's own ``map_overlap`` block (the denoise writer
+passes the apertures to the tiling): the block's halo is the network's plus
+:func:`restore_halo` rounded up to ``2**depth`` (:func:`restore_overlap`), so each chunk is
+denoised and restored from its own overlapped read of the raw frame and waits for no
+neighbouring chunk's network output; the result equals the whole-frame computation whatever
+the chunks (the network's part to float rounding, as the seam-free tiling promises).
+Conventions: pixel positions 0-based (centre of pixel ``[0, 0]`` at ``(0, 0)``), lengths
+in px, ``theta`` the photutils angle (radians, counter-clockwise from +x).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from pausdenoise.digest import json_digest
 from pausdenoise.evaluate import aperture_pixel_mask
 
 __all__ = ["FEATHER_PX", "GEOMETRY_COLUMNS", "aperture_weight", "geometry_from_catalogue",
-           "restore_block", "restore_digest", "restore_halo", "restore_map", "valid_geometry"]
+           "restore_block", "restore_digest", "restore_halo", "restore_overlap",
+           "valid_geometry", "weight_map"]
 
 FEATHER_PX = 1.0
 """σ (px) of the Gaussian that softens the edge of the restoration mask ``W``."""
@@ -70,6 +75,29 @@ def restore_halo(sigma: float) -> int:
         The low pass's reach plus one pixel.
     """
     return _radius(sigma) + 1
+
+
+def restore_overlap(halo: int, sigma: float, multiple: int) -> int:
+    """Halo (px) of a block that is denoised and restored in one pass.
+
+    Parameters
+    ----------
+    halo : int
+        The network's halo, px (a multiple of ``multiple``).
+    sigma : float
+        ``restore_sigma``, px.
+    multiple : int
+        ``2**depth`` of the network: block origins stay on its pooling grid.
+
+    Returns
+    -------
+    int
+        ``halo`` plus :func:`restore_halo` rounded up to a multiple of ``multiple``: every
+        pixel the low pass of a kept pixel reads is at least ``halo`` px inside the block,
+        where the network's output is exact.
+    """
+    extra = restore_halo(sigma)
+    return int(halo) + -(-extra // int(multiple)) * int(multiple)
 
 
 def valid_geometry(geometry: pd.DataFrame) -> pd.DataFrame:
@@ -163,47 +191,30 @@ def _weight_chunk(geometry: pd.DataFrame, grow: float,
     return aperture_weight((y0, y1, x0, x1), geometry, grow)
 
 
-def _restore_chunk(den: np.ndarray, image: np.ndarray, weight: np.ndarray,
-                   mask: np.ndarray | None = None, *, sigma: float) -> np.ndarray:
-    return restore_block(den, image, mask, weight, sigma)
-
-
-def restore_map(denoised: Any, image: Any, mask: Any | None, geometry: pd.DataFrame,
-                sigma: float, grow: float) -> Any:
-    """Build (do not run) the block-wise restoration of one frame.
+def weight_map(image: Any, geometry: pd.DataFrame, grow: float) -> Any:
+    """Build (do not run) the restoration mask ``W`` of a frame, chunk by chunk.
 
     Parameters
     ----------
-    denoised, image : dask.array.Array (ny, nx)
-        The network's output and the raw frame, ADU, same chunks.
-    mask : dask.array.Array or None
-        Mask bits, same chunks.
+    image : dask.array.Array (ny, nx)
+        The frame (only its chunks are used).
     geometry : pandas.DataFrame
         The frame's catalogue apertures (:data:`GEOMETRY_COLUMNS`); invalid rows are left
         out (:func:`valid_geometry`).
-    sigma : float
-        ``restore_sigma``, px.
     grow : float
         ``restore_grow``, px.
 
     Returns
     -------
     dask.array.Array
-        float32 ADU, the image's chunks.
+        float32 in [0, 1], the image's chunks; no task depends on the pixels.
     """
     import dask  # dask off the light import path
     import dask.array as da  # dask off the light import path
 
-    geometry = valid_geometry(geometry)
-    shared = dask.delayed(geometry, pure=True)  # one graph key, not a copy per chunk
-    weight = da.map_blocks(_weight_chunk, shared, grow, chunks=image.chunks,
-                           dtype=np.float32, meta=np.empty((0, 0), np.float32))
-    halo = restore_halo(sigma)
-    depth = {ax: (halo if len(c) > 1 else 0) for ax, c in enumerate(image.chunks)}
-    arrays = [denoised, image, weight] + ([] if mask is None else [mask])
-    return da.map_overlap(_restore_chunk, *arrays, depth=depth, boundary="none", trim=True,
-                          align_arrays=False, dtype=np.float32,
-                          meta=np.empty((0, 0), np.float32), sigma=float(sigma))
+    shared = dask.delayed(valid_geometry(geometry), pure=True)  # one key, not one per chunk
+    return da.map_blocks(_weight_chunk, shared, float(grow), chunks=image.chunks,
+                         dtype=np.float32, meta=np.empty((0, 0), np.float32))
 
 
 def restore_digest(geometry: pd.DataFrame, sigma: float, grow: float) -> str:
@@ -224,7 +235,8 @@ def restore_digest(geometry: pd.DataFrame, sigma: float, grow: float) -> str:
     g = valid_geometry(geometry)
     rows = np.round(g.to_numpy(), 6).tolist() if len(g) else []
     return json_digest({"sigma": round(float(sigma), 9), "grow": round(float(grow), 9),
-                        "feather": FEATHER_PX, "apertures": sorted(rows)}, 24)
+                        "feather": FEATHER_PX, "pass": "with-network",
+                        "apertures": sorted(rows)}, 24)
 
 
 def geometry_from_catalogue(rows: pd.DataFrame, *, axis_scale: float = 1.0,

@@ -51,6 +51,7 @@ import threading
 import dask
 import dask.array as da
 import numpy as np
+import pandas as pd
 import torch
 
 from pausdenoise.denoise.config import DenoiseConfig
@@ -62,6 +63,7 @@ from pausdenoise.denoise.model import (
     get_model,
 )
 from pausdenoise.denoise.precision import _autocast, _effective_precision
+from pausdenoise.denoise.restore import restore_block, restore_digest, restore_overlap, weight_map
 from pausdenoise.errors import ChunkingError
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.unet import OptimisedUNet, UNet, predict_array
@@ -382,19 +384,55 @@ def _ref_key(ref: ModelRef):
     return dask.delayed(ref, traverse=False, pure=True, name=f"n2v-model-{ref.fingerprint}")
 
 
+def _denoise_restore_block(
+    image: np.ndarray,
+    weight: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    ref: ModelRef,
+    stats: FrameStats,
+    halo: int,
+    config: DenoiseConfig,
+) -> np.ndarray:
+    """Denoise one block, then give its catalogue apertures back their low pass.
+
+    Returns
+    -------
+    ndarray of float32
+        :func:`pausdenoise.denoise.restore.restore_block` of the denoised block, ADU.
+    """
+    den = _denoise_block(image, mask, ref=ref, stats=stats, halo=halo, config=config)
+    if image.size == 0:
+        return den
+    return restore_block(den, image, mask, weight, config.restore_sigma)
+
+
 def _map_denoise(image: da.Array, mask: da.Array | None, stats: FrameStats, ref: ModelRef,
-                 config: DenoiseConfig, halo: int) -> da.Array:
+                 config: DenoiseConfig, halo: int,
+                 apertures: pd.DataFrame | None = None) -> da.Array:
     """Build the map_overlap graph, without validation (tests use it to shrink the halo).
+
+    With ``apertures`` (the frame's catalogue geometry, :mod:`pausdenoise.denoise.restore`)
+    each block is also restored, in the same task: the overlap widens to
+    :func:`~pausdenoise.denoise.restore.restore_overlap` and the aperture mask travels as a
+    second input, so no chunk waits for its neighbours' network output.
 
     Returns
     -------
     dask.array.Array
         float32 ADU, the image's chunks.
     """
-    depth = {ax: (halo if len(c) > 1 else 0) for ax, c in enumerate(image.chunks)}
-    arrays = [image] if mask is None else [image, mask]
+    if apertures is None:
+        block, overlap, extra, restore = _denoise_block, halo, [], None
+    else:
+        block = _denoise_restore_block
+        overlap = restore_overlap(halo, config.restore_sigma, ref.size_multiple)
+        extra = [weight_map(image, apertures, config.restore_grow)]
+        restore = restore_digest(apertures, config.restore_sigma, config.restore_grow)
+    depth = {ax: (overlap if len(c) > 1 else 0) for ax, c in enumerate(image.chunks)}
+    arrays = [image, *extra] + ([] if mask is None else [mask])
     return da.map_overlap(
-        _denoise_block,
+        block,
         *arrays,
         depth=depth,
         boundary="none",
@@ -403,7 +441,7 @@ def _map_denoise(image: da.Array, mask: da.Array | None, stats: FrameStats, ref:
         dtype=np.float32,
         meta=np.empty((0, 0), dtype=np.float32),
         name="n2v-denoise-" + dask.base.tokenize(
-            image, mask, stats, ref.fingerprint, config.model_dump_json(), halo
+            image, mask, stats, ref.fingerprint, config.model_dump_json(), halo, restore
         ),
         ref=_ref_key(ref),
         stats=stats,

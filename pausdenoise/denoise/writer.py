@@ -25,7 +25,7 @@ import zarr
 from pausdenoise import store as st
 from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.denoise.model import ModelRef, as_model_ref
-from pausdenoise.denoise.restore import restore_digest, restore_map
+from pausdenoise.denoise.restore import restore_digest, restore_overlap
 from pausdenoise.denoise.tiling import (
     _map_denoise,
     check_chunks,
@@ -272,10 +272,12 @@ def denoise_to_store(
     ref = as_model_ref(model)
     halo = resolve_halo(ref, config)
     group, image, mask = _open_input(store_path, frame, use_mask)
-    fitted = merge_short_edges(image.chunks, halo)
+    overlap = (restore_overlap(halo, config.restore_sigma, ref.size_multiple)
+               if config.restore_catalogue else halo)  # the map_overlap's depth
+    fitted = merge_short_edges(image.chunks, overlap)
     if fitted != image.chunks:  # a short remainder chunk at the frame's edge
         image = image.rechunk(fitted)
-    check_chunks(image.chunks, ref.size_multiple, halo)
+    check_chunks(image.chunks, ref.size_multiple, overlap)
     if stats is None:
         stats = frame_stats_from_dask(image, mask)
     restore = (restore_digest(apertures, config.restore_sigma, config.restore_grow)
@@ -284,10 +286,8 @@ def denoise_to_store(
     flags = _done_flags(group, store_path, frame, image, key, ref, stats, halo, config, force)
     if mask is not None and mask.chunks != image.chunks:
         mask = mask.rechunk(image.chunks)
-    den = _map_denoise(image, mask, stats, ref, config, halo)
-    if config.restore_catalogue:
-        den = restore_map(den, image, mask, apertures, config.restore_sigma,
-                          config.restore_grow)
+    den = _map_denoise(image, mask, stats, ref, config, halo,
+                       apertures if config.restore_catalogue else None)
     writes = _chunk_writes(den, image.chunks, flags, store_path, frame, key)
     return dask.delayed(_finish, pure=False)(
         writes, store_path, frame, key, dask_key_name=f"denoise-finish-{frame}-{key}"

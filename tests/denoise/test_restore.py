@@ -3,7 +3,8 @@
 The restoration is checked for what it promises: aperture fluxes of faint sources that a
 smoother took keep the raw image's expectation (measured with the photometry's own aperture
 sums over many noise realisations), nothing changes outside the apertures, masked pixels
-neither give nor take, chunked equals whole-frame, and the store's key follows the catalogue.
+neither give nor take, chunked equals whole-frame (with the restoration in the network's own
+block), and the store's key follows the catalogue.
 """
 
 from __future__ import annotations
@@ -16,19 +17,20 @@ import pytest
 from denoise_cases import make_image, random_unet
 from scipy import ndimage
 
-from pausdenoise.denoise import denoise_frame, denoise_to_store
+from pausdenoise.denoise import denoise_frame, denoise_to_store, tiling
 from pausdenoise.denoise.config import DenoiseConfig
+from pausdenoise.denoise.model import ModelRef
 from pausdenoise.denoise.restore import (
     aperture_weight,
     geometry_from_catalogue,
     restore_block,
     restore_digest,
     restore_halo,
-    restore_map,
+    restore_overlap,
     valid_geometry,
 )
 from pausdenoise.denoise.writer import denoise_key
-from pausdenoise.n2v.normalise import FrameStats
+from pausdenoise.n2v.normalise import FrameStats, frame_statistics
 from pausdenoise.photometry.apertures import aperture_sums
 
 SKY, NOISE = 100.0, 10.0  # ADU
@@ -112,21 +114,62 @@ def test_faint_sources_smoothed_as_sky_get_their_aperture_flux_back() -> None:
     assert np.std(restored[sky] - truth[sky]) < 0.15 * NOISE
 
 
-@pytest.mark.parametrize("chunks", [(32, 32), (48, 64), (96, 128)])
-def test_chunked_restoration_equals_the_whole_frame(chunks) -> None:
-    rng = np.random.default_rng(5)
-    raw = rng.normal(SKY, NOISE, (96, 128)).astype(np.float32)
-    den = ndimage.gaussian_filter(raw, 2.0).astype(np.float32)
-    mask = np.zeros(raw.shape, np.uint8)
+def _one_pass_case():
+    """A frame, its mask, statistics, a tiny network and apertures across chunk borders."""
+    img = make_image(192, 192, seed=8, n_stars=12)
+    mask = np.zeros(img.shape, np.uint8)
     mask[40:44, 60:70] = 1
-    geo = _geometry([5.0, 60.0, 127.5, -3.0, np.nan], [3.0, 50.0, 95.0, 40.0, 10.0],
-                    [4.0, 6.0, 3.0, 5.0, 2.0], [3.0, 2.0, 3.0, 5.0, 2.0], [0.3, 1.0, 0, 0, 0])
-    whole = restore_block(den, raw, mask, aperture_weight((0, 96, 0, 128),
-                                                          valid_geometry(geo), 2.0), 1.5)
-    lazy = [da.from_array(a, chunks=chunks) for a in (den, raw, mask)]
-    got = restore_map(lazy[0], lazy[1], lazy[2], geo, 1.5, 2.0).compute(scheduler="sync")
-    np.testing.assert_array_equal(got, whole)
-    assert restore_halo(1.5) == 7
+    stats = frame_statistics(img, mask)
+    geo = _geometry([5.0, 63.5, 95.5, 191.5, -3.0, 120.0, 10.0],
+                    [3.0, 47.5, 96.0, 64.0, 40.0, 140.0, np.nan],
+                    [4.0, 6.0, 5.0, 3.0, 5.0, 4.0, 2.0], [3.0, 2.0, 5.0, 3.0, 5.0, 3.0, 2.0],
+                    [0.3, 1.0, 0, 0, 0, 2.0, 0])
+    return img, mask, stats, random_unet(2, 3, False, 11), geo
+
+
+@pytest.mark.parametrize("chunks", [(48, 64), (96, 96), (64, 192)])
+def test_one_pass_restoration_equals_the_whole_frame(chunks) -> None:
+    img, mask, stats, model, geo = _one_pass_case()
+    cfg = DenoiseConfig(restore_catalogue=True, restore_sigma=1.5, restore_grow=2.0)
+    whole = denoise_frame(da.from_array(img, chunks=img.shape),
+                          da.from_array(mask, chunks=img.shape), stats, model).compute()
+    expected = restore_block(whole, img, mask, aperture_weight((0, 192, 0, 192),
+                                                               valid_geometry(geo), 2.0), 1.5)
+    lazy = [da.from_array(a, chunks=chunks) for a in (img, mask)]
+    halo = model.halo()
+    got = tiling._map_denoise(lazy[0], lazy[1], stats, ModelRef.from_model(model), cfg, halo,
+                              geo).compute(scheduler="sync")
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * stats.sigma)
+    assert not np.allclose(got, whole, rtol=0, atol=1e-3 * stats.sigma)  # it did restore
+    assert restore_halo(1.5) == 7 and restore_overlap(halo, 1.5, 4) == halo + 8
+
+
+def _box_denoiser(image, mask=None, *, ref, stats, halo, config):
+    """A stand-in network whose output depends on inputs exactly ``halo`` px away: the
+    widest dependence the halo rule allows (a trained U-Net's falls off well inside it)."""
+    return ndimage.uniform_filter(image.astype(np.float64), 2 * halo + 1,
+                                  mode="constant").astype(np.float32)
+
+
+@pytest.mark.parametrize("widen", [True, False])
+def test_one_pass_restoration_reads_only_exact_network_output(monkeypatch, widen) -> None:
+    img, mask, stats, model, geo = _one_pass_case()
+    ref, halo = ModelRef.from_model(model), model.halo()
+    cfg = DenoiseConfig(restore_catalogue=True, restore_sigma=1.5, restore_grow=2.0)
+    monkeypatch.setattr(tiling, "_denoise_block", _box_denoiser)
+    if not widen:  # the restoration given only the network's halo
+        monkeypatch.setattr(tiling, "restore_overlap", lambda halo, sigma, multiple: halo)
+    whole = tiling._map_denoise(da.from_array(img, chunks=img.shape),
+                                da.from_array(mask, chunks=img.shape), stats, ref, cfg,
+                                halo, geo).compute(scheduler="sync")
+    lazy = [da.from_array(a, chunks=(96, 96)) for a in (img, mask)]
+    got = tiling._map_denoise(lazy[0], lazy[1], stats, ref, cfg, halo,
+                              geo).compute(scheduler="sync")
+    diff = np.abs(got - whole) / stats.sigma
+    if widen:
+        assert diff.max() < 1e-5
+    else:  # the aperture across the chunk corner at (96, 96) reads inexact halo pixels
+        assert diff.max() > 0.1 and diff[:80, :80].max() < 1e-5
 
 
 def test_geometry_from_catalogue_rows() -> None:

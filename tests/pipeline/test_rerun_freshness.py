@@ -246,12 +246,18 @@ def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
         geo = geometry_from_catalogue(cat, axis_scale=scale, frame=st.parse_frame_id(f))
         weight = aperture_weight((0, 128, 0, 128), geo, 2.0)
         assert (weight == 0).any() and (weight == 1).any()
-        np.testing.assert_array_equal(after[weight == 0], before[f][weight == 0])
+        sigma = st.open_store(out / "store.zarr")[f"frames/{f}/denoised"].attrs["sigma"]
+        # outside the apertures the network's output, to the seam-free tiling's tolerance
+        # (the restoring block is wider, so float rounding may differ)
+        np.testing.assert_allclose(after[weight == 0], before[f][weight == 0], rtol=1e-6,
+                                   atol=1e-5 * sigma)
         assert not np.array_equal(after[weight == 1], before[f][weight == 1])
     assert _run(cfg, out, "--set", "denoise.restore_catalogue=true") == EXIT_OK
     assert _statuses(out) == {**UPSTREAM, "photometry": "up to date"}
     groups = [g for _, g in cat.groupby(["expnum", "ccd"], sort=True)]
     smaller = pd.concat([groups[0]] + [g.head(3) for g in groups[1:]]).sort_index()
+    bad = groups[1].head(1).assign(aperture_a=np.nan)  # unusable: photometry lists it
+    smaller = pd.concat([smaller, bad], ignore_index=True)
     path = tmp_path / "smaller.parquet"
     smaller.to_parquet(path, index=False)
     assert _run(cfg, out, "--set", "denoise.restore_catalogue=true",
@@ -260,3 +266,6 @@ def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
     assert _summary(out, "denoise")["chunks_written"] == 4 * (n - 1)
     assert _summary(out, "photometry")["partitions_written"] == 2 * (n - 1)
     assert _summary(out, "denoise")["apertures_restored"] < restored
+    bad_frame = st.frame_id(int(bad["expnum"].iloc[0]), int(bad["ccd"].iloc[0]))
+    assert _summary(out, "denoise")["apertures_not_restored"] == [[bad_frame, 1]]
+    assert "1 catalogue row(s) on 1 frame(s) not restored" in _summary(out, "denoise")["note"]

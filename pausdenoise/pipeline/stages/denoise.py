@@ -26,8 +26,8 @@ from pausdenoise.pipeline.context import Context, compute_with_progress, frame_s
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 
 
-def catalogue_apertures(ctx: Context, frames: list[str],
-                        rows: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def catalogue_apertures(ctx: Context, frames: list[str], rows: pd.DataFrame | None = None,
+                        ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """Each frame's catalogue apertures for ``denoise.restore_catalogue`` (else nothing).
 
     Parameters
@@ -42,9 +42,12 @@ def catalogue_apertures(ctx: Context, frames: list[str],
 
     Returns
     -------
-    dict of str to pandas.DataFrame
+    apertures : dict of str to pandas.DataFrame
         Frame id → valid :data:`pausdenoise.denoise.restore.GEOMETRY_COLUMNS` (px,
         radians); empty when restoration is off.
+    left_out : dict of str to int
+        Frame id → catalogue rows not restored because their aperture is unusable
+        (non-finite centre, axis or angle, or an axis ≤ 0); only frames with such rows.
 
     Raises
     ------
@@ -52,7 +55,7 @@ def catalogue_apertures(ctx: Context, frames: list[str],
         When restoration is on and the run has no catalogue.
     """
     if not ctx.cfg.denoise.restore_catalogue:
-        return {}
+        return {}, {}
     if not ctx.catalogue_path.exists():
         raise StageError(f"denoise.restore_catalogue needs the run's catalogue, and "
                          f"{ctx.catalogue_path} does not exist (set input.catalogue or "
@@ -63,8 +66,14 @@ def catalogue_apertures(ctx: Context, frames: list[str],
     scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "arcsec" else 1.0
     by_frame = {(int(e), int(c)): g for (e, c), g in rows.groupby(["expnum", "ccd"], sort=False)}
     empty = rows.iloc[:0]
-    return {f: valid_geometry(geometry_from_catalogue(by_frame.get(st.parse_frame_id(f), empty),
-                                                      axis_scale=scale)) for f in frames}
+    apertures, left_out = {}, {}
+    for f in frames:
+        geometry = geometry_from_catalogue(by_frame.get(st.parse_frame_id(f), empty),
+                                           axis_scale=scale)
+        apertures[f] = valid_geometry(geometry)
+        if len(apertures[f]) < len(geometry):
+            left_out[f] = len(geometry) - len(apertures[f])
+    return apertures, left_out
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -79,7 +88,8 @@ def run(ctx: Context) -> dict[str, Any]:
     -------
     dict
         The stage summary: frames, chunks written, megapixels and Mpix/s, the catalogue
-        apertures restored (0 when ``restore_catalogue`` is off), skipped frames (``partial``
+        apertures restored (0 when ``restore_catalogue`` is off) and the frames whose
+        unusable catalogue rows were not (``[frame, rows]``), skipped frames (``partial``
         when some were skipped).
 
     Raises
@@ -92,7 +102,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ref = as_model_ref(ctx.checkpoint)
     stats, skipped = frame_stats_table(ctx.store, st.list_frames(ctx.store))
     frames = list(stats)
-    apertures = catalogue_apertures(ctx, frames)
+    apertures, left_out = catalogue_apertures(ctx, frames)
     tasks = [denoise_to_store(ctx.store, f, ref, ctx.cfg.denoise, stats=stats[f],
                               force=ctx.force, apertures=apertures.get(f)) for f in frames]
     t0 = time.perf_counter()
@@ -104,12 +114,16 @@ def run(ctx: Context) -> dict[str, Any]:
         "note": f"{len(frames)} frames, {int(sum(written))} chunks written, "
                 f"{mpix / max(secs, 1e-9):.2f} Mpix/s"
                 + (f", {restored} catalogue apertures restored" if apertures else "")
+                + (f", {sum(left_out.values())} catalogue row(s) on {len(left_out)} frame(s) "
+                   "not restored (unusable aperture: non-finite or axis <= 0; listed with "
+                   "their rows in catalogue_issues.csv)" if left_out else "")
                 + (f", {len(skipped)} frame(s) skipped" if skipped else ""),
         "frames": len(frames),
         "chunks_written": int(sum(written)),
         "mpix": mpix,
         "mpix_per_s": mpix / max(secs, 1e-9),
         "apertures_restored": restored,
+        "apertures_not_restored": [[f, n] for f, n in left_out.items()],
         "skipped": [[f, r] for f, r in skipped.items()],
         "partial": bool(skipped),
     }

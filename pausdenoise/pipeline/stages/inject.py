@@ -303,8 +303,8 @@ def _denoise(ctx: Context, out_store: Path, frames: list[str], catalogue: pd.Dat
     apertures = {}
     if ctx.cfg.denoise.restore_catalogue:
         own = injected[injected.columns.intersection(catalogue.columns)]
-        apertures = catalogue_apertures(ctx, frames,
-                                        pd.concat([catalogue, own], ignore_index=True))
+        apertures, _ = catalogue_apertures(ctx, frames,  # left-out rows: the denoise note
+                                           pd.concat([catalogue, own], ignore_index=True))
     tasks = [denoise_to_store(out_store, f, ref, ctx.cfg.denoise, stats=stats[f],
                               force=ctx.force, apertures=apertures.get(f))
              for f in frames if f in stats]
