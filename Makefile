@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/pausdenoise run --config configs/demo.yaml --out $(DEMO_DIR)
+	$(BIN)/pausdenoise run --config configs/demo-fast.yaml --out $(DEMO_DIR)
 
 # Stacking + the pix2pix cGAN (single epoch -> stack) on a deep simulated field.
 demo-gan: $(STAMP)

@@ -105,7 +105,7 @@ def test_bad_catalogue_refused_before_any_work(tmp_path, capsys, edit, text):
     edit(path)
     out = tmp_path / "out"
     t0 = time.perf_counter()
-    code = main(["run", "--config", str(ROOT / "configs" / "demo.yaml"), "--out", str(out),
+    code = main(["run", "--config", str(ROOT / "configs" / "demo-fast.yaml"), "--out", str(out),
                  "--set", f"input.catalogue={path}"])
     assert code == EXIT_USAGE
     assert time.perf_counter() - t0 < 30

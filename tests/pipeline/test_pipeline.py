@@ -153,9 +153,9 @@ def test_reference_yaml_comments_every_option():
     assert bare == [], "add a description= to these config fields"
 
 
-def test_demo_config_is_valid():
-    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-    cfg = load_config(demo)
+@pytest.mark.parametrize("name", ["demo-fast.yaml", "demo.yaml", "demo-gan.yaml"])
+def test_demo_configs_are_valid(name):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / name)
     assert cfg.input.source == "simulate"
 
 
