@@ -16,6 +16,8 @@ Sub-modules
 - :mod:`~pausdenoise.denoise.precision`: autocast dtype policy and TF32.
 - :mod:`~pausdenoise.denoise.tiling`: halo and chunk rules, block inference,
   :func:`denoise_frame` (why tiling is exact, masked pixels).
+- :mod:`~pausdenoise.denoise.restore`: the catalogue restoration (``restore_catalogue``):
+  catalogue sources given back, inside their apertures, what the network smoothed away.
 - :mod:`~pausdenoise.denoise.writer`: resumable :func:`denoise_to_store`.
 - :mod:`~pausdenoise.denoise.precision_check`: :func:`measure_precision_error` of reduced
   precision against float32.
