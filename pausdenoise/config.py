@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pausdenoise.cluster import ClusterConfig
 from pausdenoise.denoise.config import DenoiseConfig
+from pausdenoise.denoise.restore import restore_overlap
 from pausdenoise.errors import ConfigError
 from pausdenoise.evaluate import EvaluateConfig
 from pausdenoise.gan.config import GanTrainConfig
@@ -308,8 +309,32 @@ def network_halo(cfg: PipelineConfig) -> tuple[int, int]:
     return halo, unet.config.size_multiple
 
 
+def denoise_overlap(cfg: PipelineConfig) -> tuple[int, int]:
+    """Return the halo of the denoise stage's blocks and the network's pooling grid.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        The pipeline configuration (the network, ``denoise.halo``, ``denoise.restore_*``).
+
+    Returns
+    -------
+    tuple of int
+        ``(overlap, 2**depth)`` in px: the network's halo (:func:`network_halo`), widened by
+        the catalogue restoration's reach when ``denoise.restore_catalogue`` is on
+        (:func:`pausdenoise.denoise.restore.restore_overlap`).
+    """
+    halo, m = network_halo(cfg)
+    if cfg.denoise.restore_catalogue:
+        halo = restore_overlap(halo, cfg.denoise.restore_sigma, m)
+    return halo, m
+
+
 def check_chunking(cfg: PipelineConfig) -> None:
     """Check that store chunks are multiples of ``2**depth`` and at least the network's halo.
+
+    With ``denoise.restore_catalogue`` the halo is the one-pass block's
+    (:func:`pausdenoise.denoise.restore.restore_overlap`).
 
     Parameters
     ----------
@@ -324,12 +349,18 @@ def check_chunking(cfg: PipelineConfig) -> None:
     halo, m = network_halo(cfg)
     if cfg.denoise.halo is not None and cfg.denoise.halo % m:
         raise ValueError(f"denoise.halo = {cfg.denoise.halo} must be a multiple of 2**depth = {m}")
+    reach = "derived from its receptive field"
+    if cfg.denoise.restore_catalogue:  # the restoration runs in the network's block
+        halo, _ = denoise_overlap(cfg)
+        reach = ("derived from its receptive field plus the catalogue restoration's reach "
+                 f"(denoise.restore_sigma = {cfg.denoise.restore_sigma:g} px)")
     _check_tiles(tuple(cfg.ingest.chunks), m, halo, "ingest.chunks", "the network",
-                 f"train.unet.depth = {cfg.train.unet.depth}", "ingest.chunks")
+                 f"train.unet.depth = {cfg.train.unet.depth}", "ingest.chunks", reach)
 
 
 def _check_tiles(chunks: tuple[int, ...], m: int, halo: int, key: str, what: str,
-                 depth_note: str, suggest_key: str) -> None:
+                 depth_note: str, suggest_key: str,
+                 reach: str = "derived from its receptive field") -> None:
     """Refuse chunk sides that are not multiples of ``m = 2**depth`` or below ``halo`` px.
 
     Raises
@@ -341,8 +372,8 @@ def _check_tiles(chunks: tuple[int, ...], m: int, halo: int, key: str, what: str
         good = [max(-(-c // m) * m, -(-halo // m) * m) for c in chunks]
         raise ValueError(
             f"{key} = {list(chunks)} does not fit {what}: chunk sides must be multiples of "
-            f"2**depth = {m} ({depth_note}) and at least its halo of {halo} px derived from "
-            f"its receptive field; try {suggest_key} = {good}"
+            f"2**depth = {m} ({depth_note}) and at least its halo of {halo} px {reach}; "
+            f"try {suggest_key} = {good}"
         )
 
 

@@ -672,8 +672,8 @@ def plan_from_config(
     """Run :func:`plan_run` with the settings of a pipeline configuration.
 
     The chunking, halo, network width, tiling and training budget come from a
-    :class:`pausdenoise.config.PipelineConfig` (the halo is derived from the network, as the
-    pipeline does).
+    :class:`pausdenoise.config.PipelineConfig` (the halo is derived from the network, and
+    widened for the catalogue restoration, as the pipeline does).
 
     Parameters
     ----------
@@ -697,9 +697,9 @@ def plan_from_config(
     PlanReport
         The plan.
     """
-    from pausdenoise.config import network_halo  # after the CLI configures logging (distributed)
+    from pausdenoise.config import denoise_overlap  # after the CLI configures logging
 
-    halo, _ = network_halo(cfg)
+    halo, _ = denoise_overlap(cfg)  # with the catalogue restoration's reach when it is on
     args: dict[str, Any] = {
         "chunk": tuple(cfg.ingest.chunks),
         "halo": halo,

@@ -185,6 +185,12 @@ def test_plan_from_config():
     assert a["base_channels"] == cfg.train.unet.base_channels
     assert a["train_steps"] == cfg.train.epochs * cfg.train.steps_per_epoch
     assert p.stage("denoise").tasks == 6 * 2  # 2048x1024 in 1024^2 chunks, 6 frames
+    restored = cfg.model_copy(update={"denoise": cfg.denoise.model_copy(
+        update={"restore_catalogue": True})})
+    q = plan_from_config(restored, 2, ccds_per_exposure=3, ccd_shape=(2048, 1024),
+                         n_workers=4, rates=RATES)
+    assert q.assumptions["halo"] == a["halo"] + 8  # σ 1 px: reach 5 px, to the 4-px grid
+    assert q.memory["block_input_mb"] > p.memory["block_input_mb"]
 
 
 def test_compare_column_share_matches_the_stage():
