@@ -158,3 +158,21 @@ def test_report_has_the_noise_model_per_band_when_ingest_wrote_it(tmp_path):
     assert s.loc["I", "fitted_over_header"] == pytest.approx(2.0 / 1.9)
     assert s.loc["I", "corr_abs_max"] == pytest.approx(0.12)
     assert np.isnan(s.loc["V", "corr_abs_max"])
+
+
+def test_report_says_when_the_denoised_images_were_restored(tmp_path):
+    """With ``denoise.restore_catalogue`` the evaluation and photometry sections say what it
+    did to the denoised images (the figures would otherwise read as the network's alone)."""
+    from pausdenoise.pipeline.stages.report import restoration_note
+
+    ev = tmp_path / "run" / "evaluate"
+    ev.mkdir(parents=True)
+    pd.DataFrame({"reference": ["truth"], "kind": ["denoised"], "pixel_class": ["sky"],
+                  "rms": [1.2]}).to_csv(ev / "pixel_summary.csv", index=False)
+    ctx = _context(tmp_path / "run")
+    assert "restored inside the catalogue apertures" not in build_report(ctx).read_text()
+    on = ctx.cfg.model_copy(update={"denoise": ctx.cfg.denoise.model_copy(
+        update={"restore_catalogue": True, "restore_grow": 3.0})})
+    page = build_report(Context(on, ctx.paths, None, ctx.record)).read_text()
+    assert "restored inside the catalogue apertures" in page and "grown by 3 px" in page
+    assert restoration_note(ctx.cfg.denoise) == ""

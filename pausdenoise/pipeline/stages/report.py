@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.inject.metrics import TABLE_FILES
 from pausdenoise.pipeline.context import Context
 from pausdenoise.pipeline.stages import gan
@@ -27,7 +28,7 @@ from pausdenoise.report.html import ReportSection, ReportWriter, render_html
 from pausdenoise.report.injection import injection_section
 from pausdenoise.report.versions import software_versions
 
-__all__ = ["SIGMA68_COLUMNS", "build_report", "noise_summary", "run"]
+__all__ = ["SIGMA68_COLUMNS", "build_report", "noise_summary", "restoration_note", "run"]
 
 #: legend label → column of ``sigma68_by_bin.csv`` in the σ68 figure
 SIGMA68_COLUMNS = {
@@ -38,6 +39,29 @@ SIGMA68_COLUMNS = {
 
 _Figures = list[tuple[str, bytes]]
 _Tables = list[tuple[str, pd.DataFrame]]
+
+
+def restoration_note(config: DenoiseConfig) -> str:
+    """Say, when it was on, what the catalogue restoration did to the denoised images.
+
+    Parameters
+    ----------
+    config : DenoiseConfig
+        The run's denoise settings.
+
+    Returns
+    -------
+    str
+        One sentence (HTML), or ``""`` when ``restore_catalogue`` is off.
+    """
+    if not config.restore_catalogue:
+        return ""
+    return (" The denoised images were restored inside the catalogue apertures "
+            "(<code>denoise.restore_catalogue</code>: apertures grown by "
+            f"{config.restore_grow:g} px, low pass σ = {config.restore_sigma:g} px): there "
+            "they carry the raw image's local flux and most of its noise, so denoised "
+            "aperture fluxes keep the raw expectation and their raw errors are nearly right, "
+            "and sky pixels near sources keep part of the raw noise.")
 
 
 def _bins_only(t: pd.DataFrame) -> pd.DataFrame:
@@ -77,7 +101,7 @@ def _images_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
     return ReportSection("Images: raw vs denoised", figures=figs)
 
 
-def _evaluation_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
+def _evaluation_section(ev_dir: Path, w: ReportWriter, note: str = "") -> ReportSection | None:
     """Pixel metrics, skipped frames and detection completeness.
 
     Returns
@@ -114,7 +138,7 @@ def _evaluation_section(ev_dir: Path, w: ReportWriter) -> ReportSection | None:
     if not (tables or figs):
         return None
     return ReportSection("Evaluation against the truth (or independent exposures)",
-                         figures=figs, tables=tables)
+                         text=note.strip(), figures=figs, tables=tables)
 
 
 def _sigma68_figures(cmp_dir: Path, w: ReportWriter, figs: _Figures, tables: _Tables) -> None:
@@ -146,7 +170,7 @@ def _sigma68_figures(cmp_dir: Path, w: ReportWriter, figs: _Figures, tables: _Ta
     tables.insert(0, ("σ68 of df and flux ratio per I_auto bin", t))
 
 
-def _photometry_section(cmp_dir: Path, w: ReportWriter) -> ReportSection | None:
+def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> ReportSection | None:
     """Δf histograms, σ68 and flux bias per bin, and the error model tables.
 
     Returns
@@ -184,7 +208,7 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter) -> ReportSection | None:
         "Photometry: the same galaxies in different exposures",
         text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
              "of exposures of the same source and band give df, whose σ68 should be 1 "
-             "when the errors are right.",
+             "when the errors are right." + note,
         figures=figs, tables=tables)
 
 
@@ -325,10 +349,11 @@ def build_report(ctx: Context) -> Path:
     if root.exists():
         shutil.rmtree(root)
     w = ReportWriter(root, ctx.cfg.report.dpi)
+    note = restoration_note(ctx.cfg.denoise)
     sections = [_images_section(ctx.paths.evaluate, w),
-                _evaluation_section(ctx.paths.evaluate, w),
+                _evaluation_section(ctx.paths.evaluate, w, note),
                 _depth_section(ctx.paths.evaluate, w),
-                _photometry_section(ctx.paths.compare, w),
+                _photometry_section(ctx.paths.compare, w, note),
                 _injection_section(ctx.paths.inject, w),
                 _noise_section(ctx.paths.out, w)]
     if ctx.cfg.gan.enabled:
