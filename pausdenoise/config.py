@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pausdenoise.cluster import ClusterConfig
 from pausdenoise.denoise.config import DenoiseConfig
-from pausdenoise.denoise.restore import restore_overlap
+from pausdenoise.denoise.restore import block_overlap
 from pausdenoise.errors import ConfigError
 from pausdenoise.evaluate import EvaluateConfig
 from pausdenoise.gan.config import GanTrainConfig
@@ -322,12 +322,10 @@ def denoise_overlap(cfg: PipelineConfig) -> tuple[int, int]:
     tuple of int
         ``(overlap, 2**depth)`` in px: the network's halo (:func:`network_halo`), widened by
         the catalogue restoration's reach when ``denoise.restore_catalogue`` is on
-        (:func:`pausdenoise.denoise.restore.restore_overlap`).
+        (:func:`pausdenoise.denoise.restore.block_overlap`).
     """
     halo, m = network_halo(cfg)
-    if cfg.denoise.restore_catalogue:
-        halo = restore_overlap(halo, cfg.denoise.restore_sigma, m)
-    return halo, m
+    return block_overlap(halo, cfg.denoise, m), m
 
 
 def check_chunking(cfg: PipelineConfig) -> None:

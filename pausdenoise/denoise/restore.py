@@ -36,10 +36,12 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.digest import json_digest
 from pausdenoise.evaluate import aperture_pixel_mask
 
-__all__ = ["FEATHER_PX", "GEOMETRY_COLUMNS", "aperture_weight", "geometry_from_catalogue",
+__all__ = ["FEATHER_PX", "GEOMETRY_COLUMNS", "aperture_weight", "block_overlap",
+           "geometry_from_catalogue",
            "restore_block", "restore_digest", "restore_halo", "restore_overlap",
            "valid_geometry", "weight_map"]
 
@@ -75,6 +77,28 @@ def restore_halo(sigma: float) -> int:
         The low pass's reach plus one pixel.
     """
     return _radius(sigma) + 1
+
+
+def block_overlap(halo: int, config: DenoiseConfig, multiple: int) -> int:
+    """Halo (px) of the denoise stage's blocks for these settings.
+
+    Parameters
+    ----------
+    halo : int
+        The network's halo, px.
+    config : DenoiseConfig
+        ``restore_catalogue`` and ``restore_sigma``.
+    multiple : int
+        ``2**depth`` of the network.
+
+    Returns
+    -------
+    int
+        :func:`restore_overlap` when ``restore_catalogue`` is on, else ``halo``.
+    """
+    if config.restore_catalogue:
+        return restore_overlap(halo, config.restore_sigma, multiple)
+    return int(halo)
 
 
 def restore_overlap(halo: int, sigma: float, multiple: int) -> int:

@@ -47,6 +47,7 @@ import contextlib
 import math
 import os
 import threading
+from typing import Any
 
 import dask
 import dask.array as da
@@ -63,7 +64,7 @@ from pausdenoise.denoise.model import (
     get_model,
 )
 from pausdenoise.denoise.precision import _autocast, _effective_precision
-from pausdenoise.denoise.restore import restore_block, restore_digest, restore_overlap, weight_map
+from pausdenoise.denoise.restore import restore_block, restore_overlap, weight_map
 from pausdenoise.errors import ChunkingError
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.unet import OptimisedUNet, UNet, predict_array
@@ -384,27 +385,19 @@ def _ref_key(ref: ModelRef):
     return dask.delayed(ref, traverse=False, pure=True, name=f"n2v-model-{ref.fingerprint}")
 
 
-def _denoise_restore_block(
-    image: np.ndarray,
-    weight: np.ndarray,
-    mask: np.ndarray | None = None,
-    *,
-    ref: ModelRef,
-    stats: FrameStats,
-    halo: int,
-    config: DenoiseConfig,
-) -> np.ndarray:
-    """Denoise one block, then give its catalogue apertures back their low pass.
+def _denoise_restore_block(image: np.ndarray, weight: np.ndarray,
+                           mask: np.ndarray | None = None, **block: Any) -> np.ndarray:
+    """Denoise one block (:func:`_denoise_block`, its keywords), then restore its apertures.
 
     Returns
     -------
     ndarray of float32
         :func:`pausdenoise.denoise.restore.restore_block` of the denoised block, ADU.
     """
-    den = _denoise_block(image, mask, ref=ref, stats=stats, halo=halo, config=config)
+    den = _denoise_block(image, mask, **block)
     if image.size == 0:
         return den
-    return restore_block(den, image, mask, weight, config.restore_sigma)
+    return restore_block(den, image, mask, weight, block["config"].restore_sigma)
 
 
 def _map_denoise(image: da.Array, mask: da.Array | None, stats: FrameStats, ref: ModelRef,
@@ -423,12 +416,11 @@ def _map_denoise(image: da.Array, mask: da.Array | None, stats: FrameStats, ref:
         float32 ADU, the image's chunks.
     """
     if apertures is None:
-        block, overlap, extra, restore = _denoise_block, halo, [], None
+        block, overlap, extra = _denoise_block, halo, []
     else:
         block = _denoise_restore_block
         overlap = restore_overlap(halo, config.restore_sigma, ref.size_multiple)
         extra = [weight_map(image, apertures, config.restore_grow)]
-        restore = restore_digest(apertures, config.restore_sigma, config.restore_grow)
     depth = {ax: (overlap if len(c) > 1 else 0) for ax, c in enumerate(image.chunks)}
     arrays = [image, *extra] + ([] if mask is None else [mask])
     return da.map_overlap(
@@ -441,7 +433,7 @@ def _map_denoise(image: da.Array, mask: da.Array | None, stats: FrameStats, ref:
         dtype=np.float32,
         meta=np.empty((0, 0), dtype=np.float32),
         name="n2v-denoise-" + dask.base.tokenize(
-            image, mask, stats, ref.fingerprint, config.model_dump_json(), halo, restore
+            image, mask, stats, ref.fingerprint, config.model_dump_json(), halo, apertures
         ),
         ref=_ref_key(ref),
         stats=stats,

@@ -25,7 +25,7 @@ import zarr
 from pausdenoise import store as st
 from pausdenoise.denoise.config import DenoiseConfig
 from pausdenoise.denoise.model import ModelRef, as_model_ref
-from pausdenoise.denoise.restore import restore_digest, restore_overlap
+from pausdenoise.denoise.restore import block_overlap, restore_digest
 from pausdenoise.denoise.tiling import (
     _map_denoise,
     check_chunks,
@@ -272,8 +272,7 @@ def denoise_to_store(
     ref = as_model_ref(model)
     halo = resolve_halo(ref, config)
     group, image, mask = _open_input(store_path, frame, use_mask)
-    overlap = (restore_overlap(halo, config.restore_sigma, ref.size_multiple)
-               if config.restore_catalogue else halo)  # the map_overlap's depth
+    overlap = block_overlap(halo, config, ref.size_multiple)  # the map_overlap's depth
     fitted = merge_short_edges(image.chunks, overlap)
     if fitted != image.chunks:  # a short remainder chunk at the frame's edge
         image = image.rechunk(fitted)
