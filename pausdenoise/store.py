@@ -108,6 +108,7 @@ __all__ = [
     "parse_frame_id",
     "read_header_text",
     "store_dask",
+    "update_frame_attrs",
     "write_chunks",
     "write_frame",
 ]
@@ -745,6 +746,24 @@ def mark_incomplete(store: StoreLike, frame: str) -> None:
         Frame id.
     """
     _frame_group(store, frame, "r+").update_attributes({"complete": False})
+
+
+def update_frame_attrs(store: StoreLike, frame: str, updates: Mapping[str, Any]) -> None:
+    """Set some attributes of a frame, keeping the others.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store (opened read/write).
+    frame : str
+        Frame id.
+    updates : mapping
+        Attribute → value (units as in the module docstring; None and NaN are stored as
+        JSON null). ``complete`` cannot be set here.
+    """
+    clean = {k: _json_value(v) for k, v in updates.items() if k != "complete"}
+    if clean:
+        _frame_group(store, frame, "r+").update_attributes(clean)
 
 
 # --------------------------------------------------------------------------- reading

@@ -158,6 +158,17 @@ def test_report_has_the_noise_model_per_band_when_ingest_wrote_it(tmp_path):
     assert s.loc["I", "fitted_over_header"] == pytest.approx(2.0 / 1.9)
     assert s.loc["I", "corr_abs_max"] == pytest.approx(0.12)
     assert np.isnan(s.loc["V", "corr_abs_max"])
+    assert np.isnan(s.loc["I", "exposures_over_header"])  # a table from before that fit
+    # with the fit across exposures: its frames counted, its ratio to the header, its table
+    table["gain_exposures"] = [1.8, 1.8, np.nan]
+    table.loc[1, "gain_source"] = "exposures"
+    table.to_csv(tmp_path / "run" / "ingest" / "noise_model.csv", index=False)
+    pd.DataFrame({"ccd": [1], "n_exposures": [2], "gain": [1.8], "error": [""]}).to_csv(
+        tmp_path / "run" / "ingest" / "noise_model_exposures.csv", index=False)
+    s = noise_summary(table).set_index("band")
+    assert s.loc["I", "gain_exposures"] == 1 and s.loc["I", "gain_fitted"] == 0
+    assert s.loc["I", "exposures_over_header"] == pytest.approx(1.8 / 1.9)
+    assert "Fitted across each CCD" in build_report(ctx).read_text()
 
 
 def test_report_says_when_the_denoised_images_were_restored(tmp_path):

@@ -170,8 +170,8 @@ class IngestConfig(BaseModel):
         shape); default True for PAUS, False for generic.
     noise_model : {"auto", "header", "fitted"}
         Where the stored ``gain``/``rdnoise`` come from: the header, else the noise model
-        fitted from the frame's pixels (``auto``), always the fit, or the header only; see
-        :mod:`pausdenoise.ingest.noise`.
+        fitted across the CCD's exposures, else from the frame's own pixels (``auto``),
+        always a fit, or the header only; see :mod:`pausdenoise.ingest.noise`.
     keep_header : bool
         Store the source FITS header as the ``fits_header`` array.
     force : bool
@@ -314,10 +314,14 @@ class IngestConfig(BaseModel):
         description="Gain [e⁻/ADU] and read noise [e⁻] stored with each frame (gain, "
         "rdnoise). Every frame's noise model is fitted from its own pixels (variance against "
         "signal; gain_fitted, gain_fitted_err, read_noise_fitted_e) and its lag-1 noise "
-        "correlation measured (noise_corr_x, noise_corr_y). 'auto': the header (or "
-        "ingest.defaults) value when present, else the fitted one; 'fitted': the fitted one "
-        "(the header's when the fit fails); 'header': the header's only, a missing keyword "
-        "fails the frame. gain_source records 'header', 'fitted' or 'none'.",
+        "correlation measured (noise_corr_x, noise_corr_y); once every frame is in, the "
+        "same line is fitted across each CCD's exposures from their sky levels and sky "
+        "variances (gain_exposures; robust on crowded fields, needs >= 4 exposures whose skies "
+        "span a factor 1.5). 'auto': the header (or ingest.defaults) value when present, else "
+        "the fit across exposures, else the frame's own; 'fitted': the fit across exposures, "
+        "else the frame's own, else the header's; 'header': the header's only, a missing "
+        "keyword fails the frame. gain_source records 'header', 'exposures', 'fitted' or "
+        "'none'.",
     )
     keep_header: bool = Field(
         True, description="Store each source FITS header as the frame's fits_header array."

@@ -9,6 +9,7 @@ and returns an :class:`IngestReport`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pausdenoise import store as st
 from pausdenoise.errors import IngestError
 from pausdenoise.ingest.config import IngestConfig
 from pausdenoise.ingest.frame import FrameData, read_frame, source_fingerprint, source_stat
+from pausdenoise.ingest.noise import exposure_gain_updates, exposure_noise_models
 from pausdenoise.ingest.plan import (
     FrameSource,
     _compute,
@@ -53,7 +55,10 @@ class IngestReport:
     """Outcome of :func:`ingest`.
 
     ``ingested`` and ``skipped`` are frame ids, ``failed`` (file, reason) pairs; ``fatal``
-    is set when the run could not start (no input, unusable store).
+    is set when the run could not start (no input, unusable store). ``exposure_noise``:
+    the rows of :func:`~pausdenoise.ingest.noise.exposure_noise_models` (one per CCD);
+    ``gains_changed``: frames whose gain or read noise in force the fit across exposures
+    changed.
     """
 
     ingested: list[str] = field(default_factory=list)
@@ -61,6 +66,8 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     fatal: str | None = None
+    exposure_noise: list[dict[str, Any]] = field(default_factory=list)
+    gains_changed: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -86,6 +93,8 @@ class IngestReport:
         if self.fatal:
             lines.append(f"fatal: {self.fatal}")
         lines += [f"  FAILED {f}: {r}" for f, r in self.failed]
+        lines += [f"  noise model across exposures: {_exposure_line(m)}"
+                  for m in self.exposure_noise]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -275,5 +284,57 @@ def ingest(
         report.warnings += r.warnings
     report.ingested.sort()
     report.skipped.sort()
+    if report.ingested or report.skipped:
+        _apply_exposure_noise(store, config, report)
     log.info("%s", report.summary())
     return report
+
+
+def _exposure_line(m: dict[str, Any]) -> str:
+    """Describe one CCD's fit across exposures in one line.
+
+    Returns
+    -------
+    str
+        Gain and read noise with errors, or why there is no fit.
+    """
+    head = f"ccd {m['ccd']}"
+    if m["gain_header"] is not None and math.isfinite(m["gain_header"]):
+        head += f" (header gain {m['gain_header']:.4g})"
+    if m["error"] and not math.isfinite(m["gain"]):
+        return f"{head}: none ({m['error']})"
+    text = (f"{head}: gain {m['gain']:.3g} ± {m['gain_err']:.2g} e-/ADU, read noise "
+            f"{m['read_noise_e']:.3g} ± {m['read_noise_e_err']:.2g} e- from the skies of "
+            f"{m['n_exposures']} exposures ({m['sky_min_adu']:.4g}–{m['sky_max_adu']:.4g} ADU)")
+    return f"{text}; not used: {m['error']}" if m["error"] else text
+
+
+def _apply_exposure_noise(store: os.PathLike[str] | str, config: IngestConfig,
+                          report: IngestReport) -> None:
+    """Fit the noise model across each CCD's exposures and put it in force where it belongs.
+
+    Fills ``report.exposure_noise`` and ``report.gains_changed``, and warns when the gain
+    put in force differs from the frames' own fits by more than 20 % (crowded fields).
+    """
+    table = st.exposure_table(store, complete_only=True)
+    models = exposure_noise_models(table)
+    updates = exposure_gain_updates(table, models, config.noise_model)
+    for frame, attrs in updates.items():
+        st.update_frame_attrs(store, frame, attrs)
+    report.exposure_noise = models.to_dict("records")
+    report.gains_changed = sorted(f for f, a in updates.items()
+                                  if {"gain", "rdnoise", "gain_source"} & a.keys())
+    ccds_in_force = {
+        int(r["ccd"]) for r in table.to_dict("records")
+        if updates.get(r["frame"], {}).get("gain_source", r.get("gain_source")) == "exposures"
+    }
+    for m in report.exposure_noise:
+        own = m["gain_fitted_median"]
+        if (m["error"] or int(m["ccd"]) not in ccds_in_force
+                or not math.isfinite(own) or abs(own / m["gain"] - 1.0) <= 0.2):
+            continue
+        report.warnings.append(
+            f"ccd {m['ccd']}: gain {m['gain']:.3g} e-/ADU from the skies of "
+            f"{m['n_exposures']} exposures in force; the frames' own fits (median "
+            f"{own:.3g}) differ by more than 20 %: at higher signal their tiles hold "
+            "unresolved sources (a crowded field), whose light adds variance")

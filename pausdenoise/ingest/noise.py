@@ -11,10 +11,21 @@ noise the frame carries (``ingest.noise_model``):
 - ``"fitted"``: the fitted one; the header's when the fit fails;
 - ``"header"``: the header's only (the fit is still recorded).
 
+After every frame is in, :func:`exposure_noise_models` fits one noise model per CCD to the
+sky levels and sky variances of its exposures
+(:func:`pausdenoise.noise_model.fit_gain_across_exposures`: a photon-transfer curve from the
+exposures' different skies, which holds on crowded fields where a frame's own slope does
+not), and :func:`exposure_gain_updates` puts it in force wherever a fitted gain would be
+(``"auto"`` without a header gain, ``"fitted"``), with ``gain_source`` ``"exposures"``.
+
 Stored attributes (exposure-table columns): ``gain`` [e⁻/ADU] and ``rdnoise`` [e⁻] (the
 values in force), ``gain_source`` (``"header"``, ``"fitted"`` or ``"none"``),
 ``gain_header`` / ``rdnoise_header`` (the header's values, None when absent),
-``gain_fitted``, ``gain_fitted_err`` [e⁻/ADU], ``read_noise_fitted_e`` [e⁻],
+``gain_fitted``, ``gain_fitted_err`` [e⁻/ADU], ``read_noise_fitted_e`` [e⁻] (the frame's own
+fit), ``sky_fitted_adu`` [ADU] and ``sky_var_fitted_adu2``, ``sky_var_fitted_err`` [ADU²]
+(the sky level and the noise variance of the sky tiles), ``gain_exposures``,
+``gain_exposures_err`` [e⁻/ADU], ``read_noise_exposures_e`` [e⁻] (the fit across the CCD's
+exposures, NaN when there is none),
 ``noise_corr_x`` / ``noise_corr_y`` (lag-1 correlation of the sky noise along x, i.e.
 between neighbouring columns, and along y, between neighbouring rows) and, when a
 measurement failed, ``noise_fit_error`` (why). NaN marks what could not be measured; a frame
@@ -32,9 +43,14 @@ from typing import Any
 import numpy as np
 
 from pausdenoise.errors import NoiseModelError
-from pausdenoise.noise_model import fit_noise_model, measure_noise_correlation
+from pausdenoise.noise_model import (
+    fit_gain_across_exposures,
+    fit_noise_model,
+    measure_noise_correlation,
+)
 
-__all__ = ["CORRELATION_MAX_PIXELS", "NOISE_COLUMNS", "noise_attrs"]
+__all__ = ["CORRELATION_MAX_PIXELS", "EXPOSURE_COLUMNS", "NOISE_COLUMNS",
+           "exposure_gain_updates", "exposure_noise_models", "noise_attrs"]
 
 CORRELATION_MAX_PIXELS = 2**21
 """Pixels (evenly spaced full-width strips) on which the noise correlation is measured:
@@ -51,8 +67,24 @@ NOISE_COLUMNS: tuple[str, ...] = (
     "rdnoise_header",
     "noise_corr_x",
     "noise_corr_y",
+    "sky_fitted_adu",
+    "sky_var_fitted_adu2",
+    "gain_exposures",
+    "gain_exposures_err",
+    "read_noise_exposures_e",
 )
 """Exposure-table columns of the per-frame noise table (after ``frame``)."""
+
+EXPOSURE_COLUMNS: tuple[str, ...] = (
+    "ccd", "gain_header", "n_exposures", "sky_min_adu", "sky_max_adu", "gain", "gain_err",
+    "read_noise_e", "read_noise_e_err", "gain_fitted_median", "max_deviation", "error",
+)
+"""Columns of :func:`exposure_noise_models`' table, one row per CCD (and header gain)."""
+
+MAX_DEVIATION = 0.25
+"""Largest relative difference between an exposure's sky variance and the fitted line for
+the fit across exposures to be used: beyond it the exposures do not share one noise model
+(other cameras or gain settings under one CCD number)."""
 
 
 def _finite(v: Any) -> bool:
@@ -67,19 +99,22 @@ def _measure(
     Returns
     -------
     values : dict
-        ``gain_fitted``, ``gain_fitted_err``, ``read_noise_fitted_e``, ``noise_corr_x``,
-        ``noise_corr_y`` (NaN where not measured).
+        ``gain_fitted``, ``gain_fitted_err``, ``read_noise_fitted_e``, ``sky_fitted_adu``,
+        ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``noise_corr_x``, ``noise_corr_y``
+        (NaN where not measured).
     errors : list of str
         Why a measurement failed.
     """
     nan = float("nan")
     out = dict.fromkeys(("gain_fitted", "gain_fitted_err", "read_noise_fitted_e",
+                         "sky_fitted_adu", "sky_var_fitted_adu2", "sky_var_fitted_err",
                          "noise_corr_x", "noise_corr_y"), nan)
     errors = []
     try:
         m = fit_noise_model(image, mask, saturate=saturate)
         out.update(gain_fitted=m.gain, gain_fitted_err=m.gain_err,
-                   read_noise_fitted_e=m.read_noise_e)
+                   read_noise_fitted_e=m.read_noise_e, sky_fitted_adu=m.sky_adu,
+                   sky_var_fitted_adu2=m.sky_var_adu2, sky_var_fitted_err=m.sky_var_err_adu2)
     except NoiseModelError as exc:
         errors.append(f"noise model: {exc}")
     try:
@@ -190,3 +225,172 @@ def noise_table(exposures: Any) -> Any:
         else:
             out[col] = pd.to_numeric(values, errors="coerce").astype("float64")
     return out.reset_index(drop=True)
+
+
+def _number(v: Any) -> float:
+    """Convert a stored attribute to float.
+
+    Returns
+    -------
+    float
+        The value, NaN when it is missing (None) or not a number.
+    """
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return x if math.isfinite(x) else float("nan")
+
+
+def _group_key(row: Any) -> tuple[int, float]:
+    """Name the exposures that share one noise model.
+
+    Returns
+    -------
+    tuple
+        CCD number and header gain in e⁻/ADU (−1 when the header has none).
+    """
+    g = row.get("gain_header")
+    return int(row["ccd"]), float(g) if _finite(g) else -1.0
+
+
+def exposure_noise_models(exposures: Any) -> Any:
+    """Fit one noise model per CCD to the sky levels and variances of its exposures.
+
+    Exposures are grouped by CCD number and header gain (frames without a header gain form
+    one group per CCD). A group's fit is used only when every exposure's sky variance lies
+    within :data:`MAX_DEVIATION` of the fitted line.
+
+    Parameters
+    ----------
+    exposures : pandas.DataFrame
+        The store's exposure table: ``frame``, ``ccd``, ``gain_header`` and the per-frame
+        ``sky_fitted_adu`` [ADU], ``sky_var_fitted_adu2``, ``sky_var_fitted_err`` [ADU²],
+        ``gain_fitted`` [e⁻/ADU] (frames stored before these existed are left out).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`EXPOSURE_COLUMNS`, one row per group: gains in e⁻/ADU, read noise in e⁻,
+        skies in ADU, ``max_deviation`` (largest |sky variance / line − 1| over the group),
+        ``error`` (why the group has no usable fit; empty when it has one).
+    """
+    import pandas as pd  # pandas kept off this module's import path (read_frame's)
+
+    need = {"ccd", "sky_fitted_adu", "sky_var_fitted_adu2", "sky_var_fitted_err"}
+    if exposures.empty or not need <= set(exposures.columns):
+        return pd.DataFrame(columns=list(EXPOSURE_COLUMNS))
+    groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    for row in exposures.to_dict("records"):
+        groups.setdefault(_group_key(row), []).append(row)
+    rows = []
+    for (ccd, header), members in sorted(groups.items()):
+        sky, var, err, own = (np.array([_number(m.get(c)) for m in members]) for c in
+                              ("sky_fitted_adu", "sky_var_fitted_adu2", "sky_var_fitted_err",
+                               "gain_fitted"))
+        row = dict.fromkeys(EXPOSURE_COLUMNS, float("nan"))
+        row.update(ccd=ccd, gain_header=None if header < 0 else header,
+                   n_exposures=int(np.isfinite(var).sum()), error="",
+                   gain_fitted_median=float(np.nanmedian(own)) if np.isfinite(own).any()
+                   else float("nan"))
+        ok = np.isfinite(sky) & np.isfinite(var)
+        if ok.any():
+            row.update(sky_min_adu=float(sky[ok].min()), sky_max_adu=float(sky[ok].max()))
+        try:
+            m = fit_gain_across_exposures(sky, var, err)
+        except NoiseModelError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        dev = np.abs(var[ok] / m.variance_adu2(sky[ok]) - 1.0)
+        row.update(gain=m.gain, gain_err=m.gain_err, read_noise_e=m.read_noise_e,
+                   read_noise_e_err=m.read_noise_e_err, max_deviation=float(dev.max()))
+        if not dev.max() <= MAX_DEVIATION:
+            row["error"] = (f"an exposure's sky variance lies {dev.max():.0%} off the fitted "
+                            f"line (more than {MAX_DEVIATION:.0%}): the exposures do not "
+                            "share one noise model")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
+
+
+def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
+                          ) -> dict[str, dict[str, Any]]:
+    """Decide each frame's gain and read noise once the fit across exposures is known.
+
+    The value in force comes, in order of preference, from: ``"header"`` mode: the header;
+    ``"auto"``: the header, else the fit across exposures, else the frame's own fit;
+    ``"fitted"``: the fit across exposures, else the frame's own fit, else the header. The
+    decision is made from the stored header and fitted values alone, so it gives the same
+    result however often it is repeated.
+
+    Parameters
+    ----------
+    exposures : pandas.DataFrame
+        The store's exposure table (as for :func:`exposure_noise_models`, with ``gain``,
+        ``rdnoise``, ``gain_source``, ``rdnoise_header``, ``read_noise_fitted_e``).
+    models : pandas.DataFrame
+        :func:`exposure_noise_models` of the same table.
+    noise_model : {"auto", "header", "fitted"}
+        ``ingest.noise_model``.
+
+    Returns
+    -------
+    dict
+        Frame → the attributes to change (``gain_exposures``, ``gain_exposures_err``,
+        ``read_noise_exposures_e``, and ``gain``, ``rdnoise``, ``gain_source`` where they
+        change); frames with nothing to change are absent.
+    """
+    usable = {}
+    for m in models.to_dict("records"):
+        if not m["error"] and _finite(m["gain"]):
+            header = m["gain_header"]
+            usable[(int(m["ccd"]), float(header) if _finite(header) else -1.0)] = m
+    out: dict[str, dict[str, Any]] = {}
+    for row in exposures.to_dict("records"):
+        if "ccd" not in row:
+            continue
+        m = usable.get(_group_key(row))
+        nan = float("nan")
+        new: dict[str, Any] = {
+            "gain_exposures": m["gain"] if m else nan,
+            "gain_exposures_err": m["gain_err"] if m else nan,
+            "read_noise_exposures_e": m["read_noise_e"] if m else nan,
+        }
+        across = m["gain"] if m else None
+        across_rn = m["read_noise_e"] if m else None
+        if noise_model == "header":
+            choice = []
+        elif noise_model == "fitted":
+            choice = [("exposures", across, across_rn),
+                      ("fitted", row.get("gain_fitted"), row.get("read_noise_fitted_e"))]
+        else:
+            choice = ([] if _finite(row.get("gain_header")) else
+                      [("exposures", across, across_rn),
+                       ("fitted", row.get("gain_fitted"), row.get("read_noise_fitted_e"))])
+        choice.append(("header", row.get("gain_header"), row.get("rdnoise_header")))
+        for source, gain, rn in choice:
+            if _finite(gain):
+                header_rn = row.get("rdnoise_header")
+                new.update(gain=float(gain), gain_source=source,
+                           rdnoise=float(rn) if _finite(rn) else
+                           (float(header_rn) if _finite(header_rn) else None))
+                break
+        changed = {k: v for k, v in new.items() if not _same(row.get(k), v)}
+        if changed:
+            out[str(row["frame"])] = changed
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Compare two attribute values.
+
+    Returns
+    -------
+    bool
+        True when equal, NaN and None counting as equal to each other.
+    """
+    missing_a = a is None or (isinstance(a, float) and math.isnan(a))
+    missing_b = b is None or (isinstance(b, float) and math.isnan(b))
+    if missing_a or missing_b:
+        return missing_a and missing_b
+    return a == b

@@ -381,13 +381,14 @@ def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -
     """Mark the later stages that a re-ingest made stale as ``outdated`` in ``run.json``.
 
     Their fingerprints digest configuration, not the store's pixels: frames ingested again
-    with other content outdate every later stage; frames rewritten with the same content
+    with other content, or whose gain in force the fit across exposures changed, outdate
+    every later stage; frames rewritten with the same content
     lose the arrays the later stages wrote into them (:data:`_FRAME_ARRAY_STAGES`). An
     outdated stage runs at the next run and its inner resume redoes only what is missing.
     """
     if name != "ingest":
         return
-    if summary.get("frames_changed"):
+    if summary.get("frames_changed") or summary.get("gains_changed"):
         later = STAGES[STAGES.index("ingest") + 1:]
     elif summary.get("frames_rewritten"):
         later = _FRAME_ARRAY_STAGES

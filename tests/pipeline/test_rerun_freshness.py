@@ -21,6 +21,9 @@ from pausdenoise import store as st
 from pausdenoise.cli import EXIT_OK, EXIT_USAGE, main
 from pausdenoise.denoise.restore import aperture_weight, geometry_from_catalogue
 from pausdenoise.photometry import read_photometry
+from pausdenoise.pipeline.runner import STAGES as ALL
+from pausdenoise.pipeline.runner import _outdate_downstream
+from pausdenoise.runstate import RunPaths, RunRecord
 
 STAGES = "simulate,ingest,train,denoise,photometry"
 KEYS = ["ref_id", "expnum", "ccd", "kind"]
@@ -269,3 +272,18 @@ def test_restoring_the_catalogue_follows_its_rows(base, tmp_path):
     bad_frame = st.frame_id(int(bad["expnum"].iloc[0]), int(bad["ccd"].iloc[0]))
     assert _summary(out, "denoise")["apertures_not_restored"] == [[bad_frame, 1]]
     assert "1 catalogue row(s) on 1 frame(s) not restored" in _summary(out, "denoise")["note"]
+
+
+def test_a_gain_changed_by_the_fit_across_exposures_outdates_the_later_stages(tmp_path):
+    """New exposures can move a CCD's gain fitted across its exposures: frames whose gain in
+    force changed make every later stage run again (their inner resume then redoes it)."""
+    later = ALL[ALL.index("ingest") + 1:]
+    record = RunRecord(RunPaths(tmp_path))
+    for stage in later:
+        record.set(stage, status="done", fingerprint="x")
+    _outdate_downstream(record, "ingest", {"frames_changed": [], "frames_rewritten": [],
+                                           "gains_changed": []})
+    assert all(record.stage(s)["status"] == "done" for s in later)
+    _outdate_downstream(record, "ingest", {"frames_changed": [], "frames_rewritten": [],
+                                           "gains_changed": ["00000001_01"]})
+    assert all(record.stage(s)["status"] == "outdated" for s in later)

@@ -3,7 +3,9 @@
 Besides the store it writes ``<run>/ingest/noise_model.csv``, the per-frame noise table
 (:func:`pausdenoise.ingest.noise.noise_table`: gain in force and its source, the fitted gain
 and read noise, the header's values, the lag-1 noise correlation), regenerated from the
-store's exposure table at every run of the stage, also when every frame was up to date.
+store's exposure table at every run of the stage, also when every frame was up to date,
+and ``<run>/ingest/noise_model_exposures.csv``, the noise model fitted across each CCD's
+exposures (:func:`pausdenoise.ingest.noise.exposure_noise_models`).
 """
 
 from __future__ import annotations
@@ -12,14 +14,27 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.ingest.driver import ingest
-from pausdenoise.ingest.noise import noise_table
+from pausdenoise.ingest.noise import EXPOSURE_COLUMNS, noise_table
 from pausdenoise.pipeline.context import Context
 
 NOISE_TABLE = Path("ingest") / "noise_model.csv"
 """The per-frame noise table, relative to the run directory."""
+
+EXPOSURE_NOISE_TABLE = Path("ingest") / "noise_model_exposures.csv"
+"""The noise model fitted across each CCD's exposures, relative to the run directory."""
+
+
+def _write_csv(table: Any, out: Path) -> None:
+    """Write a table atomically (a partial file first, renamed when complete)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out)
 
 
 def _write_noise_table(store: Path, out: Path) -> dict[str, Any]:
@@ -32,10 +47,7 @@ def _write_noise_table(store: Path, out: Path) -> dict[str, Any]:
         (median lag-1 correlation along x and y over the frames, None when not measured).
     """
     table = noise_table(st.exposure_table(store, complete_only=True))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out)
+    _write_csv(table, out)
     corr = [table[c].median() for c in ("noise_corr_x", "noise_corr_y")]
     return {
         "table": str(out),
@@ -79,7 +91,9 @@ def run(ctx: Context) -> dict[str, Any]:
         failed), and of the ingested frames those already in the store before:
         ``frames_changed`` (other content now) and ``frames_rewritten`` (same content);
         ``noise_model``: the noise table's path, the frames per gain source and the median
-        noise correlation.
+        noise correlation, and ``exposures``: per CCD, the gain and read noise fitted across
+        its exposures (or why none); ``gains_changed``: the frames whose gain or read noise in
+        force that fit changed (the later stages then count as outdated).
 
     Raises
     ------
@@ -97,6 +111,10 @@ def run(ctx: Context) -> dict[str, Any]:
     print(report.summary())
     if report.exit_status == 1:
         raise StageError(f"ingest: nothing could be ingested from {source}\n{report.summary()}")
+    exposures = pd.DataFrame(report.exposure_noise, columns=list(EXPOSURE_COLUMNS))
+    _write_csv(exposures, ctx.paths.out / EXPOSURE_NOISE_TABLE)
+    noise = _write_noise_table(ctx.store, ctx.paths.out / NOISE_TABLE)
+    noise["exposures"] = [_exposure_summary(m) for m in report.exposure_noise]
     return {
         "note": f"{len(report.ingested)} ingested, {len(report.skipped)} up to date, "
                 f"{len(report.failed)} failed",
@@ -106,5 +124,23 @@ def run(ctx: Context) -> dict[str, Any]:
         "frames_changed": [f for f in again if after.get(f) != before[f]],
         "frames_rewritten": [f for f in again if after.get(f) == before[f]],
         "partial": bool(report.failed),
-        "noise_model": _write_noise_table(ctx.store, ctx.paths.out / NOISE_TABLE),
+        "noise_model": noise,
+        "gains_changed": report.gains_changed,
     }
+
+
+def _exposure_summary(m: dict[str, Any]) -> dict[str, Any]:
+    """Round one CCD's fit across exposures for the stage summary.
+
+    Returns
+    -------
+    dict
+        ``ccd``, ``n_exposures``, ``gain`` and ``gain_err`` [e⁻/ADU], ``read_noise_e`` [e⁻]
+        (None when not fitted) and ``error`` (why it is not used; empty when used).
+    """
+    def r(v: Any, digits: int) -> float | None:
+        return round(float(v), digits) if v is not None and math.isfinite(v) else None
+
+    return {"ccd": int(m["ccd"]), "n_exposures": int(m["n_exposures"]),
+            "gain": r(m["gain"], 4), "gain_err": r(m["gain_err"], 4),
+            "read_noise_e": r(m["read_noise_e"], 3), "error": m["error"]}

@@ -257,21 +257,26 @@ def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        ``band``, ``frames``, frames per gain source (``header``, ``fitted``, ``none``),
-        the medians of the gain in force, of the fitted gain over the header's (where both
-        exist), of the fitted read noise and of the correlations along x and y, and the
-        largest |correlation|.
+        ``band``, ``frames``, frames per gain source (``header``, ``exposures``, ``fitted``,
+        ``none``), the medians of the gain in force, of the frame's own fitted gain and of
+        the gain fitted across the CCD's exposures over the header's (where both exist; NaN
+        in tables written before the fit across exposures existed), of the fitted read
+        noise and of the correlations along x and y, and the largest |correlation|.
     """
     rows = []
     for band, g in table.groupby("band", sort=True):
         src = g["gain_source"].fillna("none")
         ratio = (g["gain_fitted"] / g["gain_header"]).replace([np.inf, -np.inf], np.nan)
+        across = g["gain_exposures"] if "gain_exposures" in g else pd.Series(np.nan, g.index)
+        ratio_across = (across / g["gain_header"]).replace([np.inf, -np.inf], np.nan)
         corr = g[["noise_corr_x", "noise_corr_y"]].abs().to_numpy(dtype=float)
         rows.append({
             "band": band, "frames": len(g),
-            **{f"gain_{k}": int((src == k).sum()) for k in ("header", "fitted", "none")},
+            **{f"gain_{k}": int((src == k).sum())
+               for k in ("header", "exposures", "fitted", "none")},
             "gain_median": float(g["gain"].median()),
             "fitted_over_header": float(ratio.median()),
+            "exposures_over_header": float(ratio_across.median()),
             "read_noise_fitted_e": float(g["read_noise_fitted_e"].median()),
             "corr_x_median": float(g["noise_corr_x"].median()),
             "corr_y_median": float(g["noise_corr_y"].median()),
@@ -297,15 +302,23 @@ def _noise_section(out: Path, w: ReportWriter) -> ReportSection | None:
     unfit = table[table["gain_source"].fillna("none") == "none"]
     text = (f"Gain, read noise and the lag-1 noise correlation fitted from each frame's own "
             f"pixels at ingest ({len(table)} frames; every frame in "
-            f"<code>ingest/noise_model.csv</code>). Gain in force: from the header where it "
-            f"has one (<code>ingest.noise_model: auto</code>), else the fit. Noise correlated "
+            f"<code>ingest/noise_model.csv</code>), and across each CCD's exposures (sky "
+            f"variance against sky level; <code>ingest/noise_model_exposures.csv</code>): on "
+            f"crowded fields a frame's own fit gives too small a gain. Gain in force: from "
+            f"the header where it has one (<code>ingest.noise_model: auto</code>), else the "
+            f"fit across exposures, else the frame's own. Noise correlated "
             f"beyond <code>train.correlation_threshold</code> widens the training blind spot.")
     if len(unfit):
         text += (f" <b>{len(unfit)} frame(s) have no gain</b> (no header value and no fit): "
                  + ", ".join(unfit["frame"].astype(str).head(20)) + ".")
-    return ReportSection("Noise model per frame", text=text,
-                         tables=[("Per band (medians)",
-                                  w.table("noise_model", noise_summary(table)))])
+    tables = [("Per band (medians)", w.table("noise_model", noise_summary(table)))]
+    across = out / "ingest" / "noise_model_exposures.csv"
+    if across.exists():
+        fits = pd.read_csv(across)
+        if not fits.empty:
+            tables.append(("Fitted across each CCD's exposures (gain e⁻/ADU, read noise e⁻)",
+                           w.table("noise_model_exposures", fits)))
+    return ReportSection("Noise model per frame", text=text, tables=tables)
 
 
 def _training_section(ctx: Context, w: ReportWriter, timings: dict[str, Any]) -> ReportSection:
