@@ -22,7 +22,11 @@ from pausdenoise import store as st
 from pausdenoise.errors import IngestError
 from pausdenoise.ingest.config import IngestConfig
 from pausdenoise.ingest.frame import FrameData, read_frame, source_fingerprint, source_stat
-from pausdenoise.ingest.noise import exposure_gain_updates, exposure_noise_models
+from pausdenoise.ingest.noise import (
+    exposure_gain_updates,
+    exposure_noise_models,
+    gain_below_sky_bound,
+)
 from pausdenoise.ingest.plan import (
     FrameSource,
     _compute,
@@ -314,7 +318,8 @@ def _apply_exposure_noise(store: os.PathLike[str] | str, config: IngestConfig,
     """Fit the noise model across each CCD's exposures and put it in force where it belongs.
 
     Fills ``report.exposure_noise`` and ``report.gains_changed``, and warns when the gain
-    put in force differs from the frames' own fits by more than 20 % (crowded fields).
+    put in force differs from the frames' own fits by more than 20 %, or when a frame's own
+    fit in force lies below the bound its sky's variance sets (crowded fields).
     """
     table = st.exposure_table(store, complete_only=True)
     models = exposure_noise_models(table)
@@ -324,10 +329,21 @@ def _apply_exposure_noise(store: os.PathLike[str] | str, config: IngestConfig,
     report.exposure_noise = models.to_dict("records")
     report.gains_changed = sorted(f for f, a in updates.items()
                                   if {"gain", "rdnoise", "gain_source"} & a.keys())
-    ccds_in_force = {
-        int(r["ccd"]) for r in table.to_dict("records")
-        if updates.get(r["frame"], {}).get("gain_source", r.get("gain_source")) == "exposures"
-    }
+    ccds_in_force, below = set(), []
+    for r in table.to_dict("records"):
+        source = updates.get(r["frame"], {}).get("gain_source", r.get("gain_source"))
+        if source == "exposures":
+            ccds_in_force.add(int(r["ccd"]))
+        elif source == "fitted" and gain_below_sky_bound(r):
+            below.append(f"{r['frame']} ({r['gain_fitted']:.3g} < {r['gain_sky_min']:.3g})")
+    if below:
+        report.warnings.append(
+            f"{len(below)} frame(s) carry their own fitted gain although it is below what "
+            "their sky's variance allows (gain ≥ sky / sky variance for a bias-subtracted "
+            "frame): their tiles at higher signal hold unresolved sources (a crowded field?); "
+            "give the gain (GAIN, ingest.defaults.gain) or ingest at least 4 exposures of "
+            "the CCD under different skies: " + ", ".join(below[:5])
+            + (", …" if len(below) > 5 else ""))
     for m in report.exposure_noise:
         own = m["gain_fitted_median"]
         if (m["error"] or int(m["ccd"]) not in ccds_in_force

@@ -23,7 +23,8 @@ values in force), ``gain_source`` (``"header"``, ``"fitted"`` or ``"none"``),
 ``gain_header`` / ``rdnoise_header`` (the header's values, None when absent),
 ``gain_fitted``, ``gain_fitted_err`` [e⁻/ADU], ``read_noise_fitted_e`` [e⁻] (the frame's own
 fit), ``sky_fitted_adu`` [ADU] and ``sky_var_fitted_adu2``, ``sky_var_fitted_err`` [ADU²]
-(the sky level and the noise variance of the sky tiles), ``gain_exposures``,
+(the sky level and the noise variance of the sky tiles), ``gain_sky_min`` [e⁻/ADU] (their
+ratio: the least gain the sky's variance allows, since ``var ≥ S/gain``), ``gain_exposures``,
 ``gain_exposures_err`` [e⁻/ADU], ``read_noise_exposures_e`` [e⁻] (the fit across the CCD's
 exposures, NaN when there is none),
 ``noise_corr_x`` / ``noise_corr_y`` (lag-1 correlation of the sky noise along x, i.e.
@@ -50,7 +51,8 @@ from pausdenoise.noise_model import (
 )
 
 __all__ = ["CORRELATION_MAX_PIXELS", "EXPOSURE_COLUMNS", "NOISE_COLUMNS",
-           "exposure_gain_updates", "exposure_noise_models", "noise_attrs"]
+           "exposure_gain_updates", "exposure_noise_models", "gain_below_sky_bound",
+           "noise_attrs"]
 
 CORRELATION_MAX_PIXELS = 2**21
 """Pixels (evenly spaced full-width strips) on which the noise correlation is measured:
@@ -69,6 +71,7 @@ NOISE_COLUMNS: tuple[str, ...] = (
     "noise_corr_y",
     "sky_fitted_adu",
     "sky_var_fitted_adu2",
+    "gain_sky_min",
     "gain_exposures",
     "gain_exposures_err",
     "read_noise_exposures_e",
@@ -100,21 +103,23 @@ def _measure(
     -------
     values : dict
         ``gain_fitted``, ``gain_fitted_err``, ``read_noise_fitted_e``, ``sky_fitted_adu``,
-        ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``noise_corr_x``, ``noise_corr_y``
-        (NaN where not measured).
+        ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``gain_sky_min``, ``noise_corr_x``,
+        ``noise_corr_y`` (NaN where not measured).
     errors : list of str
         Why a measurement failed.
     """
     nan = float("nan")
     out = dict.fromkeys(("gain_fitted", "gain_fitted_err", "read_noise_fitted_e",
                          "sky_fitted_adu", "sky_var_fitted_adu2", "sky_var_fitted_err",
-                         "noise_corr_x", "noise_corr_y"), nan)
+                         "gain_sky_min", "noise_corr_x", "noise_corr_y"), nan)
     errors = []
     try:
         m = fit_noise_model(image, mask, saturate=saturate)
         out.update(gain_fitted=m.gain, gain_fitted_err=m.gain_err,
                    read_noise_fitted_e=m.read_noise_e, sky_fitted_adu=m.sky_adu,
                    sky_var_fitted_adu2=m.sky_var_adu2, sky_var_fitted_err=m.sky_var_err_adu2)
+        if m.sky_adu > 0 and m.sky_var_adu2 > 0:
+            out["gain_sky_min"] = m.sky_adu / m.sky_var_adu2
     except NoiseModelError as exc:
         errors.append(f"noise model: {exc}")
     try:
@@ -394,3 +399,28 @@ def _same(a: Any, b: Any) -> bool:
     if missing_a or missing_b:
         return missing_a and missing_b
     return a == b
+
+
+def gain_below_sky_bound(row: Any) -> bool:
+    """Tell whether a frame's own fitted gain is below what its sky's variance allows.
+
+    For a bias-subtracted frame the sky's variance is at least its photon noise,
+    ``var_sky ≥ S_sky / gain``, so ``gain ≥ S_sky / var_sky`` (``gain_sky_min``). A fitted
+    gain more than 3σ below that bound cannot be right: its slope rests on tiles whose
+    variance grows with the signal for another reason than photon noise (unresolved
+    sources of a crowded field).
+
+    Parameters
+    ----------
+    row : mapping
+        A frame's attributes: ``gain_fitted``, ``gain_fitted_err`` and ``gain_sky_min``
+        [e⁻/ADU].
+
+    Returns
+    -------
+    bool
+        False when any of them is missing.
+    """
+    gain, err, bound = (_number(row.get(k)) for k in
+                        ("gain_fitted", "gain_fitted_err", "gain_sky_min"))
+    return bool(gain + 3.0 * max(err, 0.0) < bound)

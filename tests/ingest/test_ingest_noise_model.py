@@ -238,3 +238,31 @@ def test_real_saao_frames_without_gain_get_it_from_their_exposures(real_data_dir
     assert t["gain"].iloc[0] == pytest.approx(1.9, rel=0.1)
     assert (t["gain_fitted"] < 0.65).all()
     assert any("crowded field" in w for w in report.warnings)
+
+
+def test_a_crowded_frames_own_gain_below_its_sky_bound_is_flagged(tmp_path):
+    """Two headerless crowded exposures (too few for the fit across exposures): each keeps
+    its own fit, which lies far below the least gain its sky's variance allows; the report
+    says so, naming the frames. Frames of an uncrowded scene raise no such warning (the
+    other tests here expect no warning at all)."""
+    folder = _write_crowded(tmp_path / "two", skies=SKIES_E[1:3])
+    report = ingest(folder, tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0 and len(report.ingested) == 2, report.summary()
+    assert "(at least 4 needed)" in report.exposure_noise[0]["error"]
+    t = st.exposure_table(tmp_path / "s.zarr")
+    assert (t["gain_source"] == "fitted").all()
+    assert (t["gain_sky_min"] > 2 * t["gain_fitted"]).all()
+    assert (t["gain_sky_min"] < CROWDED_GAIN).all()  # a bound on the true gain
+    (warning,) = [w for w in report.warnings if "sky's variance allows" in w]
+    assert warning.startswith("2 frame(s)") and all(f in warning for f in report.ingested)
+
+
+def test_sky_bound_needs_all_three_values():
+    from pausdenoise.ingest.noise import gain_below_sky_bound  # test-local: one helper
+
+    assert gain_below_sky_bound({"gain_fitted": 0.4, "gain_fitted_err": 0.03,
+                                 "gain_sky_min": 1.5})
+    assert not gain_below_sky_bound({"gain_fitted": 1.4, "gain_fitted_err": 0.05,
+                                     "gain_sky_min": 1.5})
+    assert not gain_below_sky_bound({"gain_fitted": 0.4, "gain_fitted_err": 0.03})
+    assert not gain_below_sky_bound({"gain_fitted": None, "gain_sky_min": 1.5})
