@@ -84,6 +84,14 @@ EXPOSURE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of :func:`exposure_noise_models`' table, one row per CCD (and header gain)."""
 
+_PREFERENCE: dict[str, tuple[str, ...]] = {
+    "auto": ("header", "exposures", "fitted"),
+    "fitted": ("exposures", "fitted", "header"),
+    "header": ("header",),
+}
+"""Per ``ingest.noise_model``, where the gain in force comes from, first found first (the
+read noise: the gain's source first, then the same order)."""
+
 MAX_DEVIATION = 0.25
 """Largest relative difference between an exposure's sky variance and the fitted line for
 the fit across exposures to be used: beyond it the exposures do not share one noise model
@@ -131,7 +139,7 @@ def _measure(
 
 
 def _choose(header: float | None, fitted: float, mode: str) -> tuple[float | None, str]:
-    """Pick the header or the fitted value of one quantity.
+    """Pick the header or the frame's fitted value of one quantity, in :data:`_PREFERENCE`.
 
     Returns
     -------
@@ -140,12 +148,10 @@ def _choose(header: float | None, fitted: float, mode: str) -> tuple[float | Non
     source : str
         ``"header"``, ``"fitted"`` or ``"none"``.
     """
-    if mode == "fitted" and _finite(fitted):
-        return float(fitted), "fitted"
-    if _finite(header):
-        return float(header), "header"  # type: ignore[arg-type]
-    if mode == "auto" and _finite(fitted):
-        return float(fitted), "fitted"
+    values = {"header": header, "fitted": fitted}
+    for source in _PREFERENCE[mode]:
+        if _finite(values.get(source)):
+            return float(values[source]), source  # type: ignore[arg-type]
     return None, "none"
 
 
@@ -322,11 +328,14 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
                           ) -> dict[str, dict[str, Any]]:
     """Decide each frame's gain and read noise once the fit across exposures is known.
 
-    The value in force comes, in order of preference, from: ``"header"`` mode: the header;
-    ``"auto"``: the header, else the fit across exposures, else the frame's own fit;
-    ``"fitted"``: the fit across exposures, else the frame's own fit, else the header. The
-    decision is made from the stored header and fitted values alone, so it gives the same
-    result however often it is repeated.
+    The gain in force comes, in order of preference (:data:`_PREFERENCE`), from:
+    ``"header"`` mode: the header; ``"auto"``: the header, else the fit across exposures,
+    else the frame's own fit; ``"fitted"``: the fit across exposures, else the frame's own
+    fit, else the header (``gain_source`` ``"none"`` and no gain when none has one). The read
+    noise comes from the gain's source when it has one, else from the first of the same
+    order that has one (a header with GAIN but no RDNOISE: the fit across exposures', else
+    the frame's own). The decision is made from the stored header and fitted values alone,
+    so it gives the same result however often it is repeated.
 
     Parameters
     ----------
@@ -343,7 +352,8 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
     dict
         Frame → the attributes to change (``gain_exposures``, ``gain_exposures_err``,
         ``read_noise_exposures_e``, and ``gain``, ``rdnoise``, ``gain_source`` where they
-        change); frames with nothing to change are absent.
+        change); frames with nothing to change, or stored before the noise model was
+        measured (no ``gain_source``), are absent.
     """
     usable = {}
     for m in models.to_dict("records"):
@@ -352,8 +362,8 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
             usable[(int(m["ccd"]), float(header) if _finite(header) else -1.0)] = m
     out: dict[str, dict[str, Any]] = {}
     for row in exposures.to_dict("records"):
-        if "ccd" not in row:
-            continue
+        if "ccd" not in row or not isinstance(row.get("gain_source"), str):
+            continue  # a frame stored before the noise model was measured: left as it is
         m = usable.get(_group_key(row))
         nan = float("nan")
         new: dict[str, Any] = {
@@ -361,25 +371,17 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
             "gain_exposures_err": m["gain_err"] if m else nan,
             "read_noise_exposures_e": m["read_noise_e"] if m else nan,
         }
-        across = m["gain"] if m else None
-        across_rn = m["read_noise_e"] if m else None
-        if noise_model == "header":
-            choice = []
-        elif noise_model == "fitted":
-            choice = [("exposures", across, across_rn),
-                      ("fitted", row.get("gain_fitted"), row.get("read_noise_fitted_e"))]
-        else:
-            choice = ([] if _finite(row.get("gain_header")) else
-                      [("exposures", across, across_rn),
-                       ("fitted", row.get("gain_fitted"), row.get("read_noise_fitted_e"))])
-        choice.append(("header", row.get("gain_header"), row.get("rdnoise_header")))
-        for source, gain, rn in choice:
-            if _finite(gain):
-                header_rn = row.get("rdnoise_header")
-                new.update(gain=float(gain), gain_source=source,
-                           rdnoise=float(rn) if _finite(rn) else
-                           (float(header_rn) if _finite(header_rn) else None))
-                break
+        gains = {"header": row.get("gain_header"), "exposures": m["gain"] if m else None,
+                 "fitted": row.get("gain_fitted")}
+        noises = {"header": row.get("rdnoise_header"),
+                  "exposures": m["read_noise_e"] if m else None,
+                  "fitted": row.get("read_noise_fitted_e")}
+        order = _PREFERENCE[noise_model]
+        source = next((k for k in order if _finite(_number(gains[k]))), "none")
+        rn = next((_number(noises[k]) for k in (source, *order)
+                   if k in noises and _finite(_number(noises[k]))), None)
+        new.update(gain=_number(gains[source]) if source != "none" else None,
+                   gain_source=source, rdnoise=rn)
         changed = {k: v for k, v in new.items() if not _same(row.get(k), v)}
         if changed:
             out[str(row["frame"])] = changed

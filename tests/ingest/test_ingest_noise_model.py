@@ -266,3 +266,31 @@ def test_sky_bound_needs_all_three_values():
                                      "gain_sky_min": 1.5})
     assert not gain_below_sky_bound({"gain_fitted": 0.4, "gain_fitted_err": 0.03})
     assert not gain_below_sky_bound({"gain_fitted": None, "gain_sky_min": 1.5})
+
+
+def test_gain_choice_per_quantity_and_old_frames_left_alone():
+    """The read noise comes from the gain's source, else the next that has one (GAIN without
+    RDNOISE: the fit across exposures', else the frame's own); frames stored before the
+    noise model was measured (no gain_source) are not touched."""
+    from pausdenoise.ingest.noise import EXPOSURE_COLUMNS, exposure_gain_updates
+
+    models = pd.DataFrame([{**dict.fromkeys(EXPOSURE_COLUMNS, np.nan), "ccd": 1,
+                            "gain_header": 1.9, "gain": 1.8, "gain_err": 0.05,
+                            "read_noise_e": 11.0, "error": ""}])
+    table = pd.DataFrame([
+        {"frame": "a", "ccd": 1, "gain_header": 1.9, "rdnoise_header": np.nan,
+         "gain_fitted": 0.4, "read_noise_fitted_e": 7.0, "gain": 1.9, "rdnoise": 7.0,
+         "gain_source": "header"},
+        {"frame": "old", "ccd": 1, "gain": 1.9, "rdnoise": 5.0},
+    ])
+    auto = exposure_gain_updates(table, models, "auto")
+    assert set(auto) == {"a"}  # the old frame is left alone
+    assert auto["a"] == {"gain_exposures": 1.8, "gain_exposures_err": 0.05,
+                         "read_noise_exposures_e": 11.0, "rdnoise": 11.0}
+    # without a usable fit across exposures nothing changes: the frame's own 7.0 stays
+    assert exposure_gain_updates(table, models.assign(error="not used"), "auto") == {}
+    fitted = exposure_gain_updates(table, models, "fitted")["a"]
+    assert fitted["gain"] == 1.8 and fitted["gain_source"] == "exposures"
+    assert fitted["rdnoise"] == 11.0
+    header = exposure_gain_updates(table, models, "header")["a"]
+    assert header["rdnoise"] is None and "gain" not in header  # header only: no RDNOISE
