@@ -419,7 +419,9 @@ class Partition:
         ``image``: the frame's ``source_fingerprint`` attribute (the ingested content;
         ``None`` when the store does not record it); ``denoise_key``: for
         ``kind="denoised"`` the ``denoise_key`` of the frame's ``denoised`` array;
-        ``catalogue_rows``: :func:`catalogue_rows_digest` of ``rows``.
+        ``catalogue_rows``: :func:`catalogue_rows_digest` of ``rows``; ``noise``: the gain
+        [e⁻/ADU] and read noise [e⁻] in force (the ingest can change them without touching
+        the pixels, when a CCD's fit across exposures moves).
     """
 
     frame: str
@@ -478,7 +480,8 @@ def plan_partitions(
             band = str(attrs.get("band", "unknown"))
         rows = groups.get((e, c), catalogue.iloc[:0]).reset_index(drop=True)
         base = {"image": attrs.get("source_fingerprint"),
-                "catalogue_rows": catalogue_rows_digest(rows)}
+                "catalogue_rows": catalogue_rows_digest(rows),
+                "noise": [attrs.get("gain"), attrs.get("rdnoise")]}
         for kind in config.kinds:
             inputs = dict(base)
             if kind == "denoised":

@@ -193,3 +193,22 @@ def test_restoration_gives_the_injected_galaxies_back_their_light(run_dir, tmp_p
             assert weight[y, x] > 0.999 and after[y, x] != before[y, x]
             centres += 1
     assert centres >= 10
+
+
+def test_injection_key_follows_the_gain_in_force(tmp_path):
+    """The injected galaxies' photon noise and the injected frame's attributes carry the
+    gain: a gain changed by the ingest (a CCD's fit across exposures moved) injects the
+    frame again."""
+    from pausdenoise.config import PipelineConfig  # test-local: a bare context
+    from pausdenoise.pipeline.context import Context
+    from pausdenoise.pipeline.stages.inject import _injection_key
+    from pausdenoise.runstate import RunPaths, RunRecord
+
+    paths = RunPaths(tmp_path)
+    ctx = Context(PipelineConfig(), paths, None, RunRecord(paths))
+    injections = pd.DataFrame({"x": [10.0], "y": [12.0], "flux": [100.0]})
+    attrs = {"source_fingerprint": "abc", "gain": 1.5, "rdnoise": 5.0}
+    key = _injection_key(ctx, attrs, injections)
+    assert _injection_key(ctx, dict(attrs), injections) == key
+    assert _injection_key(ctx, {**attrs, "gain": 1.8}, injections) != key
+    assert _injection_key(ctx, {**attrs, "rdnoise": 7.0}, injections) != key

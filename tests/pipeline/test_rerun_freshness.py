@@ -287,3 +287,21 @@ def test_a_gain_changed_by_the_fit_across_exposures_outdates_the_later_stages(tm
     _outdate_downstream(record, "ingest", {"frames_changed": [], "frames_rewritten": [],
                                            "gains_changed": ["00000001_01"]})
     assert all(record.stage(s)["status"] == "outdated" for s in later)
+
+
+def test_a_changed_gain_remeasures_that_frames_partitions(base, tmp_path):
+    """When the ingest changes a frame's gain in force (a CCD's fit across exposures moved),
+    the photometry stage, outdated by it, remeasures that frame's partitions and no other:
+    the gain is among each partition's inputs."""
+    cfg, out = _copy(base, tmp_path)
+    frame = _frames(out)[0]
+    attrs = st.frame_attrs(out / "store.zarr", frame)
+    st.update_frame_attrs(out / "store.zarr", frame, {"gain": 1.25 * attrs["gain"]})
+    # as the ingest's gains_changed outdates it (train and denoise too: kept done here,
+    # so that only the photometry's own inputs differ)
+    RunRecord(RunPaths(out)).set("photometry", status="outdated")
+    assert _run(cfg, out) == EXIT_OK
+    assert _statuses(out) == {**UPSTREAM, "photometry": "done"}
+    assert _summary(out, "photometry")["partitions_written"] == 2  # raw and denoised
+    after = _phot(out).query("expnum == @st.parse_frame_id(@frame)[0] and kind == 'raw'")
+    assert len(after) > 0

@@ -194,7 +194,9 @@ def plan_injections(ctx: Context, catalogue: pd.DataFrame) -> dict[str, pd.DataF
 
 
 def _injection_key(ctx: Context, attrs: dict, injections: pd.DataFrame) -> str:
-    """Digest what an injected frame is made from (the input frame and the injections).
+    """Digest what an injected frame is made from.
+
+    The input frame, its gain and read noise in force, the settings and the injections.
 
     Returns
     -------
@@ -202,6 +204,7 @@ def _injection_key(ctx: Context, attrs: dict, injections: pd.DataFrame) -> str:
         16 hex characters.
     """
     return json_digest([ctx.cfg.inject.fingerprint(), attrs.get("source_fingerprint"),
+                        attrs.get("gain"), attrs.get("rdnoise"),
                         ctx.cfg.photometry.pixel_scale, ctx.cfg.photometry.psf_beta,
                         pd.util.hash_pandas_object(injections, index=False).sum()])
 

@@ -5,8 +5,9 @@ listed in ``<run>/catalogue_issues.csv``, not dropped); a sky catalogue (``ra``/
 per-frame columns) is placed on every frame through the frame's WCS
 (:mod:`pausdenoise.photometry.projection`). It writes Parquet partitions under
 ``<run>/photometry/``. A partition is skipped (unless ``force``) when it was written with the
-same settings from the same inputs: the frame's ingested content, its denoised image's key
-and its catalogue rows (:func:`pausdenoise.photometry.driver.plan_partitions`). Frames
+same settings from the same inputs: the frame's ingested content, its gain and read noise in
+force, its denoised image's key and its catalogue rows
+(:func:`pausdenoise.photometry.driver.plan_partitions`). Frames
 without a complete denoised image are left out of the denoised photometry and listed;
 partition files that no current partition owns are deleted.
 """
