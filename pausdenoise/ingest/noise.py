@@ -283,7 +283,8 @@ def exposure_noise_models(exposures: Any) -> Any:
     -------
     pandas.DataFrame
         :data:`EXPOSURE_COLUMNS`, one row per group: gains in e⁻/ADU, read noise in e⁻,
-        skies in ADU, ``max_deviation`` (largest |sky variance / line − 1| over the group),
+        skies in ADU, ``max_deviation`` (largest |sky variance / line − 1| over the group;
+        a negative intercept counts as 0),
         ``error`` (why the group has no usable fit; empty when it has one).
     """
     import pandas as pd  # pandas kept off this module's import path (read_frame's)
@@ -313,7 +314,8 @@ def exposure_noise_models(exposures: Any) -> Any:
             row["error"] = str(exc)
             rows.append(row)
             continue
-        dev = np.abs(var[ok] / m.variance_adu2(sky[ok]) - 1.0)
+        rn2 = m.read_noise_adu**2 if math.isfinite(m.read_noise_adu) else 0.0
+        dev = np.abs(var[ok] / (rn2 + sky[ok] / m.gain) - 1.0)
         row.update(gain=m.gain, gain_err=m.gain_err, read_noise_e=m.read_noise_e,
                    read_noise_e_err=m.read_noise_e_err, max_deviation=float(dev.max()))
         if not dev.max() <= MAX_DEVIATION:

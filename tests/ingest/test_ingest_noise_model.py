@@ -294,3 +294,18 @@ def test_gain_choice_per_quantity_and_old_frames_left_alone():
     assert fitted["rdnoise"] == 11.0
     header = exposure_gain_updates(table, models, "header")["a"]
     assert header["rdnoise"] is None and "gain" not in header  # header only: no RDNOISE
+
+
+def test_fit_across_exposures_with_a_negative_intercept_is_judged_by_its_slope():
+    """Skies on a line through a slightly negative intercept (no read noise, a little
+    over-subtracted bias): the fit is kept, its deviation measured against the line with the
+    intercept at 0, not NaN."""
+    from pausdenoise.ingest.noise import exposure_noise_models
+
+    sky = np.array([500.0, 900.0, 1500.0, 2500.0, 4000.0])
+    table = pd.DataFrame({"frame": [f"f{i}" for i in range(5)], "ccd": 1,
+                          "gain_header": np.nan, "gain_fitted": 0.5, "sky_fitted_adu": sky,
+                          "sky_var_fitted_adu2": sky / 2.0 - 5.0, "sky_var_fitted_err": 1.0})
+    (row,) = exposure_noise_models(table).to_dict("records")
+    assert row["gain"] == pytest.approx(2.0, rel=0.01) and np.isnan(row["read_noise_e"])
+    assert row["error"] == "" and row["max_deviation"] == pytest.approx(5 / 245, rel=0.05)
