@@ -144,3 +144,33 @@ def test_store_frames_without_a_gain_give_no_scale(tmp_path):
     _, noise = _noise_settings(TrainConfig(), exposures, {"00000004_01": _Stats()},
                                ["00000004_01"])
     assert noise["noise_scale_source"] == "default"
+
+
+def test_measured_correlation_on_crowded_frames_comes_with_a_warning():
+    """Frames whose own gain fits lie below their sky's bound (a crowded field) and whose
+    measured correlation would mask neighbours: the settings carry a warning that names
+    train.noise_correlation; uncrowded frames or a configured correlation carry none."""
+    exposures = pd.DataFrame({
+        "frame": ["a", "b", "c"], "gain": [1.9] * 3, "gain_source": ["header"] * 3,
+        "noise_corr_x": [0.5, 0.55, 0.45], "noise_corr_y": [0.4, 0.45, 0.42],
+        "gain_fitted": [0.4, 0.5, 0.35], "gain_fitted_err": [0.03] * 3,
+        "gain_sky_min": [1.5, 1.6, 1.4],
+    })
+
+    class _Stats:
+        sigma = 10.0
+
+    stats = dict.fromkeys(exposures["frame"], _Stats())
+    frames = list(exposures["frame"])
+    _, noise = _noise_settings(TrainConfig(), exposures, stats, frames)
+    assert noise["struct_axes"] == "xy"
+    assert "train.noise_correlation" in noise["noise_correlation_warning"]
+    clean = exposures.assign(gain_fitted=[1.8, 1.9, 2.0])
+    assert "noise_correlation_warning" not in _noise_settings(TrainConfig(), clean, stats,
+                                                              frames)[1]
+    across = clean.assign(gain_exposures=3.0)  # own fits far below the fit across exposures
+    assert "noise_correlation_warning" in _noise_settings(TrainConfig(), across, stats,
+                                                          frames)[1]
+    _, given = _noise_settings(TrainConfig(noise_correlation=(0.0, 0.0)), exposures, stats,
+                               frames)
+    assert "noise_correlation_warning" not in given

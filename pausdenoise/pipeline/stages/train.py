@@ -31,6 +31,7 @@ import pandas as pd
 from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
+from pausdenoise.ingest.noise import gain_below_sky_bound
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.n2v.train import train_n2v
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
@@ -161,7 +162,9 @@ def _noise_settings(
         What was used: ``noise_scale_electrons`` and ``noise_scale_source`` (``config``,
         ``<gain sources> gains`` or ``default``), ``sky_variance`` (normalised units²) and
         its source, ``noise_correlation`` [ρ_x, ρ_y] and its
-        source, ``struct_axes`` and ``blind_radius`` [px].
+        source, ``struct_axes`` and ``blind_radius`` [px], and
+        ``noise_correlation_warning`` when a measured correlation sets structN2V masks on
+        frames that look crowded.
     """
     update: dict[str, Any] = {}
     scale_source, corr_source, sky_source = "config", "config", "config"
@@ -185,6 +188,14 @@ def _noise_settings(
             corr_source = "measured at ingest (median over the training frames)"
     train_cfg = train_cfg.model_copy(update=update) if update else train_cfg
     corr = train_cfg.noise_correlation
+    warning = ""
+    if "noise_correlation" in update and train_cfg.struct_axes and _crowded(exposures, frames):
+        warning = (f"the lag-1 correlation measured at ingest ({corr[0]:.2f}, {corr[1]:.2f}) "
+                   f"masks the neighbours along {train_cfg.struct_axes}, but most training "
+                   "frames look crowded (their own gain fits lie below their sky's bound or "
+                   "far from the fit across exposures): the correlation may be the "
+                   "unresolved sources', not the noise's; set train.noise_correlation "
+                   "([0, 0] for unresampled CCD readouts)")
     return train_cfg, {
         "noise_scale_electrons": train_cfg.noise_scale,
         "noise_scale_source": scale_source,
@@ -194,7 +205,32 @@ def _noise_settings(
         "noise_correlation_source": corr_source,
         "struct_axes": train_cfg.struct_axes,
         "blind_radius": train_cfg.blind_radius,
+        **({"noise_correlation_warning": warning} if warning else {}),
     }
+
+
+def _crowded(exposures: pd.DataFrame, frames: list[str]) -> bool:
+    """Tell whether most of ``frames`` look crowded by their noise-model fits.
+
+    A frame looks crowded when its own fitted gain lies below the bound its sky's variance
+    sets (:func:`pausdenoise.ingest.noise.gain_below_sky_bound`) or below 0.8 × the gain
+    fitted across its CCD's exposures: unresolved sources add variance that grows with
+    the signal, and correlation over the PSF.
+
+    Returns
+    -------
+    bool
+        False when the store has no such fits.
+    """
+    rows = exposures[exposures["frame"].isin(frames)].to_dict("records")
+    if not rows:
+        return False
+
+    own = pd.to_numeric(pd.Series([r.get("gain_fitted") for r in rows]), errors="coerce")
+    across = pd.to_numeric(pd.Series([r.get("gain_exposures") for r in rows]),
+                           errors="coerce")
+    below = np.array([gain_below_sky_bound(r) for r in rows]) | (own < 0.8 * across).to_numpy()
+    return bool(below.sum() > len(rows) / 2)
 
 
 def _training_frames(ctx: Context, exposures: pd.DataFrame
@@ -265,6 +301,8 @@ def run(ctx: Context) -> dict[str, Any]:
     exposures = st.exposure_table(ctx.store)
     frames, train_frames, held, stats, skipped = _training_frames(ctx, exposures)
     train_cfg, noise = _noise_settings(ctx.cfg.train, exposures, stats, train_frames)
+    if noise.get("noise_correlation_warning"):
+        print(f"train: warning: {noise['noise_correlation_warning']}")
     excluded: list[list[str]] = []
     if train_cfg.method == "n2n":
         frames, targets, no_target = attach_targets(ctx, exposures, frames)
