@@ -87,7 +87,8 @@ def run(ctx: Context) -> dict[str, Any]:
     Returns
     -------
     dict
-        The stage summary: frames ingested, up to date and failed (``partial`` when some
+        The stage summary (its note adds the frames per gain source unless every gain is
+        the header's): frames ingested, up to date and failed (``partial`` when some
         failed), and of the ingested frames those already in the store before:
         ``frames_changed`` (other content now) and ``frames_rewritten`` (same content);
         ``noise_model``: the noise table's path, the frames per gain source and the median
@@ -115,9 +116,12 @@ def run(ctx: Context) -> dict[str, Any]:
     _write_csv(exposures, ctx.paths.out / EXPOSURE_NOISE_TABLE)
     noise = _write_noise_table(ctx.store, ctx.paths.out / NOISE_TABLE)
     noise["exposures"] = [_exposure_summary(m) for m in report.exposure_noise]
+    sources = noise["gain_source"]
+    gains = ("" if set(sources) <= {"header"} else "; gain from " + ", ".join(
+        f"{k} {v}" for k, v in sorted(sources.items())))
     return {
         "note": f"{len(report.ingested)} ingested, {len(report.skipped)} up to date, "
-                f"{len(report.failed)} failed",
+                f"{len(report.failed)} failed{gains}",
         "ingested": report.ingested,
         "skipped": report.skipped,
         "failed": [list(f) for f in report.failed],
