@@ -19,7 +19,7 @@ not), and :func:`exposure_gain_updates` puts it in force wherever a fitted gain 
 (``"auto"`` without a header gain, ``"fitted"``), with ``gain_source`` ``"exposures"``.
 
 Stored attributes (exposure-table columns): ``gain`` [e⁻/ADU] and ``rdnoise`` [e⁻] (the
-values in force), ``gain_source`` (``"header"``, ``"fitted"`` or ``"none"``),
+values in force), ``gain_source`` (``"header"``, ``"exposures"``, ``"fitted"`` or ``"none"``),
 ``gain_header`` / ``rdnoise_header`` (the header's values, None when absent),
 ``gain_fitted``, ``gain_fitted_err`` [e⁻/ADU], ``read_noise_fitted_e`` [e⁻] (the frame's own
 fit), ``sky_fitted_adu`` [ADU] and ``sky_var_fitted_adu2``, ``sky_var_fitted_err`` [ADU²]
@@ -357,11 +357,8 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
         change); frames with nothing to change, or stored before the noise model was
         measured (no ``gain_source``), are absent.
     """
-    usable = {}
-    for m in models.to_dict("records"):
-        if not m["error"] and _finite(m["gain"]):
-            header = m["gain_header"]
-            usable[(int(m["ccd"]), float(header) if _finite(header) else -1.0)] = m
+    usable = {_group_key(m): m for m in models.to_dict("records")
+              if not m["error"] and _finite(m["gain"])}
     out: dict[str, dict[str, Any]] = {}
     for row in exposures.to_dict("records"):
         if "ccd" not in row or not isinstance(row.get("gain_source"), str):

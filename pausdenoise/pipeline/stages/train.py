@@ -225,7 +225,6 @@ def _crowded(exposures: pd.DataFrame, frames: list[str]) -> bool:
     rows = exposures[exposures["frame"].isin(frames)].to_dict("records")
     if not rows:
         return False
-
     own = pd.to_numeric(pd.Series([r.get("gain_fitted") for r in rows]), errors="coerce")
     across = pd.to_numeric(pd.Series([r.get("gain_exposures") for r in rows]),
                            errors="coerce")
