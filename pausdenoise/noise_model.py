@@ -23,6 +23,11 @@ hold unresolved stars whose light adds variance that grows with the signal: ther
 one-frame slope is too steep and its gain too small (a crowded bulge field: 0.19–0.59 e⁻/ADU
 against a header 1.9; across its 24 exposures 1.7–1.8).
 
+Noise correlation: :func:`measure_noise_correlation` in small detrended tiles, and
+:func:`measure_noise_correlation_high_frequency` from the power spectrum above 0.45
+cycles/px, where a well-sampled PSF leaves the sources no power (crowded fields, where the
+tiles see the unresolved stars, correlated over the PSF).
+
 Limitations: the intercept is an extrapolation from the lowest level present (the sky), so
 when the sky variance dwarfs the read noise (``S/gain ≫ rn_adu²``) the read noise is poorly
 determined (its error is returned). Flat-fielding rescales pixels by a few per cent and
@@ -43,7 +48,7 @@ from pausdenoise.errors import NoiseModelError
 from pausdenoise.stats import mad_sigma
 
 __all__ = ["NoiseModel", "fit_gain_across_exposures", "fit_noise_model",
-           "measure_noise_correlation"]
+           "measure_noise_correlation", "measure_noise_correlation_high_frequency"]
 
 TILE = 6
 """Side of the square tiles in which the local variance is measured, px."""
@@ -650,4 +655,150 @@ def measure_noise_correlation(
         "n_pairs_x": n_pairs,
         "n_pairs_y": n_pairs,
         "rho_err": float(np.max(np.std(groups, axis=0, ddof=1)) / 4.0),
+    }
+
+
+HF_TILE = 64
+"""Side of the tiles whose power spectra :func:`measure_noise_correlation_high_frequency`
+averages, px (overlapping by half)."""
+
+HF_K_MIN = 0.45
+"""Lowest spatial frequency (cycles/px, radial) that the high-frequency fit uses: above it a
+well-sampled PSF (FWHM ≳ 4 px) leaves little of the sources' power."""
+
+MIN_HF_TILES = 48
+"""Fewest clean tiles for a high-frequency measurement (three per interleaved group)."""
+
+
+def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Power spectra of the clean, Hann-windowed :data:`HF_TILE`² tiles of an image.
+
+    Returns
+    -------
+    ndarray, shape (n, HF_TILE, HF_TILE // 2 + 1)
+        ``|rfft2|²`` of each tile without a bad pixel, its mean removed, ADU² (unnormalised).
+    """
+    t, step = HF_TILE, HF_TILE // 2
+    ny, nx = image.shape
+    window = np.outer(np.hanning(t), np.hanning(t))
+    tiles = [image[y:y + t, x:x + t]
+             for y in range(0, ny - t + 1, step) for x in range(0, nx - t + 1, step)
+             if not bad[y:y + t, x:x + t].any()]
+    if not tiles:
+        return np.zeros((0, t, t // 2 + 1))
+    stack = np.array(tiles)
+    stack -= stack.mean(axis=(1, 2), keepdims=True)
+    return np.abs(np.fft.rfft2(stack * window)) ** 2
+
+
+def _hf_design(k_min: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the frequencies of the fit and ``2 cos 2πk`` along x and y there.
+
+    Returns
+    -------
+    use : ndarray of bool, shape (HF_TILE, HF_TILE // 2 + 1)
+        The rfft2 bins with radial frequency ≥ ``k_min`` (the four purely real ones left
+        out: their power is χ²₁, not χ²₂, so their median differs).
+    cos_x, cos_y : ndarray, shape (n_bins,)
+        ``2 cos(2π kₓ)`` and ``2 cos(2π kᵧ)`` in those bins.
+    """
+    ky = np.fft.fftfreq(HF_TILE)[:, None]
+    kx = np.fft.rfftfreq(HF_TILE)[None, :]
+    kyy, kxx = np.broadcast_arrays(ky, kx)
+    use = np.hypot(kxx, kyy) >= k_min
+    real = (np.isin(np.abs(kyy), (0.0, 0.5))) & (np.isin(kxx, (0.0, 0.5)))
+    use &= ~real
+    return use, 2.0 * np.cos(2.0 * np.pi * kxx[use]), 2.0 * np.cos(2.0 * np.pi * kyy[use])
+
+
+def _hf_solve(power: np.ndarray, use: np.ndarray, cos_x: np.ndarray, cos_y: np.ndarray
+              ) -> np.ndarray:
+    """Fit white noise smoothed by ``[a, 1, a]`` along x and ``[b, 1, b]`` along y.
+
+    The model ``P(k) = σ² (1 + a·2cos 2πkₓ)² (1 + b·2cos 2πkᵧ)²`` is fitted to the median
+    spectrum by least squares; it is never negative, holds where the kernels null the
+    noise at Nyquist (``a = 1/2``: linear interpolation halfway), and gives the lag-1
+    correlation ``2a / (1 + 2a²)`` (at most 1/√2; wider smoothing is measured approximately).
+
+    Returns
+    -------
+    ndarray, shape (2,)
+        The lag-1 correlations along x and along y.
+    """
+    from scipy.optimize import least_squares  # why: scipy.optimize only for this fit
+
+    p = np.median(power, axis=0)[use]
+    p = p / float(np.median(p))
+
+    def residual(q: np.ndarray) -> np.ndarray:
+        return q[0] * ((1.0 + q[1] * cos_x) * (1.0 + q[2] * cos_y)) ** 2 - p
+
+    a, b = least_squares(residual, np.array([1.0, 0.0, 0.0]), method="lm").x[1:]
+    return np.array([2.0 * a / (1.0 + 2.0 * a * a), 2.0 * b / (1.0 + 2.0 * b * b)])
+def measure_noise_correlation_high_frequency(
+    image: np.ndarray, mask: np.ndarray | None = None, *, max_pixels: int | None = None,
+    k_min: float = HF_K_MIN,
+) -> dict[str, float]:
+    """Lag-1 noise correlation along x and y from the highest spatial frequencies.
+
+    The noise's power spectrum is the Fourier transform of its autocorrelation,
+    ``P(k) = σ² (1 + Σₘ 2 ρₘ cos 2π k·oₘ)``, linear in the correlations ``ρₘ`` at the
+    offsets ``oₘ``. Sources put their power where the PSF's transfer function does, below
+    ~1/FWHM: above ``k_min`` cycles/px a well-sampled PSF leaves almost only the noise. The
+    median power spectrum of :data:`HF_TILE`² Hann-windowed tiles (tiles with a bad pixel
+    left out; the median ignores the few holding a cosmic ray) is fitted there as white
+    noise smoothed by a three-pixel kernel along each axis (:func:`_hf_solve`).
+
+    This is the measurement for crowded fields, where :func:`measure_noise_correlation`
+    sees the unresolved stars (correlated over the PSF) as correlated noise. What is left of
+    the sources' power above ``k_min`` still raises the result, so on a crowded field it is
+    an upper bound (the more so the narrower the PSF); on noise alone both measure the same
+    lag-1 correlation. A correlation that is not separable in x and y, or reaches beyond
+    two pixels, is measured approximately.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The frame in ADU (sky not subtracted is fine).
+    mask : ndarray of int, optional
+        Non-zero marks a bad pixel (its tiles are not used).
+    max_pixels : int, optional
+        Measure on evenly spaced strips of :data:`STRIP` full-width rows holding at most
+        this many pixels (as :func:`measure_noise_correlation`); None = the whole frame.
+    k_min : float
+        Lowest radial spatial frequency used, cycles/px (Nyquist is 0.5).
+
+    Returns
+    -------
+    dict
+        ``rho_x``, ``rho_y`` (lag-1, between neighbouring columns and rows),
+        ``rho_err`` (1σ error of either, the larger, from the scatter of 16 interleaved
+        groups of tiles), ``n_tiles`` and ``k_min``.
+
+    Raises
+    ------
+    NoiseModelError
+        Fewer than :data:`MIN_HF_TILES` clean tiles, or ``k_min`` outside (0, 0.5).
+    """
+    if not 0.0 < k_min < 0.5:
+        raise NoiseModelError(f"k_min must lie in (0, 0.5) cycles/px, got {k_min!r}")
+    img = np.asarray(image, dtype=np.float64)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    power = np.concatenate([_hf_tiles(img[rows], bad[rows])
+                            for rows in _strips(*img.shape, max_pixels)])
+    if len(power) < MIN_HF_TILES:
+        raise NoiseModelError(
+            f"only {len(power)} clean {HF_TILE}×{HF_TILE} px tiles (at least {MIN_HF_TILES} "
+            "needed) for the high-frequency noise correlation")
+    use, cos_x, cos_y = _hf_design(k_min)
+    rho = _hf_solve(power, use, cos_x, cos_y)
+    groups = np.array([_hf_solve(power[g::16], use, cos_x, cos_y) for g in range(16)])
+    return {
+        "rho_x": float(rho[0]),
+        "rho_y": float(rho[1]),
+        "rho_err": float(np.max(np.std(groups, axis=0, ddof=1)) / 4.0),
+        "n_tiles": float(len(power)),
+        "k_min": float(k_min),
     }

@@ -23,9 +23,11 @@ from pausdenoise.errors import IngestError
 from pausdenoise.ingest.config import IngestConfig
 from pausdenoise.ingest.frame import FrameData, read_frame, source_fingerprint, source_stat
 from pausdenoise.ingest.noise import (
+    NOISE_MEASUREMENT_VERSION,
     exposure_gain_updates,
     exposure_noise_models,
     gain_below_sky_bound,
+    noise_correlation_attrs,
 )
 from pausdenoise.ingest.plan import (
     FrameSource,
@@ -62,7 +64,9 @@ class IngestReport:
     is set when the run could not start (no input, unusable store). ``exposure_noise``:
     the rows of :func:`~pausdenoise.ingest.noise.exposure_noise_models` (one per CCD);
     ``gains_changed``: frames whose gain or read noise in force the fit across exposures
-    changed.
+    changed; ``correlations_remeasured``: frames stored without the high-frequency noise
+    correlation, measured now, and ``correlations_changed``: those whose correlation in
+    force changed (:func:`_complete_noise_correlation`).
     """
 
     ingested: list[str] = field(default_factory=list)
@@ -72,6 +76,8 @@ class IngestReport:
     fatal: str | None = None
     exposure_noise: list[dict[str, Any]] = field(default_factory=list)
     gains_changed: list[str] = field(default_factory=list)
+    correlations_remeasured: list[str] = field(default_factory=list)
+    correlations_changed: list[str] = field(default_factory=list)
 
     @property
     def exit_status(self) -> int:
@@ -99,6 +105,11 @@ class IngestReport:
         lines += [f"  FAILED {f}: {r}" for f, r in self.failed]
         lines += [f"  noise model across exposures: {_exposure_line(m)}"
                   for m in self.exposure_noise]
+        if self.correlations_remeasured:
+            lines.append(f"  noise correlation measured again on "
+                         f"{len(self.correlations_remeasured)} frame(s) stored without its "
+                         f"high-frequency measurement; {len(self.correlations_changed)} "
+                         "changed")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -290,6 +301,7 @@ def ingest(
     report.skipped.sort()
     if report.ingested or report.skipped:
         _apply_exposure_noise(store, config, report)
+        _complete_noise_correlation(store, report)
     log.info("%s", report.summary())
     return report
 
@@ -311,6 +323,54 @@ def _exposure_line(m: dict[str, Any]) -> str:
             f"{m['read_noise_e']:.3g} ± {m['read_noise_e_err']:.2g} e- from the skies of "
             f"{m['n_exposures']} exposures ({m['sky_min_adu']:.4g}–{m['sky_max_adu']:.4g} ADU)")
     return f"{text}; not used: {m['error']}" if m["error"] else text
+
+
+def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestReport) -> None:
+    """Measure the noise correlation of frames stored before the high-frequency measurement.
+
+    Such frames (``noise_measurement_version`` absent or below
+    :data:`~pausdenoise.ingest.noise.NOISE_MEASUREMENT_VERSION`) carry only the small tiles'
+    lag-1 correlation, which on a crowded field is the unresolved sources'. Each is measured
+    both ways from its stored image and mask, and the choice put in force
+    (:func:`~pausdenoise.ingest.noise.noise_correlation_attrs`, which also stores the
+    version, so each frame is measured once). Fills ``report.correlations_remeasured`` and
+    ``report.correlations_changed`` (those whose ``noise_corr_x``/``noise_corr_y`` in force
+    moved by more than 0.005).
+    """
+    table = st.exposure_table(store, complete_only=True)
+    version = (table["noise_measurement_version"] if "noise_measurement_version" in table
+               else None)
+    todo = table if version is None else table[
+        ~(version.apply(lambda v: isinstance(v, (int, float)) and v >= NOISE_MEASUREMENT_VERSION))]
+    if todo.empty:
+        return
+    root = st.open_store(store, "r")
+    for row in todo.to_dict("records"):
+        frame = row["frame"]
+        group = root[f"{st.FRAMES_GROUP}/{frame}"]
+        mask = group["mask"][...] if "mask" in group else None
+        attrs, _ = noise_correlation_attrs(group["image"][...], mask)
+        st.update_frame_attrs(store, frame, attrs)
+        report.correlations_remeasured.append(frame)
+        if any(_moved(row.get(k), attrs[k]) for k in ("noise_corr_x", "noise_corr_y")):
+            report.correlations_changed.append(frame)
+
+
+def _moved(old: Any, new: float, tolerance: float = 0.005) -> bool:
+    """Tell whether a correlation changed: beyond ``tolerance``, or measured on one side only.
+
+    Returns
+    -------
+    bool
+        True when exactly one of the two is a finite number, or both are and differ by more
+        than ``tolerance``.
+    """
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    if finite(old) and finite(new):
+        return abs(float(old) - float(new)) > tolerance
+    return finite(old) != finite(new)
 
 
 def _apply_exposure_noise(store: os.PathLike[str] | str, config: IngestConfig,

@@ -2,9 +2,11 @@
 
 :func:`noise_attrs` fits the CCD noise model (:func:`pausdenoise.noise_model.fit_noise_model`:
 gain and read noise from the variance of many small tiles against their signal) and measures
-the lag-1 noise correlation along x and y
-(:func:`pausdenoise.noise_model.measure_noise_correlation`), then decides which gain and read
-noise the frame carries (``ingest.noise_model``):
+the lag-1 noise correlation along x and y in small tiles
+(:func:`pausdenoise.noise_model.measure_noise_correlation`) and at the highest spatial
+frequencies (:func:`pausdenoise.noise_model.measure_noise_correlation_high_frequency`, in
+force where the tiles see sources: :func:`choose_noise_correlation`), then decides which gain
+and read noise the frame carries (``ingest.noise_model``):
 
 - ``"auto"``: the header's (or ``ingest.defaults``') value when there is one, else the fitted
   one;
@@ -28,7 +30,10 @@ ratio: the least gain the sky's variance allows, since ``var ≥ S/gain``), ``ga
 ``gain_exposures_err`` [e⁻/ADU], ``read_noise_exposures_e`` [e⁻] (the fit across the CCD's
 exposures, NaN when there is none),
 ``noise_corr_x`` / ``noise_corr_y`` (lag-1 correlation of the sky noise along x, i.e.
-between neighbouring columns, and along y, between neighbouring rows) and, when a
+between neighbouring columns, and along y, between neighbouring rows: the one in force),
+``noise_corr_method`` (``"tiles"`` or ``"high-frequency"``, see
+:func:`choose_noise_correlation`), ``noise_corr_tiles_x/_y`` and ``noise_corr_hf_x/_y``
+(the two measurements) and, when a
 measurement failed, ``noise_fit_error`` (why). NaN marks what could not be measured; a frame
 without any gain has no ``gain`` attribute (photometry refuses it, naming the gain).
 
@@ -48,11 +53,13 @@ from pausdenoise.noise_model import (
     fit_gain_across_exposures,
     fit_noise_model,
     measure_noise_correlation,
+    measure_noise_correlation_high_frequency,
 )
 
 __all__ = ["CORRELATION_MAX_PIXELS", "EXPOSURE_COLUMNS", "NOISE_COLUMNS",
-           "exposure_gain_updates", "exposure_noise_models", "gain_below_sky_bound",
-           "noise_attrs"]
+           "NOISE_MEASUREMENT_VERSION",
+           "choose_noise_correlation", "exposure_gain_updates", "exposure_noise_models",
+           "gain_below_sky_bound", "noise_attrs", "noise_correlation_attrs"]
 
 CORRELATION_MAX_PIXELS = 2**21
 """Pixels (evenly spaced full-width strips) on which the noise correlation is measured:
@@ -69,6 +76,11 @@ NOISE_COLUMNS: tuple[str, ...] = (
     "rdnoise_header",
     "noise_corr_x",
     "noise_corr_y",
+    "noise_corr_method",
+    "noise_corr_tiles_x",
+    "noise_corr_tiles_y",
+    "noise_corr_hf_x",
+    "noise_corr_hf_y",
     "sky_fitted_adu",
     "sky_var_fitted_adu2",
     "gain_sky_min",
@@ -98,13 +110,103 @@ the fit across exposures to be used: beyond it the exposures do not share one no
 (other cameras or gain settings under one CCD number)."""
 
 
+NOISE_MEASUREMENT_VERSION = 2
+"""Version of the per-frame noise measurements, stored on every frame
+(``noise_measurement_version``; absent on frames stored before version 2). The ingest
+measures the noise correlation again on frames of an older version (2: the high-frequency
+measurement), and the ingest stage's fingerprint holds it, so an existing run's ingest stage
+runs again once after an upgrade."""
+
+CORRELATION_TOLERANCE = (0.05, 0.2)
+"""How far (absolute, and relative to the high-frequency value) the tiles' correlation may
+exceed the high-frequency one before the tiles count as seeing sources (besides 3σ)."""
+
+
+def choose_noise_correlation(tiles: dict[str, float] | None, high: dict[str, float] | None
+                             ) -> tuple[float, float, str]:
+    """Pick the lag-1 noise correlation in force from the two measurements.
+
+    The tiles' measurement (:func:`pausdenoise.noise_model.measure_noise_correlation`) is
+    the more precise on noise and is used unless, on either axis, it exceeds the
+    high-frequency one (:func:`pausdenoise.noise_model.measure_noise_correlation_high_frequency`)
+    by more than 3σ and by more than ``0.05 + 0.2 |ρ_hf|`` (:data:`CORRELATION_TOLERANCE`):
+    then sources correlated over the PSF (a crowded field) dominate it and the
+    high-frequency one is used. Both are unbiased on noise alone and raised by sources.
+
+    Parameters
+    ----------
+    tiles, high : dict or None
+        The measurements (``rho_x``, ``rho_y``, ``rho_err``); None when one failed.
+
+    Returns
+    -------
+    rho_x, rho_y : float
+        The correlation in force along x and y (NaN when neither was measured).
+    method : str
+        ``"tiles"``, ``"high-frequency"`` or ``"none"``.
+    """
+    if tiles is None and high is None:
+        return float("nan"), float("nan"), "none"
+    if tiles is None or high is None:
+        rho, method = (high, "high-frequency") if tiles is None else (tiles, "tiles")
+        return rho["rho_x"], rho["rho_y"], method  # type: ignore[index]
+    absolute, relative = CORRELATION_TOLERANCE
+    sigma = math.hypot(tiles["rho_err"], high["rho_err"])
+    sources = any(tiles[k] - high[k] > max(3.0 * sigma, absolute + relative * abs(high[k]))
+                  for k in ("rho_x", "rho_y"))
+    rho, method = (high, "high-frequency") if sources else (tiles, "tiles")
+    return rho["rho_x"], rho["rho_y"], method
+
+
 def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
+def noise_correlation_attrs(image: np.ndarray, mask: np.ndarray | None
+                            ) -> tuple[dict[str, Any], list[str]]:
+    """Measure a frame's lag-1 noise correlation both ways and choose the one in force.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The frame, ADU.
+    mask : ndarray of int or None
+        Non-zero marks a pixel not to use.
+
+    Returns
+    -------
+    attrs : dict
+        ``noise_corr_tiles_x/_y``, ``noise_corr_hf_x/_y`` (NaN where not measured),
+        ``noise_corr_x/_y`` and ``noise_corr_method`` (:func:`choose_noise_correlation`),
+        ``noise_measurement_version`` (:data:`NOISE_MEASUREMENT_VERSION`).
+    errors : list of str
+        Why the correlation could not be measured at all (empty when one way worked).
+    """
+    nan = float("nan")
+    out: dict[str, Any] = dict.fromkeys(("noise_corr_tiles_x", "noise_corr_tiles_y",
+                                         "noise_corr_hf_x", "noise_corr_hf_y"), nan)
+    errors = []
+    tiles = high = None
+    try:
+        tiles = measure_noise_correlation(image, mask, max_pixels=CORRELATION_MAX_PIXELS)
+        out.update(noise_corr_tiles_x=tiles["rho_x"], noise_corr_tiles_y=tiles["rho_y"])
+    except NoiseModelError as exc:
+        errors.append(f"noise correlation: {exc}")
+    try:
+        high = measure_noise_correlation_high_frequency(image, mask,
+                                                        max_pixels=CORRELATION_MAX_PIXELS)
+        out.update(noise_corr_hf_x=high["rho_x"], noise_corr_hf_y=high["rho_y"])
+    except NoiseModelError as exc:
+        errors.append(f"noise correlation (high frequencies): {exc}")
+    rho_x, rho_y, method = choose_noise_correlation(tiles, high)
+    out.update(noise_corr_x=rho_x, noise_corr_y=rho_y, noise_corr_method=method,
+               noise_measurement_version=NOISE_MEASUREMENT_VERSION)
+    return out, ([] if method != "none" else errors)
+
+
 def _measure(
     image: np.ndarray, mask: np.ndarray, saturate: float | None
-) -> tuple[dict[str, float], list[str]]:
+) -> tuple[dict[str, Any], list[str]]:
     """Fit the noise model and measure the correlation; failures give NaN and a reason.
 
     Returns
@@ -112,14 +214,15 @@ def _measure(
     values : dict
         ``gain_fitted``, ``gain_fitted_err``, ``read_noise_fitted_e``, ``sky_fitted_adu``,
         ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``gain_sky_min``, ``noise_corr_x``,
-        ``noise_corr_y`` (NaN where not measured).
+        ``noise_corr_y``, ``noise_corr_tiles_x``, ``noise_corr_tiles_y``,
+        ``noise_corr_hf_x``, ``noise_corr_hf_y`` (NaN where not measured) and
+        ``noise_corr_method``.
     errors : list of str
         Why a measurement failed.
     """
-    nan = float("nan")
-    out = dict.fromkeys(("gain_fitted", "gain_fitted_err", "read_noise_fitted_e",
-                         "sky_fitted_adu", "sky_var_fitted_adu2", "sky_var_fitted_err",
-                         "gain_sky_min", "noise_corr_x", "noise_corr_y"), nan)
+    out: dict[str, Any] = dict.fromkeys(
+        ("gain_fitted", "gain_fitted_err", "read_noise_fitted_e", "sky_fitted_adu",
+         "sky_var_fitted_adu2", "sky_var_fitted_err", "gain_sky_min"), float("nan"))
     errors = []
     try:
         m = fit_noise_model(image, mask, saturate=saturate)
@@ -130,11 +233,9 @@ def _measure(
             out["gain_sky_min"] = m.sky_adu / m.sky_var_adu2
     except NoiseModelError as exc:
         errors.append(f"noise model: {exc}")
-    try:
-        rho = measure_noise_correlation(image, mask, max_pixels=CORRELATION_MAX_PIXELS)
-        out.update(noise_corr_x=rho["rho_x"], noise_corr_y=rho["rho_y"])
-    except NoiseModelError as exc:
-        errors.append(f"noise correlation: {exc}")
+    corr, corr_errors = noise_correlation_attrs(image, mask)
+    out.update(corr)
+    errors += corr_errors
     return out, errors
 
 
@@ -224,14 +325,15 @@ def noise_table(exposures: Any) -> Any:
     pandas.DataFrame
         ``frame``, ``band`` and :data:`NOISE_COLUMNS`, one row per frame: gains in e⁻/ADU,
         read noises in e⁻, correlations dimensionless; ``gain_source`` ``"header"``,
-        ``"fitted"`` or ``"none"`` (empty for frames stored before it existed).
+        ``"fitted"`` or ``"none"`` and ``noise_corr_method`` (empty for frames stored
+        before they existed).
     """
     import pandas as pd  # pandas kept off this module's import path (read_frame's)
 
     out = pd.DataFrame({"frame": exposures["frame"], "band": exposures.get("band")})
     for col in NOISE_COLUMNS:
         values = exposures[col] if col in exposures else pd.Series(np.nan, exposures.index)
-        if col == "gain_source":
+        if col in ("gain_source", "noise_corr_method"):
             out[col] = values.where(values.notna(), "").astype(str)
         else:
             out[col] = pd.to_numeric(values, errors="coerce").astype("float64")

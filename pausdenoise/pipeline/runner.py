@@ -30,6 +30,7 @@ from pausdenoise.cluster import make_client
 from pausdenoise.config import STAGES, PipelineConfig
 from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
+from pausdenoise.ingest.noise import NOISE_MEASUREMENT_VERSION
 from pausdenoise.ingest.plan import expand_inputs, find_images
 from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
@@ -163,7 +164,9 @@ def stage_fingerprints(
     A stage's fingerprint digests its own config section chained with its inputs'
     fingerprints (and the package version, so an upgrade redoes the stages). Ingest reads
     ``input.source``, ``fits_path`` and ``store_path``, and the paths, sizes and mtimes of
-    the FITS files (a file edited in place is ingested again). Training chains only the
+    the FITS files (a file edited in place is ingested again), and the version of the
+    per-frame noise measurements (a new one measures the stored frames again: the stage
+    runs, its inner resume skips their pixels). Training chains only the
     ingest settings that change the pixels: new chunks, shards or compression rewrite the
     store and the denoised arrays, not the model. Denoise reads the trained model
     (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
@@ -211,6 +214,7 @@ def stage_fingerprints(
                            i["source"], i["fits_path"], i["store_path"], _fp("simulate")],
         "ingest": lambda: ["storage", _fp("pixels"),
                            {k: d["ingest"][k] for k in _STORAGE_ONLY},
+                           {"noise_measurement_version": NOISE_MEASUREMENT_VERSION},
                            *_input_files_token(cfg)],
         "train": lambda: (["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")]
                           + ([reference_settings(cfg.evaluate)] if cfg.train.method == "n2n"
@@ -381,14 +385,16 @@ def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -
     """Mark the later stages that a re-ingest made stale as ``outdated`` in ``run.json``.
 
     Their fingerprints digest configuration, not the store's pixels: frames ingested again
-    with other content, or whose gain in force the fit across exposures changed, outdate
-    every later stage; frames rewritten with the same content
-    lose the arrays the later stages wrote into them (:data:`_FRAME_ARRAY_STAGES`). An
-    outdated stage runs at the next run and its inner resume redoes only what is missing.
+    with other content, or whose gain in force the fit across exposures changed, or whose
+    noise correlation in force changed when measured again, outdate every later stage;
+    frames rewritten with the same content lose the arrays the later stages wrote into them
+    (:data:`_FRAME_ARRAY_STAGES`). An outdated stage runs at the next run and its inner
+    resume redoes only what is missing.
     """
     if name != "ingest":
         return
-    if summary.get("frames_changed") or summary.get("gains_changed"):
+    if (summary.get("frames_changed") or summary.get("gains_changed")
+            or summary.get("correlations_changed")):
         later = STAGES[STAGES.index("ingest") + 1:]
     elif summary.get("frames_rewritten"):
         later = _FRAME_ARRAY_STAGES

@@ -17,7 +17,7 @@ from noise_frames import (
 
 from pausdenoise import store as st
 from pausdenoise.ingest import IngestConfig, ingest
-from pausdenoise.ingest.noise import NOISE_COLUMNS, noise_table
+from pausdenoise.ingest.noise import NOISE_COLUMNS, NOISE_MEASUREMENT_VERSION, noise_table
 
 N = 256
 CASES = [(1, 0.65, 9.0), (2, 2.0, 5.0)]  # expnum, gain [e-/ADU], read noise [e-]
@@ -88,6 +88,10 @@ def test_correlated_noise_is_reported(tmp_path):
     assert row["noise_corr_x"] == pytest.approx(2 / 3, abs=0.03)
     assert abs(row["noise_corr_y"]) < 0.02
     assert row["gain_source"] == "header" and row["gain"] == 1.3
+    # few sources: the tiles' measurement is in force, the high-frequency one recorded
+    assert row["noise_corr_method"] == "tiles"
+    assert row["noise_corr_tiles_x"] == row["noise_corr_x"]
+    assert row["noise_corr_hf_x"] == pytest.approx(2 / 3, abs=0.05)
 
 
 def test_failed_fit_leaves_the_gain_unknown_and_warns(tmp_path):
@@ -171,11 +175,48 @@ def test_crowded_headerless_frames_get_the_gain_across_exposures(tmp_path):
     table = noise_table(t)
     assert np.allclose(table["gain_exposures"], model["gain"])
     assert np.isfinite(table["sky_var_fitted_adu2"]).all()
+    # white noise under unresolved stars: the tiles see the stars, the high frequencies not
+    assert (table["noise_corr_method"] == "high-frequency").all()
+    assert (table["noise_corr_tiles_x"] > 0.09).all()  # less under brighter skies
+    assert (table[["noise_corr_x", "noise_corr_y"]].abs() < 0.05).all(axis=None)
 
     again = ingest(folder, tmp_path / "s.zarr", generic_config())
     assert again.skipped == report.ingested and again.gains_changed == []
     t2 = st.exposure_table(tmp_path / "s.zarr")
     assert np.array_equal(t2["gain"], t["gain"]) and (t2["gain_source"] == "exposures").all()
+
+
+def test_frames_stored_without_the_high_frequency_correlation_are_measured_again(tmp_path):
+    """A store written before the high-frequency measurement holds the tiles' correlation
+    only (the unresolved stars' on a crowded field): the next ingest measures those frames
+    from their stored pixels, puts the high-frequency value in force and lists the frames
+    whose correlation moved; a further ingest measures nothing again."""
+    import zarr  # test-local: rewriting a stored frame's attributes as an older version did
+
+    folder = _write_crowded(tmp_path / "old", gain=1.6, rdnoise=6.0, skies=SKIES_E[:2])
+    store = tmp_path / "s.zarr"
+    first = ingest(folder, store, generic_config())
+    assert first.exit_status == 0 and first.correlations_remeasured == []
+    fresh = st.exposure_table(store).set_index("frame")
+    root = zarr.open_group(str(store), mode="r+")
+    for frame in fresh.index:  # as an older version stored it
+        attrs = root[f"{st.FRAMES_GROUP}/{frame}"].attrs
+        attrs.update({"noise_corr_x": float(fresh.loc[frame, "noise_corr_tiles_x"]),
+                      "noise_corr_y": float(fresh.loc[frame, "noise_corr_tiles_y"])})
+        for key in ("noise_corr_method", "noise_corr_tiles_x", "noise_corr_tiles_y",
+                    "noise_corr_hf_x", "noise_corr_hf_y", "noise_measurement_version"):
+            del attrs[key]
+    again = ingest(folder, store, generic_config())
+    assert again.skipped == first.ingested
+    assert again.correlations_remeasured == again.correlations_changed == first.ingested
+    assert "noise correlation measured again on 2 frame(s)" in again.summary()
+    t = st.exposure_table(store).set_index("frame")
+    assert (t["noise_corr_method"] == "high-frequency").all()
+    assert (t["noise_measurement_version"] == NOISE_MEASUREMENT_VERSION).all()
+    assert np.allclose(t["noise_corr_x"], fresh["noise_corr_x"])
+    assert np.allclose(t["noise_corr_tiles_x"], fresh["noise_corr_tiles_x"])
+    third = ingest(folder, store, generic_config())
+    assert third.correlations_remeasured == [] and third.correlations_changed == []
 
 
 def test_header_gain_stays_in_force_and_the_fit_across_exposures_is_recorded(tmp_path):
@@ -238,6 +279,10 @@ def test_real_saao_frames_without_gain_get_it_from_their_exposures(real_data_dir
     assert t["gain"].iloc[0] == pytest.approx(1.9, rel=0.1)
     assert (t["gain_fitted"] < 0.65).all()
     assert any("crowded field" in w for w in report.warnings)
+    # the lag-1 correlation in force is the high-frequency one (0.25-0.65 in the tiles)
+    assert (t["noise_corr_method"] == "high-frequency").all()
+    assert t["noise_corr_x"].median() < 0.07 and t["noise_corr_y"].median() < 0.04
+    assert t["noise_corr_tiles_x"].min() > 0.2
 
 
 def test_a_crowded_frames_own_gain_below_its_sky_bound_is_flagged(tmp_path):

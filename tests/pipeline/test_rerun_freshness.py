@@ -289,6 +289,19 @@ def test_a_gain_changed_by_the_fit_across_exposures_outdates_the_later_stages(tm
     assert all(record.stage(s)["status"] == "outdated" for s in later)
 
 
+def test_a_noise_correlation_measured_again_outdates_the_later_stages(tmp_path):
+    """Frames stored before the high-frequency noise correlation are measured again at the
+    next ingest; where the correlation in force moved, training (struct masks) must rerun."""
+    later = ALL[ALL.index("ingest") + 1:]
+    record = RunRecord(RunPaths(tmp_path))
+    for stage in later:
+        record.set(stage, status="done", fingerprint="x")
+    _outdate_downstream(record, "ingest", {"gains_changed": [], "correlations_changed": []})
+    assert all(record.stage(s)["status"] == "done" for s in later)
+    _outdate_downstream(record, "ingest", {"correlations_changed": ["00000001_01"]})
+    assert all(record.stage(s)["status"] == "outdated" for s in later)
+
+
 def test_a_changed_gain_remeasures_that_frames_partitions(base, tmp_path):
     """When the ingest changes a frame's gain in force (a CCD's fit across exposures moved),
     the photometry stage, outdated by it, remeasures that frame's partitions and no other:

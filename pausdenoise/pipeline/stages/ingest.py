@@ -43,8 +43,10 @@ def _write_noise_table(store: Path, out: Path) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``table`` (its path), ``gain_source`` (frames per source) and ``noise_corr``
-        (median lag-1 correlation along x and y over the frames, None when not measured).
+        ``table`` (its path), ``gain_source`` (frames per source), ``noise_corr``
+        (median lag-1 correlation along x and y over the frames, None when not measured)
+        and ``noise_corr_method`` (frames per measurement in force: ``tiles``,
+        ``high-frequency``, ``none``).
     """
     table = noise_table(st.exposure_table(store, complete_only=True))
     _write_csv(table, out)
@@ -53,6 +55,8 @@ def _write_noise_table(store: Path, out: Path) -> dict[str, Any]:
         "table": str(out),
         "gain_source": {str(k): int(v) for k, v in table["gain_source"].value_counts().items()},
         "noise_corr": [round(float(c), 4) if math.isfinite(c) else None for c in corr],
+        "noise_corr_method": {str(k): int(v) for k, v
+                              in table["noise_corr_method"].value_counts().items() if k},
     }
 
 
@@ -94,7 +98,9 @@ def run(ctx: Context) -> dict[str, Any]:
         ``noise_model``: the noise table's path, the frames per gain source and the median
         noise correlation, and ``exposures``: per CCD, the gain and read noise fitted across
         its exposures (or why none); ``gains_changed``: the frames whose gain or read noise in
-        force that fit changed (the later stages then count as outdated).
+        force that fit changed, and ``correlations_changed``: the frames stored before the
+        high-frequency noise correlation whose correlation in force changed when measured
+        now (either outdates the later stages).
 
     Raises
     ------
@@ -130,6 +136,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "partial": bool(report.failed),
         "noise_model": noise,
         "gains_changed": report.gains_changed,
+        "correlations_changed": report.correlations_changed,
     }
 
 

@@ -261,7 +261,9 @@ def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
         ``none``), the medians of the gain in force, of the frame's own fitted gain and of
         the gain fitted across the CCD's exposures over the header's (where both exist; NaN
         in tables written before the fit across exposures existed), of the fitted read
-        noise and of the correlations along x and y, and the largest |correlation|.
+        noise and of the correlations along x and y, the largest |correlation|, and the
+        frames whose correlation in force is the high-frequency measurement
+        (``corr_high_frequency``: the tiles saw sources; 0 in older tables).
     """
     rows = []
     for band, g in table.groupby("band", sort=True):
@@ -281,6 +283,8 @@ def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
             "corr_x_median": float(g["noise_corr_x"].median()),
             "corr_y_median": float(g["noise_corr_y"].median()),
             "corr_abs_max": float(np.nanmax(corr)) if np.isfinite(corr).any() else np.nan,
+            "corr_high_frequency": int((g.get("noise_corr_method", pd.Series(dtype=str))
+                                        == "high-frequency").sum()),
         })
     return pd.DataFrame(rows)
 
@@ -306,7 +310,9 @@ def _noise_section(out: Path, w: ReportWriter) -> ReportSection | None:
             f"variance against sky level; <code>ingest/noise_model_exposures.csv</code>): on "
             f"crowded fields a frame's own fit gives too small a gain. Gain in force: from "
             f"the header where it has one (<code>ingest.noise_model: auto</code>), else the "
-            f"fit across exposures, else the frame's own. Noise correlated "
+            f"fit across exposures, else the frame's own. The noise correlation is measured in "
+            f"small tiles, or at the highest spatial frequencies where the tiles see sources "
+            f"(crowded fields: <code>corr_high_frequency</code> frames). Noise correlated "
             f"beyond <code>train.correlation_threshold</code> widens the training blind spot.")
     if len(unfit):
         text += (f" <b>{len(unfit)} frame(s) have no gain</b> (no header value and no fit): "
