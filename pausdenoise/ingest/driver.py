@@ -338,10 +338,8 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestRep
     moved by more than 0.005).
     """
     table = st.exposure_table(store, complete_only=True)
-    version = (table["noise_measurement_version"] if "noise_measurement_version" in table
-               else None)
-    todo = table if version is None else table[
-        ~(version.apply(lambda v: isinstance(v, (int, float)) and v >= NOISE_MEASUREMENT_VERSION))]
+    column = table.get("noise_measurement_version")
+    todo = table if column is None else table[~column.apply(_current_version)]
     if todo.empty:
         return
     root = st.open_store(store, "r")
@@ -354,6 +352,20 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestRep
         report.correlations_remeasured.append(frame)
         if any(_moved(row.get(k), attrs[k]) for k in ("noise_corr_x", "noise_corr_y")):
             report.correlations_changed.append(frame)
+
+
+def _current_version(value: Any) -> bool:
+    """Tell whether a stored ``noise_measurement_version`` is the current one (or newer).
+
+    Returns
+    -------
+    bool
+        False for an older, missing (NaN, None) or unreadable version.
+    """
+    try:
+        return float(value) >= NOISE_MEASUREMENT_VERSION
+    except (TypeError, ValueError):
+        return False
 
 
 def _moved(old: Any, new: float, tolerance: float = 0.005) -> bool:
