@@ -166,6 +166,10 @@ def test_measured_correlation_on_crowded_frames_comes_with_a_warning():
     _, noise = _noise_settings(TrainConfig(), exposures, stats, frames)
     assert noise["struct_axes"] == "xy"
     assert "train.noise_correlation" in noise["noise_correlation_warning"]
+    assert "in small tiles" in noise["noise_correlation_warning"]
+    high = exposures.assign(noise_corr_method="high-frequency")
+    assert "upper bound" in _noise_settings(TrainConfig(), high, stats,
+                                            frames)[1]["noise_correlation_warning"]
     clean = exposures.assign(gain_fitted=[1.8, 1.9, 2.0])
     assert "noise_correlation_warning" not in _noise_settings(TrainConfig(), clean, stats,
                                                               frames)[1]

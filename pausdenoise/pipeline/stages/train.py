@@ -190,10 +190,12 @@ def _noise_settings(
     corr = train_cfg.noise_correlation
     warning = ""
     if "noise_correlation" in update and train_cfg.struct_axes and _crowded(exposures, frames):
-        warning = (f"the lag-1 correlation measured at ingest ({corr[0]:.2f}, {corr[1]:.2f}) "
-                   f"masks the neighbours along {train_cfg.struct_axes}, but most training "
-                   "frames look crowded (their own gain fits lie below their sky's bound or "
-                   "far from the fit across exposures): the correlation may be the "
+        how = ("even above 0.45 cycles/px, where it is an upper bound on crowded fields"
+               if _mostly_high_frequency(exposures, frames) else "in small tiles")
+        warning = (f"the lag-1 correlation measured at ingest ({corr[0]:.2f}, {corr[1]:.2f}; "
+                   f"{how}) masks the neighbours along {train_cfg.struct_axes}, but most "
+                   "training frames look crowded (their own gain fits lie below their sky's "
+                   "bound or far from the fit across exposures): the correlation may be the "
                    "unresolved sources', not the noise's; set train.noise_correlation "
                    "([0, 0] for unresampled CCD readouts)")
     return train_cfg, {
@@ -207,6 +209,20 @@ def _noise_settings(
         "blind_radius": train_cfg.blind_radius,
         **({"noise_correlation_warning": warning} if warning else {}),
     }
+
+
+def _mostly_high_frequency(exposures: pd.DataFrame, frames: list[str]) -> bool:
+    """Tell whether most of ``frames`` carry the high-frequency noise correlation.
+
+    Returns
+    -------
+    bool
+        False for stores written before ``noise_corr_method`` existed.
+    """
+    if "noise_corr_method" not in exposures:
+        return False
+    methods = exposures.loc[exposures["frame"].isin(frames), "noise_corr_method"]
+    return bool((methods == "high-frequency").sum() > len(methods) / 2)
 
 
 def _crowded(exposures: pd.DataFrame, frames: list[str]) -> bool:
