@@ -664,7 +664,7 @@ averages, px (overlapping by half)."""
 
 HF_K_MIN = 0.45
 """Lowest spatial frequency (cycles/px, radial) that the high-frequency fit uses: above it a
-well-sampled PSF (FWHM ≳ 4 px) leaves little of the sources' power."""
+well-sampled PSF (FWHM ≳ 3 px) leaves little of the sources' power."""
 
 MIN_HF_TILES = 48
 """Fewest clean tiles for a high-frequency measurement (three per interleaved group)."""
