@@ -126,6 +126,21 @@ class NoiseModel:
         return self.read_noise_adu**2 + np.asarray(signal_adu, dtype=float) / self.gain
 
 
+def _pixels(image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return the image as float64 and its bad pixels (not finite, or non-zero in ``mask``).
+
+    Returns
+    -------
+    image : ndarray of float64
+    bad : ndarray of bool
+    """
+    img = np.asarray(image, dtype=np.float64)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    return img, bad
+
+
 def _quadratic_fit(tile: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build the least-squares quadratic-surface fit of a flattened tile.
 
@@ -351,10 +366,8 @@ def fit_noise_model(
     NoiseModelError
         Fewer than three signal bins, or a variance that does not grow with the signal.
     """
-    signal = np.asarray(image, dtype=np.float64) - float(bias)
-    bad = ~np.isfinite(signal)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
+    signal, bad = _pixels(image, mask)
+    signal = signal - float(bias)
     if saturate is not None:
         bad |= np.asarray(image) >= float(saturate)
     level, var, curvature, dof = _tile_stats(np.where(bad, 0.0, signal), bad, TILE)
@@ -630,10 +643,7 @@ def measure_noise_correlation(
     NoiseModelError
         Fewer than :data:`MIN_CORR_TILES` clean tiles (too few pairs of sky pixels).
     """
-    img = np.asarray(image, dtype=np.float64)
-    bad = ~np.isfinite(img)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
+    img, bad = _pixels(image, mask)
     model = _correlation_model(CORR_TILE)
     sums = [_tile_pair_sums(img[rows], bad[rows], model)
             for rows in _strips(*img.shape, max_pixels)]
@@ -735,6 +745,8 @@ def _hf_solve(power: np.ndarray, use: np.ndarray, cos_x: np.ndarray, cos_y: np.n
 
     a, b = least_squares(residual, np.array([1.0, 0.0, 0.0]), method="lm").x[1:]
     return np.array([2.0 * a / (1.0 + 2.0 * a * a), 2.0 * b / (1.0 + 2.0 * b * b)])
+
+
 def measure_noise_correlation_high_frequency(
     image: np.ndarray, mask: np.ndarray | None = None, *, max_pixels: int | None = None,
     k_min: float = HF_K_MIN,
@@ -782,10 +794,7 @@ def measure_noise_correlation_high_frequency(
     """
     if not 0.0 < k_min < 0.5:
         raise NoiseModelError(f"k_min must lie in (0, 0.5) cycles/px, got {k_min!r}")
-    img = np.asarray(image, dtype=np.float64)
-    bad = ~np.isfinite(img)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
+    img, bad = _pixels(image, mask)
     power = np.concatenate([_hf_tiles(img[rows], bad[rows])
                             for rows in _strips(*img.shape, max_pixels)])
     if len(power) < MIN_HF_TILES:

@@ -24,6 +24,7 @@ from pausdenoise.ingest.config import IngestConfig
 from pausdenoise.ingest.frame import FrameData, read_frame, source_fingerprint, source_stat
 from pausdenoise.ingest.noise import (
     NOISE_MEASUREMENT_VERSION,
+    correlation_moved,
     exposure_gain_updates,
     exposure_noise_models,
     gain_below_sky_bound,
@@ -300,8 +301,9 @@ def ingest(
     report.ingested.sort()
     report.skipped.sort()
     if report.ingested or report.skipped:
-        _apply_exposure_noise(store, config, report)
-        _complete_noise_correlation(store, report)
+        table = st.exposure_table(store, complete_only=True)
+        _apply_exposure_noise(store, table, config, report)
+        _complete_noise_correlation(store, table, report)
     log.info("%s", report.summary())
     return report
 
@@ -325,7 +327,8 @@ def _exposure_line(m: dict[str, Any]) -> str:
     return f"{text}; not used: {m['error']}" if m["error"] else text
 
 
-def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestReport) -> None:
+def _complete_noise_correlation(store: os.PathLike[str] | str, table: Any,
+                                report: IngestReport) -> None:
     """Measure the noise correlation of frames stored before the high-frequency measurement.
 
     Such frames (``noise_measurement_version`` absent or below
@@ -335,9 +338,8 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestRep
     (:func:`~pausdenoise.ingest.noise.noise_correlation_attrs`, which also stores the
     version, so each frame is measured once). Fills ``report.correlations_remeasured`` and
     ``report.correlations_changed`` (those whose ``noise_corr_x``/``noise_corr_y`` in force
-    moved by more than 0.005).
+    moved by more than 0.005). ``table`` is the store's exposure table of complete frames.
     """
-    table = st.exposure_table(store, complete_only=True)
     column = table.get("noise_measurement_version")
     todo = table if column is None else table[~column.apply(_current_version)]
     if todo.empty:
@@ -345,12 +347,19 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, report: IngestRep
     root = st.open_store(store, "r")
     for row in todo.to_dict("records"):
         frame = row["frame"]
-        group = root[f"{st.FRAMES_GROUP}/{frame}"]
-        mask = group["mask"][...] if "mask" in group else None
-        attrs, _ = noise_correlation_attrs(group["image"][...], mask)
+        try:
+            group = root[f"{st.FRAMES_GROUP}/{frame}"]
+            mask = group["mask"][...] if "mask" in group else None
+            image = group["image"][...]
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:  # unreadable chunks
+            report.warnings.append(f"{frame}: stored pixels unreadable, noise correlation not "
+                                   f"measured again ({type(exc).__name__}: {exc})")
+            continue
+        attrs, _ = noise_correlation_attrs(image, mask)
         st.update_frame_attrs(store, frame, attrs)
         report.correlations_remeasured.append(frame)
-        if any(_moved(row.get(k), attrs[k]) for k in ("noise_corr_x", "noise_corr_y")):
+        if any(correlation_moved(row.get(k), attrs[k])
+               for k in ("noise_corr_x", "noise_corr_y")):
             report.correlations_changed.append(frame)
 
 
@@ -368,32 +377,15 @@ def _current_version(value: Any) -> bool:
         return False
 
 
-def _moved(old: Any, new: float, tolerance: float = 0.005) -> bool:
-    """Tell whether a correlation changed: beyond ``tolerance``, or measured on one side only.
-
-    Returns
-    -------
-    bool
-        True when exactly one of the two is a finite number, or both are and differ by more
-        than ``tolerance``.
-    """
-    def finite(v: Any) -> bool:
-        return isinstance(v, (int, float)) and math.isfinite(v)
-
-    if finite(old) and finite(new):
-        return abs(float(old) - float(new)) > tolerance
-    return finite(old) != finite(new)
-
-
-def _apply_exposure_noise(store: os.PathLike[str] | str, config: IngestConfig,
+def _apply_exposure_noise(store: os.PathLike[str] | str, table: Any, config: IngestConfig,
                           report: IngestReport) -> None:
     """Fit the noise model across each CCD's exposures and put it in force where it belongs.
 
     Fills ``report.exposure_noise`` and ``report.gains_changed``, and warns when the gain
     put in force differs from the frames' own fits by more than 20 %, or when a frame's own
-    fit in force lies below the bound its sky's variance sets (crowded fields).
+    fit in force lies below the bound its sky's variance sets (crowded fields). ``table`` is
+    the store's exposure table of complete frames (read once after the ingest).
     """
-    table = st.exposure_table(store, complete_only=True)
     models = exposure_noise_models(table)
     updates = exposure_gain_updates(table, models, config.noise_model)
     for frame, attrs in updates.items():

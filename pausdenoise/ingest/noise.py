@@ -57,9 +57,9 @@ from pausdenoise.noise_model import (
 )
 
 __all__ = ["CORRELATION_MAX_PIXELS", "EXPOSURE_COLUMNS", "NOISE_COLUMNS",
-           "NOISE_MEASUREMENT_VERSION",
-           "choose_noise_correlation", "exposure_gain_updates", "exposure_noise_models",
-           "gain_below_sky_bound", "noise_attrs", "noise_correlation_attrs"]
+           "NOISE_MEASUREMENT_VERSION", "choose_noise_correlation", "correlation_moved",
+           "exposure_gain_updates", "exposure_noise_models", "gain_below_sky_bound",
+           "noise_attrs", "noise_correlation_attrs"]
 
 CORRELATION_MAX_PIXELS = 2**21
 """Pixels (evenly spaced full-width strips) on which the noise correlation is measured:
@@ -160,6 +160,27 @@ def choose_noise_correlation(tiles: dict[str, float] | None, high: dict[str, flo
 
 def _finite(v: Any) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def correlation_moved(old: Any, new: Any, tolerance: float = 0.005) -> bool:
+    """Tell whether a correlation changed: beyond ``tolerance``, or measured on one side only.
+
+    Parameters
+    ----------
+    old, new : float or None
+        The stored and the new lag-1 correlation (dimensionless); None or NaN: not measured.
+    tolerance : float
+        Largest difference that counts as unchanged.
+
+    Returns
+    -------
+    bool
+        True when exactly one of the two is a finite number, or both are and differ by more
+        than ``tolerance``.
+    """
+    if _finite(old) and _finite(new):
+        return abs(float(old) - float(new)) > tolerance
+    return _finite(old) != _finite(new)
 
 
 def noise_correlation_attrs(image: np.ndarray, mask: np.ndarray | None

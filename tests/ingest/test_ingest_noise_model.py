@@ -219,6 +219,29 @@ def test_frames_stored_without_the_high_frequency_correlation_are_measured_again
     assert third.correlations_remeasured == [] and third.correlations_changed == []
 
 
+def test_unreadable_stored_pixels_are_named_and_the_rest_measured(tmp_path):
+    """A frame to be measured again whose stored image chunk is corrupt: a warning names the
+    frame and the error, the other frame is measured, and nothing stored is lost."""
+    import zarr  # test-local: rewriting a stored frame as an older version did
+
+    folder = _write_crowded(tmp_path / "old", gain=1.6, rdnoise=6.0, skies=SKIES_E[:2])
+    store = tmp_path / "s.zarr"
+    first = ingest(folder, store, generic_config())
+    root = zarr.open_group(str(store), mode="r+")
+    for frame in first.ingested:
+        del root[f"{st.FRAMES_GROUP}/{frame}"].attrs["noise_measurement_version"]
+    broken = first.ingested[0]
+    chunk = next(p for p in (store / st.FRAMES_GROUP / broken / "image").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"not a compressed chunk")
+    again = ingest(folder, store, generic_config())
+    assert again.exit_status == 0 and again.skipped == first.ingested
+    assert again.correlations_remeasured == first.ingested[1:]
+    assert any(w.startswith(f"{broken}: stored pixels unreadable") for w in again.warnings)
+    t = st.exposure_table(store).set_index("frame")
+    assert np.isfinite(t.loc[broken, "noise_corr_x"]) and np.isfinite(t.loc[broken, "gain"])
+
+
 def test_header_gain_stays_in_force_and_the_fit_across_exposures_is_recorded(tmp_path):
     """With GAIN in the headers ('auto' and 'header') the header stays in force; the fit
     across exposures is recorded beside it. 'fitted' puts the fit across exposures in force,
