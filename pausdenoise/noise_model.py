@@ -26,7 +26,9 @@ against a header 1.9; across its 24 exposures 1.7–1.8).
 Noise correlation: :func:`measure_noise_correlation` in small detrended tiles, and
 :func:`measure_noise_correlation_high_frequency` from the power spectrum above 0.45
 cycles/px, where a well-sampled PSF leaves the sources no power (crowded fields, where the
-tiles see the unresolved stars, correlated over the PSF).
+tiles see the unresolved stars, correlated over the PSF); the latter also gives the noise
+variance at the sky from the same frequencies, and :func:`gain_from_sky` the gain with
+which the model gives a measured sky variance (a single crowded frame's gain).
 
 Limitations: the intercept is an extrapolation from the lowest level present (the sky), so
 when the sky variance dwarfs the read noise (``S/gain ≫ rn_adu²``) the read noise is poorly
@@ -47,7 +49,7 @@ from scipy import stats
 from pausdenoise.errors import NoiseModelError
 from pausdenoise.stats import mad_sigma
 
-__all__ = ["NoiseModel", "fit_gain_across_exposures", "fit_noise_model",
+__all__ = ["NoiseModel", "fit_gain_across_exposures", "fit_noise_model", "gain_from_sky",
            "measure_noise_correlation", "measure_noise_correlation_high_frequency"]
 
 TILE = 6
@@ -466,6 +468,37 @@ def fit_gain_across_exposures(
                                   float(x.max() - x.min()))
 
 
+def gain_from_sky(sky_adu: float, sky_var_adu2: float, read_noise_e: float = 0.0) -> float:
+    """Return the gain with which the noise model reproduces a measured sky variance.
+
+    Solves ``var = (rn_e / gain)² + S / gain`` for the gain:
+    ``gain = (S + √(S² + 4·var·rn_e²)) / (2·var)``. With the true read noise it is the gain
+    (for a bias-subtracted frame); with ``read_noise_e = 0`` it is the least gain the sky's
+    variance allows (the read noise then counted as photon noise): the model still gives
+    the measured variance at the sky, and overestimates the photon noise of sources above
+    it by at most the ratio of the true gain to this one.
+
+    Parameters
+    ----------
+    sky_adu : float
+        Sky level above bias, ADU.
+    sky_var_adu2 : float
+        Noise variance at that level, ADU².
+    read_noise_e : float
+        Read noise, e⁻ (0: unknown).
+
+    Returns
+    -------
+    float
+        Gain, e⁻/ADU; NaN when the sky or its variance is not positive and finite.
+    """
+    s, v, rn = float(sky_adu), float(sky_var_adu2), float(read_noise_e)
+    if not (math.isfinite(s) and math.isfinite(v) and s > 0 and v > 0):
+        return float("nan")
+    rn = rn if math.isfinite(rn) and rn > 0 else 0.0
+    return (s + math.sqrt(s * s + 4.0 * v * rn * rn)) / (2.0 * v)
+
+
 CORR_TILE = 8
 """Side of the square tiles in which :func:`measure_noise_correlation` works, px."""
 
@@ -680,13 +713,18 @@ MIN_HF_TILES = 48
 """Fewest clean tiles for a high-frequency measurement (three per interleaved group)."""
 
 
-def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
-    """Power spectra of the clean, Hann-windowed :data:`HF_TILE`² tiles of an image.
+def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectra and levels of the clean, Hann-windowed :data:`HF_TILE`² tiles.
 
     Returns
     -------
-    ndarray, shape (n, HF_TILE, HF_TILE // 2 + 1)
-        ``|rfft2|²`` of each tile without a bad pixel, its mean removed, ADU² (unnormalised).
+    power : ndarray, shape (n, HF_TILE, HF_TILE // 2 + 1)
+        ``|rfft2|²`` of each tile without a bad pixel, its mean removed, ADU² (unnormalised:
+        for white noise its expectation is the variance times ``Σ w²``, with ``w`` the
+        window).
+    level : ndarray, shape (n,)
+        Each tile's mean weighted by ``w²`` (the weights with which its pixels' variances
+        enter ``power``), ADU.
     """
     t, step = HF_TILE, HF_TILE // 2
     ny, nx = image.shape
@@ -695,10 +733,12 @@ def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
              for y in range(0, ny - t + 1, step) for x in range(0, nx - t + 1, step)
              if not bad[y:y + t, x:x + t].any()]
     if not tiles:
-        return np.zeros((0, t, t // 2 + 1))
+        return np.zeros((0, t, t // 2 + 1)), np.zeros(0)
     stack = np.array(tiles)
+    w2 = window * window
+    level = (stack * w2).sum(axis=(1, 2)) / float(w2.sum())
     stack -= stack.mean(axis=(1, 2), keepdims=True)
-    return np.abs(np.fft.rfft2(stack * window)) ** 2
+    return np.abs(np.fft.rfft2(stack * window)) ** 2, level
 
 
 def _hf_design(k_min: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -733,7 +773,7 @@ def _hf_solve(power: np.ndarray, use: np.ndarray, cos_x: np.ndarray, cos_y: np.n
     Returns
     -------
     ndarray, shape (2,)
-        The lag-1 correlations along x and along y.
+        The kernels' ``a`` and ``b``.
     """
     from scipy.optimize import least_squares  # why: scipy.optimize only for this fit
 
@@ -743,8 +783,51 @@ def _hf_solve(power: np.ndarray, use: np.ndarray, cos_x: np.ndarray, cos_y: np.n
     def residual(q: np.ndarray) -> np.ndarray:
         return q[0] * ((1.0 + q[1] * cos_x) * (1.0 + q[2] * cos_y)) ** 2 - p
 
-    a, b = least_squares(residual, np.array([1.0, 0.0, 0.0]), method="lm").x[1:]
-    return np.array([2.0 * a / (1.0 + 2.0 * a * a), 2.0 * b / (1.0 + 2.0 * b * b)])
+    return least_squares(residual, np.array([1.0, 0.0, 0.0]), method="lm").x[1:]
+
+
+def _lag1(kernel: np.ndarray) -> np.ndarray:
+    """Convert smoothing kernels ``[a, 1, a]`` into the lag-1 correlation they give.
+
+    Returns
+    -------
+    ndarray
+        ``2a / (1 + 2a²)`` for each ``a``.
+    """
+    return 2.0 * kernel / (1.0 + 2.0 * kernel * kernel)
+
+
+def _hf_sky_variance(power: np.ndarray, level: np.ndarray, use: np.ndarray,
+                     cos_x: np.ndarray, cos_y: np.ndarray, kernel: np.ndarray
+                     ) -> tuple[float, float, float]:
+    """Noise variance of the fainter half of the tiles, from their high frequencies.
+
+    Each tile's spectrum above ``k_min``, divided by the fitted shape, gives its white
+    amplitude (median over the bins / ln 2: the bins are exponentially distributed, and the
+    median ignores what is left of bright sources), and times ``(1 + 2a²)(1 + 2b²)`` the
+    variance of its pixels. Photon noise is white, so the sources' own photon noise is in
+    it, and its level is the tile's ``w²``-weighted mean: the pair lies on the noise model's
+    line ``var = rn² + S/gain`` however crowded the tile.
+
+    Returns
+    -------
+    sky : float
+        Median level of the fainter half of the tiles, ADU.
+    var : float
+        Median noise variance of those tiles, ADU².
+    err : float
+        Its 1σ error, 1.2533 · (robust σ of their variances) / √n, ADU².
+    """
+    a, b = (float(k) for k in kernel)
+    w = np.hanning(HF_TILE)
+    w2 = float((np.outer(w, w) ** 2).sum())
+    shape = ((1.0 + a * cos_x) * (1.0 + b * cos_y)) ** 2
+    white = np.median(power[:, use] / np.maximum(shape, 1e-6), axis=1) / math.log(2.0) / w2
+    var = white * (1.0 + 2.0 * a * a) * (1.0 + 2.0 * b * b)
+    faint = level <= np.median(level)
+    v = var[faint]
+    err = 1.2533 * float(mad_sigma(v)) / math.sqrt(v.size)
+    return float(np.median(level[faint])), float(np.median(v)), err
 
 
 def measure_noise_correlation_high_frequency(
@@ -785,7 +868,13 @@ def measure_noise_correlation_high_frequency(
     dict
         ``rho_x``, ``rho_y`` (lag-1, between neighbouring columns and rows),
         ``rho_err`` (1σ error of either, the larger, from the scatter of 16 interleaved
-        groups of tiles), ``n_tiles`` and ``k_min``.
+        groups of tiles), ``n_tiles`` and ``k_min``; and the noise variance at the sky
+        from the same spectra (:func:`_hf_sky_variance`): ``sky_adu`` (the median level of
+        the fainter half of the tiles, ADU), ``sky_var_adu2`` and ``sky_var_err_adu2``
+        (their median pixel variance and its 1σ error, ADU²). On a crowded field this
+        variance holds little of the unresolved stars' light, unlike the small tiles'
+        (:attr:`NoiseModel.sky_var_adu2`), whose quadratic leaves it in; what remains of
+        the sources' power above ``k_min`` still raises it.
 
     Raises
     ------
@@ -795,19 +884,25 @@ def measure_noise_correlation_high_frequency(
     if not 0.0 < k_min < 0.5:
         raise NoiseModelError(f"k_min must lie in (0, 0.5) cycles/px, got {k_min!r}")
     img, bad = _pixels(image, mask)
-    power = np.concatenate([_hf_tiles(img[rows], bad[rows])
-                            for rows in _strips(*img.shape, max_pixels)])
+    parts = [_hf_tiles(img[rows], bad[rows]) for rows in _strips(*img.shape, max_pixels)]
+    power = np.concatenate([p for p, _ in parts])
+    level = np.concatenate([lv for _, lv in parts])
     if len(power) < MIN_HF_TILES:
         raise NoiseModelError(
             f"only {len(power)} clean {HF_TILE}×{HF_TILE} px tiles (at least {MIN_HF_TILES} "
             "needed) for the high-frequency noise correlation")
     use, cos_x, cos_y = _hf_design(k_min)
-    rho = _hf_solve(power, use, cos_x, cos_y)
-    groups = np.array([_hf_solve(power[g::16], use, cos_x, cos_y) for g in range(16)])
+    kernel = _hf_solve(power, use, cos_x, cos_y)
+    rho = _lag1(kernel)
+    groups = np.array([_lag1(_hf_solve(power[g::16], use, cos_x, cos_y)) for g in range(16)])
+    sky, sky_var, sky_var_err = _hf_sky_variance(power, level, use, cos_x, cos_y, kernel)
     return {
         "rho_x": float(rho[0]),
         "rho_y": float(rho[1]),
         "rho_err": float(np.max(np.std(groups, axis=0, ddof=1)) / 4.0),
         "n_tiles": float(len(power)),
         "k_min": float(k_min),
+        "sky_adu": sky,
+        "sky_var_adu2": sky_var,
+        "sky_var_err_adu2": sky_var_err,
     }

@@ -318,9 +318,12 @@ class IngestConfig(BaseModel):
         "same line is fitted across each CCD's exposures from their sky levels and sky "
         "variances (gain_exposures; robust on crowded fields, needs >= 4 exposures whose skies "
         "span a factor 1.5). 'auto': the header (or ingest.defaults) value when present, else "
-        "the fit across exposures, else the frame's own; 'fitted': the fit across exposures, "
-        "else the frame's own, else the header's; 'header': the header's only, a missing "
-        "keyword fails the frame. gain_source records 'header', 'exposures', 'fitted' or "
+        "the fit across exposures, else the frame's own, else the gain that gives its sky's "
+        "variance (gain_sky, with the header's read noise, else 0: a lower bound); 'fitted': "
+        "the fit across exposures, else the frame's own, else its sky's, else the header's; "
+        "'header': the header's only, a missing keyword fails the frame. A frame's own fit "
+        "counts only when its sky's variance allows it (gain >= sky / sky variance; crowded "
+        "fields break it). gain_source records 'header', 'exposures', 'fitted', 'sky' or "
         "'none'.",
     )
     keep_header: bool = Field(

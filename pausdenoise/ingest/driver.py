@@ -302,8 +302,8 @@ def ingest(
     report.skipped.sort()
     if report.ingested or report.skipped:
         table = st.exposure_table(store, complete_only=True)
+        table = _complete_noise_correlation(store, table, report)
         _apply_exposure_noise(store, table, config, report)
-        _complete_noise_correlation(store, table, report)
     log.info("%s", report.summary())
     return report
 
@@ -328,22 +328,30 @@ def _exposure_line(m: dict[str, Any]) -> str:
 
 
 def _complete_noise_correlation(store: os.PathLike[str] | str, table: Any,
-                                report: IngestReport) -> None:
+                                report: IngestReport) -> Any:
     """Measure the noise correlation of frames stored before the high-frequency measurement.
 
     Such frames (``noise_measurement_version`` absent or below
     :data:`~pausdenoise.ingest.noise.NOISE_MEASUREMENT_VERSION`) carry only the small tiles'
-    lag-1 correlation, which on a crowded field is the unresolved sources'. Each is measured
-    both ways from its stored image and mask, and the choice put in force
+    lag-1 correlation, which on a crowded field is the unresolved sources', and no sky
+    variance from the high frequencies. Each is measured both ways from its stored image
+    and mask, and the choice put in force
     (:func:`~pausdenoise.ingest.noise.noise_correlation_attrs`, which also stores the
     version, so each frame is measured once). Fills ``report.correlations_remeasured`` and
     ``report.correlations_changed`` (those whose ``noise_corr_x``/``noise_corr_y`` in force
     moved by more than 0.005). ``table`` is the store's exposure table of complete frames.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table`` with the new values, for the gain decision that follows
+        (:func:`_apply_exposure_noise`).
     """
     column = table.get("noise_measurement_version")
     todo = table if column is None else table[~column.apply(_current_version)]
     if todo.empty:
-        return
+        return table
+    table = table.copy()
     root = st.open_store(store, "r")
     for row in todo.to_dict("records"):
         frame = row["frame"]
@@ -357,10 +365,17 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, table: Any,
             continue
         attrs, _ = noise_correlation_attrs(image, mask)
         st.update_frame_attrs(store, frame, attrs)
+        at = table.index[table["frame"] == frame]
+        for key, value in attrs.items():
+            if key not in table.columns:
+                table[key] = None
+            table[key] = table[key].astype(object)
+            table.loc[at, key] = value
         report.correlations_remeasured.append(frame)
         if any(correlation_moved(row.get(k), attrs[k])
                for k in ("noise_corr_x", "noise_corr_y")):
             report.correlations_changed.append(frame)
+    return table
 
 
 def _current_version(value: Any) -> bool:
@@ -382,8 +397,9 @@ def _apply_exposure_noise(store: os.PathLike[str] | str, table: Any, config: Ing
     """Fit the noise model across each CCD's exposures and put it in force where it belongs.
 
     Fills ``report.exposure_noise`` and ``report.gains_changed``, and warns when the gain
-    put in force differs from the frames' own fits by more than 20 %, or when a frame's own
-    fit in force lies below the bound its sky's variance sets (crowded fields). ``table`` is
+    put in force differs from the frames' own fits by more than 20 %, or when a frame
+    carries the gain its sky's variance gives because its own fit lies below the bound that
+    variance sets (crowded fields). ``table`` is
     the store's exposure table of complete frames (read once after the ingest).
     """
     models = exposure_noise_models(table)
@@ -393,20 +409,26 @@ def _apply_exposure_noise(store: os.PathLike[str] | str, table: Any, config: Ing
     report.exposure_noise = models.to_dict("records")
     report.gains_changed = sorted(f for f, a in updates.items()
                                   if {"gain", "rdnoise", "gain_source"} & a.keys())
-    ccds_in_force, below = set(), []
+    ccds_in_force, below, no_read_noise = set(), [], False
     for r in table.to_dict("records"):
-        source = updates.get(r["frame"], {}).get("gain_source", r.get("gain_source"))
-        if source == "exposures":
+        r = {**r, **updates.get(r["frame"], {})}
+        if r.get("gain_source") == "exposures":
             ccds_in_force.add(int(r["ccd"]))
-        elif source == "fitted" and gain_below_sky_bound(r):
-            below.append(f"{r['frame']} ({r['gain_fitted']:.3g} < {r['gain_sky_min']:.3g})")
+        elif r.get("gain_source") == "sky" and gain_below_sky_bound(r):
+            below.append(f"{r['frame']} ({r['gain']:.3g}; own fit {r['gain_fitted']:.3g})")
+            rn = r.get("rdnoise_header")
+            no_read_noise |= not (isinstance(rn, (int, float)) and math.isfinite(rn))
     if below:
         report.warnings.append(
-            f"{len(below)} frame(s) carry their own fitted gain although it is below what "
-            "their sky's variance allows (gain ≥ sky / sky variance for a bias-subtracted "
-            "frame): their tiles at higher signal hold unresolved sources (a crowded field?); "
-            "give the gain (GAIN, ingest.defaults.gain) or ingest at least 4 exposures of "
-            "the CCD under different skies: " + ", ".join(below[:5])
+            f"{len(below)} frame(s) carry the gain their sky's variance gives (gain_source "
+            "'sky'): their own fit is below what that variance allows (gain ≥ sky / sky "
+            "variance for a bias-subtracted frame), their tiles at higher signal holding "
+            "unresolved sources (a crowded field?)"
+            + ("; without a read noise (RDNOISE, ingest.defaults.rdnoise) it is a lower "
+               "bound, right at the sky, that overestimates the photon noise of brighter "
+               "sources" if no_read_noise else "")
+            + "; give the gain (GAIN, ingest.defaults.gain) or ingest at least 4 exposures "
+            "of the CCD under different skies: " + ", ".join(below[:5])
             + (", …" if len(below) > 5 else ""))
     for m in report.exposure_noise:
         own = m["gain_fitted_median"]

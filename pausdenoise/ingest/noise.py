@@ -19,14 +19,20 @@ sky levels and sky variances of its exposures
 exposures' different skies, which holds on crowded fields where a frame's own slope does
 not), and :func:`exposure_gain_updates` puts it in force wherever a fitted gain would be
 (``"auto"`` without a header gain, ``"fitted"``), with ``gain_source`` ``"exposures"``.
+Where there is no such fit and the frame's own fit is below what its sky's variance allows
+(a crowded field: :func:`gain_below_sky_bound`), the gain that reproduces the sky's variance
+is in force instead (``gain_source`` ``"sky"``, :func:`sky_gains`).
 
 Stored attributes (exposure-table columns): ``gain`` [e⁻/ADU] and ``rdnoise`` [e⁻] (the
-values in force), ``gain_source`` (``"header"``, ``"exposures"``, ``"fitted"`` or ``"none"``),
-``gain_header`` / ``rdnoise_header`` (the header's values, None when absent),
+values in force), ``gain_source`` (``"header"``, ``"exposures"``, ``"fitted"``, ``"sky"`` or
+``"none"``), ``gain_header`` / ``rdnoise_header`` (the header's values, None when absent),
 ``gain_fitted``, ``gain_fitted_err`` [e⁻/ADU], ``read_noise_fitted_e`` [e⁻] (the frame's own
 fit), ``sky_fitted_adu`` [ADU] and ``sky_var_fitted_adu2``, ``sky_var_fitted_err`` [ADU²]
-(the sky level and the noise variance of the sky tiles), ``gain_sky_min`` [e⁻/ADU] (their
-ratio: the least gain the sky's variance allows, since ``var ≥ S/gain``), ``gain_exposures``,
+(the sky level and the noise variance of the sky tiles), ``sky_hf_adu`` [ADU] and
+``sky_var_hf_adu2``, ``sky_var_hf_err`` [ADU²] (the same from the highest spatial
+frequencies), ``gain_sky_min`` and ``gain_sky`` [e⁻/ADU] (:func:`sky_gains`: the least gain
+the sky's variance allows, since ``var ≥ S/gain``, and the gain it gives with the header's
+read noise), ``gain_exposures``,
 ``gain_exposures_err`` [e⁻/ADU], ``read_noise_exposures_e`` [e⁻] (the fit across the CCD's
 exposures, NaN when there is none),
 ``noise_corr_x`` / ``noise_corr_y`` (lag-1 correlation of the sky noise along x, i.e.
@@ -52,6 +58,7 @@ from pausdenoise.errors import NoiseModelError
 from pausdenoise.noise_model import (
     fit_gain_across_exposures,
     fit_noise_model,
+    gain_from_sky,
     measure_noise_correlation,
     measure_noise_correlation_high_frequency,
 )
@@ -59,7 +66,7 @@ from pausdenoise.noise_model import (
 __all__ = ["CORRELATION_MAX_PIXELS", "EXPOSURE_COLUMNS", "NOISE_COLUMNS",
            "NOISE_MEASUREMENT_VERSION", "choose_noise_correlation", "correlation_moved",
            "exposure_gain_updates", "exposure_noise_models", "gain_below_sky_bound",
-           "noise_attrs", "noise_correlation_attrs"]
+           "noise_attrs", "noise_correlation_attrs", "sky_gains"]
 
 CORRELATION_MAX_PIXELS = 2**21
 """Pixels (evenly spaced full-width strips) on which the noise correlation is measured:
@@ -83,7 +90,10 @@ NOISE_COLUMNS: tuple[str, ...] = (
     "noise_corr_hf_y",
     "sky_fitted_adu",
     "sky_var_fitted_adu2",
+    "sky_hf_adu",
+    "sky_var_hf_adu2",
     "gain_sky_min",
+    "gain_sky",
     "gain_exposures",
     "gain_exposures_err",
     "read_noise_exposures_e",
@@ -97,12 +107,17 @@ EXPOSURE_COLUMNS: tuple[str, ...] = (
 """Columns of :func:`exposure_noise_models`' table, one row per CCD (and header gain)."""
 
 _PREFERENCE: dict[str, tuple[str, ...]] = {
-    "auto": ("header", "exposures", "fitted"),
-    "fitted": ("exposures", "fitted", "header"),
+    "auto": ("header", "exposures", "fitted", "sky"),
+    "fitted": ("exposures", "fitted", "sky", "header"),
     "header": ("header",),
 }
 """Per ``ingest.noise_model``, where the gain in force comes from, first found first (the
-read noise: the gain's source first, then the same order)."""
+read noise: the gain's source first, then the same order). A frame's own fit (``"fitted"``)
+counts only when its sky's variance allows it (:func:`gain_below_sky_bound`); ``"sky"`` is
+the gain that gives the sky's variance (:func:`sky_gains`), and in ``"auto"`` comes before
+the frame's own fit when the header gives the read noise (then it is the gain itself on a
+frame whose sky is noise, not a bound; the own fit needs bright smooth signal, and crowded
+fields bias it)."""
 
 MAX_DEVIATION = 0.25
 """Largest relative difference between an exposure's sky variance and the fitted line for
@@ -110,12 +125,13 @@ the fit across exposures to be used: beyond it the exposures do not share one no
 (other cameras or gain settings under one CCD number)."""
 
 
-NOISE_MEASUREMENT_VERSION = 2
+NOISE_MEASUREMENT_VERSION = 3
 """Version of the per-frame noise measurements, stored on every frame
 (``noise_measurement_version``; absent on frames stored before version 2). The ingest
 measures the noise correlation again on frames of an older version (2: the high-frequency
-measurement), and the ingest stage's fingerprint holds it, so an existing run's ingest stage
-runs again once after an upgrade."""
+measurement; 3: with the sky variance from the same high frequencies), and the ingest
+stage's fingerprint holds it, so an existing run's ingest stage runs again once after an
+upgrade."""
 
 CORRELATION_TOLERANCE = (0.05, 0.2)
 """How far (absolute, and relative to the high-frequency value) the tiles' correlation may
@@ -197,7 +213,9 @@ def noise_correlation_attrs(image: np.ndarray, mask: np.ndarray | None
     Returns
     -------
     attrs : dict
-        ``noise_corr_tiles_x/_y``, ``noise_corr_hf_x/_y`` (NaN where not measured),
+        ``noise_corr_tiles_x/_y``, ``noise_corr_hf_x/_y``, the sky level ``sky_hf_adu``
+        [ADU] and its noise variance ``sky_var_hf_adu2``, ``sky_var_hf_err`` [ADU²] from the
+        same high frequencies (NaN where not measured),
         ``noise_corr_x/_y`` and ``noise_corr_method`` (:func:`choose_noise_correlation`),
         ``noise_measurement_version`` (:data:`NOISE_MEASUREMENT_VERSION`).
     errors : list of str
@@ -205,7 +223,8 @@ def noise_correlation_attrs(image: np.ndarray, mask: np.ndarray | None
     """
     nan = float("nan")
     out: dict[str, Any] = dict.fromkeys(("noise_corr_tiles_x", "noise_corr_tiles_y",
-                                         "noise_corr_hf_x", "noise_corr_hf_y"), nan)
+                                         "noise_corr_hf_x", "noise_corr_hf_y", "sky_hf_adu",
+                                         "sky_var_hf_adu2", "sky_var_hf_err"), nan)
     errors = []
     tiles = high = None
     try:
@@ -216,7 +235,9 @@ def noise_correlation_attrs(image: np.ndarray, mask: np.ndarray | None
     try:
         high = measure_noise_correlation_high_frequency(image, mask,
                                                         max_pixels=CORRELATION_MAX_PIXELS)
-        out.update(noise_corr_hf_x=high["rho_x"], noise_corr_hf_y=high["rho_y"])
+        out.update(noise_corr_hf_x=high["rho_x"], noise_corr_hf_y=high["rho_y"],
+                   sky_hf_adu=high["sky_adu"], sky_var_hf_adu2=high["sky_var_adu2"],
+                   sky_var_hf_err=high["sky_var_err_adu2"])
     except NoiseModelError as exc:
         errors.append(f"noise correlation (high frequencies): {exc}")
     rho_x, rho_y, method = choose_noise_correlation(tiles, high)
@@ -234,7 +255,7 @@ def _measure(
     -------
     values : dict
         ``gain_fitted``, ``gain_fitted_err``, ``read_noise_fitted_e``, ``sky_fitted_adu``,
-        ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``gain_sky_min``, ``noise_corr_x``,
+        ``sky_var_fitted_adu2``, ``sky_var_fitted_err``, ``noise_corr_x``,
         ``noise_corr_y``, ``noise_corr_tiles_x``, ``noise_corr_tiles_y``,
         ``noise_corr_hf_x``, ``noise_corr_hf_y`` (NaN where not measured) and
         ``noise_corr_method``.
@@ -243,38 +264,19 @@ def _measure(
     """
     out: dict[str, Any] = dict.fromkeys(
         ("gain_fitted", "gain_fitted_err", "read_noise_fitted_e", "sky_fitted_adu",
-         "sky_var_fitted_adu2", "sky_var_fitted_err", "gain_sky_min"), float("nan"))
+         "sky_var_fitted_adu2", "sky_var_fitted_err"), float("nan"))
     errors = []
     try:
         m = fit_noise_model(image, mask, saturate=saturate)
         out.update(gain_fitted=m.gain, gain_fitted_err=m.gain_err,
                    read_noise_fitted_e=m.read_noise_e, sky_fitted_adu=m.sky_adu,
                    sky_var_fitted_adu2=m.sky_var_adu2, sky_var_fitted_err=m.sky_var_err_adu2)
-        if m.sky_adu > 0 and m.sky_var_adu2 > 0:
-            out["gain_sky_min"] = m.sky_adu / m.sky_var_adu2
     except NoiseModelError as exc:
         errors.append(f"noise model: {exc}")
     corr, corr_errors = noise_correlation_attrs(image, mask)
     out.update(corr)
     errors += corr_errors
     return out, errors
-
-
-def _choose(header: float | None, fitted: float, mode: str) -> tuple[float | None, str]:
-    """Pick the header or the frame's fitted value of one quantity, in :data:`_PREFERENCE`.
-
-    Returns
-    -------
-    value : float or None
-        The value in force (None: none known).
-    source : str
-        ``"header"``, ``"fitted"`` or ``"none"``.
-    """
-    values = {"header": header, "fitted": fitted}
-    for source in _PREFERENCE[mode]:
-        if _finite(values.get(source)):
-            return float(values[source]), source  # type: ignore[arg-type]
-    return None, "none"
 
 
 def noise_attrs(
@@ -307,25 +309,27 @@ def noise_attrs(
         ``rdnoise`` are None when unknown (to be dropped before storing).
     warnings : list of str
         One line when the frame needed the fit (no header gain, or ``"fitted"``) and the
-        fit failed, or when the fitted gain is poorly constrained (error above 20 %).
+        fit failed (saying what is used instead), or when the fitted gain in force is
+        poorly constrained (error above 20 %).
     """
     values, errors = _measure(image, mask, attrs.get("saturate"))
     header_gain, header_rn = attrs.get("gain"), attrs.get("rdnoise")
-    gain, source = _choose(header_gain, values["gain_fitted"], noise_model)
-    rdnoise, _ = _choose(header_rn, values["read_noise_fitted_e"], noise_model)
-    out: dict[str, Any] = {
-        **values, "gain": gain, "rdnoise": rdnoise, "gain_source": source,
-        "gain_header": header_gain, "rdnoise_header": header_rn,
-    }
+    out: dict[str, Any] = {**values, "gain_header": header_gain, "rdnoise_header": header_rn}
+    out.update(_decide(out, None, noise_model))
+    source, gain = out["gain_source"], out["gain"]
     if errors:
         out["noise_fit_error"] = "; ".join(errors)
     warnings = []
     needed = noise_model == "fitted" or (noise_model == "auto" and not _finite(header_gain))
     if needed and not _finite(values["gain_fitted"]):
-        fallback = f"header gain {gain} used" if source == "header" else "gain unknown"
+        fallback = ("gain unknown" if gain is None else f"header gain {gain} used"
+                    if source == "header" else f"gain {gain:.3g} e-/ADU from the sky's "
+                    "variance used (the read noise counted as photon noise where the header "
+                    "gives none)")
         warnings.append(f"{name}: noise model not fitted ({out['noise_fit_error']}); "
                         f"{fallback}")
-    elif needed and values["gain_fitted_err"] > 0.2 * values["gain_fitted"]:
+    elif (needed and source == "fitted"
+          and values["gain_fitted_err"] > 0.2 * values["gain_fitted"]):
         warnings.append(f"{name}: fitted gain {values['gain_fitted']:.3g} ± "
                         f"{values['gain_fitted_err']:.2g} e-/ADU is poorly constrained "
                         "(the frame spans little signal above its sky)")
@@ -345,9 +349,9 @@ def noise_table(exposures: Any) -> Any:
     -------
     pandas.DataFrame
         ``frame``, ``band`` and :data:`NOISE_COLUMNS`, one row per frame: gains in e⁻/ADU,
-        read noises in e⁻, correlations dimensionless; ``gain_source`` ``"header"``,
-        ``"fitted"`` or ``"none"`` and ``noise_corr_method`` (empty for frames stored
-        before they existed).
+        read noises in e⁻, correlations dimensionless; ``gain_source`` (``"header"``,
+        ``"exposures"``, ``"fitted"``, ``"sky"`` or ``"none"``) and ``noise_corr_method``
+        (empty for frames stored before they existed).
     """
     import pandas as pd  # pandas kept off this module's import path (read_frame's)
 
@@ -449,24 +453,82 @@ def exposure_noise_models(exposures: Any) -> Any:
     return pd.DataFrame(rows, columns=list(EXPOSURE_COLUMNS))
 
 
+def sky_gains(row: Any) -> tuple[float, float]:
+    """Return the gains a frame's sky variance gives (``noise_model.gain_from_sky``).
+
+    Two measurements of the sky's noise variance are stored: in the small tiles at the sky
+    level (``sky_fitted_adu``, ``sky_var_fitted_adu2``) and at the highest spatial
+    frequencies (``sky_hf_adu``, ``sky_var_hf_adu2``). Sources only ever add to either (on
+    a crowded field the unresolved stars to the tiles', what is left of their power above
+    0.45 cycles/px to the other), so each gives a gain at most the true one: the larger is
+    used when the two differ by more than 3σ, else their inverse-variance weighted mean.
+
+    Parameters
+    ----------
+    row : mapping
+        A frame's attributes: the four above [ADU, ADU²], their errors
+        ``sky_var_fitted_err`` and ``sky_var_hf_err`` [ADU²], and ``rdnoise_header`` [e⁻].
+
+    Returns
+    -------
+    gain_sky_min : float
+        The least gain the sky allows (read noise 0), e⁻/ADU.
+    gain_sky : float
+        The gain with the header's read noise (the same without one), e⁻/ADU. NaN for
+        either when neither measurement is there.
+    """
+    rn = _number(row.get("rdnoise_header"))
+    measured = [(_number(row.get(f"sky_{m}_adu")), _number(row.get(f"sky_var_{m}_adu2")),
+                 _number(row.get(f"sky_var_{m}_err"))) for m in ("fitted", "hf")]
+    return tuple(_combine([(gain_from_sky(s, v, r), e / v if v > 0 else float("nan"))
+                           for s, v, e in measured])
+                 for r in (0.0, rn if _finite(rn) else 0.0))  # type: ignore[return-value]
+
+
+def _combine(gains: list[tuple[float, float]]) -> float:
+    """Combine gains that are each at most the truth, with their relative errors.
+
+    Returns
+    -------
+    float
+        The larger when two differ by more than 3σ (or an error is unknown), else their
+        inverse-variance weighted mean; the one finite gain; NaN when there is none.
+    """
+    ok = [(g, rel * g) for g, rel in gains if _finite(g)]
+    if len(ok) < 2:
+        return ok[0][0] if ok else float("nan")
+    (g1, e1), (g2, e2) = ok
+    if not (_finite(e1) and _finite(e2) and e1 > 0 and e2 > 0) or \
+            abs(g1 - g2) > 3.0 * math.hypot(e1, e2):
+        return max(g1, g2)
+    w1, w2 = 1.0 / e1**2, 1.0 / e2**2
+    return (w1 * g1 + w2 * g2) / (w1 + w2)
+
+
 def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
                           ) -> dict[str, dict[str, Any]]:
     """Decide each frame's gain and read noise once the fit across exposures is known.
 
     The gain in force comes, in order of preference (:data:`_PREFERENCE`), from:
     ``"header"`` mode: the header; ``"auto"``: the header, else the fit across exposures,
-    else the frame's own fit; ``"fitted"``: the fit across exposures, else the frame's own
-    fit, else the header (``gain_source`` ``"none"`` and no gain when none has one). The read
-    noise comes from the gain's source when it has one, else from the first of the same
-    order that has one (a header with GAIN but no RDNOISE: the fit across exposures', else
-    the frame's own). The decision is made from the stored header and fitted values alone,
-    so it gives the same result however often it is repeated.
+    else the frame's own fit, else its sky's variance; ``"fitted"``: the fit across
+    exposures, else the frame's own fit, else its sky's variance, else the header
+    (``gain_source`` ``"none"`` and no gain when none has one). The frame's own fit counts
+    only when its sky's variance allows it (:func:`gain_below_sky_bound`); the sky's gain
+    is :func:`sky_gains`' ``gain_sky``, with the header's read noise (then, in ``"auto"``,
+    it comes before the frame's own fit), else a read noise of 0 (so that the model gives
+    the sky's measured variance). The read noise otherwise comes from the gain's source
+    when it has one, else from the first of the same order that has one (a header with GAIN
+    but no RDNOISE: the fit across exposures', else the frame's own). The decision is made
+    from the stored header and measured values alone, so it gives the same result however
+    often it is repeated.
 
     Parameters
     ----------
     exposures : pandas.DataFrame
         The store's exposure table (as for :func:`exposure_noise_models`, with ``gain``,
-        ``rdnoise``, ``gain_source``, ``rdnoise_header``, ``read_noise_fitted_e``).
+        ``rdnoise``, ``gain_source``, ``rdnoise_header``, ``read_noise_fitted_e``,
+        ``gain_fitted_err`` and the sky measurements of :func:`sky_gains`).
     models : pandas.DataFrame
         :func:`exposure_noise_models` of the same table.
     noise_model : {"auto", "header", "fitted"}
@@ -476,9 +538,9 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
     -------
     dict
         Frame → the attributes to change (``gain_exposures``, ``gain_exposures_err``,
-        ``read_noise_exposures_e``, and ``gain``, ``rdnoise``, ``gain_source`` where they
-        change); frames with nothing to change, or stored before the noise model was
-        measured (no ``gain_source``), are absent.
+        ``read_noise_exposures_e``, ``gain_sky_min``, ``gain_sky``, and ``gain``,
+        ``rdnoise``, ``gain_source`` where they change); frames with nothing to change, or
+        stored before the noise model was measured (no ``gain_source``), are absent.
     """
     usable = {_group_key(m): m for m in models.to_dict("records")
               if not m["error"] and _finite(m["gain"])}
@@ -488,26 +550,56 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
             continue  # a frame stored before the noise model was measured: left as it is
         m = usable.get(_group_key(row))
         nan = float("nan")
-        new: dict[str, Any] = {
-            "gain_exposures": m["gain"] if m else nan,
-            "gain_exposures_err": m["gain_err"] if m else nan,
-            "read_noise_exposures_e": m["read_noise_e"] if m else nan,
-        }
-        gains = {"header": row.get("gain_header"), "exposures": m["gain"] if m else None,
-                 "fitted": row.get("gain_fitted")}
-        noises = {"header": row.get("rdnoise_header"),
-                  "exposures": m["read_noise_e"] if m else None,
-                  "fitted": row.get("read_noise_fitted_e")}
-        order = _PREFERENCE[noise_model]
-        source = next((k for k in order if _finite(_number(gains[k]))), "none")
-        rn = next((_number(noises[k]) for k in (source, *order)
-                   if k in noises and _finite(_number(noises[k]))), None)
-        new.update(gain=_number(gains[source]) if source != "none" else None,
-                   gain_source=source, rdnoise=rn)
+        new = {"gain_exposures": m["gain"] if m else nan,
+               "gain_exposures_err": m["gain_err"] if m else nan,
+               "read_noise_exposures_e": m["read_noise_e"] if m else nan,
+               **_decide(row, m, noise_model)}
         changed = {k: v for k, v in new.items() if not _same(row.get(k), v)}
         if changed:
             out[str(row["frame"])] = changed
     return out
+
+
+def _decide(row: dict[str, Any], model: dict[str, Any] | None, noise_model: str
+            ) -> dict[str, Any]:
+    """Choose a frame's gain and read noise (see :func:`exposure_gain_updates`).
+
+    Parameters
+    ----------
+    row : dict
+        The frame's attributes (header, own fit and sky measurements).
+    model : dict or None
+        The usable fit across its CCD's exposures (a row of :func:`exposure_noise_models`).
+    noise_model : {"auto", "header", "fitted"}
+        ``ingest.noise_model``.
+
+    Returns
+    -------
+    dict
+        ``gain_sky_min``, ``gain_sky``, ``gain`` (None when unknown), ``rdnoise`` (None
+        when unknown) and ``gain_source``.
+    """
+    least, sky = sky_gains(row)
+    own_allowed = not gain_below_sky_bound({**row, "gain_sky_min": least})
+    rn_header = _number(row.get("rdnoise_header"))
+    gains = {"header": row.get("gain_header"), "exposures": model["gain"] if model else None,
+             "fitted": row.get("gain_fitted") if own_allowed else None, "sky": sky}
+    noises = {"header": row.get("rdnoise_header"),
+              "exposures": model["read_noise_e"] if model else None,
+              "fitted": row.get("read_noise_fitted_e")}
+    order = _PREFERENCE[noise_model]
+    if noise_model == "auto" and _finite(rn_header):
+        order = tuple(k for k in order if k != "sky")
+        at = order.index("fitted")
+        order = (*order[:at], "sky", *order[at:])
+    source = next((k for k in order if _finite(_number(gains[k]))), "none")
+    if source == "sky":
+        noises["sky"] = rn_header if _finite(rn_header) else 0.0
+    rn = next((_number(noises[k]) for k in (source, *order)
+               if k in noises and _finite(_number(noises[k]))), None)
+    return {"gain_sky_min": least, "gain_sky": sky,
+            "gain": _number(gains[source]) if source != "none" else None,
+            "rdnoise": rn, "gain_source": source}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -27,13 +27,14 @@ CASES = [(1, 0.65, 9.0), (2, 2.0, 5.0)]  # expnum, gain [e-/ADU], read noise [e-
 def frames(tmp_path_factory):
     """Two header-less frames and the same two with GAIN/RDNOISE, in two directories."""
     root = tmp_path_factory.mktemp("noise")
-    (root / "bare").mkdir()
-    (root / "header").mkdir()
+    for name in ("bare", "header", "rdnoise"):
+        (root / name).mkdir()
     for expnum, gain, rn in CASES:
         img = observe(scene_e(N, expnum), gain, rn, seed=10 + expnum)
         write_frame(root / "bare" / f"f{expnum}.fits", img, expnum)
         write_frame(root / "header" / f"f{expnum}.fits", img, expnum,
                     gain=1.11 * gain, rdnoise=7.0)
+        write_frame(root / "rdnoise" / f"f{expnum}.fits", img, expnum, rdnoise=rn)
     return root
 
 
@@ -53,6 +54,24 @@ def test_headerless_frames_get_the_fitted_gain(frames, tmp_path):
         assert pd.isna(row["gain_header"]) and pd.isna(row["rdnoise_header"])
         # white noise: no correlation between neighbours
         assert abs(row["noise_corr_x"]) < 0.02 and abs(row["noise_corr_y"]) < 0.02
+
+
+def test_rdnoise_without_gain_gives_the_gain_from_the_sky(frames, tmp_path):
+    """RDNOISE but no GAIN in the headers ('auto'): the sky's variance with that read noise
+    gives the gain within 3 % (source 'sky', before the frame's own fit, recorded within
+    5 %); no warning. 'fitted' keeps the frame's own fit."""
+    report = ingest(frames / "rdnoise", tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0 and report.warnings == [], report.summary()
+    t = st.exposure_table(tmp_path / "s.zarr").set_index("expnum")
+    for expnum, gain, rn in CASES:
+        row = t.loc[expnum]
+        assert row["gain_source"] == "sky" and row["rdnoise"] == rn
+        assert row["gain"] == row["gain_sky"] == pytest.approx(gain, rel=0.03)
+        assert row["gain_fitted"] == pytest.approx(gain, rel=0.05)
+    fitted = ingest(frames / "rdnoise", tmp_path / "f.zarr",
+                    generic_config(noise_model="fitted"))
+    t = st.exposure_table(tmp_path / "f.zarr")
+    assert fitted.exit_status == 0 and (t["gain_source"] == "fitted").all()
 
 
 def test_header_values_kept_in_auto_and_replaced_in_fitted(frames, tmp_path):
@@ -219,6 +238,37 @@ def test_frames_stored_without_the_high_frequency_correlation_are_measured_again
     assert third.correlations_remeasured == [] and third.correlations_changed == []
 
 
+def test_crowded_frames_of_an_older_store_get_the_gain_from_their_sky(tmp_path):
+    """A store of version 2 (no sky variance from the high frequencies): its two headerless
+    crowded frames carry their own fit, far too low. The next ingest measures them again,
+    puts the sky's gain in force and lists them as changed (so later stages run again); a
+    further ingest changes nothing."""
+    import zarr  # test-local: rewriting stored frames' attributes as version 2 stored them
+
+    folder = _write_crowded(tmp_path / "old", skies=SKIES_E[1:3])
+    store = tmp_path / "s.zarr"
+    first = ingest(folder, store, generic_config())
+    fresh = st.exposure_table(store).set_index("frame")
+    root = zarr.open_group(str(store), mode="r+")
+    for frame in fresh.index:
+        attrs = root[f"{st.FRAMES_GROUP}/{frame}"].attrs
+        row = fresh.loc[frame]
+        bound = float(row["sky_fitted_adu"] / row["sky_var_fitted_adu2"])
+        attrs.update({"gain": float(row["gain_fitted"]), "gain_source": "fitted",
+                      "rdnoise": row["read_noise_fitted_e"], "gain_sky_min": bound,
+                      "noise_measurement_version": 2})
+        for key in ("sky_hf_adu", "sky_var_hf_adu2", "sky_var_hf_err", "gain_sky"):
+            del attrs[key]
+    again = ingest(folder, store, generic_config())
+    assert again.correlations_remeasured == first.ingested
+    assert again.gains_changed == first.ingested
+    t = st.exposure_table(store).set_index("frame")
+    assert (t["gain_source"] == "sky").all() and (t["rdnoise"] == 0.0).all()
+    assert np.allclose(t["gain"], fresh["gain"]) and np.allclose(t["gain_sky"], t["gain"])
+    third = ingest(folder, store, generic_config())
+    assert third.correlations_remeasured == [] and third.gains_changed == []
+
+
 def test_unreadable_stored_pixels_are_named_and_the_rest_measured(tmp_path):
     """A frame to be measured again whose stored image chunk is corrupt: a warning names the
     frame and the error, the other frame is measured, and nothing stored is lost."""
@@ -261,7 +311,9 @@ def test_header_gain_stays_in_force_and_the_fit_across_exposures_is_recorded(tmp
 def test_exposures_of_different_gains_under_one_ccd_are_not_fitted_together(tmp_path):
     """Three exposures at gain 1.6 and three at 0.5 e⁻/ADU, one CCD number, no GAIN: the
     skies do not lie on one line, the fit across exposures is refused (saying why) and each
-    frame keeps its own fit."""
+    frame keeps a gain of its own: not its own fit (the unresolved stars put it far below
+    what its sky's variance allows) but the one its sky's variance gives, each near its own
+    camera's gain."""
     folder = _write_crowded(tmp_path / "mixed", skies=SKIES_E[:3])
     _write_crowded(folder, true_gain=0.5, first=10, skies=SKIES_E[2:])
     report = ingest(folder, tmp_path / "s.zarr", generic_config())
@@ -270,7 +322,9 @@ def test_exposures_of_different_gains_under_one_ccd_are_not_fitted_together(tmp_
     assert "do not share one noise model" in model["error"]
     assert "not used: an exposure's sky variance" in report.summary()
     t = noise_table(st.exposure_table(tmp_path / "s.zarr"))
-    assert (t["gain_source"] == "fitted").all() and t["gain_exposures"].isna().all()
+    assert (t["gain_source"] == "sky").all() and t["gain_exposures"].isna().all()
+    true = np.where(t.index < 3, CROWDED_GAIN, 0.5)
+    assert np.all(t["gain"] / true > 0.75) and np.all(t["gain"] / true < 1.03)
     assert report.gains_changed == []
 
 
@@ -308,21 +362,91 @@ def test_real_saao_frames_without_gain_get_it_from_their_exposures(real_data_dir
     assert t["noise_corr_tiles_x"].min() > 0.2
 
 
-def test_a_crowded_frames_own_gain_below_its_sky_bound_is_flagged(tmp_path):
-    """Two headerless crowded exposures (too few for the fit across exposures): each keeps
-    its own fit, which lies far below the least gain its sky's variance allows; the report
-    says so, naming the frames. Frames of an uncrowded scene raise no such warning (the
-    other tests here expect no warning at all)."""
+def test_real_saao_frames_one_by_one_without_gain_get_it_from_their_sky(real_data_dir,
+                                                                         tmp_path):
+    """Three SAAO exposures without GAIN/RDNOISE, each on its own CCD number (no fit across
+    exposures): their own fits (0.3-0.6 e⁻/ADU) lie far below what their skies allow; the
+    sky's gain (read noise 0) is in force, 1.45-1.95 against the header's 1.9."""
+    from astropy.io import fits  # test-local: rewriting the real frames' headers
+
+    folder = real_data_dir / "saao-kb13475"
+    paths = sorted(folder.glob("AKB13475I*.fits"))[:3]
+    if len(paths) < 3:
+        pytest.skip(f"{folder}: the SAAO frames are not present")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for ccd, path in enumerate(paths, start=1):
+        with fits.open(path) as hdul:
+            header = hdul[0].header.copy()
+            for key in ("GAIN", "RDNOISE"):
+                header.remove(key, ignore_missing=True)
+            header["CCDNUM"] = ccd
+            fits.PrimaryHDU(hdul[0].data, header).writeto(bare / path.name)
+    config = IngestConfig(layout="generic", pattern="AKB13475I*.fits", expnum_from="order",
+                          defaults={"band": "I", "zp": 0.0145, "zp_err": 0.0},
+                          chunks=(256, 256), measure_psf=False)
+    report = ingest(bare, tmp_path / "s.zarr", config)
+    assert report.exit_status == 0 and len(report.ingested) == 3, report.summary()
+    t = st.exposure_table(tmp_path / "s.zarr")
+    assert (t["gain_source"] == "sky").all() and (t["gain_fitted"] < 0.65).all()
+    assert t["gain"].between(1.45, 1.95).all()
+    assert any("sky's variance gives" in w and "lower bound" in w for w in report.warnings)
+
+
+def _sky_e(row, gain=CROWDED_GAIN):
+    """The true sky of a crowded test frame, e⁻, from its stored sky level [ADU]."""
+    return row["sky_hf_adu"] * gain
+
+
+def test_a_crowded_frames_own_gain_below_its_sky_bound_gives_way_to_its_sky(tmp_path):
+    """Two headerless crowded exposures (too few for the fit across exposures): their own
+    fits lie far below the least gain their sky's variance allows, so the gain that gives
+    that variance is in force (source 'sky', read noise 0: a lower bound, S/(S + rn²) of
+    the truth, and the noise model gives the sky's variance); the report says so,
+    naming the frames. Frames of an uncrowded scene raise no such warning (the other tests
+    here expect no warning at all)."""
     folder = _write_crowded(tmp_path / "two", skies=SKIES_E[1:3])
     report = ingest(folder, tmp_path / "s.zarr", generic_config())
     assert report.exit_status == 0 and len(report.ingested) == 2, report.summary()
     assert "(at least 4 needed)" in report.exposure_noise[0]["error"]
     t = st.exposure_table(tmp_path / "s.zarr")
-    assert (t["gain_source"] == "fitted").all()
+    assert (t["gain_source"] == "sky").all() and (t["rdnoise"] == 0.0).all()
     assert (t["gain_sky_min"] > 2 * t["gain_fitted"]).all()
-    assert (t["gain_sky_min"] < CROWDED_GAIN).all()  # a bound on the true gain
-    (warning,) = [w for w in report.warnings if "sky's variance allows" in w]
+    assert np.allclose(t["gain"], t["gain_sky"]) and np.allclose(t["gain"], t["gain_sky_min"])
+    for _, row in t.iterrows():
+        bound = CROWDED_GAIN * _sky_e(row) / (_sky_e(row) + CROWDED_RN**2)
+        assert 0.95 * bound < row["gain"] < 1.02 * CROWDED_GAIN
+        # at the sky the model's variance is the measured one (both measurements, combined)
+        for kind in ("fitted", "hf"):
+            ratio = row[f"sky_{kind}_adu"] / row["gain"] / row[f"sky_var_{kind}_adu2"]
+            assert 0.97 < ratio < 1.08, kind
+    (warning,) = [w for w in report.warnings if "sky's variance gives" in w]
     assert warning.startswith("2 frame(s)") and all(f in warning for f in report.ingested)
+    assert "lower bound" in warning
+
+
+def test_a_crowded_frame_with_rdnoise_but_no_gain_gets_the_gain_from_its_sky(tmp_path):
+    """RDNOISE in the header but no GAIN, one crowded exposure under each of two skies: the
+    sky's variance and the read noise give the gain within 5 %, the header's read noise in
+    force; the warning does not call it a lower bound."""
+    folder = _write_crowded(tmp_path / "rn", rdnoise=CROWDED_RN, skies=(150.0, 900.0))
+    report = ingest(folder, tmp_path / "s.zarr", generic_config())
+    assert report.exit_status == 0 and len(report.ingested) == 2, report.summary()
+    t = st.exposure_table(tmp_path / "s.zarr")
+    assert (t["gain_source"] == "sky").all() and (t["rdnoise"] == CROWDED_RN).all()
+    assert np.allclose(t["gain"], CROWDED_GAIN, rtol=0.05)
+    assert (t["gain_sky"] > t["gain_sky_min"]).all()
+    (warning,) = [w for w in report.warnings if "sky's variance gives" in w]
+    assert "lower bound" not in warning
+
+
+def test_an_uncrowded_frames_own_fit_stays_in_force(frames, tmp_path):
+    """Uncrowded headerless frames keep their own fit (gain and read noise): it is within
+    what their sky's variance allows, and the sky's gain (read noise 0) lies below it."""
+    report = ingest(frames / "bare", tmp_path / "s.zarr", generic_config())
+    t = st.exposure_table(tmp_path / "s.zarr")
+    assert (t["gain_source"] == "fitted").all() and report.warnings == []
+    assert (t["gain_sky_min"] < t["gain_fitted"] + 3 * t["gain_fitted_err"]).all()
 
 
 def test_sky_bound_needs_all_three_values():
@@ -334,6 +458,25 @@ def test_sky_bound_needs_all_three_values():
                                      "gain_sky_min": 1.5})
     assert not gain_below_sky_bound({"gain_fitted": 0.4, "gain_fitted_err": 0.03})
     assert not gain_below_sky_bound({"gain_fitted": None, "gain_sky_min": 1.5})
+
+
+def test_sky_gains_combine_the_two_sky_variances():
+    """Two sky variances that agree within 3σ give their weighted mean; apart by more, the
+    larger gain (sources only add variance); one missing or unusable, the other; the header's
+    read noise raises the second value only."""
+    from pausdenoise.ingest.noise import sky_gains  # test-local: one helper
+
+    row = {"sky_fitted_adu": 100.0, "sky_var_fitted_adu2": 61.0, "sky_var_fitted_err": 1.0,
+           "sky_hf_adu": 100.0, "sky_var_hf_adu2": 60.0, "sky_var_hf_err": 1.0}
+    least, sky = sky_gains(row)
+    assert least == sky and 100 / 61 < least < 100 / 60
+    assert least == pytest.approx(0.5 * (100 / 61 + 100 / 60), rel=2e-3)
+    assert sky_gains({**row, "sky_var_fitted_adu2": 80.0})[0] == pytest.approx(100 / 60)
+    assert sky_gains({**row, "sky_var_hf_adu2": None})[0] == pytest.approx(100 / 61)
+    assert sky_gains({**row, "sky_var_hf_adu2": 0.0})[0] == pytest.approx(100 / 61)
+    least, sky = sky_gains({**row, "rdnoise_header": 5.0})
+    assert least < 100 / 60 < sky
+    assert all(np.isnan(sky_gains({})))
 
 
 def test_gain_choice_per_quantity_and_old_frames_left_alone():

@@ -258,7 +258,7 @@ def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
     -------
     DataFrame
         ``band``, ``frames``, frames per gain source (``header``, ``exposures``, ``fitted``,
-        ``none``), the medians of the gain in force, of the frame's own fitted gain and of
+        ``sky``, ``none``), the medians of the gain in force, of the frame's own fitted gain and of
         the gain fitted across the CCD's exposures over the header's (where both exist; NaN
         in tables written before the fit across exposures existed), of the fitted read
         noise and of the correlations along x and y, the largest |correlation|, and the
@@ -275,7 +275,7 @@ def noise_summary(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "band": band, "frames": len(g),
             **{f"gain_{k}": int((src == k).sum())
-               for k in ("header", "exposures", "fitted", "none")},
+               for k in ("header", "exposures", "fitted", "sky", "none")},
             "gain_median": float(g["gain"].median()),
             "fitted_over_header": float(ratio.median()),
             "exposures_over_header": float(ratio_across.median()),
@@ -310,7 +310,9 @@ def _noise_section(out: Path, w: ReportWriter) -> ReportSection | None:
             f"variance against sky level; <code>ingest/noise_model_exposures.csv</code>): on "
             f"crowded fields a frame's own fit gives too small a gain. Gain in force: from "
             f"the header where it has one (<code>ingest.noise_model: auto</code>), else the "
-            f"fit across exposures, else the frame's own. The noise correlation is measured in "
+            f"fit across exposures, else the frame's own where its sky's variance allows it, "
+            f"else the gain that gives its sky's variance (<code>sky</code>: with the "
+            f"header's read noise, else a lower bound). The noise correlation is measured in "
             f"small tiles, or at the highest spatial frequencies where the tiles see sources "
             f"(crowded fields: <code>corr_high_frequency</code> frames). Noise correlated "
             f"beyond <code>train.correlation_threshold</code> widens the training blind spot.")
