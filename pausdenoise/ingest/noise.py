@@ -114,10 +114,13 @@ _PREFERENCE: dict[str, tuple[str, ...]] = {
 """Per ``ingest.noise_model``, where the gain in force comes from, first found first (the
 read noise: the gain's source first, then the same order). A frame's own fit (``"fitted"``)
 counts only when its sky's variance allows it (:func:`gain_below_sky_bound`); ``"sky"`` is
-the gain that gives the sky's variance (:func:`sky_gains`), and in ``"auto"`` comes before
-the frame's own fit when the header gives the read noise (then it is the gain itself on a
-frame whose sky is noise, not a bound; the own fit needs bright smooth signal, and crowded
-fields bias it)."""
+the gain that gives the sky's variance (:func:`sky_gains`). When the header gives the read
+noise, the sky's gain is the gain itself on a frame whose sky is noise (not a bound), and it
+also replaces an own fit poorly constrained (error above :data:`MAX_FIT_ERROR`)."""
+
+MAX_FIT_ERROR = 0.2
+"""Largest relative error of a frame's own fitted gain for it to count as constrained (above
+it: a warning, and with the header's read noise the sky's gain instead)."""
 
 MAX_DEVIATION = 0.25
 """Largest relative difference between an exposure's sky variance and the fitted line for
@@ -329,7 +332,7 @@ def noise_attrs(
         warnings.append(f"{name}: noise model not fitted ({out['noise_fit_error']}); "
                         f"{fallback}")
     elif (needed and source == "fitted"
-          and values["gain_fitted_err"] > 0.2 * values["gain_fitted"]):
+          and values["gain_fitted_err"] > MAX_FIT_ERROR * values["gain_fitted"]):
         warnings.append(f"{name}: fitted gain {values['gain_fitted']:.3g} ± "
                         f"{values['gain_fitted_err']:.2g} e-/ADU is poorly constrained "
                         "(the frame spans little signal above its sky)")
@@ -514,14 +517,15 @@ def exposure_gain_updates(exposures: Any, models: Any, noise_model: str
     else the frame's own fit, else its sky's variance; ``"fitted"``: the fit across
     exposures, else the frame's own fit, else its sky's variance, else the header
     (``gain_source`` ``"none"`` and no gain when none has one). The frame's own fit counts
-    only when its sky's variance allows it (:func:`gain_below_sky_bound`); the sky's gain
-    is :func:`sky_gains`' ``gain_sky``, with the header's read noise (then, in ``"auto"``,
-    it comes before the frame's own fit), else a read noise of 0 (so that the model gives
-    the sky's measured variance). The read noise otherwise comes from the gain's source
-    when it has one, else from the first of the same order that has one (a header with GAIN
-    but no RDNOISE: the fit across exposures', else the frame's own). The decision is made
-    from the stored header and measured values alone, so it gives the same result however
-    often it is repeated.
+    only when its sky's variance allows it (:func:`gain_below_sky_bound`: with the header's
+    read noise the sharper bound) and, when the header gives the read noise, when its error
+    is at most :data:`MAX_FIT_ERROR`; the sky's
+    gain is :func:`sky_gains`' ``gain_sky``, with the header's read noise, else a read noise
+    of 0 (so that the model gives the sky's measured variance). The read noise otherwise
+    comes from the gain's source when it has one, else from the first of the same order
+    that has one (a header with GAIN but no RDNOISE: the fit across exposures', else the
+    frame's own). The decision is made from the stored header and measured values alone,
+    so it gives the same result however often it is repeated.
 
     Parameters
     ----------
@@ -580,18 +584,16 @@ def _decide(row: dict[str, Any], model: dict[str, Any] | None, noise_model: str
         when unknown) and ``gain_source``.
     """
     least, sky = sky_gains(row)
-    own_allowed = not gain_below_sky_bound({**row, "gain_sky_min": least})
     rn_header = _number(row.get("rdnoise_header"))
+    own, own_err = _number(row.get("gain_fitted")), _number(row.get("gain_fitted_err"))
+    own_ok = not gain_below_sky_bound({**row, "gain_sky_min": least, "gain_sky": sky}) and not (
+        _finite(rn_header) and _finite(sky) and not own_err <= MAX_FIT_ERROR * own)
     gains = {"header": row.get("gain_header"), "exposures": model["gain"] if model else None,
-             "fitted": row.get("gain_fitted") if own_allowed else None, "sky": sky}
+             "fitted": own if own_ok else None, "sky": sky}
     noises = {"header": row.get("rdnoise_header"),
               "exposures": model["read_noise_e"] if model else None,
               "fitted": row.get("read_noise_fitted_e")}
     order = _PREFERENCE[noise_model]
-    if noise_model == "auto" and _finite(rn_header):
-        order = tuple(k for k in order if k != "sky")
-        at = order.index("fitted")
-        order = (*order[:at], "sky", *order[at:])
     source = next((k for k in order if _finite(_number(gains[k]))), "none")
     if source == "sky":
         noises["sky"] = rn_header if _finite(rn_header) else 0.0
@@ -620,23 +622,25 @@ def _same(a: Any, b: Any) -> bool:
 def gain_below_sky_bound(row: Any) -> bool:
     """Tell whether a frame's own fitted gain is below what its sky's variance allows.
 
-    For a bias-subtracted frame the sky's variance is at least its photon noise,
-    ``var_sky ≥ S_sky / gain``, so ``gain ≥ S_sky / var_sky`` (``gain_sky_min``). A fitted
-    gain more than 3σ below that bound cannot be right: its slope rests on tiles whose
-    variance grows with the signal for another reason than photon noise (unresolved
-    sources of a crowded field).
+    For a bias-subtracted frame the sky's variance is at least its photon and read noise,
+    ``var_sky ≥ (rn/gain)² + S_sky / gain``, so the gain is at least ``gain_sky_min`` (read
+    noise 0) and, with the header's read noise, ``gain_sky`` (:func:`sky_gains`; the larger
+    of the two is the bound). A fitted gain more than 3σ below it cannot be right: its slope
+    rests on tiles whose variance grows with the signal for another reason than photon
+    noise (unresolved sources of a crowded field).
 
     Parameters
     ----------
     row : mapping
         A frame's attributes: ``gain_fitted``, ``gain_fitted_err`` and ``gain_sky_min``
-        [e⁻/ADU].
+        (and ``gain_sky`` where stored) [e⁻/ADU].
 
     Returns
     -------
     bool
-        False when any of them is missing.
+        False when the fitted gain, its error or both bounds are missing.
     """
-    gain, err, bound = (_number(row.get(k)) for k in
-                        ("gain_fitted", "gain_fitted_err", "gain_sky_min"))
+    gain, err = _number(row.get("gain_fitted")), _number(row.get("gain_fitted_err"))
+    bound = max((b for b in (_number(row.get("gain_sky_min")), _number(row.get("gain_sky")))
+                 if _finite(b)), default=float("nan"))
     return bool(gain + 3.0 * max(err, 0.0) < bound)

@@ -56,22 +56,30 @@ def test_headerless_frames_get_the_fitted_gain(frames, tmp_path):
         assert abs(row["noise_corr_x"]) < 0.02 and abs(row["noise_corr_y"]) < 0.02
 
 
-def test_rdnoise_without_gain_gives_the_gain_from_the_sky(frames, tmp_path):
-    """RDNOISE but no GAIN in the headers ('auto'): the sky's variance with that read noise
-    gives the gain within 3 % (source 'sky', before the frame's own fit, recorded within
-    5 %); no warning. 'fitted' keeps the frame's own fit."""
+def test_rdnoise_without_gain_keeps_a_constrained_fit_else_takes_the_sky(frames, tmp_path):
+    """RDNOISE but no GAIN in the headers: frames with bright extended galaxies keep their own
+    fit (within 5 %; the sky's gain, recorded, within 3 % too); a sparse star field, whose
+    own fit rests on a few bright pixels (error above 20 %), takes the gain its sky's
+    variance and the read noise give, within 3 %. No warning."""
     report = ingest(frames / "rdnoise", tmp_path / "s.zarr", generic_config())
     assert report.exit_status == 0 and report.warnings == [], report.summary()
     t = st.exposure_table(tmp_path / "s.zarr").set_index("expnum")
-    for expnum, gain, rn in CASES:
+    for expnum, gain, _ in CASES:
         row = t.loc[expnum]
-        assert row["gain_source"] == "sky" and row["rdnoise"] == rn
-        assert row["gain"] == row["gain_sky"] == pytest.approx(gain, rel=0.03)
-        assert row["gain_fitted"] == pytest.approx(gain, rel=0.05)
-    fitted = ingest(frames / "rdnoise", tmp_path / "f.zarr",
-                    generic_config(noise_model="fitted"))
-    t = st.exposure_table(tmp_path / "f.zarr")
-    assert fitted.exit_status == 0 and (t["gain_source"] == "fitted").all()
+        assert row["gain_source"] == "fitted"
+        assert row["rdnoise"] == row["read_noise_fitted_e"]  # the gain's source's
+        assert row["gain"] == pytest.approx(gain, rel=0.05)
+        assert row["gain_sky"] == pytest.approx(gain, rel=0.03)
+    sparse = tmp_path / "sparse"
+    sparse.mkdir()
+    img = observe_sky(crowded_scene_e(N, seed=7, n_stars=50), 150.0, 1.6, 8.0, seed=8)
+    write_frame(sparse / "s.fits", img, 7, rdnoise=8.0)
+    report = ingest(sparse, tmp_path / "p.zarr", generic_config())
+    assert report.exit_status == 0 and report.warnings == [], report.summary()
+    row = st.exposure_table(tmp_path / "p.zarr").iloc[0]
+    assert row["gain_fitted_err"] > 0.2 * row["gain_fitted"]
+    assert row["gain_source"] == "sky" and row["rdnoise"] == 8.0
+    assert row["gain"] == pytest.approx(1.6, rel=0.03)
 
 
 def test_header_values_kept_in_auto_and_replaced_in_fitted(frames, tmp_path):
@@ -458,6 +466,28 @@ def test_sky_bound_needs_all_three_values():
                                      "gain_sky_min": 1.5})
     assert not gain_below_sky_bound({"gain_fitted": 0.4, "gain_fitted_err": 0.03})
     assert not gain_below_sky_bound({"gain_fitted": None, "gain_sky_min": 1.5})
+    # with the header's read noise the sharper bound counts
+    assert gain_below_sky_bound({"gain_fitted": 1.4, "gain_fitted_err": 0.01,
+                                 "gain_sky_min": 1.2, "gain_sky": 1.6})
+
+
+def test_the_read_noise_sharpens_the_sky_bound_on_the_own_fit():
+    """A sky of 60 ADU with variance 160 ADU² (gain 1, read noise 10 e⁻): without the read
+    noise the sky allows any gain above 0.375 and a fitted 0.56 ± 0.02 stays; with RDNOISE
+    10 the sky gives 1.0 and the fit gives way to it (read noise 10 in force)."""
+    from pausdenoise.ingest.noise import EXPOSURE_COLUMNS, exposure_gain_updates
+
+    row = {"frame": "a", "ccd": 1, "gain_header": np.nan, "rdnoise_header": np.nan,
+           "gain_fitted": 0.56, "gain_fitted_err": 0.02, "read_noise_fitted_e": 3.0,
+           "gain": 0.56, "rdnoise": 3.0, "gain_source": "fitted", "sky_fitted_adu": 60.0,
+           "sky_var_fitted_adu2": 160.0, "sky_var_fitted_err": 2.0}
+    models = pd.DataFrame(columns=list(EXPOSURE_COLUMNS))
+    bare = exposure_gain_updates(pd.DataFrame([row]), models, "auto").get("a", {})
+    assert "gain_source" not in bare and bare["gain_sky_min"] == pytest.approx(0.375)
+    known = exposure_gain_updates(pd.DataFrame([{**row, "rdnoise_header": 10.0}]), models,
+                                  "auto")["a"]
+    assert known["gain_source"] == "sky" and known["gain"] == pytest.approx(1.0)
+    assert known["rdnoise"] == 10.0
 
 
 def test_sky_gains_combine_the_two_sky_variances():
