@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 import sys
 import time
@@ -44,6 +43,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_training_budget as tb  # the benchmarks' CPU-name helper
+from bench_noise_correlation import saao_frames
 
 from pausdenoise.ingest.noise import noise_attrs
 from pausdenoise.noise_model import gain_from_sky
@@ -116,8 +116,7 @@ def saao() -> list[str]:
     """Rows of the SAAO table: each estimate over the header's gain, frame by frame."""
     from astropy.io import fits  # why: only the real-frame part reads FITS
 
-    real = Path(os.environ.get("PAUSDENOISE_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
-    paths = sorted((real / "saao-kb13475").glob("AKB13475I*.fits"))
+    real, paths = saao_frames()
     if not paths:
         return [f"(no SAAO frames under {real.name}/saao-kb13475: skipped)"]
     est: dict[str, list[float]] = {}

@@ -95,12 +95,25 @@ def synthetic() -> list[str]:
     return rows
 
 
+def saao_frames() -> tuple[Path, list[Path]]:
+    """Find the real SAAO exposures.
+
+    Returns
+    -------
+    folder : Path
+        ``$PAUSDENOISE_REAL_DATA`` (by default the real-data folder the tests use).
+    paths : list of Path
+        Its ``saao-kb13475/AKB13475I*.fits``, sorted (empty when absent).
+    """
+    real = Path(os.environ.get("PAUSDENOISE_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
+    return real, sorted((real / "saao-kb13475").glob("AKB13475I*.fits"))
+
+
 def saao() -> list[str]:
     """Rows of the SAAO summary (ranges and medians over the 24 frames)."""
     from astropy.io import fits  # why: only the real-frame part reads FITS
 
-    real = Path(os.environ.get("PAUSDENOISE_REAL_DATA", ROOT.parent / "shared" / "data" / "real"))
-    paths = sorted((real / "saao-kb13475").glob("AKB13475I*.fits"))
+    real, paths = saao_frames()
     if not paths:
         return [f"(no SAAO frames under {real.name}/saao-kb13475: skipped)"]
     values: dict[str, list[tuple[float, float]]] = {"tiles": [], "high": [], "chosen": []}

@@ -713,6 +713,17 @@ MIN_HF_TILES = 48
 """Fewest clean tiles for a high-frequency measurement (three per interleaved group)."""
 
 
+def _hf_window() -> np.ndarray:
+    """Return the 2-D Hann window of the :data:`HF_TILE`² tiles.
+
+    Returns
+    -------
+    ndarray, shape (HF_TILE, HF_TILE)
+        The outer product of two 1-D Hann windows.
+    """
+    return np.outer(np.hanning(HF_TILE), np.hanning(HF_TILE))
+
+
 def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Power spectra and levels of the clean, Hann-windowed :data:`HF_TILE`² tiles.
 
@@ -728,7 +739,7 @@ def _hf_tiles(image: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """
     t, step = HF_TILE, HF_TILE // 2
     ny, nx = image.shape
-    window = np.outer(np.hanning(t), np.hanning(t))
+    window = _hf_window()
     tiles = [image[y:y + t, x:x + t]
              for y in range(0, ny - t + 1, step) for x in range(0, nx - t + 1, step)
              if not bad[y:y + t, x:x + t].any()]
@@ -819,8 +830,7 @@ def _hf_sky_variance(power: np.ndarray, level: np.ndarray, use: np.ndarray,
         Its 1σ error, 1.2533 · (robust σ of their variances) / √n, ADU².
     """
     a, b = (float(k) for k in kernel)
-    w = np.hanning(HF_TILE)
-    w2 = float((np.outer(w, w) ** 2).sum())
+    w2 = float((_hf_window() ** 2).sum())
     shape = ((1.0 + a * cos_x) * (1.0 + b * cos_y)) ** 2
     white = np.median(power[:, use] / np.maximum(shape, 1e-6), axis=1) / math.log(2.0) / w2
     var = white * (1.0 + 2.0 * a * a) * (1.0 + 2.0 * b * b)

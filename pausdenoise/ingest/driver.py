@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import pandas as pd
 
 from pausdenoise import store as st
 from pausdenoise.errors import IngestError
@@ -351,8 +352,8 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, table: Any,
     todo = table if column is None else table[~column.apply(_current_version)]
     if todo.empty:
         return table
-    table = table.copy()
     root = st.open_store(store, "r")
+    measured: dict[str, dict[str, Any]] = {}
     for row in todo.to_dict("records"):
         frame = row["frame"]
         try:
@@ -360,22 +361,21 @@ def _complete_noise_correlation(store: os.PathLike[str] | str, table: Any,
             mask = group["mask"][...] if "mask" in group else None
             image = group["image"][...]
         except (KeyError, OSError, ValueError, RuntimeError) as exc:  # unreadable chunks
-            report.warnings.append(f"{frame}: stored pixels unreadable, noise correlation not "
-                                   f"measured again ({type(exc).__name__}: {exc})")
+            report.warnings.append(f"{frame}: stored pixels unreadable, noise correlation and "
+                                   f"sky variance not measured again "
+                                   f"({type(exc).__name__}: {exc})")
             continue
         attrs, _ = noise_correlation_attrs(image, mask)
         st.update_frame_attrs(store, frame, attrs)
-        at = table.index[table["frame"] == frame]
-        for key, value in attrs.items():
-            if key not in table.columns:
-                table[key] = None
-            table[key] = table[key].astype(object)
-            table.loc[at, key] = value
+        measured[frame] = attrs
         report.correlations_remeasured.append(frame)
         if any(correlation_moved(row.get(k), attrs[k])
                for k in ("noise_corr_x", "noise_corr_y")):
             report.correlations_changed.append(frame)
-    return table
+    if not measured:
+        return table
+    return pd.DataFrame([{**r, **measured.get(r["frame"], {})}
+                         for r in table.to_dict("records")], index=table.index)
 
 
 def _current_version(value: Any) -> bool:
@@ -416,8 +416,7 @@ def _apply_exposure_noise(store: os.PathLike[str] | str, table: Any, config: Ing
             ccds_in_force.add(int(r["ccd"]))
         elif r.get("gain_source") == "sky" and gain_below_sky_bound(r):
             below.append(f"{r['frame']} ({r['gain']:.3g}; own fit {r['gain_fitted']:.3g})")
-            rn = r.get("rdnoise_header")
-            no_read_noise |= not (isinstance(rn, (int, float)) and math.isfinite(rn))
+            no_read_noise |= bool(pd.isna(r.get("rdnoise_header")))
     if below:
         report.warnings.append(
             f"{len(below)} frame(s) carry the gain their sky's variance gives (gain_source "
