@@ -105,8 +105,14 @@ class IngestReport:
         if self.fatal:
             lines.append(f"fatal: {self.fatal}")
         lines += [f"  FAILED {f}: {r}" for f, r in self.failed]
+        quiet = [m for m in self.exposure_noise if _unfitted_beside_header_gain(m)]
         lines += [f"  noise model across exposures: {_exposure_line(m)}"
-                  for m in self.exposure_noise]
+                  for m in self.exposure_noise if m not in quiet]
+        if quiet:
+            lines.append(f"  noise model across exposures: not fitted for {len(quiet)} "
+                         "CCD/gain group(s) whose frames have a header gain (too few "
+                         "exposures with a measured sky variance; the exposure noise table "
+                         "says why)")
         if self.correlations_remeasured:
             lines.append(f"  noise correlation measured again on "
                          f"{len(self.correlations_remeasured)} frame(s) stored without its "
@@ -307,6 +313,22 @@ def ingest(
         _apply_exposure_noise(store, table, config, report)
     log.info("%s", report.summary())
     return report
+
+
+def _unfitted_beside_header_gain(m: dict[str, Any]) -> bool:
+    """Tell whether a CCD's fit across exposures could not be made where a header gain is.
+
+    Such lines say nothing a user acts on (the header's gain is there), so the summary
+    counts them instead of listing one per CCD.
+
+    Returns
+    -------
+    bool
+        No fit, and a finite header gain.
+    """
+    header = m["gain_header"]
+    return (bool(m["error"]) and not math.isfinite(m["gain"])
+            and header is not None and math.isfinite(header))
 
 
 def _exposure_line(m: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "IngestError",
     "expand_inputs",
     "find_images",
+    "input_files",
     "is_glob",
     "plan_ingest",
 ]
@@ -275,6 +276,43 @@ def find_images(
                         companions.add(c)
         found = [f for f in found if f not in companions]
     return found
+
+
+def input_files(images: Sequence[Path], config: IngestConfig) -> list[Path]:
+    """List every existing file the ingest of ``images`` reads, without opening any.
+
+    The images, their companions (PAUS: the ``.msk`` mask and the simulation's truth,
+    found from the file name; generic: the ``mask_substitution`` / ``weight_substitution``
+    files) and the zero-point table. What a run signs to tell that its ingest inputs
+    changed (an edited mask or table as much as an edited image).
+
+    Parameters
+    ----------
+    images : sequence of Path
+        Image files, as :func:`find_images` lists them.
+    config : IngestConfig
+        Layout, companion substitutions and zero-point table.
+
+    Returns
+    -------
+    list of Path
+        Sorted, without duplicates; files that do not exist are left out.
+    """
+    files: set[Path] = set(images)
+    for image in images:
+        if config.layout == "generic":
+            for sub in (config.mask_substitution, config.weight_substitution):
+                companion = _companion(image, sub)
+                if companion is not None:
+                    files.add(companion)
+            continue
+        parsed = paus_layout.parse_image_name(image.name)
+        if parsed is not None:
+            files.update(paus_layout.mask_paths_found(image.parent, *parsed))
+            files.add(paus_layout.truth_path(image.parent, *parsed))
+    if config.zp_table is not None:
+        files.add(Path(config.zp_table.path))
+    return sorted(p for p in files if p.is_file())
 
 
 def _paus_image_hdu(hdul: Any, path: Path) -> int:

@@ -202,13 +202,29 @@ def split_regions(
         ny, nx = f.shape
         n_val = max(patch_size, math.ceil(validation_fraction * ny))
         if ny - n_val < patch_size or nx < patch_size:
+            fits = _largest_patch(ny, nx, validation_fraction)
             raise ValueError(
                 f"frame {i} ({f.name or 'unnamed'}) of shape {ny}×{nx} is too small to split "
-                f"into training and validation rows for patches of {patch_size}"
+                f"into training and validation rows for patches of {patch_size}: patches "
+                f"of at most {fits} px fit (train.patch_size, a multiple of 2**depth)"
             )
         train.append(Region(i, 0, ny - n_val, 0, nx))
         val.append(Region(i, ny - n_val, ny, 0, nx))
     return train, val
+
+
+def _largest_patch(ny: int, nx: int, validation_fraction: float) -> int:
+    """Return the largest patch side with which a ``ny × nx`` frame splits (0: none).
+
+    Returns
+    -------
+    int
+        The side in px (:func:`split_regions`' rule: a training and a validation strip of
+        at least one patch each).
+    """
+    fits = [p for p in range(1, min(ny, nx) + 1)
+            if ny - max(p, math.ceil(validation_fraction * ny)) >= p]
+    return max(fits, default=0)
 
 
 def _chunk_shape(arr: Any) -> tuple[int, int] | None:

@@ -35,7 +35,14 @@ import pandas as pd
 
 from pausdenoise.paus_layout import CATALOGUE_COLUMNS
 
-__all__ = ["FrameWCS", "axis_angle", "project_catalogue", "project_to_frame", "wcs_from_text"]
+__all__ = [
+    "FrameWCS",
+    "axis_angle",
+    "footprint_note",
+    "project_catalogue",
+    "project_to_frame",
+    "wcs_from_text",
+]
 
 #: Half-length of the sky segment whose pixel direction gives the major axis, degrees.
 _STEP_DEG = 1.0 / 3600.0
@@ -252,3 +259,35 @@ def project_catalogue(
         empty = FrameWCS("", 0, 0, (0, 0), "")
         return _frame_rows(sky.iloc[:0], empty, np.empty(0), np.empty(0), np.empty(0), 1.0)
     return pd.concat(parts, ignore_index=True)
+
+
+def footprint_note(sky: pd.DataFrame, frames: Iterable[FrameWCS]) -> str:
+    """Say where a sky catalogue and the frames lie, for a catalogue that misses every frame.
+
+    Parameters
+    ----------
+    sky : pandas.DataFrame
+        Sky catalogue (``ra``, ``dec`` in degrees).
+    frames : iterable of FrameWCS
+        The frames.
+
+    Returns
+    -------
+    str
+        The catalogue's RA/Dec ranges and those of the frames' centres (pixel
+        ``((nx - 1) / 2, (ny - 1) / 2)``, 0-based), in degrees.
+    """
+    centres = []
+    for f in frames:
+        ny, nx = f.shape
+        ra, dec = wcs_from_text(f.wcs_text).all_pix2world([(nx - 1) / 2], [(ny - 1) / 2], 0)
+        centres.append((float(ra[0]), float(dec[0])))
+    ra_c, dec_c = np.array(centres, dtype=float).reshape(-1, 2).T
+
+    def _range(v: np.ndarray) -> str:
+        v = v[np.isfinite(v)]
+        return f"{v.min():.4f}–{v.max():.4f}°" if v.size else "none"
+
+    return (f"catalogue ra {_range(sky['ra'].to_numpy(float))}, dec "
+            f"{_range(sky['dec'].to_numpy(float))}; frame centres ra {_range(ra_c)}, dec "
+            f"{_range(dec_c)}")

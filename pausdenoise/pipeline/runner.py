@@ -31,7 +31,8 @@ from pausdenoise.config import STAGES, PipelineConfig
 from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.ingest.noise import NOISE_MEASUREMENT_VERSION
-from pausdenoise.ingest.plan import expand_inputs, find_images
+from pausdenoise.ingest.plan import expand_inputs, find_images, input_files
+from pausdenoise.paus_layout import CATALOGUE_NAME
 from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.n2n_targets import reference_settings
@@ -138,10 +139,12 @@ _STORAGE_ONLY = ("chunks", "shards", "clevel", "force", "verify_hash", "progress
 
 
 def _input_files_token(cfg: PipelineConfig) -> list[Any]:
-    """Sign the FITS files ``input.fits_path`` names by path, size and mtime (nothing read).
+    """Sign the files the ingest reads by path, size and mtime (nothing read).
 
-    So a frame edited in place makes the ingest stage run again (its per-frame resume then
-    re-reads only the changed files).
+    The images ``input.fits_path`` names, their mask, weight and truth companions and the
+    zero-point table (:func:`~pausdenoise.ingest.plan.input_files`): so any of them edited
+    in place makes the ingest stage run again (its per-frame resume then re-reads only the
+    frames whose files changed).
 
     Returns
     -------
@@ -151,9 +154,27 @@ def _input_files_token(cfg: PipelineConfig) -> list[Any]:
     if cfg.input.source != "fits" or cfg.input.fits_path is None:
         return []
     items, _ = expand_inputs(cfg.input.fits_path)
-    files = find_images([p for p in items if p.exists()], cfg.ingest)
-    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.is_file()]
+    images = find_images([p for p in items if p.exists()], cfg.ingest)
+    files = input_files([p for p in images if p.is_file()], cfg.ingest)
+    stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return [json_digest(stats)]
+
+
+def _check_ingest_inputs(cfg: PipelineConfig) -> None:
+    """Refuse, before any work, an ingest whose configured zero-point table is missing.
+
+    Every frame would fail on it; one error names the setting instead.
+
+    Raises
+    ------
+    ConfigError
+        ``ingest.zp_table.path`` is set and is not a file.
+    """
+    table = cfg.ingest.zp_table
+    if cfg.input.source == "fits" and table is not None and not Path(table.path).is_file():
+        where = "" if Path(table.path).is_absolute() else f" (relative to {Path.cwd()})"
+        raise ConfigError(f"ingest.zp_table.path {table.path} not found (no such file"
+                          f"{where})")
 
 
 def stage_fingerprints(
@@ -251,6 +272,45 @@ def stage_fingerprints(
     return {name: _fp(name) for name in (STAGES if stages is None else stages)}
 
 
+#: the stages that measure the reference catalogue's sources (compare: their photometry)
+_CATALOGUE_STAGES = ("photometry", "compare", "gan")
+
+
+def _without_catalogue(cfg: PipelineConfig) -> bool:
+    """Tell whether the run has no reference catalogue: FITS frames, no ``input.catalogue``.
+
+    Returns
+    -------
+    bool
+        True when no stage could measure catalogue sources (a simulated survey brings its
+        own catalogue; a store's run directory may hold one).
+    """
+    return cfg.input.source == "fits" and cfg.input.catalogue is None
+
+
+def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
+                           chosen: Sequence[str]) -> None:
+    """Refuse, before any work, catalogue stages asked for where there is no catalogue.
+
+    Raises
+    ------
+    ConfigError
+        Photometry, gan or a restoring denoise asked for with frames from FITS (or a store
+        whose run directory has no simulated catalogue) and no ``input.catalogue``.
+    """
+    readers = {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
+    asked = [s for s in chosen if s in readers]
+    if not asked or cfg.input.catalogue is not None or cfg.input.source == "simulate":
+        return
+    if cfg.input.source == "store" and (paths.survey / CATALOGUE_NAME).is_file():
+        return
+    raise ConfigError(
+        f"{', '.join(asked)} measure the sources of a reference catalogue, and this run has "
+        f"none (frames from {cfg.input.source}, no simulated survey): set input.catalogue "
+        "(Parquet, CSV or FITS; pixel apertures per frame or ref_id/ra/dec), or leave "
+        f"{', '.join(asked)} out of --stages (source injection needs no catalogue)")
+
+
 def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[str]:
     """Return the stages to run, in pipeline order.
 
@@ -260,7 +320,8 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
         The configuration (decides the default stages: no simulate without
         ``input.source = "simulate"``, no ingest from a store, no train with a given
         checkpoint, no stack/gan unless ``gan.enabled``, no inject unless
-        ``inject.enabled``).
+        ``inject.enabled``, no photometry/compare/gan for FITS frames without
+        ``input.catalogue``).
     stages : sequence of str or None
         The stages asked for; ``None`` for all that apply.
 
@@ -288,6 +349,8 @@ def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[st
             chosen.remove("gan")
         if not cfg.inject.enabled:
             chosen.remove("inject")
+        if _without_catalogue(cfg):
+            chosen = [s for s in chosen if s not in _CATALOGUE_STAGES]
         return chosen
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -477,7 +540,9 @@ def run(
     ------
     ConfigError
         Before any work, when a stage is unknown, train is asked for with
-        ``input.checkpoint`` set, or a configured input file is missing.
+        ``input.checkpoint`` set, a configured input file (catalogue, checkpoint, the
+        ingest's zero-point table) is missing, or a stage that measures catalogue sources
+        is asked for where there is no catalogue.
     CatalogueError
         Before any work, when photometry, gan or a restoring denoise will read
         ``input.catalogue`` and it cannot be used (unreadable, a column missing, a value of
@@ -489,10 +554,16 @@ def run(
     """
     paths = RunPaths(Path(out).resolve())
     chosen = resolve_stages(cfg, stages)
+    if stages is None and _without_catalogue(cfg):
+        print("[photometry, compare] not run: frames from FITS and no input.catalogue "
+              "(evaluate and inject need none)")
     fps = stage_fingerprints(cfg, chosen)
     readers = {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
+    _check_catalogue_given(cfg, paths, chosen)
     if cfg.input.catalogue is not None and readers & set(chosen):
         check_catalogue_file(cfg.input.catalogue)  # a bad file fails now, not after training
+    if "ingest" in chosen:
+        _check_ingest_inputs(cfg)
     preflight(paths.out, estimate_bytes(cfg))
     result = RunResult(paths.out)
     with run_lock(paths):

@@ -99,6 +99,11 @@ def test_decam_real_frames_generic_path(real_data_dir, tmp_path):
     report = ingest(src, store, cfg)
     assert report.exit_status == EXIT_OK, report.summary()
     assert len(report.ingested) == 8
+    # 51 × 41 px: no sky variance to fit across exposures, the header gains are in force;
+    # the summary counts the unfitted groups in one line instead of one line per group
+    text = report.summary()
+    assert "not fitted for 8 CCD/gain group(s) whose frames have a header gain" in text
+    assert "none (" not in text
     t = st.exposure_table(store)
     assert sorted(t["band"]) == ["g", "g", "g", "r", "r", "z", "z", "z"]
     assert set(t["ccd"]) == {41, 42, 43} and set(t["detpos"]) == {"N10", "N11", "N12"}

@@ -457,8 +457,13 @@ def test_split_regions_and_fixed_validation_set() -> None:
     # originals are from the held-out rows: values encode y*1000 (+frame*1e6)
     rows = (v1.originals.numpy() % 1_000_000) // 1000
     assert rows.min() >= 128
-    with pytest.raises(ValueError, match="too small"):
+    with pytest.raises(ValueError, match=r"too small.*at most 30 px fit"):
         split_regions(_frames(1, 60, 64), 0.1, 32)
+    # a DECam-cutout-sized frame: 51 rows split for 25 px, not 26; the error's size works
+    with pytest.raises(ValueError, match="at most 25 px fit"):
+        split_regions(_frames(1, 51, 41), 0.1, 26)
+    train, val = split_regions(_frames(1, 51, 41), 0.1, 25)
+    assert train[0].y1 - train[0].y0 >= 25 and val[0].y1 - val[0].y0 >= 25
 
 
 def test_keep_last_returns_the_final_epoch_weights() -> None:

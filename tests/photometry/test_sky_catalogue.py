@@ -15,7 +15,12 @@ from astropy.wcs import WCS
 
 from pausdenoise.ingest.fits import wcs_header_text
 from pausdenoise.photometry import PhotFlag, PhotometryConfig, measure_frame
-from pausdenoise.photometry.projection import FrameWCS, project_catalogue, project_to_frame
+from pausdenoise.photometry.projection import (
+    FrameWCS,
+    footprint_note,
+    project_catalogue,
+    project_to_frame,
+)
 
 
 def _tan(rot_deg: float = 0.0, flip: bool = False, scale: float = 0.265) -> str:
@@ -112,6 +117,22 @@ def test_sources_off_the_frame_are_not_placed():
     assert set(got.loc[got["expnum"] == 7, "ref_id"]) == set(pix["ref_id"])
     small = got[got["expnum"] == 8]
     assert ((small["aperture_x"] <= 19.5) & (small["aperture_y"] <= 19.5)).all()
+
+
+def test_a_catalogue_off_every_frame_is_told_where_both_lie():
+    """A catalogue of another field places no row; the note gives both footprints."""
+    shape = (160, 180)
+    text = _tan()
+    sky = _to_sky(_pixel_cat(shape=shape), WCS(fits.Header.fromstring(text)))
+    elsewhere = sky.assign(ra=sky["ra"] + 10.0)
+    frames = [FrameWCS("a", 7, 3, shape, text)]
+    assert project_catalogue(elsewhere, frames).empty
+    note = footprint_note(elsewhere, frames)
+    lo, hi = elsewhere["ra"].min(), elsewhere["ra"].max()
+    assert f"catalogue ra {lo:.4f}–{hi:.4f}°" in note
+    centre = WCS(fits.Header.fromstring(text)).all_pix2world([[89.5, 79.5]], 0)[0]
+    assert f"frame centres ra {centre[0]:.4f}–{centre[0]:.4f}°" in note
+    assert f"dec {centre[1]:.4f}–{centre[1]:.4f}°" in note
 
 
 def test_decam_frames_project_to_their_pixel_positions(real_data_dir: Path):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pipeline_fixtures import TINY
 
+from pausdenoise import store as st
 from pausdenoise.cli import EXIT_LOCKED, EXIT_OK, EXIT_USAGE, main
 from pausdenoise.config import PipelineConfig, load_config, reference_yaml
 
@@ -188,6 +189,71 @@ def test_decam_config_ingests_real_frames_through_the_cli(decam_config, tmp_path
     text = capsys.readouterr().out
     assert "frames: 8 (8 complete)" in text
     assert "g: 3 exposures" in text and "ivar ×8" in text and "mask ×8" in text
+
+
+def test_decam_missing_zero_point_table_is_refused_before_work(decam_config, tmp_path,
+                                                                capsys):
+    """A configured zero-point table that is not there is one configuration error (exit 2)
+    naming the setting and the path, before any frame is read or a store made; not one
+    failed frame per image."""
+    out = tmp_path / "decam"
+    code = main(["ingest", "--config", str(decam_config), "--out", str(out),
+                 "--set", "ingest.zp_table.path=data/real/decam-multiepoch/nope.fits"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "ingest.zp_table.path" in err and "nope.fits" in err and "not found" in err
+    assert err.count("nope.fits") == 1
+    assert not (out / "store.zarr").exists()
+
+
+def test_fits_frames_without_catalogue_run_the_stages_that_need_none(tmp_path, capsys):
+    """Frames from FITS with no input.catalogue: the default stages leave out those that
+    measure catalogue sources (saying so), and asking for them is refused before any work
+    with what to set."""
+    from pausdenoise.pipeline.runner import resolve_stages
+
+    fits_cfg = PipelineConfig.model_validate(
+        {"input": {"source": "fits", "fits_path": str(tmp_path)}})
+    assert resolve_stages(fits_cfg, None) == ["ingest", "train", "denoise", "evaluate",
+                                              "report"]
+    with_cat = PipelineConfig.model_validate(
+        {"input": {"source": "fits", "fits_path": str(tmp_path),
+                   "catalogue": str(tmp_path / "cat.parquet")}})
+    assert {"photometry", "compare"} <= set(resolve_stages(with_cat, None))
+    assert "photometry" in resolve_stages(PipelineConfig(), None)  # simulated: its own
+    cfg = tmp_path / "fits.yaml"
+    cfg.write_text(yaml.safe_dump({"input": {"source": "fits", "fits_path": str(tmp_path)}}))
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out),
+                 "--stages", "ingest,photometry"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "photometry measure the sources of a reference catalogue" in err
+    assert "set input.catalogue" in err and not out.exists()
+
+
+def test_decam_zero_point_table_edited_in_place_is_ingested_again(decam_config, tmp_path):
+    """The zero-point table is an input of the ingest stage: a corrected table (same name)
+    makes the stage run again and the frames take its zero-points."""
+    from astropy.table import Table
+
+    out = tmp_path / "decam"
+    table = tmp_path / "ccds.fits"
+    Table.read("data/real/decam-multiepoch/survey-ccds-1.fits.gz").write(table)
+    args = ["run", "--config", str(decam_config), "--out", str(out), "--stages", "ingest",
+            "--set", f"ingest.zp_table.path={table}"]
+    assert main(args) == EXIT_OK
+    zp_before = st.exposure_table(out / "store.zarr").set_index("frame")["zp"]
+    assert main(args) == EXIT_OK
+    assert json.loads((out / "run-summary.json").read_text())["ingest"]["status"] == \
+        "up to date"
+    t = Table.read(table)
+    t["zpt"] = t["zpt"] + 0.1
+    t.write(table, overwrite=True)
+    assert main(args) == EXIT_OK
+    assert json.loads((out / "run-summary.json").read_text())["ingest"]["status"] == "done"
+    zp_after = st.exposure_table(out / "store.zarr").set_index("frame")["zp"]
+    np.testing.assert_allclose(zp_after / zp_before.loc[zp_after.index], 10 ** (-0.04),
+                               rtol=1e-5)  # the table holds float32 magnitudes
 
 
 def test_plan_command_prints_a_plan(capsys):

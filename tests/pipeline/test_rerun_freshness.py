@@ -214,6 +214,28 @@ def test_a_fits_file_edited_in_place_is_ingested_again(base, tmp_path):
     assert len(summary["frames_changed"]) == 1 and len(summary["ingested"]) == 1
 
 
+def test_a_mask_file_edited_in_place_is_ingested_again(base, tmp_path):
+    """The mask files are inputs of the ingest stage as the images are: a mask edited in
+    place (the image untouched) makes the stage run again and that frame is re-read."""
+    from astropy.io import fits
+
+    _, src = base
+    survey = tmp_path / "survey"
+    shutil.copytree(src / "survey", survey)
+    cfg = tmp_path / "fits.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "input": {"source": "fits",
+                                                     "fits_path": str(survey)}}))
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "ingest"]) == 0
+    mask = sorted(survey.glob("*.msk.fits*"))[0]
+    with fits.open(mask, mode="update") as hdul:
+        hdul[0].data[10:12, 10:12] = 1
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "ingest"]) == 0
+    assert _statuses(out) == {"ingest": "done"}
+    summary = _summary(out, "ingest")
+    assert len(summary["frames_changed"]) == 1 and len(summary["ingested"]) == 1
+
+
 def test_a_new_profile_model_remeasures_every_partition(base, tmp_path, monkeypatch):
     """The profile fit's version is part of what the photometry stage reads: a new one
     redoes the stage and every partition, with the same settings."""

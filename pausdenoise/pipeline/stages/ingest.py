@@ -115,9 +115,9 @@ def run(ctx: Context) -> dict[str, Any]:
     report = ingest(source, ctx.store, config, client=ctx.client)
     after = _source_fingerprints(ctx.store)
     again = [f for f in report.ingested if f in before]
-    print(report.summary())
-    if report.exit_status == 1:
+    if report.exit_status == 1:  # the error carries the summary (printed once, recorded)
         raise StageError(f"ingest: nothing could be ingested from {source}\n{report.summary()}")
+    print(report.summary())
     exposures = pd.DataFrame(report.exposure_noise, columns=list(EXPOSURE_COLUMNS))
     _write_csv(exposures, ctx.paths.out / EXPOSURE_NOISE_TABLE)
     noise = _write_noise_table(ctx.store, ctx.paths.out / NOISE_TABLE)

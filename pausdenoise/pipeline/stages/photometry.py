@@ -36,7 +36,7 @@ from pausdenoise.photometry.driver import (
     plan_partitions,
     remove_stale_partitions,
 )
-from pausdenoise.photometry.projection import FrameWCS, project_catalogue
+from pausdenoise.photometry.projection import FrameWCS, footprint_note, project_catalogue
 from pausdenoise.pipeline.context import Context, compute_with_progress
 
 
@@ -92,8 +92,12 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
     check = validate_sky_catalogue(catalogue)
     pcfg = ctx.cfg.photometry
     scale = 1.0 / pcfg.pixel_scale if pcfg.aperture_units == "pixel" else 1.0
-    rows = project_catalogue(catalogue, _frame_wcs(ctx), axis_scale=scale)
+    frames = _frame_wcs(ctx)
+    rows = project_catalogue(catalogue, frames, axis_scale=scale)
     note = f", sky catalogue: {len(catalogue)} sources placed as {len(rows)} frame rows"
+    if rows.empty and len(catalogue):
+        note += (f" (no source falls on a frame: {footprint_note(catalogue, frames)}; "
+                 "check the catalogue's area and the frames' WCS)")
     return rows, check, note
 
 
