@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,6 +101,13 @@ def test_section_writes_figures_and_tables(tables, tmp_path):
     # the 5 % shrinkage of the denoised fluxes is in the summary
     den = tables["transfer"].query("band == 'all' and n > 0")["transfer"]
     assert np.allclose(den, 0.95, atol=0.02)
+    # one band (the SAAO frames): no colour measured, so no colour figure and no warning
+    one_band = {**tables, "colour": tables["colour"].assign(n=0)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sec = injection_section(one_band, ReportWriter(tmp_path / "one", dpi=50))
+    assert len(sec.figures) == 3
+    assert not (tmp_path / "one" / "figures" / "injection_colour.png").exists()
 
 
 def _context(out) -> Context:

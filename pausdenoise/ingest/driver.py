@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ class IngestReport:
                          f"{len(self.correlations_remeasured)} frame(s) stored without its "
                          f"high-frequency measurement; {len(self.correlations_changed)} "
                          "changed")
-        lines += [f"  warning: {w}" for w in self.warnings]
+        lines += [f"  warning: {w}" for w in grouped_warnings(self.warnings)]
         return "\n".join(lines)
 
 
@@ -313,6 +314,46 @@ def ingest(
         _apply_exposure_noise(store, table, config, report)
     log.info("%s", report.summary())
     return report
+
+
+#: a per-file warning: ``<path> [<expnum>/<ccd>]: <what>``
+_FILE_WARNING = re.compile(r"^(?P<path>.+?) \[(?P<frame>[^\]]*)\]: (?P<what>.+)$", re.S)
+
+
+def grouped_warnings(warnings: Sequence[str], most: int = 3) -> list[str]:
+    """Say a per-file warning that many files share once, with the files it concerns.
+
+    A configured default (``ingest.defaults.zp`` for frames without a zero-point) warns
+    for every file; 24 identical lines hide the one that differs.
+
+    Parameters
+    ----------
+    warnings : sequence of str
+        The ingest's warnings, in order.
+    most : int, optional
+        A text shared by more than this many files is said once. Default 3.
+
+    Returns
+    -------
+    list of str
+        The warnings, those shared by more than ``most`` files as one line each (``<what>
+        (N files: name, name, name, …)``, at the place of the first), the rest as they were.
+    """
+    groups: dict[str, list[str]] = {}
+    for w in warnings:
+        m = _FILE_WARNING.match(w)
+        if m:
+            groups.setdefault(m["what"], []).append(Path(m["path"]).name)
+    out, said = [], set()
+    for w in warnings:
+        m = _FILE_WARNING.match(w)
+        if not m or len(groups[m["what"]]) <= most:
+            out.append(w)
+        elif m["what"] not in said:
+            said.add(m["what"])
+            names = groups[m["what"]]
+            out.append(f"{m['what']} ({len(names)} files: {', '.join(names[:most])}, …)")
+    return out
 
 
 def _unfitted_beside_header_gain(m: dict[str, Any]) -> bool:

@@ -13,16 +13,25 @@ import bz2
 import gzip
 import math
 import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 
 from pausdenoise.digest import file_sha256
 from pausdenoise.errors import IngestError
 from pausdenoise.maskbits import MaskBit
+
+# Cards that follow no FITS convention (ESO's "ESO-LOG 03:04:08> ..." log lines and the
+# like) make astropy warn once per card whenever a header is parsed, in every worker. The
+# pipeline reads none of them and stores the header text verbatim, so the warning says
+# nothing a user can act on.
+warnings.filterwarnings("ignore", message="The following header keyword is invalid",
+                        category=AstropyUserWarning)
 
 __all__ = [
     "IngestError",

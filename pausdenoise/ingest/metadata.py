@@ -385,8 +385,11 @@ def _generic_zp(
     if zp is None:
         if "zp" not in defaults or defaults["zp"] is None:
             key = keys.zp or (config.zp_table.zp_column if config.zp_table else "ZP")
+            no_err = defaults.get("zp_err") is None  # told now, not after the zp is given
             raise IngestError(path, "no zero-point (header, table) and no default: set "
-                              "ingest.keys.zp, ingest.zp_table or ingest.defaults.zp", key=key)
+                              "ingest.keys.zp, ingest.zp_table or ingest.defaults.zp"
+                              + (" (and its error, ingest.defaults.zp_err)" if no_err else ""),
+                              key=key)
         zp = float(defaults["zp"])  # type: ignore[arg-type]
         zp_source = "default"
         out_warnings.append(

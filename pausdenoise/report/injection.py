@@ -189,7 +189,8 @@ def fig_colour_bias(colour: pd.DataFrame) -> Figure:
         ax.set_xlabel("I_auto [AB mag]")
         ax.set_title(label, fontsize=9)
     axes[0, 0].set_ylabel("colour bias [mmag]")
-    axes[0, 0].legend(fontsize=7)
+    if axes[0, 0].get_legend_handles_labels()[0]:  # no colour measured: no legend
+        axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -261,7 +262,7 @@ def injection_section(tables: Mapping[str, pd.DataFrame], writer: ReportWriter) 
                      "(the correction divides by it, learnt from the other half of the "
                      "sources).", writer.figure("injection_transfer", fig_transfer(tr))))
         shown.append(("Denoised aperture transfer, all bands pooled", tr[tr["band"] == "all"]))
-    if tables.get("colour") is not None:
+    if tables.get("colour") is not None and (tables["colour"]["n"] > 0).any():
         col = writer.table("injection_colour", tables["colour"])
         figs.append(("Colour bias (measured − true) per source, median per I_auto bin.",
                      writer.figure("injection_colour", fig_colour_bias(col))))

@@ -194,7 +194,8 @@ def test_every_missing_keyword_in_one_message(tmp_path):
                   "ingest.keys.gain or ingest.defaults.gain",
                   "[RDNOISE] missing header keyword RDNOISE (for rdnoise)",
                   "[ZP] no zero-point (header, table) and no default: set ingest.keys.zp, "
-                  "ingest.zp_table or ingest.defaults.zp"):
+                  "ingest.zp_table or ingest.defaults.zp (and its error, "
+                  "ingest.defaults.zp_err)"):
         assert piece in text, piece
     # without EXPNUM/CCDNUM either: five, the exposure number's options named
     q = tmp_path / "barer.fits"
@@ -310,3 +311,39 @@ def test_psf_measured_at_ingest_when_the_header_has_no_seeing(real_data_dir, tmp
     # Moffat FWHM of the stars (their half-maximum width is 3.9-4.4 px on these frames)
     assert t["psf_fwhm_px"].between(3.0, 5.0).all(), t["psf_fwhm_px"].tolist()
     assert t["psf_beta"].between(2.0, 5.0).all() and (t["psf_n_stars"] >= 5).all()
+
+
+@pytest.mark.real_data
+def test_a_single_eso_frame_ingests_quietly_from_the_command_line(real_data_dir, tmp_path):
+    """The NTT/EMMI frame (no EXPNUM/CCDNUM/FILTER/ZP, ESO-LOG cards that follow no FITS
+    convention), ingested as a user does, in a process of its own: exit 0, the cards kept in
+    the stored header, and no astropy warning per card on the console."""
+    import subprocess
+    import sys
+
+    image = real_data_dir / "ntt-emmi-sextractor" / "image.fits"
+    if not image.is_file():
+        pytest.skip(f"{image} not present")
+    out = tmp_path / "ntt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pausdenoise.cli", "ingest", "--out", str(out), "--fits",
+         str(image), "--layout", "generic", "--cluster", "threads",
+         "--set", "ingest.expnum_from=order",
+         "--set", 'ingest.defaults={"ccd": 1, "band": "R", "zp": 1.0, "zp_err": 0.0}'],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "header keyword is invalid" not in proc.stdout + proc.stderr
+    frame = st.list_frames(out / "store.zarr")[0]
+    assert "ESO-LOG" in st.read_header_text(out / "store.zarr", frame)
+
+
+def test_a_warning_many_files_share_is_said_once():
+    from pausdenoise.ingest.driver import grouped_warnings
+
+    same = [f"data/f{i}.fits [{i}/1]: no zero-point found, default zp=0.0145 used"
+            for i in range(1, 25)]
+    other = "data/f7.fits [7/1]: gain from the sky, a lower bound"
+    got = grouped_warnings([same[0], other, *same[1:], "a warning of no file"])
+    assert got == ["no zero-point found, default zp=0.0145 used (24 files: f1.fits, f2.fits, "
+                   "f3.fits, …)", other, "a warning of no file"]
+    assert grouped_warnings(same[:3]) == same[:3]  # a few stay as they were
