@@ -13,7 +13,9 @@ the sky); :mod:`pausdenoise.photometry.projection` places it on each frame throu
 
 Files are read by their name: ``.csv`` / ``.csv.gz`` as CSV (a header line of column names),
 ``.fits`` / ``.fit`` / ``.fts`` (optionally ``.gz``) as a FITS binary table (the first table
-HDU), anything else as Parquet.
+HDU), anything else as Parquet; SExtractor's own catalogues (ASCII_HEAD, FITS_LDAC), told by
+their content, become sky catalogues of Kron ellipses
+(:mod:`pausdenoise.photometry.sextractor`).
 
 :func:`read_catalogue` refuses a file it cannot use (:class:`~pausdenoise.errors.CatalogueError`
 naming the file, column and row); :func:`validate_catalogue` lists the rows that can be read
@@ -39,6 +41,12 @@ import pyarrow.parquet as pq
 from pausdenoise.errors import CatalogueError
 from pausdenoise.paus_layout import is_safe_name
 from pausdenoise.photometry.config import PhotFlag
+from pausdenoise.photometry.sextractor import (
+    is_ascii_head,
+    ldac_objects_hdu,
+    read_sextractor,
+    sextractor_to_sky,
+)
 
 __all__ = [
     "FLOAT_COLUMNS",
@@ -236,13 +244,23 @@ def catalogue_format(path: os.PathLike[str] | str) -> str:
     -------
     str
         ``"CSV"`` for ``.csv`` / ``.csv.gz``; ``"FITS"`` for ``.fits``, ``.fit``, ``.fts``
-        (each optionally ``.gz``); ``"Parquet"`` for any other name.
+        (each optionally ``.gz``), ``"SExtractor FITS_LDAC"`` when such a file (or a
+        ``.cat`` / ``.ldac`` one) holds an ``LDAC_OBJECTS`` table; ``"SExtractor
+        ASCII_HEAD"`` for a file of any other name whose first line is SExtractor's
+        (``#   1 NUMBER ...``); ``"Parquet"`` for the rest.
     """
-    name = Path(path).name.lower()
+    path = Path(path)
+    name = path.name.lower()
     if name.endswith((".csv", ".csv.gz")):
         return "CSV"
-    if name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")):
+    fits_name = name.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz"))
+    if (fits_name or name.endswith((".cat", ".ldac"))) and path.is_file() \
+            and ldac_objects_hdu(path) is not None:
+        return "SExtractor FITS_LDAC"
+    if fits_name:
         return "FITS"
+    if path.is_file() and is_ascii_head(path):
+        return "SExtractor ASCII_HEAD"
     return "Parquet"
 
 
@@ -291,6 +309,10 @@ def _open_table(path: Path, fmt: str) -> tuple[list[str], Any]:
     """
     if fmt == "CSV":
         return _csv_names(path), lambda: pd.read_csv(path)
+    if fmt.startswith("SExtractor"):
+        hdu = ldac_objects_hdu(path) if fmt.endswith("LDAC") else None
+        sky = sextractor_to_sky(read_sextractor(path, hdu), path)
+        return [str(c) for c in sky.columns], lambda: sky
     if fmt == "FITS":
         df = _fits_table(path)
         return [str(c) for c in df.columns], lambda: df
@@ -341,6 +363,8 @@ def _load(path: Path, required: Sequence[str] | None) -> tuple[pd.DataFrame, boo
     fmt = catalogue_format(path)
     try:  # arrow, pandas and astropy raise many exception types for corrupt input
         names, loader = _open_table(path, fmt)
+    except CatalogueError:
+        raise
     except Exception as exc:
         error = _unreadable(path, exc, fmt)
         raise error from None
