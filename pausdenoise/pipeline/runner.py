@@ -33,7 +33,11 @@ from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.ingest.noise import NOISE_MEASUREMENT_VERSION
 from pausdenoise.ingest.plan import expand_inputs, find_images, input_files
 from pausdenoise.paus_layout import CATALOGUE_NAME
-from pausdenoise.photometry.catalogue import check_catalogue_file
+from pausdenoise.photometry.catalogue import (
+    check_catalogue_file,
+    is_sky_catalogue,
+    read_any_catalogue,
+)
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.n2n_targets import reference_settings
 from pausdenoise.pipeline.stages import (
@@ -311,6 +315,36 @@ def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
         f"{', '.join(asked)} out of --stages (source injection needs no catalogue)")
 
 
+def _check_sky_catalogue_placeable(ctx: Context, chosen: Sequence[str]) -> None:
+    """Refuse a sky catalogue (RA/Dec) for frames without a WCS before the later stages.
+
+    Checked once the store is there (after the ingest, or at the start when it is not
+    run), so a catalogue that cannot be placed stops the run before training rather than
+    at the photometry.
+
+    Raises
+    ------
+    ConfigError
+        Photometry, gan or a restoring denoise will place ``input.catalogue``, a sky
+        catalogue, and some frame of the store has no WCS (the first few are named).
+    """
+    readers = {"photometry", "gan"} | ({"denoise"} if ctx.cfg.denoise.restore_catalogue
+                                       else set())
+    path = ctx.cfg.input.catalogue
+    if path is None or not readers & set(chosen) or not Path(ctx.store).exists():
+        return
+    if not is_sky_catalogue(read_any_catalogue(path)):
+        return
+    frames = st.list_frames(ctx.store)
+    blind = [f for f in frames if not st.frame_attrs(ctx.store, f).get("wcs")]
+    if blind:
+        raise ConfigError(
+            f"input.catalogue {path} gives sky positions (ra, dec) but {len(blind)} of "
+            f"{len(frames)} frames have no WCS ({', '.join(blind[:3])}"
+            f"{', …' if len(blind) > 3 else ''}), so it cannot be placed on them: give a "
+            "per-frame catalogue (expnum, ccd, aperture_x, aperture_y), or frames with a WCS")
+
+
 def resolve_stages(cfg: PipelineConfig, stages: Sequence[str] | None) -> list[str]:
     """Return the stages to run, in pipeline order.
 
@@ -574,7 +608,11 @@ def run(
         record.save()
         with _maybe_client(cfg, chosen) as client:
             ctx = Context(cfg, paths, client, record, force)
+            if "ingest" not in chosen:
+                _check_sky_catalogue_placeable(ctx, chosen)
             for name in chosen:
                 _run_stage(ctx, name, fps[name], result)
+                if name == "ingest":  # before the training, not after it
+                    _check_sky_catalogue_placeable(ctx, chosen)
     write_json_atomic(paths.out / "run-summary.json", redact(result.stages))
     return result

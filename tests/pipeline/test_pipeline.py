@@ -231,6 +231,34 @@ def test_fits_frames_without_catalogue_run_the_stages_that_need_none(tmp_path, c
     assert "set input.catalogue" in err and not out.exists()
 
 
+@pytest.mark.real_data
+def test_a_sky_catalogue_for_frames_without_wcs_stops_the_run_before_training(
+        real_data_dir, tmp_path, capsys):
+    """RA/Dec sources for the SAAO frames (no WCS): the run ingests, then stops with a
+    configuration error naming the frames, before any training."""
+    src = real_data_dir / "saao-kb13475"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for f in sorted(src.glob("AKB13475I*.fits"))[:2]:
+        (frames / f.name).symlink_to(f)
+    cat = tmp_path / "sky.csv"
+    pd.DataFrame({"ref_id": [1, 2], "ra": [270.1, 270.2], "dec": [-27.0, -27.1],
+                  "a": [2.0, 2.0], "b": [1.5, 1.5], "theta": [0.0, 30.0]}).to_csv(
+        cat, index=False)
+    out = tmp_path / "out"
+    config = Path(__file__).resolve().parents[2] / "configs" / "saao.yaml"
+    code = main(["run", "--config", str(config), "--out", str(out),
+                 "--cluster", "threads", "--stages", "ingest,train,denoise,photometry",
+                 "--set", f"input.fits_path={frames}", "--set", f"input.catalogue={cat}"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USAGE
+    assert "gives sky positions (ra, dec) but 2 of 2 frames have no WCS" in err
+    assert not (out / "model").exists()
+    assert json.loads((out / "run.json").read_text())["stages"]["ingest"]["status"] == "done"
+
+
 def test_decam_zero_point_table_edited_in_place_is_ingested_again(decam_config, tmp_path):
     """The zero-point table is an input of the ingest stage: a corrected table (same name)
     makes the stage run again and the frames take its zero-points."""
