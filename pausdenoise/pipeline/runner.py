@@ -478,17 +478,61 @@ def _maybe_client(cfg: PipelineConfig, stages: Sequence[str]) -> Iterator[Any]:
         yield client
 
 
-def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -> None:
-    """Mark the later stages that a re-ingest made stale as ``outdated`` in ``run.json``.
+#: what each stage reads of the others' outputs (the chains of :func:`stage_fingerprints`,
+#: with inject and gan wherever they may be read)
+_UPSTREAM: dict[str, tuple[str, ...]] = {
+    "ingest": ("simulate",), "train": ("ingest",), "denoise": ("train", "ingest"),
+    "stack": ("ingest",), "gan": ("stack", "denoise"), "photometry": ("denoise",),
+    "inject": ("train", "ingest"), "compare": ("photometry", "inject"),
+    "evaluate": ("denoise", "photometry", "inject", "gan"),
+    "report": ("compare", "evaluate", "gan", "inject"),
+}
 
-    Their fingerprints digest configuration, not the store's pixels: frames ingested again
+
+def _dependents(name: str) -> list[str]:
+    """Return the stages that read ``name``'s outputs, directly or through others.
+
+    Returns
+    -------
+    list of str
+        In pipeline order; for ``simulate`` only ``ingest`` (whose own rule,
+        :func:`_outdate_downstream`, judges what new FITS files change), for ``ingest``
+        none (that rule again).
+    """
+    if name == "simulate":
+        return ["ingest"]
+    if name == "ingest":
+        return []
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        up = todo.pop()
+        for stage, reads in _UPSTREAM.items():
+            if up in reads and stage not in found:
+                found.add(stage)
+                todo.append(stage)
+    return [s for s in STAGES if s in found]
+
+
+def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -> None:
+    """Mark the later stages that stage ``name``'s run made stale ``outdated`` in ``run.json``.
+
+    After an ingest: their fingerprints digest configuration, not the store's pixels: frames ingested again
     with other content, or whose gain in force the fit across exposures changed, or whose
     noise correlation in force changed when measured again, outdate every later stage;
     frames rewritten with the same content lose the arrays the later stages wrote into them
     (:data:`_FRAME_ARRAY_STAGES`). An outdated stage runs at the next run and its inner
     resume redoes only what is missing.
+
+    Any other stage that ran outdates the stages that read its outputs
+    (:func:`_dependents`): a stage run on its own after them (an evaluate before the
+    denoise, a forced retraining) leaves them stale however equal their fingerprints,
+    which digest configuration. Their inner resume then redoes only what changed.
     """
     if name != "ingest":
+        for stage in _dependents(name):
+            if record.stage(stage).get("status") == "done":
+                record.set(stage, status="outdated")
         return
     if (summary.get("frames_changed") or summary.get("gains_changed")
             or summary.get("correlations_changed")):

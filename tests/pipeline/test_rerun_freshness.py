@@ -164,17 +164,48 @@ def test_force_redoes_the_work_of_the_stage_it_names(base, tmp_path):
     ing = _summary(out, "ingest")
     assert ing["ingested"] == frames and ing["skipped"] == []
     assert ing["frames_rewritten"] == frames and ing["frames_changed"] == []
-    # the re-ingest dropped the denoised arrays: denoise reruns; the same pixels and model
-    # give the same key, so the photometry partitions stay valid
+    # the re-ingest dropped the denoised arrays: denoise reruns, which outdates the
+    # photometry; the same pixels and model give the same key, so its partitions stay
+    # valid and it rewrites none
     assert _run(cfg, out) == EXIT_OK
     assert _statuses(out) == {"simulate": "up to date", "ingest": "up to date",
                               "train": "up to date", "denoise": "done",
-                              "photometry": "up to date"}
+                              "photometry": "done"}
     assert _summary(out, "denoise")["chunks_written"] == 4 * len(frames)
+    assert _summary(out, "photometry")["partitions_written"] == 0
     assert _run(cfg, out, "--force", command="photometry") == EXIT_OK
     assert _summary(out, "photometry")["partitions_written"] == 2 * len(frames)
     assert _run(cfg, out, "--force", command="denoise") == EXIT_OK
     assert _summary(out, "denoise")["chunks_written"] == 4 * len(frames)
+
+
+def test_a_stage_run_after_the_stages_that_read_it_outdates_them(base, tmp_path):
+    """Fingerprints digest configuration: an evaluate run before the denoise ever ran, or a
+    forced retraining, would leave the readers "up to date" and stale. A stage that runs
+    outdates every stage that reads its outputs (and nothing else)."""
+    record = RunRecord(RunPaths(tmp_path))
+    for stage in ALL:
+        record.set(stage, status="done", fingerprint="x")
+    _outdate_downstream(record, "denoise", {})
+    outdated = {s for s in ALL if record.stage(s)["status"] == "outdated"}
+    assert outdated == {"gan", "photometry", "compare", "evaluate", "report"}
+    for stage in ALL:
+        record.set(stage, status="done")
+    _outdate_downstream(record, "train", {})
+    assert {s for s in ALL if record.stage(s)["status"] == "outdated"} == {
+        "denoise", "gan", "photometry", "inject", "compare", "evaluate", "report"}
+    for stage in ALL:
+        record.set(stage, status="done")
+    _outdate_downstream(record, "simulate", {})
+    assert {s for s in ALL if record.stage(s)["status"] == "outdated"} == {"ingest"}
+    # through the command line: the denoise run on its own after the photometry
+    cfg, out = _copy(base, tmp_path / "run")
+    assert _run(cfg, out, "--force", command="denoise") == EXIT_OK
+    assert json.loads((out / "run.json").read_text())["stages"]["photometry"]["status"] \
+        == "outdated"
+    assert _run(cfg, out) == EXIT_OK
+    assert _statuses(out)["photometry"] == "done"
+    assert _summary(out, "photometry")["partitions_written"] == 0  # same model, same key
 
 
 def test_new_chunks_rewrite_the_store_but_keep_the_model(base, tmp_path):
