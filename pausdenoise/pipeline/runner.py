@@ -517,9 +517,10 @@ def _dependents(name: str) -> list[str]:
 def _outdate_downstream(record: RunRecord, name: str, summary: dict[str, Any]) -> None:
     """Mark the later stages that stage ``name``'s run made stale ``outdated`` in ``run.json``.
 
-    After an ingest: their fingerprints digest configuration, not the store's pixels: frames ingested again
-    with other content, or whose gain in force the fit across exposures changed, or whose
-    noise correlation in force changed when measured again, outdate every later stage;
+    After an ingest: their fingerprints digest configuration, not the store's pixels:
+    frames ingested again with other content, or whose gain in force the fit across
+    exposures changed, or whose noise correlation in force changed when measured again,
+    outdate every later stage;
     frames rewritten with the same content lose the arrays the later stages wrote into them
     (:data:`_FRAME_ARRAY_STAGES`). An outdated stage runs at the next run and its inner
     resume redoes only what is missing.
