@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_train.py --quick          # depth 2 / 32 channels, 1 and 2 threads
     python benchmarks/bench_train.py --device cuda --batch 128
+    python benchmarks/bench_train.py --quick --precision fp32 bf16 fp32 bf16  # CPU bfloat16
 
 :func:`run` is the importable entry point (``benchmarks/run_all.py`` uses it).
 """
@@ -40,8 +41,8 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
         device: str = "cpu", tmpdir: Path | None = None, verbose: bool = True,
         precision: str = "fp32") -> list[dict]:
     """One dict per thread count: ``threads``, ``patches_per_s``, ``seconds``, ``device``,
-    ``precision`` (the trainer's autocast precision ``fp32`` / ``bf16`` / ``fp16``; it
-    applies on CUDA only, the trainer ignores it on CPU)."""
+    ``precision`` (the trainer's autocast precision ``fp32`` / ``bf16`` / ``fp16``: on CUDA
+    any, on CPU bf16 only; the precision in force is recorded)."""
     import numpy as np
     import torch
 
@@ -85,9 +86,11 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
             rows.append({"threads": t, "patches_per_s": float(np.mean(pps)), "seconds": secs,
                          "device": str(hist.device), "depth": depth, "channels": channels,
                          "patch": patch, "batch": batch, "steps": epochs * steps,
-                         "precision": precision if hist.device.startswith("cuda") else "fp32"})
+                         "precision": (precision if hist.device.startswith("cuda")
+                                       or precision == "bf16" else "fp32")})
             if verbose:
-                print(f"train {t} torch thread(s), depth {depth}/{channels} ch, "
+                print(f"train {rows[-1]['precision']}, {t} torch thread(s), depth {depth}/"
+                      f"{channels} ch, "
                       f"{patch}^2 x {batch}: {rows[-1]['patches_per_s']:.1f} patches/s "
                       f"({epochs}x{steps} steps in {secs:.1f} s, {hist.device})", flush=True)
     finally:
@@ -107,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="autocast precision of the training step (CUDA only)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], nargs="+",
+                   default=["fp32"], help="autocast precisions of the training step, run "
+                   "one after the other (CPU: bf16; CUDA: bf16, fp16)")
     a = p.parse_args(argv)
     if a.quick:
         a.threads, a.batch, a.steps = [1, 2], 16, 8
-    run(tuple(a.threads), a.depth, a.channels, a.patch, a.batch, a.epochs, a.steps,
-        device=a.device, precision=a.precision)
+    for precision in a.precision:
+        run(tuple(a.threads), a.depth, a.channels, a.patch, a.batch, a.epochs, a.steps,
+            device=a.device, precision=precision)
     return 0
 
 

@@ -480,6 +480,26 @@ def test_keep_last_returns_the_final_epoch_weights() -> None:
     assert same == (hb.best_epoch == hb.epochs_run - 1)
 
 
+def test_bf16_training_on_the_cpu_autocasts_and_learns_as_fp32_does() -> None:
+    """``precision: bf16`` on the CPU trains under bfloat16 autocast (channels-last, its
+    own trajectory) to about fp32's validation loss, and saves fp32 weights; fp16 stays
+    ignored there (the fp32 trajectory)."""
+    noisy, _, mask = _noisy_frame(seed=5)
+    frames = [(noisy, mask, frame_statistics(noisy, mask))]
+    m32, h32 = train_n2v(frames, _tiny_config(), progress=False)
+    _, h16 = train_n2v(frames, _tiny_config(precision="fp16"), progress=False)
+    mbf, hbf = train_n2v(frames, _tiny_config(precision="bf16"), progress=False)
+    assert h16.val_loss == h32.val_loss
+    assert hbf.val_loss != h32.val_loss
+    assert all(np.isfinite(hbf.val_loss))
+    assert min(hbf.val_loss) == pytest.approx(min(h32.val_loss), rel=0.1)
+    assert all(p.dtype == torch.float32 for p in mbf.parameters())
+    conv = next(p for p in mbf.parameters() if p.ndim == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert not next(p for p in m32.parameters() if p.ndim == 4 and p.shape[1] > 1
+                    ).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_noise_scale_from_frames_is_median_gain_times_sigma() -> None:
     import pandas as pd
 
