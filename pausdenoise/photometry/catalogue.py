@@ -494,11 +494,13 @@ class CatalogueCheck:
 
     ``issues``: one row per problem with columns ``row`` (positional index), ``ref_id``,
     ``expnum``, ``ccd``, ``problem``. ``row_flags``: PhotFlag bits per catalogue row
-    (BAD_INPUT for unusable rows, OFF_IMAGE for centres off the CCD).
+    (BAD_INPUT for unusable rows, OFF_IMAGE for centres off the CCD). ``sky``: the rows
+    are a sky catalogue's (:func:`validate_sky_catalogue`), placed through each frame's WCS.
     """
 
     issues: pd.DataFrame
     row_flags: np.ndarray
+    sky: bool = False
 
     @property
     def ok(self) -> bool:
@@ -671,7 +673,8 @@ def validate_sky_catalogue(catalogue: pd.DataFrame) -> CatalogueCheck:
                  .replace("aperture axes", "axes").replace("aperture axis", "axis"))
                 for r, p in zip(check.issues["row"], check.issues["problem"], strict=True)]
     _warn_if_radians(th, "theta", "theta is in degrees east of north")
-    return CatalogueCheck(issues=_issues_table(catalogue, problems + extra), row_flags=flags)
+    return CatalogueCheck(issues=_issues_table(catalogue, problems + extra), row_flags=flags,
+                          sky=True)
 
 
 def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:

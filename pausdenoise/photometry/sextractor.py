@@ -80,7 +80,7 @@ def is_ascii_head(path: Path) -> bool:
     """
     try:
         with _opener(path)(path, "rt", encoding="ascii", errors="replace") as fh:
-            return bool(_ASCII_HEAD.match(fh.readline()))
+            return bool(_ASCII_HEAD.match(fh.readline(256)))  # bounded: binary files
     except OSError:
         return False
 
@@ -143,8 +143,9 @@ def read_sextractor(path: Path, hdu: int | None = None) -> pd.DataFrame:
         if values.ndim == 1:
             columns[name] = values
             continue
-        for k in range(values.reshape(len(values), -1).shape[1]):
-            columns[name if k == 0 else f"{name}_{k}"] = values.reshape(len(values), -1)[:, k]
+        flat = values.reshape(len(values), -1)
+        for k in range(flat.shape[1]):
+            columns[name if k == 0 else f"{name}_{k}"] = flat[:, k]
     return pd.DataFrame(columns)
 
 

@@ -33,11 +33,7 @@ from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.ingest.noise import NOISE_MEASUREMENT_VERSION
 from pausdenoise.ingest.plan import expand_inputs, find_images, input_files
 from pausdenoise.paus_layout import CATALOGUE_NAME
-from pausdenoise.photometry.catalogue import (
-    check_catalogue_file,
-    is_sky_catalogue,
-    read_any_catalogue,
-)
+from pausdenoise.photometry.catalogue import check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.n2n_targets import reference_settings
 from pausdenoise.pipeline.stages import (
@@ -159,7 +155,7 @@ def _input_files_token(cfg: PipelineConfig) -> list[Any]:
         return []
     items, _ = expand_inputs(cfg.input.fits_path)
     images = find_images([p for p in items if p.exists()], cfg.ingest)
-    files = input_files([p for p in images if p.is_file()], cfg.ingest)
+    files = input_files(images, cfg.ingest)  # existing files only
     stats = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return [json_digest(stats)]
 
@@ -292,6 +288,17 @@ def _without_catalogue(cfg: PipelineConfig) -> bool:
     return cfg.input.source == "fits" and cfg.input.catalogue is None
 
 
+def _catalogue_readers(cfg: PipelineConfig) -> set[str]:
+    """Return the stages that read the reference catalogue under ``cfg``.
+
+    Returns
+    -------
+    set of str
+        Photometry and gan, and denoise when it restores the catalogue's apertures.
+    """
+    return {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
+
+
 def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
                            chosen: Sequence[str]) -> None:
     """Refuse, before any work, catalogue stages asked for where there is no catalogue.
@@ -302,8 +309,7 @@ def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
         Photometry, gan or a restoring denoise asked for with frames from FITS (or a store
         whose run directory has no simulated catalogue) and no ``input.catalogue``.
     """
-    readers = {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
-    asked = [s for s in chosen if s in readers]
+    asked = [s for s in chosen if s in _catalogue_readers(cfg)]
     if not asked or cfg.input.catalogue is not None or cfg.input.source == "simulate":
         return
     if cfg.input.source == "store" and (paths.survey / CATALOGUE_NAME).is_file():
@@ -315,25 +321,28 @@ def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
         f"{', '.join(asked)} out of --stages (source injection needs no catalogue)")
 
 
-def _check_sky_catalogue_placeable(ctx: Context, chosen: Sequence[str]) -> None:
+def _check_sky_catalogue_placeable(ctx: Context, sky_catalogue: bool) -> None:
     """Refuse a sky catalogue (RA/Dec) for frames without a WCS before the later stages.
 
     Checked once the store is there (after the ingest, or at the start when it is not
     run), so a catalogue that cannot be placed stops the run before training rather than
     at the photometry.
 
+    Parameters
+    ----------
+    ctx : Context
+        The run's context (its store and ``input.catalogue``).
+    sky_catalogue : bool
+        A stage of this run will place ``input.catalogue``, and it is a sky catalogue
+        (as its check before any work found).
+
     Raises
     ------
     ConfigError
-        Photometry, gan or a restoring denoise will place ``input.catalogue``, a sky
-        catalogue, and some frame of the store has no WCS (the first few are named).
+        Some frame of the store has no WCS (the first few are named).
     """
-    readers = {"photometry", "gan"} | ({"denoise"} if ctx.cfg.denoise.restore_catalogue
-                                       else set())
     path = ctx.cfg.input.catalogue
-    if path is None or not readers & set(chosen) or not Path(ctx.store).exists():
-        return
-    if not is_sky_catalogue(read_any_catalogue(path)):
+    if not sky_catalogue or not Path(ctx.store).exists():
         return
     frames = st.list_frames(ctx.store)
     blind = [f for f in frames if not st.frame_attrs(ctx.store, f).get("wcs")]
@@ -634,13 +643,15 @@ def run(
     paths = RunPaths(Path(out).resolve())
     chosen = resolve_stages(cfg, stages)
     if stages is None and _without_catalogue(cfg):
-        print("[photometry, compare] not run: frames from FITS and no input.catalogue "
+        left = [s for s in _CATALOGUE_STAGES if s != "gan" or cfg.gan.enabled]
+        print(f"[{', '.join(left)}] not run: frames from FITS and no input.catalogue "
               "(evaluate and inject need none)")
     fps = stage_fingerprints(cfg, chosen)
-    readers = {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
     _check_catalogue_given(cfg, paths, chosen)
-    if cfg.input.catalogue is not None and readers & set(chosen):
-        check_catalogue_file(cfg.input.catalogue)  # a bad file fails now, not after training
+    sky_catalogue = False
+    if cfg.input.catalogue is not None and _catalogue_readers(cfg) & set(chosen):
+        # a bad file fails now, not after training
+        sky_catalogue = check_catalogue_file(cfg.input.catalogue).sky
     if "ingest" in chosen:
         _check_ingest_inputs(cfg)
     preflight(paths.out, estimate_bytes(cfg))
@@ -654,10 +665,10 @@ def run(
         with _maybe_client(cfg, chosen) as client:
             ctx = Context(cfg, paths, client, record, force)
             if "ingest" not in chosen:
-                _check_sky_catalogue_placeable(ctx, chosen)
+                _check_sky_catalogue_placeable(ctx, sky_catalogue)
             for name in chosen:
                 _run_stage(ctx, name, fps[name], result)
                 if name == "ingest":  # before the training, not after it
-                    _check_sky_catalogue_placeable(ctx, chosen)
+                    _check_sky_catalogue_placeable(ctx, sky_catalogue)
     write_json_atomic(paths.out / "run-summary.json", redact(result.stages))
     return result
