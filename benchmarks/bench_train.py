@@ -41,8 +41,8 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
         device: str = "cpu", tmpdir: Path | None = None, verbose: bool = True,
         precision: str = "fp32") -> list[dict]:
     """One dict per thread count: ``threads``, ``patches_per_s``, ``seconds``, ``device``,
-    ``precision`` (the trainer's autocast precision ``fp32`` / ``bf16`` / ``fp16``: on CUDA
-    any, on CPU bf16 only; the precision in force is recorded)."""
+    ``precision`` (the trainer's autocast precision ``auto`` / ``fp32`` / ``bf16`` /
+    ``fp16``: on CUDA any, on CPU bf16 only; the precision in force is recorded)."""
     import numpy as np
     import torch
 
@@ -86,8 +86,7 @@ def run(threads: tuple[int, ...] = (1, 2), depth: int = 2, channels: int = 32,
             rows.append({"threads": t, "patches_per_s": float(np.mean(pps)), "seconds": secs,
                          "device": str(hist.device), "depth": depth, "channels": channels,
                          "patch": patch, "batch": batch, "steps": epochs * steps,
-                         "precision": (precision if hist.device.startswith("cuda")
-                                       or precision == "bf16" else "fp32")})
+                         "precision": hist.precision})
             if verbose:
                 print(f"train {rows[-1]['precision']}, {t} torch thread(s), depth {depth}/"
                       f"{channels} ch, "
@@ -110,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], nargs="+",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], nargs="+",
                    default=["fp32"], help="autocast precisions of the training step, run "
-                   "one after the other (CPU: bf16; CUDA: bf16, fp16)")
+                   "one after the other (CPU: bf16; CUDA: bf16, fp16; auto: bf16 where native)")
     a = p.parse_args(argv)
     if a.quick:
         a.threads, a.batch, a.steps = [1, 2], 16, 8

@@ -312,11 +312,14 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(0, ge=0, description="Seed of initialisation, sampling, masking.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA if present.")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Autocast precision of the training. CUDA: bf16 or fp16. CPU: "
-        "bf16 (the network then channels-last; 2.7-3.0x the patches/s of fp32 on an Intel "
-        "Xeon with AMX, benchmarks/RESULTS.md; a CPU without bfloat16 units may gain "
-        "nothing), fp16 ignored. Weights and optimiser stay fp32."
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision of the training. 'auto': bf16 on a CPU with "
+        "AVX-512 BF16 or AMX units (2.7-3.0x the patches/s of fp32 on an Intel Xeon with "
+        "AMX, benchmarks/RESULTS.md) and on CUDA devices that support it, else fp32. CUDA: "
+        "bf16 or fp16 as asked. CPU: bf16 as asked (the network then channels-last; a CPU "
+        "without bfloat16 units may gain nothing), fp16 ignored. method 'sure' trains in "
+        "fp32 (its divergence probe is below bfloat16's resolution). Weights and optimiser "
+        "stay fp32; the precision in force is recorded in the checkpoint."
     )
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads while training (None: leave as is)."
@@ -334,6 +337,12 @@ class TrainConfig(BaseModel):
         if self.method in ("sure", "n2n") and self.unet.posterior != "none":
             raise ValueError(f"method {self.method!r} trains the estimate itself: it needs "
                              f"unet.posterior 'none', got {self.unet.posterior!r}")
+        if self.method == "sure" and self.precision in ("bf16", "fp16"):
+            raise ValueError(
+                f"method 'sure' trains in fp32, got precision {self.precision!r}: its "
+                "Monte-Carlo divergence (f(y + 0.01 b) - f(y)) / 0.01 is a difference below "
+                "the resolution of 16-bit floats (use precision 'auto' or 'fp32')"
+            )
         if self.patch_size <= 2 * self.neighbourhood_radius:
             raise ValueError(
                 f"patch_size {self.patch_size} must exceed twice the neighbourhood radius "

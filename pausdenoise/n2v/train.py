@@ -63,6 +63,7 @@ from pausdenoise.n2v.patches import (
     make_validation_set,
     split_regions,
 )
+from pausdenoise.n2v.precision import training_precision
 from pausdenoise.n2v.sure import sure_loss, sure_validation_loss
 from pausdenoise.n2v.unet import UNet
 from pausdenoise.progress import is_terminal
@@ -88,6 +89,7 @@ class TrainHistory:
     total_seconds: float = 0.0
     device: str = "cpu"
     world_size: int = 1
+    precision: str = "fp32"
 
     @property
     def epochs_run(self) -> int:
@@ -272,7 +274,8 @@ def train_n2v(
             else None
         )
         batches = _Batches(run.sampler, cfg.batch_size, device.type == "cuda", executor)
-        history = TrainHistory(device=str(device), world_size=world)
+        history = TrainHistory(device=str(device), world_size=world,
+                               precision=run.precision)
         history.initial_val_loss = _validation_loss(run)
         batches.start()
         if run.teacher is not None:
@@ -338,6 +341,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     use_amp: bool
     amp_dtype: torch.dtype
+    precision: str
     teacher: BlindSpotNet | None = None
     teacher_net: torch.nn.Module | None = None
     phase: str = "n2v"
@@ -449,12 +453,12 @@ def _setup(
     aug_rng = np.random.default_rng([cfg.seed, rank, 2])
     mask_gen = torch.Generator(device=device)
     mask_gen.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, 3]).generate_state(1)[0]))
-    model, net, opt, sched = _make_model(cfg, device, distributed)
+    precision = training_precision(cfg, device)  # CUDA: bf16 or fp16; CPU: bf16 or fp32
+    model, net, opt, sched = _make_model(cfg, device, distributed, precision)
     teacher, teacher_net = None, None
     if cfg.method == "blindspot":
         teacher, teacher_net, opt, sched = _make_teacher(cfg, device, distributed)
-    # CUDA: bf16 or fp16 autocast; CPU: bf16 only (fp16 is ignored there)
-    use_amp = (device.type == "cuda" and cfg.precision != "fp32") or _cpu_bf16(cfg, device)
+    use_amp = precision != "fp32"
     return _Run(
         cfg=cfg,
         device=device,
@@ -472,9 +476,10 @@ def _setup(
         net=net,
         opt=opt,
         sched=sched,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16"),
+        scaler=torch.amp.GradScaler("cuda", enabled=precision == "fp16"),
         use_amp=use_amp,
-        amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16,
+        amp_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+        precision=precision,
         teacher=teacher,
         teacher_net=teacher_net,
         phase="teacher" if teacher is not None else (
@@ -536,9 +541,12 @@ def _validation_set(
 
 
 def _make_model(
-    cfg: TrainConfig, device: torch.device, distributed: bool
+    cfg: TrainConfig, device: torch.device, distributed: bool, precision: str = "fp32"
 ) -> tuple[UNet, torch.nn.Module, torch.optim.Optimizer, Any]:
     """Build the U-Net (same initial weights on every rank), its DDP wrapper, Adam, schedule.
+
+    On the CPU in bf16 the network is laid out channels-last, where oneDNN's bfloat16
+    convolutions are fastest.
 
     Returns
     -------
@@ -550,22 +558,11 @@ def _make_model(
         torch.manual_seed(cfg.seed)
         model = UNet(cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance))
     model = model.to(device)
-    if _cpu_bf16(cfg, device):  # oneDNN's bfloat16 convolutions are fastest channels-last
+    if device.type == "cpu" and precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
     net = _wrap(model, device, distributed)
     opt, sched = _optimiser(cfg, net)
     return model, net, opt, sched
-
-
-def _cpu_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    """Tell whether training autocasts to bfloat16 on the CPU (``precision: bf16``).
-
-    Returns
-    -------
-    bool
-        True on a CPU device with ``cfg.precision == "bf16"``.
-    """
-    return device.type == "cpu" and cfg.precision == "bf16"
 
 
 def _make_teacher(
@@ -1078,8 +1075,13 @@ def _finish(
     checkpoints: _Checkpoints | None,
     t_start: float,
 ) -> None:
-    """Keep the chosen weights, refit the output offset, write the final checkpoint."""
+    """Keep the chosen weights, refit the output offset, write the final checkpoint.
+
+    A network trained channels-last (bf16 on the CPU) is handed back in the standard
+    layout, so that it computes exactly what its checkpoint, once loaded, computes.
+    """
     cfg, model = run.cfg, run.model
+    model.to(memory_format=torch.contiguous_format)
     if best_state is not None and cfg.keep == "best":
         model.load_state_dict(best_state)
     elif run.averaged is not None:

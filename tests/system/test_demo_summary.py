@@ -51,7 +51,7 @@ def _pins(val_loss: str, offset: str, raw_errs: str, model_errs: str, sky: str, 
     esc = re.escape
     return {
         "train": re.compile(rf"3 epochs, best val loss {esc(val_loss)}, output offset "
-                            rf"{esc(offset)} σ refitted, \d+ patches/s on cpu"),
+                            rf"{esc(offset)} σ refitted, \d+ patches/s on cpu in fp32"),
         "compare": re.compile(rf"25218 pairs; σ68 raw 1\.03, denoised/raw-errors "
                               rf"{esc(raw_errs)}, denoised/model-errors \(cross-validated\) "
                               rf"{esc(model_errs)}"),
@@ -89,7 +89,7 @@ def _rounding(notes: dict[str, str]) -> dict | None:
     """The pinned set whose train line the run printed, or None for a CPU not pinned."""
     assert "train" in notes, f"the train stage did not finish: {notes}"
     assert re.fullmatch(r"3 epochs, best val loss [\d.]+, output offset [+-][\d.]+ σ "
-                        r"refitted, \d+ patches/s on cpu", notes["train"]), notes["train"]
+                        r"refitted, \d+ patches/s on cpu in fp32", notes["train"]), notes["train"]
     for pins in PINNED.values():
         if pins["train"].fullmatch(notes["train"]):
             return pins

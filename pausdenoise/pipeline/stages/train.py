@@ -351,7 +351,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "note": f"{history.epochs_run} epochs, best val loss {history.best_val_loss:.4f}, "
                 f"output offset {history.output_offset:+.3f} σ refitted, "
-                f"{pps:.0f} patches/s on {history.device}",
+                f"{pps:.0f} patches/s on {history.device} in {history.precision}",
         "epochs": history.epochs_run,
         "best_val_loss": history.best_val_loss,
         "output_offset_sigma": history.output_offset,
