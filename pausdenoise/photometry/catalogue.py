@@ -14,8 +14,9 @@ the sky); :mod:`pausdenoise.photometry.projection` places it on each frame throu
 Files are read by their name: ``.csv`` / ``.csv.gz`` as CSV (a header line of column names),
 ``.fits`` / ``.fit`` / ``.fts`` (optionally ``.gz``) as a FITS binary table (the first table
 HDU), anything else as Parquet; SExtractor's own catalogues (ASCII_HEAD, FITS_LDAC), told by
-their content, become sky catalogues of Kron ellipses
-(:mod:`pausdenoise.photometry.sextractor`).
+their content, become sky catalogues of Kron ellipses, or, with pixel positions only,
+**image catalogues**: per-frame rows without ``expnum`` and ``ccd`` (axes in pixels) for a
+run of the one frame they were made on (:mod:`pausdenoise.photometry.sextractor`).
 
 :func:`read_catalogue` refuses a file it cannot use (:class:`~pausdenoise.errors.CatalogueError`
 naming the file, column and row); :func:`validate_catalogue` lists the rows that can be read
@@ -30,7 +31,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,10 @@ from pausdenoise.paus_layout import is_safe_name
 from pausdenoise.photometry.config import PhotFlag
 from pausdenoise.photometry.sextractor import (
     is_ascii_head,
+    is_pixel_only,
     ldac_objects_hdu,
     read_sextractor,
+    sextractor_to_image,
     sextractor_to_sky,
 )
 
@@ -58,6 +61,7 @@ __all__ = [
     "catalogue_format",
     "check_catalogue_file",
     "frame_catalogue",
+    "is_image_catalogue",
     "is_sky_catalogue",
     "read_any_catalogue",
     "read_catalogue",
@@ -310,9 +314,9 @@ def _open_table(path: Path, fmt: str) -> tuple[list[str], Any]:
     if fmt == "CSV":
         return _csv_names(path), lambda: pd.read_csv(path)
     if fmt.startswith("SExtractor"):
-        hdu = ldac_objects_hdu(path) if fmt.endswith("LDAC") else None
-        sky = sextractor_to_sky(read_sextractor(path, hdu), path)
-        return [str(c) for c in sky.columns], lambda: sky
+        raw = read_sextractor(path, ldac_objects_hdu(path) if fmt.endswith("LDAC") else None)
+        table = (sextractor_to_image if is_pixel_only(raw) else sextractor_to_sky)(raw, path)
+        return [str(c) for c in table.columns], lambda: table
     if fmt == "FITS":
         df = _fits_table(path)
         return [str(c) for c in df.columns], lambda: df
@@ -369,8 +373,10 @@ def _load(path: Path, required: Sequence[str] | None) -> tuple[pd.DataFrame, boo
         error = _unreadable(path, exc, fmt)
         raise error from None
     sky = required is None and not any(c in names for c in _FRAME_COLUMNS)
+    image = required is None and fmt.startswith("SExtractor") and "aperture_x" in names
     if required is None:
-        required = SKY_COLUMNS if sky else (*REQUIRED_COLUMNS, "expnum", "ccd")
+        required = (SKY_COLUMNS if sky else REQUIRED_COLUMNS if image
+                    else (*REQUIRED_COLUMNS, "expnum", "ccd"))
     _check_names(path, names, required, sky)
     try:
         df = loader()
@@ -440,12 +446,14 @@ def read_catalogue(
 
 
 def read_any_catalogue(path: os.PathLike[str] | str) -> pd.DataFrame:
-    """Read a per-frame or a sky catalogue, whichever the file holds.
+    """Read a per-frame, a sky or an image catalogue, whichever the file holds.
 
     A file without any of ``expnum``, ``ccd``, ``aperture_x``, ``aperture_y`` is a sky
     catalogue and needs :data:`SKY_COLUMNS` (``ra``, ``dec``, ``theta`` in degrees, ``a``,
-    ``b`` in arcsec; read as float64); any other needs the per-frame columns of
-    :func:`read_catalogue`. :func:`is_sky_catalogue` tells the two apart afterwards.
+    ``b`` in arcsec; read as float64); a SExtractor catalogue of pixel positions only is an
+    image catalogue (:data:`REQUIRED_COLUMNS`, no ``expnum``/``ccd``, axes in pixels); any
+    other needs the per-frame columns of :func:`read_catalogue`. :func:`is_sky_catalogue`
+    and :func:`is_image_catalogue` tell them apart afterwards.
 
     Parameters
     ----------
@@ -483,6 +491,24 @@ def is_sky_catalogue(catalogue: pd.DataFrame) -> bool:
     return not any(c in catalogue.columns for c in _FRAME_COLUMNS)
 
 
+def is_image_catalogue(catalogue: pd.DataFrame) -> bool:
+    """Tell whether a catalogue is an image catalogue (pixel apertures of one frame).
+
+    Parameters
+    ----------
+    catalogue : pandas.DataFrame
+        A catalogue as read by :func:`read_any_catalogue`.
+
+    Returns
+    -------
+    bool
+        True with ``aperture_x`` but neither ``expnum`` nor ``ccd``: a SExtractor
+        catalogue of pixel positions, whose ``aperture_a``/``aperture_b`` are in pixels.
+    """
+    cols = catalogue.columns
+    return "aperture_x" in cols and "expnum" not in cols and "ccd" not in cols
+
+
 # --------------------------------------------------------------------------------------
 # Row checks
 # --------------------------------------------------------------------------------------
@@ -496,11 +522,13 @@ class CatalogueCheck:
     ``expnum``, ``ccd``, ``problem``. ``row_flags``: PhotFlag bits per catalogue row
     (BAD_INPUT for unusable rows, OFF_IMAGE for centres off the CCD). ``sky``: the rows
     are a sky catalogue's (:func:`validate_sky_catalogue`), placed through each frame's WCS.
+    ``image``: an image catalogue's (:func:`is_image_catalogue`), for a run of one frame.
     """
 
     issues: pd.DataFrame
     row_flags: np.ndarray
     sky: bool = False
+    image: bool = False
 
     @property
     def ok(self) -> bool:
@@ -703,7 +731,8 @@ def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:
     catalogue = read_any_catalogue(path)
     if is_sky_catalogue(catalogue):
         return validate_sky_catalogue(catalogue)
-    return validate_catalogue(catalogue)
+    check = validate_catalogue(catalogue)
+    return replace(check, image=True) if is_image_catalogue(catalogue) else check
 
 
 def frame_catalogue(catalogue: pd.DataFrame, expnum: int, ccd: int) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from pausdenoise.errors import ConfigError, StageError
 from pausdenoise.ingest.noise import NOISE_MEASUREMENT_VERSION
 from pausdenoise.ingest.plan import expand_inputs, find_images, input_files
 from pausdenoise.paus_layout import CATALOGUE_NAME
-from pausdenoise.photometry.catalogue import check_catalogue_file
+from pausdenoise.photometry.catalogue import CatalogueCheck, check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
 from pausdenoise.pipeline.n2n_targets import reference_settings
 from pausdenoise.pipeline.stages import (
@@ -321,30 +321,37 @@ def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
         f"{', '.join(asked)} out of --stages (source injection needs no catalogue)")
 
 
-def _check_sky_catalogue_placeable(ctx: Context, sky_catalogue: bool) -> None:
-    """Refuse a sky catalogue (RA/Dec) for frames without a WCS before the later stages.
+def _check_catalogue_placeable(ctx: Context, check: CatalogueCheck | None) -> None:
+    """Refuse a catalogue that cannot be placed on the store's frames, before later stages.
 
-    Checked once the store is there (after the ingest, or at the start when it is not
-    run), so a catalogue that cannot be placed stops the run before training rather than
-    at the photometry.
+    A sky catalogue (RA/Dec) needs every frame's WCS; an image catalogue (pixel positions
+    of one image) a store of one frame. Checked once the store is there (after the
+    ingest, or at the start when it is not run), so a catalogue that cannot be placed
+    stops the run before training rather than at the photometry.
 
     Parameters
     ----------
     ctx : Context
         The run's context (its store and ``input.catalogue``).
-    sky_catalogue : bool
-        A stage of this run will place ``input.catalogue``, and it is a sky catalogue
-        (as its check before any work found).
+    check : CatalogueCheck or None
+        The check before any work of ``input.catalogue``, when a stage of this run
+        places it; None otherwise.
 
     Raises
     ------
     ConfigError
-        Some frame of the store has no WCS (the first few are named).
+        Some frame of the store has no WCS (the first few are named), or an image
+        catalogue meets a store of several frames.
     """
     path = ctx.cfg.input.catalogue
-    if not sky_catalogue or not Path(ctx.store).exists():
+    if check is None or not (check.sky or check.image) or not Path(ctx.store).exists():
         return
     frames = st.list_frames(ctx.store)
+    if check.image:
+        problem = photometry.one_frame_problem(path, frames)
+        if problem is not None:
+            raise ConfigError(problem)
+        return
     blind = [f for f in frames if not st.frame_attrs(ctx.store, f).get("wcs")]
     if blind:
         raise ConfigError(
@@ -648,10 +655,10 @@ def run(
               "(evaluate and inject need none)")
     fps = stage_fingerprints(cfg, chosen)
     _check_catalogue_given(cfg, paths, chosen)
-    sky_catalogue = False
+    catalogue_check = None
     if cfg.input.catalogue is not None and _catalogue_readers(cfg) & set(chosen):
         # a bad file fails now, not after training
-        sky_catalogue = check_catalogue_file(cfg.input.catalogue).sky
+        catalogue_check = check_catalogue_file(cfg.input.catalogue)
     if "ingest" in chosen:
         _check_ingest_inputs(cfg)
     preflight(paths.out, estimate_bytes(cfg))
@@ -665,10 +672,10 @@ def run(
         with _maybe_client(cfg, chosen) as client:
             ctx = Context(cfg, paths, client, record, force)
             if "ingest" not in chosen:
-                _check_sky_catalogue_placeable(ctx, sky_catalogue)
+                _check_catalogue_placeable(ctx, catalogue_check)
             for name in chosen:
                 _run_stage(ctx, name, fps[name], result)
                 if name == "ingest":  # before the training, not after it
-                    _check_sky_catalogue_placeable(ctx, sky_catalogue)
+                    _check_catalogue_placeable(ctx, catalogue_check)
     write_json_atomic(paths.out / "run-summary.json", redact(result.stages))
     return result
