@@ -36,6 +36,22 @@ def real_data_dir() -> Path:
 
 
 @pytest.fixture
+def two_saao_frames(real_data_dir: Path, tmp_path: Path) -> Path:
+    """A directory linking the first two real SAAO exposures (no WCS); skip when absent.
+
+    Returns the directory.
+    """
+    src = real_data_dir / "saao-kb13475"
+    if not src.is_dir():
+        pytest.skip(f"{src} not present")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for f in sorted(src.glob("AKB13475I*.fits"))[:2]:
+        (frames / f.name).symlink_to(f)
+    return frames
+
+
+@pytest.fixture
 def decam_config(real_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """``configs/decam.yaml`` run from a directory whose ``data/real`` is the real data.
 

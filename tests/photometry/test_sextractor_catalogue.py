@@ -233,16 +233,12 @@ def test_forced_photometry_in_sextractor_s_kron_ellipses_gives_its_flux_auto(
 
 @pytest.mark.real_data
 def test_an_image_catalogue_for_several_frames_stops_the_run_before_training(
-        real_data_dir, tmp_path, capsys):
+        real_data_dir, two_saao_frames, tmp_path, capsys):
     """Pixel positions belong to one image: with two frames in the store the run stops right
     after the ingest, saying so, before any training."""
-    src, cat = real_data_dir / "saao-kb13475", real_data_dir / "ntt-emmi-sextractor"
-    if not src.is_dir() or not cat.is_dir():
-        pytest.skip(f"{src} or {cat} not present")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for f in sorted(src.glob("AKB13475I*.fits"))[:2]:
-        (frames / f.name).symlink_to(f)
+    cat, frames = real_data_dir / "ntt-emmi-sextractor", two_saao_frames
+    if not cat.is_dir():
+        pytest.skip(f"{cat} not present")
     out = tmp_path / "out"
     config = Path(__file__).resolve().parents[2] / "configs" / "saao.yaml"
     code = main(["run", "--config", str(config), "--out", str(out), "--cluster", "threads",

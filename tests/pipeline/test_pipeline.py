@@ -233,16 +233,10 @@ def test_fits_frames_without_catalogue_run_the_stages_that_need_none(tmp_path, c
 
 @pytest.mark.real_data
 def test_a_sky_catalogue_for_frames_without_wcs_stops_the_run_before_training(
-        real_data_dir, tmp_path, capsys):
+        two_saao_frames, tmp_path, capsys):
     """RA/Dec sources for the SAAO frames (no WCS): the run ingests, then stops with a
     configuration error naming the frames, before any training."""
-    src = real_data_dir / "saao-kb13475"
-    if not src.is_dir():
-        pytest.skip(f"{src} not present")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for f in sorted(src.glob("AKB13475I*.fits"))[:2]:
-        (frames / f.name).symlink_to(f)
+    frames = two_saao_frames
     cat = tmp_path / "sky.csv"
     pd.DataFrame({"ref_id": [1, 2], "ra": [270.1, 270.2], "dec": [-27.0, -27.1],
                   "a": [2.0, 2.0], "b": [1.5, 1.5], "theta": [0.0, 30.0]}).to_csv(
