@@ -71,6 +71,13 @@ class InputConfig(BaseModel):
         "or a sky catalogue ref_id, ra, dec, a, b, theta placed through each frame's WCS); "
         "default: the simulated survey's catalogue.parquet.",
     )
+    catalogue_magnitude: str | None = Field(
+        None,
+        description="Catalogue column of AB magnitudes that the comparison bins by and the "
+        "error model is fitted per bin of, taken as I_auto (e.g. MAG_AUTO of a SExtractor "
+        "catalogue whose MAG_ZEROPOINT was AB, phot_g_mean_mag of Gaia); None: the "
+        "catalogue's own I_auto, if it has one.",
+    )
     checkpoint: Path | None = Field(
         None, description="Reuse this trained N2V checkpoint instead of training."
     )

@@ -67,6 +67,7 @@ __all__ = [
     "read_catalogue",
     "validate_catalogue",
     "validate_sky_catalogue",
+    "with_magnitude",
 ]
 
 #: Catalogue columns measure_frame needs (the rest of CATALOGUE_COLUMNS is passed through).
@@ -705,7 +706,41 @@ def validate_sky_catalogue(catalogue: pd.DataFrame) -> CatalogueCheck:
                           sky=True)
 
 
-def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:
+def with_magnitude(catalogue: pd.DataFrame, column: str | None,
+                   path: os.PathLike[str] | str) -> pd.DataFrame:
+    """Take a catalogue column of AB magnitudes as ``I_auto``, the comparison's binning.
+
+    Parameters
+    ----------
+    catalogue : pandas.DataFrame
+        A catalogue as read by :func:`read_any_catalogue`.
+    column : str or None
+        The column (``input.catalogue_magnitude``); None leaves the catalogue as it is.
+    path : path-like
+        The catalogue file (named in errors).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``catalogue`` with ``I_auto`` (float64) = ``column`` (replacing an ``I_auto`` of its
+        own); missing values become NaN (outside every bin).
+
+    Raises
+    ------
+    CatalogueError
+        The column is not in the catalogue (its columns are listed), or holds non-numbers.
+    """
+    if column is None:
+        return catalogue
+    if column not in catalogue.columns:
+        raise CatalogueError(
+            Path(path), f"input.catalogue_magnitude {column!r} is not a column; it has "
+            f"{[str(c) for c in catalogue.columns]}", column)
+    return catalogue.assign(I_auto=_float_column(catalogue[column], Path(path), column))
+
+
+def check_catalogue_file(path: os.PathLike[str] | str,
+                         magnitude: str | None = None) -> CatalogueCheck:
     """Read and check a reference catalogue file before any pipeline work.
 
     Reads it as the photometry stage will (:func:`read_any_catalogue`) and checks its rows
@@ -716,6 +751,9 @@ def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:
     ----------
     path : path-like
         The catalogue file (Parquet, CSV or FITS table).
+    magnitude : str, optional
+        ``input.catalogue_magnitude``: the column taken as ``I_auto``
+        (:func:`with_magnitude`).
 
     Returns
     -------
@@ -726,9 +764,10 @@ def check_catalogue_file(path: os.PathLike[str] | str) -> CatalogueCheck:
     ------
     CatalogueError
         When the file cannot be used at all: missing, unreadable, a column missing or
-        duplicated, a value of the wrong type (naming the file, column and 0-based row).
+        duplicated, a value of the wrong type (naming the file, column and 0-based row),
+        or no column ``magnitude``.
     """
-    catalogue = read_any_catalogue(path)
+    catalogue = with_magnitude(read_any_catalogue(path), magnitude, path)
     if is_sky_catalogue(catalogue):
         return validate_sky_catalogue(catalogue)
     check = validate_catalogue(catalogue)

@@ -242,9 +242,11 @@ def stage_fingerprints(
                              else [])),
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
-        "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
-                              if cfg.input.catalogue is not None
-                              else ["simulated catalogue", _fp("simulate")]),
+        "catalogue": lambda: ((_file_token(cfg.input.catalogue, "catalogue")
+                               if cfg.input.catalogue is not None
+                               else ["simulated catalogue", _fp("simulate")])
+                              + ([{"magnitude": i["catalogue_magnitude"]}]
+                                 if i["catalogue_magnitude"] is not None else [])),
         "denoise": lambda: (["denoise", d["denoise"], _fp("model"), _fp("ingest")]
                             + ([_fp("catalogue"), d["photometry"]["pixel_scale"],
                                 d["photometry"]["aperture_units"]]
@@ -658,7 +660,8 @@ def run(
     catalogue_check = None
     if cfg.input.catalogue is not None and _catalogue_readers(cfg) & set(chosen):
         # a bad file fails now, not after training
-        catalogue_check = check_catalogue_file(cfg.input.catalogue)
+        catalogue_check = check_catalogue_file(cfg.input.catalogue,
+                                               cfg.input.catalogue_magnitude)
     if "ingest" in chosen:
         _check_ingest_inputs(cfg)
     preflight(paths.out, estimate_bytes(cfg))

@@ -121,3 +121,37 @@ def test_radians_warn_before_any_work(tmp_path):
 
     with pytest.warns(UserWarning, match="look like radians"):
         check_catalogue_file(path)
+
+
+def test_a_magnitude_column_of_the_user_s_is_taken_as_i_auto(tmp_path):
+    """``input.catalogue_magnitude`` names the column the comparison bins by: taken as
+    I_auto (replacing the catalogue's own), refused by name when absent or not numbers, and
+    part of the catalogue's fingerprint (a new column re-measures)."""
+    from pausdenoise.config import PipelineConfig
+    from pausdenoise.photometry.catalogue import check_catalogue_file, with_magnitude
+    from pausdenoise.pipeline.runner import stage_fingerprints
+
+    path = tmp_path / "sky.csv"
+    pd.DataFrame({"ref_id": [1, 2, 3], "ra": [150.0, 150.1, 150.2], "dec": [2.0, 2.1, 2.2],
+                  "a": [1.0, 1.0, 1.0], "b": [0.5, 0.5, 0.5], "theta": [0.0, 10.0, 20.0],
+                  "I_auto": [30.0, 30.0, 30.0], "r_mag": [19.5, None, 21.25],
+                  "note": ["a", "b", "c"]}).to_csv(path, index=False)
+    cat = read_any_catalogue(path)
+    assert with_magnitude(cat, None, path) is cat
+    got = with_magnitude(cat, "r_mag", path)
+    np.testing.assert_array_equal(got["I_auto"], [19.5, np.nan, 21.25])
+    assert got["I_auto"].dtype == np.float64 and (cat["I_auto"] == 30.0).all()
+    with pytest.raises(CatalogueError, match=r"catalogue_magnitude 'MAG_AUTO' is not a "
+                                             r"column; it has \['ref_id'"):
+        check_catalogue_file(path, "MAG_AUTO")
+    with pytest.raises(CatalogueError, match=r"note.*row 0"):
+        with_magnitude(cat, "note", path)
+    assert check_catalogue_file(path, "r_mag").ok
+
+    def photometry_fp(magnitude):
+        cfg = PipelineConfig.model_validate({"input": {
+            "source": "fits", "fits_path": str(tmp_path), "catalogue": str(path),
+            "catalogue_magnitude": magnitude}})
+        return stage_fingerprints(cfg, ["photometry"])["photometry"]
+
+    assert len({photometry_fp(None), photometry_fp("r_mag"), photometry_fp("I_auto")}) == 3

@@ -232,6 +232,35 @@ def test_forced_photometry_in_sextractor_s_kron_ellipses_gives_its_flux_auto(
 
 
 @pytest.mark.real_data
+def test_sextractor_s_mag_auto_becomes_the_binning_magnitude_through_the_command_line(
+        real_data_dir, tmp_path, capsys):
+    """``input.catalogue_magnitude=MAG_AUTO``: the photometry's I_auto is SExtractor's
+    magnitude; a column the catalogue lacks stops the run before any work."""
+    ntt = real_data_dir / "ntt-emmi-sextractor"
+    if not (ntt / "image.fits").is_file():
+        pytest.skip(f"{ntt} not present")
+    sex = read_any_catalogue(ntt / "image.cat")
+    flux = sex["FLUX_AUTO"].to_numpy()
+    mag = np.where(flux > 0, 25.0 - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), 99.0)
+    cols = ["NUMBER", "X_IMAGE", "Y_IMAGE", "X2_IMAGE", "Y2_IMAGE", "XY_IMAGE",
+            "KRON_RADIUS"]
+    src = {c: sex["ref_id" if c == "NUMBER" else c].to_numpy() for c in cols}
+    cat = _write_ascii_head({**src, "MAG_AUTO": mag}, tmp_path / "image_mag.cat")
+    base = ["run", "--out", str(tmp_path / "run"), "--cluster", "threads",
+            "--stages", "ingest,photometry", "--set", "input.source=fits",
+            "--set", f"input.fits_path={ntt / 'image.fits'}", "--set", f"input.catalogue={cat}",
+            "--set", "ingest.layout=generic", "--set", "ingest.expnum_from=order",
+            "--set", "ingest.defaults={band: R, ccd: 1, zp: 1.0, zp_err: 0.0, gain: 1.0}",
+            "--set", "photometry.kinds=[raw]"]
+    assert main([*base, "--set", "input.catalogue_magnitude=MAG_APER"]) == EXIT_USAGE
+    assert "input.catalogue_magnitude 'MAG_APER' is not a column" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "store.zarr").exists()
+    assert main([*base, "--set", "input.catalogue_magnitude=MAG_AUTO"]) == EXIT_OK
+    phot = read_photometry(tmp_path / "run" / "photometry").sort_values("ref_id")
+    np.testing.assert_allclose(phot["I_auto"], mag, rtol=1e-9)
+
+
+@pytest.mark.real_data
 def test_an_image_catalogue_for_several_frames_stops_the_run_before_training(
         real_data_dir, two_saao_frames, tmp_path, capsys):
     """Pixel positions belong to one image: with two frames in the store the run stops right

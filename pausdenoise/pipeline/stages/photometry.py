@@ -30,6 +30,7 @@ from pausdenoise.photometry.catalogue import (
     read_any_catalogue,
     validate_catalogue,
     validate_sky_catalogue,
+    with_magnitude,
 )
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.driver import (
@@ -88,7 +89,8 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
         The per-frame catalogue, the row problems of the file, and a note ('' for a
         per-frame catalogue).
     """
-    catalogue = read_any_catalogue(ctx.catalogue_path)
+    catalogue = with_magnitude(read_any_catalogue(ctx.catalogue_path),
+                               ctx.cfg.input.catalogue_magnitude, ctx.catalogue_path)
     if is_image_catalogue(catalogue):
         frame = _the_one_frame(ctx)
         rows = _on_frame(ctx, catalogue, frame)
