@@ -206,16 +206,22 @@ def test_forced_photometry_in_sextractor_s_kron_ellipses_gives_its_flux_auto(
     (the four of highest S/N within 1.5 %, every unflagged source above S/N 20 within 10 %,
     median within −1 % .. +3 %: our local annulus background against SExtractor's mesh),
     with errors of the same size; the axes in arcsec (the default units) measure the same
-    ellipses as in pixels."""
+    ellipses as in pixels. With one exposure the comparison writes its (empty) summary and
+    says why."""
     ntt = real_data_dir / "ntt-emmi-sextractor"
     if not (ntt / "image.fits").is_file():
         pytest.skip(f"{ntt} not present")
-    runs = {}
-    for units, extra in (("pixel", ("--set", "photometry.aperture_units=pixel")),
+    runs, printed = {}, {}
+    for units, extra in (("pixel", ("--set", "photometry.aperture_units=pixel",
+                                    "--stages", "ingest,photometry,compare")),
                          ("arcsec", ("--set", "photometry.pixel_scale=0.5"))):
         assert _ntt_run(real_data_dir, tmp_path / units, *extra) == EXIT_OK
-        assert "image catalogue: 65 sources on frame 00000001_01" in capsys.readouterr().out
+        printed[units] = capsys.readouterr().out
+        assert "image catalogue: 65 sources on frame 00000001_01" in printed[units]
         runs[units] = read_photometry(tmp_path / units / "photometry")
+    # one exposure: the comparison says why it has nothing to say
+    assert "0 pairs: no source is measured in two exposures of one band" in printed["pixel"]
+    assert (tmp_path / "pixel" / "compare" / "summary.json").is_file()
     phot = runs["pixel"]
     np.testing.assert_allclose(runs["arcsec"]["flux"], phot["flux"], rtol=1e-9)
     sex = read_any_catalogue(ntt / "image.cat")

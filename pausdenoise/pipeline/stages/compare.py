@@ -459,6 +459,10 @@ def run(ctx: Context) -> dict[str, Any]:
     if ctx.truth_fluxes is not None:
         _truth_comparison(ctx, bins, out, summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if n_total == 0:
+        return {"note": "0 pairs: no source is measured in two exposures of one band, so "
+                        "there is no Δf, σ68 or error model (they need two exposures or more "
+                        "per band)", **summary}
     sampled = f" ({n_used} used)" if rate < 1.0 else ""
     note = (f"{n_total} pairs{sampled}; σ68 raw {summary.get('sigma68_raw', np.nan):.2f}, "
             f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
