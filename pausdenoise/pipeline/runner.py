@@ -195,7 +195,8 @@ def stage_fingerprints(
     through photometry compare, evaluate and report; denoise with
     ``denoise.restore_catalogue``, with the aperture units and pixel scale) by content: an explicit
     ``input.catalogue`` by the sha256 of its bytes, the simulated survey's by the simulate
-    fingerprint. The photometry settings come with their measurement models' versions
+    fingerprint; ``input.catalogue_magnitude`` enters the stages that write ``I_auto``
+    (photometry, gan). The photometry settings come with their measurement models' versions
     (:meth:`~pausdenoise.photometry.config.PhotometryConfig.model_versions`), so a new
     profile fit or empty-aperture model redoes the stages that measure. Files are read
     only for the stages asked for.
@@ -221,6 +222,8 @@ def stage_fingerprints(
     d = cfg.model_dump(mode="json")
     i, g = d["input"], d["gan"]
     phot_models = cfg.photometry.model_versions()  # a new measurement model remeasures
+    # the binning magnitude enters the stages that write I_auto (not the denoise's restoration)
+    magnitude = [] if i["catalogue_magnitude"] is None else [i["catalogue_magnitude"]]
     memo: dict[str, str] = {}
 
     def _fp(name: str) -> str:
@@ -242,11 +245,9 @@ def stage_fingerprints(
                              else [])),
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
-        "catalogue": lambda: ((_file_token(cfg.input.catalogue, "catalogue")
-                               if cfg.input.catalogue is not None
-                               else ["simulated catalogue", _fp("simulate")])
-                              + ([{"magnitude": i["catalogue_magnitude"]}]
-                                 if i["catalogue_magnitude"] is not None else [])),
+        "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
+                              if cfg.input.catalogue is not None
+                              else ["simulated catalogue", _fp("simulate")]),
         "denoise": lambda: (["denoise", d["denoise"], _fp("model"), _fp("ingest")]
                             + ([_fp("catalogue"), d["photometry"]["pixel_scale"],
                                 d["photometry"]["aperture_units"]]
@@ -256,9 +257,9 @@ def stage_fingerprints(
                           _fp("ingest")],
         "gan": lambda: ["gan", g["train"], g["apply"], g["scatter_pixels"], d["evaluate"],
                         d["photometry"], phot_models, d["compare"]["bins"], _fp("catalogue"),
-                        _fp("stack"), _fp("denoise")],
+                        _fp("stack"), _fp("denoise"), *magnitude],
         "photometry": lambda: ["photometry", d["photometry"], phot_models, _fp("catalogue"),
-                               _fp("denoise")],
+                               _fp("denoise"), *magnitude],
         "inject": lambda: ["inject", d["inject"], d["photometry"], phot_models, d["denoise"],
                            _fp("catalogue"), _fp("model"), _fp("ingest")],
         "compare": lambda: (["compare", d["compare"], _fp("photometry")]

@@ -126,7 +126,7 @@ def test_radians_warn_before_any_work(tmp_path):
 def test_a_magnitude_column_of_the_user_s_is_taken_as_i_auto(tmp_path):
     """``input.catalogue_magnitude`` names the column the comparison bins by: taken as
     I_auto (replacing the catalogue's own), refused by name when absent or not numbers, and
-    part of the catalogue's fingerprint (a new column re-measures)."""
+    part of the photometry's fingerprint (a new column re-measures), not the denoise's."""
     from pausdenoise.config import PipelineConfig
     from pausdenoise.photometry.catalogue import check_catalogue_file, with_magnitude
     from pausdenoise.pipeline.runner import stage_fingerprints
@@ -148,10 +148,12 @@ def test_a_magnitude_column_of_the_user_s_is_taken_as_i_auto(tmp_path):
         with_magnitude(cat, "note", path)
     assert check_catalogue_file(path, "r_mag").ok
 
-    def photometry_fp(magnitude):
+    def fingerprints(magnitude):
         cfg = PipelineConfig.model_validate({"input": {
             "source": "fits", "fits_path": str(tmp_path), "catalogue": str(path),
-            "catalogue_magnitude": magnitude}})
-        return stage_fingerprints(cfg, ["photometry"])["photometry"]
+            "catalogue_magnitude": magnitude}, "denoise": {"restore_catalogue": True}})
+        return stage_fingerprints(cfg, ["photometry", "denoise"])
 
-    assert len({photometry_fp(None), photometry_fp("r_mag"), photometry_fp("I_auto")}) == 3
+    fps = [fingerprints(m) for m in (None, "r_mag", "I_auto")]
+    assert len({fp["photometry"] for fp in fps}) == 3  # re-measured with the new I_auto
+    assert len({fp["denoise"] for fp in fps}) == 1  # the restoration does not bin
