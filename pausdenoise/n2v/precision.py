@@ -62,14 +62,12 @@ def training_precision(cfg: TrainConfig, device: torch.device) -> str:
         the module says; fp16 on a CPU gives fp32; ``method: sure`` gives fp32.
     """
     requested = cfg.precision
-    if cfg.method == "sure":
+    if cfg.method == "sure" or device.type not in ("cuda", "cpu"):
         return "fp32"
-    if requested == "auto":
-        if device.type == "cuda":
+    if device.type == "cuda":
+        if requested == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if device.type == "cpu" and cpu_has_bfloat16_units() else "fp32"
-    if device.type != "cuda" and requested == "fp16":
-        return "fp32"
-    if device.type not in ("cuda", "cpu"):
-        return "fp32"
-    return requested
+        return requested
+    if requested == "auto":
+        return "bf16" if cpu_has_bfloat16_units() else "fp32"
+    return "bf16" if requested == "bf16" else "fp32"  # fp16 is ignored on the CPU

@@ -292,7 +292,7 @@ def _without_catalogue(cfg: PipelineConfig) -> bool:
 
 
 def _catalogue_readers(cfg: PipelineConfig) -> set[str]:
-    """Return the stages that read the reference catalogue under ``cfg``.
+    """Return the stages that need the reference catalogue under ``cfg``.
 
     Returns
     -------
@@ -300,6 +300,11 @@ def _catalogue_readers(cfg: PipelineConfig) -> set[str]:
         Photometry and gan, and denoise when it restores the catalogue's apertures.
     """
     return {"photometry", "gan"} | ({"denoise"} if cfg.denoise.restore_catalogue else set())
+
+
+#: stages that read ``input.catalogue`` when one is given but need none (injections are
+#: placed clear of its sources; the evaluation masks them)
+_CATALOGUE_OPTIONAL = frozenset({"inject", "evaluate"})
 
 
 def _check_catalogue_given(cfg: PipelineConfig, paths: RunPaths,
@@ -659,7 +664,8 @@ def run(
     fps = stage_fingerprints(cfg, chosen)
     _check_catalogue_given(cfg, paths, chosen)
     catalogue_check = None
-    if cfg.input.catalogue is not None and _catalogue_readers(cfg) & set(chosen):
+    if cfg.input.catalogue is not None and (_catalogue_readers(cfg) | _CATALOGUE_OPTIONAL) \
+            & set(chosen):
         # a bad file fails now, not after training
         catalogue_check = check_catalogue_file(cfg.input.catalogue,
                                                cfg.input.catalogue_magnitude)

@@ -267,18 +267,20 @@ def test_sextractor_s_mag_auto_becomes_the_binning_magnitude_through_the_command
 
 
 @pytest.mark.real_data
+@pytest.mark.parametrize("stages", ["ingest,train,denoise,photometry",
+                                    "ingest,train,denoise,evaluate"])
 def test_an_image_catalogue_for_several_frames_stops_the_run_before_training(
-        real_data_dir, two_saao_frames, tmp_path, capsys):
+        real_data_dir, two_saao_frames, tmp_path, capsys, stages):
     """Pixel positions belong to one image: with two frames in the store the run stops right
-    after the ingest, saying so, before any training."""
+    after the ingest, saying so, before any training; also when only the evaluation (which
+    masks the catalogue's sources) would read the catalogue."""
     cat, frames = real_data_dir / "ntt-emmi-sextractor", two_saao_frames
     if not cat.is_dir():
         pytest.skip(f"{cat} not present")
     out = tmp_path / "out"
     config = Path(__file__).resolve().parents[2] / "configs" / "saao.yaml"
     code = main(["run", "--config", str(config), "--out", str(out), "--cluster", "threads",
-                 "--stages", "ingest,train,denoise,photometry",
-                 "--set", f"input.fits_path={frames}",
+                 "--stages", stages, "--set", f"input.fits_path={frames}",
                  "--set", f"input.catalogue={cat / 'image.cat'}"])
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
