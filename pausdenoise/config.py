@@ -78,6 +78,16 @@ class InputConfig(BaseModel):
         "catalogue whose MAG_ZEROPOINT was AB, phot_g_mean_mag of Gaia); None: the "
         "catalogue's own I_auto, if it has one.",
     )
+    catalogue_frame: str | None = Field(
+        None,
+        description="The frame an image catalogue (pixel positions of one image: "
+        "SExtractor's X_IMAGE/Y_IMAGE, or aperture_x/aperture_y without expnum/ccd) was "
+        "made on: its frame id (e.g. 00000001_01) or FITS file name. Needed when the store "
+        "holds several frames: the catalogue is then placed on every exposure, through the "
+        "frames' WCS or, for frames without one, by registering each frame of that CCD to it "
+        "by cross-correlation (sub-pixel offsets); axes keep their size in pixels. None: the "
+        "store's only frame.",
+    )
     checkpoint: Path | None = Field(
         None, description="Reuse this trained N2V checkpoint instead of training."
     )

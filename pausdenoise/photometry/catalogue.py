@@ -374,7 +374,10 @@ def _load(path: Path, required: Sequence[str] | None) -> tuple[pd.DataFrame, boo
         error = _unreadable(path, exc, fmt)
         raise error from None
     sky = required is None and not any(c in names for c in _FRAME_COLUMNS)
-    image = required is None and fmt.startswith("SExtractor") and "aperture_x" in names
+    # pixel apertures without frame ids: an image catalogue of one frame (SExtractor's, or
+    # any table), placed on the run's frames from input.catalogue_frame
+    image = required is None and "aperture_x" in names and "expnum" not in names \
+        and "ccd" not in names
     if required is None:
         required = (SKY_COLUMNS if sky else REQUIRED_COLUMNS if image
                     else (*REQUIRED_COLUMNS, "expnum", "ccd"))

@@ -17,6 +17,13 @@ convention). :func:`project_to_frame` turns it into the per-frame rows that
   a flip and any skew of the WCS are followed, and ``aperture_theta = −φ``, wrapped into
   [−180, 180). On a north-up, east-left frame ``φ = 90° + theta``.
 
+:func:`image_to_sky` goes the other way for an *image catalogue* (pixel apertures measured
+on one frame, e.g. a SExtractor catalogue of ``X_IMAGE``/``Y_IMAGE``): through that frame's
+WCS (or the synthetic WCS of :func:`pausdenoise.register.shift_wcs` for frames registered by
+cross-correlation) it becomes a sky catalogue that :func:`project_catalogue` places on the
+other exposures. Its axes keep their size in pixels (``a = aperture_a × pixel_scale``, the
+nominal scale the photometry divides by again): the frames are of one instrument.
+
 A source is placed on a frame only when its centre is on it (``-0.5 <= x <= nx - 0.5``,
 ``-0.5 <= y <= ny - 0.5``); sources off a frame are not measured there. Non-finite positions
 are placed nowhere (:func:`~pausdenoise.photometry.catalogue.validate_sky_catalogue` lists
@@ -39,6 +46,7 @@ __all__ = [
     "FrameWCS",
     "axis_angle",
     "footprint_note",
+    "image_to_sky",
     "project_catalogue",
     "project_to_frame",
     "wcs_from_text",
@@ -192,6 +200,56 @@ def _frame_rows(
     rows["aperture_theta"] = theta_pix
     first = [c for c in CATALOGUE_COLUMNS if c in rows.columns]
     return rows[first + [c for c in rows.columns if c not in first]]
+
+
+#: Columns of an image catalogue that its sky catalogue replaces (frame ids, pixel aperture).
+_IMAGE_ONLY = ("expnum", "ccd", "aperture_x", "aperture_y", "aperture_a", "aperture_b",
+               "aperture_theta")
+
+
+def image_to_sky(catalogue: pd.DataFrame, wcs: Any, pixel_scale: float) -> pd.DataFrame:
+    """Turn an image catalogue (pixel apertures on one frame) into a sky catalogue.
+
+    Parameters
+    ----------
+    catalogue : pandas.DataFrame
+        Image catalogue: ``aperture_x``, ``aperture_y`` (0-based pixels of the frame,
+        centres at integers), ``aperture_a``, ``aperture_b`` (semi-axes, pixels),
+        ``aperture_theta`` (degrees, PAUS sign: the major axis lies at ``−aperture_theta``
+        counter-clockwise from +x); other columns (``ref_id``, ``I_auto``, SExtractor's
+        own) are passed through.
+    wcs : astropy.wcs.WCS
+        The celestial WCS of the frame the catalogue was measured on.
+    pixel_scale : float
+        Nominal pixel scale, arcsec/px: ``a = aperture_a × pixel_scale`` (and ``b``), so
+        that the photometry, which divides by the same scale, measures the axes in the
+        catalogue's pixels on every frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``ra``, ``dec`` (degrees), ``a``, ``b`` (arcsec), ``theta`` (degrees east of north,
+        in [0, 180)) and the passed-through columns, rows in catalogue order; the inverse of
+        :func:`project_to_frame` on that frame (positions to ~1e-8 px, angles to ~1e-6°).
+    """
+    x = catalogue["aperture_x"].to_numpy(dtype=float)
+    y = catalogue["aperture_y"].to_numpy(dtype=float)
+    phi = np.radians(-catalogue["aperture_theta"].to_numpy(dtype=float))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        ra, dec = (np.asarray(v, dtype=float) for v in wcs.all_pix2world(x, y, 0))
+        ra1, dec1 = wcs.all_pix2world(x + np.cos(phi), y + np.sin(phi), 0)
+        ra0, dec0 = wcs.all_pix2world(x - np.cos(phi), y - np.sin(phi), 0)
+    d_ra = (np.mod(np.asarray(ra1) - np.asarray(ra0) + 180.0, 360.0) - 180.0) \
+        * np.cos(np.radians(dec))
+    theta = np.mod(np.degrees(np.arctan2(d_ra, np.asarray(dec1) - np.asarray(dec0))), 180.0)
+    sky = catalogue.drop(columns=[c for c in _IMAGE_ONLY if c in catalogue.columns])
+    sky = sky.reset_index(drop=True).assign(
+        ra=ra, dec=dec,
+        a=catalogue["aperture_a"].to_numpy(dtype=float) * pixel_scale,
+        b=catalogue["aperture_b"].to_numpy(dtype=float) * pixel_scale,
+        theta=theta)
+    return sky
 
 
 def project_to_frame(

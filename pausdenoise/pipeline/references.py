@@ -33,7 +33,7 @@ from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.pipeline.context import Context
 from pausdenoise.psf import frame_psf
 
-__all__ = ["Registry", "frame_arrays", "matched_references", "psf_model"]
+__all__ = ["Registry", "frame_arrays", "matched_references", "psf_model", "registration_pixels"]
 
 
 #: The arrays a frame's pixels are judged by (no truth, no denoised image).
@@ -124,8 +124,15 @@ class Registry:
         return self.wcs[frame]
 
 
-def _registration_pixels(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
+def registration_pixels(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
     """Read a frame's image and bad-pixel map (mask, non-positive ivar) for registration.
+
+    Parameters
+    ----------
+    store : path or zarr.Group
+        The survey store.
+    frame : str
+        Frame id.
 
     Returns
     -------
@@ -154,7 +161,7 @@ def _registered_offset(ctx: Context, reg: Registry, frame: str, other: str,
         return None if o is None else rg.Offset(-o.dx, -o.dy, o.significance, o.overlap)
     if (frame, other) not in reg.offsets:
         sat = st.frame_attrs(ctx.store, frame).get("saturate")
-        image_o, bad_o = _registration_pixels(ctx.store, other)
+        image_o, bad_o = registration_pixels(ctx.store, other)
         row = {"frame": frame, "other_frame": other, "dx_px": np.nan, "dy_px": np.nan,
                "significance": np.nan, "overlap": np.nan, "error": ""}
         try:

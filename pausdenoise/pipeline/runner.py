@@ -35,6 +35,7 @@ from pausdenoise.ingest.plan import expand_inputs, find_images, input_files
 from pausdenoise.paus_layout import CATALOGUE_NAME
 from pausdenoise.photometry.catalogue import CatalogueCheck, check_catalogue_file
 from pausdenoise.pipeline.context import Context, RunResult
+from pausdenoise.pipeline.image_catalogue import catalogue_frame_problem
 from pausdenoise.pipeline.n2n_targets import reference_settings
 from pausdenoise.pipeline.stages import (
     compare,
@@ -245,7 +246,9 @@ def stage_fingerprints(
                              else [])),
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
-        "catalogue": lambda: (_file_token(cfg.input.catalogue, "catalogue")
+        "catalogue": lambda: ((_file_token(cfg.input.catalogue, "catalogue")
+                               + ([] if i["catalogue_frame"] is None
+                                  else [{"catalogue_frame": i["catalogue_frame"]}]))
                               if cfg.input.catalogue is not None
                               else ["simulated catalogue", _fp("simulate")]),
         "denoise": lambda: (["denoise", d["denoise"], _fp("model"), _fp("ingest")]
@@ -333,9 +336,10 @@ def _check_catalogue_placeable(ctx: Context, check: CatalogueCheck | None) -> No
     """Refuse a catalogue that cannot be placed on the store's frames, before later stages.
 
     A sky catalogue (RA/Dec) needs every frame's WCS; an image catalogue (pixel positions
-    of one image) a store of one frame. Checked once the store is there (after the
-    ingest, or at the start when it is not run), so a catalogue that cannot be placed
-    stops the run before training rather than at the photometry.
+    of one image) its frame: the store's only one, or ``input.catalogue_frame``. Checked
+    once the store is there (after the ingest, or at the start when it is not run), so a
+    catalogue that cannot be placed stops the run before training rather than at the
+    photometry.
 
     Parameters
     ----------
@@ -349,14 +353,15 @@ def _check_catalogue_placeable(ctx: Context, check: CatalogueCheck | None) -> No
     ------
     ConfigError
         Some frame of the store has no WCS (the first few are named), or an image
-        catalogue meets a store of several frames.
+        catalogue's frame is not found (several frames and no ``input.catalogue_frame``,
+        or a name that matches none or several).
     """
     path = ctx.cfg.input.catalogue
     if check is None or not (check.sky or check.image) or not Path(ctx.store).exists():
         return
     frames = st.list_frames(ctx.store)
     if check.image:
-        problem = photometry.one_frame_problem(path, frames)
+        problem = catalogue_frame_problem(path, ctx.cfg.input.catalogue_frame, ctx.store)
         if problem is not None:
             raise ConfigError(problem)
         return

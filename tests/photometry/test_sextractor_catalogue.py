@@ -217,7 +217,7 @@ def test_forced_photometry_in_sextractor_s_kron_ellipses_gives_its_flux_auto(
                          ("arcsec", ("--set", "photometry.pixel_scale=0.5"))):
         assert _ntt_run(real_data_dir, tmp_path / units, *extra) == EXIT_OK
         printed[units] = capsys.readouterr().out
-        assert "image catalogue: 65 sources on frame 00000001_01" in printed[units]
+        assert "image catalogue of frame 00000001_01: 65 rows on 1 frame(s)" in printed[units]
         runs[units] = read_photometry(tmp_path / units / "photometry")
     # one exposure: the comparison says why it has nothing to say
     assert "0 pairs: no source is measured in two exposures of one band" in printed["pixel"]
@@ -269,11 +269,12 @@ def test_sextractor_s_mag_auto_becomes_the_binning_magnitude_through_the_command
 @pytest.mark.real_data
 @pytest.mark.parametrize("stages", ["ingest,train,denoise,photometry",
                                     "ingest,train,denoise,evaluate"])
-def test_an_image_catalogue_for_several_frames_stops_the_run_before_training(
+def test_an_image_catalogue_of_an_unnamed_frame_stops_the_run_before_training(
         real_data_dir, two_saao_frames, tmp_path, capsys, stages):
-    """Pixel positions belong to one image: with two frames in the store the run stops right
-    after the ingest, saying so, before any training; also when only the evaluation (which
-    masks the catalogue's sources) would read the catalogue."""
+    """Pixel positions belong to one image: with two frames in the store and no
+    input.catalogue_frame the run stops right after the ingest, saying what to set, before
+    any training; also when only the evaluation (which masks the catalogue's sources) would
+    read the catalogue."""
     cat, frames = real_data_dir / "ntt-emmi-sextractor", two_saao_frames
     if not cat.is_dir():
         pytest.skip(f"{cat} not present")
@@ -285,6 +286,7 @@ def test_an_image_catalogue_for_several_frames_stops_the_run_before_training(
     err = capsys.readouterr().err
     assert code == EXIT_USAGE
     assert "gives pixel positions only" in err and "the store has 2 frames" in err
+    assert "set input.catalogue_frame" in err
     assert not (out / "model").exists()
 
 

@@ -18,6 +18,7 @@ from pausdenoise.photometry import PhotFlag, PhotometryConfig, measure_frame
 from pausdenoise.photometry.projection import (
     FrameWCS,
     footprint_note,
+    image_to_sky,
     project_catalogue,
     project_to_frame,
 )
@@ -88,6 +89,32 @@ def test_projection_matches_the_pixel_catalogue(rot, flip):
     b = measure_frame(image, None, got, cfg, gain=1.0)
     np.testing.assert_allclose(b["flux"], a["flux"], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(b["flags"], a["flags"])
+
+
+@pytest.mark.parametrize(("rot", "flip"), [(0.0, False), (30.0, False), (-123.0, False),
+                                           (40.0, True)])
+def test_an_image_catalogue_goes_to_the_sky_and_back_unchanged(rot, flip):
+    """image_to_sky is project_to_frame's inverse on the catalogue's own frame (positions,
+    angles mod 180, axes in px through the nominal scale), and agrees with the independent
+    route of _to_sky on the sky (ra, dec, position angle east of north)."""
+    shape, scale = (160, 180), 0.265
+    text = _tan(rot, flip, scale)
+    wcs = WCS(fits.Header.fromstring(text))
+    pix = _pixel_cat(shape=shape).drop(columns=["expnum", "ccd"])
+    sky = image_to_sky(pix, wcs, scale)
+    assert not {"expnum", "ccd", "aperture_x", "aperture_theta"} & set(sky.columns)
+    np.testing.assert_array_equal(sky["I_auto"], pix["I_auto"])  # passed through
+    ref = _to_sky(pix, wcs)
+    np.testing.assert_allclose(sky["ra"], ref["ra"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(sky["dec"], ref["dec"], rtol=0, atol=1e-10)
+    _same_angle(sky["theta"], ref["theta"], 1e-4)
+    assert ((sky["theta"] >= 0) & (sky["theta"] < 180)).all()
+    np.testing.assert_allclose(sky["a"], pix["aperture_a"] * scale, rtol=1e-12)
+    back = project_to_frame(sky, FrameWCS("f", 1, 1, shape, text), axis_scale=1 / scale)
+    np.testing.assert_allclose(back["aperture_x"], pix["aperture_x"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(back["aperture_y"], pix["aperture_y"], rtol=0, atol=1e-6)
+    _same_angle(back["aperture_theta"], pix["aperture_theta"], 1e-5)
+    np.testing.assert_allclose(back["aperture_b"], pix["aperture_b"], rtol=1e-12)
 
 
 def test_rotation_convention_north_up_east_left():

@@ -4,7 +4,8 @@ Reads the reference catalogue (Parquet, CSV or a FITS table; problem rows are fl
 listed in ``<run>/catalogue_issues.csv``, not dropped); a sky catalogue (``ra``/``dec``, no
 per-frame columns) is placed on every frame through the frame's WCS
 (:mod:`pausdenoise.photometry.projection`); an image catalogue (a SExtractor catalogue of
-pixel positions) on the run's one frame. It writes Parquet partitions under
+pixel positions) on its frame and from there on the other exposures
+(:mod:`pausdenoise.pipeline.image_catalogue`). It writes Parquet partitions under
 ``<run>/photometry/``. A partition is skipped (unless ``force``) when it was written with the
 same settings from the same inputs: the frame's ingested content, its gain and read noise in
 force, its denoised image's key and its catalogue rows
@@ -41,6 +42,7 @@ from pausdenoise.photometry.driver import (
 )
 from pausdenoise.photometry.projection import FrameWCS, footprint_note, project_catalogue
 from pausdenoise.pipeline.context import Context, compute_with_progress
+from pausdenoise.pipeline.image_catalogue import place_image_catalogue
 
 
 def _frame_wcs(ctx: Context) -> list[FrameWCS]:
@@ -73,7 +75,7 @@ def _frame_wcs(ctx: Context) -> list[FrameWCS]:
 
 
 def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, str]:
-    """Read the catalogue (Parquet, CSV or FITS table); place a sky catalogue on the frames.
+    """Read the catalogue (Parquet, CSV or FITS table); place a sky or image catalogue.
 
     The evaluate stage reads the catalogue through this function too, so both stages see
     the same per-frame apertures.
@@ -88,14 +90,22 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
     tuple of (pandas.DataFrame, CatalogueCheck, str)
         The per-frame catalogue, the row problems of the file, and a note ('' for a
         per-frame catalogue).
+
+    Raises
+    ------
+    StageError
+        An image catalogue whose frame is not found (:mod:`pausdenoise.pipeline.image_catalogue`).
     """
     catalogue = with_magnitude(read_any_catalogue(ctx.catalogue_path),
                                ctx.cfg.input.catalogue_magnitude, ctx.catalogue_path)
     if is_image_catalogue(catalogue):
-        frame = _the_one_frame(ctx)
-        rows = _on_frame(ctx, catalogue, frame)
-        note = f", image catalogue: {len(rows)} sources on frame {frame}"
-        return rows, validate_catalogue(rows), note
+        pcfg = ctx.cfg.photometry
+        try:
+            placed = place_image_catalogue(catalogue, ctx.store, ctx.cfg.input.catalogue_frame,
+                                           pcfg.pixel_scale, pcfg.aperture_units)
+        except ValueError as exc:
+            raise StageError(f"input.catalogue {ctx.catalogue_path}: {exc}") from exc
+        return placed.rows, validate_catalogue(placed.rows), placed.note()
     if not is_sky_catalogue(catalogue):
         return catalogue, validate_catalogue(catalogue), ""
     check = validate_sky_catalogue(catalogue)
@@ -108,70 +118,6 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
         note += (f" (no source falls on a frame: {footprint_note(catalogue, frames)}; "
                  "check the catalogue's area and the frames' WCS)")
     return rows, check, note
-
-
-def one_frame_problem(path: Path | str, frames: list[str]) -> str | None:
-    """Say why an image catalogue (pixel positions of one image) cannot be measured here.
-
-    Parameters
-    ----------
-    path : Path or str
-        The catalogue file (named in the message).
-    frames : list of str
-        The frames of the run's store.
-
-    Returns
-    -------
-    str or None
-        None for a store of exactly one frame, else the reason and what to do.
-    """
-    if len(frames) == 1:
-        return None
-    shown = ", ".join(frames[:3]) + (", …" if len(frames) > 3 else "")
-    return (f"input.catalogue {path} gives pixel positions only (a SExtractor catalogue "
-            f"without world positions), which belong to the one image it was made on, but "
-            f"the store has {len(frames)} frames ({shown or 'none'}): run that frame alone "
-            "(e.g. --fits FILE), or give world positions (ALPHA_J2000, DELTA_J2000, "
-            "A_WORLD, B_WORLD, THETA_J2000) for frames with a WCS")
-
-
-def _the_one_frame(ctx: Context) -> str:
-    """Return the store's one frame, on which an image catalogue is measured.
-
-    Returns
-    -------
-    str
-        The frame name.
-
-    Raises
-    ------
-    StageError
-        When the store does not hold exactly one frame (:func:`one_frame_problem`).
-    """
-    frames = st.list_frames(ctx.store)
-    problem = one_frame_problem(ctx.catalogue_path, frames)
-    if problem is not None:
-        raise StageError(problem)
-    return frames[0]
-
-
-def _on_frame(ctx: Context, catalogue: pd.DataFrame, frame: str) -> pd.DataFrame:
-    """Give an image catalogue's rows a frame's ids and the configured axis units.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The rows with ``expnum`` and ``ccd`` of that frame and ``aperture_a``/``aperture_b``
-        converted from pixels to ``photometry.aperture_units`` (× ``pixel_scale`` for
-        arcsec, which the photometry divides by again).
-    """
-    attrs = st.frame_attrs(ctx.store, frame)
-    pcfg = ctx.cfg.photometry
-    scale = 1.0 if pcfg.aperture_units == "pixel" else pcfg.pixel_scale
-    rows = catalogue.assign(expnum=int(attrs["expnum"]), ccd=int(attrs["ccd"]))
-    rows["aperture_a"] = rows["aperture_a"] * scale
-    rows["aperture_b"] = rows["aperture_b"] * scale
-    return rows
 
 
 def plan_all_kinds(

@@ -76,6 +76,7 @@ from pausdenoise.gan.pairs import CutoutPairs, make_pairs
 from pausdenoise.gan.scoring import robust_sigma
 from pausdenoise.n2v.normalise import FrameStats
 from pausdenoise.pipeline.context import Context, compute_with_progress, split_holdout
+from pausdenoise.pipeline.references import registration_pixels
 from pausdenoise.stack import stack_frames
 
 __all__ = [
@@ -322,20 +323,6 @@ def _write_registration(ctx: Context, plan: _StackPlan) -> None:
     pd.DataFrame(plan.registration).to_csv(path, index=False)
 
 
-def _registration_input(store: Any, frame: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a frame's image (ADU, float64) and its bad pixels (mask, ivar ≤ 0, non-finite).
-
-    Returns
-    -------
-    tuple of ndarray
-        The image and the boolean bad-pixel map.
-    """
-    arr = {n: np.asarray(st.open_frame(store, frame, n)) for n in st.frame_arrays(store, frame)
-           if n in ("image", "mask", "ivar")}
-    img = arr["image"].astype(np.float64)
-    return img, rg.bad_pixel_map(img, arr.get("mask"), arr.get("ivar"))
-
-
 def _register_group(ctx: Context, plan: _StackPlan, band: str, ccd: int,
                     frames: list[str]) -> None:
     """Register a band/CCD's frames to its reference frame when none of them has a WCS.
@@ -357,14 +344,14 @@ def _register_group(ctx: Context, plan: _StackPlan, band: str, ccd: int,
         raise StageError(f"stack: {band} CCD {ccd}: {has.count(False)} of {len(frames)} "
                          "frames have no WCS: they cannot be aligned with the others")
     ref = frames[plan.scfg.reference]
-    ref_img, ref_bad = _registration_input(ctx.store, ref)
+    ref_img, ref_bad = registration_pixels(ctx.store, ref)
     sat = st.frame_attrs(ctx.store, ref).get("saturate")
     failed = []
     for f in frames:
         row = {"band": band, "ccd": ccd, "reference_frame": ref, "frame": f, "dx_px": 0.0,
                "dy_px": 0.0, "significance": np.nan, "overlap": 1.0, "error": ""}
         if f != ref:
-            img, bad = _registration_input(ctx.store, f)
+            img, bad = registration_pixels(ctx.store, f)
             try:
                 o = rg.measure_offset(ref_img, img, mask_ref=ref_bad, mask_img=bad,
                                       saturation=float(sat) if sat else None)
