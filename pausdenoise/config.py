@@ -119,6 +119,24 @@ class CompareConfig(BaseModel):
         "galaxies), so the pairs, σ68 and the error model describe an unbiased denoised flux; "
         "bins without a measured transfer are left as they are. Needs inject.enabled.",
     )
+    relative_zp: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Relative zero-points of the exposures from the sources they share "
+        "(pausdenoise/relative_zp.py): each frame's flux scale fitted by alternating medians "
+        "on the raw fluxes of bright sources seen on two frames or more, and every frame's "
+        "calibrated fluxes and errors (raw and denoised) divided by it before pairing, so "
+        "that exposure time and transparency do not pose as flux errors; written to "
+        "compare/relative_zp.csv. 'auto': for the bands whose frames all have the ingest's "
+        "default zero-point (zp_source 'default': uncalibrated frames); 'on': every band; "
+        "'off': the zero-points as ingested. Frames without enough sources are left out of "
+        "the comparison.",
+    )
+    relative_zp_snr: float = Field(
+        20.0, gt=0, description="Relative zero-points: a source is used when the median S/N "
+        "of its raw, unflagged measurements is at least this.")
+    relative_zp_min_sources: int = Field(
+        5, ge=1, description="Relative zero-points: a frame needs this many usable sources "
+        "(each also on another frame) for a scale; without one it leaves the comparison.")
     folds: int = Field(
         2, ge=2, description="Cross-validation of the error model: exposures are dealt into "
         "this many groups, stratified by band; each group's pairs are judged by a model fitted "

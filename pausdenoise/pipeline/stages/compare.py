@@ -46,11 +46,14 @@ import pandas as pd
 from distributed import as_completed
 
 from pausdenoise import compare as cmp
+from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.photometry.driver import photometry_bands, read_photometry, write_partition
 from pausdenoise.pipeline.context import Context
+from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
 
-__all__ = ["BandPairs", "band_calibrated_errors", "band_pairs", "run", "transfer_corrected"]
+__all__ = ["BandPairs", "band_calibrated_errors", "band_exposure_scales", "band_pairs", "run",
+           "transfer_corrected"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
@@ -89,17 +92,57 @@ def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd
     return out
 
 
+def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
+                scales: pd.DataFrame | None) -> pd.DataFrame:
+    """Read one band's photometry: exposures on one flux scale, denoised fluxes corrected.
+
+    Returns
+    -------
+    DataFrame
+        The long table, divided by the frames' relative scales (``scales``, frames without
+        one dropped) and the transfer function (``transfer``) when given.
+    """
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    if scales is not None:
+        table = apply_exposure_scales(table, scales)
+    return transfer_corrected(table, transfer)
+
+
+def band_exposure_scales(phot_dir: str, band: str, snr_min: float,
+                         min_sources: int) -> pd.DataFrame:
+    """Fit one band's relative exposure scales; runs on a worker.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+    snr_min : float
+        ``compare.relative_zp_snr``.
+    min_sources : int
+        ``compare.relative_zp_min_sources``.
+
+    Returns
+    -------
+    DataFrame
+        :func:`pausdenoise.relative_zp.fit_exposure_scales` of the band, with ``band``.
+    """
+    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    return fit_exposure_scales(table, snr_min, min_sources).assign(band=band)
+
+
 def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
-               transfer: pd.DataFrame | None = None) -> pd.DataFrame | None:
-    """Read one band's photometry, one row per measurement (denoised fluxes corrected).
+               transfer: pd.DataFrame | None = None,
+               scales: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Read one band's photometry, one row per measurement (:func:`_band_table`).
 
     Returns
     -------
     DataFrame or None
         :func:`pausdenoise.compare.widen` of the band's table; None when it is empty.
     """
-    table = transfer_corrected(read_photometry(phot_dir, bands=[band], columns=_COLUMNS),
-                               transfer)
+    table = _band_table(phot_dir, band, transfer, scales)
     if table.empty:
         return None
     return cmp.widen(table, exclude_flags=exclude_flagged)
@@ -140,7 +183,8 @@ class BandPairs:
 
 def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
                max_pairs: int, seed: int,
-               transfer: dict[str, pd.DataFrame] | None = None) -> BandPairs | None:
+               transfer: dict[str, pd.DataFrame] | None = None,
+               scales: dict[str, pd.DataFrame] | None = None) -> BandPairs | None:
     """Read and pair one band; runs on a worker.
 
     Parameters
@@ -161,6 +205,9 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
     transfer : dict of str to DataFrame, optional
         Per band, the rows of the inject stage's ``transfer.csv`` to divide the denoised
         fluxes by (:func:`transfer_corrected`); None for none.
+    scales : dict of str to DataFrame, optional
+        Per band, the relative exposure scales to divide every flux by
+        (:func:`band_exposure_scales`); None, or a band not in it: none.
 
     Returns
     -------
@@ -168,7 +215,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         The band's exact pair counts, its sample of pairs, measurements and exposures;
         None when the band has no measurement.
     """
-    wide = _band_wide(phot_dir, band, exclude_flagged, (transfer or {}).get(band))
+    wide = _band_wide(phot_dir, band, exclude_flagged, (transfer or {}).get(band),
+                      (scales or {}).get(band))
     if wide is None or wide.empty:
         return None
     deltas = cmp.pair_deltas(cmp.make_pairs(wide))
@@ -182,7 +230,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
 
 
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
-                           transfer: dict[str, pd.DataFrame] | None = None) -> int:
+                           transfer: dict[str, pd.DataFrame] | None = None,
+                           scales: dict[str, pd.DataFrame] | None = None) -> int:
     """Write one band's per-measurement calibrated denoised errors; runs on a worker.
 
     The table is written atomically to ``out_dir/band=<band>/errors.parquet``.
@@ -197,7 +246,7 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
         The error model (:meth:`pausdenoise.compare.ErrorModel.to_dict`).
     out_dir : str
         The directory of the per-band tables.
-    transfer : dict of str to DataFrame, optional
+    transfer, scales : dict of str to DataFrame, optional
         As for :func:`band_pairs`.
 
     Returns
@@ -205,8 +254,7 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
     int
         The number of rows written.
     """
-    table = transfer_corrected(read_photometry(phot_dir, bands=[band], columns=_COLUMNS),
-                               (transfer or {}).get(band))
+    table = _band_table(phot_dir, band, (transfer or {}).get(band), (scales or {}).get(band))
     rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
     write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
     return len(rows)
@@ -276,6 +324,80 @@ def _transfer(ctx: Context) -> dict[str, pd.DataFrame] | None:
     return {str(b): g.reset_index(drop=True) for b, g in table.groupby("band") if b != "all"}
 
 
+def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
+    """Return the bands whose exposures are put on one flux scale (``compare.relative_zp``).
+
+    Returns
+    -------
+    list of str
+        'on': every band; 'auto': the bands all of whose frames in the store carry the
+        ingest's default zero-point (``zp_source`` 'default'); 'off': none.
+    """
+    mode = ctx.cfg.compare.relative_zp
+    if mode != "auto":
+        return list(bands) if mode == "on" else []
+    if not Path(ctx.store).exists():
+        return []
+    default: dict[str, list[bool]] = {}
+    for frame in st.list_frames(ctx.store):
+        attrs = st.frame_attrs(ctx.store, frame)
+        default.setdefault(str(attrs.get("band")), []).append(
+            attrs.get("zp_source") == "default")
+    return [b for b in bands if default.get(b) and all(default[b])]
+
+
+def _relative_scales(ctx: Context, bands: list[str], out: Path,
+                     summary: dict[str, Any]) -> dict[str, pd.DataFrame] | None:
+    """Fit the relative exposure scales of the bands that need them; ``relative_zp.csv``.
+
+    Returns
+    -------
+    dict of str to DataFrame or None
+        Band → its frames' scales (:func:`band_exposure_scales`); None when no band needs
+        them (a stale ``relative_zp.csv`` is removed).
+    """
+    chosen = _relative_bands(ctx, bands)
+    path = out / "relative_zp.csv"
+    if not chosen:
+        path.unlink(missing_ok=True)
+        return None
+    cfg = ctx.cfg.compare
+    table = pd.concat(_per_band(ctx, band_exposure_scales, chosen, cfg.relative_zp_snr,
+                                cfg.relative_zp_min_sources), ignore_index=True)
+    table = table[["band", *[c for c in table.columns if c != "band"]]]
+    table.to_csv(path, index=False)
+    ok = table["scale"].notna()
+    summary["relative_zp"] = {
+        "bands": chosen, "frames": int(ok.sum()), "frames_left_out": int((~ok).sum()),
+        "scale_min": float(table.loc[ok, "scale"].min()) if ok.any() else None,
+        "scale_max": float(table.loc[ok, "scale"].max()) if ok.any() else None,
+        "sources_min": int(table.loc[ok, "n_sources"].min()) if ok.any() else 0,
+        "sources_max": int(table.loc[ok, "n_sources"].max()) if ok.any() else 0}
+    return {str(b): g.reset_index(drop=True) for b, g in table.groupby("band")}
+
+
+def _relative_note(summary: dict[str, Any]) -> str:
+    """Describe the relative zero-points for the stage's line ('' without them).
+
+    Returns
+    -------
+    str
+        Frames, range of scales and of sources used, frames left out.
+    """
+    rz = summary.get("relative_zp")
+    if not rz:
+        return ""
+    if not rz["frames"]:
+        return (f"; relative zero-points: no frame has enough shared bright sources, "
+                f"{rz['frames_left_out']} frame(s) left out")
+    out = (f"; exposures put on one flux scale (relative zero-points of {rz['frames']} "
+           f"frames: scales {rz['scale_min']:.3f}–{rz['scale_max']:.3f} from "
+           f"{rz['sources_min']}–{rz['sources_max']} shared sources)")
+    if rz["frames_left_out"]:
+        out += f", {rz['frames_left_out']} frame(s) without enough sources left out"
+    return out
+
+
 @dataclass
 class _Pairs:
     """The driver's merge of every band's :class:`BandPairs`."""
@@ -290,7 +412,8 @@ class _Pairs:
     exp_bands: pd.DataFrame
 
 
-def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray) -> _Pairs | None:
+def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
+                   scales: dict[str, pd.DataFrame] | None) -> _Pairs | None:
     """Pair every band (on the cluster) and fold the bands' samples as they complete.
 
     Returns
@@ -305,7 +428,7 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray) -> _Pairs |
     meas: dict[str, pd.DataFrame] = {}
     exps: dict[str, pd.DataFrame] = {}
     for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
-                                       cfg.max_pairs, cfg.seed, _transfer(ctx)):
+                                       cfg.max_pairs, cfg.seed, _transfer(ctx), scales):
         if part is None:
             continue
         n_total += part.n_pairs
@@ -347,7 +470,8 @@ def _validate_error_model(ctx: Context, p: _Pairs, bins: np.ndarray, out: Path,
 
 
 def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, out: Path,
-                 summary: dict[str, Any]) -> cmp.ErrorModel | None:
+                 summary: dict[str, Any],
+                 scales: dict[str, pd.DataFrame] | None) -> cmp.ErrorModel | None:
     """Fit, write, apply (per measurement) and cross-validate the denoised error model.
 
     Returns
@@ -370,7 +494,7 @@ def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, ou
     model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
     (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
     written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
-                        str(out / "denoised_errors"), _transfer(ctx))
+                        str(out / "denoised_errors"), _transfer(ctx), scales)
     summary["calibrated_error_rows"] = int(sum(written))
     summary["error_model_global_scale"] = model.global_scale
     summary["error_model_band_factor"] = dict(model.band_factor)
@@ -446,15 +570,16 @@ def run(ctx: Context) -> dict[str, Any]:
     out = ctx.paths.compare
     out.mkdir(parents=True, exist_ok=True)
     bins = np.asarray(ctx.cfg.compare.bins, dtype=float)
-    p = _collect_pairs(ctx, bands, bins)
+    summary: dict[str, Any] = {}
+    scales = _relative_scales(ctx, bands, out, summary)
+    p = _collect_pairs(ctx, bands, bins, scales)
     if p is None:
-        return {"note": "no measurement to compare"}
+        return {"note": "no measurement to compare" + _relative_note(summary)}
     n_total, n_used = p.n_total, len(p.pairs)
     rate = n_used / n_total if n_total else 1.0
-    summary: dict[str, Any] = {"pairs": n_total, "pairs_used": n_used,
-                               "pair_sampling_rate": rate, "measurements": len(p.wide),
-                               "bands": len(bands)}
-    model = _error_model(ctx, p, bands, bins, out, summary)
+    summary.update({"pairs": n_total, "pairs_used": n_used, "pair_sampling_rate": rate,
+                    "measurements": len(p.wide), "bands": len(bands)})
+    model = _error_model(ctx, p, bands, bins, out, summary, scales)
     _write_statistics(ctx, p, model, bins, out, summary)
     if ctx.truth_fluxes is not None:
         _truth_comparison(ctx, bins, out, summary)
@@ -468,4 +593,4 @@ def run(ctx: Context) -> dict[str, Any]:
             f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
             f"denoised/model-errors (cross-validated) "
             f"{summary.get('validation_sigma68_all', np.nan):.2f}")
-    return {"note": note, **summary}
+    return {"note": note + _relative_note(summary), **summary}
