@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pausdenoise.cluster import ClusterConfig
 from pausdenoise.denoise.config import DenoiseConfig
@@ -128,8 +135,8 @@ class CompareConfig(BaseModel):
         "that exposure time and transparency do not pose as flux errors; written to "
         "compare/relative_zp.csv. 'auto': for the bands whose frames all have the ingest's "
         "default zero-point (zp_source 'default': uncalibrated frames); 'on': every band; "
-        "'off': the zero-points as ingested. Frames without enough sources are left out of "
-        "the comparison.",
+        "'off': the zero-points as ingested. Bands of one frame are left as they are; frames "
+        "without enough sources are left out of the comparison.",
     )
     relative_zp_snr: float = Field(
         20.0, gt=0, description="Relative zero-points: a source is used when the median S/N "
@@ -161,6 +168,20 @@ class CompareConfig(BaseModel):
         100, ge=1, description="Judge a bin pass/fail only with at least this many pairs."
     )
     tolerance: float = Field(0.05, gt=0, description="Pass when |σ68 − 1| ≤ tolerance.")
+
+    @field_validator("relative_zp", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """Read YAML's ``on``/``off`` (booleans to a YAML 1.1 parser) as the words.
+
+        Returns
+        -------
+        object
+            'on' for True, 'off' for False, anything else unchanged.
+        """
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class ReportConfig(BaseModel):

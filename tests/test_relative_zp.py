@@ -69,3 +69,14 @@ def test_unlinked_sets_are_normalised_apart_and_thin_frames_left_out():
     assert np.isnan(got.loc[(4, 1), "scale"]) and got.loc[(4, 1), "component"] == -1
     applied = apply_exposure_scales(t, got.reset_index())
     assert not (applied["expnum"] == 4).any()
+
+
+def test_yaml_s_on_and_off_switch_the_relative_zero_points():
+    """YAML 1.1 reads a bare on/off as a boolean: the setting takes it as the word."""
+    import yaml  # beside its only use
+
+    from pausdenoise.config import CompareConfig
+
+    for text, want in (("off", "off"), ("on", "on"), ("auto", "auto")):
+        value = yaml.safe_load(f"relative_zp: {text}")["relative_zp"]
+        assert CompareConfig(relative_zp=value).relative_zp == want

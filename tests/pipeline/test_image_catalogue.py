@@ -5,6 +5,7 @@ line from a catalogue of one of them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,11 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     """Two real SAAO exposures without a WCS, a CSV of star apertures measured on the first
     (named by its FITS file name): the second is registered to it, the apertures land on
     the stars there (centroids within 0.15 px), and the two exposures' fluxes of each star
-    differ by one transparency factor (scatter ≤ 3 %). Without input.catalogue_frame the
-    run stops after the ingest, saying what to set."""
+    differ by one transparency factor (scatter ≤ 3 %), which the comparison's relative
+    zero-points (uncalibrated frames: on by default) take out: the two scales' ratio is the
+    stars' median flux ratio, and σ68 of Δf falls. Without input.catalogue_frame the run
+    stops after the ingest, saying what to set; neighbour masks that cover the background
+    annuli are named in the photometry's line."""
     first = sorted(two_saao_frames.iterdir())[0]
     cat = _saao_stars(first)
     assert len(cat) >= 20
@@ -151,7 +155,8 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     cat.to_csv(path, index=False)
     config = Path(__file__).resolve().parents[2] / "configs" / "saao.yaml"
     base = ["run", "--config", str(config), "--cluster", "threads",
-            "--stages", "ingest,photometry", "--set", f"input.fits_path={two_saao_frames}",
+            "--stages", "ingest,photometry,compare",
+            "--set", f"input.fits_path={two_saao_frames}",
             "--set", f"input.catalogue={path}", "--set", "photometry.kinds=[raw]",
             "--set", "photometry.aperture_units=pixel", "--set", "photometry.errors=annulus",
             "--set", "photometry.profile=false"]
@@ -161,8 +166,9 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     out = tmp_path / "run"
     assert main([*base, "--out", str(out), "--set",
                  f"input.catalogue_frame={first.name}"]) == EXIT_OK
+    printed = capsys.readouterr().out
     assert (f"image catalogue of frame 00000001_01: {2 * len(cat)} rows on 2 frame(s) "
-            "(1 registered to it by cross-correlation)") in capsys.readouterr().out
+            "(1 registered to it by cross-correlation)") in printed
     phot = read_photometry(out / "photometry")
     one = phot[phot["expnum"] == 1].set_index("ref_id").sort_index()
     two = phot[phot["expnum"] == 2].set_index("ref_id").sort_index()
@@ -178,3 +184,16 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     print(f"{good.sum()} stars, flux ratio {np.median(ratio):.3f} ± "
           f"{np.std(ratio / np.median(ratio)):.4f}")
     assert np.std(ratio / np.median(ratio)) < 0.03, ratio.to_numpy()
+    scales = pd.read_csv(out / "compare" / "relative_zp.csv").set_index("expnum")["scale"]
+    assert abs(scales[2] / scales[1] / np.median(ratio) - 1) < 0.01
+    assert "exposures put on one flux scale (relative zero-points of 2 frames" in printed
+    on = json.loads((out / "compare" / "summary.json").read_text())["sigma68_raw"]
+    assert main([*base, "--out", str(out), "--set", f"input.catalogue_frame={first.name}",
+                 "--set", "compare.relative_zp=off"]) == EXIT_OK
+    assert not (out / "compare" / "relative_zp.csv").exists()
+    off = json.loads((out / "compare" / "summary.json").read_text())["sigma68_raw"]
+    assert off > 3 * on, (on, off)
+    # neighbour masks that cover the annuli: the photometry's line says so and what to change
+    assert main([*base, "--out", str(out), "--set", f"input.catalogue_frame={first.name}",
+                 "--stages", "photometry", "--set", "photometry.annulus_mask_grow=40"]) == EXIT_OK
+    assert "raw measurements flagged FEW_ANNULUS" in capsys.readouterr().out

@@ -331,19 +331,19 @@ def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
     -------
     list of str
         'on': every band; 'auto': the bands all of whose frames in the store carry the
-        ingest's default zero-point (``zp_source`` 'default'); 'off': none.
+        ingest's default zero-point (``zp_source`` 'default'); 'off': none. A band of one
+        frame has nothing to put on its scale and is left as it is.
     """
     mode = ctx.cfg.compare.relative_zp
-    if mode != "auto":
-        return list(bands) if mode == "on" else []
-    if not Path(ctx.store).exists():
+    if mode == "off" or not Path(ctx.store).exists():
         return []
     default: dict[str, list[bool]] = {}
     for frame in st.list_frames(ctx.store):
         attrs = st.frame_attrs(ctx.store, frame)
         default.setdefault(str(attrs.get("band")), []).append(
             attrs.get("zp_source") == "default")
-    return [b for b in bands if default.get(b) and all(default[b])]
+    return [b for b in bands if len(default.get(b, [])) > 1
+            and (mode == "on" or all(default[b]))]
 
 
 def _relative_scales(ctx: Context, bands: list[str], out: Path,

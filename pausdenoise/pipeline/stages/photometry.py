@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
+from pausdenoise.photometry import PhotFlag
 from pausdenoise.photometry.catalogue import (
     CatalogueCheck,
     is_image_catalogue,
@@ -38,6 +40,7 @@ from pausdenoise.photometry.driver import (
     Partition,
     partition_tasks,
     plan_partitions,
+    read_photometry,
     remove_stale_partitions,
 )
 from pausdenoise.photometry.projection import FrameWCS, footprint_note, project_catalogue
@@ -120,6 +123,30 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
     return rows, check, note
 
 
+def _masked_annuli_note(ctx: Context, catalogue: pd.DataFrame) -> str:
+    """Say so when most raw measurements lost their background annulus to neighbour masks.
+
+    Returns
+    -------
+    str
+        '' when at most half of the raw rows are ``FEW_ANNULUS``; else their count and
+        what to change (``photometry.annulus_mask_grow``, with the sources per frame).
+    """
+    if "raw" not in ctx.cfg.photometry.kinds or catalogue.empty:
+        return ""
+    table = read_photometry(ctx.paths.photometry, columns=("flags",))
+    raw = table.loc[table["kind"] == "raw", "flags"].to_numpy()
+    few = int(np.count_nonzero(raw & int(PhotFlag.FEW_ANNULUS)))
+    if few <= raw.size / 2:
+        return ""
+    per_frame = len(catalogue) / max(catalogue.groupby(["expnum", "ccd"]).ngroups, 1)
+    grow = ctx.cfg.photometry.annulus_mask_grow
+    return (f"; {few} of {raw.size} raw measurements flagged FEW_ANNULUS: the neighbour "
+            f"masks ({grow:g} aperture semi-axes around each of ~{per_frame:.0f} sources "
+            "per frame, photometry.annulus_mask_grow) cover the background annuli; large "
+            "apertures on a crowded field need a smaller value (e.g. 1)")
+
+
 def plan_all_kinds(
     store: Path, out_dir: Path, frames: list[str], catalogue: pd.DataFrame,
     config: PhotometryConfig,
@@ -200,7 +227,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
                 + (f", {len(missing)} frame(s) without denoised image" if missing else "")
                 + (f", {len(removed)} stale partition(s) removed" if removed else "")
-                + sky_note,
+                + sky_note + _masked_annuli_note(ctx, catalogue),
         "partitions_written": len(written),
         "partitions_removed": len(removed),
         "frames_without_denoised": missing,

@@ -196,6 +196,11 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
                        "stratified by band; pass: |σ68 − 1| ≤ tolerance with enough pairs)",
                        w.table("error_model_validation",
                                pd.read_csv(cmp_dir / "error_model_validation.csv"))))
+    if (cmp_dir / "relative_zp.csv").exists():
+        tables.append(("Relative zero-points of uncalibrated exposures, fitted from the sources "
+                       "they share: every flux and error of a frame was divided by its scale "
+                       "before pairing (NaN: the frame had too few sources and was left out)",
+                       w.table("relative_zp", pd.read_csv(cmp_dir / "relative_zp.csv"))))
     if (cmp_dir / "error_model.csv").exists():
         tables.append(("Error model σ_den = s(I_auto)·g(band)·σ_raw: s per I_auto bin",
                        w.table("error_model", pd.read_csv(cmp_dir / "error_model.csv"))))
