@@ -91,6 +91,7 @@ __getattr__, __dir__, __all__ = lazy_face(
         "measure_store_frame": "driver",
         "partition_path": "driver",
         "partition_tasks": "driver",
+        "partition_warnings": "driver",
         "plan_partitions": "driver",
         "photometry_bands": "driver",
         "photometry_dataframe": "driver",

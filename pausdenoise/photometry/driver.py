@@ -17,7 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import threading
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,7 @@ __all__ = [
     "measure_store_frame",
     "partition_path",
     "partition_tasks",
+    "partition_warnings",
     "photometry_bands",
     "photometry_dataframe",
     "photometry_tasks",
@@ -319,6 +323,7 @@ def write_partition(
     path: str | os.PathLike[str],
     fingerprint: str = "",
     inputs: dict[str, Any] | None = None,
+    said: Sequence[str] = (),
 ) -> Path:
     """Write one (band, kind, frame) table atomically.
 
@@ -338,6 +343,9 @@ def write_partition(
         ``PhotometryConfig.fingerprint()`` of the settings used.
     inputs : dict, optional
         Digests of the partition's inputs (:attr:`Partition.inputs`); default none.
+    said : sequence of str, optional
+        The warnings its measurement gave, kept in the metadata (``warnings``) for the
+        stage to report once for all partitions (:func:`partition_warnings`).
 
     Returns
     -------
@@ -351,7 +359,8 @@ def write_partition(
     )
     meta = dict(tab.schema.metadata or {})
     meta[_METADATA_KEY] = json.dumps(
-        {"fingerprint": fingerprint, "inputs": inputs or {}, "rows": len(table)}
+        {"fingerprint": fingerprint, "inputs": inputs or {}, "rows": len(table),
+         "warnings": list(said)}
     ).encode()
     tab = tab.replace_schema_metadata(meta)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
@@ -373,9 +382,60 @@ def _measure_and_write(
     path: Path,
     inputs: dict[str, Any],
 ) -> str:
-    table = measure_store_frame(store_path, frame, rows, config, kind)
-    write_partition(table, path, config.fingerprint(), inputs)
+    # the warnings go into the partition's metadata, reported once by the stage for all
+    # partitions instead of by every worker as it meets them; catch_warnings swaps
+    # process-wide state, so tasks on threads of one process take turns (a worker process
+    # of the local cluster runs one task at a time anyway)
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = measure_store_frame(store_path, frame, rows, config, kind)
+    said = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    write_partition(table, path, config.fingerprint(), inputs, said)
     return str(path)
+
+
+#: Held while a partition is measured with its warnings caught (see :func:`_measure_and_write`).
+_WARNINGS_LOCK = threading.Lock()
+
+#: A warning's frame prefix, dropped to tell the partitions' warnings apart by content.
+_FRAME_PREFIX = re.compile(r"exposure \d+ ccd \d+: ")
+
+
+def partition_warnings(paths: Sequence[str | os.PathLike[str]], limit: int = 3) -> list[str]:
+    """Summarise the warnings kept in partition files, one line per distinct warning.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Partition files (:func:`write_partition`); files without the metadata are skipped.
+    limit : int
+        Partitions named per warning.
+
+    Returns
+    -------
+    list of str
+        ``"<warning> (<n> of <N> partitions: <frame> <kind>, …)"``, the frame prefix
+        (``exposure N ccd M: ``) dropped so that one cause on many frames is one line;
+        in order of first appearance.
+    """
+    seen: dict[str, list[str]] = {}
+    for p in paths:
+        p = Path(p)
+        try:
+            meta = pq.read_schema(p).metadata or {}
+            said = json.loads(meta.get(_METADATA_KEY, b"{}")).get("warnings", [])
+        except Exception:  # unreadable or foreign file: nothing to report from it
+            continue
+        where = f"{p.stem} {p.parent.name.removeprefix('kind=')}"
+        for text in said:
+            where_seen = seen.setdefault(_FRAME_PREFIX.sub("", text), [])
+            if where not in where_seen:
+                where_seen.append(where)
+    out = []
+    for text, where in seen.items():
+        shown = ", ".join(where[:limit]) + (", …" if len(where) > limit else "")
+        out.append(f"{text} ({len(where)} of {len(paths)} partitions: {shown})")
+    return out
 
 
 def catalogue_rows_digest(rows: pd.DataFrame) -> str:

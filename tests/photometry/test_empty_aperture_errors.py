@@ -361,3 +361,32 @@ def test_fingerprint_carries_the_profile_model_version_only_with_the_profile(mon
     monkeypatch.setattr(pc, "PROFILE_MODEL", "another")
     assert with_prof.fingerprint() != before[0]  # a new profile fit remeasures
     assert without.fingerprint() == before[1]
+
+
+def test_the_partitions_warnings_are_kept_and_said_once_for_all_frames(tmp_path):
+    """Three frames too small for empty apertures: each partition's metadata keeps its
+    warnings (none reaches the terminal from the workers), and partition_warnings says the
+    cause once for the three, the frame prefix dropped."""
+    from pausdenoise import store as st  # beside its only use
+    from pausdenoise.photometry.driver import partition_warnings, run_photometry
+
+    rng = np.random.default_rng(6)
+    rows = []
+    for k in (1, 2, 3):
+        st.write_frame(tmp_path / "s.zarr", st.frame_id(k, 1),
+                       {"image": (SKY + rng.normal(0, 8.0, (70, 70))).astype(np.float32)},
+                       {"expnum": k, "ccd": 1, "band": "I", "gain": GAIN, "rdnoise": 5.0,
+                        "zp": 1.0, "zp_err": 0.0})
+        rows.append(circular_catalogue([35.0], [35.0], 4.0).assign(expnum=k, ccd=1))
+    cat = pd.concat(rows, ignore_index=True)
+    cfg = _config(errors="empty", min_annulus_fraction=0, kinds=["raw"], profile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping the tasks fails the test
+        written = run_photometry(tmp_path / "s.zarr", tmp_path / "phot",
+                                 st.list_frames(tmp_path / "s.zarr"), cat, cfg)
+    lines = partition_warnings(written)
+    assert len(written) == 3
+    empty = [s for s in lines if "too few empty apertures fit" in s]
+    assert len(empty) == 1 and "exposure" not in empty[0]
+    assert "(3 of 3 partitions: 00000001_01 raw, 00000002_01 raw, 00000003_01 raw)" in empty[0]
+    assert empty[0].startswith("UserWarning: ")

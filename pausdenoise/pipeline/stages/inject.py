@@ -48,7 +48,12 @@ from pausdenoise.inject.placement import detected_sources, occupancy_from_image,
 from pausdenoise.inject.population import INJECT_REF_ID0, draw_injections
 from pausdenoise.inject.render import inject_frame
 from pausdenoise.paus_layout import band_wavelength_nm
-from pausdenoise.photometry.driver import partition_tasks, read_photometry, remove_stale_partitions
+from pausdenoise.photometry.driver import (
+    partition_tasks,
+    partition_warnings,
+    read_photometry,
+    remove_stale_partitions,
+)
 from pausdenoise.photometry.projection import wcs_from_text
 from pausdenoise.pipeline.context import Context, compute_with_progress, frame_stats_table
 from pausdenoise.pipeline.stages.denoise import catalogue_apertures
@@ -378,7 +383,10 @@ def _measure(ctx: Context, store: Path, frames: list[str], injected: pd.DataFram
     plans, _ = plan_all_kinds(store, phot_dir, frames, rows, pcfg)
     remove_stale_partitions(phot_dir, plans)
     tasks = partition_tasks(store, plans, pcfg, overwrite=ctx.force)
-    return len(compute_with_progress(tasks, ctx.client, f"inject: {dest}"))
+    written = compute_with_progress(tasks, ctx.client, f"inject: {dest}")
+    for line in partition_warnings(written):
+        print(f"inject: {dest}: warning: {line}")
+    return len(written)
 
 
 def _worst_bias(bias: pd.DataFrame, mag_max: float = 23.0) -> str:

@@ -39,8 +39,8 @@ from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.driver import (
     Partition,
     partition_tasks,
+    partition_warnings,
     plan_partitions,
-    read_photometry,
     remove_stale_partitions,
 )
 from pausdenoise.photometry.projection import FrameWCS, footprint_note, project_catalogue
@@ -123,25 +123,35 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
     return rows, check, note
 
 
-def _masked_annuli_note(ctx: Context, catalogue: pd.DataFrame) -> str:
+def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
+                        grow: float) -> str:
     """Say so when most raw measurements lost their background annulus to neighbour masks.
+
+    Parameters
+    ----------
+    written : list of str
+        The partition files written by this run (only their ``kind=raw`` ones are read).
+    catalogue : pandas.DataFrame
+        The per-frame catalogue rows.
+    grow : float
+        ``photometry.annulus_mask_grow``.
 
     Returns
     -------
     str
-        '' when at most half of the raw rows are ``FEW_ANNULUS``; else their count and
-        what to change (``photometry.annulus_mask_grow``, with the sources per frame).
+        '' when at most half of the raw rows written are ``FEW_ANNULUS``; else their count
+        and what to change (``photometry.annulus_mask_grow``, with the sources per frame).
     """
-    if "raw" not in ctx.cfg.photometry.kinds or catalogue.empty:
+    raw = [p for p in written if "kind=raw" in Path(p).parts]
+    if not raw or catalogue.empty:
         return ""
-    table = read_photometry(ctx.paths.photometry, columns=("flags",))
-    raw = table.loc[table["kind"] == "raw", "flags"].to_numpy()
-    few = int(np.count_nonzero(raw & int(PhotFlag.FEW_ANNULUS)))
-    if few <= raw.size / 2:
+    flags = np.concatenate([pd.read_parquet(p, columns=["flags"])["flags"].to_numpy()
+                            for p in raw])
+    few = int(np.count_nonzero(flags & int(PhotFlag.FEW_ANNULUS)))
+    if few <= flags.size / 2:
         return ""
     per_frame = len(catalogue) / max(catalogue.groupby(["expnum", "ccd"]).ngroups, 1)
-    grow = ctx.cfg.photometry.annulus_mask_grow
-    return (f"; {few} of {raw.size} raw measurements flagged FEW_ANNULUS: the neighbour "
+    return (f"; {few} of {flags.size} raw measurements flagged FEW_ANNULUS: the neighbour "
             f"masks ({grow:g} aperture semi-axes around each of ~{per_frame:.0f} sources "
             "per frame, photometry.annulus_mask_grow) cover the background annuli; large "
             "apertures on a crowded field need a smaller value (e.g. 1)")
@@ -222,12 +232,15 @@ def run(ctx: Context) -> dict[str, Any]:
     t0 = time.perf_counter()
     written = compute_with_progress(tasks, ctx.client, "photometry")
     secs = time.perf_counter() - t0
+    for line in partition_warnings(written):
+        print(f"photometry: warning: {line}")
     n_rows = len(catalogue) * len(ctx.cfg.photometry.kinds)
     return {
         "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
                 + (f", {len(missing)} frame(s) without denoised image" if missing else "")
                 + (f", {len(removed)} stale partition(s) removed" if removed else "")
-                + sky_note + _masked_annuli_note(ctx, catalogue),
+                + sky_note + _masked_annuli_note(written, catalogue,
+                                                 ctx.cfg.photometry.annulus_mask_grow),
         "partitions_written": len(written),
         "partitions_removed": len(removed),
         "frames_without_denoised": missing,
