@@ -33,6 +33,7 @@ and valid mask) when ``augment`` is on. The generator is returned in ``eval()`` 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from pausdenoise.gan.config import GanTrainConfig  # also importable from here
 from pausdenoise.gan.models import Discriminator, Generator
 from pausdenoise.gan.pairs import CutoutPairs
+from pausdenoise.n2v.precision import resolve_precision
 from pausdenoise.progress import is_terminal
 
 
@@ -186,6 +188,7 @@ def train_step(
     flux_weight: float = 0.0,
     flux_scale: int = 8,
     flux_norm: Literal["squared", "absolute"] = "squared",
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> dict[str, float]:
     """Make one discriminator and one generator update on a batch.
 
@@ -211,6 +214,9 @@ def train_step(
         Box side of the flux term in px. Default 8.
     flux_norm : {"squared", "absolute"}, optional
         Norm of the flux term. Default ``"squared"``.
+    precision : {"fp32", "bf16"}, optional
+        Autocast the networks' forward passes to bfloat16 (``bf16``); the losses are
+        computed in float32 either way. Default ``"fp32"``.
 
     Returns
     -------
@@ -220,15 +226,24 @@ def train_step(
     """
     generator.train()
     discriminator.train()
+
+    def cast() -> Any:
+        if precision == "bf16":
+            return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     v = valid.to(x.dtype)
-    fake = generator(x)
+    with cast():
+        fake = generator(x)
+    fake = fake.float()
     real_d = y * v
     fake_d = fake * v
 
     # Discriminator.
     opt_d.zero_grad(set_to_none=True)
-    logit_real = discriminator(x, real_d)
-    logit_fake = discriminator(x, fake_d.detach())
+    with cast():
+        logit_real = discriminator(x, real_d).float()
+        logit_fake = discriminator(x, fake_d.detach()).float()
     loss_d = 0.5 * (
         F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
         + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
@@ -238,7 +253,8 @@ def train_step(
 
     # Generator.
     opt_g.zero_grad(set_to_none=True)
-    logit_fake = discriminator(x, fake_d)
+    with cast():
+        logit_fake = discriminator(x, fake_d).float()
     loss_adv = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
     loss_l1 = masked_l1(fake, y, valid)
     loss_g = loss_adv + l1_weight * loss_l1
@@ -294,7 +310,7 @@ def train_pix2pix(
         ``"epoch"``: per-epoch dicts of mean ``loss_d``, ``loss_g_adv``, ``loss_l1``,
         ``loss_flux``;
         ``"step"``: the same per batch; ``"config"``: the training config (JSON form);
-        ``"n_pairs"``, ``"device"``.
+        ``"n_pairs"``, ``"device"``, ``"precision"`` (the autocast precision in force).
 
     Raises
     ------
@@ -311,10 +327,14 @@ def train_pix2pix(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = Generator(config.generator).to(device)
     discriminator = Discriminator(config.discriminator).to(device)
+    if precision == "bf16" and device.type == "cpu":  # oneDNN's fast bfloat16 layout
+        generator = generator.to(memory_format=torch.channels_last)
+        discriminator = discriminator.to(memory_format=torch.channels_last)
     opt_g, opt_d = make_optimizers(generator, discriminator, config)
 
     data = (
@@ -332,6 +352,7 @@ def train_pix2pix(
         "config": config.model_dump(mode="json"),
         "n_pairs": n,
         "device": str(device),
+        "precision": precision,
     }
     show_bar = config.progress and is_terminal(sys.stderr)
     bar = tqdm(total=steps * config.epochs, desc="pix2pix", disable=not show_bar)
@@ -344,7 +365,8 @@ def train_pix2pix(
                 _print_epoch(history["epoch"][-1], config.epochs)
     finally:
         bar.close()
-    return generator.cpu().eval(), history
+    # handed back in the standard layout, so that it equals its saved and reloaded copy
+    return generator.cpu().to(memory_format=torch.contiguous_format).eval(), history
 
 
 def _print_epoch(means: dict[str, float], epochs: int) -> None:
@@ -421,6 +443,7 @@ def _train_epoch(
             config.flux_weight,
             config.flux_scale,
             config.flux_norm,
+            history["precision"],
         )
         if not all(math.isfinite(val) for val in losses.values()):
             raise FloatingPointError(f"non-finite loss at epoch {epoch} step {s}: {losses}")

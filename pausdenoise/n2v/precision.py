@@ -23,7 +23,7 @@ import torch
 
 from pausdenoise.n2v.config import TrainConfig
 
-__all__ = ["cpu_has_bfloat16_units", "training_precision"]
+__all__ = ["cpu_has_bfloat16_units", "resolve_precision", "training_precision"]
 
 # torch.cpu's probes of the instruction sets behind oneDNN's native bfloat16 kernels
 _BF16_PROBES = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -61,8 +61,29 @@ def training_precision(cfg: TrainConfig, device: torch.device) -> str:
         ``"fp32"``, ``"bf16"`` or ``"fp16"`` (the last on CUDA only): ``auto`` resolved as
         the module says; fp16 on a CPU gives fp32; ``method: sure`` gives fp32.
     """
-    requested = cfg.precision
-    if cfg.method == "sure" or device.type not in ("cuda", "cpu"):
+    if cfg.method == "sure":
+        return "fp32"
+    return resolve_precision(cfg.precision, device)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """Resolve a precision setting on a device (the rules of this module, any network).
+
+    Parameters
+    ----------
+    requested : {"auto", "fp32", "bf16", "fp16"}
+        The setting.
+    device : torch.device
+        The training device.
+
+    Returns
+    -------
+    str
+        ``"fp32"``, ``"bf16"`` or ``"fp16"`` (the last on CUDA only): ``auto`` gives bf16
+        on a CPU with bfloat16 units or a CUDA device that supports it, else fp32; fp16 on
+        a CPU gives fp32; any other device type fp32.
+    """
+    if device.type not in ("cuda", "cpu"):
         return "fp32"
     if device.type == "cuda":
         if requested == "auto":

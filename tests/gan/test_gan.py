@@ -37,6 +37,7 @@ from pausdenoise.gan.train import (
     train_step,
 )
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics
+from pausdenoise.n2v.precision import resolve_precision
 
 torch.set_num_threads(1)
 
@@ -147,6 +148,27 @@ def test_training_lowers_l1_on_learnable_mapping():
     assert np.mean(l1[-4:]) < 0.7 * np.mean(l1[:4])
     assert not g.training
     json.dumps(history)  # JSON-serialisable, for checkpoint metadata
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_in_either_precision_learns_and_gives_back_a_standard_network(
+        tmp_path, precision):
+    """bfloat16 autocast (the networks channels-last on the CPU) learns the mapping as
+    float32 does; the generator comes back in the standard layout, equal to its saved and
+    reloaded copy, and the history says the precision in force ('auto': this CPU's)."""
+    cfg = GanTrainConfig(generator=TINY_G, discriminator=TINY_D, lr=2e-3, epochs=8,
+                         batch_size=4, device="cpu", progress=False, precision=precision)
+    g, history = train_pix2pix(_tiny_pairs(n=16), cfg)
+    assert history["precision"] == precision
+    l1 = [s["loss_l1"] for s in history["step"]]
+    assert np.mean(l1[-4:]) < 0.7 * np.mean(l1[:4])
+    assert all(p.is_contiguous() for p in g.parameters())
+    g2, _ = load_generator(save_generator(tmp_path / "g.safetensors", g))
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.equal(predict_array(g, x), predict_array(g2, x))
+    auto = train_pix2pix(_tiny_pairs(n=4), cfg.model_copy(update={"precision": "auto",
+                                                                   "epochs": 1}))[1]
+    assert auto["precision"] == resolve_precision("auto", torch.device("cpu"))
 
 
 def test_training_to_a_log_prints_one_line_per_epoch(capsys):

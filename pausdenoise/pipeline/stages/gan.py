@@ -127,7 +127,7 @@ def _train_or_reuse(ctx: Context, gan_cfg: Any) -> tuple[Any, dict[str, Any], bo
     gen, history = train_pix2pix(pairs, gan_cfg.train)
     extra = {"fingerprint": key, "train_frames": frames, "n_pairs": len(pairs),
              "epoch": history["epoch"], "device": history["device"],
-             "train_config": history["config"]}
+             "precision": history["precision"], "train_config": history["config"]}
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     save_generator(ckpt, gen, extra=extra)
     return gen, extra, False
@@ -193,8 +193,10 @@ def _gan_note(table: pd.DataFrame, reused: bool, extra: dict[str, Any], t_train:
     m = table
     corr = m[(m["metric"] == "pixel correlation") & (m["reference"] == "stack_others")].iloc[0]
     rms = m[(m["metric"] == "RMS ratio to raw") & (m["reference"] == "stack_others")].iloc[0]
+    precision = f" in {extra['precision']}" if extra.get("precision") else ""
     return (f"{'reused' if reused else 'trained'} on {extra.get('n_pairs', '?')} pairs "
-            f"({t_train:.0f} s), applied to {n_applied} held-out frames ({t_apply:.1f} s); "
+            f"({t_train:.0f} s{precision}), applied to {n_applied} held-out frames "
+            f"({t_apply:.1f} s); "
             f"corr vs stack raw {corr['raw']:.3f} → gan {corr['gan']:.3f} (published 0.777 → "
             f"0.940), RMS ratio gan/raw {rms['gan']:.2f} (published 0.62)")
 
