@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -98,6 +98,26 @@ class InputConfig(BaseModel):
     checkpoint: Path | None = Field(
         None, description="Reuse this trained N2V checkpoint instead of training."
     )
+
+    @field_validator("catalogue_frame", mode="before")
+    @classmethod
+    def _frame_name(cls, value: object) -> object:
+        """Refuse a frame name that YAML has read as a number, saying to quote it.
+
+        Returns
+        -------
+        object
+            ``value`` unchanged when it is not a number.
+
+        Raises
+        ------
+        ValueError
+            For an int or float (``00000001_01`` unquoted in a YAML file).
+        """
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError(f"a frame name, not the number {value!r}: YAML reads an "
+                             "unquoted 00000001_01 as a number; quote it ('00000001_01')")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> InputConfig:
@@ -506,6 +526,29 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_text_option(parts: list[str]) -> bool:
+    """Tell whether a dotted option path names a text option (``str`` or ``str | None``).
+
+    Returns
+    -------
+    bool
+        True when the option's annotation allows ``str`` and nothing but None besides, so
+        that its ``--set`` value is taken as written (YAML would read ``00000001_01`` as a
+        number and ``off`` as False); False for any other option or an unknown path.
+    """
+    model: Any = PipelineConfig
+    for i, part in enumerate(parts):
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        kinds = [a for a in (get_args(field.annotation) or (field.annotation,))
+                 if a is not type(None)]
+        if i == len(parts) - 1:
+            return kinds == [str]
+        model = kinds[0] if len(kinds) == 1 else None
+    return False
+
+
 def _apply_override(data: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
@@ -518,6 +561,11 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {p} is not a section")
+    if _is_text_option(parts):  # a name such as 00000001_01 must not become a number
+        text = raw.strip()
+        quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+        node[parts[-1]] = text[1:-1] if quoted else text
+        return
     try:
         node[parts[-1]] = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

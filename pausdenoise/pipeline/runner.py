@@ -674,6 +674,11 @@ def run(
         # a bad file fails now, not after training
         catalogue_check = check_catalogue_file(cfg.input.catalogue,
                                                cfg.input.catalogue_magnitude)
+        if cfg.input.catalogue_frame is not None and not catalogue_check.image:
+            print(f"warning: input.catalogue_frame {cfg.input.catalogue_frame!r} is not used: "
+                  f"input.catalogue {cfg.input.catalogue} gives "
+                  f"{'sky' if catalogue_check.sky else 'per-frame'} positions, not the pixel "
+                  "positions of one frame")
     if "ingest" in chosen:
         _check_ingest_inputs(cfg)
     preflight(paths.out, estimate_bytes(cfg))

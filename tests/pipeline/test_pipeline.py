@@ -17,6 +17,7 @@ from pipeline_fixtures import TINY
 from pausdenoise import store as st
 from pausdenoise.cli import EXIT_LOCKED, EXIT_OK, EXIT_USAGE, main
 from pausdenoise.config import PipelineConfig, load_config, reference_yaml
+from pausdenoise.errors import ConfigError
 
 
 def _png_ok(path: Path) -> bool:
@@ -137,6 +138,24 @@ def test_impossible_chunking_is_refused_before_work(tmp_path, capsys):
 def test_unknown_stage_and_override_syntax(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path / "o"), "--stages", "nonsense"]) == EXIT_USAGE
     assert main(["run", "--out", str(tmp_path / "o"), "--set", "novalue"]) == EXIT_USAGE
+
+
+def test_text_options_keep_their_value_as_written(tmp_path):
+    """--set of a text option keeps the text (YAML would make 00000001_01 a number);
+    in a config file an unquoted frame id is refused, saying to quote it; other options
+    are still read as YAML."""
+    cfg = load_config(None, overrides=["input.catalogue_frame=00000001_01",
+                                       "input.catalogue_magnitude='MAG AUTO'",
+                                       "train.epochs=3", "compare.relative_zp=off"])
+    assert cfg.input.catalogue_frame == "00000001_01"
+    assert cfg.input.catalogue_magnitude == "MAG AUTO"
+    assert cfg.train.epochs == 3 and cfg.compare.relative_zp == "off"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input:\n  catalogue_frame: 00000001_01\n")
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(bad)
+    bad.write_text("input:\n  catalogue_frame: '00000001_01'\n")
+    assert load_config(bad).input.catalogue_frame == "00000001_01"
 
 
 def test_reference_yaml_is_in_sync_and_loads():

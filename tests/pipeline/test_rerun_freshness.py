@@ -128,6 +128,18 @@ def test_naming_the_default_catalogue_recomputes_nothing(base, tmp_path):
             == times)
 
 
+def test_a_catalogue_frame_for_a_per_frame_catalogue_is_said_to_be_unused(base, tmp_path,
+                                                                          capsys):
+    """input.catalogue_frame names the frame of an image catalogue; given with a per-frame
+    catalogue it changes nothing (no partition remeasured) and the run says it is unused."""
+    cfg, out = _copy(base, tmp_path)
+    default = out / "survey" / "catalogue.parquet"
+    assert _run(cfg, out, "--set", f"input.catalogue={default}",
+                "--set", "input.catalogue_frame=00000001_01") == EXIT_OK
+    assert "input.catalogue_frame '00000001_01' is not used" in capsys.readouterr().out
+    assert _summary(out, "photometry")["partitions_written"] == 0
+
+
 def test_given_checkpoint_with_train_asked_for_is_refused(base, capsys):
     cfg, out = base
     record = (out / "run.json").stat().st_mtime_ns
