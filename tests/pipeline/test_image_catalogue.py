@@ -145,9 +145,9 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     the stars there (centroids within 0.15 px), and the two exposures' fluxes of each star
     differ by one transparency factor (scatter ≤ 3 %), which the comparison's relative
     zero-points (uncalibrated frames: on by default) take out: the two scales' ratio is the
-    stars' median flux ratio, and σ68 of Δf falls. Without input.catalogue_frame the run
-    stops after the ingest, saying what to set; neighbour masks that cover the background
-    annuli are named in the photometry's line."""
+    stars' median flux ratio, and σ68 of Δf falls; pairs without a magnitude bin are said.
+    Without input.catalogue_frame the run stops after the ingest, saying what to set;
+    neighbour masks that cover the background annuli are named in the photometry's line."""
     first = sorted(two_saao_frames.iterdir())[0]
     cat = _saao_stars(first)
     assert len(cat) >= 20
@@ -187,6 +187,9 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     scales = pd.read_csv(out / "compare" / "relative_zp.csv").set_index("expnum")["scale"]
     assert abs(scales[2] / scales[1] / np.median(ratio) - 1) < 0.01
     assert "exposures put on one flux scale (relative zero-points of 2 frames" in printed
+    # the CSV has no magnitudes: no pair falls in a magnitude bin, and the line says so
+    assert "pairs outside compare.bins 17–23 (no I_auto: set input.catalogue_magnitude)" \
+        in printed
     on = json.loads((out / "compare" / "summary.json").read_text())["sigma68_raw"]
     assert main([*base, "--out", str(out), "--set", f"input.catalogue_frame={first.name}",
                  "--set", "compare.relative_zp=off"]) == EXIT_OK

@@ -593,4 +593,25 @@ def run(ctx: Context) -> dict[str, Any]:
             f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
             f"denoised/model-errors (cross-validated) "
             f"{summary.get('validation_sigma68_all', np.nan):.2f}")
-    return {"note": note + _relative_note(summary), **summary}
+    return {"note": note + _relative_note(summary) + _outside_bins_note(p, bins), **summary}
+
+
+def _outside_bins_note(p: _Pairs, bins: np.ndarray) -> str:
+    """Say so when most pairs fall outside ``compare.bins`` (e.g. instrumental magnitudes).
+
+    Returns
+    -------
+    str
+        '' when at least half of the pairs are binned; else how many are not, the range of
+        the measurements' ``I_auto`` and what to set.
+    """
+    binned = int(p.per_bin_total.sum())
+    if binned >= p.n_total / 2:
+        return ""
+    mag = p.wide["I_auto"].to_numpy(float) if "I_auto" in p.wide.columns else np.empty(0)
+    mag = mag[np.isfinite(mag)]
+    where = (f"I_auto {mag.min():.1f}–{mag.max():.1f}" if mag.size
+             else "no I_auto: set input.catalogue_magnitude")
+    return (f"; {p.n_total - binned} of {p.n_total} pairs outside compare.bins "
+            f"{bins[0]:g}–{bins[-1]:g} ({where}): only 'all' describes them; set compare.bins "
+            "to the catalogue's magnitudes")
