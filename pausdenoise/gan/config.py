@@ -208,7 +208,7 @@ class GanTrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="Autocast precision of the training steps: 'auto' trains in bfloat16 on "
-        "a CPU with AVX-512 BF16 or AMX units (the networks then channels-last; 2.0x the "
+        "a CPU with AVX-512 BF16 or AMX units (the networks then channels-last; 1.9x the "
         "steps/s of fp32 on an Intel Xeon with AMX, benchmarks/RESULTS.md) and on CUDA "
         "devices that support it, else fp32. Weights, optimisers and losses stay fp32; the "
         "precision in force is recorded in the checkpoint.",
