@@ -200,3 +200,39 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     assert main([*base, "--out", str(out), "--set", f"input.catalogue_frame={first.name}",
                  "--stages", "photometry", "--set", "photometry.annulus_mask_grow=40"]) == EXIT_OK
     assert "raw measurements flagged FEW_ANNULUS" in capsys.readouterr().out
+
+
+@pytest.mark.real_data
+def test_a_pixel_catalogue_of_one_decam_cutout_lands_on_the_others_through_their_wcs(
+        decam_config, tmp_path, capsys):
+    """The galaxy at the centre of the first real DECam cutout, given in its pixels, is
+    placed on all 8 cutouts (three bands, two CCDs) where their WCSs put its sky position.
+    The cutouts are smaller than the background annulus: the photometry's line says so
+    (not the neighbour masks), and the comparison that all measurements are flagged."""
+    image = sorted(Path("data/real/decam-multiepoch").glob("*_ooi_*.fits"))[0]
+    cat = pd.DataFrame({"ref_id": [1], "aperture_x": [21.0], "aperture_y": [27.0],
+                        "aperture_a": [4.0], "aperture_b": [3.0], "aperture_theta": [30.0]})
+    path = tmp_path / "galaxy.csv"
+    cat.to_csv(path, index=False)
+    out = tmp_path / "decam"
+    base = ["run", "--config", str(decam_config), "--out", str(out), "--cluster", "threads",
+            "--set", f"input.catalogue={path}", "--set", f"input.catalogue_frame={image.name}",
+            "--set", "photometry.kinds=[raw]", "--set", "photometry.aperture_units=pixel"]
+    assert main([*base, "--stages", "ingest,photometry,compare"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "rows on 8 frame(s)" in printed
+    assert "no unflagged measurement to compare" in printed  # ANNULUS_OFF_IMAGE everywhere
+    phot = read_photometry(out / "photometry")
+    assert len(phot) == 8
+    with fits.open(image) as hdul:
+        ra, dec = WCS(hdul[1].header).all_pix2world([[21.0, 27.0]], 0)[0]
+    store = out / "store.zarr"
+    for _, row in phot.iterrows():
+        frame = st.frame_id(int(row["expnum"]), int(row["ccd"]))
+        x, y = st.frame_wcs(store, frame).celestial.all_world2pix([[ra, dec]], 0)[0]
+        assert abs(row["x"] - x) < 1e-4 and abs(row["y"] - y) < 1e-4
+    # without the off-image flag, too few annulus pixels: the cause named is the frame size
+    assert main([*base, "--stages", "photometry", "--set", "photometry.min_annulus_fraction=0",
+                 "--set", "photometry.min_annulus_pixels=2000"]) == EXIT_OK
+    assert "frames of 51 x 41 px are smaller than the background annulus" \
+        in capsys.readouterr().out

@@ -140,11 +140,12 @@ def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
     Returns
     -------
     DataFrame or None
-        :func:`pausdenoise.compare.widen` of the band's table; None when it is empty.
+        :func:`pausdenoise.compare.widen` of the band's table; None when it is empty or,
+        with ``exclude_flagged``, every measurement is flagged.
     """
     table = _band_table(phot_dir, band, transfer, scales)
-    if table.empty:
-        return None
+    if table.empty or (exclude_flagged and not (table["flags"] == 0).any()):
+        return None  # nothing, or nothing unflagged (e.g. stamps smaller than the annulus)
     return cmp.widen(table, exclude_flags=exclude_flagged)
 
 
@@ -574,7 +575,8 @@ def run(ctx: Context) -> dict[str, Any]:
     scales = _relative_scales(ctx, bands, out, summary)
     p = _collect_pairs(ctx, bands, bins, scales)
     if p is None:
-        return {"note": "no measurement to compare" + _relative_note(summary)}
+        what = "unflagged measurement" if ctx.cfg.compare.exclude_flagged else "measurement"
+        return {"note": f"no {what} to compare" + _relative_note(summary)}
     n_total, n_used = p.n_total, len(p.pairs)
     rate = n_used / n_total if n_total else 1.0
     summary.update({"pairs": n_total, "pairs_used": n_used, "pair_sampling_rate": rate,

@@ -124,8 +124,8 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
 
 
 def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
-                        grow: float) -> str:
-    """Say so when most raw measurements lost their background annulus to neighbour masks.
+                        config: PhotometryConfig, smallest: tuple[int, int] | None) -> str:
+    """Say so when most raw measurements have too few background pixels, and why.
 
     Parameters
     ----------
@@ -133,28 +133,55 @@ def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
         The partition files written by this run (only their ``kind=raw`` ones are read).
     catalogue : pandas.DataFrame
         The per-frame catalogue rows.
-    grow : float
-        ``photometry.annulus_mask_grow``.
+    config : PhotometryConfig
+        ``annulus_mask_grow`` and the annulus radii (px).
+    smallest : tuple of int or None
+        ``(ny, nx)`` of the smallest frame measured, px.
 
     Returns
     -------
     str
-        '' when at most half of the raw rows written are ``FEW_ANNULUS``; else their count
-        and what to change (``photometry.annulus_mask_grow``, with the sources per frame).
+        '' when at most half of the raw rows written are ``FEW_ANNULUS`` with their annulus
+        on the image (not ``ANNULUS_OFF_IMAGE``); else their count and the cause: frames
+        smaller than the annulus, or the neighbour masks (``photometry.annulus_mask_grow``,
+        with the sources per frame).
     """
     raw = [p for p in written if "kind=raw" in Path(p).parts]
     if not raw or catalogue.empty:
         return ""
     flags = np.concatenate([pd.read_parquet(p, columns=["flags"])["flags"].to_numpy()
                             for p in raw])
-    few = int(np.count_nonzero(flags & int(PhotFlag.FEW_ANNULUS)))
+    # annuli flagged as lying off the image (ANNULUS_OFF_IMAGE) have their own flag
+    few = int(np.count_nonzero(((flags & int(PhotFlag.FEW_ANNULUS)) != 0)
+                               & ((flags & int(PhotFlag.ANNULUS_OFF_IMAGE)) == 0)))
     if few <= flags.size / 2:
         return ""
+    head = f"; {few} of {flags.size} raw measurements flagged FEW_ANNULUS: "
+    if smallest is not None and min(smallest) < 2 * config.annulus_r_out:
+        return (head + f"frames of {smallest[0]} x {smallest[1]} px are smaller than the "
+                f"background annulus ({config.annulus_r_in:g}–{config.annulus_r_out:g} px, "
+                "photometry.annulus_r_in/annulus_r_out)")
     per_frame = len(catalogue) / max(catalogue.groupby(["expnum", "ccd"]).ngroups, 1)
-    return (f"; {few} of {flags.size} raw measurements flagged FEW_ANNULUS: the neighbour "
-            f"masks ({grow:g} aperture semi-axes around each of ~{per_frame:.0f} sources "
-            "per frame, photometry.annulus_mask_grow) cover the background annuli; large "
-            "apertures on a crowded field need a smaller value (e.g. 1)")
+    return (head + f"the neighbour masks ({config.annulus_mask_grow:g} aperture semi-axes "
+            f"around each of ~{per_frame:.0f} sources per frame, "
+            "photometry.annulus_mask_grow) cover the background annuli; large apertures on "
+            "a crowded field need a smaller value (e.g. 1)")
+
+
+def _smallest_frame(ctx: Context) -> tuple[int, int] | None:
+    """Return the shape of the store's smallest frame (by its shorter side).
+
+    Returns
+    -------
+    tuple of int or None
+        ``(ny, nx)`` px; None for frames without recorded sizes.
+    """
+    shapes = []
+    for f in st.list_frames(ctx.store):
+        attrs = st.frame_attrs(ctx.store, f)
+        if "ny" in attrs and "nx" in attrs:
+            shapes.append((int(attrs["ny"]), int(attrs["nx"])))
+    return min(shapes, key=min) if shapes else None
 
 
 def plan_all_kinds(
@@ -239,8 +266,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "note": f"{len(written)} partitions written, {len(check.issues)} catalogue issues"
                 + (f", {len(missing)} frame(s) without denoised image" if missing else "")
                 + (f", {len(removed)} stale partition(s) removed" if removed else "")
-                + sky_note + _masked_annuli_note(written, catalogue,
-                                                 ctx.cfg.photometry.annulus_mask_grow),
+                + sky_note + _masked_annuli_note(written, catalogue, ctx.cfg.photometry,
+                                                 _smallest_frame(ctx)),
         "partitions_written": len(written),
         "partitions_removed": len(removed),
         "frames_without_denoised": missing,
