@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -541,11 +542,13 @@ def _is_text_option(parts: list[str]) -> bool:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return False
-        kinds = [a for a in (get_args(field.annotation) or (field.annotation,))
-                 if a is not type(None)]
+        kind = field.annotation
+        if get_origin(kind) in (Union, UnionType):  # X | None: X
+            rest = [a for a in get_args(kind) if a is not type(None)]
+            kind = rest[0] if len(rest) == 1 else None
         if i == len(parts) - 1:
-            return kinds == [str]
-        model = kinds[0] if len(kinds) == 1 else None
+            return kind is str
+        model = kind
     return False
 
 
@@ -564,7 +567,8 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     if _is_text_option(parts):  # a name such as 00000001_01 must not become a number
         text = raw.strip()
         quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
-        node[parts[-1]] = text[1:-1] if quoted else text
+        null = not quoted and text in ("", "~", "null", "Null", "NULL")  # YAML's null
+        node[parts[-1]] = None if null else text[1:-1] if quoted else text
         return
     try:
         node[parts[-1]] = yaml.safe_load(raw)

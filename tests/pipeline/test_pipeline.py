@@ -150,6 +150,11 @@ def test_text_options_keep_their_value_as_written(tmp_path):
     assert cfg.input.catalogue_frame == "00000001_01"
     assert cfg.input.catalogue_magnitude == "MAG AUTO"
     assert cfg.train.epochs == 3 and cfg.compare.relative_zp == "off"
+    cfg = load_config(None, overrides=["input.catalogue_magnitude=MAG_AUTO",
+                                       "input.catalogue_magnitude=null",
+                                       'simulate.bands=["NB455", "NB465"]'])
+    assert cfg.input.catalogue_magnitude is None  # YAML's null still resets it
+    assert cfg.simulate.bands == ["NB455", "NB465"]  # a list is still read as YAML
     bad = tmp_path / "bad.yaml"
     bad.write_text("input:\n  catalogue_frame: 00000001_01\n")
     with pytest.raises(ConfigError, match="quote it"):

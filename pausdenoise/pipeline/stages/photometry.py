@@ -17,6 +17,7 @@ partition files that no current partition owns are deleted.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,8 @@ def read_frame_catalogue(ctx: Context) -> tuple[pd.DataFrame, CatalogueCheck, st
 
 
 def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
-                        config: PhotometryConfig, smallest: tuple[int, int] | None) -> str:
+                        config: PhotometryConfig,
+                        smallest: Callable[[], tuple[int, int] | None]) -> str:
     """Say so when most raw measurements have too few background pixels, and why.
 
     Parameters
@@ -135,8 +137,9 @@ def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
         The per-frame catalogue rows.
     config : PhotometryConfig
         ``annulus_mask_grow`` and the annulus radii (px).
-    smallest : tuple of int or None
-        ``(ny, nx)`` of the smallest frame measured, px.
+    smallest : callable
+        Returns ``(ny, nx)`` of the smallest frame, px, or None (asked only when the note
+        is given: it reads every frame's attributes).
 
     Returns
     -------
@@ -157,8 +160,9 @@ def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
     if few <= flags.size / 2:
         return ""
     head = f"; {few} of {flags.size} raw measurements flagged FEW_ANNULUS: "
-    if smallest is not None and min(smallest) < 2 * config.annulus_r_out:
-        return (head + f"frames of {smallest[0]} x {smallest[1]} px are smaller than the "
+    shape = smallest()
+    if shape is not None and min(shape) < 2 * config.annulus_r_out:
+        return (head + f"frames of {shape[0]} x {shape[1]} px are smaller than the "
                 f"background annulus ({config.annulus_r_in:g}–{config.annulus_r_out:g} px, "
                 "photometry.annulus_r_in/annulus_r_out)")
     per_frame = len(catalogue) / max(catalogue.groupby(["expnum", "ccd"]).ngroups, 1)
@@ -267,7 +271,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 + (f", {len(missing)} frame(s) without denoised image" if missing else "")
                 + (f", {len(removed)} stale partition(s) removed" if removed else "")
                 + sky_note + _masked_annuli_note(written, catalogue, ctx.cfg.photometry,
-                                                 _smallest_frame(ctx)),
+                                                 lambda: _smallest_frame(ctx)),
         "partitions_written": len(written),
         "partitions_removed": len(removed),
         "frames_without_denoised": missing,
