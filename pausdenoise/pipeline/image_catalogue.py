@@ -27,7 +27,6 @@ in pixels on every frame (:func:`~pausdenoise.photometry.projection.image_to_sky
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -183,28 +182,40 @@ def _shape(store: Any, frame: str, attrs: dict[str, Any]) -> tuple[int, int]:
     return int(ny), int(nx)
 
 
-@lru_cache(maxsize=4096)
-def _offset(store: str, ref: str, frame: str, ref_key: str, frame_key: str
-            ) -> tuple[float, float] | str:
-    """Measure a frame's offset from the catalogue's frame (cached by the frames' content).
+#: Offsets measured in this process: (store, catalogue frame, frame, their source
+#: fingerprints) → ``(dx, dy)`` px or why the registration failed. Each stage that places
+#: the catalogue asks again; a re-ingested frame has another fingerprint.
+_OFFSETS: dict[tuple[str, str, str, str, str], tuple[float, float] | str] = {}
 
-    ``ref_key`` and ``frame_key`` are the frames' ``source_fingerprint``s: they only key
-    the cache, so that a re-ingested frame is measured again.
+
+def _offsets(store: Any, ref: str, frames: list[str], attrs: dict[str, dict[str, Any]]
+             ) -> dict[str, tuple[float, float] | str]:
+    """Measure the frames' offsets from the catalogue's frame (the reference read once).
 
     Returns
     -------
-    tuple of float, or str
-        ``(dx, dy)`` px (position in ``frame`` minus in ``ref``), or why it failed.
+    dict of str to (tuple of float, or str)
+        Frame → ``(dx, dy)`` px (position in the frame minus in ``ref``), or why it failed.
     """
-    ref_img, ref_bad = registration_pixels(store, ref)
-    img, bad = registration_pixels(store, frame)
-    sat = st.frame_attrs(store, ref).get("saturate")
-    try:
-        o = rg.measure_offset(ref_img, img, mask_ref=ref_bad, mask_img=bad,
-                              saturation=float(sat) if sat else None)
-    except RegistrationError as exc:
-        return f"not registered ({exc})"
-    return (o.dx, o.dy)
+    root = str(Path(store).resolve())
+
+    def key(f: str) -> tuple[str, str, str, str, str]:
+        return (root, ref, f, str(attrs[ref].get("source_fingerprint")),
+                str(attrs[f].get("source_fingerprint")))
+
+    todo = [f for f in frames if key(f) not in _OFFSETS]
+    if todo:
+        ref_img, ref_bad = registration_pixels(store, ref)
+        sat = attrs[ref].get("saturate")
+        for f in todo:
+            img, bad = registration_pixels(store, f)
+            try:
+                o = rg.measure_offset(ref_img, img, mask_ref=ref_bad, mask_img=bad,
+                                      saturation=float(sat) if sat else None)
+                _OFFSETS[key(f)] = (o.dx, o.dy)
+            except RegistrationError as exc:
+                _OFFSETS[key(f)] = f"not registered ({exc})"
+    return {f: _OFFSETS[key(f)] for f in frames}
 
 
 def _frame_wcs_texts(store: Any, ref: str, frames: list[str],
@@ -223,16 +234,16 @@ def _frame_wcs_texts(store: Any, ref: str, frames: list[str],
         placement.skipped.update({f: "no WCS" for f in frames if f not in texts})
         return ref_wcs, texts
     texts = {ref: rg.shift_wcs().to_header().tostring()}
+    same = []
     for f in frames:
         if f == ref:
             continue
         if attrs[f].get("wcs") or int(attrs[f]["ccd"]) != int(attrs[ref]["ccd"]):
             placement.skipped[f] = ("a WCS, unlike the catalogue's frame" if attrs[f].get("wcs")
                                     else f"CCD {attrs[f]['ccd']} without a WCS")
-            continue
-        off = _offset(str(Path(store).resolve()), ref, f,
-                      str(attrs[ref].get("source_fingerprint")),
-                      str(attrs[f].get("source_fingerprint")))
+        else:
+            same.append(f)
+    for f, off in _offsets(store, ref, same, attrs).items():
         if isinstance(off, str):
             placement.skipped[f] = off
             continue

@@ -21,7 +21,11 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   × the exact zero-point), so aperture losses do not pose as bias;
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
-The photometry is read twice, a band per task each time: :func:`band_pairs` pairs a band and
+- ``relative_zp.csv``: the frames' relative flux scales, for the bands put on one flux scale
+  (``compare.relative_zp``; :mod:`pausdenoise.relative_zp`).
+
+The photometry is read twice, a band per task each time (three times for the bands put on
+one flux scale: :func:`band_exposure_scales` first): :func:`band_pairs` pairs a band and
 sends back its exact pair counts (in all and per I_auto bin) with its bottom-``max_pairs``
 sample (the pairs with the smallest :func:`pausdenoise.compare.pair_hash`), which the driver
 folds into the running global bottom-``compare.max_pairs`` as the bands complete; after the

@@ -178,13 +178,9 @@ def _smallest_frame(ctx: Context) -> tuple[int, int] | None:
     Returns
     -------
     tuple of int or None
-        ``(ny, nx)`` px; None for frames without recorded sizes.
+        ``(ny, nx)`` px (:func:`pausdenoise.store.frames_by_shape`); None without frames.
     """
-    shapes = []
-    for f in st.list_frames(ctx.store):
-        attrs = st.frame_attrs(ctx.store, f)
-        if "ny" in attrs and "nx" in attrs:
-            shapes.append((int(attrs["ny"]), int(attrs["nx"])))
+    shapes = st.frames_by_shape(ctx.store)
     return min(shapes, key=min) if shapes else None
 
 
