@@ -123,7 +123,7 @@ def _batch(pairs: list[Pair], size: int, patch: int, rng: np.random.Generator,
 
 
 def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
-              variant: N2NVariant | None = None
+              variant: N2NVariant | None = None, *, in_steps: bool = False
               ) -> tuple[UNet, dict[float, tb.Snapshot], float]:
     """Train the plain U-Net on Noise2Noise pairs, copying the weights at every budget.
 
@@ -131,7 +131,9 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
     patch and the target over the target's valid pixels. With ``variant.cosine`` the
     learning rate falls along half a cosine from ``cfg.learning_rate`` to
     ``cfg.lr_schedule.min_lr`` at the largest budget (by wall time), so only the snapshot at
-    that budget is a finished schedule.
+    that budget is a finished schedule. With ``in_steps`` the budgets count optimiser
+    steps instead of seconds, so the result does not depend on the machine's load (the
+    tests use this).
 
     Parameters
     ----------
@@ -142,15 +144,19 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
         ``patch_size``, ``batch_size``, ``learning_rate``, ``seed``.
     budgets_s : list of float
         Wall-clock budgets, seconds from the start; training stops after the largest.
+        Optimiser steps instead with ``in_steps``.
     variant : N2NVariant, optional
         Target and schedule (default: the mean target at a constant rate).
+    in_steps : bool, optional
+        Count the budgets (and the cosine schedule's horizon) in optimiser steps.
 
     Returns
     -------
     model : UNet
         The network (weights at the end).
     snapshots : dict of float to Snapshot
-        Budget → the weights at the first check past it.
+        Budget → the weights at the first check past it (its ``seconds`` are the wall time
+        at the copy in either unit).
     patches_per_second : float
         Training rate over the whole run.
     """
@@ -166,7 +172,8 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
     model.train()
     while len(snaps) < len(budgets_s):
         if variant.cosine:
-            done = min(1.0, (time.perf_counter() - t0) / horizon)
+            spent = steps if in_steps else time.perf_counter() - t0
+            done = min(1.0, spent / horizon)
             for group in opt.param_groups:
                 group["lr"] = lo + 0.5 * (cfg.learning_rate - lo) * (1 + math.cos(math.pi * done))
         for _ in range(CHECK_EVERY):
@@ -178,7 +185,7 @@ def train_n2n(pairs: list[Pair], cfg: TrainConfig, budgets_s: list[float],
             steps += 1
         elapsed = time.perf_counter() - t0
         for b in budgets_s:
-            if b not in snaps and elapsed >= b:
+            if b not in snaps and (steps if in_steps else elapsed) >= b:
                 snaps[b] = tb.Snapshot(copy.deepcopy(model.state_dict()), elapsed,
                                        steps // CHECK_EVERY)
     model.eval()

@@ -159,6 +159,20 @@ class CompareConfig(BaseModel):
         "'off': the zero-points as ingested. Bands of one frame are left as they are; frames "
         "without enough sources are left out of the comparison.",
     )
+    aperture_correction: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Aperture corrections (pausdenoise/photometry/apcor.py): every "
+        "calibrated flux and error (raw and denoised) divided by aper_frac, the share of the "
+        "source's catalogue profile convolved with the frame's PSF that its aperture catches, "
+        "so that the seeing of an exposure does not pose as a flux error and the fluxes "
+        "estimate total fluxes; the truth comparison then uses the true total flux. 'auto': "
+        "for the bands whose photometry carries aper_frac (photometry.profile and a PSF) "
+        "from catalogue shapes (profile_hlr, profile_q, profile_bulge_frac; without them the "
+        "shapes would be guessed from the apertures and the band is left as measured); 'on': "
+        "every band, guessed shapes too, an error without aper_frac; 'off': the aperture "
+        "fluxes as measured. Rows "
+        "without an aperture share are left out of the comparison.",
+    )
     relative_zp_snr: float = Field(
         20.0, gt=0, description="Relative zero-points: a source is used when the median S/N "
         "of its raw, unflagged measurements is at least this.")
@@ -190,7 +204,7 @@ class CompareConfig(BaseModel):
     )
     tolerance: float = Field(0.05, gt=0, description="Pass when |σ68 − 1| ≤ tolerance.")
 
-    @field_validator("relative_zp", mode="before")
+    @field_validator("relative_zp", "aperture_correction", mode="before")
     @classmethod
     def _yaml_switch(cls, value: object) -> object:
         """Read YAML's ``on``/``off`` (booleans to a YAML 1.1 parser) as the words.

@@ -69,8 +69,9 @@ the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may d
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
 kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
 reads the photometry twice (pairing, then writing each measurement's calibrated error),
-7 of its 32 columns each time (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming
-columns of equal size).
+8 of its 33 columns each time with the default aperture corrections
+(:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming columns of equal size), and 2 of
+them once more to count the aperture shares (:data:`COMPARE_SHARE_COUNT`).
 
 Memory of a denoise worker
 --------------------------
@@ -92,8 +93,11 @@ from typing import Any
 
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
-#: the share of a photometry row's bytes the compare stage reads per pass (7 of 26 columns)
-COMPARE_COLUMN_SHARE = 7 / 32
+#: the share of a photometry row's bytes the compare stage reads per pass (8 of 33 columns:
+#: its 7 and aper_frac, with compare.aperture_correction 'auto')
+COMPARE_COLUMN_SHARE = 8 / 33
+#: the share it reads once to count the aperture shares (aper_frac, flags_prof)
+COMPARE_SHARE_COUNT = 2 / 33
 
 MEASURED_RATES: dict[str, float | None] = {
     "ingest_mb_s": 38.5,
@@ -594,9 +598,9 @@ def _plan_compare(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: in
     measurements = z.frames * sources_per_ccd
     pairs = measurements * (exposures_per_source - 1) / 2
     # two passes (pairing, then the per-measurement errors), each reading the
-    # 7 of the 26 photometry columns it uses
-    read = int(2 * z.frames * sources_per_ccd * kinds * photometry_row_bytes
-               * COMPARE_COLUMN_SHARE)
+    # 8 of the 33 photometry columns it uses, and one counting the aperture shares
+    read = int(z.frames * sources_per_ccd * kinds * photometry_row_bytes
+               * (2 * COMPARE_COLUMN_SHARE + COMPARE_SHARE_COUNT))
     written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)
     return StagePlan(
         "compare", 1, pairs, "pairs", read, written, 1,

@@ -510,7 +510,9 @@ def test_compare_stage_reads_each_band_twice_and_keeps_the_bottom_k(phot_table, 
     monkeypatch.setattr(photometry, "read_photometry", counting_read)
     k = 500
     summary = _run_compare(root, tmp_path, max_pairs=k, seed=2)
-    # one read to pair, one to write the per-measurement errors: no counting pass
+    # one read to pair, one to write the per-measurement errors: no counting pass (these
+    # tables are as written before aper_frac existed, so there are no aperture shares to
+    # count, and the footers say so without a read)
     assert Counter(calls) == {(b,): 2 for b in BAND_K}
     assert summary["calibrated_error_rows"] == (table.kind == "raw").sum()
     everything = pair_deltas(make_pairs(widen(table)))

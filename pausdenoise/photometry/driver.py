@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # typing only
 
 __all__ = [
     "Partition",
+    "band_has_columns",
     "catalogue_rows_digest",
     "measure_store_frame",
     "partition_path",
@@ -700,6 +701,30 @@ def photometry_bands(out_dir: str | os.PathLike[str]) -> list[str]:
         for p in root.iterdir()
         if p.is_dir() and p.name.startswith("band=") and any(p.rglob("*.parquet"))
     )
+
+
+def band_has_columns(out_dir: str | os.PathLike[str], band: str,
+                     columns: Sequence[str]) -> bool:
+    """Say whether every Parquet file of a band holds the given columns (read from footers).
+
+    Partitions written before a column existed lack it; reading it from them fails.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Root of the photometry output.
+    band : str
+        The band (its ``band=<name>`` partition).
+    columns : sequence of str
+        Photometry columns.
+
+    Returns
+    -------
+    bool
+        True when the band has files and each holds all of ``columns``.
+    """
+    files = list((Path(out_dir) / f"band={band}").rglob("*.parquet"))
+    return bool(files) and all(set(columns) <= set(pq.read_schema(f).names) for f in files)
 
 
 def read_photometry(

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats, sky_estimate
+from pausdenoise.photometry.apcor import aperture_fractions
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
@@ -96,6 +97,8 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "flux_prof_cal_err": "float64",
     "flags_prof": "int32",  # ProfFlag bits
     "psf_fwhm_px": "float64",  # FWHM of the Moffat PSF used, pixels
+    # share of the profile's total flux in the aperture (pausdenoise.photometry.apcor)
+    "aper_frac": "float64",
 }
 
 
@@ -370,13 +373,14 @@ def _no_profile(n: int, psf: PsfEstimate | None) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray
-        NaN fluxes, ``flags_prof = NO_PSF``, ``psf_fwhm_px`` the PSF's FWHM or NaN.
+        NaN fluxes and ``aper_frac``, ``flags_prof = NO_PSF``, ``psf_fwhm_px`` the PSF's
+        FWHM or NaN.
     """
     nan = np.full(n, np.nan)
     fwhm = np.nan if psf is None else float(psf.fwhm_px)
     return {"flux_prof": nan, "flux_prof_err": nan, "flux_prof_cal": nan,
             "flux_prof_cal_err": nan, "flags_prof": np.full(n, int(ProfFlag.NO_PSF), np.int32),
-            "psf_fwhm_px": np.full(n, fwhm)}
+            "psf_fwhm_px": np.full(n, fwhm), "aper_frac": nan}
 
 
 def _profile_flags(res: dict[str, np.ndarray], approx: np.ndarray, x: np.ndarray,
@@ -419,13 +423,14 @@ def _profile_columns(
     per pixel measured with profiles at empty positions
     (:func:`~pausdenoise.photometry.empty.profile_sky_variance`, seeded by ``empty_seed``)
     and σ_b² scaled alike; the error's sky terms change, the weights, hence the flux, do
-    not.
+    not. ``aper_frac`` is the aperture's share of the same profile's total flux
+    (:func:`pausdenoise.photometry.apcor.aperture_fractions`).
 
     Returns
     -------
     dict of str to ndarray
         ``flux_prof``, ``flux_prof_err``, ``flux_prof_cal``, ``flux_prof_cal_err``,
-        ``flags_prof``, ``psf_fwhm_px``.
+        ``flags_prof``, ``psf_fwhm_px``, ``aper_frac``.
     """
     x, y, a, b, theta = geometry
     if psf is None or not config.profile or not (np.isfinite(psf.fwhm_px) and psf.fwhm_px > 0):
@@ -451,7 +456,9 @@ def _profile_columns(
     return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
             "flux_prof_cal_err": cal_err,
             "flags_prof": _profile_flags(res, approx, x, y, st, image.shape, config),
-            "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px))}
+            "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px)),
+            "aper_frac": aperture_fractions(geometry, tuple(shapes), fwhm_px=float(psf.fwhm_px),
+                                            beta=beta, config=config)}
 
 
 def measure_frame(

@@ -259,8 +259,12 @@ def test_demo_fast_is_the_demo_with_a_quarter_of_the_training_and_the_restoratio
                for key in demo[section] if demo[section][key] != fast[section][key]}
     assert changed == {("train", "unet"), ("train", "masked_fraction"),
                        ("train", "replacement"), ("train", "epochs"),
-                       ("denoise", "restore_catalogue"), ("report", "title")}
+                       ("denoise", "restore_catalogue"), ("report", "title"),
+                       ("compare", "aperture_correction")}
     assert fast["train"]["epochs"] * 4 == demo["train"]["epochs"]
     assert {k for k in demo["train"]["unet"] if demo["train"]["unet"][k]
             != fast["train"]["unet"][k]} == {"n2v2"}
     assert fast["denoise"]["restore_catalogue"] and not demo["denoise"]["restore_catalogue"]
+    # the pinned figures are those of the aperture fluxes as measured
+    assert (fast["compare"]["aperture_correction"], demo["compare"]["aperture_correction"]) \
+        == ("off", "auto")

@@ -55,10 +55,10 @@ def _catalogue(rng: np.random.Generator, n: int, size: int, pairs: int) -> pd.Da
     })
 
 
-def _render(cat: pd.DataFrame, size: int) -> np.ndarray:
+def _render(cat: pd.DataFrame, size: int, fwhm_arcsec: float = FWHM_ARCSEC) -> np.ndarray:
     """Noiseless sky-free image (ADU) of the catalogue, drawn by GalSim (FFT, pixel response)."""
     cfg = SimulationConfig()
-    psf = galsim_psf(FWHM_ARCSEC, cfg)
+    psf = galsim_psf(fwhm_arcsec, cfg)
     img = galsim.ImageD(size, size, scale=SCALE)
     for r in cat.itertuples():
         row = SimpleNamespace(is_star=r.is_star, hlr_arcsec=r.profile_hlr, q=r.profile_q,
@@ -240,9 +240,10 @@ def test_no_psf_leaves_aperture_columns_unchanged(sparse):
                 _measure(image + SKY, cat, profile=False)):
         assert out["flux_prof"].isna().all() and out["flux_prof_err"].isna().all()
         assert (out["flags_prof"] == int(ProfFlag.NO_PSF)).all()
+        assert out["aper_frac"].isna().all()
         aper = [c for c in OUTPUT_COLUMNS if c not in
                 ("flux_prof", "flux_prof_err", "flux_prof_cal", "flux_prof_cal_err",
-                 "flags_prof", "psf_fwhm_px")]
+                 "flags_prof", "psf_fwhm_px", "aper_frac")]
         pd.testing.assert_frame_equal(out[aper], with_psf[aper])
 
 
@@ -368,3 +369,36 @@ def test_a_member_without_sky_does_not_blank_its_overlap_group(field):
     flags = _profile_flags(got, np.zeros(5, bool), x, y, st, img.shape, config)
     few = (flags & ProfFlag.FEW_ANNULUS) != 0
     np.testing.assert_array_equal(few, [False, False, True, False, False])
+
+
+def _own_aperture_sums(image: np.ndarray, cat: pd.DataFrame) -> np.ndarray:
+    """Aperture sums (ADU) of a noiseless sky-free image at the catalogue's apertures."""
+    from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
+
+    return aperture_sums(image, *_aperture_geometry(cat, PhotometryConfig(pixel_scale=SCALE)))[
+        "aper_sum"]
+
+
+def test_aperture_share_is_the_light_galsim_puts_in_the_aperture(sparse):
+    """aper_frac × the true total flux is the noiseless aperture sum of GalSim's rendering
+    (isolated stars and bulge+disk galaxies, to 0.3 %), and every share is in (0, 1)."""
+    cat, image = sparse
+    out = _measure(image + SKY, cat)
+    frac = out["aper_frac"].to_numpy()
+    assert ((frac > 0.3) & (frac < 1.0)).all(), frac
+    rel = _own_aperture_sums(image, cat) / (frac * cat["flux_true"].to_numpy()) - 1
+    assert np.abs(rel[3:9]).max() < 0.003, rel
+
+
+def test_aperture_correction_takes_out_the_seeing(sparse):
+    """The same sources in 0.85″ and 1.30″ seeing: their aperture sums differ by up to
+    tens of per cent, the sums divided by each frame's aperture share by < 0.5 %."""
+    cat, sharp = sparse
+    blurred = _render(cat, 200, fwhm_arcsec=1.30)
+    wide_psf = PsfEstimate(fwhm_px=1.30 / SCALE, beta=3.0, n_stars=0, source="header")
+    f_sharp, f_blur = _own_aperture_sums(sharp, cat), _own_aperture_sums(blurred, cat)
+    t_sharp = _measure(sharp + SKY, cat)["aper_frac"].to_numpy()
+    t_blur = _measure(blurred + SKY, cat, psf=wide_psf)["aper_frac"].to_numpy()
+    iso = slice(3, 9)
+    assert (f_blur / f_sharp)[iso].min() < 0.85
+    np.testing.assert_allclose((f_blur / t_blur)[iso], (f_sharp / t_sharp)[iso], rtol=0.005)

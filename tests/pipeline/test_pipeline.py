@@ -407,3 +407,65 @@ def test_compare_writes_the_calibrated_errors(tiny_run):
     np.testing.assert_allclose(errs.flux_cal_err_den_model, want)
     summary = json.loads((out / "compare" / "summary.json").read_text())
     assert summary["calibrated_error_rows"] == len(errs)
+
+
+def test_compare_corrects_the_apertures_for_the_seeing(tiny_run, tmp_path, capsys):
+    """compare.aperture_correction 'auto' (the default) divides every flux by its aperture
+    share: the written raw fluxes are the photometry's flux_cal / aper_frac and the truth
+    comparison is against the true total flux, with the bias per bin that 'off' finds
+    against the in-aperture truth. Photometry written without aper_frac (before it
+    existed) is left as it is under 'auto' and refused under 'on', naming the band and
+    what to do; shapes guessed from the apertures are not used under 'auto', and said."""
+    import shutil
+
+    from pausdenoise.photometry import read_photometry
+
+    code, cfg, ref = tiny_run
+    assert code == EXIT_OK
+    summary = json.loads((ref / "compare" / "summary.json").read_text())
+    ac = summary["aperture_correction"]
+    assert ac["bands"] == ["NB455", "NB615"] and ac["rows_left_out"] == 0
+    assert 0.3 < ac["p01"] <= ac["median"] <= ac["p99"] < 1.0
+    phot = read_photometry(ref / "photometry")
+    raw = phot[phot["kind"] == "raw"].set_index(["ref_id", "expnum"]).sort_index()
+    errs = pd.read_parquet(ref / "compare" / "denoised_errors")
+    errs = errs.set_index(["ref_id", "expnum"]).sort_index()
+    np.testing.assert_allclose(errs["flux_cal_raw"], (raw["flux_cal"] / raw["aper_frac"])
+                               .loc[errs.index])
+    truth_on = pd.read_csv(ref / "compare" / "truth_comparison.csv")
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--force",
+                 "--set", "compare.aperture_correction=off"]) == EXIT_OK
+    assert "aperture-corrected" not in capsys.readouterr().out
+    assert "aperture_correction" not in json.loads((out / "compare" / "summary.json")
+                                                   .read_text())
+    truth_off = pd.read_csv(out / "compare" / "truth_comparison.csv")
+    # the share is the simulation's own: total fluxes are as biased against the total truth
+    # as aperture fluxes against the in-aperture truth (neighbours, sky), no more
+    on, off = (tc[tc["kind"] == "raw"].set_index("bin") for tc in (truth_on, truth_off))
+    assert (on["n"] == off["n"]).all() and on["n"]["all"] > 100
+    np.testing.assert_allclose(on["bias_median"], off["bias_median"], atol=0.01)
+    # one band's photometry as written before aper_frac existed
+    for part in (out / "photometry" / "band=NB615").rglob("*.parquet"):
+        pd.read_parquet(part).drop(columns=["aper_frac"]).to_parquet(part)
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--force"]) == EXIT_OK
+    assert "aperture-corrected (1 band(s)" in capsys.readouterr().out
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--force",
+                 "--set", "compare.aperture_correction=on"]) != EXIT_OK
+    err = capsys.readouterr().err
+    assert "band(s) NB615 has no aper_frac" in err and "rerun the photometry stage" in err
+    # shapes guessed from the apertures (a catalogue without profile columns): 'auto' skips
+    from pausdenoise.photometry.config import ProfFlag
+
+    for part in (out / "photometry" / "band=NB455").rglob("*.parquet"):
+        t = pd.read_parquet(part)
+        t["flags_prof"] = t["flags_prof"] | int(ProfFlag.APPROX_PROFILE)
+        t.to_parquet(part)
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--force"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "not aperture-corrected: NB455 (the catalogue has no profile_hlr" in printed
+    assert "; aperture-corrected" not in printed
+    summary = json.loads((out / "compare" / "summary.json").read_text())
+    assert summary["aperture_correction_skipped"] == ["NB455"]
+    assert "aperture_correction" not in summary

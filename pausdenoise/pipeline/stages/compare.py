@@ -16,25 +16,32 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   cross-validation over exposures stratified by band (each pair judged by a model fitted
   without either of its exposures), overall, per bin and per band, with pass/fail against
   1.00 ± tolerance for rows with enough pairs;
-- ``truth_comparison.csv``: flux bias and scatter against the truth (simulation only): the
-  true flux is the source's own noiseless flux inside its aperture (``flux_true_aper_adu``
-  × the exact zero-point), so aperture losses do not pose as bias;
+- ``truth_comparison.csv``: flux bias and scatter against the truth (simulation only): for
+  aperture-corrected bands the true total flux, otherwise the source's own noiseless flux
+  inside its aperture (``flux_true_aper_adu`` × the exact zero-point), so aperture losses do
+  not pose as bias;
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
 - ``relative_zp.csv``: the frames' relative flux scales, for the bands put on one flux scale
   (``compare.relative_zp``; :mod:`pausdenoise.relative_zp`).
 
+With ``compare.aperture_correction`` every calibrated flux and error is first divided by its
+row's ``aper_frac`` (:mod:`pausdenoise.photometry.apcor`), so that all of the above describe
+total fluxes; the summary's ``aperture_correction`` says for which bands.
+
 The photometry is read twice, a band per task each time (three times for the bands put on
-one flux scale: :func:`band_exposure_scales` first): :func:`band_pairs` pairs a band and
-sends back its exact pair counts (in all and per I_auto bin) with its bottom-``max_pairs``
-sample (the pairs with the smallest :func:`pausdenoise.compare.pair_hash`), which the driver
-folds into the running global bottom-``compare.max_pairs`` as the bands complete; after the
-error model is fitted, :func:`band_calibrated_errors` writes the band's per-measurement
-errors. Memory is bounded by one band's photometry on a worker, and on the driver by the
-compact pair table of at most ``compare.max_pairs`` pairs (about twice that while a band is
-merged) plus the measurements' I_auto and fluxes. The sample is exactly
-min(pairs, ``compare.max_pairs``) pairs, uniform without replacement, and depends on the
-pairs and ``compare.seed`` only (not on the workers or the order the bands complete in).
+one flux scale: :func:`band_exposure_scales` first; its ``aper_frac`` column once more,
+:func:`band_aperture_fractions`, unless ``compare.aperture_correction`` is off):
+:func:`band_pairs` pairs a band and sends back its exact pair counts (in all and per I_auto
+bin) with its bottom-``max_pairs`` sample (the pairs with the smallest
+:func:`pausdenoise.compare.pair_hash`), which the driver folds into the running global
+bottom-``compare.max_pairs`` as the bands complete; after the error model is fitted,
+:func:`band_calibrated_errors` writes the band's per-measurement errors. Memory is bounded
+by one band's photometry on a worker, and on the driver by the compact pair table of at most
+``compare.max_pairs`` pairs (about twice that while a band is merged) plus the measurements'
+I_auto and fluxes. The sample is exactly min(pairs, ``compare.max_pairs``) pairs, uniform
+without replacement, and depends on the pairs and ``compare.seed`` only (not on the workers
+or the order the bands complete in).
 """
 
 from __future__ import annotations
@@ -52,12 +59,19 @@ from distributed import as_completed
 from pausdenoise import compare as cmp
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
-from pausdenoise.photometry.driver import photometry_bands, read_photometry, write_partition
+from pausdenoise.photometry.apcor import aperture_corrected
+from pausdenoise.photometry.config import ProfFlag
+from pausdenoise.photometry.driver import (
+    band_has_columns,
+    photometry_bands,
+    read_photometry,
+    write_partition,
+)
 from pausdenoise.pipeline.context import Context
 from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
 
-__all__ = ["BandPairs", "band_calibrated_errors", "band_exposure_scales", "band_pairs", "run",
-           "transfer_corrected"]
+__all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
+           "band_exposure_scales", "band_pairs", "run", "transfer_corrected"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
@@ -97,23 +111,64 @@ def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd
 
 
 def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
-                scales: pd.DataFrame | None) -> pd.DataFrame:
+                scales: pd.DataFrame | None, apcor: bool = False) -> pd.DataFrame:
     """Read one band's photometry: exposures on one flux scale, denoised fluxes corrected.
 
     Returns
     -------
     DataFrame
-        The long table, divided by the frames' relative scales (``scales``, frames without
-        one dropped) and the transfer function (``transfer``) when given.
+        The long table; with ``apcor`` aperture-corrected
+        (:func:`pausdenoise.photometry.apcor.aperture_corrected`: rows without an aperture
+        share dropped), then divided by the frames' relative scales (``scales``, frames
+        without one dropped) and the transfer function (``transfer``) when given.
     """
-    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    table = read_photometry(phot_dir, bands=[band],
+                            columns=[*_COLUMNS, "aper_frac"] if apcor else _COLUMNS)
+    if apcor:
+        table = aperture_corrected(table)
     if scales is not None:
         table = apply_exposure_scales(table, scales)
     return transfer_corrected(table, transfer)
 
 
+def band_aperture_fractions(phot_dir: str, band: str) -> dict[str, Any]:
+    """Count one band's rows with an aperture share (``aper_frac``); runs on a worker.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+
+    Returns
+    -------
+    dict
+        ``band``, ``rows``, ``with_share`` (rows with a finite, positive ``aper_frac``;
+        both 0, unread, when the band's files lack the column, as written before it existed),
+        ``approximate`` (those of them whose shape was derived from the aperture, the
+        catalogue having no profile columns: ``ProfFlag.APPROX_PROFILE``) and, over the
+        rows with a share, ``median``, ``p01`` and ``p99`` of ``aper_frac`` (NaN without).
+    """
+    cols = ["aper_frac", "flags_prof"]
+    if band_has_columns(phot_dir, band, cols):
+        table = read_photometry(phot_dir, bands=[band], columns=cols)
+    else:  # written before aper_frac existed: no share to use, and nothing to read
+        return {"band": band, "rows": 0, "with_share": 0, "approximate": 0,
+                "median": np.nan, "p01": np.nan, "p99": np.nan}
+    frac = table["aper_frac"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        has = np.isfinite(frac) & (frac > 0)
+    approx = has & (table["flags_prof"].to_numpy() & int(ProfFlag.APPROX_PROFILE) != 0)
+    frac = frac[has]
+    p01, med, p99 = np.percentile(frac, [1, 50, 99]) if frac.size else (np.nan,) * 3
+    return {"band": band, "rows": len(table), "with_share": int(frac.size),
+            "approximate": int(approx.sum()), "median": float(med), "p01": float(p01),
+            "p99": float(p99)}
+
+
 def band_exposure_scales(phot_dir: str, band: str, snr_min: float,
-                         min_sources: int) -> pd.DataFrame:
+                         min_sources: int, apcor: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Fit one band's relative exposure scales; runs on a worker.
 
     Parameters
@@ -126,19 +181,22 @@ def band_exposure_scales(phot_dir: str, band: str, snr_min: float,
         ``compare.relative_zp_snr``.
     min_sources : int
         ``compare.relative_zp_min_sources``.
+    apcor : frozenset of str, optional
+        The aperture-corrected bands: the band's fluxes are corrected before the fit when
+        it is one of them (:func:`_band_table`).
 
     Returns
     -------
     DataFrame
         :func:`pausdenoise.relative_zp.fit_exposure_scales` of the band, with ``band``.
     """
-    table = read_photometry(phot_dir, bands=[band], columns=_COLUMNS)
+    table = _band_table(phot_dir, band, None, None, band in apcor)
     return fit_exposure_scales(table, snr_min, min_sources).assign(band=band)
 
 
 def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
                transfer: pd.DataFrame | None = None,
-               scales: pd.DataFrame | None = None) -> pd.DataFrame | None:
+               scales: pd.DataFrame | None = None, apcor: bool = False) -> pd.DataFrame | None:
     """Read one band's photometry, one row per measurement (:func:`_band_table`).
 
     Returns
@@ -147,7 +205,7 @@ def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
         :func:`pausdenoise.compare.widen` of the band's table; None when it is empty or,
         with ``exclude_flagged``, every measurement is flagged.
     """
-    table = _band_table(phot_dir, band, transfer, scales)
+    table = _band_table(phot_dir, band, transfer, scales, apcor)
     if table.empty or (exclude_flagged and not (table["flags"] == 0).any()):
         return None  # nothing, or nothing unflagged (e.g. stamps smaller than the annulus)
     return cmp.widen(table, exclude_flags=exclude_flagged)
@@ -189,7 +247,8 @@ class BandPairs:
 def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
                max_pairs: int, seed: int,
                transfer: dict[str, pd.DataFrame] | None = None,
-               scales: dict[str, pd.DataFrame] | None = None) -> BandPairs | None:
+               scales: dict[str, pd.DataFrame] | None = None,
+               apcor: frozenset[str] = frozenset()) -> BandPairs | None:
     """Read and pair one band; runs on a worker.
 
     Parameters
@@ -213,6 +272,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
     scales : dict of str to DataFrame, optional
         Per band, the relative exposure scales to divide every flux by
         (:func:`band_exposure_scales`); None, or a band not in it: none.
+    apcor : frozenset of str, optional
+        The aperture-corrected bands (``compare.aperture_correction``).
 
     Returns
     -------
@@ -221,7 +282,7 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         None when the band has no measurement.
     """
     wide = _band_wide(phot_dir, band, exclude_flagged, (transfer or {}).get(band),
-                      (scales or {}).get(band))
+                      (scales or {}).get(band), band in apcor)
     if wide is None or wide.empty:
         return None
     deltas = cmp.pair_deltas(cmp.make_pairs(wide))
@@ -236,7 +297,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
 
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
                            transfer: dict[str, pd.DataFrame] | None = None,
-                           scales: dict[str, pd.DataFrame] | None = None) -> int:
+                           scales: dict[str, pd.DataFrame] | None = None,
+                           apcor: frozenset[str] = frozenset()) -> int:
     """Write one band's per-measurement calibrated denoised errors; runs on a worker.
 
     The table is written atomically to ``out_dir/band=<band>/errors.parquet``.
@@ -253,13 +315,16 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
         The directory of the per-band tables.
     transfer, scales : dict of str to DataFrame, optional
         As for :func:`band_pairs`.
+    apcor : frozenset of str, optional
+        As for :func:`band_pairs`.
 
     Returns
     -------
     int
         The number of rows written.
     """
-    table = _band_table(phot_dir, band, (transfer or {}).get(band), (scales or {}).get(band))
+    table = _band_table(phot_dir, band, (transfer or {}).get(band), (scales or {}).get(band),
+                        band in apcor)
     rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
     write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
     return len(rows)
@@ -329,6 +394,78 @@ def _transfer(ctx: Context) -> dict[str, pd.DataFrame] | None:
     return {str(b): g.reset_index(drop=True) for b, g in table.groupby("band") if b != "all"}
 
 
+def _aperture_corrected_bands(ctx: Context, bands: list[str],
+                              summary: dict[str, Any]) -> frozenset[str]:
+    """Choose the bands whose fluxes are aperture-corrected (``compare.aperture_correction``).
+
+    Returns
+    -------
+    frozenset of str
+        'off': none; 'auto': the bands with an aperture share on at least one row and no
+        share from a shape derived from the aperture (a catalogue without profile columns:
+        its sizes are those of the simulation's aperture rule, not the sources'); 'on':
+        every band. The summary gets ``aperture_correction`` (bands, rows, rows left out
+        for want of a share, median and 1–99 % range of the shares) and, under 'auto',
+        ``aperture_correction_skipped`` (the bands left uncorrected for their approximate
+        shapes).
+
+    Raises
+    ------
+    StageError
+        With 'on' when a band's photometry has no aperture share at all.
+    """
+    mode = ctx.cfg.compare.aperture_correction
+    if mode == "off":
+        return frozenset()
+    counts = _per_band(ctx, band_aperture_fractions, bands)
+    missing = [c["band"] for c in counts if not c["with_share"]]
+    if mode == "on" and missing:
+        raise StageError(
+            f"compare: compare.aperture_correction is 'on' but the photometry of band(s) "
+            f"{', '.join(missing)} has no aper_frac: it needs photometry.profile and a PSF per "
+            "frame (header psf_fwhm_px/seeing, or measured); rerun the photometry stage, or "
+            "set compare.aperture_correction to auto or off")
+    chosen = [c for c in counts if c["with_share"]]
+    if mode == "auto":
+        skipped = [c["band"] for c in chosen if c["approximate"]]
+        chosen = [c for c in chosen if not c["approximate"]]
+        if skipped:
+            summary["aperture_correction_skipped"] = skipped
+    if chosen:
+        summary["aperture_correction"] = {
+            "bands": [c["band"] for c in chosen],
+            "rows": int(sum(c["rows"] for c in chosen)),
+            "rows_left_out": int(sum(c["rows"] - c["with_share"] for c in chosen)),
+            "median": float(np.median([c["median"] for c in chosen])),
+            "p01": float(min(c["p01"] for c in chosen)),
+            "p99": float(max(c["p99"] for c in chosen))}
+    return frozenset(c["band"] for c in chosen)
+
+
+def _apcor_note(summary: dict[str, Any]) -> str:
+    """Describe the aperture corrections for the stage's line ('' without them).
+
+    Returns
+    -------
+    str
+        The bands left uncorrected for want of catalogue shapes; the corrected bands'
+        count, the median and range of their aperture shares, rows left out.
+    """
+    ac, skipped = summary.get("aperture_correction"), summary.get("aperture_correction_skipped")
+    out = ""
+    if skipped:
+        out = (f"; not aperture-corrected: {', '.join(skipped)} (the catalogue has no "
+               "profile_hlr/profile_q/profile_bulge_frac, so the sources' shapes would be "
+               "guessed from their apertures; compare.aperture_correction=on uses the guess)")
+    if not ac:
+        return out
+    out += (f"; aperture-corrected ({len(ac['bands'])} band(s), aperture share median "
+            f"{ac['median']:.2f}, {ac['p01']:.2f}–{ac['p99']:.2f})")
+    if ac["rows_left_out"]:
+        out += f", {ac['rows_left_out']} row(s) without a share left out"
+    return out
+
+
 def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
     """Return the bands whose exposures are put on one flux scale (``compare.relative_zp``).
 
@@ -351,8 +488,8 @@ def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
             and (mode == "on" or all(default[b]))]
 
 
-def _relative_scales(ctx: Context, bands: list[str], out: Path,
-                     summary: dict[str, Any]) -> dict[str, pd.DataFrame] | None:
+def _relative_scales(ctx: Context, bands: list[str], out: Path, summary: dict[str, Any],
+                     apcor: frozenset[str]) -> dict[str, pd.DataFrame] | None:
     """Fit the relative exposure scales of the bands that need them; ``relative_zp.csv``.
 
     Returns
@@ -368,7 +505,7 @@ def _relative_scales(ctx: Context, bands: list[str], out: Path,
         return None
     cfg = ctx.cfg.compare
     table = pd.concat(_per_band(ctx, band_exposure_scales, chosen, cfg.relative_zp_snr,
-                                cfg.relative_zp_min_sources), ignore_index=True)
+                                cfg.relative_zp_min_sources, apcor), ignore_index=True)
     table = table[["band", *[c for c in table.columns if c != "band"]]]
     table.to_csv(path, index=False)
     ok = table["scale"].notna()
@@ -418,7 +555,8 @@ class _Pairs:
 
 
 def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
-                   scales: dict[str, pd.DataFrame] | None) -> _Pairs | None:
+                   scales: dict[str, pd.DataFrame] | None,
+                   apcor: frozenset[str]) -> _Pairs | None:
     """Pair every band (on the cluster) and fold the bands' samples as they complete.
 
     Returns
@@ -433,7 +571,8 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
     meas: dict[str, pd.DataFrame] = {}
     exps: dict[str, pd.DataFrame] = {}
     for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
-                                       cfg.max_pairs, cfg.seed, _transfer(ctx), scales):
+                                       cfg.max_pairs, cfg.seed, _transfer(ctx), scales,
+                                       apcor):
         if part is None:
             continue
         n_total += part.n_pairs
@@ -476,7 +615,8 @@ def _validate_error_model(ctx: Context, p: _Pairs, bins: np.ndarray, out: Path,
 
 def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, out: Path,
                  summary: dict[str, Any],
-                 scales: dict[str, pd.DataFrame] | None) -> cmp.ErrorModel | None:
+                 scales: dict[str, pd.DataFrame] | None,
+                 apcor: frozenset[str]) -> cmp.ErrorModel | None:
     """Fit, write, apply (per measurement) and cross-validate the denoised error model.
 
     Returns
@@ -499,7 +639,7 @@ def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, ou
     model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
     (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
     written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
-                        str(out / "denoised_errors"), _transfer(ctx), scales)
+                        str(out / "denoised_errors"), _transfer(ctx), scales, apcor)
     summary["calibrated_error_rows"] = int(sum(written))
     summary["error_model_global_scale"] = model.global_scale
     summary["error_model_band_factor"] = dict(model.band_factor)
@@ -529,15 +669,25 @@ def _write_statistics(ctx: Context, p: _Pairs, model: cmp.ErrorModel | None, bin
 
 
 def _truth_comparison(ctx: Context, bins: np.ndarray, out: Path,
-                      summary: dict[str, Any]) -> None:
-    """``truth_comparison.csv``: flux bias and scatter against the truth (simulations)."""
+                      summary: dict[str, Any], apcor: frozenset[str]) -> None:
+    """``truth_comparison.csv``: flux bias and scatter against the truth (simulations).
+
+    The aperture-corrected bands are compared with the true total flux; the others with the
+    source's own noiseless flux inside its catalogue aperture.
+    """
     # simulations only: the truth table is per measurement anyway
     table = read_photometry(ctx.paths.photometry)
+    if apcor:
+        corrected = table["band"].isin(list(apcor))
+        table = pd.concat([table[~corrected], aperture_corrected(table[corrected])],
+                          ignore_index=True)
     truth = pd.read_parquet(ctx.truth_fluxes)
     if {"flux_true_aper_adu", "zp_true"} <= set(truth.columns):
         # Apertures hold only part of a source's light: compare with the source's own
         # noiseless flux inside its catalogue aperture, calibrated with the exact ZP.
-        truth = truth.assign(flux_true_cal=truth["flux_true_aper_adu"] * truth["zp_true"])
+        inside = truth["flux_true_aper_adu"] * truth["zp_true"]
+        truth = truth.assign(flux_true_cal=truth["flux_true_cal"].where(
+            truth["band"].isin(list(apcor)), inside))
     tc = cmp.truth_comparison(table, truth, bins)
     tc.to_csv(out / "truth_comparison.csv", index=False)
     for kind, g in tc[tc["bin"] == "all"].groupby("kind"):
@@ -576,19 +726,21 @@ def run(ctx: Context) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     bins = np.asarray(ctx.cfg.compare.bins, dtype=float)
     summary: dict[str, Any] = {}
-    scales = _relative_scales(ctx, bands, out, summary)
-    p = _collect_pairs(ctx, bands, bins, scales)
+    apcor = _aperture_corrected_bands(ctx, bands, summary)
+    scales = _relative_scales(ctx, bands, out, summary, apcor)
+    p = _collect_pairs(ctx, bands, bins, scales, apcor)
     if p is None:
         what = "unflagged measurement" if ctx.cfg.compare.exclude_flagged else "measurement"
-        return {"note": f"no {what} to compare" + _relative_note(summary)}
+        return {"note": f"no {what} to compare" + _apcor_note(summary)
+                + _relative_note(summary)}
     n_total, n_used = p.n_total, len(p.pairs)
     rate = n_used / n_total if n_total else 1.0
     summary.update({"pairs": n_total, "pairs_used": n_used, "pair_sampling_rate": rate,
                     "measurements": len(p.wide), "bands": len(bands)})
-    model = _error_model(ctx, p, bands, bins, out, summary, scales)
+    model = _error_model(ctx, p, bands, bins, out, summary, scales, apcor)
     _write_statistics(ctx, p, model, bins, out, summary)
     if ctx.truth_fluxes is not None:
-        _truth_comparison(ctx, bins, out, summary)
+        _truth_comparison(ctx, bins, out, summary, apcor)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if n_total == 0:
         return {"note": "0 pairs: no source is measured in two exposures of one band, so "
@@ -599,20 +751,22 @@ def run(ctx: Context) -> dict[str, Any]:
             f"denoised/raw-errors {summary.get('sigma68_den_rawerr', np.nan):.2f}, "
             f"denoised/model-errors (cross-validated) "
             f"{summary.get('validation_sigma68_all', np.nan):.2f}")
-    return {"note": note + _relative_note(summary) + _outside_bins_note(p, bins), **summary}
+    return {"note": note + _apcor_note(summary) + _relative_note(summary)
+            + _outside_bins_note(p, bins), **summary}
 
 
 def _outside_bins_note(p: _Pairs, bins: np.ndarray) -> str:
-    """Say so when most pairs fall outside ``compare.bins`` (e.g. instrumental magnitudes).
+    """Say so when nearly all pairs fall outside ``compare.bins`` (instrumental magnitudes).
 
     Returns
     -------
     str
-        '' when at least half of the pairs are binned; else how many are not, the range of
-        the measurements' ``I_auto`` and what to set.
+        '' when at least 10 % of the pairs are binned (a survey catalogue deeper than the
+        last bin is not a mistake); else how many are not, the range of the measurements'
+        ``I_auto`` and what to set.
     """
     binned = int(p.per_bin_total.sum())
-    if binned >= p.n_total / 2:
+    if binned >= 0.1 * p.n_total:
         return ""
     mag = p.wide["I_auto"].to_numpy(float) if "I_auto" in p.wide.columns else np.empty(0)
     mag = mag[np.isfinite(mag)]

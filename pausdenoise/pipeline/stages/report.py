@@ -170,6 +170,25 @@ def _sigma68_figures(cmp_dir: Path, w: ReportWriter, figs: _Figures, tables: _Ta
     tables.insert(0, ("σ68 of df and flux ratio per I_auto bin", t))
 
 
+def _apcor_text(cmp_dir: Path) -> str:
+    """Say that the compared fluxes are aperture-corrected, when they are.
+
+    Returns
+    -------
+    str
+        A sentence with the bands and the median aperture share; '' otherwise.
+    """
+    path = cmp_dir / "summary.json"
+    ac = json.loads(path.read_text()).get("aperture_correction") if path.exists() else None
+    if not ac:
+        return ""
+    return (f" Fluxes of {', '.join(ac['bands'])} are aperture-corrected: each is divided by "
+            "the share of the source's catalogue profile, convolved with its exposure's PSF, "
+            f"that its aperture catches (median {ac['median']:.2f}), so they are total fluxes "
+            "and the seeing of an exposure does not enter df; the truth comparison is against "
+            "the true total flux.")
+
+
 def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> ReportSection | None:
     """Δf histograms, σ68 and flux bias per bin, and the error model tables.
 
@@ -213,7 +232,7 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
         "Photometry: the same galaxies in different exposures",
         text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
              "of exposures of the same source and band give df, whose σ68 should be 1 "
-             "when the errors are right." + note,
+             "when the errors are right." + _apcor_text(cmp_dir) + note,
         figures=figs, tables=tables)
 
 
