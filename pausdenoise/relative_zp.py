@@ -19,8 +19,9 @@ determines the scales up to one factor per set of frames linked by shared source
 connected component of the frame–source graph); each set is normalised so that its median
 frame has scale 1. The error of ``z_e`` is ``1.2533 · 1.4826 · MAD / √n`` of its residuals
 (the standard error of a median). Dividing a frame's calibrated fluxes and errors by its
-``s_e`` puts every exposure on one flux scale; the scale's own error is common to all the
-frame's sources and is not added to their errors.
+``s_e`` puts every exposure on one flux scale; the scale's own error is added to each
+flux error as a zero-point error is (it is common to the frame's sources, like a
+zero-point's, and independent between frames, so it is part of every Δf).
 """
 
 from __future__ import annotations
@@ -172,11 +173,22 @@ def apply_exposure_scales(table: pd.DataFrame, scales: pd.DataFrame) -> pd.DataF
     -------
     pandas.DataFrame
         The rows of frames with a scale (frames left out of the fit are dropped: they cannot
-        be compared on the common scale), ``flux_cal`` and ``flux_cal_err`` divided by it;
-        other columns unchanged, fresh index.
+        be compared on the common scale), ``flux_cal`` divided by it and ``flux_cal_err``
+        by it with the scale's own error added as a zero-point error is::
+
+            σ' = sqrt((σ/s)² + (f/s)² (σ_s/s)²)
+
+        (``σ_s`` = ``scale_err``; a missing one counts as 0); other columns unchanged,
+        fresh index.
     """
-    s = scales.dropna(subset=["scale"])[[*FRAME_KEYS, "scale"]]
+    cols = [*FRAME_KEYS, "scale", *(["scale_err"] if "scale_err" in scales.columns else [])]
+    s = scales.dropna(subset=["scale"])[cols]
     out = table.merge(s, on=list(FRAME_KEYS), how="inner")
-    out["flux_cal"] = out["flux_cal"] / out["scale"]
-    out["flux_cal_err"] = out["flux_cal_err"] / out["scale"]
-    return out.drop(columns="scale")
+    scale = out["scale"].to_numpy(float)
+    rel = (out["scale_err"].fillna(0.0).to_numpy(float) / scale if "scale_err" in out.columns
+           else np.zeros(len(out)))
+    f = out["flux_cal"].to_numpy(float) / scale
+    e = out["flux_cal_err"].to_numpy(float) / scale
+    out["flux_cal"] = f
+    out["flux_cal_err"] = np.sqrt(e * e + (f * rel) ** 2)
+    return out.drop(columns=[c for c in ("scale", "scale_err") if c in out.columns])

@@ -80,3 +80,16 @@ def test_yaml_s_on_and_off_switch_the_relative_zero_points():
     for text, want in (("off", "off"), ("on", "on"), ("auto", "auto")):
         value = yaml.safe_load(f"relative_zp: {text}")["relative_zp"]
         assert CompareConfig(relative_zp=value).relative_zp == want
+
+
+def test_a_scale_s_own_error_enters_the_flux_errors_as_a_zero_point_error():
+    table = pd.DataFrame({"ref_id": [1, 2, 1], "expnum": [1, 1, 2], "ccd": [1, 1, 1],
+                          "flux_cal": [200.0, 50.0, 100.0], "flux_cal_err": [2.0, 1.0, 1.0]})
+    scales = pd.DataFrame({"expnum": [1, 2], "ccd": [1, 1], "scale": [2.0, 0.5],
+                           "scale_err": [0.02, np.nan]})
+    out = apply_exposure_scales(table, scales).sort_values(["expnum", "ref_id"])
+    np.testing.assert_allclose(out["flux_cal"], [100.0, 25.0, 200.0])
+    # 1 % scale error: σ' = sqrt((σ/s)² + (0.01 f/s)²); no error given: σ/s
+    np.testing.assert_allclose(out["flux_cal_err"], [np.hypot(1.0, 1.0), np.hypot(0.5, 0.25),
+                                                     2.0])
+    assert list(out.columns) == list(table.columns)

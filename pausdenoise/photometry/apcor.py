@@ -104,13 +104,11 @@ def aperture_fractions(
                              use_exact, nsub)
         dx = np.arange(box[0], box[1], dtype=np.float64) - x0
         dy = np.arange(box[2], box[3], dtype=np.float64) - y0
-        keep = amp[k] > 0
-        c = coef[k, keep].astype(np.float64)
-        xx, yy = dx[None, :], dy[:, None]
-        p = np.zeros_like(w)
-        for cxx, cxy, cyy, lognorm in c:
-            p += np.exp(cxx * xx * xx + cxy * xx * yy + cyy * yy * yy + lognorm)
-        out[i] = float(np.sum(w * p))
+        c = coef[k, amp[k] > 0].astype(np.float64)  # (K, 4): (dx², dx·dy, dy², log norm)
+        xx, yy = dx[None, None, :], dy[None, :, None]
+        e = (c[:, 0, None, None] * (xx * xx) + c[:, 1, None, None] * (xx * yy)
+             + c[:, 2, None, None] * (yy * yy) + c[:, 3, None, None])
+        out[i] = float(np.einsum("kyx,yx->", np.exp(e), w))
     return out
 
 
