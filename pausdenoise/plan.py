@@ -34,11 +34,12 @@ key                        value     source
 ``store_read_mb_s``        504       ``benchmarks/bench_ingest.py``: reading frames back
                                      from the store (decompression), one process, MB of
                                      stored (compressed) bytes per s
-``photometry_sources_s``   4510      ``benchmarks/bench_photometry.py``: measure_frame,
+``photometry_sources_s``   3970      ``benchmarks/bench_photometry.py``: measure_frame,
                                      full PAUS recipe, dask, 1 worker: 7780 (image in
                                      memory: the store read is added from
-                                     ``store_read_mb_s``), × 0.58 for the profile fit
-                                     that measure_frame adds by default (aperture +
+                                     ``store_read_mb_s``), × 0.51 for the profile fit and
+                                     the aperture share (``aper_frac``) that
+                                     measure_frame adds by default (aperture +
                                      profile against aperture alone side by side,
                                      ``benchmarks/bench_profile_photometry.py``)
 ``compare_pairs_s``        2.56e6    ``benchmarks/bench_compare.py``: pandas widen +
@@ -106,7 +107,7 @@ MEASURED_RATES: dict[str, float | None] = {
     "train_gpu_patches_s": None,
     "denoise_mpix_s": 0.347,
     "denoise_gpu_mpix_s": None,
-    "photometry_sources_s": 4510.0,
+    "photometry_sources_s": 3970.0,
     "compare_pairs_s": 2.56e6,
 }
 

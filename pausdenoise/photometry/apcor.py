@@ -28,14 +28,12 @@ from +x.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
 from pausdenoise.photometry.apertures import MAX_AXIS_PX, MIN_AXIS_PX, _overlap_weights
 from pausdenoise.photometry.config import PhotometryConfig
-from pausdenoise.photometry.profile import profile_components
+from pausdenoise.photometry.profile import _compact, _evaluate, profile_components
 
 __all__ = ["MAX_BOX_PX", "aperture_corrected", "aperture_fractions"]
 
@@ -51,6 +49,7 @@ def aperture_fractions(
     fwhm_px: float,
     beta: float,
     config: PhotometryConfig,
+    components: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Compute the share of each source's total flux that falls in its aperture.
 
@@ -69,12 +68,18 @@ def aperture_fractions(
         The Moffat β.
     config : PhotometryConfig
         ``subpixels`` (the aperture weights), ``profile_trunc_hlr``, ``psf_trunc_fwhm``.
+    components : tuple of ndarray, optional
+        The rows' profiles ``(coef, amp)`` as
+        :func:`pausdenoise.photometry.profile.profile_components` made them from these
+        shapes, PSF and angles (the profile-weighted flux's, reused); computed here when
+        not given.
 
     Returns
     -------
     ndarray of float64, shape (n,)
         ``T`` in (0, 1]: the aperture's share of the source's total flux. NaN where the
-        geometry or the shape is not finite, an axis lies outside the aperture sums' range,
+        geometry or the shape is not finite (or the axis ratio not in (0, 1]), an axis lies
+        outside the aperture sums' range,
         or the bounding box is wider than :data:`MAX_BOX_PX`.
     """
     x, y, a, b, theta = (np.asarray(v, dtype=np.float64) for v in geometry)
@@ -87,28 +92,40 @@ def aperture_fractions(
         ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(theta)
               & (a >= MIN_AXIS_PX) & (b >= MIN_AXIS_PX) & (a <= MAX_AXIS_PX)
               & (b <= MAX_AXIS_PX) & (2 * np.maximum(hx, hy) <= MAX_BOX_PX)
-              & np.isfinite(hlr) & (hlr >= 0) & np.isfinite(q) & (q > 0)
+              & np.isfinite(hlr) & (hlr >= 0) & np.isfinite(q) & (q > 0) & (q <= 1)
               & np.isfinite(frac))
     idx = np.flatnonzero(ok)
     if not len(idx) or not (np.isfinite(fwhm_px) and fwhm_px > 0):
         return out
-    coef, amp = profile_components(hlr[idx], np.clip(q[idx], 1e-3, 1.0), theta[idx],
-                                   np.clip(frac[idx], 0.0, 1.0), float(fwhm_px), float(beta),
-                                   config)
+    if components is None:
+        coef, amp = profile_components(hlr[idx], q[idx], theta[idx],
+                                       np.clip(frac[idx], 0.0, 1.0), float(fwhm_px),
+                                       float(beta), config)
+    else:
+        coef, amp = components[0][idx], components[1][idx]
     use_exact, nsub = (1, 1) if config.subpixels == 0 else (0, int(config.subpixels))
-    for k, i in enumerate(idx.tolist()):
-        x0, y0 = float(x[i]), float(y[i])
-        box = (math.floor(x0 - hx[i] + 0.5), math.floor(x0 + hx[i] + 0.5) + 1,
-               math.floor(y0 - hy[i] + 0.5), math.floor(y0 + hy[i] + 0.5) + 1)
-        w = _overlap_weights(box, x0, y0, float(a[i]), float(b[i]), float(theta[i]),
-                             use_exact, nsub)
-        dx = np.arange(box[0], box[1], dtype=np.float64) - x0
-        dy = np.arange(box[2], box[3], dtype=np.float64) - y0
-        c = coef[k, amp[k] > 0].astype(np.float64)  # (K, 4): (dx², dx·dy, dy², log norm)
-        xx, yy = dx[None, None, :], dy[None, :, None]
-        e = (c[:, 0, None, None] * (xx * xx) + c[:, 1, None, None] * (xx * yy)
-             + c[:, 2, None, None] * (yy * yy) + c[:, 3, None, None])
-        out[i] = float(np.einsum("kyx,yx->", np.exp(e), w))
+    xi, yi = x[idx], y[idx]
+    ix0 = np.floor(xi - hx[idx] + 0.5).astype(np.int64)
+    ix1 = np.floor(xi + hx[idx] + 0.5).astype(np.int64) + 1
+    iy0 = np.floor(yi - hy[idx] + 0.5).astype(np.int64)
+    iy1 = np.floor(yi + hy[idx] + 0.5).astype(np.int64) + 1
+    # sources with boxes of one shape are evaluated together (profile._evaluate); the
+    # overlap weights come one source at a time from photutils' routine
+    shape_key = (iy1 - iy0) * (MAX_BOX_PX + 2) + (ix1 - ix0)
+    for key in np.unique(shape_key):
+        sel = np.flatnonzero(shape_key == key)
+        ny, nx = int(iy1[sel[0]] - iy0[sel[0]]), int(ix1[sel[0]] - ix0[sel[0]])
+        dx = (ix0[sel, None] + np.arange(nx)) - xi[sel, None]
+        dy = (iy0[sel, None] + np.arange(ny)) - yi[sel, None]
+        p = _evaluate(_compact(coef[sel], amp[sel]),
+                      np.repeat(dx[:, None, :], ny, axis=1).reshape(len(sel), -1),
+                      np.repeat(dy[:, :, None], nx, axis=2).reshape(len(sel), -1))
+        for k, j in enumerate(sel.tolist()):
+            i = int(idx[j])
+            w = _overlap_weights((int(ix0[j]), int(ix1[j]), int(iy0[j]), int(iy1[j])),
+                                 float(x[i]), float(y[i]), float(a[i]), float(b[i]),
+                                 float(theta[i]), use_exact, nsub)
+            out[i] = float(np.dot(w.ravel(), p[k]))
     return out
 
 

@@ -458,7 +458,8 @@ def _profile_columns(
             "flags_prof": _profile_flags(res, approx, x, y, st, image.shape, config),
             "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px)),
             "aper_frac": aperture_fractions(geometry, tuple(shapes), fwhm_px=float(psf.fwhm_px),
-                                            beta=beta, config=config)}
+                                            beta=beta, config=config,
+                                            components=res["components"])}
 
 
 def measure_frame(

@@ -612,7 +612,9 @@ def profile_fluxes(
         ``sat_frac`` (saturated Σp² / stamp Σp²), ``valid`` (usable inputs), ``group_size``,
         ``area_eff`` (the profile's effective area (Σp)²/Σp² over usable pixels, px²),
         ``sky_filled`` (the row's sky was not finite and the frame's median was used:
-        :func:`_filled_sky`).
+        :func:`_filled_sky`); and ``components``, the profiles' ``(coef, amp)``
+        (:func:`profile_components`; rows without usable inputs hold a point source), for
+        :func:`pausdenoise.photometry.apcor.aperture_fractions` to reuse.
     """
     hlr, q, frac = shapes
     n = len(x)
@@ -625,7 +627,7 @@ def profile_fluxes(
         nan = np.full(n, np.nan)
         return {"flux": nan, "flux_err": nan, "weight_left": nan, "sat_frac": np.zeros(n),
                 "valid": valid, "group_size": np.zeros(n, dtype=np.int64), "area_eff": nan,
-                "sky_filled": np.zeros(n, dtype=bool)}
+                "sky_filled": np.zeros(n, dtype=bool), "components": None}
     coef, amp = profile_components(hlr, q, theta, frac, fwhm_px, beta, config)
     radii = stamp_radii(hlr, q, fwhm_px, config)
     idx = np.flatnonzero(valid)
@@ -658,4 +660,4 @@ def profile_fluxes(
     sky_filled[idx] = filled
     return {"flux": flux, "flux_err": np.sqrt(var), "weight_left": weight_left,
             "sat_frac": sat_frac, "valid": valid, "group_size": group_size,
-            "area_eff": area_eff, "sky_filled": sky_filled}
+            "area_eff": area_eff, "sky_filled": sky_filled, "components": (coef, amp)}

@@ -51,7 +51,7 @@ def test_unusable_rows_get_nan_and_leave_the_others_alone():
     b[3] = MAX_BOX_PX
     shapes = (np.zeros(6), np.ones(6), np.zeros(6))
     shapes[0][4] = np.nan
-    shapes[1][5] = 0.0
+    shapes[1][5] = 1.5  # an axis ratio above 1 is bad input, as for the profile flux
     t = aperture_fractions((x, y, a, b, th), shapes, fwhm_px=3.0, beta=3.0, config=cfg)
     assert np.isfinite(t[0]) and np.isnan(t[1:]).all()
     ok = aperture_fractions(_points(1, 5.0), (np.zeros(1), np.ones(1), np.zeros(1)),
@@ -80,3 +80,19 @@ def test_the_corrected_table_holds_total_fluxes_and_drops_rows_without_a_share()
     np.testing.assert_allclose(out["flux_cal"], [10.0, 6.0])
     np.testing.assert_allclose(out["flux_cal_err"], [1.0, 0.6])
     assert table["flux_cal"].tolist() == [6.0, 5.0, 4.0, 3.0]
+
+
+def test_the_profile_flux_s_components_give_the_same_shares():
+    from pausdenoise.photometry.profile import profile_components
+
+    cfg = PhotometryConfig()
+    rng = np.random.default_rng(3)
+    n = 20
+    geom = (rng.uniform(20, 80, n), rng.uniform(20, 80, n), rng.uniform(2, 8, n),
+            rng.uniform(1.5, 2, n), rng.uniform(0, 3, n))
+    shapes = (rng.uniform(0, 3, n), rng.uniform(0.3, 1, n), rng.uniform(0, 1, n))
+    comps = profile_components(*shapes[:2], geom[4], shapes[2], 3.2, 2.5, cfg)
+    own = aperture_fractions(geom, shapes, fwhm_px=3.2, beta=2.5, config=cfg)
+    reused = aperture_fractions(geom, shapes, fwhm_px=3.2, beta=2.5, config=cfg,
+                                components=comps)
+    np.testing.assert_array_equal(own, reused)
