@@ -161,11 +161,13 @@ class CompareConfig(BaseModel):
     )
     aperture_correction: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="Aperture corrections (pausdenoise/photometry/apcor.py): every "
-        "calibrated flux and error (raw and denoised) divided by aper_frac, the share of the "
-        "source's catalogue profile convolved with the frame's PSF that its aperture catches, "
-        "so that the seeing of an exposure does not pose as a flux error and the fluxes "
-        "estimate total fluxes; the truth comparison then uses the true total flux. 'auto': "
+        description="Aperture corrections (pausdenoise/photometry/apcor.py): from every "
+        "calibrated flux (raw and denoised) the light its neighbours put into its aperture "
+        "(aper_neighbours, from their profile fluxes) is taken out, and the rest divided by "
+        "aper_frac, the share of the source's catalogue profile convolved with the frame's PSF "
+        "that its aperture catches (errors alike), so that neither the seeing of an exposure "
+        "nor the crowding poses as a flux error and the fluxes estimate the sources' own total "
+        "fluxes; the truth comparison then uses the true total flux. 'auto': "
         "for the bands whose photometry carries aper_frac (photometry.profile and a PSF) "
         "from catalogue shapes (profile_hlr, profile_q, profile_bulge_frac; without them the "
         "shapes would be guessed from the apertures and the band is left as measured); 'on': "

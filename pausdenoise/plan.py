@@ -34,11 +34,12 @@ key                        value     source
 ``store_read_mb_s``        504       ``benchmarks/bench_ingest.py``: reading frames back
                                      from the store (decompression), one process, MB of
                                      stored (compressed) bytes per s
-``photometry_sources_s``   3970      ``benchmarks/bench_photometry.py``: measure_frame,
+``photometry_sources_s``   3420      ``benchmarks/bench_photometry.py``: measure_frame,
                                      full PAUS recipe, dask, 1 worker: 7780 (image in
                                      memory: the store read is added from
-                                     ``store_read_mb_s``), × 0.51 for the profile fit and
-                                     the aperture share (``aper_frac``) that
+                                     ``store_read_mb_s``), × 0.44 for the profile fit and
+                                     the aperture corrections (``aper_frac``,
+                                     ``aper_neighbours``) that
                                      measure_frame adds by default (aperture +
                                      profile against aperture alone side by side,
                                      ``benchmarks/bench_profile_photometry.py``)
@@ -70,7 +71,7 @@ the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may d
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
 kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
 reads the photometry twice (pairing, then writing each measurement's calibrated error),
-8 of its 33 columns each time with the default aperture corrections
+11 of its 35 columns each time with the default aperture corrections
 (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming columns of equal size), and 2 of
 them once more to count the aperture shares (:data:`COMPARE_SHARE_COUNT`).
 
@@ -94,11 +95,12 @@ from typing import Any
 
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
-#: the share of a photometry row's bytes the compare stage reads per pass (8 of 33 columns:
-#: its 7 and aper_frac, with compare.aperture_correction 'auto')
-COMPARE_COLUMN_SHARE = 8 / 33
+#: the share of a photometry row's bytes the compare stage reads per pass (11 of 35
+#: columns: its 7 and the 4 of the aperture corrections, with compare.aperture_correction
+#: 'auto')
+COMPARE_COLUMN_SHARE = 11 / 35
 #: the share it reads once to count the aperture shares (aper_frac, flags_prof)
-COMPARE_SHARE_COUNT = 2 / 33
+COMPARE_SHARE_COUNT = 2 / 35
 
 MEASURED_RATES: dict[str, float | None] = {
     "ingest_mb_s": 38.5,
@@ -107,7 +109,7 @@ MEASURED_RATES: dict[str, float | None] = {
     "train_gpu_patches_s": None,
     "denoise_mpix_s": 0.347,
     "denoise_gpu_mpix_s": None,
-    "photometry_sources_s": 3970.0,
+    "photometry_sources_s": 3420.0,
     "compare_pairs_s": 2.56e6,
 }
 
@@ -599,7 +601,7 @@ def _plan_compare(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: in
     measurements = z.frames * sources_per_ccd
     pairs = measurements * (exposures_per_source - 1) / 2
     # two passes (pairing, then the per-measurement errors), each reading the
-    # 8 of the 33 photometry columns it uses, and one counting the aperture shares
+    # 11 of the 35 photometry columns it uses, and one counting the aperture shares
     read = int(z.frames * sources_per_ccd * kinds * photometry_row_bytes
                * (2 * COMPARE_COLUMN_SHARE + COMPARE_SHARE_COUNT))
     written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)

@@ -195,10 +195,11 @@ def test_plan_from_config():
 
 def test_compare_column_share_matches_the_stage():
     from pausdenoise.photometry import OUTPUT_COLUMNS
-    from pausdenoise.pipeline.stages.compare import _COLUMNS
+    from pausdenoise.pipeline.stages.compare import _APCOR_COLUMNS, _COLUMNS
     from pausdenoise.plan import COMPARE_COLUMN_SHARE, COMPARE_SHARE_COUNT
 
-    # its columns and aper_frac per pass (aperture corrections on), aper_frac and
-    # flags_prof once to count the shares
-    assert COMPARE_COLUMN_SHARE == pytest.approx((len(_COLUMNS) + 1) / len(OUTPUT_COLUMNS))
+    # its columns and the aperture corrections' per pass (aperture corrections on),
+    # aper_frac and flags_prof once to count the shares
+    assert COMPARE_COLUMN_SHARE == pytest.approx((len(_COLUMNS) + len(_APCOR_COLUMNS))
+                                                 / len(OUTPUT_COLUMNS))
     assert COMPARE_SHARE_COUNT == pytest.approx(2 / len(OUTPUT_COLUMNS))

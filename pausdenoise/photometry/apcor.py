@@ -21,6 +21,14 @@ expected ``flux / total flux`` of the aperture sum on a perfect sky, so ``flux /
 the total flux on every exposure alike. The geometry alone decides ``T``: masked pixels, the
 image's edge and the pixel values play no part (those rows carry their own flags).
 
+The aperture also catches part of its **neighbours' light**: each catalogue source ``j`` puts
+``F_j T_ij`` into aperture ``i``, with ``T_ij = Σ wᵢ p_j`` over aperture ``i``'s pixels and
+``F_j`` its profile-weighted total flux (the joint fit of overlapping sources,
+:mod:`pausdenoise.photometry.profile`). :func:`neighbour_light` sums it over the sources
+whose profile stamps reach the aperture, with the error ``sqrt(Σ (T_ij σ_j)²)``; a source
+without a finite profile flux adds nothing. ``(flux − neighbours) / T`` then estimates the
+source's own total flux whatever the seeing and the crowding.
+
 Conventions are those of the aperture sums: 0-based pixel positions (pixel centres at
 integers), lengths in pixels, ``theta`` the photutils angle in radians counter-clockwise
 from +x.
@@ -30,16 +38,36 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from pausdenoise.photometry.apertures import MAX_AXIS_PX, MIN_AXIS_PX, _overlap_weights
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.profile import _compact, _evaluate, profile_components
 
-__all__ = ["MAX_BOX_PX", "aperture_corrected", "aperture_fractions"]
+__all__ = ["MAX_BOX_PX", "aperture_corrected", "aperture_fractions", "neighbour_light"]
 
 #: Rows whose aperture's bounding box is wider than this (px) get NaN: no sensible catalogue
 #: aperture is, and the per-row profile evaluation grows with the box's area.
 MAX_BOX_PX = 2048
+
+
+def _boxes(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
+           theta: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Half-extents and pixel boxes of the apertures (not cut to any image).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``hx, hy`` (px) and ``ix0, ix1, iy0, iy1`` (int64, 0-based ``[min, max)``), as the
+        aperture sums choose them; the boxes are garbage where the geometry is not finite.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        hx = np.sqrt((a * np.cos(theta)) ** 2 + (b * np.sin(theta)) ** 2)
+        hy = np.sqrt((a * np.sin(theta)) ** 2 + (b * np.cos(theta)) ** 2)
+        lo_x, hi_x = np.nan_to_num(x - hx + 0.5), np.nan_to_num(x + hx + 0.5)
+        lo_y, hi_y = np.nan_to_num(y - hy + 0.5), np.nan_to_num(y + hy + 0.5)
+    return (hx, hy, np.floor(lo_x).astype(np.int64), np.floor(hi_x).astype(np.int64) + 1,
+            np.floor(lo_y).astype(np.int64), np.floor(hi_y).astype(np.int64) + 1)
 
 
 def aperture_fractions(
@@ -86,9 +114,8 @@ def aperture_fractions(
     hlr, q, frac = (np.asarray(v, dtype=np.float64) for v in shapes)
     n = len(x)
     out = np.full(n, np.nan)
+    hx, hy, bx0, bx1, by0, by1 = _boxes(x, y, a, b, theta)
     with np.errstate(invalid="ignore", over="ignore"):
-        hx = np.sqrt((a * np.cos(theta)) ** 2 + (b * np.sin(theta)) ** 2)
-        hy = np.sqrt((a * np.sin(theta)) ** 2 + (b * np.cos(theta)) ** 2)
         ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(theta)
               & (a >= MIN_AXIS_PX) & (b >= MIN_AXIS_PX) & (a <= MAX_AXIS_PX)
               & (b <= MAX_AXIS_PX) & (2 * np.maximum(hx, hy) <= MAX_BOX_PX)
@@ -105,10 +132,7 @@ def aperture_fractions(
         coef, amp = components[0][idx], components[1][idx]
     use_exact, nsub = (1, 1) if config.subpixels == 0 else (0, int(config.subpixels))
     xi, yi = x[idx], y[idx]
-    ix0 = np.floor(xi - hx[idx] + 0.5).astype(np.int64)
-    ix1 = np.floor(xi + hx[idx] + 0.5).astype(np.int64) + 1
-    iy0 = np.floor(yi - hy[idx] + 0.5).astype(np.int64)
-    iy1 = np.floor(yi + hy[idx] + 0.5).astype(np.int64) + 1
+    ix0, ix1, iy0, iy1 = bx0[idx], bx1[idx], by0[idx], by1[idx]
     # sources with boxes of one shape are evaluated together (profile._evaluate); the
     # overlap weights come one source at a time from photutils' routine
     shape_key = (iy1 - iy0) * (MAX_BOX_PX + 2) + (ix1 - ix0)
@@ -129,27 +153,110 @@ def aperture_fractions(
     return out
 
 
+def neighbour_light(
+    geometry: tuple[np.ndarray, ...],
+    components: tuple[np.ndarray, np.ndarray],
+    fluxes: np.ndarray,
+    flux_errs: np.ndarray,
+    radii: np.ndarray,
+    config: PhotometryConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the light the other catalogue sources put into each row's aperture.
+
+    Parameters
+    ----------
+    geometry : tuple of ndarray, each shape (n,)
+        ``(x, y, a, b, theta)`` as for :func:`aperture_fractions`.
+    components : tuple of ndarray
+        The rows' profiles ``(coef, amp)``
+        (:func:`pausdenoise.photometry.profile.profile_components`, one row per source).
+    fluxes, flux_errs : ndarray of float64, shape (n,)
+        The sources' profile-weighted total fluxes and errors (ADU); a non-finite flux adds
+        no light.
+    radii : ndarray of int64, shape (n,)
+        Half-sizes of the sources' profile stamps (px,
+        :func:`pausdenoise.photometry.profile.stamp_radii`): a source reaches an aperture
+        whose box its stamp overlaps.
+    config : PhotometryConfig
+        ``subpixels`` (the aperture weights).
+
+    Returns
+    -------
+    light, light_err : ndarray of float64, shape (n,)
+        ``Σ_j F_j T_ij`` and ``sqrt(Σ_j (T_ij σ_j)²)`` (ADU) over the other sources ``j``;
+        NaN where the aperture is unusable (as :func:`aperture_fractions`), 0 without a
+        neighbour in reach.
+    """
+    x, y, a, b, theta = (np.asarray(v, dtype=np.float64) for v in geometry)
+    coef, amp = components
+    n = len(x)
+    light, err = np.full(n, np.nan), np.full(n, np.nan)
+    with np.errstate(invalid="ignore"):
+        f = np.asarray(fluxes, dtype=np.float64)
+        e = np.where(np.isfinite(flux_errs), flux_errs, 0.0)
+        emits = np.isfinite(f) & np.isfinite(x) & np.isfinite(y) & (f != 0)
+        ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(theta) & (a >= MIN_AXIS_PX)
+              & (b >= MIN_AXIS_PX) & (a <= MAX_AXIS_PX) & (b <= MAX_AXIS_PX))
+    hx, hy, ix0, ix1, iy0, iy1 = _boxes(x, y, a, b, theta)
+    ok &= 2 * np.maximum(hx, hy) <= MAX_BOX_PX
+    light[ok], err[ok] = 0.0, 0.0
+    src = np.flatnonzero(emits)
+    if not len(src) or not ok.any():
+        return light, err
+    tree = cKDTree(np.c_[x[src], y[src]])
+    reach = float(radii[src].max()) + 1.0
+    use_exact, nsub = (1, 1) if config.subpixels == 0 else (0, int(config.subpixels))
+    near = tree.query_ball_point(np.c_[x[ok], y[ok]], np.hypot(hx[ok], hy[ok]) + reach)
+    for i, cand in zip(np.flatnonzero(ok).tolist(), near, strict=True):
+        js = src[np.asarray(cand, dtype=np.int64)]
+        js = js[(js != i) & (np.abs(x[js] - x[i]) <= hx[i] + radii[js] + 1)
+                & (np.abs(y[js] - y[i]) <= hy[i] + radii[js] + 1)]
+        if not len(js):
+            continue
+        box = (int(ix0[i]), int(ix1[i]), int(iy0[i]), int(iy1[i]))
+        w = _overlap_weights(box, float(x[i]), float(y[i]), float(a[i]), float(b[i]),
+                             float(theta[i]), use_exact, nsub).ravel()
+        gx = np.tile(np.arange(box[0], box[1], dtype=np.float64), box[3] - box[2])
+        gy = np.repeat(np.arange(box[2], box[3], dtype=np.float64), box[1] - box[0])
+        p = _evaluate(_compact(coef[js], amp[js]), gx[None, :] - x[js, None],
+                      gy[None, :] - y[js, None])
+        t = p @ w
+        light[i] = float(np.dot(f[js], t))
+        err[i] = float(np.sqrt(np.sum((e[js] * t) ** 2)))
+    return light, err
+
+
 def aperture_corrected(table: pd.DataFrame) -> pd.DataFrame:
-    """Turn aperture fluxes into total fluxes: divide them by their aperture share.
+    """Turn aperture fluxes into the sources' own total fluxes.
+
+    ``f' = (f − N·zp) / T`` and ``σ' = sqrt(σ² + (σ_N·zp)²) / T``, with ``T`` the aperture
+    share, ``N ± σ_N`` the neighbours' light in the aperture (ADU) and ``zp`` the row's
+    zero-point.
 
     Parameters
     ----------
     table : pandas.DataFrame
-        Photometry rows with ``flux_cal``, ``flux_cal_err`` (calibrated units) and
-        ``aper_frac`` (:func:`aperture_fractions`, written by the photometry).
+        Photometry rows with ``flux_cal``, ``flux_cal_err`` (calibrated units), ``zp``,
+        ``aper_frac`` (:func:`aperture_fractions`), ``aper_neighbours`` and
+        ``aper_neighbours_err`` (:func:`neighbour_light`), as the photometry writes them.
 
     Returns
     -------
     pandas.DataFrame
-        The rows with a finite, positive ``aper_frac``, with ``flux_cal`` and
-        ``flux_cal_err`` divided by it (the error of ``aper_frac`` itself is not added: it
-        follows from the catalogue shape and the PSF, both taken as exact); the other rows
+        The rows with a finite, positive ``aper_frac`` and a finite neighbours' light,
+        ``flux_cal`` and ``flux_cal_err`` corrected (the error of ``T`` itself is not added:
+        it follows from the catalogue shape and the PSF, both taken as exact); the other rows
         are left out.
     """
     frac = table["aper_frac"].to_numpy(dtype=np.float64)
+    light = table["aper_neighbours"].to_numpy(dtype=np.float64)
+    light_err = table["aper_neighbours_err"].to_numpy(dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        keep = np.isfinite(frac) & (frac > 0)
+        keep = (np.isfinite(frac) & (frac > 0) & np.isfinite(light)
+                & np.isfinite(light_err))
     out = table.loc[keep].copy()
-    out["flux_cal"] = out["flux_cal"] / frac[keep]
-    out["flux_cal_err"] = out["flux_cal_err"] / frac[keep]
+    zp = out["zp"].to_numpy(dtype=np.float64)
+    t, n, ne = frac[keep], light[keep] * zp, light_err[keep] * zp
+    out["flux_cal"] = (out["flux_cal"].to_numpy(dtype=np.float64) - n) / t
+    out["flux_cal_err"] = np.hypot(out["flux_cal_err"].to_numpy(dtype=np.float64), ne) / t
     return out

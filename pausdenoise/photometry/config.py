@@ -23,9 +23,10 @@ EMPTY_NOISE_MODEL = "loglog-8;profile-veff-span"
 #: Version of the profile-weighted fit of :mod:`pausdenoise.photometry.profile` (part of the
 #: fingerprint with ``profile=True``): "sky-filled" = a row without a usable annulus sky
 #: takes the frame's median sky in its overlap group's joint solve instead of making the
-#: group's fluxes NaN; "aper-frac" = the rows carry ``aper_frac``, the aperture's share of
-#: the profile's flux (:mod:`pausdenoise.photometry.apcor`).
-PROFILE_MODEL = "sky-filled;aper-frac"
+#: group's fluxes NaN; "aper-frac-neighbours" = the rows carry ``aper_frac``, the
+#: aperture's share of the profile's flux, and ``aper_neighbours(_err)``, the other sources'
+#: light in the aperture (:mod:`pausdenoise.photometry.apcor`).
+PROFILE_MODEL = "sky-filled;aper-frac-neighbours"
 
 
 class PhotFlag(IntFlag):

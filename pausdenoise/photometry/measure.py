@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats, sky_estimate
-from pausdenoise.photometry.apcor import aperture_fractions
+from pausdenoise.photometry.apcor import aperture_fractions, neighbour_light
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
@@ -55,7 +55,12 @@ from pausdenoise.photometry.empty import (
     sky_variance,
 )
 from pausdenoise.photometry.neighbours import neighbour_mask
-from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usable_pixels
+from pausdenoise.photometry.profile import (
+    intrinsic_shapes,
+    profile_fluxes,
+    stamp_radii,
+    usable_pixels,
+)
 
 if TYPE_CHECKING:  # typing only: the PSF module is not needed to import this one
     from pausdenoise.psf import PsfEstimate
@@ -99,6 +104,8 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "psf_fwhm_px": "float64",  # FWHM of the Moffat PSF used, pixels
     # share of the profile's total flux in the aperture (pausdenoise.photometry.apcor)
     "aper_frac": "float64",
+    "aper_neighbours": "float64",  # the other sources' light in the aperture, ADU
+    "aper_neighbours_err": "float64",  # its error, ADU
 }
 
 
@@ -373,14 +380,15 @@ def _no_profile(n: int, psf: PsfEstimate | None) -> dict[str, np.ndarray]:
     Returns
     -------
     dict of str to ndarray
-        NaN fluxes and ``aper_frac``, ``flags_prof = NO_PSF``, ``psf_fwhm_px`` the PSF's
-        FWHM or NaN.
+        NaN fluxes, ``aper_frac`` and ``aper_neighbours(_err)``, ``flags_prof = NO_PSF``,
+        ``psf_fwhm_px`` the PSF's FWHM or NaN.
     """
     nan = np.full(n, np.nan)
     fwhm = np.nan if psf is None else float(psf.fwhm_px)
     return {"flux_prof": nan, "flux_prof_err": nan, "flux_prof_cal": nan,
             "flux_prof_cal_err": nan, "flags_prof": np.full(n, int(ProfFlag.NO_PSF), np.int32),
-            "psf_fwhm_px": np.full(n, fwhm), "aper_frac": nan}
+            "psf_fwhm_px": np.full(n, fwhm), "aper_frac": nan, "aper_neighbours": nan,
+            "aper_neighbours_err": nan}
 
 
 def _profile_flags(res: dict[str, np.ndarray], approx: np.ndarray, x: np.ndarray,
@@ -424,13 +432,16 @@ def _profile_columns(
     (:func:`~pausdenoise.photometry.empty.profile_sky_variance`, seeded by ``empty_seed``)
     and σ_b² scaled alike; the error's sky terms change, the weights, hence the flux, do
     not. ``aper_frac`` is the aperture's share of the same profile's total flux
-    (:func:`pausdenoise.photometry.apcor.aperture_fractions`).
+    (:func:`pausdenoise.photometry.apcor.aperture_fractions`), ``aper_neighbours`` ±
+    ``aper_neighbours_err`` the other sources' light in it from their profile fluxes
+    (:func:`pausdenoise.photometry.apcor.neighbour_light`).
 
     Returns
     -------
     dict of str to ndarray
         ``flux_prof``, ``flux_prof_err``, ``flux_prof_cal``, ``flux_prof_cal_err``,
-        ``flags_prof``, ``psf_fwhm_px``, ``aper_frac``.
+        ``flags_prof``, ``psf_fwhm_px``, ``aper_frac``, ``aper_neighbours``,
+        ``aper_neighbours_err``.
     """
     x, y, a, b, theta = geometry
     if psf is None or not config.profile or not (np.isfinite(psf.fwhm_px) and psf.fwhm_px > 0):
@@ -453,13 +464,20 @@ def _profile_columns(
                          beta=beta, sky=(bkg, st["bkg_std"] ** 2, var_b), gain=gain,
                          config=config, sky_variance=v_eff)
     cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
+    light, light_err = (np.full(len(x), np.nan),) * 2
+    if res["components"] is not None:
+        light, light_err = neighbour_light(geometry, res["components"], res["flux"],
+                                           res["flux_err"],
+                                           stamp_radii(*shapes[:2], float(psf.fwhm_px), config),
+                                           config)
     return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
             "flux_prof_cal_err": cal_err,
             "flags_prof": _profile_flags(res, approx, x, y, st, image.shape, config),
             "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px)),
             "aper_frac": aperture_fractions(geometry, tuple(shapes), fwhm_px=float(psf.fwhm_px),
                                             beta=beta, config=config,
-                                            components=res["components"])}
+                                            components=res["components"]),
+            "aper_neighbours": light, "aper_neighbours_err": light_err}
 
 
 def measure_frame(

@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from pausdenoise.photometry.apcor import MAX_BOX_PX, aperture_corrected, aperture_fractions
+from pausdenoise.photometry.apcor import (
+    MAX_BOX_PX,
+    aperture_corrected,
+    aperture_fractions,
+    neighbour_light,
+)
 from pausdenoise.photometry.config import PhotometryConfig
 
 
@@ -71,15 +76,18 @@ def test_subpixel_weights_give_the_same_share_to_their_accuracy():
     assert exact[0] != sub[0] and abs(exact[0] - sub[0]) < 0.01
 
 
-def test_the_corrected_table_holds_total_fluxes_and_drops_rows_without_a_share():
-    table = pd.DataFrame({"ref_id": [1, 2, 3, 4], "flux_cal": [6.0, 5.0, 4.0, 3.0],
-                          "flux_cal_err": [0.6, 0.5, 0.4, 0.3],
-                          "aper_frac": [0.6, np.nan, 0.0, 0.5]})
+def test_the_corrected_table_holds_own_total_fluxes_and_drops_rows_without_a_share():
+    table = pd.DataFrame({"ref_id": [1, 2, 3, 4, 5], "flux_cal": [6.0, 5.0, 4.0, 3.0, 2.0],
+                          "flux_cal_err": [0.6, 0.5, 0.4, 0.3, 0.2], "zp": 2.0,
+                          "aper_frac": [0.6, np.nan, 0.0, 0.5, 0.5],
+                          "aper_neighbours": [0.0, 0.0, 0.0, 0.5, np.nan],
+                          "aper_neighbours_err": [0.0, 0.0, 0.0, 0.2, 0.0]})
     out = aperture_corrected(table)
     assert out["ref_id"].tolist() == [1, 4]
-    np.testing.assert_allclose(out["flux_cal"], [10.0, 6.0])
-    np.testing.assert_allclose(out["flux_cal_err"], [1.0, 0.6])
-    assert table["flux_cal"].tolist() == [6.0, 5.0, 4.0, 3.0]
+    # (f − N·zp) / T and sqrt(σ² + (σ_N·zp)²) / T
+    np.testing.assert_allclose(out["flux_cal"], [10.0, 4.0])
+    np.testing.assert_allclose(out["flux_cal_err"], [1.0, 1.0])
+    assert table["flux_cal"].tolist() == [6.0, 5.0, 4.0, 3.0, 2.0]
 
 
 def test_the_profile_flux_s_components_give_the_same_shares():
@@ -96,3 +104,42 @@ def test_the_profile_flux_s_components_give_the_same_shares():
     reused = aperture_fractions(geom, shapes, fwhm_px=3.2, beta=2.5, config=cfg,
                                 components=comps)
     np.testing.assert_array_equal(own, reused)
+
+
+def _offset_share(d: float, r: float, cfg: PhotometryConfig) -> float:
+    """Share of a point source's light (FWHM 3 px, β 3) in a circle of radius r centred
+    on pixel (30, 30), the source d px to its right."""
+    from pausdenoise.photometry.apertures import _overlap_weights
+    from pausdenoise.photometry.profile import _evaluate, profile_components
+
+    coef, _ = profile_components(np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), 3.0, 3.0,
+                                 cfg)
+    w = _overlap_weights((20, 41, 20, 41), 30.0, 30.0, r, r, 0.0, 1, 1).ravel()
+    gx = np.tile(np.arange(20, 41, dtype=float), 21)
+    gy = np.repeat(np.arange(20, 41, dtype=float), 21)
+    return float(_evaluate(coef, (gx - 30.0 - d)[None, :], (gy - 30.0)[None, :])[0] @ w)
+
+
+def test_a_neighbour_s_light_is_its_flux_times_its_share_of_the_aperture():
+    """Two point sources 4 px apart each put F_j × (their share of the other's aperture)
+    into it, with error σ_j × that share; a source beyond every stamp's reach gets 0; a
+    neighbour without a finite flux adds nothing."""
+    from pausdenoise.photometry.profile import profile_components
+
+    cfg = PhotometryConfig()
+    x, y = np.array([30.0, 34.0, 90.0, 30.0]), np.array([30.0, 30.0, 90.0, 45.0])
+    r = np.full(4, 3.0)
+    zero, one = np.zeros(4), np.ones(4)
+    comps = profile_components(zero, one, zero, zero, 3.0, 3.0, cfg)
+    flux, err = np.array([1000.0, 500.0, 8000.0, np.nan]), np.array([10.0, 20.0, 5.0, 1.0])
+    light, light_err = neighbour_light((x, y, r, r, zero), comps, flux, err,
+                                       np.full(4, 12), cfg)
+    off = _offset_share(4.0, 3.0, cfg)
+    assert 0.0 < off < 0.2
+    np.testing.assert_allclose(light[:2], [500.0 * off, 1000.0 * off], rtol=1e-6)
+    np.testing.assert_allclose(light_err[:2], [20.0 * off, 10.0 * off], rtol=1e-6)
+    assert light[2] == 0.0 and light_err[2] == 0.0
+    assert 0.0 < light[3] < 1000.0 * off  # sources 0 and 1 reach it, 15 px away
+    bad = neighbour_light((x, y, np.r_[0.0, r[1:]], r, zero), comps, flux, err,
+                          np.full(4, 12), cfg)[0]
+    assert np.isnan(bad[0]) and np.allclose(bad[1:], light[1:])

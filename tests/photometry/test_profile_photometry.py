@@ -240,10 +240,11 @@ def test_no_psf_leaves_aperture_columns_unchanged(sparse):
                 _measure(image + SKY, cat, profile=False)):
         assert out["flux_prof"].isna().all() and out["flux_prof_err"].isna().all()
         assert (out["flags_prof"] == int(ProfFlag.NO_PSF)).all()
-        assert out["aper_frac"].isna().all()
+        assert out[["aper_frac", "aper_neighbours", "aper_neighbours_err"]].isna().all().all()
         aper = [c for c in OUTPUT_COLUMNS if c not in
                 ("flux_prof", "flux_prof_err", "flux_prof_cal", "flux_prof_cal_err",
-                 "flags_prof", "psf_fwhm_px", "aper_frac")]
+                 "flags_prof", "psf_fwhm_px", "aper_frac", "aper_neighbours",
+                 "aper_neighbours_err")]
         pd.testing.assert_frame_equal(out[aper], with_psf[aper])
 
 
@@ -402,3 +403,19 @@ def test_aperture_correction_takes_out_the_seeing(sparse):
     iso = slice(3, 9)
     assert (f_blur / f_sharp)[iso].min() < 0.85
     np.testing.assert_allclose((f_blur / t_blur)[iso], (f_sharp / t_sharp)[iso], rtol=0.005)
+
+
+def test_neighbours_light_leaves_each_aperture_its_own_light(field):
+    """A crowded noiseless field (5 pairs 4–6 px apart): the aperture sums hold the
+    neighbours' light (up to tens of per cent); minus ``aper_neighbours`` they are each
+    source's own light in its aperture (aper_frac × the true flux) to 1 %."""
+    cat, image = field
+    out = _measure(image + SKY, cat)
+    own = out["aper_frac"].to_numpy() * cat["flux_true"].to_numpy()
+    summed = _own_aperture_sums(image, cat)
+    pairs = slice(0, 10)
+    assert (summed / own - 1)[pairs].max() > 0.1
+    rel = (summed - out["aper_neighbours"].to_numpy()) / own - 1
+    assert np.abs(rel[pairs]).max() < 0.01, rel
+    assert np.abs(rel).max() < 0.01, rel
+    assert (out["aper_neighbours_err"] > 0).any()

@@ -409,13 +409,14 @@ def test_compare_writes_the_calibrated_errors(tiny_run):
     assert summary["calibrated_error_rows"] == len(errs)
 
 
-def test_compare_corrects_the_apertures_for_the_seeing(tiny_run, tmp_path, capsys):
+def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_path, capsys):
     """compare.aperture_correction 'auto' (the default) divides every flux by its aperture
-    share: the written raw fluxes are the photometry's flux_cal / aper_frac and the truth
-    comparison is against the true total flux, with the bias per bin that 'off' finds
-    against the in-aperture truth. Photometry written without aper_frac (before it
-    existed) is left as it is under 'auto' and refused under 'on', naming the band and
-    what to do; shapes guessed from the apertures are not used under 'auto', and said."""
+    share after taking out the neighbours' light: the written raw fluxes are the
+    photometry's (flux_cal − aper_neighbours·zp) / aper_frac, and against the true total
+    flux they lose the neighbours' bias that 'off' finds against the in-aperture truth.
+    Photometry written without aper_frac (before it existed) is left as it is under 'auto'
+    and refused under 'on', naming the band and what to do; shapes guessed from the
+    apertures are not used under 'auto', and said."""
     import shutil
 
     from pausdenoise.photometry import read_photometry
@@ -430,8 +431,8 @@ def test_compare_corrects_the_apertures_for_the_seeing(tiny_run, tmp_path, capsy
     raw = phot[phot["kind"] == "raw"].set_index(["ref_id", "expnum"]).sort_index()
     errs = pd.read_parquet(ref / "compare" / "denoised_errors")
     errs = errs.set_index(["ref_id", "expnum"]).sort_index()
-    np.testing.assert_allclose(errs["flux_cal_raw"], (raw["flux_cal"] / raw["aper_frac"])
-                               .loc[errs.index])
+    own = (raw["flux_cal"] - raw["aper_neighbours"] * raw["zp"]) / raw["aper_frac"]
+    np.testing.assert_allclose(errs["flux_cal_raw"], own.loc[errs.index])
     truth_on = pd.read_csv(ref / "compare" / "truth_comparison.csv")
     out = tmp_path / "out"
     shutil.copytree(ref, out)
@@ -441,11 +442,11 @@ def test_compare_corrects_the_apertures_for_the_seeing(tiny_run, tmp_path, capsy
     assert "aperture_correction" not in json.loads((out / "compare" / "summary.json")
                                                    .read_text())
     truth_off = pd.read_csv(out / "compare" / "truth_comparison.csv")
-    # the share is the simulation's own: total fluxes are as biased against the total truth
-    # as aperture fluxes against the in-aperture truth (neighbours, sky), no more
+    # the aperture fluxes hold the neighbours' light (this crowded field: +11 % overall);
+    # the sources' own total fluxes do not
     on, off = (tc[tc["kind"] == "raw"].set_index("bin") for tc in (truth_on, truth_off))
     assert (on["n"] == off["n"]).all() and on["n"]["all"] > 100
-    np.testing.assert_allclose(on["bias_median"], off["bias_median"], atol=0.01)
+    assert off["bias_median"]["all"] > 0.05 and abs(on["bias_median"]["all"]) < 0.02, on
     # one band's photometry as written before aper_frac existed
     for part in (out / "photometry" / "band=NB615").rglob("*.parquet"):
         pd.read_parquet(part).drop(columns=["aper_frac"]).to_parquet(part)

@@ -75,6 +75,8 @@ __all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
+#: and those the aperture corrections add (pausdenoise.photometry.apcor.aperture_corrected)
+_APCOR_COLUMNS = ("aper_frac", "aper_neighbours", "aper_neighbours_err", "zp")
 
 
 def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd.DataFrame:
@@ -123,7 +125,7 @@ def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
         without one dropped) and the transfer function (``transfer``) when given.
     """
     table = read_photometry(phot_dir, bands=[band],
-                            columns=[*_COLUMNS, "aper_frac"] if apcor else _COLUMNS)
+                            columns=[*_COLUMNS, *_APCOR_COLUMNS] if apcor else _COLUMNS)
     if apcor:
         table = aperture_corrected(table)
     if scales is not None:
@@ -145,13 +147,14 @@ def band_aperture_fractions(phot_dir: str, band: str) -> dict[str, Any]:
     -------
     dict
         ``band``, ``rows``, ``with_share`` (rows with a finite, positive ``aper_frac``;
-        both 0, unread, when the band's files lack the column, as written before it existed),
+        both 0, unread, when the band's files lack it or the neighbours' light, as written
+        before they existed),
         ``approximate`` (those of them whose shape was derived from the aperture, the
         catalogue having no profile columns: ``ProfFlag.APPROX_PROFILE``) and, over the
         rows with a share, ``median``, ``p01`` and ``p99`` of ``aper_frac`` (NaN without).
     """
     cols = ["aper_frac", "flags_prof"]
-    if band_has_columns(phot_dir, band, cols):
+    if band_has_columns(phot_dir, band, [*cols, *_APCOR_COLUMNS]):
         table = read_photometry(phot_dir, bands=[band], columns=cols)
     else:  # written before aper_frac existed: no share to use, and nothing to read
         return {"band": band, "rows": 0, "with_share": 0, "approximate": 0,
