@@ -464,7 +464,7 @@ def _profile_columns(
                          beta=beta, sky=(bkg, st["bkg_std"] ** 2, var_b), gain=gain,
                          config=config, sky_variance=v_eff)
     cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
-    light, light_err = (np.full(len(x), np.nan),) * 2
+    light, light_err = np.full(len(x), np.nan), np.full(len(x), np.nan)
     if res["components"] is not None:
         light, light_err = neighbour_light(geometry, res["components"], res["flux"],
                                            res["flux_err"],
