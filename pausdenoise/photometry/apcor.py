@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from pausdenoise.photometry.apertures import MAX_AXIS_PX, MIN_AXIS_PX, _overlap_weights
+from pausdenoise.photometry.apertures import _overlap_weights, ellipse_extents
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.profile import _compact, _evaluate, profile_components
 
@@ -58,16 +58,18 @@ def _boxes(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray,
     Returns
     -------
     tuple of ndarray
-        ``hx, hy`` (px) and ``ix0, ix1, iy0, iy1`` (int64, 0-based ``[min, max)``), as the
-        aperture sums choose them; the boxes are garbage where the geometry is not finite.
+        ``hx, hy`` (px), ``ix0, ix1, iy0, iy1`` (int64, 0-based ``[min, max)``), as the
+        aperture sums choose them, and ``usable``: the rows the aperture sums measure
+        (:func:`pausdenoise.photometry.apertures.ellipse_extents`) whose box is at most
+        :data:`MAX_BOX_PX` wide; the boxes of the other rows are meaningless.
     """
+    hx, hy, usable = ellipse_extents(x, y, a, b, theta)
     with np.errstate(invalid="ignore", over="ignore"):
-        hx = np.sqrt((a * np.cos(theta)) ** 2 + (b * np.sin(theta)) ** 2)
-        hy = np.sqrt((a * np.sin(theta)) ** 2 + (b * np.cos(theta)) ** 2)
+        usable &= 2 * np.maximum(hx, hy) <= MAX_BOX_PX
         lo_x, hi_x = np.nan_to_num(x - hx + 0.5), np.nan_to_num(x + hx + 0.5)
         lo_y, hi_y = np.nan_to_num(y - hy + 0.5), np.nan_to_num(y + hy + 0.5)
     return (hx, hy, np.floor(lo_x).astype(np.int64), np.floor(hi_x).astype(np.int64) + 1,
-            np.floor(lo_y).astype(np.int64), np.floor(hi_y).astype(np.int64) + 1)
+            np.floor(lo_y).astype(np.int64), np.floor(hi_y).astype(np.int64) + 1, usable)
 
 
 def aperture_fractions(
@@ -114,12 +116,9 @@ def aperture_fractions(
     hlr, q, frac = (np.asarray(v, dtype=np.float64) for v in shapes)
     n = len(x)
     out = np.full(n, np.nan)
-    hx, hy, bx0, bx1, by0, by1 = _boxes(x, y, a, b, theta)
-    with np.errstate(invalid="ignore", over="ignore"):
-        ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(theta)
-              & (a >= MIN_AXIS_PX) & (b >= MIN_AXIS_PX) & (a <= MAX_AXIS_PX)
-              & (b <= MAX_AXIS_PX) & (2 * np.maximum(hx, hy) <= MAX_BOX_PX)
-              & np.isfinite(hlr) & (hlr >= 0) & np.isfinite(q) & (q > 0) & (q <= 1)
+    _, _, bx0, bx1, by0, by1, usable = _boxes(x, y, a, b, theta)
+    with np.errstate(invalid="ignore"):
+        ok = (usable & np.isfinite(hlr) & (hlr >= 0) & np.isfinite(q) & (q > 0) & (q <= 1)
               & np.isfinite(frac))
     idx = np.flatnonzero(ok)
     if not len(idx) or not (np.isfinite(fwhm_px) and fwhm_px > 0):
@@ -195,10 +194,7 @@ def neighbour_light(
         f = np.asarray(fluxes, dtype=np.float64)
         e = np.where(np.isfinite(flux_errs), flux_errs, 0.0)
         emits = np.isfinite(f) & np.isfinite(x) & np.isfinite(y) & (f != 0)
-        ok = (np.isfinite(x) & np.isfinite(y) & np.isfinite(theta) & (a >= MIN_AXIS_PX)
-              & (b >= MIN_AXIS_PX) & (a <= MAX_AXIS_PX) & (b <= MAX_AXIS_PX))
-    hx, hy, ix0, ix1, iy0, iy1 = _boxes(x, y, a, b, theta)
-    ok &= 2 * np.maximum(hx, hy) <= MAX_BOX_PX
+    hx, hy, ix0, ix1, iy0, iy1, ok = _boxes(x, y, a, b, theta)
     light[ok], err[ok] = 0.0, 0.0
     src = np.flatnonzero(emits)
     if not len(src) or not ok.any():

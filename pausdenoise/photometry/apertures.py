@@ -26,7 +26,7 @@ from photutils.geometry import circular_overlap_grid, elliptical_overlap_grid
 from pausdenoise.maskbits import MaskBit
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig
 
-__all__ = ["MAX_AXIS_PX", "MIN_AXIS_PX", "aperture_sums"]
+__all__ = ["MAX_AXIS_PX", "MIN_AXIS_PX", "aperture_sums", "ellipse_extents"]
 
 #: Aperture axes (pixels) outside [MIN_AXIS_PX, MAX_AXIS_PX] are flagged BAD_INPUT and not
 #: measured: the overlap routines divide by zero below ~1e-300 px and overflow above
@@ -87,6 +87,44 @@ def _bad_pixels(
     return masked, nonfinite, sat
 
 
+def ellipse_extents(
+    x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Measure each ellipse's bounding box and say which rows can be measured at all.
+
+    Parameters
+    ----------
+    x, y : ndarray of float
+        Centres, 0-based px.
+    a, b : ndarray of float
+        Semi-axes, px.
+    theta : ndarray of float
+        photutils angle, radians.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(hx, hy, usable)``: half widths of the bounding box (px) and the rows with a
+        finite position, axes and angle and axes within [``MIN_AXIS_PX``, ``MAX_AXIS_PX``].
+    """
+    cos_t, sin_t = np.cos(theta), np.sin(theta)
+    with np.errstate(invalid="ignore", over="ignore"):  # huge axes: not usable
+        hx = np.sqrt((a * cos_t) ** 2 + (b * sin_t) ** 2)
+        hy = np.sqrt((a * sin_t) ** 2 + (b * cos_t) ** 2)
+        usable = (
+            np.isfinite(x)
+            & np.isfinite(y)
+            & np.isfinite(a)
+            & np.isfinite(b)
+            & np.isfinite(theta)
+            & (a >= MIN_AXIS_PX)
+            & (b >= MIN_AXIS_PX)
+            & (a <= MAX_AXIS_PX)
+            & (b <= MAX_AXIS_PX)
+        )
+    return hx, hy, usable
+
+
 def _half_extents(
     x: np.ndarray,
     y: np.ndarray,
@@ -108,21 +146,8 @@ def _half_extents(
         ``(hx, hy, good_in)``: half widths of the bounding box in pixels, and the usable
         rows.
     """
-    cos_t, sin_t = np.cos(theta), np.sin(theta)
-    with np.errstate(invalid="ignore", over="ignore"):  # huge axes: flagged below
-        hx = np.sqrt((a * cos_t) ** 2 + (b * sin_t) ** 2)
-        hy = np.sqrt((a * sin_t) ** 2 + (b * cos_t) ** 2)
-        good_in = (
-            np.isfinite(x)
-            & np.isfinite(y)
-            & np.isfinite(a)
-            & np.isfinite(b)
-            & np.isfinite(theta)
-            & (a >= MIN_AXIS_PX)
-            & (b >= MIN_AXIS_PX)
-            & (a <= MAX_AXIS_PX)
-            & (b <= MAX_AXIS_PX)
-        )
+    hx, hy, good_in = ellipse_extents(x, y, a, b, theta)
+    with np.errstate(invalid="ignore"):
         off = (x < -0.5) | (x > nx - 0.5) | (y < -0.5) | (y > ny - 0.5)
     flags[~good_in] |= PhotFlag.BAD_INPUT
     flags[good_in & off] |= PhotFlag.OFF_IMAGE

@@ -55,12 +55,7 @@ from pausdenoise.photometry.empty import (
     sky_variance,
 )
 from pausdenoise.photometry.neighbours import neighbour_mask
-from pausdenoise.photometry.profile import (
-    intrinsic_shapes,
-    profile_fluxes,
-    stamp_radii,
-    usable_pixels,
-)
+from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usable_pixels
 
 if TYPE_CHECKING:  # typing only: the PSF module is not needed to import this one
     from pausdenoise.psf import PsfEstimate
@@ -465,18 +460,17 @@ def _profile_columns(
                          config=config, sky_variance=v_eff)
     cal, cal_err = calibrate_flux(res["flux"], res["flux_err"], zp, zp_err)
     light, light_err = np.full(len(x), np.nan), np.full(len(x), np.nan)
-    if res["components"] is not None:
-        light, light_err = neighbour_light(geometry, res["components"], res["flux"],
-                                           res["flux_err"],
-                                           stamp_radii(*shapes[:2], float(psf.fwhm_px), config),
-                                           config)
+    comps = res["components"]
+    if comps is not None:
+        light, light_err = neighbour_light(geometry, comps[:2], res["flux"], res["flux_err"],
+                                           comps[2], config)
     return {"flux_prof": res["flux"], "flux_prof_err": res["flux_err"], "flux_prof_cal": cal,
             "flux_prof_cal_err": cal_err,
             "flags_prof": _profile_flags(res, approx, x, y, st, image.shape, config),
             "psf_fwhm_px": np.full(len(x), float(psf.fwhm_px)),
             "aper_frac": aperture_fractions(geometry, tuple(shapes), fwhm_px=float(psf.fwhm_px),
                                             beta=beta, config=config,
-                                            components=res["components"]),
+                                            components=None if comps is None else comps[:2]),
             "aper_neighbours": light, "aper_neighbours_err": light_err}
 
 

@@ -613,8 +613,9 @@ def profile_fluxes(
         ``area_eff`` (the profile's effective area (Σp)²/Σp² over usable pixels, px²),
         ``sky_filled`` (the row's sky was not finite and the frame's median was used:
         :func:`_filled_sky`); and ``components``, the profiles' ``(coef, amp)``
-        (:func:`profile_components`; rows without usable inputs hold a point source), for
-        :func:`pausdenoise.photometry.apcor.aperture_fractions` to reuse.
+        (:func:`profile_components`) with their stamp half-sizes (:func:`stamp_radii`), for
+        the aperture corrections (:mod:`pausdenoise.photometry.apcor`) to reuse; rows
+        without usable inputs hold a point source; None when no row has usable inputs.
     """
     hlr, q, frac = shapes
     n = len(x)
@@ -660,4 +661,5 @@ def profile_fluxes(
     sky_filled[idx] = filled
     return {"flux": flux, "flux_err": np.sqrt(var), "weight_left": weight_left,
             "sat_frac": sat_frac, "valid": valid, "group_size": group_size,
-            "area_eff": area_eff, "sky_filled": sky_filled, "components": (coef, amp)}
+            "area_eff": area_eff, "sky_filled": sky_filled,
+            "components": (coef, amp, radii)}
