@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
-from pausdenoise.photometry.measure import calibrate_flux
+from pausdenoise.photometry.calibration import calibrate_flux, without_zero_point_error
 from pausdenoise.stats import bin_index, sigma68, sigma68_stderr
 
 __all__ = [
@@ -1266,7 +1266,9 @@ def truth_comparison(
     table : pandas.DataFrame or dask.dataframe.DataFrame
         The long photometry table.
     truth : pandas.DataFrame
-        ``ref_id``, ``expnum``, ``band``, ``flux_true_cal`` (calibrated units).
+        ``ref_id``, ``expnum``, ``band``, ``flux_true_cal`` (calibrated units) and, for
+        ``pull_sigma68_exact_zp``, ``zp_true`` (the exposure's exact zero-point, calibrated
+        units per ADU; the table then needs ``zp`` and ``zp_err``).
     bins : sequence of float, optional
         I_auto bin edges, AB magnitudes. Default :data:`DEFAULT_BINS`.
     exclude_flags : bool, optional
@@ -1278,7 +1280,11 @@ def truth_comparison(
         ``kind``, ``bin``, ``mag_lo``, ``mag_hi``, ``n``, ``bias_median`` =
         median((f − f_true)/f_true), ``scatter_sigma68`` = σ68((f − f_true)/f_true) and
         ``pull_sigma68`` = σ68((f − f_true)/σ) (with the measurement's own error; ≈1 when
-        errors are right).
+        errors are right) and ``pull_sigma68_exact_zp``, the same with every flux
+        calibrated by its exposure's exact zero-point and the header zero-point's error
+        taken out of σ (:func:`~pausdenoise.photometry.calibration.
+        without_zero_point_error`): the photometry judged without the calibration, whose
+        errors dominate the bright sources' (NaN without ``zp_true``).
 
     Raises
     ------
@@ -1292,8 +1298,9 @@ def truth_comparison(
             raise KeyError(f"truth table is missing column {c!r}")
     if exclude_flags:
         table = table[table["flags"] == 0]
+    exact = "zp_true" in truth.columns and {"zp", "zp_err"} <= set(table.columns)
     m = table.merge(
-        truth[["ref_id", "expnum", "band", "flux_true_cal"]],
+        truth[["ref_id", "expnum", "band", "flux_true_cal", *(["zp_true"] if exact else [])]],
         on=["ref_id", "expnum", "band"],
         how="inner",
     )
@@ -1305,6 +1312,11 @@ def truth_comparison(
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = (f - ft) / ft
             pull = (f - ft) / e
+            pull_exact = np.full(len(g), np.nan)
+            if exact:
+                zp, zp_true = g["zp"].to_numpy(float), g["zp_true"].to_numpy(float)
+                stat = without_zero_point_error(f, e, zp, g["zp_err"].to_numpy(float))
+                pull_exact = (f * zp_true / zp - ft) / (stat * zp_true / zp)
         idx = bin_index(g["I_auto"].to_numpy(float), bins)
         groups = [("all", np.nan, np.nan, np.ones(len(g), bool))]
         groups += [
@@ -1326,6 +1338,7 @@ def truth_comparison(
                     "bias_median": float(np.median(r)) if r.size else np.nan,
                     "scatter_sigma68": sigma68(r),
                     "pull_sigma68": sigma68(pull[sel]),
+                    "pull_sigma68_exact_zp": sigma68(pull_exact[sel]) if exact else np.nan,
                 }
             )
     return pd.DataFrame(rows)

@@ -71,7 +71,7 @@ the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may d
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
 kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
 reads the photometry twice (pairing, then writing each measurement's calibrated error),
-11 of its 35 columns each time with the default aperture corrections
+12 of its 35 columns each time with the default aperture corrections
 (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming columns of equal size), and 2 of
 them once more to count the aperture shares (:data:`COMPARE_SHARE_COUNT`).
 
@@ -95,10 +95,10 @@ from typing import Any
 
 #: Per-worker (CPU) / per-GPU rates measured on the development machine; see the module
 #: docstring and ``benchmarks/RESULTS.md``. ``None``: not measured.
-#: the share of a photometry row's bytes the compare stage reads per pass (11 of 35
-#: columns: its 7 and the 4 of the aperture corrections, with compare.aperture_correction
+#: the share of a photometry row's bytes the compare stage reads per pass (12 of 35
+#: columns: its 7 and the 5 of the aperture corrections, with compare.aperture_correction
 #: 'auto')
-COMPARE_COLUMN_SHARE = 11 / 35
+COMPARE_COLUMN_SHARE = 12 / 35
 #: the share it reads once to count the aperture shares (aper_frac, flags_prof)
 COMPARE_SHARE_COUNT = 2 / 35
 
@@ -601,7 +601,7 @@ def _plan_compare(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: in
     measurements = z.frames * sources_per_ccd
     pairs = measurements * (exposures_per_source - 1) / 2
     # two passes (pairing, then the per-measurement errors), each reading the
-    # 11 of the 35 photometry columns it uses, and one counting the aperture shares
+    # 12 of the 35 photometry columns it uses, and one counting the aperture shares
     read = int(z.frames * sources_per_ccd * kinds * photometry_row_bytes
                * (2 * COMPARE_COLUMN_SHARE + COMPARE_SHARE_COUNT))
     written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)

@@ -19,15 +19,19 @@ determines the scales up to one factor per set of frames linked by shared source
 connected component of the frame–source graph); each set is normalised so that its median
 frame has scale 1. The error of ``z_e`` is ``1.2533 · 1.4826 · MAD / √n`` of its residuals
 (the standard error of a median). Dividing a frame's calibrated fluxes and errors by its
-``s_e`` puts every exposure on one flux scale; the scale's own error is added to each
-flux error as a zero-point error is (it is common to the frame's sources, like a
-zero-point's, and independent between frames, so it is part of every Δf).
+``s_e`` puts every exposure on one flux scale. The scale takes over the header
+zero-point's role, so the header zero-point's error (``zp_err``, where the table has it)
+is taken out of each flux error and the scale's own error put in its place, as a
+zero-point error is (it is common to the frame's sources, like a zero-point's, and
+independent between frames, so it is part of every Δf).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from pausdenoise.photometry.calibration import without_zero_point_error
 
 __all__ = ["apply_exposure_scales", "fit_exposure_scales"]
 
@@ -165,7 +169,9 @@ def apply_exposure_scales(table: pd.DataFrame, scales: pd.DataFrame) -> pd.DataF
     ----------
     table : pandas.DataFrame
         Long photometry table (``expnum``, ``ccd``, ``flux_cal``, ``flux_cal_err``; raw and
-        denoised rows alike: the scale is the exposure's).
+        denoised rows alike: the scale is the exposure's), and ``zp`` and ``zp_err`` when
+        the header zero-points' errors are to be replaced by the scales' (without them the
+        errors are taken as the measurements' own).
     scales : pandas.DataFrame
         :func:`fit_exposure_scales`' table.
 
@@ -174,12 +180,13 @@ def apply_exposure_scales(table: pd.DataFrame, scales: pd.DataFrame) -> pd.DataF
     pandas.DataFrame
         The rows of frames with a scale (frames left out of the fit are dropped: they cannot
         be compared on the common scale), ``flux_cal`` divided by it and ``flux_cal_err``
-        by it with the scale's own error added as a zero-point error is::
+        by it with the scale's own error in place of the header zero-point's::
 
-            σ' = sqrt((σ/s)² + (f/s)² (σ_s/s)²)
+            σ' = sqrt((σ_c/s)² + (f/s)² (σ_s/s)²)
 
-        (``σ_s`` = ``scale_err``; a missing one counts as 0); other columns unchanged,
-        fresh index.
+        (``σ_c``: ``flux_cal_err`` without the zero-point's error,
+        :func:`~pausdenoise.photometry.calibration.without_zero_point_error`; ``σ_s`` =
+        ``scale_err``, a missing one counts as 0); other columns unchanged, fresh index.
     """
     cols = [*FRAME_KEYS, "scale", *(["scale_err"] if "scale_err" in scales.columns else [])]
     s = scales.dropna(subset=["scale"])[cols]
@@ -187,8 +194,12 @@ def apply_exposure_scales(table: pd.DataFrame, scales: pd.DataFrame) -> pd.DataF
     scale = out["scale"].to_numpy(float)
     rel = (out["scale_err"].fillna(0.0).to_numpy(float) / scale if "scale_err" in out.columns
            else np.zeros(len(out)))
-    f = out["flux_cal"].to_numpy(float) / scale
-    e = out["flux_cal_err"].to_numpy(float) / scale
+    f = out["flux_cal"].to_numpy(float)
+    e = out["flux_cal_err"].to_numpy(float)
+    if {"zp", "zp_err"} <= set(out.columns):
+        e = without_zero_point_error(f, e, out["zp"].to_numpy(float),
+                                     out["zp_err"].to_numpy(float))
+    f, e = f / scale, e / scale
     out["flux_cal"] = f
     out["flux_cal_err"] = np.sqrt(e * e + (f * rel) ** 2)
     return out.drop(columns=[c for c in ("scale", "scale_err") if c in out.columns])

@@ -605,3 +605,32 @@ def test_model_round_trip_and_per_measurement_errors(three_bands):
     want = model.scale_for(rows.I_auto, rows.band) * rows.flux_cal_err_raw
     np.testing.assert_allclose(rows.flux_cal_err_den_model, want)
     assert {"flux_cal_den", "flux_cal_err_den", "flags_den"} <= set(rows.columns)
+
+
+def test_truth_comparison_judges_the_photometry_apart_from_the_zero_points():
+    """Header zero-points 3 % off but saying 1 %: the bright sources' pulls against the
+    truth show it; with the exact zero-points and their errors taken out they are 1."""
+    from pausdenoise.photometry.calibration import calibrate_flux
+
+    rng = np.random.default_rng(5)
+    n_src, rows, truth = 3000, [], []
+    mags = rng.uniform(17.0, 23.0, n_src)
+    ftrue = 10 ** (-0.4 * (mags - 23.9))
+    sig = np.sqrt(0.01 * ftrue + 0.5**2)
+    for e in range(100, 112):
+        zp = 1.0 + 0.03 * rng.standard_normal()
+        f_cal, e_cal = calibrate_flux(ftrue + rng.normal(0, sig), sig, zp, 0.01 * zp)
+        rows.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "band": "NB455",
+                                  "kind": "raw", "I_auto": mags, "flux_cal": f_cal,
+                                  "flux_cal_err": e_cal, "zp": zp, "zp_err": 0.01 * zp,
+                                  "flags": 0}))
+        truth.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "band": "NB455",
+                                   "flux_true_cal": ftrue, "zp_true": 1.0}))
+    table, truth = pd.concat(rows), pd.concat(truth)
+    res = truth_comparison(table, truth).set_index(["kind", "bin"])
+    assert res.loc[("raw", "17-18"), "pull_sigma68"] > 1.5
+    for b in ["17-18", "18-19", "19-20", "22-23"]:
+        assert res.loc[("raw", b), "pull_sigma68_exact_zp"] == pytest.approx(1.0, abs=0.06)
+    # without the exact zero-points there is nothing to judge them by
+    plain = truth_comparison(table, truth.drop(columns="zp_true"))
+    assert plain["pull_sigma68_exact_zp"].isna().all()

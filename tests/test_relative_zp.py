@@ -93,3 +93,37 @@ def test_a_scale_s_own_error_enters_the_flux_errors_as_a_zero_point_error():
     np.testing.assert_allclose(out["flux_cal_err"], [np.hypot(1.0, 1.0), np.hypot(0.5, 0.25),
                                                      2.0])
     assert list(out.columns) == list(table.columns)
+
+
+def test_the_scales_replace_the_header_zero_points_errors():
+    """Frames with calibrated header zero-points, each 2 % off (and saying so): once the
+    scales have put them on one flux scale, the header's 2 % is no longer part of Δf, so
+    the bright sources' pulls are ~1 only when it is taken out of their errors."""
+    from pausdenoise.photometry.calibration import calibrate_flux
+    from pausdenoise.stats import sigma68
+
+    rng = np.random.default_rng(4)
+    n_frames, n_src = 16, 400
+    true = 10 ** rng.uniform(3.5, 5.5, n_src)  # ADU: S/N 60-600
+    rows = []
+    for e in range(n_frames):
+        zp_true = 0.006
+        zp = zp_true * (1 + 0.02 * rng.standard_normal())
+        err = np.sqrt(true + 400.0)
+        f_adu = true * zp_true / zp + rng.normal(0, err)
+        f_cal, e_cal = calibrate_flux(f_adu, err, zp, 0.02 * zp)
+        rows.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "ccd": 1,
+                                  "flags": 0, "flux_cal": f_cal, "flux_cal_err": e_cal,
+                                  "zp": zp, "zp_err": 0.02 * zp}))
+    table = pd.concat(rows, ignore_index=True)
+    scales = fit_exposure_scales(table)
+
+    def pulls(t: pd.DataFrame) -> float:
+        w = t.pivot(index="ref_id", columns="expnum")
+        f, e = w["flux_cal"].to_numpy(), w["flux_cal_err"].to_numpy()
+        return sigma68(((f[:, 1:] - f[:, :1]) / np.hypot(e[:, 1:], e[:, :1])).ravel())
+
+    assert 0.9 < pulls(apply_exposure_scales(table, scales)) < 1.1
+    # kept, the header's error would make the errors too large by far
+    kept = apply_exposure_scales(table.drop(columns=["zp", "zp_err"]), scales)
+    assert pulls(kept) < 0.6

@@ -52,6 +52,10 @@ Sub-modules, in import order:
 - ``mog``: mixture-of-Gaussians fits of truncated Sérsic and Moffat profiles.
 - ``profile``: the profile-weighted (optimal-extraction) total flux ``flux_prof``: the
   catalogue's intrinsic shape ⊗ the frame's Moffat PSF, neighbours fitted jointly.
+- ``apcor``: the aperture share ``aper_frac`` and the neighbours' light ``aper_neighbours``
+  (aperture corrections).
+- ``calibration``: the zero-point calibration of fluxes and errors (step 4), and the
+  zero-point's part of an error.
 - ``measure``: one frame's arrays in, its photometry table out (steps 3 and 4, and the
   profile-weighted columns when a PSF is given).
 - ``driver``: store reading, Dask tasks and the Parquet partitions.
@@ -84,7 +88,9 @@ __getattr__, __dir__, __all__ = lazy_face(
         "intrinsic_shapes": "profile",
         "profile_fluxes": "profile",
         "OUTPUT_COLUMNS": "measure",
-        "calibrate_flux": "measure",
+        "calibrate_flux": "calibration",
+        "with_zero_point_error": "calibration",
+        "without_zero_point_error": "calibration",
         "measure_frame": "measure",
         "Partition": "driver",
         "catalogue_rows_digest": "driver",

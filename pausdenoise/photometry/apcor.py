@@ -41,6 +41,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from pausdenoise.photometry.apertures import _overlap_weights, ellipse_extents
+from pausdenoise.photometry.calibration import with_zero_point_error, without_zero_point_error
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.profile import _compact, _evaluate, profile_components
 
@@ -225,16 +226,20 @@ def neighbour_light(
 def aperture_corrected(table: pd.DataFrame) -> pd.DataFrame:
     """Turn aperture fluxes into the sources' own total fluxes.
 
-    ``f' = (f − N·zp) / T`` and ``σ' = sqrt(σ² + (σ_N·zp)²) / T``, with ``T`` the aperture
-    share, ``N ± σ_N`` the neighbours' light in the aperture (ADU) and ``zp`` the row's
-    zero-point.
+    ``f' = (f − N·zp) / T`` and ``σ' = sqrt(σ_c² + (σ_N·zp)²) / T``, with ``T`` the aperture
+    share, ``N ± σ_N`` the neighbours' light in the aperture (ADU), ``zp`` the row's
+    zero-point and ``σ_c`` the flux error without the zero-point's error
+    (:func:`~pausdenoise.photometry.measure.without_zero_point_error`); the zero-point's
+    error is then added back for ``f'`` (:func:`~pausdenoise.photometry.measure.
+    with_zero_point_error`), so it stays ``f'·σZP/ZP`` as for any calibrated flux.
 
     Parameters
     ----------
     table : pandas.DataFrame
         Photometry rows with ``flux_cal``, ``flux_cal_err`` (calibrated units), ``zp``,
         ``aper_frac`` (:func:`aperture_fractions`), ``aper_neighbours`` and
-        ``aper_neighbours_err`` (:func:`neighbour_light`), as the photometry writes them.
+        ``aper_neighbours_err`` (:func:`neighbour_light`), as the photometry writes them,
+        and ``zp_err`` (without it the zero-point is taken as exact).
 
     Returns
     -------
@@ -252,7 +257,13 @@ def aperture_corrected(table: pd.DataFrame) -> pd.DataFrame:
                 & np.isfinite(light_err))
     out = table.loc[keep].copy()
     zp = out["zp"].to_numpy(dtype=np.float64)
+    zp_err = (out["zp_err"].to_numpy(dtype=np.float64) if "zp_err" in out.columns
+              else np.zeros(len(out)))
     t, n, ne = frac[keep], light[keep] * zp, light_err[keep] * zp
-    out["flux_cal"] = (out["flux_cal"].to_numpy(dtype=np.float64) - n) / t
-    out["flux_cal_err"] = np.hypot(out["flux_cal_err"].to_numpy(dtype=np.float64), ne) / t
+    f = out["flux_cal"].to_numpy(dtype=np.float64)
+    stat = without_zero_point_error(f, out["flux_cal_err"].to_numpy(dtype=np.float64), zp,
+                                    zp_err)
+    out["flux_cal"] = (f - n) / t
+    out["flux_cal_err"] = with_zero_point_error(out["flux_cal"].to_numpy(dtype=np.float64),
+                                                np.hypot(stat, ne) / t, zp, zp_err)
     return out

@@ -43,6 +43,7 @@ import pandas as pd
 from pausdenoise.photometry.annulus import annulus_fraction_on_image, annulus_stats, sky_estimate
 from pausdenoise.photometry.apcor import aperture_fractions, neighbour_light
 from pausdenoise.photometry.apertures import _aperture_geometry, aperture_sums
+from pausdenoise.photometry.calibration import calibrate_flux
 from pausdenoise.photometry.catalogue import REQUIRED_COLUMNS, _require_columns
 from pausdenoise.photometry.config import PhotFlag, PhotometryConfig, ProfFlag
 from pausdenoise.photometry.empty import (
@@ -60,7 +61,7 @@ from pausdenoise.photometry.profile import intrinsic_shapes, profile_fluxes, usa
 if TYPE_CHECKING:  # typing only: the PSF module is not needed to import this one
     from pausdenoise.psf import PsfEstimate
 
-__all__ = ["OUTPUT_COLUMNS", "calibrate_flux", "measure_frame"]
+__all__ = ["OUTPUT_COLUMNS", "measure_frame"]
 
 #: Output schema: column -> dtype. One row per (ref_id, expnum, ccd, kind).
 OUTPUT_COLUMNS: dict[str, str] = {
@@ -102,34 +103,6 @@ OUTPUT_COLUMNS: dict[str, str] = {
     "aper_neighbours": "float64",  # the other sources' light in the aperture, ADU
     "aper_neighbours_err": "float64",  # its error, ADU
 }
-
-
-def calibrate_flux(
-    flux: np.ndarray, flux_err: np.ndarray, zp: float | np.ndarray, zp_err: float | np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply a multiplicative zero-point: ``f·ZP`` and ``sqrt(σ²σZP² + σ²ZP² + f²σZP²)``.
-
-    Parameters
-    ----------
-    flux : array_like of float
-        Fluxes ``f`` in ADU.
-    flux_err : array_like of float
-        Their errors ``σ`` in ADU.
-    zp : float or array_like of float
-        Multiplicative zero-point ``ZP`` (calibrated units per ADU).
-    zp_err : float or array_like of float
-        Error ``σZP`` of the zero-point.
-
-    Returns
-    -------
-    flux_cal : ndarray of float64
-        ``f·ZP``.
-    flux_cal_err : ndarray of float64
-        ``sqrt(σ²σZP² + σ²ZP² + f²σZP²)``.
-    """
-    f, s = np.asarray(flux, dtype=float), np.asarray(flux_err, dtype=float)
-    zp, zpe = np.asarray(zp, dtype=float), np.asarray(zp_err, dtype=float)
-    return f * zp, np.sqrt(s * s * zpe * zpe + s * s * zp * zp + f * f * zpe * zpe)
 
 
 def _empty_table() -> pd.DataFrame:

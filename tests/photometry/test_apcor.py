@@ -143,3 +143,25 @@ def test_a_neighbour_s_light_is_its_flux_times_its_share_of_the_aperture():
     bad = neighbour_light((x, y, np.r_[0.0, r[1:]], r, zero), comps, flux, err,
                           np.full(4, 12), cfg)[0]
     assert np.isnan(bad[0]) and np.allclose(bad[1:], light[1:])
+
+
+def test_the_zero_point_s_error_follows_the_corrected_flux():
+    """A 5 % zero-point error is 5 % of the corrected flux, not of the aperture flux; the
+    measurement's own error is corrected as without one."""
+    from pausdenoise.photometry.calibration import calibrate_flux
+
+    f_adu, e_adu, zp, zp_err = np.array([30.0]), np.array([2.0]), 2.0, 0.1
+    f_cal, e_cal = calibrate_flux(f_adu, e_adu, zp, zp_err)
+    table = pd.DataFrame({"flux_cal": f_cal, "flux_cal_err": e_cal, "zp": zp,
+                          "zp_err": zp_err, "aper_frac": [0.5], "aper_neighbours": [10.0],
+                          "aper_neighbours_err": [1.5]})
+    out = aperture_corrected(table)
+    f = (30.0 - 10.0) * 2.0 / 0.5
+    stat = np.hypot(2.0 * 2.0, 1.5 * 2.0) / 0.5
+    np.testing.assert_allclose(out["flux_cal"], [f])
+    np.testing.assert_allclose(out["flux_cal_err"],
+                               [np.sqrt(stat**2 * (1 + 0.05**2) + (0.05 * f) ** 2)])
+    # without zp_err the zero-point counts as exact
+    exact = aperture_corrected(table.drop(columns="zp_err").assign(
+        flux_cal_err=calibrate_flux(f_adu, e_adu, zp, 0.0)[1]))
+    np.testing.assert_allclose(exact["flux_cal_err"], [stat])

@@ -434,6 +434,13 @@ def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_
     own = (raw["flux_cal"] - raw["aper_neighbours"] * raw["zp"]) / raw["aper_frac"]
     np.testing.assert_allclose(errs["flux_cal_raw"], own.loc[errs.index])
     truth_on = pd.read_csv(ref / "compare" / "truth_comparison.csv")
+    # the header zero-points judged against the exact ones, and the photometry without them
+    frames = phot[["expnum", "ccd"]].drop_duplicates()
+    assert summary["truth_zp_frames"] == len(frames)
+    assert 0 < summary["truth_zp_scatter"] < 0.05 and summary["truth_zp_pulls"] > 0
+    filled = truth_on["pull_sigma68"].notna()
+    assert filled.any() and np.isfinite(truth_on["pull_sigma68_exact_zp"][filled]).all()
+    assert "times their stated errors" in (ref / "report" / "index.html").read_text()
     out = tmp_path / "out"
     shutil.copytree(ref, out)
     assert main(["compare", "--config", str(cfg), "--out", str(out), "--force",

@@ -19,7 +19,9 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
 - ``truth_comparison.csv``: flux bias and scatter against the truth (simulation only): for
   aperture-corrected bands the true total flux, otherwise the source's own noiseless flux
   inside its aperture (``flux_true_aper_adu`` × the exact zero-point), so aperture losses do
-  not pose as bias;
+  not pose as bias; ``pull_sigma68_exact_zp`` judges the photometry without the header
+  zero-points' errors, and the summary's ``truth_zp_pulls`` those errors against their
+  stated size (the bright bins' pulls hold both);
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
 - ``relative_zp.csv``: the frames' relative flux scales, for the bands put on one flux scale
@@ -69,14 +71,18 @@ from pausdenoise.photometry.driver import (
 )
 from pausdenoise.pipeline.context import Context
 from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
+from pausdenoise.stats import sigma68
 
 __all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
            "band_exposure_scales", "band_pairs", "run", "transfer_corrected"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
+#: the zero-point and its error: the aperture corrections and the relative zero-points take
+#: the header zero-point's error out of the flux errors (pausdenoise.photometry.calibration)
+_ZP_COLUMNS = ("zp", "zp_err")
 #: and those the aperture corrections add (pausdenoise.photometry.apcor.aperture_corrected)
-_APCOR_COLUMNS = ("aper_frac", "aper_neighbours", "aper_neighbours_err", "zp")
+_APCOR_COLUMNS = ("aper_frac", "aper_neighbours", "aper_neighbours_err", *_ZP_COLUMNS)
 
 
 def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd.DataFrame:
@@ -124,8 +130,9 @@ def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
         share dropped), then divided by the frames' relative scales (``scales``, frames
         without one dropped) and the transfer function (``transfer``) when given.
     """
-    table = read_photometry(phot_dir, bands=[band],
-                            columns=[*_COLUMNS, *_APCOR_COLUMNS] if apcor else _COLUMNS)
+    columns = [*_COLUMNS, *(_APCOR_COLUMNS if apcor
+                            else _ZP_COLUMNS if scales is not None else ())]
+    table = read_photometry(phot_dir, bands=[band], columns=columns)
     if apcor:
         table = aperture_corrected(table)
     if scales is not None:
@@ -696,6 +703,31 @@ def _truth_comparison(ctx: Context, bins: np.ndarray, out: Path,
     for kind, g in tc[tc["bin"] == "all"].groupby("kind"):
         summary[f"truth_bias_{kind}"] = float(g["bias_median"].iloc[0])
         summary[f"truth_scatter_{kind}"] = float(g["scatter_sigma68"].iloc[0])
+    if "zp_true" in truth.columns:
+        summary.update(_zero_point_errors(table, truth))
+
+
+def _zero_point_errors(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """Judge the header zero-points against the simulation's exact ones.
+
+    Returns
+    -------
+    dict
+        ``truth_zp_frames``, ``truth_zp_scatter`` (σ68 of zp/zp_true − 1 over the frames)
+        and ``truth_zp_pulls`` (σ68 of (zp − zp_true)/zp_err over the frames with an error;
+        ≈1 when the header errors are right); empty without frames to judge.
+    """
+    keys = ["expnum", "ccd"]
+    frames = table[[*keys, "zp", "zp_err"]].drop_duplicates(keys).merge(
+        truth[[*keys, "zp_true"]].drop_duplicates(keys), on=keys, how="inner")
+    if frames.empty:
+        return {}
+    zp, zp_true = frames["zp"].to_numpy(float), frames["zp_true"].to_numpy(float)
+    zp_err = frames["zp_err"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pulls = np.where(zp_err > 0, (zp - zp_true) / zp_err, np.nan)
+    return {"truth_zp_frames": len(frames), "truth_zp_scatter": sigma68(zp / zp_true - 1.0),
+            "truth_zp_pulls": sigma68(pulls)}
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -189,6 +189,24 @@ def _apcor_text(cmp_dir: Path) -> str:
             "the true total flux.")
 
 
+def _zero_point_text(cmp_dir: Path) -> str:
+    """Say how far the header zero-points are off against the simulation's exact ones.
+
+    Returns
+    -------
+    str
+        A sentence with the frames' zero-point scatter and pulls; '' without them.
+    """
+    path = cmp_dir / "summary.json"
+    s = json.loads(path.read_text()) if path.exists() else {}
+    if not np.isfinite(s.get("truth_zp_pulls", np.nan)):
+        return ""
+    return (f" The header zero-points of the {s['truth_zp_frames']} frames are off by "
+            f"{100 * s['truth_zp_scatter']:.1f} % (σ68), {s['truth_zp_pulls']:.2f} times "
+            "their stated errors; the bright bins' pulls against the truth include this, "
+            "and pull_sigma68_exact_zp shows the photometry with the exact zero-points.")
+
+
 def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> ReportSection | None:
     """Δf histograms, σ68 and flux bias per bin, and the error model tables.
 
@@ -232,7 +250,8 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
         "Photometry: the same galaxies in different exposures",
         text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
              "of exposures of the same source and band give df, whose σ68 should be 1 "
-             "when the errors are right." + _apcor_text(cmp_dir) + note,
+             "when the errors are right." + _apcor_text(cmp_dir)
+             + _zero_point_text(cmp_dir) + note,
         figures=figs, tables=tables)
 
 
