@@ -36,6 +36,7 @@ from pausdenoise.photometry.calibration import calibrate_flux, without_zero_poin
 from pausdenoise.stats import bin_index, sigma68, sigma68_stderr
 
 __all__ = [
+    "COMPARE_MODEL",
     "DEFAULT_BINS",
     "HASH_COLUMN",
     "PAIR_KEY",
@@ -62,6 +63,14 @@ __all__ = [
     "validate_error_model",
     "widen",
 ]
+
+#: The version of what the compare stage computes from the same photometry and settings
+#: (part of its fingerprint, so a rerun after it changes computes the comparison again):
+#: "zp-errors-replaced" = the relative zero-points' errors replace the header zero-points'
+#: in the flux errors, the aperture corrections carry the zero-point's error for the
+#: corrected flux, and the truth comparison judges the photometry with the exact
+#: zero-points.
+COMPARE_MODEL = "zp-errors-replaced"
 
 #: Default I_auto bin edges: 1-mag bins 17–18, …, 22–23.
 DEFAULT_BINS: np.ndarray = np.arange(17.0, 24.0, 1.0)

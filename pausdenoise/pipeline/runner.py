@@ -27,6 +27,7 @@ from typing import Any
 from pausdenoise import __version__
 from pausdenoise import store as st
 from pausdenoise.cluster import make_client
+from pausdenoise.compare import COMPARE_MODEL
 from pausdenoise.config import STAGES, PipelineConfig
 from pausdenoise.digest import file_sha256, json_digest
 from pausdenoise.errors import ConfigError, StageError
@@ -265,7 +266,7 @@ def stage_fingerprints(
                                _fp("denoise"), *magnitude],
         "inject": lambda: ["inject", d["inject"], d["photometry"], phot_models, d["denoise"],
                            _fp("catalogue"), _fp("model"), _fp("ingest")],
-        "compare": lambda: (["compare", d["compare"], _fp("photometry")]
+        "compare": lambda: (["compare", d["compare"], COMPARE_MODEL, _fp("photometry")]
                             + ([_fp("inject")] if cfg.compare.denoised_transfer == "inject"
                                else [])),
         "evaluate": lambda: (["evaluate", d["evaluate"], _fp("photometry")]

@@ -35,3 +35,16 @@ def test_compare_chains_the_inject_stage_only_when_it_uses_its_transfer():
                                            "compare": {"denoised_transfer": "inject"}})
     assert stage_fingerprints(used, ["compare"])["compare"] != \
         stage_fingerprints(used2, ["compare"])["compare"]
+
+
+def test_a_new_compare_model_makes_the_comparison_stale(monkeypatch):
+    """What the compare stage computes from the same photometry is part of its
+    fingerprint: after it changes, a rerun compares again (and reports again)."""
+    import pausdenoise.pipeline.runner as runner
+
+    cfg = PipelineConfig()
+    before = stage_fingerprints(cfg, ["photometry", "compare", "report"])
+    monkeypatch.setattr(runner, "COMPARE_MODEL", runner.COMPARE_MODEL + "-next")
+    after = stage_fingerprints(cfg, ["photometry", "compare", "report"])
+    assert after["photometry"] == before["photometry"]
+    assert after["compare"] != before["compare"] and after["report"] != before["report"]
