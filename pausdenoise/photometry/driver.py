@@ -749,12 +749,14 @@ def read_photometry(
     pandas.DataFrame
         ``band`` and ``kind`` restored as str columns, columns in ``OUTPUT_COLUMNS`` order
         and dtypes, fresh ``RangeIndex``; an empty table of that schema when nothing was
-        written.
+        written. A float column that no file has (photometry written before that column
+        existed, e.g. ``aper_frac``) is NaN; one that some files have is NaN in the others.
 
     Raises
     ------
     KeyError
-        When ``columns`` names a column that is not a photometry column.
+        When ``columns`` names a column that is not a photometry column, or when no file has
+        a wanted column that is not a float (the photometry must be measured again).
     """
     wanted = dict(OUTPUT_COLUMNS)
     if columns is not None:
@@ -766,10 +768,20 @@ def read_photometry(
     if not Path(out_dir).is_dir() or not any(Path(out_dir).rglob("*.parquet")):
         return _empty_table()[list(wanted)]
     dataset = ds.dataset(str(out_dir), format="parquet", partitioning="hive")
+    written = set(dataset.schema.names)
+    absent = [c for c in wanted if c not in written]
+    not_float = [c for c in absent if not wanted[c].startswith("float")]
+    if not_float:
+        raise KeyError(f"the photometry in {out_dir} has no column(s) "
+                       f"{', '.join(not_float)} (written by an earlier version): rerun the "
+                       "photometry stage")
     flt = ds.field("band").isin(list(bands)) if bands is not None else None
-    df = dataset.to_table(columns=list(wanted), filter=flt).to_pandas()
+    df = dataset.to_table(columns=[c for c in wanted if c in written],
+                          filter=flt).to_pandas()
     if df.empty:
         return _empty_table()[list(wanted)]
+    for c in absent:  # measured by later versions only: not measured here
+        df[c] = np.nan
     for c in ("band", "kind"):
         df[c] = df[c].astype(str)
     return df[list(wanted)].astype(wanted).reset_index(drop=True)

@@ -553,6 +553,31 @@ def _make_store(path, n_frames=2):
     return frames, pd.concat(cats, ignore_index=True)
 
 
+def test_photometry_written_before_a_column_existed_reads_it_as_not_measured(tmp_path):
+    """Every partition written before aper_frac and the neighbours' light existed: they read
+    as NaN (nothing measured), not as an Arrow error; a missing integer column (flags) is
+    refused, naming it and what to do."""
+    import dask
+
+    store_path = tmp_path / "s.zarr"
+    frames, cat = _make_store(store_path)
+    out = tmp_path / "phot"
+    with dask.config.set(scheduler="synchronous"):
+        run_photometry(store_path, out, frames, cat, PhotometryConfig())
+    new = read_photometry(out)
+    old_cols = ["aper_frac", "aper_neighbours", "aper_neighbours_err"]
+    for part in out.rglob("*.parquet"):
+        pd.read_parquet(part).drop(columns=old_cols).to_parquet(part)
+    old = read_photometry(out)
+    assert list(old.columns) == list(OUTPUT_COLUMNS) and len(old) == len(new)
+    assert old[old_cols].isna().all().all()
+    assert read_photometry(out, columns=["flux_cal", "aper_frac"])["aper_frac"].isna().all()
+    for part in out.rglob("*.parquet"):
+        pd.read_parquet(part).drop(columns=["flags"]).to_parquet(part)
+    with pytest.raises(KeyError, match="no column.s. flags .* rerun the photometry stage"):
+        read_photometry(out)
+
+
 def test_driver_writes_partitions_and_skips_on_rerun(tmp_path):
     import dask
 
