@@ -440,7 +440,9 @@ def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_
     assert 0 < summary["truth_zp_scatter"] < 0.05 and summary["truth_zp_pulls"] > 0
     filled = truth_on["pull_sigma68"].notna()
     assert filled.any() and np.isfinite(truth_on["pull_sigma68_exact_zp"][filled]).all()
-    assert "times their stated errors" in (ref / "report" / "index.html").read_text()
+    page = (ref / "report" / "index.html").read_text()
+    assert "times their stated errors" in page
+    assert "Fluxes of NB455, NB615 are aperture-corrected: the light the neighbours" in page
     out = tmp_path / "out"
     shutil.copytree(ref, out)
     assert main(["compare", "--config", str(cfg), "--out", str(out), "--force",

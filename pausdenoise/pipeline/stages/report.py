@@ -182,11 +182,12 @@ def _apcor_text(cmp_dir: Path) -> str:
     ac = json.loads(path.read_text()).get("aperture_correction") if path.exists() else None
     if not ac:
         return ""
-    return (f" Fluxes of {', '.join(ac['bands'])} are aperture-corrected: each is divided by "
-            "the share of the source's catalogue profile, convolved with its exposure's PSF, "
-            f"that its aperture catches (median {ac['median']:.2f}), so they are total fluxes "
-            "and the seeing of an exposure does not enter df; the truth comparison is against "
-            "the true total flux.")
+    return (f" Fluxes of {', '.join(ac['bands'])} are aperture-corrected: the light the "
+            "neighbours put into each aperture (from their profile fluxes) is taken out and the "
+            "rest divided by the share of the source's catalogue profile, convolved with its "
+            f"exposure's PSF, that its aperture catches (median {ac['median']:.2f}), so they "
+            "are the sources' own total fluxes and neither the seeing of an exposure nor the "
+            "crowding enters df; the truth comparison is against the true total flux.")
 
 
 def _zero_point_text(cmp_dir: Path) -> str:
