@@ -62,6 +62,7 @@ __all__ = [
     "truth_comparison",
     "validate_error_model",
     "widen",
+    "zero_point_errors",
 ]
 
 #: The version of what the compare stage computes from the same photometry and settings
@@ -1351,3 +1352,34 @@ def truth_comparison(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def zero_point_errors(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """Judge the header zero-points against the simulation's exact ones.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Photometry rows with ``expnum``, ``ccd``, ``zp`` and ``zp_err`` (calibrated units per
+        ADU); one zero-point per frame.
+    truth : pandas.DataFrame
+        The simulation's truth with ``expnum``, ``ccd`` and ``zp_true``.
+
+    Returns
+    -------
+    dict
+        ``truth_zp_frames``, ``truth_zp_scatter`` (σ68 of zp/zp_true − 1 over the frames)
+        and ``truth_zp_pulls`` (σ68 of (zp − zp_true)/zp_err over the frames with an error;
+        ≈1 when the header errors are right); empty without frames to judge.
+    """
+    keys = ["expnum", "ccd"]
+    frames = table[[*keys, "zp", "zp_err"]].drop_duplicates(keys).merge(
+        truth[[*keys, "zp_true"]].drop_duplicates(keys), on=keys, how="inner")
+    if frames.empty:
+        return {}
+    zp, zp_true = frames["zp"].to_numpy(float), frames["zp_true"].to_numpy(float)
+    zp_err = frames["zp_err"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pulls = np.where(zp_err > 0, (zp - zp_true) / zp_err, np.nan)
+    return {"truth_zp_frames": len(frames), "truth_zp_scatter": sigma68(zp / zp_true - 1.0),
+            "truth_zp_pulls": sigma68(pulls)}

@@ -31,6 +31,7 @@ from pausdenoise.compare import (
     truth_comparison,
     validate_error_model,
     widen,
+    zero_point_errors,
 )
 
 #: true denoised-scatter / raw-error ratio per 1-mag bin 17-18 … 22-23
@@ -620,12 +621,13 @@ def test_truth_comparison_judges_the_photometry_apart_from_the_zero_points():
     for e in range(100, 112):
         zp = 1.0 + 0.03 * rng.standard_normal()
         f_cal, e_cal = calibrate_flux(ftrue + rng.normal(0, sig), sig, zp, 0.01 * zp)
-        rows.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "band": "NB455",
-                                  "kind": "raw", "I_auto": mags, "flux_cal": f_cal,
+        rows.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "ccd": 1,
+                                  "band": "NB455", "kind": "raw", "I_auto": mags,
+                                  "flux_cal": f_cal,
                                   "flux_cal_err": e_cal, "zp": zp, "zp_err": 0.01 * zp,
                                   "flags": 0}))
-        truth.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "band": "NB455",
-                                   "flux_true_cal": ftrue, "zp_true": 1.0}))
+        truth.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "ccd": 1,
+                                   "band": "NB455", "flux_true_cal": ftrue, "zp_true": 1.0}))
     table, truth = pd.concat(rows), pd.concat(truth)
     res = truth_comparison(table, truth).set_index(["kind", "bin"])
     assert res.loc[("raw", "17-18"), "pull_sigma68"] > 1.5
@@ -634,3 +636,8 @@ def test_truth_comparison_judges_the_photometry_apart_from_the_zero_points():
     # without the exact zero-points there is nothing to judge them by
     plain = truth_comparison(table, truth.drop(columns="zp_true"))
     assert plain["pull_sigma68_exact_zp"].isna().all()
+    # the header zero-points themselves: 12 frames, 3 % off where they say 1 %
+    zp = zero_point_errors(table, truth)
+    assert zp["truth_zp_frames"] == 12 and 0.015 < zp["truth_zp_scatter"] < 0.05
+    assert zp["truth_zp_pulls"] == pytest.approx(100 * zp["truth_zp_scatter"], rel=0.1)
+    assert zero_point_errors(table, truth.assign(expnum=0)) == {}

@@ -71,7 +71,6 @@ from pausdenoise.photometry.driver import (
 )
 from pausdenoise.pipeline.context import Context
 from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
-from pausdenoise.stats import sigma68
 
 __all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
            "band_exposure_scales", "band_pairs", "run", "transfer_corrected"]
@@ -704,30 +703,7 @@ def _truth_comparison(ctx: Context, bins: np.ndarray, out: Path,
         summary[f"truth_bias_{kind}"] = float(g["bias_median"].iloc[0])
         summary[f"truth_scatter_{kind}"] = float(g["scatter_sigma68"].iloc[0])
     if "zp_true" in truth.columns:
-        summary.update(_zero_point_errors(table, truth))
-
-
-def _zero_point_errors(table: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
-    """Judge the header zero-points against the simulation's exact ones.
-
-    Returns
-    -------
-    dict
-        ``truth_zp_frames``, ``truth_zp_scatter`` (σ68 of zp/zp_true − 1 over the frames)
-        and ``truth_zp_pulls`` (σ68 of (zp − zp_true)/zp_err over the frames with an error;
-        ≈1 when the header errors are right); empty without frames to judge.
-    """
-    keys = ["expnum", "ccd"]
-    frames = table[[*keys, "zp", "zp_err"]].drop_duplicates(keys).merge(
-        truth[[*keys, "zp_true"]].drop_duplicates(keys), on=keys, how="inner")
-    if frames.empty:
-        return {}
-    zp, zp_true = frames["zp"].to_numpy(float), frames["zp_true"].to_numpy(float)
-    zp_err = frames["zp_err"].to_numpy(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pulls = np.where(zp_err > 0, (zp - zp_true) / zp_err, np.nan)
-    return {"truth_zp_frames": len(frames), "truth_zp_scatter": sigma68(zp / zp_true - 1.0),
-            "truth_zp_pulls": sigma68(pulls)}
+        summary.update(cmp.zero_point_errors(table, truth))
 
 
 def run(ctx: Context) -> dict[str, Any]:
