@@ -181,6 +181,11 @@ class CompareConfig(BaseModel):
     relative_zp_min_sources: int = Field(
         5, ge=1, description="Relative zero-points: a frame needs this many usable sources "
         "(each also on another frame) for a scale; without one it leaves the comparison.")
+    floor_snr: float = Field(
+        50.0, gt=0, description="Repeatability floor of the raw fluxes "
+        "(compare/repeatability_floor.csv): the relative error that, added to every raw "
+        "error, brings σ68 of Δf to 1 is measured per band on the pairs whose S/N of the sum "
+        "is at least this (where a floor of a few per cent is comparable to the errors).")
     folds: int = Field(
         2, ge=2, description="Cross-validation of the error model: exposures are dealt into "
         "this many groups, stratified by band; each group's pairs are judged by a model fitted "

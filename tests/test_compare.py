@@ -641,3 +641,35 @@ def test_truth_comparison_judges_the_photometry_apart_from_the_zero_points():
     assert zp["truth_zp_frames"] == 12 and 0.015 < zp["truth_zp_scatter"] < 0.05
     assert zp["truth_zp_pulls"] == pytest.approx(100 * zp["truth_zp_scatter"], rel=0.1)
     assert zero_point_errors(table, truth.assign(expnum=0)) == {}
+
+
+def _floor_table(floor: float, n_src: int = 400, n_exp: int = 8, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    ftrue = 10 ** rng.uniform(3, 6, n_src)
+    sig = np.sqrt(ftrue + 100.0)  # S/N 30-1000
+    rows = []
+    for e in range(n_exp):
+        f = ftrue * (1 + floor * rng.standard_normal(n_src)) + rng.normal(0, sig)
+        rows.append(pd.DataFrame({"ref_id": np.arange(n_src), "expnum": e, "ccd": 1,
+                                  "band": "NB455", "kind": "raw", "I_auto": 20.0,
+                                  "flux_cal": f, "flux_cal_err": sig, "flags": 0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_the_repeatability_floor_is_what_the_raw_errors_leave_out():
+    """A 1 % error common to every measurement that the errors do not hold is found in the
+    brightest pairs, within its interval; without one the floor is ~0."""
+    from pausdenoise.compare import repeatability_floor
+
+    pairs = make_pairs(_floor_table(0.01))
+    r = repeatability_floor(pairs)
+    snr = (pairs.f_raw_1 + pairs.f_raw_2) / np.hypot(pairs.e_raw_1, pairs.e_raw_2)
+    assert r["n_pairs"] == (snr >= 50).sum() > 1000
+    assert r["sigma68_before"] > 1.5 and r["sigma68_after"] == pytest.approx(1.0, abs=0.01)
+    assert r["floor_lo"] < r["floor"] < r["floor_hi"]
+    assert r["floor"] == pytest.approx(0.01, rel=0.1)
+    assert r["floor_lo"] < 0.0105 and r["floor_hi"] > 0.0095
+    none = repeatability_floor(make_pairs(_floor_table(0.0)))
+    assert none["floor"] < 0.002 and none["sigma68_after"] <= 1.0 + 1e-3
+    few = repeatability_floor(pairs, snr_min=1e9)  # none that bright
+    assert few["n_pairs"] == 0 and np.isnan(few["floor"])

@@ -196,3 +196,24 @@ def test_report_says_when_the_denoised_images_were_restored(tmp_path):
     page = build_report(Context(on, ctx.paths, None, ctx.record)).read_text()
     assert "restored inside the catalogue apertures" in page and "grown by 3 px" in page
     assert restoration_note(ctx.cfg.denoise) == ""
+
+
+def test_report_states_the_repeatability_floor_when_one_was_measured(tmp_path):
+    """The photometry section says how large a floor the raw errors leave out (median and
+    range over the bands) and shows the per-band table; without one it says nothing."""
+    import json
+
+    cmp_dir = tmp_path / "run" / "compare"
+    cmp_dir.mkdir(parents=True)
+    pd.DataFrame({"band": ["NB455", "NB615"], "n_pairs": [300, 0], "snr_min": 50.0,
+                  "floor": [0.0086, np.nan]}).to_csv(cmp_dir / "repeatability_floor.csv",
+                                                     index=False)
+    (cmp_dir / "summary.json").write_text(json.dumps({}))
+    ctx = _context(tmp_path / "run")
+    page = build_report(ctx).read_text()
+    assert "Repeatability floor of the raw fluxes per band" in page
+    assert "plus a floor of" not in page
+    (cmp_dir / "summary.json").write_text(json.dumps({"repeatability_floor": {
+        "bands": 2, "median": 0.0086, "min": 0.004, "max": 0.013, "pairs": 300}}))
+    page = build_report(ctx).read_text()
+    assert "plus a floor of 0.86 % of the flux (0.40–1.30 % over 2 bands)" in page

@@ -442,6 +442,16 @@ def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_
     assert filled.any() and np.isfinite(truth_on["pull_sigma68_exact_zp"][filled]).all()
     page = (ref / "report" / "index.html").read_text()
     assert "times their stated errors" in page
+    # the raw repeatability floor, per band, in a table of the report
+    floor = pd.read_csv(ref / "compare" / "repeatability_floor.csv")
+    assert floor["band"].tolist() == ["NB455", "NB615"]
+    assert (floor["snr_min"] == 50.0).all() and (floor["n_pairs"] >= 0).all()
+    assert "Repeatability floor of the raw fluxes per band" in page
+    measured = floor[floor["n_pairs"] > 0]
+    assert ("repeat to within their raw errors plus a floor" in page) == (len(measured) > 0)
+    if len(measured):
+        assert summary["repeatability_floor"]["median"] == pytest.approx(
+            measured["floor"].median())
     assert "Fluxes of NB455, NB615 are aperture-corrected: the light the neighbours" in page
     out = tmp_path / "out"
     shutil.copytree(ref, out)

@@ -22,6 +22,9 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   not pose as bias; ``pull_sigma68_exact_zp`` judges the photometry without the header
   zero-points' errors, and the summary's ``truth_zp_pulls`` those errors against their
   stated size (the bright bins' pulls hold both);
+- ``repeatability_floor.csv``: per band, the raw fluxes' repeatability floor
+  (:func:`pausdenoise.compare.repeatability_floor`): the relative error that, added to every
+  raw error, brings σ68 of Δf to 1 over the band's pairs of S/N ≥ ``compare.floor_snr``;
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
 - ``relative_zp.csv``: the frames' relative flux scales, for the bands put on one flux scale
@@ -238,6 +241,9 @@ class BandPairs:
         The band's measurements: I_auto and calibrated fluxes (float32).
     exposures : DataFrame
         The band's exposures (``expnum``, ``band``).
+    floor : dict
+        The band's raw repeatability floor (:func:`pausdenoise.compare.repeatability_floor`
+        on all its pairs).
     """
 
     band: str
@@ -251,13 +257,16 @@ class BandPairs:
     measurements: pd.DataFrame
     #: the band's exposures (``expnum``, ``band``)
     exposures: pd.DataFrame
+    #: the band's raw repeatability floor (pausdenoise.compare.repeatability_floor)
+    floor: dict[str, float]
 
 
 def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
                max_pairs: int, seed: int,
                transfer: dict[str, pd.DataFrame] | None = None,
                scales: dict[str, pd.DataFrame] | None = None,
-               apcor: frozenset[str] = frozenset()) -> BandPairs | None:
+               apcor: frozenset[str] = frozenset(),
+               floor_snr: float = 50.0) -> BandPairs | None:
     """Read and pair one band; runs on a worker.
 
     Parameters
@@ -283,6 +292,8 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         (:func:`band_exposure_scales`); None, or a band not in it: none.
     apcor : frozenset of str, optional
         The aperture-corrected bands (``compare.aperture_correction``).
+    floor_snr : float, optional
+        The least pair S/N of the repeatability floor (``compare.floor_snr``).
 
     Returns
     -------
@@ -294,14 +305,18 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
                       (scales or {}).get(band), band in apcor)
     if wide is None or wide.empty:
         return None
-    deltas = cmp.pair_deltas(cmp.make_pairs(wide))
+    pairs = cmp.make_pairs(wide)
+    floor = cmp.repeatability_floor(pairs, snr_min=floor_snr, seed=seed)
+    deltas = cmp.pair_deltas(pairs)
+    del pairs
     n_pairs, per_bin = len(deltas), cmp.pairs_per_bin(deltas, bins)
     sample = cmp.bottom_k_pairs(deltas, max_pairs, seed)
     del deltas
     meas = wide[[c for c in ("I_auto", "f_raw", "f_den") if c in wide.columns]]
     return BandPairs(band=band, n_pairs=n_pairs, per_bin=per_bin, pairs=sample,
                      measurements=meas.astype(np.float32),
-                     exposures=wide[["expnum", "band"]].drop_duplicates("expnum"))
+                     exposures=wide[["expnum", "band"]].drop_duplicates("expnum"),
+                     floor=floor)
 
 
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
@@ -561,6 +576,8 @@ class _Pairs:
     wide: pd.DataFrame
     #: every band's exposures (``expnum``, ``band``), in band order
     exp_bands: pd.DataFrame
+    #: every band's raw repeatability floor, one row per band, in band order
+    floors: pd.DataFrame
 
 
 def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
@@ -579,14 +596,16 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
     sample: pd.DataFrame | None = None
     meas: dict[str, pd.DataFrame] = {}
     exps: dict[str, pd.DataFrame] = {}
+    floors: dict[str, dict[str, float]] = {}
     for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
                                        cfg.max_pairs, cfg.seed, _transfer(ctx), scales,
-                                       apcor):
+                                       apcor, cfg.floor_snr):
         if part is None:
             continue
         n_total += part.n_pairs
         per_bin_total += part.per_bin
         meas[part.band], exps[part.band] = part.measurements, part.exposures
+        floors[part.band] = part.floor
         # the running global bottom-k: at most max_pairs kept, ~2·max_pairs while merging
         sample = cmp.bottom_k_pairs(part.pairs if sample is None else [sample, part.pairs],
                                     cfg.max_pairs, cfg.seed)
@@ -598,7 +617,24 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
     present = [b for b in bands if b in meas]  # band order, whatever the completion order
     wide = pd.concat([meas[b] for b in present], ignore_index=True)
     exp_bands = pd.concat([exps[b] for b in present], ignore_index=True)
-    return _Pairs(n_total, per_bin_total, pairs, wide, exp_bands)
+    floor_table = pd.DataFrame([{"band": b, **floors[b]} for b in present])
+    return _Pairs(n_total, per_bin_total, pairs, wide, exp_bands, floor_table)
+
+
+def _repeatability_floor(p: _Pairs, out: Path, summary: dict[str, Any]) -> None:
+    """``repeatability_floor.csv`` and the summary's ``repeatability_floor``.
+
+    The summary holds the bands measured and the median, least and largest floor over them.
+    """
+    p.floors.to_csv(out / "repeatability_floor.csv", index=False)
+    measured = p.floors[p.floors["n_pairs"] > 0]
+    if measured.empty:
+        return
+    floor = measured["floor"].to_numpy(float)
+    summary["repeatability_floor"] = {
+        "bands": len(measured), "median": float(np.median(floor)),
+        "min": float(floor.min()), "max": float(floor.max()),
+        "pairs": int(measured["n_pairs"].sum())}
 
 
 def _validate_error_model(ctx: Context, p: _Pairs, bins: np.ndarray, out: Path,
@@ -750,6 +786,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     "measurements": len(p.wide), "bands": len(bands)})
     model = _error_model(ctx, p, bands, bins, out, summary, scales, apcor)
     _write_statistics(ctx, p, model, bins, out, summary)
+    _repeatability_floor(p, out, summary)
     if ctx.truth_fluxes is not None:
         _truth_comparison(ctx, bins, out, summary, apcor)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))

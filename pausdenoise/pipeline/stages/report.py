@@ -190,6 +190,25 @@ def _apcor_text(cmp_dir: Path) -> str:
             "crowding enters df; the truth comparison is against the true total flux.")
 
 
+def _floor_text(cmp_dir: Path) -> str:
+    """Say how large a repeatability floor the raw errors leave out, when one was measured.
+
+    Returns
+    -------
+    str
+        A sentence with the median floor over the bands; '' otherwise.
+    """
+    path = cmp_dir / "summary.json"
+    fl = json.loads(path.read_text()).get("repeatability_floor") if path.exists() else None
+    if not fl:
+        return ""
+    spread = (f" ({100 * fl['min']:.2f}–{100 * fl['max']:.2f} % over {fl['bands']} bands)"
+              if fl["bands"] > 1 else "")
+    return (f" The brightest pairs repeat to within their raw errors plus a floor of "
+            f"{100 * fl['median']:.2f} % of the flux{spread}, which the raw errors do not "
+            "hold (repeatability floor table).")
+
+
 def _zero_point_text(cmp_dir: Path) -> str:
     """Say how far the header zero-points are off against the simulation's exact ones.
 
@@ -234,6 +253,13 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
                        "stratified by band; pass: |σ68 − 1| ≤ tolerance with enough pairs)",
                        w.table("error_model_validation",
                                pd.read_csv(cmp_dir / "error_model_validation.csv"))))
+    if (cmp_dir / "repeatability_floor.csv").exists():
+        tables.append(("Repeatability floor of the raw fluxes per band: the relative error "
+                       "ε that, added as ε·f to every raw error, brings σ68 of df to 1 over "
+                       "the band's pairs of S/N ≥ snr_min (0: the raw errors hold there; "
+                       "lo/hi: 68 % interval over resampled sources)",
+                       w.table("repeatability_floor",
+                               pd.read_csv(cmp_dir / "repeatability_floor.csv"))))
     if (cmp_dir / "relative_zp.csv").exists():
         tables.append(("Relative zero-points of uncalibrated exposures, fitted from the sources "
                        "they share: every flux and error of a frame was divided by its scale "
@@ -252,7 +278,7 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
         text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
              "of exposures of the same source and band give df, whose σ68 should be 1 "
              "when the errors are right." + _apcor_text(cmp_dir)
-             + _zero_point_text(cmp_dir) + note,
+             + _floor_text(cmp_dir) + _zero_point_text(cmp_dir) + note,
         figures=figs, tables=tables)
 
 
