@@ -452,6 +452,19 @@ def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_
     if len(measured):
         assert summary["repeatability_floor"]["median"] == pytest.approx(
             measured["floor"].median())
+    eps = errs["band"].astype(str).map(dict(zip(floor["band"], floor["floor"].fillna(0.0),
+                                                strict=True)))
+    np.testing.assert_allclose(errs["flux_cal_err_raw_floor"],
+                               np.hypot(errs["flux_cal_err_raw"], eps * errs["flux_cal_raw"]))
+    from pausdenoise.pipeline.stages.compare import band_calibrated_errors
+
+    model = json.loads((ref / "compare" / "error_model.json").read_text())
+    band_calibrated_errors(str(ref / "photometry"), "NB455", model, str(tmp_path / "e"),
+                           floors={"NB455": 0.05})
+    five = pd.read_parquet(tmp_path / "e" / "band=NB455" / "errors.parquet")
+    assert len(five) > 0
+    np.testing.assert_allclose(five["flux_cal_err_raw_floor"],
+                               np.hypot(five["flux_cal_err_raw"], 0.05 * five["flux_cal_raw"]))
     assert "Fluxes of NB455, NB615 are aperture-corrected: the light the neighbours" in page
     out = tmp_path / "out"
     shutil.copytree(ref, out)

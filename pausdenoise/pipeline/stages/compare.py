@@ -322,10 +322,13 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
                            transfer: dict[str, pd.DataFrame] | None = None,
                            scales: dict[str, pd.DataFrame] | None = None,
-                           apcor: frozenset[str] = frozenset()) -> int:
+                           apcor: frozenset[str] = frozenset(),
+                           floors: dict[str, float] | None = None) -> int:
     """Write one band's per-measurement calibrated denoised errors; runs on a worker.
 
-    The table is written atomically to ``out_dir/band=<band>/errors.parquet``.
+    The table is written atomically to ``out_dir/band=<band>/errors.parquet``, with
+    ``flux_cal_err_raw_floor`` = sqrt(``flux_cal_err_raw``² + (ε·``flux_cal_raw``)²), the raw
+    error with the band's repeatability floor ε (0 where none was measured).
 
     Parameters
     ----------
@@ -341,6 +344,9 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
         As for :func:`band_pairs`.
     apcor : frozenset of str, optional
         As for :func:`band_pairs`.
+    floors : dict of str to float, optional
+        Per band, the repeatability floor ε (a fraction of the flux; a band not in it, or
+        NaN: 0).
 
     Returns
     -------
@@ -350,6 +356,9 @@ def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
     table = _band_table(phot_dir, band, (transfer or {}).get(band), (scales or {}).get(band),
                         band in apcor)
     rows = cmp.ErrorModel.from_dict(model).calibrated_errors(table)
+    eps = float(np.nan_to_num((floors or {}).get(band, 0.0)))
+    rows["flux_cal_err_raw_floor"] = np.hypot(rows["flux_cal_err_raw"].to_numpy(float),
+                                              eps * rows["flux_cal_raw"].to_numpy(float))
     write_partition(rows, Path(out_dir) / f"band={band}" / "errors.parquet")
     return len(rows)
 
@@ -683,8 +692,9 @@ def _error_model(ctx: Context, p: _Pairs, bands: list[str], bins: np.ndarray, ou
     mf.to_csv(out / "error_model.csv", index=False)
     model.band_frame().to_csv(out / "error_model_bands.csv", index=False)
     (out / "error_model.json").write_text(json.dumps(model.to_dict(), indent=2))
+    floors = dict(zip(p.floors["band"], p.floors["floor"], strict=True))
     written = _per_band(ctx, band_calibrated_errors, bands, model.to_dict(),
-                        str(out / "denoised_errors"), _transfer(ctx), scales, apcor)
+                        str(out / "denoised_errors"), _transfer(ctx), scales, apcor, floors)
     summary["calibrated_error_rows"] = int(sum(written))
     summary["error_model_global_scale"] = model.global_scale
     summary["error_model_band_factor"] = dict(model.band_factor)
