@@ -229,8 +229,8 @@ def aperture_corrected(table: pd.DataFrame) -> pd.DataFrame:
     ``f' = (f − N·zp) / T`` and ``σ' = sqrt(σ_c² + (σ_N·zp)²) / T``, with ``T`` the aperture
     share, ``N ± σ_N`` the neighbours' light in the aperture (ADU), ``zp`` the row's
     zero-point and ``σ_c`` the flux error without the zero-point's error
-    (:func:`~pausdenoise.photometry.measure.without_zero_point_error`); the zero-point's
-    error is then added back for ``f'`` (:func:`~pausdenoise.photometry.measure.
+    (:func:`~pausdenoise.photometry.calibration.without_zero_point_error`); the zero-point's
+    error is then added back for ``f'`` (:func:`~pausdenoise.photometry.calibration.
     with_zero_point_error`), so it stays ``f'·σZP/ZP`` as for any calibrated flux.
 
     Parameters

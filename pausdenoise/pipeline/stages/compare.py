@@ -243,7 +243,7 @@ class BandPairs:
         The band's exposures (``expnum``, ``band``).
     floor : dict
         The band's raw repeatability floor (:func:`pausdenoise.compare.repeatability_floor`
-        on all its pairs).
+        on its pairs of S/N ≥ ``compare.floor_snr``, as compared: corrected and rescaled).
     """
 
     band: str
