@@ -71,8 +71,9 @@ __all__ = [
 #: "zp-errors-replaced" = the relative zero-points' errors replace the header zero-points'
 #: in the flux errors, the aperture corrections carry the zero-point's error for the
 #: corrected flux, and the truth comparison judges the photometry with the exact
-#: zero-points; "repeatability-floor" = each band's raw repeatability floor is measured.
-COMPARE_MODEL = "zp-errors-replaced;repeatability-floor"
+#: zero-points; "repeatability-floor" = each band's raw repeatability floor is measured;
+#: "zero-point-check" = calibrated header zero-points are judged by the shared sources.
+COMPARE_MODEL = "zp-errors-replaced;repeatability-floor;zero-point-check"
 
 #: Default I_auto bin edges: 1-mag bins 17–18, …, 22–23.
 DEFAULT_BINS: np.ndarray = np.arange(17.0, 24.0, 1.0)

@@ -409,6 +409,34 @@ def test_compare_writes_the_calibrated_errors(tiny_run):
     assert summary["calibrated_error_rows"] == len(errs)
 
 
+def test_compare_checks_calibrated_zero_points_against_the_shared_sources(tiny_run, tmp_path):
+    """Frames with calibrated header zero-points keep them, and the compare stage fits the
+    relative scales anyway, to judge them: zero_point_check.csv, its summary and a
+    sentence and table in the report; put on relative zero-points instead, no check."""
+    import shutil
+
+    code, cfg, ref = tiny_run
+    assert code == EXIT_OK
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    easy = ["--set", "compare.relative_zp_snr=3", "--set", "compare.relative_zp_min_sources=2"]
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "compare,report",
+                 "--force", *easy]) == EXIT_OK
+    check = pd.read_csv(out / "compare" / "zero_point_check.csv")
+    assert set(check["band"]) == {"NB455", "NB615"} and check["scale"].notna().all()
+    np.testing.assert_allclose(check["zp_rel_err"], 0.01, rtol=1e-6)  # the simulation's 1 %
+    want = np.log(check["scale"]) / np.hypot(0.01, check["scale_err"] / check["scale"])
+    np.testing.assert_allclose(check["pull"], want, rtol=1e-6)
+    zc = json.loads((out / "compare" / "summary.json").read_text())["zero_point_check"]
+    assert zc["frames"] == len(check) and 0 < zc["scatter"] < 0.1
+    page = (out / "report" / "index.html").read_text()
+    assert f"the header zero-points of {len(check)} frames scatter by" in page
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--stages", "compare",
+                 "--force", *easy, "--set", "compare.relative_zp=on"]) == EXIT_OK
+    assert not (out / "compare" / "zero_point_check.csv").exists()
+    assert "zero_point_check" not in json.loads((out / "compare" / "summary.json").read_text())
+
+
 def test_compare_corrects_the_apertures_for_seeing_and_neighbours(tiny_run, tmp_path, capsys):
     """compare.aperture_correction 'auto' (the default) divides every flux by its aperture
     share after taking out the neighbours' light: the written raw fluxes are the

@@ -27,6 +27,11 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
   raw error, brings σ68 of Δf to 1 over the band's pairs of S/N ≥ ``compare.floor_snr``;
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
+- ``zero_point_check.csv``: for the bands that keep calibrated header zero-points, the same
+  relative scales fitted but not applied (:func:`band_zero_point_check`): with right header
+  zero-points each is 1 within the stated zero-point error; the summary's
+  ``zero_point_check`` gives their scatter and pulls.
+
 - ``relative_zp.csv``: the frames' relative flux scales, for the bands put on one flux scale
   (``compare.relative_zp``; :mod:`pausdenoise.relative_zp`).
 
@@ -74,9 +79,11 @@ from pausdenoise.photometry.driver import (
 )
 from pausdenoise.pipeline.context import Context
 from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
+from pausdenoise.stats import sigma68
 
 __all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
-           "band_exposure_scales", "band_pairs", "run", "transfer_corrected"]
+           "band_exposure_scales", "band_pairs", "band_zero_point_check", "run",
+           "transfer_corrected"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
@@ -121,7 +128,8 @@ def transfer_corrected(table: pd.DataFrame, transfer: pd.DataFrame | None) -> pd
 
 
 def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
-                scales: pd.DataFrame | None, apcor: bool = False) -> pd.DataFrame:
+                scales: pd.DataFrame | None, apcor: bool = False,
+                zero_points: bool = False) -> pd.DataFrame:
     """Read one band's photometry: exposures on one flux scale, denoised fluxes corrected.
 
     Returns
@@ -133,7 +141,7 @@ def _band_table(phot_dir: str, band: str, transfer: pd.DataFrame | None,
         without one dropped) and the transfer function (``transfer``) when given.
     """
     columns = [*_COLUMNS, *(_APCOR_COLUMNS if apcor
-                            else _ZP_COLUMNS if scales is not None else ())]
+                            else _ZP_COLUMNS if scales is not None or zero_points else ())]
     table = read_photometry(phot_dir, bands=[band], columns=columns)
     if apcor:
         table = aperture_corrected(table)
@@ -510,15 +518,95 @@ def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
         frame has nothing to put on its scale and is left as it is.
     """
     mode = ctx.cfg.compare.relative_zp
-    if mode == "off" or not Path(ctx.store).exists():
+    if mode == "off":
         return []
+    default = _default_zero_points(ctx)
+    return [b for b in bands if len(default.get(b, [])) > 1
+            and (mode == "on" or all(default[b]))]
+
+
+def _default_zero_points(ctx: Context) -> dict[str, list[bool]]:
+    """Tell, per band, which of its frames in the store carry the ingest's default ZP.
+
+    Returns
+    -------
+    dict of str to list of bool
+        Band → one flag per frame (``zp_source`` 'default'); empty without a store.
+    """
     default: dict[str, list[bool]] = {}
+    if not Path(ctx.store).exists():
+        return default
     for frame in st.list_frames(ctx.store):
         attrs = st.frame_attrs(ctx.store, frame)
         default.setdefault(str(attrs.get("band")), []).append(
             attrs.get("zp_source") == "default")
-    return [b for b in bands if len(default.get(b, [])) > 1
-            and (mode == "on" or all(default[b]))]
+    return default
+
+
+def band_zero_point_check(phot_dir: str, band: str, snr_min: float, min_sources: int,
+                          apcor: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Judge one band's header zero-points by the sources its exposures share; on a worker.
+
+    The relative exposure scales are fitted as for ``compare.relative_zp`` but not applied:
+    with right header zero-points each scale is 1 within the zero-point's stated error
+    and the scale's own.
+
+    Parameters
+    ----------
+    phot_dir : str
+        The photometry Parquet directory.
+    band : str
+        The band to read.
+    snr_min, min_sources : float, int
+        ``compare.relative_zp_snr`` and ``compare.relative_zp_min_sources``.
+    apcor : frozenset of str, optional
+        The aperture-corrected bands (:func:`_band_table`).
+
+    Returns
+    -------
+    DataFrame
+        :func:`pausdenoise.relative_zp.fit_exposure_scales` of the band with ``band``,
+        ``zp_rel_err`` (the header's σZP/ZP) and ``pull`` = ln(scale) /
+        sqrt(zp_rel_err² + (scale_err/scale)²) (NaN without a scale or any error).
+    """
+    table = _band_table(phot_dir, band, None, None, band in apcor, zero_points=True)
+    fit = fit_exposure_scales(table, snr_min, min_sources)
+    zp = table.groupby(["expnum", "ccd"])[["zp", "zp_err"]].first().reset_index()
+    fit = fit.merge(zp, on=["expnum", "ccd"], how="left")
+    rel = np.nan_to_num(fit["zp_err"].to_numpy(float) / fit["zp"].to_numpy(float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.hypot(rel, fit["scale_err"].to_numpy(float) / fit["scale"].to_numpy(float))
+        pull = np.where(err > 0, np.log(fit["scale"].to_numpy(float)) / err, np.nan)
+    return fit.drop(columns=["zp", "zp_err"]).assign(band=band, zp_rel_err=rel, pull=pull)
+
+
+def _zero_point_check(ctx: Context, bands: list[str], relative: dict | None, out: Path,
+                      summary: dict[str, Any], apcor: frozenset[str]) -> None:
+    """``zero_point_check.csv`` and the summary's ``zero_point_check``.
+
+    For the bands that keep calibrated header zero-points (none of their frames carries the
+    ingest's default one, and they are not put on relative zero-points).
+    """
+    default = _default_zero_points(ctx)
+    keep = [b for b in bands if len(default.get(b, [])) > 1 and not any(default[b])
+            and b not in (relative or {})]
+    path = out / "zero_point_check.csv"
+    if not keep:
+        path.unlink(missing_ok=True)
+        return
+    cfg = ctx.cfg.compare
+    table = pd.concat(_per_band(ctx, band_zero_point_check, keep, cfg.relative_zp_snr,
+                                cfg.relative_zp_min_sources, apcor), ignore_index=True)
+    table = table[["band", *[c for c in table.columns if c != "band"]]]
+    table.to_csv(path, index=False)
+    ok = table["scale"].notna()
+    if not ok.any():
+        return
+    summary["zero_point_check"] = {
+        "bands": keep, "frames": int(ok.sum()),
+        "scatter": sigma68(np.log(table.loc[ok, "scale"].to_numpy(float))),
+        "stated": float(np.median(table.loc[ok, "zp_rel_err"])),
+        "pulls": sigma68(table.loc[ok, "pull"].to_numpy(float))}
 
 
 def _relative_scales(ctx: Context, bands: list[str], out: Path, summary: dict[str, Any],
@@ -785,6 +873,7 @@ def run(ctx: Context) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     apcor = _aperture_corrected_bands(ctx, bands, summary)
     scales = _relative_scales(ctx, bands, out, summary, apcor)
+    _zero_point_check(ctx, bands, scales, out, summary, apcor)
     p = _collect_pairs(ctx, bands, bins, scales, apcor)
     if p is None:
         what = "unflagged measurement" if ctx.cfg.compare.exclude_flagged else "measurement"

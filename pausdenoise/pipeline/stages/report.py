@@ -209,6 +209,25 @@ def _floor_text(cmp_dir: Path) -> str:
             "hold (repeatability floor table).")
 
 
+def _zero_point_check_text(cmp_dir: Path) -> str:
+    """Say how far the header zero-points are off against the sources the exposures share.
+
+    Returns
+    -------
+    str
+        A sentence with their scatter and pulls; '' without the check.
+    """
+    path = cmp_dir / "summary.json"
+    zc = json.loads(path.read_text()).get("zero_point_check") if path.exists() else None
+    if not zc:
+        return ""
+    pulls = (f", {zc['pulls']:.2f} times their stated errors (median "
+             f"{100 * zc['stated']:.2f} %)" if np.isfinite(zc.get("pulls", np.nan)) else "")
+    return (f" Against the sources their exposures share, the header zero-points of "
+            f"{zc['frames']} frames scatter by {100 * zc['scatter']:.2f} % (σ68){pulls} "
+            "(zero_point_check table).")
+
+
 def _zero_point_text(cmp_dir: Path) -> str:
     """Say how far the header zero-points are off against the simulation's exact ones.
 
@@ -260,6 +279,13 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
                        "lo/hi: 68 % interval over resampled sources)",
                        w.table("repeatability_floor",
                                pd.read_csv(cmp_dir / "repeatability_floor.csv"))))
+    if (cmp_dir / "zero_point_check.csv").exists():
+        tables.append(("The header zero-points against the sources the exposures share: each "
+                       "frame's flux scale relative to its band's other frames (1 for right "
+                       "zero-points), fitted as the relative zero-points are but not applied; "
+                       "pull = ln scale over the stated and the fitted errors",
+                       w.table("zero_point_check",
+                               pd.read_csv(cmp_dir / "zero_point_check.csv"))))
     if (cmp_dir / "relative_zp.csv").exists():
         tables.append(("Relative zero-points of uncalibrated exposures, fitted from the sources "
                        "they share: every flux and error of a frame was divided by its scale "
@@ -278,7 +304,8 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
         text="Forced elliptical-aperture photometry on raw and denoised images; pairs "
              "of exposures of the same source and band give df, whose σ68 should be 1 "
              "when the errors are right." + _apcor_text(cmp_dir)
-             + _floor_text(cmp_dir) + _zero_point_text(cmp_dir) + note,
+             + _floor_text(cmp_dir) + _zero_point_check_text(cmp_dir)
+             + _zero_point_text(cmp_dir) + note,
         figures=figs, tables=tables)
 
 
