@@ -217,3 +217,10 @@ def test_report_states_the_repeatability_floor_when_one_was_measured(tmp_path):
         "bands": 2, "median": 0.0086, "min": 0.004, "max": 0.013, "pairs": 300}}))
     page = build_report(ctx).read_text()
     assert "plus a floor of 0.86 % of the flux (0.40–1.30 % over 2 bands)" in page
+    assert "the aperture fluxes are not corrected for the seeing" in page
+    (cmp_dir / "summary.json").write_text(json.dumps({"repeatability_floor": {
+        "bands": 1, "median": 0.0086, "min": 0.0086, "max": 0.0086, "pairs": 300},
+        "aperture_correction": {"bands": ["NB455"], "median": 0.6}}))
+    page = build_report(ctx).read_text()
+    assert "plus a floor of 0.86 % of the flux, which" in page
+    assert "not corrected for the seeing" not in page

@@ -199,14 +199,29 @@ def _floor_text(cmp_dir: Path) -> str:
         A sentence with the median floor over the bands; '' otherwise.
     """
     path = cmp_dir / "summary.json"
-    fl = json.loads(path.read_text()).get("repeatability_floor") if path.exists() else None
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    fl = summary.get("repeatability_floor")
     if not fl:
         return ""
     spread = (f" ({100 * fl['min']:.2f}–{100 * fl['max']:.2f} % over {fl['bands']} bands)"
               if fl["bands"] > 1 else "")
     return (f" The brightest pairs repeat to within their raw errors plus a floor of "
             f"{100 * fl['median']:.2f} % of the flux{spread}, which the raw errors do not "
-            "hold (repeatability floor table).")
+            f"hold (repeatability floor table{_uncorrected(summary)}).")
+
+
+def _uncorrected(summary: dict[str, Any]) -> str:
+    """Say that the fluxes keep the seeing's aperture losses, when nothing corrected them.
+
+    Returns
+    -------
+    str
+        A clause for a parenthesis ('' when the aperture corrections were on).
+    """
+    if summary.get("aperture_correction"):
+        return ""
+    return ("; the aperture fluxes are not corrected for the seeing "
+            "(compare.aperture_correction), so its aperture losses are in it")
 
 
 def _zero_point_check_text(cmp_dir: Path) -> str:
@@ -218,14 +233,15 @@ def _zero_point_check_text(cmp_dir: Path) -> str:
         A sentence with their scatter and pulls; '' without the check.
     """
     path = cmp_dir / "summary.json"
-    zc = json.loads(path.read_text()).get("zero_point_check") if path.exists() else None
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    zc = summary.get("zero_point_check")
     if not zc:
         return ""
     pulls = (f", {zc['pulls']:.2f} times their stated errors (median "
              f"{100 * zc['stated']:.2f} %)" if np.isfinite(zc.get("pulls", np.nan)) else "")
     return (f" Against the sources their exposures share, the header zero-points of "
             f"{zc['frames']} frames scatter by {100 * zc['scatter']:.2f} % (σ68){pulls} "
-            "(zero_point_check table).")
+            f"(zero_point_check table{_uncorrected(summary)}).")
 
 
 def _zero_point_text(cmp_dir: Path) -> str:
