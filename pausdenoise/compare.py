@@ -387,16 +387,19 @@ def repeatability_floor(pairs: pd.DataFrame, *, snr_min: float = 50.0, bootstrap
         of the flux), ``floor_lo`` and ``floor_hi`` (16th and 84th percentiles over the
         resamples; NaN without them), ``sigma68_before`` and ``sigma68_after`` (σ68 of those
         pairs' Δf with the raw errors, and with the floor added); ``n_pairs`` 0 and NaN
-        elsewhere when fewer than 20 pairs are that bright.
+        elsewhere when fewer than 20 pairs are that bright or there are no raw fluxes.
     """
+    empty = {"n_pairs": 0, "snr_min": float(snr_min), "floor": np.nan, "floor_lo": np.nan,
+             "floor_hi": np.nan, "sigma68_before": np.nan, "sigma68_after": np.nan}
+    if "f_raw_1" not in pairs.columns:  # no raw measurement to judge
+        return empty
     f1, f2 = pairs["f_raw_1"].to_numpy(float), pairs["f_raw_2"].to_numpy(float)
     var = pairs["e_raw_1"].to_numpy(float) ** 2 + pairs["e_raw_2"].to_numpy(float) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = (f1 + f2) / np.sqrt(var)
     use = np.flatnonzero(np.isfinite(snr) & (var > 0) & (snr >= snr_min))
     if use.size < 20:
-        return {"n_pairs": 0, "snr_min": float(snr_min), "floor": np.nan, "floor_lo": np.nan,
-                "floor_hi": np.nan, "sigma68_before": np.nan, "sigma68_after": np.nan}
+        return empty
     rng = np.random.default_rng(seed)
     if use.size > max_pairs:
         use = np.sort(rng.choice(use, max_pairs, replace=False))

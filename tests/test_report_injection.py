@@ -224,3 +224,28 @@ def test_report_states_the_repeatability_floor_when_one_was_measured(tmp_path):
     page = build_report(ctx).read_text()
     assert "plus a floor of 0.86 % of the flux, which" in page
     assert "not corrected for the seeing" not in page
+
+
+def test_report_states_the_zero_point_check(tmp_path):
+    """The header zero-points against the shared sources: against their stated errors, or,
+    where the headers give none, against the scales' own."""
+    import json
+
+    cmp_dir = tmp_path / "run" / "compare"
+    cmp_dir.mkdir(parents=True)
+    pd.DataFrame({"band": "NB455", "expnum": range(8), "ccd": 1, "scale": 1.0,
+                  "zp_rel_err": 0.01, "pull": 0.0}).to_csv(cmp_dir / "zero_point_check.csv",
+                                                             index=False)
+    check = {"bands": ["NB455"], "frames": 8, "scatter": 0.0126, "stated": 0.01,
+             "pulls": 1.15}
+    (cmp_dir / "summary.json").write_text(json.dumps({
+        "zero_point_check": check, "aperture_correction": {"bands": ["NB455"], "median": 0.6}}))
+    ctx = _context(tmp_path / "run")
+    page = build_report(ctx).read_text()
+    assert ("the header zero-points of 8 frames scatter by 1.26 % (σ68), 1.15 times their "
+            "stated errors (median 1.00 %) and the scales' own (zero_point_check table)") in page
+    (cmp_dir / "summary.json").write_text(json.dumps({
+        "zero_point_check": {**check, "stated": 0.0}}))
+    page = build_report(ctx).read_text()
+    assert "1.15 times the scales' own errors (the headers give no zero-point error)" in page
+    assert "not corrected for the seeing" in page

@@ -237,8 +237,12 @@ def _zero_point_check_text(cmp_dir: Path) -> str:
     zc = summary.get("zero_point_check")
     if not zc:
         return ""
-    pulls = (f", {zc['pulls']:.2f} times their stated errors (median "
-             f"{100 * zc['stated']:.2f} %)" if np.isfinite(zc.get("pulls", np.nan)) else "")
+    pulls = ""
+    if np.isfinite(zc.get("pulls", np.nan)):
+        pulls = (f", {zc['pulls']:.2f} times their stated errors (median "
+                 f"{100 * zc['stated']:.2f} %) and the scales' own" if zc["stated"] > 0 else
+                 f", {zc['pulls']:.2f} times the scales' own errors (the headers give no "
+                 "zero-point error)")
     return (f" Against the sources their exposures share, the header zero-points of "
             f"{zc['frames']} frames scatter by {100 * zc['scatter']:.2f} % (σ68){pulls} "
             f"(zero_point_check table{_uncorrected(summary)}).")
