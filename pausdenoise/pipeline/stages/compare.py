@@ -39,8 +39,9 @@ With ``compare.aperture_correction`` every calibrated flux and error is first di
 row's ``aper_frac`` (:mod:`pausdenoise.photometry.apcor`), so that all of the above describe
 total fluxes; the summary's ``aperture_correction`` says for which bands.
 
-The photometry is read twice, a band per task each time (three times for the bands put on
-one flux scale: :func:`band_exposure_scales` first; its ``aper_frac`` column once more,
+The photometry is read three times, a band per task each time (the relative scales first:
+:func:`band_exposure_scales` for the bands put on one flux scale, :func:`band_zero_point_check`
+for those that keep calibrated zero-points; its ``aper_frac`` column once more,
 :func:`band_aperture_fractions`, unless ``compare.aperture_correction`` is off):
 :func:`band_pairs` pairs a band and sends back its exact pair counts (in all and per I_auto
 bin) with its bottom-``max_pairs`` sample (the pairs with the smallest
@@ -850,7 +851,8 @@ def run(ctx: Context) -> dict[str, Any]:
     sample (:func:`pausdenoise.compare.bottom_k_pairs`): exactly min(pairs,
     ``compare.max_pairs``) pairs, uniform without replacement, deterministic, for the
     statistics and the error model; the pair counts stay exact. The photometry is read
-    twice: once to pair, once to write the per-measurement errors with the fitted model.
+    three times: for the relative scales (applied, or checked against calibrated
+    zero-points), to pair, and to write the per-measurement errors with the fitted model.
 
     Parameters
     ----------
