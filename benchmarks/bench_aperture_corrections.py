@@ -139,11 +139,8 @@ def _on_common_scale(raw: pd.DataFrame, scales: pd.DataFrame | None) -> pd.DataF
     if scales is None or scales.empty:
         return raw
     sel = raw["band"].isin(scales["band"].unique())
-    keys = ["band", "expnum", "ccd", "scale", "scale_err"]
-    scaled = apply_exposure_scales(raw[sel].drop(columns=["band"]).assign(
-        band=raw.loc[sel, "band"].to_numpy()), scales[[k for k in keys if k in scales]].drop(
-        columns="band"))
-    return pd.concat([raw[~sel], scaled], ignore_index=True)
+    frames = scales[[c for c in ("expnum", "ccd", "scale", "scale_err") if c in scales]]
+    return pd.concat([raw[~sel], apply_exposure_scales(raw[sel], frames)], ignore_index=True)
 
 
 def _groups(values: np.ndarray) -> list[tuple[str, np.ndarray]]:
