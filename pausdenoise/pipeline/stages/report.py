@@ -266,6 +266,29 @@ def _zero_point_text(cmp_dir: Path) -> str:
             "and pull_sigma68_exact_zp shows the photometry with the exact zero-points.")
 
 
+#: The compare stage's tables the photometry section shows, in order: file stem, caption.
+_COMPARE_TABLES = (
+    ("error_model_validation",
+     "Calibrated denoised errors, cross-validated over exposures (folds stratified by band; "
+     "pass: |σ68 − 1| ≤ tolerance with enough pairs)"),
+    ("repeatability_floor",
+     "Repeatability floor of the raw fluxes per band: the relative error ε that, added as "
+     "ε·f to every raw error, brings σ68 of df to 1 over the band's pairs of S/N ≥ snr_min "
+     "(0: the raw errors hold there; lo/hi: 68 % interval over resampled sources)"),
+    ("zero_point_check",
+     "The header zero-points against the sources the exposures share: each frame's flux "
+     "scale relative to its band's other frames (1 for right zero-points), fitted as the "
+     "relative zero-points are but not applied; pull = ln scale over the stated and the "
+     "fitted errors"),
+    ("relative_zp",
+     "Relative zero-points of uncalibrated exposures, fitted from the sources they share: "
+     "every flux and error of a frame was divided by its scale before pairing (NaN: the "
+     "frame had too few sources and was left out)"),
+    ("error_model", "Error model σ_den = s(I_auto)·g(band)·σ_raw: s per I_auto bin"),
+    ("error_model_bands", "Error model: g per band"),
+)
+
+
 def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> ReportSection | None:
     """Δf histograms, σ68 and flux bias per bin, and the error model tables.
 
@@ -287,36 +310,9 @@ def _photometry_section(cmp_dir: Path, w: ReportWriter, note: str = "") -> Repor
                          {labels[k]: z[k] for k in labels if k in z}))))
     if (cmp_dir / "sigma68_by_bin.csv").exists():
         _sigma68_figures(cmp_dir, w, figs, tables)
-    if (cmp_dir / "error_model_validation.csv").exists():
-        tables.append(("Calibrated denoised errors, cross-validated over exposures (folds "
-                       "stratified by band; pass: |σ68 − 1| ≤ tolerance with enough pairs)",
-                       w.table("error_model_validation",
-                               pd.read_csv(cmp_dir / "error_model_validation.csv"))))
-    if (cmp_dir / "repeatability_floor.csv").exists():
-        tables.append(("Repeatability floor of the raw fluxes per band: the relative error "
-                       "ε that, added as ε·f to every raw error, brings σ68 of df to 1 over "
-                       "the band's pairs of S/N ≥ snr_min (0: the raw errors hold there; "
-                       "lo/hi: 68 % interval over resampled sources)",
-                       w.table("repeatability_floor",
-                               pd.read_csv(cmp_dir / "repeatability_floor.csv"))))
-    if (cmp_dir / "zero_point_check.csv").exists():
-        tables.append(("The header zero-points against the sources the exposures share: each "
-                       "frame's flux scale relative to its band's other frames (1 for right "
-                       "zero-points), fitted as the relative zero-points are but not applied; "
-                       "pull = ln scale over the stated and the fitted errors",
-                       w.table("zero_point_check",
-                               pd.read_csv(cmp_dir / "zero_point_check.csv"))))
-    if (cmp_dir / "relative_zp.csv").exists():
-        tables.append(("Relative zero-points of uncalibrated exposures, fitted from the sources "
-                       "they share: every flux and error of a frame was divided by its scale "
-                       "before pairing (NaN: the frame had too few sources and was left out)",
-                       w.table("relative_zp", pd.read_csv(cmp_dir / "relative_zp.csv"))))
-    if (cmp_dir / "error_model.csv").exists():
-        tables.append(("Error model σ_den = s(I_auto)·g(band)·σ_raw: s per I_auto bin",
-                       w.table("error_model", pd.read_csv(cmp_dir / "error_model.csv"))))
-    if (cmp_dir / "error_model_bands.csv").exists():
-        bands_table = pd.read_csv(cmp_dir / "error_model_bands.csv")
-        tables.append(("Error model: g per band", w.table("error_model_bands", bands_table)))
+    for name, caption in _COMPARE_TABLES:
+        if (cmp_dir / f"{name}.csv").exists():
+            tables.append((caption, w.table(name, pd.read_csv(cmp_dir / f"{name}.csv"))))
     if not (figs or tables):
         return None
     return ReportSection(
