@@ -70,9 +70,9 @@ Input FITS: float32 image + uint8 mask (5 B/px). The store holds them compressed
 the ingest benchmark on synthetic sky + Gaussian noise frames: real frames may differ) and
 the float32 ``denoised`` output (same ratio assumed). Photometry reads image + mask per
 kind (raw, denoised) and writes ``photometry_row_bytes`` per measurement (Parquet). Compare
-reads the photometry three times (the zero-point check of calibrated frames, pairing, then
-writing each measurement's calibrated error; uncalibrated frames are read for their
-relative zero-points instead), 12 of its 35 columns each time with the default aperture
+reads the photometry twice (pairing, which also checks calibrated zero-points, then
+writing each measurement's calibrated error; uncalibrated frames once more for their
+relative zero-points), 12 of its 35 columns each time with the default aperture
 corrections
 (:data:`COMPARE_COLUMN_SHARE` of a row's bytes, assuming columns of equal size), and 2 of
 them once more to count the aperture shares (:data:`COMPARE_SHARE_COUNT`).
@@ -602,10 +602,10 @@ def _plan_compare(z: _Survey, r: Mapping[str, float | None], sources_per_ccd: in
                   photometry_row_bytes: int) -> StagePlan:
     measurements = z.frames * sources_per_ccd
     pairs = measurements * (exposures_per_source - 1) / 2
-    # three passes (the zero-points' scales, pairing, the per-measurement errors), each
-    # reading the 12 of the 35 photometry columns it uses, and one counting the shares
+    # two passes (pairing with the zero-point check, then the per-measurement errors),
+    # each reading the 12 of the 35 photometry columns it uses, and one counting the shares
     read = int(z.frames * sources_per_ccd * kinds * photometry_row_bytes
-               * (3 * COMPARE_COLUMN_SHARE + COMPARE_SHARE_COUNT))
+               * (2 * COMPARE_COLUMN_SHARE + COMPARE_SHARE_COUNT))
     written = int(pairs * 8 * kinds)  # Δf values per kind (df_values.npz)
     return StagePlan(
         "compare", 1, pairs, "pairs", read, written, 1,

@@ -28,7 +28,8 @@ Reads the photometry Parquet of the run and writes into ``<run>/compare/``:
 - ``df_values.npz``: the Δf values per flavour (at most 500,000), for the report's histograms.
 
 - ``zero_point_check.csv``: for the bands that keep calibrated header zero-points, the same
-  relative scales fitted but not applied (:func:`band_zero_point_check`): with right header
+  relative scales fitted but not applied (:func:`zero_point_scales`, on the table
+  :func:`band_pairs` reads): with right header
   zero-points each is 1 within the stated zero-point error; the summary's
   ``zero_point_check`` gives their scatter and pulls.
 
@@ -39,9 +40,9 @@ With ``compare.aperture_correction`` every calibrated flux and error is first di
 row's ``aper_frac`` (:mod:`pausdenoise.photometry.apcor`), so that all of the above describe
 total fluxes; the summary's ``aperture_correction`` says for which bands.
 
-The photometry is read three times, a band per task each time (the relative scales first:
-:func:`band_exposure_scales` for the bands put on one flux scale, :func:`band_zero_point_check`
-for those that keep calibrated zero-points; its ``aper_frac`` column once more,
+The photometry is read twice, a band per task each time (three times for the bands put on
+one flux scale: :func:`band_exposure_scales` first; the zero-point check of calibrated bands
+rides on the pairing read; its ``aper_frac`` column once more,
 :func:`band_aperture_fractions`, unless ``compare.aperture_correction`` is off):
 :func:`band_pairs` pairs a band and sends back its exact pair counts (in all and per I_auto
 bin) with its bottom-``max_pairs`` sample (the pairs with the smallest
@@ -83,8 +84,8 @@ from pausdenoise.relative_zp import apply_exposure_scales, fit_exposure_scales
 from pausdenoise.stats import sigma68
 
 __all__ = ["BandPairs", "band_aperture_fractions", "band_calibrated_errors",
-           "band_exposure_scales", "band_pairs", "band_zero_point_check", "run",
-           "transfer_corrected"]
+           "band_exposure_scales", "band_pairs", "run", "transfer_corrected",
+           "zero_point_scales"]
 
 #: the photometry columns the compare stage reads (the other ~20 are never loaded)
 _COLUMNS = ("ref_id", "expnum", "ccd", "I_auto", "flags", "flux_cal", "flux_cal_err")
@@ -215,23 +216,6 @@ def band_exposure_scales(phot_dir: str, band: str, snr_min: float,
     return fit_exposure_scales(table, snr_min, min_sources).assign(band=band)
 
 
-def _band_wide(phot_dir: str, band: str, exclude_flagged: bool,
-               transfer: pd.DataFrame | None = None,
-               scales: pd.DataFrame | None = None, apcor: bool = False) -> pd.DataFrame | None:
-    """Read one band's photometry, one row per measurement (:func:`_band_table`).
-
-    Returns
-    -------
-    DataFrame or None
-        :func:`pausdenoise.compare.widen` of the band's table; None when it is empty or,
-        with ``exclude_flagged``, every measurement is flagged.
-    """
-    table = _band_table(phot_dir, band, transfer, scales, apcor)
-    if table.empty or (exclude_flagged and not (table["flags"] == 0).any()):
-        return None  # nothing, or nothing unflagged (e.g. stamps smaller than the annulus)
-    return cmp.widen(table, exclude_flags=exclude_flagged)
-
-
 @dataclass(frozen=True)
 class BandPairs:
     """What :func:`band_pairs` sends back for one band.
@@ -253,6 +237,8 @@ class BandPairs:
     floor : dict
         The band's raw repeatability floor (:func:`pausdenoise.compare.repeatability_floor`
         on its pairs of S/N ≥ ``compare.floor_snr``, as compared: corrected and rescaled).
+    zero_points : DataFrame or None
+        The band's zero-point check (:func:`zero_point_scales`), when it was asked for.
     """
 
     band: str
@@ -268,6 +254,8 @@ class BandPairs:
     exposures: pd.DataFrame
     #: the band's raw repeatability floor (pausdenoise.compare.repeatability_floor)
     floor: dict[str, float]
+    #: the band's zero-point check (zero_point_scales), when it was asked for
+    zero_points: pd.DataFrame | None = None
 
 
 def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray,
@@ -275,7 +263,9 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
                transfer: dict[str, pd.DataFrame] | None = None,
                scales: dict[str, pd.DataFrame] | None = None,
                apcor: frozenset[str] = frozenset(),
-               floor_snr: float = 50.0) -> BandPairs | None:
+               floor_snr: float = 50.0,
+               zero_point_check: tuple[frozenset[str], float, int] | None = None,
+               ) -> BandPairs | None:
     """Read and pair one band; runs on a worker.
 
     Parameters
@@ -303,16 +293,28 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
         The aperture-corrected bands (``compare.aperture_correction``).
     floor_snr : float, optional
         The least pair S/N of the repeatability floor (``compare.floor_snr``).
+    zero_point_check : (frozenset of str, float, int), optional
+        The bands whose header zero-points are checked, ``compare.relative_zp_snr`` and
+        ``compare.relative_zp_min_sources``: for such a band the check
+        (:func:`zero_point_scales`) is made on the table read for the pairs.
 
     Returns
     -------
     BandPairs or None
         The band's exact pair counts, its sample of pairs, measurements and exposures;
-        None when the band has no measurement.
+        None when the band has no measurement (or, with ``exclude_flagged``, no unflagged
+        one).
     """
-    wide = _band_wide(phot_dir, band, exclude_flagged, (transfer or {}).get(band),
-                      (scales or {}).get(band), band in apcor)
-    if wide is None or wide.empty:
+    check = zero_point_check is not None and band in zero_point_check[0]
+    table = _band_table(phot_dir, band, (transfer or {}).get(band), (scales or {}).get(band),
+                        band in apcor, zero_points=check)
+    if table.empty or (exclude_flagged and not (table["flags"] == 0).any()):
+        return None  # nothing, or nothing unflagged (e.g. stamps smaller than the annulus)
+    zero_points = (zero_point_scales(table, band, *zero_point_check[1:])
+                   if check and zero_point_check is not None else None)
+    wide = cmp.widen(table, exclude_flags=exclude_flagged)
+    del table
+    if wide.empty:
         return None
     pairs = cmp.make_pairs(wide)
     floor = cmp.repeatability_floor(pairs, snr_min=floor_snr, seed=seed)
@@ -325,7 +327,7 @@ def band_pairs(phot_dir: str, band: str, exclude_flagged: bool, bins: np.ndarray
     return BandPairs(band=band, n_pairs=n_pairs, per_bin=per_bin, pairs=sample,
                      measurements=meas.astype(np.float32),
                      exposures=wide[["expnum", "band"]].drop_duplicates("expnum"),
-                     floor=floor)
+                     floor=floor, zero_points=zero_points)
 
 
 def band_calibrated_errors(phot_dir: str, band: str, model: dict, out_dir: str,
@@ -508,7 +510,8 @@ def _apcor_note(summary: dict[str, Any]) -> str:
     return out
 
 
-def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
+def _relative_bands(ctx: Context, bands: list[str],
+                    default: dict[str, list[bool]]) -> list[str]:
     """Return the bands whose exposures are put on one flux scale (``compare.relative_zp``).
 
     Returns
@@ -516,12 +519,12 @@ def _relative_bands(ctx: Context, bands: list[str]) -> list[str]:
     list of str
         'on': every band; 'auto': the bands all of whose frames in the store carry the
         ingest's default zero-point (``zp_source`` 'default'); 'off': none. A band of one
-        frame has nothing to put on its scale and is left as it is.
+        frame has nothing to put on its scale and is left as it is. ``default``:
+        :func:`_default_zero_points`.
     """
     mode = ctx.cfg.compare.relative_zp
     if mode == "off":
         return []
-    default = _default_zero_points(ctx)
     return [b for b in bands if len(default.get(b, [])) > 1
             and (mode == "on" or all(default[b]))]
 
@@ -544,9 +547,9 @@ def _default_zero_points(ctx: Context) -> dict[str, list[bool]]:
     return default
 
 
-def band_zero_point_check(phot_dir: str, band: str, snr_min: float, min_sources: int,
-                          apcor: frozenset[str] = frozenset()) -> pd.DataFrame:
-    """Judge one band's header zero-points by the sources its exposures share; on a worker.
+def zero_point_scales(table: pd.DataFrame, band: str, snr_min: float,
+                      min_sources: int) -> pd.DataFrame:
+    """Judge one band's header zero-points by the sources its exposures share.
 
     The relative exposure scales are fitted as for ``compare.relative_zp`` but not applied:
     with right header zero-points each scale is 1 within the zero-point's stated error
@@ -554,14 +557,13 @@ def band_zero_point_check(phot_dir: str, band: str, snr_min: float, min_sources:
 
     Parameters
     ----------
-    phot_dir : str
-        The photometry Parquet directory.
+    table : pandas.DataFrame
+        The band's long photometry table (:func:`_band_table` with ``zero_points``: raw
+        rows, ``zp`` and ``zp_err``).
     band : str
-        The band to read.
+        The band.
     snr_min, min_sources : float, int
         ``compare.relative_zp_snr`` and ``compare.relative_zp_min_sources``.
-    apcor : frozenset of str, optional
-        The aperture-corrected bands (:func:`_band_table`).
 
     Returns
     -------
@@ -570,7 +572,6 @@ def band_zero_point_check(phot_dir: str, band: str, snr_min: float, min_sources:
         ``zp_rel_err`` (the header's σZP/ZP) and ``pull`` = ln(scale) /
         sqrt(zp_rel_err² + (scale_err/scale)²) (NaN without a scale or any error).
     """
-    table = _band_table(phot_dir, band, None, None, band in apcor, zero_points=True)
     fit = fit_exposure_scales(table, snr_min, min_sources)
     zp = table.groupby(["expnum", "ccd"])[["zp", "zp_err"]].first().reset_index()
     fit = fit.merge(zp, on=["expnum", "ccd"], how="left")
@@ -581,23 +582,34 @@ def band_zero_point_check(phot_dir: str, band: str, snr_min: float, min_sources:
     return fit.drop(columns=["zp", "zp_err"]).assign(band=band, zp_rel_err=rel, pull=pull)
 
 
-def _zero_point_check(ctx: Context, bands: list[str], relative: dict | None, out: Path,
-                      summary: dict[str, Any], apcor: frozenset[str]) -> None:
+def _zero_point_bands(bands: list[str], default: dict[str, list[bool]],
+                      relative: dict | None) -> list[str]:
+    """Return the bands whose calibrated header zero-points are checked.
+
+    Returns
+    -------
+    list of str
+        The bands of two frames or more none of which carries the ingest's default
+        zero-point (``default``: :func:`_default_zero_points`), and that are not put on
+        relative zero-points.
+    """
+    return [b for b in bands if len(default.get(b, [])) > 1 and not any(default[b])
+            and b not in (relative or {})]
+
+
+def _zero_point_check(checked: list[pd.DataFrame], keep: list[str], out: Path,
+                      summary: dict[str, Any]) -> None:
     """``zero_point_check.csv`` and the summary's ``zero_point_check``.
 
-    For the bands that keep calibrated header zero-points (none of their frames carries the
-    ingest's default one, and they are not put on relative zero-points).
+    ``checked``: the bands' :func:`zero_point_scales` tables, as :func:`band_pairs` made
+    them for the bands in ``keep`` (:func:`_zero_point_bands`); without such bands a
+    stale file is removed.
     """
-    default = _default_zero_points(ctx)
-    keep = [b for b in bands if len(default.get(b, [])) > 1 and not any(default[b])
-            and b not in (relative or {})]
     path = out / "zero_point_check.csv"
-    if not keep:
+    if not keep or not checked:
         path.unlink(missing_ok=True)
         return
-    cfg = ctx.cfg.compare
-    table = pd.concat(_per_band(ctx, band_zero_point_check, keep, cfg.relative_zp_snr,
-                                cfg.relative_zp_min_sources, apcor), ignore_index=True)
+    table = pd.concat(checked, ignore_index=True)
     table = table[["band", *[c for c in table.columns if c != "band"]]]
     table.to_csv(path, index=False)
     ok = table["scale"].notna()
@@ -611,7 +623,8 @@ def _zero_point_check(ctx: Context, bands: list[str], relative: dict | None, out
 
 
 def _relative_scales(ctx: Context, bands: list[str], out: Path, summary: dict[str, Any],
-                     apcor: frozenset[str]) -> dict[str, pd.DataFrame] | None:
+                     apcor: frozenset[str],
+                     default: dict[str, list[bool]]) -> dict[str, pd.DataFrame] | None:
     """Fit the relative exposure scales of the bands that need them; ``relative_zp.csv``.
 
     Returns
@@ -620,7 +633,7 @@ def _relative_scales(ctx: Context, bands: list[str], out: Path, summary: dict[st
         Band → its frames' scales (:func:`band_exposure_scales`); None when no band needs
         them (a stale ``relative_zp.csv`` is removed).
     """
-    chosen = _relative_bands(ctx, bands)
+    chosen = _relative_bands(ctx, bands, default)
     path = out / "relative_zp.csv"
     if not chosen:
         path.unlink(missing_ok=True)
@@ -676,11 +689,13 @@ class _Pairs:
     exp_bands: pd.DataFrame
     #: every band's raw repeatability floor, one row per band, in band order
     floors: pd.DataFrame
+    #: the checked bands' zero-point tables (zero_point_scales), in band order
+    zero_points: list[pd.DataFrame]
 
 
 def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
                    scales: dict[str, pd.DataFrame] | None,
-                   apcor: frozenset[str]) -> _Pairs | None:
+                   apcor: frozenset[str], checked: list[str]) -> _Pairs | None:
     """Pair every band (on the cluster) and fold the bands' samples as they complete.
 
     Returns
@@ -695,15 +710,19 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
     meas: dict[str, pd.DataFrame] = {}
     exps: dict[str, pd.DataFrame] = {}
     floors: dict[str, dict[str, float]] = {}
+    zero_points: dict[str, pd.DataFrame] = {}
+    check = (frozenset(checked), cfg.relative_zp_snr, cfg.relative_zp_min_sources)
     for part in _per_band_as_completed(ctx, band_pairs, bands, cfg.exclude_flagged, bins,
                                        cfg.max_pairs, cfg.seed, _transfer(ctx), scales,
-                                       apcor, cfg.floor_snr):
+                                       apcor, cfg.floor_snr, check):
         if part is None:
             continue
         n_total += part.n_pairs
         per_bin_total += part.per_bin
         meas[part.band], exps[part.band] = part.measurements, part.exposures
         floors[part.band] = part.floor
+        if part.zero_points is not None:
+            zero_points[part.band] = part.zero_points
         # the running global bottom-k: at most max_pairs kept, ~2·max_pairs while merging
         sample = cmp.bottom_k_pairs(part.pairs if sample is None else [sample, part.pairs],
                                     cfg.max_pairs, cfg.seed)
@@ -716,7 +735,8 @@ def _collect_pairs(ctx: Context, bands: list[str], bins: np.ndarray,
     wide = pd.concat([meas[b] for b in present], ignore_index=True)
     exp_bands = pd.concat([exps[b] for b in present], ignore_index=True)
     floor_table = pd.DataFrame([{"band": b, **floors[b]} for b in present])
-    return _Pairs(n_total, per_bin_total, pairs, wide, exp_bands, floor_table)
+    return _Pairs(n_total, per_bin_total, pairs, wide, exp_bands, floor_table,
+                  [zero_points[b] for b in present if b in zero_points])
 
 
 def _repeatability_floor(p: _Pairs, out: Path, summary: dict[str, Any]) -> None:
@@ -851,8 +871,8 @@ def run(ctx: Context) -> dict[str, Any]:
     sample (:func:`pausdenoise.compare.bottom_k_pairs`): exactly min(pairs,
     ``compare.max_pairs``) pairs, uniform without replacement, deterministic, for the
     statistics and the error model; the pair counts stay exact. The photometry is read
-    three times: for the relative scales (applied, or checked against calibrated
-    zero-points), to pair, and to write the per-measurement errors with the fitted model.
+    twice (three times for bands put on relative zero-points): to pair (and check
+    calibrated zero-points), and to write the per-measurement errors with the fitted model.
 
     Parameters
     ----------
@@ -874,9 +894,11 @@ def run(ctx: Context) -> dict[str, Any]:
     bins = np.asarray(ctx.cfg.compare.bins, dtype=float)
     summary: dict[str, Any] = {}
     apcor = _aperture_corrected_bands(ctx, bands, summary)
-    scales = _relative_scales(ctx, bands, out, summary, apcor)
-    _zero_point_check(ctx, bands, scales, out, summary, apcor)
-    p = _collect_pairs(ctx, bands, bins, scales, apcor)
+    default = _default_zero_points(ctx)  # the store's frames, read once
+    scales = _relative_scales(ctx, bands, out, summary, apcor, default)
+    checked = _zero_point_bands(bands, default, scales)
+    p = _collect_pairs(ctx, bands, bins, scales, apcor, checked)
+    _zero_point_check(p.zero_points if p is not None else [], checked, out, summary)
     if p is None:
         what = "unflagged measurement" if ctx.cfg.compare.exclude_flagged else "measurement"
         return {"note": f"no {what} to compare" + _apcor_note(summary)
