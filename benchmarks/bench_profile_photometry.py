@@ -1,11 +1,13 @@
 """Throughput of the profile-weighted forced photometry beside the aperture engine.
 
-On a PAUCam-sized CCD image (4096 × 2048 float32: flat sky + Gaussian noise, 1 % masked
-pixels, two bad columns) with a catalogue of ``--sources`` sources at random positions
-(default 5000 per CCD, as ``bench_photometry.py``): 20 % stars, the rest bulge + disk
-galaxies with the simulation's size distribution (median hlr 0.6" at i = 20, −0.08 dex/mag,
-0.15 dex scatter; i uniform in 18–23), axis ratios 0.3–1, and PAUS apertures
-``1.5 × (hlr ⊕ FWHM/2)``. Moffat PSF β = 3, FWHM 0.9" (3.4 px).
+On a PAUCam-sized CCD image (4096 × 2048 float32, or ``--shape``: flat sky + Gaussian
+noise, 1 % masked pixels, two bad columns) with a catalogue of ``--sources`` sources at
+random positions (default 5000 per CCD, as ``bench_photometry.py``; a smaller ``--shape``
+with as many sources is a crowded field): 20 % stars, the rest bulge + disk galaxies with
+the simulation's size distribution (median hlr 0.6" at i = 20, −0.08 dex/mag, 0.15 dex
+scatter; i uniform in 18–23), axis ratios 0.3–1, and PAUS apertures
+``1.5 × (hlr ⊕ FWHM/2)``, times ``--aperture-scale`` (1: PAUS; larger: apertures that
+reach more neighbours). Moffat PSF β = 3, FWHM 0.9" (3.4 px).
 
 Prints sources/s on one core (one process, BLAS single-threaded) for
   * ``measure_frame`` with the aperture recipe only (``profile=False``),
@@ -16,7 +18,8 @@ and the share of sources fitted jointly with overlapping neighbours.
 
 Usage::
 
-    python benchmarks/bench_profile_photometry.py [--sources 5000] [--repeat 3]
+    python benchmarks/bench_profile_photometry.py [--sources 5000] [--repeat 3] \
+        [--aperture-scale 1] [--shape 4096 2048]
 """
 
 from __future__ import annotations
@@ -39,23 +42,25 @@ GAIN = 0.65
 FWHM_ARCSEC = 0.9
 
 
-def make_frame(n_sources: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def make_frame(n_sources: int, seed: int = 0, aperture_scale: float = 1.0,
+               shape: tuple[int, int] = (NY, NX)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Noisy flat-sky frame with masks, and a catalogue with profile columns."""
     rng = np.random.default_rng(seed)
-    image = rng.normal(1000.0, 30.0, (NY, NX)).astype(np.float32)
-    mask = np.zeros((NY, NX), np.uint8)
-    mask[rng.random((NY, NX)) < 0.01] = 2
-    mask[:, [311, 1500]] = 1
-    x = rng.uniform(0, NX - 1, n_sources)
-    y = rng.uniform(0, NY - 1, n_sources)
+    ny, nx = shape
+    image = rng.normal(1000.0, 30.0, (ny, nx)).astype(np.float32)
+    mask = np.zeros((ny, nx), np.uint8)
+    mask[rng.random((ny, nx)) < 0.01] = 2
+    mask[:, [nx * 311 // NX, nx * 1500 // NX]] = 1
+    x = rng.uniform(0, nx - 1, n_sources)
+    y = rng.uniform(0, ny - 1, n_sources)
     mag = rng.uniform(18.0, 23.0, n_sources)
     star = rng.random(n_sources) < 0.2
     hlr = 0.6 * 10 ** (-0.08 * (mag - 20.0) + rng.normal(0.0, 0.15, n_sources))
     hlr = np.where(star, 0.0, hlr)
     q = np.where(star, 1.0, rng.uniform(0.3, 1.0, n_sources))
     half = FWHM_ARCSEC / 2.0
-    a = 1.5 * np.hypot(hlr / np.sqrt(q), half)
-    b = 1.5 * np.hypot(hlr * np.sqrt(q), half)
+    a = aperture_scale * 1.5 * np.hypot(hlr / np.sqrt(q), half)
+    b = aperture_scale * 1.5 * np.hypot(hlr * np.sqrt(q), half)
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
     image[iy, ix] += rng.uniform(100, 5000, n_sources).astype(np.float32)
     cat = pd.DataFrame({
@@ -96,13 +101,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sources", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--aperture-scale", type=float, default=1.0)
+    p.add_argument("--shape", type=int, nargs=2, default=[NY, NX], metavar=("NY", "NX"),
+                   help="image size in px")
     args = p.parse_args()
 
     from pausdenoise.photometry import PhotometryConfig, measure_frame
     from pausdenoise.psf import PsfEstimate
 
     n = args.sources
-    image, mask, cat = make_frame(n)
+    image, mask, cat = make_frame(n, aperture_scale=args.aperture_scale,
+                                  shape=tuple(args.shape))
     psf = PsfEstimate(fwhm_px=FWHM_ARCSEC / PIXEL_SCALE, beta=3.0, n_stars=0, source="header")
     cfg = PhotometryConfig(pixel_scale=PIXEL_SCALE)
     cfg_aper = PhotometryConfig(pixel_scale=PIXEL_SCALE, profile=False)
@@ -118,8 +127,8 @@ def main() -> None:
     rows.append(("  profile estimator alone (sky given)", t))
     res = profile_kernel(image, mask, cat, cfg, psf, sky)
 
-    print(f"# profile-weighted photometry benchmark: {NY}x{NX} float32 image, {n} sources, "
-          f"PSF FWHM {psf.fwhm_px:.2f} px")
+    print(f"# profile-weighted photometry benchmark: {args.shape[0]}x{args.shape[1]} float32 "
+          f"image, {n} sources, PSF FWHM {psf.fwhm_px:.2f} px, apertures x {args.aperture_scale:g}")
     print(f"# {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs; one process, best of {args.repeat}")
     print(f"# load average (1, 5, 15 min) at the end: {os.getloadavg()}")

@@ -43,7 +43,12 @@ from scipy.spatial import cKDTree
 from pausdenoise.photometry.apertures import _overlap_weights, ellipse_extents
 from pausdenoise.photometry.calibration import with_zero_point_error, without_zero_point_error
 from pausdenoise.photometry.config import PhotometryConfig
-from pausdenoise.photometry.profile import _compact, _evaluate, profile_components
+from pausdenoise.photometry.profile import (
+    _BLOCK_ELEMENTS,
+    _compact,
+    _evaluate,
+    profile_components,
+)
 
 __all__ = ["MAX_BOX_PX", "aperture_corrected", "aperture_fractions", "neighbour_light"]
 
@@ -190,37 +195,120 @@ def neighbour_light(
     x, y, a, b, theta = (np.asarray(v, dtype=np.float64) for v in geometry)
     coef, amp = components
     n = len(x)
-    light, err = np.full(n, np.nan), np.full(n, np.nan)
+    light, err2 = np.full(n, np.nan), np.full(n, np.nan)
     with np.errstate(invalid="ignore"):
         f = np.asarray(fluxes, dtype=np.float64)
         e = np.where(np.isfinite(flux_errs), flux_errs, 0.0)
         emits = np.isfinite(f) & np.isfinite(x) & np.isfinite(y) & (f != 0)
     hx, hy, ix0, ix1, iy0, iy1, ok = _boxes(x, y, a, b, theta)
-    light[ok], err[ok] = 0.0, 0.0
+    light[ok], err2[ok] = 0.0, 0.0
+    pairs = _reach_pairs((x, y, hx, hy), ok, emits, np.asarray(radii, dtype=np.float64))
+    if not len(pairs):
+        return light, np.sqrt(err2)
+    use_exact, nsub = (1, 1) if config.subpixels == 0 else (0, int(config.subpixels))
+    box = np.c_[ix0, ix1, iy0, iy1]
+    weights = {i: _overlap_weights(tuple(box[i].tolist()), float(x[i]), float(y[i]),
+                                   float(a[i]), float(b[i]), float(theta[i]), use_exact,
+                                   nsub)
+               for i in np.unique(pairs[:, 0]).tolist()}
+    pairs = pairs[np.argsort(pairs[:, 1], kind="stable")]
+    starts = np.flatnonzero(np.r_[True, np.diff(pairs[:, 1]) != 0])
+    for group in np.split(pairs, starts[1:]):
+        j, reached = int(group[0, 1]), group[:, 0]
+        shares = _shares(_compact(coef[j:j + 1], amp[j:j + 1]), float(x[j]), float(y[j]),
+                         box[reached], [weights[i] for i in reached.tolist()])
+        light[reached] += f[j] * shares
+        err2[reached] += (e[j] * shares) ** 2
+    return light, np.sqrt(err2)
+
+
+def _reach_pairs(centres: tuple[np.ndarray, ...], ok: np.ndarray, emits: np.ndarray,
+                 radii: np.ndarray) -> np.ndarray:
+    """List the (aperture, source) pairs in which the source's profile stamp reaches the box.
+
+    Parameters
+    ----------
+    centres : tuple of ndarray
+        ``(x, y, hx, hy)``: positions and the boxes' half-extents (px).
+    ok, emits : ndarray of bool
+        Rows with a usable aperture; rows whose light is counted.
+    radii : ndarray of float64
+        Stamp half-sizes (px).
+
+    Returns
+    -------
+    ndarray of int64, shape (m, 2)
+        ``(i, j)`` rows, ``i != j``: source ``j`` lies within ``hx_i + r_j + 1`` px of
+        aperture ``i``'s centre along x and ``hy_i + r_j + 1`` along y.
+    """
+    x, y, hx, hy = centres
     src = np.flatnonzero(emits)
-    if not len(src) or not ok.any():
-        return light, err
+    aps = np.flatnonzero(ok)
+    if not len(src) or not len(aps):
+        return np.empty((0, 2), dtype=np.int64)
     tree = cKDTree(np.c_[x[src], y[src]])
     reach = float(radii[src].max()) + 1.0
-    use_exact, nsub = (1, 1) if config.subpixels == 0 else (0, int(config.subpixels))
-    near = tree.query_ball_point(np.c_[x[ok], y[ok]], np.hypot(hx[ok], hy[ok]) + reach)
-    for i, cand in zip(np.flatnonzero(ok).tolist(), near, strict=True):
-        js = src[np.asarray(cand, dtype=np.int64)]
-        js = js[(js != i) & (np.abs(x[js] - x[i]) <= hx[i] + radii[js] + 1)
-                & (np.abs(y[js] - y[i]) <= hy[i] + radii[js] + 1)]
-        if not len(js):
-            continue
-        box = (int(ix0[i]), int(ix1[i]), int(iy0[i]), int(iy1[i]))
-        w = _overlap_weights(box, float(x[i]), float(y[i]), float(a[i]), float(b[i]),
-                             float(theta[i]), use_exact, nsub).ravel()
-        gx = np.tile(np.arange(box[0], box[1], dtype=np.float64), box[3] - box[2])
-        gy = np.repeat(np.arange(box[2], box[3], dtype=np.float64), box[1] - box[0])
-        p = _evaluate(_compact(coef[js], amp[js]), gx[None, :] - x[js, None],
-                      gy[None, :] - y[js, None])
-        t = p @ w
-        light[i] = float(np.dot(f[js], t))
-        err[i] = float(np.sqrt(np.sum((e[js] * t) ** 2)))
-    return light, err
+    near = tree.query_ball_point(np.c_[x[aps], y[aps]], np.hypot(hx[aps] + reach, hy[aps] + reach))
+    i = np.repeat(aps, [len(c) for c in near])
+    j = src[np.fromiter((k for c in near for k in c), dtype=np.int64, count=len(i))]
+    keep = ((i != j) & (np.abs(x[j] - x[i]) <= hx[i] + radii[j] + 1)
+            & (np.abs(y[j] - y[i]) <= hy[i] + radii[j] + 1))
+    return np.c_[i[keep], j[keep]]
+
+
+def _shares(coef: np.ndarray, xj: float, yj: float, boxes: np.ndarray,
+            weights: list[np.ndarray]) -> np.ndarray:
+    """Compute one source's share ``T_ij = Σ wᵢ p_j`` of each aperture that it reaches.
+
+    The profile is evaluated once on the bounding box of all the apertures' boxes when that
+    region is no larger than their boxes together, else on each box (a far-flung set of
+    apertures); in row strips of at most ``_BLOCK_ELEMENTS`` (components × pixels).
+
+    Parameters
+    ----------
+    coef : ndarray of float32, shape (1, K, 4)
+        The source's profile components (:func:`pausdenoise.photometry.profile._compact`).
+    xj, yj : float
+        The source's position (0-based px).
+    boxes : ndarray of int64, shape (m, 4)
+        The apertures' pixel boxes ``(ix0, ix1, iy0, iy1)``, ``[min, max)``.
+    weights : list of ndarray
+        The apertures' overlap weights on their boxes, shape ``(iy1 − iy0, ix1 − ix0)``.
+
+    Returns
+    -------
+    ndarray of float64, shape (m,)
+    """
+    x0, x1 = int(boxes[:, 0].min()), int(boxes[:, 1].max())
+    y0, y1 = int(boxes[:, 2].min()), int(boxes[:, 3].max())
+    areas = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
+    if (x1 - x0) * (y1 - y0) > int(areas.sum()):
+        return np.array([float(np.sum(w * _region(coef, xj, yj, tuple(bx.tolist()))))
+                         for bx, w in zip(boxes, weights, strict=True)])
+    p = _region(coef, xj, yj, (x0, x1, y0, y1))
+    return np.array([float(np.sum(w * p[bx[2] - y0:bx[3] - y0, bx[0] - x0:bx[1] - x0]))
+                     for bx, w in zip(boxes, weights, strict=True)])
+
+
+def _region(coef: np.ndarray, xj: float, yj: float, box: tuple[int, ...]) -> np.ndarray:
+    """Evaluate one source's profile on the pixels of ``box`` ``(ix0, ix1, iy0, iy1)``.
+
+    Returns
+    -------
+    ndarray of float64, shape (iy1 − iy0, ix1 − ix0)
+    """
+    bx0, bx1, by0, by1 = box
+    nx = bx1 - bx0
+    out = np.empty((by1 - by0, nx))
+    dx = np.arange(bx0, bx1, dtype=np.float64) - xj
+    rows = max(1, _BLOCK_ELEMENTS // max(coef.shape[1] * nx, 1))
+    for r0 in range(by0, by1, rows):
+        r1 = min(r0 + rows, by1)
+        dy = np.arange(r0, r1, dtype=np.float64) - yj
+        out[r0 - by0:r1 - by0] = _evaluate(
+            coef, np.tile(dx, r1 - r0)[None, :], np.repeat(dy, nx)[None, :]
+        ).reshape(r1 - r0, nx)
+    return out
 
 
 def aperture_corrected(table: pd.DataFrame) -> pd.DataFrame:

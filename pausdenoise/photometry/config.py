@@ -25,8 +25,9 @@ EMPTY_NOISE_MODEL = "loglog-8;profile-veff-span"
 #: takes the frame's median sky in its overlap group's joint solve instead of making the
 #: group's fluxes NaN; "aper-frac-neighbours" = the rows carry ``aper_frac``, the
 #: aperture's share of the profile's flux, and ``aper_neighbours(_err)``, the other sources'
-#: light in the aperture (:mod:`pausdenoise.photometry.apcor`).
-PROFILE_MODEL = "sky-filled;aper-frac-neighbours"
+#: light in the aperture (:mod:`pausdenoise.photometry.apcor`); "box-corners" = that light
+#: includes the sources that reach only the corners of an aperture's box.
+PROFILE_MODEL = "sky-filled;aper-frac-neighbours;box-corners"
 
 
 class PhotFlag(IntFlag):

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pausdenoise.photometry.apcor import (
     MAX_BOX_PX,
@@ -143,6 +144,64 @@ def test_a_neighbour_s_light_is_its_flux_times_its_share_of_the_aperture():
     bad = neighbour_light((x, y, np.r_[0.0, r[1:]], r, zero), comps, flux, err,
                           np.full(4, 12), cfg)[0]
     assert np.isnan(bad[0]) and np.allclose(bad[1:], light[1:])
+
+
+def _pairwise_light(geometry, comps, flux, err, radii, cfg):
+    """The neighbours' light by its definition, one (aperture, source) pair at a time:
+    ``T_ij = Σ wᵢ p_j`` over aperture i's box, for every j whose stamp reaches the box."""
+    from pausdenoise.photometry.apcor import _boxes
+    from pausdenoise.photometry.apertures import _overlap_weights
+    from pausdenoise.photometry.profile import _compact, _evaluate
+
+    x, y, a, b, theta = geometry
+    hx, hy, ix0, ix1, iy0, iy1, ok = _boxes(x, y, a, b, theta)
+    light, var = np.full(len(x), np.nan), np.full(len(x), np.nan)
+    for i in np.flatnonzero(ok):
+        light[i] = var[i] = 0.0
+        box = (int(ix0[i]), int(ix1[i]), int(iy0[i]), int(iy1[i]))
+        w = _overlap_weights(box, x[i], y[i], a[i], b[i], theta[i], 1, 1).ravel()
+        gx = np.tile(np.arange(box[0], box[1], dtype=float), box[3] - box[2])
+        gy = np.repeat(np.arange(box[2], box[3], dtype=float), box[1] - box[0])
+        for j in range(len(x)):
+            if (j == i or not np.isfinite(flux[j]) or abs(x[j] - x[i]) > hx[i] + radii[j] + 1
+                    or abs(y[j] - y[i]) > hy[i] + radii[j] + 1):
+                continue
+            t = float(_evaluate(_compact(comps[0][j:j + 1], comps[1][j:j + 1]),
+                                (gx - x[j])[None, :], (gy - y[j])[None, :])[0] @ w)
+            light[i] += flux[j] * t
+            var[i] += (err[j] * t) ** 2
+    return light, np.sqrt(var)
+
+
+@pytest.mark.parametrize("block", [None, 2000])
+def test_the_neighbours_light_of_a_crowded_field_is_the_sum_over_its_pairs(block, monkeypatch):
+    """On a crowded field of galaxies with apertures of every size (one far wider than the
+    rest, so some sources reach apertures far apart, and some reach only a box's corner),
+    the light and its error match the pair-by-pair definition; also when the profiles are
+    evaluated in strips of a few rows."""
+    from pausdenoise.photometry import apcor
+    from pausdenoise.photometry.profile import profile_components
+
+    if block is not None:
+        monkeypatch.setattr(apcor, "_BLOCK_ELEMENTS", block)
+
+    cfg = PhotometryConfig()
+    rng = np.random.default_rng(7)
+    n = 40
+    x, y = rng.uniform(0, 120, n), rng.uniform(0, 90, n)
+    a = rng.uniform(2, 12, n)
+    a[0] = 70.0
+    b, theta = a * rng.uniform(0.4, 1, n), rng.uniform(0, math.pi, n)
+    shapes = (rng.uniform(0, 4, n), rng.uniform(0.3, 1, n), rng.uniform(0, 1, n))
+    comps = profile_components(*shapes[:2], theta, shapes[2], 3.0, 3.0, cfg)
+    flux, err = rng.uniform(100, 5000, n), rng.uniform(1, 50, n)
+    flux[3] = np.nan
+    radii = rng.integers(6, 20, n)
+    got = neighbour_light((x, y, a, b, theta), comps, flux, err, radii, cfg)
+    want = _pairwise_light((x, y, a, b, theta), comps, flux, err, radii, cfg)
+    assert (want[0] > 0).mean() > 0.8
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-9)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9)
 
 
 def test_the_zero_point_s_error_follows_the_corrected_flux():
