@@ -14,12 +14,14 @@ Prints sources/s on one core (one process, BLAS single-threaded) for
   * ``measure_frame`` with both (aperture + profile columns),
   * the profile kernel alone (``usable_pixels`` + ``intrinsic_shapes`` + ``profile_fluxes``,
     with the annulus sky taken as given),
-and the share of sources fitted jointly with overlapping neighbours.
+and the share of sources fitted jointly with overlapping neighbours. ``--max-group`` sets
+``photometry.profile_max_group``: a very large one solves every overlap group as one dense
+system, the default solves groups above it in tiles.
 
 Usage::
 
     python benchmarks/bench_profile_photometry.py [--sources 5000] [--repeat 3] \
-        [--aperture-scale 1] [--shape 4096 2048]
+        [--aperture-scale 1] [--shape 4096 2048] [--max-group 1000]
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def main() -> None:
     p.add_argument("--sources", type=int, default=5000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--aperture-scale", type=float, default=1.0)
+    p.add_argument("--max-group", type=int, default=None,
+                   help="photometry.profile_max_group (default: the configured default)")
     p.add_argument("--shape", type=int, nargs=2, default=[NY, NX], metavar=("NY", "NX"),
                    help="image size in px")
     args = p.parse_args()
@@ -114,6 +118,8 @@ def main() -> None:
                                   shape=tuple(args.shape))
     psf = PsfEstimate(fwhm_px=FWHM_ARCSEC / PIXEL_SCALE, beta=3.0, n_stars=0, source="header")
     cfg = PhotometryConfig(pixel_scale=PIXEL_SCALE)
+    if args.max_group is not None:
+        cfg = cfg.model_copy(update={"profile_max_group": args.max_group})
     cfg_aper = PhotometryConfig(pixel_scale=PIXEL_SCALE, profile=False)
     both = measure_frame(image, mask, cat, cfg, gain=GAIN, psf=psf)  # warms the caches
     sky = (both.bkg.to_numpy(), both.bkg_std.to_numpy() ** 2,
@@ -128,7 +134,8 @@ def main() -> None:
     res = profile_kernel(image, mask, cat, cfg, psf, sky)
 
     print(f"# profile-weighted photometry benchmark: {args.shape[0]}x{args.shape[1]} float32 "
-          f"image, {n} sources, PSF FWHM {psf.fwhm_px:.2f} px, apertures x {args.aperture_scale:g}")
+          f"image, {n} sources, PSF FWHM {psf.fwhm_px:.2f} px, "
+          f"apertures x {args.aperture_scale:g}, profile_max_group {cfg.profile_max_group}")
     print(f"# {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs; one process, best of {args.repeat}")
     print(f"# load average (1, 5, 15 min) at the end: {os.getloadavg()}")

@@ -218,6 +218,20 @@ class PhotometryConfig(BaseModel):
     profile_max_radius: int = Field(
         48, ge=3, description="largest half-size of a profile stamp, pixels"
     )
+    profile_max_group: int = Field(
+        1000,
+        ge=2,
+        description="overlap groups of more sources than this (crowded fields) are solved in "
+        "spatial tiles, each with its neighbours within profile_group_margin, instead of "
+        "as one dense system (memory ∝ sources², time ∝ sources³)",
+    )
+    profile_group_margin: float = Field(
+        4.0,
+        gt=0,
+        description="margin around each tile of a large overlap group, in the group's median "
+        "stamp half-size: its sources enter the tile's system but keep their own tile's "
+        "solution",
+    )
     profile_min_weight: float = Field(
         0.5,
         ge=0,

@@ -36,7 +36,13 @@ stamp). Errors: ``σ̂ᵢ² = (G⁻¹)_ii (Vᵢ + Pᵢ) + ((G⁻¹ s)_i)² σ_b,
 ``Pᵢ = Σ_j F̂ⱼ⁺ Σ pᵢ²pⱼ / (gain Σ pᵢ²)`` (the Poisson variance of the source and its
 neighbours seen through ``pᵢ²``). An isolated source reduces exactly to the formula above.
 So a neighbour's light does not enter a source's flux, except the part of it that falls
-outside the neighbour's own stamp.
+outside the neighbour's own stamp. On a crowded field one group can hold most of the
+catalogue; a group of more than ``profile_max_group`` sources is solved in spatial tiles,
+each tile's system holding its sources and those within ``profile_group_margin`` median
+stamp half-sizes around it, and each source keeping its own tile's solution. A source
+depends on distant ones only through chains of overlapping profiles, so with the default
+margin (4) the tiles give the dense solution to ~1e-4 of the errors, in memory and time
+linear in the group's size instead of quadratic and cubic.
 
 Performance: profiles are evaluated for batches of sources of equal stamp size at once
 (``exp`` of a batched matrix product over components × pixels, float32); galaxy components
@@ -500,10 +506,14 @@ def _solve_group(mem: np.ndarray, pairs: np.ndarray, cross: np.ndarray,
 
 def _solve_groups(n: int, pairs: np.ndarray, cross: np.ndarray,
                   sums: dict[str, np.ndarray], sky: tuple[np.ndarray, ...], gain: float,
-                  flux: np.ndarray, var: np.ndarray) -> None:
+                  flux: np.ndarray, var: np.ndarray,
+                  tiling: tuple[np.ndarray, np.ndarray, int, np.ndarray] | None = None) -> None:
     """Overwrite ``flux``/``var`` of the members of groups of 2+ with the joint solution.
 
-    Sources without usable pixels (``Σp² = 0``) are left out of their group's system.
+    Sources without usable pixels (``Σp² = 0``) are left out of their group's system. With
+    ``tiling`` = ``(x, y, max_group, margins)`` (positions, px; per-source margins, px), a
+    group of more than ``max_group`` sources is solved in spatial tiles
+    (:func:`_solve_tiled`) with the median margin of its sources.
     """
     usable = sums["pp"] > 0
     pairs_ok = usable[pairs[:, 0]] & usable[pairs[:, 1]]
@@ -519,7 +529,74 @@ def _solve_groups(n: int, pairs: np.ndarray, cross: np.ndarray,
         lo, hi = np.searchsorted(p_lab, lab[mem[0]], side="left"), np.searchsorted(
             p_lab, lab[mem[0]], side="right")
         sel = p_order[lo:hi]
-        flux[mem], var[mem] = _solve_group(mem, pairs[sel], cross[sel], sums, sky, gain)
+        if tiling is not None and len(mem) > tiling[2]:
+            _solve_tiled(mem, pairs[sel], cross[sel], (sums, sky, gain), tiling, flux, var)
+        else:
+            flux[mem], var[mem] = _solve_group(mem, pairs[sel], cross[sel], sums, sky, gain)
+
+
+def _tiles(x: np.ndarray, y: np.ndarray, max_group: int,
+           margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut a group's sources into cells, each with the sources within ``margin`` px of it.
+
+    Cells are halved along their longer side at the median of their sources until a cell
+    with its margin holds at most ``max_group`` sources (or its own sources are too few to
+    halve further: at most ``max(max_group // 8, 1)``).
+
+    Returns
+    -------
+    list of (core, sub)
+        Index arrays into ``x``/``y``: each source is in exactly one ``core``; ``sub``
+        holds the cell's sources and those within ``margin`` of its bounds.
+    """
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    stack = [(np.arange(len(x)), (float(x.min()), float(x.max()), float(y.min()),
+                                  float(y.max())))]
+    min_core = max(max_group // 8, 1)
+    while stack:
+        core, (x0, x1, y0, y1) = stack.pop()
+        sub = np.flatnonzero((x >= x0 - margin) & (x <= x1 + margin)
+                             & (y >= y0 - margin) & (y <= y1 + margin))
+        if len(sub) <= max_group or len(core) <= min_core:
+            out.append((core, sub))
+            continue
+        along_x = x1 - x0 >= y1 - y0
+        c = (x if along_x else y)[core]
+        cut = float(np.median(c))
+        low, high = core[c < cut], core[c >= cut]
+        if not len(low) or not len(high):
+            out.append((core, sub))
+            continue
+        if along_x:
+            stack += [(low, (x0, cut, y0, y1)), (high, (cut, x1, y0, y1))]
+        else:
+            stack += [(low, (x0, x1, y0, cut)), (high, (x0, x1, cut, y1))]
+    return out
+
+
+def _solve_tiled(mem: np.ndarray, pairs: np.ndarray, cross: np.ndarray,
+                 model: tuple[dict[str, np.ndarray], tuple[np.ndarray, ...], float],
+                 tiling: tuple[np.ndarray, np.ndarray, int, np.ndarray],
+                 flux: np.ndarray, var: np.ndarray) -> None:
+    """Solve one large group in overlapping spatial tiles (:func:`_tiles`).
+
+    Each tile's system holds the tile's sources and those within the margin around it;
+    only the tile's own sources keep their solution. A source's flux depends on sources
+    farther away only through chains of overlapping profiles, whose influence falls off
+    quickly with distance, so a margin of a few stamp sizes gives the joint solution to a
+    small fraction of the errors, at a cost linear in the group's size instead of cubic
+    (and memory linear instead of quadratic).
+    """
+    sums, sky, gain = model
+    x, y, max_group, margins = tiling
+    inside = np.zeros(len(x), dtype=bool)
+    for core, sub in _tiles(x[mem], y[mem], max_group, float(np.median(margins[mem]))):
+        inside[mem[sub]] = True
+        keep = inside[pairs[:, 0]] & inside[pairs[:, 1]]
+        f, v = _solve_group(mem[sub], pairs[keep], cross[keep], sums, sky, gain)
+        inside[mem[sub]] = False
+        where = np.searchsorted(sub, core)
+        flux[mem[core]], var[mem[core]] = f[where], v[where]
 
 
 def _filled_sky(sky: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -644,7 +721,9 @@ def profile_fluxes(
     f_v, var_v = _isolated_estimate(sums, sky_v[1], sky_v[2], gain)
     pairs = _overlap_pairs(xs[idx], ys[idx], radii[idx])
     cross = _cross_terms(stamps, xs[idx], ys[idx], radii[idx], pairs)
-    _solve_groups(len(idx), pairs, cross, sums, sky_v, gain, f_v, var_v)
+    _solve_groups(len(idx), pairs, cross, sums, sky_v, gain, f_v, var_v,
+                  (xs[idx], ys[idx], config.profile_max_group,
+                   config.profile_group_margin * radii[idx]))
     flux, var = np.full(n, np.nan), np.full(n, np.nan)
     flux[idx], var[idx] = f_v, var_v
     group_size = np.zeros(n, dtype=np.int64)
