@@ -199,7 +199,9 @@ def test_a_catalogue_of_one_saao_exposure_is_measured_on_the_other(
     # neighbour masks that cover the annuli: the photometry's line says so and what to change
     assert main([*base, "--out", str(out), "--set", f"input.catalogue_frame={first.name}",
                  "--stages", "photometry", "--set", "photometry.annulus_mask_grow=40"]) == EXIT_OK
-    assert "raw measurements flagged FEW_ANNULUS" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "raw measurements flagged FEW_ANNULUS" in said
+    assert "need a smaller value (e.g. 20)" in said  # smaller than the one given
 
 
 @pytest.mark.real_data

@@ -169,7 +169,8 @@ def _masked_annuli_note(written: list[str], catalogue: pd.DataFrame,
     return (head + f"the neighbour masks ({config.annulus_mask_grow:g} aperture semi-axes "
             f"around each of ~{per_frame:.0f} sources per frame, "
             "photometry.annulus_mask_grow) cover the background annuli; large apertures on "
-            "a crowded field need a smaller value (e.g. 1)")
+            f"a crowded field need a smaller value (e.g. {config.annulus_mask_grow / 2:g}) "
+            "or a wider annulus (photometry.annulus_r_in/annulus_r_out)")
 
 
 def _smallest_frame(ctx: Context) -> tuple[int, int] | None:
