@@ -1,0 +1,699 @@
+"""How far the U-Net gets when it is shown the truth: star fields simulated to match the frames.
+
+A bound for the real-frame denoising target. Instead of a self-supervised loss on the real
+SAAO exposures, the network (the SAAO configuration's depth 2 / 32 channels, residual
+output) is trained with the *truth* as its target, on star fields simulated to look like
+those exposures, and scored
+
+* on held-out simulated frames with the independent-exposure estimator (four more noisy
+  exposures of the same simulated field as its references): how far the network gets in
+  each budget when the training data are exactly the kind of frame it is scored on;
+* on the real frames with the same estimator as ``bench_training_budget.py --data saao``:
+  what of that survives the differences between the simulation and the sky;
+
+beside the best Gaussian blur (σ chosen by the same estimator, per pixel class) of each.
+Besides the sky and source pixels of ``bench_training_budget.py``, the source pixels are
+split at ``--core-level`` ADU of the references' mean (sky subtracted): the stars' bright
+cores, where a small blur changes a pixel by far more than its noise and the score depends
+most on how well the references match the frame's PSF, and the rest.
+
+The simulation, per real exposure (its ingest attributes and its own pixels):
+
+* a circular Moffat PSF of the exposure's measured FWHM and β (``psf_fwhm_px``,
+  ``psf_beta``), drawn on a 3× finer grid and summed to pixels;
+* stars at uniform random positions: the catalogue's own fluxes above ``--complete-flux``
+  (resampled, as many as the catalogue holds), and below it a power law
+  ``dN/dlog₁₀F ∝ F^−a`` (``--slope``) down to ``--fmin`` ADU, continuous with the
+  catalogue's counts at ``--complete-flux`` and scaled by one factor per exposure, fitted
+  (by bisection) so that the simulated frame's robust σ (clipped MAD, as the network's
+  normalisation) is the exposure's own within 2 %: on this crowded field the unresolved
+  stars, not the noise, set that σ (43–114 ADU against ~24 ADU of noise);
+* the exposure's sky level (its clipped median), Poisson noise from its gain and Gaussian
+  read noise (``gain``, ``rdnoise``), drawn afresh for every training patch; the noise's
+  small measured correlation (lag 1 ≲ 0.05) is left out; pixels at the real frames'
+  saturation (:data:`SATURATION`) are masked, as the ingest masks the real ones.
+
+Training: 64² patches, batches of 16, from the simulated frames (one per real exposure),
+Adam at 10⁻³ decayed by a cosine to 0 at the largest budget, loss the mean of
+``(output − truth)² / noise variance`` (normalised units), bfloat16 autocast where the CPU
+has the units (as ``train.precision: auto``), ``--threads`` torch threads. The budgets count
+the optimiser steps and their patch drawing, not the simulation (its time is printed).
+
+Usage (project venv; the SAAO store as ``bench_training_budget.py`` finds or makes it, and
+the SExtractor catalogue of one exposure, ``sextractor_catalogue.py``)::
+
+    python benchmarks/bench_matched_simulation.py --catalogue bench-output/saao-frame1.cat \\
+        --budgets 1,3,10 --append
+
+Writes ``<out>/matched-simulation.json``; ``--append`` adds a dated section to
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.signal import fftconvolve
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_training_budget as tb  # noqa: E402  (a sibling script)
+
+from pausdenoise import evaluate as ev  # noqa: E402
+from pausdenoise import store as st  # noqa: E402
+from pausdenoise.config import load_config  # noqa: E402
+from pausdenoise.n2v.normalise import FrameStats, frame_statistics  # noqa: E402
+from pausdenoise.n2v.precision import resolve_precision  # noqa: E402
+from pausdenoise.n2v.unet import UNet, UNetConfig  # noqa: E402
+from pausdenoise.photometry.sextractor import read_sextractor  # noqa: E402
+
+#: Oversampling of the grid the stars are drawn on before summing to pixels.
+OVERSAMPLE = 3
+#: Margin (px) simulated around the frame, so that stars just outside it add their wings.
+PAD = 24
+#: Radius (px) of the drawn PSF.
+PSF_RADIUS = 30
+#: Pixel classes scored: the estimator's two, and the source pixels split at the core level.
+SCORED = ("sky", "source", "faint", "core")
+#: Gaussian blur σ grid (px), as ``bench_training_budget.py``.
+BLUR_SIGMAS = tb.BLUR_SIGMAS
+#: Simulated exposures scored (each with four more exposures as its references).
+SIM_EVAL = 4
+#: Saturation (ADU): the SAAO frames' plateau, which their ingest masks. Simulated pixels
+#: at or above it are masked the same way: the network sees the sky there, and they are
+#: neither training targets nor scored.
+SATURATION = 65300.0
+
+
+@dataclass
+class Exposure:
+    """What the simulation copies from one real exposure (ADU, px, e⁻/ADU)."""
+
+    fwhm: float
+    beta: float
+    gain: float
+    read_noise_adu: float
+    sky: float
+    sigma: float
+
+
+@dataclass
+class Population:
+    """Star fluxes (ADU): the catalogue's above ``complete``, a power law below it."""
+
+    bright: np.ndarray
+    complete: float
+    fmin: float
+    slope: float
+    #: Stars per frame between ``fmin`` and ``complete`` before an exposure's own factor.
+    n_faint: float
+
+
+def population(fluxes: np.ndarray, complete: float, fmin: float, slope: float) -> Population:
+    """Build the star population from a catalogue's fluxes.
+
+    Parameters
+    ----------
+    fluxes : ndarray
+        The catalogue's fluxes (ADU; non-positive ones are ignored).
+    complete : float
+        Flux above which the catalogue is taken as complete (ADU).
+    fmin : float
+        Faintest simulated star (ADU).
+    slope : float
+        ``a`` of ``dN/dlog₁₀F ∝ F^−a`` below ``complete``.
+
+    Returns
+    -------
+    Population
+        The bright stars and the power law, normalised to the catalogue's counts in the
+        decade above ``complete``.
+    """
+    bright = np.asarray(fluxes, float)
+    bright = bright[np.isfinite(bright) & (bright >= complete)]
+    n_decade = np.sum(bright < 10 * complete)
+    amp = n_decade / _dlogf_integral(complete, 10 * complete, slope)
+    return Population(bright, complete, fmin, slope, amp * _dlogf_integral(fmin, complete, slope))
+
+
+def _dlogf_integral(f1: float, f2: float, a: float) -> float:
+    """∫ F^−a dlog₁₀F from f1 to f2."""
+    if abs(a) < 1e-9:
+        return math.log10(f2 / f1)
+    return (f1 ** -a - f2 ** -a) / (a * math.log(10))
+
+
+def faint_fluxes(pop: Population, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` fluxes (ADU) from the power law between ``fmin`` and ``complete``.
+
+    Parameters
+    ----------
+    pop : Population
+        The population.
+    n : int
+        Stars.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    ndarray
+        Fluxes, ADU.
+    """
+    u = rng.random(n)
+    if abs(pop.slope) < 1e-9:
+        return pop.fmin * (pop.complete / pop.fmin) ** u
+    lo, hi = pop.fmin ** -pop.slope, pop.complete ** -pop.slope
+    return (lo + u * (hi - lo)) ** (-1.0 / pop.slope)
+
+
+def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, beta: float,
+                 shape: tuple[int, int]) -> np.ndarray:
+    """Draw point sources through a circular Moffat PSF, integrated over the pixels.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        Positions, 0-based px (pixel centres at integers); sources up to :data:`PAD` px
+        outside the frame add their wings.
+    flux : ndarray
+        Fluxes, ADU.
+    fwhm : float
+        Moffat FWHM before pixelisation, px.
+    beta : float
+        Moffat β.
+    shape : (int, int)
+        Frame shape (ny, nx).
+
+    Returns
+    -------
+    ndarray of float64
+        The noiseless frame without sky, ADU.
+    """
+    ny, nx = shape
+    k = OVERSAMPLE
+    fine = np.zeros(((ny + 2 * PAD) * k, (nx + 2 * PAD) * k))
+    # fine cell (j, i) covers [i/k − 1/2, (i+1)/k − 1/2) + (−PAD) in frame px
+    ix = np.floor((np.asarray(x) + PAD + 0.5) * k).astype(np.int64)
+    iy = np.floor((np.asarray(y) + PAD + 0.5) * k).astype(np.int64)
+    ok = (ix >= 0) & (ix < fine.shape[1]) & (iy >= 0) & (iy < fine.shape[0])
+    np.add.at(fine, (iy[ok], ix[ok]), np.asarray(flux, float)[ok])
+    r = PSF_RADIUS * k
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1] / k
+    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    psf = (1.0 + (xx * xx + yy * yy) / alpha ** 2) ** -beta
+    img = fftconvolve(fine, psf / psf.sum(), mode="same")
+    img = img.reshape(ny + 2 * PAD, k, nx + 2 * PAD, k).sum(axis=(1, 3))
+    return np.clip(img[PAD:PAD + ny, PAD:PAD + nx], 0.0, None)
+
+
+def simulate(pop: Population, exp: Exposure, factor: float, shape: tuple[int, int],
+             rng: np.random.Generator) -> np.ndarray:
+    """One simulated field like ``exp``: noiseless, without sky, ADU.
+
+    Parameters
+    ----------
+    pop : Population
+        The stars.
+    exp : Exposure
+        The exposure copied.
+    factor : float
+        The exposure's factor on the faint stars' number.
+    shape : (int, int)
+        Frame shape.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    ndarray
+        The truth, ADU.
+    """
+    f = np.concatenate([faint_fluxes(pop, rng.poisson(pop.n_faint * factor), rng),
+                        rng.choice(pop.bright, rng.poisson(len(pop.bright)))])
+    x = rng.uniform(-PAD, shape[1] + PAD - 1, f.size)
+    y = rng.uniform(-PAD, shape[0] + PAD - 1, f.size)
+    return render_stars(x, y, f, exp.fwhm, exp.beta, shape)
+
+
+def observe(truth: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarray:
+    """A noisy exposure of ``truth``: sky, Poisson and read noise (Gaussian), ADU.
+
+    Parameters
+    ----------
+    truth : ndarray
+        Noiseless pixels without sky, ADU.
+    exp : Exposure
+        Sky, gain and read noise.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    ndarray
+        The exposure, ADU.
+    """
+    return truth + exp.sky + rng.normal(size=truth.shape) * np.sqrt(noise_variance(truth, exp))
+
+
+def noise_variance(truth: np.ndarray, exp: Exposure) -> np.ndarray:
+    """Per-pixel noise variance, ADU²: ``(truth + sky) / gain + read noise²``.
+
+    Parameters
+    ----------
+    truth : ndarray
+        Noiseless pixels without sky, ADU.
+    exp : Exposure
+        Sky (ADU), gain (e⁻/ADU), read noise (ADU).
+
+    Returns
+    -------
+    ndarray
+        Variance, ADU².
+    """
+    return (truth + exp.sky) / exp.gain + exp.read_noise_adu ** 2
+
+
+def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
+               rng: np.random.Generator, iterations: int = 10
+               ) -> tuple[float, np.ndarray, FrameStats]:
+    """Find the faint stars' factor that gives a simulated frame the exposure's robust σ.
+
+    Parameters
+    ----------
+    pop : Population
+        The stars.
+    exp : Exposure
+        The exposure (its ``sigma``: the target).
+    shape : (int, int)
+        Frame shape.
+    rng : numpy.random.Generator
+        Random numbers.
+    iterations : int
+        Bisection steps at most (stops within 2 %).
+
+    Returns
+    -------
+    factor : float
+        The factor.
+    truth : ndarray
+        The last simulated truth (ADU, without sky).
+    stats : FrameStats
+        Its noisy frame's statistics.
+    """
+    lo, hi, factor = 0.0, math.inf, 1.0
+    for _ in range(iterations):
+        truth = simulate(pop, exp, factor, shape, rng)
+        stats = frame_statistics(observe(truth, exp, rng))
+        if abs(stats.sigma / exp.sigma - 1.0) < 0.02:
+            break
+        if stats.sigma < exp.sigma:
+            lo = factor
+            factor = 2.0 * factor if math.isinf(hi) else 0.5 * (factor + hi)
+        else:
+            hi = factor
+            factor = 0.5 * (lo + factor)
+    return factor, truth, stats
+
+
+@dataclass
+class SimFrame:
+    """A simulated training frame: truth (ADU, no sky), its exposure and statistics."""
+
+    truth: np.ndarray
+    exposure: Exposure
+    stats: FrameStats
+    factor: float
+
+
+def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generator
+          ) -> tuple[torch.Tensor, ...]:
+    """Draw a batch: noisy patches, their truth and the inverse noise variance (normalised).
+
+    Parameters
+    ----------
+    frames : list of SimFrame
+        Training frames.
+    size : int
+        Patches.
+    patch : int
+        Patch side, px.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    tuple of Tensor (size, 1, patch, patch)
+        Input, target, weight (σ² / noise variance), float32; each patch rotated by a
+        random multiple of 90°. Saturated pixels: input 0 (the sky, as a masked pixel),
+        weight 0.
+    """
+    xs, ys, ws = [], [], []
+    for _ in range(size):
+        f = frames[rng.integers(len(frames))]
+        y0 = rng.integers(0, f.truth.shape[0] - patch + 1)
+        x0 = rng.integers(0, f.truth.shape[1] - patch + 1)
+        t = f.truth[y0:y0 + patch, x0:x0 + patch]
+        var = noise_variance(t, f.exposure)
+        x = t + f.exposure.sky + rng.normal(size=t.shape) * np.sqrt(var)
+        k = int(rng.integers(4))
+        s = f.stats
+        sat = t + f.exposure.sky >= SATURATION
+        xs.append(np.rot90(np.where(sat, 0.0, (x - s.sky) / s.sigma), k))
+        ys.append(np.rot90((t + f.exposure.sky - s.sky) / s.sigma, k))
+        ws.append(np.rot90(np.where(sat, 0.0, s.sigma ** 2 / var), k))
+
+    def tensor(v: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.stack(v)[:, None], dtype=np.float32))
+
+    return tensor(xs), tensor(ys), tensor(ws)
+
+
+def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: str,
+          rng: np.random.Generator, on_budget, lr: float = 1e-3, size: int = 16,
+          patch: int = 64) -> dict[str, Any]:
+    """Train ``net`` on the truth until each budget, calling ``on_budget(seconds, steps)``.
+
+    Parameters
+    ----------
+    frames : list of SimFrame
+        Training frames.
+    budgets_s : list of float
+        Budgets, seconds of training (steps and their batches), ascending.
+    net : UNet
+        The network (trained in place).
+    precision : {"bf16", "fp32"}
+        Autocast precision of the forward pass.
+    rng : numpy.random.Generator
+        Random numbers.
+    on_budget : callable
+        Called with (seconds, steps) at the first step past each budget.
+    lr : float
+        Adam's initial rate (cosine decay to 0 at the last budget).
+    size, patch : int
+        Batch size and patch side.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``seconds``, ``patches_per_second``, ``last_loss``.
+    """
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    total, spent, steps, k = budgets_s[-1], 0.0, 0, 0
+    loss = torch.tensor(math.nan)
+    net.train()
+    while k < len(budgets_s):
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(spent / total, 1.0)))
+        x, y, w = batch(frames, size, patch, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = net(x)
+        loss = (w * (out.float() - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+        spent += time.perf_counter() - t0
+        while k < len(budgets_s) and spent >= budgets_s[k]:
+            on_budget(spent, steps)
+            net.train()
+            k += 1
+    return {"steps": steps, "seconds": spent, "patches_per_second": steps * size / spent,
+            "last_loss": float(loss.detach())}
+
+
+def exposures_of(ds: tb.DataSet, store: Path) -> list[Exposure]:
+    """The simulation's copy of each training exposure (store attributes, frame statistics).
+
+    Parameters
+    ----------
+    ds : DataSet
+        The SAAO data set (its training frames).
+    store : Path
+        Its store.
+
+    Returns
+    -------
+    list of Exposure
+        One per training frame.
+    """
+    out = []
+    for f in ds.train:
+        a = st.frame_attrs(store, f.name)
+        out.append(Exposure(float(a["psf_fwhm_px"]), float(a["psf_beta"]), float(a["gain"]),
+                            float(a["rdnoise"]) / float(a["gain"]), f.stats.sky, f.stats.sigma))
+    return out
+
+
+def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
+                    shape: tuple[int, int], rng: np.random.Generator) -> list[tb.EvalFrame]:
+    """Held-out simulated frames, each with four more exposures as its references.
+
+    Parameters
+    ----------
+    pop : Population
+        The stars.
+    exps : list of Exposure
+        Exposures copied (spread over the list).
+    factors : list of float
+        Their faint stars' factors.
+    shape : (int, int)
+        Frame shape.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    list of EvalFrame
+        Scored as the real frames (the independent-exposure estimator).
+    """
+    cfg = load_config(tb.CONFIGS["saao"]).evaluate
+    out = []
+    for j in np.linspace(0, len(exps) - 1, SIM_EVAL).round().astype(int).tolist():
+        truth = simulate(pop, exps[j], factors[j], shape, rng)
+        good = truth + exps[j].sky < SATURATION
+        refs = [np.where(good, observe(truth, exps[j], rng) - exps[j].sky, np.nan)
+                for _ in range(4)]
+        fr = tb.independent_frame(f"sim{j}", observe(truth, exps[j], rng), good, refs, cfg,
+                                  (~good).astype(np.uint8))
+        fr.sky = exps[j].sky  # the references' sky is the simulation's, known exactly
+        out.append(fr)
+    return out
+
+
+def split_sources(frames: list[tb.EvalFrame], level: float) -> None:
+    """Add the classes ``faint`` and ``core``: source pixels at most / above ``level``.
+
+    Parameters
+    ----------
+    frames : list of EvalFrame
+        Scored frames (with references); their ``classes`` gain the two entries.
+    level : float
+        The references' mean (sky subtracted, ADU) that separates them.
+    """
+    for f in frames:
+        with np.errstate(invalid="ignore"):
+            ref = np.mean(f.references, axis=0)
+        src = f.classes["source"]
+        f.classes["faint"] = src & (ref <= level)
+        f.classes["core"] = src & (ref > level)
+
+
+def gains(pooled: Any, kind: str) -> dict[str, float]:
+    """Pooled RMS gains (and standard errors) of one estimate for every scored class.
+
+    Parameters
+    ----------
+    pooled : DataFrame
+        :func:`bench_training_budget.pool` output.
+    kind : str
+        The estimate's name.
+
+    Returns
+    -------
+    dict
+        ``<class>_gain``, ``<class>_gain_se`` for :data:`SCORED`.
+    """
+    p = pooled.set_index(["kind", "pixel_class"])
+    out = {}
+    for c in SCORED:
+        raw, row = p.loc[("raw", c)], p.loc[(kind, c)]
+        out[f"{c}_gain"], out[f"{c}_gain_se"] = tb.gain(raw["mse"], raw["mse_se"], row["mse"],
+                                                        row["mse_se"])
+    return out
+
+
+def best_blur(frames: list[tb.EvalFrame]) -> dict[str, dict[str, float]]:
+    """The Gaussian blur of largest pooled gain per scored class (σ on :data:`BLUR_SIGMAS`).
+
+    Parameters
+    ----------
+    frames : list of EvalFrame
+        Scored frames.
+
+    Returns
+    -------
+    dict
+        Class → ``sigma`` (px), ``gain``, ``gain_se``.
+    """
+    scores = [tb.score_frame(f, {f"blur{s:g}": ev.gaussian_blur(f.image, f.good, s)
+                                 for s in BLUR_SIGMAS}) for f in frames]
+    pooled = tb.pool(scores)
+    by_sigma = {s: gains(pooled, f"blur{s:g}") for s in BLUR_SIGMAS}
+    out = {}
+    for c in SCORED:
+        s_best = max(BLUR_SIGMAS, key=lambda s: np.nan_to_num(by_sigma[s][f"{c}_gain"], nan=-1))
+        out[c] = {"sigma": s_best, "gain": by_sigma[s_best][f"{c}_gain"],
+                  "gain_se": by_sigma[s_best][f"{c}_gain_se"]}
+    return out
+
+
+def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
+    """Pooled RMS gains of the network on scored frames, per scored class.
+
+    Parameters
+    ----------
+    net : UNet
+        The network (put in eval mode).
+    frames : list of EvalFrame
+        The frames.
+
+    Returns
+    -------
+    dict
+        ``<class>_gain``, ``<class>_gain_se`` for :data:`SCORED`.
+    """
+    net.eval()
+    return gains(tb.pool([tb.score_frame(f, {"net": tb.denoise(net, f)}) for f in frames]),
+                 "net")
+
+
+def render(res: dict[str, Any]) -> str:
+    """The RESULTS.md table of a run.
+
+    Parameters
+    ----------
+    res : dict
+        The benchmark's results.
+
+    Returns
+    -------
+    str
+        Markdown: per scored set, the best blur and each budget's gains (× the best blur).
+    """
+    head = " | ".join(f"{c} gain" for c in SCORED)
+    lines = [f"| scored on | estimate | steps | {head} |", "|---|---|---|" + "---|" * len(SCORED)]
+    for where in ("simulation", "real"):
+        blur = res["blur"][where]
+        cells = " | ".join(f"{blur[c]['gain']:.2f} (σ {blur[c]['sigma']:g})" for c in SCORED)
+        lines.append(f"| {where} | best blur | — | {cells} |")
+        for b in res["budgets"]:
+            g = b[where]
+            cells = " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
+                               f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
+            lines.append(f"| {where} | network, {b['minutes']:g} min | {b['steps']} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--catalogue", type=Path, required=True,
+                   help="SExtractor ASCII_HEAD catalogue of one exposure (FLUX_AUTO, ADU)")
+    p.add_argument("--complete-flux", type=float, default=1e4)
+    p.add_argument("--fmin", type=float, default=20.0)
+    p.add_argument("--slope", type=float, default=0.75)
+    p.add_argument("--core-level", type=float, default=5000.0,
+                   help="ADU of the references' mean above which a source pixel is a core")
+    p.add_argument("--budgets", default="1,3,10", help="minutes, ascending")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=tb.DEFAULT_OUT)
+    p.add_argument("--append", action="store_true")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+    load0 = os.getloadavg()
+    ds = tb.load_saao(a.out, 4)
+    store = Path(tb._ensure_store("saao", a.out))
+    cat = read_sextractor(a.catalogue)
+    pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
+    exps = exposures_of(ds, store)
+    shape = ds.train[0].image.shape
+    t0 = time.perf_counter()
+    frames = []
+    for e in exps:
+        factor, truth, stats = fit_factor(pop, e, shape, rng)
+        frames.append(SimFrame(truth, e, stats, factor))
+    sim_s = time.perf_counter() - t0
+    sims = sim_eval_frames(pop, exps, [f.factor for f in frames], shape, rng)
+    split_sources(sims, a.core_level)
+    split_sources(ds.frames, a.core_level)
+    blur = {"simulation": best_blur(sims), "real": best_blur(ds.frames)}
+    precision = resolve_precision("auto", torch.device("cpu"))
+    net = UNet(UNetConfig(depth=2, base_channels=32, batch_norm=False, residual=True))
+    budgets = [float(b) for b in a.budgets.split(",")]
+    rows: list[dict[str, Any]] = []
+
+    def on_budget(seconds: float, steps: int) -> None:
+        row = {"minutes": budgets[len(rows)], "seconds": seconds, "steps": steps,
+               "simulation": score(net, sims), "real": score(net, ds.frames)}
+        print(f"{row['minutes']:g} min ({steps} steps): " + "; ".join(
+            f"{w} " + ", ".join(f"{c} {row[w][f'{c}_gain']:.2f}" for c in SCORED)
+            for w in ("simulation", "real")), flush=True)
+        rows.append(row)
+
+    stats = train(frames, [60.0 * b for b in budgets], net, precision, rng, on_budget)
+    res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+           "machine": f"{platform.machine()}, {tb._cpu_name()}, {os.cpu_count()} CPUs",
+           "precision": precision, "threads": a.threads, "simulation_seconds": sim_s,
+           "stars_per_frame": [float(pop.n_faint * f.factor + len(pop.bright)) for f in frames],
+           "factors": [f.factor for f in frames], "population": {
+               "bright": len(pop.bright), "complete": a.complete_flux, "fmin": a.fmin,
+               "slope": a.slope, "core_level": a.core_level},
+           "blur": blur, "budgets": rows, "training": stats,
+           "load": [list(load0), list(os.getloadavg())]}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "matched-simulation.json").write_text(json.dumps(res, indent=1, default=float))
+    table = render(res)
+    print(table)
+    if a.append:
+        cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
+        with open(a.results, "a") as fh:
+            fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames "
+                     f"({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
+                     f"threads; load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "
+                     f"the end. Simulation {sim_s:.0f} s (not counted), "
+                     f"{stats['patches_per_second']:.0f} patches/s.\n\n```\n{cmd}\n```\n\n"
+                     f"{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""``benchmarks/bench_matched_simulation.py``: the simulated star fields and their training.
+
+The stars land where they are placed (0-based pixel centres) with their flux, the faint
+stars follow the power law asked for, the crowding factor gives the frame the robust σ it
+is fitted to, and the supervised training brings a small network below the raw frame's
+error against the truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pausdenoise.n2v.unet import UNet, UNetConfig
+
+
+@pytest.fixture()
+def ms(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_matched_simulation
+
+    return bench_matched_simulation
+
+
+def test_a_star_lands_at_its_position_with_its_flux(ms):
+    img = ms.render_stars(np.array([40.3]), np.array([25.0]), np.array([1e4]), 3.8, 2.9,
+                          (64, 96))
+    yy, xx = np.mgrid[:64, :96]
+    assert img.sum() == pytest.approx(1e4, rel=2e-3)  # light beyond the frame's edges only
+    assert (img * xx).sum() / img.sum() == pytest.approx(40.3, abs=0.05)
+    assert (img * yy).sum() / img.sum() == pytest.approx(25.0, abs=0.05)
+    assert np.unravel_index(np.argmax(img), img.shape) == (25, 40)
+    # a star outside the frame adds only its wings
+    out = ms.render_stars(np.array([-10.0]), np.array([25.0]), np.array([1e4]), 3.8, 2.9,
+                          (64, 96))
+    assert 0 < out.sum() < 0.05e4
+
+
+def test_faint_stars_follow_the_power_law(ms):
+    rng = np.random.default_rng(0)
+    bright = 10 ** rng.uniform(4, 5, 300)  # flat in log F above 10^4
+    pop = ms.population(bright, 1e4, 10.0, 0.75)
+    assert len(pop.bright) == 300
+    # continuous at 10^4 with the catalogue's counts: ∫ F^-0.75 dlogF over 3 decades,
+    # normalised to 300 in the decade above
+    want = 300 / ms._dlogf_integral(1e4, 1e5, 0.75) * ms._dlogf_integral(10, 1e4, 0.75)
+    assert pop.n_faint == pytest.approx(want)
+    f = ms.faint_fluxes(pop, 200_000, rng)
+    assert f.min() >= 10.0 and f.max() <= 1e4
+    low, high = np.sum(f < 100), np.sum(f >= 1000)
+    assert low / high == pytest.approx(10 ** (0.75 * 2), rel=0.1)
+    flat = ms.population(bright, 1e4, 10.0, 0.0)
+    assert flat.n_faint == pytest.approx(900, rel=0.15)  # 300 per decade, three decades
+
+
+def test_the_crowding_factor_gives_the_frame_its_sigma(ms):
+    rng = np.random.default_rng(1)
+    pop = ms.population(10 ** rng.uniform(4, 5, 20), 1e4, 20.0, 0.75)
+    exp = ms.Exposure(3.8, 2.9, 1.9, 2.6, 900.0, 0.0)
+    noise = float(np.sqrt(900.0 / 1.9 + 2.6 ** 2))
+    exp.sigma = 2.0 * noise  # twice the noise: the unresolved stars' share
+    factor, truth, stats = ms.fit_factor(pop, exp, (128, 128), rng, iterations=12)
+    assert stats.sigma == pytest.approx(exp.sigma, rel=0.02)
+    assert factor > 1.0 and truth.shape == (128, 128) and truth.min() >= 0
+
+
+def test_training_on_the_truth_denoises_a_simulated_frame(ms):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    pop = ms.population(10 ** rng.uniform(4, 5, 5), 1e4, 50.0, 0.5)
+    exp = ms.Exposure(3.8, 2.9, 1.9, 2.6, 900.0, 0.0)
+    exp.sigma = 1.3 * float(np.sqrt(900.0 / 1.9 + 2.6 ** 2))
+    frames = []
+    for _ in range(2):
+        factor, truth, stats = ms.fit_factor(pop, exp, (96, 96), rng, iterations=6)
+        frames.append(ms.SimFrame(truth, exp, stats, factor))
+    net = UNet(UNetConfig(depth=1, base_channels=8, batch_norm=False, residual=True))
+    calls = []
+    out = ms.train(frames, [4.0, 8.0], net, "fp32", rng,
+                   lambda s, n: calls.append((s, n)), lr=3e-3, size=8, patch=32)
+    assert len(calls) == 2 and calls[0][1] < calls[1][1] == out["steps"]
+    assert calls[0][0] >= 4.0 and calls[1][0] >= 8.0
+    x, y, w = ms.batch(frames, 16, 32, rng)
+    net.eval()
+    with torch.no_grad():
+        pred = net(x)
+    raw = float((w * (x - y) ** 2).mean())
+    assert float((w * (pred - y) ** 2).mean()) < 0.7 * raw
+
+
+def test_source_pixels_split_at_the_core_level(ms):
+    f = SimpleNamespace(  # the fields split_sources reads and writes
+        references=[np.array([[0.0, 100.0, 6000.0]]), np.array([[0.0, 300.0, 4200.0]])],
+        classes={"source": np.array([[False, True, True]])})
+    ms.split_sources([f], 5000.0)
+    assert f.classes["faint"].tolist() == [[False, True, False]]  # mean 200
+    assert f.classes["core"].tolist() == [[False, False, True]]  # mean 5100
+
+
+def test_the_table_gives_each_class_against_its_best_blur(ms):
+    blur = {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}
+    net = {}
+    for c in ms.SCORED:
+        net[f"{c}_gain"], net[f"{c}_gain_se"] = 3.0, 0.1
+    res = {"blur": {"simulation": blur, "real": blur},
+           "budgets": [{"minutes": 1.0, "steps": 10, "simulation": net, "real": net}]}
+    table = ms.render(res).splitlines()
+    assert len(table) == 2 + 2 * 2
+    assert table[2].startswith("| simulation | best blur | — | 2.00 (σ 0.75)")
+    assert table[3].count("3.00 ± 0.10 (1.50 ×)") == len(ms.SCORED)
