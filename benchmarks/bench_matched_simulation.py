@@ -307,7 +307,8 @@ def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
     Returns
     -------
     factor : float
-        The factor.
+        The factor of the last simulated truth (the fitted one unless the bisection ran out
+        of steps first).
     truth : ndarray
         The last simulated truth (ADU, without sky).
     stats : FrameStats
@@ -315,7 +316,8 @@ def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
     """
     lo, hi, factor = 0.0, math.inf, 1.0
     for _ in range(iterations):
-        truth = simulate(pop, exp, factor, shape, rng)
+        used = factor
+        truth = simulate(pop, exp, used, shape, rng)
         stats = frame_statistics(observe(truth, exp, rng))
         if abs(stats.sigma / exp.sigma - 1.0) < 0.02:
             break
@@ -325,7 +327,7 @@ def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
         else:
             hi = factor
             factor = 0.5 * (lo + factor)
-    return factor, truth, stats
+    return used, truth, stats
 
 
 @dataclass
