@@ -31,7 +31,15 @@ The simulation, per real exposure (its ingest attributes and its own pixels):
 * the exposure's sky level (its clipped median), Poisson noise from its gain and Gaussian
   read noise (``gain``, ``rdnoise``), drawn afresh for every training patch; the noise's
   small measured correlation (lag 1 ≲ 0.05) is left out; pixels at the real frames'
-  saturation (:data:`SATURATION`) are masked, as the ingest masks the real ones.
+  saturation (:data:`SATURATION`) are masked, as the ingest masks the real ones;
+* with ``--cosmic-rays N``: N cosmic-ray hits per 512² px (:func:`add_cosmic_rays`: tracks
+  of 1–4 px, 3–200 times the sky noise, not through the PSF) in every simulated exposure,
+  never in the truth. Each real SAAO exposure has its own (on the four scored frames,
+  15–35 groups of sky pixels more than 8 σ of the noise above the other exposures' mean),
+  and a network that has never seen one keeps it;
+* with ``--mesh M``: the σ matched is that left after a background on an M-px mesh is
+  taken out of the frame (:func:`small_scale_sigma`), so that the field's large-scale
+  light is not counted as unresolved stars.
 
 Training: 64² patches, batches of 16, from the simulated frames (one per real exposure),
 Adam at 10⁻³ decayed by a cosine to 0 at the largest budget, loss the mean of
@@ -65,6 +73,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.ndimage import map_coordinates
 from scipy.signal import fftconvolve
 
 HERE = Path(__file__).resolve().parent
@@ -268,6 +277,44 @@ def observe(truth: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.nd
     return truth + exp.sky + rng.normal(size=truth.shape) * np.sqrt(noise_variance(truth, exp))
 
 
+def add_cosmic_rays(image: np.ndarray, per_frame: float, noise_sigma: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Add cosmic-ray hits (sharper than the PSF, in one exposure only) to a noisy image.
+
+    Each hit is a straight track of 1–4 px in a random direction, its pixels at
+    ``A · U(0.5, 1)`` with ``A`` log-uniform between 3 and 200 times the sky noise; the
+    number of hits is Poisson with ``per_frame`` per 512² px.
+
+    Parameters
+    ----------
+    image : ndarray
+        The noisy image, ADU (a copy is returned).
+    per_frame : float
+        Hits per 512 × 512 px.
+    noise_sigma : float
+        The sky noise, ADU.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    ndarray
+        The image with the hits.
+    """
+    out = np.array(image, dtype=float)
+    ny, nx = out.shape
+    for _ in range(rng.poisson(per_frame * ny * nx / 512.0 ** 2)):
+        n = int(rng.integers(1, 5))
+        ang = rng.uniform(0.0, np.pi)
+        amp = noise_sigma * 10 ** rng.uniform(np.log10(3.0), np.log10(200.0))
+        y0, x0 = rng.uniform(0, ny), rng.uniform(0, nx)
+        t = np.arange(n)
+        yy = np.clip(np.floor(y0 + t * np.sin(ang)).astype(int), 0, ny - 1)
+        xx = np.clip(np.floor(x0 + t * np.cos(ang)).astype(int), 0, nx - 1)
+        out[yy, xx] += amp * rng.uniform(0.5, 1.0, n)
+    return out
+
+
 def noise_variance(truth: np.ndarray, exp: Exposure) -> np.ndarray:
     """Per-pixel noise variance, ADU²: ``(truth + sky) / gain + read noise²``.
 
@@ -286,8 +333,45 @@ def noise_variance(truth: np.ndarray, exp: Exposure) -> np.ndarray:
     return (truth + exp.sky) / exp.gain + exp.read_noise_adu ** 2
 
 
+def small_scale_sigma(image: np.ndarray, good: np.ndarray, mesh: int) -> float:
+    """Robust σ of a frame after its background on a ``mesh``-px mesh is taken out.
+
+    The background: the median of each ``mesh × mesh`` block of good pixels, interpolated
+    bilinearly between the blocks' centres. What is left is the scatter on scales below the
+    mesh (noise, stars), without the field's large-scale light.
+
+    Parameters
+    ----------
+    image : ndarray (ny, nx)
+        Pixels, ADU.
+    good : ndarray of bool
+        Usable pixels.
+    mesh : int
+        Block size, px (0: no background taken out).
+
+    Returns
+    -------
+    float
+        The clipped MAD σ (as :func:`~pausdenoise.n2v.normalise.frame_statistics`), ADU.
+    """
+    x = np.asarray(image, float)
+    if mesh > 0:
+        ny, nx = (x.shape[0] // mesh) * mesh, (x.shape[1] // mesh) * mesh
+        blocks = np.where(good, x, np.nan)[:ny, :nx].reshape(ny // mesh, mesh, nx // mesh, mesh)
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(blocks.transpose(0, 2, 1, 3).reshape(ny // mesh, nx // mesh, -1),
+                               axis=2)
+        med = np.where(np.isfinite(med), med, np.nanmedian(med))
+        yc = (np.arange(x.shape[0]) + 0.5) / mesh - 0.5
+        xc = (np.arange(x.shape[1]) + 0.5) / mesh - 0.5
+        yy, xx = np.meshgrid(np.clip(yc, 0, med.shape[0] - 1), np.clip(xc, 0, med.shape[1] - 1),
+                             indexing="ij")
+        x = x - map_coordinates(med, [yy, xx], order=1)
+    return frame_statistics(x, (~good).astype(np.uint8)).sigma
+
+
 def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
-               rng: np.random.Generator, iterations: int = 10
+               rng: np.random.Generator, iterations: int = 10, mesh: int = 0
                ) -> tuple[float, np.ndarray, FrameStats]:
     """Find the faint stars' factor that gives a simulated frame the exposure's robust σ.
 
@@ -303,6 +387,9 @@ def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
         Random numbers.
     iterations : int
         Bisection steps at most (stops within 2 %).
+    mesh : int
+        The σ compared is :func:`small_scale_sigma` on this mesh (0: the whole frame's
+        robust σ); ``exp.sigma`` must be the same statistic of the real exposure.
 
     Returns
     -------
@@ -318,10 +405,12 @@ def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
     for _ in range(iterations):
         used = factor
         truth = simulate(pop, exp, used, shape, rng)
-        stats = frame_statistics(observe(truth, exp, rng))
-        if abs(stats.sigma / exp.sigma - 1.0) < 0.02:
+        obs = observe(truth, exp, rng)
+        stats = frame_statistics(obs)
+        sig = small_scale_sigma(obs, truth + exp.sky < SATURATION, mesh) if mesh else stats.sigma
+        if abs(sig / exp.sigma - 1.0) < 0.02:
             break
-        if stats.sigma < exp.sigma:
+        if sig < exp.sigma:
             lo = factor
             factor = 2.0 * factor if math.isinf(hi) else 0.5 * (factor + hi)
         else:
@@ -340,8 +429,8 @@ class SimFrame:
     factor: float
 
 
-def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generator
-          ) -> tuple[torch.Tensor, ...]:
+def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generator,
+          cosmic_rays: float = 0.0) -> tuple[torch.Tensor, ...]:
     """Draw a batch: noisy patches, their truth and the inverse noise variance (normalised).
 
     Parameters
@@ -354,6 +443,9 @@ def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generato
         Patch side, px.
     rng : numpy.random.Generator
         Random numbers.
+    cosmic_rays : float
+        Cosmic-ray hits per 512² px added to the inputs (:func:`add_cosmic_rays`), not to
+        the targets.
 
     Returns
     -------
@@ -370,6 +462,8 @@ def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generato
         t = f.truth[y0:y0 + patch, x0:x0 + patch]
         var = noise_variance(t, f.exposure)
         x = t + f.exposure.sky + rng.normal(size=t.shape) * np.sqrt(var)
+        if cosmic_rays:
+            x = add_cosmic_rays(x, cosmic_rays, math.sqrt(noise_variance(0.0, f.exposure)), rng)
         k = int(rng.integers(4))
         s = f.stats
         sat = t + f.exposure.sky >= SATURATION
@@ -385,7 +479,7 @@ def batch(frames: list[SimFrame], size: int, patch: int, rng: np.random.Generato
 
 def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: str,
           rng: np.random.Generator, on_budget, lr: float = 1e-3, size: int = 16,
-          patch: int = 64) -> dict[str, Any]:
+          patch: int = 64, cosmic_rays: float = 0.0) -> dict[str, Any]:
     """Train ``net`` on the truth until each budget, calling ``on_budget(seconds, steps)``.
 
     Parameters
@@ -406,6 +500,8 @@ def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: 
         Adam's initial rate (cosine decay to 0 at the last budget).
     size, patch : int
         Batch size and patch side.
+    cosmic_rays : float
+        Hits per 512² px in the inputs (:func:`batch`).
 
     Returns
     -------
@@ -420,7 +516,7 @@ def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: 
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(spent / total, 1.0)))
-        x, y, w = batch(frames, size, patch, rng)
+        x, y, w = batch(frames, size, patch, rng, cosmic_rays)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = net(x)
         loss = (w * (out.float() - y) ** 2).mean()
@@ -437,7 +533,7 @@ def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: 
             "last_loss": float(loss.detach())}
 
 
-def exposures_of(ds: tb.DataSet, store: Path) -> list[Exposure]:
+def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
     """The simulation's copy of each training exposure (store attributes, frame statistics).
 
     Parameters
@@ -446,6 +542,8 @@ def exposures_of(ds: tb.DataSet, store: Path) -> list[Exposure]:
         The SAAO data set (its training frames).
     store : Path
         Its store.
+    mesh : int
+        ``sigma`` is :func:`small_scale_sigma` of the frame on this mesh (0: its robust σ).
 
     Returns
     -------
@@ -455,13 +553,21 @@ def exposures_of(ds: tb.DataSet, store: Path) -> list[Exposure]:
     out = []
     for f in ds.train:
         a = st.frame_attrs(store, f.name)
+        sigma = f.stats.sigma
+        if mesh:
+            image = np.asarray(f.image, float)
+            good = np.isfinite(image)
+            if f.mask is not None:
+                good &= np.asarray(f.mask) == 0
+            sigma = small_scale_sigma(image, good, mesh)
         out.append(Exposure(float(a["psf_fwhm_px"]), float(a["psf_beta"]), float(a["gain"]),
-                            float(a["rdnoise"]) / float(a["gain"]), f.stats.sky, f.stats.sigma))
+                            float(a["rdnoise"]) / float(a["gain"]), f.stats.sky, sigma))
     return out
 
 
 def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
-                    shape: tuple[int, int], rng: np.random.Generator) -> list[tb.EvalFrame]:
+                    shape: tuple[int, int], rng: np.random.Generator,
+                    cosmic_rays: float = 0.0) -> list[tb.EvalFrame]:
     """Held-out simulated frames, each with four more exposures as its references.
 
     Parameters
@@ -476,6 +582,8 @@ def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
         Frame shape.
     rng : numpy.random.Generator
         Random numbers.
+    cosmic_rays : float
+        Hits per 512² px in every exposure, the scored one and its references.
 
     Returns
     -------
@@ -487,9 +595,13 @@ def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
     for j in np.linspace(0, len(exps) - 1, SIM_EVAL).round().astype(int).tolist():
         truth = simulate(pop, exps[j], factors[j], shape, rng)
         good = truth + exps[j].sky < SATURATION
-        refs = [np.where(good, observe(truth, exps[j], rng) - exps[j].sky, np.nan)
-                for _ in range(4)]
-        fr = tb.independent_frame(f"sim{j}", observe(truth, exps[j], rng), good, refs, cfg,
+        noise = math.sqrt(noise_variance(0.0, exps[j]))
+
+        def exposure(j: int = j, truth: np.ndarray = truth, noise: float = noise) -> np.ndarray:
+            return add_cosmic_rays(observe(truth, exps[j], rng), cosmic_rays, noise, rng)
+
+        refs = [np.where(good, exposure() - exps[j].sky, np.nan) for _ in range(4)]
+        fr = tb.independent_frame(f"sim{j}", exposure(), good, refs, cfg,
                                   (~good).astype(np.uint8))
         fr.sky = exps[j].sky  # the references' sky is the simulation's, known exactly
         out.append(fr)
@@ -629,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--complete-flux", type=float, default=1e4)
     p.add_argument("--fmin", type=float, default=20.0)
     p.add_argument("--slope", type=float, default=0.75)
+    p.add_argument("--cosmic-rays", type=float, default=0.0,
+                   help="cosmic-ray hits per 512² px in the simulated exposures (not the truth)")
+    p.add_argument("--mesh", type=int, default=0,
+                   help="match the frames' σ after a background on this mesh (px; 0: whole)")
     p.add_argument("--core-level", type=float, default=5000.0,
                    help="ADU of the references' mean above which a source pixel is a core")
     p.add_argument("--budgets", default="1,3,10", help="minutes, ascending")
@@ -646,15 +762,15 @@ def main(argv: list[str] | None = None) -> int:
     store = Path(tb._ensure_store("saao", a.out))
     cat = read_sextractor(a.catalogue)
     pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
-    exps = exposures_of(ds, store)
+    exps = exposures_of(ds, store, a.mesh)
     shape = ds.train[0].image.shape
     t0 = time.perf_counter()
     frames = []
     for e in exps:
-        factor, truth, stats = fit_factor(pop, e, shape, rng)
+        factor, truth, stats = fit_factor(pop, e, shape, rng, mesh=a.mesh)
         frames.append(SimFrame(truth, e, stats, factor))
     sim_s = time.perf_counter() - t0
-    sims = sim_eval_frames(pop, exps, [f.factor for f in frames], shape, rng)
+    sims = sim_eval_frames(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays)
     split_sources(sims, a.core_level)
     split_sources(ds.frames, a.core_level)
     blur = {"simulation": best_blur(sims), "real": best_blur(ds.frames)}
@@ -671,14 +787,16 @@ def main(argv: list[str] | None = None) -> int:
             for w in ("simulation", "real")), flush=True)
         rows.append(row)
 
-    stats = train(frames, [60.0 * b for b in budgets], net, precision, rng, on_budget)
+    stats = train(frames, [60.0 * b for b in budgets], net, precision, rng, on_budget,
+                  cosmic_rays=a.cosmic_rays)
     res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {tb._cpu_name()}, {os.cpu_count()} CPUs",
            "precision": precision, "threads": a.threads, "simulation_seconds": sim_s,
            "stars_per_frame": [float(pop.n_faint * f.factor + len(pop.bright)) for f in frames],
            "factors": [f.factor for f in frames], "population": {
                "bright": len(pop.bright), "complete": a.complete_flux, "fmin": a.fmin,
-               "slope": a.slope, "core_level": a.core_level},
+               "slope": a.slope, "core_level": a.core_level, "mesh": a.mesh,
+               "cosmic_rays": a.cosmic_rays},
            "blur": blur, "budgets": rows, "training": stats,
            "load": [list(load0), list(os.getloadavg())]}
     a.out.mkdir(parents=True, exist_ok=True)
@@ -688,8 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.append:
         cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
         with open(a.results, "a") as fh:
-            fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames "
-                     f"({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
+            extra = ", with cosmic rays" if a.cosmic_rays else ""
+            fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames"
+                     f"{extra} ({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
                      f"threads; load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "
                      f"the end. Simulation {sim_s:.0f} s (not counted), "
                      f"{stats['patches_per_second']:.0f} patches/s.\n\n```\n{cmd}\n```\n\n"

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from pausdenoise.n2v.unet import UNet, UNetConfig
 
@@ -112,3 +113,30 @@ def test_the_table_gives_each_class_against_its_best_blur(ms):
     assert len(table) == 2 + 2 * 2
     assert table[2].startswith("| simulation | best blur | — | 2.00 (σ 0.75)")
     assert table[3].count("3.00 ± 0.10 (1.50 ×)") == len(ms.SCORED)
+
+
+def test_the_small_scale_sigma_leaves_out_the_large_scale_light(ms):
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:256, :256]
+    light = 300.0 * np.sin(xx / 80.0) * np.cos(yy / 110.0)  # scales of ~250 px and more
+    image = 1000.0 + light + rng.normal(0.0, 10.0, (256, 256))
+    good = np.ones(image.shape, bool)
+    good[:, 100] = False  # a bad column
+    image[:, 100] = 1e6
+    whole = ms.small_scale_sigma(image, good, 0)
+    assert whole > 50.0  # the large-scale light counts
+    # the noise, and what the bilinear mesh misses of the light (~5 ADU here)
+    assert ms.small_scale_sigma(image, good, 32) == pytest.approx(10.0, rel=0.2)
+
+
+def test_cosmic_rays_are_sharp_hits_of_the_asked_number(ms):
+    rng = np.random.default_rng(5)
+    base = np.zeros((512, 512))
+    hit = ms.add_cosmic_rays(base, 200.0, 10.0, rng)
+    assert base.max() == 0.0  # a copy
+    lab, n = ndimage.label(hit > 0, structure=np.ones((3, 3)))
+    assert 150 < n <= 230  # Poisson(200), a few tracks touching
+    sizes = np.bincount(lab.ravel())[1:]
+    assert sizes.max() <= 8 and np.median(sizes) <= 3
+    assert hit[hit > 0].min() >= 0.5 * 3 * 10.0 and hit.max() <= 2 * 200 * 10.0
+    assert ms.add_cosmic_rays(base, 0.0, 10.0, rng).max() == 0.0
