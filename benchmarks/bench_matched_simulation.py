@@ -11,7 +11,8 @@ those exposures, and scored
 * on the real frames with the same estimator as ``bench_training_budget.py --data saao``:
   what of that survives the differences between the simulation and the sky;
 
-beside the best Gaussian blur (σ chosen by the same estimator, per pixel class) of each.
+beside the best Gaussian blur (σ chosen by the same estimator, per pixel class) of each
+(``bench_training_budget.best_blur``).
 Besides the sky and source pixels of ``bench_training_budget.py``, the source pixels are
 split at ``--core-level`` ADU of the references' mean (sky subtracted): the stars' bright
 cores, where a small blur changes a pixel by far more than its noise and the score depends
@@ -80,13 +81,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_training_budget as tb  # noqa: E402  (a sibling script)
 
-from pausdenoise import evaluate as ev  # noqa: E402
 from pausdenoise import store as st  # noqa: E402
 from pausdenoise.config import load_config  # noqa: E402
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics  # noqa: E402
 from pausdenoise.n2v.precision import resolve_precision  # noqa: E402
 from pausdenoise.n2v.unet import UNet, UNetConfig  # noqa: E402
 from pausdenoise.photometry.sextractor import read_sextractor  # noqa: E402
+from pausdenoise.psf import moffat_fwhm_to_alpha  # noqa: E402
 
 #: Oversampling of the grid the stars are drawn on before summing to pixels.
 OVERSAMPLE = 3
@@ -96,8 +97,6 @@ PAD = 24
 PSF_RADIUS = 30
 #: Pixel classes scored: the estimator's two, and the source pixels split at the core level.
 SCORED = ("sky", "source", "faint", "core")
-#: Gaussian blur σ grid (px), as ``bench_training_budget.py``.
-BLUR_SIGMAS = tb.BLUR_SIGMAS
 #: Simulated exposures scored (each with four more exposures as its references).
 SIM_EVAL = 4
 #: Saturation (ADU): the SAAO frames' plateau, which their ingest masks. Simulated pixels
@@ -221,7 +220,7 @@ def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, be
     np.add.at(fine, (iy[ok], ix[ok]), np.asarray(flux, float)[ok])
     r = PSF_RADIUS * k
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1] / k
-    alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    alpha = float(moffat_fwhm_to_alpha(fwhm, beta))
     psf = (1.0 + (xx * xx + yy * yy) / alpha ** 2) ** -beta
     img = fftconvolve(fine, psf / psf.sum(), mode="same")
     img = img.reshape(ny + 2 * PAD, k, nx + 2 * PAD, k).sum(axis=(1, 3))
@@ -338,7 +337,9 @@ def small_scale_sigma(image: np.ndarray, good: np.ndarray, mesh: int) -> float:
 
     The background: the median of each ``mesh × mesh`` block of good pixels, interpolated
     bilinearly between the blocks' centres. What is left is the scatter on scales below the
-    mesh (noise, stars), without the field's large-scale light.
+    mesh (noise, stars), without the field's large-scale light. (The detection engine's sky
+    map also median-filters its boxes, which leaves more of that light in: 18.7 instead of
+    11.5 ADU on the test's field of 10 ADU noise.)
 
     Parameters
     ----------
@@ -626,55 +627,6 @@ def split_sources(frames: list[tb.EvalFrame], level: float) -> None:
         f.classes["core"] = src & (ref > level)
 
 
-def gains(pooled: Any, kind: str) -> dict[str, float]:
-    """Pooled RMS gains (and standard errors) of one estimate for every scored class.
-
-    Parameters
-    ----------
-    pooled : DataFrame
-        :func:`bench_training_budget.pool` output.
-    kind : str
-        The estimate's name.
-
-    Returns
-    -------
-    dict
-        ``<class>_gain``, ``<class>_gain_se`` for :data:`SCORED`.
-    """
-    p = pooled.set_index(["kind", "pixel_class"])
-    out = {}
-    for c in SCORED:
-        raw, row = p.loc[("raw", c)], p.loc[(kind, c)]
-        out[f"{c}_gain"], out[f"{c}_gain_se"] = tb.gain(raw["mse"], raw["mse_se"], row["mse"],
-                                                        row["mse_se"])
-    return out
-
-
-def best_blur(frames: list[tb.EvalFrame]) -> dict[str, dict[str, float]]:
-    """The Gaussian blur of largest pooled gain per scored class (σ on :data:`BLUR_SIGMAS`).
-
-    Parameters
-    ----------
-    frames : list of EvalFrame
-        Scored frames.
-
-    Returns
-    -------
-    dict
-        Class → ``sigma`` (px), ``gain``, ``gain_se``.
-    """
-    scores = [tb.score_frame(f, {f"blur{s:g}": ev.gaussian_blur(f.image, f.good, s)
-                                 for s in BLUR_SIGMAS}) for f in frames]
-    pooled = tb.pool(scores)
-    by_sigma = {s: gains(pooled, f"blur{s:g}") for s in BLUR_SIGMAS}
-    out = {}
-    for c in SCORED:
-        s_best = max(BLUR_SIGMAS, key=lambda s: np.nan_to_num(by_sigma[s][f"{c}_gain"], nan=-1))
-        out[c] = {"sigma": s_best, "gain": by_sigma[s_best][f"{c}_gain"],
-                  "gain_se": by_sigma[s_best][f"{c}_gain_se"]}
-    return out
-
-
 def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
     """Pooled RMS gains of the network on scored frames, per scored class.
 
@@ -688,11 +640,11 @@ def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
     Returns
     -------
     dict
-        ``<class>_gain``, ``<class>_gain_se`` for :data:`SCORED`.
+        ``<class>_gain``, ``<class>_gain_se`` (and MSEs) for :data:`SCORED`.
     """
     net.eval()
-    return gains(tb.pool([tb.score_frame(f, {"net": tb.denoise(net, f)}) for f in frames]),
-                 "net")
+    return tb._gains(tb.pool([tb.score_frame(f, {"net": tb.denoise(net, f)}) for f in frames]),
+                     "net", SCORED)
 
 
 def render(res: dict[str, Any]) -> str:
@@ -773,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     sims = sim_eval_frames(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays)
     split_sources(sims, a.core_level)
     split_sources(ds.frames, a.core_level)
-    blur = {"simulation": best_blur(sims), "real": best_blur(ds.frames)}
+    blur = {w: tb.best_blur(f, tb.BLUR_SIGMAS, SCORED)
+            for w, f in (("simulation", sims), ("real", ds.frames))}
     precision = resolve_precision("auto", torch.device("cpu"))
     net = UNet(UNetConfig(depth=2, base_channels=32, batch_norm=False, residual=True))
     budgets = [float(b) for b in a.budgets.split(",")]

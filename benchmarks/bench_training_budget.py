@@ -625,8 +625,8 @@ def gain(mse_raw: float, se_raw: float, mse: float, se: float) -> tuple[float, f
     return g, 0.5 * g * math.hypot(se_raw / mse_raw, se / mse)
 
 
-def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
-              ) -> dict[str, dict[str, float]]:
+def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS,
+              classes: tuple[str, ...] = CLASSES) -> dict[str, dict[str, float]]:
     """Choose the Gaussian-blur σ that minimises the pooled MSE, per pixel class.
 
     Parameters
@@ -635,6 +635,8 @@ def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
         The scored frames.
     sigmas : tuple of float
         The σ grid, px.
+    classes : tuple of str
+        The pixel classes (keys of the frames' ``classes``) to choose a σ for.
 
     Returns
     -------
@@ -646,12 +648,12 @@ def best_blur(frames: list[EvalFrame], sigmas: tuple[float, ...] = BLUR_SIGMAS
               for f in frames]
     pooled = pool(scores).set_index(["kind", "pixel_class"])
     out = {}
-    for cls in CLASSES:
+    for cls in classes:
         curve = {s: float(pooled.loc[(f"blur{s:g}", cls), "mse"]) for s in sigmas}
         s_best = min(curve, key=lambda s: curve[s] if np.isfinite(curve[s]) else math.inf)
         row, raw = pooled.loc[(f"blur{s_best:g}", cls)], pooled.loc[("raw", cls)]
         g, g_se = gain(raw["mse"], raw["mse_se"], row["mse"], row["mse_se"])
-        per_frame = frame_gains(frames, scores, f"blur{s_best:g}")
+        per_frame = frame_gains(frames, scores, f"blur{s_best:g}", classes)
         out[cls] = {"sigma": s_best, "mse": float(row["mse"]), "mse_se": float(row["mse_se"]),
                     "gain": g, "gain_se": g_se, "curve": curve,
                     "per_frame": {f: v[cls] for f, v in per_frame.items()}}
@@ -848,8 +850,8 @@ def flux_bias(frames: list[EvalFrame], images: list[np.ndarray], phot: Photometr
 # --------------------------------------------------------------------------- one option
 
 
-def frame_gains(frames: list[EvalFrame], scores: list[pd.DataFrame], kind: str
-                ) -> dict[str, dict[str, float]]:
+def frame_gains(frames: list[EvalFrame], scores: list[pd.DataFrame], kind: str,
+                classes: tuple[str, ...] = CLASSES) -> dict[str, dict[str, float]]:
     """Each frame's own sky and source RMS gains of one estimate (no pooling).
 
     Parameters
@@ -860,6 +862,8 @@ def frame_gains(frames: list[EvalFrame], scores: list[pd.DataFrame], kind: str
         Their :func:`score_frame` results, in the same order.
     kind : str
         The estimate's name in the scores.
+    classes : tuple of str
+        The pixel classes.
 
     Returns
     -------
@@ -870,14 +874,15 @@ def frame_gains(frames: list[EvalFrame], scores: list[pd.DataFrame], kind: str
     for f, sc in zip(frames, scores, strict=True):
         p = sc.set_index(["kind", "pixel_class"])["mse"]
         out[f.name] = {cls: gain(p[("raw", cls)], 0.0, p[(kind, cls)], 0.0)[0]
-                       for cls in CLASSES}
+                       for cls in classes}
     return out
 
 
-def _gains(pooled: pd.DataFrame, kind: str) -> dict[str, float]:
+def _gains(pooled: pd.DataFrame, kind: str, classes: tuple[str, ...] = CLASSES
+           ) -> dict[str, float]:
     p = pooled.set_index(["kind", "pixel_class"])
     out = {}
-    for cls in CLASSES:
+    for cls in classes:
         if (kind, cls) not in p.index:
             out[f"{cls}_gain"] = out[f"{cls}_gain_se"] = math.nan
             continue
