@@ -16,7 +16,7 @@ from pausdenoise import paus_layout
 from pausdenoise import store as st
 from pausdenoise.digest import json_digest
 
-__all__ = ["SAFE_NAME", "HeaderKeys", "IngestConfig", "ZeroPointTable"]
+__all__ = ["SAFE_NAME", "CosmicRayConfig", "HeaderKeys", "IngestConfig", "ZeroPointTable"]
 
 #: Band names become directory names downstream: plain names only.
 SAFE_NAME = paus_layout.SAFE_NAME
@@ -115,6 +115,55 @@ class ZeroPointTable(BaseModel):
     )
 
 
+class CosmicRayConfig(BaseModel):
+    """Cosmic-ray detection at ingest (:mod:`pausdenoise.ingest.cosmic_rays`).
+
+    The hits found get :attr:`~pausdenoise.maskbits.MaskBit.COSMIC_RAY` in the frame's mask.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    detect: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="'auto': look for cosmic-ray hits in frames that come without a mask "
+        "(nothing says which of their pixels are bad), 'always': in every frame (as well as "
+        "the input mask), 'never': keep the input mask only. Needs the frame's gain and "
+        "read noise (header or fitted); a frame without a gain is not searched (the "
+        "attribute cosmic_rays says why).",
+    )
+    sigma_clip: float = Field(
+        4.5, gt=0,
+        description="A hit's pixels stand this many σ of the noise above their surroundings "
+        "in the Laplacian edge image (S').",
+    )
+    sigma_frac: float = Field(
+        0.3, gt=0, le=1,
+        description="A hit's faint ends: neighbours above sigma_frac × sigma_clip are added.",
+    )
+    contrast: float = Field(
+        5.0, gt=0,
+        description="Least ratio L+ / (2 F) of the edge image to the fine-structure image "
+        "(what tells a hit from a star's core: below 1 on a noiseless star of FWHM >= 2.5 px); "
+        "raise it for undersampled frames (PSF FWHM < 2 px).",
+    )
+    star_fwhm_px: float | None = Field(
+        None, gt=0,
+        description="The narrowest FWHM [px] a star may have: a hit's pixel stands above its "
+        "faintest side neighbour by more than such a star allows. null = star_fwhm_fraction "
+        "x the frame's measured PSF FWHM (psf_fwhm_px), else 2.0 px.",
+    )
+    star_fwhm_fraction: float = Field(
+        0.8, gt=0, le=1,
+        description="With star_fwhm_px null: the narrowest star is this fraction of the "
+        "frame's measured PSF FWHM (the PSF varies over the frame and between fits).",
+    )
+    iterations: int = Field(
+        4, ge=1, le=20,
+        description="Detection passes at most; each one fills the hits found and looks "
+        "again (stops early when a pass finds nothing new).",
+    )
+
+
 class IngestConfig(BaseModel):
     """Configuration of the ingest stage.
 
@@ -168,6 +217,8 @@ class IngestConfig(BaseModel):
     require_same_shape : bool, optional
         Refuse frames whose shape differs from the store's (PAUCam CCDs all share one
         shape); default True for PAUS, False for generic.
+    cosmic_rays : CosmicRayConfig
+        Whether and how cosmic-ray hits are looked for in each frame.
     noise_model : {"auto", "header", "fitted"}
         Where the stored ``gain``/``rdnoise`` come from: the header, else the noise model
         fitted across the CCD's exposures, else from the frame's own pixels (``auto``),
@@ -325,6 +376,14 @@ class IngestConfig(BaseModel):
         "counts only when its sky's variance allows it (gain >= sky / sky variance; crowded "
         "fields break it). gain_source records 'header', 'exposures', 'fitted', 'sky' or "
         "'none'.",
+    )
+    cosmic_rays: CosmicRayConfig = Field(
+        default_factory=CosmicRayConfig,
+        description="Cosmic-ray hits found in each exposure from their sharp edges (detect, "
+        "sigma_clip, sigma_frac, contrast, star_fwhm_px, star_fwhm_fraction, iterations) and "
+        "masked COSMIC_RAY; each frame "
+        "records n_cosmic_ray_px and cosmic_rays ('detected', 'input mask', 'off' or why it "
+        "was not searched).",
     )
     keep_header: bool = Field(
         True, description="Store each source FITS header as the frame's fits_header array."
@@ -486,7 +545,10 @@ class IngestConfig(BaseModel):
         )
         payload["mask_mode"] = self.effective_mask_mode
         for name in _ADDED_FIELDS:  # at their defaults, fingerprints stay as they were
-            if payload.get(name) == type(self).model_fields[name].default:
+            default = type(self).model_fields[name].get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            if payload.get(name) == default:
                 payload.pop(name, None)
         return json_digest(payload, length=None)
 
@@ -494,4 +556,4 @@ class IngestConfig(BaseModel):
 #: fields added after stores were first written: left out of the content digest when at
 #: their defaults, so that a store ingested before they existed stays up to date
 _ADDED_FIELDS = ("mask_hdu", "weight_hdu", "expnum_from", "filename_pattern", "measure_psf",
-                 "noise_model")
+                 "noise_model", "cosmic_rays")

@@ -69,7 +69,9 @@ class IngestReport:
     ``gains_changed``: frames whose gain or read noise in force the fit across exposures
     changed; ``correlations_remeasured``: frames stored without the high-frequency noise
     correlation, measured now, and ``correlations_changed``: those whose correlation in
-    force changed (:func:`_complete_noise_correlation`).
+    force changed (:func:`_complete_noise_correlation`). ``cosmic_rays``: frame → number
+    of cosmic-ray hits found and masked, for the frames searched by this ingest
+    (``ingest.cosmic_rays``).
     """
 
     ingested: list[str] = field(default_factory=list)
@@ -81,6 +83,7 @@ class IngestReport:
     gains_changed: list[str] = field(default_factory=list)
     correlations_remeasured: list[str] = field(default_factory=list)
     correlations_changed: list[str] = field(default_factory=list)
+    cosmic_rays: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_status(self) -> int:
@@ -119,6 +122,11 @@ class IngestReport:
                          f"{len(self.correlations_remeasured)} frame(s) stored without its "
                          f"high-frequency measurement; {len(self.correlations_changed)} "
                          "changed")
+        if self.cosmic_rays:
+            counts = sorted(self.cosmic_rays.values())
+            lines.append(f"  cosmic rays: {sum(counts)} hit(s) masked in "
+                         f"{len(counts)} frame(s) searched ({counts[0]}–{counts[-1]} per "
+                         "frame; n_cosmic_rays in the exposure table)")
         lines += [f"  warning: {w}" for w in grouped_warnings(self.warnings)]
         return "\n".join(lines)
 
@@ -171,6 +179,7 @@ class _Result:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    cosmic_rays: dict[str, int] = field(default_factory=dict)
 
 
 def _same_storage(store: str, frame: str, config: IngestConfig) -> bool:
@@ -227,6 +236,8 @@ def _ingest_file_task(
             write_frame_data(store, data, config, fp, stat)
             result.ingested.append(source.frame)
             result.warnings += data.warnings
+            if data.attrs.get("cosmic_rays") == "detected":
+                result.cosmic_rays[source.frame] = int(data.attrs["n_cosmic_rays"])
         except IngestError as exc:
             result.failed.append((exc.file, str(exc)))
         except Exception as exc:
@@ -306,6 +317,7 @@ def ingest(
         report.skipped += r.skipped
         report.failed += r.failed
         report.warnings += r.warnings
+        report.cosmic_rays.update(r.cosmic_rays)
     report.ingested.sort()
     report.skipped.sort()
     if report.ingested or report.skipped:

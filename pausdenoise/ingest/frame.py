@@ -41,6 +41,7 @@ import numpy as np
 from pausdenoise import store as st
 from pausdenoise.errors import IngestError, PsfError
 from pausdenoise.ingest.config import IngestConfig
+from pausdenoise.ingest.cosmic_rays import detect_cosmic_rays
 from pausdenoise.ingest.fits import (
     _bad_card,
     _ivar_from,
@@ -58,7 +59,8 @@ from pausdenoise.ingest.plan import FrameSource
 from pausdenoise.maskbits import MaskBit
 from pausdenoise.psf import measure_psf
 
-__all__ = ["FrameData", "IngestError", "read_frame", "source_fingerprint", "source_stat"]
+__all__ = ["FrameData", "IngestError", "read_frame", "searches_cosmic_rays", "source_fingerprint",
+           "source_stat"]
 
 
 @dataclass
@@ -250,6 +252,52 @@ def _psf_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]) -> di
     return {"psf_fwhm_px": est.fwhm_px, "psf_beta": est.beta, "psf_n_stars": est.n_stars}
 
 
+def searches_cosmic_rays(source: FrameSource, config: IngestConfig) -> bool:
+    """Whether ingest looks for cosmic-ray hits in this frame (``ingest.cosmic_rays.detect``).
+
+    Parameters
+    ----------
+    source : FrameSource
+        The planned frame.
+    config : IngestConfig
+        Its ``cosmic_rays.detect``: ``"auto"`` searches frames without an input mask.
+
+    Returns
+    -------
+    bool
+        True to search.
+    """
+    detect = config.cosmic_rays.detect
+    no_mask = source.mask is None and source.mask_hdu is None
+    return detect == "always" or (detect == "auto" and no_mask)
+
+
+def _cosmic_ray_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any],
+                      source: FrameSource, config: IngestConfig) -> dict[str, Any]:
+    """Look for cosmic-ray hits when the config says so; mark them in ``mask`` (in place).
+
+    Returns
+    -------
+    dict
+        ``cosmic_rays`` (``"detected"``, ``"input mask"``, ``"off"``, or why the frame
+        was not searched) and ``n_cosmic_ray_px`` (pixels with ``COSMIC_RAY``, input mask
+        included), ``n_cosmic_rays`` (hits found, when searched).
+    """
+    if not searches_cosmic_rays(source, config):
+        state = "off" if config.cosmic_rays.detect == "never" else "input mask"
+        n_px = int(np.count_nonzero(mask & np.uint8(MaskBit.COSMIC_RAY)))
+        return {"cosmic_rays": state, "n_cosmic_ray_px": n_px}
+    gain = attrs.get("gain")
+    if gain is None or not gain > 0:
+        return {"cosmic_rays": "not searched: no gain", "n_cosmic_ray_px": 0}
+    found = detect_cosmic_rays(image, mask, float(gain), float(attrs.get("rdnoise") or 0.0),
+                               config.cosmic_rays, attrs.get("psf_fwhm_px"))
+    mask[found.hits] |= np.uint8(MaskBit.COSMIC_RAY)
+    return {"cosmic_rays": "detected",
+            "n_cosmic_ray_px": int(np.count_nonzero(mask & np.uint8(MaskBit.COSMIC_RAY))),
+            "n_cosmic_rays": found.n_hits}
+
+
 def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     """Read one frame's image, mask, weight and truth (pure; no store access).
 
@@ -291,11 +339,15 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     attrs = _frame_attrs(source, config, meta, wcs, bitpix, int(nonfinite.sum()))
     if config.measure_psf:
         attrs.update(_psf_attrs(image, mask, attrs))
-    noise, noise_warnings = noise_attrs(
-        image, mask, attrs, config.noise_model,
-        f"{source.image} [{st.frame_id(source.expnum, source.ccd)}]",
-    )
+    name = f"{source.image} [{st.frame_id(source.expnum, source.ccd)}]"
+    noise, noise_warnings = noise_attrs(image, mask, attrs, config.noise_model, name)
+    cosmic = _cosmic_ray_attrs(image, mask, {**attrs, **noise}, source, config)
+    if cosmic.get("n_cosmic_rays"):  # measured again on the pixels the store keeps
+        noise, noise_warnings = noise_attrs(image, mask, attrs, config.noise_model, name)
     attrs.update(noise)
+    attrs.update(cosmic)
+    if cosmic["cosmic_rays"].startswith("not searched"):
+        noise_warnings = [*noise_warnings, f"{name}: cosmic rays {cosmic['cosmic_rays']}"]
     for key in ("gain", "rdnoise"):  # unknown: left out (readers then see no gain)
         if attrs[key] is None:
             del attrs[key]
@@ -313,19 +365,23 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
     )
 
 
-def _layout_tokens(source: FrameSource) -> list[str]:
+def _layout_tokens(source: FrameSource, config: IngestConfig) -> list[str]:
     """Return the fingerprint parts of what was added to frames over time (none by default).
 
     A frame with a weight gets ``nodata``: its mask gained :attr:`MaskBit.NODATA` where
     ivar is 0, so a store written before is re-ingested once; mask/weight HDUs of the image
     file are named.
 
+    A frame searched for cosmic rays gets ``cosmic_rays`` (its mask gains the hits).
+
     Returns
     -------
     list of str
-        Empty for a frame without weight or own-file HDUs.
+        Empty for a frame without weight, own-file HDUs or cosmic-ray search.
     """
     out = ["nodata"] if source.weight is not None else []
+    if searches_cosmic_rays(source, config):
+        out.append("cosmic_rays")
     if source.mask_hdu is not None:
         out.append(f"mask_hdu={source.mask_hdu}")
     if source.weight_hdu is not None:
@@ -369,7 +425,7 @@ def source_fingerprint(
         sha256 hex digest (64 characters).
     """
     hashes = {} if hashes is None else hashes
-    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source)]
+    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source, config)]
     for role, p in _roles(source, config):
         if p is None or not p.is_file():
             parts.append(f"{role}=-")
@@ -398,7 +454,7 @@ def source_stat(source: FrameSource, config: IngestConfig) -> str:
     str
         sha256 hex digest (64 characters).
     """
-    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source)]
+    parts = [config.content_digest(), f"hdu={source.hdu}", *_layout_tokens(source, config)]
     for role, p in _roles(source, config):
         if p is None or not p.is_file():
             parts.append(f"{role}=-")
