@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 _LAPLACIAN = np.array([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]])
-_CROSS = np.ones((3, 3), dtype=bool)
+_SQUARE = np.ones((3, 3), dtype=bool)
 #: The narrowest star [px FWHM] when neither the config nor the frame's PSF gives one.
 DEFAULT_STAR_FWHM_PX = 2.0
 _EDGE = "mirror"  # the filters extend the frame past its edges by mirroring it
@@ -228,9 +228,9 @@ def _pass(image: np.ndarray, gain: float, read_noise_e: float, config: CosmicRay
     fine = np.maximum(m3 - ndimage.median_filter(m3, size=7, mode=_EDGE), 0.01 * noise)
     hits = (s_prime > config.sigma_clip) & (lplus / (2.0 * fine) > config.contrast)
     hits &= _sharper_than_psf(image, m5, noise, k, config.sigma_clip)
-    hits = ndimage.binary_dilation(hits, _CROSS) & (s_prime > config.sigma_clip)
+    hits = ndimage.binary_dilation(hits, _SQUARE) & (s_prime > config.sigma_clip)
     low = config.sigma_frac * config.sigma_clip
-    return ndimage.binary_dilation(hits, _CROSS) & (s_prime > low)
+    return ndimage.binary_dilation(hits, _SQUARE) & (s_prime > low)
 
 
 def _pass_near(image: np.ndarray, changed: np.ndarray, gain: float, read_noise_e: float,
@@ -345,5 +345,5 @@ def detect_cosmic_rays(
         work = _fill(image, bad | hits)
         new = _pass_near(work, new, gain, read_noise_e, config, k) & ~bad & ~hits
         done += 1
-    n_hits = int(ndimage.label(hits, structure=_CROSS)[1])
+    n_hits = int(ndimage.label(hits, structure=_SQUARE)[1])
     return CosmicRayResult(hits, int(hits.sum()), n_hits, done)

@@ -346,8 +346,6 @@ def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:
         noise, noise_warnings = noise_attrs(image, mask, attrs, config.noise_model, name)
     attrs.update(noise)
     attrs.update(cosmic)
-    if cosmic["cosmic_rays"].startswith("not searched"):
-        noise_warnings = [*noise_warnings, f"{name}: cosmic rays {cosmic['cosmic_rays']}"]
     for key in ("gain", "rdnoise"):  # unknown: left out (readers then see no gain)
         if attrs[key] is None:
             del attrs[key]

@@ -275,6 +275,10 @@ def test_a_sky_catalogue_for_frames_without_wcs_stops_the_run_before_training(
     assert "gives sky positions (ra, dec) but 2 of 2 frames have no WCS" in err
     assert not (out / "model").exists()
     assert json.loads((out / "run.json").read_text())["stages"]["ingest"]["status"] == "done"
+    ingested = json.loads((out / "run.json").read_text())["stages"]["ingest"]
+    hits = ingested["summary"]["cosmic_rays"]
+    assert sorted(hits) == ["00000001_01", "00000002_01"] and min(hits.values()) > 0
+    assert f"{sum(hits.values())} cosmic-ray hits masked in 2 frame(s)" in ingested["note"]
 
 
 def test_decam_zero_point_table_edited_in_place_is_ingested_again(decam_config, tmp_path):

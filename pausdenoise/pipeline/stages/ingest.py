@@ -100,7 +100,8 @@ def run(ctx: Context) -> dict[str, Any]:
         its exposures (or why none); ``gains_changed``: the frames whose gain or read noise in
         force that fit changed, and ``correlations_changed``: the frames stored before the
         high-frequency noise correlation whose correlation in force changed when measured
-        now (either outdates the later stages).
+        now (either outdates the later stages); ``cosmic_rays``: frame → cosmic-ray hits
+        found and masked, for the frames searched (the note gives the total).
 
     Raises
     ------
@@ -125,9 +126,12 @@ def run(ctx: Context) -> dict[str, Any]:
     sources = noise["gain_source"]
     gains = ("" if set(sources) <= {"header"} else "; gain from " + ", ".join(
         f"{k} {v}" for k, v in sorted(sources.items())))
+    hits = (f"; {sum(report.cosmic_rays.values())} cosmic-ray hits masked in "
+            f"{len(report.cosmic_rays)} frame(s)" if report.cosmic_rays else "")
     return {
         "note": f"{len(report.ingested)} ingested, {len(report.skipped)} up to date, "
-                f"{len(report.failed)} failed{gains}",
+                f"{len(report.failed)} failed{gains}{hits}",
+        "cosmic_rays": report.cosmic_rays,
         "ingested": report.ingested,
         "skipped": report.skipped,
         "failed": [list(f) for f in report.failed],
