@@ -148,9 +148,9 @@ class CosmicRayConfig(BaseModel):
     )
     star_fwhm_px: float | None = Field(
         None, gt=0,
-        description="The narrowest FWHM [px] a star may have: a hit's pixel stands above its "
-        "faintest side neighbour by more than such a star allows. null = star_fwhm_fraction "
-        "x the frame's measured PSF FWHM (psf_fwhm_px), else 2.0 px.",
+        description="The narrowest FWHM [px] a star may have: a hit's seed pixel stands above "
+        "the mean of two opposite neighbours by more than such a star's pixels can. null = "
+        "star_fwhm_fraction x the frame's measured PSF FWHM (psf_fwhm_px), else 2.0 px.",
     )
     star_fwhm_fraction: float = Field(
         0.8, gt=0, le=1,
@@ -381,9 +381,8 @@ class IngestConfig(BaseModel):
         default_factory=CosmicRayConfig,
         description="Cosmic-ray hits found in each exposure from their sharp edges (detect, "
         "sigma_clip, sigma_frac, contrast, star_fwhm_px, star_fwhm_fraction, iterations) and "
-        "masked COSMIC_RAY; each frame "
-        "records n_cosmic_ray_px and cosmic_rays ('detected', 'input mask', 'off' or why it "
-        "was not searched).",
+        "masked COSMIC_RAY; each frame records cosmic_rays ('detected', 'input mask', 'off' "
+        "or why it was not searched), n_cosmic_rays and n_cosmic_ray_px.",
     )
     keep_header: bool = Field(
         True, description="Store each source FITS header as the frame's fits_header array."

@@ -78,7 +78,8 @@ class CosmicRayResult:
     n_hits : int
         Number of hits (8-connected groups of hit pixels).
     iterations : int
-        Passes run (the last one found nothing new, unless the limit stopped it).
+        Passes run (the last one found nothing new, unless the limit stopped it; 0 for a
+        frame without a good pixel).
     """
 
     hits: np.ndarray
@@ -335,6 +336,8 @@ def detect_cosmic_rays(
         bad |= np.asarray(mask) != 0
     k = neighbour_ratio(narrowest_star_fwhm(config, psf_fwhm_px))
     hits = np.zeros(image.shape, dtype=bool)
+    if bad.all():  # a masked-out frame: nothing to search
+        return CosmicRayResult(hits, 0, 0, 0)
     work = _fill(image, bad)
     new = _pass(work, gain, read_noise_e, config, k) & ~bad
     done = 1

@@ -283,19 +283,20 @@ def _cosmic_ray_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]
         was not searched) and ``n_cosmic_ray_px`` (pixels with ``COSMIC_RAY``, input mask
         included), ``n_cosmic_rays`` (hits found, when searched).
     """
+    bit = np.uint8(MaskBit.COSMIC_RAY)
+    gain = attrs.get("gain")
     if not searches_cosmic_rays(source, config):
         state = "off" if config.cosmic_rays.detect == "never" else "input mask"
-        n_px = int(np.count_nonzero(mask & np.uint8(MaskBit.COSMIC_RAY)))
-        return {"cosmic_rays": state, "n_cosmic_ray_px": n_px}
-    gain = attrs.get("gain")
-    if gain is None or not gain > 0:
-        return {"cosmic_rays": "not searched: no gain", "n_cosmic_ray_px": 0}
-    found = detect_cosmic_rays(image, mask, float(gain), float(attrs.get("rdnoise") or 0.0),
-                               config.cosmic_rays, attrs.get("psf_fwhm_px"))
-    mask[found.hits] |= np.uint8(MaskBit.COSMIC_RAY)
-    return {"cosmic_rays": "detected",
-            "n_cosmic_ray_px": int(np.count_nonzero(mask & np.uint8(MaskBit.COSMIC_RAY))),
-            "n_cosmic_rays": found.n_hits}
+        out: dict[str, Any] = {"cosmic_rays": state}
+    elif gain is None or not gain > 0:
+        out = {"cosmic_rays": "not searched: no gain"}
+    else:
+        found = detect_cosmic_rays(image, mask, float(gain),
+                                   float(attrs.get("rdnoise") or 0.0), config.cosmic_rays,
+                                   attrs.get("psf_fwhm_px"))
+        mask[found.hits] |= bit
+        out = {"cosmic_rays": "detected", "n_cosmic_rays": found.n_hits}
+    return {**out, "n_cosmic_ray_px": int(np.count_nonzero(mask & bit))}
 
 
 def read_frame(source: FrameSource, config: IngestConfig) -> FrameData:

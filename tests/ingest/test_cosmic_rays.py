@@ -128,6 +128,12 @@ def test_later_passes_near_the_hits_equal_passes_over_the_whole_frame():
     assert np.array_equal(res.hits, full)
 
 
+def test_a_masked_out_frame_has_no_hits():
+    image, _, _, _ = _frame(9)
+    res = detect_cosmic_rays(image, np.ones(image.shape, dtype=np.uint8), GAIN, RN_E)
+    assert res.n_pixels == res.n_hits == res.iterations == 0 and not res.hits.any()
+
+
 @pytest.mark.parametrize(("args", "match"), [
     ((np.zeros((8, 8)), None, 0.0, 5.0), "gain"),
     ((np.zeros((8, 8)), None, 1.0, -1.0), "read noise"),
