@@ -217,7 +217,8 @@ def render(sim: dict[str, int], sim_times: list[float], rows: list[dict],
     hits = sum(r["hits"] for r in rows)
     conf_hits = sum(round(r["confirmed"] * r["hits"]) for r in rows if r["hits"])
     lines = [
-        f"## Cosmic rays found at ingest: the simulated survey's hits and the SAAO frames ({now})",
+        "## Cosmic rays masked at ingest: the hits found in the simulated survey and the "
+        f"SAAO frames ({now})",
         "",
         f"Machine: {platform.platform()}, {_cpu_name()}, {os.cpu_count()} CPUs.",
         "", "```", command, "```", "",
