@@ -42,6 +42,13 @@ The simulation, per real exposure (its ingest attributes and its own pixels):
   taken out of the frame (:func:`small_scale_sigma`), so that the field's large-scale
   light is not counted as unresolved stars.
 
+With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
+whether the frames are noisier than their gain and read noise say). With ``--fine-tune
+M1,M2,…`` the network, after the last budget, is fine-tuned on the real training frames
+with the pipeline's SURE (``train.method: sure``, each frame's own noise model, starting
+from the simulation-trained weights: :func:`~pausdenoise.n2v.train.train_n2v`'s
+``initial_state``) and scored at each of those fine-tuning budgets.
+
 Training: 64² patches, batches of 16, from the simulated frames (one per real exposure),
 Adam at 10⁻³ decayed by a cosine to 0 at the largest budget, loss the mean of
 ``(output − truth)² / noise variance`` (normalised units), bfloat16 autocast where the CPU
@@ -61,6 +68,8 @@ Writes ``<out>/matched-simulation.json``; ``--append`` adds a dated section to
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -83,8 +92,11 @@ import bench_training_budget as tb  # noqa: E402  (a sibling script)
 
 from pausdenoise import store as st  # noqa: E402
 from pausdenoise.config import load_config  # noqa: E402
+from pausdenoise.n2v.config import TrainConfig  # noqa: E402
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics  # noqa: E402
+from pausdenoise.n2v.patches import split_regions  # noqa: E402
 from pausdenoise.n2v.precision import resolve_precision  # noqa: E402
+from pausdenoise.n2v.train import calibrate_offset, train_n2v  # noqa: E402
 from pausdenoise.n2v.unet import UNet, UNetConfig  # noqa: E402
 from pausdenoise.photometry.sextractor import read_sextractor  # noqa: E402
 from pausdenoise.psf import moffat_fwhm_to_alpha  # noqa: E402
@@ -115,6 +127,8 @@ class Exposure:
     read_noise_adu: float
     sky: float
     sigma: float
+    #: Factor on the noise variance of the gain and read noise (1: as the headers say).
+    variance_factor: float = 1.0
 
 
 @dataclass
@@ -315,21 +329,21 @@ def add_cosmic_rays(image: np.ndarray, per_frame: float, noise_sigma: float,
 
 
 def noise_variance(truth: np.ndarray, exp: Exposure) -> np.ndarray:
-    """Per-pixel noise variance, ADU²: ``(truth + sky) / gain + read noise²``.
+    """Per-pixel noise variance, ADU²: ``((truth + sky) / gain + read noise²) · factor``.
 
     Parameters
     ----------
     truth : ndarray
         Noiseless pixels without sky, ADU.
     exp : Exposure
-        Sky (ADU), gain (e⁻/ADU), read noise (ADU).
+        Sky (ADU), gain (e⁻/ADU), read noise (ADU), the variance factor.
 
     Returns
     -------
     ndarray
         Variance, ADU².
     """
-    return (truth + exp.sky) / exp.gain + exp.read_noise_adu ** 2
+    return ((truth + exp.sky) / exp.gain + exp.read_noise_adu ** 2) * exp.variance_factor
 
 
 def small_scale_sigma(image: np.ndarray, good: np.ndarray, mesh: int) -> float:
@@ -647,6 +661,65 @@ def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
                      "net", SCORED)
 
 
+def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
+              lr: float) -> list[dict[str, Any]]:
+    """Fine-tune the simulation-trained network on the real frames with SURE; score budgets.
+
+    The pipeline's ``train.method: sure`` (:func:`~pausdenoise.n2v.train.train_n2v` with
+    ``initial_state``) on the data set's training frames, the network's architecture
+    (residual output, no batch normalisation), ``lr`` decayed by the plateau schedule as
+    the ``sure`` option of ``bench_training_budget.py``; each budget's snapshot scored
+    as there (its output offset refitted) and with :func:`score`'s classes.
+
+    Parameters
+    ----------
+    ds : DataSet
+        The SAAO data set.
+    net : UNet
+        The simulation-trained network (not modified).
+    budgets_min : list of float
+        Fine-tuning budgets, minutes, ascending.
+    threads : int
+        Torch threads.
+    lr : float
+        Initial learning rate.
+
+    Returns
+    -------
+    list of dict
+        Per budget: ``minutes``, ``seconds``, ``epochs`` and ``real`` (the gains).
+    """
+    base = tb.option_config(ds.train_cfg, "sure", max(budgets_min), threads, ds.sky_variance)
+    d = base.model_dump(mode="python")
+    d["unet"].update(residual=True, batch_norm=False, depth=net.config.depth,
+                     base_channels=net.config.base_channels)
+    d["learning_rate"] = lr
+    cfg = TrainConfig.model_validate(d)
+    snaps = tb.BudgetSnapshots([60.0 * b for b in budgets_min])
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    print(f"fine-tuning with SURE up to {max(budgets_min):g} min", flush=True)
+    model, history = train_n2v(ds.train, cfg, progress=False, on_epoch_end=snaps,
+                               initial_state=state)
+    out = []
+    for b in budgets_min:
+        snap = snaps.taken.get(60.0 * b)
+        if snap is None:
+            out.append({"minutes": b, "status": "not reached"})
+            continue
+        tuned = copy.deepcopy(model)
+        tuned.load_state_dict(snap.state)
+        tuned.eval()
+        _, regions = split_regions(ds.train, cfg.validation_fraction, cfg.patch_size)
+        offset = calibrate_offset(tuned, cfg, ds.train, regions)
+        row = {"minutes": b, "seconds": snap.seconds, "epochs": snap.epochs,
+               "output_offset_sigma": float(offset), "real": score(tuned, ds.frames),
+               "patches_per_second": float(np.median(history.patches_per_second))}
+        print(f"fine-tuned {b:g} min: " + ", ".join(
+            f"{c} {row['real'][f'{c}_gain']:.2f}" for c in SCORED), flush=True)
+        out.append(row)
+    return out
+
+
 def render(res: dict[str, Any]) -> str:
     """The RESULTS.md table of a run.
 
@@ -671,6 +744,15 @@ def render(res: dict[str, Any]) -> str:
             cells = " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
                                f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
             lines.append(f"| {where} | network, {b['minutes']:g} min | {b['steps']} | {cells} |")
+    blur, last = res["blur"]["real"], res["budgets"][-1]["minutes"] if res["budgets"] else 0
+    for b in res.get("fine_tune", []):
+        if "real" not in b:
+            continue
+        g = b["real"]
+        cells = " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
+                           f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
+        lines.append(f"| real | network, {last:g} min + SURE {b['minutes']:g} min | "
+                     f"{b['epochs']} epochs | {cells} |")
     return "\n".join(lines)
 
 
@@ -695,11 +777,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slope", type=float, default=0.75)
     p.add_argument("--cosmic-rays", type=float, default=0.0,
                    help="cosmic-ray hits per 512² px in the simulated exposures (not the truth)")
+    p.add_argument("--variance-factor", type=float, default=1.0,
+                   help="factor on the simulated noise variance (1: the headers' gain and "
+                   "read noise)")
     p.add_argument("--mesh", type=int, default=0,
                    help="match the frames' σ after a background on this mesh (px; 0: whole)")
     p.add_argument("--core-level", type=float, default=5000.0,
                    help="ADU of the references' mean above which a source pixel is a core")
     p.add_argument("--budgets", default="1,3,10", help="minutes, ascending")
+    p.add_argument("--fine-tune", default="",
+                   help="minutes, ascending: after the last budget, fine-tune the network on "
+                   "the real training frames with SURE (train.method: sure) and score it at "
+                   "each of these fine-tuning budgets")
+    p.add_argument("--fine-tune-lr", type=float, default=3e-4,
+                   help="the fine-tuning's initial learning rate")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=tb.DEFAULT_OUT)
@@ -714,7 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Path(tb._ensure_store("saao", a.out))
     cat = read_sextractor(a.catalogue)
     pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
-    exps = exposures_of(ds, store, a.mesh)
+    exps = [dataclasses.replace(e, variance_factor=a.variance_factor)
+            for e in exposures_of(ds, store, a.mesh)]
     shape = ds.train[0].image.shape
     t0 = time.perf_counter()
     frames = []
@@ -742,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = train(frames, [60.0 * b for b in budgets], net, precision, rng, on_budget,
                   cosmic_rays=a.cosmic_rays)
+    fine = (fine_tune(ds, net, [float(b) for b in a.fine_tune.split(",")], a.threads,
+                      a.fine_tune_lr) if a.fine_tune else [])
     res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {tb._cpu_name()}, {os.cpu_count()} CPUs",
            "precision": precision, "threads": a.threads, "simulation_seconds": sim_s,
@@ -749,8 +843,10 @@ def main(argv: list[str] | None = None) -> int:
            "factors": [f.factor for f in frames], "population": {
                "bright": len(pop.bright), "complete": a.complete_flux, "fmin": a.fmin,
                "slope": a.slope, "core_level": a.core_level, "mesh": a.mesh,
+               "variance_factor": a.variance_factor,
                "cosmic_rays": a.cosmic_rays},
-           "blur": blur, "budgets": rows, "training": stats,
+           "blur": blur, "budgets": rows, "training": stats, "fine_tune": fine,
+           "fine_tune_lr": a.fine_tune_lr,
            "load": [list(load0), list(os.getloadavg())]}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "matched-simulation.json").write_text(json.dumps(res, indent=1, default=float))

@@ -80,7 +80,11 @@ from pausdenoise.paus_layout import CATALOGUE_NAME, TRUE_FLUXES_NAME, TRUTH_DIR
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import frame_stats_table, split_holdout
-from pausdenoise.pipeline.stages.train import noise_scale_from_frames, sky_variance_from_frames
+from pausdenoise.pipeline.stages.train import (
+    frame_noise_models,
+    noise_scale_from_frames,
+    sky_variance_from_frames,
+)
 from pausdenoise.stats import MAD_TO_SIGMA
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +109,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "blindspot-posterior": {"method": "blindspot", "unet": {"posterior": "gaussian"}},
     "n2v-posterior-skyvar": {"unet": {"posterior": "gaussian"}, "sky_variance": None},
     "sure": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None},
+    "sure-per-frame": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None,
+                       "noise_per_frame": True},
     "sure-avg": {"method": "sure", "unet": {"posterior": "none"}, "sky_variance": None,
                  **_AVERAGED},
     "sure-avg-deep": {"method": "sure", "unet": {"posterior": "none", "depth": 3,
@@ -249,13 +255,17 @@ def method_available(cfg: TrainConfig) -> str:
 
 
 def _open_train_frames(store: Path, frames: list[str]) -> tuple[list[Frame], dict[str, Any]]:
+    """Open the frames lazily, each with its statistics and, where it has a gain, its own
+    noise model (which ``method: sure`` uses with ``noise_per_frame: true``)."""
     stats, _ = frame_stats_table(store, frames)
+    noise = frame_noise_models(st.exposure_table(store), stats)
     root = st.open_store(store, "r")
     out = []
     for f in frames:
         if f in stats:
             g = root[f"{st.FRAMES_GROUP}/{f}"]
-            out.append(Frame(g["image"], g["mask"] if "mask" in g else None, stats[f], f))
+            out.append(Frame(g["image"], g["mask"] if "mask" in g else None, stats[f], f,
+                             noise=noise.get(f)))
     return out, stats
 
 
@@ -1249,6 +1259,8 @@ Option `sure`: the U-Net without blind spot trained on Stein's unbiased estimate
 squared error from the noise model (`train.method: sure`; every pixel a target, two
 forward passes per step), with the noise model's sky variance in normalised units measured
 from the frames' gains and read noise (`train.sky_variance: null`; {sky_variance:.3g} here);
+`sure-per-frame`: each frame's patches with that frame's own noise model in its normalised
+units, from its gain, read noise, sky and σ (`train.noise_per_frame: true`);
 `sure-avg-deep`: the same with a U-Net of depth 3 and 48 base channels (the others: the
 data set's, depth 2 and 32).
 Rows `option τ=k`: the same snapshot at inference with `denoise.prior_scale` k (the prior

@@ -140,3 +140,26 @@ def test_cosmic_rays_are_sharp_hits_of_the_asked_number(ms):
     assert sizes.max() <= 8 and np.median(sizes) <= 3
     assert hit[hit > 0].min() >= 0.5 * 3 * 10.0 and hit.max() <= 2 * 200 * 10.0
     assert ms.add_cosmic_rays(base, 0.0, 10.0, rng).max() == 0.0
+
+
+def test_fine_tuning_rows_follow_the_last_budget(ms):
+    blur = {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}
+    net = {}
+    for c in ms.SCORED:
+        net[f"{c}_gain"], net[f"{c}_gain_se"] = 3.0, 0.1
+    res = {"blur": {"simulation": blur, "real": blur},
+           "budgets": [{"minutes": 3.0, "steps": 10, "simulation": net, "real": net}],
+           "fine_tune": [{"minutes": 1.0, "epochs": 4, "real": net},
+                         {"minutes": 7.0, "status": "not reached"}]}
+    table = ms.render(res).splitlines()
+    assert len(table) == 2 + 2 * 2 + 1  # the budget not reached has no row
+    assert table[-1].startswith("| real | network, 3 min + SURE 1 min | 4 epochs | 3.00 ± 0.10")
+
+
+def test_the_variance_factor_scales_the_simulated_noise(ms):
+    exp = ms.Exposure(3.8, 2.9, 2.0, 3.0, 900.0, 50.0)
+    base = ms.noise_variance(np.array([0.0, 100.0]), exp)
+    np.testing.assert_allclose(base, [900 / 2 + 9, 1000 / 2 + 9])
+    wider = ms.noise_variance(np.array([0.0, 100.0]),
+                              ms.dataclasses.replace(exp, variance_factor=1.5))
+    np.testing.assert_allclose(wider, 1.5 * base)

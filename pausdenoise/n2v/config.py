@@ -243,6 +243,16 @@ class TrainConfig(BaseModel):
         "the training frames of (sky / gain + read noise²) / σ² (gain and read noise from "
         "the headers or fitted at ingest; 1 when no frame has a gain).",
     )
+    noise_per_frame: bool = Field(
+        False,
+        description="Method 'sure': each training frame with a gain keeps its own noise model "
+        "in its normalised units ((sky / gain + read noise²) / σ² and gain·σ, from its "
+        "headers or the gain fitted at ingest), used for its patches instead of "
+        "sky_variance / poisson_scale, which stay the model of frames without a gain. On a "
+        "crowded field σ includes unresolved stars and the normalised noise differs from "
+        "frame to frame (on the SAAO frames it did not score better than one model). "
+        "false: one noise model for all frames.",
+    )
     n2n_max_seeing_ratio: float | None = Field(
         None,
         gt=0.0,

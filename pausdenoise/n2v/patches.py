@@ -55,6 +55,27 @@ MAX_BLOCK = 1024
 
 
 @dataclass(frozen=True)
+class FrameNoise:
+    """One frame's noise model in the network's normalised units.
+
+    A pixel ``s`` σ above the sky (σ the frame's robust spread, :mod:`.normalise`) has noise
+    variance ``sky_variance + max(s, 0) / noise_scale``.
+
+    Attributes
+    ----------
+    sky_variance : float
+        Sky + read-noise variance over σ²: ``(sky / gain + (read noise / gain)²) / σ²``
+        (sky in ADU, gain in e⁻/ADU, read noise in e⁻); 1 where σ is the noise, less on a
+        crowded field whose σ includes unresolved stars.
+    noise_scale : float
+        gain · σ, e⁻ per normalised unit (the source's Poisson term).
+    """
+
+    sky_variance: float
+    noise_scale: float
+
+
+@dataclass(frozen=True)
 class Frame:
     """One frame to train on: lazily sliceable image and mask, and its statistics.
 
@@ -73,6 +94,9 @@ class Frame:
         truth in the image's units (ADU, sky included, e.g. the mean of other exposures
         brought onto the frame), NaN where there is none. Normalised with the frame's
         statistics like the image.
+    noise : FrameNoise or None
+        The frame's own noise model (``method: sure`` with ``noise_per_frame`` takes each
+        patch's from its frame); None: the network's (one for all frames).
     """
 
     image: Any
@@ -80,6 +104,7 @@ class Frame:
     stats: FrameStats
     name: str = ""
     target: Any = None
+    noise: FrameNoise | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -463,6 +488,26 @@ class PatchSampler:
             return x, b, src
         return x, b
 
+    def noise_of(self, sources: Sequence[tuple[int, int, int]]) -> torch.Tensor | None:
+        """Return the noise model of each patch's frame, or None when no frame has one.
+
+        Parameters
+        ----------
+        sources : sequence of (frame index, y, x)
+            Where the patches lie (:meth:`sample` with ``return_sources``).
+
+        Returns
+        -------
+        float32 Tensor (n, 2) or None
+            Per patch ``[sky_variance, noise_scale]`` (:class:`FrameNoise`), NaN for a
+            frame without one.
+        """
+        if all(f.noise is None for f in self.frames):
+            return None
+        rows = [(np.nan, np.nan) if (nz := self.frames[k].noise) is None
+                else (nz.sky_variance, nz.noise_scale) for k, _, _ in sources]
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 2)
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches without end.
 
@@ -495,11 +540,15 @@ class ValidationSet:
         The unmasked patches (the loss targets).
     targets : bool Tensor (n, 1, P, P)
         Where the loss is computed.
+    noise : Tensor (n, 2) or None
+        Each patch's frame noise model ``[sky_variance, noise_scale]``
+        (:meth:`PatchSampler.noise_of`), or None.
     """
 
     inputs: torch.Tensor
     originals: torch.Tensor
     targets: torch.Tensor
+    noise: torch.Tensor | None = None
 
     def __len__(self) -> int:
         """Return the number of patches.
@@ -525,7 +574,8 @@ class ValidationSet:
             The same patches and targets on ``device``.
         """
         return ValidationSet(
-            self.inputs.to(device), self.originals.to(device), self.targets.to(device)
+            self.inputs.to(device), self.originals.to(device), self.targets.to(device),
+            None if self.noise is None else self.noise.to(device),
         )
 
     @torch.no_grad()
@@ -659,13 +709,15 @@ def make_validation_set(
         frames, patch_size, regions=regions, max_bad_fraction=max_bad_fraction, seed=seed,
         sky_keep=sky_keep, source_threshold=source_threshold,
     )
-    x, bad = sampler.sample(n_patches)
+    x, bad, sources = sampler.sample(n_patches, return_sources=True)
+    noise = sampler.noise_of(sources)
     if x.shape[1] == 2:  # Noise2Noise: the unmasked image, scored against its target
         has_target = torch.isfinite(x[:, 1:]) & ~bad
-        return ValidationSet(x[:, :1].clone(), torch.nan_to_num(x[:, 1:], nan=0.0), has_target)
+        return ValidationSet(x[:, :1].clone(), torch.nan_to_num(x[:, 1:], nan=0.0), has_target,
+                             noise)
     gen = torch.Generator().manual_seed(seed)
     masked, targets = apply_blind_spot(
         x, bad, masked_fraction=masked_fraction, radius=radius, strategy=strategy, generator=gen,
         struct_axes=struct_axes, struct_half_width=struct_half_width,
     )
-    return ValidationSet(masked, x, targets)
+    return ValidationSet(masked, x, targets, noise)

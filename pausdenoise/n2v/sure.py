@@ -15,23 +15,27 @@ pixel of every patch, without masking, and is run at inference as it is trained 
 spot, no posterior head).
 
 Units: normalised, ``(ADU − sky) / σ`` with σ the frame's robust spread; the noise model is
-the U-Net's, ``v = sky_variance + max(f, 0) / noise_scale`` (``sky_variance`` 1 where σ is the
-noise, less on crowded fields; ``noise_scale`` = gain · σ in electrons), evaluated on the
-detached estimate. SURE needs it right: an overestimated ``v`` makes the loss reward
-removing signal as if it were noise. Each pixel's
+the U-Net's, ``v = sky_variance + max(f, 0) / noise_scale`` (``sky_variance`` 1 where σ is
+the noise, less on crowded fields; ``noise_scale`` = gain · σ in electrons), evaluated on
+the detached estimate, or with each patch's own frame's values where the frames carry them
+(:class:`~pausdenoise.n2v.patches.FrameNoise`, ``train.noise_per_frame``): on a crowded
+field σ, and with it the normalised noise, differs from frame to frame (7× between the SAAO
+exposures), though there the median value scored as well. SURE needs it right: an
+overestimated ``v`` makes the loss reward removing signal as if it were noise. Each pixel's
 term is divided by its ``v`` (the χ² form), so that stars, whose squared errors are 10²–10⁴
 times a sky pixel's, do not dominate the gradient; the weight depends on ``y`` only through
 the detached estimate, which keeps the loss's minimiser the conditional mean up to that
-approximation. Bad pixels (0 in the patches, flagged by the sampler) take no part. The
-noise must be independent between pixels: on frames with correlated noise the divergence
-term undercounts how much of the noise the estimate keeps.
+approximation. Bad pixels (0 in the patches, flagged by the sampler) take no part. The noise
+must be independent between pixels: on frames with correlated noise the divergence term
+undercounts how much of the noise the estimate keeps.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["DEFAULT_EPSILON", "VALIDATION_SEED", "sure_loss", "sure_validation_loss"]
+__all__ = ["DEFAULT_EPSILON", "VALIDATION_SEED", "noise_variance", "sure_loss",
+           "sure_validation_loss"]
 
 #: Step ε of the Monte-Carlo divergence (normalised units, 1 = the frame's robust σ).
 DEFAULT_EPSILON = 0.01
@@ -46,6 +50,7 @@ def sure_loss(
     good: torch.Tensor,
     epsilon: float = DEFAULT_EPSILON,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pixel SURE of the network's estimate, χ²-weighted, averaged over good pixels.
 
@@ -63,6 +68,10 @@ def sure_loss(
         ε of the Monte-Carlo divergence (normalised units).
     generator : torch.Generator, optional
         Source of the probe ``b`` (on ``y``'s device).
+    noise : Tensor (n, 2), optional
+        Each patch's own noise model ``[sky_variance, noise_scale]`` (its frame's,
+        :class:`~pausdenoise.n2v.patches.FrameNoise`); rows of NaN, or None, take the
+        network's (:func:`noise_variance`).
 
     Returns
     -------
@@ -77,15 +86,44 @@ def sure_loss(
     b = torch.where(g, b, torch.zeros_like(b))
     f = net(y).float()
     f_probe = net(y + float(epsilon) * b).float()
-    v = model.noise_variance(f.detach())
+    v = noise_variance(model, f.detach(), noise)
     div = b.float() * (f_probe - f) / float(epsilon)
     term = (f - y.float()).square() / v - 1.0 + 2.0 * div
     term = torch.where(g, term, torch.zeros_like(term))
     return term.sum() / g.sum().to(term.dtype).clamp(min=1.0)
 
 
+def noise_variance(model: torch.nn.Module, signal: torch.Tensor,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Noise variance of pixels ``signal`` σ above the sky, per patch where it is known.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The bare U-Net: its ``noise_variance``, one noise model for every patch.
+    signal : Tensor (n, 1, P, P)
+        Source signal above the sky, normalised units.
+    noise : Tensor (n, 2), optional
+        Per patch ``[sky_variance, noise_scale]``: ``sky_variance + max(signal, 0) /
+        noise_scale`` where the row is finite, the network's elsewhere.
+
+    Returns
+    -------
+    Tensor (n, 1, P, P)
+        The variance, normalised units squared.
+    """
+    v = model.noise_variance(signal)
+    if noise is None:
+        return v
+    nz = noise.to(device=signal.device, dtype=signal.dtype)
+    sky, scale = nz[:, 0].view(-1, 1, 1, 1), nz[:, 1].view(-1, 1, 1, 1)
+    own = sky + signal.clamp(min=0.0) / scale
+    return torch.where(torch.isfinite(own), own, v)
+
+
 def sure_validation_loss(model: torch.nn.Module, originals: torch.Tensor,
-                         batch_size: int = 64, epsilon: float = DEFAULT_EPSILON) -> float:
+                         batch_size: int = 64, epsilon: float = DEFAULT_EPSILON,
+                         noise: torch.Tensor | None = None) -> float:
     """SURE of a network on fixed validation patches, with a fixed probe.
 
     Parameters
@@ -99,6 +137,8 @@ def sure_validation_loss(model: torch.nn.Module, originals: torch.Tensor,
         Patches per forward pass.
     epsilon : float
         ε of the Monte-Carlo divergence.
+    noise : Tensor (n, 2), optional
+        Each patch's noise model (:func:`sure_loss`).
 
     Returns
     -------
@@ -115,7 +155,8 @@ def sure_validation_loss(model: torch.nn.Module, originals: torch.Tensor,
             y = originals[i:i + batch_size]
             good = y != 0
             k = int(good.sum())
-            total += float(sure_loss(model, model, y, good, epsilon, gen)) * k
+            nz = None if noise is None else noise[i:i + batch_size]
+            total += float(sure_loss(model, model, y, good, epsilon, gen, nz)) * k
             n += k
     model.train(was_training)
     return total / max(n, 1)

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -209,6 +209,7 @@ def train_n2v(
     checkpoint_path: str | os.PathLike | None = None,
     provenance: dict[str, Any] | None = None,
     on_epoch_end: Callable[[UNet, TrainHistory], None] | None = None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[UNet, TrainHistory]:
     """Train a Noise2Void U-Net on patches of ``frames``.
 
@@ -240,6 +241,10 @@ def train_n2v(
         run, e.g. at fixed training times (``history.total_seconds`` is up to date). With
         ``method: blindspot`` it is called in the distillation epochs only (before them
         the U-Net is untrained), so snapshots at several budgets need one run per budget.
+    initial_state : mapping of str to Tensor, optional
+        Weights to start from instead of a random initialisation (fine-tuning a network
+        trained before, e.g. on simulated frames): a state dict of a U-Net of the
+        configured architecture (``config.unet``), loaded strictly.
 
     Returns
     -------
@@ -267,13 +272,15 @@ def train_n2v(
     t_start = time.perf_counter()
     executor = ThreadPoolExecutor(max_workers=1) if cfg.prefetch else None
     try:
-        run = _setup(frames, cfg, device, rank, world, distributed, show, val_frames)
+        run = _setup(frames, cfg, device, rank, world, distributed, show, val_frames,
+                     initial_state)
         checkpoints = (
             _Checkpoints(Path(checkpoint_path), frames, provenance, t_start)
             if checkpoint_path is not None and rank == 0
             else None
         )
-        batches = _Batches(run.sampler, cfg.batch_size, device.type == "cuda", executor)
+        batches = _Batches(run.sampler, cfg.batch_size, device.type == "cuda", executor,
+                           with_noise=cfg.method == "sure" and cfg.noise_per_frame)
         history = TrainHistory(device=str(device), world_size=world,
                                precision=run.precision)
         history.initial_val_loss = _validation_loss(run)
@@ -416,6 +423,7 @@ def _setup(
     distributed: bool,
     show: bool,
     val_frames: Sequence[Any] | None,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> _Run:
     """Build samplers, validation set, random generators, model and optimiser, in this order.
 
@@ -454,7 +462,7 @@ def _setup(
     mask_gen = torch.Generator(device=device)
     mask_gen.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, 3]).generate_state(1)[0]))
     precision = training_precision(cfg, device)  # CUDA: bf16 or fp16; CPU: bf16 or fp32
-    model, net, opt, sched = _make_model(cfg, device, distributed, precision)
+    model, net, opt, sched = _make_model(cfg, device, distributed, precision, initial_state)
     teacher, teacher_net = None, None
     if cfg.method == "blindspot":
         teacher, teacher_net, opt, sched = _make_teacher(cfg, device, distributed)
@@ -541,12 +549,14 @@ def _validation_set(
 
 
 def _make_model(
-    cfg: TrainConfig, device: torch.device, distributed: bool, precision: str = "fp32"
+    cfg: TrainConfig, device: torch.device, distributed: bool, precision: str = "fp32",
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[UNet, torch.nn.Module, torch.optim.Optimizer, Any]:
     """Build the U-Net (same initial weights on every rank), its DDP wrapper, Adam, schedule.
 
-    On the CPU in bf16 the network is laid out channels-last, where oneDNN's bfloat16
-    convolutions are fastest.
+    The weights are drawn from ``cfg.seed``, or copied from ``initial_state`` (strictly:
+    a state dict of another architecture is refused by name). On the CPU in bf16 the
+    network is laid out channels-last, where oneDNN's bfloat16 convolutions are fastest.
 
     Returns
     -------
@@ -557,6 +567,8 @@ def _make_model(
     with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
         torch.manual_seed(cfg.seed)
         model = UNet(cfg.unet.to_unet_config(cfg.noise_scale, cfg.sky_noise_variance))
+    if initial_state is not None:
+        model.load_state_dict(initial_state, strict=True)
     model = model.to(device)
     if device.type == "cpu" and precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
@@ -631,7 +643,11 @@ def _optimiser(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.optim.Opti
 
 
 class _Batches:
-    """Training batches from the sampler; with an executor, the next one is read ahead."""
+    """Training batches from the sampler; with an executor, the next one is read ahead.
+
+    With ``with_noise`` each batch carries its patches' frame noise models
+    (:meth:`~pausdenoise.n2v.patches.PatchSampler.noise_of`; None when no frame has one).
+    """
 
     def __init__(
         self,
@@ -639,36 +655,45 @@ class _Batches:
         batch_size: int,
         pin: bool,
         executor: ThreadPoolExecutor | None,
+        with_noise: bool = False,
     ) -> None:
         self._sampler = sampler
         self._batch_size = batch_size
         self._pin = pin
         self._executor = executor
+        self._with_noise = with_noise
         self._pending: Future | None = None
 
-    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor]:  # one batch, pinned on CUDA
-        x, b = self._sampler.sample(self._batch_size)
+    def _fetch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # one batch, pinned on CUDA
+        noise = None
+        if self._with_noise:
+            x, b, src = self._sampler.sample(self._batch_size, return_sources=True)
+            noise = self._sampler.noise_of(src)
+        else:
+            x, b = self._sampler.sample(self._batch_size)
         if self._pin:
             x, b = x.pin_memory(), b.pin_memory()
-        return x, b
+        return x, b, noise
 
     def start(self) -> None:
         """Submit the first read (prefetch only)."""
         if self._executor:
             self._pending = self._executor.submit(self._fetch)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return the next batch and start reading the one after.
 
         Returns
         -------
-        tuple of Tensor
-            Normalised patches and their bad-pixel masks, ``(batch, 1, p, p)``.
+        tuple
+            Normalised patches and their bad-pixel masks, ``(batch, 1, p, p)``, and the
+            patches' noise models ``(batch, 2)`` or None.
         """
         if self._executor:
-            x, bad = self._pending.result()
+            batch = self._pending.result()
             self._pending = self._executor.submit(self._fetch)
-            return x, bad
+            return batch
         return self._fetch()
 
 
@@ -835,8 +860,8 @@ def _train_epoch(
     )
     steps = 0
     for step in bar:
-        x, bad = batches.next()
-        loss_sum += _train_step(run, x, bad)
+        x, bad, noise = batches.next()
+        loss_sum += _train_step(run, x, bad, noise)
         steps += 1
         if run.show and (step % 10 == 9 or step == cfg.steps_per_epoch - 1):
             bar.set_postfix(loss=f"{float(loss_sum) / (step + 1):.4f}")
@@ -846,8 +871,11 @@ def _train_epoch(
     return loss_sum, steps
 
 
-def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
     """Mask a batch and take one optimiser step (with warm-up and clipping).
+
+    ``noise``: the patches' frame noise models (``method: sure``), or None.
 
     Returns
     -------
@@ -864,7 +892,7 @@ def _train_step(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     elif run.phase == "student":
         loss = _student_step_loss(run, x)
     elif run.phase == "sure":
-        loss = _sure_step_loss(run, x, bad)
+        loss = _sure_step_loss(run, x, bad, noise)
     elif run.phase == "n2n":
         loss = _n2n_step_loss(run, x, bad)
     else:
@@ -957,8 +985,12 @@ def _teacher_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.T
                            cfg.nll_beta)
 
 
-def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
     """Return the SURE loss of ``method: sure`` over every good pixel of one batch.
+
+    Each patch's noise model is its frame's (``noise``, rows ``[sky_variance,
+    noise_scale]``) where known, the network's elsewhere.
 
     Returns
     -------
@@ -967,7 +999,8 @@ def _sure_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tens
     """
     device = run.device
     with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
-        return sure_loss(run.net, run.model, x, ~bad.to(torch.bool), generator=run.mask_gen)
+        return sure_loss(run.net, run.model, x, ~bad.to(torch.bool), generator=run.mask_gen,
+                         noise=None if noise is None else noise.to(device))
 
 
 def _n2n_step_loss(run: _Run, x: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -1062,7 +1095,8 @@ def _validation_loss(run: _Run) -> float:
     if run.phase in ("n2v", "n2n"):
         return vs.loss(run.tracked(), batch_size=batch)
     if run.phase == "sure":
-        return sure_validation_loss(run.tracked(), vs.originals, batch)
+        return sure_validation_loss(run.tracked(), vs.originals, batch,
+                                    noise=vs.noise if run.cfg.noise_per_frame else None)
     if run.phase == "teacher":
         return ValidationSet(vs.originals, vs.originals, vs.targets).loss(run.teacher, batch)
     return distillation_validation_loss(run.tracked(), run.teacher, vs.originals, batch)

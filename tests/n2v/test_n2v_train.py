@@ -560,6 +560,39 @@ def test_sky_variance_from_frames_is_the_noise_under_a_crowded_sky() -> None:
     assert TrainConfig(sky_variance=None).sky_noise_variance == 1.0
 
 
+def test_frame_noise_models_are_each_frames_own() -> None:
+    import pandas as pd
+
+    from pausdenoise.pipeline.stages.train import frame_noise_models, sky_variance_from_frames
+
+    ex = pd.DataFrame({"frame": ["a", "b", "c"], "gain": [2.0, 1.0, np.nan],
+                       "rdnoise": [4.0, 0.0, 5.0]})
+    stats = {"a": FrameStats(800.0, 40.0), "b": FrameStats(100.0, 20.0),
+             "c": FrameStats(0.0, 9.0)}
+    models = frame_noise_models(ex, stats)
+    assert set(models) == {"a", "b"}  # no gain: no model
+    assert models["a"].sky_variance == pytest.approx((800 / 2 + (4 / 2) ** 2) / 40**2)
+    assert models["a"].noise_scale == pytest.approx(80.0)
+    assert models["b"].sky_variance == pytest.approx(100 / 20**2)
+    assert sky_variance_from_frames(ex, stats) == pytest.approx(
+        np.median([m.sky_variance for m in models.values()]))
+
+
+def test_training_starts_from_given_weights() -> None:
+    noisy, _, mask = _noisy_frame()
+    frames = [(noisy, mask, frame_statistics(noisy, mask), "f0")]
+    cfg = _tiny_config(epochs=1, steps_per_epoch=2)
+    torch.manual_seed(123)
+    other = UNet(cfg.unet.to_unet_config()).state_dict()
+    _, fresh = train_n2v(frames, cfg, progress=False)
+    _, a = train_n2v(frames, cfg, progress=False, initial_state=other)
+    _, b = train_n2v(frames, cfg, progress=False, initial_state=other)
+    assert a.initial_val_loss == b.initial_val_loss != fresh.initial_val_loss
+    deeper = _tiny_config(unet=UNetSettings(depth=3, base_channels=4))
+    with pytest.raises(RuntimeError, match="state_dict"):
+        train_n2v(frames, deeper, progress=False, initial_state=other)
+
+
 def test_output_offset_is_refitted_after_training() -> None:
     """A deliberately offset network is found out by ``output_offset``, and training folds
     the refitted offset into the head so the held-out residual mean is ~0."""

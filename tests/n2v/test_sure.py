@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from pausdenoise.n2v.checkpoint import load_model
 from pausdenoise.n2v.normalise import denormalise, frame_statistics, normalise
-from pausdenoise.n2v.sure import sure_loss, sure_validation_loss
+from pausdenoise.n2v.patches import Frame, FrameNoise, PatchSampler, make_validation_set
+from pausdenoise.n2v.sure import noise_variance, sure_loss, sure_validation_loss
 from pausdenoise.n2v.train import TrainConfig, UNetSettings, train_n2v
 from pausdenoise.n2v.unet import UNet, predict_array
 
@@ -119,3 +120,75 @@ def test_sure_method_trains_a_plain_unet_that_denoises(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(predict_array(loaded, x), predict_array(model, x))
     assert meta["provenance"]["train_config"]["method"] == "sure"
+
+
+class UnitNoiseBlur(FixedFilter):
+    """A 3 × 3 box blur whose own noise model is wrong (variance 1 for every patch)."""
+
+
+def test_each_patch_takes_its_own_noise_model() -> None:
+    # two frames normalised by a spread that is not their noise: variances 0.25 and 4
+    s, y = _smooth(n=16)
+    var = torch.where(torch.arange(16).view(-1, 1, 1, 1) < 8, 0.25, 4.0)
+    y = s + (y - s) * var.sqrt()
+    f = UnitNoiseBlur(3)
+    good = torch.ones_like(y, dtype=torch.bool)
+    noise = torch.stack([var.view(-1), torch.full((16,), 1e9)], dim=1)
+    true = float(((f(y) - s).square() / var).mean())
+    gen = torch.Generator().manual_seed(1)
+    own = float(sure_loss(f, f, y, good, generator=gen, noise=noise))
+    assert own == pytest.approx(true, abs=0.05 + 0.03 * true)
+    # one model for all (the network's variance 1) misjudges the blur on both halves
+    gen = torch.Generator().manual_seed(1)
+    one = float(sure_loss(f, f, y, good, generator=gen))
+    assert abs(one - true) > 0.3
+    # a row of NaN falls back to the network's model
+    nan = noise.clone()
+    nan[8:] = float("nan")
+    v = noise_variance(f, torch.zeros_like(y), nan)
+    assert torch.all(v[:8] == 0.25) and torch.all(v[8:] == 1.0)
+
+
+def test_the_sampler_gives_each_patch_its_frame_noise_model() -> None:
+    noisy, _, mask = _frame()
+    stats = frame_statistics(noisy, mask)
+    plain = [Frame(noisy, mask, stats, "a"), Frame(noisy, mask, stats, "b")]
+    sampler = PatchSampler(plain, 32, seed=0)
+    assert sampler.noise_of(sampler.sample(4, return_sources=True)[2]) is None
+    frames = [Frame(noisy, mask, stats, "a", noise=FrameNoise(0.5, 100.0)),
+              Frame(noisy, mask, stats, "b")]
+    sampler = PatchSampler(frames, 32, seed=0)
+    _, _, src = sampler.sample(40, return_sources=True)
+    noise = sampler.noise_of(src).numpy()
+    own = np.array([k == 0 for k, _, _ in src])
+    assert own.any() and (~own).any()
+    np.testing.assert_array_equal(noise[own], [[0.5, 100.0]] * int(own.sum()))
+    assert np.isnan(noise[~own]).all()
+    val = make_validation_set(frames, 8, 32, seed=3)
+    assert val.noise is not None and val.noise.shape == (8, 2)
+
+
+def test_sure_training_uses_the_frames_noise_models_when_told_to() -> None:
+    noisy, _, mask = _frame()
+    stats = frame_statistics(noisy, mask)
+    cfg = TrainConfig(unet=UNetSettings(depth=1, base_channels=4, posterior="none"),
+                      method="sure", patch_size=32, batch_size=4, steps_per_epoch=2,
+                      epochs=1, validation_patches=8, device="cpu", num_threads=1,
+                      poisson_scale=1e6, sky_variance=100.0, noise_per_frame=True)
+
+    def history(noise: FrameNoise | None, **kw):
+        frames = [Frame(noisy, mask, stats, "f0", noise=noise)]
+        return train_n2v(frames, cfg.model_copy(update=kw), progress=False)[1]
+
+    network = history(None)
+    # a frame model equal to the network's changes nothing; another one changes the
+    # validation and the training losses, unless noise_per_frame is off
+    same = history(FrameNoise(100.0, 1e6))
+    own = history(FrameNoise((10.0 / stats.sigma) ** 2, 1e6))
+    off = history(FrameNoise((10.0 / stats.sigma) ** 2, 1e6), noise_per_frame=False)
+    assert same.initial_val_loss == network.initial_val_loss == off.initial_val_loss
+    assert same.train_loss == network.train_loss == off.train_loss
+    # the frame's true noise (far below the network's 100) makes the untrained network's
+    # kept noise count: its SURE per noise variance rises
+    assert own.initial_val_loss > network.initial_val_loss + 1.0
+    assert own.train_loss[0] > network.train_loss[0] + 1.0

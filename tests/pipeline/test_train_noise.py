@@ -12,10 +12,15 @@ from noise_frames import SKY_E, observe, scene_e, write_frame
 from pausdenoise import store as st
 from pausdenoise.config import PipelineConfig
 from pausdenoise.n2v.config import TrainConfig
+from pausdenoise.n2v.patches import Frame
 from pausdenoise.pipeline import runner
 from pausdenoise.pipeline.context import Context, frame_stats_table
 from pausdenoise.pipeline.stages import ingest as ingest_stage
-from pausdenoise.pipeline.stages.train import _noise_settings, noise_correlation_from_frames
+from pausdenoise.pipeline.stages.train import (
+    _noise_settings,
+    _own_noise,
+    noise_correlation_from_frames,
+)
 from pausdenoise.runstate import RunPaths, RunRecord
 
 GAIN, RN_E = 1.3, 6.0
@@ -181,3 +186,26 @@ def test_measured_correlation_on_crowded_frames_comes_with_a_warning():
     _, given = _noise_settings(TrainConfig(noise_correlation=(0.0, 0.0)), exposures, stats,
                                frames)
     assert "noise_correlation_warning" not in given
+
+
+def test_sure_takes_each_frames_noise_model_from_the_fitted_gains(headerless_run):
+    """``method: sure`` with ``noise_per_frame``: each frame keeps its own noise model from its
+    fitted gain, sky and σ, and the summary gives their span; other methods do not."""
+    _, out, summary = headerless_run
+    assert summary["train"]["sky_variance_per_frame"] is None  # method n2v
+    store = out / "store.zarr"
+    names = summary["train"]["train_frames"]
+    stats, _ = frame_stats_table(store, names)
+    exposures = st.exposure_table(store)
+    root = st.open_store(store, "r")
+    frames = [Frame(root[f"{st.FRAMES_GROUP}/{f}/image"], None, stats[f], f) for f in names]
+    sure = TrainConfig(method="sure", unet={"posterior": "none"}, noise_per_frame=True)
+    own, span = _own_noise(sure, frames, exposures, stats)
+    truth = {f: (SKY_E + RN_E**2) / GAIN**2 / stats[f].sigma ** 2 for f in names}
+    for f in own:
+        assert f.noise.sky_variance == pytest.approx(truth[f.name], rel=0.1)
+        assert f.noise.noise_scale == pytest.approx(GAIN * stats[f.name].sigma, rel=0.06)
+    assert span == [round(min(f.noise.sky_variance for f in own), 4),
+                    round(max(f.noise.sky_variance for f in own), 4)]
+    one = sure.model_copy(update={"noise_per_frame": False})
+    assert _own_noise(one, frames, exposures, stats) == (frames, None)

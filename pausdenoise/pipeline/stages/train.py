@@ -9,7 +9,11 @@ left unset in the configuration: ``train.poisson_scale`` from the frames' gains 
 fitted, see :func:`noise_scale_from_frames`), ``train.sky_variance`` from their gains and
 read noise (:func:`sky_variance_from_frames`) and ``train.noise_correlation`` (the median
 over the training frames of ``noise_corr_x``/``noise_corr_y``), which decides the structN2V
-axes and the blind-spot radius of the ``auto`` settings.
+axes and the blind-spot radius of the ``auto`` settings. With ``train.method: sure`` and
+``train.noise_per_frame: true`` each frame with a gain also keeps its own noise model
+(:func:`frame_noise_models`), which SURE uses for that frame's patches: on a crowded
+field the normalised noise differs from frame to frame, and the configured (or median)
+model is then only that of the frames without a gain.
 
 With ``train.method: n2n`` each training frame gets its Noise2Noise target first, the mean
 of its other training exposures matched to it (:mod:`pausdenoise.pipeline.n2n_targets`,
@@ -23,6 +27,7 @@ Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the en
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,13 +37,13 @@ from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.errors import StageError
 from pausdenoise.ingest.noise import gain_below_sky_bound
-from pausdenoise.n2v.patches import Frame
+from pausdenoise.n2v.patches import Frame, FrameNoise
 from pausdenoise.n2v.train import train_n2v
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
 from pausdenoise.pipeline.n2n_targets import attach_targets
 
-__all__ = ["noise_correlation_from_frames", "noise_scale_from_frames", "run",
-           "sky_variance_from_frames"]
+__all__ = ["frame_noise_models", "noise_correlation_from_frames", "noise_scale_from_frames",
+           "run", "sky_variance_from_frames"]
 
 
 def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
@@ -66,6 +71,35 @@ def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> f
     return float(np.median(values)) if values else None
 
 
+def frame_noise_models(exposures: pd.DataFrame, stats: dict[str, Any]) -> dict[str, FrameNoise]:
+    """Return each frame's noise model in its normalised units, where its gain is known.
+
+    ``sky_variance = (sky / gain + (read noise / gain)²) / σ²`` (sky the frame's clipped
+    median in ADU, gain in e⁻/ADU, read noise in e⁻, 0 when unknown, σ its robust spread
+    in ADU) and ``noise_scale = gain · σ`` (e⁻ per normalised unit).
+
+    Parameters
+    ----------
+    exposures : DataFrame
+        The store's exposure table (``frame``, ``gain`` and, where known, ``rdnoise``).
+    stats : dict of str to FrameStats
+        Frame → normalisation statistics (``sky`` and ``sigma`` in ADU).
+
+    Returns
+    -------
+    dict of str to FrameNoise
+        The frames with a finite positive gain.
+    """
+    rows = exposures.set_index("frame")
+    out = {}
+    for f, s in stats.items():
+        gain, rn_adu = rm.frame_noise(rows.loc[f]) if f in rows.index else (None, 0.0)
+        if gain is not None:
+            out[f] = FrameNoise((max(s.sky, 0.0) / gain + rn_adu**2) / s.sigma**2,
+                                gain * s.sigma)
+    return out
+
+
 def sky_variance_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
     """Return the median over frames of the sky + read-noise variance over σ².
 
@@ -86,12 +120,7 @@ def sky_variance_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> 
     float or None
         The median, or ``None`` when no frame has a finite positive gain.
     """
-    rows = exposures.set_index("frame")
-    values = []
-    for f, s in stats.items():
-        gain, rn_adu = rm.frame_noise(rows.loc[f]) if f in rows.index else (None, 0.0)
-        if gain is not None:
-            values.append((max(s.sky, 0.0) / gain + rn_adu**2) / s.sigma**2)
+    values = [m.sky_variance for m in frame_noise_models(exposures, stats).values()]
     return float(np.median(values)) if values else None
 
 
@@ -278,6 +307,26 @@ def _training_frames(ctx: Context, exposures: pd.DataFrame
     return frames, train_frames, held, stats, skipped
 
 
+def _own_noise(cfg: Any, frames: list[Frame], exposures: pd.DataFrame, stats: dict[str, Any]
+               ) -> tuple[list[Frame], list[float] | None]:
+    """Give each frame with a gain its own noise model (``method: sure``, ``noise_per_frame``).
+
+    Returns
+    -------
+    frames : list of Frame
+        The frames, with :attr:`~pausdenoise.n2v.patches.Frame.noise` where a gain is known.
+    span : list of float or None
+        The smallest and largest frame's ``sky_variance`` (normalised units²), or None
+        when the frames keep the network's one noise model.
+    """
+    if cfg.method != "sure" or not cfg.noise_per_frame:
+        return frames, None
+    models = frame_noise_models(exposures, stats)
+    frames = [replace(f, noise=models.get(f.name)) for f in frames]
+    own = [models[f.name].sky_variance for f in frames if f.name in models]
+    return frames, ([round(min(own), 4), round(max(own), 4)] if own else None)
+
+
 def _write_history(ctx: Context, history: Any) -> None:
     """``model/history.csv``: per epoch losses, learning rate and throughput."""
     hist = pd.DataFrame(
@@ -316,6 +365,7 @@ def run(ctx: Context) -> dict[str, Any]:
     exposures = st.exposure_table(ctx.store)
     frames, train_frames, held, stats, skipped = _training_frames(ctx, exposures)
     train_cfg, noise = _noise_settings(ctx.cfg.train, exposures, stats, train_frames)
+    frames, noise["sky_variance_per_frame"] = _own_noise(ctx.cfg.train, frames, exposures, stats)
     if noise.get("noise_correlation_warning"):
         print(f"train: warning: {noise['noise_correlation_warning']}")
     excluded: list[list[str]] = []
