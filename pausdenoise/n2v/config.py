@@ -243,6 +243,14 @@ class TrainConfig(BaseModel):
         "the training frames of (sky / gain + read noise²) / σ² (gain and read noise from "
         "the headers or fitted at ingest; 1 when no frame has a gain).",
     )
+    init_checkpoint: str | None = Field(
+        None,
+        description="Pipeline: start from the weights of this checkpoint (an earlier run's "
+        "model/n2v.safetensors, e.g. of another night, band or a simulated survey) instead of "
+        "a random initialisation, and train on this run's frames from there (fine-tuning). "
+        "Its network must have the architecture of train.unet (depth, channels, head; the "
+        "noise model may differ); its bytes enter the train fingerprint.",
+    )
     noise_per_frame: bool = Field(
         False,
         description="Method 'sure': each training frame with a gain keeps its own noise model "

@@ -117,8 +117,10 @@ def with_ingest_source(
     return PipelineConfig.model_validate(data)
 
 
-def _file_token(path: Path, what: str) -> list[str]:
+def _file_token(path: Path, what: str, setting: str | None = None) -> list[str]:
     """Digest a configured input file's bytes.
+
+    ``setting`` names the configuration key in the error (default ``input.<what>``).
 
     Returns
     -------
@@ -131,7 +133,7 @@ def _file_token(path: Path, what: str) -> list[str]:
         When the file does not exist.
     """
     if not Path(path).is_file():
-        raise ConfigError(f"input.{what} {path} not found (no such file)")
+        raise ConfigError(f"{setting or 'input.' + what} {path} not found (no such file)")
     return [what, file_sha256(path)]
 
 
@@ -191,7 +193,8 @@ def stage_fingerprints(
     per-frame noise measurements (a new one measures the stored frames again: the stage
     runs, its inner resume skips their pixels). Training chains only the
     ingest settings that change the pixels: new chunks, shards or compression rewrite the
-    store and the denoised arrays, not the model. Denoise reads the trained model
+    store and the denoised arrays, not the model; with ``train.init_checkpoint`` the bytes of
+    that file enter it too. Denoise reads the trained model
     (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
     digested. The reference catalogue enters the stages that read it (gan, photometry and
     through photometry compare, evaluate and report; denoise with
@@ -244,7 +247,10 @@ def stage_fingerprints(
                            *_input_files_token(cfg)],
         "train": lambda: (["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")]
                           + ([reference_settings(cfg.evaluate)] if cfg.train.method == "n2n"
-                             else [])),
+                             else [])
+                          + (_file_token(cfg.train.init_checkpoint, "init_checkpoint",
+                                         "train.init_checkpoint")
+                             if cfg.train.init_checkpoint is not None else [])),
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
         "catalogue": lambda: ((_file_token(cfg.input.catalogue, "catalogue")
@@ -650,8 +656,9 @@ def run(
     ConfigError
         Before any work, when a stage is unknown, train is asked for with
         ``input.checkpoint`` set, a configured input file (catalogue, checkpoint, the
-        ingest's zero-point table) is missing, or a stage that measures catalogue sources
-        is asked for where there is no catalogue.
+        ingest's zero-point table, ``train.init_checkpoint``) is missing,
+        ``train.init_checkpoint`` holds another network than ``train.unet``, or a stage
+        that measures catalogue sources is asked for where there is no catalogue.
     CatalogueError
         Before any work, when photometry, gan or a restoring denoise will read
         ``input.catalogue`` and it cannot be used (unreadable, a column missing, a value of
@@ -682,6 +689,8 @@ def run(
                   "positions of one frame")
     if "ingest" in chosen:
         _check_ingest_inputs(cfg)
+    if "train" in chosen and cfg.train.init_checkpoint is not None:
+        train.check_init_checkpoint(cfg.train)  # a wrong network fails now, not after ingest
     preflight(paths.out, estimate_bytes(cfg))
     result = RunResult(paths.out)
     with run_lock(paths):

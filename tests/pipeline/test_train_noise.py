@@ -209,3 +209,40 @@ def test_sure_takes_each_frames_noise_model_from_the_fitted_gains(headerless_run
                     round(max(f.noise.sky_variance for f in own), 4)]
     one = sure.model_copy(update={"noise_per_frame": False})
     assert _own_noise(one, frames, exposures, stats) == (frames, None)
+
+
+def test_training_starts_from_an_earlier_runs_checkpoint(headerless_run, tmp_path):
+    """``train.init_checkpoint``: the network starts from that file's weights (it begins
+    where that run ended, far below a fresh start), which the provenance and summary name
+    with their digest and the fingerprint follows; another network or a missing file is
+    refused before any work, naming the setting and the file."""
+    from pausdenoise.digest import file_sha256
+    from pausdenoise.errors import ConfigError
+    from pausdenoise.n2v.checkpoint import read_metadata
+
+    cfg, out, _ = headerless_run
+    first = RunPaths(out).checkpoint
+    tuned = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"init_checkpoint": str(first), "epochs": 2})})
+    # the same FITS frames, ingested into the new run
+    runner.run(tuned, tmp_path / "tuned", stages=["ingest", "train"])
+    tuned_train = RunRecord(RunPaths(tmp_path / "tuned")).stage("train")["summary"]
+    assert tuned_train["init_checkpoint"] == str(first.resolve())
+    assert tuned_train["init_checkpoint_sha256"] == file_sha256(first)
+    prov = read_metadata(RunPaths(tmp_path / "tuned").checkpoint)["provenance"]
+    assert prov["init_checkpoint_sha256"] == file_sha256(first)
+    old = read_metadata(first)["history"]
+    new = read_metadata(RunPaths(tmp_path / "tuned").checkpoint)["history"]
+    assert new["initial_val_loss"] < old["initial_val_loss"]
+    fp = runner.stage_fingerprints(tuned, ["train"])["train"]
+    assert fp != runner.stage_fingerprints(cfg, ["train"])["train"]
+    other = tuned.model_copy(update={"train": tuned.train.model_copy(
+        update={"unet": tuned.train.unet.model_copy(update={"base_channels": 8})})})
+    with pytest.raises(ConfigError, match=r"train.init_checkpoint .*base_channels 4 there, "
+                                          r"8 in train.unet"):
+        runner.run(other, tmp_path / "other", stages=["train"])
+    assert not (tmp_path / "other" / "model").exists()
+    gone = tuned.model_copy(update={"train": tuned.train.model_copy(
+        update={"init_checkpoint": str(tmp_path / "none.safetensors")})})
+    with pytest.raises(ConfigError, match=r"train\.init_checkpoint .*none\.safetensors not found"):
+        runner.run(gone, tmp_path / "gone", stages=["train"])

@@ -21,6 +21,10 @@ stored as the frame's ``n2n_target`` array); frames without one are skipped and 
 except those that ``train.n2n_max_seeing_ratio`` leaves without a reference: they are
 listed as ``excluded`` and do not make the run partial.
 
+With ``train.init_checkpoint`` the network starts from that checkpoint's weights
+(:func:`check_init_checkpoint` refuses, before any work, a file that is not a checkpoint or
+holds another architecture) and its path and digest enter the provenance.
+
 Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the end) and
 ``<run>/model/history.csv``.
 """
@@ -28,6 +32,7 @@ Writes ``<run>/model/n2v.safetensors`` (through a partial file renamed at the en
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,15 +40,22 @@ import pandas as pd
 
 from pausdenoise import reference_match as rm
 from pausdenoise import store as st
-from pausdenoise.errors import StageError
+from pausdenoise.digest import file_sha256
+from pausdenoise.errors import CheckpointError, ConfigError, StageError
 from pausdenoise.ingest.noise import gain_below_sky_bound
+from pausdenoise.n2v.checkpoint import load_checkpoint, read_metadata
 from pausdenoise.n2v.patches import Frame, FrameNoise
 from pausdenoise.n2v.train import train_n2v
+from pausdenoise.n2v.unet import UNetConfig
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
 from pausdenoise.pipeline.n2n_targets import attach_targets
 
-__all__ = ["frame_noise_models", "noise_correlation_from_frames", "noise_scale_from_frames",
-           "run", "sky_variance_from_frames"]
+__all__ = ["check_init_checkpoint", "frame_noise_models", "noise_correlation_from_frames",
+           "noise_scale_from_frames", "run", "sky_variance_from_frames"]
+
+#: The network settings that fix its weights' names and shapes (the noise model does not).
+ARCHITECTURE = ("depth", "base_channels", "n2v2", "batch_norm", "in_channels", "out_channels",
+                "posterior", "residual", "kernel_size")
 
 
 def noise_scale_from_frames(exposures: pd.DataFrame, stats: dict[str, Any]) -> float | None:
@@ -307,6 +319,71 @@ def _training_frames(ctx: Context, exposures: pd.DataFrame
     return frames, train_frames, held, stats, skipped
 
 
+def check_init_checkpoint(train_cfg: Any) -> dict[str, Any]:
+    """Check that ``train.init_checkpoint`` holds a network of ``train.unet``'s architecture.
+
+    Reads the checkpoint's metadata only (not its tensors).
+
+    Parameters
+    ----------
+    train_cfg : TrainConfig
+        The training settings (``init_checkpoint`` set).
+
+    Returns
+    -------
+    dict
+        The checkpoint's metadata (:func:`~pausdenoise.n2v.checkpoint.read_metadata`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the file: missing, not a checkpoint, or a network whose architecture
+        (:data:`ARCHITECTURE`) differs from ``train.unet``'s, with each difference.
+    """
+    path = Path(train_cfg.init_checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"train.init_checkpoint {path} not found (no such file)")
+    try:
+        meta = read_metadata(path)
+        have = UNetConfig(**meta["unet_config"])
+    except (CheckpointError, TypeError, ValueError) as exc:
+        raise ConfigError(f"train.init_checkpoint {path}: {exc}") from None
+    want = train_cfg.unet.to_unet_config()
+    diff = [f"{k} {getattr(have, k)!r} there, {getattr(want, k)!r} in train.unet"
+            for k in ARCHITECTURE if getattr(have, k) != getattr(want, k)]
+    if diff:
+        raise ConfigError(f"train.init_checkpoint {path}: another network than train.unet's "
+                          f"({'; '.join(diff)})")
+    return meta
+
+
+def _initial_state(train_cfg: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Load the weights of ``train.init_checkpoint`` (checked) and say where they came from.
+
+    Returns
+    -------
+    state : dict or None
+        The state dict, or None without ``init_checkpoint``.
+    provenance : dict
+        ``init_checkpoint`` (path) and ``init_checkpoint_sha256``, or empty.
+
+    Raises
+    ------
+    StageError
+        When the file cannot be used (:func:`check_init_checkpoint`, or corrupt tensors).
+    """
+    if train_cfg.init_checkpoint is None:
+        return None, {}
+    try:
+        check_init_checkpoint(train_cfg)
+        state, _ = load_checkpoint(train_cfg.init_checkpoint)
+    except (ConfigError, CheckpointError) as exc:
+        raise StageError(f"train: {exc}") from None
+    path = str(Path(train_cfg.init_checkpoint).resolve())
+    return state, {"init_checkpoint": path,
+                   "init_checkpoint_sha256": file_sha256(train_cfg.init_checkpoint)}
+
+
 def _own_noise(cfg: Any, frames: list[Frame], exposures: pd.DataFrame, stats: dict[str, Any]
                ) -> tuple[list[Frame], list[float] | None]:
     """Give each frame with a gain its own noise model (``method: sure``, ``noise_per_frame``).
@@ -378,6 +455,7 @@ def run(ctx: Context) -> dict[str, Any]:
                              f"target (method 'n2n'): {no_target}; excluded: {excluded}")
         train_frames = [f.name for f in frames]
         noise.update(targets)
+    initial_state, initial = _initial_state(train_cfg)
     ctx.paths.model_dir.mkdir(parents=True, exist_ok=True)
     tmp = ctx.paths.checkpoint.with_name(".n2v.partial.safetensors")
     _, history = train_n2v(
@@ -391,7 +469,9 @@ def run(ctx: Context) -> dict[str, Any]:
             "held_out_frames": held,
             "bands": sorted(exposures["band"].unique().tolist()),
             **noise,
+            **initial,
         },
+        initial_state=initial_state,
     )
     tmp.replace(ctx.paths.checkpoint)
     for side in tmp.parent.glob(".n2v.partial.*"):  # companion metadata, if any
@@ -412,4 +492,5 @@ def run(ctx: Context) -> dict[str, Any]:
         "skipped": [[f, r] for f, r in skipped.items()],
         "excluded": excluded,
         "partial": bool(skipped),
+        **initial,
     }
