@@ -41,11 +41,12 @@ from scipy import ndimage
 
 from pausdenoise import store as st
 from pausdenoise.config import load_config
+from pausdenoise.evaluate import reference_on_grid
 from pausdenoise.ingest.config import CosmicRayConfig
 from pausdenoise.ingest.cosmic_rays import detect_cosmic_rays
 from pausdenoise.maskbits import MaskBit
 from pausdenoise.psf import frame_psf
-from pausdenoise.register import measure_offset
+from pausdenoise.register import measure_offset, shift_wcs
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,6 +58,11 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 
 def registered_median(reference: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
     """The median of other exposures moved onto ``reference``'s grid by whole pixels.
+
+    Each is registered (:func:`~pausdenoise.register.measure_offset`) and brought to the
+    grid as the evaluate stage brings its references
+    (:func:`~pausdenoise.evaluate.reference_on_grid` with a whole-pixel
+    :func:`~pausdenoise.register.shift_wcs`: an exact copy, its sky subtracted).
 
     Parameters
     ----------
@@ -74,8 +80,10 @@ def registered_median(reference: np.ndarray, others: list[np.ndarray]) -> np.nda
     moved = []
     for img in others:
         off = measure_offset(reference, img)  # a star at (x, y) is at (x + dx, y + dy) there
-        moved.append(ndimage.shift(img.astype(np.float64), (-round(off.dy), -round(off.dx)),
-                                   order=0, cval=np.nan))
+        values, _ = reference_on_grid(img, None, None, shift_wcs(off.dx, off.dy,
+                                                                 round_to_pixel=True),
+                                      None, shift_wcs(), reference.shape, None, "shift")
+        moved.append(values)
     with warnings.catch_warnings():  # pixels no other exposure covers: NaN, as documented
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(moved, axis=0)

@@ -42,6 +42,16 @@ The simulation, per real exposure (its ingest attributes and its own pixels):
   taken out of the frame (:func:`small_scale_sigma`), so that the field's large-scale
   light is not counted as unresolved stars.
 
+The held-out simulated frames are scored three ways (:func:`sim_eval_sets`): by the
+estimator with references through the frame's own PSF, against their truth, and, with
+``--other-seeing``, by the estimator with references made as the real frames' are (other
+exposures' seeing, sub-pixel offsets, each matched to the frame by the evaluate stage's
+pixel kernel): how far the real-frame score can be from the truth's. With
+``--estimator-check`` nothing is trained: for each kind of reference of
+:data:`CHECK_VARIANTS` the raw frame's estimated MSE is compared with its true one and the
+best blur chosen by the truth and by the estimator (:func:`estimator_check`), written to
+``<out>/estimator-check.json`` and, with ``--append``, to RESULTS.md.
+
 With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
 whether the frames are noisier than their gain and read noise say). With ``--fine-tune
 M1,M2,…`` the network, after the last budget, is fine-tuned on the real training frames
@@ -90,6 +100,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_training_budget as tb  # noqa: E402  (a sibling script)
 
+from pausdenoise import reference_match as rm  # noqa: E402
 from pausdenoise import store as st  # noqa: E402
 from pausdenoise.config import load_config  # noqa: E402
 from pausdenoise.n2v.config import TrainConfig  # noqa: E402
@@ -202,8 +213,14 @@ def faint_fluxes(pop: Population, n: int, rng: np.random.Generator) -> np.ndarra
 
 
 def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, beta: float,
-                 shape: tuple[int, int]) -> np.ndarray:
+                 shape: tuple[int, int], offset: tuple[float, float] = (0.0, 0.0)
+                 ) -> np.ndarray:
     """Draw point sources through a circular Moffat PSF, integrated over the pixels.
+
+    The sources are placed on a grid :data:`OVERSAMPLE` times finer than the pixels (their
+    positions rounded to it) and the PSF is centred ``offset`` from each: two renders of
+    one list with different offsets differ by exactly that shift of every source, as two
+    exposures of a field registered to the nearest pixel do.
 
     Parameters
     ----------
@@ -218,6 +235,8 @@ def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, be
         Moffat β.
     shape : (int, int)
         Frame shape (ny, nx).
+    offset : (float, float)
+        (dx, dy) added to every position, px, not rounded.
 
     Returns
     -------
@@ -235,6 +254,7 @@ def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, be
     r = PSF_RADIUS * k
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1] / k
     alpha = float(moffat_fwhm_to_alpha(fwhm, beta))
+    xx, yy = xx - offset[0], yy - offset[1]
     psf = (1.0 + (xx * xx + yy * yy) / alpha ** 2) ** -beta
     img = fftconvolve(fine, psf / psf.sum(), mode="same")
     img = img.reshape(ny + 2 * PAD, k, nx + 2 * PAD, k).sum(axis=(1, 3))
@@ -263,11 +283,35 @@ def simulate(pop: Population, exp: Exposure, factor: float, shape: tuple[int, in
     ndarray
         The truth, ADU.
     """
+    x, y, f = draw_stars(pop, factor, shape, rng)
+    return render_stars(x, y, f, exp.fwhm, exp.beta, shape)
+
+
+def draw_stars(pop: Population, factor: float, shape: tuple[int, int],
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one field's stars: uniform positions, the population's fluxes.
+
+    Parameters
+    ----------
+    pop : Population
+        The stars.
+    factor : float
+        The factor on the faint stars' number.
+    shape : (int, int)
+        Frame shape (ny, nx).
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    x, y, flux : ndarray
+        0-based px (up to :data:`PAD` px outside the frame) and ADU.
+    """
     f = np.concatenate([faint_fluxes(pop, rng.poisson(pop.n_faint * factor), rng),
                         rng.choice(pop.bright, rng.poisson(len(pop.bright)))])
     x = rng.uniform(-PAD, shape[1] + PAD - 1, f.size)
     y = rng.uniform(-PAD, shape[0] + PAD - 1, f.size)
-    return render_stars(x, y, f, exp.fwhm, exp.beta, shape)
+    return x, y, f
 
 
 def observe(truth: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarray:
@@ -580,10 +624,32 @@ def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
     return out
 
 
-def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
-                    shape: tuple[int, int], rng: np.random.Generator,
-                    cosmic_rays: float = 0.0) -> list[tb.EvalFrame]:
-    """Held-out simulated frames, each with four more exposures as its references.
+def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
+                  shape: tuple[int, int], rng: np.random.Generator,
+                  cosmic_rays: float = 0.0, other_seeing: bool = False,
+                  choice: str = "random", shift: float = 0.5, same_psf: bool = False
+                  ) -> dict[str, list[tb.EvalFrame]]:
+    """Held-out simulated frames, scored against their truth and by the estimator.
+
+    :data:`SIM_EVAL` exposures, spread over ``exps``, each of its own simulated field. The
+    same noisy image of each is scored in every set, on the same pixel classes (the
+    ``"simulation"`` set's, from its references' mean) and the same good pixels:
+
+    * ``"simulation"``: the independent-exposure estimator with four more exposures of the
+      field *through the same PSF*, on the same pixel grid, their sky known exactly;
+    * ``"simulation, truth"``: the MSE against the noiseless field itself;
+    * with ``other_seeing``, ``"simulation, other seeing"``: the estimator with references
+      made as the real frames' are. Each of ``evaluate.references_to_read`` other exposures
+      (:func:`pick_references`) sees the field through its own PSF (``same_psf``: the
+      frame's), offset by a sub-pixel shift (uniform in ± ``shift`` px on each axis; 0.5:
+      what whole-pixel registration leaves), with its own sky, noise and saturation; its
+      sky is its clipped median, the frame's too, and the ``evaluate.max_references`` that
+      a ``evaluate.reference_kernel`` kernel fits best are kept
+      (:func:`~pausdenoise.reference_match.best_matched`), as for the real frames.
+
+    The gap between the first two sets is the estimator's own error when the references
+    hold the frame's truth; the third adds what the seeing, the sub-pixel position and the
+    kernel match of real references leave.
 
     Parameters
     ----------
@@ -599,28 +665,184 @@ def sim_eval_frames(pop: Population, exps: list[Exposure], factors: list[float],
         Random numbers.
     cosmic_rays : float
         Hits per 512² px in every exposure, the scored one and its references.
+    other_seeing : bool
+        Add the set with references of other seeing.
+    choice : {"random", "closest", "sharper"}
+        How its candidate references are chosen (:func:`pick_references`).
+    shift : float
+        Largest sub-pixel offset of its references, px.
+    same_psf : bool
+        Its references through the frame's own PSF instead of their exposures'.
 
     Returns
     -------
-    list of EvalFrame
-        Scored as the real frames (the independent-exposure estimator).
+    dict of str to list of EvalFrame
+        Set name → frames (the k-th frame of every set is the same image).
     """
     cfg = load_config(tb.CONFIGS["saao"]).evaluate
-    out = []
+    sets: dict[str, list[tb.EvalFrame]] = {"simulation": [], "simulation, truth": []}
+    if other_seeing:
+        sets["simulation, other seeing"] = []
     for j in np.linspace(0, len(exps) - 1, SIM_EVAL).round().astype(int).tolist():
-        truth = simulate(pop, exps[j], factors[j], shape, rng)
+        x, y, f = draw_stars(pop, factors[j], shape, rng)
+        truth = render_stars(x, y, f, exps[j].fwhm, exps[j].beta, shape)
+
+        def exposure(i: int, truth: np.ndarray = truth) -> np.ndarray:
+            noise = math.sqrt(noise_variance(0.0, exps[i]))
+            return add_cosmic_rays(observe(truth, exps[i], rng), cosmic_rays, noise, rng)
+
         good = truth + exps[j].sky < SATURATION
-        noise = math.sqrt(noise_variance(0.0, exps[j]))
-
-        def exposure(j: int = j, truth: np.ndarray = truth, noise: float = noise) -> np.ndarray:
-            return add_cosmic_rays(observe(truth, exps[j], rng), cosmic_rays, noise, rng)
-
-        refs = [np.where(good, exposure() - exps[j].sky, np.nan) for _ in range(4)]
-        fr = tb.independent_frame(f"sim{j}", exposure(), good, refs, cfg,
-                                  (~good).astype(np.uint8))
+        image = exposure(j)
+        exact = [np.where(good, exposure(j) - exps[j].sky, np.nan) for _ in range(4)]
+        others = []
+        if other_seeing:
+            for i in pick_references(exps, j, cfg.references_to_read, choice, rng):
+                dx, dy = rng.uniform(-shift, shift, 2)
+                psf = exps[j] if same_psf else exps[i]
+                t_i = render_stars(x, y, f, psf.fwhm, psf.beta, shape, offset=(dx, dy))
+                ok = t_i + exps[i].sky < SATURATION
+                obs = exposure(i, t_i)
+                sky_i = frame_statistics(obs, (~ok).astype(np.uint8)).sky
+                others.append(np.where(ok, obs - sky_i, np.nan))
+            sky = frame_statistics(image, (~good).astype(np.uint8)).sky
+            best = rm.best_matched(np.where(good, image - sky, np.nan), good, others,
+                                   cfg.max_references, sky=sky, gain=exps[j].gain,
+                                   read_noise_adu=exps[j].read_noise_adu,
+                                   half_width=cfg.reference_kernel)
+            others = [m.values for _, m in best]
+            good &= np.all([np.isfinite(r) for r in others], axis=0)
+            exact = [np.where(good, r, np.nan) for r in exact]
+        fr = tb.independent_frame(f"sim{j}", image, good, exact, cfg, (~good).astype(np.uint8))
         fr.sky = exps[j].sky  # the references' sky is the simulation's, known exactly
-        out.append(fr)
+        sets["simulation"].append(fr)
+        sets["simulation, truth"].append(dataclasses.replace(
+            fr, truth=truth + exps[j].sky, references=[]))
+        if other_seeing:
+            sets["simulation, other seeing"].append(dataclasses.replace(
+                fr, references=others, sky=sky))
+    return sets
+
+
+def pick_references(exps: list[Exposure], j: int, n: int, choice: str,
+                    rng: np.random.Generator) -> list[int]:
+    """Choose the candidate references of exposure ``j`` among the others.
+
+    Parameters
+    ----------
+    exps : list of Exposure
+        The exposures.
+    j : int
+        The scored one.
+    n : int
+        Candidates wanted (fewer when there are fewer others).
+    choice : {"random", "closest", "sharper"}
+        ``"random"``: any others; ``"closest"``: those of the nearest PSF FWHM;
+        ``"sharper"``: the nearest among those at most as broad as ``j``'s, then the
+        nearest broader ones.
+    rng : numpy.random.Generator
+        Random numbers.
+
+    Returns
+    -------
+    list of int
+        Indices into ``exps``.
+    """
+    others = [i for i in range(len(exps)) if i != j]
+    n = min(n, len(others))
+    if choice == "random":
+        return rng.choice(others, n, replace=False).tolist()
+    dist = {i: abs(exps[i].fwhm - exps[j].fwhm) for i in others}
+    if choice == "sharper":
+        return sorted(others, key=lambda i: (exps[i].fwhm > exps[j].fwhm, dist[i]))[:n]
+    if choice == "closest":
+        return sorted(others, key=lambda i: dist[i])[:n]
+    raise ValueError(f"unknown reference choice {choice!r}")
+
+
+#: The estimator check's kinds of references: (name, through the frame's own PSF, largest
+#: sub-pixel offset in px).
+CHECK_VARIANTS = (("frame's PSF, same grid", True, 0.0),
+                  ("frame's PSF, sub-pixel offsets", True, 0.5),
+                  ("other PSFs, same grid", False, 0.0),
+                  ("other PSFs, sub-pixel offsets", False, 0.5))
+
+
+def estimator_check(pop: Population, exps: list[Exposure], factors: list[float],
+                    shape: tuple[int, int], rng: np.random.Generator, core_level: float,
+                    choice: str = "random") -> list[dict[str, Any]]:
+    """Score the raw frames and the blurs by the estimator and against the truth.
+
+    For each of :data:`CHECK_VARIANTS`, :func:`sim_eval_sets` with references of other
+    seeing made that way, matched to the frame as the real frames' are; per scored pixel
+    class, the raw image's estimated MSE over its true one (1 where the references hold the
+    frame's truth) and the best Gaussian blur's gain (σ and gain chosen against the truth,
+    and by the estimator).
+
+    Parameters
+    ----------
+    pop : Population
+        The stars.
+    exps : list of Exposure
+        The exposures copied.
+    factors : list of float
+        Their faint stars' factors.
+    shape : (int, int)
+        Frame shape.
+    rng : numpy.random.Generator
+        Random numbers.
+    core_level : float
+        ADU of the references' mean above which a source pixel is a core.
+    choice : str
+        :func:`pick_references`' choice.
+
+    Returns
+    -------
+    list of dict
+        Per variant: ``variant``, ``raw_mse_ratio`` (class → ratio), ``blur_truth`` and
+        ``blur_estimated`` (:func:`~bench_training_budget.best_blur`'s per class).
+    """
+    out = []
+    for name, same, shift in CHECK_VARIANTS:
+        sets = sim_eval_sets(pop, exps, factors, shape, rng, other_seeing=True, choice=choice,
+                             shift=shift, same_psf=same)
+        split_sources(sets["simulation"], core_level)
+        truth, est = sets["simulation, truth"], sets["simulation, other seeing"]
+        raw = {w: tb.pool([tb.score_frame(f, {}) for f in frames]).set_index("pixel_class")
+               for w, frames in (("truth", truth), ("estimated", est))}
+        row = {"variant": name, "raw_mse_ratio": {
+            c: float(raw["estimated"].loc[c, "mse"] / raw["truth"].loc[c, "mse"])
+            for c in SCORED}}
+        row["blur_truth"] = tb.best_blur(truth, tb.BLUR_SIGMAS, SCORED)
+        row["blur_estimated"] = tb.best_blur(est, tb.BLUR_SIGMAS, SCORED)
+        print(f"{name}: raw MSE estimated / true " + ", ".join(
+            f"{c} {v:.2f}" for c, v in row["raw_mse_ratio"].items()), flush=True)
+        out.append(row)
     return out
+
+
+def render_check(rows: list[dict[str, Any]]) -> str:
+    """The RESULTS.md table of :func:`estimator_check`.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Its results.
+
+    Returns
+    -------
+    str
+        Markdown: per kind of reference, the raw MSE ratio and the best blur's gain by
+        the truth and by the estimator, per class.
+    """
+    head = " | ".join(f"{c}: raw MSE ratio, best blur (truth → estimated)" for c in SCORED)
+    lines = [f"| references | {head} |", "|---|" + "---|" * len(SCORED)]
+    for r in rows:
+        cells = " | ".join(
+            f"{r['raw_mse_ratio'][c]:.2f}, {r['blur_truth'][c]['gain']:.2f} "
+            f"(σ {r['blur_truth'][c]['sigma']:g}) → {r['blur_estimated'][c]['gain']:.2f} "
+            f"(σ {r['blur_estimated'][c]['sigma']:g})" for c in SCORED)
+        lines.append(f"| {r['variant']} | {cells} |")
+    return "\n".join(lines)
 
 
 def split_sources(frames: list[tb.EvalFrame], level: float) -> None:
@@ -659,6 +881,30 @@ def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
     net.eval()
     return tb._gains(tb.pool([tb.score_frame(f, {"net": tb.denoise(net, f)}) for f in frames]),
                      "net", SCORED)
+
+
+def score_sets(net: UNet, sets: dict[str, list[tb.EvalFrame]]) -> dict[str, dict[str, float]]:
+    """:func:`score` on every set of :func:`sim_eval_sets`, each image denoised once.
+
+    Parameters
+    ----------
+    net : UNet
+        The network (put in eval mode).
+    sets : dict of str to list of EvalFrame
+        Set name → frames; the k-th frame of every set holds the same image and pixels.
+
+    Returns
+    -------
+    dict
+        Set name → :func:`score`'s gains.
+    """
+    net.eval()
+    first = next(iter(sets.values()))
+    den = [tb.denoise(net, f) for f in first]
+    return {name: tb._gains(tb.pool([tb.score_frame(f, {"net": d})
+                                     for f, d in zip(frames, den, strict=True)]),
+                            "net", SCORED)
+            for name, frames in sets.items()}
 
 
 def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
@@ -735,7 +981,7 @@ def render(res: dict[str, Any]) -> str:
     """
     head = " | ".join(f"{c} gain" for c in SCORED)
     lines = [f"| scored on | estimate | steps | {head} |", "|---|---|---|" + "---|" * len(SCORED)]
-    for where in ("simulation", "real"):
+    for where in res["blur"]:
         blur = res["blur"][where]
         cells = " | ".join(f"{blur[c]['gain']:.2f} (σ {blur[c]['sigma']:g})" for c in SCORED)
         lines.append(f"| {where} | best blur | — | {cells} |")
@@ -754,6 +1000,34 @@ def render(res: dict[str, Any]) -> str:
         lines.append(f"| real | network, {last:g} min + SURE {b['minutes']:g} min | "
                      f"{b['epochs']} epochs | {cells} |")
     return "\n".join(lines)
+
+
+def _run_check(a: argparse.Namespace, argv: list[str] | None, pop: Population,
+               exps: list[Exposure], factors: list[float], shape: tuple[int, int],
+               rng: np.random.Generator, load0: tuple[float, float, float]) -> int:
+    """Run :func:`estimator_check`, write its JSON and (``--append``) its section.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    rows = estimator_check(pop, exps, factors, shape, rng, a.core_level, a.reference_choice)
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "estimator-check.json").write_text(json.dumps(
+        {"date": date, "choice": a.reference_choice, "rows": rows}, indent=1, default=float))
+    table = render_check(rows)
+    print(table)
+    if a.append:
+        cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
+        with open(a.results, "a") as fh:
+            fh.write(f"\n## The real-frame estimator checked on star fields matched to the "
+                     f"SAAO frames ({date})\n\n{platform.machine()}, {tb._cpu_name()}, "
+                     f"{os.cpu_count()} CPUs; load {load0[0]:.2f} at the start, "
+                     f"{os.getloadavg()[0]:.2f} at the end.\n\n```\n{cmd}\n```\n\n"
+                     f"{table}\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -782,6 +1056,16 @@ def main(argv: list[str] | None = None) -> int:
                    "read noise)")
     p.add_argument("--mesh", type=int, default=0,
                    help="match the frames' σ after a background on this mesh (px; 0: whole)")
+    p.add_argument("--other-seeing", action="store_true",
+                   help="score the simulated frames also with references of the other "
+                   "exposures' seeing and sub-pixel positions, matched as the real frames'")
+    p.add_argument("--reference-choice", default="random",
+                   choices=("random", "closest", "sharper"),
+                   help="how the references of other seeing are chosen (pick_references)")
+    p.add_argument("--estimator-check", action="store_true",
+                   help="no training: score the raw frames and blurs of the simulation by "
+                   "the estimator with each kind of reference (CHECK_VARIANTS) and against "
+                   "the truth")
     p.add_argument("--core-level", type=float, default=5000.0,
                    help="ADU of the references' mean above which a source pixel is a core")
     p.add_argument("--budgets", default="1,3,10", help="minutes, ascending")
@@ -814,11 +1098,14 @@ def main(argv: list[str] | None = None) -> int:
         factor, truth, stats = fit_factor(pop, e, shape, rng, mesh=a.mesh)
         frames.append(SimFrame(truth, e, stats, factor))
     sim_s = time.perf_counter() - t0
-    sims = sim_eval_frames(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays)
-    split_sources(sims, a.core_level)
+    if a.estimator_check:
+        return _run_check(a, argv, pop, exps, [f.factor for f in frames], shape, rng, load0)
+    sims = sim_eval_sets(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays,
+                         a.other_seeing, a.reference_choice)
+    split_sources(sims["simulation"], a.core_level)  # the classes every set shares
     split_sources(ds.frames, a.core_level)
     blur = {w: tb.best_blur(f, tb.BLUR_SIGMAS, SCORED)
-            for w, f in (("simulation", sims), ("real", ds.frames))}
+            for w, f in (*sims.items(), ("real", ds.frames))}
     precision = resolve_precision("auto", torch.device("cpu"))
     net = UNet(UNetConfig(depth=2, base_channels=32, batch_norm=False, residual=True))
     budgets = [float(b) for b in a.budgets.split(",")]
@@ -826,10 +1113,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_budget(seconds: float, steps: int) -> None:
         row = {"minutes": budgets[len(rows)], "seconds": seconds, "steps": steps,
-               "simulation": score(net, sims), "real": score(net, ds.frames)}
+               **score_sets(net, sims), "real": score(net, ds.frames)}
         print(f"{row['minutes']:g} min ({steps} steps): " + "; ".join(
             f"{w} " + ", ".join(f"{c} {row[w][f'{c}_gain']:.2f}" for c in SCORED)
-            for w in ("simulation", "real")), flush=True)
+            for w in blur), flush=True)
         rows.append(row)
 
     stats = train(frames, [60.0 * b for b in budgets], net, precision, rng, on_budget,
@@ -844,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
                "bright": len(pop.bright), "complete": a.complete_flux, "fmin": a.fmin,
                "slope": a.slope, "core_level": a.core_level, "mesh": a.mesh,
                "variance_factor": a.variance_factor,
-               "cosmic_rays": a.cosmic_rays},
+               "cosmic_rays": a.cosmic_rays, "other_seeing": a.other_seeing},
            "blur": blur, "budgets": rows, "training": stats, "fine_tune": fine,
            "fine_tune_lr": a.fine_tune_lr,
            "load": [list(load0), list(os.getloadavg())]}
@@ -856,6 +1143,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
         with open(a.results, "a") as fh:
             extra = ", with cosmic rays" if a.cosmic_rays else ""
+            extra += ", references of other seeing" if a.other_seeing else ""
             fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames"
                      f"{extra} ({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
                      f"threads; load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "

@@ -41,6 +41,26 @@ def test_a_star_lands_at_its_position_with_its_flux(ms):
     assert 0 < out.sum() < 0.05e4
 
 
+def test_an_offset_moves_every_star_by_exactly_that_shift(ms):
+    rng = np.random.default_rng(3)
+    x, y = rng.uniform(10, 86, 12), rng.uniform(10, 86, 12)
+    flux = 10 ** rng.uniform(3, 4, 12)
+    base = ms.render_stars(x, y, flux, 3.5, 2.9, (96, 96))
+    # a whole pixel: the same image one column over, every star alike
+    moved = ms.render_stars(x, y, flux, 3.5, 2.9, (96, 96), offset=(1.0, 0.0))
+    np.testing.assert_allclose(moved[:, 1:], base[:, :-1], atol=1e-4 * base.max())  # PSF cut
+    # a fraction of a pixel, not rounded to the fine grid
+    one = ms.render_stars(np.array([31.9]), np.array([32.0]), np.array([1e4]), 3.5, 2.9,
+                          (64, 64))
+    off = ms.render_stars(np.array([31.9]), np.array([32.0]), np.array([1e4]), 3.5, 2.9,
+                          (64, 64), offset=(0.3, -0.2))
+    yy, xx = np.mgrid[:64, :64]
+    assert (off * xx).sum() / off.sum() - (one * xx).sum() / one.sum() == pytest.approx(
+        0.3, abs=0.01)
+    assert (off * yy).sum() / off.sum() - (one * yy).sum() / one.sum() == pytest.approx(
+        -0.2, abs=0.01)
+
+
 def test_faint_stars_follow_the_power_law(ms):
     rng = np.random.default_rng(0)
     bright = 10 ** rng.uniform(4, 5, 300)  # flat in log F above 10^4
@@ -163,3 +183,50 @@ def test_the_variance_factor_scales_the_simulated_noise(ms):
     wider = ms.noise_variance(np.array([0.0, 100.0]),
                               ms.dataclasses.replace(exp, variance_factor=1.5))
     np.testing.assert_allclose(wider, 1.5 * base)
+
+
+def test_simulated_frames_are_scored_against_truth_and_by_both_estimators(ms):
+    rng = np.random.default_rng(7)
+    pop = ms.population(10 ** rng.uniform(4, 4.5, 4), 1e4, 200.0, 0.5)
+    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    sets = ms.sim_eval_sets(pop, exps, [0.2] * 5, (96, 96), rng, other_seeing=True)
+    assert list(sets) == ["simulation", "simulation, truth", "simulation, other seeing"]
+    exact, truth, other = (sets[k] for k in sets)
+    assert len(exact) == ms.SIM_EVAL
+    noise_var = 900.0 / 1.9 + 2.6 ** 2
+    for e, t, o in zip(exact, truth, other, strict=True):
+        assert e.image is t.image is o.image and e.classes is t.classes is o.classes
+        assert np.array_equal(e.good, o.good) and t.references == []
+        assert len(e.references) == 4 and len(o.references) == 4
+    mse, counts = {}, []
+    for name, frames in sets.items():
+        raw = ms.tb.pool([ms.tb.score_frame(f, {}) for f in frames]).set_index("pixel_class")
+        counts.append(raw["n_pixels"].tolist())
+        mse[name] = raw["mse"]
+        # the raw image's error on this sparse field's sky pixels is its noise, every way
+        assert mse[name]["sky"] == pytest.approx(noise_var, rel=0.1)
+    assert counts[0] == counts[1] == counts[2]  # the same pixels scored in every set
+    # with exact references the estimator finds the source pixels' error against the truth
+    assert mse["simulation"]["source"] == pytest.approx(mse["simulation, truth"]["source"],
+                                                        rel=0.15)
+    # references through other PSFs, matched by a kernel, leave some of their mismatch there
+    assert mse["simulation, other seeing"]["source"] > 1.5 * mse["simulation, truth"]["source"]
+
+
+def test_the_estimator_check_finds_what_other_psfs_leave_in_star_cores(ms):
+    rng = np.random.default_rng(8)
+    pop = ms.population(10 ** rng.uniform(4, 4.7, 6), 1e4, 200.0, 0.5)
+    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    rows = ms.estimator_check(pop, exps, [0.2] * 5, (96, 96), rng, 500.0)
+    assert [r["variant"] for r in rows] == [v[0] for v in ms.CHECK_VARIANTS]
+    ratio = [r["raw_mse_ratio"] for r in rows]
+    # on this sparse field's sky every kind of matched reference holds the frame's truth
+    assert all(r["sky"] == pytest.approx(1.0, abs=0.1) for r in ratio)
+    # in the cores the kernel match leaves light even for the frame's own PSF, and more
+    # for the other exposures' PSFs
+    assert ratio[0]["core"] > 2.0
+    assert ratio[2]["core"] > 1.3 * ratio[0]["core"] and ratio[3]["core"] > 1.3 * ratio[1]["core"]
+    for r in rows:
+        assert set(r["blur_truth"]) == set(ms.SCORED) == set(r["blur_estimated"])
+    table = ms.render_check(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| frame's PSF, same grid | ")

@@ -88,19 +88,18 @@ class CosmicRayResult:
     iterations: int
 
 
-def _fill(image: np.ndarray, bad: np.ndarray) -> np.ndarray:
+def _fill(image: np.ndarray, bad: np.ndarray, fallback: float) -> np.ndarray:
     """Replace ``bad`` pixels by the 5 × 5 median of the good ones around them.
 
     Returns
     -------
     ndarray of float64
-        A new array; a bad pixel with no good one within 5 × 5 takes the frame's median.
+        A new array; a bad pixel with no good one within 5 × 5 takes ``fallback`` (the
+        frame's median, ADU).
     """
     out = image.astype(np.float64, copy=True)
     if not bad.any():
         return out
-    good_values = out[~bad]
-    fallback = float(np.median(good_values)) if good_values.size else 0.0
     out[bad] = np.nan
     med = _nan_median5(out)
     fill = np.where(np.isfinite(med), med, fallback)
@@ -338,14 +337,15 @@ def detect_cosmic_rays(
     hits = np.zeros(image.shape, dtype=bool)
     if bad.all():  # a masked-out frame: nothing to search
         return CosmicRayResult(hits, 0, 0, 0)
-    work = _fill(image, bad)
+    fallback = float(np.median(image[~bad]))  # for the filled pixels without good neighbours
+    work = _fill(image, bad, fallback)
     new = _pass(work, gain, read_noise_e, config, k) & ~bad
     done = 1
     while new.any():
         hits |= new
         if done == config.iterations:
             break
-        work = _fill(image, bad | hits)
+        work = _fill(image, bad | hits, fallback)
         new = _pass_near(work, new, gain, read_noise_e, config, k) & ~bad & ~hits
         done += 1
     n_hits = int(ndimage.label(hits, structure=_SQUARE)[1])

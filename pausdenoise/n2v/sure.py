@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import torch
 
+from pausdenoise.n2v.unet import poisson_noise_variance
+
 __all__ = ["DEFAULT_EPSILON", "VALIDATION_SEED", "noise_variance", "sure_loss",
            "sure_validation_loss"]
 
@@ -116,8 +118,7 @@ def noise_variance(model: torch.nn.Module, signal: torch.Tensor,
     if noise is None:
         return v
     nz = noise.to(device=signal.device, dtype=signal.dtype)
-    sky, scale = nz[:, 0].view(-1, 1, 1, 1), nz[:, 1].view(-1, 1, 1, 1)
-    own = sky + signal.clamp(min=0.0) / scale
+    own = poisson_noise_variance(signal, nz[:, 0].view(-1, 1, 1, 1), nz[:, 1].view(-1, 1, 1, 1))
     return torch.where(torch.isfinite(own), own, v)
 
 

@@ -37,6 +37,30 @@ KERNEL_CENTRE_INIT = 4.0
 """Initial extra logit of a predicted kernel's centre tap (9 × 9: ~40 % of the weight)."""
 
 
+def poisson_noise_variance(signal: torch.Tensor, sky_variance: float | torch.Tensor,
+                           noise_scale: float | torch.Tensor) -> torch.Tensor:
+    """Return the noise variance of pixels ``signal`` σ above the sky: sky plus Poisson.
+
+    ``sky_variance + max(signal, 0) / noise_scale``, all in the frame's normalised units.
+
+    Parameters
+    ----------
+    signal : Tensor
+        Source signal above the sky, normalised units.
+    sky_variance : float or Tensor
+        Sky and read-noise variance, normalised units² (1 where σ is the noise); a tensor
+        broadcast against ``signal`` (e.g. one per patch, ``(n, 1, 1, 1)``).
+    noise_scale : float or Tensor
+        Gain × σ: electrons per normalised unit (broadcast as ``sky_variance``).
+
+    Returns
+    -------
+    Tensor
+        The variance, normalised units squared.
+    """
+    return sky_variance + signal.clamp(min=0.0) / noise_scale
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture of the U-Net.
@@ -347,7 +371,7 @@ class UNet(nn.Module):
         Tensor
             The variance, normalised units squared.
         """
-        return self.config.sky_variance + signal.clamp(min=0.0) / self.config.noise_scale
+        return poisson_noise_variance(signal, self.config.sky_variance, self.config.noise_scale)
 
     def infer(self, x: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
         """Denoised image of ``x`` (normalised units; ``H, W`` multiples of ``2**depth``).

@@ -119,7 +119,8 @@ def test_later_passes_near_the_hits_equal_passes_over_the_whole_frame():
     bad = np.zeros(image.shape, dtype=bool)
     full = np.zeros(image.shape, dtype=bool)
     for _ in range(config.iterations):
-        new = cr._pass(cr._fill(image, bad | full), GAIN, RN_E, config, k) & ~full
+        new = cr._pass(cr._fill(image, bad | full, float(np.median(image))), GAIN, RN_E, config,
+                       k) & ~full
         if not new.any():
             break
         full |= new
