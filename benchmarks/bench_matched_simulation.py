@@ -105,7 +105,7 @@ from pausdenoise import store as st  # noqa: E402
 from pausdenoise.config import load_config  # noqa: E402
 from pausdenoise.n2v.config import TrainConfig  # noqa: E402
 from pausdenoise.n2v.normalise import FrameStats, frame_statistics  # noqa: E402
-from pausdenoise.n2v.patches import split_regions  # noqa: E402
+from pausdenoise.n2v.patches import Frame, split_regions  # noqa: E402
 from pausdenoise.n2v.precision import resolve_precision  # noqa: E402
 from pausdenoise.n2v.train import calibrate_offset, train_n2v  # noqa: E402
 from pausdenoise.n2v.unet import UNet, UNetConfig  # noqa: E402
@@ -941,11 +941,29 @@ def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
                      base_channels=net.config.base_channels)
     d["learning_rate"] = lr
     cfg = TrainConfig.model_validate(d)
-    snaps = tb.BudgetSnapshots([60.0 * b for b in budgets_min])
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     print(f"fine-tuning with SURE up to {max(budgets_min):g} min", flush=True)
-    model, history = train_n2v(ds.train, cfg, progress=False, on_epoch_end=snaps,
-                               initial_state=state)
+    return _trained_budgets(ds.train, cfg, budgets_min, state,
+                            lambda m: {"real": score(m, ds.frames)})
+
+
+def _trained_budgets(frames: list[Any], cfg: TrainConfig, budgets_min: list[float],
+                     initial_state: dict[str, torch.Tensor] | None,
+                     scorer: Any) -> list[dict[str, Any]]:
+    """Train with the pipeline's :func:`~pausdenoise.n2v.train.train_n2v`; score each budget.
+
+    Each budget's snapshot gets its output offset refitted on the training frames'
+    validation regions (as ``bench_training_budget.py`` does) and is scored by ``scorer``.
+
+    Returns
+    -------
+    list of dict
+        Per budget: ``minutes``, ``seconds``, ``epochs``, ``output_offset_sigma``,
+        ``patches_per_second`` and ``scorer``'s entries (``status`` if not reached).
+    """
+    snaps = tb.BudgetSnapshots([60.0 * b for b in budgets_min])
+    model, history = train_n2v(frames, cfg, progress=False, on_epoch_end=snaps,
+                               initial_state=initial_state)
     out = []
     for b in budgets_min:
         snap = snaps.taken.get(60.0 * b)
@@ -955,15 +973,68 @@ def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
         tuned = copy.deepcopy(model)
         tuned.load_state_dict(snap.state)
         tuned.eval()
-        _, regions = split_regions(ds.train, cfg.validation_fraction, cfg.patch_size)
-        offset = calibrate_offset(tuned, cfg, ds.train, regions)
+        _, regions = split_regions(frames, cfg.validation_fraction, cfg.patch_size)
+        offset = calibrate_offset(tuned, cfg, frames, regions)
         row = {"minutes": b, "seconds": snap.seconds, "epochs": snap.epochs,
-               "output_offset_sigma": float(offset), "real": score(tuned, ds.frames),
-               "patches_per_second": float(np.median(history.patches_per_second))}
-        print(f"fine-tuned {b:g} min: " + ", ".join(
-            f"{c} {row['real'][f'{c}_gain']:.2f}" for c in SCORED), flush=True)
+               "output_offset_sigma": float(offset),
+               "patches_per_second": float(np.median(history.patches_per_second)),
+               **scorer(tuned)}
+        print(f"{b:g} min of SURE: " + "; ".join(
+            f"{w} " + ", ".join(f"{c} {g[f'{c}_gain']:.2f}" for c in SCORED)
+            for w, g in row.items() if isinstance(g, dict)), flush=True)
         out.append(row)
     return out
+
+
+def sure_on_simulation(ds: tb.DataSet, frames: list[SimFrame], budgets_min: list[float],
+                       threads: int, rng: np.random.Generator,
+                       sets: dict[str, list[tb.EvalFrame]]) -> list[dict[str, Any]]:
+    """Train the ``sure`` option on one noisy exposure of each simulated field; score it.
+
+    Self-supervised, as on real frames: each training field is observed once (its
+    exposure's sky, gain and read noise; saturated pixels masked), the noise model is the
+    simulation's own (median over the fields of ``(sky / gain + read noise²) / σ²`` and
+    ``gain · σ``), and the pipeline's ``train.method: sure`` (the ``sure`` option of
+    ``bench_training_budget.py``: its network, learning rate and schedule) trains on them.
+    Each budget is scored on the held-out simulated sets: against the truth and by the
+    estimators.
+
+    Parameters
+    ----------
+    ds : DataSet
+        The SAAO data set (its training configuration).
+    frames : list of SimFrame
+        The simulated training fields.
+    budgets_min : list of float
+        Budgets, minutes, ascending.
+    threads : int
+        Torch threads.
+    rng : numpy.random.Generator
+        Random numbers (the noise).
+    sets : dict of str to list of EvalFrame
+        :func:`sim_eval_sets`.
+
+    Returns
+    -------
+    list of dict
+        Per budget: as :func:`fine_tune`, the gains under each set's name.
+    """
+    train_frames, sky_var, scale = [], [], []
+    for k, sf in enumerate(frames):
+        e = sf.exposure
+        image = observe(sf.truth, e, rng)
+        mask = (sf.truth + e.sky >= SATURATION).astype(np.uint8)
+        stats = frame_statistics(image, mask)
+        train_frames.append(Frame(image, mask, stats, f"sim{k:02d}"))
+        sky_var.append((e.sky / e.gain + e.read_noise_adu ** 2) / stats.sigma ** 2)
+        scale.append(e.gain * stats.sigma)
+    cfg = tb.option_config(ds.train_cfg, "sure", max(budgets_min), threads,
+                           float(np.median(sky_var)))
+    cfg = cfg.model_copy(update={"sky_variance": float(np.median(sky_var)),
+                                 "poisson_scale": float(np.median(scale))})
+    print(f"SURE on the simulated fields up to {max(budgets_min):g} min", flush=True)
+    return _trained_budgets(train_frames, cfg, budgets_min, None,
+                            lambda m: score_sets(m, sets))
 
 
 def render(res: dict[str, Any]) -> str:
@@ -981,24 +1052,27 @@ def render(res: dict[str, Any]) -> str:
     """
     head = " | ".join(f"{c} gain" for c in SCORED)
     lines = [f"| scored on | estimate | steps | {head} |", "|---|---|---|" + "---|" * len(SCORED)]
+
+    def cells(g: dict[str, float], blur: dict[str, Any]) -> str:
+        return " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
+                          f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
+
     for where in res["blur"]:
         blur = res["blur"][where]
-        cells = " | ".join(f"{blur[c]['gain']:.2f} (σ {blur[c]['sigma']:g})" for c in SCORED)
-        lines.append(f"| {where} | best blur | — | {cells} |")
+        best = " | ".join(f"{blur[c]['gain']:.2f} (σ {blur[c]['sigma']:g})" for c in SCORED)
+        lines.append(f"| {where} | best blur | — | {best} |")
         for b in res["budgets"]:
-            g = b[where]
-            cells = " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
-                               f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
-            lines.append(f"| {where} | network, {b['minutes']:g} min | {b['steps']} | {cells} |")
+            lines.append(f"| {where} | network, {b['minutes']:g} min | {b['steps']} | "
+                         f"{cells(b[where], blur)} |")
+        for b in res.get("sure_on_simulation", []):
+            if where in b:
+                lines.append(f"| {where} | SURE on the simulation, {b['minutes']:g} min | "
+                             f"{b['epochs']} epochs | {cells(b[where], blur)} |")
     blur, last = res["blur"]["real"], res["budgets"][-1]["minutes"] if res["budgets"] else 0
     for b in res.get("fine_tune", []):
-        if "real" not in b:
-            continue
-        g = b["real"]
-        cells = " | ".join(f"{g[f'{c}_gain']:.2f} ± {g[f'{c}_gain_se']:.2f} "
-                           f"({g[f'{c}_gain'] / blur[c]['gain']:.2f} ×)" for c in SCORED)
-        lines.append(f"| real | network, {last:g} min + SURE {b['minutes']:g} min | "
-                     f"{b['epochs']} epochs | {cells} |")
+        if "real" in b:
+            lines.append(f"| real | network, {last:g} min + SURE {b['minutes']:g} min | "
+                         f"{b['epochs']} epochs | {cells(b['real'], blur)} |")
     return "\n".join(lines)
 
 
@@ -1073,6 +1147,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="minutes, ascending: after the last budget, fine-tune the network on "
                    "the real training frames with SURE (train.method: sure) and score it at "
                    "each of these fine-tuning budgets")
+    p.add_argument("--sure-budgets", default="",
+                   help="minutes, ascending: also train the pipeline's SURE (train.method: "
+                   "sure) on one noisy exposure of each simulated field and score it on the "
+                   "simulated frames at these budgets")
     p.add_argument("--fine-tune-lr", type=float, default=3e-4,
                    help="the fine-tuning's initial learning rate")
     p.add_argument("--threads", type=int, default=2)
@@ -1123,6 +1201,8 @@ def main(argv: list[str] | None = None) -> int:
                   cosmic_rays=a.cosmic_rays)
     fine = (fine_tune(ds, net, [float(b) for b in a.fine_tune.split(",")], a.threads,
                       a.fine_tune_lr) if a.fine_tune else [])
+    sure = (sure_on_simulation(ds, frames, [float(b) for b in a.sure_budgets.split(",")],
+                               a.threads, rng, sims) if a.sure_budgets else [])
     res = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": f"{platform.machine()}, {tb._cpu_name()}, {os.cpu_count()} CPUs",
            "precision": precision, "threads": a.threads, "simulation_seconds": sim_s,
@@ -1133,6 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
                "variance_factor": a.variance_factor,
                "cosmic_rays": a.cosmic_rays, "other_seeing": a.other_seeing},
            "blur": blur, "budgets": rows, "training": stats, "fine_tune": fine,
+           "sure_on_simulation": sure,
            "fine_tune_lr": a.fine_tune_lr,
            "load": [list(load0), list(os.getloadavg())]}
     a.out.mkdir(parents=True, exist_ok=True)

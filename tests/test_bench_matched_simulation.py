@@ -230,3 +230,30 @@ def test_the_estimator_check_finds_what_other_psfs_leave_in_star_cores(ms):
         assert set(r["blur_truth"]) == set(ms.SCORED) == set(r["blur_estimated"])
     table = ms.render_check(rows).splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("| frame's PSF, same grid | ")
+
+
+def test_sure_trained_on_the_simulated_fields_is_scored_on_every_set(ms, monkeypatch):
+    from pausdenoise.config import load_config
+
+    monkeypatch.setattr(ms.tb, "STEPS_PER_EPOCH", 2)  # a short epoch: budgets end quickly
+    monkeypatch.setattr(ms.tb, "VALIDATION_PATCHES", 8)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(9)
+    pop = ms.population(10 ** rng.uniform(4, 4.5, 4), 1e4, 200.0, 0.5)
+    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    frames = []
+    for e in exps[:2]:
+        truth = ms.simulate(pop, e, 0.2, (128, 128), rng)
+        frames.append(ms.SimFrame(truth, e, ms.frame_statistics(ms.observe(truth, e, rng)), 0.2))
+    sets = ms.sim_eval_sets(pop, exps, [0.2] * 5, (96, 96), rng)
+    ds = SimpleNamespace(train_cfg=load_config(ms.tb.CONFIGS["saao"]).train)
+    rows = ms.sure_on_simulation(ds, frames, [0.01, 0.02], 1, rng, sets)
+    assert [r["minutes"] for r in rows] == [0.01, 0.02]
+    for r in rows:
+        assert r["epochs"] >= 1 and r["seconds"] >= 0.6
+        for name in sets:
+            assert np.isfinite(r[name]["sky_gain"]) and r[name]["sky_gain"] > 0
+    res = {"blur": {n: {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}
+                    for n in (*sets, "real")},
+           "budgets": [], "sure_on_simulation": rows}
+    assert ms.render(res).count("SURE on the simulation, 0.01 min") == len(sets)
