@@ -50,7 +50,10 @@ pixel kernel): how far the real-frame score can be from the truth's. With
 ``--estimator-check`` nothing is trained: for each kind of reference of
 :data:`CHECK_VARIANTS` the raw frame's estimated MSE is compared with its true one and the
 best blur chosen by the truth and by the estimator (:func:`estimator_check`), written to
-``<out>/estimator-check.json`` and, with ``--append``, to RESULTS.md.
+``<out>/estimator-check.json`` and, with ``--append``, to RESULTS.md. With
+``--sure-budgets M1,M2,…`` the pipeline's SURE is also trained, self-supervised, on one
+noisy exposure of each simulated field and scored on the same sets
+(:func:`sure_on_simulation`).
 
 With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
 whether the frames are noisier than their gain and read noise say). With ``--fine-tune
