@@ -33,8 +33,8 @@ test (``tests/test_reference_match.py``) sky-pixel estimates of the raw image an
 the truth, but the blur's source-pixel MSE about a quarter low: source-pixel scores of
 smoothing estimates stay indicative. On a crowded field with bright stars it is worse: on
 star fields matched to the SAAO exposures even references through the frame's own PSF on
-its own grid put the raw frame's source-pixel MSE at 3 × its truth (the kernel, fitted
-mostly on faint pixels, blurs the cores), while the sky stays within 5 %
+its own grid put the raw frame's source-pixel MSE at 3 × its truth (the smoothing kernel
+blurs the cores), while the sky stays within 5 %
 (``benchmarks/bench_matched_simulation.py --estimator-check``). Where the PSFs are known,
 :func:`psf_matched` avoids the shrinkage: it keeps the fit's shift and plane and takes the
 kernel's shape from the two PSF models and its sum from sums over bright pixels.
