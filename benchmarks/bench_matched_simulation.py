@@ -881,9 +881,7 @@ def score(net: UNet, frames: list[tb.EvalFrame]) -> dict[str, float]:
     dict
         ``<class>_gain``, ``<class>_gain_se`` (and MSEs) for :data:`SCORED`.
     """
-    net.eval()
-    return tb._gains(tb.pool([tb.score_frame(f, {"net": tb.denoise(net, f)}) for f in frames]),
-                     "net", SCORED)
+    return score_sets(net, {"frames": frames})["frames"]
 
 
 def score_sets(net: UNet, sets: dict[str, list[tb.EvalFrame]]) -> dict[str, dict[str, float]]:
@@ -1032,9 +1030,8 @@ def sure_on_simulation(ds: tb.DataSet, frames: list[SimFrame], budgets_min: list
         sky_var.append((e.sky / e.gain + e.read_noise_adu ** 2) / stats.sigma ** 2)
         scale.append(e.gain * stats.sigma)
     cfg = tb.option_config(ds.train_cfg, "sure", max(budgets_min), threads,
-                           float(np.median(sky_var)))
-    cfg = cfg.model_copy(update={"sky_variance": float(np.median(sky_var)),
-                                 "poisson_scale": float(np.median(scale))})
+                           float(np.median(sky_var)))  # the option leaves sky_variance unset
+    cfg = cfg.model_copy(update={"poisson_scale": float(np.median(scale))})
     print(f"SURE on the simulated fields up to {max(budgets_min):g} min", flush=True)
     return _trained_budgets(train_frames, cfg, budgets_min, None,
                             lambda m: score_sets(m, sets))

@@ -27,6 +27,11 @@ def ms(monkeypatch):
     return bench_matched_simulation
 
 
+def _seeing_series(ms):
+    """Five exposures of one sky, gain and read noise, FWHM 3 to 5 px."""
+    return [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+
+
 def test_a_star_lands_at_its_position_with_its_flux(ms):
     img = ms.render_stars(np.array([40.3]), np.array([25.0]), np.array([1e4]), 3.8, 2.9,
                           (64, 96))
@@ -122,11 +127,16 @@ def test_source_pixels_split_at_the_core_level(ms):
     assert f.classes["core"].tolist() == [[False, False, True]]  # mean 5100
 
 
-def test_the_table_gives_each_class_against_its_best_blur(ms):
-    blur = {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}
+def _blur_and_network(ms):
+    """Gains of a best blur (2.0 at σ 0.75) and a network (3.0 ± 0.1) in every class."""
     net = {}
     for c in ms.SCORED:
         net[f"{c}_gain"], net[f"{c}_gain_se"] = 3.0, 0.1
+    return {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}, net
+
+
+def test_the_table_gives_each_class_against_its_best_blur(ms):
+    blur, net = _blur_and_network(ms)
     res = {"blur": {"simulation": blur, "real": blur},
            "budgets": [{"minutes": 1.0, "steps": 10, "simulation": net, "real": net}]}
     table = ms.render(res).splitlines()
@@ -163,10 +173,7 @@ def test_cosmic_rays_are_sharp_hits_of_the_asked_number(ms):
 
 
 def test_fine_tuning_rows_follow_the_last_budget(ms):
-    blur = {c: {"sigma": 0.75, "gain": 2.0} for c in ms.SCORED}
-    net = {}
-    for c in ms.SCORED:
-        net[f"{c}_gain"], net[f"{c}_gain_se"] = 3.0, 0.1
+    blur, net = _blur_and_network(ms)
     res = {"blur": {"simulation": blur, "real": blur},
            "budgets": [{"minutes": 3.0, "steps": 10, "simulation": net, "real": net}],
            "fine_tune": [{"minutes": 1.0, "epochs": 4, "real": net},
@@ -188,7 +195,7 @@ def test_the_variance_factor_scales_the_simulated_noise(ms):
 def test_simulated_frames_are_scored_against_truth_and_by_both_estimators(ms):
     rng = np.random.default_rng(7)
     pop = ms.population(10 ** rng.uniform(4, 4.5, 4), 1e4, 200.0, 0.5)
-    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    exps = _seeing_series(ms)
     sets = ms.sim_eval_sets(pop, exps, [0.2] * 5, (96, 96), rng, other_seeing=True)
     assert list(sets) == ["simulation", "simulation, truth", "simulation, other seeing"]
     exact, truth, other = (sets[k] for k in sets)
@@ -216,7 +223,7 @@ def test_simulated_frames_are_scored_against_truth_and_by_both_estimators(ms):
 def test_the_estimator_check_finds_what_other_psfs_leave_in_star_cores(ms):
     rng = np.random.default_rng(8)
     pop = ms.population(10 ** rng.uniform(4, 4.7, 6), 1e4, 200.0, 0.5)
-    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    exps = _seeing_series(ms)
     rows = ms.estimator_check(pop, exps, [0.2] * 5, (96, 96), rng, 500.0)
     assert [r["variant"] for r in rows] == [v[0] for v in ms.CHECK_VARIANTS]
     ratio = [r["raw_mse_ratio"] for r in rows]
@@ -240,7 +247,7 @@ def test_sure_trained_on_the_simulated_fields_is_scored_on_every_set(ms, monkeyp
     torch.manual_seed(0)
     rng = np.random.default_rng(9)
     pop = ms.population(10 ** rng.uniform(4, 4.5, 4), 1e4, 200.0, 0.5)
-    exps = [ms.Exposure(fwhm, 2.9, 1.9, 2.6, 900.0, 0.0) for fwhm in (3.0, 3.5, 4.0, 4.5, 5.0)]
+    exps = _seeing_series(ms)
     frames = []
     for e in exps[:2]:
         truth = ms.simulate(pop, e, 0.2, (128, 128), rng)
