@@ -48,12 +48,19 @@ estimator with references through the frame's own PSF, against their truth, and,
 exposures' seeing, sub-pixel offsets, each matched to the frame by the evaluate stage's
 pixel kernel): how far the real-frame score can be from the truth's. With
 ``--estimator-check`` nothing is trained: for each kind of reference of
-:data:`CHECK_VARIANTS` the raw frame's estimated MSE is compared with its true one and the
+:data:`CHECK_VARIANTS` (the frame's PSF or others, on its grid or offset, matched by the
+fitted kernel or through the PSF models, of any seeing or no broader than the frame) the
+raw frame's estimated MSE is compared with its true one and the
 best blur chosen by the truth and by the estimator (:func:`estimator_check`), written to
 ``<out>/estimator-check.json`` and, with ``--append``, to RESULTS.md. With
 ``--sure-budgets M1,M2,…`` the pipeline's SURE is also trained, self-supervised, on one
 noisy exposure of each simulated field and scored on the same sets
 (:func:`sure_on_simulation`).
+
+With ``--real-psf-references`` the real frames are also scored with references no broader
+than the frame, re-matched through the PSF models (``evaluate.reference_model: psf``,
+``evaluate.max_seeing_ratio: 1``), and, on the frames that have at least two, with the
+fitted kernels' references (:func:`real_sets`).
 
 With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
 whether the frames are noisier than their gain and read noise say). With ``--fine-tune
@@ -125,6 +132,8 @@ PSF_RADIUS = 30
 SCORED = ("sky", "source", "faint", "core")
 #: Simulated exposures scored (each with four more exposures as its references).
 SIM_EVAL = 4
+#: Real exposures scored (spread over the exposure order).
+REAL_EVAL = 4
 #: Saturation (ADU): the SAAO frames' plateau, which their ingest masks. Simulated pixels
 #: at or above it are masked the same way: the network sees the sky there, and they are
 #: neither training targets nor scored.
@@ -630,8 +639,8 @@ def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
 def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
                   shape: tuple[int, int], rng: np.random.Generator,
                   cosmic_rays: float = 0.0, other_seeing: bool = False,
-                  choice: str = "random", shift: float = 0.5, same_psf: bool = False
-                  ) -> dict[str, list[tb.EvalFrame]]:
+                  choice: str = "random", shift: float = 0.5, same_psf: bool = False,
+                  reference_model: str = "free") -> dict[str, list[tb.EvalFrame]]:
     """Held-out simulated frames, scored against their truth and by the estimator.
 
     :data:`SIM_EVAL` exposures, spread over ``exps``, each of its own simulated field. The
@@ -648,7 +657,11 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
       what whole-pixel registration leaves), with its own sky, noise and saturation; its
       sky is its clipped median, the frame's too, and the ``evaluate.max_references`` that
       a ``evaluate.reference_kernel`` kernel fits best are kept
-      (:func:`~pausdenoise.reference_match.best_matched`), as for the real frames.
+      (:func:`~pausdenoise.reference_match.best_matched`), as for the real frames. With
+      ``reference_model="psf"`` (``evaluate.reference_model: psf``) each kept one is then
+      re-matched through the kernel between the two exposures' Moffat PSFs
+      (:func:`~pausdenoise.reference_match.psf_matched`; here the models are exact), its
+      flux scale measured on the other kept references' bright pixels.
 
     The gap between the first two sets is the estimator's own error when the references
     hold the frame's truth; the third adds what the seeing, the sub-pixel position and the
@@ -670,12 +683,15 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
         Hits per 512² px in every exposure, the scored one and its references.
     other_seeing : bool
         Add the set with references of other seeing.
-    choice : {"random", "closest", "sharper"}
-        How its candidate references are chosen (:func:`pick_references`).
+    choice : {"random", "closest", "sharper", "sharper-only"}
+        How its candidate references are chosen (:func:`pick_references`); an exposure
+        with fewer than two candidates is not scored in any set.
     shift : float
         Largest sub-pixel offset of its references, px.
     same_psf : bool
         Its references through the frame's own PSF instead of their exposures'.
+    reference_model : {"free", "psf"}
+        Its references' kernels as fitted, or re-matched through the PSF models.
 
     Returns
     -------
@@ -697,11 +713,18 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
         good = truth + exps[j].sky < SATURATION
         image = exposure(j)
         exact = [np.where(good, exposure(j) - exps[j].sky, np.nan) for _ in range(4)]
-        others = []
+        others, psfs = [], []
+        picked = (pick_references(exps, j, cfg.references_to_read, choice, rng)
+                  if other_seeing else [])
+        if other_seeing and len(picked) < 2:
+            print(f"  simulated exposure {j}: {len(picked)} candidate reference(s) by "
+                  f"{choice!r}, not scored", flush=True)
+            continue
         if other_seeing:
-            for i in pick_references(exps, j, cfg.references_to_read, choice, rng):
+            for i in picked:
                 dx, dy = rng.uniform(-shift, shift, 2)
                 psf = exps[j] if same_psf else exps[i]
+                psfs.append((psf.fwhm, psf.beta))
                 t_i = render_stars(x, y, f, psf.fwhm, psf.beta, shape, offset=(dx, dy))
                 ok = t_i + exps[i].sky < SATURATION
                 obs = exposure(i, t_i)
@@ -712,6 +735,12 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
                                    cfg.max_references, sky=sky, gain=exps[j].gain,
                                    read_noise_adu=exps[j].read_noise_adu,
                                    half_width=cfg.reference_kernel)
+            if reference_model == "psf":
+                frame = np.where(good, image - sky, np.nan)
+                best = [(k, rm.psf_matched(
+                    others[k], m, (exps[j].fwhm, exps[j].beta), psfs[k], frame,
+                    rm.bright_pixels([o.values for n, o in best if n != k] or [m.values])))
+                    for k, m in best]
             others = [m.values for _, m in best]
             good &= np.all([np.isfinite(r) for r in others], axis=0)
             exact = [np.where(good, r, np.nan) for r in exact]
@@ -738,10 +767,11 @@ def pick_references(exps: list[Exposure], j: int, n: int, choice: str,
         The scored one.
     n : int
         Candidates wanted (fewer when there are fewer others).
-    choice : {"random", "closest", "sharper"}
+    choice : {"random", "closest", "sharper", "sharper-only"}
         ``"random"``: any others; ``"closest"``: those of the nearest PSF FWHM;
         ``"sharper"``: the nearest among those at most as broad as ``j``'s, then the
-        nearest broader ones.
+        nearest broader ones; ``"sharper-only"``: the nearest among those at most as broad
+        (fewer, or none, for the sharpest exposures).
     rng : numpy.random.Generator
         Random numbers.
 
@@ -757,17 +787,27 @@ def pick_references(exps: list[Exposure], j: int, n: int, choice: str,
     dist = {i: abs(exps[i].fwhm - exps[j].fwhm) for i in others}
     if choice == "sharper":
         return sorted(others, key=lambda i: (exps[i].fwhm > exps[j].fwhm, dist[i]))[:n]
+    if choice == "sharper-only":
+        return sorted((i for i in others if exps[i].fwhm <= exps[j].fwhm),
+                      key=lambda i: dist[i])[:n]
     if choice == "closest":
         return sorted(others, key=lambda i: dist[i])[:n]
     raise ValueError(f"unknown reference choice {choice!r}")
 
 
 #: The estimator check's kinds of references: (name, through the frame's own PSF, largest
-#: sub-pixel offset in px).
-CHECK_VARIANTS = (("frame's PSF, same grid", True, 0.0),
-                  ("frame's PSF, sub-pixel offsets", True, 0.5),
-                  ("other PSFs, same grid", False, 0.0),
-                  ("other PSFs, sub-pixel offsets", False, 0.5))
+#: sub-pixel offset in px, kernel: ``"free"`` as fitted or ``"psf"`` between the PSF models,
+#: candidates: None for the check's choice or a :func:`pick_references` choice).
+CHECK_VARIANTS = (("frame's PSF, same grid", True, 0.0, "free", None),
+                  ("frame's PSF, sub-pixel offsets", True, 0.5, "free", None),
+                  ("other PSFs, same grid", False, 0.0, "free", None),
+                  ("other PSFs, sub-pixel offsets", False, 0.5, "free", None),
+                  ("frame's PSF, sub-pixel offsets, PSF-model kernel", True, 0.5, "psf", None),
+                  ("other PSFs, sub-pixel offsets, PSF-model kernel", False, 0.5, "psf", None),
+                  ("other PSFs no broader, sub-pixel offsets, fitted kernel", False, 0.5,
+                   "free", "sharper-only"),
+                  ("other PSFs no broader, sub-pixel offsets, PSF-model kernel", False, 0.5,
+                   "psf", "sharper-only"))
 
 
 def estimator_check(pop: Population, exps: list[Exposure], factors: list[float],
@@ -801,18 +841,21 @@ def estimator_check(pop: Population, exps: list[Exposure], factors: list[float],
     Returns
     -------
     list of dict
-        Per variant: ``variant``, ``raw_mse_ratio`` (class → ratio), ``blur_truth`` and
-        ``blur_estimated`` (:func:`~bench_training_budget.best_blur`'s per class).
+        Per variant: ``variant``, ``frames`` (scored: fewer than :data:`SIM_EVAL` where
+        its candidates leave some with fewer than two references), ``raw_mse_ratio``
+        (class → ratio), ``blur_truth`` and ``blur_estimated``
+        (:func:`~bench_training_budget.best_blur`'s per class).
     """
     out = []
-    for name, same, shift in CHECK_VARIANTS:
-        sets = sim_eval_sets(pop, exps, factors, shape, rng, other_seeing=True, choice=choice,
-                             shift=shift, same_psf=same)
+    for name, same, shift, model, candidates in CHECK_VARIANTS:
+        sets = sim_eval_sets(pop, exps, factors, shape, rng, other_seeing=True,
+                             choice=candidates or choice, shift=shift, same_psf=same,
+                             reference_model=model)
         split_sources(sets["simulation"], core_level)
         truth, est = sets["simulation, truth"], sets["simulation, other seeing"]
         raw = {w: tb.pool([tb.score_frame(f, {}) for f in frames]).set_index("pixel_class")
                for w, frames in (("truth", truth), ("estimated", est))}
-        row = {"variant": name, "raw_mse_ratio": {
+        row = {"variant": name, "frames": len(truth), "raw_mse_ratio": {
             c: float(raw["estimated"].loc[c, "mse"] / raw["truth"].loc[c, "mse"])
             for c in SCORED}}
         row["blur_truth"] = tb.best_blur(truth, tb.BLUR_SIGMAS, SCORED)
@@ -838,13 +881,13 @@ def render_check(rows: list[dict[str, Any]]) -> str:
         the truth and by the estimator, per class.
     """
     head = " | ".join(f"{c}: raw MSE ratio, best blur (truth → estimated)" for c in SCORED)
-    lines = [f"| references | {head} |", "|---|" + "---|" * len(SCORED)]
+    lines = [f"| references | frames | {head} |", "|---|---|" + "---|" * len(SCORED)]
     for r in rows:
         cells = " | ".join(
             f"{r['raw_mse_ratio'][c]:.2f}, {r['blur_truth'][c]['gain']:.2f} "
             f"(σ {r['blur_truth'][c]['sigma']:g}) → {r['blur_estimated'][c]['gain']:.2f} "
             f"(σ {r['blur_estimated'][c]['sigma']:g})" for c in SCORED)
-        lines.append(f"| {r['variant']} | {cells} |")
+        lines.append(f"| {r['variant']} | {r['frames']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -892,7 +935,7 @@ def score_sets(net: UNet, sets: dict[str, list[tb.EvalFrame]]) -> dict[str, dict
     net : UNet
         The network (put in eval mode).
     sets : dict of str to list of EvalFrame
-        Set name → frames; the k-th frame of every set holds the same image and pixels.
+        Set name → frames; frames of one name hold the same image in every set.
 
     Returns
     -------
@@ -900,12 +943,53 @@ def score_sets(net: UNet, sets: dict[str, list[tb.EvalFrame]]) -> dict[str, dict
         Set name → :func:`score`'s gains.
     """
     net.eval()
-    first = next(iter(sets.values()))
-    den = [tb.denoise(net, f) for f in first]
-    return {name: tb._gains(tb.pool([tb.score_frame(f, {"net": d})
-                                     for f, d in zip(frames, den, strict=True)]),
+    den: dict[str, np.ndarray] = {}
+    for frames in sets.values():
+        for f in frames:
+            if f.name not in den:
+                den[f.name] = tb.denoise(net, f)
+    return {name: tb._gains(tb.pool([tb.score_frame(f, {"net": den[f.name]}) for f in frames]),
                             "net", SCORED)
             for name, frames in sets.items()}
+
+
+#: The real frames' sets of :func:`real_sets` beyond ``"real"``.
+REAL_PSF, REAL_SAME = "real, PSF-model references", "real, those frames, fitted kernels"
+
+
+def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool
+              ) -> dict[str, list[tb.EvalFrame]]:
+    """The real frames' scored sets, their source pixels split at the core level.
+
+    Parameters
+    ----------
+    ds : DataSet
+        The SAAO data set (its :data:`REAL_EVAL` frames scored with the SAAO
+        configuration's references).
+    out : Path
+        The benchmark's output folder (its store).
+    core_level : float
+        ADU of the references' mean above which a source pixel is a core.
+    psf_references : bool
+        Add :data:`REAL_PSF`: the same frames scored with references no broader than the
+        frame (``evaluate.max_seeing_ratio: 1``) re-matched through the PSF models
+        (``evaluate.reference_model: psf``), those with at least two; and
+        :data:`REAL_SAME`: those frames with the fitted kernels' references.
+
+    Returns
+    -------
+    dict of str to list of EvalFrame
+        ``"real"``, and with ``psf_references`` the two other sets.
+    """
+    sets = {"real": ds.frames}
+    if psf_references:
+        sets[REAL_PSF] = tb.load_saao(out, REAL_EVAL, {
+            "reference_model": "psf", "max_seeing_ratio": 1.0}).frames
+        names = {f.name for f in sets[REAL_PSF]}
+        sets[REAL_SAME] = [f for f in ds.frames if f.name in names]
+    for frames in sets.values():
+        split_sources(frames, core_level)
+    return sets
 
 
 def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
@@ -1134,8 +1218,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="score the simulated frames also with references of the other "
                    "exposures' seeing and sub-pixel positions, matched as the real frames'")
     p.add_argument("--reference-choice", default="random",
-                   choices=("random", "closest", "sharper"),
+                   choices=("random", "closest", "sharper", "sharper-only"),
                    help="how the references of other seeing are chosen (pick_references)")
+    p.add_argument("--real-psf-references", action="store_true",
+                   help="also score the real frames with references no broader than the "
+                   "frame, matched through the PSF models (evaluate.reference_model: psf, "
+                   "evaluate.max_seeing_ratio: 1), and with the fitted kernels on those frames")
     p.add_argument("--estimator-check", action="store_true",
                    help="no training: score the raw frames and blurs of the simulation by "
                    "the estimator with each kind of reference (CHECK_VARIANTS) and against "
@@ -1163,7 +1251,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     load0 = os.getloadavg()
-    ds = tb.load_saao(a.out, 4)
+    ds = tb.load_saao(a.out, REAL_EVAL)
     store = Path(tb._ensure_store("saao", a.out))
     cat = read_sextractor(a.catalogue)
     pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
@@ -1181,9 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
     sims = sim_eval_sets(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays,
                          a.other_seeing, a.reference_choice)
     split_sources(sims["simulation"], a.core_level)  # the classes every set shares
-    split_sources(ds.frames, a.core_level)
-    blur = {w: tb.best_blur(f, tb.BLUR_SIGMAS, SCORED)
-            for w, f in (*sims.items(), ("real", ds.frames))}
+    real = real_sets(ds, a.out, a.core_level, a.real_psf_references)
+    blur = {w: tb.best_blur(f, tb.BLUR_SIGMAS, SCORED) for w, f in (*sims.items(), *real.items())}
     precision = resolve_precision("auto", torch.device("cpu"))
     net = UNet(UNetConfig(depth=2, base_channels=32, batch_norm=False, residual=True))
     budgets = [float(b) for b in a.budgets.split(",")]
@@ -1191,7 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_budget(seconds: float, steps: int) -> None:
         row = {"minutes": budgets[len(rows)], "seconds": seconds, "steps": steps,
-               **score_sets(net, sims), "real": score(net, ds.frames)}
+               **score_sets(net, sims), **score_sets(net, real)}
         print(f"{row['minutes']:g} min ({steps} steps): " + "; ".join(
             f"{w} " + ", ".join(f"{c} {row[w][f'{c}_gain']:.2f}" for c in SCORED)
             for w in blur), flush=True)

@@ -423,10 +423,21 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
     best are kept, as the evaluate stage does; their ``values`` are the references.
     Given a list ``rest`` (and a kernel), every other registered exposure is matched too and
     those not kept as references are appended to it, best fit first; the references are
-    still chosen among the evaluate stage's candidates only.
+    still chosen among the evaluate stage's candidates only. As in the evaluate stage,
+    ``evaluate.max_seeing_ratio`` keeps to exposures whose ``psf_fwhm_px`` is at most that
+    ratio times the frame's, and ``evaluate.reference_model: psf`` re-matches the kept
+    references through the kernel between the two Moffat PSFs
+    (:func:`~pausdenoise.reference_match.psf_matched`; the shifts here are whole pixels).
     """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
+    psf = {}  # frame → (FWHM px, β) of the others, read only when a setting needs them
+    if cfg.max_seeing_ratio is not None or cfg.reference_model == "psf":
+        psf = {o: (float(b["psf_fwhm_px"]), float(b["psf_beta"]))
+               for o in others for b in [st.frame_attrs(store, o)]}
+    if cfg.max_seeing_ratio is not None:
+        limit = cfg.max_seeing_ratio * float(attrs["psf_fwhm_px"])
+        others = [o for o in others if psf[o][0] <= limit]
     cands = []
     for o in others:
         a = _arrays(store, o)
@@ -441,9 +452,11 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
             continue
         cands.append((-off.overlap, o, a, rg.shift_wcs(off.dx, off.dy, round_to_pixel=True)))
     with_rest = rest is not None and cfg.reference_kernel > 0
-    refs = []
+    if with_rest and cfg.reference_model == "psf":
+        raise ValueError("a list of the other matches (rest) takes the fitted kernels only")
+    refs, names = [], []
     read = len(cands) if with_rest else cfg.references_to_read
-    for _, _o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
+    for _, o, a, wcs_o in sorted(cands, key=lambda c: c[:2]):
         if len(refs) >= read:
             break
         values, valid = ev.reference_on_grid(a["image"], a.get("mask"), a.get("ivar"), wcs_o,
@@ -451,6 +464,7 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
                                              cfg.resampling)
         if (valid & good).sum() / good.sum() >= cfg.min_overlap:
             refs.append(values)
+            names.append(o)
     gain, rn = rm.frame_noise(attrs)
     sky = frame_statistics(image, (~good).astype(np.uint8)).sky
     a_sub = np.where(good, image - sky, np.nan)
@@ -464,6 +478,10 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
         return [matched[i] for i in keep]
     best = rm.best_matched(a_sub, good, refs, cfg.max_references, sky=sky, gain=gain,
                            read_noise_adu=rn, half_width=cfg.reference_kernel)
+    if cfg.reference_model == "psf" and cfg.reference_kernel > 0:
+        own = (float(attrs["psf_fwhm_px"]), float(attrs["psf_beta"]))
+        best = [(i, rm.psf_matched(refs[i], m, own, psf[names[i]], a_sub, rm.bright_pixels(
+            [o.values for j, o in best if j != i] or [m.values]))) for i, m in best]
     return [m for _, m in best]
 
 
@@ -503,7 +521,7 @@ def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
                      references=references, sky=stats.sky)
 
 
-def load_saao(out: Path, n_eval: int) -> DataSet:
+def load_saao(out: Path, n_eval: int, evaluate: dict[str, Any] | None = None) -> DataSet:
     """Open (or ingest) the SAAO frames: all for training, ``n_eval`` spread ones scored.
 
     Parameters
@@ -512,6 +530,9 @@ def load_saao(out: Path, n_eval: int) -> DataSet:
         The benchmark's output folder (an ingest goes to ``out/saao`` when needed).
     n_eval : int
         Frames scored, evenly spread over the exposure order.
+    evaluate : dict, optional
+        ``evaluate`` settings that replace the SAAO configuration's for the references
+        (e.g. ``{"reference_model": "psf", "max_seeing_ratio": 1.0}``).
 
     Returns
     -------
@@ -519,6 +540,8 @@ def load_saao(out: Path, n_eval: int) -> DataSet:
         The data set.
     """
     cfg = load_config(CONFIGS["saao"])
+    if evaluate:
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update=evaluate)})
     store = _ensure_store("saao", out)
     exposures = st.exposure_table(store).sort_values("expnum")
     names = exposures["frame"].tolist()

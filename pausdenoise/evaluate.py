@@ -261,8 +261,20 @@ class EvaluateConfig(BaseModel):
         "truth, and its flux scale low). 'psf' keeps its sub-pixel shift and background "
         "plane, takes the shape from the least-squares kernel between the two PSF models "
         "(circular Moffats from psf_fwhm_px/psf_beta or seeing; a broader reference is only "
-        "moved, never sharpened) and the flux scale from sums over bright pixels of the other "
-        "references (pausdenoise.reference_match.psf_matched).",
+        "moved, never sharpened: pair it with max_seeing_ratio 1) and the flux scale from "
+        "sums over bright pixels of the other references "
+        "(pausdenoise.reference_match.psf_matched).",
+    )
+    max_seeing_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description="Without truth: a frame's references come only from exposures whose PSF "
+        "FWHM (psf_fwhm_px or seeing) is at most this times the frame's; exposures without "
+        "one always qualify. No kernel sharpens a broader reference: with reference_model "
+        "'psf' use 1.0, since on a crowded field each broader reference leaves its mismatch "
+        "in every star's core (the PSF-model match is then only as good as the Moffat "
+        "models: docs/evaluation.md). A frame left without any is skipped, with the reason. "
+        "None: any exposure.",
     )
     reference_candidates: int = Field(
         12,

@@ -233,10 +233,20 @@ def test_the_estimator_check_finds_what_other_psfs_leave_in_star_cores(ms):
     # for the other exposures' PSFs
     assert ratio[0]["core"] > 2.0
     assert ratio[2]["core"] > 1.3 * ratio[0]["core"] and ratio[3]["core"] > 1.3 * ratio[1]["core"]
+    # the kernel between the PSF models holds the truth where the PSFs are the frame's, and
+    # for references no broader than the frame's (exact models here); broader ones it
+    # cannot sharpen
+    assert ratio[4]["core"] == pytest.approx(1.0, abs=0.5)
+    assert ratio[4]["core"] < ratio[1]["core"] / 3
+    assert ratio[7]["source"] == pytest.approx(1.0, abs=0.2)
+    assert ratio[6]["core"] > 2.0  # the fitted kernel still blurs the cores
+    assert ratio[5]["source"] > 3.0 * ratio[7]["source"]
+    # the two sharpest of the scored exposures have fewer than two sharper ones
+    assert [r["frames"] for r in rows] == [4] * 6 + [2] * 2
     for r in rows:
         assert set(r["blur_truth"]) == set(ms.SCORED) == set(r["blur_estimated"])
     table = ms.render_check(rows).splitlines()
-    assert len(table) == 2 + len(rows) and table[2].startswith("| frame's PSF, same grid | ")
+    assert len(table) == 2 + len(rows) and table[2].startswith("| frame's PSF, same grid | 4 | ")
 
 
 def test_sure_trained_on_the_simulated_fields_is_scored_on_every_set(ms, monkeypatch):

@@ -178,3 +178,53 @@ def test_a_larger_prior_scale_keeps_the_estimate_closer_to_the_observed_pixels(b
     assert np.all(dist[8.0] <= dist[1.0] + 1e-3)  # the observation's weight grows with τ
     assert np.median(dist[8.0]) < np.median(dist[1.0])
     assert np.max(dist[1e6]) < 1e-2 * np.std(image)  # τ → ∞ returns the input
+
+
+
+#: Bright stars of the Moffat fields: (y, x) px and flux ADU.
+_STARS = [((30, 30), 4e4), ((30, 66), 2e4), ((66, 30), 3e4), ((66, 66), 1.5e4), ((48, 48), 2.5e4)]
+
+
+def _moffat_stars(fwhm: float, shift: tuple[int, int] = (0, 0),
+                  shape: tuple[int, int] = (96, 96)) -> np.ndarray:
+    """Noiseless bright Moffat stars (β 3), shifted by whole pixels, ADU."""
+    from pausdenoise.psf import moffat_stamp
+
+    img = np.zeros(shape)
+    for (y, x), f in _STARS:
+        y, x = y + shift[1], x + shift[0]
+        img[y - 12:y + 13, x - 12:x + 13] += f * moffat_stamp(fwhm, 3.0, 25)
+    return img
+
+
+def test_references_no_broader_than_the_frame_matched_through_the_psf_models(bench, tmp_path):
+    from pausdenoise import store as st
+    from pausdenoise.config import load_config
+
+    rng = np.random.default_rng(3)
+    store = tmp_path / "s.zarr"
+    fwhm = [4.0, 3.0, 4.6, 3.4, 3.7]
+    shifts = [(0, 0), (2, -1), (-1, 2), (1, 1), (-2, 0)]
+    names = [st.frame_id(k + 1, 1) for k in range(5)]
+    for name, w, sh in zip(names, fwhm, shifts, strict=True):
+        image = rng.poisson((_moffat_stars(w, sh) + 900.0) * 1.9) / 1.9  # gain 1.9, sky 900
+        st.write_frame(store, name, {"image": image.astype(np.float32)},
+                       {"expnum": int(name[:8]), "ccd": 1, "band": "I", "gain": 1.9,
+                        "rdnoise": 0.0, "psf_fwhm_px": w, "psf_beta": 3.0})
+    image = np.asarray(st.open_frame(store, names[0]), np.float64)
+    truth, good = _moffat_stars(4.0), np.ones(image.shape, bool)
+    core = truth > 300  # within about a FWHM of each star (peaks 600–1,700 ADU)
+    base = load_config(bench.CONFIGS["saao"]).evaluate
+    err = {}
+    for model in ("free", "psf"):
+        cfg = base.model_copy(update={"max_seeing_ratio": 1.0, "reference_model": model})
+        refs = bench._references(store, names[0], names[1:], image, good, cfg)
+        assert len(refs) == 3  # the sharper exposures only: 4.6 px is left out
+        mean = np.mean([m.values for m in refs], axis=0)
+        sel = core & np.isfinite(mean)
+        err[model] = float(np.mean((mean - truth)[sel] ** 2))
+    # the mean of three references carries at most a third of one exposure's noise (less
+    # once the kernels blur them to the frame's seeing); the fitted kernel blurs the cores
+    # beyond it (10 × the PSF models' error here), the kernel between the PSF models not
+    noise = float(np.mean((truth[core] + 900.0) / 1.9)) / 3
+    assert err["psf"] < 2.0 * noise < err["free"], (err, noise)

@@ -185,3 +185,38 @@ def test_evaluate_and_stack_without_wcs_record_failed_registrations(tmp_path):
         run_stack(Context(cfg, paths, None, RunRecord(paths)), cfg.gan)
     reg = pd.read_csv(paths.out / "gan" / "registration.csv")
     assert reg.set_index("frame").loc[noise, "error"].startswith("no significant")
+
+
+def test_evaluate_takes_references_no_broader_than_the_frame(tmp_path):
+    """``evaluate.max_seeing_ratio``: only sharper exposures are references; the sharpest
+    frame, with none, is skipped with the setting named."""
+    from pausdenoise.config import PipelineConfig
+    from pausdenoise.pipeline.runner import run
+
+    store = tmp_path / "s.zarr"
+    _synthetic_store(store, [(0, 0), (9, -5), (-7, 11), (4, 4)], noise_only=-1)
+    fwhm = {st.frame_id(10 + k, 1): f for k, f in enumerate((4.0, 3.0, 4.5, 3.5))}
+    for f, w in fwhm.items():
+        st.update_frame_attrs(store, f, {"psf_fwhm_px": w, "psf_beta": 3.0})
+    cfg = PipelineConfig.model_validate({
+        "input": {"source": "store", "store_path": str(store)},
+        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"},
+        "evaluate": {"max_seeing_ratio": 1.0, "reference_model": "psf",
+                     "single_reference": "equal-noise"}})
+    out = tmp_path / "run"
+    run(cfg, out, stages=["evaluate"])
+    ev_dir = out / "evaluate"
+    summary = json.loads((ev_dir / "summary.json").read_text())
+    assert summary["max_seeing_ratio"] == 1.0 and summary["reference_model"] == "psf"
+    skipped = pd.read_csv(ev_dir / "skipped.csv")
+    sharpest = st.frame_id(11, 1)
+    assert skipped["frame"].tolist() == [sharpest]
+    assert skipped["reason"].iloc[0].startswith(
+        "evaluate.max_seeing_ratio: no other exposure with a PSF FWHM ≤ 1 × the frame's "
+        "(3.00 px)")
+    refs = pd.read_csv(ev_dir / "independent_references.csv").drop_duplicates(
+        ["frame", "reference_frame"])
+    used = refs.groupby("frame")["reference_frame"].apply(sorted).to_dict()
+    assert used == {f: sorted(g for g in fwhm if g != f and fwhm[g] <= fwhm[f])
+                    for f in fwhm if f != sharpest}
+    assert summary["frames_evaluated_independent"] == 3

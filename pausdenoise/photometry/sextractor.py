@@ -136,12 +136,12 @@ def ldac_objects_hdu(path: Path) -> int | None:
     return None
 
 
-def read_sextractor(path: Path, hdu: int | None = None) -> pd.DataFrame:
+def read_sextractor(path: Path | str, hdu: int | None = None) -> pd.DataFrame:
     """Read a SExtractor catalogue as it is (SExtractor's column names).
 
     Parameters
     ----------
-    path : Path
+    path : Path or str
         ASCII_HEAD text (optionally ``.gz``), or a FITS_LDAC file.
     hdu : int, optional
         The ``LDAC_OBJECTS`` HDU of a FITS_LDAC file (:func:`ldac_objects_hdu`); None reads
@@ -155,6 +155,7 @@ def read_sextractor(path: Path, hdu: int | None = None) -> pd.DataFrame:
     """
     from astropy.table import Table  # astropy: imported only for SExtractor catalogues
 
+    path = Path(path)
     with warnings.catch_warnings():  # SExtractor's unit strings are not all FITS units
         warnings.simplefilter("ignore")
         if hdu is None:

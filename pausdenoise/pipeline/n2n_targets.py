@@ -39,8 +39,9 @@ from pausdenoise.pipeline.references import (
     PIXEL_ARRAYS,
     Registry,
     frame_arrays,
+    frame_fwhm,
     matched_references,
-    psf_model,
+    no_broader,
 )
 
 __all__ = ["TARGET_ARRAY", "attach_targets", "reference_settings"]
@@ -138,35 +139,6 @@ def _write_target(ctx: Context, frame: str, target: np.ndarray, key: str,
     return st.open_store(ctx.store, "r")[f"{st.FRAMES_GROUP}/{frame}/{TARGET_ARRAY}"]
 
 
-def _frame_fwhm(ctx: Context, frames: list[str]) -> dict[str, float]:
-    """Read each frame's PSF FWHM from its attributes (frames without one are left out).
-
-    Returns
-    -------
-    dict of str to float
-        Frame → FWHM, px (``psf_fwhm_px``, or ``seeing`` in arcsec over
-        ``photometry.pixel_scale``).
-    """
-    models = {f: psf_model(ctx, f) for f in frames}
-    return {f: m[0] for f, m in models.items() if m is not None}
-
-
-def _sharp_enough(frame: str, frames: list[str], fwhm: dict[str, float],
-                  ratio: float | None) -> list[str]:
-    """Return the frames whose PSF is at most ``ratio`` × the frame's (the frame included).
-
-    Returns
-    -------
-    list of str
-        ``frames`` when ``ratio`` is None or the frame has no FWHM; otherwise the frame and
-        those without a FWHM or with one ≤ ``ratio`` × the frame's.
-    """
-    if ratio is None or frame not in fwhm:
-        return list(frames)
-    limit = ratio * fwhm[frame]
-    return [g for g in frames if g == frame or g not in fwhm or fwhm[g] <= limit]
-
-
 def _same_band(frame: str, exposures: pd.DataFrame, frames: list[str]) -> list[str]:
     """Return the frames of ``frames`` other than ``frame`` taken in its band.
 
@@ -250,11 +222,11 @@ def attach_targets(ctx: Context, exposures: pd.DataFrame, frames: list[Frame]
     """
     names = [f.name for f in frames]
     ratio = ctx.cfg.train.n2n_max_seeing_ratio
-    fwhm = _frame_fwhm(ctx, names) if ratio is not None else {}
+    fwhm = frame_fwhm(ctx, names) if ratio is not None else {}
     reg, out, skipped, excluded = Registry(stage="train"), [], {}, {}
     built, reused, counts, seconds = 0, 0, [], 0.0
     for f in frames:
-        pool = _sharp_enough(f.name, names, fwhm, ratio)
+        pool = no_broader(f.name, names, fwhm, ratio)
         key = _target_key(ctx, f.name, pool, f.stats.sky)
         arr = _stored_target(ctx, f.name, key)
         why_not = None if arr is not None else _excluded_by_setting(

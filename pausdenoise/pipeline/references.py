@@ -33,7 +33,8 @@ from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.pipeline.context import Context
 from pausdenoise.psf import frame_psf
 
-__all__ = ["Registry", "frame_arrays", "matched_references", "psf_model", "registration_pixels"]
+__all__ = ["Registry", "frame_arrays", "frame_fwhm", "matched_references", "no_broader",
+           "psf_model", "registration_pixels"]
 
 
 #: The arrays a frame's pixels are judged by (no truth, no denoised image).
@@ -279,6 +280,56 @@ def psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
     except PsfError:
         return None
     return float(est.fwhm_px), float(est.beta)
+
+
+def frame_fwhm(ctx: Context, frames: list[str]) -> dict[str, float]:
+    """Read each frame's PSF FWHM from its attributes (frames without one are left out).
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context.
+    frames : list of str
+        Frame ids.
+
+    Returns
+    -------
+    dict of str to float
+        Frame → FWHM, px (``psf_fwhm_px``, or ``seeing`` in arcsec over
+        ``photometry.pixel_scale``: :func:`psf_model`).
+    """
+    models = {f: psf_model(ctx, f) for f in frames}
+    return {f: m[0] for f, m in models.items() if m is not None}
+
+
+def no_broader(frame: str, frames: list[str], fwhm: dict[str, float],
+               ratio: float | None) -> list[str]:
+    """Return the frames whose PSF is at most ``ratio`` × the frame's (the frame included).
+
+    A matching kernel can blur a sharper reference to the frame's seeing but not sharpen a
+    broader one (``train.n2n_max_seeing_ratio``, ``evaluate.max_seeing_ratio``).
+
+    Parameters
+    ----------
+    frame : str
+        The frame.
+    frames : list of str
+        Candidate frames.
+    fwhm : dict of str to float
+        Frame → PSF FWHM, px (:func:`frame_fwhm`).
+    ratio : float or None
+        The largest FWHM ratio reference / frame; None: no limit.
+
+    Returns
+    -------
+    list of str
+        ``frames`` when ``ratio`` is None or the frame has no FWHM; otherwise the frame and
+        those without a FWHM or with one ≤ ``ratio`` × the frame's.
+    """
+    if ratio is None or frame not in fwhm:
+        return list(frames)
+    limit = ratio * fwhm[frame]
+    return [g for g in frames if g == frame or g not in fwhm or fwhm[g] <= limit]
 
 
 def _grid_fraction(wcs_d: Any, wcs_o: Any, shape: tuple[int, ...]) -> tuple[float, float]:

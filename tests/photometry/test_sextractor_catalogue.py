@@ -25,6 +25,7 @@ from pausdenoise.photometry.catalogue import (
     read_any_catalogue,
     validate_sky_catalogue,
 )
+from pausdenoise.photometry.sextractor import read_sextractor
 
 #: (name, description, unit, width of a vector column)
 _PARAMS = [("NUMBER", "Running object number", "", 1),
@@ -109,6 +110,8 @@ def test_ascii_head_and_ldac_give_the_same_sky_catalogue_of_kron_ellipses(tmp_pa
     for other in cats[1:]:
         pd.testing.assert_frame_equal(other[ref.columns].astype(float),
                                       ref.astype(float), rtol=1e-9)
+    # the reader takes a path as a string too (ASCII_HEAD, compressed)
+    pd.testing.assert_frame_equal(read_sextractor(str(paths[1])), read_sextractor(paths[1]))
 
 
 def test_a_catalogue_without_world_positions_or_kron_radius_is_refused(tmp_path):

@@ -26,6 +26,9 @@ brought to the frame's seeing, sub-pixel position and flux scale by a fitted pix
 (:mod:`pausdenoise.reference_match`) and the ``max_references`` fitted best are used; with
 ``evaluate.reference_model: psf`` their kernels keep the fitted shift and plane, take the flux
 scale from sums over bright pixels and the shape from the kernel between the two PSF models.
+``evaluate.max_seeing_ratio`` keeps a frame's references to exposures whose PSF FWHM is at most
+that ratio times its own (no kernel sharpens a broader one; with ``reference_model: psf`` use
+1); a frame left with none is skipped, the setting named in ``skipped.csv``.
 Writes into ``<run>/evaluate/``:
 
 - ``pixel_metrics.csv``: per frame, image kind (raw | denoised, and without truth the
@@ -84,7 +87,13 @@ from pausdenoise import store as st
 from pausdenoise.errors import PsfError
 from pausdenoise.n2v.normalise import frame_statistics
 from pausdenoise.pipeline.context import Context, split_holdout
-from pausdenoise.pipeline.references import Registry, frame_arrays, matched_references
+from pausdenoise.pipeline.references import (
+    Registry,
+    frame_arrays,
+    frame_fwhm,
+    matched_references,
+    no_broader,
+)
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 from pausdenoise.psf import frame_psf
 from pausdenoise.stats import MAD_TO_SIGMA
@@ -635,11 +644,40 @@ def _reference_pool(ctx: Context, held: list[str]) -> list[str] | None:
     return list(held) if pool == "held-out" and held else None
 
 
+def _seeing_limited(frame: str, names: list[str], fwhm: dict[str, float],
+                    ratio: float | None) -> list[str] | str:
+    """Return the frames that may be the frame's references under ``evaluate.max_seeing_ratio``.
+
+    Parameters
+    ----------
+    frame : str
+        The frame scored.
+    names : list of str
+        The reference pool (``evaluate.reference_pool``).
+    fwhm : dict of str to float
+        Frame → PSF FWHM, px (:func:`~pausdenoise.pipeline.references.frame_fwhm`).
+    ratio : float or None
+        ``evaluate.max_seeing_ratio``.
+
+    Returns
+    -------
+    list of str or str
+        The pool limited to exposures no broader than ``ratio`` × the frame's PSF, or the
+        reason the frame is skipped when that leaves none but the frame.
+    """
+    kept = no_broader(frame, names, fwhm, ratio)
+    if ratio is None or any(g != frame for g in kept) or not any(g != frame for g in names):
+        return kept
+    return (f"evaluate.max_seeing_ratio: no other exposure with a PSF FWHM ≤ {ratio:g} × the "
+            f"frame's ({fwhm[frame]:.2f} px)")
+
+
 def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
                      pool: list[str] | None = None) -> _Tally:
     """Score every frame (one at a time), against the truth or independent exposures.
 
-    ``pool``: the frames that may serve as independent exposures (None: all).
+    ``pool``: the frames that may serve as independent exposures (None: all), each frame's
+    further limited by ``evaluate.max_seeing_ratio`` (:func:`_seeing_limited`).
 
     Returns
     -------
@@ -649,14 +687,20 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
     catalogue = read_frame_catalogue(ctx)[0] if ctx.catalogue_path.exists() else None
     truth_tab = pd.read_parquet(ctx.truth_fluxes) if ctx.truth_fluxes else None
     tally = _Tally()
+    ratio = ctx.cfg.evaluate.max_seeing_ratio
+    names = exposures["frame"].tolist() if pool is None else list(pool)
+    fwhm = frame_fwhm(ctx, sorted({*names, *frames})) if ratio is not None else {}
     for frame in frames:
         arr = frame_arrays(ctx.store, frame)
         if "denoised" not in arr:
             tally.skipped[frame] = "no denoised array (run the denoise stage)"
             continue
         if "truth" not in arr:  # real data: against independent exposures
-            res = _independent_frame(ctx, frame, arr, exposures, catalogue, tally.registry,
-                                     pool)
+            res = _seeing_limited(frame, names, fwhm, ratio)
+            if isinstance(res, list):
+                res = _independent_frame(ctx, frame, arr, exposures, catalogue,
+                                         tally.registry, None if ratio is None and pool is None
+                                         else res)
             if isinstance(res, str):
                 tally.skipped[frame] = res
                 print(f"evaluate: {frame} skipped: {res}")
@@ -784,6 +828,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                "frames_evaluated_independent": n_independent,
                                "reference_pool": "all" if pool is None else "held-out",
                                "reference_model": ctx.cfg.evaluate.reference_model,
+                               "max_seeing_ratio": ctx.cfg.evaluate.max_seeing_ratio,
                                "skipped": skipped, **registration}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
