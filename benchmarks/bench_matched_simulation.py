@@ -60,7 +60,10 @@ noisy exposure of each simulated field and scored on the same sets
 With ``--real-psf-references`` the real frames are also scored with references no broader
 than the frame, re-matched through the PSF models (``evaluate.reference_model: psf``,
 ``evaluate.max_seeing_ratio: 1``), and, on the frames that have at least two, with the
-fitted kernels' references (:func:`real_sets`).
+fitted kernels' references (:func:`real_sets`). With ``--real-check`` nothing is trained:
+for each of those sets the raw frames' estimated MSE is compared with their noise model
+(:func:`noise_model_check`: the one truth the real frames have) beside the best blur,
+written to ``<out>/real-check.json`` and, with ``--append``, to RESULTS.md.
 
 With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
 whether the frames are noisier than their gain and read noise say). With ``--fine-tune
@@ -992,6 +995,42 @@ def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool
     return sets
 
 
+def noise_model_check(frames: list[tb.EvalFrame], store: Path) -> dict[str, float]:
+    """Compare the raw frames' estimated MSE with their noise model, per pixel class.
+
+    The raw frame's error *is* its noise, whose variance the headers give: per pixel
+    ``(sky + light) / gain + read noise²`` (ADU², the light from the references' mean, at
+    least 0). Where the references hold the frame's truth the estimator finds it (ratio 1,
+    to the accuracy of the gain); what they miss of the truth adds to the estimate. A check
+    of the real-frame estimator on real pixels, for the raw frame only.
+
+    Parameters
+    ----------
+    frames : list of EvalFrame
+        Real frames with references (their ``classes`` and ``good`` as scored).
+    store : Path
+        Their store (``gain`` in e⁻/ADU and ``rdnoise`` in e⁻ of each frame).
+
+    Returns
+    -------
+    dict of str to float
+        Class → the pooled estimated raw MSE over the pooled noise-model variance.
+    """
+    est, model = dict.fromkeys(SCORED, 0.0), dict.fromkeys(SCORED, 0.0)
+    for f in frames:
+        gain, rn = rm.frame_noise(st.frame_attrs(store, f.name))
+        if gain is None:
+            raise ValueError(f"{f.name}: no gain in the store attributes")
+        light = np.clip(rm.valid_mean(f.references), 0.0, None)
+        var = (f.sky + light) / gain + rn**2
+        raw = tb.score_frame(f, {}).set_index("pixel_class")
+        for c in SCORED:
+            sel = f.classes[c] & f.good
+            est[c] += float(raw.loc[c, "mse"]) * int(sel.sum())
+            model[c] += float(var[sel].sum())
+    return {c: est[c] / model[c] if model[c] > 0 else math.nan for c in SCORED}
+
+
 def fine_tune(ds: tb.DataSet, net: UNet, budgets_min: list[float], threads: int,
               lr: float) -> list[dict[str, Any]]:
     """Fine-tune the simulation-trained network on the real frames with SURE; score budgets.
@@ -1188,6 +1227,59 @@ def _run_check(a: argparse.Namespace, argv: list[str] | None, pop: Population,
     return 0
 
 
+def render_real_check(rows: dict[str, dict[str, Any]]) -> str:
+    """The RESULTS.md table of :func:`_run_real_check`.
+
+    Parameters
+    ----------
+    rows : dict
+        Set name → ``frames``, ``noise_model_ratio`` and ``blur`` (class → best blur).
+
+    Returns
+    -------
+    str
+        Markdown: per set of real frames, per class the raw MSE over the noise model and
+        the best blur's gain.
+    """
+    head = " | ".join(f"{c}: raw MSE / noise model, best blur" for c in SCORED)
+    lines = [f"| references | frames | {head} |", "|---|---|" + "---|" * len(SCORED)]
+    for name, r in rows.items():
+        cells = " | ".join(f"{r['noise_model_ratio'][c]:.2f}, {r['blur'][c]['gain']:.2f} "
+                           f"(σ {r['blur'][c]['sigma']:g})" for c in SCORED)
+        lines.append(f"| {name} | {r['frames']} | {cells} |")
+    return "\n".join(lines)
+
+
+def _run_real_check(a: argparse.Namespace, argv: list[str] | None, ds: tb.DataSet,
+                    store: Path, load0: tuple[float, float, float]) -> int:
+    """Check the real-frame estimators against the raw frames' noise model (no training).
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    sets = real_sets(ds, a.out, a.core_level, True)
+    rows = {name: {"frames": len(frames), "noise_model_ratio": noise_model_check(frames, store),
+                   "blur": tb.best_blur(frames, tb.BLUR_SIGMAS, SCORED)}
+            for name, frames in sets.items()}
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "real-check.json").write_text(json.dumps({"date": date, "rows": rows}, indent=1,
+                                                      default=float))
+    table = render_real_check(rows)
+    print(table)
+    if a.append:
+        cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
+        with open(a.results, "a") as fh:
+            fh.write(f"\n## The real-frame estimators checked against the SAAO frames' noise "
+                     f"model ({date})\n\n{platform.machine()}, {tb._cpu_name()}, "
+                     f"{os.cpu_count()} CPUs; load {load0[0]:.2f} at the start, "
+                     f"{os.getloadavg()[0]:.2f} at the end.\n\n```\n{cmd}\n```\n\n"
+                     f"{table}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (see the module docstring).
 
@@ -1224,6 +1316,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also score the real frames with references no broader than the "
                    "frame, matched through the PSF models (evaluate.reference_model: psf, "
                    "evaluate.max_seeing_ratio: 1), and with the fitted kernels on those frames")
+    p.add_argument("--real-check", action="store_true",
+                   help="train nothing: score the real frames' raw images against their noise "
+                   "model with each kind of reference (--real-psf-references' sets), beside "
+                   "the best blur")
     p.add_argument("--estimator-check", action="store_true",
                    help="no training: score the raw frames and blurs of the simulation by "
                    "the estimator with each kind of reference (CHECK_VARIANTS) and against "
@@ -1253,6 +1349,8 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()
     ds = tb.load_saao(a.out, REAL_EVAL)
     store = Path(tb._ensure_store("saao", a.out))
+    if a.real_check:
+        return _run_real_check(a, argv, ds, store, load0)
     cat = read_sextractor(a.catalogue)
     pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
     exps = [dataclasses.replace(e, variance_factor=a.variance_factor)

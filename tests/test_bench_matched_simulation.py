@@ -274,3 +274,39 @@ def test_sure_trained_on_the_simulated_fields_is_scored_on_every_set(ms, monkeyp
                     for n in (*sets, "real")},
            "budgets": [], "sure_on_simulation": rows}
     assert ms.render(res).count("SURE on the simulation, 0.01 min") == len(sets)
+
+
+def test_the_noise_model_check_finds_exact_references_at_one_and_blurred_ones_above(
+        ms, tmp_path):
+    from pausdenoise import store as st
+    from pausdenoise.config import load_config
+
+    rng = np.random.default_rng(12)
+    pop = ms.population(10 ** rng.uniform(4, 4.7, 6), 1e4, 200.0, 0.5)
+    exp = ms.Exposure(3.5, 2.9, 1.9, 2.6, 900.0, 0.0)
+    x, y, f = ms.draw_stars(pop, 0.2, (96, 96), rng)
+    truth = ms.render_stars(x, y, f, exp.fwhm, exp.beta, (96, 96))
+    cfg = load_config(ms.tb.CONFIGS["saao"]).evaluate
+    frames = {}
+    for kind, smooth in (("exact", 0.0), ("blurred", 1.5)):
+        image = ms.observe(truth, exp, rng)
+        refs = [ndimage.gaussian_filter(ms.observe(truth, exp, rng) - exp.sky, smooth)
+                if smooth else ms.observe(truth, exp, rng) - exp.sky for _ in range(4)]
+        good = np.ones(truth.shape, bool)
+        fr = ms.tb.independent_frame(f"{kind}", image, good, refs, cfg)
+        fr.sky = exp.sky
+        ms.split_sources([fr], 500.0)
+        st.write_frame(tmp_path / "s.zarr", kind, {"image": image.astype(np.float32)},
+                       {"gain": exp.gain, "rdnoise": exp.read_noise_adu * exp.gain})
+        frames[kind] = fr
+    exact = ms.noise_model_check([frames["exact"]], tmp_path / "s.zarr")
+    blurred = ms.noise_model_check([frames["blurred"]], tmp_path / "s.zarr")
+    assert set(exact) == set(ms.SCORED)
+    for c in ("sky", "source"):
+        assert exact[c] == pytest.approx(1.0, abs=0.15), (c, exact)
+    # references blurred beyond the frame's PSF miss the stars' light: counted as error
+    assert blurred["source"] > 3.0 * exact["source"]
+    rows = {"exact": {"frames": 1, "noise_model_ratio": exact,
+                      "blur": ms.tb.best_blur([frames["exact"]], ms.tb.BLUR_SIGMAS, ms.SCORED)}}
+    table = ms.render_real_check(rows).splitlines()
+    assert len(table) == 3 and table[2].startswith("| exact | 1 | ")

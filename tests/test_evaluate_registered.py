@@ -95,6 +95,13 @@ def test_evaluate_registers_saao_frames_without_wcs(real_data_dir, tmp_path):
     b1 = metrics[metrics["kind"] == "blur_sigma_1"].set_index(["frame", "pixel_class"])["mse"]
     d = metrics[metrics["kind"] == "denoised"].set_index(["frame", "pixel_class"])["mse"]
     np.testing.assert_allclose(b1.sort_index(), d.sort_index(), rtol=0.02)
+    # the raw frames' estimated MSE over their noise model (headers' gain and read noise):
+    # near 1 on sky, far above in the stars, which the references match worst
+    nm = metrics[metrics["kind"] == "raw"].set_index(["frame", "pixel_class"])
+    assert (nm["noise_var_model"] > 0).all()
+    assert 0.9 < summary["raw_mse_over_noise_model_sky_independent"] < 1.7
+    assert (summary["raw_mse_over_noise_model_source_independent"]
+            > 3 * summary["raw_mse_over_noise_model_sky_independent"])
     for cls in ("sky", "source"):
         assert summary[f"denoised_over_best_blur_{cls}_independent"] <= 1.01
         assert summary[f"best_blur_sigma_{cls}_independent"] in (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -176,6 +183,10 @@ def test_evaluate_and_stack_without_wcs_record_failed_registrations(tmp_path):
     assert (reg.loc[~bad, "error"] == "").all()
     assert summary["registration"]["failed"] == 3
     assert summary["frames_evaluated_independent"] == 3
+    # the frames' noise is 8 ADU, their attributes say gain 1 and read noise 5 e⁻ on a sky of
+    # 300 ADU (325 ADU²): the raw sky estimate over that noise model says so
+    assert summary["raw_mse_over_noise_model_sky_independent"] == pytest.approx(64 / 325,
+                                                                                rel=0.1)
     one = reg[(reg["frame"] == st.frame_id(10, 1)) & (reg["other_frame"] == st.frame_id(12, 1))]
     assert one["dx_px"].iloc[0] == pytest.approx(-7, abs=0.05)
     assert one["dy_px"].iloc[0] == pytest.approx(11, abs=0.05)

@@ -36,11 +36,15 @@ Writes into ``<run>/evaluate/``:
   class (sky | source): ``reference`` (truth | independent-exposure), ``estimator``
   (exact | triplet | equal-noise), n_pixels, rms [ADU], psnr_db, ssim (truth only), mse
   [ADU²] and, without truth, mse_se, mse_to_reference, noise_var_reference [ADU²],
-  n_references;
+  noise_var_model [ADU²] (the frame's noise model over the class's pixels: the raw frame's
+  true MSE; NaN without a gain), n_references;
 - ``pixel_summary.csv``: the same pooled over frames per reference, with the RMS reduction
   factor raw/denoised per class; the summary's ``best_blur_sigma_<class>_independent`` and
   ``denoised_over_best_blur_<class>_independent`` (best blur's RMS / denoised RMS) say whether
   the denoiser beats every blur on the same pixels and references;
+  ``raw_mse_over_noise_model_<class>_independent`` (the raw frame's estimated MSE over its
+  noise model: near 1 where the references hold the frame's truth; far above, what they
+  miss of it dominates that class's scores);
 - ``independent_references.csv`` (without truth): the estimate with each reference alone
   and its noise variance (they must agree within their errors), its coverage and its match
   (``flux_scale`` frame / reference, kernel centroid ``shift_x_px``/``shift_y_px``,
@@ -83,6 +87,7 @@ import pandas as pd
 
 from pausdenoise import detection as dt
 from pausdenoise import evaluate as ev
+from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.errors import PsfError
 from pausdenoise.n2v.normalise import frame_statistics
@@ -146,6 +151,8 @@ def _pool(metrics: pd.DataFrame) -> pd.DataFrame:
             else np.nan,
             "psnr_db": float(np.sum(w * g["psnr_db"].to_numpy())) if len(g) else np.nan,
             "ssim": float(np.sum(w * g["ssim"].to_numpy())) if len(g) else np.nan,
+            "noise_var_model": (float(np.sum(w * g["noise_var_model"].to_numpy()))
+                                if len(g) else np.nan),
         })
     out = pd.DataFrame(rows)
     out["rms_reduction"] = np.nan
@@ -168,7 +175,8 @@ def _truth_columns(m: pd.DataFrame) -> pd.DataFrame:
     """
     m = m.copy()
     m["mse"] = m["rms"] ** 2
-    for col in ("mse_se", "mse_to_reference", "noise_var_reference", "n_references"):
+    for col in ("mse_se", "mse_to_reference", "noise_var_reference", "noise_var_model",
+                "n_references"):
         m[col] = np.nan
     m["estimator"] = "exact"
     return m
@@ -184,7 +192,7 @@ _BLUR = "blur_sigma_"
 
 _METRIC_COLUMNS = ["frame", "kind", "reference", "estimator", "pixel_class", "n_pixels", "rms",
                    "mse", "mse_se", "psnr_db", "ssim", "mse_to_reference",
-                   "noise_var_reference", "n_references"]
+                   "noise_var_reference", "noise_var_model", "n_references"]
 
 
 # --------------------------------------------------------------------------- without truth
@@ -206,13 +214,49 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
     return good
 
 
+def _noise_model_variance(ctx: Context, frame: str, sky: float, refs: list[np.ndarray],
+                          classes: dict[str, np.ndarray]) -> dict[str, float]:
+    """Return the mean of the frame's noise-model variance over each class's pixels.
+
+    Per pixel ``(sky + light) / gain + read noise²`` (ADU²; gain in e⁻/ADU and read noise
+    from the frame's attributes, the light from the references' mean, at least 0): the raw
+    frame's own MSE, which its estimated MSE equals where the references hold its truth.
+
+    Parameters
+    ----------
+    ctx : Context
+        The stage context (store).
+    frame : str
+        The frame.
+    sky : float
+        Its sky level, ADU.
+    refs : list of ndarray (ny, nx)
+        Its matched references, sky-subtracted ADU, NaN where invalid.
+    classes : dict of str to ndarray of bool
+        The scored pixels of each class.
+
+    Returns
+    -------
+    dict of str to float
+        Class → mean variance, ADU² (NaN for every class without a gain).
+    """
+    gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
+    if gain is None:
+        return dict.fromkeys(classes, np.nan)
+    var = (sky + np.clip(rm.valid_mean(refs), 0.0, None)) / gain + rn_adu**2
+    return {c: float(var[sel].mean()) if sel.any() else np.nan for c, sel in classes.items()}
+
+
 def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
                          estimates: dict[str, np.ndarray], raw: np.ndarray,
                          refs: list[np.ndarray], names: list[str], coverage: list[float],
                          good: np.ndarray, catalogue: pd.DataFrame | None,
-                         matches: pd.DataFrame | None = None
+                         matches: pd.DataFrame | None = None, sky: float = 0.0
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the frame's estimates against its references.
+
+    ``sky`` (ADU) enters the noise model of ``noise_var_model``
+    (:func:`_noise_model_variance`).
 
     Returns
     -------
@@ -239,6 +283,9 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     metrics = res.combined.copy()
     metrics.insert(0, "frame", frame)
     metrics["reference"] = ev.REFERENCE_INDEPENDENT
+    scored = {c: sel & common & np.isfinite(raw) for c, sel in classes.items()}
+    metrics["noise_var_model"] = metrics["pixel_class"].map(
+        _noise_model_variance(ctx, frame, sky, refs, scored))
     per_ref = res.per_reference.copy()
     per_ref.insert(0, "frame", frame)
     idx = per_ref["reference_index"].to_numpy()
@@ -290,7 +337,7 @@ def _independent_frame(
                 "noise variance needs a second (evaluate.single_reference='equal-noise' "
                 "assumes equal noise instead)")
     return _independent_metrics(ctx, frame, row, estimates, raw, refs.values, refs.frames,
-                                refs.coverage, good, catalogue, refs.matches)
+                                refs.coverage, good, catalogue, refs.matches, sky)
 
 
 # --------------------------------------------------------------------------- with truth
@@ -834,6 +881,10 @@ def run(ctx: Context) -> dict[str, Any]:
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
         summary[f"rms_reduction_{r['pixel_class']}{suffix}"] = float(r["rms_reduction"])
     summary.update(_best_blur(pooled))
+    for _, r in pooled[(pooled["kind"] == "raw")
+                       & (pooled["reference"] == ev.REFERENCE_INDEPENDENT)].iterrows():
+        summary[f"raw_mse_over_noise_model_{r['pixel_class']}_independent"] = (
+            float(r["mse"] / r["noise_var_model"]) if r["noise_var_model"] > 0 else None)
     if tally.true_mags:
         _write_detection(ctx, tally, summary)
     if tally.stamps:
