@@ -1021,8 +1021,8 @@ def noise_model_check(frames: list[tb.EvalFrame], store: Path) -> dict[str, floa
         gain, rn = rm.frame_noise(st.frame_attrs(store, f.name))
         if gain is None:
             raise ValueError(f"{f.name}: no gain in the store attributes")
-        light = np.clip(rm.valid_mean(f.references), 0.0, None)
-        var = (f.sky + light) / gain + rn**2
+        var = rm.noise_variance(np.where(f.good, f.image - f.sky, np.nan), f.good,
+                                f.references, f.sky, gain, rn)
         raw = tb.score_frame(f, {}).set_index("pixel_class")
         for c in SCORED:
             sel = f.classes[c] & f.good

@@ -214,13 +214,15 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
     return good
 
 
-def _noise_model_variance(ctx: Context, frame: str, sky: float, refs: list[np.ndarray],
-                          classes: dict[str, np.ndarray]) -> dict[str, float]:
+def _noise_model_variance(ctx: Context, frame: str, raw: np.ndarray, sky: float,
+                          refs: list[np.ndarray], classes: dict[str, np.ndarray]
+                          ) -> dict[str, float]:
     """Return the mean of the frame's noise-model variance over each class's pixels.
 
     Per pixel ``(sky + light) / gain + read noise²`` (ADU²; gain in e⁻/ADU and read noise
-    from the frame's attributes, the light from the references' mean, at least 0): the raw
-    frame's own MSE, which its estimated MSE equals where the references hold its truth.
+    from the frame's attributes, the light from the references' mean, at least 0:
+    :func:`pausdenoise.reference_match.noise_variance`): the raw frame's own MSE, which its
+    estimated MSE equals where the references hold its truth.
 
     Parameters
     ----------
@@ -228,6 +230,8 @@ def _noise_model_variance(ctx: Context, frame: str, sky: float, refs: list[np.nd
         The stage context (store).
     frame : str
         The frame.
+    raw : ndarray (ny, nx)
+        Its raw pixels, sky-subtracted ADU, NaN where unusable.
     sky : float
         Its sky level, ADU.
     refs : list of ndarray (ny, nx)
@@ -238,12 +242,13 @@ def _noise_model_variance(ctx: Context, frame: str, sky: float, refs: list[np.nd
     Returns
     -------
     dict of str to float
-        Class → mean variance, ADU² (NaN for every class without a gain).
+        Class → mean variance, ADU² (NaN for every class without a gain: a gain estimated
+        from the frame's own scatter would make the comparison circular).
     """
     gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
     if gain is None:
         return dict.fromkeys(classes, np.nan)
-    var = (sky + np.clip(rm.valid_mean(refs), 0.0, None)) / gain + rn_adu**2
+    var = rm.noise_variance(raw, np.isfinite(raw), refs, sky, gain, rn_adu)
     return {c: float(var[sel].mean()) if sel.any() else np.nan for c, sel in classes.items()}
 
 
@@ -285,7 +290,7 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     metrics["reference"] = ev.REFERENCE_INDEPENDENT
     scored = {c: sel & common & np.isfinite(raw) for c, sel in classes.items()}
     metrics["noise_var_model"] = metrics["pixel_class"].map(
-        _noise_model_variance(ctx, frame, sky, refs, scored))
+        _noise_model_variance(ctx, frame, raw, sky, refs, scored))
     per_ref = res.per_reference.copy()
     per_ref.insert(0, "frame", frame)
     idx = per_ref["reference_index"].to_numpy()
