@@ -1210,17 +1210,30 @@ def _run_check(a: argparse.Namespace, argv: list[str] | None, pop: Population,
         Exit status.
     """
     rows = estimator_check(pop, exps, factors, shape, rng, a.core_level, a.reference_choice)
+    return _write_check(a, argv, "estimator-check.json",
+                        {"choice": a.reference_choice, "rows": rows}, render_check(rows),
+                        "The real-frame estimator checked on star fields matched to the SAAO "
+                        "frames", load0)
+
+
+def _write_check(a: argparse.Namespace, argv: list[str] | None, name: str,
+                 payload: dict[str, Any], table: str, title: str,
+                 load0: tuple[float, float, float]) -> int:
+    """Write a check's JSON to ``<out>/name``, print its table and (``--append``) its section.
+
+    Returns
+    -------
+    int
+        Exit status (0).
+    """
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "estimator-check.json").write_text(json.dumps(
-        {"date": date, "choice": a.reference_choice, "rows": rows}, indent=1, default=float))
-    table = render_check(rows)
+    (a.out / name).write_text(json.dumps({"date": date, **payload}, indent=1, default=float))
     print(table)
     if a.append:
         cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
         with open(a.results, "a") as fh:
-            fh.write(f"\n## The real-frame estimator checked on star fields matched to the "
-                     f"SAAO frames ({date})\n\n{platform.machine()}, {tb._cpu_name()}, "
+            fh.write(f"\n## {title} ({date})\n\n{platform.machine()}, {tb._cpu_name()}, "
                      f"{os.cpu_count()} CPUs; load {load0[0]:.2f} at the start, "
                      f"{os.getloadavg()[0]:.2f} at the end.\n\n```\n{cmd}\n```\n\n"
                      f"{table}\n")
@@ -1263,21 +1276,9 @@ def _run_real_check(a: argparse.Namespace, argv: list[str] | None, ds: tb.DataSe
     rows = {name: {"frames": len(frames), "noise_model_ratio": noise_model_check(frames, store),
                    "blur": tb.best_blur(frames, tb.BLUR_SIGMAS, SCORED)}
             for name, frames in sets.items()}
-    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "real-check.json").write_text(json.dumps({"date": date, "rows": rows}, indent=1,
-                                                      default=float))
-    table = render_real_check(rows)
-    print(table)
-    if a.append:
-        cmd = "python benchmarks/bench_matched_simulation.py " + " ".join(argv or sys.argv[1:])
-        with open(a.results, "a") as fh:
-            fh.write(f"\n## The real-frame estimators checked against the SAAO frames' noise "
-                     f"model ({date})\n\n{platform.machine()}, {tb._cpu_name()}, "
-                     f"{os.cpu_count()} CPUs; load {load0[0]:.2f} at the start, "
-                     f"{os.getloadavg()[0]:.2f} at the end.\n\n```\n{cmd}\n```\n\n"
-                     f"{table}\n")
-    return 0
+    return _write_check(a, argv, "real-check.json", {"rows": rows}, render_real_check(rows),
+                        "The real-frame estimators checked against the SAAO frames' noise "
+                        "model", load0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -310,3 +310,14 @@ def test_the_noise_model_check_finds_exact_references_at_one_and_blurred_ones_ab
                       "blur": ms.tb.best_blur([frames["exact"]], ms.tb.BLUR_SIGMAS, ms.SCORED)}}
     table = ms.render_real_check(rows).splitlines()
     assert len(table) == 3 and table[2].startswith("| exact | 1 | ")
+
+
+def test_a_check_writes_its_json_and_its_dated_section(ms, tmp_path):
+    import json
+
+    a = SimpleNamespace(out=tmp_path / "out", append=True, results=tmp_path / "RESULTS.md")
+    assert ms._write_check(a, ["--real-check"], "c.json", {"rows": {"x": 1}}, "| t |",
+                           "A check", (0.5, 0.0, 0.0)) == 0
+    assert json.loads((a.out / "c.json").read_text())["rows"] == {"x": 1}
+    text = a.results.read_text()
+    assert text.startswith("\n## A check (") and "--real-check\n```\n\n| t |\n" in text
