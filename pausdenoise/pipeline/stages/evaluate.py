@@ -214,22 +214,19 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
     return good
 
 
-def _noise_model_variance(ctx: Context, frame: str, raw: np.ndarray, sky: float,
-                          refs: list[np.ndarray], classes: dict[str, np.ndarray]
-                          ) -> dict[str, float]:
+def _noise_model_variance(row: pd.Series, raw: np.ndarray, sky: float, refs: list[np.ndarray],
+                          classes: dict[str, np.ndarray]) -> dict[str, float]:
     """Return the mean of the frame's noise-model variance over each class's pixels.
 
     Per pixel ``(sky + light) / gain + read noise²`` (ADU²; gain in e⁻/ADU and read noise
-    from the frame's attributes, the light from the references' mean, at least 0:
+    from the frame's row of the exposure table, the light from the references' mean, at least 0:
     :func:`pausdenoise.reference_match.noise_variance`): the raw frame's own MSE, which its
     estimated MSE equals where the references hold its truth.
 
     Parameters
     ----------
-    ctx : Context
-        The stage context (store).
-    frame : str
-        The frame.
+    row : Series
+        The frame's row of the exposure table (``gain``, ``rdnoise``).
     raw : ndarray (ny, nx)
         Its raw pixels, sky-subtracted ADU, NaN where unusable.
     sky : float
@@ -245,7 +242,7 @@ def _noise_model_variance(ctx: Context, frame: str, raw: np.ndarray, sky: float,
         Class → mean variance, ADU² (NaN for every class without a gain: a gain estimated
         from the frame's own scatter would make the comparison circular).
     """
-    gain, rn_adu = rm.frame_noise(st.frame_attrs(ctx.store, frame))
+    gain, rn_adu = rm.frame_noise(row)
     if gain is None:
         return dict.fromkeys(classes, np.nan)
     var = rm.noise_variance(raw, np.isfinite(raw), refs, sky, gain, rn_adu)
@@ -290,7 +287,7 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     metrics["reference"] = ev.REFERENCE_INDEPENDENT
     scored = {c: sel & common & np.isfinite(raw) for c, sel in classes.items()}
     metrics["noise_var_model"] = metrics["pixel_class"].map(
-        _noise_model_variance(ctx, frame, raw, sky, refs, scored))
+        _noise_model_variance(row, raw, sky, refs, scored))
     per_ref = res.per_reference.copy()
     per_ref.insert(0, "frame", frame)
     idx = per_ref["reference_index"].to_numpy()
@@ -751,8 +748,7 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
             res = _seeing_limited(frame, names, fwhm, ratio)
             if isinstance(res, list):
                 res = _independent_frame(ctx, frame, arr, exposures, catalogue,
-                                         tally.registry, None if ratio is None and pool is None
-                                         else res)
+                                         tally.registry, pool if ratio is None else res)
             if isinstance(res, str):
                 tally.skipped[frame] = res
                 print(f"evaluate: {frame} skipped: {res}")
