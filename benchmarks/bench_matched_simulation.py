@@ -13,7 +13,9 @@ those exposures, and scored
 
 beside the best Gaussian blur (σ chosen by the same estimator, per pixel class) of each
 (``bench_training_budget.best_blur``).
-Besides the sky and source pixels of ``bench_training_budget.py``, the source pixels are
+Besides the sky and source pixels of ``bench_training_budget.py`` its frames' low-S/N
+pixels are scored (``low_snr``: detected light at most ``evaluate.low_snr_max`` σ of the
+frame's sky noise, as the evaluate stage), and the source pixels are
 split at ``--core-level`` ADU of the references' mean (sky subtracted): the stars' bright
 cores, where a small blur changes a pixel by far more than its noise and the score depends
 most on how well the references match the frame's PSF, and the rest.
@@ -61,9 +63,10 @@ With ``--real-psf-references`` the real frames are also scored with references n
 than the frame, re-matched through the PSF models (``evaluate.reference_model: psf``,
 ``evaluate.max_seeing_ratio: 1``), and, on the frames that have at least two, with the
 fitted kernels' references (:func:`real_sets`). With ``--real-check`` nothing is trained:
-for each of those sets the raw frames' estimated MSE is compared with their noise model
-(:func:`noise_model_check`: the one truth the real frames have) beside the best blur,
-written to ``<out>/real-check.json`` and, with ``--append``, to RESULTS.md.
+for each of those sets, and for each real frame alone, the raw frames' estimated MSE is
+compared with their noise model (:func:`noise_model_check`: the one truth the real frames
+have) beside the best blur, written to ``<out>/real-check.json`` and, with ``--append``,
+to RESULTS.md.
 
 With ``--variance-factor k`` the simulated noise variance is k times the headers' (a test of
 whether the frames are noisier than their gain and read noise say). With ``--fine-tune
@@ -132,7 +135,7 @@ PAD = 24
 #: Radius (px) of the drawn PSF.
 PSF_RADIUS = 30
 #: Pixel classes scored: the estimator's two, and the source pixels split at the core level.
-SCORED = ("sky", "source", "faint", "core")
+SCORED = ("sky", "source", "low_snr", "faint", "core")
 #: Simulated exposures scored (each with four more exposures as its references).
 SIM_EVAL = 4
 #: Real exposures scored (spread over the exposure order).
@@ -1273,12 +1276,13 @@ def _run_real_check(a: argparse.Namespace, argv: list[str] | None, ds: tb.DataSe
         Exit status.
     """
     sets = real_sets(ds, a.out, a.core_level, True)
+    sets.update({f"real, {f.name} alone": [f] for f in sets["real"]})
     rows = {name: {"frames": len(frames), "noise_model_ratio": noise_model_check(frames, store),
                    "blur": tb.best_blur(frames, tb.BLUR_SIGMAS, SCORED)}
             for name, frames in sets.items()}
     return _write_check(a, argv, "real-check.json", {"rows": rows}, render_real_check(rows),
                         "The real-frame estimators checked against the SAAO frames' noise "
-                        "model", load0)
+                        "model, frame by frame and on low-S/N pixels", load0)
 
 
 def main(argv: list[str] | None = None) -> int:

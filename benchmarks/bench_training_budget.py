@@ -293,7 +293,7 @@ def _aperture_mask(rows: pd.DataFrame, shape: tuple[int, ...], pixel_scale: floa
 
 def truth_frame(name: str, image: np.ndarray, truth: np.ndarray, good: np.ndarray,
                 source: np.ndarray, sky_tolerance: float, mask: np.ndarray | None = None,
-                attrs: dict[str, Any] | None = None) -> EvalFrame:
+                attrs: dict[str, Any] | None = None, low_snr_max: float = 10.0) -> EvalFrame:
     """Build a frame scored against its truth (pixel classes as the evaluate stage).
 
     Parameters
@@ -308,6 +308,8 @@ def truth_frame(name: str, image: np.ndarray, truth: np.ndarray, good: np.ndarra
         Source pixels (inside the catalogue apertures).
     sky_tolerance : float
         Sky pixels: |truth − sky| < this × σ_noise (σ_noise: MAD of image − truth).
+    low_snr_max : float
+        Low-S/N pixels: sky_tolerance ≤ (truth − sky) / σ_noise ≤ this.
     mask : ndarray, optional
         Bad-pixel mask (non-zero bad) for normalisation and photometry.
     attrs : dict, optional
@@ -322,7 +324,9 @@ def truth_frame(name: str, image: np.ndarray, truth: np.ndarray, good: np.ndarra
     resid = (image - truth)[good]
     sigma = float(MAD_TO_SIGMA * np.median(np.abs(resid - np.median(resid))))
     classes = {"sky": ev.sky_pixel_mask(truth, sky, sigma, good, sky_tolerance),
-               "source": source & good}
+               "source": source & good,
+               "low_snr": ev.low_snr_pixel_mask(truth - sky, good, sigma, sky_tolerance,
+                                                low_snr_max)}
     stats = frame_statistics(image, None if mask is None else (mask != 0) | ~good)
     return EvalFrame(name, image.astype(np.float64), good, classes, stats, mask=mask,
                      truth=truth.astype(np.float64), attrs=attrs or {})
@@ -389,7 +393,8 @@ def load_sim(out: Path) -> DataSet:
         good = _good(arr)
         src = _aperture_mask(rows, arr["image"].shape, cfg.photometry.pixel_scale)
         frames.append(truth_frame(f, arr["image"], arr["truth"], good, src,
-                                  cfg.evaluate.sky_tolerance, arr.get("mask"), attrs))
+                                  cfg.evaluate.sky_tolerance, arr.get("mask"), attrs,
+                                  cfg.evaluate.low_snr_max))
     base, sky_var = _with_noise_scale(cfg, exposures, stats)
     return DataSet("sim", train, frames, base,
                    Photometry(catalogue, truth, cfg.photometry),
@@ -501,7 +506,7 @@ def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
     references : list of ndarray
         Independent exposures on this grid, sky-subtracted ADU, NaN where invalid (≥ 2).
     cfg : EvaluateConfig
-        Source threshold, smoothing FWHM and sky margin of the pixel classes.
+        Source threshold, smoothing FWHM, sky margin and low-S/N limit of the pixel classes.
     mask : ndarray, optional
         Bad-pixel mask (non-zero bad).
 
@@ -513,10 +518,11 @@ def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
     common = good.copy()
     for r in references:
         common &= np.isfinite(r)
+    stats = frame_statistics(image, (~good).astype(np.uint8))
     classes = ev.pixel_classes_without_truth(
         np.mean(references, axis=0), common, threshold=cfg.source_threshold,
-        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin)
-    stats = frame_statistics(image, (~good).astype(np.uint8))
+        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin, noise_sigma=stats.sigma,
+        low_snr_max=cfg.low_snr_max)
     return EvalFrame(name, image.astype(np.float64), common, classes, stats, mask=mask,
                      references=references, sky=stats.sky)
 

@@ -185,6 +185,34 @@ def test_independent_estimate_matches_true_mse_with_resampled_references(synthet
     assert naive < 0.7 * true[("denoised", "sky")]
 
 
+def test_low_snr_class_holds_the_faint_light_and_no_bright_core():
+    """The low-S/N class: detected light at most ``low_snr_max`` σ, never a bright core."""
+    shape, sigma = (96, 96), 5.0
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+
+    def star(x, y, peak, s=1.5):
+        return peak * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * s**2))
+
+    truth = star(30, 30, 2000.0) + star(66, 60, 4 * sigma, 2.5)
+    rng = np.random.default_rng(3)
+    refs = [truth + rng.normal(0, sigma, shape) for _ in range(4)]
+    good = np.ones(shape, bool)
+    mean = np.mean(refs, axis=0)
+    classes = ev.pixel_classes_without_truth(mean, good, noise_sigma=sigma, low_snr_max=10.0)
+    low = classes["low_snr"]
+    assert "low_snr" not in ev.pixel_classes_without_truth(mean, good)
+    assert not (low & classes["sky"]).any()
+    assert low[60, 66] and low[58:63, 64:69].mean() > 0.8  # the faint source's core
+    assert not low[28:33, 28:33].any()  # the bright core
+    assert low[30, 36]  # the bright star's outskirts (about 6 σ)
+    assert (mean[low] <= 10 * sigma).all()
+    # with truth: the band between the sky tolerance and the limit
+    band = ev.low_snr_pixel_mask(truth, good, sigma, 0.05, 10.0)
+    assert band[60, 66] and not band[30, 30] and not band[0, 0]
+    assert ((truth[band] >= 0.05 * sigma) & (truth[band] <= 10 * sigma)).all()
+    assert not ev.low_snr_pixel_mask(np.full(shape, np.nan), good, sigma, -np.inf, 10).any()
+
+
 def test_source_pixels_exact_with_aligned_references_biased_by_interpolation(synthetic):
     """Source pixels: unbiased with whole-pixel (exact) references; bilinear resampling
     blurs the references' signal, so a smoothing denoiser looks better than it is there
@@ -256,6 +284,7 @@ def test_evaluate_stage_without_truth_on_synthetic_store(synthetic, tmp_path):
     assert set(pooled["reference"]) == {ev.REFERENCE_INDEPENDENT}
     assert np.isfinite(pooled["rms_reduction"]).all()
     assert "rms_reduction_sky_independent" in summary
+    assert "rms_reduction_low_snr_independent" in summary  # the faint light, a class of its own
     # the frame D of σ = 4: estimated sky MSE of raw and denoised vs the truth
     d = metrics[(metrics["frame"] == st.frame_id(100, 1)) & (metrics["pixel_class"] == "sky")]
     d = d.set_index("kind")

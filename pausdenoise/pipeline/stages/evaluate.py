@@ -253,12 +253,14 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
                          estimates: dict[str, np.ndarray], raw: np.ndarray,
                          refs: list[np.ndarray], names: list[str], coverage: list[float],
                          good: np.ndarray, catalogue: pd.DataFrame | None,
-                         matches: pd.DataFrame | None = None, sky: float = 0.0
+                         matches: pd.DataFrame | None = None, sky: float = 0.0,
+                         sky_sigma: float | None = None
                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score the frame's estimates against its references.
 
     ``sky`` (ADU) enters the noise model of ``noise_var_model``
-    (:func:`_noise_model_variance`).
+    (:func:`_noise_model_variance`); ``sky_sigma`` (the raw frame's sky noise σ, ADU) sets
+    the ``low_snr`` class (none without it).
 
     Returns
     -------
@@ -279,7 +281,8 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     mean_refs = np.mean(refs, axis=0)
     classes = ev.pixel_classes_without_truth(
         mean_refs, common, source_mask=source_mask, threshold=cfg.source_threshold,
-        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin)
+        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin, noise_sigma=sky_sigma,
+        low_snr_max=cfg.low_snr_max)
     estimator = "triplet" if len(refs) >= 2 else "equal-noise"
     res = ev.independent_exposure_metrics(estimates, raw, refs, classes, estimator=estimator)
     metrics = res.combined.copy()
@@ -324,9 +327,10 @@ def _independent_frame(
     if good.sum() < 2:
         return "no good pixel"
     try:
-        sky = frame_statistics(image, (~good).astype(np.uint8)).sky
+        stats = frame_statistics(image, (~good).astype(np.uint8))
     except ValueError as exc:
         return f"no sky level: {exc}"
+    sky = stats.sky
     raw = np.where(good, image - sky, np.nan)
     estimates = {"raw": raw, "denoised": np.where(good, den - sky, np.nan)}
     for s in cfg.blur_sigmas:  # the baselines: the raw frame blurred
@@ -339,7 +343,7 @@ def _independent_frame(
                 "noise variance needs a second (evaluate.single_reference='equal-noise' "
                 "assumes equal noise instead)")
     return _independent_metrics(ctx, frame, row, estimates, raw, refs.values, refs.frames,
-                                refs.coverage, good, catalogue, refs.matches, sky)
+                                refs.coverage, good, catalogue, refs.matches, sky, stats.sigma)
 
 
 # --------------------------------------------------------------------------- with truth
@@ -418,6 +422,8 @@ def _truth_frame(ctx: Context, frame: str, arr: dict[str, np.ndarray],
                          & (catalogue["ccd"] == attrs["ccd"])]
         classes["source"] = _source_mask(rows, image.shape, ctx.cfg.photometry.pixel_scale) \
             & good
+    classes["low_snr"] = ev.low_snr_pixel_mask(truth - sky, good, sigma, cfg.sky_tolerance,
+                                               cfg.low_snr_max)
     if tally.evaluated == 1:  # residual maps of the first evaluated frame, central cutout
         _write_residuals(ctx.paths.evaluate, frame, image, truth, den, good, sigma)
     for kind, est in (("raw", image), ("denoised", den)):
