@@ -62,7 +62,8 @@ noisy exposure of each simulated field and scored on the same sets
 With ``--real-psf-references`` the real frames are also scored with references no broader
 than the frame, re-matched through the PSF models (``evaluate.reference_model: psf``,
 ``evaluate.max_seeing_ratio: 1``), and, on the frames that have at least two, with the
-fitted kernels' references (:func:`real_sets`). With ``--real-check`` nothing is trained:
+fitted kernels' references (:func:`real_sets`); with ``--real-frames-alone`` each real
+frame is also scored on its own. With ``--real-check`` nothing is trained:
 for each of those sets, and for each real frame alone, the raw frames' estimated MSE is
 compared with their noise model (:func:`noise_model_check`: the one truth the real frames
 have) beside the best blur, written to ``<out>/real-check.json`` and, with ``--append``,
@@ -963,8 +964,8 @@ def score_sets(net: UNet, sets: dict[str, list[tb.EvalFrame]]) -> dict[str, dict
 REAL_PSF, REAL_SAME = "real, PSF-model references", "real, those frames, fitted kernels"
 
 
-def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool
-              ) -> dict[str, list[tb.EvalFrame]]:
+def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool,
+              alone: bool = False) -> dict[str, list[tb.EvalFrame]]:
     """The real frames' scored sets, their source pixels split at the core level.
 
     Parameters
@@ -981,11 +982,14 @@ def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool
         frame (``evaluate.max_seeing_ratio: 1``) re-matched through the PSF models
         (``evaluate.reference_model: psf``), those with at least two; and
         :data:`REAL_SAME`: those frames with the fitted kernels' references.
+    alone : bool
+        Add each frame of ``"real"`` as a set of its own (``"real, <frame> alone"``).
 
     Returns
     -------
     dict of str to list of EvalFrame
-        ``"real"``, and with ``psf_references`` the two other sets.
+        ``"real"``, and with ``psf_references`` the two other sets, with ``alone`` one set
+        per frame.
     """
     sets = {"real": ds.frames}
     if psf_references:
@@ -995,6 +999,8 @@ def real_sets(ds: tb.DataSet, out: Path, core_level: float, psf_references: bool
         sets[REAL_SAME] = [f for f in ds.frames if f.name in names]
     for frames in sets.values():
         split_sources(frames, core_level)
+    if alone:
+        sets.update({f"real, {f.name} alone": [f] for f in ds.frames})
     return sets
 
 
@@ -1275,8 +1281,7 @@ def _run_real_check(a: argparse.Namespace, argv: list[str] | None, ds: tb.DataSe
     int
         Exit status.
     """
-    sets = real_sets(ds, a.out, a.core_level, True)
-    sets.update({f"real, {f.name} alone": [f] for f in sets["real"]})
+    sets = real_sets(ds, a.out, a.core_level, True, alone=True)
     rows = {name: {"frames": len(frames), "noise_model_ratio": noise_model_check(frames, store),
                    "blur": tb.best_blur(frames, tb.BLUR_SIGMAS, SCORED)}
             for name, frames in sets.items()}
@@ -1317,6 +1322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-choice", default="random",
                    choices=("random", "closest", "sharper", "sharper-only"),
                    help="how the references of other seeing are chosen (pick_references)")
+    p.add_argument("--real-frames-alone", action="store_true",
+                   help="also score each real frame on its own (its gains and best blur)")
     p.add_argument("--real-psf-references", action="store_true",
                    help="also score the real frames with references no broader than the "
                    "frame, matched through the PSF models (evaluate.reference_model: psf, "
@@ -1372,7 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
     sims = sim_eval_sets(pop, exps, [f.factor for f in frames], shape, rng, a.cosmic_rays,
                          a.other_seeing, a.reference_choice)
     split_sources(sims["simulation"], a.core_level)  # the classes every set shares
-    real = real_sets(ds, a.out, a.core_level, a.real_psf_references)
+    real = real_sets(ds, a.out, a.core_level, a.real_psf_references, a.real_frames_alone)
     blur = {w: tb.best_blur(f, tb.BLUR_SIGMAS, SCORED) for w, f in (*sims.items(), *real.items())}
     precision = resolve_precision("auto", torch.device("cpu"))
     net = UNet(UNetConfig(depth=2, base_channels=32, batch_norm=False, residual=True))
@@ -1415,6 +1422,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.results, "a") as fh:
             extra = ", with cosmic rays" if a.cosmic_rays else ""
             extra += ", references of other seeing" if a.other_seeing else ""
+            extra += ", each real frame also alone" if a.real_frames_alone else ""
             fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames"
                      f"{extra} ({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
                      f"threads; load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "

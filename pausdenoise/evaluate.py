@@ -291,6 +291,16 @@ class EvaluateConfig(BaseModel):
         "models: docs/evaluation.md). A frame left without any is skipped, with the reason. "
         "None: any exposure.",
     )
+    max_sky_noise_model_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description="Without truth: a frame whose raw sky pixels' estimated MSE exceeds this "
+        "times their noise model ((sky + light)/gain + read noise², from the frame's gain "
+        "and read noise) is not scored: its references miss its sky by more than the gain's "
+        "accuracy allows, and one such frame can move the pooled figures "
+        "(docs/evaluation.md). skipped.csv gives the ratio. Frames without a gain are "
+        "scored. None: every frame.",
+    )
     reference_candidates: int = Field(
         12,
         ge=1,

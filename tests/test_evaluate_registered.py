@@ -7,6 +7,7 @@ through the generic FITS path; the "denoised" image is a Gaussian filter of the 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,41 @@ def test_evaluate_takes_references_no_broader_than_the_frame(tmp_path):
     assert used == {f: sorted(g for g in fwhm if g != f and fwhm[g] <= fwhm[f])
                     for f in fwhm if f != sharpest}
     assert summary["frames_evaluated_independent"] == 3
+
+
+def test_evaluate_skips_a_frame_whose_sky_its_references_do_not_hold(tmp_path):
+    """``evaluate.max_sky_noise_model_ratio``: a frame whose raw sky estimate is far above
+    its noise model is skipped with the ratio; frames without a gain are kept."""
+    from pausdenoise.config import PipelineConfig
+    from pausdenoise.pipeline.runner import run
+    from pausdenoise.pipeline.stages.evaluate import _off_noise_model
+
+    store = tmp_path / "s.zarr"
+    _synthetic_store(store, [(0, 0), (9, -5), (-7, 11), (4, 4)], noise_only=-1)
+    # 8 ADU of noise; gain 100 e⁻/ADU says 300/100 + (5/100)² ≈ 3 ADU² (ratio ≈ 21), the
+    # others' gain 1 says 325 ADU² (ratio ≈ 0.2)
+    st.update_frame_attrs(store, st.frame_id(12, 1), {"gain": 100.0})
+    cfg = PipelineConfig.model_validate({
+        "input": {"source": "store", "store_path": str(store)},
+        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"},
+        "evaluate": {"max_sky_noise_model_ratio": 1.5}})
+    out = tmp_path / "run"
+    run(cfg, out, stages=["evaluate"])
+    ev_dir = out / "evaluate"
+    summary = json.loads((ev_dir / "summary.json").read_text())
+    skipped = pd.read_csv(ev_dir / "skipped.csv")
+    assert skipped["frame"].tolist() == [st.frame_id(12, 1)]
+    ratio = float(re.search(r"MSE is ([\d.]+) ×", skipped["reason"].iloc[0]).group(1))
+    assert ratio == pytest.approx(64 / 3.0025, rel=0.15)
+    assert "limit 1.5" in skipped["reason"].iloc[0]
+    assert summary["frames_evaluated_independent"] == 3
+    assert summary["max_sky_noise_model_ratio"] == 1.5
+    assert set(pd.read_csv(ev_dir / "pixel_metrics.csv")["frame"]) == {
+        st.frame_id(k, 1) for k in (10, 11, 13)}
+    # no gain, no noise model: the frame is kept; no limit keeps everything
+    m = pd.DataFrame({"kind": ["raw"], "pixel_class": ["sky"], "mse": [64.0],
+                      "noise_var_model": [np.nan]})
+    assert _off_noise_model((m, m), 1.5)[0] is m
+    m2 = m.assign(noise_var_model=1.0)
+    assert isinstance(_off_noise_model((m2, m2), 1.5), str)
+    assert _off_noise_model((m2, m2), None)[0] is m2

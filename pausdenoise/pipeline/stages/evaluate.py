@@ -727,6 +727,39 @@ def _seeing_limited(frame: str, names: list[str], fwhm: dict[str, float],
             f"frame's ({fwhm[frame]:.2f} px)")
 
 
+def _off_noise_model(res: tuple[pd.DataFrame, pd.DataFrame], limit: float | None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame] | str:
+    """Apply ``evaluate.max_sky_noise_model_ratio`` to a frame's independent-exposure scores.
+
+    Parameters
+    ----------
+    res : tuple of (DataFrame, DataFrame)
+        The frame's metrics (with ``noise_var_model``, ADU²) and per-reference rows.
+    limit : float or None
+        The largest raw sky MSE over the noise model accepted; None accepts every frame.
+
+    Returns
+    -------
+    tuple of (DataFrame, DataFrame) or str
+        ``res``, or the reason the frame is skipped (the ratio and the limit). A frame
+        without a noise model (no gain: NaN) is kept.
+    """
+    if limit is None:
+        return res
+    m = res[0]
+    sky = m[(m["kind"] == "raw") & (m["pixel_class"] == "sky")]
+    if sky.empty:
+        return res
+    model = float(sky["noise_var_model"].iloc[0])
+    if not np.isfinite(model) or model <= 0:
+        return res
+    ratio = float(sky["mse"].iloc[0]) / model
+    if not ratio > limit:  # within the limit, or no sky estimate (NaN)
+        return res
+    return (f"evaluate.max_sky_noise_model_ratio: the raw sky's estimated MSE is {ratio:.2f} × "
+            f"its noise model (limit {limit:g}): the references do not hold the frame's sky")
+
+
 def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
                      pool: list[str] | None = None) -> _Tally:
     """Score every frame (one at a time), against the truth or independent exposures.
@@ -755,6 +788,8 @@ def _evaluate_frames(ctx: Context, frames: list[str], exposures: pd.DataFrame,
             if isinstance(res, list):
                 res = _independent_frame(ctx, frame, arr, exposures, catalogue,
                                          tally.registry, pool if ratio is None else res)
+            if not isinstance(res, str):
+                res = _off_noise_model(res, ctx.cfg.evaluate.max_sky_noise_model_ratio)
             if isinstance(res, str):
                 tally.skipped[frame] = res
                 print(f"evaluate: {frame} skipped: {res}")
@@ -883,6 +918,8 @@ def run(ctx: Context) -> dict[str, Any]:
                                "reference_pool": "all" if pool is None else "held-out",
                                "reference_model": ctx.cfg.evaluate.reference_model,
                                "max_seeing_ratio": ctx.cfg.evaluate.max_seeing_ratio,
+                               "max_sky_noise_model_ratio":
+                                   ctx.cfg.evaluate.max_sky_noise_model_ratio,
                                "skipped": skipped, **registration}
     for _, r in pooled[pooled["kind"] == "denoised"].iterrows():
         suffix = "" if r["reference"] == ev.REFERENCE_TRUTH else "_independent"
