@@ -71,6 +71,7 @@ from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.compare import bin_index
 from pausdenoise.config import PipelineConfig, load_config
+from pausdenoise.errors import PsfError
 from pausdenoise.n2v.config import TrainConfig
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.patches import Frame, split_regions
@@ -80,11 +81,13 @@ from pausdenoise.paus_layout import CATALOGUE_NAME, TRUE_FLUXES_NAME, TRUTH_DIR
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import frame_stats_table, split_holdout
+from pausdenoise.pipeline.references import no_broader
 from pausdenoise.pipeline.stages.train import (
     frame_noise_models,
     noise_scale_from_frames,
     sky_variance_from_frames,
 )
+from pausdenoise.psf import frame_psf
 from pausdenoise.stats import MAD_TO_SIGMA
 
 HERE = Path(__file__).resolve().parent
@@ -436,13 +439,13 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
     """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
-    psf = {}  # frame → (FWHM px, β) of the others, read only when a setting needs them
+    psf: dict[str, tuple[float, float]] = {}  # frame → (FWHM px, β), where a setting needs them
     if cfg.max_seeing_ratio is not None or cfg.reference_model == "psf":
-        psf = {o: (float(b["psf_fwhm_px"]), float(b["psf_beta"]))
-               for o in others for b in [st.frame_attrs(store, o)]}
+        psf = {o: m for o in [frame, *others] for m in [_psf_model(store, o)] if m is not None}
     if cfg.max_seeing_ratio is not None:
-        limit = cfg.max_seeing_ratio * float(attrs["psf_fwhm_px"])
-        others = [o for o in others if psf[o][0] <= limit]
+        others = [o for o in no_broader(frame, [frame, *others],
+                                        {o: m[0] for o, m in psf.items()},
+                                        cfg.max_seeing_ratio) if o != frame]
     cands = []
     for o in others:
         a = _arrays(store, o)
@@ -483,11 +486,30 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
         return [matched[i] for i in keep]
     best = rm.best_matched(a_sub, good, refs, cfg.max_references, sky=sky, gain=gain,
                            read_noise_adu=rn, half_width=cfg.reference_kernel)
-    if cfg.reference_model == "psf" and cfg.reference_kernel > 0:
-        own = (float(attrs["psf_fwhm_px"]), float(attrs["psf_beta"]))
-        best = [(i, rm.psf_matched(refs[i], m, own, psf[names[i]], a_sub, rm.bright_pixels(
-            [o.values for j, o in best if j != i] or [m.values]))) for i, m in best]
+    if cfg.reference_model == "psf" and cfg.reference_kernel > 0 and frame in psf:
+        # as the evaluate stage: a reference without a PSF keeps its fitted kernel
+        best = [(i, rm.psf_matched(refs[i], m, psf[frame], psf[names[i]], a_sub,
+                                   rm.bright_pixels([o.values for j, o in best if j != i]
+                                                    or [m.values])))
+                if names[i] in psf else (i, m) for i, m in best]
     return [m for _, m in best]
+
+
+def _psf_model(store: Path, frame: str) -> tuple[float, float] | None:
+    """Return a frame's (FWHM px, Moffat β) from its attributes, as the evaluate stage reads it.
+
+    Returns
+    -------
+    tuple of float or None
+        :func:`pausdenoise.psf.frame_psf` of the attributes (``psf_fwhm_px``/``psf_beta``,
+        or ``seeing`` at the default pixel scale); None without either.
+    """
+    try:
+        est = frame_psf(st.frame_attrs(store, frame),
+                        pixel_scale=PhotometryConfig().pixel_scale)
+    except PsfError:
+        return None
+    return float(est.fwhm_px), float(est.beta)
 
 
 def independent_frame(name: str, image: np.ndarray, good: np.ndarray,

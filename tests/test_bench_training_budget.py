@@ -228,3 +228,36 @@ def test_references_no_broader_than_the_frame_matched_through_the_psf_models(ben
     # beyond it (10 × the PSF models' error here), the kernel between the PSF models not
     noise = float(np.mean((truth[core] + 900.0) / 1.9)) / 3
     assert err["psf"] < 2.0 * noise < err["free"], (err, noise)
+
+
+def test_references_without_a_psf_qualify_and_keep_their_fitted_kernel(bench, tmp_path):
+    """As the evaluate stage: an exposure without a PSF size passes the seeing limit, and
+    with ``reference_model: psf`` it keeps its fitted kernel (no KeyError)."""
+    from pausdenoise import store as st
+    from pausdenoise.config import load_config
+
+    rng = np.random.default_rng(5)
+    store = tmp_path / "s.zarr"
+    fwhm = [4.0, 3.0, 4.6, None]
+    shifts = [(0, 0), (2, -1), (-1, 2), (1, 1)]
+    names = [st.frame_id(k + 1, 1) for k in range(4)]
+    for name, w, sh in zip(names, fwhm, shifts, strict=True):
+        image = rng.poisson((_moffat_stars(w or 3.5, sh) + 900.0) * 1.9) / 1.9
+        attrs = {"expnum": int(name[:8]), "ccd": 1, "band": "I", "gain": 1.9, "rdnoise": 0.0}
+        if w is not None:
+            attrs.update(psf_fwhm_px=w, psf_beta=3.0)
+        st.write_frame(store, name, {"image": image.astype(np.float32)}, attrs)
+    image = np.asarray(st.open_frame(store, names[0]), np.float64)
+    good = np.ones(image.shape, bool)
+    base = load_config(bench.CONFIGS["saao"]).evaluate
+    cfg = base.model_copy(update={"max_seeing_ratio": 1.0, "reference_model": "psf"})
+    refs = bench._references(store, names[0], names[1:], image, good, cfg)
+    assert len(refs) == 2  # 3.0 px and the one without a size; 4.6 px is left out
+    free = bench._references(store, names[0], names[1:], image, good,
+                             cfg.model_copy(update={"reference_model": "free"}))
+    # the 3.0 px exposure is re-matched through the PSF models, the other keeps its fit
+    same = [any(np.array_equal(a.values, b.values, equal_nan=True) for b in free) for a in refs]
+    assert sorted(same) == [False, True]
+    # the frame itself without a size: no limit, every registered exposure may be a reference
+    assert bench._psf_model(store, names[3]) is None
+    assert bench._psf_model(store, names[1]) == (3.0, 3.0)
