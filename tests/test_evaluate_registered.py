@@ -52,21 +52,24 @@ def _ingest(tmp_path: Path, files: list[Path]) -> Path:
     return store
 
 
-@pytest.mark.real_data
-def test_evaluate_registers_saao_frames_without_wcs(real_data_dir, tmp_path):
+def _evaluate_store(store: Path, out: Path, **sections: dict) -> tuple[Path, dict]:
+    """Run the evaluate stage on a store (threads, nothing held out); its folder and summary."""
     from pausdenoise.config import PipelineConfig
     from pausdenoise.pipeline.runner import run
 
-    files = _saao_files(real_data_dir)
-    store = _ingest(tmp_path, files)
     cfg = PipelineConfig.model_validate({
         "input": {"source": "store", "store_path": str(store)},
-        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"},
-        "evaluate": {"max_references": 3}})
-    out = tmp_path / "run"
+        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"}, **sections})
     run(cfg, out, stages=["evaluate"])
     ev_dir = out / "evaluate"
-    summary = json.loads((ev_dir / "summary.json").read_text())
+    return ev_dir, json.loads((ev_dir / "summary.json").read_text())
+
+
+@pytest.mark.real_data
+def test_evaluate_registers_saao_frames_without_wcs(real_data_dir, tmp_path):
+    files = _saao_files(real_data_dir)
+    store = _ingest(tmp_path, files)
+    ev_dir, summary = _evaluate_store(store, tmp_path / "run", evaluate={"max_references": 3})
     metrics = pd.read_csv(ev_dir / "pixel_metrics.csv")
     reg = pd.read_csv(ev_dir / "registration.csv", keep_default_na=False)
     assert summary["frames_evaluated_independent"] == 3, summary["skipped"]
@@ -202,23 +205,13 @@ def test_evaluate_and_stack_without_wcs_record_failed_registrations(tmp_path):
 def test_evaluate_takes_references_no_broader_than_the_frame(tmp_path):
     """``evaluate.max_seeing_ratio``: only sharper exposures are references; the sharpest
     frame, with none, is skipped with the setting named."""
-    from pausdenoise.config import PipelineConfig
-    from pausdenoise.pipeline.runner import run
-
     store = tmp_path / "s.zarr"
     _synthetic_store(store, [(0, 0), (9, -5), (-7, 11), (4, 4)], noise_only=-1)
     fwhm = {st.frame_id(10 + k, 1): f for k, f in enumerate((4.0, 3.0, 4.5, 3.5))}
     for f, w in fwhm.items():
         st.update_frame_attrs(store, f, {"psf_fwhm_px": w, "psf_beta": 3.0})
-    cfg = PipelineConfig.model_validate({
-        "input": {"source": "store", "store_path": str(store)},
-        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"},
-        "evaluate": {"max_seeing_ratio": 1.0, "reference_model": "psf",
-                     "single_reference": "equal-noise"}})
-    out = tmp_path / "run"
-    run(cfg, out, stages=["evaluate"])
-    ev_dir = out / "evaluate"
-    summary = json.loads((ev_dir / "summary.json").read_text())
+    ev_dir, summary = _evaluate_store(store, tmp_path / "run", evaluate={
+        "max_seeing_ratio": 1.0, "reference_model": "psf", "single_reference": "equal-noise"})
     assert summary["max_seeing_ratio"] == 1.0 and summary["reference_model"] == "psf"
     skipped = pd.read_csv(ev_dir / "skipped.csv")
     sharpest = st.frame_id(11, 1)
@@ -237,8 +230,6 @@ def test_evaluate_takes_references_no_broader_than_the_frame(tmp_path):
 def test_evaluate_skips_a_frame_whose_sky_its_references_do_not_hold(tmp_path):
     """``evaluate.max_sky_noise_model_ratio``: a frame whose raw sky estimate is far above
     its noise model is skipped with the ratio; frames without a gain are kept."""
-    from pausdenoise.config import PipelineConfig
-    from pausdenoise.pipeline.runner import run
     from pausdenoise.pipeline.stages.evaluate import _off_noise_model
 
     store = tmp_path / "s.zarr"
@@ -246,14 +237,8 @@ def test_evaluate_skips_a_frame_whose_sky_its_references_do_not_hold(tmp_path):
     # 8 ADU of noise; gain 100 e⁻/ADU says 300/100 + (5/100)² ≈ 3 ADU² (ratio ≈ 21), the
     # others' gain 1 says 325 ADU² (ratio ≈ 0.2)
     st.update_frame_attrs(store, st.frame_id(12, 1), {"gain": 100.0})
-    cfg = PipelineConfig.model_validate({
-        "input": {"source": "store", "store_path": str(store)},
-        "holdout_exposures_per_band": 0, "cluster": {"kind": "threads"},
-        "evaluate": {"max_sky_noise_model_ratio": 1.5}})
-    out = tmp_path / "run"
-    run(cfg, out, stages=["evaluate"])
-    ev_dir = out / "evaluate"
-    summary = json.loads((ev_dir / "summary.json").read_text())
+    ev_dir, summary = _evaluate_store(store, tmp_path / "run",
+                                      evaluate={"max_sky_noise_model_ratio": 1.5})
     skipped = pd.read_csv(ev_dir / "skipped.csv")
     assert skipped["frame"].tolist() == [st.frame_id(12, 1)]
     ratio = float(re.search(r"MSE is ([\d.]+) ×", skipped["reason"].iloc[0]).group(1))
