@@ -135,7 +135,7 @@ OVERSAMPLE = 3
 PAD = 24
 #: Radius (px) of the drawn PSF.
 PSF_RADIUS = 30
-#: Pixel classes scored: the estimator's two, and the source pixels split at the core level.
+#: Pixel classes scored: the estimator's three, and the source pixels split at the core level.
 SCORED = ("sky", "source", "low_snr", "faint", "core")
 #: Simulated exposures scored (each with four more exposures as its references).
 SIM_EVAL = 4

@@ -155,8 +155,8 @@ class EvaluateConfig(BaseModel):
         10.0,
         gt=0,
         description="Upper end of the low_snr pixel class: source light per pixel, in σ of "
-        "one exposure's sky noise (the class holds the faint light; on real frames the "
-        "independent-exposure estimator is read there and on sky pixels).",
+        "one exposure's sky noise (the faint light; without truth, the references' detected "
+        "light up to this level).",
     )
     ssim_sigma: float = Field(1.5, gt=0, description="SSIM Gaussian window σ (px).")
     detection_threshold: float = Field(
