@@ -15,7 +15,7 @@ beside the best Gaussian blur (σ chosen by the same estimator, per pixel class)
 (``bench_training_budget.best_blur``).
 Besides the sky and source pixels of ``bench_training_budget.py`` its frames' low-S/N
 pixels are scored (``low_snr``: detected light at most ``evaluate.low_snr_max`` σ of the
-frame's sky noise, as the evaluate stage), and the source pixels are
+frame's pixel noise, as the evaluate stage), and the source pixels are
 split at ``--core-level`` ADU of the references' mean (sky subtracted): the stars' bright
 cores, where a small blur changes a pixel by far more than its noise and the score depends
 most on how well the references match the frame's PSF, and the rest.

@@ -88,7 +88,7 @@ from pausdenoise.pipeline.stages.train import (
     sky_variance_from_frames,
 )
 from pausdenoise.psf import frame_psf
-from pausdenoise.stats import MAD_TO_SIGMA
+from pausdenoise.stats import MAD_TO_SIGMA, pixel_noise_sigma
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -543,8 +543,8 @@ def independent_frame(name: str, image: np.ndarray, good: np.ndarray,
     stats = frame_statistics(image, (~good).astype(np.uint8))
     classes = ev.pixel_classes_without_truth(
         np.mean(references, axis=0), common, threshold=cfg.source_threshold,
-        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin, noise_sigma=stats.sigma,
-        low_snr_max=cfg.low_snr_max)
+        fwhm=cfg.detection_fwhm, margin=cfg.sky_margin,
+        noise_sigma=pixel_noise_sigma(image, good), low_snr_max=cfg.low_snr_max)
     return EvalFrame(name, image.astype(np.float64), common, classes, stats, mask=mask,
                      references=references, sky=stats.sky)
 

@@ -7,12 +7,15 @@ Pixel classes
 *Sky pixels* are good pixels where the noiseless truth is within ``sky_tolerance`` × σ_noise
 of the sky level (far from every source); *source pixels* are good pixels inside a catalogue
 aperture. *Low-S/N pixels* (``low_snr``) hold source light of at most ``low_snr_max`` × the
-noise σ of one exposure's sky: with truth, good pixels whose noiseless light above the sky
-lies between ``sky_tolerance`` and ``low_snr_max`` σ; without truth, pixels of the references'
-smoothed mean above ``source_threshold`` whose (unsmoothed) mean is at most ``low_snr_max`` σ.
+frame's pixel noise σ: with truth (σ the MAD-σ of image − truth), good pixels whose noiseless
+light above the sky lies between ``sky_tolerance`` and ``low_snr_max`` σ; without truth (σ
+from neighbour differences, :func:`~pausdenoise.stats.pixel_noise_sigma`, which a crowded
+field's unresolved stars inflate far less than its robust spread), pixels of the
+references' smoothed mean above ``source_threshold`` whose (unsmoothed) mean is at most
+``low_snr_max`` σ.
 They are the faint galaxies and the outskirts of everything, where a denoiser has the most to
 gain, and, on real frames, the source light the references miss least (on the SAAO frames
-the raw frame's estimated MSE there is 1.3–1.4 × its noise model on most frames, against
+the raw frame's estimated MSE there is 1.1–1.3 × its noise model on most frames, against
 tens to hundreds × over all source pixels; ``docs/evaluation.md``). Metrics are computed
 separately for each class because a denoiser that smooths the sky well can still erode
 galaxies, and the photometry lives in the apertures.
@@ -155,8 +158,8 @@ class EvaluateConfig(BaseModel):
         10.0,
         gt=0,
         description="Upper end of the low_snr pixel class: source light per pixel, in σ of "
-        "one exposure's sky noise (the faint light; without truth, the references' detected "
-        "light up to this level).",
+        "the frame's pixel noise (the faint light; without truth, the references' detected "
+        "light up to this level, σ from neighbour differences).",
     )
     ssim_sigma: float = Field(1.5, gt=0, description="SSIM Gaussian window σ (px).")
     detection_threshold: float = Field(
@@ -409,7 +412,7 @@ def low_snr_pixel_mask(
     good : ndarray of bool, shape (ny, nx)
         Usable pixels.
     sigma_noise : float
-        Per-pixel noise σ of one exposure's sky, ADU.
+        Per-pixel noise σ of one exposure, ADU.
     lower, upper : float
         The accepted band ``lower·σ ≤ light ≤ upper·σ``, in units of ``sigma_noise``.
 
@@ -753,7 +756,8 @@ def pixel_classes_without_truth(
     margin : int
         Dilation of the source pixels excluded from the sky, px.
     noise_sigma : float, optional
-        Per-pixel noise σ of one exposure's sky (the frame's), ADU; None: no low-S/N class.
+        The frame's pixel noise σ, ADU (e.g. :func:`~pausdenoise.stats.pixel_noise_sigma`);
+        None: no low-S/N class.
     low_snr_max : float
         Upper end of the low-S/N class, in units of ``noise_sigma``.
 

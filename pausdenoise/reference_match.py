@@ -55,7 +55,7 @@ import numpy as np
 from scipy import ndimage
 
 from pausdenoise.psf import moffat_stamp
-from pausdenoise.stats import MAD_TO_SIGMA, mad_sigma
+from pausdenoise.stats import mad_sigma, pixel_noise_sigma
 
 #: Most pixels a kernel is fitted on (a seeded random subset beyond it).
 MAX_FIT_PIXELS = 150_000
@@ -444,11 +444,8 @@ def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.
         ``(sky + max(light, 0)) / gain + read_noise²`` (ADU²), never below 1 % of σ².
     """
     a = np.where(good, np.asarray(image, dtype=np.float64), np.nan)
-    d = (a[:, 1:] - a[:, :-1]).ravel()
-    d = d[np.isfinite(d)]
-    sig2 = float((MAD_TO_SIGMA * np.median(np.abs(d - np.median(d)))) ** 2 / 2.0) \
-        if d.size else 1.0
-    sig2 = sig2 if sig2 > 0 else 1.0
+    sig2 = pixel_noise_sigma(a) ** 2
+    sig2 = sig2 if sig2 > 0 else 1.0  # also NaN: no usable pair
     if gain is None or not gain > 0:
         gain = sky / sig2 if sky > 0 else None
     if gain is None:

@@ -101,7 +101,7 @@ from pausdenoise.pipeline.references import (
 )
 from pausdenoise.pipeline.stages.photometry import read_frame_catalogue
 from pausdenoise.psf import frame_psf
-from pausdenoise.stats import MAD_TO_SIGMA
+from pausdenoise.stats import MAD_TO_SIGMA, pixel_noise_sigma
 
 __all__ = ["run"]
 
@@ -259,8 +259,9 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     """Score the frame's estimates against its references.
 
     ``sky`` (ADU) enters the noise model of ``noise_var_model``
-    (:func:`_noise_model_variance`); ``sky_sigma`` (the raw frame's sky noise σ, ADU) sets
-    the ``low_snr`` class (none without it).
+    (:func:`_noise_model_variance`); ``sky_sigma`` (the raw frame's pixel-to-pixel noise σ,
+    ADU: :func:`~pausdenoise.stats.pixel_noise_sigma`) sets the ``low_snr`` class (none
+    without it).
 
     Returns
     -------
@@ -327,10 +328,9 @@ def _independent_frame(
     if good.sum() < 2:
         return "no good pixel"
     try:
-        stats = frame_statistics(image, (~good).astype(np.uint8))
+        sky = frame_statistics(image, (~good).astype(np.uint8)).sky
     except ValueError as exc:
         return f"no sky level: {exc}"
-    sky = stats.sky
     raw = np.where(good, image - sky, np.nan)
     estimates = {"raw": raw, "denoised": np.where(good, den - sky, np.nan)}
     for s in cfg.blur_sigmas:  # the baselines: the raw frame blurred
@@ -343,7 +343,8 @@ def _independent_frame(
                 "noise variance needs a second (evaluate.single_reference='equal-noise' "
                 "assumes equal noise instead)")
     return _independent_metrics(ctx, frame, row, estimates, raw, refs.values, refs.frames,
-                                refs.coverage, good, catalogue, refs.matches, sky, stats.sigma)
+                                refs.coverage, good, catalogue, refs.matches, sky,
+                                pixel_noise_sigma(raw, good))
 
 
 # --------------------------------------------------------------------------- with truth
