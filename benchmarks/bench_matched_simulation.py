@@ -1330,8 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
                    "evaluate.max_seeing_ratio: 1), and with the fitted kernels on those frames")
     p.add_argument("--real-check", action="store_true",
                    help="train nothing: score the real frames' raw images against their noise "
-                   "model with each kind of reference (--real-psf-references' sets), beside "
-                   "the best blur")
+                   "model with each kind of reference (--real-psf-references' sets) and each "
+                   "frame alone, beside the best blur")
     p.add_argument("--estimator-check", action="store_true",
                    help="no training: score the raw frames and blurs of the simulation by "
                    "the estimator with each kind of reference (CHECK_VARIANTS) and against "

@@ -71,7 +71,6 @@ from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.compare import bin_index
 from pausdenoise.config import PipelineConfig, load_config
-from pausdenoise.errors import PsfError
 from pausdenoise.n2v.config import TrainConfig
 from pausdenoise.n2v.normalise import FrameStats, denormalise, frame_statistics, normalise
 from pausdenoise.n2v.patches import Frame, split_regions
@@ -81,13 +80,12 @@ from pausdenoise.paus_layout import CATALOGUE_NAME, TRUE_FLUXES_NAME, TRUTH_DIR
 from pausdenoise.photometry.config import PhotometryConfig
 from pausdenoise.photometry.measure import measure_frame
 from pausdenoise.pipeline.context import frame_stats_table, split_holdout
-from pausdenoise.pipeline.references import no_broader
+from pausdenoise.pipeline.references import no_broader, stored_psf
 from pausdenoise.pipeline.stages.train import (
     frame_noise_models,
     noise_scale_from_frames,
     sky_variance_from_frames,
 )
-from pausdenoise.psf import frame_psf
 from pausdenoise.stats import MAD_TO_SIGMA, pixel_noise_sigma
 
 HERE = Path(__file__).resolve().parent
@@ -441,7 +439,9 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
     sat = attrs.get("saturate")
     psf: dict[str, tuple[float, float]] = {}  # frame → (FWHM px, β), where a setting needs them
     if cfg.max_seeing_ratio is not None or cfg.reference_model == "psf":
-        psf = {o: m for o in [frame, *others] for m in [_psf_model(store, o)] if m is not None}
+        scale = PhotometryConfig().pixel_scale  # for a seeing in arcsec
+        psf = {o: m for o in [frame, *others] for m in [stored_psf(store, o, scale)]
+               if m is not None}
     if cfg.max_seeing_ratio is not None:
         others = [o for o in no_broader(frame, [frame, *others],
                                         {o: m[0] for o, m in psf.items()},
@@ -494,22 +494,6 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
                 if names[i] in psf else (i, m) for i, m in best]
     return [m for _, m in best]
 
-
-def _psf_model(store: Path, frame: str) -> tuple[float, float] | None:
-    """Return a frame's (FWHM px, Moffat β) from its attributes, as the evaluate stage reads it.
-
-    Returns
-    -------
-    tuple of float or None
-        :func:`pausdenoise.psf.frame_psf` of the attributes (``psf_fwhm_px``/``psf_beta``,
-        or ``seeing`` at the default pixel scale); None without either.
-    """
-    try:
-        est = frame_psf(st.frame_attrs(store, frame),
-                        pixel_scale=PhotometryConfig().pixel_scale)
-    except PsfError:
-        return None
-    return float(est.fwhm_px), float(est.beta)
 
 
 def independent_frame(name: str, image: np.ndarray, good: np.ndarray,

@@ -417,7 +417,8 @@ def bright_pixels(references: Sequence[np.ndarray], threshold: float = 10.0,
 
 
 def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.ndarray],
-                   sky: float, gain: float | None, read_noise_adu: float = 0.0) -> np.ndarray:
+                   sky: float, gain: float | None, read_noise_adu: float = 0.0,
+                   pixel_sigma: float | None = None) -> np.ndarray:
     """Return the frame's Poisson-plus-read noise variance per pixel from the references' light.
 
     Parameters
@@ -437,6 +438,9 @@ def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.
         alone.
     read_noise_adu : float
         Read noise, ADU.
+    pixel_sigma : float, optional
+        σ already measured on these pixels (:func:`~pausdenoise.stats.pixel_noise_sigma`);
+        None measures it.
 
     Returns
     -------
@@ -444,7 +448,7 @@ def noise_variance(image: np.ndarray, good: np.ndarray, references: Sequence[np.
         ``(sky + max(light, 0)) / gain + read_noise²`` (ADU²), never below 1 % of σ².
     """
     a = np.where(good, np.asarray(image, dtype=np.float64), np.nan)
-    sig2 = pixel_noise_sigma(a) ** 2
+    sig2 = (pixel_noise_sigma(a) if pixel_sigma is None else float(pixel_sigma)) ** 2
     sig2 = sig2 if sig2 > 0 else 1.0  # also NaN: no usable pair
     if gain is None or not gain > 0:
         gain = sky / sig2 if sky > 0 else None

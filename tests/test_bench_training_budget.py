@@ -259,5 +259,7 @@ def test_references_without_a_psf_qualify_and_keep_their_fitted_kernel(bench, tm
     same = [any(np.array_equal(a.values, b.values, equal_nan=True) for b in free) for a in refs]
     assert sorted(same) == [False, True]
     # the frame itself without a size: no limit, every registered exposure may be a reference
-    assert bench._psf_model(store, names[3]) is None
-    assert bench._psf_model(store, names[1]) == (3.0, 3.0)
+    from pausdenoise.pipeline.references import stored_psf
+
+    assert stored_psf(store, names[3], 0.265) is None
+    assert stored_psf(store, names[1], 0.265) == (3.0, 3.0)

@@ -20,6 +20,7 @@ Pixels are 0-based; values in ADU with the frame's sky subtracted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from pausdenoise.pipeline.context import Context
 from pausdenoise.psf import frame_psf
 
 __all__ = ["Registry", "frame_arrays", "frame_fwhm", "matched_references", "no_broader",
-           "psf_model", "registration_pixels"]
+           "psf_model", "registration_pixels", "stored_psf"]
 
 
 #: The arrays a frame's pixels are judged by (no truth, no denoised image).
@@ -271,12 +272,32 @@ def psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
     Returns
     -------
     tuple of float or None
+        :func:`stored_psf` of the run's store.
+    """
+    return stored_psf(ctx.store, frame, ctx.cfg.photometry.pixel_scale)
+
+
+def stored_psf(store: str | Path, frame: str, pixel_scale: float
+               ) -> tuple[float, float] | None:
+    """Return a frame's PSF (FWHM px, Moffat β) from a store's attributes, None without one.
+
+    Parameters
+    ----------
+    store : str or Path
+        The Zarr store.
+    frame : str
+        Frame id.
+    pixel_scale : float
+        Arcsec per pixel, for a ``seeing`` in arcsec.
+
+    Returns
+    -------
+    tuple of float or None
         From ``psf_fwhm_px``/``psf_beta`` (measured at ingest) or ``seeing``
         (:func:`pausdenoise.psf.frame_psf`); None when the attributes have neither.
     """
     try:
-        est = frame_psf(st.frame_attrs(ctx.store, frame),
-                        pixel_scale=ctx.cfg.photometry.pixel_scale)
+        est = frame_psf(st.frame_attrs(store, frame), pixel_scale=pixel_scale)
     except PsfError:
         return None
     return float(est.fwhm_px), float(est.beta)

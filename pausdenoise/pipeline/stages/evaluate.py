@@ -215,7 +215,8 @@ def _good_pixels(arr: dict[str, np.ndarray], image: np.ndarray, den: np.ndarray)
 
 
 def _noise_model_variance(row: pd.Series, raw: np.ndarray, sky: float, refs: list[np.ndarray],
-                          classes: dict[str, np.ndarray]) -> dict[str, float]:
+                          classes: dict[str, np.ndarray], pixel_sigma: float | None = None
+                          ) -> dict[str, float]:
     """Return the mean of the frame's noise-model variance over each class's pixels.
 
     Per pixel ``(sky + light) / gain + read noise²`` (ADU²; gain in e⁻/ADU and read noise
@@ -235,6 +236,8 @@ def _noise_model_variance(row: pd.Series, raw: np.ndarray, sky: float, refs: lis
         Its matched references, sky-subtracted ADU, NaN where invalid.
     classes : dict of str to ndarray of bool
         The scored pixels of each class.
+    pixel_sigma : float, optional
+        The raw frame's pixel noise σ, ADU, when already measured.
 
     Returns
     -------
@@ -245,7 +248,7 @@ def _noise_model_variance(row: pd.Series, raw: np.ndarray, sky: float, refs: lis
     gain, rn_adu = rm.frame_noise(row)
     if gain is None:
         return dict.fromkeys(classes, np.nan)
-    var = rm.noise_variance(raw, np.isfinite(raw), refs, sky, gain, rn_adu)
+    var = rm.noise_variance(raw, np.isfinite(raw), refs, sky, gain, rn_adu, pixel_sigma)
     return {c: float(var[sel].mean()) if sel.any() else np.nan for c, sel in classes.items()}
 
 
@@ -291,7 +294,7 @@ def _independent_metrics(ctx: Context, frame: str, row: pd.Series,
     metrics["reference"] = ev.REFERENCE_INDEPENDENT
     scored = {c: sel & common & np.isfinite(raw) for c, sel in classes.items()}
     metrics["noise_var_model"] = metrics["pixel_class"].map(
-        _noise_model_variance(row, raw, sky, refs, scored))
+        _noise_model_variance(row, raw, sky, refs, scored, sky_sigma))
     per_ref = res.per_reference.copy()
     per_ref.insert(0, "frame", frame)
     idx = per_ref["reference_index"].to_numpy()
