@@ -23,7 +23,9 @@ most on how well the references match the frame's PSF, and the rest.
 The simulation, per real exposure (its ingest attributes and its own pixels):
 
 * a circular Moffat PSF of the exposure's measured FWHM and β (``psf_fwhm_px``,
-  ``psf_beta``), drawn on a 3× finer grid and summed to pixels;
+  ``psf_beta``), drawn on a 3× finer grid and summed to pixels; with ``--elliptical-psf``
+  an elliptical Moffat of the same FWHM and β, with the ellipticity measured on the
+  exposure's isolated stars (:func:`pausdenoise.psf.psf_ellipticity`);
 * stars at uniform random positions: the catalogue's own fluxes above ``--complete-flux``
   (resampled, as many as the catalogue holds), and below it a power law
   ``dN/dlog₁₀F ∝ F^−a`` (``--slope``) down to ``--fmin`` ADU, continuous with the
@@ -110,8 +112,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.ndimage import map_coordinates
-from scipy.signal import fftconvolve
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -127,14 +127,19 @@ from pausdenoise.n2v.precision import resolve_precision  # noqa: E402
 from pausdenoise.n2v.train import calibrate_offset, train_n2v  # noqa: E402
 from pausdenoise.n2v.unet import UNet, UNetConfig  # noqa: E402
 from pausdenoise.photometry.sextractor import read_sextractor  # noqa: E402
-from pausdenoise.psf import moffat_fwhm_to_alpha  # noqa: E402
+from pausdenoise.psf import psf_ellipticity  # noqa: E402
+from pausdenoise.simulate.star_field import (  # noqa: E402
+    ExposureModel,
+    Population,
+    draw_stars,
+    fit_factor,
+    noise_variance,
+    observe,
+    population,
+    render_stars,
+    small_scale_sigma,
+)
 
-#: Oversampling of the grid the stars are drawn on before summing to pixels.
-OVERSAMPLE = 3
-#: Margin (px) simulated around the frame, so that stars just outside it add their wings.
-PAD = 24
-#: Radius (px) of the drawn PSF.
-PSF_RADIUS = 30
 #: Pixel classes scored: the estimator's three, and the source pixels split at the core level.
 SCORED = ("sky", "source", "low_snr", "faint", "core")
 #: Simulated exposures scored (each with four more exposures as its references).
@@ -145,212 +150,6 @@ REAL_EVAL = 4
 #: at or above it are masked the same way: the network sees the sky there, and they are
 #: neither training targets nor scored.
 SATURATION = 65300.0
-
-
-@dataclass
-class Exposure:
-    """What the simulation copies from one real exposure (ADU, px, e⁻/ADU)."""
-
-    fwhm: float
-    beta: float
-    gain: float
-    read_noise_adu: float
-    sky: float
-    sigma: float
-    #: Factor on the noise variance of the gain and read noise (1: as the headers say).
-    variance_factor: float = 1.0
-
-
-@dataclass
-class Population:
-    """Star fluxes (ADU): the catalogue's above ``complete``, a power law below it."""
-
-    bright: np.ndarray
-    complete: float
-    fmin: float
-    slope: float
-    #: Stars per frame between ``fmin`` and ``complete`` before an exposure's own factor.
-    n_faint: float
-
-
-def population(fluxes: np.ndarray, complete: float, fmin: float, slope: float) -> Population:
-    """Build the star population from a catalogue's fluxes.
-
-    Parameters
-    ----------
-    fluxes : ndarray
-        The catalogue's fluxes (ADU; non-positive ones are ignored).
-    complete : float
-        Flux above which the catalogue is taken as complete (ADU).
-    fmin : float
-        Faintest simulated star (ADU).
-    slope : float
-        ``a`` of ``dN/dlog₁₀F ∝ F^−a`` below ``complete``.
-
-    Returns
-    -------
-    Population
-        The bright stars and the power law, normalised to the catalogue's counts in the
-        decade above ``complete``.
-    """
-    bright = np.asarray(fluxes, float)
-    bright = bright[np.isfinite(bright) & (bright >= complete)]
-    n_decade = np.sum(bright < 10 * complete)
-    amp = n_decade / _dlogf_integral(complete, 10 * complete, slope)
-    return Population(bright, complete, fmin, slope, amp * _dlogf_integral(fmin, complete, slope))
-
-
-def _dlogf_integral(f1: float, f2: float, a: float) -> float:
-    """∫ F^−a dlog₁₀F from f1 to f2."""
-    if abs(a) < 1e-9:
-        return math.log10(f2 / f1)
-    return (f1 ** -a - f2 ** -a) / (a * math.log(10))
-
-
-def faint_fluxes(pop: Population, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``n`` fluxes (ADU) from the power law between ``fmin`` and ``complete``.
-
-    Parameters
-    ----------
-    pop : Population
-        The population.
-    n : int
-        Stars.
-    rng : numpy.random.Generator
-        Random numbers.
-
-    Returns
-    -------
-    ndarray
-        Fluxes, ADU.
-    """
-    u = rng.random(n)
-    if abs(pop.slope) < 1e-9:
-        return pop.fmin * (pop.complete / pop.fmin) ** u
-    lo, hi = pop.fmin ** -pop.slope, pop.complete ** -pop.slope
-    return (lo + u * (hi - lo)) ** (-1.0 / pop.slope)
-
-
-def render_stars(x: np.ndarray, y: np.ndarray, flux: np.ndarray, fwhm: float, beta: float,
-                 shape: tuple[int, int], offset: tuple[float, float] = (0.0, 0.0)
-                 ) -> np.ndarray:
-    """Draw point sources through a circular Moffat PSF, integrated over the pixels.
-
-    The sources are placed on a grid :data:`OVERSAMPLE` times finer than the pixels (their
-    positions rounded to it) and the PSF is centred ``offset`` from each: two renders of
-    one list with different offsets differ by exactly that shift of every source, as two
-    exposures of a field registered to the nearest pixel do.
-
-    Parameters
-    ----------
-    x, y : ndarray
-        Positions, 0-based px (pixel centres at integers); sources up to :data:`PAD` px
-        outside the frame add their wings.
-    flux : ndarray
-        Fluxes, ADU.
-    fwhm : float
-        Moffat FWHM before pixelisation, px.
-    beta : float
-        Moffat β.
-    shape : (int, int)
-        Frame shape (ny, nx).
-    offset : (float, float)
-        (dx, dy) added to every position, px, not rounded.
-
-    Returns
-    -------
-    ndarray of float64
-        The noiseless frame without sky, ADU.
-    """
-    ny, nx = shape
-    k = OVERSAMPLE
-    fine = np.zeros(((ny + 2 * PAD) * k, (nx + 2 * PAD) * k))
-    # fine cell (j, i) covers [i/k − 1/2, (i+1)/k − 1/2) + (−PAD) in frame px
-    ix = np.floor((np.asarray(x) + PAD + 0.5) * k).astype(np.int64)
-    iy = np.floor((np.asarray(y) + PAD + 0.5) * k).astype(np.int64)
-    ok = (ix >= 0) & (ix < fine.shape[1]) & (iy >= 0) & (iy < fine.shape[0])
-    np.add.at(fine, (iy[ok], ix[ok]), np.asarray(flux, float)[ok])
-    r = PSF_RADIUS * k
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1] / k
-    alpha = float(moffat_fwhm_to_alpha(fwhm, beta))
-    xx, yy = xx - offset[0], yy - offset[1]
-    psf = (1.0 + (xx * xx + yy * yy) / alpha ** 2) ** -beta
-    img = fftconvolve(fine, psf / psf.sum(), mode="same")
-    img = img.reshape(ny + 2 * PAD, k, nx + 2 * PAD, k).sum(axis=(1, 3))
-    return np.clip(img[PAD:PAD + ny, PAD:PAD + nx], 0.0, None)
-
-
-def simulate(pop: Population, exp: Exposure, factor: float, shape: tuple[int, int],
-             rng: np.random.Generator) -> np.ndarray:
-    """One simulated field like ``exp``: noiseless, without sky, ADU.
-
-    Parameters
-    ----------
-    pop : Population
-        The stars.
-    exp : Exposure
-        The exposure copied.
-    factor : float
-        The exposure's factor on the faint stars' number.
-    shape : (int, int)
-        Frame shape.
-    rng : numpy.random.Generator
-        Random numbers.
-
-    Returns
-    -------
-    ndarray
-        The truth, ADU.
-    """
-    x, y, f = draw_stars(pop, factor, shape, rng)
-    return render_stars(x, y, f, exp.fwhm, exp.beta, shape)
-
-
-def draw_stars(pop: Population, factor: float, shape: tuple[int, int],
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one field's stars: uniform positions, the population's fluxes.
-
-    Parameters
-    ----------
-    pop : Population
-        The stars.
-    factor : float
-        The factor on the faint stars' number.
-    shape : (int, int)
-        Frame shape (ny, nx).
-    rng : numpy.random.Generator
-        Random numbers.
-
-    Returns
-    -------
-    x, y, flux : ndarray
-        0-based px (up to :data:`PAD` px outside the frame) and ADU.
-    """
-    f = np.concatenate([faint_fluxes(pop, rng.poisson(pop.n_faint * factor), rng),
-                        rng.choice(pop.bright, rng.poisson(len(pop.bright)))])
-    x = rng.uniform(-PAD, shape[1] + PAD - 1, f.size)
-    y = rng.uniform(-PAD, shape[0] + PAD - 1, f.size)
-    return x, y, f
-
-
-def observe(truth: np.ndarray, exp: Exposure, rng: np.random.Generator) -> np.ndarray:
-    """A noisy exposure of ``truth``: sky, Poisson and read noise (Gaussian), ADU.
-
-    Parameters
-    ----------
-    truth : ndarray
-        Noiseless pixels without sky, ADU.
-    exp : Exposure
-        Sky, gain and read noise.
-    rng : numpy.random.Generator
-        Random numbers.
-
-    Returns
-    -------
-    ndarray
-        The exposure, ADU.
-    """
-    return truth + exp.sky + rng.normal(size=truth.shape) * np.sqrt(noise_variance(truth, exp))
 
 
 def add_cosmic_rays(image: np.ndarray, per_frame: float, noise_sigma: float,
@@ -391,118 +190,12 @@ def add_cosmic_rays(image: np.ndarray, per_frame: float, noise_sigma: float,
     return out
 
 
-def noise_variance(truth: np.ndarray, exp: Exposure) -> np.ndarray:
-    """Per-pixel noise variance, ADU²: ``((truth + sky) / gain + read noise²) · factor``.
-
-    Parameters
-    ----------
-    truth : ndarray
-        Noiseless pixels without sky, ADU.
-    exp : Exposure
-        Sky (ADU), gain (e⁻/ADU), read noise (ADU), the variance factor.
-
-    Returns
-    -------
-    ndarray
-        Variance, ADU².
-    """
-    return ((truth + exp.sky) / exp.gain + exp.read_noise_adu ** 2) * exp.variance_factor
-
-
-def small_scale_sigma(image: np.ndarray, good: np.ndarray, mesh: int) -> float:
-    """Robust σ of a frame after its background on a ``mesh``-px mesh is taken out.
-
-    The background: the median of each ``mesh × mesh`` block of good pixels, interpolated
-    bilinearly between the blocks' centres. What is left is the scatter on scales below the
-    mesh (noise, stars), without the field's large-scale light. (The detection engine's sky
-    map also median-filters its boxes, which leaves more of that light in: 18.7 instead of
-    11.5 ADU on the test's field of 10 ADU noise.)
-
-    Parameters
-    ----------
-    image : ndarray (ny, nx)
-        Pixels, ADU.
-    good : ndarray of bool
-        Usable pixels.
-    mesh : int
-        Block size, px (0: no background taken out).
-
-    Returns
-    -------
-    float
-        The clipped MAD σ (as :func:`~pausdenoise.n2v.normalise.frame_statistics`), ADU.
-    """
-    x = np.asarray(image, float)
-    if mesh > 0:
-        ny, nx = (x.shape[0] // mesh) * mesh, (x.shape[1] // mesh) * mesh
-        blocks = np.where(good, x, np.nan)[:ny, :nx].reshape(ny // mesh, mesh, nx // mesh, mesh)
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(blocks.transpose(0, 2, 1, 3).reshape(ny // mesh, nx // mesh, -1),
-                               axis=2)
-        med = np.where(np.isfinite(med), med, np.nanmedian(med))
-        yc = (np.arange(x.shape[0]) + 0.5) / mesh - 0.5
-        xc = (np.arange(x.shape[1]) + 0.5) / mesh - 0.5
-        yy, xx = np.meshgrid(np.clip(yc, 0, med.shape[0] - 1), np.clip(xc, 0, med.shape[1] - 1),
-                             indexing="ij")
-        x = x - map_coordinates(med, [yy, xx], order=1)
-    return frame_statistics(x, (~good).astype(np.uint8)).sigma
-
-
-def fit_factor(pop: Population, exp: Exposure, shape: tuple[int, int],
-               rng: np.random.Generator, iterations: int = 10, mesh: int = 0
-               ) -> tuple[float, np.ndarray, FrameStats]:
-    """Find the faint stars' factor that gives a simulated frame the exposure's robust σ.
-
-    Parameters
-    ----------
-    pop : Population
-        The stars.
-    exp : Exposure
-        The exposure (its ``sigma``: the target).
-    shape : (int, int)
-        Frame shape.
-    rng : numpy.random.Generator
-        Random numbers.
-    iterations : int
-        Bisection steps at most (stops within 2 %).
-    mesh : int
-        The σ compared is :func:`small_scale_sigma` on this mesh (0: the whole frame's
-        robust σ); ``exp.sigma`` must be the same statistic of the real exposure.
-
-    Returns
-    -------
-    factor : float
-        The factor of the last simulated truth (the fitted one unless the bisection ran out
-        of steps first).
-    truth : ndarray
-        The last simulated truth (ADU, without sky).
-    stats : FrameStats
-        Its noisy frame's statistics.
-    """
-    lo, hi, factor = 0.0, math.inf, 1.0
-    for _ in range(iterations):
-        used = factor
-        truth = simulate(pop, exp, used, shape, rng)
-        obs = observe(truth, exp, rng)
-        stats = frame_statistics(obs)
-        sig = small_scale_sigma(obs, truth + exp.sky < SATURATION, mesh) if mesh else stats.sigma
-        if abs(sig / exp.sigma - 1.0) < 0.02:
-            break
-        if sig < exp.sigma:
-            lo = factor
-            factor = 2.0 * factor if math.isinf(hi) else 0.5 * (factor + hi)
-        else:
-            hi = factor
-            factor = 0.5 * (lo + factor)
-    return used, truth, stats
-
-
 @dataclass
 class SimFrame:
     """A simulated training frame: truth (ADU, no sky), its exposure and statistics."""
 
     truth: np.ndarray
-    exposure: Exposure
+    exposure: ExposureModel
     stats: FrameStats
     factor: float
 
@@ -611,7 +304,8 @@ def train(frames: list[SimFrame], budgets_s: list[float], net: UNet, precision: 
             "last_loss": float(loss.detach())}
 
 
-def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
+def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0,
+                 elliptical: bool = False) -> list[ExposureModel]:
     """The simulation's copy of each training exposure (store attributes, frame statistics).
 
     Parameters
@@ -622,10 +316,13 @@ def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
         Its store.
     mesh : int
         ``sigma`` is :func:`small_scale_sigma` of the frame on this mesh (0: its robust σ).
+    elliptical : bool
+        Give each its PSF's ellipticity, measured on its isolated stars
+        (:func:`pausdenoise.psf.psf_ellipticity`, saturation at :data:`SATURATION`).
 
     Returns
     -------
-    list of Exposure
+    list of ExposureModel
         One per training frame.
     """
     out = []
@@ -638,12 +335,18 @@ def exposures_of(ds: tb.DataSet, store: Path, mesh: int = 0) -> list[Exposure]:
             if f.mask is not None:
                 good &= np.asarray(f.mask) == 0
             sigma = small_scale_sigma(image, good, mesh)
-        out.append(Exposure(float(a["psf_fwhm_px"]), float(a["psf_beta"]), float(a["gain"]),
-                            float(a["rdnoise"]) / float(a["gain"]), f.stats.sky, sigma))
+        exp = ExposureModel(float(a["psf_fwhm_px"]), float(a["psf_beta"]), float(a["gain"]),
+                            float(a["rdnoise"]) / float(a["gain"]), f.stats.sky, sigma,
+                            saturate=SATURATION)
+        if elliptical:
+            shape = psf_ellipticity(np.asarray(f.image, float), f.mask, fwhm_px=exp.fwhm,
+                                    beta=exp.beta, saturate=SATURATION)
+            exp = dataclasses.replace(exp, e1=shape.e1, e2=shape.e2)
+        out.append(exp)
     return out
 
 
-def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
+def sim_eval_sets(pop: Population, exps: list[ExposureModel], factors: list[float],
                   shape: tuple[int, int], rng: np.random.Generator,
                   cosmic_rays: float = 0.0, other_seeing: bool = False,
                   choice: str = "random", shift: float = 0.5, same_psf: bool = False,
@@ -678,7 +381,7 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
     ----------
     pop : Population
         The stars.
-    exps : list of Exposure
+    exps : list of ExposureModel
         Exposures copied (spread over the list).
     factors : list of float
         Their faint stars' factors.
@@ -711,7 +414,8 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
         sets["simulation, other seeing"] = []
     for j in np.linspace(0, len(exps) - 1, SIM_EVAL).round().astype(int).tolist():
         x, y, f = draw_stars(pop, factors[j], shape, rng)
-        truth = render_stars(x, y, f, exps[j].fwhm, exps[j].beta, shape)
+        truth = render_stars(x, y, f, exps[j].fwhm, exps[j].beta, shape, e1=exps[j].e1,
+                             e2=exps[j].e2)
 
         def exposure(i: int, truth: np.ndarray = truth) -> np.ndarray:
             noise = math.sqrt(noise_variance(0.0, exps[i]))
@@ -762,13 +466,13 @@ def sim_eval_sets(pop: Population, exps: list[Exposure], factors: list[float],
     return sets
 
 
-def pick_references(exps: list[Exposure], j: int, n: int, choice: str,
+def pick_references(exps: list[ExposureModel], j: int, n: int, choice: str,
                     rng: np.random.Generator) -> list[int]:
     """Choose the candidate references of exposure ``j`` among the others.
 
     Parameters
     ----------
-    exps : list of Exposure
+    exps : list of ExposureModel
         The exposures.
     j : int
         The scored one.
@@ -817,7 +521,7 @@ CHECK_VARIANTS = (("frame's PSF, same grid", True, 0.0, "free", None),
                    "psf", "sharper-only"))
 
 
-def estimator_check(pop: Population, exps: list[Exposure], factors: list[float],
+def estimator_check(pop: Population, exps: list[ExposureModel], factors: list[float],
                     shape: tuple[int, int], rng: np.random.Generator, core_level: float,
                     choice: str = "random") -> list[dict[str, Any]]:
     """Score the raw frames and the blurs by the estimator and against the truth.
@@ -832,7 +536,7 @@ def estimator_check(pop: Population, exps: list[Exposure], factors: list[float],
     ----------
     pop : Population
         The stars.
-    exps : list of Exposure
+    exps : list of ExposureModel
         The exposures copied.
     factors : list of float
         Their faint stars' factors.
@@ -1209,7 +913,7 @@ def render(res: dict[str, Any]) -> str:
 
 
 def _run_check(a: argparse.Namespace, argv: list[str] | None, pop: Population,
-               exps: list[Exposure], factors: list[float], shape: tuple[int, int],
+               exps: list[ExposureModel], factors: list[float], shape: tuple[int, int],
                rng: np.random.Generator, load0: tuple[float, float, float]) -> int:
     """Run :func:`estimator_check`, write its JSON and (``--append``) its section.
 
@@ -1314,6 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variance-factor", type=float, default=1.0,
                    help="factor on the simulated noise variance (1: the headers' gain and "
                    "read noise)")
+    p.add_argument("--elliptical-psf", action="store_true",
+                   help="draw each exposure's stars with its PSF's ellipticity, measured on "
+                   "its isolated stars (pausdenoise.psf.psf_ellipticity); default: round")
     p.add_argument("--mesh", type=int, default=0,
                    help="match the frames' σ after a background on this mesh (px; 0: whole)")
     p.add_argument("--other-seeing", action="store_true",
@@ -1355,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true")
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     a = p.parse_args(argv)
+    if a.elliptical_psf and a.other_seeing:
+        p.error("--other-seeing draws its references with round PSFs: not with --elliptical-psf")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
@@ -1366,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     cat = read_sextractor(a.catalogue)
     pop = population(cat["FLUX_AUTO"].to_numpy(float), a.complete_flux, a.fmin, a.slope)
     exps = [dataclasses.replace(e, variance_factor=a.variance_factor)
-            for e in exposures_of(ds, store, a.mesh)]
+            for e in exposures_of(ds, store, a.mesh, a.elliptical_psf)]
     shape = ds.train[0].image.shape
     t0 = time.perf_counter()
     frames = []
@@ -1408,7 +1117,9 @@ def main(argv: list[str] | None = None) -> int:
                "bright": len(pop.bright), "complete": a.complete_flux, "fmin": a.fmin,
                "slope": a.slope, "core_level": a.core_level, "mesh": a.mesh,
                "variance_factor": a.variance_factor,
-               "cosmic_rays": a.cosmic_rays, "other_seeing": a.other_seeing},
+               "cosmic_rays": a.cosmic_rays, "other_seeing": a.other_seeing,
+               "elliptical_psf": a.elliptical_psf},
+           "ellipticity": [[e.e1, e.e2] for e in exps],
            "blur": blur, "budgets": rows, "training": stats, "fine_tune": fine,
            "sure_on_simulation": sure,
            "fine_tune_lr": a.fine_tune_lr,
@@ -1423,6 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = ", with cosmic rays" if a.cosmic_rays else ""
             extra += ", references of other seeing" if a.other_seeing else ""
             extra += ", each real frame also alone" if a.real_frames_alone else ""
+            extra += ", stars as elongated as the exposures' PSFs" if a.elliptical_psf else ""
             fh.write(f"\n## The U-Net shown the truth: star fields matched to the SAAO frames"
                      f"{extra} ({res['date']})\n\n{res['machine']}; {precision}, {a.threads} torch "
                      f"threads; load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at "

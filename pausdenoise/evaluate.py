@@ -261,9 +261,11 @@ class EvaluateConfig(BaseModel):
         description="Without truth: which exposures may be a frame's references. 'all': any "
         "other exposure of its band, training exposures included. 'held-out': only the "
         "other held-out exposures (none of whose pixels the network trained on, as input "
-        "or as target). 'auto': 'held-out' when train.method is 'n2n' (the training "
-        "exposures were the network's targets: a network that has learned their noise at "
-        "fixed sky positions would be scored against that same noise), 'all' otherwise.",
+        "or as target). 'auto': 'held-out' when train.method is 'n2n' on the exposures' "
+        "targets (the training exposures were the network's targets: a network that has "
+        "learned their noise at fixed sky positions would be scored against that same "
+        "noise), 'all' otherwise (with n2n_targets 'star-field' the network saw simulated "
+        "frames only).",
     )
     reference_kernel: int = Field(
         3,

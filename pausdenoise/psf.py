@@ -16,6 +16,13 @@ only when neither is there.
 
 The answer is the circular FWHM of each star (about the geometric mean of the axes of an
 elongated PSF), median over the stars; the PSF is taken to be constant over the frame.
+
+An elongated PSF (tracking, focus, optics) is described by an elliptical Moffat of the same
+FWHM (the geometric mean of its axes) and β, whose radius is
+``ρ² = ((1 − e1)·dx² − 2·e2·dx·dy + (1 + e1)·dy²) / √(1 − e1² − e2²)``
+(:func:`elliptical_radius2`): its second moments have the ellipticity
+``(e1, e2) = ((Qxx − Qyy), 2·Qxy) / (Qxx + Qyy)``, x along columns, y along rows.
+:func:`psf_ellipticity` measures it on the same isolated stars as :func:`measure_psf`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from scipy import ndimage, optimize
 from pausdenoise.errors import PsfError
 from pausdenoise.stats import mad_sigma
 
-__all__ = ["PsfEstimate", "frame_psf", "measure_psf", "moffat_fwhm_to_alpha", "moffat_stamp"]
+__all__ = ["PsfEstimate", "PsfShape", "elliptical_moffat_stamp", "elliptical_radius2",
+           "frame_psf", "measure_psf", "moffat_fwhm_to_alpha", "moffat_stamp",
+           "psf_ellipticity"]
 
 DETECT_SNR = 15.0
 """Minimum peak signal-to-noise (peak above sky / sky σ) of a candidate star."""
@@ -639,3 +648,193 @@ def measure_psf(
     return PsfEstimate(
         fwhm_px=float(np.median(fwhm)), beta=b, n_stars=int(fwhm.size), source="measured"
     )
+
+
+@dataclass(frozen=True)
+class PsfShape:
+    """The ellipticity of a frame's PSF, measured on its stars.
+
+    Attributes
+    ----------
+    e1, e2 : float
+        The elliptical Moffat's ellipticity (:func:`elliptical_radius2`): the median of the
+        stars' Gaussian-weighted second moments, corrected for the weight by the same
+        measurement on a noiseless model of the frame's FWHM and β. x along columns, y along
+        rows; ``e1 > 0``: longer along x; ``e2 > 0``: longer along x = y.
+    e1_err, e2_err : float
+        Standard errors of the stars' medians (1.2533 σ / √n), before the correction.
+    n_stars : int
+        Stars measured.
+    """
+
+    e1: float
+    e2: float
+    e1_err: float
+    e2_err: float
+    n_stars: int
+
+
+def elliptical_radius2(
+    dx: np.ndarray, dy: np.ndarray, e1: float, e2: float
+) -> np.ndarray:
+    """Return the squared elliptical radius of offsets (dx, dy) for ellipticity (e1, e2).
+
+    ``ρ² = ((1 − e1)·dx² − 2·e2·dx·dy + (1 + e1)·dy²) / √(1 − e1² − e2²)``: a profile
+    ``f(ρ²)`` has second moments proportional to ``[[1 + e1, e2], [e2, 1 − e1]]`` and the
+    same area inside each contour as the round ``f(dx² + dy²)``, so a Moffat keeps its FWHM
+    as the geometric mean of its axes.
+
+    Parameters
+    ----------
+    dx, dy : ndarray
+        Offsets from the centre, px (x along columns, y along rows).
+    e1, e2 : float
+        Ellipticity, ``e1² + e2² < 1``.
+
+    Returns
+    -------
+    ndarray
+        ρ², px².
+
+    Raises
+    ------
+    PsfError
+        ``e1² + e2² ≥ 1``.
+    """
+    d = 1.0 - e1 * e1 - e2 * e2
+    if not d > 0.0:
+        raise PsfError(f"ellipticity ({e1}, {e2}) has modulus ≥ 1")
+    return ((1.0 - e1) * dx * dx - 2.0 * e2 * dx * dy + (1.0 + e1) * dy * dy) / math.sqrt(d)
+
+
+def elliptical_moffat_stamp(
+    fwhm_px: float, beta: float, e1: float, e2: float, size: int, x0: float = 0.0,
+    y0: float = 0.0, subsample: int = 5,
+) -> np.ndarray:
+    """Return a pixel-integrated elliptical Moffat of unit flux on a square stamp.
+
+    Each pixel is the mean of ``subsample²`` sub-pixel samples.
+
+    Parameters
+    ----------
+    fwhm_px : float
+        FWHM before pixelisation (geometric mean of the axes), px.
+    beta : float
+        Moffat β (> 1).
+    e1, e2 : float
+        Ellipticity (:func:`elliptical_radius2`).
+    size : int
+        Stamp side, px (odd; the central pixel is offset 0).
+    x0, y0 : float
+        Centre's offset from the central pixel, px.
+    subsample : int
+        Sub-pixels per pixel along each axis.
+
+    Returns
+    -------
+    ndarray (size, size)
+        Fraction of the flux in each pixel.
+    """
+    k = int(subsample)
+    fine = (np.arange(size * k) + 0.5) / k - 0.5 - size // 2
+    dy, dx = fine[:, None] - y0, fine[None, :] - x0
+    alpha2 = float(moffat_fwhm_to_alpha(fwhm_px, beta)) ** 2
+    prof = (beta - 1.0) / (math.pi * alpha2) * (
+        1.0 + elliptical_radius2(dx, dy, e1, e2) / alpha2) ** (-beta)
+    return prof.reshape(size, k, size, k).mean(axis=(1, 3))
+
+
+def _weighted_ellipticity(stamp: np.ndarray, sigma_w: float) -> tuple[float, float]:
+    """Ellipticity of a stamp's second moments under a round Gaussian weight (σ_w px).
+
+    The weight is recentred on the weighted centroid five times; the stamp's centre pixel
+    is the first guess.
+
+    Returns
+    -------
+    (float, float)
+        ``(Qxx − Qyy, 2·Qxy) / (Qxx + Qyy)``; NaN when the weighted flux is not positive.
+    """
+    h = stamp.shape[0] // 2
+    yy, xx = np.mgrid[-h : h + 1, -h : h + 1].astype(float)
+    cx = cy = 0.0
+    for _ in range(5):
+        w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2.0 * sigma_w**2)) * stamp
+        tot = w.sum()
+        if not tot > 0:
+            return math.nan, math.nan
+        cx, cy = float((w * xx).sum() / tot), float((w * yy).sum() / tot)
+    qxx = (w * (xx - cx) ** 2).sum() / tot
+    qyy = (w * (yy - cy) ** 2).sum() / tot
+    qxy = (w * (xx - cx) * (yy - cy)).sum() / tot
+    return float((qxx - qyy) / (qxx + qyy)), float(2.0 * qxy / (qxx + qyy))
+
+
+def psf_ellipticity(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    fwhm_px: float,
+    beta: float,
+    saturate: float | None = None,
+    max_stars: int = 100,
+) -> PsfShape:
+    """Measure the ellipticity of a frame's PSF on its isolated stars.
+
+    The stars are :func:`measure_psf`'s candidates (peak S/N above :data:`DETECT_SNR`,
+    no other source within about three FWHM, no masked or saturated pixel in the stamp),
+    on the frame less its smooth sky. Each star's second moments are taken under a round
+    Gaussian weight of σ = 1.5 FWHM / 2.355 centred on the star; the medians over the stars
+    are then turned into the elliptical Moffat's ``(e1, e2)`` (the weight makes the
+    measured ellipticity smaller than the profile's): three fixed-point steps that
+    measure a noiseless :func:`elliptical_moffat_stamp` of the frame's FWHM and β the same
+    way.
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        The frame in ADU.
+    mask : ndarray of int, optional
+        Non-zero marks a bad pixel.
+    fwhm_px : float
+        The PSF's FWHM (e.g. :func:`measure_psf`), px.
+    beta : float
+        Its Moffat β.
+    saturate : float, optional
+        Saturation level in ADU; stars reaching it are not used.
+    max_stars : int
+        Most stars measured (the brightest candidates).
+
+    Returns
+    -------
+    PsfShape
+        The ellipticity, its errors and the number of stars.
+
+    Raises
+    ------
+    PsfError
+        No candidate passes the cuts, or fewer than 5 stars give a measurement.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    saturated = img >= float(saturate) if saturate is not None else np.zeros_like(bad)
+    yx, resid, h, _ = _candidates(np.where(bad, 0.0, img), bad, saturated, max_stars)
+    sigma_w = 1.5 * fwhm_px / 2.355
+    e = np.array([_weighted_ellipticity(resid[y - h : y + h + 1, x - h : x + h + 1], sigma_w)
+                  for y, x in yx])
+    e = e[np.isfinite(e).all(axis=1)]
+    if len(e) < 5:
+        raise PsfError(f"{len(e)} isolated stars measured; the PSF's ellipticity needs 5")
+    measured = np.median(e, axis=0)
+    err = 1.2533 * e.std(axis=0) / math.sqrt(len(e))
+    intrinsic = measured.copy()
+    for _ in range(3):
+        model = elliptical_moffat_stamp(fwhm_px, beta, *intrinsic, 2 * h + 1)
+        intrinsic = intrinsic + measured - np.array(_weighted_ellipticity(model, sigma_w))
+        modulus = math.hypot(*intrinsic)
+        if modulus >= 0.95:
+            intrinsic *= 0.95 / modulus
+    return PsfShape(float(intrinsic[0]), float(intrinsic[1]), float(err[0]), float(err[1]),
+                    len(e))

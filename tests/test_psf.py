@@ -7,7 +7,15 @@ import pytest
 
 from pausdenoise.errors import PausDenoiseError, PsfError
 from pausdenoise.maskbits import MaskBit
-from pausdenoise.psf import PsfEstimate, frame_psf, measure_psf
+from pausdenoise.psf import (
+    PsfEstimate,
+    elliptical_moffat_stamp,
+    elliptical_radius2,
+    frame_psf,
+    measure_psf,
+    moffat_stamp,
+    psf_ellipticity,
+)
 
 FWHM, BETA = 3.5, 3.0
 SATURATE = 2_500.0
@@ -224,3 +232,47 @@ def test_simulated_survey_frames(simulated_frames):
 def test_beta_must_exceed_one(frame):
     with pytest.raises(PsfError, match="beta must be > 1"):
         measure_psf(frame, beta=1.0)
+
+
+def _elongated_frame(e1: float, e2: float, seed: int = 2) -> np.ndarray:
+    """A 256² frame (ADU) of 36 isolated elliptical Moffat stars (FWHM 3.5 px, β 3) on a
+    grid, at random sub-pixel positions, with sky noise σ = 20 ADU."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((256, 256))
+    for cy in range(24, 256 - 24, 40):
+        for cx in range(24, 256 - 24, 40):
+            dx, dy = rng.uniform(-0.5, 0.5, 2)
+            flux = 10 ** rng.uniform(4.3, 5.0)
+            img[cy - 15:cy + 16, cx - 15:cx + 16] += flux * elliptical_moffat_stamp(
+                FWHM, BETA, e1, e2, 31, dx, dy)
+    return img + 100.0 + rng.normal(0.0, 20.0, img.shape)
+
+
+def test_elliptical_moffat_is_the_round_one_at_zero_and_keeps_its_flux():
+    round_ = elliptical_moffat_stamp(FWHM, BETA, 0.0, 0.0, 25)
+    assert np.abs(round_ - moffat_stamp(FWHM, BETA, 25)).max() < 2e-3 * round_.max()
+    long_ = elliptical_moffat_stamp(FWHM, 6.0, 0.3, -0.2, 61)
+    assert long_.sum() == pytest.approx(elliptical_moffat_stamp(FWHM, 6.0, 0, 0, 61).sum(),
+                                        rel=1e-3)
+    yy, xx = np.mgrid[-30:31, -30:31]
+    q = [(long_ * a * b).sum() for a, b in ((xx, xx), (yy, yy), (xx, yy))]
+    assert (q[0] - q[1]) / (q[0] + q[1]) == pytest.approx(0.3, abs=0.01)
+    assert 2 * q[2] / (q[0] + q[1]) == pytest.approx(-0.2, abs=0.01)
+
+
+def test_elliptical_radius_refuses_a_modulus_of_one():
+    with pytest.raises(PsfError, match="modulus"):
+        elliptical_radius2(np.ones(2), np.ones(2), 0.8, 0.6)
+
+
+@pytest.mark.parametrize("e", [(0.25, -0.10), (0.0, 0.35), (0.0, 0.0)])
+def test_psf_ellipticity_recovers_elongated_stars(e):
+    shape = psf_ellipticity(_elongated_frame(*e), fwhm_px=FWHM, beta=BETA)
+    assert shape.n_stars >= 20
+    assert (shape.e1, shape.e2) == pytest.approx(e, abs=0.02)
+    assert 0 < shape.e1_err < 0.02 and 0 < shape.e2_err < 0.02
+
+
+def test_psf_ellipticity_of_a_round_psf_among_galaxies(galaxy_rich_frame):
+    shape = psf_ellipticity(galaxy_rich_frame, fwhm_px=FWHM, beta=BETA)
+    assert abs(shape.e1) < 0.04 and abs(shape.e2) < 0.04

@@ -358,7 +358,8 @@ class IngestConfig(BaseModel):
         True,
         description="measure the PSF (Moffat FWHM in px and beta) on the frame's own stars when "
         "its header gives no seeing, and store it with the frame (psf_fwhm_px, psf_beta): "
-        "the profile-weighted photometry and source injection need it",
+        "the profile-weighted photometry and source injection need it; its ellipticity "
+        "(psf_e1, psf_e2) is stored beside it where at least 5 isolated stars allow",
     )
     noise_model: Literal["auto", "header", "fitted"] = Field(
         "auto",

@@ -57,7 +57,7 @@ from pausdenoise.ingest.metadata import _metadata
 from pausdenoise.ingest.noise import noise_attrs
 from pausdenoise.ingest.plan import FrameSource
 from pausdenoise.maskbits import MaskBit
-from pausdenoise.psf import measure_psf
+from pausdenoise.psf import measure_psf, psf_ellipticity
 
 __all__ = ["FrameData", "IngestError", "read_frame", "searches_cosmic_rays", "source_fingerprint",
            "source_stat"]
@@ -240,8 +240,10 @@ def _psf_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]) -> di
     Returns
     -------
     dict
-        ``psf_fwhm_px`` (Moffat FWHM, px), ``psf_beta``, ``psf_n_stars``; or ``psf_error``
-        (why no PSF could be measured); empty when the header has a seeing.
+        ``psf_fwhm_px`` (Moffat FWHM, px), ``psf_beta``, ``psf_n_stars`` and, where at least
+        5 isolated stars allow it, the PSF's ellipticity ``psf_e1``, ``psf_e2``
+        (:func:`pausdenoise.psf.psf_ellipticity`; x along columns) and ``psf_e_n_stars``;
+        or ``psf_error`` (why no PSF could be measured); empty when the header has a seeing.
     """
     if attrs.get("seeing") or attrs.get("psf_fwhm_px"):
         return {}
@@ -249,7 +251,13 @@ def _psf_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]) -> di
         est = measure_psf(image, mask, saturate=attrs.get("saturate"))
     except PsfError as exc:
         return {"psf_error": str(exc)}
-    return {"psf_fwhm_px": est.fwhm_px, "psf_beta": est.beta, "psf_n_stars": est.n_stars}
+    out = {"psf_fwhm_px": est.fwhm_px, "psf_beta": est.beta, "psf_n_stars": est.n_stars}
+    try:
+        shape = psf_ellipticity(image, mask, fwhm_px=est.fwhm_px, beta=est.beta,
+                                saturate=attrs.get("saturate"))
+    except PsfError:
+        return out  # a round-PSF description is still usable
+    return {**out, "psf_e1": shape.e1, "psf_e2": shape.e2, "psf_e_n_stars": shape.n_stars}
 
 
 def searches_cosmic_rays(source: FrameSource, config: IngestConfig) -> bool:

@@ -139,6 +139,57 @@ class PlateauSchedule(BaseModel):
     min_lr: float = Field(1e-6, ge=0.0, description="Lower bound of the learning rate.")
 
 
+class StarFieldSettings(BaseModel):
+    """Star fields simulated to match the training exposures (``n2n_targets: star-field``).
+
+    See :mod:`pausdenoise.simulate.star_field` (the simulation) and
+    :mod:`pausdenoise.pipeline.star_field_targets` (how each exposure is copied).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    catalogue: str | None = Field(
+        None,
+        description="Catalogue of one exposure of the field whose fluxes (ADU, flux_column) "
+        "are the simulated stars: SExtractor (ASCII_HEAD or FITS_LDAC), CSV, FITS or Parquet. "
+        "Required with n2n_targets 'star-field'; its bytes enter the train fingerprint.",
+    )
+    flux_column: str = Field("FLUX_AUTO", description="The catalogue's flux column, ADU.")
+    complete_flux: float | None = Field(
+        None,
+        gt=0.0,
+        description="ADU: the catalogue's stars above it are drawn as they are, below it a "
+        "power law of faint_slope continues their counts. None: the turnover of the "
+        "catalogue's counts per 0.25 dex of flux (the fullest bin below the median flux).",
+    )
+    faint_min_noise: float = Field(
+        1.0,
+        gt=0.0,
+        description="Faintest simulated star, in units of the training frames' pixel noise "
+        "σ (ADU, median over the frames; the star's total flux): fainter stars change "
+        "nothing a network could see.",
+    )
+    faint_slope: float = Field(
+        0.75, ge=0.0, description="a of dN/dlog10(F) ∝ F^-a below complete_flux."
+    )
+    size: int = Field(
+        512,
+        ge=64,
+        description="Side (px) of the field simulated for each training exposure (at most "
+        "the exposure's own shape): a field like the exposure, not a copy of it.",
+    )
+    realisations: int = Field(
+        4, ge=1, description="Noisy exposures drawn of each simulated field (each a "
+        "training frame with the field's truth as its target).",
+    )
+    elliptical: bool = Field(
+        True,
+        description="Draw the stars through an elliptical Moffat with each exposure's PSF "
+        "ellipticity (psf_e1/psf_e2 from the ingest, else measured on its stars). false: "
+        "round Moffats.",
+    )
+
+
 class TrainConfig(BaseModel):
     """Configuration of N2V training (validated before anything runs).
 
@@ -261,6 +312,20 @@ class TrainConfig(BaseModel):
         "frame to frame (on the SAAO frames it did not score better than one model). "
         "false: one noise model for all frames.",
     )
+    n2n_targets: Literal["exposures", "star-field"] = Field(
+        "exposures",
+        description="Method 'n2n' in the pipeline: what the network learns to predict. "
+        "'exposures': the mean of each frame's other training exposures (Noise2Noise). "
+        "'star-field': the truth of star fields simulated to match each training exposure "
+        "(its PSF, sky, gain, read noise, robust σ; star_field): for crowded star fields, "
+        "where neither the other exposures (their PSFs differ) nor a noise model (the "
+        "unresolved stars look like noise) give a good target. The network trains on the "
+        "simulated exposures only. Use loss_weighting 'poisson'.",
+    )
+    star_field: StarFieldSettings = Field(
+        default_factory=StarFieldSettings,
+        description="The simulated star fields of n2n_targets 'star-field'.",
+    )
     n2n_max_seeing_ratio: float | None = Field(
         None,
         gt=0.0,
@@ -355,6 +420,10 @@ class TrainConfig(BaseModel):
         if self.method in ("sure", "n2n") and self.unet.posterior != "none":
             raise ValueError(f"method {self.method!r} trains the estimate itself: it needs "
                              f"unet.posterior 'none', got {self.unet.posterior!r}")
+        if self.n2n_targets == "star-field" and (self.method != "n2n"
+                                                 or self.star_field.catalogue is None):
+            raise ValueError("n2n_targets 'star-field' needs method 'n2n' and "
+                             "star_field.catalogue (the stars' fluxes)")
         if self.method == "sure" and self.precision in ("bf16", "fp16"):
             raise ValueError(
                 f"method 'sure' trains in fp32, got precision {self.precision!r}: its "

@@ -137,6 +137,32 @@ def _file_token(path: Path, what: str, setting: str | None = None) -> list[str]:
     return [what, file_sha256(path)]
 
 
+def _train_inputs(cfg: PipelineConfig) -> list[Any]:
+    """Return what the train stage reads besides its settings and the pixels.
+
+    Returns
+    -------
+    list
+        The evaluate stage's reference settings (Noise2Noise on the exposures' targets),
+        and the digests of ``train.init_checkpoint`` and of the star catalogue of
+        ``train.n2n_targets: star-field``, where they are used.
+
+    Raises
+    ------
+    ConfigError
+        When one of those files does not exist.
+    """
+    t = cfg.train
+    out: list[Any] = []
+    if t.method == "n2n" and t.n2n_targets == "exposures":
+        out.append(reference_settings(cfg.evaluate))
+    if t.init_checkpoint is not None:
+        out += _file_token(t.init_checkpoint, "init_checkpoint", "train.init_checkpoint")
+    if t.n2n_targets == "star-field":
+        out += _file_token(t.star_field.catalogue, "star_catalogue", "train.star_field.catalogue")
+    return out
+
+
 #: ingest settings that say how the store holds the pixels, not what the pixels are: a
 #: change rewrites the frames (and their denoised arrays) but keeps the trained model
 _STORAGE_ONLY = ("chunks", "shards", "clevel", "force", "verify_hash", "progress")
@@ -194,7 +220,8 @@ def stage_fingerprints(
     runs, its inner resume skips their pixels). Training chains only the
     ingest settings that change the pixels: new chunks, shards or compression rewrite the
     store and the denoised arrays, not the model; with ``train.init_checkpoint`` the bytes of
-    that file enter it too. Denoise reads the trained model
+    that file enter it too, and with ``train.n2n_targets: star-field`` those of
+    ``train.star_field.catalogue``. Denoise reads the trained model
     (the train fingerprint) or, with ``input.checkpoint``, that file: its bytes are
     digested. The reference catalogue enters the stages that read it (gan, photometry and
     through photometry compare, evaluate and report; denoise with
@@ -245,12 +272,8 @@ def stage_fingerprints(
                            {k: d["ingest"][k] for k in _STORAGE_ONLY},
                            {"noise_measurement_version": NOISE_MEASUREMENT_VERSION},
                            *_input_files_token(cfg)],
-        "train": lambda: (["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels")]
-                          + ([reference_settings(cfg.evaluate)] if cfg.train.method == "n2n"
-                             else [])
-                          + (_file_token(cfg.train.init_checkpoint, "init_checkpoint",
-                                         "train.init_checkpoint")
-                             if cfg.train.init_checkpoint is not None else [])),
+        "train": lambda: ["train", d["train"], d["holdout_exposures_per_band"], _fp("pixels"),
+                          *_train_inputs(cfg)],
         "model": lambda: (_file_token(cfg.input.checkpoint, "checkpoint")
                           if cfg.input.checkpoint is not None else [_fp("train")]),
         "catalogue": lambda: ((_file_token(cfg.input.catalogue, "catalogue")

@@ -311,6 +311,10 @@ def test_psf_measured_at_ingest_when_the_header_has_no_seeing(real_data_dir, tmp
     # Moffat FWHM of the stars (their half-maximum width is 3.9-4.4 px on these frames)
     assert t["psf_fwhm_px"].between(3.0, 5.0).all(), t["psf_fwhm_px"].tolist()
     assert t["psf_beta"].between(2.0, 5.0).all() and (t["psf_n_stars"] >= 5).all()
+    # these exposures' stars are longer along x (e1 0.16-0.57 over the 24, e2 within ±0.21)
+    assert t["psf_e1"].between(0.1, 0.7).all() and t["psf_e2"].abs().lt(0.3).all(), t[
+        ["psf_e1", "psf_e2"]].to_dict("records")
+    assert (t["psf_e_n_stars"] >= 5).all()
 
 
 @pytest.mark.real_data

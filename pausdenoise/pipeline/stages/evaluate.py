@@ -694,12 +694,13 @@ def _reference_pool(ctx: Context, held: list[str]) -> list[str] | None:
     Returns
     -------
     list of str or None
-        The held-out frames for ``held-out`` (and for ``auto`` with ``train.method: n2n``)
-        when there are any; None (every exposure) otherwise.
+        The held-out frames for ``held-out`` (and for ``auto`` with ``train.method: n2n``
+        on the exposures' targets) when there are any; None (every exposure) otherwise.
     """
     pool = ctx.cfg.evaluate.reference_pool
     if pool == "auto":
-        pool = "held-out" if ctx.cfg.train.method == "n2n" else "all"
+        own = ctx.cfg.train.method == "n2n" and ctx.cfg.train.n2n_targets == "exposures"
+        pool = "held-out" if own else "all"
     return list(held) if pool == "held-out" and held else None
 
 

@@ -21,6 +21,12 @@ stored as the frame's ``n2n_target`` array); frames without one are skipped and 
 except those that ``train.n2n_max_seeing_ratio`` leaves without a reference: they are
 listed as ``excluded`` and do not make the run partial.
 
+With ``train.n2n_targets: star-field`` the training frames are star fields simulated to
+match each training exposure instead, their truth as the target
+(:mod:`pausdenoise.pipeline.star_field_targets`); exposures that cannot be copied (no PSF,
+no gain) are skipped and listed, and the simulation's settings and per-exposure PSFs enter
+the provenance.
+
 With ``train.init_checkpoint`` the network starts from that checkpoint's weights
 (:func:`check_init_checkpoint` refuses, before any work, a file that is not a checkpoint or
 holds another architecture) and its path and digest enter the provenance.
@@ -41,7 +47,7 @@ import pandas as pd
 from pausdenoise import reference_match as rm
 from pausdenoise import store as st
 from pausdenoise.digest import file_sha256
-from pausdenoise.errors import CheckpointError, ConfigError, StageError
+from pausdenoise.errors import CatalogueError, CheckpointError, ConfigError, StageError
 from pausdenoise.ingest.noise import gain_below_sky_bound
 from pausdenoise.n2v.checkpoint import load_checkpoint, read_metadata
 from pausdenoise.n2v.patches import Frame, FrameNoise
@@ -49,6 +55,7 @@ from pausdenoise.n2v.train import train_n2v
 from pausdenoise.n2v.unet import UNetConfig
 from pausdenoise.pipeline.context import Context, frame_stats_table, split_holdout
 from pausdenoise.pipeline.n2n_targets import attach_targets
+from pausdenoise.pipeline.star_field_targets import star_field_frames
 
 __all__ = ["check_init_checkpoint", "frame_noise_models", "noise_correlation_from_frames",
            "noise_scale_from_frames", "run", "sky_variance_from_frames"]
@@ -404,6 +411,34 @@ def _own_noise(cfg: Any, frames: list[Frame], exposures: pd.DataFrame, stats: di
     return frames, ([round(min(own), 4), round(max(own), 4)] if own else None)
 
 
+def _star_field(ctx: Context, train_cfg: Any, frames: list[Frame]
+                ) -> tuple[list[Frame], dict[str, Any], dict[str, str]]:
+    """Replace the training frames by star fields simulated to match them.
+
+    Returns
+    -------
+    tuple
+        The simulated frames with their truth as target, the simulation's provenance and
+        the exposures that could not be copied (:func:`star_field_frames`).
+
+    Raises
+    ------
+    StageError
+        When the star catalogue cannot be used, or no exposure could be copied.
+    """
+    try:
+        sims, info, skipped = star_field_frames(ctx.store, frames, train_cfg.star_field,
+                                                ctx.cfg.photometry.pixel_scale, train_cfg.seed)
+    except CatalogueError as exc:
+        raise StageError(f"train: train.star_field.catalogue: {exc}") from None
+    if not sims:
+        raise StageError(f"train: no training exposure of {ctx.store} could be copied into "
+                         f"a star field (n2n_targets 'star-field'): {skipped}")
+    print(f"train: {len(sims)} simulated star-field frames of "
+          f"{len(info['star_field']['exposures'])} exposures")
+    return sims, info, skipped
+
+
 def _write_history(ctx: Context, history: Any) -> None:
     """``model/history.csv``: per epoch losses, learning rate and throughput."""
     hist = pd.DataFrame(
@@ -446,7 +481,12 @@ def run(ctx: Context) -> dict[str, Any]:
     if noise.get("noise_correlation_warning"):
         print(f"train: warning: {noise['noise_correlation_warning']}")
     excluded: list[list[str]] = []
-    if train_cfg.method == "n2n":
+    if train_cfg.method == "n2n" and train_cfg.n2n_targets == "star-field":
+        frames, targets, no_model = _star_field(ctx, train_cfg, frames)
+        skipped.update(no_model)
+        train_frames = [f.name for f in frames]
+        noise.update(targets)
+    elif train_cfg.method == "n2n":
         frames, targets, no_target = attach_targets(ctx, exposures, frames)
         skipped.update(no_target)
         excluded = targets.pop("excluded")
