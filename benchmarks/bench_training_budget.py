@@ -437,7 +437,7 @@ def _references(store: Path, frame: str, others: list[str], image: np.ndarray,
     """
     attrs = st.frame_attrs(store, frame)
     sat = attrs.get("saturate")
-    psf: dict[str, tuple[float, float]] = {}  # frame → (FWHM px, β), where a setting needs them
+    psf: dict[str, tuple[float, ...]] = {}  # frame → (FWHM px, β, e1, e2), where needed
     if cfg.max_seeing_ratio is not None or cfg.reference_model == "psf":
         scale = PhotometryConfig().pixel_scale  # for a seeing in arcsec
         psf = {o: m for o in [frame, *others] for m in [stored_psf(store, o, scale)]

@@ -282,7 +282,8 @@ class EvaluateConfig(BaseModel):
         "the reference's noise hides (the matched reference is smoother than the frame's "
         "truth, and its flux scale low). 'psf' keeps its sub-pixel shift and background "
         "plane, takes the shape from the least-squares kernel between the two PSF models "
-        "(circular Moffats from psf_fwhm_px/psf_beta or seeing; a broader reference is only "
+        "(Moffats from psf_fwhm_px/psf_beta or seeing, elliptical with psf_e1/psf_e2 from the "
+        "ingest; a broader reference is only "
         "moved, never sharpened: pair it with max_seeing_ratio 1) and the flux scale from "
         "sums over bright pixels of the other references "
         "(pausdenoise.reference_match.psf_matched).",

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pausdenoise.psf import moffat_stamp
+from pausdenoise.psf import elliptical_moffat_stamp, moffat_stamp
 from pausdenoise.stats import mad_sigma, pixel_noise_sigma
 
 #: Most pixels a kernel is fitted on (a seeded random subset beyond it).
@@ -236,12 +236,29 @@ def background_plane(shape: tuple[int, int], background: tuple[float, float, flo
         + background[2] * ((np.arange(ny) - (ny - 1) / 2) / ny)[:, None]
 
 
+def _psf_stamp(psf: tuple[float, ...], size: int, x0: float = 0.0, y0: float = 0.0
+               ) -> np.ndarray:
+    """Return a PSF model's pixel-integrated stamp of unit flux.
+
+    Returns
+    -------
+    ndarray (size, size)
+        :func:`~pausdenoise.psf.moffat_stamp` for ``(FWHM, β)`` or a round
+        ``(FWHM, β, e1, e2)``, :func:`~pausdenoise.psf.elliptical_moffat_stamp` for an
+        elongated one.
+    """
+    if len(psf) >= 4 and (psf[2] or psf[3]):
+        return elliptical_moffat_stamp(psf[0], psf[1], psf[2], psf[3], size, x0, y0)
+    return moffat_stamp(psf[0], psf[1], size, x0, y0)
+
+
 def psf_kernel(flux_scale: float, shift_px: tuple[float, float],
-               frame_psf: tuple[float, float], reference_psf: tuple[float, float],
+               frame_psf: tuple[float, ...], reference_psf: tuple[float, ...],
                half_width: int, resampled: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """Return the kernel that takes the reference's PSF model to the frame's, moved by a shift.
 
-    Both PSFs are circular Moffats (pixel-integrated, :func:`pausdenoise.psf.moffat_stamp`).
+    Both PSFs are Moffats (pixel-integrated): circular for ``(FWHM, β)``, elliptical for
+    ``(FWHM, β, e1, e2)`` (:func:`pausdenoise.psf.elliptical_radius2`).
     The kernel is the least-squares (2h+1)² solution of ``K ⊗ P_ref(· − shift) = P_target``
     on noiseless model stamps, so no noise shrinks it: ``P_target`` is the frame's PSF when
     the reference is at least as sharp, otherwise the reference's own (no kernel sharpens;
@@ -256,7 +273,7 @@ def psf_kernel(flux_scale: float, shift_px: tuple[float, float],
         (dx, dy): where, relative to (x, y), the reference holds the light the frame holds
         at (x, y), px (the convention of :attr:`MatchedReference.shift_px`).
     frame_psf, reference_psf : tuple of float
-        (FWHM px, Moffat β) of the frame and of the reference.
+        (FWHM px, Moffat β[, e1, e2]) of the frame and of the reference.
     half_width : int
         h: the kernel is (2h+1) × (2h+1) px.
     resampled : tuple of float
@@ -273,11 +290,10 @@ def psf_kernel(flux_scale: float, shift_px: tuple[float, float],
     target = frame_psf if frame_psf[0] >= reference_psf[0] else reference_psf
     n = 2 * math.ceil(2.5 * max(frame_psf[0], reference_psf[0])) + 2 * h + 1
     (fx, fy), (sx, sy) = resampled, shift_px
-    big = sum(wx * wy * moffat_stamp(reference_psf[0], reference_psf[1], n + 2 * h,
-                                     sx + fx - a, sy + fy - b)
+    big = sum(wx * wy * _psf_stamp(reference_psf, n + 2 * h, sx + fx - a, sy + fy - b)
               for a, wx in ((0, 1.0 - fx), (1, fx)) for b, wy in ((0, 1.0 - fy), (1, fy))
               if wx * wy > 0)
-    want = moffat_stamp(target[0], target[1], n)
+    want = _psf_stamp(target, n)
     cols = [big[h + dy:h + dy + n, h + dx:h + dx + n].ravel()
             for dy in range(-h, h + 1) for dx in range(-h, h + 1)]
     coef, *_ = np.linalg.lstsq(np.stack(cols, axis=1), want.ravel(), rcond=None)
@@ -313,7 +329,7 @@ def model_half_width(half_width: int, fwhm_frame_px: float, fwhm_reference_px: f
 
 
 def psf_matched(reference: np.ndarray, match: MatchedReference,
-                frame_psf: tuple[float, float], reference_psf: tuple[float, float],
+                frame_psf: tuple[float, ...], reference_psf: tuple[float, ...],
                 image: np.ndarray, bright: np.ndarray,
                 resampled: tuple[float, float] = (0.0, 0.0)) -> MatchedReference:
     """Re-match a reference with the kernel between the two PSF models, not the fitted one.
@@ -336,7 +352,7 @@ def psf_matched(reference: np.ndarray, match: MatchedReference,
     match : MatchedReference
         Its fitted match.
     frame_psf, reference_psf : tuple of float
-        (FWHM px, Moffat β) of the frame and of the reference.
+        (FWHM px, Moffat β[, e1, e2]) of the frame and of the reference (:func:`psf_kernel`).
     image : ndarray (ny, nx)
         The frame's raw pixels, sky-subtracted ADU, NaN where unusable.
     bright : ndarray of bool (ny, nx)

@@ -262,4 +262,4 @@ def test_references_without_a_psf_qualify_and_keep_their_fitted_kernel(bench, tm
     from pausdenoise.pipeline.references import stored_psf
 
     assert stored_psf(store, names[3], 0.265) is None
-    assert stored_psf(store, names[1], 0.265) == (3.0, 3.0)
+    assert stored_psf(store, names[1], 0.265) == (3.0, 3.0, 0.0, 0.0)  # round: no psf_e1/e2

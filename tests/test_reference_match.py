@@ -338,3 +338,28 @@ def test_stack_floor_is_what_the_estimator_charges_the_truth(variable, monkeypat
             assert c["ceiling"] == pytest.approx(np.sqrt(raw / floor_truth), rel=0.15), cls
     table = brm.render({3: res})
     assert "stack of 8" in table and "highest gain the estimator credits" in table
+
+
+def test_psf_kernel_between_elongated_psfs():
+    """Exposures whose PSFs are elongated differently: the kernel between the elliptical
+    models takes one to the other; round models of the same FWHMs leave the difference."""
+    from pausdenoise.psf import elliptical_moffat_stamp
+
+    h, n = rm.model_half_width(3, 4.0, 3.2), 41
+    frame, ref = (4.0, 3.0, 0.35, 0.0), (3.2, 3.0, 0.1, -0.2)
+
+    def convolve(kernel: np.ndarray, big: np.ndarray) -> np.ndarray:
+        w = kernel.shape[0] // 2
+        return sum(kernel[w + dy, w + dx] * big[h + dy:h + dy + n, h + dx:h + dx + n]
+                   for dy in range(-w, w + 1) for dx in range(-w, w + 1))
+
+    big = elliptical_moffat_stamp(*ref, n + 2 * h)
+    want = elliptical_moffat_stamp(*frame, n)
+    k = rm.psf_kernel(1.0, (0.0, 0.0), frame, ref, h)
+    assert np.abs(convolve(k, big) - want).max() < 0.01 * want.max()  # 0.5 %
+    round_ = rm.psf_kernel(1.0, (0.0, 0.0), frame[:2], ref[:2], h)
+    assert np.abs(convolve(round_, big) - want).max() > 0.05 * want.max()  # 10 %
+    # (FWHM, β, 0, 0) is the round model
+    np.testing.assert_allclose(rm.psf_kernel(1.0, (0.2, 0.1), (4.0, 3.0, 0.0, 0.0),
+                                             (3.0, 3.0, 0.0, 0.0), h),
+                               rm.psf_kernel(1.0, (0.2, 0.1), (4.0, 3.0), (3.0, 3.0), h))

@@ -259,8 +259,8 @@ def _usable_references(ctx: Context, frame: str, row: pd.Series, by_frame: pd.Da
     return refs, names, coverage
 
 
-def psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
-    """Return a frame's PSF (FWHM px, Moffat β) from its stored attributes, None without one.
+def psf_model(ctx: Context, frame: str) -> tuple[float, ...] | None:
+    """Return a frame's PSF (FWHM px, Moffat β, e1, e2) from its attributes, None without one.
 
     Parameters
     ----------
@@ -278,8 +278,8 @@ def psf_model(ctx: Context, frame: str) -> tuple[float, float] | None:
 
 
 def stored_psf(store: str | Path, frame: str, pixel_scale: float
-               ) -> tuple[float, float] | None:
-    """Return a frame's PSF (FWHM px, Moffat β) from a store's attributes, None without one.
+               ) -> tuple[float, ...] | None:
+    """Return a frame's PSF (FWHM px, Moffat β, e1, e2) from a store's attributes, or None.
 
     Parameters
     ----------
@@ -293,14 +293,19 @@ def stored_psf(store: str | Path, frame: str, pixel_scale: float
     Returns
     -------
     tuple of float or None
-        From ``psf_fwhm_px``/``psf_beta`` (measured at ingest) or ``seeing``
-        (:func:`pausdenoise.psf.frame_psf`); None when the attributes have neither.
+        FWHM and β from ``psf_fwhm_px``/``psf_beta`` (measured at ingest) or ``seeing``
+        (:func:`pausdenoise.psf.frame_psf`), and the ellipticity ``psf_e1``/``psf_e2``
+        measured at ingest (0, 0: round, where it was not); None when the attributes have
+        neither a PSF nor a seeing.
     """
+    attrs = st.frame_attrs(store, frame)
     try:
-        est = frame_psf(st.frame_attrs(store, frame), pixel_scale=pixel_scale)
+        est = frame_psf(attrs, pixel_scale=pixel_scale)
     except PsfError:
         return None
-    return float(est.fwhm_px), float(est.beta)
+    e = [attrs.get(k) for k in ("psf_e1", "psf_e2")]
+    e1, e2 = (float(v) if v is not None and np.isfinite(v) else 0.0 for v in e)
+    return float(est.fwhm_px), float(est.beta), e1, e2
 
 
 def frame_fwhm(ctx: Context, frames: list[str]) -> dict[str, float]:
