@@ -39,7 +39,7 @@ from pausdenoise.stats import mad_sigma
 
 __all__ = ["PsfEstimate", "PsfShape", "elliptical_moffat_stamp", "elliptical_radius2",
            "frame_psf", "measure_psf", "moffat_fwhm_to_alpha", "moffat_stamp",
-           "psf_ellipticity"]
+           "psf_ellipticity", "stored_ellipticity"]
 
 DETECT_SNR = 15.0
 """Minimum peak signal-to-noise (peak above sky / sky σ) of a candidate star."""
@@ -75,12 +75,16 @@ class PsfEstimate:
         Number of stars the measurement used; 0 when taken from the header.
     source : str
         ``"header"`` or ``"measured"``.
+    shape : PsfShape or None
+        Its ellipticity, measured on the same candidate stars (:func:`measure_psf` with
+        ``ellipticity=True``, where at least 5 allow it); None otherwise.
     """
 
     fwhm_px: float
     beta: float
     n_stars: int
     source: str
+    shape: PsfShape | None = None
 
 
 def moffat_fwhm_to_alpha(fwhm: float | np.ndarray, beta: float | np.ndarray) -> np.ndarray:
@@ -582,6 +586,7 @@ def measure_psf(
     saturate: float | None = None,
     beta: float | None = None,
     max_stars: int = 100,
+    ellipticity: bool = False,
 ) -> PsfEstimate:
     """Measure the Moffat PSF of a frame from its own stars.
 
@@ -607,12 +612,16 @@ def measure_psf(
         Most stars used (the brightest of the stellar locus); three times as many
         candidates are fitted. When β is fitted, the brightest :data:`JOINT_STARS` of them
         are refitted with a common β and give the FWHM.
+    ellipticity : bool
+        Also measure the PSF's ellipticity on the brightest ``max_stars`` candidates, as
+        :func:`psf_ellipticity` does (without selecting the candidates a second time).
 
     Returns
     -------
     PsfEstimate
         ``source="measured"``; ``n_stars`` = number of stars whose FWHMs were
-        averaged (median).
+        averaged (median); ``shape`` with ``ellipticity`` (None when fewer than 5
+        stars give a measurement).
 
     Raises
     ------
@@ -621,12 +630,7 @@ def measure_psf(
     """
     if beta is not None and not beta > 1.0:
         raise PsfError(f"Moffat beta must be > 1, got {beta!r}")
-    img = np.asarray(image, dtype=np.float64)
-    bad = ~np.isfinite(img)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    saturated = img >= float(saturate) if saturate is not None else np.zeros_like(bad)
-    yx, resid, h, guess = _candidates(np.where(bad, 0.0, img), bad, saturated, 3 * max_stars)
+    yx, resid, h, guess = _frame_candidates(image, mask, saturate, 3 * max_stars)
     stamps, fits = [], []
     for y, x in yx:
         stamp = resid[y - h : y + h + 1, x - h : x + h + 1]
@@ -645,9 +649,31 @@ def measure_psf(
             b, fwhm = _joint_fit(np.array(stamps)[joint], params[joint])
         except (ValueError, np.linalg.LinAlgError):
             pass  # keep the single-star medians
-    return PsfEstimate(
-        fwhm_px=float(np.median(fwhm)), beta=b, n_stars=int(fwhm.size), source="measured"
-    )
+    shape = None
+    if ellipticity:
+        try:  # the brightest candidates, as psf_ellipticity takes them
+            shape = _shape_of(yx[:max_stars], resid, h, float(np.median(fwhm)), b)
+        except PsfError:
+            pass  # too few stars: the round description stands alone
+    return PsfEstimate(fwhm_px=float(np.median(fwhm)), beta=b, n_stars=int(fwhm.size),
+                       source="measured", shape=shape)
+
+
+def _frame_candidates(image: np.ndarray, mask: np.ndarray | None, saturate: float | None,
+                      max_fit: int) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Mark a frame's bad and saturated pixels and select its candidate stars.
+
+    Returns
+    -------
+    tuple
+        :func:`_candidates`' (y, x) peaks, sky-subtracted frame, stamp half-size, FWHM guess.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    bad = ~np.isfinite(img)
+    if mask is not None:
+        bad |= np.asarray(mask) != 0
+    saturated = img >= float(saturate) if saturate is not None else np.zeros_like(bad)
+    return _candidates(np.where(bad, 0.0, img), bad, saturated, max_fit)
 
 
 @dataclass(frozen=True)
@@ -672,6 +698,27 @@ class PsfShape:
     e1_err: float
     e2_err: float
     n_stars: int
+
+
+def stored_ellipticity(attrs: Mapping) -> tuple[float, float] | None:
+    """Return a frame's PSF ellipticity from its attributes, None where it was not measured.
+
+    Parameters
+    ----------
+    attrs : mapping
+        The frame's attributes (``psf_e1``, ``psf_e2`` from the ingest,
+        :func:`measure_psf` with ``ellipticity=True``).
+
+    Returns
+    -------
+    (float, float) or None
+        ``(e1, e2)``; None when either is missing or not a finite number.
+    """
+    try:
+        e1, e2 = float(attrs["psf_e1"]), float(attrs["psf_e2"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (e1, e2) if math.isfinite(e1) and math.isfinite(e2) else None
 
 
 def elliptical_radius2(
@@ -815,12 +862,24 @@ def psf_ellipticity(
     PsfError
         No candidate passes the cuts, or fewer than 5 stars give a measurement.
     """
-    img = np.asarray(image, dtype=np.float64)
-    bad = ~np.isfinite(img)
-    if mask is not None:
-        bad |= np.asarray(mask) != 0
-    saturated = img >= float(saturate) if saturate is not None else np.zeros_like(bad)
-    yx, resid, h, _ = _candidates(np.where(bad, 0.0, img), bad, saturated, max_stars)
+    yx, resid, h, _ = _frame_candidates(image, mask, saturate, max_stars)
+    return _shape_of(yx, resid, h, fwhm_px, beta)
+
+
+def _shape_of(yx: np.ndarray, resid: np.ndarray, h: int, fwhm_px: float, beta: float
+              ) -> PsfShape:
+    """Measure the ellipticity on the stamps around ``yx`` (see :func:`psf_ellipticity`).
+
+    Returns
+    -------
+    PsfShape
+        The elliptical Moffat's (e1, e2), the errors of the stars' medians, their number.
+
+    Raises
+    ------
+    PsfError
+        Fewer than 5 stars give a measurement.
+    """
     sigma_w = 1.5 * fwhm_px / 2.355
     e = np.array([_weighted_ellipticity(resid[y - h : y + h + 1, x - h : x + h + 1], sigma_w)
                   for y, x in yx])

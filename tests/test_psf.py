@@ -15,6 +15,7 @@ from pausdenoise.psf import (
     measure_psf,
     moffat_stamp,
     psf_ellipticity,
+    stored_ellipticity,
 )
 
 FWHM, BETA = 3.5, 3.0
@@ -276,3 +277,18 @@ def test_psf_ellipticity_recovers_elongated_stars(e):
 def test_psf_ellipticity_of_a_round_psf_among_galaxies(galaxy_rich_frame):
     shape = psf_ellipticity(galaxy_rich_frame, fwhm_px=FWHM, beta=BETA)
     assert abs(shape.e1) < 0.04 and abs(shape.e2) < 0.04
+
+
+def test_measure_psf_gives_the_ellipticity_of_the_same_stars():
+    img = _elongated_frame(0.25, -0.10)
+    est = measure_psf(img, ellipticity=True)
+    assert est.shape == psf_ellipticity(img, fwhm_px=est.fwhm_px, beta=est.beta)
+    assert (est.shape.e1, est.shape.e2) == pytest.approx((0.25, -0.10), abs=0.03)
+    assert measure_psf(img).shape is None
+
+
+def test_stored_ellipticity_reads_the_ingest_s_attributes():
+    assert stored_ellipticity({"psf_e1": 0.3, "psf_e2": "-0.1"}) == (0.3, -0.1)
+    assert stored_ellipticity({"psf_e1": 0.3}) is None
+    assert stored_ellipticity({"psf_e1": float("nan"), "psf_e2": 0.0}) is None
+    assert stored_ellipticity({"psf_e1": None, "psf_e2": 0.0}) is None

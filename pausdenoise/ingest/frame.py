@@ -57,7 +57,7 @@ from pausdenoise.ingest.metadata import _metadata
 from pausdenoise.ingest.noise import noise_attrs
 from pausdenoise.ingest.plan import FrameSource
 from pausdenoise.maskbits import MaskBit
-from pausdenoise.psf import measure_psf, psf_ellipticity
+from pausdenoise.psf import measure_psf
 
 __all__ = ["FrameData", "IngestError", "read_frame", "searches_cosmic_rays", "source_fingerprint",
            "source_stat"]
@@ -248,16 +248,14 @@ def _psf_attrs(image: np.ndarray, mask: np.ndarray, attrs: dict[str, Any]) -> di
     if attrs.get("seeing") or attrs.get("psf_fwhm_px"):
         return {}
     try:
-        est = measure_psf(image, mask, saturate=attrs.get("saturate"))
+        est = measure_psf(image, mask, saturate=attrs.get("saturate"), ellipticity=True)
     except PsfError as exc:
         return {"psf_error": str(exc)}
     out = {"psf_fwhm_px": est.fwhm_px, "psf_beta": est.beta, "psf_n_stars": est.n_stars}
-    try:
-        shape = psf_ellipticity(image, mask, fwhm_px=est.fwhm_px, beta=est.beta,
-                                saturate=attrs.get("saturate"))
-    except PsfError:
-        return out  # a round-PSF description is still usable
-    return {**out, "psf_e1": shape.e1, "psf_e2": shape.e2, "psf_e_n_stars": shape.n_stars}
+    if est.shape is None:
+        return out  # too few stars for the ellipticity: the round description stands
+    return {**out, "psf_e1": est.shape.e1, "psf_e2": est.shape.e2,
+            "psf_e_n_stars": est.shape.n_stars}
 
 
 def searches_cosmic_rays(source: FrameSource, config: IngestConfig) -> bool:

@@ -32,7 +32,7 @@ from pausdenoise import register as rg
 from pausdenoise import store as st
 from pausdenoise.errors import PsfError, RegistrationError
 from pausdenoise.pipeline.context import Context
-from pausdenoise.psf import frame_psf
+from pausdenoise.psf import frame_psf, stored_ellipticity
 
 __all__ = ["Registry", "frame_arrays", "frame_fwhm", "matched_references", "no_broader",
            "psf_model", "registration_pixels", "stored_psf"]
@@ -303,8 +303,7 @@ def stored_psf(store: str | Path, frame: str, pixel_scale: float
         est = frame_psf(attrs, pixel_scale=pixel_scale)
     except PsfError:
         return None
-    e = [attrs.get(k) for k in ("psf_e1", "psf_e2")]
-    e1, e2 = (float(v) if v is not None and np.isfinite(v) else 0.0 for v in e)
+    e1, e2 = stored_ellipticity(attrs) or (0.0, 0.0)
     return float(est.fwhm_px), float(est.beta), e1, e2
 
 

@@ -40,7 +40,7 @@ from pausdenoise.n2v.normalise import frame_statistics
 from pausdenoise.n2v.patches import Frame
 from pausdenoise.photometry.catalogue import catalogue_format
 from pausdenoise.photometry.sextractor import ldac_objects_hdu, read_sextractor
-from pausdenoise.psf import frame_psf, psf_ellipticity
+from pausdenoise.psf import frame_psf, psf_ellipticity, stored_ellipticity
 from pausdenoise.simulate import star_field as sf
 from pausdenoise.stats import pixel_noise_sigma
 
@@ -166,11 +166,12 @@ def exposure_model(attrs: dict[str, Any], image: np.ndarray, mask: np.ndarray | 
         raise ValueError("no gain (header GAIN or fitted at ingest)")
     e1 = e2 = 0.0
     if elliptical:
-        e1, e2 = attrs.get("psf_e1"), attrs.get("psf_e2")
-        if e1 is None or e2 is None or not (np.isfinite(e1) and np.isfinite(e2)):
+        stored = stored_ellipticity(attrs)
+        if stored is None:
             shape = psf_ellipticity(image, mask, fwhm_px=psf.fwhm_px, beta=psf.beta,
                                     saturate=attrs.get("saturate"))
-            e1, e2 = shape.e1, shape.e2
+            stored = shape.e1, shape.e2
+        e1, e2 = stored
     saturate = attrs.get("saturate")
     saturate = float(saturate) if saturate is not None and np.isfinite(saturate) else math.inf
     return sf.ExposureModel(float(psf.fwhm_px), float(psf.beta), float(gain), float(rn_adu),
@@ -232,26 +233,28 @@ def star_field_frames(store: Any, frames: list[Frame], settings: Any, pixel_scal
     """
     fluxes = catalogue_fluxes(settings.catalogue, settings.flux_column)
     complete = settings.complete_flux or complete_flux(fluxes)
-    noise = float(np.nanmedian([pixel_noise_sigma(np.asarray(f.image[...], float),
-                                                  None if f.mask is None
-                                                  else np.asarray(f.mask[...]) == 0)
-                                for f in frames]))
-    pop = sf.population(fluxes, complete, settings.faint_min_noise * noise,
+    models: dict[str, sf.ExposureModel] = {}
+    noise: list[float] = []
+    skipped: dict[str, str] = {}
+    for f in frames:  # each image read once: its noise and its copy's settings
+        image = np.asarray(f.image[...], float)
+        mask = None if f.mask is None else np.asarray(f.mask[...])
+        noise.append(pixel_noise_sigma(image, None if mask is None else mask == 0))
+        try:
+            models[f.name] = exposure_model(st.frame_attrs(store, f.name), image, mask,
+                                            f.stats, pixel_scale, settings.elliptical)
+        except (PsfError, ValueError) as exc:
+            skipped[f.name] = f"star-field simulation: {exc}"
+    pop = sf.population(fluxes, complete, settings.faint_min_noise * float(np.nanmedian(noise)),
                         settings.faint_slope)
     rng = np.random.default_rng(seed)
     out: list[Frame] = []
     per_exposure: dict[str, dict[str, float]] = {}
-    skipped: dict[str, str] = {}
     for f in frames:
-        image = np.asarray(f.image[...], float)
-        mask = None if f.mask is None else np.asarray(f.mask[...])
-        try:
-            model = exposure_model(st.frame_attrs(store, f.name), image, mask, f.stats,
-                                   pixel_scale, settings.elliptical)
-        except (PsfError, ValueError) as exc:
-            skipped[f.name] = f"star-field simulation: {exc}"
+        if f.name not in models:
             continue
-        shape = (min(settings.size, image.shape[0]), min(settings.size, image.shape[1]))
+        model = models[f.name]
+        shape = (min(settings.size, f.shape[0]), min(settings.size, f.shape[1]))
         sims, factor = _simulated_frames(f.name, model, pop, shape, settings.realisations, rng)
         out.extend(sims)
         per_exposure[f.name] = {"fwhm_px": model.fwhm, "beta": model.beta, "e1": model.e1,
